@@ -1,0 +1,164 @@
+//! What every actor of a node shares: the store, the current catalog, the clock, the
+//! configuration, the live figures, and the wake-ups of the outbox readers.
+
+use crate::clock::Clock;
+use crate::stats::{ChangeWindow, Figures};
+use arc_swap::ArcSwap;
+use audience_state::catalog::Catalog;
+use audience_state::model::{AudienceId, Delta};
+use audience_state::store::{Partition, Store};
+use parking_lot::Mutex;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Engine settings the actors read.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub events_topic: String,
+    pub identities_topic: String,
+    pub deltas_topic: String,
+    pub dead_letter_topic: String,
+    pub retention_ms: i64,
+    pub max_message_bytes: usize,
+    /// Profiles kept in memory per partition before the least recently used are passivated.
+    pub max_cached_profiles: usize,
+    /// A profile untouched this long is passivated.
+    pub idle_passivation_ms: i64,
+    pub timer_tick_ms: u64,
+    /// Profiles re-evaluated per backfill step when audiences change.
+    pub backfill_chunk: usize,
+    /// Deltas stay in the outbox this long (subscribers can resume within it).
+    pub outbox_retention_ms: i64,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            events_topic: "audience-events".into(),
+            identities_topic: "audience-identities".into(),
+            deltas_topic: "audience-deltas".into(),
+            dead_letter_topic: "audience-dead-letters".into(),
+            retention_ms: 30 * audience_state::model::DAY_MS,
+            max_message_bytes: audience_state::batch::DEFAULT_MAX_MESSAGE_BYTES,
+            max_cached_profiles: 50_000,
+            idle_passivation_ms: 60_000,
+            timer_tick_ms: 200,
+            backfill_chunk: 500,
+            outbox_retention_ms: 7 * audience_state::model::DAY_MS,
+        }
+    }
+}
+
+/// Counters of the node, for status calls (Prometheus gets the same through `metrics`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub messages_processed: AtomicU64,
+    pub messages_dead_lettered: AtomicU64,
+    pub deltas_emitted: AtomicU64,
+}
+
+pub struct Engine {
+    pub store: Arc<Store>,
+    pub catalog: ArcSwap<Catalog>,
+    pub clock: Arc<Clock>,
+    pub settings: EngineSettings,
+    pub counters: Counters,
+    /// Adds and drops of the last 24 hours, fed by partition actors after each commit.
+    pub changes: Mutex<ChangeWindow>,
+    /// Partitions with an outbox on this node.
+    pub partitions: Mutex<BTreeSet<Partition>>,
+    /// Bumped after every commit that wrote deltas or dead letters: outbox readers wait on it.
+    pub outbox_written: watch::Sender<u64>,
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<Store>,
+        clock: Arc<Clock>,
+        settings: EngineSettings,
+    ) -> anyhow::Result<Arc<Engine>> {
+        let catalog = Catalog::build(1, store.load_audiences()?);
+        let mut partitions: BTreeSet<Partition> = store.known_partitions()?.into_iter().collect();
+        let mut changes = ChangeWindow::default();
+        let now = clock.now();
+        // Rebuild the 24-hour figures from the outbox.
+        for &p in partitions.clone().iter() {
+            let mut after = 0;
+            loop {
+                let chunk = store.read_outbox(p, after, 10_000)?;
+                let Some(&(last, _)) = chunk.last() else {
+                    break;
+                };
+                for (_, delta) in &chunk {
+                    if delta.processing_time_ms > now - 24 * 3_600_000 {
+                        changes.record(delta);
+                    }
+                }
+                after = last;
+            }
+            partitions.insert(p);
+        }
+        let (outbox_written, _) = watch::channel(0);
+        Ok(Arc::new(Engine {
+            store,
+            catalog: ArcSwap::from_pointee(catalog),
+            clock,
+            settings,
+            counters: Counters::default(),
+            changes: Mutex::new(changes),
+            partitions: Mutex::new(partitions),
+            outbox_written,
+        }))
+    }
+
+    pub fn note_deltas(&self, partition: Partition, deltas: &[Delta]) {
+        if deltas.is_empty() {
+            return;
+        }
+        self.partitions.lock().insert(partition);
+        let mut changes = self.changes.lock();
+        for d in deltas {
+            changes.record(d);
+        }
+        drop(changes);
+        self.counters
+            .deltas_emitted
+            .fetch_add(deltas.len() as u64, Ordering::Relaxed);
+        metrics::counter!("audience_deltas_emitted_total").increment(deltas.len() as u64);
+        self.wake_outbox_readers();
+    }
+
+    pub fn wake_outbox_readers(&self) {
+        self.outbox_written.send_modify(|v| *v += 1);
+    }
+
+    /// Size, adds, drops and volatility of audiences (all when `ids` is empty).
+    pub fn figures(&self, ids: &[AudienceId]) -> anyhow::Result<Vec<(AudienceId, Figures)>> {
+        let mut sizes: HashMap<AudienceId, u64> = HashMap::new();
+        for (a, _, size) in self.store.audience_sizes()? {
+            *sizes.entry(a).or_default() += size;
+        }
+        let catalog = self.catalog.load();
+        let wanted: Vec<AudienceId> = if ids.is_empty() {
+            let mut all: Vec<_> = catalog.records().map(|r| r.id).collect();
+            all.sort();
+            all
+        } else {
+            ids.to_vec()
+        };
+        let now = self.clock.now();
+        let mut changes = self.changes.lock();
+        Ok(wanted
+            .into_iter()
+            .map(|id| {
+                let (adds, drops) = changes.adds_drops(id, now);
+                (
+                    id,
+                    Figures::new(sizes.get(&id).copied().unwrap_or(0), adds, drops),
+                )
+            })
+            .collect())
+    }
+}

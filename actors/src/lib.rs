@@ -1,0 +1,23 @@
+//! The actors of an audience engine node.
+//!
+//! - [`partition`]: one actix actor per owned partition, hosting the virtual per-MPID state
+//!   machines; it applies poll batches and fires timers, one RocksDB write per unit of work;
+//! - [`node`]: the actix system, its arbiters and the routing of partitions to actors;
+//! - [`ingest`]: the Kafka consumer group member feeding the partition actors;
+//! - [`registry`]: the single writer of audience definitions;
+//! - [`publisher`]: outbox to Kafka (deltas topic, dead-letter topic), at least once;
+//! - [`connector`]: one actor per membership subscription, with its delivery pump and figures;
+//! - [`engine`], [`clock`], [`stats`]: shared state, the injectable clock, 24-hour figures.
+//!
+//! Invariant: nothing on the per-event path waits on another actor; the only awaited replies
+//! are per poll batch (ingest waits for the partition actors' writes before polling again).
+
+pub mod clock;
+pub mod connector;
+pub mod engine;
+pub mod ingest;
+pub mod node;
+pub mod partition;
+pub mod publisher;
+pub mod registry;
+pub mod stats;

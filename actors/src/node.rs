@@ -1,0 +1,99 @@
+//! One engine node: the actix system that hosts the partition actors (spread over one arbiter
+//! thread per core), and the routing of work to them.
+
+use crate::engine::Engine;
+use crate::partition::{CatalogChanged, PartitionActor, PartitionSnapshot, Snapshot, Tick};
+use actix::prelude::*;
+use audience_state::store::Partition;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub struct Node {
+    pub engine: Arc<Engine>,
+    arbiters: Vec<ArbiterHandle>,
+    actors: Mutex<BTreeMap<Partition, Addr<PartitionActor>>>,
+}
+
+impl Node {
+    /// Starts the actor system on its own threads.
+    pub fn start(engine: Arc<Engine>, threads: usize) -> anyhow::Result<Arc<Node>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let threads = threads.max(1);
+        std::thread::Builder::new()
+            .name("actix-system".into())
+            .spawn(move || {
+                let system = actix::System::new();
+                system.block_on(async move {
+                    let handles: Vec<ArbiterHandle> =
+                        (0..threads).map(|_| Arbiter::new().handle()).collect();
+                    let _ = tx.send(handles);
+                });
+                let _ = system.run();
+            })?;
+        let arbiters = rx.recv()?;
+        Ok(Arc::new(Node {
+            engine,
+            arbiters,
+            actors: Mutex::new(BTreeMap::new()),
+        }))
+    }
+
+    /// The actor of a partition, started (and its state recovered) on first use.
+    pub fn partition(&self, partition: Partition) -> anyhow::Result<Addr<PartitionActor>> {
+        let mut actors = self.actors.lock();
+        if let Some(addr) = actors.get(&partition) {
+            if addr.connected() {
+                return Ok(addr.clone());
+            }
+        }
+        let actor = PartitionActor::new(partition, self.engine.clone())?;
+        let arbiter = &self.arbiters[partition as usize % self.arbiters.len()];
+        let addr = PartitionActor::start_in_arbiter(arbiter, move |_| actor);
+        actors.insert(partition, addr.clone());
+        Ok(addr)
+    }
+
+    /// Stops the actors of partitions this node no longer owns.
+    pub fn release(&self, partitions: &[Partition]) {
+        let mut actors = self.actors.lock();
+        for p in partitions {
+            if actors.remove(p).is_some() {
+                tracing::info!(partition = p, "partition released");
+            }
+        }
+    }
+
+    /// An arbiter for actors that are not partition actors (connectors).
+    pub fn arbiter(&self) -> ArbiterHandle {
+        self.arbiters[self.arbiters.len() - 1].clone()
+    }
+
+    pub fn owned(&self) -> Vec<Partition> {
+        self.actors.lock().keys().copied().collect()
+    }
+
+    pub fn catalog_changed(&self) {
+        for addr in self.actors.lock().values() {
+            addr.do_send(CatalogChanged);
+        }
+    }
+
+    /// Fires due timers now (after the manual clock moved).
+    pub fn tick(&self) {
+        for addr in self.actors.lock().values() {
+            addr.do_send(Tick);
+        }
+    }
+
+    pub async fn snapshots(&self) -> Vec<PartitionSnapshot> {
+        let addrs: Vec<_> = self.actors.lock().values().cloned().collect();
+        let mut out = Vec::new();
+        for addr in addrs {
+            if let Ok(s) = addr.send(Snapshot).await {
+                out.push(s);
+            }
+        }
+        out
+    }
+}

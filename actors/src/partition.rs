@@ -1,0 +1,570 @@
+//! The partition actor: owns one partition number (the same partition of the events and the
+//! identities topics, which are co-partitioned by MPID) and hosts the virtual per-MPID state
+//! machines of the profiles that hash to it.
+//!
+//! Invariants:
+//! - one poll batch is one RocksDB write: profiles, deltas, timers, sizes, dead letters and
+//!   the next offsets together;
+//! - a message at an offset below the stored next offset has been applied already and is
+//!   skipped, so replays after a crash change nothing;
+//! - messages of one MPID are applied in offset order by this actor alone;
+//! - a profile in memory is only a cache of the stored one: passivating it loses nothing.
+
+use crate::engine::Engine;
+use actix::prelude::*;
+use audience_state::batch::decode;
+use audience_state::catalog::Catalog;
+use audience_state::criteria::EvalContext;
+use audience_state::model::{AudienceId, Delta, DeltaKind, Mpid, TimestampMs};
+use audience_state::profile::ProfileState;
+use audience_state::store::{DeadLetter, Partition, StoreError, WriteBatch};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A message as consumed from Kafka.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub content_type: Option<String>,
+}
+
+/// Apply one poll batch of this partition.
+#[derive(Message)]
+#[rtype(result = "Result<BatchOutcome, String>")]
+pub struct ProcessBatch(pub Vec<RawMessage>);
+
+#[derive(Debug, Default, Clone)]
+pub struct BatchOutcome {
+    pub applied: usize,
+    pub skipped: usize,
+    pub dead_lettered: usize,
+    pub deltas: usize,
+    /// Next offset per topic after this batch.
+    pub next_offsets: Vec<(String, i64)>,
+}
+
+/// Fire the timers that are due.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Tick;
+
+/// The catalog changed: evaluate the changed audiences over every stored profile.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CatalogChanged;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct BackfillStep {
+    audiences: Vec<AudienceId>,
+    after: Option<Mpid>,
+}
+
+#[derive(Message)]
+#[rtype(result = "PartitionSnapshot")]
+pub struct Snapshot;
+
+#[derive(Debug, Clone, Default)]
+pub struct PartitionSnapshot {
+    pub partition: Partition,
+    pub next_offsets: Vec<(String, i64)>,
+    pub outbox_head: u64,
+    pub profiles_active: u64,
+}
+
+struct Cached {
+    state: ProfileState,
+    /// The timer instant stored for this profile, to move it when it changes.
+    stored_due: Option<TimestampMs>,
+    last_used: Instant,
+}
+
+pub struct PartitionActor {
+    partition: Partition,
+    engine: Arc<Engine>,
+    catalog: Arc<Catalog>,
+    /// Revision of each active audience this partition's profiles were evaluated against.
+    evaluated: HashMap<AudienceId, u64>,
+    backfilling: bool,
+    cache: HashMap<Mpid, Cached>,
+    next_offsets: HashMap<String, i64>,
+    outbox_head: u64,
+    deadletter_head: u64,
+    sizes: HashMap<AudienceId, u64>,
+}
+
+/// What one unit of work accumulates before its single write.
+#[derive(Default)]
+struct Pending {
+    dirty: BTreeSet<Mpid>,
+    deltas: Vec<Delta>,
+    dead_letters: Vec<DeadLetter>,
+    sizes_changed: BTreeSet<AudienceId>,
+}
+
+impl PartitionActor {
+    pub fn new(partition: Partition, engine: Arc<Engine>) -> Result<Self, StoreError> {
+        let store = &engine.store;
+        let mut next_offsets = HashMap::new();
+        for topic in [
+            &engine.settings.events_topic,
+            &engine.settings.identities_topic,
+        ] {
+            if let Some(o) = store.next_offset(topic, partition)? {
+                next_offsets.insert(topic.clone(), o);
+            }
+        }
+        let sizes = store
+            .audience_sizes()?
+            .into_iter()
+            .filter(|(_, p, _)| *p == partition)
+            .map(|(a, _, s)| (a, s))
+            .collect();
+        let mut evaluated = HashMap::new();
+        for (audience, revision) in store.evaluated_revisions(partition)? {
+            evaluated.insert(audience, revision);
+        }
+        Ok(PartitionActor {
+            partition,
+            catalog: engine.catalog.load_full(),
+            outbox_head: store.outbox_head(partition)?,
+            deadletter_head: store.deadletter_head(partition)?,
+            engine,
+            evaluated,
+            backfilling: false,
+            cache: HashMap::new(),
+            next_offsets,
+            sizes,
+        })
+    }
+
+    fn ctx(&self) -> EvalContext {
+        EvalContext {
+            now: self.engine.clock.now(),
+            retention_ms: self.engine.settings.retention_ms,
+        }
+    }
+
+    /// Activates a profile: from the cache, else from RocksDB, else new.
+    fn activate(&mut self, mpid: Mpid) -> Result<&mut Cached, StoreError> {
+        if !self.cache.contains_key(&mpid) {
+            let state = self
+                .engine
+                .store
+                .load_profile(self.partition, mpid)?
+                .unwrap_or_else(|| ProfileState::new(mpid));
+            let stored_due = state.next_due();
+            self.cache.insert(
+                mpid,
+                Cached {
+                    state,
+                    stored_due,
+                    last_used: Instant::now(),
+                },
+            );
+        }
+        let cached = self.cache.get_mut(&mpid).expect("inserted above");
+        cached.last_used = Instant::now();
+        Ok(cached)
+    }
+
+    fn account(&mut self, deltas: &[Delta], pending: &mut Pending) {
+        for d in deltas {
+            let size = self.sizes.entry(d.audience_id).or_default();
+            match d.kind {
+                DeltaKind::Added => *size += 1,
+                DeltaKind::Dropped => *size = size.saturating_sub(1),
+            }
+            pending.sizes_changed.insert(d.audience_id);
+        }
+        pending.deltas.extend_from_slice(deltas);
+    }
+
+    /// Evaluates `audiences` for one profile, recording deltas and marking it dirty.
+    fn evaluate_profile(
+        &mut self,
+        mpid: Mpid,
+        audiences: Vec<AudienceId>,
+        event_time: TimestampMs,
+        ctx: &EvalContext,
+        pending: &mut Pending,
+    ) -> Result<(), StoreError> {
+        let catalog = self.catalog.clone();
+        let cached = self.activate(mpid)?;
+        let deltas = cached.state.evaluate(audiences, &catalog, ctx, event_time);
+        pending.dirty.insert(mpid);
+        self.account(&deltas, pending);
+        Ok(())
+    }
+
+    fn process(&mut self, messages: Vec<RawMessage>) -> Result<BatchOutcome, StoreError> {
+        self.refresh_catalog();
+        let ctx = self.ctx();
+        let mut outcome = BatchOutcome::default();
+        let mut pending = Pending::default();
+        let max_bytes = self.engine.settings.max_message_bytes;
+        for message in messages {
+            let next = self.next_offsets.get(&message.topic).copied().unwrap_or(0);
+            if message.offset < next {
+                outcome.skipped += 1;
+                continue;
+            }
+            self.next_offsets
+                .insert(message.topic.clone(), message.offset + 1);
+            let payload = message.payload.as_deref().unwrap_or(&[]);
+            let decoded = decode(payload, message.content_type.as_deref(), max_bytes);
+            let inbound = match decoded {
+                Ok(inbound) => inbound,
+                Err(error) => {
+                    tracing::warn!(
+                        topic = %message.topic, partition = message.partition,
+                        offset = message.offset, reason = %error, "dead-lettering message"
+                    );
+                    metrics::counter!("audience_messages_dead_lettered_total", "reason" => error.reason_code())
+                        .increment(1);
+                    pending.dead_letters.push(DeadLetter {
+                        topic: message.topic,
+                        partition: message.partition,
+                        offset: message.offset,
+                        reason_code: error.reason_code().to_string(),
+                        reason: error.to_string(),
+                        key: message.key,
+                        payload: payload.to_vec(),
+                        at_ms: ctx.now,
+                    });
+                    outcome.dead_lettered += 1;
+                    continue;
+                }
+            };
+            let mpid = inbound.mpid();
+            let catalog = self.catalog.clone();
+            let retention = self.engine.settings.retention_ms;
+            let cached = self.activate(mpid)?;
+            let changes = cached.state.apply(&inbound, ctx.now, retention, &catalog);
+            let affected: Vec<AudienceId> = catalog.affected_by(&changes).into_iter().collect();
+            self.evaluate_profile(mpid, affected, changes.event_time_ms, &ctx, &mut pending)?;
+            outcome.applied += 1;
+            metrics::counter!("audience_messages_processed_total", "topic" => message.topic.clone())
+                .increment(1);
+        }
+        outcome.deltas = pending.deltas.len();
+        outcome.dead_lettered = pending.dead_letters.len();
+        self.commit(pending, true)?;
+        outcome.next_offsets = self
+            .next_offsets
+            .iter()
+            .map(|(t, o)| (t.clone(), *o))
+            .collect();
+        let counters = &self.engine.counters;
+        counters
+            .messages_processed
+            .fetch_add(outcome.applied as u64, Ordering::Relaxed);
+        counters
+            .messages_dead_lettered
+            .fetch_add(outcome.dead_lettered as u64, Ordering::Relaxed);
+        Ok(outcome)
+    }
+
+    /// Writes everything a unit of work produced in one batch, then publishes its effects.
+    fn commit(&mut self, pending: Pending, with_offsets: bool) -> Result<(), StoreError> {
+        let store = self.engine.store.clone();
+        let mut batch: WriteBatch<'_> = store.batch();
+        let p = self.partition;
+        for mpid in &pending.dirty {
+            if let Some(cached) = self.cache.get_mut(mpid) {
+                let due = cached.state.next_due();
+                if due != cached.stored_due {
+                    if let Some(old) = cached.stored_due {
+                        batch.clear_timer(p, old, *mpid);
+                    }
+                    if let Some(new) = due {
+                        batch.set_timer(p, new, *mpid);
+                    }
+                    cached.stored_due = due;
+                }
+                batch.put_profile(p, &cached.state);
+            }
+        }
+        for delta in &pending.deltas {
+            self.outbox_head += 1;
+            batch.put_delta(p, self.outbox_head, delta);
+        }
+        if !pending.deltas.is_empty() {
+            batch.set_outbox_head(p, self.outbox_head);
+        }
+        for letter in &pending.dead_letters {
+            self.deadletter_head += 1;
+            batch.put_dead_letter(p, self.deadletter_head, letter);
+        }
+        for audience in &pending.sizes_changed {
+            batch.set_audience_size(*audience, p, self.sizes.get(audience).copied().unwrap_or(0));
+        }
+        if with_offsets {
+            for (topic, offset) in &self.next_offsets {
+                batch.set_next_offset(topic, p, *offset);
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        store.commit(batch)?;
+        self.engine.note_deltas(p, &pending.deltas);
+        if !pending.dead_letters.is_empty() {
+            self.engine.wake_outbox_readers();
+        }
+        Ok(())
+    }
+
+    fn fire_timers(&mut self) -> Result<(), StoreError> {
+        self.refresh_catalog();
+        let ctx = self.ctx();
+        let due = self
+            .engine
+            .store
+            .due_timers(self.partition, ctx.now, 1000)?;
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut pending = Pending::default();
+        for (at, mpid) in due {
+            let cached = self.activate(mpid)?;
+            if cached.stored_due != Some(at) {
+                // A timer left by a crash between two versions of the profile: drop it.
+                let mut b = self.engine.store.batch();
+                b.clear_timer(self.partition, at, mpid);
+                self.engine.store.commit(b)?;
+                continue;
+            }
+            let audiences = cached.state.due_audiences(ctx.now);
+            self.evaluate_profile(mpid, audiences, at, &ctx, &mut pending)?;
+        }
+        self.commit(pending, false)
+    }
+
+    /// Passivates profiles idle for too long, or the least recently used over capacity.
+    fn passivate(&mut self) {
+        let idle = Duration::from_millis(self.engine.settings.idle_passivation_ms.max(0) as u64);
+        self.cache.retain(|_, c| c.last_used.elapsed() < idle);
+        let max = self.engine.settings.max_cached_profiles;
+        if self.cache.len() > max {
+            let mut by_age: Vec<(Instant, Mpid)> =
+                self.cache.iter().map(|(m, c)| (c.last_used, *m)).collect();
+            by_age.sort();
+            for (_, mpid) in by_age.into_iter().take(self.cache.len() - max / 2) {
+                self.cache.remove(&mpid);
+            }
+        }
+    }
+
+    /// Takes the newest catalog and returns the audiences whose members must be evaluated
+    /// again over every stored profile: active ones not evaluated at their current revision,
+    /// and ones evaluated here before that are no longer active (drafts drop their members,
+    /// deleted ones lose their records). Deleted audiences lose their size counters at once.
+    fn refresh_catalog(&mut self) -> Vec<AudienceId> {
+        let latest = self.engine.catalog.load_full();
+        if latest.version != self.catalog.version {
+            self.catalog = latest;
+        }
+        let catalog = self.catalog.clone();
+        let mut stale: Vec<AudienceId> = catalog
+            .active_ids()
+            .filter(|id| {
+                let revision = catalog.active(*id).map(|a| a.record.revision);
+                self.evaluated.get(id).copied() != revision
+            })
+            .collect();
+        stale.extend(
+            self.evaluated
+                .keys()
+                .copied()
+                .filter(|id| catalog.active(*id).is_none()),
+        );
+        stale.sort();
+        stale.dedup();
+        let deleted: Vec<AudienceId> = self
+            .sizes
+            .keys()
+            .copied()
+            .filter(|id| catalog.record(*id).is_none())
+            .collect();
+        if !deleted.is_empty() {
+            let store = self.engine.store.clone();
+            let mut b = store.batch();
+            for id in deleted {
+                self.sizes.remove(&id);
+                b.set_audience_size(id, self.partition, 0);
+            }
+            if let Err(e) = store.commit(b) {
+                tracing::error!(partition = self.partition, error = %e, "could not reset sizes");
+            }
+        }
+        stale
+    }
+
+    fn backfill_step(
+        &mut self,
+        audiences: Vec<AudienceId>,
+        after: Option<Mpid>,
+    ) -> Result<Option<Mpid>, StoreError> {
+        let ctx = self.ctx();
+        let chunk = self.engine.settings.backfill_chunk;
+        let stored = self
+            .engine
+            .store
+            .scan_profiles(self.partition, after, chunk)?;
+        let last = stored.last().map(|p| p.mpid);
+        let mut pending = Pending::default();
+        for profile in stored {
+            let mpid = profile.mpid;
+            // A cached profile is newer than (or equal to) the stored one: keep it.
+            self.cache.entry(mpid).or_insert_with(|| Cached {
+                stored_due: profile.next_due(),
+                state: profile,
+                last_used: Instant::now(),
+            });
+            let event_time = ctx.now;
+            self.evaluate_profile(mpid, audiences.clone(), event_time, &ctx, &mut pending)?;
+        }
+        self.commit(pending, false)?;
+        if last.is_none() || last == Some(Mpid::MAX) {
+            Ok(None)
+        } else {
+            Ok(last)
+        }
+    }
+
+    fn start_backfill_if_needed(&mut self, ctx: &mut Context<Self>) {
+        if self.backfilling {
+            return;
+        }
+        let stale = self.refresh_catalog();
+        if stale.is_empty() {
+            return;
+        }
+        self.backfilling = true;
+        // Remember that these audiences are being evaluated here, so that a crash or a
+        // deactivation before the end still finds them to finish or clean up.
+        let store = self.engine.store.clone();
+        let mut b = store.batch();
+        for id in &stale {
+            if self.catalog.active(*id).is_some() {
+                self.evaluated.insert(*id, 0);
+                b.set_evaluated_revision(*id, self.partition, Some(0));
+            }
+        }
+        if let Err(e) = store.commit(b) {
+            tracing::error!(partition = self.partition, error = %e, "could not record backfill start");
+        }
+        tracing::info!(partition = self.partition, audiences = ?stale, "evaluating stored profiles for changed audiences");
+        ctx.notify(BackfillStep {
+            audiences: stale,
+            after: None,
+        });
+    }
+}
+
+impl Actor for PartitionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(64);
+        let tick = Duration::from_millis(self.engine.settings.timer_tick_ms.max(10));
+        ctx.run_interval(tick, |actor, ctx| {
+            if let Err(e) = actor.fire_timers() {
+                tracing::error!(partition = actor.partition, error = %e, "timer processing failed");
+            }
+            actor.start_backfill_if_needed(ctx);
+        });
+        ctx.run_interval(Duration::from_secs(5), |actor, _| actor.passivate());
+        self.start_backfill_if_needed(ctx);
+        tracing::info!(partition = self.partition, "partition actor started");
+    }
+}
+
+impl Handler<ProcessBatch> for PartitionActor {
+    type Result = Result<BatchOutcome, String>;
+
+    fn handle(&mut self, msg: ProcessBatch, _: &mut Context<Self>) -> Self::Result {
+        let span =
+            tracing::debug_span!("batch", partition = self.partition, messages = msg.0.len());
+        let _guard = span.enter();
+        self.process(msg.0).map_err(|e| {
+            tracing::error!(partition = self.partition, error = %e, "batch failed");
+            e.to_string()
+        })
+    }
+}
+
+impl Handler<Tick> for PartitionActor {
+    type Result = ();
+    fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
+        if let Err(e) = self.fire_timers() {
+            tracing::error!(partition = self.partition, error = %e, "timer processing failed");
+        }
+        self.start_backfill_if_needed(ctx);
+    }
+}
+
+impl Handler<CatalogChanged> for PartitionActor {
+    type Result = ();
+    fn handle(&mut self, _: CatalogChanged, ctx: &mut Context<Self>) {
+        self.start_backfill_if_needed(ctx);
+    }
+}
+
+impl Handler<BackfillStep> for PartitionActor {
+    type Result = ();
+    fn handle(&mut self, step: BackfillStep, ctx: &mut Context<Self>) {
+        match self.backfill_step(step.audiences.clone(), step.after) {
+            Ok(Some(last)) => ctx.notify(BackfillStep {
+                audiences: step.audiences,
+                after: Some(last),
+            }),
+            Ok(None) => {
+                let store = self.engine.store.clone();
+                let mut b = store.batch();
+                for id in &step.audiences {
+                    if let Some(a) = self.catalog.active(*id) {
+                        self.evaluated.insert(*id, a.record.revision);
+                        b.set_evaluated_revision(*id, self.partition, Some(a.record.revision));
+                    } else {
+                        self.evaluated.remove(id);
+                        b.set_evaluated_revision(*id, self.partition, None);
+                    }
+                }
+                if let Err(e) = store.commit(b) {
+                    tracing::error!(partition = self.partition, error = %e, "could not record backfill");
+                }
+                self.backfilling = false;
+                tracing::info!(partition = self.partition, audiences = ?step.audiences, "stored profiles evaluated");
+                self.start_backfill_if_needed(ctx);
+            }
+            Err(e) => {
+                tracing::error!(partition = self.partition, error = %e, "backfill failed; retrying");
+                self.backfilling = false;
+            }
+        }
+    }
+}
+
+impl Handler<Snapshot> for PartitionActor {
+    type Result = MessageResult<Snapshot>;
+    fn handle(&mut self, _: Snapshot, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(PartitionSnapshot {
+            partition: self.partition,
+            next_offsets: self
+                .next_offsets
+                .iter()
+                .map(|(t, o)| (t.clone(), *o))
+                .collect(),
+            outbox_head: self.outbox_head,
+            profiles_active: self.cache.len() as u64,
+        })
+    }
+}

@@ -1,0 +1,152 @@
+//! The audience registry: the one writer of audience definitions. Every change is validated,
+//! stored, compiled into a new catalog that partition actors swap in, and followed by the
+//! evaluation of the changed audience over the stored profiles.
+
+use crate::node::Node;
+use audience_state::catalog::{AudienceRecord, AudienceStatus, Catalog};
+use audience_state::criteria::DefinitionError;
+use audience_state::model::AudienceId;
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{0}")]
+    Invalid(#[from] DefinitionError),
+    #[error("audience {0} not found")]
+    NotFound(AudienceId),
+    #[error("store: {0}")]
+    Store(#[from] audience_state::store::StoreError),
+}
+
+/// What a caller may set on an audience.
+#[derive(Debug, Clone)]
+pub struct AudienceSpec {
+    pub name: String,
+    pub external_name: String,
+    pub criteria: serde_json::Value,
+    pub tags: Vec<String>,
+}
+
+pub struct Registry {
+    node: Arc<Node>,
+    /// Serialises writers; readers use the catalog.
+    write_lock: Mutex<()>,
+}
+
+impl Registry {
+    pub fn new(node: Arc<Node>) -> Self {
+        Registry {
+            node,
+            write_lock: Mutex::new(()),
+        }
+    }
+
+    fn publish(&self) -> Result<(), RegistryError> {
+        let engine = &self.node.engine;
+        let version = engine.catalog.load().version + 1;
+        let catalog = Catalog::build(version, engine.store.load_audiences()?);
+        engine.catalog.store(Arc::new(catalog));
+        self.node.catalog_changed();
+        Ok(())
+    }
+
+    pub fn create(&self, spec: AudienceSpec, draft: bool) -> Result<AudienceRecord, RegistryError> {
+        let _guard = self.write_lock.lock();
+        let engine = &self.node.engine;
+        let now = engine.clock.now();
+        let mut record = AudienceRecord {
+            id: 0,
+            name: spec.name,
+            external_name: spec.external_name,
+            status: if draft {
+                AudienceStatus::Draft
+            } else {
+                AudienceStatus::Active
+            },
+            criteria: spec.criteria,
+            tags: spec.tags,
+            created_at_ms: now,
+            updated_at_ms: now,
+            revision: 1,
+        };
+        record.validate()?;
+        record.id = engine.store.next_audience_id()?;
+        engine.store.put_audience(&record)?;
+        self.publish()?;
+        tracing::info!(audience = record.id, name = %record.name, "audience created");
+        Ok(record)
+    }
+
+    pub fn update(
+        &self,
+        id: AudienceId,
+        spec: AudienceSpec,
+    ) -> Result<AudienceRecord, RegistryError> {
+        let _guard = self.write_lock.lock();
+        let engine = &self.node.engine;
+        let mut record = self.get(id)?;
+        record.name = spec.name;
+        record.external_name = spec.external_name;
+        record.criteria = spec.criteria;
+        record.tags = spec.tags;
+        record.updated_at_ms = engine.clock.now();
+        record.revision += 1;
+        record.validate()?;
+        engine.store.put_audience(&record)?;
+        self.publish()?;
+        Ok(record)
+    }
+
+    pub fn set_status(
+        &self,
+        id: AudienceId,
+        status: AudienceStatus,
+    ) -> Result<AudienceRecord, RegistryError> {
+        let _guard = self.write_lock.lock();
+        let engine = &self.node.engine;
+        let mut record = self.get(id)?;
+        if record.status != status {
+            record.status = status;
+            record.updated_at_ms = engine.clock.now();
+            // A re-activated audience is evaluated afresh over every profile.
+            record.revision += 1;
+            engine.store.put_audience(&record)?;
+            self.publish()?;
+        }
+        Ok(record)
+    }
+
+    pub fn delete(&self, id: AudienceId) -> Result<(), RegistryError> {
+        let _guard = self.write_lock.lock();
+        self.get(id)?;
+        self.node.engine.store.delete_audience(id)?;
+        self.publish()?;
+        tracing::info!(audience = id, "audience deleted");
+        Ok(())
+    }
+
+    pub fn get(&self, id: AudienceId) -> Result<AudienceRecord, RegistryError> {
+        self.node
+            .engine
+            .catalog
+            .load()
+            .record(id)
+            .cloned()
+            .ok_or(RegistryError::NotFound(id))
+    }
+
+    pub fn list(&self, tags: &[String]) -> Vec<AudienceRecord> {
+        let catalog = self.node.engine.catalog.load();
+        let mut out: Vec<AudienceRecord> = catalog
+            .records()
+            .filter(|r| {
+                tags.iter()
+                    .all(|t| r.tags.iter().any(|x| x.eq_ignore_ascii_case(t)))
+            })
+            .cloned()
+            .collect();
+        out.sort_by_key(|r| r.id);
+        out
+    }
+}

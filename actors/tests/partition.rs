@@ -1,0 +1,107 @@
+//! The partition actor without a broker: messages injected, clock manual, real RocksDB.
+
+use actix::prelude::*;
+use audience_actors::clock::Clock;
+use audience_actors::engine::{Engine, EngineSettings};
+use audience_actors::partition::{PartitionActor, ProcessBatch, RawMessage, Tick};
+use audience_state::catalog::{AudienceRecord, AudienceStatus};
+use audience_state::model::{DeltaKind, DAY_MS};
+use audience_state::store::Store;
+use std::sync::Arc;
+
+fn message(offset: i64, body: serde_json::Value) -> RawMessage {
+    RawMessage {
+        topic: "events".into(),
+        partition: 0,
+        offset,
+        key: None,
+        payload: Some(body.to_string().into_bytes()),
+        content_type: None,
+    }
+}
+
+fn setup(dir: &std::path::Path) -> (Arc<Engine>, Arc<Clock>) {
+    let store = Arc::new(Store::open(dir, false).unwrap());
+    store
+        .put_audience(&AudienceRecord {
+            id: 1,
+            name: "searched this week".into(),
+            external_name: String::new(),
+            status: AudienceStatus::Active,
+            criteria: serde_json::json!({"event": {"name": "Search", "time": {"within_last_days": 7}}}),
+            tags: vec![],
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            revision: 1,
+        })
+        .unwrap();
+    let clock = Arc::new(Clock::new(true));
+    let settings = EngineSettings {
+        events_topic: "events".into(),
+        identities_topic: "identities".into(),
+        ..Default::default()
+    };
+    (Engine::new(store, clock.clone(), settings).unwrap(), clock)
+}
+
+fn search(mpid: i64, at: i64) -> serde_json::Value {
+    serde_json::json!({"mpid": mpid, "events": [{"event_type": "custom_event",
+        "data": {"event_name": "Search", "custom_event_type": "search", "timestamp_unixtime_ms": at}}]})
+}
+
+#[actix::test]
+async fn replayed_offsets_change_nothing_and_timers_drop_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, clock) = setup(dir.path());
+    let now = clock.now();
+    let actor = PartitionActor::new(0, engine.clone()).unwrap().start();
+    let batch = vec![
+        message(0, search(1, now)),
+        message(1, serde_json::json!({"no": "mpid"})),
+        message(2, search(2, now)),
+    ];
+    let outcome = actor
+        .send(ProcessBatch(batch.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (outcome.applied, outcome.dead_lettered, outcome.deltas),
+        (2, 1, 2)
+    );
+    assert_eq!(engine.store.next_offset("events", 0).unwrap(), Some(3));
+
+    // A redelivery after a crash: skipped, no new delta, no second dead letter.
+    let again = actor.send(ProcessBatch(batch)).await.unwrap().unwrap();
+    assert_eq!((again.applied, again.skipped, again.deltas), (0, 3, 0));
+    assert_eq!(engine.store.outbox_head(0).unwrap(), 2);
+    assert_eq!(engine.store.deadletter_head(0).unwrap(), 1);
+    let letter = &engine.store.read_dead_letters(0, 0, 10).unwrap()[0].1;
+    assert_eq!(
+        (letter.offset, letter.reason_code.as_str()),
+        (1, "missing_mpid")
+    );
+
+    // A week later, with no event, both users leave.
+    clock.advance(7 * DAY_MS + 1).unwrap();
+    actor.send(Tick).await.unwrap();
+    let deltas = engine.store.read_outbox(0, 2, 10).unwrap();
+    assert_eq!(deltas.len(), 2, "{deltas:?}");
+    assert!(deltas
+        .iter()
+        .all(|(_, d)| d.kind == DeltaKind::Dropped && d.version == 2));
+    assert_eq!(engine.store.audience_size(1, 0).unwrap(), 0);
+
+    // State survives a restart of the actor from the store alone.
+    drop(actor);
+    let actor = PartitionActor::new(0, engine.clone()).unwrap().start();
+    let later = clock.now();
+    let outcome = actor
+        .send(ProcessBatch(vec![message(3, search(1, later))]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.deltas, 1);
+    let (_, d) = engine.store.read_outbox(0, 4, 10).unwrap().remove(0);
+    assert_eq!((d.mpid, d.kind, d.version), (1, DeltaKind::Added, 3));
+}

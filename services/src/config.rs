@@ -1,0 +1,222 @@
+//! Engine configuration: a TOML file, overridden by environment variables, with defaults that
+//! work on a laptop (embedded broker, data under `.data/`).
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub storage: StorageConfig,
+    pub grpc: GrpcConfig,
+    pub metrics: MetricsConfig,
+    pub engine: EngineConfig,
+    pub clock: ClockConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `embedded` starts librdkafka's in-process mock cluster (demos only).
+    pub bootstrap_servers: String,
+    pub group_id: String,
+    pub events_topic: String,
+    pub identities_topic: String,
+    pub deltas_topic: String,
+    pub dead_letter_topic: String,
+    /// Create the topics at start when missing.
+    pub create_topics: bool,
+    pub partitions: i32,
+    /// Extra librdkafka properties for consumer and producer.
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub path: PathBuf,
+    /// fsync every batch write (survives power loss, not only process crashes).
+    pub sync_writes: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Prometheus exporter address; empty disables it.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    pub retention_days: u32,
+    pub max_message_bytes: usize,
+    pub max_batch: usize,
+    /// Arbiter threads hosting partition actors.
+    pub threads: usize,
+    pub max_cached_profiles: usize,
+    pub timer_tick_ms: u64,
+    /// Audience files (`*.json`: name, external_name, tags, criteria) created at start, before
+    /// consuming, when no audience of that name exists.
+    pub audiences_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClockConfig {
+    /// Let `AdminService.AdvanceClock` move time forward (tests and demos).
+    pub manual: bool,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        let d = audience_actors::engine::EngineSettings::default();
+        KafkaConfig {
+            bootstrap_servers: "embedded".into(),
+            group_id: "audience-engine".into(),
+            events_topic: d.events_topic,
+            identities_topic: d.identities_topic,
+            deltas_topic: d.deltas_topic,
+            dead_letter_topic: d.dead_letter_topic,
+            create_topics: true,
+            partitions: 4,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: PathBuf::from(".data/engine"),
+            sync_writes: false,
+        }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            listen: "127.0.0.1:50051".into(),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9898".into(),
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            retention_days: 30,
+            max_message_bytes: audience_state::batch::DEFAULT_MAX_MESSAGE_BYTES,
+            max_batch: 2000,
+            threads: 2,
+            max_cached_profiles: 50_000,
+            timer_tick_ms: 200,
+            audiences_dir: None,
+        }
+    }
+}
+
+/// Environment variables that override the file, with the setting each one sets.
+pub const ENVIRONMENT: &[(&str, &str)] = &[
+    ("AUDIENCE_BOOTSTRAP_SERVERS", "kafka.bootstrap_servers"),
+    ("AUDIENCE_GROUP_ID", "kafka.group_id"),
+    ("AUDIENCE_EVENTS_TOPIC", "kafka.events_topic"),
+    ("AUDIENCE_IDENTITIES_TOPIC", "kafka.identities_topic"),
+    ("AUDIENCE_DELTAS_TOPIC", "kafka.deltas_topic"),
+    ("AUDIENCE_DEAD_LETTER_TOPIC", "kafka.dead_letter_topic"),
+    ("AUDIENCE_PARTITIONS", "kafka.partitions"),
+    ("AUDIENCE_DATA_DIR", "storage.path"),
+    ("AUDIENCE_GRPC_LISTEN", "grpc.listen"),
+    ("AUDIENCE_METRICS_LISTEN", "metrics.listen"),
+    ("AUDIENCE_RETENTION_DAYS", "engine.retention_days"),
+    ("AUDIENCE_MANUAL_CLOCK", "clock.manual"),
+    ("AUDIENCE_MAX_MESSAGE_BYTES", "engine.max_message_bytes"),
+    ("AUDIENCE_AUDIENCES_DIR", "engine.audiences_dir"),
+    ("AUDIENCE_KAFKA_PROPERTIES", "kafka.properties (k=v,k=v)"),
+];
+
+impl Config {
+    /// Reads the file (if any), then applies the environment.
+    pub fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+        let mut config: Config = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?;
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?
+            }
+            None => Config::default(),
+        };
+        for (var, _) in ENVIRONMENT {
+            if let Ok(value) = std::env::var(var) {
+                config.set(var, &value)?;
+            }
+        }
+        Ok(config)
+    }
+
+    fn set(&mut self, var: &str, value: &str) -> anyhow::Result<()> {
+        let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("{var}={value}: {e}");
+        match var {
+            "AUDIENCE_BOOTSTRAP_SERVERS" => self.kafka.bootstrap_servers = value.into(),
+            "AUDIENCE_GROUP_ID" => self.kafka.group_id = value.into(),
+            "AUDIENCE_EVENTS_TOPIC" => self.kafka.events_topic = value.into(),
+            "AUDIENCE_IDENTITIES_TOPIC" => self.kafka.identities_topic = value.into(),
+            "AUDIENCE_DELTAS_TOPIC" => self.kafka.deltas_topic = value.into(),
+            "AUDIENCE_DEAD_LETTER_TOPIC" => self.kafka.dead_letter_topic = value.into(),
+            "AUDIENCE_PARTITIONS" => self.kafka.partitions = value.parse().map_err(|e| bad(&e))?,
+            "AUDIENCE_DATA_DIR" => self.storage.path = value.into(),
+            "AUDIENCE_GRPC_LISTEN" => self.grpc.listen = value.into(),
+            "AUDIENCE_METRICS_LISTEN" => self.metrics.listen = value.into(),
+            "AUDIENCE_RETENTION_DAYS" => {
+                self.engine.retention_days = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_MANUAL_CLOCK" => self.clock.manual = value.parse().map_err(|e| bad(&e))?,
+            "AUDIENCE_MAX_MESSAGE_BYTES" => {
+                self.engine.max_message_bytes = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_AUDIENCES_DIR" => self.engine.audiences_dir = Some(value.into()),
+            "AUDIENCE_KAFKA_PROPERTIES" => {
+                for pair in value.split(',').filter(|p| !p.trim().is_empty()) {
+                    let (k, v) = pair
+                        .split_once('=')
+                        .ok_or_else(|| bad(&format!("\"{pair}\" is not key=value")))?;
+                    self.kafka
+                        .properties
+                        .insert(k.trim().into(), v.trim().into());
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub fn settings(&self) -> audience_actors::engine::EngineSettings {
+        audience_actors::engine::EngineSettings {
+            events_topic: self.kafka.events_topic.clone(),
+            identities_topic: self.kafka.identities_topic.clone(),
+            deltas_topic: self.kafka.deltas_topic.clone(),
+            dead_letter_topic: self.kafka.dead_letter_topic.clone(),
+            retention_ms: self.engine.retention_days as i64 * audience_state::model::DAY_MS,
+            max_message_bytes: self.engine.max_message_bytes,
+            max_cached_profiles: self.engine.max_cached_profiles,
+            timer_tick_ms: self.engine.timer_tick_ms,
+            ..Default::default()
+        }
+    }
+}

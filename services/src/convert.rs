@@ -1,0 +1,212 @@
+//! Conversions between the domain and the wire: protobuf `Struct` to JSON, records and
+//! profiles to their messages, and the one mapping of errors to gRPC statuses.
+
+use audience_actors::registry::RegistryError;
+use audience_actors::stats::Figures;
+use audience_proto::v1 as pb;
+use audience_state::catalog::{AudienceRecord, AudienceStatus};
+use audience_state::model::{AttrValue, DeltaKind};
+use audience_state::profile::ProfileState;
+use prost_types::value::Kind;
+use tonic::Status;
+
+pub fn struct_to_json(s: &prost_types::Struct) -> serde_json::Value {
+    serde_json::Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn value_to_json(v: &prost_types::Value) -> serde_json::Value {
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::NumberValue(n)) => {
+            // Counts and days arrive as doubles: keep integers integral.
+            if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                serde_json::Value::from(*n as i64)
+            } else {
+                serde_json::Number::from_f64(*n)
+                    .map_or(serde_json::Value::Null, serde_json::Value::Number)
+            }
+        }
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+        Some(Kind::StructValue(s)) => struct_to_json(s),
+        Some(Kind::ListValue(l)) => {
+            serde_json::Value::Array(l.values.iter().map(value_to_json).collect())
+        }
+    }
+}
+
+pub fn json_to_struct(v: &serde_json::Value) -> prost_types::Struct {
+    match json_to_value(v).kind {
+        Some(Kind::StructValue(s)) => s,
+        _ => prost_types::Struct::default(),
+    }
+}
+
+fn json_to_value(v: &serde_json::Value) -> prost_types::Value {
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(json_to_value).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
+            fields: o
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_value(v)))
+                .collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+pub fn stats(f: &Figures) -> pb::AudienceStats {
+    pb::AudienceStats {
+        size: f.size,
+        adds_24h: f.adds_24h,
+        drops_24h: f.drops_24h,
+        volatility_24h: f.volatility_24h,
+    }
+}
+
+pub fn audience(r: &AudienceRecord, figures: Option<&Figures>) -> pb::Audience {
+    pb::Audience {
+        id: r.id,
+        name: r.name.clone(),
+        external_name: r.external_name.clone(),
+        status: match r.status {
+            AudienceStatus::Draft => pb::AudienceStatus::Draft,
+            AudienceStatus::Active => pb::AudienceStatus::Active,
+        } as i32,
+        criteria: Some(json_to_struct(&r.criteria)),
+        tags: r.tags.clone(),
+        created_at_ms: r.created_at_ms,
+        updated_at_ms: r.updated_at_ms,
+        revision: r.revision,
+        stats: figures.map(stats),
+    }
+}
+
+pub fn delta_kind(k: DeltaKind) -> pb::DeltaKind {
+    match k {
+        DeltaKind::Added => pb::DeltaKind::Added,
+        DeltaKind::Dropped => pb::DeltaKind::Dropped,
+    }
+}
+
+pub fn attr_value(v: &AttrValue) -> pb::AttributeValue {
+    use pb::attribute_value::Value;
+    let value = match v {
+        AttrValue::String(s) => Value::StringValue(s.clone()),
+        AttrValue::Number(n) => Value::NumberValue(*n),
+        AttrValue::Bool(b) => Value::BoolValue(*b),
+        AttrValue::Date(d) => Value::DateUnixtimeMs(*d),
+        AttrValue::List(l) => Value::ListValue(pb::StringList { values: l.clone() }),
+        AttrValue::Null => Value::NullValue(true),
+    };
+    pb::AttributeValue { value: Some(value) }
+}
+
+/// `active_audience` names the active audiences; memberships of others are not shown.
+pub fn profile(
+    p: &ProfileState,
+    active_audience: impl Fn(u64) -> Option<String>,
+    retention_from: i64,
+) -> pb::Profile {
+    let d = &p.device;
+    let s = |o: &Option<String>| o.clone().unwrap_or_default();
+    pb::Profile {
+        mpid: p.mpid,
+        identities: p
+            .identities
+            .iter()
+            .flat_map(|(t, values)| {
+                values.iter().map(move |v| pb::Identity {
+                    identity_type: t.clone(),
+                    value: v.clone(),
+                })
+            })
+            .collect(),
+        user_attributes: p
+            .attributes
+            .values()
+            .map(|a| (a.name.clone(), attr_value(&a.value)))
+            .collect(),
+        device_info: Some(pb::DeviceInfo {
+            platform: s(&d.platform),
+            os_version: s(&d.os_version),
+            device_model: s(&d.device_model),
+            device_manufacturer: s(&d.device_manufacturer),
+            network_carrier: s(&d.network_carrier),
+            brand: s(&d.brand),
+            locale_country: s(&d.locale_country),
+            locale_language: s(&d.locale_language),
+            device_identities: Default::default(),
+        }),
+        consent_state: Some(pb::ConsentState {
+            gdpr: p
+                .consent
+                .gdpr
+                .iter()
+                .map(|(k, c)| {
+                    (
+                        k.clone(),
+                        pb::GdprConsent {
+                            consented: c.consented,
+                            document: c.document.clone().unwrap_or_default(),
+                            timestamp_unixtime_ms: c.timestamp_ms.unwrap_or_default(),
+                            location: String::new(),
+                            hardware_id: String::new(),
+                        },
+                    )
+                })
+                .collect(),
+            ccpa_data_sale_opt_out: p.consent.ccpa_data_sale_opt_out,
+        }),
+        first_seen_ms: p.first_seen_ms,
+        last_seen_ms: p.last_seen_ms,
+        audiences: p
+            .member_of()
+            .filter_map(|(id, r)| Some((id, r, active_audience(id)?)))
+            .map(|(id, r, name)| pb::Membership {
+                audience_id: id,
+                audience_name: name,
+                since_ms: r.changed_at_ms,
+                version: r.version,
+            })
+            .collect(),
+        events: p
+            .history
+            .iter()
+            .filter(|(k, _)| !k.starts_with("m:"))
+            .map(|(k, series)| pb::EventCount {
+                event_key: k
+                    .replace(audience_state::criteria::KEY_SEP, ":")
+                    .trim_end_matches(':')
+                    .to_string(),
+                count_in_retention: series.count_between(retention_from, i64::MAX),
+                last_seen_ms: series.last().unwrap_or_default(),
+            })
+            .collect(),
+        app_version: p.app_version.clone().unwrap_or_default(),
+    }
+}
+
+/// The one mapping of registry errors to gRPC statuses.
+pub fn status(e: RegistryError) -> Status {
+    match e {
+        RegistryError::Invalid(d) => Status::invalid_argument(d.to_string()),
+        RegistryError::NotFound(_) => Status::not_found(e.to_string()),
+        RegistryError::Store(_) => Status::internal(e.to_string()),
+    }
+}
+
+pub fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}

@@ -1,0 +1,351 @@
+//! The gRPC services of a node: audience management, membership subscription, profile lookup
+//! and administration. Requests are validated here, once; domain errors map to statuses in
+//! [`crate::convert::status`].
+
+use crate::convert;
+use audience_actors::connector::{Connectors, Cursor};
+use audience_actors::node::Node;
+use audience_actors::registry::{AudienceSpec, Registry};
+use audience_proto::v1 as pb;
+use audience_state::catalog::AudienceStatus;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+#[derive(Clone)]
+pub struct Services {
+    pub node: Arc<Node>,
+    pub registry: Arc<Registry>,
+    pub connectors: Arc<Connectors>,
+    pub bootstrap_servers: String,
+}
+
+impl Services {
+    fn with_figures(
+        &self,
+        records: Vec<audience_state::catalog::AudienceRecord>,
+    ) -> Result<Vec<pb::Audience>, Status> {
+        let ids: Vec<u64> = records.iter().map(|r| r.id).collect();
+        let figures: HashMap<_, _> = self
+            .node
+            .engine
+            .figures(&ids)
+            .map_err(convert::internal)?
+            .into_iter()
+            .collect();
+        Ok(records
+            .iter()
+            .map(|r| convert::audience(r, figures.get(&r.id)))
+            .collect())
+    }
+
+    fn one(
+        &self,
+        record: audience_state::catalog::AudienceRecord,
+    ) -> Result<Response<pb::Audience>, Status> {
+        Ok(Response::new(self.with_figures(vec![record])?.remove(0)))
+    }
+}
+
+fn spec(
+    name: String,
+    external_name: String,
+    criteria: Option<prost_types::Struct>,
+    tags: Vec<String>,
+) -> Result<AudienceSpec, Status> {
+    let criteria = criteria
+        .map(|c| convert::struct_to_json(&c))
+        .ok_or_else(|| Status::invalid_argument("criteria: missing"))?;
+    Ok(AudienceSpec {
+        name,
+        external_name,
+        criteria,
+        tags,
+    })
+}
+
+#[tonic::async_trait]
+impl pb::audience_service_server::AudienceService for Services {
+    async fn create_audience(
+        &self,
+        req: Request<pb::CreateAudienceRequest>,
+    ) -> Result<Response<pb::Audience>, Status> {
+        let r = req.into_inner();
+        let spec = spec(r.name, r.external_name, r.criteria, r.tags)?;
+        let record = self
+            .registry
+            .create(spec, r.draft)
+            .map_err(convert::status)?;
+        self.one(record)
+    }
+
+    async fn get_audience(
+        &self,
+        req: Request<pb::GetAudienceRequest>,
+    ) -> Result<Response<pb::Audience>, Status> {
+        let record = self
+            .registry
+            .get(req.into_inner().id)
+            .map_err(convert::status)?;
+        self.one(record)
+    }
+
+    async fn list_audiences(
+        &self,
+        req: Request<pb::ListAudiencesRequest>,
+    ) -> Result<Response<pb::ListAudiencesResponse>, Status> {
+        let records = self.registry.list(&req.into_inner().tags);
+        Ok(Response::new(pb::ListAudiencesResponse {
+            audiences: self.with_figures(records)?,
+        }))
+    }
+
+    async fn update_audience(
+        &self,
+        req: Request<pb::UpdateAudienceRequest>,
+    ) -> Result<Response<pb::Audience>, Status> {
+        let r = req.into_inner();
+        let spec = spec(r.name, r.external_name, r.criteria, r.tags)?;
+        let record = self.registry.update(r.id, spec).map_err(convert::status)?;
+        self.one(record)
+    }
+
+    async fn delete_audience(
+        &self,
+        req: Request<pb::DeleteAudienceRequest>,
+    ) -> Result<Response<pb::DeleteAudienceResponse>, Status> {
+        self.registry
+            .delete(req.into_inner().id)
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::DeleteAudienceResponse {}))
+    }
+
+    async fn activate_audience(
+        &self,
+        req: Request<pb::AudienceIdRequest>,
+    ) -> Result<Response<pb::Audience>, Status> {
+        let record = self
+            .registry
+            .set_status(req.into_inner().id, AudienceStatus::Active)
+            .map_err(convert::status)?;
+        self.one(record)
+    }
+
+    async fn save_as_draft(
+        &self,
+        req: Request<pb::AudienceIdRequest>,
+    ) -> Result<Response<pb::Audience>, Status> {
+        let record = self
+            .registry
+            .set_status(req.into_inner().id, AudienceStatus::Draft)
+            .map_err(convert::status)?;
+        self.one(record)
+    }
+}
+
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<pb::MembershipDelta, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::membership_service_server::MembershipService for Services {
+    type SubscribeStream = DeltaStream;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let r = req.into_inner();
+        let engine = self.node.engine.clone();
+        let cursor = Cursor::parse(&r.cursor, &engine).map_err(Status::invalid_argument)?;
+        let catalog = engine.catalog.load();
+        for (i, id) in r.audience_ids.iter().enumerate() {
+            if catalog.record(*id).is_none() {
+                return Err(Status::not_found(format!(
+                    "audience_ids[{i}]: audience {id} not found"
+                )));
+            }
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let name = if r.subscriber_name.is_empty() {
+            "anonymous".to_string()
+        } else {
+            r.subscriber_name
+        };
+        self.connectors.subscribe(
+            engine,
+            name,
+            r.audience_ids,
+            cursor,
+            &self.node.arbiter(),
+            tx,
+        );
+        let stream = async_stream(move |out| async move {
+            while let Some(item) = rx.recv().await {
+                let msg = item
+                    .map(|o| pb::MembershipDelta {
+                        audience_id: o.delta.audience_id,
+                        mpid: o.delta.mpid,
+                        kind: convert::delta_kind(o.delta.kind) as i32,
+                        event_time_ms: o.delta.event_time_ms,
+                        processing_time_ms: o.delta.processing_time_ms,
+                        version: o.delta.version,
+                        delta_id: o.delta.delta_id(),
+                        partition: o.partition,
+                        sequence: o.sequence,
+                        cursor: o.cursor,
+                    })
+                    .map_err(Status::out_of_range);
+                if out.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn list_connectors(
+        &self,
+        _: Request<pb::ListConnectorsRequest>,
+    ) -> Result<Response<pb::ListConnectorsResponse>, Status> {
+        let connectors = self
+            .connectors
+            .describe()
+            .await
+            .into_iter()
+            .map(|c| pb::Connector {
+                id: c.id,
+                subscriber_name: c.subscriber_name,
+                audience_ids: c.audience_ids,
+                delivered: c.delivered,
+                cursor: c.cursor,
+                connected_at_ms: c.connected_at_ms,
+                audiences: c
+                    .audiences
+                    .iter()
+                    .map(|(id, f)| pb::ConnectorAudienceStats {
+                        audience_id: *id,
+                        stats: Some(convert::stats(f)),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListConnectorsResponse { connectors }))
+    }
+
+    async fn get_audience_stats(
+        &self,
+        req: Request<pb::GetAudienceStatsRequest>,
+    ) -> Result<Response<pb::GetAudienceStatsResponse>, Status> {
+        let ids = req.into_inner().audience_ids;
+        let audiences = self
+            .node
+            .engine
+            .figures(&ids)
+            .map_err(convert::internal)?
+            .iter()
+            .map(|(id, f)| pb::ConnectorAudienceStats {
+                audience_id: *id,
+                stats: Some(convert::stats(f)),
+            })
+            .collect();
+        Ok(Response::new(pb::GetAudienceStatsResponse { audiences }))
+    }
+}
+
+/// A stream fed by a task: the task gets a sender and the response gets the receiver.
+fn async_stream<F, Fut>(producer: F) -> DeltaStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::MembershipDelta, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(producer(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl pb::profile_service_server::ProfileService for Services {
+    async fn get_profile(
+        &self,
+        req: Request<pb::GetProfileRequest>,
+    ) -> Result<Response<pb::Profile>, Status> {
+        let mpid = req.into_inner().mpid;
+        let engine = &self.node.engine;
+        let mut partitions: Vec<u32> = self.node.owned();
+        partitions.extend(engine.partitions.lock().iter().copied());
+        partitions.extend(engine.store.known_partitions().map_err(convert::internal)?);
+        partitions.sort();
+        partitions.dedup();
+        let found = engine
+            .store
+            .find_profile(mpid, partitions)
+            .map_err(convert::internal)?;
+        let Some((_, profile)) = found else {
+            return Err(Status::not_found(format!("mpid {mpid}: no profile")));
+        };
+        let catalog = engine.catalog.load();
+        let name = |id: u64| catalog.active(id).map(|a| a.record.name.clone());
+        let from = engine.clock.now() - engine.settings.retention_ms;
+        Ok(Response::new(convert::profile(&profile, name, from)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for Services {
+    async fn advance_clock(
+        &self,
+        req: Request<pb::AdvanceClockRequest>,
+    ) -> Result<Response<pb::ClockResponse>, Status> {
+        let clock = &self.node.engine.clock;
+        let now = clock
+            .advance(req.into_inner().millis)
+            .map_err(Status::failed_precondition)?;
+        self.node.tick();
+        Ok(Response::new(pb::ClockResponse {
+            now_ms: now,
+            manual: true,
+        }))
+    }
+
+    async fn get_clock(
+        &self,
+        _: Request<pb::GetClockRequest>,
+    ) -> Result<Response<pb::ClockResponse>, Status> {
+        let clock = &self.node.engine.clock;
+        Ok(Response::new(pb::ClockResponse {
+            now_ms: clock.now(),
+            manual: clock.is_manual(),
+        }))
+    }
+
+    async fn get_engine_status(
+        &self,
+        _: Request<pb::GetEngineStatusRequest>,
+    ) -> Result<Response<pb::EngineStatus>, Status> {
+        let engine = &self.node.engine;
+        let partitions = self
+            .node
+            .snapshots()
+            .await
+            .into_iter()
+            .map(|s| pb::PartitionStatus {
+                partition: s.partition,
+                next_offsets: s.next_offsets.into_iter().collect(),
+                outbox_head: s.outbox_head,
+                profiles_active: s.profiles_active,
+            })
+            .collect();
+        Ok(Response::new(pb::EngineStatus {
+            messages_processed: engine.counters.messages_processed.load(Ordering::Relaxed),
+            messages_dead_lettered: engine
+                .counters
+                .messages_dead_lettered
+                .load(Ordering::Relaxed),
+            deltas_emitted: engine.counters.deltas_emitted.load(Ordering::Relaxed),
+            partitions,
+            bootstrap_servers: self.bootstrap_servers.clone(),
+        }))
+    }
+}

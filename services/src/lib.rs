@@ -1,0 +1,8 @@
+//! The outer layer of the audience engine: configuration, the gRPC services, and the wiring of
+//! a node (`server::run`). The binaries `audience-engine` (the daemon) and `audiencectl` (the
+//! operator CLI) are thin on top of it.
+
+pub mod config;
+pub mod convert;
+pub mod grpc;
+pub mod server;

@@ -1,0 +1,308 @@
+//! Wiring of one engine node: store, actors, Kafka, gRPC, metrics, and graceful shutdown.
+//! SIGTERM (or Ctrl-C) stops polling, lets the batch in flight commit, drains the publishers
+//! and exits cleanly.
+
+use crate::config::Config;
+use crate::grpc::Services;
+use audience_actors::clock::Clock;
+use audience_actors::connector::Connectors;
+use audience_actors::engine::Engine;
+use audience_actors::ingest::{self, IngestConfig};
+use audience_actors::node::Node;
+use audience_actors::publisher;
+use audience_actors::registry::Registry;
+use audience_proto::v1 as pb;
+use audience_state::store::Store;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Creates the engine's topics on a real cluster, leaving existing ones alone.
+pub async fn ensure_topics(
+    bootstrap: &str,
+    topics: &[&str],
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(new.iter(), &opts).await? {
+        match result {
+            Ok(topic) => tracing::info!(topic, partitions, "topic created"),
+            Err((topic, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::debug!(topic, "topic exists")
+            }
+            Err((topic, code)) => anyhow::bail!("creating topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AudienceFile {
+    name: String,
+    #[serde(default)]
+    external_name: String,
+    #[serde(default)]
+    tags: Vec<String>,
+    criteria: serde_json::Value,
+}
+
+/// Creates the audiences of a folder (in file name order) whose names do not exist yet.
+fn load_audiences(registry: &Registry, dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("audiences_dir {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file)?;
+        let f: AudienceFile =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        if registry.list(&[]).iter().any(|a| a.name == f.name) {
+            continue;
+        }
+        let spec = audience_actors::registry::AudienceSpec {
+            name: f.name,
+            external_name: f.external_name,
+            criteria: f.criteria,
+            tags: f.tags,
+        };
+        let record = registry
+            .create(spec, false)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        tracing::info!(audience = record.id, name = %record.name, file = %file.display(), "audience loaded");
+    }
+    Ok(())
+}
+
+/// Every few seconds: audience figures and consumer lag as Prometheus gauges. Labels are
+/// bounded: audience ids, topics and partitions, never MPIDs.
+async fn export_figures(
+    node: Arc<Node>,
+    consumer: Arc<rdkafka::consumer::StreamConsumer<ingest::IngestContext>>,
+    topics: Vec<String>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use rdkafka::consumer::Consumer;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        if let Ok(figures) = node.engine.figures(&[]) {
+            for (id, f) in figures {
+                let id = id.to_string();
+                metrics::gauge!("audience_size", "audience" => id.clone()).set(f.size as f64);
+                metrics::gauge!("audience_adds_24h", "audience" => id.clone())
+                    .set(f.adds_24h as f64);
+                metrics::gauge!("audience_drops_24h", "audience" => id.clone())
+                    .set(f.drops_24h as f64);
+                metrics::gauge!("audience_volatility_24h", "audience" => id).set(f.volatility_24h);
+            }
+        }
+        let owned = node.owned();
+        let store = node.engine.store.clone();
+        let consumer = consumer.clone();
+        let topics = topics.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for topic in &topics {
+                for &p in &owned {
+                    let Ok((_, high)) = consumer.fetch_watermarks(topic, p as i32, Duration::from_secs(2)) else {
+                        continue;
+                    };
+                    let next = store.next_offset(topic, p).ok().flatten().unwrap_or(0);
+                    metrics::gauge!("audience_consumer_lag", "topic" => topic.clone(), "partition" => p.to_string())
+                        .set((high - next).max(0) as f64);
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Runs a node until SIGTERM or Ctrl-C.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    if !config.metrics.listen.is_empty() {
+        let addr: std::net::SocketAddr = config
+            .metrics
+            .listen
+            .parse()
+            .map_err(|e| anyhow::anyhow!("metrics.listen {}: {e}", config.metrics.listen))?;
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()?;
+        tracing::info!(%addr, "prometheus metrics at /metrics");
+    }
+
+    // The embedded broker lives as long as the node: demos only, never for real data.
+    let mut _embedded = None;
+    let bootstrap = if config.kafka.bootstrap_servers == "embedded" {
+        let cluster = rdkafka::mocking::MockCluster::new(1)?;
+        for t in [
+            &config.kafka.events_topic,
+            &config.kafka.identities_topic,
+            &config.kafka.deltas_topic,
+            &config.kafka.dead_letter_topic,
+        ] {
+            cluster.create_topic(t, config.kafka.partitions, 1)?;
+        }
+        let servers = cluster.bootstrap_servers();
+        tracing::warn!(%servers, "using the embedded in-process Kafka mock cluster (demo only)");
+        _embedded = Some(cluster);
+        servers
+    } else {
+        if config.kafka.create_topics {
+            ensure_topics(
+                &config.kafka.bootstrap_servers,
+                &[
+                    &config.kafka.events_topic,
+                    &config.kafka.identities_topic,
+                    &config.kafka.deltas_topic,
+                    &config.kafka.dead_letter_topic,
+                ],
+                config.kafka.partitions,
+            )
+            .await?;
+        }
+        config.kafka.bootstrap_servers.clone()
+    };
+
+    std::fs::create_dir_all(&config.storage.path)?;
+    let store = Arc::new(Store::open(
+        &config.storage.path,
+        config.storage.sync_writes,
+    )?);
+    let clock = Arc::new(Clock::new(config.clock.manual));
+    let engine = Engine::new(store.clone(), clock, config.settings())?;
+    let node = Node::start(engine.clone(), config.engine.threads)?;
+    let registry = Arc::new(Registry::new(node.clone()));
+    let connectors = Arc::new(Connectors::default());
+    if let Some(dir) = &config.engine.audiences_dir {
+        load_audiences(&registry, dir)?;
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let mut producer_config = ClientConfig::new();
+    producer_config
+        .set("bootstrap.servers", &bootstrap)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "false");
+    for (k, v) in &config.kafka.properties {
+        producer_config.set(k, v);
+    }
+    let producer: FutureProducer = producer_config.create()?;
+    let publisher_task = tokio::spawn(publisher::run(
+        engine.clone(),
+        producer,
+        shutdown_rx.clone(),
+    ));
+
+    let ingest_config = IngestConfig {
+        bootstrap_servers: bootstrap.clone(),
+        group_id: config.kafka.group_id.clone(),
+        topics: vec![
+            config.kafka.events_topic.clone(),
+            config.kafka.identities_topic.clone(),
+        ],
+        max_batch: config.engine.max_batch,
+        properties: config.kafka.properties.clone(),
+    };
+    let consumer = Arc::new(ingest::consumer(&ingest_config, node.clone())?);
+    let ingest_task = tokio::spawn(ingest::run(
+        consumer.clone(),
+        node.clone(),
+        config.engine.max_batch,
+        shutdown_rx.clone(),
+    ));
+
+    let services = Services {
+        node: node.clone(),
+        registry,
+        connectors,
+        bootstrap_servers: bootstrap.clone(),
+    };
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::audience_service_server::AudienceServiceServer<Services>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::membership_service_server::MembershipServiceServer<Services>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let addr: std::net::SocketAddr = config
+        .grpc
+        .listen
+        .parse()
+        .map_err(|e| anyhow::anyhow!("grpc.listen {}: {e}", config.grpc.listen))?;
+    let mut grpc_shutdown = shutdown_rx.clone();
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(pb::audience_service_server::AudienceServiceServer::new(
+            services.clone(),
+        ))
+        .add_service(pb::membership_service_server::MembershipServiceServer::new(
+            services.clone(),
+        ))
+        .add_service(pb::profile_service_server::ProfileServiceServer::new(
+            services.clone(),
+        ))
+        .add_service(pb::admin_service_server::AdminServiceServer::new(services))
+        .serve_with_shutdown(addr, async move {
+            let _ = grpc_shutdown.changed().await;
+        });
+    let grpc_task = tokio::spawn(grpc);
+    tokio::spawn(export_figures(
+        node.clone(),
+        consumer.clone(),
+        vec![
+            config.kafka.events_topic.clone(),
+            config.kafka.identities_topic.clone(),
+        ],
+        shutdown_rx.clone(),
+    ));
+    tracing::info!(%addr, bootstrap = %bootstrap, "audience engine ready");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut ingest_task = ingest_task;
+    let ingest_result = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: draining"); None }
+        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupt: draining"); None }
+        r = &mut ingest_task => Some(r),
+    };
+    let _ = shutdown_tx.send(true);
+    let ingest_result = match ingest_result {
+        Some(r) => r,
+        None => ingest_task.await,
+    };
+    // Kafka's group offsets are advisory; commit them once more for lag tooling.
+    let _ = rdkafka::consumer::Consumer::commit_consumer_state(
+        consumer.as_ref(),
+        rdkafka::consumer::CommitMode::Sync,
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(10), publisher_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), grpc_task).await;
+    store.flush()?;
+    tracing::info!("audience engine stopped");
+    match ingest_result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(anyhow::anyhow!("ingestion task failed: {e}")),
+    }
+}

@@ -1,0 +1,200 @@
+//! The audience catalog: every audience definition, the compiled form of the active ones, and
+//! the index from what a change touches to the audiences that read it, so that an event costs
+//! work proportional to the audiences it can affect, not to the audiences defined.
+//!
+//! A catalog is immutable once built; the registry builds a new one on every definition change
+//! and partition actors swap it in between batches.
+
+use crate::criteria::{
+    compile, parse_definition, CompiledAudience, DefinitionError, Matcher, ReadKey,
+};
+use crate::model::{AudienceId, TimestampMs};
+use crate::profile::{ChangeSet, ProfileState};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AudienceStatus {
+    Draft,
+    Active,
+}
+
+/// An audience as stored: its metadata and its definition in the JSON language.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudienceRecord {
+    pub id: AudienceId,
+    pub name: String,
+    #[serde(default)]
+    pub external_name: String,
+    pub status: AudienceStatus,
+    pub criteria: serde_json::Value,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub created_at_ms: TimestampMs,
+    pub updated_at_ms: TimestampMs,
+    pub revision: u64,
+}
+
+pub const MAX_TAG_CHARS: usize = 18;
+
+impl AudienceRecord {
+    /// Checks everything but the id: name, tags and criteria.
+    pub fn validate(&self) -> Result<CompiledAudience, DefinitionError> {
+        if self.name.trim().is_empty() {
+            return Err(DefinitionError {
+                field: "name".into(),
+                reason: "must not be empty".into(),
+            });
+        }
+        for (i, tag) in self.tags.iter().enumerate() {
+            let chars = tag.chars().count();
+            if chars == 0 || chars > MAX_TAG_CHARS {
+                return Err(DefinitionError {
+                    field: format!("tags[{i}]"),
+                    reason: format!(
+                        "tag \"{tag}\" has {chars} characters; tags have 1 to {MAX_TAG_CHARS}"
+                    ),
+                });
+            }
+        }
+        compile(&parse_definition(&self.criteria)?)
+    }
+}
+
+/// An active audience ready to evaluate.
+#[derive(Debug)]
+pub struct ActiveAudience {
+    pub record: AudienceRecord,
+    pub compiled: CompiledAudience,
+}
+
+#[derive(Debug, Default)]
+pub struct Catalog {
+    /// Increases with every change of the catalog.
+    pub version: u64,
+    records: HashMap<AudienceId, AudienceRecord>,
+    active: HashMap<AudienceId, Arc<ActiveAudience>>,
+    by_event: HashMap<(String, String), Vec<AudienceId>>,
+    by_attribute: HashMap<String, Vec<AudienceId>>,
+    by_identity: HashMap<String, Vec<AudienceId>>,
+    /// Audiences a profile with no data at all belongs to (e.g. "did not perform X"): a new
+    /// profile is evaluated against them, whatever its first message touched.
+    matches_empty: Vec<AudienceId>,
+    matchers: HashMap<(String, String), Vec<Arc<Matcher>>>,
+}
+
+impl Catalog {
+    /// Builds a catalog from stored records. Records that no longer compile (which validation
+    /// at write time prevents) are kept but not activated.
+    pub fn build(version: u64, records: impl IntoIterator<Item = AudienceRecord>) -> Catalog {
+        let mut catalog = Catalog {
+            version,
+            ..Default::default()
+        };
+        let empty = ProfileState::new(0);
+        let ctx = crate::criteria::EvalContext {
+            now: 0,
+            retention_ms: 0,
+        };
+        for record in records {
+            let id = record.id;
+            if record.status == AudienceStatus::Active {
+                match record.validate() {
+                    Ok(compiled) => {
+                        for read in &compiled.reads {
+                            let slot = match read {
+                                ReadKey::Event { event_type, name } => catalog
+                                    .by_event
+                                    .entry((event_type.clone(), name.clone()))
+                                    .or_default(),
+                                ReadKey::Attribute(a) => {
+                                    catalog.by_attribute.entry(a.clone()).or_default()
+                                }
+                                ReadKey::Identity(t) => {
+                                    catalog.by_identity.entry(t.clone()).or_default()
+                                }
+                            };
+                            slot.push(id);
+                        }
+                        for m in &compiled.matchers {
+                            let slot = catalog
+                                .matchers
+                                .entry((m.event_type.clone(), m.name.clone()))
+                                .or_default();
+                            if !slot.iter().any(|x| x.history_key == m.history_key) {
+                                slot.push(Arc::new(m.clone()));
+                            }
+                        }
+                        if compiled.evaluate(&empty, &ctx).matched {
+                            catalog.matches_empty.push(id);
+                        }
+                        catalog.active.insert(
+                            id,
+                            Arc::new(ActiveAudience {
+                                record: record.clone(),
+                                compiled,
+                            }),
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(audience = id, error = %e, "stored audience does not compile; not activated")
+                    }
+                }
+            }
+            catalog.records.insert(id, record);
+        }
+        catalog
+    }
+
+    pub fn active(&self, id: AudienceId) -> Option<&Arc<ActiveAudience>> {
+        self.active.get(&id)
+    }
+
+    pub fn record(&self, id: AudienceId) -> Option<&AudienceRecord> {
+        self.records.get(&id)
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &AudienceRecord> {
+        self.records.values()
+    }
+
+    pub fn active_ids(&self) -> impl Iterator<Item = AudienceId> + '_ {
+        self.active.keys().copied()
+    }
+
+    pub fn matchers_for(&self, event_type: &str, name: &str) -> &[Arc<Matcher>] {
+        self.matchers
+            .get(&(event_type.to_string(), name.to_string()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// The audiences a change can affect.
+    pub fn affected_by(&self, changes: &ChangeSet) -> BTreeSet<AudienceId> {
+        let mut out = BTreeSet::new();
+        let mut add = |ids: Option<&Vec<AudienceId>>| {
+            if let Some(ids) = ids {
+                out.extend(ids.iter().copied());
+            }
+        };
+        for key in &changes.events {
+            add(self.by_event.get(key));
+            if !key.1.is_empty() {
+                // Criteria on a type without a name ("any commerce event") read every event of it.
+                add(self.by_event.get(&(key.0.clone(), String::new())));
+            }
+        }
+        for a in &changes.attributes {
+            add(self.by_attribute.get(a));
+        }
+        for t in &changes.identities {
+            add(self.by_identity.get(t));
+        }
+        if changes.created {
+            out.extend(self.matches_empty.iter().copied());
+        }
+        out
+    }
+}

@@ -1,0 +1,1002 @@
+//! The audience definition language: a criteria tree of AND, OR and EXCLUDE over leaf
+//! criteria, parsed from JSON, validated, compiled and evaluated against a profile.
+//!
+//! Adding a criterion is adding one variant to [`Criterion`] and [`Node`] and one arm to
+//! [`Node::evaluate`] and [`Node::collect_reads`]; nothing else changes.
+//!
+//! Semantics (from the product documentation):
+//! - every string match is case-insensitive;
+//! - negative operators (does not contain, does not match, does not include, not exists) are
+//!   the complement of their positive: an absent attribute "does not contain" anything;
+//! - an attribute present with no value EXISTS;
+//! - a day is 24 hours before 'now' for recency windows; calendar dates are UTC days, before is
+//!   exclusive, after, on and between are inclusive;
+//! - events older than the retention window are not evaluated at all.
+
+use crate::history::EventSeries;
+use crate::model::{AttrValue, TimestampMs, DAY_MS};
+use crate::profile::ProfileState;
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
+/// A definition refused: the field (a JSON path into the criteria) and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct DefinitionError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl DefinitionError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        DefinitionError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ the JSON language
+
+/// A criteria tree, as users write it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Criterion {
+    /// Every child matches.
+    And(Vec<Criterion>),
+    /// At least one child matches.
+    Or(Vec<Criterion>),
+    /// Users matching the child are excluded (used inside `and`: `{"and": [A, {"exclude": B}]}`).
+    Exclude(Box<Criterion>),
+    /// The user performed an event, counted in a time window.
+    Event(EventCriterion),
+    /// A user attribute compared with an operator.
+    UserAttribute(Condition),
+    /// A user or device identity of a type, present or absent, or compared as a string.
+    Identity(IdentityCriterion),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventCriterion {
+    /// mParticle event type: custom_event (default), screen_view, commerce_event, session_start,
+    /// session_end, crash_report, first_run, application_state_transition, opt_out, uninstall...
+    #[serde(rename = "type", default = "default_event_type")]
+    pub event_type: String,
+    /// Event name (custom events) or screen name (screen views).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Custom event type (navigation, transaction, ...): only for custom events, optional.
+    #[serde(default)]
+    pub custom_event_type: Option<String>,
+    /// Product action of a commerce event (add_to_cart, purchase, ...).
+    #[serde(default)]
+    pub product_action: Option<String>,
+    /// Conditions on the event's custom attributes, all of which must hold.
+    #[serde(default)]
+    pub attributes: Vec<Condition>,
+    /// How many times; at least once by default.
+    #[serde(default)]
+    pub count: Option<Count>,
+    /// When; the whole retention window by default.
+    #[serde(default)]
+    pub time: Option<TimeWindow>,
+}
+
+fn default_event_type() -> String {
+    "custom_event".to_string()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Count {
+    AtLeast(u64),
+    AtMost(u64),
+    Exactly(u64),
+}
+
+impl Count {
+    pub fn holds(self, n: u64) -> bool {
+        match self {
+            Count::AtLeast(k) => n >= k,
+            Count::AtMost(k) => n <= k,
+            Count::Exactly(k) => n == k,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TimeWindow {
+    /// Within the last N days (a day is 24 hours before now).
+    WithinLastDays(u32),
+    /// Between N and M days ago, N < M.
+    BetweenDaysAgo([u32; 2]),
+    /// Strictly before a UTC calendar date ("YYYY-MM-DD").
+    Before(String),
+    /// On or after a UTC calendar date.
+    After(String),
+    /// On a UTC calendar date, 00:00 to 23:59:59.999.
+    On(String),
+    /// Between two UTC calendar dates, both included.
+    Between([String; 2]),
+}
+
+/// One attribute condition: `{"name": "color", "op": "contains", "value": "blue"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    pub name: String,
+    pub op: Operator,
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityCriterion {
+    /// Identity type: customer_id, email, ios_idfv, android_advertising_id, ...
+    #[serde(rename = "type")]
+    pub identity_type: String,
+    /// `exists` (default), `not_exists`, or a string operator on the identity value.
+    #[serde(default)]
+    pub op: Option<Operator>,
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operator {
+    Contains,
+    DoesNotContain,
+    ExactMatch,
+    DoesNotMatch,
+    Pattern,
+    Includes,
+    DoesNotInclude,
+    PartialMatch,
+    Exists,
+    NotExists,
+    Equals,
+    NotEquals,
+    GreaterThan,
+    GreaterThanOrEqual,
+    LessThan,
+    LessThanOrEqual,
+    Between,
+    IsTrue,
+    IsFalse,
+}
+
+/// Parses a definition from JSON, naming the path of the first problem.
+pub fn parse_definition(json: &serde_json::Value) -> Result<Criterion, DefinitionError> {
+    let criterion: Criterion = serde_path_to_error::deserialize(json).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." || path.is_empty() {
+            "criteria".to_string()
+        } else {
+            format!("criteria.{path}")
+        };
+        DefinitionError::new(field, e.into_inner().to_string())
+    })?;
+    Ok(criterion)
+}
+
+// ------------------------------------------------------------------ compiled form
+
+/// What a compiled audience reads, for the index from changes to audiences.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReadKey {
+    /// Events of a type with a selector name (event name, screen name, product action; "" for
+    /// types without one).
+    Event { event_type: String, name: String },
+    /// A user attribute, lowercased.
+    Attribute(String),
+    /// An identity type, lowercased.
+    Identity(String),
+}
+
+/// An event criterion with attribute conditions keeps its own series in the profile, recorded
+/// as events arrive, keyed by the hash of its canonical form (shared by identical criteria).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matcher {
+    pub history_key: String,
+    pub event_type: String,
+    pub name: String,
+    pub custom_event_type: Option<String>,
+    pub conditions: Vec<CompiledCondition>,
+}
+
+impl Matcher {
+    pub fn accepts(&self, event: &crate::model::Event) -> bool {
+        if event.kind.event_type() != self.event_type || event.kind.selector_name() != self.name {
+            return false;
+        }
+        if let (Some(want), crate::model::EventKind::Custom { custom_type, .. }) =
+            (&self.custom_event_type, &event.kind)
+        {
+            if custom_type.as_deref().map(str::to_lowercase).as_deref() != Some(want.as_str()) {
+                return false;
+            }
+        }
+        self.conditions.iter().all(|c| {
+            let value = event
+                .attributes
+                .iter()
+                .find(|(k, _)| k.to_lowercase() == c.name)
+                .map(|(_, v)| AttrValue::String(v.clone()));
+            c.test.holds(value.as_ref())
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledCondition {
+    /// Attribute name, lowercased.
+    pub name: String,
+    pub test: Test,
+}
+
+/// A compiled operator with its operand, strings already lowercased.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Test {
+    Exists,
+    Contains(String),
+    ExactMatch(String),
+    Pattern(String),
+    Includes(String),
+    PartialMatch(String),
+    NumberCmp(std::cmp::Ordering, bool, f64),
+    NumberBetween(f64, f64),
+    IsBool(bool),
+    /// The complement of the inner test.
+    Not(Box<Test>),
+}
+
+impl Test {
+    /// Applies the test to a value, `None` when the attribute is absent.
+    pub fn holds(&self, value: Option<&AttrValue>) -> bool {
+        match self {
+            Test::Not(inner) => !inner.holds(value),
+            Test::Exists => value.is_some(),
+            _ => match value {
+                None => false,
+                Some(v) => self.holds_on_value(v),
+            },
+        }
+    }
+
+    fn holds_on_value(&self, v: &AttrValue) -> bool {
+        let text = || v.as_text().map(|s| s.to_lowercase());
+        let list = || match v {
+            AttrValue::List(items) => Some(items.iter().map(|i| i.to_lowercase()).collect()),
+            _ => text().map(|t| vec![t]),
+        };
+        match self {
+            Test::Exists => true,
+            Test::Not(inner) => !inner.holds_on_value(v),
+            Test::Contains(needle) => {
+                list().is_some_and(|items: Vec<String>| items.iter().any(|i| i.contains(needle)))
+            }
+            Test::ExactMatch(needle) | Test::Includes(needle) => {
+                list().is_some_and(|items: Vec<String>| items.iter().any(|i| i == needle))
+            }
+            Test::PartialMatch(needle) => {
+                list().is_some_and(|items: Vec<String>| items.iter().any(|i| i.contains(needle)))
+            }
+            Test::Pattern(pattern) => list()
+                .is_some_and(|items: Vec<String>| items.iter().any(|i| glob_match(pattern, i))),
+            Test::NumberCmp(ord, or_equal, operand) => {
+                v.as_number().is_some_and(|n| match n.partial_cmp(operand) {
+                    Some(std::cmp::Ordering::Equal) => *or_equal,
+                    Some(o) => o == *ord,
+                    None => false,
+                })
+            }
+            Test::NumberBetween(lo, hi) => v.as_number().is_some_and(|n| n >= *lo && n <= *hi),
+            Test::IsBool(b) => v.as_bool() == Some(*b),
+        }
+    }
+}
+
+/// Wildcard match of a whole string: `*` any run of characters, `?` exactly one.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// The time window of an event criterion, resolved to milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Window {
+    /// Everything in retention.
+    Retention,
+    /// Counted while `t + enter_after <= now <= t + exit_after` (relative to now).
+    Sliding { enter_after: i64, exit_after: i64 },
+    /// `from <= t < until` (fixed calendar bounds).
+    Fixed { from: i64, until: i64 },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventNode {
+    pub event_type: String,
+    pub name: String,
+    pub custom_event_type: Option<String>,
+    /// The profile history keys holding this criterion's occurrences; a key ending in the
+    /// separator is a prefix (custom events of any custom event type).
+    pub history_key: HistoryKey,
+    pub count: Count,
+    pub window: Window,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryKey {
+    Exact(String),
+    Prefix(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node {
+    And(Vec<Node>),
+    Or(Vec<Node>),
+    Not(Box<Node>),
+    Event(EventNode),
+    Attribute(CompiledCondition),
+    Identity { identity_type: String, test: Test },
+}
+
+/// The answer for one profile at one instant, with the next instant at which time alone may
+/// change it (`None`: only a new event or change can).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outcome {
+    pub matched: bool,
+    pub next_change: Option<TimestampMs>,
+}
+
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// Separator between event name and custom event type in history keys.
+pub const KEY_SEP: char = '\u{1f}';
+
+/// The history key an event is recorded under (without attribute conditions).
+pub fn event_history_key(event: &crate::model::Event) -> String {
+    match &event.kind {
+        crate::model::EventKind::Custom { name, custom_type } => format!(
+            "custom_event:{}{KEY_SEP}{}",
+            name.to_lowercase(),
+            custom_type.as_deref().unwrap_or("").to_lowercase()
+        ),
+        kind => {
+            let name = kind.selector_name();
+            if name.is_empty() {
+                kind.event_type().to_string()
+            } else {
+                format!("{}:{}", kind.event_type(), name)
+            }
+        }
+    }
+}
+
+/// Evaluation context: the instant and the retention of event history.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalContext {
+    pub now: TimestampMs,
+    pub retention_ms: i64,
+}
+
+impl Node {
+    pub fn evaluate(&self, profile: &ProfileState, ctx: &EvalContext) -> Outcome {
+        match self {
+            Node::And(children) => {
+                let mut next = None;
+                let mut matched = true;
+                for child in children {
+                    let o = child.evaluate(profile, ctx);
+                    matched &= o.matched;
+                    next = earliest(next, o.next_change);
+                }
+                Outcome {
+                    matched,
+                    next_change: next,
+                }
+            }
+            Node::Or(children) => {
+                let mut next = None;
+                let mut matched = false;
+                for child in children {
+                    let o = child.evaluate(profile, ctx);
+                    matched |= o.matched;
+                    next = earliest(next, o.next_change);
+                }
+                Outcome {
+                    matched,
+                    next_change: next,
+                }
+            }
+            Node::Not(child) => {
+                let o = child.evaluate(profile, ctx);
+                Outcome {
+                    matched: !o.matched,
+                    next_change: o.next_change,
+                }
+            }
+            Node::Attribute(cond) => Outcome {
+                matched: cond.test.holds(profile.attribute(&cond.name)),
+                next_change: None,
+            },
+            Node::Identity {
+                identity_type,
+                test,
+            } => {
+                let values = profile.identities.get(identity_type);
+                let matched = match (test, values) {
+                    (Test::Not(inner), _) => !any_identity(inner, values),
+                    (t, v) => any_identity(t, v),
+                };
+                Outcome {
+                    matched,
+                    next_change: None,
+                }
+            }
+            Node::Event(node) => node.evaluate(profile, ctx),
+        }
+    }
+
+    fn collect_reads(&self, reads: &mut Vec<ReadKey>) {
+        match self {
+            Node::And(c) | Node::Or(c) => c.iter().for_each(|n| n.collect_reads(reads)),
+            Node::Not(c) => c.collect_reads(reads),
+            Node::Attribute(cond) => reads.push(ReadKey::Attribute(cond.name.clone())),
+            Node::Identity { identity_type, .. } => {
+                reads.push(ReadKey::Identity(identity_type.clone()))
+            }
+            Node::Event(e) => reads.push(ReadKey::Event {
+                event_type: e.event_type.clone(),
+                name: e.name.clone(),
+            }),
+        }
+    }
+
+    fn is_time_dependent(&self) -> bool {
+        match self {
+            Node::And(c) | Node::Or(c) => c.iter().any(Node::is_time_dependent),
+            Node::Not(c) => c.is_time_dependent(),
+            Node::Event(_) => true,
+            Node::Attribute(_) | Node::Identity { .. } => false,
+        }
+    }
+}
+
+fn any_identity(test: &Test, values: Option<&Vec<String>>) -> bool {
+    match (test, values) {
+        (Test::Exists, v) => v.is_some_and(|v| !v.is_empty()),
+        (_, None) => false,
+        (t, Some(values)) => values
+            .iter()
+            .any(|v| t.holds(Some(&AttrValue::String(v.clone())))),
+    }
+}
+
+impl EventNode {
+    fn series<'a>(&self, profile: &'a ProfileState) -> Vec<&'a EventSeries> {
+        match &self.history_key {
+            HistoryKey::Exact(k) => profile.history.get(k).into_iter().collect(),
+            HistoryKey::Prefix(p) => profile
+                .history
+                .range(p.clone()..)
+                .take_while(|(k, _)| k.starts_with(p.as_str()))
+                .map(|(_, s)| s)
+                .collect(),
+        }
+    }
+
+    /// Whether an occurrence at `t` counts at `now`, and the next instant after `now` at which
+    /// that changes.
+    fn occurrence(&self, t: i64, ctx: &EvalContext) -> (bool, Option<i64>) {
+        let now = ctx.now;
+        let (enter, exit) = match self.window {
+            Window::Retention => (t, t + ctx.retention_ms + 1),
+            Window::Sliding {
+                enter_after,
+                exit_after,
+            } => (
+                t + enter_after,
+                (t + exit_after + 1).min(t + ctx.retention_ms + 1),
+            ),
+            Window::Fixed { from, until } => {
+                if t < from || t >= until {
+                    return (false, None);
+                }
+                (t, t + ctx.retention_ms + 1)
+            }
+        };
+        if now < enter {
+            (false, Some(enter))
+        } else if now < exit {
+            (true, Some(exit))
+        } else {
+            (false, None)
+        }
+    }
+
+    pub fn count(&self, profile: &ProfileState, ctx: &EvalContext) -> (u64, Option<i64>) {
+        let mut count = 0u64;
+        let mut next = None;
+        for series in self.series(profile) {
+            for (t, n) in series.occurrences() {
+                let (counted, change) = self.occurrence(t, ctx);
+                if counted {
+                    count += n as u64;
+                }
+                next = earliest(next, change);
+            }
+        }
+        (count, next)
+    }
+
+    fn evaluate(&self, profile: &ProfileState, ctx: &EvalContext) -> Outcome {
+        let (count, next_change) = self.count(profile, ctx);
+        Outcome {
+            matched: self.count.holds(count),
+            next_change,
+        }
+    }
+}
+
+/// An audience ready to evaluate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledAudience {
+    pub root: Node,
+    pub reads: Vec<ReadKey>,
+    pub matchers: Vec<Matcher>,
+    pub time_dependent: bool,
+}
+
+impl CompiledAudience {
+    pub fn evaluate(&self, profile: &ProfileState, ctx: &EvalContext) -> Outcome {
+        self.root.evaluate(profile, ctx)
+    }
+}
+
+// ------------------------------------------------------------------ validation and compilation
+
+const EVENT_TYPES: &[&str] = &[
+    "custom_event",
+    "screen_view",
+    "commerce_event",
+    "session_start",
+    "session_end",
+    "crash_report",
+    "first_run",
+    "application_state_transition",
+    "opt_out",
+    "uninstall",
+    "push_registration",
+    "push_message",
+    "network_performance",
+    "breadcrumb",
+    "profile",
+    "media",
+];
+
+const PRODUCT_ACTIONS: &[&str] = &[
+    "add_to_cart",
+    "remove_from_cart",
+    "checkout",
+    "checkout_option",
+    "click",
+    "view_detail",
+    "purchase",
+    "refund",
+    "add_to_wishlist",
+    "remove_from_wishlist",
+];
+
+/// Validates and compiles a definition.
+pub fn compile(criterion: &Criterion) -> Result<CompiledAudience, DefinitionError> {
+    let root = compile_node(criterion, "criteria")?;
+    let mut reads = Vec::new();
+    let mut matchers = Vec::new();
+    root.collect_reads(&mut reads);
+    collect_matchers(criterion, &mut matchers);
+    reads.sort();
+    reads.dedup();
+    let time_dependent = root.is_time_dependent();
+    Ok(CompiledAudience {
+        root,
+        reads,
+        matchers,
+        time_dependent,
+    })
+}
+
+fn collect_matchers(criterion: &Criterion, out: &mut Vec<Matcher>) {
+    match criterion {
+        Criterion::And(c) | Criterion::Or(c) => c.iter().for_each(|n| collect_matchers(n, out)),
+        Criterion::Exclude(c) => collect_matchers(c, out),
+        Criterion::Event(e) if !e.attributes.is_empty() => {
+            // Validated already: compiling again cannot fail.
+            if let Ok(m) = matcher_of(e, "") {
+                if !out.iter().any(|x| x.history_key == m.history_key) {
+                    out.push(m);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn compile_node(criterion: &Criterion, path: &str) -> Result<Node, DefinitionError> {
+    Ok(match criterion {
+        Criterion::And(children) | Criterion::Or(children) => {
+            let op = if matches!(criterion, Criterion::And(_)) {
+                "and"
+            } else {
+                "or"
+            };
+            if children.is_empty() {
+                return Err(DefinitionError::new(
+                    format!("{path}.{op}"),
+                    "needs at least one criterion",
+                ));
+            }
+            let nodes = children
+                .iter()
+                .enumerate()
+                .map(|(i, c)| compile_node(c, &format!("{path}.{op}[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            if op == "and" {
+                Node::And(nodes)
+            } else {
+                Node::Or(nodes)
+            }
+        }
+        Criterion::Exclude(child) => {
+            Node::Not(Box::new(compile_node(child, &format!("{path}.exclude"))?))
+        }
+        Criterion::UserAttribute(cond) => {
+            Node::Attribute(compile_condition(cond, &format!("{path}.user_attribute"))?)
+        }
+        Criterion::Identity(id) => {
+            let path = format!("{path}.identity");
+            let identity_type = id.identity_type.trim().to_lowercase();
+            if identity_type.is_empty() {
+                return Err(DefinitionError::new(
+                    format!("{path}.type"),
+                    "must not be empty",
+                ));
+            }
+            let cond = Condition {
+                name: identity_type.clone(),
+                op: id.op.unwrap_or(Operator::Exists),
+                value: id.value.clone(),
+            };
+            let compiled = compile_condition(&cond, &path)?;
+            if matches!(
+                compiled.test,
+                Test::NumberCmp(..) | Test::NumberBetween(..) | Test::IsBool(_)
+            ) {
+                return Err(DefinitionError::new(
+                    format!("{path}.op"),
+                    "identities take string operators, exists or not_exists",
+                ));
+            }
+            Node::Identity {
+                identity_type,
+                test: compiled.test,
+            }
+        }
+        Criterion::Event(e) => Node::Event(compile_event(e, &format!("{path}.event"))?),
+    })
+}
+
+fn matcher_of(e: &EventCriterion, path: &str) -> Result<Matcher, DefinitionError> {
+    let conditions = e
+        .attributes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| compile_condition(c, &format!("{path}.attributes[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let name = selector_name(e);
+    let custom_event_type = e.custom_event_type.as_ref().map(|t| t.to_lowercase());
+    let mut hasher = DefaultHasher::new();
+    e.event_type.hash(&mut hasher);
+    name.hash(&mut hasher);
+    custom_event_type.hash(&mut hasher);
+    format!("{:?}", conditions).hash(&mut hasher);
+    Ok(Matcher {
+        history_key: format!("m:{:016x}", hasher.finish()),
+        event_type: e.event_type.clone(),
+        name,
+        custom_event_type,
+        conditions,
+    })
+}
+
+fn selector_name(e: &EventCriterion) -> String {
+    match e.event_type.as_str() {
+        "commerce_event" => e.product_action.clone().unwrap_or_default().to_lowercase(),
+        _ => e.name.clone().unwrap_or_default().to_lowercase(),
+    }
+}
+
+fn parse_date(s: &str, field: &str) -> Result<i64, DefinitionError> {
+    let date = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").map_err(|_| {
+        DefinitionError::new(
+            field,
+            format!("\"{s}\" is not a date in the form YYYY-MM-DD"),
+        )
+    })?;
+    Ok(date
+        .and_hms_opt(0, 0, 0)
+        .map(|d| d.and_utc().timestamp_millis())
+        .unwrap_or_default())
+}
+
+fn compile_event(e: &EventCriterion, path: &str) -> Result<EventNode, DefinitionError> {
+    if !EVENT_TYPES.contains(&e.event_type.as_str()) {
+        return Err(DefinitionError::new(
+            format!("{path}.type"),
+            format!(
+                "unknown event type \"{}\" (one of: {})",
+                e.event_type,
+                EVENT_TYPES.join(", ")
+            ),
+        ));
+    }
+    match e.event_type.as_str() {
+        "custom_event" | "screen_view" if e.name.as_deref().is_none_or(|n| n.trim().is_empty()) => {
+            return Err(DefinitionError::new(
+                format!("{path}.name"),
+                format!("a {} criterion needs the event's name", e.event_type),
+            ));
+        }
+        "commerce_event" => match e.product_action.as_deref() {
+            Some(a) if PRODUCT_ACTIONS.contains(&a.to_lowercase().as_str()) => {}
+            Some(a) => {
+                return Err(DefinitionError::new(
+                    format!("{path}.product_action"),
+                    format!(
+                        "unknown product action \"{a}\" (one of: {})",
+                        PRODUCT_ACTIONS.join(", ")
+                    ),
+                ))
+            }
+            None => {
+                return Err(DefinitionError::new(
+                    format!("{path}.product_action"),
+                    "a commerce_event criterion needs a product action",
+                ))
+            }
+        },
+        _ => {}
+    }
+    if e.custom_event_type.is_some() && e.event_type != "custom_event" {
+        return Err(DefinitionError::new(
+            format!("{path}.custom_event_type"),
+            "only custom events have a custom event type",
+        ));
+    }
+    if e.name.is_some() && !matches!(e.event_type.as_str(), "custom_event" | "screen_view") {
+        return Err(DefinitionError::new(
+            format!("{path}.name"),
+            format!("{} events are not selected by name", e.event_type),
+        ));
+    }
+    let count = e.count.unwrap_or(Count::AtLeast(1));
+    let window = match &e.time {
+        None => Window::Retention,
+        Some(TimeWindow::WithinLastDays(n)) => {
+            if *n == 0 {
+                return Err(DefinitionError::new(
+                    format!("{path}.time.within_last_days"),
+                    "must be at least 1",
+                ));
+            }
+            Window::Sliding {
+                enter_after: 0,
+                exit_after: *n as i64 * DAY_MS,
+            }
+        }
+        Some(TimeWindow::BetweenDaysAgo([a, b])) => {
+            if a >= b {
+                return Err(DefinitionError::new(
+                    format!("{path}.time.between_days_ago"),
+                    format!("the first bound ({a}) must be less than the second ({b})"),
+                ));
+            }
+            Window::Sliding {
+                enter_after: *a as i64 * DAY_MS,
+                exit_after: *b as i64 * DAY_MS,
+            }
+        }
+        Some(TimeWindow::Before(d)) => Window::Fixed {
+            from: i64::MIN,
+            until: parse_date(d, &format!("{path}.time.before"))?,
+        },
+        Some(TimeWindow::After(d)) => Window::Fixed {
+            from: parse_date(d, &format!("{path}.time.after"))?,
+            until: i64::MAX,
+        },
+        Some(TimeWindow::On(d)) => {
+            let from = parse_date(d, &format!("{path}.time.on"))?;
+            Window::Fixed {
+                from,
+                until: from + DAY_MS,
+            }
+        }
+        Some(TimeWindow::Between([a, b])) => {
+            let from = parse_date(a, &format!("{path}.time.between[0]"))?;
+            let last = parse_date(b, &format!("{path}.time.between[1]"))?;
+            if last < from {
+                return Err(DefinitionError::new(
+                    format!("{path}.time.between"),
+                    format!("{b} is before {a}"),
+                ));
+            }
+            Window::Fixed {
+                from,
+                until: last + DAY_MS,
+            }
+        }
+    };
+    let name = selector_name(e);
+    let custom_event_type = e.custom_event_type.as_ref().map(|t| t.to_lowercase());
+    let history_key = if !e.attributes.is_empty() {
+        HistoryKey::Exact(matcher_of(e, path)?.history_key)
+    } else if e.event_type == "custom_event" {
+        match &custom_event_type {
+            Some(t) => HistoryKey::Exact(format!("custom_event:{name}{KEY_SEP}{t}")),
+            None => HistoryKey::Prefix(format!("custom_event:{name}{KEY_SEP}")),
+        }
+    } else if name.is_empty() {
+        HistoryKey::Exact(e.event_type.clone())
+    } else {
+        HistoryKey::Exact(format!("{}:{name}", e.event_type))
+    };
+    Ok(EventNode {
+        event_type: e.event_type.clone(),
+        name,
+        custom_event_type,
+        history_key,
+        count,
+        window,
+    })
+}
+
+fn compile_condition(cond: &Condition, path: &str) -> Result<CompiledCondition, DefinitionError> {
+    let name = cond.name.trim().to_lowercase();
+    if name.is_empty() {
+        return Err(DefinitionError::new(
+            format!("{path}.name"),
+            "must not be empty",
+        ));
+    }
+    let value_field = format!("{path}.value");
+    let string_value = || -> Result<String, DefinitionError> {
+        match &cond.value {
+            Some(serde_json::Value::String(s)) => Ok(s.to_lowercase()),
+            Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+            Some(serde_json::Value::Bool(b)) => Ok(b.to_string()),
+            Some(other) => Err(DefinitionError::new(
+                &value_field,
+                format!("operator {:?} needs a string, got {other}", cond.op),
+            )),
+            None => Err(DefinitionError::new(
+                &value_field,
+                format!("operator {} needs a value", op_name(cond.op)),
+            )),
+        }
+    };
+    let number_value = |v: Option<&serde_json::Value>| -> Result<f64, DefinitionError> {
+        match v {
+            Some(serde_json::Value::Number(n)) => n.as_f64().ok_or_else(|| {
+                DefinitionError::new(&value_field, format!("{n} is not a finite number"))
+            }),
+            Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().map_err(|_| {
+                DefinitionError::new(&value_field, format!("\"{s}\" is not a number"))
+            }),
+            Some(other) => Err(DefinitionError::new(
+                &value_field,
+                format!("operator {} needs a number, got {other}", op_name(cond.op)),
+            )),
+            None => Err(DefinitionError::new(
+                &value_field,
+                format!("operator {} needs a number", op_name(cond.op)),
+            )),
+        }
+    };
+    use std::cmp::Ordering::*;
+    let test = match cond.op {
+        Operator::Exists => Test::Exists,
+        Operator::NotExists => Test::Not(Box::new(Test::Exists)),
+        Operator::Contains => Test::Contains(string_value()?),
+        Operator::DoesNotContain => Test::Not(Box::new(Test::Contains(string_value()?))),
+        Operator::ExactMatch => Test::ExactMatch(string_value()?),
+        Operator::DoesNotMatch => Test::Not(Box::new(Test::ExactMatch(string_value()?))),
+        Operator::Pattern => Test::Pattern(string_value()?),
+        Operator::Includes => Test::Includes(string_value()?),
+        Operator::DoesNotInclude => Test::Not(Box::new(Test::Includes(string_value()?))),
+        Operator::PartialMatch => Test::PartialMatch(string_value()?),
+        Operator::Equals => match &cond.value {
+            Some(serde_json::Value::Bool(b)) => Test::IsBool(*b),
+            v => Test::NumberCmp(Equal, true, number_value(v.as_ref())?),
+        },
+        Operator::NotEquals => match &cond.value {
+            Some(serde_json::Value::Bool(b)) => Test::Not(Box::new(Test::IsBool(*b))),
+            v => Test::Not(Box::new(Test::NumberCmp(
+                Equal,
+                true,
+                number_value(v.as_ref())?,
+            ))),
+        },
+        Operator::GreaterThan => {
+            Test::NumberCmp(Greater, false, number_value(cond.value.as_ref())?)
+        }
+        Operator::GreaterThanOrEqual => {
+            Test::NumberCmp(Greater, true, number_value(cond.value.as_ref())?)
+        }
+        Operator::LessThan => Test::NumberCmp(Less, false, number_value(cond.value.as_ref())?),
+        Operator::LessThanOrEqual => {
+            Test::NumberCmp(Less, true, number_value(cond.value.as_ref())?)
+        }
+        Operator::Between => match &cond.value {
+            Some(serde_json::Value::Array(bounds)) if bounds.len() == 2 => {
+                let lo = number_value(bounds.first())?;
+                let hi = number_value(bounds.get(1))?;
+                if lo > hi {
+                    return Err(DefinitionError::new(
+                        &value_field,
+                        format!("lower bound {lo} is above upper bound {hi}"),
+                    ));
+                }
+                Test::NumberBetween(lo, hi)
+            }
+            _ => {
+                return Err(DefinitionError::new(
+                    &value_field,
+                    "operator between needs [low, high]",
+                ))
+            }
+        },
+        Operator::IsTrue => Test::IsBool(true),
+        Operator::IsFalse => Test::IsBool(false),
+    };
+    Ok(CompiledCondition { name, test })
+}
+
+fn op_name(op: Operator) -> String {
+    serde_json::to_value(op)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}

@@ -1,0 +1,19 @@
+//! What the audience engine knows and decides.
+//!
+//! - [`model`]: the domain vocabulary (events, attributes, identities, deltas).
+//! - [`batch`]: decoding of mParticle JSON batches and the protobuf envelope into [`model::Inbound`].
+//! - [`history`]: the compact, retention-bounded event history of a profile.
+//! - [`criteria`]: the audience definition language, its validation, compilation and evaluation.
+//! - [`catalog`]: the set of audiences and the index from changes to the audiences they affect.
+//! - [`profile`]: the per-MPID state machine: apply a message, evaluate, emit deltas.
+//! - [`store`]: the RocksDB layout: profiles, offsets, outbox, timers, dead letters, audiences.
+//!
+//! Invariant: every module but `store` is pure (no I/O, no clock): the caller passes `now`.
+
+pub mod batch;
+pub mod catalog;
+pub mod criteria;
+pub mod history;
+pub mod model;
+pub mod profile;
+pub mod store;

@@ -1,0 +1,288 @@
+//! The domain vocabulary shared by the parser, the profile state machine and the evaluator.
+//! Nothing here knows about Kafka, RocksDB or protobuf.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// mParticle profile id: a signed 64-bit integer.
+pub type Mpid = i64;
+/// Milliseconds since the Unix epoch, UTC.
+pub type TimestampMs = i64;
+/// Audience ids are assigned by the engine, starting at 1.
+pub type AudienceId = u64;
+
+pub const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// A user attribute value. `Null` is an attribute present with no value: it EXISTS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AttrValue {
+    String(String),
+    Number(f64),
+    Bool(bool),
+    /// A date, in milliseconds since the epoch.
+    Date(TimestampMs),
+    List(Vec<String>),
+    Null,
+}
+
+impl AttrValue {
+    /// The value as the string operators see it (lists have no single string form).
+    pub fn as_text(&self) -> Option<String> {
+        match self {
+            AttrValue::String(s) => Some(s.clone()),
+            AttrValue::Number(n) => Some(format_number(*n)),
+            AttrValue::Bool(b) => Some(b.to_string()),
+            AttrValue::Date(ms) => Some(ms.to_string()),
+            AttrValue::List(_) | AttrValue::Null => None,
+        }
+    }
+
+    /// The value as the numeric operators see it: numbers, and strings that parse as numbers.
+    pub fn as_number(&self) -> Option<f64> {
+        match self {
+            AttrValue::Number(n) => Some(*n),
+            AttrValue::String(s) => s.trim().parse::<f64>().ok().filter(|n| n.is_finite()),
+            AttrValue::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+            AttrValue::Date(ms) => Some(*ms as f64),
+            AttrValue::List(_) | AttrValue::Null => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            AttrValue::Bool(b) => Some(*b),
+            AttrValue::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
+            AttrValue::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
+            _ => None,
+        }
+    }
+}
+
+/// Numbers print without a trailing `.0` when they are integral, as users typed them.
+pub fn format_number(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        format!("{n}")
+    }
+}
+
+/// What a batch says about the device. Every field is optional: absent fields leave the
+/// profile's previous value in place.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub platform: Option<String>,
+    pub os_version: Option<String>,
+    pub device_model: Option<String>,
+    pub device_manufacturer: Option<String>,
+    pub network_carrier: Option<String>,
+    pub brand: Option<String>,
+    pub locale_country: Option<String>,
+    pub locale_language: Option<String>,
+}
+
+impl DeviceInfo {
+    /// Overlays the fields `newer` carries.
+    pub fn merge_from(&mut self, newer: &DeviceInfo) {
+        fn take(slot: &mut Option<String>, v: &Option<String>) {
+            if v.is_some() {
+                slot.clone_from(v);
+            }
+        }
+        take(&mut self.platform, &newer.platform);
+        take(&mut self.os_version, &newer.os_version);
+        take(&mut self.device_model, &newer.device_model);
+        take(&mut self.device_manufacturer, &newer.device_manufacturer);
+        take(&mut self.network_carrier, &newer.network_carrier);
+        take(&mut self.brand, &newer.brand);
+        take(&mut self.locale_country, &newer.locale_country);
+        take(&mut self.locale_language, &newer.locale_language);
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GdprConsent {
+    pub consented: bool,
+    pub timestamp_ms: Option<TimestampMs>,
+    pub document: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConsentState {
+    /// Purpose (lowercased) to consent.
+    pub gdpr: BTreeMap<String, GdprConsent>,
+    pub ccpa_data_sale_opt_out: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Product {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub brand: Option<String>,
+    pub category: Option<String>,
+    pub variant: Option<String>,
+    pub price: Option<f64>,
+    pub quantity: Option<f64>,
+}
+
+/// One identity change; `old: None` adds, `new: None` removes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdentityChange {
+    /// Identity type, lowercased: customer_id, email, ios_idfv, ...
+    pub identity_type: String,
+    pub old_value: Option<String>,
+    pub new_value: Option<String>,
+}
+
+/// The kinds of events the engine understands. Unknown kinds are refused by the parser.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EventKind {
+    Custom {
+        name: String,
+        custom_type: Option<String>,
+    },
+    ScreenView {
+        name: String,
+    },
+    Commerce {
+        product_action: Option<String>,
+        products: Vec<Product>,
+        total_amount: Option<f64>,
+        transaction_id: Option<String>,
+    },
+    SessionStart,
+    SessionEnd {
+        duration_ms: Option<i64>,
+    },
+    CrashReport,
+    FirstRun,
+    ApplicationStateTransition {
+        transition: Option<String>,
+    },
+    UserAttributeChange {
+        name: String,
+        new_value: Option<AttrValue>,
+        deleted: bool,
+    },
+    UserIdentityChange(IdentityChange),
+    OptOut {
+        opted_out: bool,
+    },
+    Uninstall,
+    /// Accepted mParticle event types that criteria do not read beyond their type
+    /// (push_registration, push_message, network_performance, breadcrumb, profile, ...).
+    Other {
+        event_type: String,
+    },
+}
+
+impl EventKind {
+    /// The mParticle `event_type` string of this kind.
+    pub fn event_type(&self) -> &str {
+        match self {
+            EventKind::Custom { .. } => "custom_event",
+            EventKind::ScreenView { .. } => "screen_view",
+            EventKind::Commerce { .. } => "commerce_event",
+            EventKind::SessionStart => "session_start",
+            EventKind::SessionEnd { .. } => "session_end",
+            EventKind::CrashReport => "crash_report",
+            EventKind::FirstRun => "first_run",
+            EventKind::ApplicationStateTransition { .. } => "application_state_transition",
+            EventKind::UserAttributeChange { .. } => "user_attribute_change",
+            EventKind::UserIdentityChange(_) => "user_identity_change",
+            EventKind::OptOut { .. } => "opt_out",
+            EventKind::Uninstall => "uninstall",
+            EventKind::Other { event_type } => event_type,
+        }
+    }
+
+    /// The name criteria select this event by: event name, screen name or product action.
+    /// Lowercased, because every match is case-insensitive.
+    pub fn selector_name(&self) -> String {
+        match self {
+            EventKind::Custom { name, .. } | EventKind::ScreenView { name } => name.to_lowercase(),
+            EventKind::Commerce { product_action, .. } => {
+                product_action.as_deref().unwrap_or("").to_lowercase()
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub timestamp_ms: TimestampMs,
+    pub kind: EventKind,
+    /// Custom attributes, values in their string form.
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// One decoded event batch (mParticle JSON or protobuf envelope).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    pub mpid: Mpid,
+    pub timestamp_ms: Option<TimestampMs>,
+    pub events: Vec<Event>,
+    /// Attributes set by the batch, in order.
+    pub user_attributes: Vec<(String, AttrValue)>,
+    pub deleted_user_attributes: Vec<String>,
+    /// User identities the batch carries (type lowercased, value).
+    pub user_identities: Vec<(String, String)>,
+    /// Device identities the batch carries (type lowercased, value).
+    pub device_identities: Vec<(String, String)>,
+    pub device_info: Option<DeviceInfo>,
+    pub consent: Option<ConsentState>,
+    pub app_version: Option<String>,
+}
+
+/// A message of the identities topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdentityUpdate {
+    pub mpid: Mpid,
+    pub timestamp_ms: Option<TimestampMs>,
+    pub changes: Vec<IdentityChange>,
+}
+
+/// Anything the engine consumes, decoded. Short-lived (one per message), so the size
+/// difference between the variants costs nothing worth a box.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
+pub enum Inbound {
+    Batch(Batch),
+    Identity(IdentityUpdate),
+}
+
+impl Inbound {
+    pub fn mpid(&self) -> Mpid {
+        match self {
+            Inbound::Batch(b) => b.mpid,
+            Inbound::Identity(i) => i.mpid,
+        }
+    }
+}
+
+/// A membership change of one MPID in one audience.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeltaKind {
+    Added,
+    Dropped,
+}
+
+/// A membership delta as written to the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    pub audience_id: AudienceId,
+    pub mpid: Mpid,
+    pub kind: DeltaKind,
+    pub event_time_ms: TimestampMs,
+    pub processing_time_ms: TimestampMs,
+    /// Per (audience, MPID) version, starting at 1.
+    pub version: u64,
+}
+
+impl Delta {
+    /// The stable id receivers deduplicate by.
+    pub fn delta_id(&self) -> String {
+        format!("{}:{}:{}", self.audience_id, self.mpid, self.version)
+    }
+}

@@ -1,0 +1,412 @@
+//! The per-MPID state machine: applying a decoded message to a profile, and deciding the
+//! membership deltas that follow.
+//!
+//! Invariants:
+//! - messages of one MPID are applied in order, each exactly once (the caller guarantees it by
+//!   storing offsets with the state);
+//! - a membership's version grows by one on every change, so (audience, MPID, version) names a
+//!   delta for ever;
+//! - `due` holds, per audience whose answer time alone can change, the instant it may change:
+//!   the profile's timer is the earliest of them.
+
+use crate::catalog::Catalog;
+use crate::criteria::{event_history_key, EvalContext};
+use crate::history::EventSeries;
+use crate::model::{
+    AttrValue, AudienceId, Batch, ConsentState, Delta, DeltaKind, DeviceInfo, IdentityChange,
+    Inbound, Mpid, TimestampMs,
+};
+use crate::model::{Event, EventKind};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Device identity types: a profile keeps every value seen (one per device), where a user
+/// identity type keeps the latest.
+pub const DEVICE_IDENTITY_TYPES: &[&str] = &[
+    "android_uuid",
+    "ios_advertising_id",
+    "ios_idfv",
+    "android_advertising_id",
+    "push_token",
+    "roku_advertising_id",
+    "roku_publisher_id",
+    "microsoft_advertising_id",
+    "microsoft_publisher_id",
+    "fire_advertising_id",
+    "amp_id",
+    "device_application_stamp",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedAttr {
+    /// The name as the producer spelled it.
+    pub name: String,
+    pub value: AttrValue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub member: bool,
+    pub version: u64,
+    pub changed_at_ms: TimestampMs,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProfileState {
+    pub mpid: Mpid,
+    pub first_seen_ms: TimestampMs,
+    pub last_seen_ms: TimestampMs,
+    /// Identity type (lowercased) to its values.
+    pub identities: BTreeMap<String, Vec<String>>,
+    /// Attribute name lowercased to the attribute.
+    pub attributes: BTreeMap<String, NamedAttr>,
+    pub device: DeviceInfo,
+    pub consent: ConsentState,
+    pub app_version: Option<String>,
+    pub opted_out: bool,
+    /// Event key (or matcher key) to its occurrences within retention.
+    pub history: BTreeMap<String, EventSeries>,
+    pub memberships: BTreeMap<AudienceId, MemberRecord>,
+    /// Audience to the instant time alone may change its answer.
+    pub due: BTreeMap<AudienceId, TimestampMs>,
+}
+
+/// What applying a message changed, for the index to pick the audiences to evaluate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChangeSet {
+    /// The profile did not exist before this message.
+    pub created: bool,
+    /// (event type, selector name) of the events applied.
+    pub events: BTreeSet<(String, String)>,
+    /// Lowercased names of attributes whose value changed.
+    pub attributes: BTreeSet<String>,
+    /// Identity types whose values changed.
+    pub identities: BTreeSet<String>,
+    /// The latest event time of the message, for the deltas it causes.
+    pub event_time_ms: TimestampMs,
+}
+
+impl ProfileState {
+    pub fn new(mpid: Mpid) -> Self {
+        ProfileState {
+            mpid,
+            ..Default::default()
+        }
+    }
+
+    pub fn is_new(&self) -> bool {
+        self.first_seen_ms == 0 && self.last_seen_ms == 0
+    }
+
+    pub fn attribute(&self, lowercase_name: &str) -> Option<&AttrValue> {
+        self.attributes.get(lowercase_name).map(|a| &a.value)
+    }
+
+    /// Wake-up time of the profile's timer: the earliest due audience.
+    pub fn next_due(&self) -> Option<TimestampMs> {
+        self.due.values().copied().min()
+    }
+
+    /// Applies a message at processing time `now`. Event times of 0 (unknown) become `now`.
+    pub fn apply(
+        &mut self,
+        message: &Inbound,
+        now: TimestampMs,
+        retention_ms: i64,
+        catalog: &Catalog,
+    ) -> ChangeSet {
+        let mut changes = ChangeSet {
+            created: self.is_new(),
+            event_time_ms: now,
+            ..Default::default()
+        };
+        let message_time = match message {
+            Inbound::Batch(b) => b.timestamp_ms,
+            Inbound::Identity(i) => i.timestamp_ms,
+        }
+        .filter(|&t| t > 0)
+        .unwrap_or(now);
+        if changes.created {
+            self.first_seen_ms = message_time;
+        }
+        self.first_seen_ms = self.first_seen_ms.min(message_time);
+        self.last_seen_ms = self.last_seen_ms.max(message_time);
+        changes.event_time_ms = message_time;
+        match message {
+            Inbound::Batch(batch) => self.apply_batch(batch, now, catalog, &mut changes),
+            Inbound::Identity(update) => {
+                for change in &update.changes {
+                    self.apply_identity_change(change, &mut changes);
+                }
+            }
+        }
+        let cutoff = now - retention_ms;
+        self.history.retain(|_, series| {
+            series.prune_before(cutoff);
+            !series.is_empty()
+        });
+        changes
+    }
+
+    fn apply_batch(
+        &mut self,
+        batch: &Batch,
+        now: TimestampMs,
+        catalog: &Catalog,
+        changes: &mut ChangeSet,
+    ) {
+        for (identity_type, value) in &batch.user_identities {
+            self.set_identity(identity_type, value, changes);
+        }
+        for (identity_type, value) in &batch.device_identities {
+            self.set_identity(identity_type, value, changes);
+        }
+        if let Some(device) = &batch.device_info {
+            self.device.merge_from(device);
+        }
+        if let Some(consent) = &batch.consent {
+            for (purpose, c) in &consent.gdpr {
+                self.consent.gdpr.insert(purpose.to_lowercase(), c.clone());
+            }
+            if consent.ccpa_data_sale_opt_out.is_some() {
+                self.consent.ccpa_data_sale_opt_out = consent.ccpa_data_sale_opt_out;
+            }
+        }
+        if batch.app_version.is_some() {
+            self.app_version.clone_from(&batch.app_version);
+        }
+        for event in &batch.events {
+            self.apply_event(event, now, catalog, changes);
+        }
+        for (name, value) in &batch.user_attributes {
+            self.set_attribute(name, Some(value.clone()), changes);
+        }
+        for name in &batch.deleted_user_attributes {
+            self.set_attribute(name, None, changes);
+        }
+    }
+
+    fn apply_event(
+        &mut self,
+        event: &Event,
+        now: TimestampMs,
+        catalog: &Catalog,
+        changes: &mut ChangeSet,
+    ) {
+        let at = if event.timestamp_ms > 0 {
+            event.timestamp_ms
+        } else {
+            now
+        };
+        match &event.kind {
+            EventKind::UserAttributeChange {
+                name,
+                new_value,
+                deleted,
+            } => {
+                let value = if *deleted {
+                    None
+                } else {
+                    Some(new_value.clone().unwrap_or(AttrValue::Null))
+                };
+                self.set_attribute(name, value, changes);
+            }
+            EventKind::UserIdentityChange(change) => self.apply_identity_change(change, changes),
+            EventKind::OptOut { opted_out } => self.opted_out = *opted_out,
+            _ => {}
+        }
+        self.history
+            .entry(event_history_key(event))
+            .or_default()
+            .record(at);
+        let selector = (
+            event.kind.event_type().to_string(),
+            event.kind.selector_name(),
+        );
+        for matcher in catalog.matchers_for(&selector.0, &selector.1) {
+            if matcher.accepts(event) {
+                self.history
+                    .entry(matcher.history_key.clone())
+                    .or_default()
+                    .record(at);
+            }
+        }
+        changes.events.insert(selector);
+    }
+
+    fn set_attribute(&mut self, name: &str, value: Option<AttrValue>, changes: &mut ChangeSet) {
+        let key = name.to_lowercase();
+        match value {
+            Some(value) => {
+                let changed = self.attributes.get(&key).is_none_or(|a| a.value != value);
+                if changed {
+                    self.attributes.insert(
+                        key.clone(),
+                        NamedAttr {
+                            name: name.to_string(),
+                            value,
+                        },
+                    );
+                    changes.attributes.insert(key);
+                }
+            }
+            None => {
+                if self.attributes.remove(&key).is_some() {
+                    changes.attributes.insert(key);
+                }
+            }
+        }
+    }
+
+    fn set_identity(&mut self, identity_type: &str, value: &str, changes: &mut ChangeSet) {
+        let identity_type = identity_type.to_lowercase();
+        if value.is_empty() {
+            return;
+        }
+        let values = self.identities.entry(identity_type.clone()).or_default();
+        if values.iter().any(|v| v == value) {
+            return;
+        }
+        if DEVICE_IDENTITY_TYPES.contains(&identity_type.as_str()) {
+            values.push(value.to_string());
+        } else {
+            *values = vec![value.to_string()];
+        }
+        changes.identities.insert(identity_type);
+    }
+
+    fn apply_identity_change(&mut self, change: &IdentityChange, changes: &mut ChangeSet) {
+        let identity_type = change.identity_type.to_lowercase();
+        let values = self.identities.entry(identity_type.clone()).or_default();
+        let before = values.clone();
+        if let Some(old) = &change.old_value {
+            values.retain(|v| v != old);
+        }
+        if let Some(new) = &change.new_value {
+            if !values.contains(new) {
+                values.push(new.clone());
+            }
+        }
+        if *values != before {
+            changes.identities.insert(identity_type.clone());
+        }
+        if values.is_empty() {
+            self.identities.remove(&identity_type);
+        }
+    }
+
+    /// Evaluates the given audiences and returns the deltas, updating memberships and `due`.
+    /// Audiences unknown to the catalog (deleted) lose their membership records silently.
+    pub fn evaluate(
+        &mut self,
+        audiences: impl IntoIterator<Item = AudienceId>,
+        catalog: &Catalog,
+        ctx: &EvalContext,
+        event_time_ms: TimestampMs,
+    ) -> Vec<Delta> {
+        let mut deltas = Vec::new();
+        for id in audiences {
+            let Some(audience) = catalog.active(id) else {
+                // Saved as draft: members leave (versions go on, for re-activation). Deleted:
+                // the records go silently (audience ids are never reused).
+                self.due.remove(&id);
+                match (catalog.record(id), self.memberships.get(&id).copied()) {
+                    (Some(_), Some(r)) if r.member => {
+                        let version = r.version + 1;
+                        self.memberships.insert(
+                            id,
+                            MemberRecord {
+                                member: false,
+                                version,
+                                changed_at_ms: ctx.now,
+                            },
+                        );
+                        deltas.push(Delta {
+                            audience_id: id,
+                            mpid: self.mpid,
+                            kind: DeltaKind::Dropped,
+                            event_time_ms,
+                            processing_time_ms: ctx.now,
+                            version,
+                        });
+                    }
+                    (None, _) => {
+                        self.memberships.remove(&id);
+                    }
+                    _ => {}
+                }
+                continue;
+            };
+            let outcome = audience.compiled.evaluate(self, ctx);
+            match outcome.next_change {
+                Some(t) => {
+                    self.due.insert(id, t);
+                }
+                None => {
+                    self.due.remove(&id);
+                }
+            }
+            let record = self.memberships.get(&id).copied();
+            let was_member = record.is_some_and(|r| r.member);
+            if outcome.matched == was_member {
+                continue;
+            }
+            let version = record.map_or(0, |r| r.version) + 1;
+            self.memberships.insert(
+                id,
+                MemberRecord {
+                    member: outcome.matched,
+                    version,
+                    changed_at_ms: ctx.now,
+                },
+            );
+            deltas.push(Delta {
+                audience_id: id,
+                mpid: self.mpid,
+                kind: if outcome.matched {
+                    DeltaKind::Added
+                } else {
+                    DeltaKind::Dropped
+                },
+                event_time_ms,
+                processing_time_ms: ctx.now,
+                version,
+            });
+        }
+        deltas
+    }
+
+    /// The audiences whose `due` instant has come.
+    pub fn due_audiences(&self, now: TimestampMs) -> Vec<AudienceId> {
+        self.due
+            .iter()
+            .filter(|(_, &t)| t <= now)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Current audiences of the profile.
+    pub fn member_of(&self) -> impl Iterator<Item = (AudienceId, &MemberRecord)> {
+        self.memberships
+            .iter()
+            .filter(|(_, r)| r.member)
+            .map(|(&id, r)| (id, r))
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![PROFILE_FORMAT];
+        out.extend(postcard::to_stdvec(self).expect("profile state always serialises"));
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        match bytes.split_first() {
+            Some((&PROFILE_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+            Some((v, _)) => Err(format!("unknown profile format {v}")),
+            None => Err("empty profile record".to_string()),
+        }
+    }
+}
+
+/// Version byte of the stored profile encoding.
+const PROFILE_FORMAT: u8 = 1;

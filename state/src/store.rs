@@ -1,0 +1,645 @@
+//! The RocksDB layout of the engine. One database per node, column families by kind of record,
+//! every per-partition key prefixed by the partition so a partition's data is one key range.
+//!
+//! | column family | key                                   | value                          |
+//! |---------------|---------------------------------------|--------------------------------|
+//! | `profiles`    | partition, mpid                       | [`ProfileState`] (postcard)    |
+//! | `outbox`      | partition, sequence                   | [`Delta`] (postcard)           |
+//! | `timers`      | partition, due time, mpid             | empty                          |
+//! | `deadletters` | partition, sequence                   | [`DeadLetter`] (postcard)      |
+//! | `meta`        | text (`offset/…`, `head/…`, `size/…`) | big-endian integers            |
+//! | `audiences`   | audience id                           | [`AudienceRecord`] (JSON)      |
+//!
+//! Invariant: the state a batch produced, the deltas it emitted, the timers it set and the
+//! offsets it consumed are written in ONE [`WriteBatch`]: never split. On restart the engine
+//! resumes from the stored offsets, so every message's effects are applied exactly once.
+
+use crate::catalog::AudienceRecord;
+use crate::model::{AudienceId, Delta, Mpid, TimestampMs};
+use crate::profile::ProfileState;
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub type Partition = u32;
+
+const CF_PROFILES: &str = "profiles";
+const CF_OUTBOX: &str = "outbox";
+const CF_TIMERS: &str = "timers";
+const CF_DEADLETTERS: &str = "deadletters";
+const CF_META: &str = "meta";
+const CF_AUDIENCES: &str = "audiences";
+const COLUMN_FAMILIES: &[&str] = &[
+    CF_PROFILES,
+    CF_OUTBOX,
+    CF_TIMERS,
+    CF_DEADLETTERS,
+    CF_META,
+    CF_AUDIENCES,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt record in {cf} at key {key}: {reason}")]
+    Corrupt {
+        cf: &'static str,
+        key: String,
+        reason: String,
+    },
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A message that could not be processed, kept with the state until published to the
+/// dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// Short label for metrics: oversized, malformed, missing_mpid, unknown_event_type, ...
+    pub reason_code: String,
+    /// What was wrong, naming the field.
+    pub reason: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub at_ms: TimestampMs,
+}
+
+/// Order-preserving encoding of a signed integer (sign bit flipped, big-endian).
+fn ordered_i64(v: i64) -> [u8; 8] {
+    ((v as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn from_ordered_i64(b: &[u8]) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    (u64::from_be_bytes(a) ^ (1 << 63)) as i64
+}
+
+pub fn profile_key(partition: Partition, mpid: Mpid) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&partition.to_be_bytes());
+    k[4..].copy_from_slice(&ordered_i64(mpid));
+    k
+}
+
+fn seq_key(partition: Partition, seq: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&partition.to_be_bytes());
+    k[4..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn timer_key(partition: Partition, due: TimestampMs, mpid: Mpid) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..4].copy_from_slice(&partition.to_be_bytes());
+    k[4..12].copy_from_slice(&ordered_i64(due));
+    k[12..].copy_from_slice(&ordered_i64(mpid));
+    k
+}
+
+fn offset_key(topic: &str, partition: Partition) -> String {
+    format!("offset/{topic}/{partition}")
+}
+fn outbox_head_key(partition: Partition) -> String {
+    format!("head/outbox/{partition}")
+}
+fn deadletter_head_key(partition: Partition) -> String {
+    format!("head/deadletters/{partition}")
+}
+fn published_key(sink: &str, partition: Partition) -> String {
+    format!("published/{sink}/{partition}")
+}
+fn size_key(audience: AudienceId, partition: Partition) -> String {
+    format!("size/{audience}/{partition}")
+}
+fn evaluated_key(partition: Partition, audience: AudienceId) -> String {
+    format!("evaluated/{partition}/{audience}")
+}
+const AUDIENCE_SEQ_KEY: &str = "seq/audiences";
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    let n = bytes.len().min(8);
+    a[8 - n..].copy_from_slice(&bytes[..n]);
+    u64::from_be_bytes(a)
+}
+
+pub struct Store {
+    db: DB,
+    sync_writes: bool,
+}
+
+/// One atomic write: build it, then [`Store::commit`] it.
+pub struct WriteBatch<'a> {
+    store: &'a Store,
+    batch: rocksdb::WriteBatch,
+}
+
+impl WriteBatch<'_> {
+    pub fn put_profile(&mut self, partition: Partition, profile: &ProfileState) {
+        let cf = self.store.cf(CF_PROFILES);
+        self.batch
+            .put_cf(cf, profile_key(partition, profile.mpid), profile.encode());
+    }
+
+    pub fn put_delta(&mut self, partition: Partition, seq: u64, delta: &Delta) {
+        let cf = self.store.cf(CF_OUTBOX);
+        let bytes = postcard::to_stdvec(delta).expect("delta always serialises");
+        self.batch.put_cf(cf, seq_key(partition, seq), bytes);
+    }
+
+    pub fn set_outbox_head(&mut self, partition: Partition, seq: u64) {
+        self.put_meta_u64(&outbox_head_key(partition), seq);
+    }
+
+    pub fn put_dead_letter(&mut self, partition: Partition, seq: u64, letter: &DeadLetter) {
+        let cf = self.store.cf(CF_DEADLETTERS);
+        let bytes = postcard::to_stdvec(letter).expect("dead letter always serialises");
+        self.batch.put_cf(cf, seq_key(partition, seq), bytes);
+        self.put_meta_u64(&deadletter_head_key(partition), seq);
+    }
+
+    pub fn set_timer(&mut self, partition: Partition, due: TimestampMs, mpid: Mpid) {
+        let cf = self.store.cf(CF_TIMERS);
+        self.batch.put_cf(cf, timer_key(partition, due, mpid), []);
+    }
+
+    pub fn clear_timer(&mut self, partition: Partition, due: TimestampMs, mpid: Mpid) {
+        let cf = self.store.cf(CF_TIMERS);
+        self.batch.delete_cf(cf, timer_key(partition, due, mpid));
+    }
+
+    /// Records that everything before `next_offset` of `topic`/`partition` has been applied.
+    pub fn set_next_offset(&mut self, topic: &str, partition: Partition, next_offset: i64) {
+        self.put_meta_u64(&offset_key(topic, partition), next_offset as u64);
+    }
+
+    pub fn set_audience_size(&mut self, audience: AudienceId, partition: Partition, size: u64) {
+        self.put_meta_u64(&size_key(audience, partition), size);
+    }
+
+    pub fn set_published(&mut self, sink: &str, partition: Partition, seq: u64) {
+        self.put_meta_u64(&published_key(sink, partition), seq);
+    }
+
+    fn put_meta_u64(&mut self, key: &str, value: u64) {
+        let cf = self.store.cf(CF_META);
+        self.batch.put_cf(cf, key.as_bytes(), value.to_be_bytes());
+    }
+
+    /// Records the revision of an audience the partition's stored profiles were all evaluated
+    /// against (`None`: forget it).
+    pub fn set_evaluated_revision(
+        &mut self,
+        audience: AudienceId,
+        partition: Partition,
+        revision: Option<u64>,
+    ) {
+        let key = evaluated_key(partition, audience);
+        match revision {
+            Some(r) => self.put_meta_u64(&key, r),
+            None => {
+                let cf = self.store.cf(CF_META);
+                self.batch.delete_cf(cf, key.as_bytes());
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path, sync_writes: bool) -> StoreResult<Store> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        options.increase_parallelism(2);
+        let descriptors = COLUMN_FAMILIES.iter().map(|name| {
+            let mut cf_opts = Options::default();
+            cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(*name, cf_opts)
+        });
+        let db = DB::open_cf_descriptors(&options, path, descriptors)?;
+        Ok(Store { db, sync_writes })
+    }
+
+    fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+
+    pub fn batch(&self) -> WriteBatch<'_> {
+        WriteBatch {
+            store: self,
+            batch: rocksdb::WriteBatch::default(),
+        }
+    }
+
+    pub fn commit(&self, batch: WriteBatch<'_>) -> StoreResult<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(self.sync_writes);
+        self.db.write_opt(batch.batch, &opts)?;
+        Ok(())
+    }
+
+    fn meta_u64(&self, key: &str) -> StoreResult<Option<u64>> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_META), key.as_bytes())?
+            .map(|v| be_u64(&v)))
+    }
+
+    pub fn load_profile(
+        &self,
+        partition: Partition,
+        mpid: Mpid,
+    ) -> StoreResult<Option<ProfileState>> {
+        let key = profile_key(partition, mpid);
+        match self.db.get_pinned_cf(self.cf(CF_PROFILES), key)? {
+            None => Ok(None),
+            Some(bytes) => {
+                ProfileState::decode(&bytes)
+                    .map(Some)
+                    .map_err(|reason| StoreError::Corrupt {
+                        cf: CF_PROFILES,
+                        key: format!("{partition}/{mpid}"),
+                        reason,
+                    })
+            }
+        }
+    }
+
+    /// Finds a profile in whichever partition holds it.
+    pub fn find_profile(
+        &self,
+        mpid: Mpid,
+        partitions: impl IntoIterator<Item = Partition>,
+    ) -> StoreResult<Option<(Partition, ProfileState)>> {
+        for p in partitions {
+            if let Some(profile) = self.load_profile(p, mpid)? {
+                return Ok(Some((p, profile)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The partitions that hold any profile, from the keys themselves.
+    pub fn known_partitions(&self) -> StoreResult<Vec<Partition>> {
+        let mut out = Vec::new();
+        let mut next: u64 = 0;
+        while next <= u32::MAX as u64 {
+            let start = (next as u32).to_be_bytes();
+            let mut it = self.db.iterator_cf(
+                self.cf(CF_PROFILES),
+                IteratorMode::From(&start, Direction::Forward),
+            );
+            match it.next() {
+                Some(item) => {
+                    let (k, _) = item?;
+                    let p = u32::from_be_bytes([k[0], k[1], k[2], k[3]]);
+                    out.push(p);
+                    next = p as u64 + 1;
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Visits every profile of a partition, in MPID order, from `after` (exclusive).
+    pub fn scan_profiles(
+        &self,
+        partition: Partition,
+        after: Option<Mpid>,
+        limit: usize,
+    ) -> StoreResult<Vec<ProfileState>> {
+        let start = match after {
+            Some(m) if m == i64::MAX => return Ok(Vec::new()),
+            Some(m) => profile_key(partition, m + 1),
+            None => profile_key(partition, i64::MIN),
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_PROFILES),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if k[..4] != partition.to_be_bytes() || out.len() >= limit {
+                break;
+            }
+            let profile = ProfileState::decode(&v).map_err(|reason| StoreError::Corrupt {
+                cf: CF_PROFILES,
+                key: format!("{partition}/{}", from_ordered_i64(&k[4..])),
+                reason,
+            })?;
+            out.push(profile);
+        }
+        Ok(out)
+    }
+
+    /// Next offset to consume of `topic`/`partition`, if any was stored.
+    pub fn next_offset(&self, topic: &str, partition: Partition) -> StoreResult<Option<i64>> {
+        Ok(self
+            .meta_u64(&offset_key(topic, partition))?
+            .map(|v| v as i64))
+    }
+
+    /// Sequence of the last delta written for the partition (0: none yet).
+    pub fn outbox_head(&self, partition: Partition) -> StoreResult<u64> {
+        Ok(self.meta_u64(&outbox_head_key(partition))?.unwrap_or(0))
+    }
+
+    pub fn deadletter_head(&self, partition: Partition) -> StoreResult<u64> {
+        Ok(self.meta_u64(&deadletter_head_key(partition))?.unwrap_or(0))
+    }
+
+    pub fn published(&self, sink: &str, partition: Partition) -> StoreResult<u64> {
+        Ok(self.meta_u64(&published_key(sink, partition))?.unwrap_or(0))
+    }
+
+    pub fn set_published(&self, sink: &str, partition: Partition, seq: u64) -> StoreResult<()> {
+        let mut b = self.batch();
+        b.set_published(sink, partition, seq);
+        self.commit(b)
+    }
+
+    /// Deltas of a partition with sequence in `(after, ..]`, at most `limit`.
+    pub fn read_outbox(
+        &self,
+        partition: Partition,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, Delta)>> {
+        self.read_seq(CF_OUTBOX, partition, after, limit)
+    }
+
+    pub fn read_dead_letters(
+        &self,
+        partition: Partition,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, DeadLetter)>> {
+        self.read_seq(CF_DEADLETTERS, partition, after, limit)
+    }
+
+    fn read_seq<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: &'static str,
+        partition: Partition,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, T)>> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let start = seq_key(partition, from);
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::From(&start, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if k[..4] != partition.to_be_bytes() || out.len() >= limit {
+                break;
+            }
+            let seq = be_u64(&k[4..12]);
+            let value = postcard::from_bytes(&v).map_err(|e| StoreError::Corrupt {
+                cf,
+                key: format!("{partition}/{seq}"),
+                reason: e.to_string(),
+            })?;
+            out.push((seq, value));
+        }
+        Ok(out)
+    }
+
+    /// The oldest sequence still in the outbox of a partition.
+    pub fn outbox_tail(&self, partition: Partition) -> StoreResult<Option<u64>> {
+        Ok(self
+            .read_seq::<Delta>(CF_OUTBOX, partition, 0, 1)?
+            .first()
+            .map(|(s, _)| *s))
+    }
+
+    /// Deletes the deltas of a partition up to and including `through`.
+    pub fn prune_outbox(&self, partition: Partition, through: u64) -> StoreResult<()> {
+        self.db.delete_range_cf(
+            self.cf(CF_OUTBOX),
+            seq_key(partition, 0),
+            seq_key(partition, through.saturating_add(1)),
+        )?;
+        Ok(())
+    }
+
+    /// Deletes the oldest deltas of a partition processed before `cutoff_ms`, never beyond
+    /// `through` (what every durable reader has consumed). Returns the last sequence deleted.
+    pub fn prune_outbox_before(
+        &self,
+        partition: Partition,
+        cutoff_ms: TimestampMs,
+        through: u64,
+    ) -> StoreResult<Option<u64>> {
+        let mut last_old = None;
+        let mut after = 0;
+        'scan: loop {
+            let chunk = self.read_outbox(partition, after, 1000)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for (seq, delta) in &chunk {
+                if *seq > through || delta.processing_time_ms >= cutoff_ms {
+                    break 'scan;
+                }
+                last_old = Some(*seq);
+                after = *seq;
+            }
+        }
+        if let Some(seq) = last_old {
+            self.prune_outbox(partition, seq)?;
+        }
+        Ok(last_old)
+    }
+
+    /// Timers of a partition due at or before `now`, earliest first.
+    pub fn due_timers(
+        &self,
+        partition: Partition,
+        now: TimestampMs,
+        limit: usize,
+    ) -> StoreResult<Vec<(TimestampMs, Mpid)>> {
+        let start = timer_key(partition, i64::MIN, i64::MIN);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_TIMERS),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (k, _) = item?;
+            if k[..4] != partition.to_be_bytes() || out.len() >= limit {
+                break;
+            }
+            let due = from_ordered_i64(&k[4..12]);
+            if due > now {
+                break;
+            }
+            out.push((due, from_ordered_i64(&k[12..20])));
+        }
+        Ok(out)
+    }
+
+    pub fn audience_size(&self, audience: AudienceId, partition: Partition) -> StoreResult<u64> {
+        Ok(self.meta_u64(&size_key(audience, partition))?.unwrap_or(0))
+    }
+
+    /// (audience, revision) pairs the partition's profiles were evaluated against.
+    pub fn evaluated_revisions(&self, partition: Partition) -> StoreResult<Vec<(AudienceId, u64)>> {
+        let prefix = format!("evaluated/{partition}/");
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(prefix.as_bytes(), Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            let Some(rest) = k.strip_prefix(prefix.as_bytes()) else {
+                break;
+            };
+            if let Ok(a) = String::from_utf8_lossy(rest).parse::<AudienceId>() {
+                out.push((a, be_u64(&v)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every stored size counter: (audience, partition, size).
+    pub fn audience_sizes(&self) -> StoreResult<Vec<(AudienceId, Partition, u64)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(b"size/", Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            let Some(rest) = k.strip_prefix(b"size/") else {
+                break;
+            };
+            let text = String::from_utf8_lossy(rest);
+            let mut parts = text.split('/');
+            if let (Some(Ok(a)), Some(Ok(p))) = (
+                parts.next().map(str::parse::<AudienceId>),
+                parts.next().map(str::parse::<Partition>),
+            ) {
+                out.push((a, p, be_u64(&v)));
+            }
+        }
+        Ok(out)
+    }
+
+    // ------------------------------------------------------------ audiences
+
+    pub fn load_audiences(&self) -> StoreResult<Vec<AudienceRecord>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_AUDIENCES), IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            let record = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                cf: CF_AUDIENCES,
+                key: be_u64(&k).to_string(),
+                reason: e.to_string(),
+            })?;
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    pub fn put_audience(&self, record: &AudienceRecord) -> StoreResult<()> {
+        let mut b = self.batch();
+        let bytes = serde_json::to_vec(record).expect("audience record always serialises");
+        b.batch
+            .put_cf(self.cf(CF_AUDIENCES), record.id.to_be_bytes(), bytes);
+        b.put_meta_u64(
+            AUDIENCE_SEQ_KEY,
+            record.id.max(self.meta_u64(AUDIENCE_SEQ_KEY)?.unwrap_or(0)),
+        );
+        self.commit(b)
+    }
+
+    pub fn delete_audience(&self, id: AudienceId) -> StoreResult<()> {
+        let mut b = self.batch();
+        b.batch.delete_cf(self.cf(CF_AUDIENCES), id.to_be_bytes());
+        self.commit(b)
+    }
+
+    /// The next free audience id (ids are never reused, even after a delete).
+    pub fn next_audience_id(&self) -> StoreResult<AudienceId> {
+        Ok(self.meta_u64(AUDIENCE_SEQ_KEY)?.unwrap_or(0) + 1)
+    }
+
+    pub fn flush(&self) -> StoreResult<()> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DeltaKind;
+
+    #[test]
+    fn ordered_keys_sort_like_integers() {
+        let values = [i64::MIN, -5, -1, 0, 1, 7, i64::MAX];
+        let keys: Vec<_> = values.iter().map(|&v| ordered_i64(v)).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        for v in values {
+            assert_eq!(from_ordered_i64(&ordered_i64(v)), v);
+        }
+    }
+
+    #[test]
+    fn one_batch_holds_state_deltas_timers_and_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let mut profile = ProfileState::new(-42);
+        profile.first_seen_ms = 5;
+        let delta = Delta {
+            audience_id: 3,
+            mpid: -42,
+            kind: DeltaKind::Added,
+            event_time_ms: 1,
+            processing_time_ms: 2,
+            version: 1,
+        };
+        let mut b = store.batch();
+        b.put_profile(7, &profile);
+        b.put_delta(7, 1, &delta);
+        b.set_outbox_head(7, 1);
+        b.set_timer(7, 100, -42);
+        b.set_next_offset("events", 7, 11);
+        b.set_audience_size(3, 7, 1);
+        store.commit(b).unwrap();
+        drop(store);
+
+        let store = Store::open(dir.path(), false).unwrap();
+        assert_eq!(store.load_profile(7, -42).unwrap(), Some(profile));
+        assert_eq!(store.read_outbox(7, 0, 10).unwrap(), vec![(1, delta)]);
+        assert_eq!(store.outbox_head(7).unwrap(), 1);
+        assert_eq!(store.due_timers(7, 99, 10).unwrap(), vec![]);
+        assert_eq!(store.due_timers(7, 100, 10).unwrap(), vec![(100, -42)]);
+        assert_eq!(store.next_offset("events", 7).unwrap(), Some(11));
+        assert_eq!(store.audience_sizes().unwrap(), vec![(3, 7, 1)]);
+        assert_eq!(store.known_partitions().unwrap(), vec![7]);
+        store.prune_outbox(7, 1).unwrap();
+        assert!(store.read_outbox(7, 0, 10).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,505 @@
+//! The evaluator against a reference written plainly from a profile's full history, over random
+//! histories, definitions and clock moves; and the string operators of the seed, one by one.
+
+use audience_state::catalog::{AudienceRecord, AudienceStatus, Catalog};
+use audience_state::criteria::{compile, glob_match, parse_definition, EvalContext};
+use audience_state::model::*;
+use audience_state::profile::ProfileState;
+use proptest::prelude::*;
+use serde_json::json;
+use std::collections::BTreeMap;
+
+const RETENTION: i64 = 30 * DAY_MS;
+const T0: i64 = 1_700_000_000_000;
+
+fn catalog(criteria: serde_json::Value) -> Catalog {
+    Catalog::build(
+        1,
+        vec![AudienceRecord {
+            id: 1,
+            name: "a".into(),
+            external_name: String::new(),
+            status: AudienceStatus::Active,
+            criteria,
+            tags: vec![],
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            revision: 1,
+        }],
+    )
+}
+
+fn custom(name: &str, kind: &str, at: i64, color: &str) -> Event {
+    Event {
+        timestamp_ms: at,
+        kind: EventKind::Custom {
+            name: name.into(),
+            custom_type: Some(kind.into()),
+        },
+        attributes: BTreeMap::from([("Color".to_string(), color.to_string())]),
+    }
+}
+
+fn batch_of(mpid: Mpid, events: Vec<Event>, attrs: Vec<(String, AttrValue)>) -> Inbound {
+    Inbound::Batch(Batch {
+        mpid,
+        events,
+        user_attributes: attrs,
+        ..Default::default()
+    })
+}
+
+fn member_at(profile: &ProfileState, catalog: &Catalog, now: i64) -> bool {
+    let a = catalog.active(1).unwrap();
+    a.compiled
+        .evaluate(
+            profile,
+            &EvalContext {
+                now,
+                retention_ms: RETENTION,
+            },
+        )
+        .matched
+}
+
+// ------------------------------------------------------------------ reference evaluator
+
+#[derive(Debug, Clone)]
+struct Window {
+    kind: u8,
+    n: i64,
+    m: i64,
+}
+
+/// Count of events named `name` (any custom type), color containing `color` when given, at `now`.
+fn reference_count(
+    history: &[(i64, String, String)],
+    name: &str,
+    color: Option<&str>,
+    w: &Window,
+    now: i64,
+) -> u64 {
+    history
+        .iter()
+        .filter(|(t, n, c)| {
+            n.eq_ignore_ascii_case(name)
+                && color.is_none_or(|want| c.to_lowercase().contains(want))
+                && *t <= now
+                && *t >= now - RETENTION
+                && match w.kind {
+                    0 => true,
+                    1 => *t >= now - w.n * DAY_MS,
+                    2 => *t >= now - w.m * DAY_MS && *t <= now - w.n * DAY_MS,
+                    3 => *t < day_start(T0) + w.n * DAY_MS,
+                    4 => *t >= day_start(T0) + w.n * DAY_MS,
+                    _ => {
+                        *t >= day_start(T0) + w.n * DAY_MS
+                            && *t < day_start(T0) + (w.m + 1) * DAY_MS
+                    }
+                }
+        })
+        .count() as u64
+}
+
+fn day_start(t: i64) -> i64 {
+    t.div_euclid(DAY_MS) * DAY_MS
+}
+
+fn date(t: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(t)
+        .unwrap()
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+fn window_json(w: &Window) -> Option<serde_json::Value> {
+    let base = day_start(T0);
+    match w.kind {
+        0 => None,
+        1 => Some(json!({"within_last_days": w.n})),
+        2 => Some(json!({"between_days_ago": [w.n, w.m]})),
+        3 => Some(json!({"before": date(base + w.n * DAY_MS)})),
+        4 => Some(json!({"after": date(base + w.n * DAY_MS)})),
+        _ => Some(json!({"between": [date(base + w.n * DAY_MS), date(base + w.m * DAY_MS)]})),
+    }
+}
+
+fn arb_window() -> impl Strategy<Value = Window> {
+    (0u8..6, 1i64..10, 0i64..10).prop_map(|(kind, n, extra)| Window {
+        kind,
+        n,
+        m: n + extra + 1,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn incremental_engine_agrees_with_the_reference(
+        events in proptest::collection::vec((0i64..20 * DAY_MS, 0usize..2, 0usize..3), 0..25),
+        window in arb_window(),
+        op in 0u8..3,
+        k in 0u64..4,
+        with_color in any::<bool>(),
+        clock_moves in proptest::collection::vec(0i64..4 * DAY_MS, 1..6),
+    ) {
+        let names = ["Viewed Item", "viewed item"];
+        let colors = ["Blue shirt", "RED", "navy BLUE"];
+        let count = match op { 0 => json!({"at_least": k}), 1 => json!({"at_most": k}), _ => json!({"exactly": k}) };
+        let mut ev = json!({"type": "custom_event", "name": "VIEWED ITEM", "count": count});
+        if let Some(w) = window_json(&window) { ev["time"] = w; }
+        if with_color { ev["attributes"] = json!([{"name": "color", "op": "contains", "value": "Blue"}]); }
+        let catalog = catalog(json!({"event": ev}));
+
+        let mut sorted = events.clone();
+        sorted.sort();
+        let mut profile = ProfileState::new(1);
+        let mut history = Vec::new();
+        let mut now = T0;
+        for (offset, name, color) in &sorted {
+            let at = T0 + offset;
+            now = now.max(at);
+            let e = custom(names[*name], "navigation", at, colors[*color]);
+            history.push((at, names[*name].to_string(), colors[*color].to_string()));
+            profile.apply(&batch_of(1, vec![e], vec![]), now, RETENTION, &catalog);
+        }
+        let color = with_color.then_some("blue");
+        let mut deltas_membership = false;
+        let mut ctx_now = now;
+        let mut evaluated = profile.clone();
+        for step in clock_moves {
+            ctx_now += step;
+            let expected_count = reference_count(&history, "viewed item", color, &window, ctx_now);
+            let expected = match op { 0 => expected_count >= k, 1 => expected_count <= k, _ => expected_count == k };
+            prop_assert_eq!(member_at(&profile, &catalog, ctx_now), expected, "count {} at {}", expected_count, ctx_now);
+
+            // The next change time is honest: nothing changes before it.
+            let ctx = EvalContext { now: ctx_now, retention_ms: RETENTION };
+            let outcome = catalog.active(1).unwrap().compiled.evaluate(&profile, &ctx);
+            if let Some(next) = outcome.next_change {
+                prop_assert!(next > ctx_now);
+                prop_assert_eq!(member_at(&profile, &catalog, next - 1), outcome.matched);
+            } else {
+                prop_assert_eq!(member_at(&profile, &catalog, ctx_now + 40 * DAY_MS), outcome.matched);
+            }
+            // The profile's own bookkeeping emits a delta exactly when membership flips.
+            let deltas = evaluated.evaluate([1], &catalog, &ctx, ctx_now);
+            if expected != deltas_membership {
+                prop_assert_eq!(deltas.len(), 1);
+                prop_assert_eq!(deltas[0].kind, if expected { DeltaKind::Added } else { DeltaKind::Dropped });
+                deltas_membership = expected;
+            } else {
+                prop_assert!(deltas.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn pattern_matches_like_a_regex(text in "[abc]{0,8}", pattern in "[abc?*]{0,6}") {
+        let regex_src = format!("^{}$", pattern.chars().map(|c| match c { '*' => ".*".to_string(), '?' => ".".to_string(), c => c.to_string() }).collect::<String>());
+        let expected = regex_lite_match(&regex_src, &text);
+        prop_assert_eq!(glob_match(&pattern, &text), expected);
+    }
+}
+
+/// A tiny backtracking matcher for `^[abc.*]*$` regexes (".*" and "."), as the oracle.
+fn regex_lite_match(re: &str, text: &str) -> bool {
+    let re: Vec<char> = re
+        .trim_start_matches('^')
+        .trim_end_matches('$')
+        .chars()
+        .collect();
+    fn go(re: &[char], t: &[char]) -> bool {
+        if re.is_empty() {
+            return t.is_empty();
+        }
+        if re.len() >= 2 && re[1] == '*' {
+            return (0..=t.len()).any(|i| {
+                t[..i].iter().all(|&c| re[0] == '.' || c == re[0]) && go(&re[2..], &t[i..])
+            });
+        }
+        !t.is_empty() && (re[0] == '.' || re[0] == t[0]) && go(&re[1..], &t[1..])
+    }
+    let t: Vec<char> = text.chars().collect();
+    go(&re, &t)
+}
+
+fn attr_member(op: &str, value: serde_json::Value, attr: Option<AttrValue>) -> bool {
+    let catalog = catalog(json!({"user_attribute": {"name": "Movies", "op": op, "value": value}}));
+    let mut p = ProfileState::new(1);
+    let attrs = attr
+        .map(|a| vec![("movies".to_string(), a)])
+        .unwrap_or_default();
+    p.apply(&batch_of(1, vec![], attrs), T0, RETENTION, &catalog);
+    member_at(&p, &catalog, T0)
+}
+
+#[test]
+fn string_operators_follow_the_seed() {
+    let s = |v: &str| Some(AttrValue::String(v.into()));
+    let list = |v: &[&str]| Some(AttrValue::List(v.iter().map(|x| x.to_string()).collect()));
+    // Contains / does not contain: substrings, case-insensitive.
+    assert!(attr_member("contains", json!("blue"), s("Blue Shirt")));
+    assert!(!attr_member("does_not_contain", json!("BLUE"), s("blue")));
+    assert!(attr_member("does_not_contain", json!("blue"), s("red")));
+    assert!(
+        attr_member("does_not_contain", json!("blue"), None),
+        "absent does not contain"
+    );
+    // Exact match / does not match: whole string.
+    assert!(attr_member("exact_match", json!("blue"), s("BLUE")));
+    assert!(!attr_member("exact_match", json!("blue"), s("blue shirt")));
+    assert!(attr_member(
+        "does_not_match",
+        json!("blue"),
+        s("blue shirt")
+    ));
+    // Pattern: * and ?.
+    assert!(attr_member("pattern", json!("bl?e"), s("Blue")));
+    assert!(attr_member("pattern", json!("b*e"), s("blue")));
+    assert!(!attr_member("pattern", json!("b?e"), s("blue")));
+    // Includes / does not include: a whole list item.
+    let movies = list(&["Chicago", "Chicago Cubs Story"]);
+    assert!(attr_member("includes", json!("chicago"), movies.clone()));
+    assert!(!attr_member(
+        "includes",
+        json!("Chicago Cubs"),
+        movies.clone()
+    ));
+    assert!(attr_member(
+        "does_not_include",
+        json!("Chicago Cubs"),
+        movies.clone()
+    ));
+    // Partial match: a substring of an item.
+    assert!(attr_member("partial_match", json!("cubs"), movies.clone()));
+    assert!(!attr_member("partial_match", json!("bears"), movies));
+    // Exists: present with no value exists.
+    assert!(attr_member("exists", json!(null), Some(AttrValue::Null)));
+    assert!(!attr_member("exists", json!(null), None));
+    assert!(attr_member("not_exists", json!(null), None));
+    // Numbers.
+    assert!(attr_member(
+        "greater_than",
+        json!(5),
+        Some(AttrValue::Number(6.0))
+    ));
+    assert!(attr_member("greater_than", json!(5), s("7")));
+    assert!(!attr_member(
+        "greater_than",
+        json!(5),
+        Some(AttrValue::Number(5.0))
+    ));
+    assert!(attr_member(
+        "greater_than_or_equal",
+        json!(5),
+        Some(AttrValue::Number(5.0))
+    ));
+    assert!(attr_member(
+        "less_than",
+        json!(5),
+        Some(AttrValue::Number(-1.0))
+    ));
+    assert!(attr_member(
+        "equals",
+        json!(5),
+        Some(AttrValue::Number(5.0))
+    ));
+    assert!(attr_member(
+        "between",
+        json!([1, 3]),
+        Some(AttrValue::Number(3.0))
+    ));
+    assert!(attr_member(
+        "equals",
+        json!(true),
+        Some(AttrValue::Bool(true))
+    ));
+}
+
+#[test]
+fn date_windows_follow_the_seed() {
+    // Before is exclusive, after inclusive, between inclusive of both days.
+    let sept9 = chrono::NaiveDate::from_ymd_opt(2018, 9, 9)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis();
+    let now = sept9 + 5 * DAY_MS;
+    let cases = [
+        (json!({"before": "2018-09-09"}), sept9 - 1, true),
+        (json!({"before": "2018-09-09"}), sept9, false),
+        (json!({"after": "2018-09-09"}), sept9, true),
+        (json!({"after": "2018-09-09"}), sept9 - 1, false),
+        (json!({"on": "2018-09-09"}), sept9 + DAY_MS - 1, true),
+        (json!({"on": "2018-09-09"}), sept9 + DAY_MS, false),
+        (
+            json!({"between": ["2018-09-07", "2018-09-09"]}),
+            sept9 - 2 * DAY_MS,
+            true,
+        ),
+        (
+            json!({"between": ["2018-09-07", "2018-09-09"]}),
+            sept9 + DAY_MS - 1,
+            true,
+        ),
+        (
+            json!({"between": ["2018-09-07", "2018-09-09"]}),
+            sept9 + DAY_MS,
+            false,
+        ),
+    ];
+    for (time, at, expected) in cases {
+        let catalog = catalog(json!({"event": {"name": "x", "time": time}}));
+        let mut p = ProfileState::new(1);
+        p.apply(
+            &batch_of(1, vec![custom("x", "other", at, "")], vec![]),
+            now,
+            RETENTION,
+            &catalog,
+        );
+        assert_eq!(member_at(&p, &catalog, now), expected, "{time} at {at}");
+    }
+    // Recency: a day is 24 hours before now; the seed's example (calculated 1pm Sept 9,
+    // between 4 and 6 days ago: earliest 1pm Sept 3, latest 1pm Sept 5).
+    let one_pm = sept9 + 13 * 3_600_000;
+    let catalog = catalog(json!({"event": {"name": "x", "time": {"between_days_ago": [4, 6]}}}));
+    for (at, expected) in [
+        (one_pm - 6 * DAY_MS, true),
+        (one_pm - 6 * DAY_MS - 1, false),
+        (one_pm - 4 * DAY_MS, true),
+        (one_pm - 4 * DAY_MS + 1, false),
+    ] {
+        let mut p = ProfileState::new(1);
+        p.apply(
+            &batch_of(1, vec![custom("x", "other", at, "")], vec![]),
+            one_pm,
+            RETENTION,
+            &catalog,
+        );
+        assert_eq!(member_at(&p, &catalog, one_pm), expected, "event at {at}");
+    }
+}
+
+#[test]
+fn exclude_and_or_compose() {
+    let c = json!({"and": [
+        {"or": [{"identity": {"type": "email"}}, {"identity": {"type": "customer_id", "op": "pattern", "value": "vip-*"}}]},
+        {"exclude": {"user_attribute": {"name": "banned", "op": "is_true"}}}
+    ]});
+    let catalog = catalog(c);
+    let mut p = ProfileState::new(1);
+    let mut b = Batch {
+        mpid: 1,
+        ..Default::default()
+    };
+    b.user_identities = vec![("customer_id".into(), "VIP-7".into())];
+    p.apply(&Inbound::Batch(b), T0, RETENTION, &catalog);
+    assert!(member_at(&p, &catalog, T0));
+    p.apply(
+        &batch_of(1, vec![], vec![("Banned".into(), AttrValue::Bool(true))]),
+        T0,
+        RETENTION,
+        &catalog,
+    );
+    assert!(!member_at(&p, &catalog, T0));
+}
+
+#[test]
+fn definitions_are_refused_with_the_field_named() {
+    let bad = [
+        (
+            json!({"and": [{"event": {"name": "x", "count": {"at_least": -1}}}]}),
+            "criteria.and[0].event.count.at_least",
+        ),
+        (
+            json!({"event": {"type": "commerce_event", "product_action": "steal"}}),
+            "criteria.event.product_action",
+        ),
+        (
+            json!({"event": {"name": "x", "time": {"between_days_ago": [5, 2]}}}),
+            "criteria.event.time.between_days_ago",
+        ),
+        (
+            json!({"user_attribute": {"name": "", "op": "exists"}}),
+            "criteria.user_attribute.name",
+        ),
+        (
+            json!({"identity": {"type": "email", "op": "greater_than", "value": 3}}),
+            "criteria.identity.op",
+        ),
+    ];
+    for (c, field) in bad {
+        let err = parse_definition(&c).and_then(|d| compile(&d)).unwrap_err();
+        assert_eq!(err.field, field, "{c}: {err}");
+        assert!(!err.reason.is_empty());
+    }
+}
+
+#[test]
+fn the_index_only_picks_audiences_a_change_can_affect() {
+    let records = (1..=3).map(|id| AudienceRecord {
+        id,
+        name: format!("a{id}"),
+        external_name: String::new(),
+        status: AudienceStatus::Active,
+        criteria: match id {
+            1 => json!({"event": {"name": "Purchase"}}),
+            2 => json!({"user_attribute": {"name": "Tier", "op": "exists"}}),
+            _ => json!({"identity": {"type": "email", "op": "not_exists"}}),
+        },
+        tags: vec![],
+        created_at_ms: 0,
+        updated_at_ms: 0,
+        revision: 1,
+    });
+    let catalog = Catalog::build(1, records);
+    let mut p = ProfileState::new(9);
+    let changes = p.apply(
+        &batch_of(9, vec![custom("purchase", "transaction", T0, "")], vec![]),
+        T0,
+        RETENTION,
+        &catalog,
+    );
+    // A new profile: what it touched, plus what matches an empty profile (no email).
+    assert_eq!(
+        catalog
+            .affected_by(&changes)
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![1, 3]
+    );
+    let changes = p.apply(
+        &batch_of(
+            9,
+            vec![],
+            vec![("tier".into(), AttrValue::String("x".into()))],
+        ),
+        T0,
+        RETENTION,
+        &catalog,
+    );
+    assert_eq!(
+        catalog
+            .affected_by(&changes)
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
+    let changes = p.apply(
+        &batch_of(
+            9,
+            vec![],
+            vec![("tier".into(), AttrValue::String("x".into()))],
+        ),
+        T0,
+        RETENTION,
+        &catalog,
+    );
+    assert!(
+        catalog.affected_by(&changes).is_empty(),
+        "an unchanged value touches nothing"
+    );
+}

@@ -1,0 +1,245 @@
+//! `make bench`: drives the real engine binary through a real tansu broker and prints figures.
+//!
+//! 100,000 profiles, 100 audiences, batches produced as fast as the broker takes them while the
+//! engine consumes. Reports end-to-end events/s, p50/p99 latency from produce to delta on a gRPC
+//! subscription, the engine's peak RSS, and, in the same run on the same topic, the raw consume
+//! rate of a bare rdkafka consumer as the ratio's denominator.
+
+use audience_e2e::*;
+use audience_proto::v1 as pb;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureRecord;
+use rdkafka::ClientConfig;
+use std::time::{Duration, Instant};
+
+fn env_or(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// 100 audience definitions over the sample workload: event frequencies and recency, attribute
+/// operators, identities, combinations.
+fn audience_defs(n: usize) -> Vec<serde_json::Value> {
+    let events = ["Viewed Item", "Search", "Shared", "Played Video", "Login"];
+    let tiers = ["bronze", "silver", "gold", "platinum"];
+    (0..n)
+        .map(|i| {
+            let e = events[i % events.len()];
+            let criteria = match i % 5 {
+                0 => serde_json::json!({"event": {"name": e, "count": {"at_least": 1 + (i / 5) % 3}, "time": {"within_last_days": 1 + i % 7}}}),
+                1 => serde_json::json!({"user_attribute": {"name": "tier", "op": "exact_match", "value": tiers[i % 4]}}),
+                2 => serde_json::json!({"and": [{"event": {"name": e}}, {"user_attribute": {"name": "age", "op": "greater_than", "value": 18 + i % 40}}]}),
+                3 => serde_json::json!({"and": [{"event": {"name": e, "attributes": [{"name": "category", "op": "contains", "value": "sho"}]}}, {"exclude": {"identity": {"type": "email"}}}]}),
+                _ => serde_json::json!({"or": [{"event": {"type": "screen_view", "name": "Cart"}}, {"user_attribute": {"name": "tier", "op": "pattern", "value": format!("*{}", &tiers[i % 4][..2])}}]}),
+            };
+            serde_json::json!({"name": format!("bench audience {i:03}"), "criteria": criteria})
+        })
+        .collect()
+}
+
+fn bench_batch(mpid: i64, round: u64, now: i64) -> String {
+    let events = ["Viewed Item", "Search", "Shared", "Played Video", "Login"];
+    let tiers = ["bronze", "silver", "gold", "platinum"];
+    let h = (mpid as u64).wrapping_mul(0x9E3779B97F4A7C15) ^ round.wrapping_mul(0xBF58476D1CE4E5B9);
+    let e1 = events[(h % 5) as usize];
+    let e2 = events[((h >> 8) % 5) as usize];
+    serde_json::json!({
+        "mpid": mpid,
+        "environment": "production",
+        "timestamp_unixtime_ms": now,
+        "user_identities": {"customer_id": format!("c{mpid}"), "email": if h.is_multiple_of(3) { serde_json::Value::Null } else { format!("u{mpid}@example.com").into() }},
+        "user_attributes": {"tier": tiers[((h >> 16) % 4) as usize], "age": 16 + (h >> 20) % 60},
+        "device_info": {"platform": "Android", "os_version": "14"},
+        "events": [
+            {"event_type": "custom_event", "data": {"event_name": e1, "custom_event_type": "navigation", "timestamp_unixtime_ms": now, "custom_attributes": {"category": if h.is_multiple_of(2) { "shoes" } else { "hats" }}}},
+            {"event_type": "screen_view", "data": {"screen_name": if (h >> 4).is_multiple_of(4) { "Cart" } else { "Home" }, "timestamp_unixtime_ms": now}},
+            {"event_type": "custom_event", "data": {"event_name": e2, "custom_event_type": "other", "timestamp_unixtime_ms": now}}
+        ]
+    })
+    .to_string()
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let profiles = env_or("BENCH_PROFILES", 100_000) as i64;
+    let rounds = env_or("BENCH_ROUNDS", 2);
+    let audiences = env_or("BENCH_AUDIENCES", 100) as usize;
+    let partitions = 4;
+    println!("bench: {profiles} profiles x {rounds} batches (3 events each), {audiences} audiences, {partitions} partitions");
+
+    let broker = Broker::start()?;
+    let topics = Topics::unique("bench");
+    broker
+        .create_topics(
+            &[
+                &topics.events,
+                &topics.identities,
+                &topics.deltas,
+                &topics.dead_letters,
+            ],
+            partitions,
+        )
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let defs = dir.path().join("audiences");
+    std::fs::create_dir_all(&defs)?;
+    for (i, d) in audience_defs(audiences).iter().enumerate() {
+        std::fs::write(defs.join(format!("{i:03}.json")), d.to_string())?;
+    }
+    let defs_dir = defs.display().to_string();
+    let mut engine = Engine::start_with(
+        &broker,
+        &topics,
+        &dir.path().join("engine"),
+        "bench",
+        &[
+            ("AUDIENCE_AUDIENCES_DIR", &defs_dir),
+            ("AUDIENCE_MANUAL_CLOCK", "false"),
+            ("AUDIENCE_PARTITIONS", "4"),
+        ],
+    )?;
+    let ch = engine.ready().await?;
+    let pid = engine.pid().expect("engine running");
+
+    // The subscriber: latency from the batch's produce time (its timestamp) to the delta.
+    let sub_ch = ch.clone();
+    let subscriber = tokio::spawn(async move {
+        let mut client = pb::membership_service_client::MembershipServiceClient::new(sub_ch);
+        let mut stream = client
+            .subscribe(pb::SubscribeRequest {
+                audience_ids: vec![],
+                cursor: "now".into(),
+                subscriber_name: "bench".into(),
+            })
+            .await?
+            .into_inner();
+        let mut latencies = Vec::new();
+        while let Ok(Some(d)) = stream.message().await {
+            let now = chrono_now();
+            latencies.push(now - d.event_time_ms);
+        }
+        anyhow::Ok(latencies)
+    });
+
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.timeout.ms", "120000")
+        .create()?;
+    let total = profiles as u64 * rounds;
+    let start = Instant::now();
+    let mut pending = futures::stream::FuturesUnordered::new();
+    use futures::StreamExt;
+    for round in 0..rounds {
+        for mpid in 1..=profiles {
+            let payload = bench_batch(mpid, round, chrono_now());
+            let key = mpid.to_string();
+            let topic = topics.events.clone();
+            let p = producer.clone();
+            pending.push(async move {
+                p.send(
+                    FutureRecord::to(&topic).key(&key).payload(&payload),
+                    Duration::from_secs(120),
+                )
+                .await
+            });
+            while pending.len() >= 5000 {
+                if let Some(Err((e, _))) = pending.next().await {
+                    anyhow::bail!("produce failed: {e}");
+                }
+            }
+        }
+    }
+    while let Some(r) = pending.next().await {
+        if let Err((e, _)) = r {
+            anyhow::bail!("produce failed: {e}");
+        }
+    }
+    let produced_in = start.elapsed();
+    wait_processed(&ch, total, Duration::from_secs(1800)).await?;
+    let processed_in = start.elapsed();
+    let status = status(&ch).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = peak_rss_kib(pid);
+    assert_eq!(engine.terminate()?, Some(0), "engine exits cleanly");
+    let mut latencies = subscriber.await??;
+    latencies.sort();
+
+    // The denominator: a bare rdkafka consumer on the same topic, same machine, same run.
+    let raw: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("group.id", "bench-raw")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    raw.subscribe(&[&topics.events])?;
+    let raw_start = Instant::now();
+    let mut raw_count = 0u64;
+    while raw_count < total {
+        match tokio::time::timeout(Duration::from_secs(30), raw.recv()).await {
+            Ok(Ok(_)) => raw_count += 1,
+            Ok(Err(e)) => anyhow::bail!("raw consumer: {e}"),
+            Err(_) => anyhow::bail!("raw consumer stalled at {raw_count}"),
+        }
+    }
+    let raw_rate = raw_count as f64 / raw_start.elapsed().as_secs_f64();
+    let e2e_rate = total as f64 / processed_in.as_secs_f64();
+    let events_rate = 3.0 * e2e_rate;
+
+    println!(
+        "produced {total} batches in {:.1} s ({:.0} batches/s)",
+        produced_in.as_secs_f64(),
+        total as f64 / produced_in.as_secs_f64()
+    );
+    println!(
+        "engine processed all in {:.1} s: {:.0} batches/s = {:.0} events/s end to end",
+        processed_in.as_secs_f64(),
+        e2e_rate,
+        events_rate
+    );
+    println!(
+        "deltas emitted: {}  (received on the subscription: {})",
+        status.deltas_emitted,
+        latencies.len()
+    );
+    println!(
+        "latency produce -> delta: p50 {} ms  p99 {} ms  max {} ms",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(0)
+    );
+    println!("engine peak RSS: {:.1} MiB", rss as f64 / 1024.0);
+    println!("bare rdkafka consumer on the same topic: {raw_rate:.0} messages/s");
+    println!("ratio engine / bare consumer: {:.3}", e2e_rate / raw_rate);
+    Ok(())
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,486 @@
+//! Harness for the end-to-end tests: a real tansu broker process, the real engine binary, and
+//! clients that talk to them as users would (rdkafka producer, tonic gRPC clients).
+//!
+//! Each test gets its own broker on a free port and its own data directories, so tests run in
+//! parallel and a `kill -9` of an engine is real.
+
+use audience_proto::v1 as pb;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+pub use anyhow::Result;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Directory of the workspace's binaries (the tests run from `<target>/release/deps`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/release")
+        .to_path_buf()
+}
+
+pub fn engine_binary() -> PathBuf {
+    let path = bin_dir().join("audience-engine");
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`make test` does)",
+        path.display()
+    );
+    path
+}
+
+/// A tansu broker process, killed on drop.
+pub struct Broker {
+    child: Child,
+    pub bootstrap: String,
+}
+
+impl Broker {
+    pub fn start() -> Result<Broker> {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let tansu = which("tansu").ok_or_else(|| {
+            anyhow::anyhow!("tansu is not installed: run `make setup` (cargo install tansu)")
+        })?;
+        let child = Command::new(tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let broker = Broker {
+            child,
+            bootstrap: format!("127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                anyhow::bail!("tansu did not listen on {port} within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(broker)
+    }
+
+    pub async fn create_topics(&self, topics: &[&str], partitions: i32) -> Result<()> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()?;
+        let new: Vec<NewTopic> = topics
+            .iter()
+            .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+            .collect();
+        for r in admin
+            .create_topics(new.iter(), &AdminOptions::new())
+            .await?
+        {
+            if let Err((t, code)) = r {
+                if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
+                    anyhow::bail!("creating {t}: {code}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn producer(&self) -> Result<FutureProducer> {
+        Ok(ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", "30000")
+            .create()?)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.exists())
+}
+
+/// Topic names of one engine deployment.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    pub events: String,
+    pub identities: String,
+    pub deltas: String,
+    pub dead_letters: String,
+}
+
+impl Topics {
+    pub fn unique(prefix: &str) -> Topics {
+        Topics {
+            events: format!("{prefix}-events"),
+            identities: format!("{prefix}-identities"),
+            deltas: format!("{prefix}-deltas"),
+            dead_letters: format!("{prefix}-dead-letters"),
+        }
+    }
+}
+
+/// An engine process.
+pub struct Engine {
+    child: Option<Child>,
+    pub grpc: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Engine {
+    pub fn start(broker: &Broker, topics: &Topics, data_dir: &Path, group: &str) -> Result<Engine> {
+        Engine::start_with(broker, topics, data_dir, group, &[])
+    }
+
+    /// Starts an engine with extra environment variables (configuration overrides).
+    pub fn start_with(
+        broker: &Broker,
+        topics: &Topics,
+        data_dir: &Path,
+        group: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Result<Engine> {
+        let port = free_port();
+        let mut env: Vec<(String, String)> = vec![
+            (
+                "AUDIENCE_BOOTSTRAP_SERVERS".into(),
+                broker.bootstrap.clone(),
+            ),
+            ("AUDIENCE_GROUP_ID".into(), group.to_string()),
+            ("AUDIENCE_EVENTS_TOPIC".into(), topics.events.clone()),
+            (
+                "AUDIENCE_IDENTITIES_TOPIC".into(),
+                topics.identities.clone(),
+            ),
+            ("AUDIENCE_DELTAS_TOPIC".into(), topics.deltas.clone()),
+            (
+                "AUDIENCE_DEAD_LETTER_TOPIC".into(),
+                topics.dead_letters.clone(),
+            ),
+            ("AUDIENCE_DATA_DIR".into(), data_dir.display().to_string()),
+            ("AUDIENCE_GRPC_LISTEN".into(), format!("127.0.0.1:{port}")),
+            ("AUDIENCE_METRICS_LISTEN".into(), String::new()),
+            ("AUDIENCE_MANUAL_CLOCK".into(), "true".into()),
+            ("AUDIENCE_PARTITIONS".into(), "2".into()),
+            (
+                "AUDIENCE_KAFKA_PROPERTIES".into(),
+                "session.timeout.ms=6000,heartbeat.interval.ms=500".into(),
+            ),
+        ];
+        for (k, v) in extra_env {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let mut engine = Engine {
+            child: None,
+            grpc: format!("http://127.0.0.1:{port}"),
+            data_dir: data_dir.to_path_buf(),
+            log: data_dir.with_extension("log"),
+            env,
+        };
+        engine.spawn()?;
+        Ok(engine)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(engine_binary())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the gRPC server answers and the node owns partitions.
+    pub async fn ready(&mut self) -> Result<Channel> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    anyhow::bail!("engine exited with {status}; log:\n{}", self.log_text());
+                }
+            }
+            if let Ok(ch) = Channel::from_shared(self.grpc.clone())?.connect().await {
+                let mut admin = pb::admin_service_client::AdminServiceClient::new(ch.clone());
+                if let Ok(s) = admin.get_engine_status(pb::GetEngineStatusRequest {}).await {
+                    if !s.into_inner().partitions.is_empty() {
+                        return Ok(ch);
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("engine not ready within 60 s; log:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`: no drain, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait: returns the exit code.
+    pub fn terminate(&mut self) -> Result<Option<i32>> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                anyhow::bail!("engine did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+) -> Result<(i32, i64)> {
+    let d = producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("produce to {topic}: {e}"))?;
+    Ok((d.partition, d.offset))
+}
+
+pub async fn produce_json(
+    producer: &FutureProducer,
+    topic: &str,
+    batch: &serde_json::Value,
+) -> Result<(i32, i64)> {
+    let key = batch["mpid"].to_string();
+    produce(producer, topic, &key, batch.to_string().as_bytes()).await
+}
+
+/// Converts a JSON object to the protobuf `Struct` the audience API takes.
+pub fn criteria(v: serde_json::Value) -> prost_types::Struct {
+    fn value(v: &serde_json::Value) -> prost_types::Value {
+        use prost_types::value::Kind;
+        let kind = match v {
+            serde_json::Value::Null => Kind::NullValue(0),
+            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+            serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+                values: a.iter().map(value).collect(),
+            }),
+            serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
+                fields: o.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
+            }),
+        };
+        prost_types::Value { kind: Some(kind) }
+    }
+    match value(&v).kind {
+        Some(prost_types::value::Kind::StructValue(s)) => s,
+        _ => panic!("criteria must be a JSON object"),
+    }
+}
+
+pub async fn create_audience(
+    ch: &Channel,
+    name: &str,
+    crit: serde_json::Value,
+) -> Result<pb::Audience> {
+    let mut client = pb::audience_service_client::AudienceServiceClient::new(ch.clone());
+    Ok(client
+        .create_audience(pb::CreateAudienceRequest {
+            name: name.into(),
+            criteria: Some(criteria(crit)),
+            ..Default::default()
+        })
+        .await?
+        .into_inner())
+}
+
+/// Subscribes and collects deltas until `until` holds for the collected list, or times out.
+pub async fn collect_deltas(
+    ch: &Channel,
+    audience_ids: Vec<u64>,
+    cursor: &str,
+    timeout: Duration,
+    until: impl Fn(&[pb::MembershipDelta]) -> bool,
+) -> Result<Vec<pb::MembershipDelta>> {
+    let mut client = pb::membership_service_client::MembershipServiceClient::new(ch.clone());
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            audience_ids,
+            cursor: cursor.into(),
+            subscriber_name: "test".into(),
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !until(&out) {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(d))) => out.push(d),
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => break,
+        }
+    }
+    Ok(out)
+}
+
+pub async fn profile(ch: &Channel, mpid: i64) -> Result<pb::Profile> {
+    let mut client = pb::profile_service_client::ProfileServiceClient::new(ch.clone());
+    Ok(client
+        .get_profile(pb::GetProfileRequest { mpid })
+        .await?
+        .into_inner())
+}
+
+pub async fn advance_clock(ch: &Channel, millis: i64) -> Result<i64> {
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(ch.clone());
+    Ok(admin
+        .advance_clock(pb::AdvanceClockRequest { millis })
+        .await?
+        .into_inner()
+        .now_ms)
+}
+
+pub async fn engine_now(ch: &Channel) -> Result<i64> {
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(ch.clone());
+    Ok(admin
+        .get_clock(pb::GetClockRequest {})
+        .await?
+        .into_inner()
+        .now_ms)
+}
+
+pub async fn status(ch: &Channel) -> Result<pb::EngineStatus> {
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(ch.clone());
+    Ok(admin
+        .get_engine_status(pb::GetEngineStatusRequest {})
+        .await?
+        .into_inner())
+}
+
+/// Waits until the engine has processed (or dead-lettered) `total` messages since it started.
+pub async fn wait_processed(ch: &Channel, total: u64, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = status(ch).await?;
+        if s.messages_processed + s.messages_dead_lettered >= total {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "processed {} + dead-lettered {} of {total} within {timeout:?}",
+                s.messages_processed,
+                s.messages_dead_lettered
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A realistic batch as the mParticle Python SDK serialises it.
+pub fn sdk_batch(mpid: i64, now_ms: i64, events: Vec<serde_json::Value>) -> serde_json::Value {
+    serde_json::json!({
+        "events": events,
+        "source_request_id": null,
+        "environment": "development",
+        "ip": null,
+        "schema_version": null,
+        "device_info": {"platform": "iOS", "os_version": "17.2", "device_model": "iPhone15,2", "ios_idfv": format!("idfv-{mpid}"), "network_carrier": "T-Mobile"},
+        "application_info": {"application_version": "2.1.0"},
+        "user_attributes": {"tier": "gold", "age": 42},
+        "deleted_user_attributes": null,
+        "user_identities": {"customer_id": format!("cust-{mpid}"), "email": format!("u{mpid}@example.com"), "other": null},
+        "api_key": null,
+        "mpid": mpid,
+        "mp_deviceid": null,
+        "consent_state": null,
+        "timestamp_unixtime_ms": now_ms,
+    })
+}
+
+pub fn custom_event(
+    name: &str,
+    event_type: &str,
+    at_ms: i64,
+    attrs: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({
+        "data": {"event_name": name, "custom_event_type": event_type, "timestamp_unixtime_ms": at_ms,
+                 "custom_attributes": attrs, "event_id": null, "source_message_id": null, "session_id": null,
+                 "session_uuid": null, "location": null, "device_current_state": null},
+        "event_type": "custom_event"
+    })
+}
