@@ -4,6 +4,9 @@
 set -euo pipefail
 BIN="${CARGO_TARGET_DIR:-$HOME/.cache/audience-engine/target}/release"
 mkdir -p .data
+# The embedded broker starts empty every time, so the state that recorded positions in the
+# previous one's topics starts empty too (state and log positions belong together).
+rm -rf .data/dev-engine
 "$BIN/audience-engine" --config deploy/engine.dev.toml > .data/engine.log 2>&1 &
 engine=$!
 trap 'kill -TERM $engine 2>/dev/null; wait $engine 2>/dev/null' EXIT INT TERM
