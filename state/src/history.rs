@@ -87,7 +87,8 @@ impl EventSeries {
         if from > to {
             return 0;
         }
-        let day_of = |t: TimestampMs| t.div_euclid(DAY_MS).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+        let day_of =
+            |t: TimestampMs| t.div_euclid(DAY_MS).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
         let first_day = day_of(from);
         let last_day = day_of(to);
         let start = self.buckets.partition_point(|b| b.day < first_day);

@@ -105,7 +105,10 @@ async fn kill_9_mid_stream_loses_and_duplicates_nothing() -> Result<()> {
         }
     }
     assert_eq!(sent, total);
-    assert!(!received.is_empty(), "the subscriber saw deltas before the crash");
+    assert!(
+        !received.is_empty(),
+        "the subscriber saw deltas before the crash"
+    );
     crashed.restart()?;
     let ch = crashed.ready().await?;
     wait_until_caught_up(&ch, &broker, &topics).await?;
