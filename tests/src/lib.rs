@@ -22,13 +22,16 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// Directory of the workspace's binaries (the tests run from `<target>/release/deps`).
+/// Directory of the workspace's binaries: tests run from `<target>/release/deps`, the bench
+/// from `<target>/release`.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/release")
-        .to_path_buf()
+    let dir = exe.parent().expect("target/release").to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target/release").to_path_buf()
+    } else {
+        dir
+    }
 }
 
 pub fn engine_binary() -> PathBuf {

@@ -153,6 +153,89 @@ async fn batches_become_deltas_and_profiles() -> Result<()> {
     let s = stats.audiences[0].stats.unwrap();
     assert_eq!((s.size, s.adds_24h, s.drops_24h), (0, 2, 2));
 
+    // The deltas topic carries the same deltas, with their stable ids.
+    let topic_ids = read_delta_topic(&broker, &topics.deltas, 5).await?;
+    let mut expected_ids: Vec<String> = deltas.iter().map(|d| d.delta_id.clone()).collect();
+    expected_ids.push(format!("{}:1:2", gold.id));
+    expected_ids.push(format!("{}:2:2", gold.id));
+    expected_ids.sort();
+    assert_eq!(topic_ids, expected_ids);
+
+    // A protobuf envelope from another producer is applied like JSON.
+    use prost::Message;
+    let envelope = pb::Envelope {
+        payload: Some(pb::envelope::Payload::Batch(pb::EventBatch {
+            mpid: 4,
+            user_attributes: [(
+                "tier".to_string(),
+                pb::AttributeValue {
+                    value: Some(pb::attribute_value::Value::StringValue("gold".into())),
+                },
+            )]
+            .into(),
+            user_identities: [("email".to_string(), "p4@example.com".to_string())].into(),
+            ..Default::default()
+        })),
+    };
+    let payload = envelope.encode_to_vec();
+    let record = rdkafka::producer::FutureRecord::to(&topics.events)
+        .key("4")
+        .payload(&payload)
+        .headers(
+            rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: "content-type",
+                value: Some("application/x-protobuf"),
+            }),
+        );
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)?;
+
+    // A connector per subscription: figures of what it delivered.
+    let mut open = ms
+        .subscribe(pb::SubscribeRequest {
+            audience_ids: vec![gold.id],
+            cursor: String::new(),
+            subscriber_name: "open-subscriber".into(),
+        })
+        .await?
+        .into_inner();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let d = tokio::time::timeout(Duration::from_secs(30), open.message())
+            .await??
+            .expect("stream open");
+        seen.push((d.mpid, d.kind));
+    }
+    assert_eq!(
+        seen.last(),
+        Some(&(4, pb::DeltaKind::Added as i32)),
+        "{seen:?}"
+    );
+    let connectors = ms
+        .list_connectors(pb::ListConnectorsRequest {})
+        .await?
+        .into_inner()
+        .connectors;
+    let c = connectors
+        .iter()
+        .find(|c| c.subscriber_name == "open-subscriber")
+        .expect("the open subscription has a connector");
+    assert_eq!(c.delivered, 5);
+    let figures = c
+        .audiences
+        .iter()
+        .find(|a| a.audience_id == gold.id)
+        .and_then(|a| a.stats)
+        .expect("gold figures");
+    assert_eq!(
+        (figures.size, figures.adds_24h, figures.drops_24h),
+        (1, 3, 2)
+    );
+    assert!((figures.volatility_24h - 5.0).abs() < 1e-9);
+    drop(open);
+
     assert_eq!(
         engine.terminate()?,
         Some(0),
@@ -210,4 +293,24 @@ async fn invalid_definitions_name_the_field() -> Result<()> {
         );
     }
     Ok(())
+}
+
+async fn read_delta_topic(broker: &Broker, topic: &str, n: usize) -> Result<Vec<String>> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message;
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("group.id", "delta-reader")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await??;
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
+        ids.push(v["delta_id"].as_str().unwrap_or_default().to_string());
+    }
+    ids.sort();
+    Ok(ids)
 }
