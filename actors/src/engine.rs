@@ -42,7 +42,7 @@ impl Default for EngineSettings {
             dead_letter_topic: "audience-dead-letters".into(),
             retention_ms: 30 * audience_state::model::DAY_MS,
             max_message_bytes: audience_state::batch::DEFAULT_MAX_MESSAGE_BYTES,
-            max_cached_profiles: 50_000,
+            max_cached_profiles: 10_000,
             idle_passivation_ms: 60_000,
             timer_tick_ms: 200,
             backfill_chunk: 500,

@@ -256,6 +256,9 @@ impl PartitionActor {
         outcome.deltas = pending.deltas.len();
         outcome.dead_lettered = pending.dead_letters.len();
         self.commit(pending, true)?;
+        if self.cache.len() > self.engine.settings.max_cached_profiles {
+            self.passivate();
+        }
         outcome.next_offsets = self
             .next_offsets
             .iter()

@@ -125,7 +125,7 @@ impl Default for EngineConfig {
             max_message_bytes: audience_state::batch::DEFAULT_MAX_MESSAGE_BYTES,
             max_batch: 2000,
             threads: 2,
-            max_cached_profiles: 50_000,
+            max_cached_profiles: 10_000,
             timer_tick_ms: 200,
             audiences_dir: None,
         }

@@ -124,7 +124,7 @@ impl ProfileState {
             Inbound::Batch(b) => b.timestamp_ms,
             Inbound::Identity(i) => i.timestamp_ms,
         }
-        .filter(|&t| t > 0)
+        .filter(|&t| t > 0 && t <= now)
         .unwrap_or(now);
         if changes.created {
             self.first_seen_ms = message_time;
@@ -193,7 +193,9 @@ impl ProfileState {
         catalog: &Catalog,
         changes: &mut ChangeSet,
     ) {
-        let at = if event.timestamp_ms > 0 {
+        // Unknown (0), pre-epoch or future timestamps (a device clock ahead of ours) count from
+        // the moment the event is processed: history never holds the future.
+        let at = if event.timestamp_ms > 0 && event.timestamp_ms <= now {
             event.timestamp_ms
         } else {
             now
