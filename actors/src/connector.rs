@@ -219,13 +219,24 @@ async fn pump(
         let partitions: Vec<Partition> = engine.partitions.lock().iter().copied().collect();
         let mut progressed = false;
         for p in partitions {
-            let after = cursor.0.get(&p).copied().unwrap_or(0);
+            let explicit = cursor.0.get(&p).copied();
+            let after = explicit.unwrap_or(0);
             let chunk = engine
                 .store
                 .read_outbox(p, after, 500)
                 .map_err(|e| e.to_string())?;
+            if chunk.is_empty() {
+                let head = engine.store.outbox_head(p).map_err(|e| e.to_string())?;
+                if after > head {
+                    return Err(format!(
+                        "cursor p{p}={after} is ahead of the outbox (head {head}): it belongs to another engine's data"
+                    ));
+                }
+            }
             if let Some(&(first, _)) = chunk.first() {
-                if first > after + 1 && after > 0 {
+                // A position the subscriber named must be followed by the very next delta;
+                // with no position for a partition, it starts at the oldest retained.
+                if explicit.is_some() && first > after + 1 {
                     return Err(format!(
                         "cursor p{p}={after} is older than the retained outbox (oldest {first})"
                     ));

@@ -2,7 +2,7 @@
 //! thread per core), and the routing of work to them.
 
 use crate::engine::Engine;
-use crate::partition::{CatalogChanged, PartitionActor, PartitionSnapshot, Snapshot, Tick};
+use crate::partition::{CatalogChanged, PartitionActor, PartitionSnapshot, Snapshot, Stop, Tick};
 use actix::prelude::*;
 use audience_state::store::Partition;
 use parking_lot::Mutex;
@@ -54,13 +54,24 @@ impl Node {
         Ok(addr)
     }
 
-    /// Stops the actors of partitions this node no longer owns.
+    /// Stops the actors of partitions this node no longer owns, and waits until they have
+    /// stopped: a partition must never have two actors writing its keys.
     pub fn release(&self, partitions: &[Partition]) {
-        let mut actors = self.actors.lock();
-        for p in partitions {
-            if actors.remove(p).is_some() {
-                tracing::info!(partition = p, "partition released");
+        let released: Vec<(Partition, Addr<PartitionActor>)> = {
+            let mut actors = self.actors.lock();
+            partitions
+                .iter()
+                .filter_map(|p| actors.remove(p).map(|a| (*p, a)))
+                .collect()
+        };
+        for (p, addr) in released {
+            // Called from the consumer's rebalance callback, never from an arbiter thread.
+            let _ = futures::executor::block_on(addr.send(Stop));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while addr.connected() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
+            tracing::info!(partition = p, "partition released");
         }
     }
 

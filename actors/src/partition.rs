@@ -62,9 +62,17 @@ pub struct CatalogChanged;
 #[derive(Message)]
 #[rtype(result = "()")]
 struct BackfillStep {
-    audiences: Vec<AudienceId>,
+    /// Each audience with the revision evaluated (`None`: no longer active: members leave).
+    audiences: Vec<(AudienceId, Option<u64>)>,
     after: Option<Mpid>,
+    /// Steps of an abandoned backfill (after a failure) are ignored.
+    generation: u64,
 }
+
+/// Stop the actor after the messages already queued (the partition was revoked).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
 
 #[derive(Message)]
 #[rtype(result = "PartitionSnapshot")]
@@ -92,6 +100,8 @@ pub struct PartitionActor {
     /// Revision of each active audience this partition's profiles were evaluated against.
     evaluated: HashMap<AudienceId, u64>,
     backfilling: bool,
+    /// Bumped when in-memory state is rebuilt from the store or a backfill starts.
+    generation: u64,
     cache: HashMap<Mpid, Cached>,
     next_offsets: HashMap<String, i64>,
     outbox_head: u64,
@@ -110,38 +120,58 @@ struct Pending {
 
 impl PartitionActor {
     pub fn new(partition: Partition, engine: Arc<Engine>) -> Result<Self, StoreError> {
-        let store = &engine.store;
-        let mut next_offsets = HashMap::new();
-        for topic in [
-            &engine.settings.events_topic,
-            &engine.settings.identities_topic,
-        ] {
-            if let Some(o) = store.next_offset(topic, partition)? {
-                next_offsets.insert(topic.clone(), o);
-            }
-        }
-        let sizes = store
-            .audience_sizes()?
-            .into_iter()
-            .filter(|(_, p, _)| *p == partition)
-            .map(|(a, _, s)| (a, s))
-            .collect();
-        let mut evaluated = HashMap::new();
-        for (audience, revision) in store.evaluated_revisions(partition)? {
-            evaluated.insert(audience, revision);
-        }
-        Ok(PartitionActor {
+        engine.partitions.lock().insert(partition);
+        let mut actor = PartitionActor {
             partition,
             catalog: engine.catalog.load_full(),
-            outbox_head: store.outbox_head(partition)?,
-            deadletter_head: store.deadletter_head(partition)?,
+            outbox_head: 0,
+            deadletter_head: 0,
             engine,
-            evaluated,
+            evaluated: HashMap::new(),
             backfilling: false,
+            generation: 0,
             cache: HashMap::new(),
-            next_offsets,
-            sizes,
-        })
+            next_offsets: HashMap::new(),
+            sizes: HashMap::new(),
+        };
+        actor.load_positions()?;
+        Ok(actor)
+    }
+
+    /// Reads everything the actor keeps in memory besides profiles from the store.
+    fn load_positions(&mut self) -> Result<(), StoreError> {
+        let store = self.engine.store.clone();
+        let p = self.partition;
+        self.next_offsets.clear();
+        for topic in [
+            &self.engine.settings.events_topic,
+            &self.engine.settings.identities_topic,
+        ] {
+            if let Some(o) = store.next_offset(topic, p)? {
+                self.next_offsets.insert(topic.clone(), o);
+            }
+        }
+        self.sizes = store
+            .audience_sizes()?
+            .into_iter()
+            .filter(|(_, partition, _)| *partition == p)
+            .map(|(a, _, s)| (a, s))
+            .collect();
+        self.evaluated = store.evaluated_revisions(p)?.into_iter().collect();
+        self.outbox_head = store.outbox_head(p)?;
+        self.deadletter_head = store.deadletter_head(p)?;
+        Ok(())
+    }
+
+    /// After a failed unit of work, memory may be ahead of the store: forget it and start
+    /// again from what the store holds, so nothing half-applied is ever written later.
+    fn recover(&mut self) {
+        self.cache.clear();
+        self.backfilling = false;
+        self.generation += 1;
+        if let Err(e) = self.load_positions() {
+            tracing::error!(partition = self.partition, error = %e, "cannot reload partition state");
+        }
     }
 
     fn ctx(&self) -> EvalContext {
@@ -390,6 +420,23 @@ impl PartitionActor {
         );
         stale.sort();
         stale.dedup();
+        // Audiences this partition has never seen are marked at once (revision 0: being
+        // evaluated), so that a draft or delete before their backfill still cleans them up.
+        let unseen: Vec<AudienceId> = catalog
+            .active_ids()
+            .filter(|id| !self.evaluated.contains_key(id))
+            .collect();
+        if !unseen.is_empty() {
+            let store = self.engine.store.clone();
+            let mut b = store.batch();
+            for id in unseen {
+                self.evaluated.insert(id, 0);
+                b.set_evaluated_revision(id, self.partition, Some(0));
+            }
+            if let Err(e) = store.commit(b) {
+                tracing::error!(partition = self.partition, error = %e, "could not record new audiences");
+            }
+        }
         let deleted: Vec<AudienceId> = self
             .sizes
             .keys()
@@ -412,7 +459,7 @@ impl PartitionActor {
 
     fn backfill_step(
         &mut self,
-        audiences: Vec<AudienceId>,
+        audiences: &[(AudienceId, Option<u64>)],
         after: Option<Mpid>,
     ) -> Result<Option<Mpid>, StoreError> {
         let ctx = self.ctx();
@@ -432,7 +479,8 @@ impl PartitionActor {
                 last_used: Instant::now(),
             });
             let event_time = ctx.now;
-            self.evaluate_profile(mpid, audiences.clone(), event_time, &ctx, &mut pending)?;
+            let ids = audiences.iter().map(|(id, _)| *id).collect();
+            self.evaluate_profile(mpid, ids, event_time, &ctx, &mut pending)?;
         }
         self.commit(pending, false)?;
         if last.is_none() || last == Some(Mpid::MAX) {
@@ -451,23 +499,16 @@ impl PartitionActor {
             return;
         }
         self.backfilling = true;
-        // Remember that these audiences are being evaluated here, so that a crash or a
-        // deactivation before the end still finds them to finish or clean up.
-        let store = self.engine.store.clone();
-        let mut b = store.batch();
-        for id in &stale {
-            if self.catalog.active(*id).is_some() {
-                self.evaluated.insert(*id, 0);
-                b.set_evaluated_revision(*id, self.partition, Some(0));
-            }
-        }
-        if let Err(e) = store.commit(b) {
-            tracing::error!(partition = self.partition, error = %e, "could not record backfill start");
-        }
-        tracing::info!(partition = self.partition, audiences = ?stale, "evaluating stored profiles for changed audiences");
+        self.generation += 1;
+        let audiences: Vec<(AudienceId, Option<u64>)> = stale
+            .iter()
+            .map(|id| (*id, self.catalog.active(*id).map(|a| a.record.revision)))
+            .collect();
+        tracing::info!(partition = self.partition, audiences = ?audiences, "evaluating stored profiles for changed audiences");
         ctx.notify(BackfillStep {
-            audiences: stale,
+            audiences,
             after: None,
+            generation: self.generation,
         });
     }
 }
@@ -481,6 +522,7 @@ impl Actor for PartitionActor {
         ctx.run_interval(tick, |actor, ctx| {
             if let Err(e) = actor.fire_timers() {
                 tracing::error!(partition = actor.partition, error = %e, "timer processing failed");
+                actor.recover();
             }
             actor.start_backfill_if_needed(ctx);
         });
@@ -499,6 +541,7 @@ impl Handler<ProcessBatch> for PartitionActor {
         let _guard = span.enter();
         self.process(msg.0).map_err(|e| {
             tracing::error!(partition = self.partition, error = %e, "batch failed");
+            self.recover();
             e.to_string()
         })
     }
@@ -509,6 +552,7 @@ impl Handler<Tick> for PartitionActor {
     fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
         if let Err(e) = self.fire_timers() {
             tracing::error!(partition = self.partition, error = %e, "timer processing failed");
+            self.recover();
         }
         self.start_backfill_if_needed(ctx);
     }
@@ -524,35 +568,53 @@ impl Handler<CatalogChanged> for PartitionActor {
 impl Handler<BackfillStep> for PartitionActor {
     type Result = ();
     fn handle(&mut self, step: BackfillStep, ctx: &mut Context<Self>) {
-        match self.backfill_step(step.audiences.clone(), step.after) {
+        if step.generation != self.generation {
+            return;
+        }
+        match self.backfill_step(&step.audiences, step.after) {
             Ok(Some(last)) => ctx.notify(BackfillStep {
-                audiences: step.audiences,
                 after: Some(last),
+                ..step
             }),
             Ok(None) => {
+                // Record the revisions evaluated, not the current ones: an audience changed
+                // during the backfill is found stale again and evaluated afresh.
                 let store = self.engine.store.clone();
                 let mut b = store.batch();
-                for id in &step.audiences {
-                    if let Some(a) = self.catalog.active(*id) {
-                        self.evaluated.insert(*id, a.record.revision);
-                        b.set_evaluated_revision(*id, self.partition, Some(a.record.revision));
-                    } else {
-                        self.evaluated.remove(id);
-                        b.set_evaluated_revision(*id, self.partition, None);
+                for (id, revision) in &step.audiences {
+                    match revision {
+                        Some(r) => {
+                            self.evaluated.insert(*id, *r);
+                            b.set_evaluated_revision(*id, self.partition, Some(*r));
+                        }
+                        None => {
+                            self.evaluated.remove(id);
+                            b.set_evaluated_revision(*id, self.partition, None);
+                        }
                     }
                 }
                 if let Err(e) = store.commit(b) {
                     tracing::error!(partition = self.partition, error = %e, "could not record backfill");
+                    self.recover();
+                    return;
                 }
                 self.backfilling = false;
                 tracing::info!(partition = self.partition, audiences = ?step.audiences, "stored profiles evaluated");
                 self.start_backfill_if_needed(ctx);
             }
             Err(e) => {
-                tracing::error!(partition = self.partition, error = %e, "backfill failed; retrying");
-                self.backfilling = false;
+                tracing::error!(partition = self.partition, error = %e, "backfill failed; starting over");
+                self.recover();
             }
         }
+    }
+}
+
+impl Handler<Stop> for PartitionActor {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        tracing::info!(partition = self.partition, "partition actor stopping");
+        ctx.stop();
     }
 }
 

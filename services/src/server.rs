@@ -199,7 +199,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     producer_config
         .set("bootstrap.servers", &bootstrap)
         .set("linger.ms", "5")
-        .set("enable.idempotence", "false");
+        // One request in flight per connection: retries cannot reorder deltas of the topic.
+        .set("max.in.flight.requests.per.connection", "1");
     for (k, v) in &config.kafka.properties {
         producer_config.set(k, v);
     }

@@ -18,8 +18,6 @@ use crate::model::{AttrValue, TimestampMs, DAY_MS};
 use crate::profile::ProfileState;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 
 /// A definition refused: the field (a JSON path into the criteria) and why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -728,17 +726,25 @@ fn matcher_of(e: &EventCriterion, path: &str) -> Result<Matcher, DefinitionError
         .collect::<Result<Vec<_>, _>>()?;
     let name = selector_name(e);
     let custom_event_type = e.custom_event_type.as_ref().map(|t| t.to_lowercase());
-    let mut hasher = DefaultHasher::new();
-    e.event_type.hash(&mut hasher);
-    name.hash(&mut hasher);
-    custom_event_type.hash(&mut hasher);
-    format!("{:?}", conditions).hash(&mut hasher);
+    // The key is stored in profiles: it must be stable across builds, so it is FNV-1a of the
+    // canonical form, not the standard library's hasher (whose output may change).
+    let canonical = format!(
+        "{}|{name}|{custom_event_type:?}|{conditions:?}",
+        e.event_type
+    );
     Ok(Matcher {
-        history_key: format!("m:{:016x}", hasher.finish()),
+        history_key: format!("m:{:016x}", fnv1a64(canonical.as_bytes())),
         event_type: e.event_type.clone(),
         name,
         custom_event_type,
         conditions,
+    })
+}
+
+/// 64-bit FNV-1a: small, stable, good enough to key matcher series.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
 
@@ -922,9 +928,14 @@ fn compile_condition(cond: &Condition, path: &str) -> Result<CompiledCondition, 
             Some(serde_json::Value::Number(n)) => n.as_f64().ok_or_else(|| {
                 DefinitionError::new(&value_field, format!("{n} is not a finite number"))
             }),
-            Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().map_err(|_| {
-                DefinitionError::new(&value_field, format!("\"{s}\" is not a number"))
-            }),
+            Some(serde_json::Value::String(s)) => s
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite())
+                .ok_or_else(|| {
+                    DefinitionError::new(&value_field, format!("\"{s}\" is not a number"))
+                }),
             Some(other) => Err(DefinitionError::new(
                 &value_field,
                 format!("operator {} needs a number, got {other}", op_name(cond.op)),

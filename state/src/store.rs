@@ -222,6 +222,9 @@ impl Store {
         options.create_missing_column_families(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         options.increase_parallelism(2);
+        // One memory budget for the memtables of every column family, so that six column
+        // families do not each grow their own 64 MiB buffers.
+        options.set_db_write_buffer_size(96 << 20);
         let descriptors = COLUMN_FAMILIES.iter().map(|name| {
             let mut cf_opts = Options::default();
             cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
