@@ -220,3 +220,24 @@ impl Config {
         }
     }
 }
+
+/// An audience as kept in a file (`deploy/audiences/*.json`): what `audiencectl audience
+/// create` sends and what `engine.audiences_dir` loads at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudienceFile {
+    pub name: String,
+    #[serde(default)]
+    pub external_name: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub criteria: serde_json::Value,
+}
+
+impl AudienceFile {
+    pub fn read(path: &std::path::Path) -> anyhow::Result<AudienceFile> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+}

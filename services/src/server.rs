@@ -2,7 +2,7 @@
 //! SIGTERM (or Ctrl-C) stops polling, lets the batch in flight commit, drains the publishers
 //! and exits cleanly.
 
-use crate::config::Config;
+use crate::config::{AudienceFile, Config};
 use crate::grpc::Services;
 use audience_actors::clock::Clock;
 use audience_actors::connector::Connectors;
@@ -47,17 +47,6 @@ pub async fn ensure_topics(
     Ok(())
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AudienceFile {
-    name: String,
-    #[serde(default)]
-    external_name: String,
-    #[serde(default)]
-    tags: Vec<String>,
-    criteria: serde_json::Value,
-}
-
 /// Creates the audiences of a folder (in file name order) whose names do not exist yet.
 fn load_audiences(registry: &Registry, dir: &std::path::Path) -> anyhow::Result<()> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -91,7 +80,7 @@ fn load_audiences(registry: &Registry, dir: &std::path::Path) -> anyhow::Result<
 /// bounded: audience ids, topics and partitions, never MPIDs.
 async fn export_figures(
     node: Arc<Node>,
-    consumer: Arc<rdkafka::consumer::StreamConsumer<ingest::IngestContext>>,
+    consumer: std::sync::Weak<rdkafka::consumer::StreamConsumer<ingest::IngestContext>>,
     topics: Vec<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -114,7 +103,9 @@ async fn export_figures(
         }
         let owned = node.owned();
         let store = node.engine.store.clone();
-        let consumer = consumer.clone();
+        let Some(consumer) = consumer.upgrade() else {
+            return;
+        };
         let topics = topics.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for topic in &topics {
@@ -271,7 +262,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let grpc_task = tokio::spawn(grpc);
     tokio::spawn(export_figures(
         node.clone(),
-        consumer.clone(),
+        Arc::downgrade(&consumer),
         vec![
             config.kafka.events_topic.clone(),
             config.kafka.identities_topic.clone(),
@@ -297,6 +288,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         consumer.as_ref(),
         rdkafka::consumer::CommitMode::Sync,
     );
+    // Closing the consumer leaves the group now (no session timeout for the next owner) and
+    // releases the partition actors through the revoke callback.
+    let mut consumer = consumer;
+    for _ in 0..50 {
+        match Arc::try_unwrap(consumer) {
+            Ok(last) => {
+                tokio::task::block_in_place(move || drop(last));
+                break;
+            }
+            // The figures task may hold it for a moment.
+            Err(shared) => {
+                consumer = shared;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
     let _ = tokio::time::timeout(Duration::from_secs(10), publisher_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc_task).await;
     store.flush()?;

@@ -31,7 +31,8 @@
 
 use crate::model::{
     format_number, AttrValue, Batch, ConsentState, DeviceInfo, Event, EventKind, GdprConsent,
-    IdentityChange, IdentityUpdate, Inbound, Mpid, Product, TimestampMs,
+    IdentityChange, IdentityUpdate, Inbound, Mpid, Product, TimestampMs, DEVICE_IDENTITY_TYPES,
+    PRODUCT_ACTIONS,
 };
 use audience_proto::v1 as pb;
 use prost::Message;
@@ -50,36 +51,6 @@ const EXCERPT_CHARS: usize = 64;
 const MAX_EXACT_F64_INT: f64 = 9_007_199_254_740_992.0;
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
-
-/// Product actions of mParticle commerce events, in their snake_case form.
-const PRODUCT_ACTIONS: &[&str] = &[
-    "add_to_cart",
-    "remove_from_cart",
-    "checkout",
-    "checkout_option",
-    "click",
-    "view_detail",
-    "purchase",
-    "refund",
-    "add_to_wishlist",
-    "remove_from_wishlist",
-];
-
-/// `device_info` fields that are device identities rather than device properties.
-const DEVICE_IDENTITY_FIELDS: &[&str] = &[
-    "android_uuid",
-    "ios_advertising_id",
-    "ios_idfv",
-    "android_advertising_id",
-    "push_token",
-    "roku_advertising_id",
-    "roku_publisher_id",
-    "microsoft_advertising_id",
-    "microsoft_publisher_id",
-    "fire_advertising_id",
-    "amp_id",
-    "device_application_stamp",
-];
 
 /// Accepted event types that criteria read no further than their type.
 const OTHER_EVENT_TYPES: &[&str] = &[
@@ -592,7 +563,7 @@ fn batch_from_json(top: Obj<'_>) -> Result<Batch> {
         if info != DeviceInfo::default() {
             device_info = Some(info);
         }
-        for &identity_type in DEVICE_IDENTITY_FIELDS {
+        for &identity_type in DEVICE_IDENTITY_TYPES {
             if let Some(value) = device.text(identity_type)? {
                 device_identities.push((identity_type.to_string(), value));
             }

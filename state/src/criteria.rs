@@ -14,7 +14,7 @@
 //! - events older than the retention window are not evaluated at all.
 
 use crate::history::EventSeries;
-use crate::model::{AttrValue, TimestampMs, DAY_MS};
+use crate::model::{AttrValue, TimestampMs, DAY_MS, PRODUCT_ACTIONS};
 use crate::profile::ProfileState;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
@@ -604,19 +604,6 @@ const EVENT_TYPES: &[&str] = &[
     "breadcrumb",
     "profile",
     "media",
-];
-
-const PRODUCT_ACTIONS: &[&str] = &[
-    "add_to_cart",
-    "remove_from_cart",
-    "checkout",
-    "checkout_option",
-    "click",
-    "view_detail",
-    "purchase",
-    "refund",
-    "add_to_wishlist",
-    "remove_from_wishlist",
 ];
 
 /// Validates and compiles a definition.

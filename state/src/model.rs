@@ -13,6 +13,37 @@ pub type AudienceId = u64;
 
 pub const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
+/// Product actions of mParticle commerce events, in their snake_case form.
+pub const PRODUCT_ACTIONS: &[&str] = &[
+    "add_to_cart",
+    "remove_from_cart",
+    "checkout",
+    "checkout_option",
+    "click",
+    "view_detail",
+    "purchase",
+    "refund",
+    "add_to_wishlist",
+    "remove_from_wishlist",
+];
+
+/// Device identity types (fields of `device_info`): a profile keeps every value seen (one per
+/// device), where a user identity type keeps the latest.
+pub const DEVICE_IDENTITY_TYPES: &[&str] = &[
+    "android_uuid",
+    "ios_advertising_id",
+    "ios_idfv",
+    "android_advertising_id",
+    "push_token",
+    "roku_advertising_id",
+    "roku_publisher_id",
+    "microsoft_advertising_id",
+    "microsoft_publisher_id",
+    "fire_advertising_id",
+    "amp_id",
+    "device_application_stamp",
+];
+
 /// A user attribute value. `Null` is an attribute present with no value: it EXISTS.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AttrValue {

@@ -16,26 +16,9 @@ use crate::model::{
     AttrValue, AudienceId, Batch, ConsentState, Delta, DeltaKind, DeviceInfo, IdentityChange,
     Inbound, Mpid, TimestampMs,
 };
-use crate::model::{Event, EventKind};
+use crate::model::{Event, EventKind, DEVICE_IDENTITY_TYPES};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-
-/// Device identity types: a profile keeps every value seen (one per device), where a user
-/// identity type keeps the latest.
-pub const DEVICE_IDENTITY_TYPES: &[&str] = &[
-    "android_uuid",
-    "ios_advertising_id",
-    "ios_idfv",
-    "android_advertising_id",
-    "push_token",
-    "roku_advertising_id",
-    "roku_publisher_id",
-    "microsoft_advertising_id",
-    "microsoft_publisher_id",
-    "fire_advertising_id",
-    "amp_id",
-    "device_application_stamp",
-];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NamedAttr {

@@ -332,26 +332,7 @@ pub async fn produce_json(
 
 /// Converts a JSON object to the protobuf `Struct` the audience API takes.
 pub fn criteria(v: serde_json::Value) -> prost_types::Struct {
-    fn value(v: &serde_json::Value) -> prost_types::Value {
-        use prost_types::value::Kind;
-        let kind = match v {
-            serde_json::Value::Null => Kind::NullValue(0),
-            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
-            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
-            serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-                values: a.iter().map(value).collect(),
-            }),
-            serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
-                fields: o.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
-            }),
-        };
-        prost_types::Value { kind: Some(kind) }
-    }
-    match value(&v).kind {
-        Some(prost_types::value::Kind::StructValue(s)) => s,
-        _ => panic!("criteria must be a JSON object"),
-    }
+    audience_services::convert::json_to_struct(&v)
 }
 
 pub async fn create_audience(

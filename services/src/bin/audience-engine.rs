@@ -45,5 +45,14 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(audience_services::server::run(config))
+    let result = runtime.block_on(audience_services::server::run(config));
+    // Everything is committed and the WAL flushed: leave without running destructors, whose
+    // order across the actor threads, librdkafka and RocksDB is not ours to choose.
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            tracing::error!(error = %e, "engine failed");
+            std::process::exit(1)
+        }
+    }
 }

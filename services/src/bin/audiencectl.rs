@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context};
 use audience_proto::v1 as pb;
+use audience_services::config::AudienceFile;
 use audience_services::convert::{json_to_struct, struct_to_json};
 use clap::{Parser, Subcommand};
 use pb::admin_service_client::AdminServiceClient;
@@ -149,22 +150,6 @@ enum ClockCmd {
         #[arg(long, default_value_t = 0)]
         millis: i64,
     },
-}
-
-#[derive(serde::Deserialize)]
-struct AudienceFile {
-    name: String,
-    #[serde(default)]
-    external_name: String,
-    #[serde(default)]
-    tags: Vec<String>,
-    criteria: serde_json::Value,
-}
-
-fn read_audience(path: &Path) -> anyhow::Result<AudienceFile> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 async fn channel(server: &str) -> anyhow::Result<Channel> {
@@ -470,7 +455,7 @@ async fn audience(server: &str, cmd: AudienceCmd) -> anyhow::Result<()> {
     let mut client = AudienceServiceClient::new(channel(server).await?);
     match cmd {
         AudienceCmd::Create { file, draft } => {
-            let f = read_audience(&file)?;
+            let f = AudienceFile::read(&file)?;
             let a = client
                 .create_audience(pb::CreateAudienceRequest {
                     name: f.name,
@@ -507,7 +492,7 @@ async fn audience(server: &str, cmd: AudienceCmd) -> anyhow::Result<()> {
             }
         }
         AudienceCmd::Update { id, file } => {
-            let f = read_audience(&file)?;
+            let f = AudienceFile::read(&file)?;
             let a = client
                 .update_audience(pb::UpdateAudienceRequest {
                     id,
@@ -560,7 +545,7 @@ async fn load_audiences(
         .collect();
     files.sort();
     for file in files {
-        let f = read_audience(&file)?;
+        let f = AudienceFile::read(&file)?;
         if existing.iter().any(|a| a.name == f.name) {
             continue;
         }
