@@ -21,12 +21,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Creates the engine's topics on a real cluster, leaving existing ones alone.
+/// Creates topics on a real cluster, leaving existing ones alone. Returns the topics the
+/// cluster refused, with the reason.
 pub async fn ensure_topics(
     bootstrap: &str,
     topics: &[&str],
     partitions: i32,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<(String, String)>> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
@@ -35,16 +36,17 @@ pub async fn ensure_topics(
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let mut refused = Vec::new();
     for result in admin.create_topics(new.iter(), &opts).await? {
         match result {
             Ok(topic) => tracing::info!(topic, partitions, "topic created"),
             Err((topic, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
                 tracing::debug!(topic, "topic exists")
             }
-            Err((topic, code)) => anyhow::bail!("creating topic {topic}: {code}"),
+            Err((topic, code)) => refused.push((topic, code.to_string())),
         }
     }
-    Ok(())
+    Ok(refused)
 }
 
 /// Creates the audiences of a folder (in file name order) whose names do not exist yet.
@@ -155,7 +157,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         servers
     } else {
         if config.kafka.create_topics {
-            ensure_topics(
+            // A cluster may refuse (replication policy, ACLs) topics an operator creates
+            // otherwise: say so and go on; a topic really missing shows as consumer errors.
+            let refused = ensure_topics(
                 &config.kafka.bootstrap_servers,
                 &[
                     &config.kafka.events_topic,
@@ -166,6 +170,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 config.kafka.partitions,
             )
             .await?;
+            for (topic, reason) in refused {
+                tracing::warn!(topic, reason, "could not create topic");
+            }
         }
         config.kafka.bootstrap_servers.clone()
     };

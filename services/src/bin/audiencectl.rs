@@ -440,7 +440,16 @@ async fn main() -> anyhow::Result<()> {
             topics,
         } => {
             let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-            audience_services::server::ensure_topics(&bootstrap, &refs, partitions).await
+            let refused =
+                audience_services::server::ensure_topics(&bootstrap, &refs, partitions).await?;
+            for (topic, reason) in &refused {
+                eprintln!("topic {topic}: {reason}");
+            }
+            if !refused.is_empty() {
+                bail!("{} topic(s) not created", refused.len());
+            }
+            println!("topics ready: {}", topics.join(", "));
+            Ok(())
         }
         Command::Demo {
             audiences,
