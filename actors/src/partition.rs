@@ -102,6 +102,9 @@ pub struct PartitionActor {
     backfilling: bool,
     /// Bumped when in-memory state is rebuilt from the store or a backfill starts.
     generation: u64,
+    /// The catalog or `evaluated` changed since the last look for stale audiences: only then
+    /// is the whole catalog scanned, so a batch costs nothing per audience defined.
+    catalog_dirty: bool,
     cache: HashMap<Mpid, Cached>,
     next_offsets: HashMap<String, i64>,
     outbox_head: u64,
@@ -130,6 +133,7 @@ impl PartitionActor {
             evaluated: HashMap::new(),
             backfilling: false,
             generation: 0,
+            catalog_dirty: true,
             cache: HashMap::new(),
             next_offsets: HashMap::new(),
             sizes: HashMap::new(),
@@ -168,6 +172,7 @@ impl PartitionActor {
     fn recover(&mut self) {
         self.cache.clear();
         self.backfilling = false;
+        self.catalog_dirty = true;
         self.generation += 1;
         if let Err(e) = self.load_positions() {
             tracing::error!(partition = self.partition, error = %e, "cannot reload partition state");
@@ -234,7 +239,7 @@ impl PartitionActor {
     }
 
     fn process(&mut self, messages: Vec<RawMessage>) -> Result<BatchOutcome, StoreError> {
-        self.refresh_catalog();
+        self.adopt_catalog();
         let ctx = self.ctx();
         let mut outcome = BatchOutcome::default();
         let mut pending = Pending::default();
@@ -355,7 +360,7 @@ impl PartitionActor {
     }
 
     fn fire_timers(&mut self) -> Result<(), StoreError> {
-        self.refresh_catalog();
+        self.adopt_catalog();
         let ctx = self.ctx();
         let due = self
             .engine
@@ -395,14 +400,23 @@ impl PartitionActor {
         }
     }
 
-    /// Takes the newest catalog and returns the audiences whose members must be evaluated
+    /// Returns the audiences whose members must be evaluated
     /// again over every stored profile: active ones not evaluated at their current revision,
     /// and ones evaluated here before that are no longer active (drafts drop their members,
     /// deleted ones lose their records). Deleted audiences lose their size counters at once.
-    fn refresh_catalog(&mut self) -> Vec<AudienceId> {
+    /// Swaps in the newest catalog (cheap: one atomic load when nothing changed).
+    fn adopt_catalog(&mut self) {
         let latest = self.engine.catalog.load_full();
         if latest.version != self.catalog.version {
             self.catalog = latest;
+            self.catalog_dirty = true;
+        }
+    }
+
+    fn stale_audiences(&mut self) -> Vec<AudienceId> {
+        self.adopt_catalog();
+        if !self.catalog_dirty {
+            return Vec::new();
         }
         let catalog = self.catalog.clone();
         let mut stale: Vec<AudienceId> = catalog
@@ -454,6 +468,7 @@ impl PartitionActor {
                 tracing::error!(partition = self.partition, error = %e, "could not reset sizes");
             }
         }
+        self.catalog_dirty = !stale.is_empty();
         stale
     }
 
@@ -494,7 +509,7 @@ impl PartitionActor {
         if self.backfilling {
             return;
         }
-        let stale = self.refresh_catalog();
+        let stale = self.stale_audiences();
         if stale.is_empty() {
             return;
         }
@@ -599,6 +614,7 @@ impl Handler<BackfillStep> for PartitionActor {
                     return;
                 }
                 self.backfilling = false;
+                self.catalog_dirty = true;
                 tracing::info!(partition = self.partition, audiences = ?step.audiences, "stored profiles evaluated");
                 self.start_backfill_if_needed(ctx);
             }
