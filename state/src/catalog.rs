@@ -79,6 +79,9 @@ pub struct Catalog {
     by_event: HashMap<(String, String), Vec<AudienceId>>,
     by_attribute: HashMap<String, Vec<AudienceId>>,
     by_identity: HashMap<String, Vec<AudienceId>>,
+    by_device: Vec<AudienceId>,
+    by_consent: Vec<AudienceId>,
+    by_first_seen: Vec<AudienceId>,
     /// Audiences a profile with no data at all belongs to (e.g. "did not perform X"): a new
     /// profile is evaluated against them, whatever its first message touched.
     matches_empty: Vec<AudienceId>,
@@ -115,6 +118,9 @@ impl Catalog {
                                 ReadKey::Identity(t) => {
                                     catalog.by_identity.entry(t.clone()).or_default()
                                 }
+                                ReadKey::Device => &mut catalog.by_device,
+                                ReadKey::Consent => &mut catalog.by_consent,
+                                ReadKey::FirstSeen => &mut catalog.by_first_seen,
                             };
                             slot.push(id);
                         }
@@ -192,8 +198,15 @@ impl Catalog {
         for t in &changes.identities {
             add(self.by_identity.get(t));
         }
+        if changes.device {
+            out.extend(self.by_device.iter().copied());
+        }
+        if changes.consent {
+            out.extend(self.by_consent.iter().copied());
+        }
         if changes.created {
             out.extend(self.matches_empty.iter().copied());
+            out.extend(self.by_first_seen.iter().copied());
         }
         out
     }

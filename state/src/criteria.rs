@@ -54,7 +54,50 @@ pub enum Criterion {
     UserAttribute(Condition),
     /// A user or device identity of a type, present or absent, or compared as a string.
     Identity(IdentityCriterion),
+    /// GDPR consent for a purpose, or the CCPA data-sale opt-out.
+    Consent(ConsentCriterion),
+    /// Device, OS, carrier or app version: `{"field": "os_version", "op": "version_greater_than",
+    /// "value": "16.4"}`.
+    Device(DeviceCriterion),
+    /// When the user was first seen, by recency or by calendar date.
+    FirstSeen(TimeWindow),
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentCriterion {
+    /// `gdpr` (with a `purpose`) or `ccpa`.
+    pub regulation: String,
+    #[serde(default)]
+    pub purpose: Option<String>,
+    /// GDPR: `consented`, `not_consented`, `no_state`; CCPA: `opted_out`, `not_opted_out`,
+    /// `no_state`.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceCriterion {
+    /// platform, os_version, device_model, device_manufacturer, network_carrier, brand,
+    /// locale_country, locale_language, app_version.
+    pub field: String,
+    pub op: Operator,
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+}
+
+/// The profile fields a device criterion can read.
+pub const DEVICE_FIELDS: &[&str] = &[
+    "platform",
+    "os_version",
+    "device_model",
+    "device_manufacturer",
+    "network_carrier",
+    "brand",
+    "locale_country",
+    "locale_language",
+    "app_version",
+];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,6 +210,11 @@ pub enum Operator {
     Between,
     IsTrue,
     IsFalse,
+    VersionEquals,
+    VersionGreaterThan,
+    VersionGreaterThanOrEqual,
+    VersionLessThan,
+    VersionLessThanOrEqual,
 }
 
 /// Parses a definition from JSON, naming the path of the first problem.
@@ -195,6 +243,12 @@ pub enum ReadKey {
     Attribute(String),
     /// An identity type, lowercased.
     Identity(String),
+    /// Device info or app version.
+    Device,
+    /// Consent state.
+    Consent,
+    /// First seen: fixed when the profile is created.
+    FirstSeen,
 }
 
 /// An event criterion with attribute conditions keeps its own series in the profile, recorded
@@ -250,8 +304,31 @@ pub enum Test {
     NumberCmp(std::cmp::Ordering, bool, f64),
     NumberBetween(f64, f64),
     IsBool(bool),
+    /// Dotted versions compared part by part as numbers ("16.10" > "16.9").
+    VersionCmp(std::cmp::Ordering, bool, Vec<u64>),
     /// The complement of the inner test.
     Not(Box<Test>),
+}
+
+/// Parses "16.4.1" (or "v16.4", "16.4-beta") into its numeric parts; `None` when it has none.
+pub fn parse_version(text: &str) -> Option<Vec<u64>> {
+    let trimmed = text.trim().trim_start_matches(['v', 'V']);
+    let parts: Vec<u64> = trimmed
+        .split('.')
+        .map_while(|part| {
+            let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect();
+    (!parts.is_empty()).then_some(parts)
+}
+
+fn compare_versions(a: &[u64], b: &[u64]) -> std::cmp::Ordering {
+    let len = a.len().max(b.len());
+    (0..len)
+        .map(|i| a.get(i).unwrap_or(&0).cmp(b.get(i).unwrap_or(&0)))
+        .find(|o| o.is_ne())
+        .unwrap_or(std::cmp::Ordering::Equal)
 }
 
 impl Test {
@@ -296,6 +373,13 @@ impl Test {
             }
             Test::NumberBetween(lo, hi) => v.as_number().is_some_and(|n| n >= *lo && n <= *hi),
             Test::IsBool(b) => v.as_bool() == Some(*b),
+            Test::VersionCmp(ord, or_equal, operand) => v
+                .as_text()
+                .and_then(|t| parse_version(&t))
+                .is_some_and(|version| match compare_versions(&version, operand) {
+                    std::cmp::Ordering::Equal => *or_equal,
+                    o => o == *ord,
+                }),
         }
     }
 }
@@ -364,6 +448,20 @@ pub enum Node {
     Event(EventNode),
     Attribute(CompiledCondition),
     Identity { identity_type: String, test: Test },
+    Consent(ConsentTest),
+    Device { field: String, test: Test },
+    FirstSeen(Window),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConsentTest {
+    /// GDPR purpose (lowercased): Some(consented) or None for "no state".
+    Gdpr {
+        purpose: String,
+        state: Option<bool>,
+    },
+    /// CCPA data-sale opt-out: Some(opted out) or None for "no state".
+    Ccpa { state: Option<bool> },
 }
 
 /// The answer for one profile at one instant, with the next instant at which time alone may
@@ -466,6 +564,37 @@ impl Node {
                 }
             }
             Node::Event(node) => node.evaluate(profile, ctx),
+            Node::Consent(test) => Outcome {
+                matched: match test {
+                    ConsentTest::Gdpr { purpose, state } => {
+                        profile.consent.gdpr.get(purpose).map(|c| c.consented) == *state
+                    }
+                    ConsentTest::Ccpa { state } => profile.consent.ccpa_data_sale_opt_out == *state,
+                },
+                next_change: None,
+            },
+            Node::Device { field, test } => {
+                let value = device_field(profile, field).map(AttrValue::String);
+                Outcome {
+                    matched: test.holds(value.as_ref()),
+                    next_change: None,
+                }
+            }
+            Node::FirstSeen(window) => {
+                if profile.first_seen_ms == 0 {
+                    return Outcome {
+                        matched: false,
+                        next_change: None,
+                    };
+                }
+                // First seen is profile data: no event retention applies to it.
+                let (matched, next_change) =
+                    occurrence(*window, profile.first_seen_ms, ctx.now, i64::MAX / 4);
+                Outcome {
+                    matched,
+                    next_change,
+                }
+            }
         }
     }
 
@@ -481,6 +610,9 @@ impl Node {
                 event_type: e.event_type.clone(),
                 name: e.name.clone(),
             }),
+            Node::Consent(_) => reads.push(ReadKey::Consent),
+            Node::Device { .. } => reads.push(ReadKey::Device),
+            Node::FirstSeen(_) => reads.push(ReadKey::FirstSeen),
         }
     }
 
@@ -488,9 +620,28 @@ impl Node {
         match self {
             Node::And(c) | Node::Or(c) => c.iter().any(Node::is_time_dependent),
             Node::Not(c) => c.is_time_dependent(),
-            Node::Event(_) => true,
-            Node::Attribute(_) | Node::Identity { .. } => false,
+            Node::Event(_) | Node::FirstSeen(_) => true,
+            Node::Attribute(_) | Node::Identity { .. } | Node::Consent(_) | Node::Device { .. } => {
+                false
+            }
         }
+    }
+}
+
+/// The value of a device criterion's field on a profile.
+fn device_field(profile: &ProfileState, field: &str) -> Option<String> {
+    let d = &profile.device;
+    match field {
+        "platform" => d.platform.clone(),
+        "os_version" => d.os_version.clone(),
+        "device_model" => d.device_model.clone(),
+        "device_manufacturer" => d.device_manufacturer.clone(),
+        "network_carrier" => d.network_carrier.clone(),
+        "brand" => d.brand.clone(),
+        "locale_country" => d.locale_country.clone(),
+        "locale_language" => d.locale_language.clone(),
+        "app_version" => profile.app_version.clone(),
+        _ => None,
     }
 }
 
@@ -501,6 +652,37 @@ fn any_identity(test: &Test, values: Option<&Vec<String>>) -> bool {
         (t, Some(values)) => values
             .iter()
             .any(|v| t.holds(Some(&AttrValue::String(v.clone())))),
+    }
+}
+
+/// Whether something that happened at `t` is inside `window` at `now` (and younger than
+/// `retention_ms`), and the next instant after `now` at which that changes.
+fn occurrence(window: Window, t: i64, now: i64, retention_ms: i64) -> (bool, Option<i64>) {
+    let retention_exit = t.saturating_add(retention_ms).saturating_add(1);
+    let (enter, exit) = match window {
+        Window::Retention => (t, retention_exit),
+        Window::Sliding {
+            enter_after,
+            exit_after,
+        } => (
+            t.saturating_add(enter_after),
+            t.saturating_add(exit_after)
+                .saturating_add(1)
+                .min(retention_exit),
+        ),
+        Window::Fixed { from, until } => {
+            if t < from || t >= until {
+                return (false, None);
+            }
+            (t, retention_exit)
+        }
+    };
+    if now < enter {
+        (false, Some(enter))
+    } else if now < exit {
+        (true, Some(exit))
+    } else {
+        (false, None)
     }
 }
 
@@ -517,41 +699,12 @@ impl EventNode {
         }
     }
 
-    /// Whether an occurrence at `t` counts at `now`, and the next instant after `now` at which
-    /// that changes.
-    fn occurrence(&self, t: i64, ctx: &EvalContext) -> (bool, Option<i64>) {
-        let now = ctx.now;
-        let (enter, exit) = match self.window {
-            Window::Retention => (t, t + ctx.retention_ms + 1),
-            Window::Sliding {
-                enter_after,
-                exit_after,
-            } => (
-                t + enter_after,
-                (t + exit_after + 1).min(t + ctx.retention_ms + 1),
-            ),
-            Window::Fixed { from, until } => {
-                if t < from || t >= until {
-                    return (false, None);
-                }
-                (t, t + ctx.retention_ms + 1)
-            }
-        };
-        if now < enter {
-            (false, Some(enter))
-        } else if now < exit {
-            (true, Some(exit))
-        } else {
-            (false, None)
-        }
-    }
-
     pub fn count(&self, profile: &ProfileState, ctx: &EvalContext) -> (u64, Option<i64>) {
         let mut count = 0u64;
         let mut next = None;
         for series in self.series(profile) {
             for (t, n) in series.occurrences() {
-                let (counted, change) = self.occurrence(t, ctx);
+                let (counted, change) = occurrence(self.window, t, ctx.now, ctx.retention_ms);
                 if counted {
                     count += n as u64;
                 }
@@ -701,6 +854,33 @@ fn compile_node(criterion: &Criterion, path: &str) -> Result<Node, DefinitionErr
             }
         }
         Criterion::Event(e) => Node::Event(compile_event(e, &format!("{path}.event"))?),
+        Criterion::Consent(c) => Node::Consent(compile_consent(c, &format!("{path}.consent"))?),
+        Criterion::Device(d) => {
+            let path = format!("{path}.device");
+            let field = d.field.trim().to_lowercase();
+            if !DEVICE_FIELDS.contains(&field.as_str()) {
+                return Err(DefinitionError::new(
+                    format!("{path}.field"),
+                    format!(
+                        "unknown device field \"{}\" (one of: {})",
+                        d.field,
+                        DEVICE_FIELDS.join(", ")
+                    ),
+                ));
+            }
+            let cond = Condition {
+                name: field.clone(),
+                op: d.op,
+                value: d.value.clone(),
+            };
+            Node::Device {
+                field,
+                test: compile_condition(&cond, &path)?.test,
+            }
+        }
+        Criterion::FirstSeen(window) => {
+            Node::FirstSeen(compile_window(Some(window), &format!("{path}.first_seen"))?)
+        }
     })
 }
 
@@ -806,62 +986,7 @@ fn compile_event(e: &EventCriterion, path: &str) -> Result<EventNode, Definition
         ));
     }
     let count = e.count.unwrap_or(Count::AtLeast(1));
-    let window = match &e.time {
-        None => Window::Retention,
-        Some(TimeWindow::WithinLastDays(n)) => {
-            if *n == 0 {
-                return Err(DefinitionError::new(
-                    format!("{path}.time.within_last_days"),
-                    "must be at least 1",
-                ));
-            }
-            Window::Sliding {
-                enter_after: 0,
-                exit_after: *n as i64 * DAY_MS,
-            }
-        }
-        Some(TimeWindow::BetweenDaysAgo([a, b])) => {
-            if a >= b {
-                return Err(DefinitionError::new(
-                    format!("{path}.time.between_days_ago"),
-                    format!("the first bound ({a}) must be less than the second ({b})"),
-                ));
-            }
-            Window::Sliding {
-                enter_after: *a as i64 * DAY_MS,
-                exit_after: *b as i64 * DAY_MS,
-            }
-        }
-        Some(TimeWindow::Before(d)) => Window::Fixed {
-            from: i64::MIN,
-            until: parse_date(d, &format!("{path}.time.before"))?,
-        },
-        Some(TimeWindow::After(d)) => Window::Fixed {
-            from: parse_date(d, &format!("{path}.time.after"))?,
-            until: i64::MAX,
-        },
-        Some(TimeWindow::On(d)) => {
-            let from = parse_date(d, &format!("{path}.time.on"))?;
-            Window::Fixed {
-                from,
-                until: from + DAY_MS,
-            }
-        }
-        Some(TimeWindow::Between([a, b])) => {
-            let from = parse_date(a, &format!("{path}.time.between[0]"))?;
-            let last = parse_date(b, &format!("{path}.time.between[1]"))?;
-            if last < from {
-                return Err(DefinitionError::new(
-                    format!("{path}.time.between"),
-                    format!("{b} is before {a}"),
-                ));
-            }
-            Window::Fixed {
-                from,
-                until: last + DAY_MS,
-            }
-        }
-    };
+    let window = compile_window(e.time.as_ref(), &format!("{path}.time"))?;
     let name = selector_name(e);
     let custom_event_type = e.custom_event_type.as_ref().map(|t| t.to_lowercase());
     let history_key = if !e.attributes.is_empty() {
@@ -884,6 +1009,123 @@ fn compile_event(e: &EventCriterion, path: &str) -> Result<EventNode, Definition
         count,
         window,
     })
+}
+
+/// Resolves a time window; `path` names the window in errors.
+fn compile_window(time: Option<&TimeWindow>, path: &str) -> Result<Window, DefinitionError> {
+    Ok(match time {
+        None => Window::Retention,
+        Some(TimeWindow::WithinLastDays(n)) => {
+            if *n == 0 {
+                return Err(DefinitionError::new(
+                    format!("{path}.within_last_days"),
+                    "must be at least 1",
+                ));
+            }
+            Window::Sliding {
+                enter_after: 0,
+                exit_after: *n as i64 * DAY_MS,
+            }
+        }
+        Some(TimeWindow::BetweenDaysAgo([a, b])) => {
+            if a >= b {
+                return Err(DefinitionError::new(
+                    format!("{path}.between_days_ago"),
+                    format!("the first bound ({a}) must be less than the second ({b})"),
+                ));
+            }
+            Window::Sliding {
+                enter_after: *a as i64 * DAY_MS,
+                exit_after: *b as i64 * DAY_MS,
+            }
+        }
+        Some(TimeWindow::Before(d)) => Window::Fixed {
+            from: i64::MIN,
+            until: parse_date(d, &format!("{path}.before"))?,
+        },
+        Some(TimeWindow::After(d)) => Window::Fixed {
+            from: parse_date(d, &format!("{path}.after"))?,
+            until: i64::MAX,
+        },
+        Some(TimeWindow::On(d)) => {
+            let from = parse_date(d, &format!("{path}.on"))?;
+            Window::Fixed {
+                from,
+                until: from + DAY_MS,
+            }
+        }
+        Some(TimeWindow::Between([a, b])) => {
+            let from = parse_date(a, &format!("{path}.between[0]"))?;
+            let last = parse_date(b, &format!("{path}.between[1]"))?;
+            if last < from {
+                return Err(DefinitionError::new(
+                    format!("{path}.between"),
+                    format!("{b} is before {a}"),
+                ));
+            }
+            Window::Fixed {
+                from,
+                until: last + DAY_MS,
+            }
+        }
+    })
+}
+
+fn compile_consent(c: &ConsentCriterion, path: &str) -> Result<ConsentTest, DefinitionError> {
+    let state = c.state.trim().to_lowercase();
+    match c.regulation.trim().to_lowercase().as_str() {
+        "gdpr" => {
+            let purpose = c
+                .purpose
+                .as_deref()
+                .map(|p| p.trim().to_lowercase())
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| {
+                    DefinitionError::new(
+                        format!("{path}.purpose"),
+                        "a gdpr criterion needs a purpose",
+                    )
+                })?;
+            let state =
+                match state.as_str() {
+                    "consented" => Some(true),
+                    "not_consented" => Some(false),
+                    "no_state" => None,
+                    other => return Err(DefinitionError::new(
+                        format!("{path}.state"),
+                        format!(
+                            "\"{other}\" is not a gdpr state (consented, not_consented, no_state)"
+                        ),
+                    )),
+                };
+            Ok(ConsentTest::Gdpr { purpose, state })
+        }
+        "ccpa" => {
+            if c.purpose.is_some() {
+                return Err(DefinitionError::new(
+                    format!("{path}.purpose"),
+                    "ccpa has no purposes: only the data-sale opt-out",
+                ));
+            }
+            let state =
+                match state.as_str() {
+                    "opted_out" => Some(true),
+                    "not_opted_out" => Some(false),
+                    "no_state" => None,
+                    other => return Err(DefinitionError::new(
+                        format!("{path}.state"),
+                        format!(
+                            "\"{other}\" is not a ccpa state (opted_out, not_opted_out, no_state)"
+                        ),
+                    )),
+                };
+            Ok(ConsentTest::Ccpa { state })
+        }
+        other => Err(DefinitionError::new(
+            format!("{path}.regulation"),
+            format!("\"{other}\" is not a regulation (gdpr, ccpa)"),
+        )),
+    }
 }
 
 fn compile_condition(cond: &Condition, path: &str) -> Result<CompiledCondition, DefinitionError> {
@@ -988,6 +1230,27 @@ fn compile_condition(cond: &Condition, path: &str) -> Result<CompiledCondition, 
         },
         Operator::IsTrue => Test::IsBool(true),
         Operator::IsFalse => Test::IsBool(false),
+        Operator::VersionEquals
+        | Operator::VersionGreaterThan
+        | Operator::VersionGreaterThanOrEqual
+        | Operator::VersionLessThan
+        | Operator::VersionLessThanOrEqual => {
+            let text = string_value()?;
+            let version = parse_version(&text).ok_or_else(|| {
+                DefinitionError::new(
+                    &value_field,
+                    format!("\"{text}\" is not a version like 16.4.1"),
+                )
+            })?;
+            let (ord, or_equal) = match cond.op {
+                Operator::VersionEquals => (Equal, true),
+                Operator::VersionGreaterThan => (Greater, false),
+                Operator::VersionGreaterThanOrEqual => (Greater, true),
+                Operator::VersionLessThan => (Less, false),
+                _ => (Less, true),
+            };
+            Test::VersionCmp(ord, or_equal, version)
+        }
     };
     Ok(CompiledCondition { name, test })
 }

@@ -65,6 +65,10 @@ pub struct ChangeSet {
     pub attributes: BTreeSet<String>,
     /// Identity types whose values changed.
     pub identities: BTreeSet<String>,
+    /// Device info or app version changed.
+    pub device: bool,
+    /// Consent state changed.
+    pub consent: bool,
     /// The latest event time of the message, for the deltas it causes.
     pub event_time_ms: TimestampMs,
 }
@@ -144,19 +148,32 @@ impl ProfileState {
         for (identity_type, value) in &batch.device_identities {
             self.set_identity(identity_type, value, changes);
         }
+        let (device_before, app_before) = (self.device.clone(), self.app_version.clone());
         if let Some(device) = &batch.device_info {
             self.device.merge_from(device);
         }
+        if batch.app_version.is_some() {
+            self.app_version.clone_from(&batch.app_version);
+        }
+        changes.device |= self.device != device_before || self.app_version != app_before;
         if let Some(consent) = &batch.consent {
+            let before = self.consent.clone();
             for (purpose, c) in &consent.gdpr {
                 self.consent.gdpr.insert(purpose.to_lowercase(), c.clone());
             }
             if consent.ccpa_data_sale_opt_out.is_some() {
                 self.consent.ccpa_data_sale_opt_out = consent.ccpa_data_sale_opt_out;
             }
-        }
-        if batch.app_version.is_some() {
-            self.app_version.clone_from(&batch.app_version);
+            // A consent refreshed with a new timestamp but the same answer changes nothing.
+            let answers = |c: &ConsentState| {
+                let gdpr: Vec<(String, bool)> = c
+                    .gdpr
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.consented))
+                    .collect();
+                (gdpr, c.ccpa_data_sale_opt_out)
+            };
+            changes.consent |= answers(&self.consent) != answers(&before);
         }
         for event in &batch.events {
             self.apply_event(event, now, catalog, changes);

@@ -503,3 +503,146 @@ fn the_index_only_picks_audiences_a_change_can_affect() {
         "an unchanged value touches nothing"
     );
 }
+
+fn batch_with(mpid: Mpid, f: impl FnOnce(&mut Batch)) -> Inbound {
+    let mut b = Batch {
+        mpid,
+        ..Default::default()
+    };
+    f(&mut b);
+    Inbound::Batch(b)
+}
+
+#[test]
+fn consent_criteria_read_gdpr_purposes_and_the_ccpa_opt_out() {
+    let consented = catalog(
+        json!({"consent": {"regulation": "gdpr", "purpose": "Marketing", "state": "consented"}}),
+    );
+    let no_state = catalog(
+        json!({"consent": {"regulation": "GDPR", "purpose": "marketing", "state": "no_state"}}),
+    );
+    let opted_out = catalog(json!({"consent": {"regulation": "ccpa", "state": "opted_out"}}));
+    let mut p = ProfileState::new(1);
+    p.apply(&batch_of(1, vec![], vec![]), T0, RETENTION, &consented);
+    assert!(!member_at(&p, &consented, T0));
+    assert!(member_at(&p, &no_state, T0));
+    assert!(!member_at(&p, &opted_out, T0));
+    let changes = p.apply(
+        &batch_with(1, |b| {
+            let mut c = ConsentState::default();
+            c.gdpr.insert(
+                "marketing".into(),
+                GdprConsent {
+                    consented: true,
+                    timestamp_ms: Some(T0),
+                    document: None,
+                },
+            );
+            c.ccpa_data_sale_opt_out = Some(true);
+            b.consent = Some(c);
+        }),
+        T0,
+        RETENTION,
+        &consented,
+    );
+    assert!(changes.consent);
+    assert_eq!(
+        consented
+            .affected_by(&changes)
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert!(member_at(&p, &consented, T0));
+    assert!(!member_at(&p, &no_state, T0));
+    assert!(member_at(&p, &opted_out, T0));
+    for (bad, field) in [
+        (
+            json!({"consent": {"regulation": "gdpr", "state": "consented"}}),
+            "criteria.consent.purpose",
+        ),
+        (
+            json!({"consent": {"regulation": "ccpa", "state": "consented"}}),
+            "criteria.consent.state",
+        ),
+        (
+            json!({"consent": {"regulation": "lgpd", "state": "no_state"}}),
+            "criteria.consent.regulation",
+        ),
+    ] {
+        let err = parse_definition(&bad)
+            .and_then(|d| compile(&d))
+            .unwrap_err();
+        assert_eq!(err.field, field, "{bad}");
+    }
+}
+
+#[test]
+fn device_criteria_compare_versions_part_by_part() {
+    let newer = catalog(
+        json!({"device": {"field": "os_version", "op": "version_greater_than_or_equal", "value": "16.4"}}),
+    );
+    let carrier = catalog(
+        json!({"device": {"field": "network_carrier", "op": "contains", "value": "mobile"}}),
+    );
+    let app = catalog(
+        json!({"device": {"field": "app_version", "op": "version_less_than", "value": "2.10"}}),
+    );
+    let with_device = |os: &str, carrier_name: &str, app_version: &str| {
+        let mut p = ProfileState::new(1);
+        let changes = p.apply(
+            &batch_with(1, |b| {
+                b.device_info = Some(DeviceInfo {
+                    os_version: Some(os.into()),
+                    network_carrier: Some(carrier_name.into()),
+                    ..Default::default()
+                });
+                b.app_version = Some(app_version.into());
+            }),
+            T0,
+            RETENTION,
+            &newer,
+        );
+        assert!(changes.device);
+        p
+    };
+    let p = with_device("16.10", "T-Mobile", "2.9.1");
+    assert!(member_at(&p, &newer, T0), "16.10 >= 16.4");
+    assert!(member_at(&p, &carrier, T0));
+    assert!(member_at(&p, &app, T0), "2.9.1 < 2.10");
+    let p = with_device("16.3.9", "Verizon", "2.10");
+    assert!(!member_at(&p, &newer, T0));
+    assert!(!member_at(&p, &carrier, T0));
+    assert!(!member_at(&p, &app, T0));
+    let err = parse_definition(&json!({"device": {"field": "cpu", "op": "exists"}}))
+        .and_then(|d| compile(&d))
+        .unwrap_err();
+    assert_eq!(err.field, "criteria.device.field");
+    let err = parse_definition(&json!({"device": {"field": "os_version", "op": "version_greater_than", "value": "latest"}}))
+        .and_then(|d| compile(&d))
+        .unwrap_err();
+    assert_eq!(err.field, "criteria.device.value");
+}
+
+#[test]
+fn first_seen_by_recency_leaves_when_time_passes() {
+    let recent = catalog(json!({"first_seen": {"within_last_days": 3}}));
+    let mut p = ProfileState::new(1);
+    let changes = p.apply(&batch_of(1, vec![], vec![]), T0, RETENTION, &recent);
+    assert_eq!(
+        recent.affected_by(&changes).into_iter().collect::<Vec<_>>(),
+        vec![1]
+    );
+    let ctx = EvalContext {
+        now: T0,
+        retention_ms: RETENTION,
+    };
+    let outcome = recent.active(1).unwrap().compiled.evaluate(&p, &ctx);
+    assert!(outcome.matched);
+    assert_eq!(outcome.next_change, Some(T0 + 3 * DAY_MS + 1));
+    assert!(member_at(&p, &recent, T0 + 3 * DAY_MS));
+    assert!(!member_at(&p, &recent, T0 + 3 * DAY_MS + 1));
+    // By date: first seen on or after the day of T0, for ever (no retention on profile data).
+    let since = catalog(json!({"first_seen": {"after": date(T0)}}));
+    assert!(member_at(&p, &since, T0 + 400 * DAY_MS));
+}
