@@ -15,6 +15,9 @@ pub enum RegistryError {
     Invalid(#[from] DefinitionError),
     #[error("audience {0} not found")]
     NotFound(AudienceId),
+    /// The operation would break another audience (e.g. deleting one that others reference).
+    #[error("{0}")]
+    Conflict(String),
     #[error("store: {0}")]
     Store(#[from] audience_state::store::StoreError),
 }
@@ -70,8 +73,12 @@ impl Registry {
             updated_at_ms: now,
             revision: 1,
         };
-        record.validate()?;
+        let compiled = record.validate()?;
         record.id = engine.store.next_audience_id()?;
+        engine
+            .catalog
+            .load()
+            .check_references(record.id, &compiled)?;
         engine.store.put_audience(&record)?;
         self.publish()?;
         tracing::info!(audience = record.id, name = %record.name, "audience created");
@@ -92,7 +99,8 @@ impl Registry {
         record.tags = spec.tags;
         record.updated_at_ms = engine.clock.now();
         record.revision += 1;
-        record.validate()?;
+        let compiled = record.validate()?;
+        engine.catalog.load().check_references(id, &compiled)?;
         engine.store.put_audience(&record)?;
         self.publish()?;
         Ok(record)
@@ -120,6 +128,18 @@ impl Registry {
     pub fn delete(&self, id: AudienceId) -> Result<(), RegistryError> {
         let _guard = self.write_lock.lock();
         self.get(id)?;
+        let catalog = self.node.engine.catalog.load();
+        let referrers = catalog.referrers(id);
+        if !referrers.is_empty() {
+            let names: Vec<String> = referrers
+                .iter()
+                .map(|r| format!("{} (\"{}\")", r.id, r.name))
+                .collect();
+            return Err(RegistryError::Conflict(format!(
+                "audience {id} is used by audience(s) {}: remove it from their criteria first",
+                names.join(", ")
+            )));
+        }
         self.node.engine.store.delete_audience(id)?;
         self.publish()?;
         tracing::info!(audience = id, "audience deleted");

@@ -203,6 +203,7 @@ pub fn status(e: RegistryError) -> Status {
     match e {
         RegistryError::Invalid(d) => Status::invalid_argument(d.to_string()),
         RegistryError::NotFound(_) => Status::not_found(e.to_string()),
+        RegistryError::Conflict(_) => Status::failed_precondition(e.to_string()),
         RegistryError::Store(_) => Status::internal(e.to_string()),
     }
 }

@@ -63,6 +63,14 @@ impl AudienceRecord {
     }
 }
 
+/// The audiences a stored definition references (none if it does not compile).
+fn references_of(record: &AudienceRecord) -> Vec<AudienceId> {
+    parse_definition(&record.criteria)
+        .and_then(|c| compile(&c))
+        .map(|c| c.referenced_audiences())
+        .unwrap_or_default()
+}
+
 /// An active audience ready to evaluate.
 #[derive(Debug)]
 pub struct ActiveAudience {
@@ -82,6 +90,8 @@ pub struct Catalog {
     by_device: Vec<AudienceId>,
     by_consent: Vec<AudienceId>,
     by_first_seen: Vec<AudienceId>,
+    /// Referenced audience to the audiences that read its membership.
+    by_audience: HashMap<AudienceId, Vec<AudienceId>>,
     /// Audiences a profile with no data at all belongs to (e.g. "did not perform X"): a new
     /// profile is evaluated against them, whatever its first message touched.
     matches_empty: Vec<AudienceId>,
@@ -121,6 +131,7 @@ impl Catalog {
                                 ReadKey::Device => &mut catalog.by_device,
                                 ReadKey::Consent => &mut catalog.by_consent,
                                 ReadKey::FirstSeen => &mut catalog.by_first_seen,
+                                ReadKey::Audience(a) => catalog.by_audience.entry(*a).or_default(),
                             };
                             slot.push(id);
                         }
@@ -168,6 +179,73 @@ impl Catalog {
 
     pub fn active_ids(&self) -> impl Iterator<Item = AudienceId> + '_ {
         self.active.keys().copied()
+    }
+
+    /// Active audiences that read the membership of `id`.
+    pub fn dependents(&self, id: AudienceId) -> &[AudienceId] {
+        self.by_audience.get(&id).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Whether an active audience reads other audiences' memberships.
+    pub fn has_references(&self, id: AudienceId) -> bool {
+        self.active(id)
+            .is_some_and(|a| !a.compiled.referenced_audiences().is_empty())
+    }
+
+    /// Every audience (active or draft) whose definition references `id`, by id.
+    pub fn referrers(&self, id: AudienceId) -> Vec<&AudienceRecord> {
+        let mut out: Vec<&AudienceRecord> = self
+            .records
+            .values()
+            .filter(|r| r.id != id && references_of(r).contains(&id))
+            .collect();
+        out.sort_by_key(|r| r.id);
+        out
+    }
+
+    /// Checks the audience references of a definition about to be stored as `id`: each one
+    /// exists and has no audience criteria itself; and an audience others reference may not
+    /// gain references (nesting stays one level deep).
+    pub fn check_references(
+        &self,
+        id: AudienceId,
+        compiled: &CompiledAudience,
+    ) -> Result<(), DefinitionError> {
+        let refs = compiled.referenced_audiences();
+        for r in &refs {
+            let Some(target) = self.records.get(r).filter(|_| *r != id) else {
+                let reason = if *r == id {
+                    "an audience cannot reference itself".to_string()
+                } else {
+                    format!("audience {r} does not exist")
+                };
+                return Err(DefinitionError {
+                    field: "criteria.audience.id".into(),
+                    reason,
+                });
+            };
+            if !references_of(target).is_empty() {
+                return Err(DefinitionError {
+                    field: "criteria.audience.id".into(),
+                    reason: format!(
+                        "audience {r} (\"{}\") has audience criteria of its own; only an audience without nested criteria can be referenced",
+                        target.name
+                    ),
+                });
+            }
+        }
+        if !refs.is_empty() {
+            if let Some(referrer) = self.referrers(id).first() {
+                return Err(DefinitionError {
+                    field: "criteria".into(),
+                    reason: format!(
+                        "audience {id} is referenced by audience {} (\"{}\"), so it cannot reference other audiences",
+                        referrer.id, referrer.name
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn matchers_for(&self, event_type: &str, name: &str) -> &[Arc<Matcher>] {

@@ -61,6 +61,21 @@ pub enum Criterion {
     Device(DeviceCriterion),
     /// When the user was first seen, by recency or by calendar date.
     FirstSeen(TimeWindow),
+    /// Membership in another audience: `{"id": 3}` (in) or `{"id": 3, "member": false}` (not
+    /// in). Only an audience without audience criteria of its own may be referenced.
+    Audience(AudienceRef),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudienceRef {
+    pub id: crate::model::AudienceId,
+    #[serde(default = "default_true")]
+    pub member: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,6 +264,8 @@ pub enum ReadKey {
     Consent,
     /// First seen: fixed when the profile is created.
     FirstSeen,
+    /// Membership in another audience.
+    Audience(crate::model::AudienceId),
 }
 
 /// An event criterion with attribute conditions keeps its own series in the profile, recorded
@@ -447,10 +464,20 @@ pub enum Node {
     Not(Box<Node>),
     Event(EventNode),
     Attribute(CompiledCondition),
-    Identity { identity_type: String, test: Test },
+    Identity {
+        identity_type: String,
+        test: Test,
+    },
     Consent(ConsentTest),
-    Device { field: String, test: Test },
+    Device {
+        field: String,
+        test: Test,
+    },
     FirstSeen(Window),
+    Audience {
+        id: crate::model::AudienceId,
+        member: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -580,6 +607,10 @@ impl Node {
                     next_change: None,
                 }
             }
+            Node::Audience { id, member } => Outcome {
+                matched: profile.memberships.get(id).is_some_and(|r| r.member) == *member,
+                next_change: None,
+            },
             Node::FirstSeen(window) => {
                 if profile.first_seen_ms == 0 {
                     return Outcome {
@@ -613,6 +644,7 @@ impl Node {
             Node::Consent(_) => reads.push(ReadKey::Consent),
             Node::Device { .. } => reads.push(ReadKey::Device),
             Node::FirstSeen(_) => reads.push(ReadKey::FirstSeen),
+            Node::Audience { id, .. } => reads.push(ReadKey::Audience(*id)),
         }
     }
 
@@ -621,9 +653,11 @@ impl Node {
             Node::And(c) | Node::Or(c) => c.iter().any(Node::is_time_dependent),
             Node::Not(c) => c.is_time_dependent(),
             Node::Event(_) | Node::FirstSeen(_) => true,
-            Node::Attribute(_) | Node::Identity { .. } | Node::Consent(_) | Node::Device { .. } => {
-                false
-            }
+            Node::Attribute(_)
+            | Node::Identity { .. }
+            | Node::Consent(_)
+            | Node::Device { .. }
+            | Node::Audience { .. } => false,
         }
     }
 }
@@ -735,6 +769,17 @@ pub struct CompiledAudience {
 impl CompiledAudience {
     pub fn evaluate(&self, profile: &ProfileState, ctx: &EvalContext) -> Outcome {
         self.root.evaluate(profile, ctx)
+    }
+
+    /// The audiences this one reads the membership of.
+    pub fn referenced_audiences(&self) -> Vec<crate::model::AudienceId> {
+        self.reads
+            .iter()
+            .filter_map(|r| match r {
+                ReadKey::Audience(id) => Some(*id),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -876,6 +921,18 @@ fn compile_node(criterion: &Criterion, path: &str) -> Result<Node, DefinitionErr
             Node::Device {
                 field,
                 test: compile_condition(&cond, &path)?.test,
+            }
+        }
+        Criterion::Audience(r) => {
+            if r.id == 0 {
+                return Err(DefinitionError::new(
+                    format!("{path}.audience.id"),
+                    "audience ids start at 1",
+                ));
+            }
+            Node::Audience {
+                id: r.id,
+                member: r.member,
             }
         }
         Criterion::FirstSeen(window) => {
@@ -1086,18 +1143,19 @@ fn compile_consent(c: &ConsentCriterion, path: &str) -> Result<ConsentTest, Defi
                         "a gdpr criterion needs a purpose",
                     )
                 })?;
-            let state =
-                match state.as_str() {
-                    "consented" => Some(true),
-                    "not_consented" => Some(false),
-                    "no_state" => None,
-                    other => return Err(DefinitionError::new(
+            let state = match state.as_str() {
+                "consented" => Some(true),
+                "not_consented" => Some(false),
+                "no_state" => None,
+                other => {
+                    return Err(DefinitionError::new(
                         format!("{path}.state"),
                         format!(
                             "\"{other}\" is not a gdpr state (consented, not_consented, no_state)"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             Ok(ConsentTest::Gdpr { purpose, state })
         }
         "ccpa" => {
@@ -1107,18 +1165,19 @@ fn compile_consent(c: &ConsentCriterion, path: &str) -> Result<ConsentTest, Defi
                     "ccpa has no purposes: only the data-sale opt-out",
                 ));
             }
-            let state =
-                match state.as_str() {
-                    "opted_out" => Some(true),
-                    "not_opted_out" => Some(false),
-                    "no_state" => None,
-                    other => return Err(DefinitionError::new(
+            let state = match state.as_str() {
+                "opted_out" => Some(true),
+                "not_opted_out" => Some(false),
+                "no_state" => None,
+                other => {
+                    return Err(DefinitionError::new(
                         format!("{path}.state"),
                         format!(
                             "\"{other}\" is not a ccpa state (opted_out, not_opted_out, no_state)"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             Ok(ConsentTest::Ccpa { state })
         }
         other => Err(DefinitionError::new(

@@ -299,7 +299,31 @@ impl ProfileState {
 
     /// Evaluates the given audiences and returns the deltas, updating memberships and `due`.
     /// Audiences unknown to the catalog (deleted) lose their membership records silently.
+    ///
+    /// Audiences that read other audiences' memberships are evaluated after those, and every
+    /// membership change re-evaluates its dependents (references are one level deep).
     pub fn evaluate(
+        &mut self,
+        audiences: impl IntoIterator<Item = AudienceId>,
+        catalog: &Catalog,
+        ctx: &EvalContext,
+        event_time_ms: TimestampMs,
+    ) -> Vec<Delta> {
+        let (referrers, plain): (Vec<AudienceId>, Vec<AudienceId>) = audiences
+            .into_iter()
+            .partition(|id| catalog.has_references(*id));
+        let mut deltas = self.evaluate_each(plain, catalog, ctx, event_time_ms);
+        let mut second: BTreeSet<AudienceId> = referrers.into_iter().collect();
+        for d in &deltas {
+            second.extend(catalog.dependents(d.audience_id).iter().copied());
+        }
+        if !second.is_empty() {
+            deltas.extend(self.evaluate_each(second, catalog, ctx, event_time_ms));
+        }
+        deltas
+    }
+
+    fn evaluate_each(
         &mut self,
         audiences: impl IntoIterator<Item = AudienceId>,
         catalog: &Catalog,

@@ -646,3 +646,132 @@ fn first_seen_by_recency_leaves_when_time_passes() {
     let since = catalog(json!({"first_seen": {"after": date(T0)}}));
     assert!(member_at(&p, &since, T0 + 400 * DAY_MS));
 }
+
+fn record(id: u64, criteria: serde_json::Value) -> AudienceRecord {
+    AudienceRecord {
+        id,
+        name: format!("a{id}"),
+        external_name: String::new(),
+        status: AudienceStatus::Active,
+        criteria,
+        tags: vec![],
+        created_at_ms: 0,
+        updated_at_ms: 0,
+        revision: 1,
+    }
+}
+
+#[test]
+fn audience_membership_criteria_follow_the_referenced_audience() {
+    let catalog = Catalog::build(
+        1,
+        vec![
+            // Referrers first in the list: evaluation order must not depend on it.
+            record(1, json!({"audience": {"id": 3, "member": false}})),
+            record(
+                2,
+                json!({"and": [{"audience": {"id": 3}}, {"identity": {"type": "email"}}]}),
+            ),
+            record(
+                3,
+                json!({"user_attribute": {"name": "tier", "op": "exact_match", "value": "gold"}}),
+            ),
+        ],
+    );
+    let ctx = EvalContext {
+        now: T0,
+        retention_ms: RETENTION,
+    };
+    let mut p = ProfileState::new(5);
+    let changes = p.apply(
+        &batch_with(5, |b| {
+            b.user_attributes = vec![("tier".into(), AttrValue::String("gold".into()))];
+            b.user_identities = vec![("email".into(), "a@b.c".into())];
+        }),
+        T0,
+        RETENTION,
+        &catalog,
+    );
+    let affected: Vec<u64> = catalog.affected_by(&changes).into_iter().collect();
+    let mut added: Vec<u64> = p
+        .evaluate(affected, &catalog, &ctx, T0)
+        .iter()
+        .map(|d| d.audience_id)
+        .collect();
+    added.sort();
+    assert_eq!(
+        added,
+        vec![2, 3],
+        "1 (not in 3) was matched by the empty profile, then not"
+    );
+    // Leaving 3 re-evaluates its dependents in the same evaluation.
+    let changes = p.apply(
+        &batch_with(5, |b| {
+            b.user_attributes = vec![("tier".into(), AttrValue::String("silver".into()))]
+        }),
+        T0,
+        RETENTION,
+        &catalog,
+    );
+    let affected: Vec<u64> = catalog.affected_by(&changes).into_iter().collect();
+    assert_eq!(affected, vec![3]);
+    let deltas: Vec<(u64, DeltaKind)> = p
+        .evaluate(affected, &catalog, &ctx, T0)
+        .iter()
+        .map(|d| (d.audience_id, d.kind))
+        .collect();
+    assert_eq!(
+        deltas,
+        vec![
+            (3, DeltaKind::Dropped),
+            (1, DeltaKind::Added),
+            (2, DeltaKind::Dropped)
+        ]
+    );
+}
+
+#[test]
+fn audience_references_are_checked() {
+    let catalog = Catalog::build(
+        1,
+        vec![
+            record(1, json!({"user_attribute": {"name": "x", "op": "exists"}})),
+            record(2, json!({"audience": {"id": 1}})),
+        ],
+    );
+    let compiled = |c: serde_json::Value| compile(&parse_definition(&c).unwrap()).unwrap();
+    assert!(catalog
+        .check_references(9, &compiled(json!({"audience": {"id": 1}})))
+        .is_ok());
+    let missing = catalog
+        .check_references(9, &compiled(json!({"audience": {"id": 7}})))
+        .unwrap_err();
+    assert!(
+        missing.reason.contains("audience 7 does not exist"),
+        "{missing}"
+    );
+    let nested = catalog
+        .check_references(9, &compiled(json!({"audience": {"id": 2}})))
+        .unwrap_err();
+    assert!(
+        nested
+            .reason
+            .contains("only an audience without nested criteria"),
+        "{nested}"
+    );
+    let referenced = catalog
+        .check_references(1, &compiled(json!({"audience": {"id": 2}})))
+        .unwrap_err();
+    assert!(
+        referenced.reason.contains("nested") || referenced.reason.contains("referenced"),
+        "{referenced}"
+    );
+    assert_eq!(
+        catalog
+            .referrers(1)
+            .iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
+}

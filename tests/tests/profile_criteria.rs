@@ -84,3 +84,95 @@ async fn consent_device_and_first_seen_criteria() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audience_membership_criteria_and_protected_references() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("membership");
+    let dir = tempfile::tempdir()?;
+    let mut engine = Engine::start(&broker, &topics, &dir.path().join("engine"), "membership")?;
+    let ch = engine.ready().await?;
+    let gold = create_audience(&ch, "gold", serde_json::json!({"user_attribute": {"name": "tier", "op": "exact_match", "value": "gold"}})).await?;
+    let gold_searchers = create_audience(
+        &ch,
+        "gold searchers",
+        serde_json::json!({"and": [
+            {"audience": {"id": gold.id}}, {"event": {"name": "Search"}}
+        ]}),
+    )
+    .await?;
+    let not_gold = create_audience(
+        &ch,
+        "not gold",
+        serde_json::json!({"audience": {"id": gold.id, "member": false}}),
+    )
+    .await?;
+
+    let producer = broker.producer()?;
+    let now = engine_now(&ch).await?;
+    produce_json(
+        &producer,
+        &topics.events,
+        &sdk_batch(
+            31,
+            now,
+            vec![custom_event("Search", "search", now, serde_json::json!({}))],
+        ),
+    )
+    .await?;
+    let deltas = collect_deltas(&ch, vec![], "", Duration::from_secs(30), |d| d.len() >= 2).await?;
+    let mut added: Vec<u64> = deltas.iter().map(|d| d.audience_id).collect();
+    added.sort();
+    assert_eq!(added, vec![gold.id, gold_searchers.id]);
+
+    let mut silver = sdk_batch(31, now, vec![]);
+    silver["user_attributes"]["tier"] = serde_json::json!("silver");
+    produce_json(&producer, &topics.events, &silver).await?;
+    let changes = collect_deltas(
+        &ch,
+        vec![],
+        &deltas.last().unwrap().cursor,
+        Duration::from_secs(30),
+        |d| d.len() >= 3,
+    )
+    .await?;
+    let mut got: Vec<(u64, i32)> = changes.iter().map(|d| (d.audience_id, d.kind)).collect();
+    got.sort();
+    let (added_kind, dropped_kind) = (pb::DeltaKind::Added as i32, pb::DeltaKind::Dropped as i32);
+    let mut want = vec![
+        (gold.id, dropped_kind),
+        (gold_searchers.id, dropped_kind),
+        (not_gold.id, added_kind),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+
+    // A referenced audience cannot be deleted; the message names the referrers.
+    let mut audiences = pb::audience_service_client::AudienceServiceClient::new(ch.clone());
+    let err = audiences
+        .delete_audience(pb::DeleteAudienceRequest { id: gold.id })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        err.message().contains("gold searchers") && err.message().contains("not gold"),
+        "{}",
+        err.message()
+    );
+    // Only an audience without nested criteria may be referenced.
+    let err = create_audience(
+        &ch,
+        "nested",
+        serde_json::json!({"audience": {"id": gold_searchers.id}}),
+    )
+    .await
+    .unwrap_err();
+    let status = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("criteria.audience.id"),
+        "{}",
+        status.message()
+    );
+    Ok(())
+}
