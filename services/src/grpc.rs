@@ -265,13 +265,19 @@ where
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-#[tonic::async_trait]
-impl pb::profile_service_server::ProfileService for Services {
-    async fn get_profile(
-        &self,
-        req: Request<pb::GetProfileRequest>,
-    ) -> Result<Response<pb::Profile>, Status> {
-        let mpid = req.into_inner().mpid;
+fn explain_node(e: &audience_state::criteria::Explanation) -> pb::ExplainNode {
+    pb::ExplainNode {
+        criterion: e.criterion.clone(),
+        matched: e.matched,
+        detail: e.detail.clone(),
+        next_change_ms: e.next_change.unwrap_or(0),
+        children: e.children.iter().map(explain_node).collect(),
+    }
+}
+
+impl Services {
+    /// A profile from whichever partition of this node holds it.
+    fn load_profile(&self, mpid: i64) -> Result<audience_state::profile::ProfileState, Status> {
         let engine = &self.node.engine;
         let mut partitions: Vec<u32> = self.node.owned();
         partitions.extend(engine.partitions.lock().iter().copied());
@@ -282,13 +288,65 @@ impl pb::profile_service_server::ProfileService for Services {
             .store
             .find_profile(mpid, partitions)
             .map_err(convert::internal)?;
-        let Some((_, profile)) = found else {
-            return Err(Status::not_found(format!("mpid {mpid}: no profile")));
-        };
+        found
+            .map(|(_, profile)| profile)
+            .ok_or_else(|| Status::not_found(format!("mpid {mpid}: no profile")))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::profile_service_server::ProfileService for Services {
+    async fn get_profile(
+        &self,
+        req: Request<pb::GetProfileRequest>,
+    ) -> Result<Response<pb::Profile>, Status> {
+        let mpid = req.into_inner().mpid;
+        let engine = &self.node.engine;
+        let profile = self.load_profile(mpid)?;
         let catalog = engine.catalog.load();
         let name = |id: u64| catalog.active(id).map(|a| a.record.name.clone());
         let from = engine.clock.now() - engine.settings.retention_ms;
         Ok(Response::new(convert::profile(&profile, name, from)))
+    }
+
+    async fn explain(
+        &self,
+        req: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::Explanation>, Status> {
+        let r = req.into_inner();
+        let engine = &self.node.engine;
+        let catalog = engine.catalog.load();
+        let audience = match (catalog.active(r.audience_id), catalog.record(r.audience_id)) {
+            (Some(a), _) => a.clone(),
+            (None, Some(_)) => {
+                return Err(Status::failed_precondition(format!(
+                    "audience_id: audience {} is a draft: activate it to evaluate it",
+                    r.audience_id
+                )))
+            }
+            (None, None) => {
+                return Err(Status::not_found(format!(
+                    "audience_id: audience {} not found",
+                    r.audience_id
+                )))
+            }
+        };
+        let profile = self.load_profile(r.mpid)?;
+        let ctx = audience_state::criteria::EvalContext {
+            now: engine.clock.now(),
+            retention_ms: engine.settings.retention_ms,
+        };
+        let explanation = audience.compiled.root.explain(&profile, &ctx);
+        Ok(Response::new(pb::Explanation {
+            mpid: r.mpid,
+            audience_id: r.audience_id,
+            member: profile
+                .memberships
+                .get(&r.audience_id)
+                .is_some_and(|m| m.member),
+            root: Some(explain_node(&explanation)),
+            evaluated_at_ms: ctx.now,
+        }))
     }
 }
 

@@ -662,6 +662,109 @@ impl Node {
     }
 }
 
+/// Why a node of a criteria tree holds or not for one profile at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    /// What the node asks, in words ("custom_event 'search' at least 1 time(s) ...").
+    pub criterion: String,
+    pub matched: bool,
+    /// The values and counts that decided it.
+    pub detail: String,
+    /// When time alone may change this node's answer.
+    pub next_change: Option<TimestampMs>,
+    pub children: Vec<Explanation>,
+}
+
+impl Node {
+    /// The evaluation of [`Node::evaluate`], node by node, with what decided each answer.
+    pub fn explain(&self, profile: &ProfileState, ctx: &EvalContext) -> Explanation {
+        let outcome = self.evaluate(profile, ctx);
+        let mut children = Vec::new();
+        let (criterion, detail) = match self {
+            Node::And(c) | Node::Or(c) => {
+                children = c.iter().map(|n| n.explain(profile, ctx)).collect();
+                let held = children.iter().filter(|e| e.matched).count();
+                let op = if matches!(self, Node::And(_)) {
+                    "all of"
+                } else {
+                    "any of"
+                };
+                (op.to_string(), format!("{held} of {} hold", children.len()))
+            }
+            Node::Not(c) => {
+                let child = c.explain(profile, ctx);
+                let detail = if child.matched {
+                    "the excluded criterion holds".to_string()
+                } else {
+                    "the excluded criterion does not hold".to_string()
+                };
+                children.push(child);
+                ("exclude".to_string(), detail)
+            }
+            Node::Event(e) => {
+                let (count, _) = e.count(profile, ctx);
+                let mut what = e.event_type.clone();
+                if !e.name.is_empty() {
+                    what.push_str(&format!(" '{}'", e.name));
+                }
+                if let Some(t) = &e.custom_event_type {
+                    what.push_str(&format!(" ({t})"));
+                }
+                (
+                    format!("{what} {:?} in {:?}", e.count, e.window),
+                    format!("counted {count}"),
+                )
+            }
+            Node::Attribute(c) => (
+                format!("user attribute '{}' {:?}", c.name, c.test),
+                format!("value {:?}", profile.attribute(&c.name)),
+            ),
+            Node::Identity {
+                identity_type,
+                test,
+            } => (
+                format!("identity '{identity_type}' {test:?}"),
+                format!("values {:?}", profile.identities.get(identity_type)),
+            ),
+            Node::Consent(t) => (
+                format!("consent {t:?}"),
+                format!(
+                    "gdpr {:?}, ccpa opt-out {:?}",
+                    profile
+                        .consent
+                        .gdpr
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.consented))
+                        .collect::<Vec<_>>(),
+                    profile.consent.ccpa_data_sale_opt_out
+                ),
+            ),
+            Node::Device { field, test } => (
+                format!("device {field} {test:?}"),
+                format!("value {:?}", device_field(profile, field)),
+            ),
+            Node::FirstSeen(w) => (
+                format!("first seen in {w:?}"),
+                format!("first seen at {} ms", profile.first_seen_ms),
+            ),
+            Node::Audience { id, member } => (
+                format!("{} audience {id}", if *member { "in" } else { "not in" }),
+                format!(
+                    "member: {}",
+                    profile.memberships.get(id).is_some_and(|r| r.member)
+                ),
+            ),
+        };
+        Explanation {
+            criterion,
+            matched: outcome.matched,
+            detail,
+            next_change: outcome.next_change,
+            children,
+        }
+    }
+}
+
 /// The value of a device criterion's field on a profile.
 fn device_field(profile: &ProfileState, field: &str) -> Option<String> {
     let d = &profile.device;

@@ -775,3 +775,41 @@ fn audience_references_are_checked() {
         vec![2]
     );
 }
+
+#[test]
+fn explain_shows_each_node_with_its_values_and_next_change() {
+    let catalog = catalog(json!({"and": [
+        {"event": {"name": "Search", "count": {"at_least": 2}, "time": {"within_last_days": 7}}},
+        {"exclude": {"user_attribute": {"name": "tier", "op": "exact_match", "value": "gold"}}}
+    ]}));
+    let mut p = ProfileState::new(1);
+    p.apply(
+        &batch_of(
+            1,
+            vec![
+                custom("search", "search", T0 - DAY_MS, ""),
+                custom("Search", "search", T0, ""),
+            ],
+            vec![("tier".into(), AttrValue::String("silver".into()))],
+        ),
+        T0,
+        RETENTION,
+        &catalog,
+    );
+    let ctx = EvalContext {
+        now: T0,
+        retention_ms: RETENTION,
+    };
+    let e = catalog.active(1).unwrap().compiled.root.explain(&p, &ctx);
+    assert!(e.matched);
+    assert_eq!(e.detail, "2 of 2 hold");
+    assert_eq!(e.children[0].detail, "counted 2");
+    assert_eq!(
+        e.children[0].next_change,
+        Some(T0 + 6 * DAY_MS + 1),
+        "the older search leaves first"
+    );
+    assert_eq!(e.next_change, Some(T0 + 6 * DAY_MS + 1));
+    assert!(!e.children[1].children[0].matched);
+    assert!(e.children[1].children[0].detail.contains("silver"));
+}

@@ -147,6 +147,30 @@ async fn audience_membership_criteria_and_protected_references() -> Result<()> {
     want.sort();
     assert_eq!(got, want);
 
+    // Explain: why user 31 is not in "gold searchers" any more.
+    let mut profiles = pb::profile_service_client::ProfileServiceClient::new(ch.clone());
+    let e = profiles
+        .explain(pb::ExplainRequest {
+            mpid: 31,
+            audience_id: gold_searchers.id,
+        })
+        .await?
+        .into_inner();
+    assert!(!e.member);
+    let root = e.root.expect("a tree");
+    assert!(!root.matched);
+    assert_eq!(root.children.len(), 2);
+    assert!(!root.children[0].matched, "{:?}", root.children[0]);
+    assert!(
+        root.children[1].matched && root.children[1].detail == "counted 1",
+        "{:?}",
+        root.children[1]
+    );
+    assert!(
+        root.children[1].next_change_ms > now,
+        "the search leaves retention at some point"
+    );
+
     // A referenced audience cannot be deleted; the message names the referrers.
     let mut audiences = pb::audience_service_client::AudienceServiceClient::new(ch.clone());
     let err = audiences

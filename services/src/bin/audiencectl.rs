@@ -56,6 +56,8 @@ enum Command {
     },
     /// Show a profile: identities, attributes, audiences, event counts.
     Profile { mpid: i64 },
+    /// Why a user is or is not in an audience.
+    Explain { mpid: i64, audience: u64 },
     /// Size, adds, drops and volatility of audiences.
     Stats { ids: Vec<u64> },
     /// The live subscriptions and their figures.
@@ -302,6 +304,46 @@ async fn main() -> anyhow::Result<()> {
                     "  {:<48} {:>6}  last {}",
                     e.event_key, e.count_in_retention, e.last_seen_ms
                 );
+            }
+            Ok(())
+        }
+        Command::Explain { mpid, audience } => {
+            let mut client = ProfileServiceClient::new(channel(&cli.server).await?);
+            let e = client
+                .explain(pb::ExplainRequest {
+                    mpid,
+                    audience_id: audience,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "mpid {mpid} is {} audience {audience} (evaluated at {})",
+                if e.member {
+                    "a member of"
+                } else {
+                    "not a member of"
+                },
+                e.evaluated_at_ms
+            );
+            fn print(node: &pb::ExplainNode, depth: usize) {
+                let mark = if node.matched { "yes" } else { "no " };
+                let next = if node.next_change_ms > 0 {
+                    format!("  (may change at {})", node.next_change_ms)
+                } else {
+                    String::new()
+                };
+                println!(
+                    "{}[{mark}] {}: {}{next}",
+                    "    ".repeat(depth),
+                    node.criterion,
+                    node.detail
+                );
+                for child in &node.children {
+                    print(child, depth + 1);
+                }
+            }
+            if let Some(root) = &e.root {
+                print(root, 1);
             }
             Ok(())
         }
