@@ -67,7 +67,7 @@ impl AudienceRecord {
 fn references_of(record: &AudienceRecord) -> Vec<AudienceId> {
     parse_definition(&record.criteria)
         .and_then(|c| compile(&c))
-        .map(|c| c.referenced_audiences())
+        .map(|c| c.references)
         .unwrap_or_default()
 }
 
@@ -212,7 +212,7 @@ impl Catalog {
         compiled: &CompiledAudience,
     ) -> Result<(), DefinitionError> {
         let refs = compiled.referenced_audiences();
-        for r in &refs {
+        for r in refs {
             let Some(target) = self.records.get(r).filter(|_| *r != id) else {
                 let reason = if *r == id {
                     "an audience cannot reference itself".to_string()

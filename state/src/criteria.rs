@@ -865,6 +865,8 @@ impl EventNode {
 pub struct CompiledAudience {
     pub root: Node,
     pub reads: Vec<ReadKey>,
+    /// The audiences whose membership it reads (kept apart from `reads` for the hot path).
+    pub references: Vec<crate::model::AudienceId>,
     pub matchers: Vec<Matcher>,
     pub time_dependent: bool,
 }
@@ -875,14 +877,8 @@ impl CompiledAudience {
     }
 
     /// The audiences this one reads the membership of.
-    pub fn referenced_audiences(&self) -> Vec<crate::model::AudienceId> {
-        self.reads
-            .iter()
-            .filter_map(|r| match r {
-                ReadKey::Audience(id) => Some(*id),
-                _ => None,
-            })
-            .collect()
+    pub fn referenced_audiences(&self) -> &[crate::model::AudienceId] {
+        &self.references
     }
 }
 
@@ -917,9 +913,17 @@ pub fn compile(criterion: &Criterion) -> Result<CompiledAudience, DefinitionErro
     reads.sort();
     reads.dedup();
     let time_dependent = root.is_time_dependent();
+    let references = reads
+        .iter()
+        .filter_map(|r| match r {
+            ReadKey::Audience(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
     Ok(CompiledAudience {
         root,
         reads,
+        references,
         matchers,
         time_dependent,
     })

@@ -13,20 +13,7 @@ const RETENTION: i64 = 30 * DAY_MS;
 const T0: i64 = 1_700_000_000_000;
 
 fn catalog(criteria: serde_json::Value) -> Catalog {
-    Catalog::build(
-        1,
-        vec![AudienceRecord {
-            id: 1,
-            name: "a".into(),
-            external_name: String::new(),
-            status: AudienceStatus::Active,
-            criteria,
-            tags: vec![],
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            revision: 1,
-        }],
-    )
+    Catalog::build(1, vec![record(1, criteria)])
 }
 
 fn custom(name: &str, kind: &str, at: i64, color: &str) -> Event {
@@ -440,20 +427,15 @@ fn definitions_are_refused_with_the_field_named() {
 
 #[test]
 fn the_index_only_picks_audiences_a_change_can_affect() {
-    let records = (1..=3).map(|id| AudienceRecord {
-        id,
-        name: format!("a{id}"),
-        external_name: String::new(),
-        status: AudienceStatus::Active,
-        criteria: match id {
-            1 => json!({"event": {"name": "Purchase"}}),
-            2 => json!({"user_attribute": {"name": "Tier", "op": "exists"}}),
-            _ => json!({"identity": {"type": "email", "op": "not_exists"}}),
-        },
-        tags: vec![],
-        created_at_ms: 0,
-        updated_at_ms: 0,
-        revision: 1,
+    let records = (1..=3).map(|id| {
+        record(
+            id,
+            match id {
+                1 => json!({"event": {"name": "Purchase"}}),
+                2 => json!({"user_attribute": {"name": "Tier", "op": "exists"}}),
+                _ => json!({"identity": {"type": "email", "op": "not_exists"}}),
+            },
+        )
     });
     let catalog = Catalog::build(1, records);
     let mut p = ProfileState::new(9);
