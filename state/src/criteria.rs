@@ -64,6 +64,19 @@ pub enum Criterion {
     /// Membership in another audience: `{"id": 3}` (in) or `{"id": 3, "member": false}` (not
     /// in). Only an audience without audience criteria of its own may be referenced.
     Audience(AudienceRef),
+    /// Added to cart, then no purchase (or no product action at all) for a while: the user
+    /// enters when the wait has passed, with no new event, and leaves on purchase.
+    CartAbandonment(CartAbandonment),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CartAbandonment {
+    /// How long after the last add to cart, in minutes.
+    pub wait_minutes: u32,
+    /// `purchase` (default): no purchase since; `product_action`: no product action at all.
+    #[serde(default)]
+    pub without: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -478,6 +491,10 @@ pub enum Node {
         id: crate::model::AudienceId,
         member: bool,
     },
+    CartAbandonment {
+        wait_ms: i64,
+        any_action: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -611,6 +628,10 @@ impl Node {
                 matched: profile.memberships.get(id).is_some_and(|r| r.member) == *member,
                 next_change: None,
             },
+            Node::CartAbandonment {
+                wait_ms,
+                any_action,
+            } => cart_abandonment(profile, ctx, *wait_ms, *any_action),
             Node::FirstSeen(window) => {
                 if profile.first_seen_ms == 0 {
                     return Outcome {
@@ -645,6 +666,11 @@ impl Node {
             Node::Device { .. } => reads.push(ReadKey::Device),
             Node::FirstSeen(_) => reads.push(ReadKey::FirstSeen),
             Node::Audience { id, .. } => reads.push(ReadKey::Audience(*id)),
+            // Every product action matters: the add, the purchase, any other action.
+            Node::CartAbandonment { .. } => reads.push(ReadKey::Event {
+                event_type: "commerce_event".into(),
+                name: String::new(),
+            }),
         }
     }
 
@@ -652,7 +678,7 @@ impl Node {
         match self {
             Node::And(c) | Node::Or(c) => c.iter().any(Node::is_time_dependent),
             Node::Not(c) => c.is_time_dependent(),
-            Node::Event(_) | Node::FirstSeen(_) => true,
+            Node::Event(_) | Node::FirstSeen(_) | Node::CartAbandonment { .. } => true,
             Node::Attribute(_)
             | Node::Identity { .. }
             | Node::Consent(_)
@@ -747,6 +773,24 @@ impl Node {
                 format!("first seen in {w:?}"),
                 format!("first seen at {} ms", profile.first_seen_ms),
             ),
+            Node::CartAbandonment {
+                wait_ms,
+                any_action,
+            } => (
+                format!(
+                    "added to cart, then no {} for {} minutes",
+                    if *any_action {
+                        "product action"
+                    } else {
+                        "purchase"
+                    },
+                    wait_ms / 60_000
+                ),
+                format!(
+                    "last add to cart at {:?} ms",
+                    last_in_retention(profile, "commerce_event:add_to_cart", ctx)
+                ),
+            ),
             Node::Audience { id, member } => (
                 format!("{} audience {id}", if *member { "in" } else { "not in" }),
                 format!(
@@ -762,6 +806,63 @@ impl Node {
             next_change: outcome.next_change,
             children,
         }
+    }
+}
+
+/// The latest occurrence of a history key within retention, at `now`.
+fn last_in_retention(profile: &ProfileState, key: &str, ctx: &EvalContext) -> Option<i64> {
+    profile
+        .history
+        .get(key)?
+        .occurrences()
+        .map(|(t, _)| t)
+        .filter(|&t| t <= ctx.now && t >= ctx.now - ctx.retention_ms)
+        .last()
+}
+
+/// Cart abandonment: the latest add to cart (in retention) is followed by no purchase (or no
+/// other product action) and is at least `wait_ms` old.
+fn cart_abandonment(
+    profile: &ProfileState,
+    ctx: &EvalContext,
+    wait_ms: i64,
+    any_action: bool,
+) -> Outcome {
+    let not_matched = Outcome {
+        matched: false,
+        next_change: None,
+    };
+    let Some(added) = last_in_retention(profile, "commerce_event:add_to_cart", ctx) else {
+        return not_matched;
+    };
+    let prefix = if any_action {
+        "commerce_event:"
+    } else {
+        "commerce_event:purchase"
+    };
+    let followed = profile
+        .history
+        .range(prefix.to_string()..)
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .filter(|(k, _)| k.as_str() != "commerce_event:add_to_cart")
+        .any(|(_, series)| series.occurrences().any(|(t, _)| t > added && t <= ctx.now));
+    if followed {
+        return not_matched;
+    }
+    let due = added.saturating_add(wait_ms);
+    let leaves_retention = added.saturating_add(ctx.retention_ms).saturating_add(1);
+    if ctx.now < due {
+        Outcome {
+            matched: false,
+            next_change: Some(due),
+        }
+    } else if ctx.now < leaves_retention {
+        Outcome {
+            matched: true,
+            next_change: Some(leaves_retention),
+        }
+    } else {
+        not_matched
     }
 }
 
@@ -1040,6 +1141,29 @@ fn compile_node(criterion: &Criterion, path: &str) -> Result<Node, DefinitionErr
             Node::Audience {
                 id: r.id,
                 member: r.member,
+            }
+        }
+        Criterion::CartAbandonment(c) => {
+            let path = format!("{path}.cart_abandonment");
+            if c.wait_minutes == 0 {
+                return Err(DefinitionError::new(
+                    format!("{path}.wait_minutes"),
+                    "must be at least 1",
+                ));
+            }
+            let any_action = match c.without.as_deref().map(str::to_lowercase).as_deref() {
+                None | Some("purchase") => false,
+                Some("product_action") => true,
+                Some(other) => {
+                    return Err(DefinitionError::new(
+                        format!("{path}.without"),
+                        format!("\"{other}\" is not purchase or product_action"),
+                    ))
+                }
+            };
+            Node::CartAbandonment {
+                wait_ms: c.wait_minutes as i64 * 60_000,
+                any_action,
             }
         }
         Criterion::FirstSeen(window) => {

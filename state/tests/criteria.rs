@@ -795,3 +795,84 @@ fn explain_shows_each_node_with_its_values_and_next_change() {
     assert!(!e.children[1].children[0].matched);
     assert!(e.children[1].children[0].detail.contains("silver"));
 }
+
+fn commerce(action: &str, at: i64) -> Event {
+    Event {
+        timestamp_ms: at,
+        kind: EventKind::Commerce {
+            product_action: Some(action.into()),
+            products: vec![],
+            total_amount: None,
+            transaction_id: None,
+        },
+        attributes: BTreeMap::new(),
+    }
+}
+
+#[test]
+fn cart_abandonment_enters_after_the_wait_and_leaves_on_purchase() {
+    const MIN: i64 = 60_000;
+    let abandoned = catalog(json!({"cart_abandonment": {"wait_minutes": 60}}));
+    let idle =
+        catalog(json!({"cart_abandonment": {"wait_minutes": 60, "without": "product_action"}}));
+    let mut p = ProfileState::new(1);
+    let changes = p.apply(
+        &batch_of(1, vec![commerce("add_to_cart", T0)], vec![]),
+        T0,
+        RETENTION,
+        &abandoned,
+    );
+    assert_eq!(
+        abandoned
+            .affected_by(&changes)
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
+    let ctx = |now| EvalContext {
+        now,
+        retention_ms: RETENTION,
+    };
+    let before = abandoned
+        .active(1)
+        .unwrap()
+        .compiled
+        .evaluate(&p, &ctx(T0 + 59 * MIN));
+    assert!(!before.matched);
+    assert_eq!(
+        before.next_change,
+        Some(T0 + 60 * MIN),
+        "the timer fires when the wait is over"
+    );
+    assert!(member_at(&p, &abandoned, T0 + 60 * MIN));
+    // Viewing a product is a product action but not a purchase.
+    p.apply(
+        &batch_of(1, vec![commerce("view_detail", T0 + 61 * MIN)], vec![]),
+        T0 + 61 * MIN,
+        RETENTION,
+        &abandoned,
+    );
+    assert!(member_at(&p, &abandoned, T0 + 62 * MIN));
+    assert!(!member_at(&p, &idle, T0 + 62 * MIN));
+    // A purchase ends it; a new add to cart starts the wait again.
+    p.apply(
+        &batch_of(1, vec![commerce("purchase", T0 + 70 * MIN)], vec![]),
+        T0 + 70 * MIN,
+        RETENTION,
+        &abandoned,
+    );
+    assert!(!member_at(&p, &abandoned, T0 + 71 * MIN));
+    p.apply(
+        &batch_of(1, vec![commerce("add_to_cart", T0 + 80 * MIN)], vec![]),
+        T0 + 80 * MIN,
+        RETENTION,
+        &abandoned,
+    );
+    assert!(!member_at(&p, &abandoned, T0 + 139 * MIN));
+    assert!(member_at(&p, &abandoned, T0 + 140 * MIN));
+    let err =
+        parse_definition(&json!({"cart_abandonment": {"wait_minutes": 5, "without": "refund"}}))
+            .and_then(|d| compile(&d))
+            .unwrap_err();
+    assert_eq!(err.field, "criteria.cart_abandonment.without");
+}

@@ -200,3 +200,65 @@ async fn audience_membership_criteria_and_protected_references() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cart_abandonment_enters_with_time_and_leaves_on_purchase() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("cart");
+    let dir = tempfile::tempdir()?;
+    let mut engine = Engine::start(&broker, &topics, &dir.path().join("engine"), "cart")?;
+    let ch = engine.ready().await?;
+    let cart = create_audience(
+        &ch,
+        "abandoned carts",
+        serde_json::json!({"cart_abandonment": {"wait_minutes": 30}}),
+    )
+    .await?;
+    let producer = broker.producer()?;
+    let commerce = |action: &str, at: i64| {
+        serde_json::json!({"event_type": "commerce_event", "data": {"timestamp_unixtime_ms": at,
+            "product_action": {"action": action, "products": [{"id": "sku-1", "name": "Sneaker", "price": 59.0, "quantity": 1}]}}})
+    };
+    let now = engine_now(&ch).await?;
+    produce_json(
+        &producer,
+        &topics.events,
+        &sdk_batch(41, now, vec![commerce("add_to_cart", now)]),
+    )
+    .await?;
+    // Nothing before the wait is over.
+    let early = collect_deltas(&ch, vec![cart.id], "", Duration::from_secs(2), |d| {
+        !d.is_empty()
+    })
+    .await?;
+    assert!(early.is_empty(), "{early:?}");
+    advance_clock(&ch, 31 * 60_000).await?;
+    let entered = collect_deltas(&ch, vec![cart.id], "", Duration::from_secs(30), |d| {
+        !d.is_empty()
+    })
+    .await?;
+    assert_eq!(
+        (entered[0].mpid, entered[0].kind),
+        (41, pb::DeltaKind::Added as i32)
+    );
+    let later = engine_now(&ch).await?;
+    produce_json(
+        &producer,
+        &topics.events,
+        &sdk_batch(41, later, vec![commerce("purchase", later)]),
+    )
+    .await?;
+    let left = collect_deltas(
+        &ch,
+        vec![cart.id],
+        &entered[0].cursor,
+        Duration::from_secs(30),
+        |d| !d.is_empty(),
+    )
+    .await?;
+    assert_eq!(
+        (left[0].mpid, left[0].kind),
+        (41, pb::DeltaKind::Dropped as i32)
+    );
+    Ok(())
+}
