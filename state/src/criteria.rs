@@ -146,6 +146,13 @@ pub struct EventCriterion {
     /// Conditions on the event's custom attributes, all of which must hold.
     #[serde(default)]
     pub attributes: Vec<Condition>,
+    /// Commerce events: conditions on a product's fields (id or sku, name, brand, category,
+    /// variant, price, quantity); some product of the event must meet all of them.
+    #[serde(default)]
+    pub product: Vec<Condition>,
+    /// Commerce events: conditions on the transaction (total_amount, transaction_id).
+    #[serde(default)]
+    pub transaction: Vec<Condition>,
     /// How many times; at least once by default.
     #[serde(default)]
     pub count: Option<Count>,
@@ -290,6 +297,29 @@ pub struct Matcher {
     pub name: String,
     pub custom_event_type: Option<String>,
     pub conditions: Vec<CompiledCondition>,
+    pub product_conditions: Vec<CompiledCondition>,
+    pub transaction_conditions: Vec<CompiledCondition>,
+}
+
+/// The fields of a product that product conditions read.
+pub const PRODUCT_FIELDS: &[&str] = &[
+    "id", "sku", "name", "brand", "category", "variant", "price", "quantity",
+];
+/// The fields of a transaction that transaction conditions read.
+pub const TRANSACTION_FIELDS: &[&str] = &["total_amount", "transaction_id"];
+
+fn product_field(p: &crate::model::Product, field: &str) -> Option<AttrValue> {
+    let text = |v: &Option<String>| v.clone().map(AttrValue::String);
+    match field {
+        "id" | "sku" => text(&p.id),
+        "name" => text(&p.name),
+        "brand" => text(&p.brand),
+        "category" => text(&p.category),
+        "variant" => text(&p.variant),
+        "price" => p.price.map(AttrValue::Number),
+        "quantity" => p.quantity.map(AttrValue::Number),
+        _ => None,
+    }
 }
 
 impl Matcher {
@@ -304,14 +334,43 @@ impl Matcher {
                 return false;
             }
         }
-        self.conditions.iter().all(|c| {
+        let attributes_hold = self.conditions.iter().all(|c| {
             let value = event
                 .attributes
                 .iter()
                 .find(|(k, _)| k.to_lowercase() == c.name)
                 .map(|(_, v)| AttrValue::String(v.clone()));
             c.test.holds(value.as_ref())
-        })
+        });
+        if !attributes_hold {
+            return false;
+        }
+        if self.product_conditions.is_empty() && self.transaction_conditions.is_empty() {
+            return true;
+        }
+        let crate::model::EventKind::Commerce {
+            products,
+            total_amount,
+            transaction_id,
+            ..
+        } = &event.kind
+        else {
+            return false;
+        };
+        let transaction_holds = self.transaction_conditions.iter().all(|c| {
+            let value = match c.name.as_str() {
+                "total_amount" => total_amount.map(AttrValue::Number),
+                _ => transaction_id.clone().map(AttrValue::String),
+            };
+            c.test.holds(value.as_ref())
+        });
+        transaction_holds
+            && (self.product_conditions.is_empty()
+                || products.iter().any(|p| {
+                    self.product_conditions
+                        .iter()
+                        .all(|c| c.test.holds(product_field(p, &c.name).as_ref()))
+                }))
     }
 }
 
@@ -1034,7 +1093,7 @@ fn collect_matchers(criterion: &Criterion, out: &mut Vec<Matcher>) {
     match criterion {
         Criterion::And(c) | Criterion::Or(c) => c.iter().for_each(|n| collect_matchers(n, out)),
         Criterion::Exclude(c) => collect_matchers(c, out),
-        Criterion::Event(e) if !e.attributes.is_empty() => {
+        Criterion::Event(e) if e.has_conditions() => {
             // Validated already: compiling again cannot fail.
             if let Ok(m) = matcher_of(e, "") {
                 if !out.iter().any(|x| x.history_key == m.history_key) {
@@ -1179,21 +1238,63 @@ fn matcher_of(e: &EventCriterion, path: &str) -> Result<Matcher, DefinitionError
         .enumerate()
         .map(|(i, c)| compile_condition(c, &format!("{path}.attributes[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
+    let fields = |list: &[Condition], allowed: &[&str], what: &str| {
+        list.iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let field = format!("{path}.{what}[{i}]");
+                if e.event_type != "commerce_event" {
+                    return Err(DefinitionError::new(
+                        &field,
+                        format!("only commerce events have {what} fields"),
+                    ));
+                }
+                let compiled = compile_condition(c, &field)?;
+                if !allowed.contains(&compiled.name.as_str()) {
+                    return Err(DefinitionError::new(
+                        format!("{field}.name"),
+                        format!(
+                            "unknown {what} field \"{}\" (one of: {})",
+                            c.name,
+                            allowed.join(", ")
+                        ),
+                    ));
+                }
+                Ok(compiled)
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let product_conditions = fields(&e.product, PRODUCT_FIELDS, "product")?;
+    let transaction_conditions = fields(&e.transaction, TRANSACTION_FIELDS, "transaction")?;
     let name = selector_name(e);
     let custom_event_type = e.custom_event_type.as_ref().map(|t| t.to_lowercase());
     // The key is stored in profiles: it must be stable across builds, so it is FNV-1a of the
     // canonical form, not the standard library's hasher (whose output may change).
-    let canonical = format!(
+    let mut canonical = format!(
         "{}|{name}|{custom_event_type:?}|{conditions:?}",
         e.event_type
     );
+    if !product_conditions.is_empty() || !transaction_conditions.is_empty() {
+        canonical.push_str(&format!(
+            "|{product_conditions:?}|{transaction_conditions:?}"
+        ));
+    }
     Ok(Matcher {
         history_key: format!("m:{:016x}", fnv1a64(canonical.as_bytes())),
         event_type: e.event_type.clone(),
         name,
         custom_event_type,
         conditions,
+        product_conditions,
+        transaction_conditions,
     })
+}
+
+impl EventCriterion {
+    /// Whether the criterion needs its own series (conditions beyond the event's name).
+    fn has_conditions(&self) -> bool {
+        !self.attributes.is_empty() || !self.product.is_empty() || !self.transaction.is_empty()
+    }
 }
 
 /// 64-bit FNV-1a: small, stable, good enough to key matcher series.
@@ -1277,7 +1378,7 @@ fn compile_event(e: &EventCriterion, path: &str) -> Result<EventNode, Definition
     let window = compile_window(e.time.as_ref(), &format!("{path}.time"))?;
     let name = selector_name(e);
     let custom_event_type = e.custom_event_type.as_ref().map(|t| t.to_lowercase());
-    let history_key = if !e.attributes.is_empty() {
+    let history_key = if e.has_conditions() {
         HistoryKey::Exact(matcher_of(e, path)?.history_key)
     } else if e.event_type == "custom_event" {
         match &custom_event_type {

@@ -876,3 +876,82 @@ fn cart_abandonment_enters_after_the_wait_and_leaves_on_purchase() {
             .unwrap_err();
     assert_eq!(err.field, "criteria.cart_abandonment.without");
 }
+
+#[test]
+fn product_and_transaction_conditions_pick_commerce_events() {
+    let big_acme = catalog(
+        json!({"event": {"type": "commerce_event", "product_action": "purchase",
+        "product": [{"name": "brand", "op": "exact_match", "value": "ACME"}, {"name": "price", "op": "greater_than", "value": 100}],
+        "transaction": [{"name": "total_amount", "op": "greater_than_or_equal", "value": 100}],
+        "count": {"at_least": 2}}}),
+    );
+    let purchase = |at: i64, brand: &str, price: f64, total: f64| Event {
+        timestamp_ms: at,
+        kind: EventKind::Commerce {
+            product_action: Some("purchase".into()),
+            products: vec![
+                Product {
+                    id: Some("sku-0".into()),
+                    name: None,
+                    brand: Some("other".into()),
+                    category: None,
+                    variant: None,
+                    price: Some(500.0),
+                    quantity: Some(1.0),
+                },
+                Product {
+                    id: Some("sku-1".into()),
+                    name: None,
+                    brand: Some(brand.into()),
+                    category: None,
+                    variant: None,
+                    price: Some(price),
+                    quantity: Some(1.0),
+                },
+            ],
+            total_amount: Some(total),
+            transaction_id: None,
+        },
+        attributes: BTreeMap::new(),
+    };
+    let mut p = ProfileState::new(1);
+    p.apply(
+        &batch_of(
+            1,
+            vec![
+                purchase(T0, "Acme", 120.0, 620.0),
+                purchase(T0 + 1, "Acme", 50.0, 550.0),
+            ],
+            vec![],
+        ),
+        T0 + 1,
+        RETENTION,
+        &big_acme,
+    );
+    assert!(
+        !member_at(&p, &big_acme, T0 + 2),
+        "one product must meet every product condition"
+    );
+    p.apply(
+        &batch_of(1, vec![purchase(T0 + 2, "acme", 101.0, 601.0)], vec![]),
+        T0 + 2,
+        RETENTION,
+        &big_acme,
+    );
+    assert!(member_at(&p, &big_acme, T0 + 3));
+    for (bad, field) in [
+        (
+            json!({"event": {"name": "x", "product": [{"name": "brand", "op": "exists"}]}}),
+            "criteria.event.product[0]",
+        ),
+        (
+            json!({"event": {"type": "commerce_event", "product_action": "purchase", "product": [{"name": "colour", "op": "exists"}]}}),
+            "criteria.event.product[0].name",
+        ),
+    ] {
+        let err = parse_definition(&bad)
+            .and_then(|d| compile(&d))
+            .unwrap_err();
+        assert_eq!(err.field, field, "{bad}: {err}");
+    }
+}

@@ -214,6 +214,8 @@ async fn cart_abandonment_enters_with_time_and_leaves_on_purchase() -> Result<()
         serde_json::json!({"cart_abandonment": {"wait_minutes": 30}}),
     )
     .await?;
+    let sneaker_buyers = create_audience(&ch, "bought sneakers over 50", serde_json::json!({"event": {"type": "commerce_event", "product_action": "purchase",
+        "product": [{"name": "name", "op": "contains", "value": "SNEAK"}, {"name": "price", "op": "greater_than_or_equal", "value": 50}]}})).await?;
     let producer = broker.producer()?;
     let commerce = |action: &str, at: i64| {
         serde_json::json!({"event_type": "commerce_event", "data": {"timestamp_unixtime_ms": at,
@@ -259,6 +261,19 @@ async fn cart_abandonment_enters_with_time_and_leaves_on_purchase() -> Result<()
     assert_eq!(
         (left[0].mpid, left[0].kind),
         (41, pb::DeltaKind::Dropped as i32)
+    );
+    // The purchase's product (a 59.0 "Sneaker") qualifies for the product criterion.
+    let bought = collect_deltas(
+        &ch,
+        vec![sneaker_buyers.id],
+        "",
+        Duration::from_secs(30),
+        |d| !d.is_empty(),
+    )
+    .await?;
+    assert_eq!(
+        (bought[0].mpid, bought[0].kind),
+        (41, pb::DeltaKind::Added as i32)
     );
     Ok(())
 }
