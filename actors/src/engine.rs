@@ -79,7 +79,7 @@ impl Engine {
         clock: Arc<Clock>,
         settings: EngineSettings,
     ) -> anyhow::Result<Arc<Engine>> {
-        let catalog = Catalog::build(1, store.load_audiences()?);
+        let catalog = Catalog::build_with_tiers(1, store.load_audiences()?, store.event_tiers()?);
         let mut partitions: BTreeSet<Partition> = store.known_partitions()?.into_iter().collect();
         let mut changes = ChangeWindow::default();
         let now = clock.now();

@@ -4,7 +4,7 @@
 
 use crate::node::Node;
 use audience_state::catalog::{AudienceRecord, AudienceStatus, Catalog};
-use audience_state::criteria::DefinitionError;
+use audience_state::criteria::{parse_definition, DefinitionError};
 use audience_state::model::AudienceId;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -48,7 +48,11 @@ impl Registry {
     fn publish(&self) -> Result<(), RegistryError> {
         let engine = &self.node.engine;
         let version = engine.catalog.load().version + 1;
-        let catalog = Catalog::build(version, engine.store.load_audiences()?);
+        let catalog = Catalog::build_with_tiers(
+            version,
+            engine.store.load_audiences()?,
+            engine.store.event_tiers()?,
+        );
         engine.catalog.store(Arc::new(catalog));
         self.node.catalog_changed();
         Ok(())
@@ -75,10 +79,9 @@ impl Registry {
         };
         let compiled = record.validate()?;
         record.id = engine.store.next_audience_id()?;
-        engine
-            .catalog
-            .load()
-            .check_references(record.id, &compiled)?;
+        let catalog = engine.catalog.load();
+        catalog.check_references(record.id, &compiled)?;
+        catalog.check_tiers(&parse_definition(&record.criteria)?)?;
         engine.store.put_audience(&record)?;
         self.publish()?;
         tracing::info!(audience = record.id, name = %record.name, "audience created");
@@ -100,7 +103,9 @@ impl Registry {
         record.updated_at_ms = engine.clock.now();
         record.revision += 1;
         let compiled = record.validate()?;
-        engine.catalog.load().check_references(id, &compiled)?;
+        let catalog = engine.catalog.load();
+        catalog.check_references(id, &compiled)?;
+        catalog.check_tiers(&parse_definition(&record.criteria)?)?;
         engine.store.put_audience(&record)?;
         self.publish()?;
         Ok(record)
@@ -144,6 +149,39 @@ impl Registry {
         self.publish()?;
         tracing::info!(audience = id, "audience deleted");
         Ok(())
+    }
+
+    /// Sets the data tier of an event (type and name as criteria select it). Events outside
+    /// the Personalize tier are no longer evaluated, and new definitions using them are refused.
+    pub fn set_event_tier(
+        &self,
+        event_type: &str,
+        name: &str,
+        tier: &str,
+    ) -> Result<(), RegistryError> {
+        let _guard = self.write_lock.lock();
+        let tier = tier.trim().to_lowercase();
+        if tier.is_empty() || tier.contains('/') {
+            return Err(DefinitionError {
+                field: "tier".into(),
+                reason: format!("\"{tier}\" is not a tier name"),
+            }
+            .into());
+        }
+        let event_type = event_type.trim().to_lowercase();
+        if event_type.is_empty() || event_type.contains('/') {
+            return Err(DefinitionError {
+                field: "event_type".into(),
+                reason: format!("\"{event_type}\" is not an event type"),
+            }
+            .into());
+        }
+        let name = name.trim().to_lowercase();
+        self.node
+            .engine
+            .store
+            .set_event_tier(&event_type, &name, &tier)?;
+        self.publish()
     }
 
     pub fn get(&self, id: AudienceId) -> Result<AudienceRecord, RegistryError> {

@@ -134,6 +134,41 @@ impl pb::audience_service_server::AudienceService for Services {
         self.one(record)
     }
 
+    async fn set_event_tier(
+        &self,
+        req: Request<pb::EventTier>,
+    ) -> Result<Response<pb::EventTier>, Status> {
+        let r = req.into_inner();
+        self.registry
+            .set_event_tier(&r.event_type, &r.name, &r.tier)
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::EventTier {
+            event_type: r.event_type.trim().to_lowercase(),
+            name: r.name.trim().to_lowercase(),
+            tier: r.tier.trim().to_lowercase(),
+        }))
+    }
+
+    async fn list_event_tiers(
+        &self,
+        _: Request<pb::ListEventTiersRequest>,
+    ) -> Result<Response<pb::ListEventTiersResponse>, Status> {
+        let tiers = self
+            .node
+            .engine
+            .store
+            .event_tiers()
+            .map_err(convert::internal)?
+            .into_iter()
+            .map(|(event_type, name, tier)| pb::EventTier {
+                event_type,
+                name,
+                tier,
+            })
+            .collect();
+        Ok(Response::new(pb::ListEventTiersResponse { tiers }))
+    }
+
     async fn save_as_draft(
         &self,
         req: Request<pb::AudienceIdRequest>,

@@ -96,14 +96,32 @@ pub struct Catalog {
     /// profile is evaluated against them, whatever its first message touched.
     matches_empty: Vec<AudienceId>,
     matchers: HashMap<(String, String), Vec<Arc<Matcher>>>,
+    /// Data tier of events, by (event type, lowercased name); unset means Personalize.
+    tiers: HashMap<(String, String), String>,
 }
+
+/// The one data tier whose events real-time audiences may use.
+pub const PERSONALIZE_TIER: &str = "personalize";
 
 impl Catalog {
     /// Builds a catalog from stored records. Records that no longer compile (which validation
     /// at write time prevents) are kept but not activated.
     pub fn build(version: u64, records: impl IntoIterator<Item = AudienceRecord>) -> Catalog {
+        Catalog::build_with_tiers(version, records, Vec::new())
+    }
+
+    /// Builds a catalog with the event tiers set by operators: (event type, name, tier).
+    pub fn build_with_tiers(
+        version: u64,
+        records: impl IntoIterator<Item = AudienceRecord>,
+        tiers: Vec<(String, String, String)>,
+    ) -> Catalog {
         let mut catalog = Catalog {
             version,
+            tiers: tiers
+                .into_iter()
+                .map(|(t, n, tier)| ((t, n), tier.to_lowercase()))
+                .collect(),
             ..Default::default()
         };
         let empty = ProfileState::new(0);
@@ -179,6 +197,42 @@ impl Catalog {
 
     pub fn active_ids(&self) -> impl Iterator<Item = AudienceId> + '_ {
         self.active.keys().copied()
+    }
+
+    /// The tier of an event, if an operator set one.
+    pub fn tier(&self, event_type: &str, name: &str) -> Option<&str> {
+        self.tiers
+            .get(&(event_type.to_string(), name.to_string()))
+            .map(String::as_str)
+    }
+
+    /// Events outside the Personalize tier are not evaluated by real-time audiences.
+    pub fn excluded_by_tier(&self, event_type: &str, name: &str) -> bool {
+        !self.tiers.is_empty()
+            && self
+                .tier(event_type, name)
+                .is_some_and(|t| t != PERSONALIZE_TIER)
+    }
+
+    /// Refuses a definition that uses an event outside the Personalize tier, naming it.
+    pub fn check_tiers(
+        &self,
+        criterion: &crate::criteria::Criterion,
+    ) -> Result<(), DefinitionError> {
+        for (field, event_type, name) in crate::criteria::event_references(criterion) {
+            if let Some(tier) = self
+                .tier(&event_type, &name)
+                .filter(|t| *t != PERSONALIZE_TIER)
+            {
+                return Err(DefinitionError {
+                    field,
+                    reason: format!(
+                        "event {event_type} \"{name}\" is in the {tier} tier: only events in the personalize tier can be used in a real-time audience"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Active audiences that read the membership of `id`.

@@ -252,6 +252,44 @@ pub enum Operator {
     VersionLessThanOrEqual,
 }
 
+/// Every event a definition selects: (field path of its selector, event type, lowercased
+/// selector name).
+pub fn event_references(criterion: &Criterion) -> Vec<(String, String, String)> {
+    fn walk(c: &Criterion, path: &str, out: &mut Vec<(String, String, String)>) {
+        match c {
+            Criterion::And(children) | Criterion::Or(children) => {
+                let op = if matches!(c, Criterion::And(_)) {
+                    "and"
+                } else {
+                    "or"
+                };
+                for (i, child) in children.iter().enumerate() {
+                    walk(child, &format!("{path}.{op}[{i}]"), out);
+                }
+            }
+            Criterion::Exclude(child) => walk(child, &format!("{path}.exclude"), out),
+            Criterion::Event(e) => {
+                let field = if e.event_type == "commerce_event" {
+                    "product_action"
+                } else if e.name.is_some() {
+                    "name"
+                } else {
+                    "type"
+                };
+                out.push((
+                    format!("{path}.event.{field}"),
+                    e.event_type.clone(),
+                    selector_name(e),
+                ));
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(criterion, "criteria", &mut out);
+    out
+}
+
 /// Parses a definition from JSON, naming the path of the first problem.
 pub fn parse_definition(json: &serde_json::Value) -> Result<Criterion, DefinitionError> {
     let criterion: Criterion = serde_path_to_error::deserialize(json).map_err(|e| {

@@ -217,14 +217,18 @@ impl ProfileState {
             EventKind::OptOut { opted_out } => self.opted_out = *opted_out,
             _ => {}
         }
-        self.history
-            .entry(event_history_key(event))
-            .or_default()
-            .record(at);
         let selector = (
             event.kind.event_type().to_string(),
             event.kind.selector_name(),
         );
+        if catalog.excluded_by_tier(&selector.0, &selector.1) {
+            // Not in the Personalize tier: real-time audiences do not evaluate it.
+            return;
+        }
+        self.history
+            .entry(event_history_key(event))
+            .or_default()
+            .record(at);
         for matcher in catalog.matchers_for(&selector.0, &selector.1) {
             if matcher.accepts(event) {
                 self.history

@@ -544,6 +544,39 @@ impl Store {
         Ok(out)
     }
 
+    // ------------------------------------------------------------ event tiers
+
+    /// Sets the data tier of an event (event type, lowercased selector name).
+    pub fn set_event_tier(&self, event_type: &str, name: &str, tier: &str) -> StoreResult<()> {
+        let key = format!("tier/{event_type}/{name}");
+        self.db
+            .put_cf(self.cf(CF_META), key.as_bytes(), tier.as_bytes())?;
+        Ok(())
+    }
+
+    /// Every event tier set: (event type, name, tier).
+    pub fn event_tiers(&self) -> StoreResult<Vec<(String, String, String)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(b"tier/", Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            let Some(rest) = k.strip_prefix(b"tier/") else {
+                break;
+            };
+            let rest = String::from_utf8_lossy(rest).into_owned();
+            if let Some((event_type, name)) = rest.split_once('/') {
+                out.push((
+                    event_type.to_string(),
+                    name.to_string(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     // ------------------------------------------------------------ audiences
 
     pub fn load_audiences(&self) -> StoreResult<Vec<AudienceRecord>> {

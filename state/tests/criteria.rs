@@ -955,3 +955,45 @@ fn product_and_transaction_conditions_pick_commerce_events() {
         assert_eq!(err.field, field, "{bad}: {err}");
     }
 }
+
+#[test]
+fn events_outside_the_personalize_tier_are_refused_and_not_evaluated() {
+    let tiers = vec![(
+        "custom_event".to_string(),
+        "search".to_string(),
+        "analyze".to_string(),
+    )];
+    let catalog = Catalog::build_with_tiers(
+        1,
+        vec![record(1, json!({"event": {"name": "Search"}}))],
+        tiers,
+    );
+    let err = catalog
+        .check_tiers(
+            &parse_definition(
+                &json!({"and": [{"event": {"name": "Login"}}, {"event": {"name": "SEARCH"}}]}),
+            )
+            .unwrap(),
+        )
+        .unwrap_err();
+    assert_eq!(err.field, "criteria.and[1].event.name");
+    assert!(
+        err.reason.contains("\"search\"") && err.reason.contains("analyze"),
+        "{err}"
+    );
+    assert!(catalog
+        .check_tiers(&parse_definition(&json!({"event": {"name": "Login"}})).unwrap())
+        .is_ok());
+    let mut p = ProfileState::new(1);
+    let changes = p.apply(
+        &batch_of(1, vec![custom("Search", "search", T0, "")], vec![]),
+        T0,
+        RETENTION,
+        &catalog,
+    );
+    assert!(
+        changes.events.is_empty(),
+        "an analyze-tier event is not evaluated"
+    );
+    assert!(!member_at(&p, &catalog, T0));
+}

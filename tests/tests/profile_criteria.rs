@@ -277,3 +277,49 @@ async fn cart_abandonment_enters_with_time_and_leaves_on_purchase() -> Result<()
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_outside_the_personalize_tier_cannot_be_used() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("tiers");
+    let dir = tempfile::tempdir()?;
+    let mut engine = Engine::start(&broker, &topics, &dir.path().join("engine"), "tiers")?;
+    let ch = engine.ready().await?;
+    let mut audiences = pb::audience_service_client::AudienceServiceClient::new(ch.clone());
+    audiences
+        .set_event_tier(pb::EventTier {
+            event_type: "custom_event".into(),
+            name: "Played Video".into(),
+            tier: "Analyze".into(),
+        })
+        .await?;
+    let listed = audiences
+        .list_event_tiers(pb::ListEventTiersRequest {})
+        .await?
+        .into_inner()
+        .tiers;
+    assert_eq!(
+        listed,
+        vec![pb::EventTier {
+            event_type: "custom_event".into(),
+            name: "played video".into(),
+            tier: "analyze".into()
+        }]
+    );
+    let err = create_audience(
+        &ch,
+        "watchers",
+        serde_json::json!({"event": {"name": "Played Video"}}),
+    )
+    .await
+    .unwrap_err();
+    let status = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("criteria.event.name")
+            && status.message().contains("played video"),
+        "{}",
+        status.message()
+    );
+    Ok(())
+}

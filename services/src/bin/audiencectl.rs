@@ -58,6 +58,15 @@ enum Command {
     Profile { mpid: i64 },
     /// Why a user is or is not in an audience.
     Explain { mpid: i64, audience: u64 },
+    /// Set an event's data tier (only "personalize" events feed real-time audiences), or list them.
+    Tier {
+        /// custom_event, screen_view, commerce_event... (omit to list)
+        event_type: Option<String>,
+        /// Event name, screen name or product action.
+        name: Option<String>,
+        /// personalize, analyze, connect...
+        tier: Option<String>,
+    },
     /// Size, adds, drops and volatility of audiences.
     Stats { ids: Vec<u64> },
     /// The live subscriptions and their figures.
@@ -304,6 +313,31 @@ async fn main() -> anyhow::Result<()> {
                     "  {:<48} {:>6}  last {}",
                     e.event_key, e.count_in_retention, e.last_seen_ms
                 );
+            }
+            Ok(())
+        }
+        Command::Tier {
+            event_type,
+            name,
+            tier,
+        } => {
+            let mut client = AudienceServiceClient::new(channel(&cli.server).await?);
+            if let (Some(event_type), Some(name), Some(tier)) = (event_type, name, tier) {
+                client
+                    .set_event_tier(pb::EventTier {
+                        event_type,
+                        name,
+                        tier,
+                    })
+                    .await?;
+            }
+            for t in client
+                .list_event_tiers(pb::ListEventTiersRequest {})
+                .await?
+                .into_inner()
+                .tiers
+            {
+                println!("{:<20} {:<32} {}", t.event_type, t.name, t.tier);
             }
             Ok(())
         }
