@@ -84,7 +84,9 @@ pub struct Catalog {
     pub version: u64,
     records: HashMap<AudienceId, AudienceRecord>,
     active: HashMap<AudienceId, Arc<ActiveAudience>>,
-    by_event: HashMap<(String, String), Vec<AudienceId>>,
+    /// Event type, then selector name ("" for criteria on the whole type), to audiences.
+    /// Nested so the per-event lookups borrow `&str` instead of building owned keys.
+    by_event: HashMap<String, HashMap<String, Vec<AudienceId>>>,
     by_attribute: HashMap<String, Vec<AudienceId>>,
     by_identity: HashMap<String, Vec<AudienceId>>,
     by_device: Vec<AudienceId>,
@@ -95,7 +97,7 @@ pub struct Catalog {
     /// Audiences a profile with no data at all belongs to (e.g. "did not perform X"): a new
     /// profile is evaluated against them, whatever its first message touched.
     matches_empty: Vec<AudienceId>,
-    matchers: HashMap<(String, String), Vec<Arc<Matcher>>>,
+    matchers: HashMap<String, HashMap<String, Vec<Arc<Matcher>>>>,
     /// Data tier of events, by (event type, lowercased name); unset means Personalize.
     tiers: HashMap<(String, String), String>,
 }
@@ -138,7 +140,9 @@ impl Catalog {
                             let slot = match read {
                                 ReadKey::Event { event_type, name } => catalog
                                     .by_event
-                                    .entry((event_type.clone(), name.clone()))
+                                    .entry(event_type.clone())
+                                    .or_default()
+                                    .entry(name.clone())
                                     .or_default(),
                                 ReadKey::Attribute(a) => {
                                     catalog.by_attribute.entry(a.clone()).or_default()
@@ -156,7 +160,9 @@ impl Catalog {
                         for m in &compiled.matchers {
                             let slot = catalog
                                 .matchers
-                                .entry((m.event_type.clone(), m.name.clone()))
+                                .entry(m.event_type.clone())
+                                .or_default()
+                                .entry(m.name.clone())
                                 .or_default();
                             if !slot.iter().any(|x| x.history_key == m.history_key) {
                                 slot.push(Arc::new(m.clone()));
@@ -304,7 +310,8 @@ impl Catalog {
 
     pub fn matchers_for(&self, event_type: &str, name: &str) -> &[Arc<Matcher>] {
         self.matchers
-            .get(&(event_type.to_string(), name.to_string()))
+            .get(event_type)
+            .and_then(|by_name| by_name.get(name))
             .map(Vec::as_slice)
             .unwrap_or(&[])
     }
@@ -317,11 +324,14 @@ impl Catalog {
                 out.extend(ids.iter().copied());
             }
         };
-        for key in &changes.events {
-            add(self.by_event.get(key));
-            if !key.1.is_empty() {
+        for (event_type, name) in &changes.events {
+            let Some(by_name) = self.by_event.get(event_type) else {
+                continue;
+            };
+            add(by_name.get(name));
+            if !name.is_empty() {
                 // Criteria on a type without a name ("any commerce event") read every event of it.
-                add(self.by_event.get(&(key.0.clone(), String::new())));
+                add(by_name.get(""));
             }
         }
         for a in &changes.attributes {
