@@ -30,9 +30,9 @@
 //! already bounded by `max_bytes`.
 
 use crate::model::{
-    format_number, AttrValue, Batch, ConsentState, DeviceInfo, Event, EventKind, GdprConsent,
-    IdentityChange, IdentityUpdate, Inbound, Mpid, Product, TimestampMs, DEVICE_IDENTITY_TYPES,
-    PRODUCT_ACTIONS,
+    format_number, AttrValue, Attribution, Batch, ConsentState, DeviceInfo, Event, EventKind,
+    GdprConsent, GeoLocation, IdentityChange, IdentityUpdate, Inbound, Mpid, Product, Promotion,
+    TimestampMs, DEVICE_IDENTITY_TYPES, PRODUCT_ACTIONS,
 };
 use audience_proto::v1 as pb;
 use prost::Message;
@@ -501,15 +501,27 @@ fn batch_from_json(top: Obj<'_>) -> Result<Batch> {
     let timestamp_ms = top.i64("timestamp_unixtime_ms")?;
 
     let mut events = Vec::new();
+    let mut location = match top.object("context")? {
+        Some(context) => match context.object("location")? {
+            Some(position) => position_from_json(&position)?,
+            None => None,
+        },
+        None => None,
+    };
     if let Some(items) = top.array("events")? {
         events.reserve(items.len());
         let path = top.path("events");
         for (i, item) in items.iter().enumerate() {
             if !item.is_null() {
-                events.push(event_from_json(
-                    Obj::new(item, path.index(i))?,
-                    timestamp_ms,
-                )?);
+                let event = Obj::new(item, path.index(i))?;
+                if let Some(data) = event.object("data")? {
+                    if let Some(position) = data.object("location")? {
+                        if let Some(p) = position_from_json(&position)? {
+                            location = Some(p);
+                        }
+                    }
+                }
+                events_from_json(event, timestamp_ms, &mut events)?;
             }
         }
     }
@@ -580,6 +592,21 @@ fn batch_from_json(top: Obj<'_>) -> Result<Batch> {
         None => None,
     };
 
+    let attribution = match top.object("attribution_info")? {
+        Some(info) => {
+            let a = Attribution {
+                publisher: info.text("publisher")?,
+                campaign: info.text("campaign")?,
+                service_provider: info.text("service_provider")?,
+            };
+            (a != Attribution::default()).then_some(a)
+        }
+        None => None,
+    };
+    if attribution.is_some() {
+        mark_attribution_events(&mut events);
+    }
+
     Ok(Batch {
         mpid,
         timestamp_ms,
@@ -591,7 +618,48 @@ fn batch_from_json(top: Obj<'_>) -> Result<Batch> {
         device_info,
         consent,
         app_version,
+        attribution,
+        ip: top.text("ip")?,
+        location,
     })
+}
+
+/// In a batch an attribution partner sent (it carries `attribution_info`), custom events of no
+/// particular type are attribution events (install, engagement, re-engagement...).
+fn mark_attribution_events(events: &mut [Event]) {
+    for event in events {
+        if let EventKind::Custom { custom_type, .. } = &mut event.kind {
+            if custom_type.as_deref().is_none_or(|t| t == "other") {
+                *custom_type = Some("attribution".to_string());
+            }
+        }
+    }
+}
+
+/// A device position (`{"latitude": .., "longitude": ..}`); `None` unless both are present and
+/// on the globe.
+fn position_from_json(position: &Obj<'_>) -> Result<Option<GeoLocation>> {
+    let (Some(latitude), Some(longitude)) = (position.f64("latitude")?, position.f64("longitude")?)
+    else {
+        return Ok(None);
+    };
+    if !(-90.0..=90.0).contains(&latitude) {
+        return Err(invalid(
+            &position.path("latitude"),
+            format!("{latitude} is not a latitude (-90 to 90)"),
+        ));
+    }
+    if !(-180.0..=180.0).contains(&longitude) {
+        return Err(invalid(
+            &position.path("longitude"),
+            format!("{longitude} is not a longitude (-180 to 180)"),
+        ));
+    }
+    Ok(Some(GeoLocation {
+        latitude: Some(latitude),
+        longitude: Some(longitude),
+        ..Default::default()
+    }))
 }
 
 fn consent_from_json(consent: Obj<'_>) -> Result<Option<ConsentState>> {
@@ -620,7 +688,14 @@ fn consent_from_json(consent: Obj<'_>) -> Result<Option<ConsentState>> {
     Ok((state != ConsentState::default()).then_some(state))
 }
 
-fn event_from_json(event: Obj<'_>, batch_timestamp: Option<TimestampMs>) -> Result<Event> {
+/// Appends the events one JSON event stands for: one, except for a commerce event, which
+/// yields one event per action it carries (product action, promotion action, each impression
+/// list), so each can be selected and counted on its own.
+fn events_from_json(
+    event: Obj<'_>,
+    batch_timestamp: Option<TimestampMs>,
+    out: &mut Vec<Event>,
+) -> Result<()> {
     let type_path = event.path("event_type");
     let event_type = match event.get("event_type") {
         Some(Value::String(s)) => s.as_str(),
@@ -636,7 +711,45 @@ fn event_from_json(event: Obj<'_>, batch_timestamp: Option<TimestampMs>) -> Resu
         },
     };
 
+    let mut kinds = Vec::with_capacity(1);
     let kind = match event_type {
+        "commerce_event" => {
+            kinds = commerce_from_json(&data)?;
+            None
+        }
+        kind => Some(single_event_from_json(kind, &data, &type_path)?),
+    };
+    kinds.extend(kind);
+
+    let mut attributes = BTreeMap::new();
+    if let Some(custom) = data.object("custom_attributes")? {
+        for (name, value) in custom.map {
+            if let Some(text) = scalar_text(value) {
+                attributes.insert(name.clone(), text);
+            }
+        }
+    }
+    let timestamp_ms = data
+        .i64("timestamp_unixtime_ms")?
+        .or(batch_timestamp)
+        .unwrap_or(0);
+    let last = kinds.len().saturating_sub(1);
+    for (i, kind) in kinds.into_iter().enumerate() {
+        out.push(Event {
+            timestamp_ms,
+            kind,
+            attributes: if i == last {
+                std::mem::take(&mut attributes)
+            } else {
+                attributes.clone()
+            },
+        });
+    }
+    Ok(())
+}
+
+fn single_event_from_json(event_type: &str, data: &Obj<'_>, type_path: &Path<'_>) -> Result<EventKind> {
+    Ok(match event_type {
         "custom_event" => EventKind::Custom {
             name: data.required_text("event_name")?,
             custom_type: data.text("custom_event_type")?.map(|t| t.to_lowercase()),
@@ -644,7 +757,6 @@ fn event_from_json(event: Obj<'_>, batch_timestamp: Option<TimestampMs>) -> Resu
         "screen_view" => EventKind::ScreenView {
             name: data.required_text("screen_name")?,
         },
-        "commerce_event" => commerce_from_json(&data)?,
         "session_start" => EventKind::SessionStart,
         "session_end" => EventKind::SessionEnd {
             duration_ms: data.i64("session_duration_ms")?,
@@ -654,13 +766,14 @@ fn event_from_json(event: Obj<'_>, batch_timestamp: Option<TimestampMs>) -> Resu
         "uninstall" => EventKind::Uninstall,
         "application_state_transition" => EventKind::ApplicationStateTransition {
             transition: data.text("application_transition_type")?,
+            is_upgrade: data.bool("is_upgrade")?.unwrap_or(false),
         },
         "user_attribute_change" => EventKind::UserAttributeChange {
             name: data.required_text("user_attribute_name")?,
             new_value: data.read("new", attr_value)?,
             deleted: data.bool("deleted")?.unwrap_or(false),
         },
-        "user_identity_change" => EventKind::UserIdentityChange(identity_event_from_json(&data)?),
+        "user_identity_change" => EventKind::UserIdentityChange(identity_event_from_json(data)?),
         "opt_out" => EventKind::OptOut {
             opted_out: data.required_bool("is_opted_out")?,
         },
@@ -673,43 +786,13 @@ fn event_from_json(event: Obj<'_>, batch_timestamp: Option<TimestampMs>) -> Resu
                 event_type: excerpt(other),
             })
         }
-    };
-
-    let mut attributes = BTreeMap::new();
-    if let Some(custom) = data.object("custom_attributes")? {
-        for (name, value) in custom.map {
-            if let Some(text) = scalar_text(value) {
-                attributes.insert(name.clone(), text);
-            }
-        }
-    }
-
-    Ok(Event {
-        timestamp_ms: data
-            .i64("timestamp_unixtime_ms")?
-            .or(batch_timestamp)
-            .unwrap_or(0),
-        kind,
-        attributes,
     })
 }
 
-fn commerce_from_json(data: &Obj<'_>) -> Result<EventKind> {
-    let Some(action) = data.object("product_action")? else {
-        return Ok(EventKind::Commerce {
-            product_action: None,
-            products: Vec::new(),
-            total_amount: None,
-            transaction_id: None,
-        });
-    };
-    let product_action = match action.text("action")? {
-        Some(raw) => Some(product_action(&raw, &action.path("action"))?),
-        None => None,
-    };
+fn products_from_json(holder: &Obj<'_>) -> Result<Vec<Product>> {
     let mut products = Vec::new();
-    if let Some(items) = action.array("products")? {
-        let path = action.path("products");
+    if let Some(items) = holder.array("products")? {
+        let path = holder.path("products");
         for (i, item) in items.iter().enumerate() {
             if item.is_null() {
                 continue;
@@ -726,12 +809,83 @@ fn commerce_from_json(data: &Obj<'_>) -> Result<EventKind> {
             });
         }
     }
-    Ok(EventKind::Commerce {
-        product_action,
-        products,
-        total_amount: action.f64("total_amount")?,
-        transaction_id: action.text("transaction_id")?,
-    })
+    Ok(products)
+}
+
+/// The events of one commerce event: its product action, its promotion action, one per
+/// impression list; a commerce event with none of them stays one event without an action.
+fn commerce_from_json(data: &Obj<'_>) -> Result<Vec<EventKind>> {
+    let mut kinds = Vec::new();
+    if let Some(action) = data.object("product_action")? {
+        let product_action = match action.text("action")? {
+            Some(raw) => Some(product_action(&raw, &action.path("action"))?),
+            None => None,
+        };
+        kinds.push(EventKind::Commerce {
+            product_action,
+            products: products_from_json(&action)?,
+            total_amount: action.f64("total_amount")?,
+            transaction_id: action.text("transaction_id")?,
+        });
+    }
+    if let Some(promotion) = data.object("promotion_action")? {
+        let action = promotion_action(
+            &promotion.required_text("action")?,
+            &promotion.path("action"),
+        )?;
+        let mut promotions = Vec::new();
+        if let Some(items) = promotion.array("promotions")? {
+            let path = promotion.path("promotions");
+            for (i, item) in items.iter().enumerate() {
+                if item.is_null() {
+                    continue;
+                }
+                let p = Obj::new(item, path.index(i))?;
+                promotions.push(Promotion {
+                    id: p.text("id")?,
+                    name: p.text("name")?,
+                    creative: p.text("creative")?,
+                    position: p.text("position")?,
+                });
+            }
+        }
+        kinds.push(EventKind::Promotion { action, promotions });
+    }
+    if let Some(items) = data.array("product_impressions")? {
+        let path = data.path("product_impressions");
+        for (i, item) in items.iter().enumerate() {
+            if item.is_null() {
+                continue;
+            }
+            let impression = Obj::new(item, path.index(i))?;
+            kinds.push(EventKind::Impression {
+                list: impression.text("product_impression_list")?,
+                products: products_from_json(&impression)?,
+            });
+        }
+    }
+    if kinds.is_empty() {
+        kinds.push(EventKind::Commerce {
+            product_action: None,
+            products: Vec::new(),
+            total_amount: None,
+            transaction_id: None,
+        });
+    }
+    Ok(kinds)
+}
+
+/// `view` or `click`, however the SDK spelled it (`View`, `promotion_click`...).
+fn promotion_action(raw: &str, path: &Path<'_>) -> Result<String> {
+    let lowered = raw.trim().to_lowercase();
+    match lowered.trim_start_matches("promotion").trim_start_matches(['_', ' ']) {
+        "view" => Ok("view".to_string()),
+        "click" => Ok("click".to_string()),
+        _ => Err(invalid(
+            path,
+            format!("unknown promotion action {} (view or click)", quote(raw)),
+        )),
+    }
 }
 
 /// A product action in snake_case, whether sent as `add_to_cart` or as the JS SDK's
@@ -881,12 +1035,32 @@ fn batch_from_proto(batch: pb::EventBatch) -> Result<Batch> {
     }
     let timestamp_ms = non_zero_i64(batch.timestamp_unixtime_ms);
     let events_path = Path::top("events");
-    let events = batch
-        .events
-        .into_iter()
-        .enumerate()
-        .map(|(i, event)| event_from_proto(event, &events_path.index(i), timestamp_ms))
-        .collect::<Result<Vec<_>>>()?;
+    let mut location = batch
+        .location
+        .map(|p| position_from_proto(p, &Path::top("location")))
+        .transpose()?
+        .flatten();
+    let mut events = Vec::with_capacity(batch.events.len());
+    for (i, mut event) in batch.events.into_iter().enumerate() {
+        let path = events_path.index(i);
+        if let Some(p) = event.location.take() {
+            if let Some(p) = position_from_proto(p, &path.key("location"))? {
+                location = Some(p);
+            }
+        }
+        events_from_proto(event, &path, timestamp_ms, &mut events)?;
+    }
+    let attribution = batch.attribution_info.and_then(|info| {
+        let a = Attribution {
+            publisher: non_empty(info.publisher),
+            campaign: non_empty(info.campaign),
+            service_provider: non_empty(info.service_provider),
+        };
+        (a != Attribution::default()).then_some(a)
+    });
+    if attribution.is_some() {
+        mark_attribution_events(&mut events);
+    }
 
     let attributes_path = Path::top("user_attributes");
     let mut user_attributes = batch
@@ -953,7 +1127,46 @@ fn batch_from_proto(batch: pb::EventBatch) -> Result<Batch> {
         app_version: batch
             .application_info
             .and_then(|app| non_empty(app.application_version)),
+        attribution,
+        ip: non_empty(batch.ip),
+        location,
     })
+}
+
+/// A protobuf position; (0, 0) is proto3's "unset", not a point in the Gulf of Guinea.
+fn position_from_proto(p: pb::GeoPosition, path: &Path<'_>) -> Result<Option<GeoLocation>> {
+    if p.latitude == 0.0 && p.longitude == 0.0 {
+        return Ok(None);
+    }
+    if !(-90.0..=90.0).contains(&p.latitude) {
+        return Err(invalid(
+            &path.key("latitude"),
+            format!("{} is not a latitude (-90 to 90)", p.latitude),
+        ));
+    }
+    if !(-180.0..=180.0).contains(&p.longitude) {
+        return Err(invalid(
+            &path.key("longitude"),
+            format!("{} is not a longitude (-180 to 180)", p.longitude),
+        ));
+    }
+    Ok(Some(GeoLocation {
+        latitude: Some(p.latitude),
+        longitude: Some(p.longitude),
+        ..Default::default()
+    }))
+}
+
+fn product_from_proto(p: pb::Product) -> Product {
+    Product {
+        id: non_empty(p.id),
+        name: non_empty(p.name),
+        brand: non_empty(p.brand),
+        category: non_empty(p.category),
+        variant: non_empty(p.variant),
+        price: non_zero_f64(p.price),
+        quantity: non_zero_f64(p.quantity),
+    }
 }
 
 fn attr_value_from_proto(value: pb::AttributeValue, path: &Path<'_>) -> Result<AttrValue> {
@@ -973,12 +1186,16 @@ fn attr_value_from_proto(value: pb::AttributeValue, path: &Path<'_>) -> Result<A
     }
 }
 
-fn event_from_proto(
+/// Appends the events of one protobuf event (a commerce event yields one per action, as in
+/// JSON).
+fn events_from_proto(
     event: pb::Event,
     path: &Path<'_>,
     batch_timestamp: Option<TimestampMs>,
-) -> Result<Event> {
+    out: &mut Vec<Event>,
+) -> Result<()> {
     use pb::event::Kind as K;
+    let mut kinds = Vec::with_capacity(1);
     let kind = match event.kind {
         None => {
             return Err(DecodeError::MissingEventKind {
@@ -999,31 +1216,57 @@ fn event_from_proto(
             )?,
         },
         Some(K::CommerceEvent(commerce)) => {
+            let commerce_path = path.key("commerce_event");
             let product_action = match non_empty(commerce.product_action) {
-                Some(raw) => Some(product_action(
-                    &raw,
-                    &path.key("commerce_event").key("product_action"),
-                )?),
+                Some(raw) => Some(product_action(&raw, &commerce_path.key("product_action"))?),
                 None => None,
             };
-            EventKind::Commerce {
-                product_action,
-                products: commerce
-                    .products
-                    .into_iter()
-                    .map(|p| Product {
-                        id: non_empty(p.id),
-                        name: non_empty(p.name),
-                        brand: non_empty(p.brand),
-                        category: non_empty(p.category),
-                        variant: non_empty(p.variant),
-                        price: non_zero_f64(p.price),
-                        quantity: non_zero_f64(p.quantity),
-                    })
-                    .collect(),
-                total_amount: non_zero_f64(commerce.total_amount),
-                transaction_id: non_empty(commerce.transaction_id),
+            let has_product_part = product_action.is_some()
+                || !commerce.products.is_empty()
+                || commerce.total_amount != 0.0
+                || !commerce.transaction_id.is_empty();
+            if let Some(promotion) = commerce.promotion_action {
+                let action = promotion_action(
+                    &promotion.action,
+                    &commerce_path.key("promotion_action").key("action"),
+                )?;
+                kinds.push(EventKind::Promotion {
+                    action,
+                    promotions: promotion
+                        .promotions
+                        .into_iter()
+                        .map(|p| Promotion {
+                            id: non_empty(p.id),
+                            name: non_empty(p.name),
+                            creative: non_empty(p.creative),
+                            position: non_empty(p.position),
+                        })
+                        .collect(),
+                });
             }
+            for impression in commerce.product_impressions {
+                kinds.push(EventKind::Impression {
+                    list: non_empty(impression.product_impression_list),
+                    products: impression
+                        .products
+                        .into_iter()
+                        .map(product_from_proto)
+                        .collect(),
+                });
+            }
+            if has_product_part || kinds.is_empty() {
+                kinds.insert(
+                    0,
+                    EventKind::Commerce {
+                        product_action,
+                        products: commerce.products.into_iter().map(product_from_proto).collect(),
+                        total_amount: non_zero_f64(commerce.total_amount),
+                        transaction_id: non_empty(commerce.transaction_id),
+                    },
+                );
+            }
+            // Never empty: the product part is kept when there is nothing else.
+            kinds.remove(0)
         }
         Some(K::SessionStart(_)) => EventKind::SessionStart,
         Some(K::SessionEnd(end)) => EventKind::SessionEnd {
@@ -1033,6 +1276,7 @@ fn event_from_proto(
         Some(K::FirstRun(_)) => EventKind::FirstRun,
         Some(K::ApplicationStateTransition(transition)) => EventKind::ApplicationStateTransition {
             transition: non_empty(transition.application_transition_type),
+            is_upgrade: transition.is_upgrade,
         },
         Some(K::UserAttributeChange(change)) => {
             let change_path = path.key("user_attribute_change");
@@ -1062,13 +1306,18 @@ fn event_from_proto(
         },
         Some(K::Uninstall(_)) => EventKind::Uninstall,
     };
-    Ok(Event {
-        timestamp_ms: non_zero_i64(event.timestamp_unixtime_ms)
-            .or(batch_timestamp)
-            .unwrap_or(0),
-        kind,
-        attributes: event.custom_attributes.into_iter().collect(),
-    })
+    let timestamp_ms = non_zero_i64(event.timestamp_unixtime_ms)
+        .or(batch_timestamp)
+        .unwrap_or(0);
+    let attributes: BTreeMap<String, String> = event.custom_attributes.into_iter().collect();
+    for kind in std::iter::once(kind).chain(kinds) {
+        out.push(Event {
+            timestamp_ms,
+            kind,
+            attributes: attributes.clone(),
+        });
+    }
+    Ok(())
 }
 
 fn identity_from_proto(message: pb::IdentityMessage) -> Result<IdentityUpdate> {
@@ -1444,6 +1693,8 @@ mod tests {
                 "commerce_event",
                 "commerce_event",
                 "commerce_event",
+                "commerce_event",
+                "commerce_event",
                 "session_start",
                 "session_end",
                 "crash_report",
@@ -1531,28 +1782,42 @@ mod tests {
         );
         assert_eq!(
             batch.events[4].kind,
-            EventKind::Commerce {
-                product_action: None,
-                products: vec![],
-                total_amount: None,
-                transaction_id: None,
+            EventKind::Promotion {
+                action: "view".into(),
+                promotions: vec![Promotion {
+                    id: Some("p1".into()),
+                    name: None,
+                    creative: None,
+                    position: None,
+                }],
             }
         );
-        assert_eq!(batch.events[5].timestamp_ms, 1_700_000_000_300);
+        for i in [5, 6] {
+            assert_eq!(
+                batch.events[i].kind,
+                EventKind::Impression {
+                    list: Some("home".into()),
+                    products: vec![],
+                }
+            );
+            assert_eq!(batch.events[i].kind.selector_name(), "impression");
+        }
+        assert_eq!(batch.events[7].timestamp_ms, 1_700_000_000_300);
         assert_eq!(
-            batch.events[6].kind,
+            batch.events[8].kind,
             EventKind::SessionEnd {
                 duration_ms: Some(60000)
             }
         );
         assert_eq!(
-            batch.events[10].kind,
+            batch.events[12].kind,
             EventKind::ApplicationStateTransition {
-                transition: Some("application_background".into())
+                transition: Some("application_background".into()),
+                is_upgrade: false,
             }
         );
         assert_eq!(
-            batch.events[11].kind,
+            batch.events[13].kind,
             EventKind::UserAttributeChange {
                 name: "Tier".into(),
                 new_value: Some(AttrValue::String("gold".into())),
@@ -1560,16 +1825,16 @@ mod tests {
             }
         );
         assert_eq!(
-            batch.events[12].kind,
+            batch.events[14].kind,
             EventKind::UserIdentityChange(IdentityChange {
                 identity_type: "email".into(),
                 old_value: None,
                 new_value: Some("ada@example.com".into()),
             })
         );
-        assert_eq!(batch.events[13].kind, EventKind::OptOut { opted_out: true });
+        assert_eq!(batch.events[15].kind, EventKind::OptOut { opted_out: true });
         assert_eq!(
-            batch.events[19].kind,
+            batch.events[21].kind,
             EventKind::Other {
                 event_type: "media".into()
             }
@@ -1635,6 +1900,102 @@ mod tests {
         ] {
             assert_eq!(batch_of(&json!({"mpid": mpid})).mpid, expected);
         }
+    }
+
+    #[test]
+    fn attribution_ip_and_positions_are_read() {
+        let batch = batch_of(&json!({
+            "mpid": 5,
+            "ip": "81.2.69.5",
+            "attribution_info": {"service_provider": "Adjust", "publisher": "Meta", "campaign": "spring"},
+            "context": {"location": {"latitude": 48.85, "longitude": 2.35}},
+            "events": [
+                {"event_type": "custom_event", "data": {"event_name": "attribution", "custom_event_type": "other"}},
+                {"event_type": "custom_event", "data": {"event_name": "play", "custom_event_type": "navigation",
+                    "location": {"latitude": 51.5, "longitude": -0.12}}},
+                {"event_type": "application_state_transition", "data": {
+                    "application_transition_type": "application_initialized", "is_upgrade": true}}
+            ]
+        }));
+        assert_eq!(batch.ip.as_deref(), Some("81.2.69.5"));
+        let attribution = batch.attribution.as_ref().unwrap();
+        assert_eq!(attribution.publisher.as_deref(), Some("Meta"));
+        assert_eq!(attribution.campaign.as_deref(), Some("spring"));
+        // The partner's batch makes its untyped custom events attribution events; typed ones
+        // keep their type.
+        assert_eq!(
+            batch.events[0].kind,
+            EventKind::Custom {
+                name: "attribution".into(),
+                custom_type: Some("attribution".into())
+            }
+        );
+        assert_eq!(
+            batch.events[1].kind,
+            EventKind::Custom {
+                name: "play".into(),
+                custom_type: Some("navigation".into())
+            }
+        );
+        // The latest position wins: the event's, after the batch context's.
+        let location = batch.location.unwrap();
+        assert_eq!((location.latitude, location.longitude), (Some(51.5), Some(-0.12)));
+        assert_eq!(
+            batch.events[2].kind,
+            EventKind::ApplicationStateTransition {
+                transition: Some("application_initialized".into()),
+                is_upgrade: true,
+            }
+        );
+        let error = error_of(&json!({"mpid": 5, "context": {"location": {"latitude": 91, "longitude": 0}}}));
+        assert!(error.to_string().contains("context.location.latitude"), "{error}");
+        let error = error_of(&json!({"mpid": 5, "events": [{"event_type": "commerce_event",
+            "data": {"promotion_action": {"action": "hover"}}}]}));
+        assert!(error.to_string().contains("promotion_action.action"), "{error}");
+    }
+
+    #[test]
+    fn protobuf_commerce_yields_one_event_per_action() {
+        use pb::event::Kind as K;
+        let commerce = pb::CommerceEvent {
+            promotion_action: Some(pb::PromotionAction {
+                action: "click".into(),
+                promotions: vec![pb::Promotion {
+                    name: "Summer".into(),
+                    ..Default::default()
+                }],
+            }),
+            product_impressions: vec![pb::ProductImpression {
+                product_impression_list: "search".into(),
+                products: vec![pb::Product {
+                    id: "sku-9".into(),
+                    ..Default::default()
+                }],
+            }],
+            ..Default::default()
+        };
+        let batch = pb::EventBatch {
+            mpid: 3,
+            events: vec![pb_event(5, K::CommerceEvent(commerce))],
+            attribution_info: Some(pb::AttributionInfo {
+                publisher: "Meta".into(),
+                ..Default::default()
+            }),
+            location: Some(pb::GeoPosition {
+                latitude: 40.7,
+                longitude: -74.0,
+                accuracy: 0.0,
+            }),
+            ..Default::default()
+        };
+        let bytes = envelope_bytes(pb::envelope::Payload::Batch(batch));
+        let Inbound::Batch(batch) = decode(&bytes, None, DEFAULT_MAX_MESSAGE_BYTES).unwrap() else {
+            panic!("a batch")
+        };
+        let names: Vec<String> = batch.events.iter().map(|e| e.kind.selector_name()).collect();
+        assert_eq!(names, vec!["promotion_click", "impression"]);
+        assert_eq!(batch.attribution.unwrap().publisher.as_deref(), Some("Meta"));
+        assert_eq!(batch.location.unwrap().latitude, Some(40.7));
     }
 
     #[test]
@@ -1934,6 +2295,7 @@ mod tests {
         pb::Event {
             timestamp_unixtime_ms: timestamp,
             custom_attributes: HashMap::new(),
+            location: None,
             kind: Some(kind),
         }
     }
@@ -1974,6 +2336,8 @@ mod tests {
                         transaction_id: String::new(),
                         total_amount: 21.0,
                         currency_code: "EUR".into(),
+                        promotion_action: None,
+                        product_impressions: vec![],
                     }),
                 ),
                 pb_event(0, K::SessionStart(pb::SessionStart {})),
@@ -1989,6 +2353,7 @@ mod tests {
                     0,
                     K::ApplicationStateTransition(pb::ApplicationStateTransition {
                         application_transition_type: "application_exit".into(),
+                        is_upgrade: false,
                     }),
                 ),
                 pb_event(
@@ -2064,6 +2429,9 @@ mod tests {
                 ..Default::default()
             }),
             source_request_id: "req-1".into(),
+            attribution_info: None,
+            ip: String::new(),
+            location: None,
         }
     }
 

@@ -5,8 +5,10 @@
 //! A catalog is immutable once built; the registry builds a new one on every definition change
 //! and partition actors swap it in between batches.
 
+use crate::calculated::{CalcSpec, CalculatedAttributeRecord, CalculatedDef};
 use crate::criteria::{
-    compile, parse_definition, CompiledAudience, DefinitionError, Matcher, ReadKey,
+    compile_with, parse_definition, CalcLookup, CompiledAudience, Criterion, DefinitionError,
+    Matcher, ReadKey,
 };
 use crate::model::{AudienceId, TimestampMs};
 use crate::profile::{ChangeSet, ProfileState};
@@ -40,8 +42,14 @@ pub struct AudienceRecord {
 pub const MAX_TAG_CHARS: usize = 18;
 
 impl AudienceRecord {
-    /// Checks everything but the id: name, tags and criteria.
+    /// Checks everything but the id and the calculated attributes it reads: name, tags and
+    /// criteria.
     pub fn validate(&self) -> Result<CompiledAudience, DefinitionError> {
+        self.validate_with(&|_| None)
+    }
+
+    /// Checks everything but the id, resolving calculated attributes with `calc`.
+    pub fn validate_with(&self, calc: CalcLookup<'_>) -> Result<CompiledAudience, DefinitionError> {
         if self.name.trim().is_empty() {
             return Err(DefinitionError {
                 field: "name".into(),
@@ -59,16 +67,46 @@ impl AudienceRecord {
                 });
             }
         }
-        compile(&parse_definition(&self.criteria)?)
+        compile_with(&parse_definition(&self.criteria)?, calc)
     }
 }
 
-/// The audiences a stored definition references (none if it does not compile).
+/// The audiences a stored definition references (none if it does not parse).
 fn references_of(record: &AudienceRecord) -> Vec<AudienceId> {
-    parse_definition(&record.criteria)
-        .and_then(|c| compile(&c))
-        .map(|c| c.references)
-        .unwrap_or_default()
+    fn walk(c: &Criterion, out: &mut Vec<AudienceId>) {
+        match c {
+            Criterion::And(children) | Criterion::Or(children) => {
+                children.iter().for_each(|c| walk(c, out))
+            }
+            Criterion::Exclude(child) => walk(child, out),
+            Criterion::Audience(r) => out.push(r.id),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(c) = parse_definition(&record.criteria) {
+        walk(&c, &mut out);
+    }
+    out
+}
+
+/// The calculated attributes a stored definition reads, lowercased.
+pub fn calculated_of(criteria: &serde_json::Value) -> Vec<String> {
+    fn walk(c: &Criterion, out: &mut Vec<String>) {
+        match c {
+            Criterion::And(children) | Criterion::Or(children) => {
+                children.iter().for_each(|c| walk(c, out))
+            }
+            Criterion::Exclude(child) => walk(child, out),
+            Criterion::CalculatedAttribute(cond) => out.push(cond.name.trim().to_lowercase()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(c) = parse_definition(criteria) {
+        walk(&c, &mut out);
+    }
+    out
 }
 
 /// An active audience ready to evaluate.
@@ -100,6 +138,13 @@ pub struct Catalog {
     matchers: HashMap<String, HashMap<String, Vec<Arc<Matcher>>>>,
     /// Data tier of events, by (event type, lowercased name); unset means Personalize.
     tiers: HashMap<(String, String), String>,
+    /// Calculated attributes by lowercased name, and by the events they fold.
+    calculated: HashMap<String, Arc<CalculatedDef>>,
+    calculated_records: Vec<CalculatedAttributeRecord>,
+    calculated_by_event: HashMap<String, HashMap<String, Vec<Arc<CalculatedDef>>>>,
+    by_calculated: HashMap<String, Vec<AudienceId>>,
+    by_location: Vec<AudienceId>,
+    by_attribution: Vec<AudienceId>,
 }
 
 /// The one data tier whose events real-time audiences may use.
@@ -118,6 +163,16 @@ impl Catalog {
         records: impl IntoIterator<Item = AudienceRecord>,
         tiers: Vec<(String, String, String)>,
     ) -> Catalog {
+        Catalog::build_full(version, records, tiers, Vec::new())
+    }
+
+    /// Builds a catalog with event tiers and the workspace's calculated attributes.
+    pub fn build_full(
+        version: u64,
+        records: impl IntoIterator<Item = AudienceRecord>,
+        tiers: Vec<(String, String, String)>,
+        calculated: Vec<CalculatedAttributeRecord>,
+    ) -> Catalog {
         let mut catalog = Catalog {
             version,
             tiers: tiers
@@ -126,6 +181,31 @@ impl Catalog {
                 .collect(),
             ..Default::default()
         };
+        for record in calculated {
+            match record.compile() {
+                Ok(def) => {
+                    let def = Arc::new(def);
+                    catalog
+                        .calculated_by_event
+                        .entry(def.matcher.event_type.clone())
+                        .or_default()
+                        .entry(def.matcher.name.clone())
+                        .or_default()
+                        .push(def.clone());
+                    catalog.calculated.insert(def.key.clone(), def);
+                }
+                Err(e) => {
+                    tracing::error!(attribute = %record.name, error = %e, "stored calculated attribute does not compile; not calculated")
+                }
+            }
+            catalog.calculated_records.push(record);
+        }
+        let specs: HashMap<String, CalcSpec> = catalog
+            .calculated
+            .iter()
+            .map(|(k, d)| (k.clone(), d.spec()))
+            .collect();
+        let lookup = |name: &str| specs.get(name).copied();
         let empty = ProfileState::new(0);
         let ctx = crate::criteria::EvalContext {
             now: 0,
@@ -134,7 +214,7 @@ impl Catalog {
         for record in records {
             let id = record.id;
             if record.status == AudienceStatus::Active {
-                match record.validate() {
+                match record.validate_with(&lookup) {
                     Ok(compiled) => {
                         for read in &compiled.reads {
                             let slot = match read {
@@ -154,6 +234,11 @@ impl Catalog {
                                 ReadKey::Consent => &mut catalog.by_consent,
                                 ReadKey::FirstSeen => &mut catalog.by_first_seen,
                                 ReadKey::Audience(a) => catalog.by_audience.entry(*a).or_default(),
+                                ReadKey::Calculated(c) => {
+                                    catalog.by_calculated.entry(c.clone()).or_default()
+                                }
+                                ReadKey::Location => &mut catalog.by_location,
+                                ReadKey::Attribution => &mut catalog.by_attribution,
                             };
                             slot.push(id);
                         }
@@ -308,6 +393,40 @@ impl Catalog {
         Ok(())
     }
 
+    /// The calculated attributes that fold events of this type and selector name.
+    pub fn calculated_for(&self, event_type: &str, name: &str) -> &[Arc<CalculatedDef>] {
+        self.calculated_by_event
+            .get(event_type)
+            .and_then(|by_name| by_name.get(name))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    pub fn calculated_spec(&self, key: &str) -> Option<CalcSpec> {
+        self.calculated.get(key).map(|d| d.spec())
+    }
+
+    /// The calculated attributes as stored, in creation order.
+    pub fn calculated_records(&self) -> &[CalculatedAttributeRecord] {
+        &self.calculated_records
+    }
+
+    /// Resolves calculated attributes for definitions validated against this catalog.
+    pub fn calculated_lookup(&self) -> impl Fn(&str) -> Option<CalcSpec> + '_ {
+        |name| self.calculated_spec(name)
+    }
+
+    /// Every audience (active or draft) that reads the calculated attribute `key`.
+    pub fn calculated_readers(&self, key: &str) -> Vec<&AudienceRecord> {
+        let mut out: Vec<&AudienceRecord> = self
+            .records
+            .values()
+            .filter(|r| calculated_of(&r.criteria).iter().any(|c| c == key))
+            .collect();
+        out.sort_by_key(|r| r.id);
+        out
+    }
+
     pub fn matchers_for(&self, event_type: &str, name: &str) -> &[Arc<Matcher>] {
         self.matchers
             .get(event_type)
@@ -337,6 +456,9 @@ impl Catalog {
         for a in &changes.attributes {
             add(self.by_attribute.get(a));
         }
+        for c in &changes.calculated {
+            add(self.by_calculated.get(c));
+        }
         for t in &changes.identities {
             add(self.by_identity.get(t));
         }
@@ -346,6 +468,13 @@ impl Catalog {
         if changes.consent {
             out.extend(self.by_consent.iter().copied());
         }
+        if changes.location {
+            out.extend(self.by_location.iter().copied());
+        }
+        if changes.attribution {
+            out.extend(self.by_attribution.iter().copied());
+        }
+
         if changes.created {
             out.extend(self.matches_empty.iter().copied());
             out.extend(self.by_first_seen.iter().copied());

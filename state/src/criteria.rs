@@ -28,7 +28,7 @@ pub struct DefinitionError {
 }
 
 impl DefinitionError {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         DefinitionError {
             field: field.into(),
             reason: reason.into(),
@@ -67,7 +67,64 @@ pub enum Criterion {
     /// Added to cart, then no purchase (or no product action at all) for a while: the user
     /// enters when the wait has passed, with no new event, and leaves on purchase.
     CartAbandonment(CartAbandonment),
+    /// A calculated attribute compared with an operator: `{"name": "spend_30d", "op":
+    /// "greater_than", "value": 100}`.
+    CalculatedAttribute(Condition),
+    /// Install or uninstall attribution: `{"kind": "install", "field": "campaign", "op":
+    /// "exact_match", "value": "spring"}`; without a field, whether there is one.
+    Attribution(AttributionCriterion),
+    /// Where the user is: a field (city, state, zip, dma, country) compared with a string
+    /// operator, or within a distance of a point or a named city.
+    Location(LocationCriterion),
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributionCriterion {
+    /// `install` or `uninstall`.
+    pub kind: String,
+    /// `publisher` or `campaign`; absent: the attribution exists.
+    #[serde(default)]
+    pub field: Option<String>,
+    #[serde(default)]
+    pub op: Option<Operator>,
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocationCriterion {
+    /// city, state, zip, dma or country, compared with `op` and `value`.
+    #[serde(default)]
+    pub field: Option<String>,
+    #[serde(default)]
+    pub op: Option<Operator>,
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+    /// Within a distance of a point or of a named world city.
+    #[serde(default)]
+    pub within: Option<Within>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Within {
+    pub distance: f64,
+    /// `mi` (default) or `km`.
+    #[serde(default)]
+    pub unit: Option<String>,
+    #[serde(default)]
+    pub latitude: Option<f64>,
+    #[serde(default)]
+    pub longitude: Option<f64>,
+    /// A city of the gazetteer ("Paris", "Paris, FR", "Portland, US-OR").
+    #[serde(default)]
+    pub city: Option<String>,
+}
+
+/// The location fields a location criterion compares.
+pub const LOCATION_FIELDS: &[&str] = &["city", "state", "zip", "dma", "country"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -153,6 +210,20 @@ pub struct EventCriterion {
     /// Commerce events: conditions on the transaction (total_amount, transaction_id).
     #[serde(default)]
     pub transaction: Vec<Condition>,
+    /// Commerce events: a promotion action (`view` or `click`) instead of a product action.
+    #[serde(default)]
+    pub promotion_action: Option<String>,
+    /// Promotion events: conditions on a promotion's fields (id, name, creative, position);
+    /// some promotion of the event must meet all of them.
+    #[serde(default)]
+    pub promotion: Vec<Condition>,
+    /// Commerce events: product impressions instead of a product action (`product`
+    /// conditions then apply to the impressed products).
+    #[serde(default)]
+    pub impression: bool,
+    /// Impressions: the impression list's name (exact, case-insensitive).
+    #[serde(default)]
+    pub impression_list: Option<String>,
     /// How many times; at least once by default.
     #[serde(default)]
     pub count: Option<Count>,
@@ -270,7 +341,13 @@ pub fn event_references(criterion: &Criterion) -> Vec<(String, String, String)> 
             Criterion::Exclude(child) => walk(child, &format!("{path}.exclude"), out),
             Criterion::Event(e) => {
                 let field = if e.event_type == "commerce_event" {
-                    "product_action"
+                    if e.promotion_action.is_some() {
+                        "promotion_action"
+                    } else if e.impression {
+                        "impression"
+                    } else {
+                        "product_action"
+                    }
                 } else if e.name.is_some() {
                     "name"
                 } else {
@@ -301,7 +378,41 @@ pub fn parse_definition(json: &serde_json::Value) -> Result<Criterion, Definitio
         };
         DefinitionError::new(field, e.into_inner().to_string())
     })?;
+    let mut criterion = criterion;
+    normalize(&mut criterion, "criteria")?;
     Ok(criterion)
+}
+
+/// Rewrites the shorthands of the language into their one canonical form, so that every
+/// later step sees a single spelling: an event of type `attribution` is a custom event of
+/// custom event type `attribution`.
+fn normalize(criterion: &mut Criterion, path: &str) -> Result<(), DefinitionError> {
+    let (op, children) = match criterion {
+        Criterion::And(children) => ("and", children),
+        Criterion::Or(children) => ("or", children),
+        Criterion::Exclude(child) => return normalize(child, &format!("{path}.exclude")),
+        Criterion::Event(e) => return normalize_event(e, &format!("{path}.event")),
+        _ => return Ok(()),
+    };
+    for (i, child) in children.iter_mut().enumerate() {
+        normalize(child, &format!("{path}.{op}[{i}]"))?;
+    }
+    Ok(())
+}
+
+/// An attribution event criterion, as a custom event criterion.
+pub fn normalize_event(e: &mut EventCriterion, path: &str) -> Result<(), DefinitionError> {
+    if e.event_type.eq_ignore_ascii_case("attribution") {
+        if e.custom_event_type.is_some() {
+            return Err(DefinitionError::new(
+                format!("{path}.custom_event_type"),
+                "attribution events have the custom event type attribution",
+            ));
+        }
+        e.event_type = "custom_event".to_string();
+        e.custom_event_type = Some("attribution".to_string());
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------ compiled form
@@ -324,6 +435,12 @@ pub enum ReadKey {
     FirstSeen,
     /// Membership in another audience.
     Audience(crate::model::AudienceId),
+    /// A calculated attribute, by lowercased name.
+    Calculated(String),
+    /// Install or uninstall attribution.
+    Attribution,
+    /// The profile's location (GeoIP or device position).
+    Location,
 }
 
 /// An event criterion with attribute conditions keeps its own series in the profile, recorded
@@ -337,7 +454,13 @@ pub struct Matcher {
     pub conditions: Vec<CompiledCondition>,
     pub product_conditions: Vec<CompiledCondition>,
     pub transaction_conditions: Vec<CompiledCondition>,
+    pub promotion_conditions: Vec<CompiledCondition>,
+    /// Impressions: the list's name, lowercased.
+    pub impression_list: Option<String>,
 }
+
+/// The fields of a promotion that promotion conditions read.
+pub const PROMOTION_FIELDS: &[&str] = &["id", "name", "creative", "position"];
 
 /// The fields of a product that product conditions read.
 pub const PRODUCT_FIELDS: &[&str] = &[
@@ -346,7 +469,7 @@ pub const PRODUCT_FIELDS: &[&str] = &[
 /// The fields of a transaction that transaction conditions read.
 pub const TRANSACTION_FIELDS: &[&str] = &["total_amount", "transaction_id"];
 
-fn product_field(p: &crate::model::Product, field: &str) -> Option<AttrValue> {
+pub(crate) fn product_field(p: &crate::model::Product, field: &str) -> Option<AttrValue> {
     let text = |v: &Option<String>| v.clone().map(AttrValue::String);
     match field {
         "id" | "sku" => text(&p.id),
@@ -383,17 +506,50 @@ impl Matcher {
         if !attributes_hold {
             return false;
         }
-        if self.product_conditions.is_empty() && self.transaction_conditions.is_empty() {
+        if self.product_conditions.is_empty()
+            && self.transaction_conditions.is_empty()
+            && self.promotion_conditions.is_empty()
+            && self.impression_list.is_none()
+        {
             return true;
         }
-        let crate::model::EventKind::Commerce {
-            products,
-            total_amount,
-            transaction_id,
-            ..
-        } = &event.kind
-        else {
-            return false;
+        let some_product_holds = |products: &[crate::model::Product]| {
+            self.product_conditions.is_empty()
+                || products.iter().any(|p| {
+                    self.product_conditions
+                        .iter()
+                        .all(|c| c.test.holds(product_field(p, &c.name).as_ref()))
+                })
+        };
+        let (products, total_amount, transaction_id) = match &event.kind {
+            crate::model::EventKind::Commerce {
+                products,
+                total_amount,
+                transaction_id,
+                ..
+            } => (products, total_amount, transaction_id),
+            crate::model::EventKind::Impression { list, products } => {
+                let list_holds = self.impression_list.as_ref().is_none_or(|want| {
+                    list.as_deref().map(str::to_lowercase).as_deref() == Some(want.as_str())
+                });
+                return list_holds && some_product_holds(products);
+            }
+            crate::model::EventKind::Promotion { promotions, .. } => {
+                return self.promotion_conditions.is_empty()
+                    || promotions.iter().any(|p| {
+                        self.promotion_conditions.iter().all(|c| {
+                            let text = |v: &Option<String>| v.clone().map(AttrValue::String);
+                            let value = match c.name.as_str() {
+                                "id" => text(&p.id),
+                                "name" => text(&p.name),
+                                "creative" => text(&p.creative),
+                                _ => text(&p.position),
+                            };
+                            c.test.holds(value.as_ref())
+                        })
+                    });
+            }
+            _ => return false,
         };
         let transaction_holds = self.transaction_conditions.iter().all(|c| {
             let value = match c.name.as_str() {
@@ -402,13 +558,7 @@ impl Matcher {
             };
             c.test.holds(value.as_ref())
         });
-        transaction_holds
-            && (self.product_conditions.is_empty()
-                || products.iter().any(|p| {
-                    self.product_conditions
-                        .iter()
-                        .all(|c| c.test.holds(product_field(p, &c.name).as_ref()))
-                }))
+        transaction_holds && some_product_holds(products)
     }
 }
 
@@ -450,7 +600,7 @@ pub fn parse_version(text: &str) -> Option<Vec<u64>> {
     (!parts.is_empty()).then_some(parts)
 }
 
-fn compare_versions(a: &[u64], b: &[u64]) -> std::cmp::Ordering {
+pub fn compare_versions(a: &[u64], b: &[u64]) -> std::cmp::Ordering {
     let len = a.len().max(b.len());
     (0..len)
         .map(|i| a.get(i).unwrap_or(&0).cmp(b.get(i).unwrap_or(&0)))
@@ -592,6 +742,67 @@ pub enum Node {
         wait_ms: i64,
         any_action: bool,
     },
+    /// A calculated attribute's value at evaluation time.
+    Calculated {
+        key: String,
+        spec: crate::calculated::CalcSpec,
+        test: Test,
+    },
+    /// Install or uninstall attribution; without a field the test reads whether it exists.
+    Attribution {
+        uninstall: bool,
+        field: Option<String>,
+        test: Test,
+    },
+    LocationField {
+        field: String,
+        test: Test,
+    },
+    LocationWithin {
+        latitude: f64,
+        longitude: f64,
+        radius_km: f64,
+        /// What the definition named ("Paris, FR" or the coordinates), for explanations.
+        label: String,
+    },
+}
+
+/// A location field of a profile: the reserved user attributes (`$City`, `$State`, `$Zip`,
+/// `$Country`, `$DMA`) win over what GeoIP or the device reported.
+pub fn location_field(profile: &ProfileState, field: &str) -> Option<String> {
+    let reserved = profile
+        .attribute(&format!("${field}"))
+        .and_then(AttrValue::as_text)
+        .filter(|v| !v.is_empty());
+    reserved.or_else(|| {
+        let l = &profile.location;
+        match field {
+            "city" => l.city.clone(),
+            "state" => l.state.clone(),
+            "zip" => l.zip.clone(),
+            "dma" => l.dma.clone(),
+            "country" => l.country.clone(),
+            _ => None,
+        }
+    })
+}
+
+fn attribution_value(profile: &ProfileState, uninstall: bool, field: Option<&str>) -> Option<AttrValue> {
+    let a = if uninstall {
+        profile.uninstall_attribution.as_ref()
+    } else {
+        profile.install_attribution.as_ref()
+    }?;
+    match field {
+        None => Some(AttrValue::Bool(true)),
+        Some("publisher") => a.publisher.clone().map(AttrValue::String),
+        Some(_) => a.campaign.clone().map(AttrValue::String),
+    }
+}
+
+fn distance_to(profile: &ProfileState, latitude: f64, longitude: f64) -> Option<f64> {
+    let (lat, lon) = (profile.location.latitude?, profile.location.longitude?);
+    Some(crate::geo::distance_km(lat, lon, latitude, longitude))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -729,6 +940,39 @@ impl Node {
                 wait_ms,
                 any_action,
             } => cart_abandonment(profile, ctx, *wait_ms, *any_action),
+            Node::Calculated { key, spec, test } => {
+                let (value, next_change) =
+                    crate::calculated::value_of(profile.calculated.get(key), spec, ctx.now);
+                Outcome {
+                    matched: test.holds(value.as_ref()),
+                    next_change,
+                }
+            }
+            Node::Attribution {
+                uninstall,
+                field,
+                test,
+            } => Outcome {
+                matched: test.holds(attribution_value(profile, *uninstall, field.as_deref()).as_ref()),
+                next_change: None,
+            },
+            Node::LocationField { field, test } => Outcome {
+                matched: test.holds(
+                    location_field(profile, field)
+                        .map(AttrValue::String)
+                        .as_ref(),
+                ),
+                next_change: None,
+            },
+            Node::LocationWithin {
+                latitude,
+                longitude,
+                radius_km,
+                ..
+            } => Outcome {
+                matched: distance_to(profile, *latitude, *longitude).is_some_and(|d| d <= *radius_km),
+                next_change: None,
+            },
             Node::FirstSeen(window) => {
                 if profile.first_seen_ms == 0 {
                     return Outcome {
@@ -768,6 +1012,13 @@ impl Node {
                 event_type: "commerce_event".into(),
                 name: String::new(),
             }),
+            Node::Calculated { key, .. } => reads.push(ReadKey::Calculated(key.clone())),
+            Node::Attribution { .. } => reads.push(ReadKey::Attribution),
+            Node::LocationField { field, .. } => {
+                reads.push(ReadKey::Location);
+                reads.push(ReadKey::Attribute(format!("${field}")));
+            }
+            Node::LocationWithin { .. } => reads.push(ReadKey::Location),
         }
     }
 
@@ -776,6 +1027,10 @@ impl Node {
             Node::And(c) | Node::Or(c) => c.iter().any(Node::is_time_dependent),
             Node::Not(c) => c.is_time_dependent(),
             Node::Event(_) | Node::FirstSeen(_) | Node::CartAbandonment { .. } => true,
+            Node::Calculated { spec, .. } => spec.window_ms.is_some(),
+            Node::Attribution { .. } | Node::LocationField { .. } | Node::LocationWithin { .. } => {
+                false
+            }
             Node::Attribute(_)
             | Node::Identity { .. }
             | Node::Consent(_)
@@ -888,6 +1143,45 @@ impl Node {
                     last_in_retention(profile, "commerce_event:add_to_cart", ctx)
                 ),
             ),
+            Node::Calculated { key, spec, test } => {
+                let (value, _) =
+                    crate::calculated::value_of(profile.calculated.get(key), spec, ctx.now);
+                (
+                    format!("calculated attribute '{key}' ({:?}) {test:?}", spec.calculation),
+                    format!("value {value:?}"),
+                )
+            }
+            Node::Attribution {
+                uninstall,
+                field,
+                test,
+            } => (
+                format!(
+                    "{} attribution {} {test:?}",
+                    if *uninstall { "uninstall" } else { "install" },
+                    field.as_deref().unwrap_or("(any)")
+                ),
+                format!(
+                    "value {:?}",
+                    attribution_value(profile, *uninstall, field.as_deref())
+                ),
+            ),
+            Node::LocationField { field, test } => (
+                format!("location {field} {test:?}"),
+                format!("value {:?}", location_field(profile, field)),
+            ),
+            Node::LocationWithin {
+                radius_km, label, ..
+            } => (
+                format!("within {radius_km:.1} km of {label}"),
+                match (
+                    profile.location.latitude,
+                    profile.location.longitude,
+                ) {
+                    (Some(lat), Some(lon)) => format!("at ({lat}, {lon})"),
+                    _ => "no known position".to_string(),
+                },
+            ),
             Node::Audience { id, member } => (
                 format!("{} audience {id}", if *member { "in" } else { "not in" }),
                 format!(
@@ -941,7 +1235,11 @@ fn cart_abandonment(
         .history
         .range(prefix.to_string()..)
         .take_while(|(k, _)| k.starts_with(prefix))
-        .filter(|(k, _)| k.as_str() != "commerce_event:add_to_cart")
+        .filter(|(k, _)| {
+            // Only product actions: promotions and impressions are not.
+            let action = &k["commerce_event:".len()..];
+            action != "add_to_cart" && PRODUCT_ACTIONS.contains(&action)
+        })
         .any(|(_, series)| series.occurrences().any(|(t, _)| t > added && t <= ctx.now));
     if followed {
         return not_matched;
@@ -1099,11 +1397,23 @@ const EVENT_TYPES: &[&str] = &[
     "breadcrumb",
     "profile",
     "media",
+    "upgrade",
 ];
 
-/// Validates and compiles a definition.
+/// How a definition finds the calculated attributes it reads, by lowercased name.
+pub type CalcLookup<'a> = &'a dyn Fn(&str) -> Option<crate::calculated::CalcSpec>;
+
+/// Validates and compiles a definition that reads no calculated attribute.
 pub fn compile(criterion: &Criterion) -> Result<CompiledAudience, DefinitionError> {
-    let root = compile_node(criterion, "criteria")?;
+    compile_with(criterion, &|_| None)
+}
+
+/// Validates and compiles a definition, resolving calculated attributes with `calc`.
+pub fn compile_with(
+    criterion: &Criterion,
+    calc: CalcLookup<'_>,
+) -> Result<CompiledAudience, DefinitionError> {
+    let root = compile_node(criterion, "criteria", calc)?;
     let mut reads = Vec::new();
     let mut matchers = Vec::new();
     root.collect_reads(&mut reads);
@@ -1143,7 +1453,11 @@ fn collect_matchers(criterion: &Criterion, out: &mut Vec<Matcher>) {
     }
 }
 
-fn compile_node(criterion: &Criterion, path: &str) -> Result<Node, DefinitionError> {
+fn compile_node(
+    criterion: &Criterion,
+    path: &str,
+    calc: CalcLookup<'_>,
+) -> Result<Node, DefinitionError> {
     Ok(match criterion {
         Criterion::And(children) | Criterion::Or(children) => {
             let op = if matches!(criterion, Criterion::And(_)) {
@@ -1160,7 +1474,7 @@ fn compile_node(criterion: &Criterion, path: &str) -> Result<Node, DefinitionErr
             let nodes = children
                 .iter()
                 .enumerate()
-                .map(|(i, c)| compile_node(c, &format!("{path}.{op}[{i}]")))
+                .map(|(i, c)| compile_node(c, &format!("{path}.{op}[{i}]"), calc))
                 .collect::<Result<Vec<_>, _>>()?;
             if op == "and" {
                 Node::And(nodes)
@@ -1169,7 +1483,11 @@ fn compile_node(criterion: &Criterion, path: &str) -> Result<Node, DefinitionErr
             }
         }
         Criterion::Exclude(child) => {
-            Node::Not(Box::new(compile_node(child, &format!("{path}.exclude"))?))
+            Node::Not(Box::new(compile_node(
+                child,
+                &format!("{path}.exclude"),
+                calc,
+            )?))
         }
         Criterion::UserAttribute(cond) => {
             Node::Attribute(compile_condition(cond, &format!("{path}.user_attribute"))?)
@@ -1266,7 +1584,179 @@ fn compile_node(criterion: &Criterion, path: &str) -> Result<Node, DefinitionErr
         Criterion::FirstSeen(window) => {
             Node::FirstSeen(compile_window(Some(window), &format!("{path}.first_seen"))?)
         }
+        Criterion::CalculatedAttribute(cond) => {
+            let path = format!("{path}.calculated_attribute");
+            let compiled = compile_condition(cond, &path)?;
+            let spec = calc(&compiled.name).ok_or_else(|| {
+                DefinitionError::new(
+                    format!("{path}.name"),
+                    format!("calculated attribute \"{}\" is not defined", cond.name.trim()),
+                )
+            })?;
+            Node::Calculated {
+                key: compiled.name,
+                spec,
+                test: compiled.test,
+            }
+        }
+        Criterion::Attribution(a) => {
+            let path = format!("{path}.attribution");
+            let uninstall = match a.kind.trim().to_lowercase().as_str() {
+                "install" => false,
+                "uninstall" => true,
+                other => {
+                    return Err(DefinitionError::new(
+                        format!("{path}.kind"),
+                        format!("\"{other}\" is not install or uninstall"),
+                    ))
+                }
+            };
+            let field = match a.field.as_deref().map(|f| f.trim().to_lowercase()) {
+                None => None,
+                Some(f) if f == "publisher" || f == "campaign" => Some(f),
+                Some(f) => {
+                    return Err(DefinitionError::new(
+                        format!("{path}.field"),
+                        format!("\"{f}\" is not publisher or campaign"),
+                    ))
+                }
+            };
+            let op = a.op.unwrap_or(Operator::Exists);
+            if field.is_none() && !matches!(op, Operator::Exists | Operator::NotExists) {
+                return Err(DefinitionError::new(
+                    format!("{path}.op"),
+                    "without a field, attribution takes exists or not_exists",
+                ));
+            }
+            let cond = Condition {
+                name: field.clone().unwrap_or_else(|| a.kind.clone()),
+                op,
+                value: a.value.clone(),
+            };
+            Node::Attribution {
+                uninstall,
+                field,
+                test: string_test(&cond, &path)?,
+            }
+        }
+        Criterion::Location(l) => compile_location(l, &format!("{path}.location"))?,
     })
+}
+
+/// A condition whose operator must be a string operator, exists or not_exists.
+fn string_test(cond: &Condition, path: &str) -> Result<Test, DefinitionError> {
+    let compiled = compile_condition(cond, path)?;
+    let numeric = |t: &Test| {
+        matches!(
+            t,
+            Test::NumberCmp(..) | Test::NumberBetween(..) | Test::IsBool(_) | Test::VersionCmp(..)
+        )
+    };
+    match &compiled.test {
+        Test::Not(inner) if numeric(inner) => {}
+        t if !numeric(t) => return Ok(compiled.test),
+        _ => {}
+    }
+    Err(DefinitionError::new(
+        format!("{path}.op"),
+        format!(
+            "operator {} does not apply here: use a string operator, exists or not_exists",
+            op_name(cond.op)
+        ),
+    ))
+}
+
+fn compile_location(l: &LocationCriterion, path: &str) -> Result<Node, DefinitionError> {
+    match (&l.field, &l.within) {
+        (Some(field), None) => {
+            let field = field.trim().to_lowercase();
+            if !LOCATION_FIELDS.contains(&field.as_str()) {
+                return Err(DefinitionError::new(
+                    format!("{path}.field"),
+                    format!(
+                        "unknown location field \"{field}\" (one of: {})",
+                        LOCATION_FIELDS.join(", ")
+                    ),
+                ));
+            }
+            let cond = Condition {
+                name: field.clone(),
+                op: l.op.unwrap_or(Operator::ExactMatch),
+                value: l.value.clone(),
+            };
+            Ok(Node::LocationField {
+                test: string_test(&cond, path)?,
+                field,
+            })
+        }
+        (None, Some(w)) => {
+            let path = format!("{path}.within");
+            if l.op.is_some() || l.value.is_some() {
+                return Err(DefinitionError::new(
+                    &path,
+                    "within takes no op or value: distance, unit and a point or a city",
+                ));
+            }
+            if !(w.distance.is_finite() && w.distance > 0.0) {
+                return Err(DefinitionError::new(
+                    format!("{path}.distance"),
+                    format!("{} is not a positive distance", w.distance),
+                ));
+            }
+            let per_unit = match w.unit.as_deref().map(|u| u.trim().to_lowercase()).as_deref() {
+                None | Some("mi") | Some("miles") => crate::geo::KM_PER_MILE,
+                Some("km") | Some("kilometers") | Some("kilometres") => 1.0,
+                Some(other) => {
+                    return Err(DefinitionError::new(
+                        format!("{path}.unit"),
+                        format!("\"{other}\" is not mi or km"),
+                    ))
+                }
+            };
+            let (latitude, longitude, label) = match (w.latitude, w.longitude, &w.city) {
+                (Some(lat), Some(lon), None) => {
+                    if !(-90.0..=90.0).contains(&lat) {
+                        return Err(DefinitionError::new(
+                            format!("{path}.latitude"),
+                            format!("{lat} is not a latitude (-90 to 90)"),
+                        ));
+                    }
+                    if !(-180.0..=180.0).contains(&lon) {
+                        return Err(DefinitionError::new(
+                            format!("{path}.longitude"),
+                            format!("{lon} is not a longitude (-180 to 180)"),
+                        ));
+                    }
+                    (lat, lon, format!("({lat}, {lon})"))
+                }
+                (None, None, Some(city)) => {
+                    let found = crate::geo::find_city(city)
+                        .map_err(|e| DefinitionError::new(format!("{path}.city"), e))?;
+                    (
+                        found.latitude,
+                        found.longitude,
+                        format!("{}, {}-{}", found.name, found.country, found.admin1),
+                    )
+                }
+                _ => {
+                    return Err(DefinitionError::new(
+                        &path,
+                        "give either latitude and longitude, or a city",
+                    ))
+                }
+            };
+            Ok(Node::LocationWithin {
+                latitude,
+                longitude,
+                radius_km: w.distance * per_unit,
+                label,
+            })
+        }
+        _ => Err(DefinitionError::new(
+            path,
+            "a location criterion has either a field (city, state, zip, dma, country) or within",
+        )),
+    }
 }
 
 fn matcher_of(e: &EventCriterion, path: &str) -> Result<Matcher, DefinitionError> {
@@ -1304,6 +1794,24 @@ fn matcher_of(e: &EventCriterion, path: &str) -> Result<Matcher, DefinitionError
     };
     let product_conditions = fields(&e.product, PRODUCT_FIELDS, "product")?;
     let transaction_conditions = fields(&e.transaction, TRANSACTION_FIELDS, "transaction")?;
+    let promotion_conditions = fields(&e.promotion, PROMOTION_FIELDS, "promotion")?;
+    if !promotion_conditions.is_empty() && e.promotion_action.is_none() {
+        return Err(DefinitionError::new(
+            format!("{path}.promotion"),
+            "promotion conditions need a promotion_action",
+        ));
+    }
+    if e.impression && !transaction_conditions.is_empty() {
+        return Err(DefinitionError::new(
+            format!("{path}.transaction"),
+            "impressions have no transaction",
+        ));
+    }
+    let impression_list = e
+        .impression_list
+        .as_deref()
+        .map(|l| l.trim().to_lowercase())
+        .filter(|l| !l.is_empty());
     let name = selector_name(e);
     let custom_event_type = e.custom_event_type.as_ref().map(|t| t.to_lowercase());
     // The key is stored in profiles: it must be stable across builds, so it is FNV-1a of the
@@ -1317,6 +1825,9 @@ fn matcher_of(e: &EventCriterion, path: &str) -> Result<Matcher, DefinitionError
             "|{product_conditions:?}|{transaction_conditions:?}"
         ));
     }
+    if !promotion_conditions.is_empty() || impression_list.is_some() {
+        canonical.push_str(&format!("|{promotion_conditions:?}|{impression_list:?}"));
+    }
     Ok(Matcher {
         history_key: format!("m:{:016x}", fnv1a64(canonical.as_bytes())),
         event_type: e.event_type.clone(),
@@ -1325,14 +1836,29 @@ fn matcher_of(e: &EventCriterion, path: &str) -> Result<Matcher, DefinitionError
         conditions,
         product_conditions,
         transaction_conditions,
+        promotion_conditions,
+        impression_list,
     })
 }
 
 impl EventCriterion {
     /// Whether the criterion needs its own series (conditions beyond the event's name).
     fn has_conditions(&self) -> bool {
-        !self.attributes.is_empty() || !self.product.is_empty() || !self.transaction.is_empty()
+        !self.attributes.is_empty()
+            || !self.product.is_empty()
+            || !self.transaction.is_empty()
+            || !self.promotion.is_empty()
+            || self.impression_list.is_some()
     }
+}
+
+/// The events an event criterion selects, as a matcher (its count and time are not read):
+/// what calculated attributes fold.
+pub fn event_selector(e: &EventCriterion, path: &str) -> Result<Matcher, DefinitionError> {
+    let mut e = e.clone();
+    normalize_event(&mut e, path)?;
+    validate_selector(&e, path)?;
+    matcher_of(&e, path)
 }
 
 /// 64-bit FNV-1a: small, stable, good enough to key matcher series.
@@ -1344,6 +1870,11 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 
 fn selector_name(e: &EventCriterion) -> String {
     match e.event_type.as_str() {
+        "commerce_event" if e.impression => crate::model::IMPRESSION.to_string(),
+        "commerce_event" if e.promotion_action.is_some() => format!(
+            "promotion_{}",
+            e.promotion_action.as_deref().unwrap_or("").trim().to_lowercase()
+        ),
         "commerce_event" => e.product_action.clone().unwrap_or_default().to_lowercase(),
         _ => e.name.clone().unwrap_or_default().to_lowercase(),
     }
@@ -1363,55 +1894,7 @@ fn parse_date(s: &str, field: &str) -> Result<i64, DefinitionError> {
 }
 
 fn compile_event(e: &EventCriterion, path: &str) -> Result<EventNode, DefinitionError> {
-    if !EVENT_TYPES.contains(&e.event_type.as_str()) {
-        return Err(DefinitionError::new(
-            format!("{path}.type"),
-            format!(
-                "unknown event type \"{}\" (one of: {})",
-                e.event_type,
-                EVENT_TYPES.join(", ")
-            ),
-        ));
-    }
-    match e.event_type.as_str() {
-        "custom_event" | "screen_view" if e.name.as_deref().is_none_or(|n| n.trim().is_empty()) => {
-            return Err(DefinitionError::new(
-                format!("{path}.name"),
-                format!("a {} criterion needs the event's name", e.event_type),
-            ));
-        }
-        "commerce_event" => match e.product_action.as_deref() {
-            Some(a) if PRODUCT_ACTIONS.contains(&a.to_lowercase().as_str()) => {}
-            Some(a) => {
-                return Err(DefinitionError::new(
-                    format!("{path}.product_action"),
-                    format!(
-                        "unknown product action \"{a}\" (one of: {})",
-                        PRODUCT_ACTIONS.join(", ")
-                    ),
-                ))
-            }
-            None => {
-                return Err(DefinitionError::new(
-                    format!("{path}.product_action"),
-                    "a commerce_event criterion needs a product action",
-                ))
-            }
-        },
-        _ => {}
-    }
-    if e.custom_event_type.is_some() && e.event_type != "custom_event" {
-        return Err(DefinitionError::new(
-            format!("{path}.custom_event_type"),
-            "only custom events have a custom event type",
-        ));
-    }
-    if e.name.is_some() && !matches!(e.event_type.as_str(), "custom_event" | "screen_view") {
-        return Err(DefinitionError::new(
-            format!("{path}.name"),
-            format!("{} events are not selected by name", e.event_type),
-        ));
-    }
+    validate_selector(e, path)?;
     let count = e.count.unwrap_or(Count::AtLeast(1));
     let window = compile_window(e.time.as_ref(), &format!("{path}.time"))?;
     let name = selector_name(e);
@@ -1436,6 +1919,90 @@ fn compile_event(e: &EventCriterion, path: &str) -> Result<EventNode, Definition
         count,
         window,
     })
+}
+
+/// Checks what selects the events: the type, and the name or action each type needs.
+fn validate_selector(e: &EventCriterion, path: &str) -> Result<(), DefinitionError> {
+    if !EVENT_TYPES.contains(&e.event_type.as_str()) {
+        return Err(DefinitionError::new(
+            format!("{path}.type"),
+            format!(
+                "unknown event type \"{}\" (one of: {})",
+                e.event_type,
+                EVENT_TYPES.join(", ")
+            ),
+        ));
+    }
+    match e.event_type.as_str() {
+        "custom_event" | "screen_view" if e.name.as_deref().is_none_or(|n| n.trim().is_empty()) => {
+            return Err(DefinitionError::new(
+                format!("{path}.name"),
+                format!("a {} criterion needs the event's name", e.event_type),
+            ));
+        }
+        "commerce_event" if e.impression || e.promotion_action.is_some() => {
+            if e.product_action.is_some() || (e.impression && e.promotion_action.is_some()) {
+                return Err(DefinitionError::new(
+                    format!("{path}.product_action"),
+                    "a commerce_event criterion selects one of product_action, promotion_action or impression",
+                ));
+            }
+            if let Some(a) = &e.promotion_action {
+                if !matches!(a.trim().to_lowercase().as_str(), "view" | "click") {
+                    return Err(DefinitionError::new(
+                        format!("{path}.promotion_action"),
+                        format!("unknown promotion action \"{a}\" (view or click)"),
+                    ));
+                }
+            }
+        }
+        "commerce_event" => match e.product_action.as_deref() {
+            Some(a) if PRODUCT_ACTIONS.contains(&a.to_lowercase().as_str()) => {}
+            Some(a) => {
+                return Err(DefinitionError::new(
+                    format!("{path}.product_action"),
+                    format!(
+                        "unknown product action \"{a}\" (one of: {})",
+                        PRODUCT_ACTIONS.join(", ")
+                    ),
+                ))
+            }
+            None => {
+                return Err(DefinitionError::new(
+                    format!("{path}.product_action"),
+                    "a commerce_event criterion needs a product_action, a promotion_action or impression: true",
+                ))
+            }
+        },
+        _ => {}
+    }
+    if e.custom_event_type.is_some() && e.event_type != "custom_event" {
+        return Err(DefinitionError::new(
+            format!("{path}.custom_event_type"),
+            "only custom events have a custom event type",
+        ));
+    }
+    if e.name.is_some() && !matches!(e.event_type.as_str(), "custom_event" | "screen_view") {
+        return Err(DefinitionError::new(
+            format!("{path}.name"),
+            format!("{} events are not selected by name", e.event_type),
+        ));
+    }
+    if e.event_type != "commerce_event"
+        && (e.promotion_action.is_some() || e.impression || e.impression_list.is_some())
+    {
+        return Err(DefinitionError::new(
+            format!("{path}.type"),
+            "promotions and impressions are commerce events",
+        ));
+    }
+    if e.impression_list.is_some() && !e.impression {
+        return Err(DefinitionError::new(
+            format!("{path}.impression_list"),
+            "impression_list needs impression: true",
+        ));
+    }
+    Ok(())
 }
 
 /// Resolves a time window; `path` names the window in errors.

@@ -4,6 +4,8 @@
 //! - [`batch`]: decoding of mParticle JSON batches and the protobuf envelope into [`model::Inbound`].
 //! - [`history`]: the compact, retention-bounded event history of a profile.
 //! - [`criteria`]: the audience definition language, its validation, compilation and evaluation.
+//! - [`calculated`]: calculated attributes, folded per profile as events arrive.
+//! - [`geo`]: the world-city gazetteer and distances, for location criteria.
 //! - [`catalog`]: the set of audiences and the index from changes to the audiences they affect.
 //! - [`profile`]: the per-MPID state machine: apply a message, evaluate, emit deltas.
 //! - [`store`]: the RocksDB layout: profiles, offsets, outbox, timers, dead letters, audiences.
@@ -11,8 +13,10 @@
 //! Invariant: every module but `store` is pure (no I/O, no clock): the caller passes `now`.
 
 pub mod batch;
+pub mod calculated;
 pub mod catalog;
 pub mod criteria;
+pub mod geo;
 pub mod history;
 pub mod model;
 pub mod profile;

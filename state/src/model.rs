@@ -156,6 +156,68 @@ pub struct Product {
     pub quantity: Option<f64>,
 }
 
+/// A promotion of a commerce event's promotion action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Promotion {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub creative: Option<String>,
+    pub position: Option<String>,
+}
+
+/// The selector names of the commerce events that are not product actions: a promotion viewed
+/// or clicked, and a list of product impressions.
+pub const PROMOTION_VIEW: &str = "promotion_view";
+pub const PROMOTION_CLICK: &str = "promotion_click";
+pub const IMPRESSION: &str = "impression";
+
+/// Install or uninstall attribution: the publisher and campaign a partner attributed it to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Attribution {
+    pub publisher: Option<String>,
+    pub campaign: Option<String>,
+    pub service_provider: Option<String>,
+}
+
+/// A location a batch carries: a device position, or where GeoIP placed the batch's IP.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GeoLocation {
+    pub city: Option<String>,
+    /// State or region (ISO code when known, e.g. "WA").
+    pub state: Option<String>,
+    pub zip: Option<String>,
+    /// Nielsen DMA (metro) code, US only.
+    pub dma: Option<String>,
+    /// ISO 3166-1 alpha-2.
+    pub country: Option<String>,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+}
+
+impl GeoLocation {
+    pub fn is_empty(&self) -> bool {
+        *self == GeoLocation::default()
+    }
+
+    /// Overlays the fields `newer` carries.
+    pub fn merge_from(&mut self, newer: &GeoLocation) {
+        fn take<T: Clone>(slot: &mut Option<T>, v: &Option<T>) {
+            if v.is_some() {
+                slot.clone_from(v);
+            }
+        }
+        take(&mut self.city, &newer.city);
+        take(&mut self.state, &newer.state);
+        take(&mut self.zip, &newer.zip);
+        take(&mut self.dma, &newer.dma);
+        take(&mut self.country, &newer.country);
+        if newer.latitude.is_some() && newer.longitude.is_some() {
+            self.latitude = newer.latitude;
+            self.longitude = newer.longitude;
+        }
+    }
+}
+
 /// One identity change; `old: None` adds, `new: None` removes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IdentityChange {
@@ -181,6 +243,16 @@ pub enum EventKind {
         total_amount: Option<f64>,
         transaction_id: Option<String>,
     },
+    /// A commerce event's promotion action: `view` or `click`.
+    Promotion {
+        action: String,
+        promotions: Vec<Promotion>,
+    },
+    /// A commerce event's product impressions (one event per impression list).
+    Impression {
+        list: Option<String>,
+        products: Vec<Product>,
+    },
     SessionStart,
     SessionEnd {
         duration_ms: Option<i64>,
@@ -189,6 +261,8 @@ pub enum EventKind {
     FirstRun,
     ApplicationStateTransition {
         transition: Option<String>,
+        /// The app reports that this launch follows an upgrade.
+        is_upgrade: bool,
     },
     UserAttributeChange {
         name: String,
@@ -213,7 +287,9 @@ impl EventKind {
         match self {
             EventKind::Custom { .. } => "custom_event",
             EventKind::ScreenView { .. } => "screen_view",
-            EventKind::Commerce { .. } => "commerce_event",
+            EventKind::Commerce { .. }
+            | EventKind::Promotion { .. }
+            | EventKind::Impression { .. } => "commerce_event",
             EventKind::SessionStart => "session_start",
             EventKind::SessionEnd { .. } => "session_end",
             EventKind::CrashReport => "crash_report",
@@ -235,6 +311,8 @@ impl EventKind {
             EventKind::Commerce { product_action, .. } => {
                 product_action.as_deref().unwrap_or("").to_lowercase()
             }
+            EventKind::Promotion { action, .. } => format!("promotion_{action}"),
+            EventKind::Impression { .. } => IMPRESSION.to_string(),
             _ => String::new(),
         }
     }
@@ -264,6 +342,14 @@ pub struct Batch {
     pub device_info: Option<DeviceInfo>,
     pub consent: Option<ConsentState>,
     pub app_version: Option<String>,
+    /// `attribution_info`: set by attribution partners on install, engagement and uninstall
+    /// batches.
+    pub attribution: Option<Attribution>,
+    /// The client IP the batch was sent from, for GeoIP.
+    pub ip: Option<String>,
+    /// Where the batch places the user: a device position (`context.location` or an event's
+    /// `location`) and, once the engine has resolved `ip`, the GeoIP answer.
+    pub location: Option<GeoLocation>,
 }
 
 /// A message of the identities topic.

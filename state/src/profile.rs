@@ -10,11 +10,12 @@
 //!   the profile's timer is the earliest of them.
 
 use crate::catalog::Catalog;
-use crate::criteria::{event_history_key, EvalContext};
+use crate::criteria::{compare_versions, event_history_key, parse_version, EvalContext};
 use crate::history::EventSeries;
+use crate::calculated::CalcState;
 use crate::model::{
-    AttrValue, AudienceId, Batch, ConsentState, Delta, DeltaKind, DeviceInfo, IdentityChange,
-    Inbound, Mpid, TimestampMs,
+    AttrValue, Attribution, AudienceId, Batch, ConsentState, Delta, DeltaKind, DeviceInfo,
+    GeoLocation, IdentityChange, Inbound, Mpid, TimestampMs,
 };
 use crate::model::{Event, EventKind, DEVICE_IDENTITY_TYPES};
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,51 @@ pub struct ProfileState {
     pub memberships: BTreeMap<AudienceId, MemberRecord>,
     /// Audience to the instant time alone may change its answer.
     pub due: BTreeMap<AudienceId, TimestampMs>,
+    // Format 2 fields, after every format 1 field (the encoding is positional).
+    /// Where the user was last placed (device position, GeoIP).
+    pub location: GeoLocation,
+    /// The latest install and uninstall attributions.
+    pub install_attribution: Option<Attribution>,
+    pub uninstall_attribution: Option<Attribution>,
+    /// Calculated attribute (lowercased name) to its state.
+    pub calculated: BTreeMap<String, CalcState>,
+}
+
+/// The stored form of format 1, read so that existing stores survive the upgrade.
+#[derive(Deserialize)]
+struct ProfileStateV1 {
+    mpid: Mpid,
+    first_seen_ms: TimestampMs,
+    last_seen_ms: TimestampMs,
+    identities: BTreeMap<String, Vec<String>>,
+    attributes: BTreeMap<String, NamedAttr>,
+    device: DeviceInfo,
+    consent: ConsentState,
+    app_version: Option<String>,
+    opted_out: bool,
+    history: BTreeMap<String, EventSeries>,
+    memberships: BTreeMap<AudienceId, MemberRecord>,
+    due: BTreeMap<AudienceId, TimestampMs>,
+}
+
+impl From<ProfileStateV1> for ProfileState {
+    fn from(v: ProfileStateV1) -> Self {
+        ProfileState {
+            mpid: v.mpid,
+            first_seen_ms: v.first_seen_ms,
+            last_seen_ms: v.last_seen_ms,
+            identities: v.identities,
+            attributes: v.attributes,
+            device: v.device,
+            consent: v.consent,
+            app_version: v.app_version,
+            opted_out: v.opted_out,
+            history: v.history,
+            memberships: v.memberships,
+            due: v.due,
+            ..Default::default()
+        }
+    }
 }
 
 /// What applying a message changed, for the index to pick the audiences to evaluate.
@@ -69,6 +115,12 @@ pub struct ChangeSet {
     pub device: bool,
     /// Consent state changed.
     pub consent: bool,
+    /// Location changed.
+    pub location: bool,
+    /// Install or uninstall attribution changed.
+    pub attribution: bool,
+    /// Calculated attributes that took in an event.
+    pub calculated: BTreeSet<String>,
     /// The latest event time of the message, for the deltas it causes.
     pub event_time_ms: TimestampMs,
 }
@@ -132,6 +184,15 @@ impl ProfileState {
             series.prune_before(cutoff);
             !series.is_empty()
         });
+        self.calculated
+            .retain(|key, state| match catalog.calculated_spec(key) {
+                Some(spec) if spec.revision == state.revision => {
+                    state.prune(&spec, now);
+                    true
+                }
+                // Deleted or redefined: the old state means nothing any more.
+                _ => false,
+            });
         changes
     }
 
@@ -152,10 +213,49 @@ impl ProfileState {
         if let Some(device) = &batch.device_info {
             self.device.merge_from(device);
         }
+        // An upgrade: the app version went up, or the app said so on launch.
+        let mut upgraded = batch.events.iter().any(|e| {
+            matches!(
+                e.kind,
+                EventKind::ApplicationStateTransition {
+                    is_upgrade: true,
+                    ..
+                }
+            )
+        });
+        if let (Some(before), Some(after)) = (&app_before, &batch.app_version) {
+            if let (Some(b), Some(a)) = (parse_version(before), parse_version(after)) {
+                upgraded |= compare_versions(&a, &b).is_gt();
+            }
+        }
         if batch.app_version.is_some() {
             self.app_version.clone_from(&batch.app_version);
         }
         changes.device |= self.device != device_before || self.app_version != app_before;
+        if upgraded {
+            self.record_synthetic("upgrade", changes.event_time_ms, catalog, changes);
+        }
+        if let Some(location) = &batch.location {
+            let before = self.location.clone();
+            self.location.merge_from(location);
+            changes.location |= self.location != before;
+        }
+        if let Some(attribution) = &batch.attribution {
+            for event in &batch.events {
+                let slot = match &event.kind {
+                    EventKind::Uninstall => &mut self.uninstall_attribution,
+                    EventKind::FirstRun => &mut self.install_attribution,
+                    EventKind::Custom { name, .. } if name.eq_ignore_ascii_case("attribution") => {
+                        &mut self.install_attribution
+                    }
+                    _ => continue,
+                };
+                if slot.as_ref() != Some(attribution) {
+                    *slot = Some(attribution.clone());
+                    changes.attribution = true;
+                }
+            }
+        }
         if let Some(consent) = &batch.consent {
             let before = self.consent.clone();
             for (purpose, c) in &consent.gdpr {
@@ -184,6 +284,24 @@ impl ProfileState {
         for name in &batch.deleted_user_attributes {
             self.set_attribute(name, None, changes);
         }
+    }
+
+    /// Records an event the engine derives rather than receives (an upgrade).
+    fn record_synthetic(
+        &mut self,
+        event_type: &str,
+        at: TimestampMs,
+        catalog: &Catalog,
+        changes: &mut ChangeSet,
+    ) {
+        if catalog.excluded_by_tier(event_type, "") {
+            return;
+        }
+        self.history
+            .entry(event_type.to_string())
+            .or_default()
+            .record(at);
+        changes.events.insert((event_type.to_string(), String::new()));
     }
 
     fn apply_event(
@@ -215,6 +333,31 @@ impl ProfileState {
             }
             EventKind::UserIdentityChange(change) => self.apply_identity_change(change, changes),
             EventKind::OptOut { opted_out } => self.opted_out = *opted_out,
+            // An attribution event without the batch's attribution_info carries its publisher
+            // and campaign as custom attributes.
+            EventKind::Custom { name, custom_type }
+                if name.eq_ignore_ascii_case("attribution")
+                    && custom_type.as_deref() == Some("attribution") =>
+            {
+                let read = |key: &str| {
+                    event
+                        .attributes
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                        .map(|(_, v)| v.clone())
+                };
+                let found = Attribution {
+                    publisher: read("publisher"),
+                    campaign: read("campaign"),
+                    service_provider: read("service_provider"),
+                };
+                if found != Attribution::default()
+                    && self.install_attribution.as_ref() != Some(&found)
+                {
+                    self.install_attribution = Some(found);
+                    changes.attribution = true;
+                }
+            }
             _ => {}
         }
         let selector = (
@@ -236,6 +379,27 @@ impl ProfileState {
                     .or_default()
                     .record(at);
             }
+        }
+        for def in catalog.calculated_for(&selector.0, &selector.1) {
+            if !def.matcher.accepts(event) {
+                continue;
+            }
+            let values = def.values_of(event);
+            if values.is_empty() {
+                continue;
+            }
+            let spec = def.spec();
+            let state = self.calculated.entry(def.key.clone()).or_default();
+            if state.revision != spec.revision {
+                *state = CalcState {
+                    revision: spec.revision,
+                    ..Default::default()
+                };
+            }
+            for value in values {
+                state.add(&spec, at, value);
+            }
+            changes.calculated.insert(def.key.clone());
         }
         changes.events.insert(selector);
     }
@@ -432,6 +596,9 @@ impl ProfileState {
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         match bytes.split_first() {
             Some((&PROFILE_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+            Some((1, rest)) => postcard::from_bytes::<ProfileStateV1>(rest)
+                .map(ProfileState::from)
+                .map_err(|e| e.to_string()),
             Some((v, _)) => Err(format!("unknown profile format {v}")),
             None => Err("empty profile record".to_string()),
         }
@@ -439,4 +606,6 @@ impl ProfileState {
 }
 
 /// Version byte of the stored profile encoding.
-const PROFILE_FORMAT: u8 = 1;
+/// 2: location, attribution and calculated attributes. Profiles of format 1 are still read,
+/// and written as format 2 on their next change.
+const PROFILE_FORMAT: u8 = 2;

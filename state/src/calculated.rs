@@ -1,0 +1,521 @@
+//! Calculated attributes: per-workspace definitions of a value computed over a user's events
+//! (count, sum, min, max, average, first and last value or timestamp, unique values count, most
+//! frequent value, unique list), over the whole lifetime or within a sliding window of days;
+//! kept up to date incrementally in each profile as events arrive, readable by criteria and
+//! shown by the profile lookup.
+//!
+//! Invariants:
+//! - a lifetime attribute keeps one [`Aggregate`] per profile, folded event by event, so its
+//!   cost does not grow with the user's history;
+//! - a windowed attribute keeps the matching occurrences (time, value) that are still in its
+//!   window and folds them when read, so the value slides exactly with the clock and the
+//!   instant it next changes is known ([`CalcState::value_at`]);
+//! - a profile's state is tied to the definition's revision: redefining an attribute starts
+//!   it anew instead of mixing two definitions;
+//! - the calculation starts when the attribute is defined: events from before are not replayed
+//!   (profiles keep event counts, not every event's values).
+
+use crate::criteria::{event_selector, DefinitionError, EventCriterion, Matcher};
+use crate::model::{format_number, AttrValue, Event, EventKind, TimestampMs, DAY_MS};
+use serde::{Deserialize, Serialize};
+
+/// The most values a unique list holds.
+pub const UNIQUE_LIST_MAX: usize = 100;
+/// The most distinct values a profile tracks per attribute, for unique counts and most
+/// frequent values (bounded so that one chatty user cannot grow a profile without limit).
+pub const TRACKED_VALUES_MAX: usize = 1000;
+/// The most occurrences a windowed attribute keeps per profile; the oldest go first.
+pub const WINDOW_ENTRIES_MAX: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Calculation {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Average,
+    FirstValue,
+    LastValue,
+    FirstTimestamp,
+    LastTimestamp,
+    UniqueCount,
+    MostFrequent,
+    UniqueValues,
+}
+
+impl Calculation {
+    /// Whether the calculation reads a field of the event (the others count events or read
+    /// their time).
+    pub fn needs_field(self) -> bool {
+        !matches!(
+            self,
+            Calculation::Count | Calculation::FirstTimestamp | Calculation::LastTimestamp
+        )
+    }
+}
+
+/// A calculated attribute as stored and as users write it:
+/// `{"name": "spend_30d", "calculation": "sum", "event": {"type": "commerce_event",
+/// "product_action": "purchase"}, "field": "total_amount", "window_days": 30}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalculatedAttributeRecord {
+    pub name: String,
+    pub calculation: Calculation,
+    /// The events it is calculated over: an event criterion without count or time.
+    pub event: EventCriterion,
+    /// An event attribute, or on commerce events `total_amount`, `transaction_id` or
+    /// `product.<field>` (one value per product).
+    #[serde(default)]
+    pub field: Option<String>,
+    /// Within the last N days (sliding, 24-hour days); the whole lifetime when absent.
+    #[serde(default)]
+    pub window_days: Option<u32>,
+    #[serde(default)]
+    pub created_at_ms: TimestampMs,
+    #[serde(default)]
+    pub updated_at_ms: TimestampMs,
+    #[serde(default)]
+    pub revision: u64,
+}
+
+/// A definition ready to fold events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalculatedDef {
+    /// The name, lowercased: how criteria and profiles refer to it.
+    pub key: String,
+    pub calculation: Calculation,
+    pub matcher: Matcher,
+    pub field: Option<String>,
+    pub window_ms: Option<i64>,
+    pub revision: u64,
+}
+
+/// What a criterion needs to know of a calculated attribute to evaluate it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CalcSpec {
+    pub calculation: Calculation,
+    pub window_ms: Option<i64>,
+    pub revision: u64,
+}
+
+impl CalculatedDef {
+    pub fn spec(&self) -> CalcSpec {
+        CalcSpec {
+            calculation: self.calculation,
+            window_ms: self.window_ms,
+            revision: self.revision,
+        }
+    }
+}
+
+fn name_is_valid(name: &str) -> bool {
+    !name.is_empty()
+        && name.chars().count() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ' ' | '.'))
+}
+
+impl CalculatedAttributeRecord {
+    /// Validates the definition, naming the field of the first problem.
+    pub fn compile(&self) -> Result<CalculatedDef, DefinitionError> {
+        let name = self.name.trim();
+        if !name_is_valid(name) {
+            return Err(DefinitionError::new(
+                "name",
+                format!(
+                    "\"{}\" is not a name of 1 to 64 letters, digits, spaces, '_', '-' or '.'",
+                    self.name
+                ),
+            ));
+        }
+        if self.event.count.is_some() {
+            return Err(DefinitionError::new(
+                "event.count",
+                "a calculated attribute counts with its calculation, not with count",
+            ));
+        }
+        if self.event.time.is_some() {
+            return Err(DefinitionError::new(
+                "event.time",
+                "a calculated attribute's window is window_days",
+            ));
+        }
+        let matcher = event_selector(&self.event, "event")?;
+        let field = self
+            .field
+            .as_deref()
+            .map(|f| f.trim().to_lowercase())
+            .filter(|f| !f.is_empty());
+        match (&field, self.calculation.needs_field()) {
+            (None, true) => {
+                return Err(DefinitionError::new(
+                    "field",
+                    format!(
+                        "calculation {:?} needs the event field it reads",
+                        self.calculation
+                    ),
+                ))
+            }
+            (Some(f), _) if f.starts_with("product.") => {
+                let product_field = &f["product.".len()..];
+                if self.event.event_type != "commerce_event" {
+                    return Err(DefinitionError::new(
+                        "field",
+                        "only commerce events have product fields",
+                    ));
+                }
+                if !crate::criteria::PRODUCT_FIELDS.contains(&product_field) {
+                    return Err(DefinitionError::new(
+                        "field",
+                        format!(
+                            "unknown product field \"{product_field}\" (one of: {})",
+                            crate::criteria::PRODUCT_FIELDS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        let window_ms = match self.window_days {
+            None => None,
+            Some(0) => {
+                return Err(DefinitionError::new("window_days", "must be at least 1"));
+            }
+            Some(days) => Some(days as i64 * DAY_MS),
+        };
+        Ok(CalculatedDef {
+            key: name.to_lowercase(),
+            calculation: self.calculation,
+            matcher,
+            field,
+            window_ms,
+            revision: self.revision,
+        })
+    }
+}
+
+impl CalculatedDef {
+    /// The values an event contributes: none when it lacks the field, one per product for a
+    /// product field, and one valueless occurrence when the calculation reads no field.
+    pub fn values_of(&self, event: &Event) -> Vec<Option<String>> {
+        let Some(field) = &self.field else {
+            return vec![None];
+        };
+        if let Some(product_field) = field.strip_prefix("product.") {
+            let products = match &event.kind {
+                EventKind::Commerce { products, .. } | EventKind::Impression { products, .. } => {
+                    products
+                }
+                _ => return Vec::new(),
+            };
+            return products
+                .iter()
+                .filter_map(|p| crate::criteria::product_field(p, product_field))
+                .filter_map(|v| v.as_text())
+                .map(Some)
+                .collect();
+        }
+        if let EventKind::Commerce {
+            total_amount,
+            transaction_id,
+            ..
+        } = &event.kind
+        {
+            match field.as_str() {
+                "total_amount" => return total_amount.map(|n| Some(format_number(n))).into_iter().collect(),
+                "transaction_id" => return transaction_id.clone().map(Some).into_iter().collect(),
+                _ => {}
+            }
+        }
+        event
+            .attributes
+            .iter()
+            .find(|(k, _)| k.to_lowercase() == *field)
+            .map(|(_, v)| Some(v.clone()))
+            .into_iter()
+            .collect()
+    }
+}
+
+/// A fold of occurrences: everything any calculation needs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Aggregate {
+    pub count: u64,
+    pub numeric_count: u64,
+    pub sum: f64,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// Earliest and latest occurrence (time, value); ties keep the first and last added.
+    pub first: Option<(TimestampMs, Option<String>)>,
+    pub last: Option<(TimestampMs, Option<String>)>,
+    /// Distinct values with their counts, in order of first occurrence.
+    pub values: Vec<(String, u64)>,
+}
+
+impl Aggregate {
+    pub fn add(&mut self, at: TimestampMs, value: Option<&str>) {
+        self.count += 1;
+        if let Some(n) = value.and_then(|v| AttrValue::String(v.to_string()).as_number()) {
+            self.numeric_count += 1;
+            self.sum += n;
+            self.min = Some(self.min.map_or(n, |m| m.min(n)));
+            self.max = Some(self.max.map_or(n, |m| m.max(n)));
+        }
+        let entry = (at, value.map(str::to_string));
+        if self.first.as_ref().is_none_or(|(t, _)| at < *t) {
+            self.first = Some(entry.clone());
+        }
+        if self.last.as_ref().is_none_or(|(t, _)| at >= *t) {
+            self.last = Some(entry);
+        }
+        if let Some(v) = value {
+            let tracked = self.values.len();
+            match self.values.iter_mut().find(|(x, _)| x == v) {
+                Some((_, n)) => *n += 1,
+                None if tracked < TRACKED_VALUES_MAX => self.values.push((v.to_string(), 1)),
+                None => {}
+            }
+        }
+    }
+
+    /// The calculated value; `None` when there is nothing to calculate from (counts and sums
+    /// are then 0).
+    pub fn value(&self, calculation: Calculation) -> Option<AttrValue> {
+        let text = |e: &Option<(TimestampMs, Option<String>)>| {
+            e.as_ref()
+                .and_then(|(_, v)| v.clone())
+                .map(AttrValue::String)
+        };
+        match calculation {
+            Calculation::Count => Some(AttrValue::Number(self.count as f64)),
+            Calculation::Sum => Some(AttrValue::Number(self.sum)),
+            Calculation::Min => self.min.map(AttrValue::Number),
+            Calculation::Max => self.max.map(AttrValue::Number),
+            Calculation::Average => (self.numeric_count > 0)
+                .then(|| AttrValue::Number(self.sum / self.numeric_count as f64)),
+            Calculation::FirstValue => text(&self.first),
+            Calculation::LastValue => text(&self.last),
+            Calculation::FirstTimestamp => self.first.as_ref().map(|(t, _)| AttrValue::Date(*t)),
+            Calculation::LastTimestamp => self.last.as_ref().map(|(t, _)| AttrValue::Date(*t)),
+            Calculation::UniqueCount => Some(AttrValue::Number(self.values.len() as f64)),
+            Calculation::MostFrequent => self
+                .values
+                .iter()
+                // max_by_key keeps the last maximum: reverse so that ties go to the first seen.
+                .rev()
+                .max_by_key(|(_, n)| *n)
+                .map(|(v, _)| AttrValue::String(v.clone())),
+            Calculation::UniqueValues => Some(AttrValue::List(
+                self.values
+                    .iter()
+                    .take(UNIQUE_LIST_MAX)
+                    .map(|(v, _)| v.clone())
+                    .collect(),
+            )),
+        }
+    }
+}
+
+/// One profile's state of one calculated attribute.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CalcState {
+    /// The definition revision this state was calculated for.
+    pub revision: u64,
+    /// Lifetime attributes: the running fold.
+    pub lifetime: Aggregate,
+    /// Windowed attributes: the occurrences still in the window, oldest first.
+    pub entries: Vec<(TimestampMs, Option<String>)>,
+}
+
+impl CalcState {
+    /// Folds an occurrence in (the caller passes event times that are never in the future).
+    pub fn add(&mut self, spec: &CalcSpec, at: TimestampMs, value: Option<String>) {
+        match spec.window_ms {
+            None => self.lifetime.add(at, value.as_deref()),
+            Some(_) => {
+                let position = self.entries.partition_point(|(t, _)| *t <= at);
+                self.entries.insert(position, (at, value));
+                if self.entries.len() > WINDOW_ENTRIES_MAX {
+                    self.entries.remove(0);
+                }
+            }
+        }
+    }
+
+    /// Drops the occurrences that left the window at `now`.
+    pub fn prune(&mut self, spec: &CalcSpec, now: TimestampMs) {
+        if let Some(window) = spec.window_ms {
+            let keep_from = self.entries.partition_point(|(t, _)| t + window < now);
+            self.entries.drain(..keep_from);
+        }
+    }
+
+    /// The value at `now`, and when the clock alone next changes it (a windowed occurrence
+    /// leaving the window).
+    pub fn value_at(
+        &self,
+        spec: &CalcSpec,
+        now: TimestampMs,
+    ) -> (Option<AttrValue>, Option<TimestampMs>) {
+        match spec.window_ms {
+            None => (self.lifetime.value(spec.calculation), None),
+            Some(window) => {
+                let mut aggregate = Aggregate::default();
+                let mut next = None;
+                for (t, v) in &self.entries {
+                    // In the window while now <= t + window (a day is 24 hours before now).
+                    if *t <= now && now <= t + window {
+                        aggregate.add(*t, v.as_deref());
+                        let leaves = t + window + 1;
+                        next = Some(next.map_or(leaves, |n: i64| n.min(leaves)));
+                    }
+                }
+                (aggregate.value(spec.calculation), next)
+            }
+        }
+    }
+}
+
+/// The value of a calculated attribute for a profile's state (absent state: nothing yet).
+pub fn value_of(
+    state: Option<&CalcState>,
+    spec: &CalcSpec,
+    now: TimestampMs,
+) -> (Option<AttrValue>, Option<TimestampMs>) {
+    match state.filter(|s| s.revision == spec.revision) {
+        Some(s) => s.value_at(spec, now),
+        None => CalcState::default().value_at(spec, now),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(calculation: Calculation, window_days: Option<i64>) -> CalcSpec {
+        CalcSpec {
+            calculation,
+            window_ms: window_days.map(|d| d * DAY_MS),
+            revision: 0,
+        }
+    }
+
+    fn fold(calculation: Calculation, window: Option<i64>, items: &[(i64, &str)], now: i64) -> Option<AttrValue> {
+        let spec = spec(calculation, window);
+        let mut state = CalcState::default();
+        for (t, v) in items {
+            state.add(&spec, *t, Some(v.to_string()));
+        }
+        state.value_at(&spec, now).0
+    }
+
+    #[test]
+    fn every_calculation_over_a_lifetime() {
+        let items = [(10, "5"), (30, "b"), (20, "2"), (40, "5")];
+        let now = 100;
+        let n = |x: f64| Some(AttrValue::Number(x));
+        assert_eq!(fold(Calculation::Count, None, &items, now), n(4.0));
+        assert_eq!(fold(Calculation::Sum, None, &items, now), n(12.0));
+        assert_eq!(fold(Calculation::Min, None, &items, now), n(2.0));
+        assert_eq!(fold(Calculation::Max, None, &items, now), n(5.0));
+        assert_eq!(fold(Calculation::Average, None, &items, now), n(4.0));
+        assert_eq!(
+            fold(Calculation::FirstValue, None, &items, now),
+            Some(AttrValue::String("5".into()))
+        );
+        assert_eq!(
+            fold(Calculation::LastValue, None, &items, now),
+            Some(AttrValue::String("5".into()))
+        );
+        assert_eq!(
+            fold(Calculation::FirstTimestamp, None, &items, now),
+            Some(AttrValue::Date(10))
+        );
+        assert_eq!(
+            fold(Calculation::LastTimestamp, None, &items, now),
+            Some(AttrValue::Date(40))
+        );
+        assert_eq!(fold(Calculation::UniqueCount, None, &items, now), n(3.0));
+        assert_eq!(
+            fold(Calculation::MostFrequent, None, &items, now),
+            Some(AttrValue::String("5".into()))
+        );
+        assert_eq!(
+            fold(Calculation::UniqueValues, None, &items, now),
+            Some(AttrValue::List(vec!["5".into(), "b".into(), "2".into()]))
+        );
+        assert_eq!(fold(Calculation::Min, None, &[], now), None);
+        assert_eq!(fold(Calculation::Count, None, &[], now), n(0.0));
+    }
+
+    #[test]
+    fn a_window_slides_and_says_when() {
+        let spec = spec(Calculation::Sum, Some(1));
+        let mut state = CalcState::default();
+        state.add(&spec, 1_000, Some("3".into()));
+        state.add(&spec, 5_000, Some("4".into()));
+        let (value, next) = state.value_at(&spec, 10_000);
+        assert_eq!(value, Some(AttrValue::Number(7.0)));
+        assert_eq!(next, Some(1_000 + DAY_MS + 1));
+        let (value, next) = state.value_at(&spec, 1_000 + DAY_MS + 1);
+        assert_eq!(value, Some(AttrValue::Number(4.0)));
+        assert_eq!(next, Some(5_000 + DAY_MS + 1));
+        state.prune(&spec, 1_000 + DAY_MS + 1);
+        assert_eq!(state.entries.len(), 1);
+    }
+
+    #[test]
+    fn most_frequent_ties_go_to_the_first_seen() {
+        let items = [(1, "a"), (2, "b"), (3, "b"), (4, "a")];
+        assert_eq!(
+            fold(Calculation::MostFrequent, None, &items, 10),
+            Some(AttrValue::String("a".into()))
+        );
+    }
+
+    #[test]
+    fn unique_lists_stop_at_one_hundred() {
+        let items: Vec<(i64, String)> = (0..150).map(|i| (i, format!("v{i}"))).collect();
+        let refs: Vec<(i64, &str)> = items.iter().map(|(t, v)| (*t, v.as_str())).collect();
+        match fold(Calculation::UniqueValues, None, &refs, 1_000) {
+            Some(AttrValue::List(l)) => assert_eq!(l.len(), UNIQUE_LIST_MAX),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            fold(Calculation::UniqueCount, None, &refs, 1_000),
+            Some(AttrValue::Number(150.0))
+        );
+    }
+
+    #[test]
+    fn definitions_are_validated_by_field() {
+        let record = |json: serde_json::Value| -> CalculatedAttributeRecord {
+            serde_json::from_value(json).unwrap()
+        };
+        let sum_without_field = record(serde_json::json!({
+            "name": "spend", "calculation": "sum",
+            "event": {"type": "commerce_event", "product_action": "purchase"}
+        }));
+        assert_eq!(sum_without_field.compile().unwrap_err().field, "field");
+        let with_count = record(serde_json::json!({
+            "name": "n", "calculation": "count",
+            "event": {"name": "play", "count": {"at_least": 2}}
+        }));
+        assert_eq!(with_count.compile().unwrap_err().field, "event.count");
+        let bad_product = record(serde_json::json!({
+            "name": "n", "calculation": "max", "field": "product.colour",
+            "event": {"type": "commerce_event", "product_action": "purchase"}
+        }));
+        assert!(bad_product.compile().unwrap_err().reason.contains("colour"));
+        let ok = record(serde_json::json!({
+            "name": "Spend 30d", "calculation": "sum", "field": "total_amount", "window_days": 30,
+            "event": {"type": "commerce_event", "product_action": "purchase"}
+        }));
+        let def = ok.compile().unwrap();
+        assert_eq!(def.key, "spend 30d");
+        assert_eq!(def.window_ms, Some(30 * DAY_MS));
+    }
+}
