@@ -31,6 +31,8 @@ pub struct EngineSettings {
     pub backfill_chunk: usize,
     /// Deltas stay in the outbox this long (subscribers can resume within it).
     pub outbox_retention_ms: i64,
+    /// Places batches by their client IP, when a database is configured.
+    pub geoip: Option<Arc<crate::geoip::GeoIp>>,
 }
 
 impl Default for EngineSettings {
@@ -47,6 +49,7 @@ impl Default for EngineSettings {
             timer_tick_ms: 200,
             backfill_chunk: 500,
             outbox_retention_ms: 7 * audience_state::model::DAY_MS,
+            geoip: None,
         }
     }
 }
@@ -79,7 +82,12 @@ impl Engine {
         clock: Arc<Clock>,
         settings: EngineSettings,
     ) -> anyhow::Result<Arc<Engine>> {
-        let catalog = Catalog::build_with_tiers(1, store.load_audiences()?, store.event_tiers()?);
+        let catalog = Catalog::build_full(
+            1,
+            store.load_audiences()?,
+            store.event_tiers()?,
+            store.load_calculated()?,
+        );
         let mut partitions: BTreeSet<Partition> = store.known_partitions()?.into_iter().collect();
         let mut changes = ChangeWindow::default();
         let now = clock.now();

@@ -7,6 +7,7 @@
 //! - [`registry`]: the single writer of audience definitions;
 //! - [`publisher`]: outbox to Kafka (deltas topic, dead-letter topic), at least once;
 //! - [`connector`]: one actor per membership subscription, with its delivery pump and figures;
+//! - [`geoip`]: client IP to location (MaxMind DB format), when configured;
 //! - [`engine`], [`clock`], [`stats`]: shared state, the injectable clock, 24-hour figures.
 //!
 //! Invariant: nothing on the per-event path waits on another actor; the only awaited replies
@@ -15,6 +16,7 @@
 pub mod clock;
 pub mod connector;
 pub mod engine;
+pub mod geoip;
 pub mod ingest;
 pub mod node;
 pub mod partition;

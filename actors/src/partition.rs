@@ -15,7 +15,7 @@ use actix::prelude::*;
 use audience_state::batch::decode;
 use audience_state::catalog::Catalog;
 use audience_state::criteria::EvalContext;
-use audience_state::model::{AudienceId, Delta, DeltaKind, Mpid, TimestampMs};
+use audience_state::model::{AudienceId, Delta, DeltaKind, Inbound, Mpid, TimestampMs};
 use audience_state::profile::ProfileState;
 use audience_state::store::{DeadLetter, Partition, StoreError, WriteBatch};
 use std::collections::{BTreeSet, HashMap};
@@ -277,6 +277,12 @@ impl PartitionActor {
                     continue;
                 }
             };
+            let mut inbound = inbound;
+            if let (Inbound::Batch(batch), Some(geoip)) =
+                (&mut inbound, &self.engine.settings.geoip)
+            {
+                locate(batch, geoip);
+            }
             let mpid = inbound.mpid();
             let catalog = self.catalog.clone();
             let retention = self.engine.settings.retention_ms;
@@ -648,4 +654,17 @@ impl Handler<Snapshot> for PartitionActor {
             profiles_active: self.cache.len() as u64,
         })
     }
+}
+
+/// Adds where GeoIP places the batch's client IP. A device position the batch carries is
+/// more precise than GeoIP's, so its coordinates win.
+fn locate(batch: &mut audience_state::model::Batch, geoip: &crate::geoip::GeoIp) {
+    let Some(found) = batch.ip.as_deref().and_then(|ip| geoip.locate(ip)) else {
+        return;
+    };
+    let mut location = found;
+    if let Some(device) = &batch.location {
+        location.merge_from(device);
+    }
+    batch.location = Some(location);
 }

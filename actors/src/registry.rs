@@ -3,6 +3,7 @@
 //! evaluation of the changed audience over the stored profiles.
 
 use crate::node::Node;
+use audience_state::calculated::CalculatedAttributeRecord;
 use audience_state::catalog::{AudienceRecord, AudienceStatus, Catalog};
 use audience_state::criteria::{parse_definition, DefinitionError};
 use audience_state::model::AudienceId;
@@ -15,6 +16,8 @@ pub enum RegistryError {
     Invalid(#[from] DefinitionError),
     #[error("audience {0} not found")]
     NotFound(AudienceId),
+    #[error("calculated attribute \"{0}\" not found")]
+    CalculatedNotFound(String),
     /// The operation would break another audience (e.g. deleting one that others reference).
     #[error("{0}")]
     Conflict(String),
@@ -48,10 +51,11 @@ impl Registry {
     fn publish(&self) -> Result<(), RegistryError> {
         let engine = &self.node.engine;
         let version = engine.catalog.load().version + 1;
-        let catalog = Catalog::build_with_tiers(
+        let catalog = Catalog::build_full(
             version,
             engine.store.load_audiences()?,
             engine.store.event_tiers()?,
+            engine.store.load_calculated()?,
         );
         engine.catalog.store(Arc::new(catalog));
         self.node.catalog_changed();
@@ -77,9 +81,9 @@ impl Registry {
             updated_at_ms: now,
             revision: 1,
         };
-        let compiled = record.validate()?;
-        record.id = engine.store.next_audience_id()?;
         let catalog = engine.catalog.load();
+        let compiled = record.validate_with(&catalog.calculated_lookup())?;
+        record.id = engine.store.next_audience_id()?;
         catalog.check_references(record.id, &compiled)?;
         catalog.check_tiers(&parse_definition(&record.criteria)?)?;
         engine.store.put_audience(&record)?;
@@ -102,8 +106,8 @@ impl Registry {
         record.tags = spec.tags;
         record.updated_at_ms = engine.clock.now();
         record.revision += 1;
-        let compiled = record.validate()?;
         let catalog = engine.catalog.load();
+        let compiled = record.validate_with(&catalog.calculated_lookup())?;
         catalog.check_references(id, &compiled)?;
         catalog.check_tiers(&parse_definition(&record.criteria)?)?;
         engine.store.put_audience(&record)?;
@@ -182,6 +186,73 @@ impl Registry {
             .store
             .set_event_tier(&event_type, &name, &tier)?;
         self.publish()
+    }
+
+    /// Defines (or redefines) a calculated attribute. A redefinition starts the calculation
+    /// anew in every profile, and audiences reading it are evaluated again.
+    pub fn put_calculated(
+        &self,
+        mut record: CalculatedAttributeRecord,
+    ) -> Result<CalculatedAttributeRecord, RegistryError> {
+        let _guard = self.write_lock.lock();
+        let engine = &self.node.engine;
+        record.compile()?;
+        let now = engine.clock.now();
+        let key = record.name.trim().to_lowercase();
+        let catalog = engine.catalog.load();
+        let previous = catalog
+            .calculated_records()
+            .iter()
+            .find(|r| r.name.trim().to_lowercase() == key);
+        record.created_at_ms = previous.map_or(now, |p| p.created_at_ms);
+        record.updated_at_ms = now;
+        engine.store.put_calculated(&mut record)?;
+        // Audiences reading it compiled against the old revision: bump them so that they are
+        // evaluated again over every profile with the new one.
+        for reader in catalog.calculated_readers(&key) {
+            let mut reader = reader.clone();
+            reader.revision += 1;
+            engine.store.put_audience(&reader)?;
+        }
+        self.publish()?;
+        tracing::info!(attribute = %record.name, "calculated attribute defined");
+        Ok(record)
+    }
+
+    /// Deletes a calculated attribute; refused while an audience reads it, naming them.
+    pub fn delete_calculated(&self, name: &str) -> Result<(), RegistryError> {
+        let _guard = self.write_lock.lock();
+        let key = name.trim().to_lowercase();
+        let catalog = self.node.engine.catalog.load();
+        if !catalog
+            .calculated_records()
+            .iter()
+            .any(|r| r.name.trim().to_lowercase() == key)
+        {
+            return Err(RegistryError::CalculatedNotFound(name.to_string()));
+        }
+        let readers = catalog.calculated_readers(&key);
+        if !readers.is_empty() {
+            let names: Vec<String> = readers
+                .iter()
+                .map(|r| format!("{} (\"{}\")", r.id, r.name))
+                .collect();
+            return Err(RegistryError::Conflict(format!(
+                "calculated attribute \"{name}\" is used by audience(s) {}: remove it from their criteria first",
+                names.join(", ")
+            )));
+        }
+        self.node.engine.store.delete_calculated(&key)?;
+        self.publish()
+    }
+
+    pub fn list_calculated(&self) -> Vec<CalculatedAttributeRecord> {
+        self.node
+            .engine
+            .catalog
+            .load()
+            .calculated_records()
+            .to_vec()
     }
 
     pub fn get(&self, id: AudienceId) -> Result<AudienceRecord, RegistryError> {

@@ -67,6 +67,9 @@ pub struct EngineConfig {
     /// Audience files (`*.json`: name, external_name, tags, criteria) created at start, before
     /// consuming, when no audience of that name exists.
     pub audiences_dir: Option<PathBuf>,
+    /// A City database in the MaxMind DB format (GeoIP2 / GeoLite2 City): batches' `ip` is
+    /// located with it for location criteria.
+    pub geoip_database: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -128,6 +131,7 @@ impl Default for EngineConfig {
             max_cached_profiles: 10_000,
             timer_tick_ms: 200,
             audiences_dir: None,
+            geoip_database: None,
         }
     }
 }
@@ -148,6 +152,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AUDIENCE_MANUAL_CLOCK", "clock.manual"),
     ("AUDIENCE_MAX_MESSAGE_BYTES", "engine.max_message_bytes"),
     ("AUDIENCE_AUDIENCES_DIR", "engine.audiences_dir"),
+    ("AUDIENCE_GEOIP_DATABASE", "engine.geoip_database"),
     ("AUDIENCE_KAFKA_PROPERTIES", "kafka.properties (k=v,k=v)"),
 ];
 
@@ -191,6 +196,7 @@ impl Config {
                 self.engine.max_message_bytes = value.parse().map_err(|e| bad(&e))?
             }
             "AUDIENCE_AUDIENCES_DIR" => self.engine.audiences_dir = Some(value.into()),
+            "AUDIENCE_GEOIP_DATABASE" => self.engine.geoip_database = Some(value.into()),
             "AUDIENCE_KAFKA_PROPERTIES" => {
                 for pair in value.split(',').filter(|p| !p.trim().is_empty()) {
                     let (k, v) = pair
@@ -206,8 +212,15 @@ impl Config {
         Ok(())
     }
 
-    pub fn settings(&self) -> audience_actors::engine::EngineSettings {
-        audience_actors::engine::EngineSettings {
+    /// The actors' settings; opens the GeoIP database when one is configured.
+    pub fn settings(&self) -> anyhow::Result<audience_actors::engine::EngineSettings> {
+        let geoip = match &self.engine.geoip_database {
+            Some(path) => Some(std::sync::Arc::new(
+                audience_actors::geoip::GeoIp::open(path).map_err(|e| anyhow::anyhow!(e))?,
+            )),
+            None => None,
+        };
+        Ok(audience_actors::engine::EngineSettings {
             events_topic: self.kafka.events_topic.clone(),
             identities_topic: self.kafka.identities_topic.clone(),
             deltas_topic: self.kafka.deltas_topic.clone(),
@@ -216,8 +229,9 @@ impl Config {
             max_message_bytes: self.engine.max_message_bytes,
             max_cached_profiles: self.engine.max_cached_profiles,
             timer_tick_ms: self.engine.timer_tick_ms,
+            geoip,
             ..Default::default()
-        }
+        })
     }
 }
 

@@ -4,8 +4,10 @@
 use audience_actors::registry::RegistryError;
 use audience_actors::stats::Figures;
 use audience_proto::v1 as pb;
+use audience_state::calculated::{value_of, CalcSpec, CalculatedAttributeRecord};
 use audience_state::catalog::{AudienceRecord, AudienceStatus};
-use audience_state::model::{AttrValue, DeltaKind};
+use audience_state::criteria::location_field;
+use audience_state::model::{AttrValue, Attribution, DeltaKind};
 use audience_state::profile::ProfileState;
 use prost_types::value::Kind;
 use tonic::Status;
@@ -114,10 +116,14 @@ pub fn attr_value(v: &AttrValue) -> pb::AttributeValue {
 }
 
 /// `active_audience` names the active audiences; memberships of others are not shown.
+/// A profile as the lookup shows it; `calculated` gives each calculated attribute's name and
+/// spec, so that values are evaluated at `now`.
 pub fn profile(
     p: &ProfileState,
     active_audience: impl Fn(u64) -> Option<String>,
     retention_from: i64,
+    calculated: &[(String, CalcSpec)],
+    now: i64,
 ) -> pb::Profile {
     let d = &p.device;
     let s = |o: &Option<String>| o.clone().unwrap_or_default();
@@ -195,6 +201,50 @@ pub fn profile(
             })
             .collect(),
         app_version: p.app_version.clone().unwrap_or_default(),
+        calculated_attributes: calculated
+            .iter()
+            .filter_map(|(name, spec)| {
+                let key = name.trim().to_lowercase();
+                let (value, _) = value_of(p.calculated.get(&key), spec, now);
+                Some((name.clone(), attr_value(&value?)))
+            })
+            .collect(),
+        location: Some(pb::Location {
+            city: location_field(p, "city").unwrap_or_default(),
+            state: location_field(p, "state").unwrap_or_default(),
+            zip: location_field(p, "zip").unwrap_or_default(),
+            dma: location_field(p, "dma").unwrap_or_default(),
+            country: location_field(p, "country").unwrap_or_default(),
+            latitude: p.location.latitude,
+            longitude: p.location.longitude,
+        }),
+        install_attribution: p.install_attribution.as_ref().map(attribution),
+        uninstall_attribution: p.uninstall_attribution.as_ref().map(attribution),
+    }
+}
+
+fn attribution(a: &Attribution) -> pb::Attribution {
+    pb::Attribution {
+        publisher: a.publisher.clone().unwrap_or_default(),
+        campaign: a.campaign.clone().unwrap_or_default(),
+        service_provider: a.service_provider.clone().unwrap_or_default(),
+    }
+}
+
+pub fn calculated_attribute(r: &CalculatedAttributeRecord) -> pb::CalculatedAttribute {
+    let mut definition = serde_json::to_value(r).unwrap_or_default();
+    if let Some(o) = definition.as_object_mut() {
+        for engine_field in ["created_at_ms", "updated_at_ms", "revision"] {
+            o.remove(engine_field);
+        }
+        // Absent optional fields print as null: leave them out.
+        o.retain(|_, v| !v.is_null());
+    }
+    pb::CalculatedAttribute {
+        definition: Some(json_to_struct(&definition)),
+        revision: r.revision,
+        created_at_ms: r.created_at_ms,
+        updated_at_ms: r.updated_at_ms,
     }
 }
 
@@ -202,7 +252,9 @@ pub fn profile(
 pub fn status(e: RegistryError) -> Status {
     match e {
         RegistryError::Invalid(d) => Status::invalid_argument(d.to_string()),
-        RegistryError::NotFound(_) => Status::not_found(e.to_string()),
+        RegistryError::NotFound(_) | RegistryError::CalculatedNotFound(_) => {
+            Status::not_found(e.to_string())
+        }
         RegistryError::Conflict(_) => Status::failed_precondition(e.to_string()),
         RegistryError::Store(_) => Status::internal(e.to_string()),
     }

@@ -7,6 +7,7 @@ use audience_actors::connector::{Connectors, Cursor};
 use audience_actors::node::Node;
 use audience_actors::registry::{AudienceSpec, Registry};
 use audience_proto::v1 as pb;
+use audience_state::calculated::{CalcSpec, CalculatedAttributeRecord};
 use audience_state::catalog::AudienceStatus;
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -167,6 +168,57 @@ impl pb::audience_service_server::AudienceService for Services {
             })
             .collect();
         Ok(Response::new(pb::ListEventTiersResponse { tiers }))
+    }
+
+    async fn put_calculated_attribute(
+        &self,
+        req: Request<pb::CalculatedAttribute>,
+    ) -> Result<Response<pb::CalculatedAttribute>, Status> {
+        let json = req
+            .into_inner()
+            .definition
+            .map(|d| convert::struct_to_json(&d))
+            .ok_or_else(|| Status::invalid_argument("definition: missing"))?;
+        let record: CalculatedAttributeRecord =
+            serde_path_to_error::deserialize(&json).map_err(|e| {
+                let path = e.path().to_string();
+                let field = if path == "." {
+                    "definition".to_string()
+                } else {
+                    format!("definition.{path}")
+                };
+                Status::invalid_argument(format!("{field}: {}", e.into_inner()))
+            })?;
+        let record = self
+            .registry
+            .put_calculated(record)
+            .map_err(convert::status)?;
+        Ok(Response::new(convert::calculated_attribute(&record)))
+    }
+
+    async fn list_calculated_attributes(
+        &self,
+        _: Request<pb::ListCalculatedAttributesRequest>,
+    ) -> Result<Response<pb::ListCalculatedAttributesResponse>, Status> {
+        let attributes = self
+            .registry
+            .list_calculated()
+            .iter()
+            .map(convert::calculated_attribute)
+            .collect();
+        Ok(Response::new(pb::ListCalculatedAttributesResponse {
+            attributes,
+        }))
+    }
+
+    async fn delete_calculated_attribute(
+        &self,
+        req: Request<pb::DeleteCalculatedAttributeRequest>,
+    ) -> Result<Response<pb::DeleteCalculatedAttributeResponse>, Status> {
+        self.registry
+            .delete_calculated(&req.into_inner().name)
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::DeleteCalculatedAttributeResponse {}))
     }
 
     async fn save_as_draft(
@@ -340,8 +392,23 @@ impl pb::profile_service_server::ProfileService for Services {
         let profile = self.load_profile(mpid)?;
         let catalog = engine.catalog.load();
         let name = |id: u64| catalog.active(id).map(|a| a.record.name.clone());
-        let from = engine.clock.now() - engine.settings.retention_ms;
-        Ok(Response::new(convert::profile(&profile, name, from)))
+        let now = engine.clock.now();
+        let from = now - engine.settings.retention_ms;
+        let calculated: Vec<(String, CalcSpec)> = catalog
+            .calculated_records()
+            .iter()
+            .filter_map(|r| {
+                let spec = catalog.calculated_spec(&r.name.trim().to_lowercase())?;
+                Some((r.name.clone(), spec))
+            })
+            .collect();
+        Ok(Response::new(convert::profile(
+            &profile,
+            name,
+            from,
+            &calculated,
+            now,
+        )))
     }
 
     async fn explain(

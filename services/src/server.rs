@@ -183,7 +183,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.storage.sync_writes,
     )?);
     let clock = Arc::new(Clock::new(config.clock.manual));
-    let engine = Engine::new(store.clone(), clock, config.settings())?;
+    let engine = Engine::new(store.clone(), clock, config.settings()?)?;
     let node = Node::start(engine.clone(), config.engine.threads)?;
     let registry = Arc::new(Registry::new(node.clone()));
     let connectors = Arc::new(Connectors::default());

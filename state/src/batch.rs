@@ -748,7 +748,11 @@ fn events_from_json(
     Ok(())
 }
 
-fn single_event_from_json(event_type: &str, data: &Obj<'_>, type_path: &Path<'_>) -> Result<EventKind> {
+fn single_event_from_json(
+    event_type: &str,
+    data: &Obj<'_>,
+    type_path: &Path<'_>,
+) -> Result<EventKind> {
     Ok(match event_type {
         "custom_event" => EventKind::Custom {
             name: data.required_text("event_name")?,
@@ -878,7 +882,10 @@ fn commerce_from_json(data: &Obj<'_>) -> Result<Vec<EventKind>> {
 /// `view` or `click`, however the SDK spelled it (`View`, `promotion_click`...).
 fn promotion_action(raw: &str, path: &Path<'_>) -> Result<String> {
     let lowered = raw.trim().to_lowercase();
-    match lowered.trim_start_matches("promotion").trim_start_matches(['_', ' ']) {
+    match lowered
+        .trim_start_matches("promotion")
+        .trim_start_matches(['_', ' '])
+    {
         "view" => Ok("view".to_string()),
         "click" => Ok("click".to_string()),
         _ => Err(invalid(
@@ -1259,7 +1266,11 @@ fn events_from_proto(
                     0,
                     EventKind::Commerce {
                         product_action,
-                        products: commerce.products.into_iter().map(product_from_proto).collect(),
+                        products: commerce
+                            .products
+                            .into_iter()
+                            .map(product_from_proto)
+                            .collect(),
                         total_amount: non_zero_f64(commerce.total_amount),
                         transaction_id: non_empty(commerce.transaction_id),
                     },
@@ -1939,7 +1950,10 @@ mod tests {
         );
         // The latest position wins: the event's, after the batch context's.
         let location = batch.location.unwrap();
-        assert_eq!((location.latitude, location.longitude), (Some(51.5), Some(-0.12)));
+        assert_eq!(
+            (location.latitude, location.longitude),
+            (Some(51.5), Some(-0.12))
+        );
         assert_eq!(
             batch.events[2].kind,
             EventKind::ApplicationStateTransition {
@@ -1947,11 +1961,21 @@ mod tests {
                 is_upgrade: true,
             }
         );
-        let error = error_of(&json!({"mpid": 5, "context": {"location": {"latitude": 91, "longitude": 0}}}));
-        assert!(error.to_string().contains("context.location.latitude"), "{error}");
-        let error = error_of(&json!({"mpid": 5, "events": [{"event_type": "commerce_event",
-            "data": {"promotion_action": {"action": "hover"}}}]}));
-        assert!(error.to_string().contains("promotion_action.action"), "{error}");
+        let error = error_of(
+            &json!({"mpid": 5, "context": {"location": {"latitude": 91, "longitude": 0}}}),
+        );
+        assert!(
+            error.to_string().contains("context.location.latitude"),
+            "{error}"
+        );
+        let error = error_of(
+            &json!({"mpid": 5, "events": [{"event_type": "commerce_event",
+            "data": {"promotion_action": {"action": "hover"}}}]}),
+        );
+        assert!(
+            error.to_string().contains("promotion_action.action"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -1992,9 +2016,16 @@ mod tests {
         let Inbound::Batch(batch) = decode(&bytes, None, DEFAULT_MAX_MESSAGE_BYTES).unwrap() else {
             panic!("a batch")
         };
-        let names: Vec<String> = batch.events.iter().map(|e| e.kind.selector_name()).collect();
+        let names: Vec<String> = batch
+            .events
+            .iter()
+            .map(|e| e.kind.selector_name())
+            .collect();
         assert_eq!(names, vec!["promotion_click", "impression"]);
-        assert_eq!(batch.attribution.unwrap().publisher.as_deref(), Some("Meta"));
+        assert_eq!(
+            batch.attribution.unwrap().publisher.as_deref(),
+            Some("Meta")
+        );
         assert_eq!(batch.location.unwrap().latitude, Some(40.7));
     }
 

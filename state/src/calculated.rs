@@ -225,7 +225,12 @@ impl CalculatedDef {
         } = &event.kind
         {
             match field.as_str() {
-                "total_amount" => return total_amount.map(|n| Some(format_number(n))).into_iter().collect(),
+                "total_amount" => {
+                    return total_amount
+                        .map(|n| Some(format_number(n)))
+                        .into_iter()
+                        .collect()
+                }
                 "transaction_id" => return transaction_id.clone().map(Some).into_iter().collect(),
                 _ => {}
             }
@@ -403,7 +408,12 @@ mod tests {
         }
     }
 
-    fn fold(calculation: Calculation, window: Option<i64>, items: &[(i64, &str)], now: i64) -> Option<AttrValue> {
+    fn fold(
+        calculation: Calculation,
+        window: Option<i64>,
+        items: &[(i64, &str)],
+        now: i64,
+    ) -> Option<AttrValue> {
         let spec = spec(calculation, window);
         let mut state = CalcState::default();
         for (t, v) in items {

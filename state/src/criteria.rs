@@ -787,7 +787,11 @@ pub fn location_field(profile: &ProfileState, field: &str) -> Option<String> {
     })
 }
 
-fn attribution_value(profile: &ProfileState, uninstall: bool, field: Option<&str>) -> Option<AttrValue> {
+fn attribution_value(
+    profile: &ProfileState,
+    uninstall: bool,
+    field: Option<&str>,
+) -> Option<AttrValue> {
     let a = if uninstall {
         profile.uninstall_attribution.as_ref()
     } else {
@@ -953,7 +957,8 @@ impl Node {
                 field,
                 test,
             } => Outcome {
-                matched: test.holds(attribution_value(profile, *uninstall, field.as_deref()).as_ref()),
+                matched: test
+                    .holds(attribution_value(profile, *uninstall, field.as_deref()).as_ref()),
                 next_change: None,
             },
             Node::LocationField { field, test } => Outcome {
@@ -970,7 +975,8 @@ impl Node {
                 radius_km,
                 ..
             } => Outcome {
-                matched: distance_to(profile, *latitude, *longitude).is_some_and(|d| d <= *radius_km),
+                matched: distance_to(profile, *latitude, *longitude)
+                    .is_some_and(|d| d <= *radius_km),
                 next_change: None,
             },
             Node::FirstSeen(window) => {
@@ -1147,7 +1153,10 @@ impl Node {
                 let (value, _) =
                     crate::calculated::value_of(profile.calculated.get(key), spec, ctx.now);
                 (
-                    format!("calculated attribute '{key}' ({:?}) {test:?}", spec.calculation),
+                    format!(
+                        "calculated attribute '{key}' ({:?}) {test:?}",
+                        spec.calculation
+                    ),
                     format!("value {value:?}"),
                 )
             }
@@ -1174,10 +1183,7 @@ impl Node {
                 radius_km, label, ..
             } => (
                 format!("within {radius_km:.1} km of {label}"),
-                match (
-                    profile.location.latitude,
-                    profile.location.longitude,
-                ) {
+                match (profile.location.latitude, profile.location.longitude) {
                     (Some(lat), Some(lon)) => format!("at ({lat}, {lon})"),
                     _ => "no known position".to_string(),
                 },
@@ -1482,13 +1488,11 @@ fn compile_node(
                 Node::Or(nodes)
             }
         }
-        Criterion::Exclude(child) => {
-            Node::Not(Box::new(compile_node(
-                child,
-                &format!("{path}.exclude"),
-                calc,
-            )?))
-        }
+        Criterion::Exclude(child) => Node::Not(Box::new(compile_node(
+            child,
+            &format!("{path}.exclude"),
+            calc,
+        )?)),
         Criterion::UserAttribute(cond) => {
             Node::Attribute(compile_condition(cond, &format!("{path}.user_attribute"))?)
         }
@@ -1590,7 +1594,10 @@ fn compile_node(
             let spec = calc(&compiled.name).ok_or_else(|| {
                 DefinitionError::new(
                     format!("{path}.name"),
-                    format!("calculated attribute \"{}\" is not defined", cond.name.trim()),
+                    format!(
+                        "calculated attribute \"{}\" is not defined",
+                        cond.name.trim()
+                    ),
                 )
             })?;
             Node::Calculated {
@@ -1703,7 +1710,12 @@ fn compile_location(l: &LocationCriterion, path: &str) -> Result<Node, Definitio
                     format!("{} is not a positive distance", w.distance),
                 ));
             }
-            let per_unit = match w.unit.as_deref().map(|u| u.trim().to_lowercase()).as_deref() {
+            let per_unit = match w
+                .unit
+                .as_deref()
+                .map(|u| u.trim().to_lowercase())
+                .as_deref()
+            {
                 None | Some("mi") | Some("miles") => crate::geo::KM_PER_MILE,
                 Some("km") | Some("kilometers") | Some("kilometres") => 1.0,
                 Some(other) => {
@@ -1873,7 +1885,11 @@ fn selector_name(e: &EventCriterion) -> String {
         "commerce_event" if e.impression => crate::model::IMPRESSION.to_string(),
         "commerce_event" if e.promotion_action.is_some() => format!(
             "promotion_{}",
-            e.promotion_action.as_deref().unwrap_or("").trim().to_lowercase()
+            e.promotion_action
+                .as_deref()
+                .unwrap_or("")
+                .trim()
+                .to_lowercase()
         ),
         "commerce_event" => e.product_action.clone().unwrap_or_default().to_lowercase(),
         _ => e.name.clone().unwrap_or_default().to_lowercase(),

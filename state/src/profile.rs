@@ -9,10 +9,10 @@
 //! - `due` holds, per audience whose answer time alone can change, the instant it may change:
 //!   the profile's timer is the earliest of them.
 
+use crate::calculated::CalcState;
 use crate::catalog::Catalog;
 use crate::criteria::{compare_versions, event_history_key, parse_version, EvalContext};
 use crate::history::EventSeries;
-use crate::calculated::CalcState;
 use crate::model::{
     AttrValue, Attribution, AudienceId, Batch, ConsentState, Delta, DeltaKind, DeviceInfo,
     GeoLocation, IdentityChange, Inbound, Mpid, TimestampMs,
@@ -301,7 +301,9 @@ impl ProfileState {
             .entry(event_type.to_string())
             .or_default()
             .record(at);
-        changes.events.insert((event_type.to_string(), String::new()));
+        changes
+            .events
+            .insert((event_type.to_string(), String::new()));
     }
 
     fn apply_event(

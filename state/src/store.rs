@@ -14,6 +14,7 @@
 //! offsets it consumed are written in ONE [`WriteBatch`]: never split. On restart the engine
 //! resumes from the stored offsets, so every message's effects are applied exactly once.
 
+use crate::calculated::CalculatedAttributeRecord;
 use crate::catalog::AudienceRecord;
 use crate::model::{AudienceId, Delta, Mpid, TimestampMs};
 use crate::profile::ProfileState;
@@ -120,6 +121,8 @@ fn evaluated_key(partition: Partition, audience: AudienceId) -> String {
     format!("evaluated/{partition}/{audience}")
 }
 const AUDIENCE_SEQ_KEY: &str = "seq/audiences";
+const CALC_SEQ_KEY: &str = "seq/calculated";
+const CALC_PREFIX: &str = "calc/";
 
 fn be_u64(bytes: &[u8]) -> u64 {
     let mut a = [0u8; 8];
@@ -575,6 +578,47 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    // ------------------------------------------------------------ calculated attributes
+
+    /// Every calculated attribute, by name.
+    pub fn load_calculated(&self) -> StoreResult<Vec<CalculatedAttributeRecord>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(CALC_PREFIX.as_bytes(), Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if !k.starts_with(CALC_PREFIX.as_bytes()) {
+                break;
+            }
+            out.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                cf: CF_META,
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Stores a calculated attribute under its lowercased name with a revision never used
+    /// before (profiles tell a redefinition from the definition they folded by it).
+    pub fn put_calculated(&self, record: &mut CalculatedAttributeRecord) -> StoreResult<()> {
+        let revision = self.meta_u64(CALC_SEQ_KEY)?.unwrap_or(0) + 1;
+        record.revision = revision;
+        let mut b = self.batch();
+        let key = format!("{CALC_PREFIX}{}", record.name.trim().to_lowercase());
+        let bytes = serde_json::to_vec(record).expect("calculated attribute always serialises");
+        b.batch.put_cf(self.cf(CF_META), key.as_bytes(), bytes);
+        b.put_meta_u64(CALC_SEQ_KEY, revision);
+        self.commit(b)
+    }
+
+    pub fn delete_calculated(&self, key: &str) -> StoreResult<()> {
+        let key = format!("{CALC_PREFIX}{key}");
+        self.db.delete_cf(self.cf(CF_META), key.as_bytes())?;
+        Ok(())
     }
 
     // ------------------------------------------------------------ audiences

@@ -4,6 +4,8 @@
 //! Each test gets its own broker on a free port and its own data directories, so tests run in
 //! parallel and a `kill -9` of an engine is real.
 
+pub mod mmdb;
+
 use audience_proto::v1 as pb;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;

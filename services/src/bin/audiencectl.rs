@@ -33,6 +33,17 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum CalcCmd {
+    /// Define or redefine calculated attributes from JSON files (name, calculation, event,
+    /// field, window_days).
+    Put { files: Vec<PathBuf> },
+    /// List the calculated attributes.
+    List,
+    /// Delete a calculated attribute (refused while audiences read it).
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Manage audience definitions.
     #[command(subcommand)]
@@ -67,6 +78,9 @@ enum Command {
         /// personalize, analyze, connect...
         tier: Option<String>,
     },
+    /// Manage calculated attributes.
+    #[command(subcommand)]
+    Calc(CalcCmd),
     /// Size, adds, drops and volatility of audiences.
     Stats { ids: Vec<u64> },
     /// The live subscriptions and their figures.
@@ -274,6 +288,51 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Calc(cmd) => {
+            let mut client = AudienceServiceClient::new(channel(&cli.server).await?);
+            match cmd {
+                CalcCmd::Put { files } => {
+                    for file in files {
+                        let text = std::fs::read_to_string(&file)
+                            .with_context(|| format!("reading {}", file.display()))?;
+                        let json: serde_json::Value = serde_json::from_str(&text)
+                            .with_context(|| format!("{} is not JSON", file.display()))?;
+                        let saved = client
+                            .put_calculated_attribute(pb::CalculatedAttribute {
+                                definition: Some(json_to_struct(&json)),
+                                ..Default::default()
+                            })
+                            .await
+                            .with_context(|| format!("{}", file.display()))?
+                            .into_inner();
+                        println!("defined (revision {}) {}", saved.revision, file.display());
+                    }
+                }
+                CalcCmd::List => {
+                    let list = client
+                        .list_calculated_attributes(pb::ListCalculatedAttributesRequest {})
+                        .await?
+                        .into_inner();
+                    for a in list.attributes {
+                        let json = a
+                            .definition
+                            .as_ref()
+                            .map(struct_to_json)
+                            .unwrap_or_default();
+                        println!("{json}");
+                    }
+                }
+                CalcCmd::Delete { name } => {
+                    client
+                        .delete_calculated_attribute(pb::DeleteCalculatedAttributeRequest {
+                            name: name.clone(),
+                        })
+                        .await?;
+                    println!("deleted {name}");
+                }
+            }
+            Ok(())
+        }
         Command::Profile { mpid } => {
             let mut client = ProfileServiceClient::new(channel(&cli.server).await?);
             let p = client
@@ -299,6 +358,35 @@ async fn main() -> anyhow::Result<()> {
                     "device: platform {:?} os {:?} model {:?} carrier {:?}",
                     d.platform, d.os_version, d.device_model, d.network_carrier
                 );
+            }
+            if !p.calculated_attributes.is_empty() {
+                println!("calculated attributes:");
+                let mut calc: Vec<_> = p.calculated_attributes.iter().collect();
+                calc.sort_by_key(|(k, _)| (*k).clone());
+                for (k, v) in calc {
+                    println!("  {k:<28} {:?}", v.value);
+                }
+            }
+            if let Some(l) = p
+                .location
+                .as_ref()
+                .filter(|l| **l != pb::Location::default())
+            {
+                println!(
+                    "location: city {:?} state {:?} zip {:?} dma {:?} country {:?} at {:?}, {:?}",
+                    l.city, l.state, l.zip, l.dma, l.country, l.latitude, l.longitude
+                );
+            }
+            for (kind, a) in [
+                ("install", &p.install_attribution),
+                ("uninstall", &p.uninstall_attribution),
+            ] {
+                if let Some(a) = a {
+                    println!(
+                        "{kind} attribution: publisher {:?} campaign {:?} ({})",
+                        a.publisher, a.campaign, a.service_provider
+                    );
+                }
             }
             println!("audiences:");
             for m in &p.audiences {
