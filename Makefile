@@ -28,6 +28,7 @@ fmt:
 	$(CARGO) fmt --all
 
 bench: build ## Throughput and latency through the real broker (prints figures)
+	$(BIN)/audience-cpu-bench
 	$(BIN)/audience-bench
 
 clean:
