@@ -321,6 +321,12 @@ pub enum Operator {
     VersionGreaterThanOrEqual,
     VersionLessThan,
     VersionLessThanOrEqual,
+    /// Dates (a date attribute, epoch milliseconds, or an ISO 8601 string) against UTC
+    /// calendar days, as event dates are: before is exclusive; after, on and between inclusive.
+    DateBefore,
+    DateAfter,
+    DateOn,
+    DateBetween,
 }
 
 /// Every event a definition selects: (field path of its selector, event type, lowercased
@@ -583,6 +589,8 @@ pub enum Test {
     IsBool(bool),
     /// Dotted versions compared part by part as numbers ("16.10" > "16.9").
     VersionCmp(std::cmp::Ordering, bool, Vec<u64>),
+    /// A date in `[from, until)`, milliseconds since the epoch.
+    DateIn(i64, i64),
     /// The complement of the inner test.
     Not(Box<Test>),
 }
@@ -650,6 +658,7 @@ impl Test {
             }
             Test::NumberBetween(lo, hi) => v.as_number().is_some_and(|n| n >= *lo && n <= *hi),
             Test::IsBool(b) => v.as_bool() == Some(*b),
+            Test::DateIn(from, until) => date_of(v).is_some_and(|ms| ms >= *from && ms < *until),
             Test::VersionCmp(ord, or_equal, operand) => v
                 .as_text()
                 .and_then(|t| parse_version(&t))
@@ -658,6 +667,31 @@ impl Test {
                     o => o == *ord,
                 }),
         }
+    }
+}
+
+/// A value read as a date: a date attribute, epoch milliseconds, or an ISO 8601 date or
+/// date-time string ("2024-03-01", "2024-03-01T10:00:00Z").
+pub fn date_of(v: &AttrValue) -> Option<i64> {
+    match v {
+        AttrValue::Date(ms) => Some(*ms),
+        AttrValue::Number(n) if n.is_finite() => Some(*n as i64),
+        AttrValue::String(s) => {
+            let s = s.trim();
+            if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+                return Some(t.timestamp_millis());
+            }
+            if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f") {
+                return Some(t.and_utc().timestamp_millis());
+            }
+            if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+                return d
+                    .and_hms_opt(0, 0, 0)
+                    .map(|t| t.and_utc().timestamp_millis());
+            }
+            s.parse::<i64>().ok()
+        }
+        _ => None,
     }
 }
 
@@ -1513,7 +1547,7 @@ fn compile_node(
             let compiled = compile_condition(&cond, &path)?;
             if matches!(
                 compiled.test,
-                Test::NumberCmp(..) | Test::NumberBetween(..) | Test::IsBool(_)
+                Test::NumberCmp(..) | Test::NumberBetween(..) | Test::IsBool(_) | Test::DateIn(..)
             ) {
                 return Err(DefinitionError::new(
                     format!("{path}.op"),
@@ -1656,7 +1690,11 @@ fn string_test(cond: &Condition, path: &str) -> Result<Test, DefinitionError> {
     let numeric = |t: &Test| {
         matches!(
             t,
-            Test::NumberCmp(..) | Test::NumberBetween(..) | Test::IsBool(_) | Test::VersionCmp(..)
+            Test::NumberCmp(..)
+                | Test::NumberBetween(..)
+                | Test::IsBool(_)
+                | Test::VersionCmp(..)
+                | Test::DateIn(..)
         )
     };
     match &compiled.test {
@@ -2237,6 +2275,32 @@ fn compile_condition(cond: &Condition, path: &str) -> Result<CompiledCondition, 
                 return Err(DefinitionError::new(
                     &value_field,
                     "operator between needs [low, high]",
+                ))
+            }
+        },
+        Operator::DateBefore => Test::DateIn(i64::MIN, parse_date(&string_value()?, &value_field)?),
+        Operator::DateAfter => Test::DateIn(parse_date(&string_value()?, &value_field)?, i64::MAX),
+        Operator::DateOn => {
+            let day = parse_date(&string_value()?, &value_field)?;
+            Test::DateIn(day, day + DAY_MS)
+        }
+        Operator::DateBetween => match &cond.value {
+            Some(serde_json::Value::Array(bounds)) if bounds.len() == 2 => {
+                let text = |i: usize| bounds[i].as_str().unwrap_or_default().to_string();
+                let from = parse_date(&text(0), &format!("{value_field}[0]"))?;
+                let last = parse_date(&text(1), &format!("{value_field}[1]"))?;
+                if last < from {
+                    return Err(DefinitionError::new(
+                        &value_field,
+                        format!("{} is before {}", text(1), text(0)),
+                    ));
+                }
+                Test::DateIn(from, last + DAY_MS)
+            }
+            _ => {
+                return Err(DefinitionError::new(
+                    &value_field,
+                    "operator date_between needs [\"YYYY-MM-DD\", \"YYYY-MM-DD\"]",
                 ))
             }
         },

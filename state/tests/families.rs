@@ -567,6 +567,73 @@ fn location_fields_prefer_reserved_attributes_and_distances_use_the_gazetteer() 
     assert_eq!(members(&profile, T0 + 1), vec![2, 4]);
 }
 
+// ------------------------------------------------------------------ dates
+
+#[test]
+fn date_operators_compare_calendar_days_like_event_dates() {
+    let holds = |op: &str, value: serde_json::Value, attr: AttrValue| {
+        let catalog =
+            catalog(json!({"user_attribute": {"name": "signup", "op": op, "value": value}}));
+        let mut p = ProfileState::new(1);
+        apply(&mut p, &catalog, T0, |b| {
+            b.user_attributes.push(("Signup".into(), attr))
+        });
+        member_at(&p, &catalog, T0)
+    };
+    let day = |s: &str| AttrValue::String(s.into());
+    // 2024-03-09 00:00:00.000 UTC and the last millisecond of that day.
+    let midnight = AttrValue::Date(1_709_942_400_000);
+    let last_ms = AttrValue::Date(1_709_942_400_000 + DAY_MS - 1);
+    assert!(
+        !holds("date_before", json!("2024-03-09"), midnight.clone()),
+        "before is exclusive"
+    );
+    assert!(holds("date_before", json!("2024-03-10"), last_ms.clone()));
+    assert!(
+        holds("date_after", json!("2024-03-09"), midnight.clone()),
+        "after is inclusive"
+    );
+    assert!(!holds("date_after", json!("2024-03-10"), last_ms.clone()));
+    assert!(holds("date_on", json!("2024-03-09"), last_ms.clone()));
+    assert!(holds(
+        "date_on",
+        json!("2024-03-09"),
+        day("2024-03-09T23:59:59Z")
+    ));
+    assert!(!holds("date_on", json!("2024-03-09"), day("2024-03-10")));
+    assert!(holds(
+        "date_between",
+        json!(["2024-03-07", "2024-03-09"]),
+        day("2024-03-09T12:00:00")
+    ));
+    assert!(holds(
+        "date_between",
+        json!(["2024-03-07", "2024-03-09"]),
+        day("2024-03-07")
+    ));
+    assert!(!holds(
+        "date_between",
+        json!(["2024-03-07", "2024-03-09"]),
+        day("2024-03-06T23:59:59.999Z")
+    ));
+    assert!(!holds("date_after", json!("2024-03-09"), day("not a date")));
+    // Event attributes take them too.
+    let catalog = catalog(json!({"event": {"name": "booked", "attributes": [
+        {"name": "check_in", "op": "date_between", "value": ["2024-07-01", "2024-07-31"]}]}}));
+    let mut p = ProfileState::new(2);
+    apply(&mut p, &catalog, T0, |b| {
+        b.events.push(event(
+            T0,
+            EventKind::Custom {
+                name: "Booked".into(),
+                custom_type: None,
+            },
+            &[("check_in", "2024-07-31")],
+        ))
+    });
+    assert!(member_at(&p, &catalog, T0));
+}
+
 // ------------------------------------------------------------------ refusals
 
 #[test]
