@@ -57,7 +57,12 @@ struct Location {
     latitude: Option<f64>,
     longitude: Option<f64>,
     metro_code: Option<u16>,
+    accuracy_radius: Option<u16>,
 }
+
+/// GeoIP coordinates less precise than this (a country's centroid, say) are not used for
+/// distances.
+const MAX_ACCURACY_RADIUS_KM: u16 = 100;
 
 fn english(names: &Option<BTreeMap<String, String>>) -> Option<String> {
     names.as_ref()?.get("en").cloned()
@@ -75,6 +80,15 @@ impl GeoIp {
         let address: IpAddr = ip.trim().parse().ok()?;
         let record: CityRecord = self.reader.lookup(address).ok()?;
         let subdivision = record.subdivisions.as_ref().and_then(|s| s.first());
+        let precise = record.city.is_some()
+            && record
+                .location
+                .as_ref()
+                .and_then(|l| l.accuracy_radius)
+                .is_none_or(|r| r <= MAX_ACCURACY_RADIUS_KM);
+        let coordinate = |f: fn(&Location) -> Option<f64>| {
+            record.location.as_ref().and_then(f).filter(|_| precise)
+        };
         let location = GeoLocation {
             city: record.city.as_ref().and_then(|c| english(&c.names)),
             state: subdivision.and_then(|s| s.iso_code.clone().or_else(|| english(&s.names))),
@@ -85,8 +99,8 @@ impl GeoIp {
                 .and_then(|l| l.metro_code)
                 .map(|m| m.to_string()),
             country: record.country.and_then(|c| c.iso_code),
-            latitude: record.location.as_ref().and_then(|l| l.latitude),
-            longitude: record.location.as_ref().and_then(|l| l.longitude),
+            latitude: coordinate(|l| l.latitude),
+            longitude: coordinate(|l| l.longitude),
         };
         (!location.is_empty()).then_some(location)
     }

@@ -204,6 +204,11 @@ impl Registry {
             .calculated_records()
             .iter()
             .find(|r| r.name.trim().to_lowercase() == key);
+        if let Some(previous) = previous.filter(|p| p.same_definition(&record)) {
+            // A retry or a re-apply of the same file: redefining would reset every profile's
+            // calculation for nothing.
+            return Ok(previous.clone());
+        }
         record.created_at_ms = previous.map_or(now, |p| p.created_at_ms);
         record.updated_at_ms = now;
         engine.store.put_calculated(&mut record)?;

@@ -52,6 +52,32 @@ const MAX_EXACT_F64_INT: f64 = 9_007_199_254_740_992.0;
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// Most actions (product action, promotion action, impression lists) one commerce event may
+/// carry: each becomes an event of its own.
+const MAX_COMMERCE_ACTIONS: usize = 100;
+/// Most custom attribute entries a message may duplicate into the extra events of its
+/// commerce events, so that a small message cannot decode into a huge one.
+const MAX_SPLIT_ATTRIBUTE_COPIES: usize = 100_000;
+
+/// Checks a commerce event's split against the limits; `copies` counts the attribute entries
+/// duplicated so far in the message.
+fn check_split(kinds: usize, attributes: usize, copies: &mut usize, path: &Path<'_>) -> Result<()> {
+    if kinds > MAX_COMMERCE_ACTIONS {
+        return Err(invalid(
+            path,
+            format!("{kinds} actions and impression lists in one commerce event; at most {MAX_COMMERCE_ACTIONS}"),
+        ));
+    }
+    *copies += attributes * kinds.saturating_sub(1);
+    if *copies > MAX_SPLIT_ATTRIBUTE_COPIES {
+        return Err(invalid(
+            path,
+            format!("commerce events with many actions and custom attributes would copy more than {MAX_SPLIT_ATTRIBUTE_COPIES} attributes; send fewer impression lists per event"),
+        ));
+    }
+    Ok(())
+}
+
 /// Accepted event types that criteria read no further than their type.
 const OTHER_EVENT_TYPES: &[&str] = &[
     "push_registration",
@@ -508,6 +534,7 @@ fn batch_from_json(top: Obj<'_>) -> Result<Batch> {
         },
         None => None,
     };
+    let mut copies = 0;
     if let Some(items) = top.array("events")? {
         events.reserve(items.len());
         let path = top.path("events");
@@ -521,7 +548,7 @@ fn batch_from_json(top: Obj<'_>) -> Result<Batch> {
                         }
                     }
                 }
-                events_from_json(event, timestamp_ms, &mut events)?;
+                events_from_json(event, timestamp_ms, &mut events, &mut copies)?;
             }
         }
     }
@@ -643,23 +670,19 @@ fn position_from_json(position: &Obj<'_>) -> Result<Option<GeoLocation>> {
     else {
         return Ok(None);
     };
-    if !(-90.0..=90.0).contains(&latitude) {
-        return Err(invalid(
-            &position.path("latitude"),
-            format!("{latitude} is not a latitude (-90 to 90)"),
-        ));
-    }
-    if !(-180.0..=180.0).contains(&longitude) {
-        return Err(invalid(
-            &position.path("longitude"),
-            format!("{longitude} is not a longitude (-180 to 180)"),
-        ));
-    }
-    Ok(Some(GeoLocation {
-        latitude: Some(latitude),
-        longitude: Some(longitude),
-        ..Default::default()
-    }))
+    Ok(valid_position(latitude, longitude))
+}
+
+/// A position on the globe; devices report sentinels such as -999 when they have none, which
+/// are not worth losing the batch over: they are ignored.
+fn valid_position(latitude: f64, longitude: f64) -> Option<GeoLocation> {
+    ((-90.0..=90.0).contains(&latitude) && (-180.0..=180.0).contains(&longitude)).then_some(
+        GeoLocation {
+            latitude: Some(latitude),
+            longitude: Some(longitude),
+            ..Default::default()
+        },
+    )
 }
 
 fn consent_from_json(consent: Obj<'_>) -> Result<Option<ConsentState>> {
@@ -695,6 +718,7 @@ fn events_from_json(
     event: Obj<'_>,
     batch_timestamp: Option<TimestampMs>,
     out: &mut Vec<Event>,
+    copies: &mut usize,
 ) -> Result<()> {
     let type_path = event.path("event_type");
     let event_type = match event.get("event_type") {
@@ -729,6 +753,7 @@ fn events_from_json(
             }
         }
     }
+    check_split(kinds.len(), attributes.len(), copies, &event.here())?;
     let timestamp_ms = data
         .i64("timestamp_unixtime_ms")?
         .or(batch_timestamp)
@@ -1042,20 +1067,15 @@ fn batch_from_proto(batch: pb::EventBatch) -> Result<Batch> {
     }
     let timestamp_ms = non_zero_i64(batch.timestamp_unixtime_ms);
     let events_path = Path::top("events");
-    let mut location = batch
-        .location
-        .map(|p| position_from_proto(p, &Path::top("location")))
-        .transpose()?
-        .flatten();
+    let mut location = batch.location.and_then(position_from_proto);
     let mut events = Vec::with_capacity(batch.events.len());
+    let mut copies = 0;
     for (i, mut event) in batch.events.into_iter().enumerate() {
         let path = events_path.index(i);
-        if let Some(p) = event.location.take() {
-            if let Some(p) = position_from_proto(p, &path.key("location"))? {
-                location = Some(p);
-            }
+        if let Some(p) = event.location.take().and_then(position_from_proto) {
+            location = Some(p);
         }
-        events_from_proto(event, &path, timestamp_ms, &mut events)?;
+        events_from_proto(event, &path, timestamp_ms, &mut events, &mut copies)?;
     }
     let attribution = batch.attribution_info.and_then(|info| {
         let a = Attribution {
@@ -1141,27 +1161,11 @@ fn batch_from_proto(batch: pb::EventBatch) -> Result<Batch> {
 }
 
 /// A protobuf position; (0, 0) is proto3's "unset", not a point in the Gulf of Guinea.
-fn position_from_proto(p: pb::GeoPosition, path: &Path<'_>) -> Result<Option<GeoLocation>> {
+fn position_from_proto(p: pb::GeoPosition) -> Option<GeoLocation> {
     if p.latitude == 0.0 && p.longitude == 0.0 {
-        return Ok(None);
+        return None;
     }
-    if !(-90.0..=90.0).contains(&p.latitude) {
-        return Err(invalid(
-            &path.key("latitude"),
-            format!("{} is not a latitude (-90 to 90)", p.latitude),
-        ));
-    }
-    if !(-180.0..=180.0).contains(&p.longitude) {
-        return Err(invalid(
-            &path.key("longitude"),
-            format!("{} is not a longitude (-180 to 180)", p.longitude),
-        ));
-    }
-    Ok(Some(GeoLocation {
-        latitude: Some(p.latitude),
-        longitude: Some(p.longitude),
-        ..Default::default()
-    }))
+    valid_position(p.latitude, p.longitude)
 }
 
 fn product_from_proto(p: pb::Product) -> Product {
@@ -1200,6 +1204,7 @@ fn events_from_proto(
     path: &Path<'_>,
     batch_timestamp: Option<TimestampMs>,
     out: &mut Vec<Event>,
+    copies: &mut usize,
 ) -> Result<()> {
     use pb::event::Kind as K;
     let mut kinds = Vec::with_capacity(1);
@@ -1321,6 +1326,7 @@ fn events_from_proto(
         .or(batch_timestamp)
         .unwrap_or(0);
     let attributes: BTreeMap<String, String> = event.custom_attributes.into_iter().collect();
+    check_split(1 + kinds.len(), attributes.len(), copies, path)?;
     for kind in std::iter::once(kind).chain(kinds) {
         out.push(Event {
             timestamp_ms,
@@ -1961,11 +1967,20 @@ mod tests {
                 is_upgrade: true,
             }
         );
+        // A position off the globe (a device's "unknown" sentinel) is ignored, not fatal.
+        let off = batch_of(
+            &json!({"mpid": 5, "context": {"location": {"latitude": -999, "longitude": -999}}}),
+        );
+        assert_eq!(off.location, None);
+        let impressions: Vec<serde_json::Value> = (0..101)
+            .map(|i| json!({"product_impression_list": format!("l{i}")}))
+            .collect();
         let error = error_of(
-            &json!({"mpid": 5, "context": {"location": {"latitude": 91, "longitude": 0}}}),
+            &json!({"mpid": 5, "events": [{"event_type": "commerce_event",
+            "data": {"product_impressions": impressions}}]}),
         );
         assert!(
-            error.to_string().contains("context.location.latitude"),
+            error.to_string().contains("events[0]: 101 actions"),
             "{error}"
         );
         let error = error_of(

@@ -119,6 +119,15 @@ fn name_is_valid(name: &str) -> bool {
 }
 
 impl CalculatedAttributeRecord {
+    /// Whether two records define the same calculation (times and revisions aside).
+    pub fn same_definition(&self, other: &CalculatedAttributeRecord) -> bool {
+        self.name.trim() == other.name.trim()
+            && self.calculation == other.calculation
+            && self.event == other.event
+            && self.field == other.field
+            && self.window_days == other.window_days
+    }
+
     /// Validates the definition, naming the field of the first problem.
     pub fn compile(&self) -> Result<CalculatedDef, DefinitionError> {
         let name = self.name.trim();
@@ -141,6 +150,12 @@ impl CalculatedAttributeRecord {
             return Err(DefinitionError::new(
                 "event.time",
                 "a calculated attribute's window is window_days",
+            ));
+        }
+        if self.event.event_type == "upgrade" {
+            return Err(DefinitionError::new(
+                "event.type",
+                "upgrades are derived from app versions: count them with an event criterion",
             ));
         }
         let matcher = event_selector(&self.event, "event")?;

@@ -406,6 +406,13 @@ impl Catalog {
         self.calculated.get(key).map(|d| d.spec())
     }
 
+    /// Whether a calculated attribute of that (lowercased) name is stored, compiling or not.
+    pub fn has_calculated_record(&self, key: &str) -> bool {
+        self.calculated_records
+            .iter()
+            .any(|r| r.name.trim().to_lowercase() == key)
+    }
+
     /// The calculated attributes as stored, in creation order.
     pub fn calculated_records(&self) -> &[CalculatedAttributeRecord] {
         &self.calculated_records

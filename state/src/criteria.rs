@@ -1851,6 +1851,16 @@ fn matcher_of(e: &EventCriterion, path: &str) -> Result<Matcher, DefinitionError
             "promotion conditions need a promotion_action",
         ));
     }
+    if e.promotion_action.is_some() {
+        for (list, what) in [(&e.product, "product"), (&e.transaction, "transaction")] {
+            if !list.is_empty() {
+                return Err(DefinitionError::new(
+                    format!("{path}.{what}"),
+                    format!("promotions have no {what}: use promotion conditions"),
+                ));
+            }
+        }
+    }
     if e.impression && !transaction_conditions.is_empty() {
         return Err(DefinitionError::new(
             format!("{path}.transaction"),
@@ -2048,6 +2058,12 @@ fn validate_selector(e: &EventCriterion, path: &str) -> Result<(), DefinitionErr
         return Err(DefinitionError::new(
             format!("{path}.type"),
             "promotions and impressions are commerce events",
+        ));
+    }
+    if e.event_type == "upgrade" && e.has_conditions() {
+        return Err(DefinitionError::new(
+            format!("{path}.attributes"),
+            "upgrades are derived from app versions and carry no attributes",
         ));
     }
     if e.impression_list.is_some() && !e.impression {

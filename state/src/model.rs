@@ -199,18 +199,22 @@ impl GeoLocation {
         *self == GeoLocation::default()
     }
 
-    /// Overlays the fields `newer` carries.
+    /// Takes in a newer location. The place (city, state, zip, DMA, country) is one unit: a
+    /// newer place replaces the whole of the older one, so that fields of two places never
+    /// mix; coordinates are replaced when the newer location has them.
     pub fn merge_from(&mut self, newer: &GeoLocation) {
-        fn take<T: Clone>(slot: &mut Option<T>, v: &Option<T>) {
-            if v.is_some() {
-                slot.clone_from(v);
-            }
+        let has_place = newer.city.is_some()
+            || newer.state.is_some()
+            || newer.zip.is_some()
+            || newer.dma.is_some()
+            || newer.country.is_some();
+        if has_place {
+            self.city.clone_from(&newer.city);
+            self.state.clone_from(&newer.state);
+            self.zip.clone_from(&newer.zip);
+            self.dma.clone_from(&newer.dma);
+            self.country.clone_from(&newer.country);
         }
-        take(&mut self.city, &newer.city);
-        take(&mut self.state, &newer.state);
-        take(&mut self.zip, &newer.zip);
-        take(&mut self.dma, &newer.dma);
-        take(&mut self.country, &newer.country);
         if newer.latitude.is_some() && newer.longitude.is_some() {
             self.latitude = newer.latitude;
             self.longitude = newer.longitude;

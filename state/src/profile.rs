@@ -61,6 +61,8 @@ pub struct ProfileState {
     pub uninstall_attribution: Option<Attribution>,
     /// Calculated attribute (lowercased name) to its state.
     pub calculated: BTreeMap<String, CalcState>,
+    /// The highest app version seen, for upgrades.
+    pub highest_app_version: Option<String>,
 }
 
 /// The stored form of format 1, read so that existing stores survive the upgrade.
@@ -190,8 +192,11 @@ impl ProfileState {
                     state.prune(&spec, now);
                     true
                 }
-                // Deleted or redefined: the old state means nothing any more.
-                _ => false,
+                // Redefined: the old state means nothing any more.
+                Some(_) => false,
+                // Deleted; or stored but not compiling in this build, which must not cost the
+                // state a fixed definition would find again.
+                None => catalog.has_calculated_record(key),
             });
         changes
     }
@@ -223,9 +228,21 @@ impl ProfileState {
                 }
             )
         });
-        if let (Some(before), Some(after)) = (&app_before, &batch.app_version) {
-            if let (Some(b), Some(a)) = (parse_version(before), parse_version(after)) {
-                upgraded |= compare_versions(&a, &b).is_gt();
+        // Above the highest version seen, not merely above the last one: a user with two
+        // devices on different versions, or batches arriving out of order, is no upgrade.
+        if let Some(after) = batch.app_version.as_deref().and_then(parse_version) {
+            let highest = self
+                .highest_app_version
+                .as_deref()
+                .or(app_before.as_deref())
+                .and_then(parse_version);
+            match highest {
+                Some(h) if compare_versions(&after, &h).is_gt() => {
+                    upgraded = true;
+                    self.highest_app_version.clone_from(&batch.app_version);
+                }
+                Some(_) => {}
+                None => self.highest_app_version.clone_from(&batch.app_version),
             }
         }
         if batch.app_version.is_some() {

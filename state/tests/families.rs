@@ -565,6 +565,16 @@ fn location_fields_prefer_reserved_attributes_and_distances_use_the_gazetteer() 
             .push(("$City".into(), AttrValue::String("Versailles".into())));
     });
     assert_eq!(members(&profile, T0 + 1), vec![2, 4]);
+    // A newer place replaces the whole older one: no London city with a Paris zip.
+    apply(&mut profile, &catalog, T0 + 2, |b| {
+        b.user_attributes.push(("$City".into(), AttrValue::Null));
+        b.location = Some(GeoLocation {
+            country: Some("FR".into()),
+            ..Default::default()
+        })
+    });
+    assert_eq!(profile.location.dma, None);
+    assert_eq!(profile.location.country.as_deref(), Some("FR"));
 }
 
 // ------------------------------------------------------------------ dates
