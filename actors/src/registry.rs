@@ -211,14 +211,17 @@ impl Registry {
         }
         record.created_at_ms = previous.map_or(now, |p| p.created_at_ms);
         record.updated_at_ms = now;
-        engine.store.put_calculated(&mut record)?;
         // Audiences reading it compiled against the old revision: bump them so that they are
         // evaluated again over every profile with the new one.
-        for reader in catalog.calculated_readers(&key) {
-            let mut reader = reader.clone();
-            reader.revision += 1;
-            engine.store.put_audience(&reader)?;
-        }
+        let readers: Vec<AudienceRecord> = catalog
+            .calculated_readers(&key)
+            .into_iter()
+            .map(|r| AudienceRecord {
+                revision: r.revision + 1,
+                ..r.clone()
+            })
+            .collect();
+        engine.store.put_calculated(&mut record, &readers)?;
         self.publish()?;
         tracing::info!(attribute = %record.name, "calculated attribute defined");
         Ok(record)

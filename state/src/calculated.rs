@@ -26,6 +26,16 @@ pub const UNIQUE_LIST_MAX: usize = 100;
 pub const TRACKED_VALUES_MAX: usize = 1000;
 /// The most occurrences a windowed attribute keeps per profile; the oldest go first.
 pub const WINDOW_ENTRIES_MAX: usize = 10_000;
+/// Values are kept to this many characters, so that one attribute cannot grow a profile by
+/// megabytes.
+pub const VALUE_CHARS_MAX: usize = 256;
+
+fn bounded(value: Option<String>) -> Option<String> {
+    value.map(|v| match v.char_indices().nth(VALUE_CHARS_MAX) {
+        Some((end, _)) => v[..end].to_string(),
+        None => v,
+    })
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -276,9 +286,48 @@ pub struct Aggregate {
 }
 
 impl Aggregate {
+    /// [`Aggregate::add`] with an index from value to its slot in `values`, for folds of many
+    /// occurrences at once (a linear search per value would be quadratic).
+    fn add_indexed<'a>(
+        &mut self,
+        at: TimestampMs,
+        value: Option<&'a str>,
+        positions: &mut std::collections::HashMap<&'a str, usize>,
+    ) {
+        match value {
+            Some(v) => {
+                let known = positions.get(v).copied();
+                self.add_scalar(at, Some(v));
+                match known {
+                    Some(i) => self.values[i].1 += 1,
+                    None if self.values.len() < TRACKED_VALUES_MAX => {
+                        positions.insert(v, self.values.len());
+                        self.values.push((v.to_string(), 1));
+                    }
+                    None => {}
+                }
+            }
+            None => self.add_scalar(at, None),
+        }
+    }
+
     pub fn add(&mut self, at: TimestampMs, value: Option<&str>) {
+        self.add_scalar(at, value);
+        if let Some(v) = value {
+            let tracked = self.values.len();
+            match self.values.iter_mut().find(|(x, _)| x == v) {
+                Some((_, n)) => *n += 1,
+                None if tracked < TRACKED_VALUES_MAX => self.values.push((v.to_string(), 1)),
+                None => {}
+            }
+        }
+    }
+
+    /// Everything but the distinct values.
+    fn add_scalar(&mut self, at: TimestampMs, value: Option<&str>) {
         self.count += 1;
-        if let Some(n) = value.and_then(|v| AttrValue::String(v.to_string()).as_number()) {
+        if let Some(n) = value.and_then(|v| v.trim().parse::<f64>().ok().filter(|n| n.is_finite()))
+        {
             self.numeric_count += 1;
             self.sum += n;
             self.min = Some(self.min.map_or(n, |m| m.min(n)));
@@ -290,14 +339,6 @@ impl Aggregate {
         }
         if self.last.as_ref().is_none_or(|(t, _)| at >= *t) {
             self.last = Some(entry);
-        }
-        if let Some(v) = value {
-            let tracked = self.values.len();
-            match self.values.iter_mut().find(|(x, _)| x == v) {
-                Some((_, n)) => *n += 1,
-                None if tracked < TRACKED_VALUES_MAX => self.values.push((v.to_string(), 1)),
-                None => {}
-            }
         }
     }
 
@@ -353,6 +394,7 @@ pub struct CalcState {
 impl CalcState {
     /// Folds an occurrence in (the caller passes event times that are never in the future).
     pub fn add(&mut self, spec: &CalcSpec, at: TimestampMs, value: Option<String>) {
+        let value = bounded(value);
         match spec.window_ms {
             None => self.lifetime.add(at, value.as_deref()),
             Some(_) => {
@@ -385,10 +427,12 @@ impl CalcState {
             Some(window) => {
                 let mut aggregate = Aggregate::default();
                 let mut next = None;
+                let mut positions: std::collections::HashMap<&str, usize> =
+                    std::collections::HashMap::new();
                 for (t, v) in &self.entries {
                     // In the window while now <= t + window (a day is 24 hours before now).
                     if *t <= now && now <= t + window {
-                        aggregate.add(*t, v.as_deref());
+                        aggregate.add_indexed(*t, v.as_deref(), &mut positions);
                         let leaves = t + window + 1;
                         next = Some(next.map_or(leaves, |n: i64| n.min(leaves)));
                     }

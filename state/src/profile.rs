@@ -262,15 +262,10 @@ impl ProfileState {
                 let slot = match &event.kind {
                     EventKind::Uninstall => &mut self.uninstall_attribution,
                     EventKind::FirstRun => &mut self.install_attribution,
-                    EventKind::Custom { name, .. } if name.eq_ignore_ascii_case("attribution") => {
-                        &mut self.install_attribution
-                    }
+                    kind if is_install_attribution(kind) => &mut self.install_attribution,
                     _ => continue,
                 };
-                if slot.as_ref() != Some(attribution) {
-                    *slot = Some(attribution.clone());
-                    changes.attribution = true;
-                }
+                changes.attribution |= merge_attribution(slot, attribution);
             }
         }
         if let Some(consent) = &batch.consent {
@@ -354,10 +349,7 @@ impl ProfileState {
             EventKind::OptOut { opted_out } => self.opted_out = *opted_out,
             // An attribution event without the batch's attribution_info carries its publisher
             // and campaign as custom attributes.
-            EventKind::Custom { name, custom_type }
-                if name.eq_ignore_ascii_case("attribution")
-                    && custom_type.as_deref() == Some("attribution") =>
-            {
+            kind if is_install_attribution(kind) => {
                 let read = |key: &str| {
                     event
                         .attributes
@@ -370,12 +362,7 @@ impl ProfileState {
                     campaign: read("campaign"),
                     service_provider: read("service_provider"),
                 };
-                if found != Attribution::default()
-                    && self.install_attribution.as_ref() != Some(&found)
-                {
-                    self.install_attribution = Some(found);
-                    changes.attribution = true;
-                }
+                changes.attribution |= merge_attribution(&mut self.install_attribution, &found);
             }
             _ => {}
         }
@@ -622,6 +609,34 @@ impl ProfileState {
             None => Err("empty profile record".to_string()),
         }
     }
+}
+
+/// An install attribution event: a custom event named `attribution` of custom event type
+/// `attribution` (the decoder gives that type to the untyped custom events of a partner's
+/// batch).
+fn is_install_attribution(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::Custom { name, custom_type }
+        if name.eq_ignore_ascii_case("attribution") && custom_type.as_deref() == Some("attribution"))
+}
+
+/// Overlays the fields an attribution carries (a partial one keeps the others); whether the
+/// stored attribution changed.
+fn merge_attribution(slot: &mut Option<Attribution>, newer: &Attribution) -> bool {
+    if *newer == Attribution::default() {
+        return false;
+    }
+    let before = slot.clone();
+    let current = slot.get_or_insert_with(Attribution::default);
+    for (field, value) in [
+        (&mut current.publisher, &newer.publisher),
+        (&mut current.campaign, &newer.campaign),
+        (&mut current.service_provider, &newer.service_provider),
+    ] {
+        if value.is_some() {
+            field.clone_from(value);
+        }
+    }
+    *slot != before
 }
 
 /// Version byte of the stored profile encoding.

@@ -603,8 +603,14 @@ impl Store {
     }
 
     /// Stores a calculated attribute under its lowercased name with a revision never used
-    /// before (profiles tell a redefinition from the definition they folded by it).
-    pub fn put_calculated(&self, record: &mut CalculatedAttributeRecord) -> StoreResult<()> {
+    /// before (profiles tell a redefinition from the definition they folded by it), together
+    /// with the audiences that read it, re-stored in the same write (with their revisions
+    /// bumped by the caller) so that none is left evaluated against the old definition.
+    pub fn put_calculated(
+        &self,
+        record: &mut CalculatedAttributeRecord,
+        readers: &[AudienceRecord],
+    ) -> StoreResult<()> {
         let revision = self.meta_u64(CALC_SEQ_KEY)?.unwrap_or(0) + 1;
         record.revision = revision;
         let mut b = self.batch();
@@ -612,6 +618,11 @@ impl Store {
         let bytes = serde_json::to_vec(record).expect("calculated attribute always serialises");
         b.batch.put_cf(self.cf(CF_META), key.as_bytes(), bytes);
         b.put_meta_u64(CALC_SEQ_KEY, revision);
+        for reader in readers {
+            let bytes = serde_json::to_vec(reader).expect("audience record always serialises");
+            b.batch
+                .put_cf(self.cf(CF_AUDIENCES), reader.id.to_be_bytes(), bytes);
+        }
         self.commit(b)
     }
 

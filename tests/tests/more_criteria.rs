@@ -1,5 +1,6 @@
 //! The remaining criterion families through the real broker, asserting what a subscriber
-//! receives: promotions, impressions, session counts, upgrades, crashes, screen views,
+//! receives: promotions, impressions, session counts, upgrades, crashes, installs,
+//! uninstalls, screen views,
 //! attribution (profile and event), user attribute lists, identities; calculated attributes
 //! defined over gRPC; location from a GeoIP database (MaxMind format) and the gazetteer; and the
 //! INVALID_ARGUMENT / FAILED_PRECONDITION answers that name what is wrong.
@@ -54,6 +55,12 @@ async fn commerce_sessions_upgrades_attribution_and_more() -> Result<()> {
             "attributes": [{"name": "publisher", "op": "exact_match", "value": "meta"}]}}),
         ),
         ("crashed", json!({"event": {"type": "crash_report"}})),
+        ("installed", json!({"event": {"type": "first_run"}})),
+        (
+            "uninstalled via meta",
+            json!({"and": [{"event": {"type": "uninstall"}},
+            {"attribution": {"kind": "uninstall", "field": "publisher", "op": "exact_match", "value": "meta"}}]}),
+        ),
         (
             "checkout screen",
             json!({"event": {"type": "screen_view", "name": "Checkout",
@@ -86,6 +93,7 @@ async fn commerce_sessions_upgrades_attribution_and_more() -> Result<()> {
             json!({"event_type": "session_start", "data": {"timestamp_unixtime_ms": now}}),
             json!({"event_type": "session_start", "data": {"timestamp_unixtime_ms": now}}),
             json!({"event_type": "crash_report", "data": {"class_name": "NPE", "severity": "fatal", "timestamp_unixtime_ms": now}}),
+            json!({"event_type": "first_run", "data": {"timestamp_unixtime_ms": now}}),
             json!({"event_type": "screen_view", "data": {"screen_name": "checkout", "custom_attributes": {"step": "2"}, "timestamp_unixtime_ms": now}}),
         ],
     );
@@ -99,6 +107,7 @@ async fn commerce_sessions_upgrades_attribution_and_more() -> Result<()> {
         vec![
             custom_event("attribution", "other", now, json!({})),
             custom_event("Re-Engagement", "other", now, json!({"publisher": "Meta"})),
+            json!({"event_type": "uninstall", "data": {"timestamp_unixtime_ms": now}}),
         ],
     );
     second["attribution_info"] =
