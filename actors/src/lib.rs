@@ -5,8 +5,11 @@
 //! - [`node`]: the actix system, its arbiters and the routing of partitions to actors;
 //! - [`ingest`]: the Kafka consumer group member feeding the partition actors;
 //! - [`registry`]: the single writer of audience definitions;
+//! - [`output_registry`]: the single writer of output configurations and connections;
 //! - [`publisher`]: outbox to Kafka (deltas topic, dead-letter topic), at least once;
 //! - [`connector`]: one actor per membership subscription, with its delivery pump and figures;
+//! - [`delivery`]: one delivery loop per output connection (webhook, Kafka), with retries,
+//!   faults and resume;
 //! - [`geoip`]: client IP to location (MaxMind DB format), when configured;
 //! - [`engine`], [`clock`], [`stats`]: shared state, the injectable clock, 24-hour figures.
 //!
@@ -15,10 +18,12 @@
 
 pub mod clock;
 pub mod connector;
+pub mod delivery;
 pub mod engine;
 pub mod geoip;
 pub mod ingest;
 pub mod node;
+pub mod output_registry;
 pub mod partition;
 pub mod publisher;
 pub mod registry;

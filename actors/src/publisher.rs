@@ -80,7 +80,17 @@ fn prune(engine: &Engine) {
     let partitions: Vec<Partition> = engine.partitions.lock().iter().copied().collect();
     for p in partitions {
         let published = engine.store.published(DELTAS_SINK, p).unwrap_or(0);
-        match engine.store.prune_outbox_before(p, cutoff, published) {
+        // Connections (even faulted ones) keep what they still owe.
+        let owed = engine
+            .store
+            .lowest_connection_cursor(p)
+            .ok()
+            .flatten()
+            .unwrap_or(u64::MAX);
+        match engine
+            .store
+            .prune_outbox_before(p, cutoff, published.min(owed))
+        {
             Ok(Some(seq)) => tracing::info!(partition = p, through = seq, "outbox pruned"),
             Ok(None) => {}
             Err(e) => tracing::warn!(partition = p, error = %e, "outbox pruning failed"),

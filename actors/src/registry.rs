@@ -18,6 +18,10 @@ pub enum RegistryError {
     NotFound(AudienceId),
     #[error("calculated attribute \"{0}\" not found")]
     CalculatedNotFound(String),
+    #[error("output {0} not found")]
+    OutputNotFound(u64),
+    #[error("connection {0} not found")]
+    ConnectionNotFound(u64),
     /// The operation would break another audience (e.g. deleting one that others reference).
     #[error("{0}")]
     Conflict(String),

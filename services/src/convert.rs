@@ -92,6 +92,8 @@ pub fn audience(r: &AudienceRecord, figures: Option<&Figures>) -> pb::Audience {
         updated_at_ms: r.updated_at_ms,
         revision: r.revision,
         stats: figures.map(stats),
+        connected_outputs: 0,
+        faulted_connections: 0,
     }
 }
 
@@ -252,9 +254,10 @@ pub fn calculated_attribute(r: &CalculatedAttributeRecord) -> pb::CalculatedAttr
 pub fn status(e: RegistryError) -> Status {
     match e {
         RegistryError::Invalid(d) => Status::invalid_argument(d.to_string()),
-        RegistryError::NotFound(_) | RegistryError::CalculatedNotFound(_) => {
-            Status::not_found(e.to_string())
-        }
+        RegistryError::NotFound(_)
+        | RegistryError::CalculatedNotFound(_)
+        | RegistryError::OutputNotFound(_)
+        | RegistryError::ConnectionNotFound(_) => Status::not_found(e.to_string()),
         RegistryError::Conflict(_) => Status::failed_precondition(e.to_string()),
         RegistryError::Store(_) => Status::internal(e.to_string()),
     }

@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 pub struct Services {
     pub node: Arc<Node>,
     pub registry: Arc<Registry>,
+    pub outputs: Arc<audience_actors::output_registry::OutputRegistry>,
     pub connectors: Arc<Connectors>,
     pub bootstrap_servers: String,
 }
@@ -37,9 +38,23 @@ impl Services {
             .map_err(convert::internal)?
             .into_iter()
             .collect();
+        let connections = self.outputs.connections().map_err(convert::status)?;
+        let faults = self.outputs.faults().map_err(convert::status)?;
         Ok(records
             .iter()
-            .map(|r| convert::audience(r, figures.get(&r.id)))
+            .map(|r| {
+                let mut a = convert::audience(r, figures.get(&r.id));
+                let mine: Vec<_> = connections
+                    .iter()
+                    .filter(|c| c.audience_id == r.id)
+                    .collect();
+                a.connected_outputs = mine.len() as u32;
+                a.faulted_connections = mine
+                    .iter()
+                    .filter(|c| faults.iter().any(|f| f.connection_id == c.id))
+                    .count() as u32;
+                a
+            })
             .collect())
     }
 
@@ -118,9 +133,11 @@ impl pb::audience_service_server::AudienceService for Services {
         &self,
         req: Request<pb::DeleteAudienceRequest>,
     ) -> Result<Response<pb::DeleteAudienceResponse>, Status> {
-        self.registry
-            .delete(req.into_inner().id)
-            .map_err(convert::status)?;
+        let id = req.into_inner().id;
+        let record = self.registry.get(id).map_err(convert::status)?;
+        self.registry.delete(id).map_err(convert::status)?;
+        // Each output kind is told, then the audience's connections go.
+        self.outputs.audience_deleted(&record).await;
         Ok(Response::new(pb::DeleteAudienceResponse {}))
     }
 

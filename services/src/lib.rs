@@ -5,4 +5,5 @@
 pub mod config;
 pub mod convert;
 pub mod grpc;
+pub mod grpc_outputs;
 pub mod server;

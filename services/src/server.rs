@@ -227,9 +227,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
 
+    let deliveries = Arc::new(audience_actors::delivery::Deliveries::default());
+    deliveries.start_all(&engine)?;
+    let outputs = Arc::new(audience_actors::output_registry::OutputRegistry::new(
+        node.clone(),
+        deliveries,
+    ));
+    let output_services = crate::grpc_outputs::OutputServices {
+        outputs: outputs.clone(),
+        node: node.clone(),
+    };
     let services = Services {
         node: node.clone(),
         registry,
+        outputs,
         connectors,
         bootstrap_servers: bootstrap.clone(),
     };
@@ -261,6 +272,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ))
         .add_service(pb::profile_service_server::ProfileServiceServer::new(
             services.clone(),
+        ))
+        .add_service(pb::output_service_server::OutputServiceServer::new(
+            output_services,
         ))
         .add_service(pb::admin_service_server::AdminServiceServer::new(services))
         .serve_with_shutdown(addr, async move {

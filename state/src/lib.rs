@@ -7,6 +7,7 @@
 //! - [`calculated`]: calculated attributes, folded per profile as events arrive.
 //! - [`geo`]: the world-city gazetteer and distances, for location criteria.
 //! - [`catalog`]: the set of audiences and the index from changes to the audiences they affect.
+//! - [`outputs`]: output configurations, connections, what a delta becomes for an output.
 //! - [`profile`]: the per-MPID state machine: apply a message, evaluate, emit deltas.
 //! - [`store`]: the RocksDB layout: profiles, offsets, outbox, timers, dead letters, audiences.
 //!
@@ -19,5 +20,6 @@ pub mod criteria;
 pub mod geo;
 pub mod history;
 pub mod model;
+pub mod outputs;
 pub mod profile;
 pub mod store;

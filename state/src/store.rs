@@ -17,9 +17,11 @@
 use crate::calculated::CalculatedAttributeRecord;
 use crate::catalog::AudienceRecord;
 use crate::model::{AudienceId, Delta, Mpid, TimestampMs};
+use crate::outputs::{Connection, ConnectionId, Fault, OutputConfig, OutputId};
 use crate::profile::ProfileState;
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 pub type Partition = u32;
@@ -630,6 +632,132 @@ impl Store {
         let key = format!("{CALC_PREFIX}{key}");
         self.db.delete_cf(self.cf(CF_META), key.as_bytes())?;
         Ok(())
+    }
+
+    // ------------------------------------------------------------ outputs and connections
+
+    fn put_json<T: Serialize>(&self, key: &str, value: &T) -> StoreResult<()> {
+        let bytes = serde_json::to_vec(value).expect("records always serialise");
+        self.db.put_cf(self.cf(CF_META), key.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> StoreResult<Option<T>> {
+        match self.db.get_pinned_cf(self.cf(CF_META), key.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(|e| {
+                StoreError::Corrupt {
+                    cf: CF_META,
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                }
+            })?)),
+            None => Ok(None),
+        }
+    }
+
+    fn scan_json<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> StoreResult<Vec<T>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(prefix.as_bytes(), Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            out.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                cf: CF_META,
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// The next id of a sequence (ids are never reused).
+    pub fn next_id(&self, sequence: &str) -> StoreResult<u64> {
+        let key = format!("seq/{sequence}");
+        let id = self.meta_u64(&key)?.unwrap_or(0) + 1;
+        self.db
+            .put_cf(self.cf(CF_META), key.as_bytes(), id.to_be_bytes())?;
+        Ok(id)
+    }
+
+    pub fn put_output(&self, config: &OutputConfig) -> StoreResult<()> {
+        self.put_json(&format!("output/{:020}", config.id), config)
+    }
+
+    pub fn load_outputs(&self) -> StoreResult<Vec<OutputConfig>> {
+        self.scan_json("output/")
+    }
+
+    pub fn delete_output(&self, id: OutputId) -> StoreResult<()> {
+        self.db
+            .delete_cf(self.cf(CF_META), format!("output/{id:020}").as_bytes())?;
+        Ok(())
+    }
+
+    pub fn put_connection(&self, connection: &Connection) -> StoreResult<()> {
+        self.put_json(&format!("connection/{:020}", connection.id), connection)
+    }
+
+    pub fn load_connections(&self) -> StoreResult<Vec<Connection>> {
+        self.scan_json("connection/")
+    }
+
+    /// Deletes a connection with its cursor and fault.
+    pub fn delete_connection(&self, id: ConnectionId) -> StoreResult<()> {
+        let mut b = self.batch();
+        let cf = self.cf(CF_META);
+        for key in [
+            format!("connection/{id:020}"),
+            format!("conncursor/{id:020}"),
+            format!("fault/{id:020}"),
+        ] {
+            b.batch.delete_cf(cf, key.as_bytes());
+        }
+        self.commit(b)
+    }
+
+    /// A connection's position in the outbox: the last sequence delivered per partition.
+    /// `None`: it has not yet sent the audience's current members.
+    pub fn connection_cursor(
+        &self,
+        id: ConnectionId,
+    ) -> StoreResult<Option<BTreeMap<Partition, u64>>> {
+        self.get_json(&format!("conncursor/{id:020}"))
+    }
+
+    pub fn set_connection_cursor(
+        &self,
+        id: ConnectionId,
+        cursor: &BTreeMap<Partition, u64>,
+    ) -> StoreResult<()> {
+        self.put_json(&format!("conncursor/{id:020}"), cursor)
+    }
+
+    /// The lowest position any connection still needs in a partition's outbox: pruning
+    /// stops there, so that a faulted or slow connection loses nothing.
+    pub fn lowest_connection_cursor(&self, partition: Partition) -> StoreResult<Option<u64>> {
+        let cursors: Vec<BTreeMap<Partition, u64>> = self.scan_json("conncursor/")?;
+        Ok(cursors
+            .iter()
+            .map(|c| c.get(&partition).copied().unwrap_or(0))
+            .min())
+    }
+
+    pub fn put_fault(&self, fault: &Fault) -> StoreResult<()> {
+        self.put_json(&format!("fault/{:020}", fault.connection_id), fault)
+    }
+
+    pub fn clear_fault(&self, id: ConnectionId) -> StoreResult<()> {
+        self.db
+            .delete_cf(self.cf(CF_META), format!("fault/{id:020}").as_bytes())?;
+        Ok(())
+    }
+
+    pub fn load_faults(&self) -> StoreResult<Vec<Fault>> {
+        self.scan_json("fault/")
     }
 
     // ------------------------------------------------------------ audiences

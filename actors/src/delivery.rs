@@ -1,0 +1,697 @@
+//! Delivery of audiences to outputs: one delivery loop per connection, reading the durable
+//! outbox from the connection's own cursor, turning deltas into the items its output accepts,
+//! and sending them in batches with retries, exponential backoff with jitter and `Retry-After`.
+//!
+//! Invariants:
+//! - a connection's cursor moves only after its output accepted everything up to it, so a
+//!   crash or a fault re-sends, never skips: delivery is at least once, in outbox order, which
+//!   is per-(audience, MPID) order;
+//! - a new (or re-created) connection first sends the audience's current members (with their
+//!   membership versions), then the deltas after the outbox heads it read before scanning;
+//! - when retries run out the connection is faulted: it keeps the error, sends nothing more,
+//!   and its cursor holds the outbox (pruning stops there) until `resume`;
+//! - every loop runs on its own task: a slow or faulted output never slows ingestion nor
+//!   another connection.
+//!
+//! Output kinds implement [`Output`]; a new kind is one more implementation.
+
+use crate::engine::Engine;
+use crate::stats::{ChangeWindow, Figures};
+use audience_state::model::{AudienceId, Delta, DeltaKind};
+use audience_state::outputs::{
+    backoff_ms, delivery_item, excerpt, Connection, ConnectionId, ConnectionStatus, DeliveryItem,
+    Fault, OutputConfig,
+};
+use audience_state::store::Partition;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Why a send failed.
+#[derive(Debug, Clone)]
+pub struct SendFailure {
+    /// Worth retrying (timeouts, 5xx, 429); otherwise the connection faults at once.
+    pub retryable: bool,
+    pub status: Option<u32>,
+    pub retry_after: Option<Duration>,
+    pub body_excerpt: String,
+    pub message: String,
+}
+
+/// The audience as its outputs see it.
+#[derive(Debug, Clone)]
+pub struct AudienceInfo {
+    pub id: AudienceId,
+    /// The external name when set, else the name.
+    pub name: String,
+    pub connection_id: ConnectionId,
+    pub connection_settings: BTreeMap<String, serde_json::Value>,
+}
+
+/// An output kind: where batches of items go, and what deleting an audience does there.
+#[async_trait::async_trait]
+pub trait Output: Send + Sync {
+    async fn send(
+        &self,
+        audience: &AudienceInfo,
+        items: &[DeliveryItem],
+    ) -> Result<(), SendFailure>;
+    /// Tells the output the audience is gone; kinds that keep their copy do nothing.
+    async fn audience_deleted(&self, audience: &AudienceInfo) -> Result<(), SendFailure>;
+}
+
+pub fn build_output(config: &OutputConfig) -> Result<Arc<dyn Output>, String> {
+    match config.kind.as_str() {
+        "webhook" => Ok(Arc::new(Webhook::new(config)?)),
+        "kafka" => Ok(Arc::new(KafkaOutput::new(config)?)),
+        other => Err(format!("unknown output kind \"{other}\"")),
+    }
+}
+
+// ------------------------------------------------------------------ webhook
+
+/// JSON batches POSTed to a URL: `{"type": "membership", "audience": {...}, "items": [...]}`.
+/// Every secret of the configuration is sent as an HTTP header of that name.
+pub struct Webhook {
+    client: reqwest::Client,
+    url: String,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl Webhook {
+    fn new(config: &OutputConfig) -> Result<Webhook, String> {
+        let timeout = Duration::from_millis(config.setting_u64("timeout_ms", 10_000));
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &config.secrets {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("secrets: \"{name}\" is not an HTTP header name"))?;
+            let mut value = reqwest::header::HeaderValue::from_str(value)
+                .map_err(|_| format!("secrets.{name}: not a valid header value"))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        Ok(Webhook {
+            client,
+            url: config.setting_str("url").unwrap_or_default().to_string(),
+            headers,
+        })
+    }
+
+    async fn post(&self, body: serde_json::Value) -> Result<(), SendFailure> {
+        let response = self
+            .client
+            .post(&self.url)
+            .headers(self.headers.clone())
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| SendFailure {
+                retryable: true,
+                status: None,
+                retry_after: None,
+                body_excerpt: String::new(),
+                message: if e.is_timeout() {
+                    "timed out".to_string()
+                } else {
+                    format!("request failed: {e}")
+                },
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response.text().await.unwrap_or_default();
+        Err(SendFailure {
+            retryable: status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error(),
+            status: Some(status.as_u16() as u32),
+            retry_after,
+            body_excerpt: excerpt(&body),
+            message: format!("HTTP {status}"),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Output for Webhook {
+    async fn send(
+        &self,
+        audience: &AudienceInfo,
+        items: &[DeliveryItem],
+    ) -> Result<(), SendFailure> {
+        self.post(serde_json::json!({
+            "type": "membership",
+            "audience": {"id": audience.id, "name": audience.name},
+            "connection_id": audience.connection_id,
+            "settings": audience.connection_settings,
+            "items": items,
+        }))
+        .await
+    }
+
+    async fn audience_deleted(&self, audience: &AudienceInfo) -> Result<(), SendFailure> {
+        self.post(serde_json::json!({
+            "type": "audience_deleted",
+            "audience": {"id": audience.id, "name": audience.name},
+            "connection_id": audience.connection_id,
+        }))
+        .await
+    }
+}
+
+// ------------------------------------------------------------------ kafka
+
+/// One record per item on a topic of any cluster, keyed by MPID, with the item's idempotency
+/// key as header `idempotency-key`. Secrets are librdkafka properties (sasl.password...).
+pub struct KafkaOutput {
+    producer: rdkafka::producer::FutureProducer,
+    topic: String,
+}
+
+impl KafkaOutput {
+    fn new(config: &OutputConfig) -> Result<KafkaOutput, String> {
+        let mut client = rdkafka::ClientConfig::new();
+        client
+            .set(
+                "bootstrap.servers",
+                config.setting_str("bootstrap_servers").unwrap_or_default(),
+            )
+            .set(
+                "message.timeout.ms",
+                config.setting_u64("timeout_ms", 10_000).to_string(),
+            )
+            .set("enable.idempotence", "false")
+            .set("max.in.flight.requests.per.connection", "1");
+        for (k, v) in &config.secrets {
+            client.set(k, v);
+        }
+        Ok(KafkaOutput {
+            producer: client.create().map_err(|e| e.to_string())?,
+            topic: config.setting_str("topic").unwrap_or_default().to_string(),
+        })
+    }
+
+    async fn produce(&self, key: &str, id: &str, value: String) -> Result<(), SendFailure> {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let record = rdkafka::producer::FutureRecord::to(&self.topic)
+            .key(key)
+            .payload(&value)
+            .headers(OwnedHeaders::new().insert(Header {
+                key: "idempotency-key",
+                value: Some(id),
+            }));
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| SendFailure {
+                retryable: true,
+                status: None,
+                retry_after: None,
+                body_excerpt: String::new(),
+                message: format!("kafka: {e}"),
+            })
+    }
+}
+
+#[async_trait::async_trait]
+impl Output for KafkaOutput {
+    async fn send(
+        &self,
+        audience: &AudienceInfo,
+        items: &[DeliveryItem],
+    ) -> Result<(), SendFailure> {
+        for item in items {
+            let value = serde_json::json!({
+                "type": "membership",
+                "audience": {"id": audience.id, "name": audience.name},
+                "connection_id": audience.connection_id,
+                "item": item,
+            });
+            self.produce(
+                &item.mpid.to_string(),
+                &item.idempotency_key,
+                value.to_string(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn audience_deleted(&self, audience: &AudienceInfo) -> Result<(), SendFailure> {
+        let value = serde_json::json!({
+            "type": "audience_deleted",
+            "audience": {"id": audience.id, "name": audience.name},
+            "connection_id": audience.connection_id,
+        });
+        let id = format!("deleted:{}:{}", audience.id, audience.connection_id);
+        self.produce(&audience.id.to_string(), &id, value.to_string())
+            .await
+    }
+}
+
+// ------------------------------------------------------------------ the loops
+
+/// What a connection's loop reports, for the API and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionFigures {
+    pub sent: u64,
+    pub failed: u64,
+    pub retried: u64,
+    /// Members or deltas not sent because the profile has no identity the output accepts.
+    pub unsendable: u64,
+    pub faulted: bool,
+    /// The current members were sent; deltas follow.
+    pub initial_sync_done: bool,
+}
+
+struct Running {
+    stop: Arc<Notify>,
+    resume: Arc<Notify>,
+    figures: Arc<Mutex<ConnectionFigures>>,
+    window: Arc<Mutex<ChangeWindow>>,
+    audience_id: AudienceId,
+}
+
+/// The delivery loops of a node, by connection.
+#[derive(Default)]
+pub struct Deliveries {
+    running: Mutex<HashMap<ConnectionId, Running>>,
+}
+
+/// The retry policy of a connection, from its output's settings.
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    batch_size: usize,
+    linger: Duration,
+    max_attempts: u32,
+    base_backoff_ms: u64,
+    max_backoff_ms: u64,
+}
+
+impl Policy {
+    fn of(config: &OutputConfig) -> Policy {
+        Policy {
+            batch_size: config.setting_u64("batch_size", 100) as usize,
+            linger: Duration::from_millis(config.setting_u64("linger_ms", 200)),
+            max_attempts: config.setting_u64("max_attempts", 5) as u32,
+            base_backoff_ms: config.setting_u64("backoff_ms", 200),
+            max_backoff_ms: config.setting_u64("max_backoff_ms", 30_000),
+        }
+    }
+}
+
+impl Deliveries {
+    /// Starts the loops of every sending connection (at startup).
+    pub fn start_all(self: &Arc<Self>, engine: &Arc<Engine>) -> anyhow::Result<()> {
+        let outputs: HashMap<_, _> = engine
+            .store
+            .load_outputs()?
+            .into_iter()
+            .map(|o| (o.id, o))
+            .collect();
+        for connection in engine.store.load_connections()? {
+            if let Some(output) = outputs.get(&connection.output_id) {
+                self.start(engine, connection, output.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// (Re)starts the loop of a connection; an inactive connection has none.
+    pub fn start(
+        self: &Arc<Self>,
+        engine: &Arc<Engine>,
+        connection: Connection,
+        output: OutputConfig,
+    ) {
+        self.stop(connection.id);
+        if connection.status != ConnectionStatus::Sending {
+            return;
+        }
+        let sink = match build_output(&output) {
+            Ok(sink) => sink,
+            Err(e) => {
+                tracing::error!(connection = connection.id, error = %e, "output cannot be built");
+                return;
+            }
+        };
+        let running = Running {
+            stop: Arc::new(Notify::new()),
+            resume: Arc::new(Notify::new()),
+            figures: Arc::new(Mutex::new(ConnectionFigures::default())),
+            window: Arc::new(Mutex::new(ChangeWindow::default())),
+            audience_id: connection.audience_id,
+        };
+        let task = DeliveryLoop {
+            engine: engine.clone(),
+            policy: Policy::of(&output),
+            accepted: output.accepted_identities.clone(),
+            connection,
+            sink,
+            stop: running.stop.clone(),
+            resume: running.resume.clone(),
+            figures: running.figures.clone(),
+            window: running.window.clone(),
+        };
+        let id = task.connection.id;
+        self.running.lock().insert(id, running);
+        tokio::spawn(async move { task.run().await });
+    }
+
+    pub fn stop(&self, id: ConnectionId) {
+        if let Some(r) = self.running.lock().remove(&id) {
+            r.stop.notify_one();
+        }
+    }
+
+    /// Clears a connection's fault and lets it send everything owed since.
+    pub fn resume(&self, engine: &Engine, id: ConnectionId) -> anyhow::Result<bool> {
+        engine.store.clear_fault(id)?;
+        let running = self.running.lock();
+        match running.get(&id) {
+            Some(r) => {
+                r.figures.lock().faulted = false;
+                r.resume.notify_one();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    pub fn figures(&self, id: ConnectionId) -> Option<ConnectionFigures> {
+        self.running
+            .lock()
+            .get(&id)
+            .map(|r| r.figures.lock().clone())
+    }
+
+    /// Size, adds and drops in the last 24 hours and volatility, as this connection sent them.
+    pub fn change_figures(&self, engine: &Engine, id: ConnectionId) -> Option<Figures> {
+        let running = self.running.lock();
+        let r = running.get(&id)?;
+        let size = engine
+            .figures(&[r.audience_id])
+            .ok()?
+            .first()
+            .map(|(_, f)| f.size)
+            .unwrap_or(0);
+        let (adds, drops) = r
+            .window
+            .lock()
+            .adds_drops(r.audience_id, engine.clock.now());
+        Some(Figures::new(size, adds, drops))
+    }
+}
+
+struct DeliveryLoop {
+    engine: Arc<Engine>,
+    policy: Policy,
+    accepted: Vec<String>,
+    connection: Connection,
+    sink: Arc<dyn Output>,
+    stop: Arc<Notify>,
+    resume: Arc<Notify>,
+    figures: Arc<Mutex<ConnectionFigures>>,
+    window: Arc<Mutex<ChangeWindow>>,
+}
+
+/// Why a loop step ended without finishing.
+enum Halt {
+    Stopped,
+    Faulted,
+}
+
+impl DeliveryLoop {
+    fn label(&self) -> String {
+        self.connection.id.to_string()
+    }
+
+    fn audience(&self) -> Option<AudienceInfo> {
+        let catalog = self.engine.catalog.load();
+        let record = catalog.record(self.connection.audience_id)?;
+        Some(AudienceInfo {
+            id: record.id,
+            name: if record.external_name.trim().is_empty() {
+                record.name.clone()
+            } else {
+                record.external_name.clone()
+            },
+            connection_id: self.connection.id,
+            connection_settings: self.connection.settings.clone(),
+        })
+    }
+
+    async fn run(self) {
+        let id = self.connection.id;
+        loop {
+            if let Ok(Some(_)) = self
+                .engine
+                .store
+                .load_faults()
+                .map(|f| f.into_iter().find(|f| f.connection_id == id))
+            {
+                self.figures.lock().faulted = true;
+                metrics::gauge!("audience_connection_faulted", "connection" => self.label())
+                    .set(1.0);
+                tokio::select! {
+                    _ = self.resume.notified() => {
+                        metrics::gauge!("audience_connection_faulted", "connection" => self.label()).set(0.0);
+                        continue;
+                    }
+                    _ = self.stop.notified() => return,
+                }
+            }
+            match self.step().await {
+                Ok(progressed) => {
+                    if !progressed {
+                        let mut wake = self.engine.outbox_written.subscribe();
+                        tokio::select! {
+                            _ = wake.changed() => {}
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                            _ = self.stop.notified() => return,
+                        }
+                    }
+                }
+                Err(Halt::Stopped) => return,
+                Err(Halt::Faulted) => {}
+            }
+        }
+    }
+
+    /// One pass: the initial members if not sent yet, else what the outbox holds after the
+    /// cursor. Whether anything was read.
+    async fn step(&self) -> Result<bool, Halt> {
+        let store = &self.engine.store;
+        let Some(mut cursor) = store.connection_cursor(self.connection.id).map_err(|e| {
+            tracing::warn!(error = %e, "connection cursor unreadable");
+            Halt::Faulted
+        })?
+        else {
+            self.initial_sync().await?;
+            return Ok(true);
+        };
+        self.figures.lock().initial_sync_done = true;
+        let partitions: Vec<Partition> = self.engine.partitions.lock().iter().copied().collect();
+        let mut progressed = false;
+        for p in partitions {
+            let after = cursor.get(&p).copied().unwrap_or(0);
+            let chunk = store
+                .read_outbox(p, after, self.policy.batch_size * 4)
+                .map_err(|_| Halt::Faulted)?;
+            let Some(&(last, _)) = chunk.last() else {
+                continue;
+            };
+            progressed = true;
+            let deltas: Vec<(u64, Delta)> = chunk
+                .into_iter()
+                .filter(|(_, d)| d.audience_id == self.connection.audience_id)
+                .collect();
+            if deltas.len() < self.policy.batch_size && !deltas.is_empty() {
+                // Linger so that a trickle of deltas still goes out in batches.
+                let oldest = deltas[0].1.processing_time_ms;
+                let age = (self.engine.clock.now() - oldest).max(0) as u64;
+                if let Some(wait) = self.policy.linger.checked_sub(Duration::from_millis(age)) {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.stop.notified() => return Err(Halt::Stopped),
+                    }
+                }
+            }
+            let mut items = Vec::with_capacity(deltas.len());
+            for (_, d) in &deltas {
+                let profile = store.load_profile(p, d.mpid).ok().flatten();
+                match delivery_item(
+                    d,
+                    profile.as_ref(),
+                    &self.accepted,
+                    &self.connection.shared_attributes,
+                ) {
+                    Some(item) => items.push(item),
+                    None => self.count_unsendable(1),
+                }
+            }
+            for batch in items.chunks(self.policy.batch_size) {
+                self.send_with_retries(batch).await?;
+            }
+            {
+                let mut window = self.window.lock();
+                for (_, d) in &deltas {
+                    window.record(d);
+                }
+            }
+            cursor.insert(p, last);
+            store
+                .set_connection_cursor(self.connection.id, &cursor)
+                .map_err(|_| Halt::Faulted)?;
+        }
+        Ok(progressed)
+    }
+
+    fn count_unsendable(&self, n: u64) {
+        self.figures.lock().unsendable += n;
+        metrics::counter!("audience_connection_unsendable_total", "connection" => self.label())
+            .increment(n);
+    }
+
+    /// Sends the audience's current members, then records the outbox heads read before the
+    /// scan as the cursor: deltas after them follow; those before are already in the members'
+    /// versions (a receiver keeps the highest version, so an overlap is harmless).
+    async fn initial_sync(&self) -> Result<(), Halt> {
+        let store = &self.engine.store;
+        let partitions: Vec<Partition> = self.engine.partitions.lock().iter().copied().collect();
+        if partitions.is_empty() {
+            // Not yet assigned any partition: there is nothing to read the members from.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => return Ok(()),
+                _ = self.stop.notified() => return Err(Halt::Stopped),
+            }
+        }
+        let mut heads = BTreeMap::new();
+        for &p in &partitions {
+            heads.insert(p, store.outbox_head(p).map_err(|_| Halt::Faulted)?);
+        }
+        let audience = self.connection.audience_id;
+        for &p in &partitions {
+            let mut after = None;
+            loop {
+                let profiles = store
+                    .scan_profiles(p, after, 500)
+                    .map_err(|_| Halt::Faulted)?;
+                let Some(last) = profiles.last() else {
+                    break;
+                };
+                after = Some(last.mpid);
+                let mut items = Vec::new();
+                for profile in &profiles {
+                    let Some(record) = profile.memberships.get(&audience).filter(|r| r.member)
+                    else {
+                        continue;
+                    };
+                    let member = Delta {
+                        audience_id: audience,
+                        mpid: profile.mpid,
+                        kind: DeltaKind::Added,
+                        event_time_ms: record.changed_at_ms,
+                        processing_time_ms: record.changed_at_ms,
+                        version: record.version,
+                    };
+                    match delivery_item(
+                        &member,
+                        Some(profile),
+                        &self.accepted,
+                        &self.connection.shared_attributes,
+                    ) {
+                        Some(item) => items.push(item),
+                        None => self.count_unsendable(1),
+                    }
+                }
+                for batch in items.chunks(self.policy.batch_size) {
+                    self.send_with_retries(batch).await?;
+                }
+            }
+        }
+        store
+            .set_connection_cursor(self.connection.id, &heads)
+            .map_err(|_| Halt::Faulted)?;
+        self.figures.lock().initial_sync_done = true;
+        Ok(())
+    }
+
+    async fn send_with_retries(&self, batch: &[DeliveryItem]) -> Result<(), Halt> {
+        let Some(audience) = self.audience() else {
+            // The audience is gone: nothing is owed any more.
+            return Ok(());
+        };
+        let label = self.label();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match self.sink.send(&audience, batch).await {
+                Ok(()) => {
+                    self.figures.lock().sent += batch.len() as u64;
+                    metrics::counter!("audience_connection_sent_total", "connection" => label.clone())
+                        .increment(batch.len() as u64);
+                    return Ok(());
+                }
+                Err(failure) => {
+                    self.figures.lock().failed += 1;
+                    metrics::counter!("audience_connection_failed_total", "connection" => label.clone())
+                        .increment(1);
+                    if !failure.retryable || attempt >= self.policy.max_attempts {
+                        self.fault(&failure, attempt);
+                        return Err(Halt::Faulted);
+                    }
+                    let wait = backoff_ms(
+                        attempt,
+                        self.policy.base_backoff_ms,
+                        self.policy.max_backoff_ms,
+                        rand::random::<f64>(),
+                        failure.retry_after.map(|d| d.as_millis() as u64),
+                    );
+                    tracing::warn!(
+                        connection = self.connection.id, attempt, wait_ms = wait,
+                        error = %failure.message, "send failed; retrying"
+                    );
+                    self.figures.lock().retried += 1;
+                    metrics::counter!("audience_connection_retried_total", "connection" => label.clone())
+                        .increment(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                        _ = self.stop.notified() => return Err(Halt::Stopped),
+                    }
+                }
+            }
+        }
+    }
+
+    fn fault(&self, failure: &SendFailure, attempts: u32) {
+        let fault = Fault {
+            connection_id: self.connection.id,
+            status: failure.status,
+            body_excerpt: failure.body_excerpt.clone(),
+            message: failure.message.clone(),
+            at_ms: self.engine.clock.now(),
+            attempts,
+        };
+        tracing::error!(
+            connection = self.connection.id, attempts, status = ?failure.status,
+            error = %failure.message, "connection faulted: sending stops until resumed"
+        );
+        if let Err(e) = self.engine.store.put_fault(&fault) {
+            tracing::error!(error = %e, "fault could not be stored");
+        }
+        self.figures.lock().faulted = true;
+    }
+}

@@ -1,0 +1,333 @@
+//! The gRPC `OutputService`: output configurations (secrets redacted), connections with their
+//! figures and faults, bulk connect and resume.
+
+use crate::convert::{self, json_to_struct, struct_to_json};
+use audience_actors::output_registry::OutputRegistry;
+use audience_proto::v1 as pb;
+use audience_state::outputs::{Connection, ConnectionStatus, Fault, OutputConfig};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+#[derive(Clone)]
+pub struct OutputServices {
+    pub outputs: Arc<OutputRegistry>,
+    pub node: Arc<audience_actors::node::Node>,
+}
+
+fn settings_of(s: Option<prost_types::Struct>) -> BTreeMap<String, serde_json::Value> {
+    match s.map(|s| struct_to_json(&s)) {
+        Some(serde_json::Value::Object(map)) => map.into_iter().collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+fn settings_struct(s: &BTreeMap<String, serde_json::Value>) -> prost_types::Struct {
+    json_to_struct(&serde_json::Value::Object(
+        s.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    ))
+}
+
+fn status_of(s: i32) -> Result<ConnectionStatus, Status> {
+    match pb::ConnectionStatus::try_from(s) {
+        Ok(pb::ConnectionStatus::Unspecified) | Ok(pb::ConnectionStatus::Sending) => {
+            Ok(ConnectionStatus::Sending)
+        }
+        Ok(pb::ConnectionStatus::Inactive) => Ok(ConnectionStatus::Inactive),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "status: {s} is not a connection status"
+        ))),
+    }
+}
+
+fn fault(f: &Fault, c: Option<&Connection>) -> pb::Fault {
+    pb::Fault {
+        connection_id: f.connection_id,
+        status: f.status.unwrap_or_default(),
+        body_excerpt: f.body_excerpt.clone(),
+        message: f.message.clone(),
+        at_ms: f.at_ms,
+        attempts: f.attempts,
+        audience_id: c.map_or(0, |c| c.audience_id),
+        output_id: c.map_or(0, |c| c.output_id),
+    }
+}
+
+impl OutputServices {
+    fn output_message(&self, o: &OutputConfig) -> Result<pb::OutputConfig, Status> {
+        let shown = o.redacted();
+        let connections = self.outputs.connections().map_err(convert::status)?;
+        let faults = self.outputs.faults().map_err(convert::status)?;
+        let mine: Vec<&Connection> = connections.iter().filter(|c| c.output_id == o.id).collect();
+        Ok(pb::OutputConfig {
+            id: shown.id,
+            name: shown.name.clone(),
+            kind: shown.kind.clone(),
+            settings: Some(settings_struct(&shown.settings)),
+            secrets: shown.secrets.clone().into_iter().collect(),
+            accepted_identities: shown.accepted_identities.clone(),
+            created_at_ms: shown.created_at_ms,
+            updated_at_ms: shown.updated_at_ms,
+            connections: mine.len() as u32,
+            faulted_connections: mine
+                .iter()
+                .filter(|c| faults.iter().any(|f| f.connection_id == c.id))
+                .count() as u32,
+        })
+    }
+
+    fn connection_message(&self, c: &Connection) -> Result<pb::Connection, Status> {
+        let faults = self.outputs.faults().map_err(convert::status)?;
+        let stored_fault = faults.iter().find(|f| f.connection_id == c.id);
+        let running = self.outputs.deliveries.figures(c.id).unwrap_or_default();
+        let changes = self
+            .outputs
+            .deliveries
+            .change_figures(&self.node.engine, c.id)
+            .unwrap_or_default();
+        Ok(pb::Connection {
+            id: c.id,
+            audience_id: c.audience_id,
+            output_id: c.output_id,
+            status: match c.status {
+                ConnectionStatus::Sending => pb::ConnectionStatus::Sending,
+                ConnectionStatus::Inactive => pb::ConnectionStatus::Inactive,
+            } as i32,
+            settings: Some(settings_struct(&c.settings)),
+            shared_attributes: c.shared_attributes.clone(),
+            created_at_ms: c.created_at_ms,
+            faulted: stored_fault.is_some(),
+            fault: stored_fault.map(|f| fault(f, Some(c))),
+            figures: Some(pb::ConnectionFigures {
+                size: changes.size,
+                adds_24h: changes.adds_24h,
+                drops_24h: changes.drops_24h,
+                volatility: changes.volatility_24h,
+                sent: running.sent,
+                failed: running.failed,
+                retried: running.retried,
+                unsendable: running.unsendable,
+                initial_sync_done: running.initial_sync_done,
+            }),
+        })
+    }
+
+    fn config_of(o: pb::OutputConfig) -> OutputConfig {
+        OutputConfig {
+            id: o.id,
+            name: o.name,
+            kind: o.kind.trim().to_lowercase(),
+            settings: settings_of(o.settings),
+            secrets: o.secrets.into_iter().collect(),
+            accepted_identities: o
+                .accepted_identities
+                .iter()
+                .map(|t| t.trim().to_lowercase())
+                .filter(|t| !t.is_empty())
+                .collect(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::output_service_server::OutputService for OutputServices {
+    async fn create_output(
+        &self,
+        req: Request<pb::OutputConfig>,
+    ) -> Result<Response<pb::OutputConfig>, Status> {
+        let created = self
+            .outputs
+            .create_output(Self::config_of(req.into_inner()))
+            .map_err(convert::status)?;
+        Ok(Response::new(self.output_message(&created)?))
+    }
+
+    async fn get_output(
+        &self,
+        req: Request<pb::OutputIdRequest>,
+    ) -> Result<Response<pb::OutputConfig>, Status> {
+        let o = self
+            .outputs
+            .output(req.into_inner().id)
+            .map_err(convert::status)?;
+        Ok(Response::new(self.output_message(&o)?))
+    }
+
+    async fn list_outputs(
+        &self,
+        _: Request<pb::ListOutputsRequest>,
+    ) -> Result<Response<pb::ListOutputsResponse>, Status> {
+        let outputs = self
+            .outputs
+            .outputs()
+            .map_err(convert::status)?
+            .iter()
+            .map(|o| self.output_message(o))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::ListOutputsResponse { outputs }))
+    }
+
+    async fn update_output(
+        &self,
+        req: Request<pb::OutputConfig>,
+    ) -> Result<Response<pb::OutputConfig>, Status> {
+        let updated = self
+            .outputs
+            .update_output(Self::config_of(req.into_inner()))
+            .map_err(convert::status)?;
+        Ok(Response::new(self.output_message(&updated)?))
+    }
+
+    async fn delete_output(
+        &self,
+        req: Request<pb::OutputIdRequest>,
+    ) -> Result<Response<pb::DeleteOutputResponse>, Status> {
+        self.outputs
+            .delete_output(req.into_inner().id)
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::DeleteOutputResponse {}))
+    }
+
+    async fn create_connection(
+        &self,
+        req: Request<pb::Connection>,
+    ) -> Result<Response<pb::Connection>, Status> {
+        let c = req.into_inner();
+        let created = self
+            .outputs
+            .connect(Connection {
+                id: 0,
+                audience_id: c.audience_id,
+                output_id: c.output_id,
+                status: status_of(c.status)?,
+                settings: settings_of(c.settings),
+                shared_attributes: c.shared_attributes,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            })
+            .map_err(convert::status)?;
+        Ok(Response::new(self.connection_message(&created)?))
+    }
+
+    async fn get_connection(
+        &self,
+        req: Request<pb::ConnectionIdRequest>,
+    ) -> Result<Response<pb::Connection>, Status> {
+        let c = self
+            .outputs
+            .connection(req.into_inner().id)
+            .map_err(convert::status)?;
+        Ok(Response::new(self.connection_message(&c)?))
+    }
+
+    async fn list_connections(
+        &self,
+        req: Request<pb::ListConnectionsRequest>,
+    ) -> Result<Response<pb::ListConnectionsResponse>, Status> {
+        let r = req.into_inner();
+        let connections = self
+            .outputs
+            .connections()
+            .map_err(convert::status)?
+            .iter()
+            .filter(|c| r.audience_id == 0 || c.audience_id == r.audience_id)
+            .filter(|c| r.output_id == 0 || c.output_id == r.output_id)
+            .map(|c| self.connection_message(c))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::ListConnectionsResponse { connections }))
+    }
+
+    async fn update_connection(
+        &self,
+        req: Request<pb::Connection>,
+    ) -> Result<Response<pb::Connection>, Status> {
+        let c = req.into_inner();
+        let updated = self
+            .outputs
+            .update_connection(Connection {
+                id: c.id,
+                audience_id: c.audience_id,
+                output_id: c.output_id,
+                status: status_of(c.status)?,
+                settings: settings_of(c.settings),
+                shared_attributes: c.shared_attributes,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            })
+            .map_err(convert::status)?;
+        Ok(Response::new(self.connection_message(&updated)?))
+    }
+
+    async fn delete_connection(
+        &self,
+        req: Request<pb::ConnectionIdRequest>,
+    ) -> Result<Response<pb::DeleteConnectionResponse>, Status> {
+        self.outputs
+            .disconnect(req.into_inner().id)
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::DeleteConnectionResponse {}))
+    }
+
+    async fn bulk_connect(
+        &self,
+        req: Request<pb::BulkConnectRequest>,
+    ) -> Result<Response<pb::BulkConnectResponse>, Status> {
+        let r = req.into_inner();
+        let status = status_of(r.status)?;
+        self.outputs.output(r.output_id).map_err(convert::status)?;
+        let results = self
+            .outputs
+            .bulk_connect(
+                r.output_id,
+                &r.audience_ids,
+                status,
+                settings_of(r.settings),
+                r.shared_attributes,
+            )
+            .into_iter()
+            .map(|(audience_id, result)| match result {
+                Ok(c) => pb::BulkConnectResult {
+                    audience_id,
+                    ok: true,
+                    connection_id: c.id,
+                    error: String::new(),
+                },
+                Err(e) => pb::BulkConnectResult {
+                    audience_id,
+                    ok: false,
+                    connection_id: 0,
+                    error: e.to_string(),
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::BulkConnectResponse { results }))
+    }
+
+    async fn list_faults(
+        &self,
+        _: Request<pb::ListFaultsRequest>,
+    ) -> Result<Response<pb::ListFaultsResponse>, Status> {
+        let connections = self.outputs.connections().map_err(convert::status)?;
+        let faults = self
+            .outputs
+            .faults()
+            .map_err(convert::status)?
+            .iter()
+            .map(|f| fault(f, connections.iter().find(|c| c.id == f.connection_id)))
+            .collect();
+        Ok(Response::new(pb::ListFaultsResponse { faults }))
+    }
+
+    async fn resume(
+        &self,
+        req: Request<pb::ConnectionIdRequest>,
+    ) -> Result<Response<pb::Connection>, Status> {
+        let c = self
+            .outputs
+            .resume(req.into_inner().id)
+            .map_err(convert::status)?;
+        Ok(Response::new(self.connection_message(&c)?))
+    }
+}

@@ -1,0 +1,395 @@
+//! Outputs: where audiences are forwarded. An output configuration names a kind of output
+//! (webhook, Kafka topic...), its settings and secrets, and the identity types it accepts; a
+//! connection links an audience to an output configuration, with its status and the user
+//! attributes it shares.
+//!
+//! Pure: validation, the redaction of secrets, what one delta becomes for one output (the
+//! identities it accepts, the attributes the connection shares), and the retry schedule.
+//! Sending is the actors' business.
+//!
+//! Invariants:
+//! - secrets (`secrets` of a configuration) are stored, used by the output, and never returned
+//!   by the API nor logged: [`OutputConfig::redacted`] is what leaves the engine;
+//! - a connection delivers at least once, in order per (audience, MPID), and every item
+//!   carries the id and version that let a receiver drop duplicates and stale items.
+
+use crate::criteria::DefinitionError;
+use crate::model::{AudienceId, Delta, DeltaKind, Mpid, TimestampMs};
+use crate::profile::ProfileState;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub type OutputId = u64;
+pub type ConnectionId = u64;
+
+/// The kinds of output this engine implements.
+pub const OUTPUT_KINDS: &[&str] = &["webhook", "kafka"];
+
+/// An output configuration as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputConfig {
+    pub id: OutputId,
+    pub name: String,
+    /// `webhook` or `kafka`.
+    pub kind: String,
+    /// Kind-specific settings (webhook: url, batch_size, linger_ms, timeout_ms, max_attempts;
+    /// kafka: bootstrap_servers, topic).
+    #[serde(default)]
+    pub settings: BTreeMap<String, serde_json::Value>,
+    /// Credentials and headers that must never leave the engine (webhook: headers such as
+    /// Authorization; kafka: sasl.password...).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// Identity types the output accepts (email, customer_id, ios_advertising_id...).
+    pub accepted_identities: Vec<String>,
+    #[serde(default)]
+    pub created_at_ms: TimestampMs,
+    #[serde(default)]
+    pub updated_at_ms: TimestampMs,
+}
+
+/// What the API shows in place of a secret's value.
+pub const REDACTED: &str = "********";
+
+impl OutputConfig {
+    /// The configuration with every secret's value replaced by [`REDACTED`].
+    pub fn redacted(&self) -> OutputConfig {
+        OutputConfig {
+            secrets: self
+                .secrets
+                .keys()
+                .map(|k| (k.clone(), REDACTED.to_string()))
+                .collect(),
+            ..self.clone()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), DefinitionError> {
+        if self.name.trim().is_empty() {
+            return Err(DefinitionError::new("name", "must not be empty"));
+        }
+        if !OUTPUT_KINDS.contains(&self.kind.as_str()) {
+            return Err(DefinitionError::new(
+                "kind",
+                format!(
+                    "unknown output kind \"{}\" (one of: {})",
+                    self.kind,
+                    OUTPUT_KINDS.join(", ")
+                ),
+            ));
+        }
+        if self.accepted_identities.is_empty() {
+            return Err(DefinitionError::new(
+                "accepted_identities",
+                "an output accepts at least one identity type",
+            ));
+        }
+        let text = |key: &str| self.settings.get(key).and_then(|v| v.as_str());
+        match self.kind.as_str() {
+            "webhook" => {
+                let url = text("url")
+                    .ok_or_else(|| DefinitionError::new("settings.url", "a webhook needs a url"))?;
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(DefinitionError::new(
+                        "settings.url",
+                        format!("\"{url}\" is not an http:// or https:// URL"),
+                    ));
+                }
+            }
+            _ => {
+                for key in ["bootstrap_servers", "topic"] {
+                    if text(key).is_none_or(|v| v.trim().is_empty()) {
+                        return Err(DefinitionError::new(
+                            format!("settings.{key}"),
+                            format!("a kafka output needs {key}"),
+                        ));
+                    }
+                }
+            }
+        }
+        for (key, max) in [
+            ("batch_size", 10_000),
+            ("linger_ms", 600_000),
+            ("timeout_ms", 600_000),
+            ("max_attempts", 100),
+        ] {
+            if let Some(v) = self.settings.get(key) {
+                if v.as_u64().is_none_or(|n| n == 0 || n > max) {
+                    return Err(DefinitionError::new(
+                        format!("settings.{key}"),
+                        format!("{v} is not a whole number from 1 to {max}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn setting_u64(&self, key: &str, default: u64) -> u64 {
+        self.settings
+            .get(key)
+            .and_then(|v| v.as_u64())
+            .unwrap_or(default)
+    }
+
+    pub fn setting_str(&self, key: &str) -> Option<&str> {
+        self.settings.get(key).and_then(|v| v.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionStatus {
+    Sending,
+    Inactive,
+}
+
+/// An audience connected to an output configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    pub id: ConnectionId,
+    pub audience_id: AudienceId,
+    pub output_id: OutputId,
+    pub status: ConnectionStatus,
+    /// Connection settings the output reads (e.g. a list id downstream).
+    #[serde(default)]
+    pub settings: BTreeMap<String, serde_json::Value>,
+    /// User attributes sent with the identities (none by default).
+    #[serde(default)]
+    pub shared_attributes: Vec<String>,
+    #[serde(default)]
+    pub created_at_ms: TimestampMs,
+    #[serde(default)]
+    pub updated_at_ms: TimestampMs,
+}
+
+/// Why a connection stopped sending: the last failure after its retries ran out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fault {
+    pub connection_id: ConnectionId,
+    /// HTTP status or other protocol code, when the output answered.
+    pub status: Option<u32>,
+    /// The start of the output's answer (at most [`BODY_EXCERPT_CHARS`] characters).
+    pub body_excerpt: String,
+    pub message: String,
+    pub at_ms: TimestampMs,
+    pub attempts: u32,
+}
+
+pub const BODY_EXCERPT_CHARS: usize = 512;
+
+pub fn excerpt(text: &str) -> String {
+    text.chars().take(BODY_EXCERPT_CHARS).collect()
+}
+
+/// One membership change as an output receives it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryItem {
+    /// `add` or `drop`.
+    pub action: String,
+    pub mpid: Mpid,
+    /// Accepted identity types present on the profile to their values.
+    pub identities: BTreeMap<String, Vec<String>>,
+    /// The shared user attributes the profile has, by the name the connection gave.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub attributes: BTreeMap<String, serde_json::Value>,
+    /// `<audience>:<mpid>:<version>`: the same change always has the same key.
+    pub idempotency_key: String,
+    /// Per (audience, MPID); a receiver keeps the highest.
+    pub version: u64,
+    pub event_time_ms: TimestampMs,
+}
+
+/// What one membership change of `profile` becomes for an output accepting `accepted`
+/// identity types and a connection sharing `shared` attributes; `None` when the profile has
+/// no accepted identity (it is not sent, and counted).
+pub fn delivery_item(
+    change: &Delta,
+    profile: Option<&ProfileState>,
+    accepted: &[String],
+    shared: &[String],
+) -> Option<DeliveryItem> {
+    let Delta {
+        audience_id,
+        mpid,
+        kind,
+        event_time_ms,
+        version,
+        ..
+    } = *change;
+    let profile = profile?;
+    let identities: BTreeMap<String, Vec<String>> = accepted
+        .iter()
+        .filter_map(|t| {
+            let values = profile.identities.get(&t.to_lowercase())?;
+            (!values.is_empty()).then(|| (t.to_lowercase(), values.clone()))
+        })
+        .collect();
+    if identities.is_empty() {
+        return None;
+    }
+    let attributes = shared
+        .iter()
+        .filter_map(|name| {
+            let a = profile.attributes.get(&name.to_lowercase())?;
+            Some((name.clone(), attr_json(&a.value)))
+        })
+        .collect();
+    Some(DeliveryItem {
+        action: match kind {
+            DeltaKind::Added => "add",
+            DeltaKind::Dropped => "drop",
+        }
+        .to_string(),
+        mpid,
+        identities,
+        attributes,
+        idempotency_key: format!("{audience_id}:{mpid}:{version}"),
+        version,
+        event_time_ms,
+    })
+}
+
+fn attr_json(v: &crate::model::AttrValue) -> serde_json::Value {
+    use crate::model::AttrValue as A;
+    match v {
+        A::String(s) => s.clone().into(),
+        A::Number(n) => {
+            serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, Into::into)
+        }
+        A::Bool(b) => (*b).into(),
+        A::Date(ms) => (*ms).into(),
+        A::List(items) => items.clone().into(),
+        A::Null => serde_json::Value::Null,
+    }
+}
+
+/// The wait before retry `attempt` (1 for the first retry): exponential from `base_ms`,
+/// capped at `max_ms`, with "equal jitter" (half fixed, half random from `jitter` in [0, 1))
+/// so that many connections failing together do not retry together. A `Retry-After` the
+/// output asked for wins when it is longer.
+pub fn backoff_ms(
+    attempt: u32,
+    base_ms: u64,
+    max_ms: u64,
+    jitter: f64,
+    retry_after_ms: Option<u64>,
+) -> u64 {
+    let exp = base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
+    let capped = exp.min(max_ms);
+    let half = capped / 2;
+    let wait = half + (half as f64 * jitter.clamp(0.0, 1.0)) as u64;
+    match retry_after_ms {
+        Some(asked) => wait.max(asked),
+        None => wait,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::AttrValue;
+    use crate::profile::NamedAttr;
+
+    #[test]
+    fn secrets_never_leave_redaction() {
+        let config = OutputConfig {
+            id: 1,
+            name: "crm".into(),
+            kind: "webhook".into(),
+            settings: BTreeMap::from([("url".into(), "https://x.example/hook".into())]),
+            secrets: BTreeMap::from([("authorization".into(), "Bearer s3cr3t".into())]),
+            accepted_identities: vec!["email".into()],
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        config.validate().unwrap();
+        let shown = serde_json::to_string(&config.redacted()).unwrap();
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("authorization"));
+    }
+
+    #[test]
+    fn bad_configurations_name_the_field() {
+        let mut config = OutputConfig {
+            id: 1,
+            name: "x".into(),
+            kind: "fax".into(),
+            settings: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            accepted_identities: vec!["email".into()],
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        assert_eq!(config.validate().unwrap_err().field, "kind");
+        config.kind = "webhook".into();
+        assert_eq!(config.validate().unwrap_err().field, "settings.url");
+        config.settings.insert("url".into(), "ftp://x".into());
+        assert_eq!(config.validate().unwrap_err().field, "settings.url");
+        config
+            .settings
+            .insert("url".into(), "http://127.0.0.1:1/x".into());
+        config.settings.insert("batch_size".into(), 0.into());
+        assert_eq!(config.validate().unwrap_err().field, "settings.batch_size");
+        config.settings.remove("batch_size");
+        config.kind = "kafka".into();
+        assert_eq!(
+            config.validate().unwrap_err().field,
+            "settings.bootstrap_servers"
+        );
+    }
+
+    #[test]
+    fn only_accepted_identities_and_shared_attributes_travel() {
+        let mut profile = ProfileState::new(7);
+        profile
+            .identities
+            .insert("email".into(), vec!["a@example.com".into()]);
+        profile.identities.insert(
+            "ios_advertising_id".into(),
+            vec!["IDFA-1".into(), "IDFA-2".into()],
+        );
+        profile.attributes.insert(
+            "tier".into(),
+            NamedAttr {
+                name: "Tier".into(),
+                value: AttrValue::String("gold".into()),
+            },
+        );
+        let change = |kind, version| Delta {
+            audience_id: 3,
+            mpid: 7,
+            kind,
+            event_time_ms: 10,
+            processing_time_ms: 10,
+            version,
+        };
+        let item = delivery_item(
+            &change(DeltaKind::Added, 2),
+            Some(&profile),
+            &["ios_advertising_id".into(), "android_advertising_id".into()],
+            &["Tier".into(), "age".into()],
+        )
+        .unwrap();
+        assert_eq!(item.identities.len(), 1);
+        assert_eq!(item.identities["ios_advertising_id"].len(), 2);
+        assert_eq!(item.attributes["Tier"], serde_json::json!("gold"));
+        assert_eq!(item.idempotency_key, "3:7:2");
+        assert!(delivery_item(
+            &change(DeltaKind::Dropped, 3),
+            Some(&profile),
+            &["customer_id".into()],
+            &[]
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_jittered_and_honours_retry_after() {
+        assert_eq!(backoff_ms(1, 100, 10_000, 0.0, None), 50);
+        assert_eq!(backoff_ms(1, 100, 10_000, 0.999, None), 99);
+        assert_eq!(backoff_ms(4, 100, 10_000, 0.0, None), 400);
+        assert_eq!(backoff_ms(30, 100, 10_000, 0.0, None), 5_000);
+        assert_eq!(backoff_ms(1, 100, 10_000, 0.0, Some(2_000)), 2_000);
+    }
+}

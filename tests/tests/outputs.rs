@@ -1,0 +1,413 @@
+//! Outputs through the real broker and a real HTTP server: identity filtering and attribute
+//! sharing per output; a webhook that fails (500, then 429 with Retry-After, then a timeout)
+//! until the connection faults, keeps what is owed, and sends it all after Resume; bulk connect
+//! with a bad audience id; deleting an audience tells the webhook.
+
+use audience_e2e::*;
+use audience_proto::v1 as pb;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How the test webhook answers its next request.
+#[derive(Debug, Clone)]
+enum Answer {
+    Status(u16),
+    TooManyRequests { retry_after_s: u64 },
+    Hang(Duration),
+}
+
+#[derive(Default)]
+struct Hook {
+    script: Mutex<VecDeque<Answer>>,
+    /// Every request body accepted (2xx), in order.
+    accepted: Mutex<Vec<Value>>,
+    /// When each request arrived, accepted or not.
+    arrivals: Mutex<Vec<Instant>>,
+    authorization: Mutex<Vec<String>>,
+}
+
+async fn receive(
+    State(hook): State<Arc<Hook>>,
+    headers: axum::http::HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> axum::response::Response {
+    hook.arrivals.lock().unwrap().push(Instant::now());
+    if let Some(a) = headers.get("authorization") {
+        hook.authorization
+            .lock()
+            .unwrap()
+            .push(a.to_str().unwrap_or_default().to_string());
+    }
+    let answer = hook.script.lock().unwrap().pop_front();
+    match answer {
+        Some(Answer::Status(code)) => {
+            (StatusCode::from_u16(code).unwrap(), "upstream exploded").into_response()
+        }
+        Some(Answer::TooManyRequests { retry_after_s }) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", retry_after_s.to_string())],
+            "slow down",
+        )
+            .into_response(),
+        Some(Answer::Hang(d)) => {
+            tokio::time::sleep(d).await;
+            StatusCode::OK.into_response()
+        }
+        None => {
+            hook.accepted.lock().unwrap().push(body);
+            StatusCode::OK.into_response()
+        }
+    }
+}
+
+async fn start_hook() -> Result<(Arc<Hook>, String)> {
+    let hook = Arc::new(Hook::default());
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .with_state(hook.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((hook, url))
+}
+
+/// The membership a receiver ends with: per MPID the item of the highest version.
+fn receiver_view(hook: &Hook) -> BTreeMap<i64, (u64, String, Value)> {
+    let mut view: BTreeMap<i64, (u64, String, Value)> = BTreeMap::new();
+    for body in hook.accepted.lock().unwrap().iter() {
+        for item in body["items"].as_array().into_iter().flatten() {
+            let mpid = item["mpid"].as_i64().unwrap();
+            let version = item["version"].as_u64().unwrap();
+            let action = item["action"].as_str().unwrap().to_string();
+            if view.get(&mpid).is_none_or(|(v, _, _)| version > *v) {
+                view.insert(mpid, (version, action, item.clone()));
+            }
+        }
+    }
+    view
+}
+
+fn members(view: &BTreeMap<i64, (u64, String, Value)>) -> Vec<i64> {
+    view.iter()
+        .filter(|(_, (_, action, _))| action == "add")
+        .map(|(m, _)| *m)
+        .collect()
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        if Instant::now() > deadline {
+            anyhow::bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+fn batch(mpid: i64, now: i64, identities: Value, device: Value, tier: &str) -> Value {
+    json!({
+        "mpid": mpid,
+        "timestamp_unixtime_ms": now,
+        "user_identities": identities,
+        "device_info": device,
+        "user_attributes": {"tier": tier, "secret_score": 99},
+        "events": [custom_event("Play", "navigation", now, json!({}))]
+    })
+}
+
+async fn webhook(
+    client: &mut pb::output_service_client::OutputServiceClient<tonic::transport::Channel>,
+    name: &str,
+    url: &str,
+    accepted: &[&str],
+    extra: Value,
+) -> Result<pb::OutputConfig> {
+    let mut settings = json!({"url": url, "batch_size": 50, "linger_ms": 50});
+    for (k, v) in extra.as_object().unwrap() {
+        settings[k] = v.clone();
+    }
+    Ok(client
+        .create_output(pb::OutputConfig {
+            name: name.into(),
+            kind: "webhook".into(),
+            settings: Some(criteria(settings)),
+            secrets: [("authorization".to_string(), format!("Bearer {name}-token"))].into(),
+            accepted_identities: accepted.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_get_their_identities_and_survive_faults() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("outputs");
+    let dir = tempfile::tempdir()?;
+    let mut engine = Engine::start(&broker, &topics, &dir.path().join("engine"), "outputs")?;
+    let ch = engine.ready().await?;
+    let players = create_audience(&ch, "players", json!({"event": {"name": "play"}})).await?;
+    let mut outputs = pb::output_service_client::OutputServiceClient::new(ch.clone());
+
+    let producer = broker.producer()?;
+    let now = engine_now(&ch).await?;
+    let both = batch(
+        51,
+        now,
+        json!({"email": "a@example.com"}),
+        json!({"ios_advertising_id": "IDFA-51"}),
+        "gold",
+    );
+    let email_only = batch(
+        52,
+        now,
+        json!({"email": "b@example.com"}),
+        json!({}),
+        "silver",
+    );
+    let idfa_only = batch(
+        53,
+        now,
+        json!({"customer_id": "c53"}),
+        json!({"ios_advertising_id": "IDFA-53"}),
+        "bronze",
+    );
+    for b in [&both, &email_only, &idfa_only] {
+        produce_json(&producer, &topics.events, b).await?;
+    }
+    collect_deltas(&ch, vec![players.id], "", Duration::from_secs(30), |d| {
+        d.len() >= 3
+    })
+    .await?;
+
+    // Two outputs accepting different identity types, connected to the same audience.
+    let (ads, ads_url) = start_hook().await?;
+    let (crm, crm_url) = start_hook().await?;
+    let ads_output = webhook(
+        &mut outputs,
+        "ads",
+        &ads_url,
+        &["ios_advertising_id", "android_advertising_id"],
+        json!({}),
+    )
+    .await?;
+    let crm_output = webhook(&mut outputs, "crm", &crm_url, &["email"], json!({})).await?;
+    assert_eq!(
+        ads_output.secrets["authorization"], "********",
+        "secrets are never returned"
+    );
+    outputs
+        .create_connection(pb::Connection {
+            audience_id: players.id,
+            output_id: ads_output.id,
+            ..Default::default()
+        })
+        .await?;
+    let crm_connection = outputs
+        .create_connection(pb::Connection {
+            audience_id: players.id,
+            output_id: crm_output.id,
+            shared_attributes: vec!["tier".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    wait_for(
+        "current members on both outputs",
+        Duration::from_secs(30),
+        || members(&receiver_view(&ads)).len() == 2 && members(&receiver_view(&crm)).len() == 2,
+    )
+    .await?;
+    let ads_view = receiver_view(&ads);
+    assert_eq!(members(&ads_view), vec![51, 53]);
+    assert_eq!(
+        ads_view[&51].2["identities"],
+        json!({"ios_advertising_id": ["IDFA-51"]})
+    );
+    assert!(
+        ads_view[&51].2.get("attributes").is_none(),
+        "no attributes unless shared"
+    );
+    let crm_view = receiver_view(&crm);
+    assert_eq!(members(&crm_view), vec![51, 52]);
+    assert_eq!(
+        crm_view[&52].2["identities"],
+        json!({"email": ["b@example.com"]})
+    );
+    assert_eq!(crm_view[&52].2["attributes"], json!({"tier": "silver"}));
+    assert_eq!(crm.authorization.lock().unwrap()[0], "Bearer crm-token");
+    let connection = outputs
+        .get_connection(pb::ConnectionIdRequest {
+            id: crm_connection.id,
+        })
+        .await?
+        .into_inner();
+    let figures = connection.figures.unwrap();
+    assert_eq!(
+        figures.unsendable, 1,
+        "user 53 has no email: counted, not sent"
+    );
+
+    // A webhook that answers 500, then 429 with Retry-After: 1, then times out: with three
+    // attempts, the connection faults.
+    let (flaky, flaky_url) = start_hook().await?;
+    flaky.script.lock().unwrap().extend([
+        Answer::Status(500),
+        Answer::TooManyRequests { retry_after_s: 1 },
+        Answer::Hang(Duration::from_secs(3)),
+    ]);
+    let flaky_output = webhook(
+        &mut outputs,
+        "flaky",
+        &flaky_url,
+        &["email", "ios_advertising_id"],
+        json!({"max_attempts": 3, "backoff_ms": 50, "timeout_ms": 500}),
+    )
+    .await?;
+    let flaky_connection = outputs
+        .create_connection(pb::Connection {
+            audience_id: players.id,
+            output_id: flaky_output.id,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut faults = Vec::new();
+    for _ in 0..100 {
+        faults = outputs
+            .list_faults(pb::ListFaultsRequest {})
+            .await?
+            .into_inner()
+            .faults;
+        if !faults.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(faults.len(), 1, "faulted after its retries");
+    let fault = &faults[0];
+    assert_eq!(
+        (fault.connection_id, fault.attempts),
+        (flaky_connection.id, 3)
+    );
+    assert!(fault.message.contains("timed out"), "{}", fault.message);
+    {
+        let arrivals = flaky.arrivals.lock().unwrap();
+        assert_eq!(arrivals.len(), 3);
+        assert!(
+            arrivals[2] - arrivals[1] >= Duration::from_millis(950),
+            "Retry-After is honoured: {:?}",
+            arrivals[2] - arrivals[1]
+        );
+    }
+    let shown = outputs
+        .get_output(pb::OutputIdRequest {
+            id: flaky_output.id,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        shown.faulted_connections, 1,
+        "the fault shows on the output"
+    );
+    let mut audiences = pb::audience_service_client::AudienceServiceClient::new(ch.clone());
+    let audience = audiences
+        .get_audience(pb::GetAudienceRequest { id: players.id })
+        .await?
+        .into_inner();
+    assert_eq!(
+        (audience.connected_outputs, audience.faulted_connections),
+        (3, 1)
+    );
+
+    // While faulted, new members are kept, not sent.
+    let newcomer = batch(
+        54,
+        now,
+        json!({"email": "d@example.com"}),
+        json!({}),
+        "gold",
+    );
+    produce_json(&producer, &topics.events, &newcomer).await?;
+    wait_for(
+        "the newcomer on the healthy output",
+        Duration::from_secs(30),
+        || members(&receiver_view(&crm)).contains(&54),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        flaky.accepted.lock().unwrap().is_empty(),
+        "nothing sent while faulted"
+    );
+
+    // Resume: everything owed arrives, and the receiver's view equals the membership.
+    outputs
+        .resume(pb::ConnectionIdRequest {
+            id: flaky_connection.id,
+        })
+        .await?;
+    wait_for(
+        "everything owed after resume",
+        Duration::from_secs(30),
+        || members(&receiver_view(&flaky)) == vec![51, 52, 53, 54],
+    )
+    .await?;
+    assert!(outputs
+        .list_faults(pb::ListFaultsRequest {})
+        .await?
+        .into_inner()
+        .faults
+        .is_empty());
+
+    // Bulk connect with one bad audience id: the others connect, the bad one is reported.
+    let second = create_audience(
+        &ch,
+        "gold",
+        json!({"user_attribute": {"name": "tier", "op": "exact_match", "value": "gold"}}),
+    )
+    .await?;
+    let bulk = outputs
+        .bulk_connect(pb::BulkConnectRequest {
+            output_id: crm_output.id,
+            audience_ids: vec![second.id, 999],
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .results;
+    assert!(bulk[0].ok && bulk[0].connection_id > 0, "{bulk:?}");
+    assert!(
+        !bulk[1].ok && bulk[1].error.contains("audience 999"),
+        "{bulk:?}"
+    );
+
+    // Deleting an audience tells the webhook and removes its connections.
+    audiences
+        .delete_audience(pb::DeleteAudienceRequest { id: second.id })
+        .await?;
+    wait_for("the deletion message", Duration::from_secs(10), || {
+        crm.accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| b["type"] == "audience_deleted" && b["audience"]["id"] == second.id)
+    })
+    .await?;
+    let left = outputs
+        .list_connections(pb::ListConnectionsRequest {
+            audience_id: second.id,
+            output_id: 0,
+        })
+        .await?
+        .into_inner()
+        .connections;
+    assert!(left.is_empty());
+    Ok(())
+}
