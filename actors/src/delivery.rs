@@ -504,6 +504,14 @@ impl DeliveryLoop {
         };
         self.figures.lock().initial_sync_done = true;
         let partitions: Vec<Partition> = self.engine.partitions.lock().iter().copied().collect();
+        let mut queued = 0u64;
+        for &p in &partitions {
+            let head = store.outbox_head(p).unwrap_or(0);
+            queued += head.saturating_sub(cursor.get(&p).copied().unwrap_or(0));
+        }
+        // Outbox entries (of every audience) this connection has not read yet.
+        metrics::gauge!("audience_connection_queued", "connection" => self.label())
+            .set(queued as f64);
         let mut progressed = false;
         for p in partitions {
             let after = cursor.get(&p).copied().unwrap_or(0);

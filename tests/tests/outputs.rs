@@ -29,6 +29,8 @@ struct Hook {
     /// When each request arrived, accepted or not.
     arrivals: Mutex<Vec<Instant>>,
     authorization: Mutex<Vec<String>>,
+    /// Added to every answer: a slow receiver.
+    delay: Mutex<Duration>,
 }
 
 async fn receive(
@@ -37,6 +39,10 @@ async fn receive(
     axum::Json(body): axum::Json<Value>,
 ) -> axum::response::Response {
     hook.arrivals.lock().unwrap().push(Instant::now());
+    let delay = *hook.delay.lock().unwrap();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     if let Some(a) = headers.get("authorization") {
         hook.authorization
             .lock()
@@ -409,5 +415,102 @@ async fn outputs_get_their_identities_and_survive_faults() -> Result<()> {
         .into_inner()
         .connections;
     assert!(left.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_equals_the_membership_after_a_kill_during_delivery() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("outkill");
+    let dir = tempfile::tempdir()?;
+    let mut engine = Engine::start(&broker, &topics, &dir.path().join("engine"), "outkill")?;
+    let ch = engine.ready().await?;
+    let gold = create_audience(
+        &ch,
+        "gold players",
+        json!({"and": [{"event": {"name": "play"}},
+            {"user_attribute": {"name": "tier", "op": "exact_match", "value": "gold"}}]}),
+    )
+    .await?;
+    let (hook, url) = start_hook().await?;
+    *hook.delay.lock().unwrap() = Duration::from_millis(30);
+    let mut outputs = pb::output_service_client::OutputServiceClient::new(ch.clone());
+    let output = webhook(
+        &mut outputs,
+        "slow",
+        &url,
+        &["email"],
+        json!({"batch_size": 5, "linger_ms": 1}),
+    )
+    .await?;
+    outputs
+        .create_connection(pb::Connection {
+            audience_id: gold.id,
+            output_id: output.id,
+            ..Default::default()
+        })
+        .await?;
+
+    // 200 users join; then half of them leave (tier changes) while delivery is under way.
+    let producer = broker.producer()?;
+    let now = engine_now(&ch).await?;
+    for mpid in 1..=200 {
+        let b = batch(
+            mpid,
+            now,
+            json!({"email": format!("u{mpid}@example.com")}),
+            json!({}),
+            "gold",
+        );
+        produce_json(&producer, &topics.events, &b).await?;
+    }
+    for mpid in (1..=200).filter(|m| m % 2 == 0) {
+        let b = batch(
+            mpid,
+            now,
+            json!({"email": format!("u{mpid}@example.com")}),
+            json!({}),
+            "silver",
+        );
+        produce_json(&producer, &topics.events, &b).await?;
+    }
+    wait_for("delivery under way", Duration::from_secs(30), || {
+        hook.accepted.lock().unwrap().len() >= 3
+    })
+    .await?;
+    engine.kill9();
+    let before_restart = hook.accepted.lock().unwrap().len();
+    engine.restart()?;
+    let ch = engine.ready().await?;
+    *hook.delay.lock().unwrap() = Duration::ZERO;
+
+    // The engine's membership, from its own delta stream (highest version per user).
+    let deltas = collect_deltas(&ch, vec![gold.id], "", Duration::from_secs(60), |d| {
+        d.len() >= 300
+    })
+    .await?;
+    let mut engine_view: BTreeMap<i64, (u64, bool)> = BTreeMap::new();
+    for d in &deltas {
+        let added = d.kind == pb::DeltaKind::Added as i32;
+        if engine_view.get(&d.mpid).is_none_or(|(v, _)| d.version > *v) {
+            engine_view.insert(d.mpid, (d.version, added));
+        }
+    }
+    let expected: Vec<i64> = engine_view
+        .iter()
+        .filter(|(_, (_, member))| *member)
+        .map(|(m, _)| *m)
+        .collect();
+    assert_eq!(
+        expected,
+        (1..=200).filter(|m| m % 2 == 1).collect::<Vec<_>>()
+    );
+    wait_for(
+        "the receiver to catch up after the restart",
+        Duration::from_secs(60),
+        || members(&receiver_view(&hook)) == expected,
+    )
+    .await?;
+    assert!(hook.accepted.lock().unwrap().len() > before_restart);
     Ok(())
 }
