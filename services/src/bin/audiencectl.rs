@@ -420,7 +420,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Connection(cmd) => {
             let mut client = OutputServiceClient::new(channel(&cli.server).await?);
             let show = |c: &pb::Connection| {
-                let f = c.figures.clone().unwrap_or_default();
+                let f = c.figures.unwrap_or_default();
                 println!(
                     "{:>4} audience {:>4} -> output {:>3}  {:<8} size {} adds {} drops {} volatility {:.3}  sent {} failed {} retried {} unsendable {}{}",
                     c.id,
