@@ -514,3 +514,92 @@ async fn a_receiver_equals_the_membership_after_a_kill_during_delivery() -> Resu
     assert!(hook.accepted.lock().unwrap().len() > before_restart);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_output_receives_items_and_the_deletion() -> Result<()> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    let broker = Broker::start()?;
+    let topics = Topics::unique("kafkaout");
+    let out_topic = format!("{}-out", topics.events);
+    broker.create_topics(&[&out_topic], 1).await?;
+    let dir = tempfile::tempdir()?;
+    let mut engine = Engine::start(&broker, &topics, &dir.path().join("engine"), "kafkaout")?;
+    let ch = engine.ready().await?;
+    let players = create_audience(&ch, "players", json!({"event": {"name": "play"}})).await?;
+    let mut outputs = pb::output_service_client::OutputServiceClient::new(ch.clone());
+    let output = outputs
+        .create_output(pb::OutputConfig {
+            name: "warehouse".into(),
+            kind: "kafka".into(),
+            settings: Some(criteria(
+                json!({"bootstrap_servers": broker.bootstrap, "topic": out_topic}),
+            )),
+            accepted_identities: vec!["customer_id".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    outputs
+        .create_connection(pb::Connection {
+            audience_id: players.id,
+            output_id: output.id,
+            ..Default::default()
+        })
+        .await?;
+    let producer = broker.producer()?;
+    let now = engine_now(&ch).await?;
+    for mpid in [61, 62] {
+        let b = batch(
+            mpid,
+            now,
+            json!({"customer_id": format!("c{mpid}")}),
+            json!({}),
+            "gold",
+        );
+        produce_json(&producer, &topics.events, &b).await?;
+    }
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("group.id", "output-reader")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    consumer.subscribe(&[&out_topic])?;
+    let mut read = |n: usize| {
+        let consumer = &consumer;
+        async move {
+            let mut out = Vec::new();
+            while out.len() < n {
+                let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await??;
+                let value: Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
+                let key = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == "idempotency-key"))
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                out.push((value, key));
+            }
+            anyhow::Ok(out)
+        }
+    };
+    let mut items = read(2).await?;
+    items.sort_by_key(|(v, _)| v["item"]["mpid"].as_i64());
+    assert_eq!(
+        items[0].0["item"]["identities"],
+        json!({"customer_id": ["c61"]})
+    );
+    assert_eq!(items[0].0["audience"]["name"], "players");
+    assert_eq!(
+        items[1].1.as_deref(),
+        Some(format!("{}:62:1", players.id).as_str())
+    );
+
+    let mut audiences = pb::audience_service_client::AudienceServiceClient::new(ch.clone());
+    audiences
+        .delete_audience(pb::DeleteAudienceRequest { id: players.id })
+        .await?;
+    let deleted = read(1).await?;
+    assert_eq!(deleted[0].0["type"], "audience_deleted");
+    Ok(())
+}
