@@ -566,7 +566,7 @@ async fn a_kafka_output_receives_items_and_the_deletion() -> Result<()> {
         .set("fetch.wait.max.ms", "10")
         .create()?;
     consumer.subscribe(&[&out_topic])?;
-    let mut read = |n: usize| {
+    let read = |n: usize| {
         let consumer = &consumer;
         async move {
             let mut out = Vec::new();
