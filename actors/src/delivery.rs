@@ -38,6 +38,22 @@ pub struct SendFailure {
     pub retry_after: Option<Duration>,
     pub body_excerpt: String,
     pub message: String,
+    /// Nothing failed: the output has no receiver yet (a `grpc` connection nobody attached
+    /// to). The loop waits without spending attempts, and keeps what is owed.
+    pub waiting: bool,
+}
+
+impl SendFailure {
+    fn retryable(message: String) -> SendFailure {
+        SendFailure {
+            retryable: true,
+            status: None,
+            retry_after: None,
+            body_excerpt: String::new(),
+            message,
+            waiting: false,
+        }
+    }
 }
 
 /// The audience as its outputs see it.
@@ -66,6 +82,9 @@ pub fn build_output(config: &OutputConfig) -> Result<Arc<dyn Output>, String> {
     match config.kind.as_str() {
         "webhook" => Ok(Arc::new(Webhook::new(config)?)),
         "kafka" => Ok(Arc::new(KafkaOutput::new(config)?)),
+        "grpc" => Ok(Arc::new(GrpcStreamOutput {
+            ack_timeout: Duration::from_millis(config.setting_u64("timeout_ms", 10_000)),
+        })),
         other => Err(format!("unknown output kind \"{other}\"")),
     }
 }
@@ -111,16 +130,12 @@ impl Webhook {
             .json(&body)
             .send()
             .await
-            .map_err(|e| SendFailure {
-                retryable: true,
-                status: None,
-                retry_after: None,
-                body_excerpt: String::new(),
-                message: if e.is_timeout() {
+            .map_err(|e| {
+                SendFailure::retryable(if e.is_timeout() {
                     "timed out".to_string()
                 } else {
                     format!("request failed: {e}")
-                },
+                })
             })?;
         let status = response.status();
         if status.is_success() {
@@ -139,6 +154,7 @@ impl Webhook {
             retry_after,
             body_excerpt: excerpt(&body),
             message: format!("HTTP {status}"),
+            waiting: false,
         })
     }
 }
@@ -215,13 +231,7 @@ impl KafkaOutput {
             .send(record, Duration::from_secs(30))
             .await
             .map(|_| ())
-            .map_err(|(e, _)| SendFailure {
-                retryable: true,
-                status: None,
-                retry_after: None,
-                body_excerpt: String::new(),
-                message: format!("kafka: {e}"),
-            })
+            .map_err(|(e, _)| SendFailure::retryable(format!("kafka: {e}")))
     }
 }
 
@@ -258,6 +268,137 @@ impl Output for KafkaOutput {
         let id = format!("deleted:{}:{}", audience.id, audience.connection_id);
         self.produce(&audience.id.to_string(), &id, value.to_string())
             .await
+    }
+}
+
+// ------------------------------------------------------------------ grpc stream
+
+/// A batch on its way to a `grpc` receiver.
+#[derive(Debug, Clone)]
+pub struct StreamBatch {
+    pub batch_id: u64,
+    pub audience: AudienceInfo,
+    /// `membership` or `audience_deleted`.
+    pub kind: String,
+    pub items: Vec<DeliveryItem>,
+}
+
+type Acked = tokio::sync::oneshot::Sender<()>;
+
+struct Attached {
+    tx: tokio::sync::mpsc::Sender<(StreamBatch, Acked)>,
+    generation: u64,
+}
+
+/// The receivers attached to `grpc` connections, process-wide.
+#[derive(Default)]
+pub struct GrpcHub {
+    receivers: Mutex<HashMap<ConnectionId, Attached>>,
+    next_batch: std::sync::atomic::AtomicU64,
+    next_generation: std::sync::atomic::AtomicU64,
+}
+
+impl GrpcHub {
+    pub fn global() -> &'static GrpcHub {
+        static HUB: std::sync::OnceLock<GrpcHub> = std::sync::OnceLock::new();
+        HUB.get_or_init(GrpcHub::default)
+    }
+
+    /// Attaches a receiver to a connection (replacing any other); batches come on the channel
+    /// with the sender of their acknowledgement.
+    pub fn attach(
+        &self,
+        id: ConnectionId,
+    ) -> (u64, tokio::sync::mpsc::Receiver<(StreamBatch, Acked)>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let generation = self.next_generation.fetch_add(1, Relaxed) + 1;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        self.receivers
+            .lock()
+            .insert(id, Attached { tx, generation });
+        (generation, rx)
+    }
+
+    pub fn detach(&self, id: ConnectionId, generation: u64) {
+        let mut receivers = self.receivers.lock();
+        if receivers
+            .get(&id)
+            .is_some_and(|a| a.generation == generation)
+        {
+            receivers.remove(&id);
+        }
+    }
+
+    async fn deliver(
+        &self,
+        audience: &AudienceInfo,
+        kind: &str,
+        items: &[DeliveryItem],
+        ack_timeout: Duration,
+    ) -> Result<(), SendFailure> {
+        let tx = self
+            .receivers
+            .lock()
+            .get(&audience.connection_id)
+            .map(|a| a.tx.clone());
+        let Some(tx) = tx else {
+            return Err(SendFailure {
+                waiting: true,
+                ..SendFailure::retryable("no receiver attached".to_string())
+            });
+        };
+        let batch = StreamBatch {
+            batch_id: self
+                .next_batch
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1,
+            audience: audience.clone(),
+            kind: kind.to_string(),
+            items: items.to_vec(),
+        };
+        let (acked, ack) = tokio::sync::oneshot::channel();
+        if tx.send((batch, acked)).await.is_err() {
+            return Err(SendFailure::retryable("the receiver went away".to_string()));
+        }
+        match tokio::time::timeout(ack_timeout, ack).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(SendFailure::retryable(
+                "the receiver went away before acknowledging".to_string(),
+            )),
+            Err(_) => Err(SendFailure::retryable(
+                "acknowledgement timed out".to_string(),
+            )),
+        }
+    }
+}
+
+/// Batches streamed to the subscriber attached to the connection (`OutputService.Receive`),
+/// each acknowledged before the next.
+pub struct GrpcStreamOutput {
+    ack_timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl Output for GrpcStreamOutput {
+    async fn send(
+        &self,
+        audience: &AudienceInfo,
+        items: &[DeliveryItem],
+    ) -> Result<(), SendFailure> {
+        GrpcHub::global()
+            .deliver(audience, "membership", items, self.ack_timeout)
+            .await
+    }
+
+    /// The subscriber's copy is its own: it is told only if it is attached right now.
+    async fn audience_deleted(&self, audience: &AudienceInfo) -> Result<(), SendFailure> {
+        match GrpcHub::global()
+            .deliver(audience, "audience_deleted", &[], self.ack_timeout)
+            .await
+        {
+            Err(f) if f.waiting => Ok(()),
+            other => other,
+        }
     }
 }
 
@@ -647,6 +788,14 @@ impl DeliveryLoop {
         loop {
             attempt += 1;
             match self.sink.send(&audience, batch).await {
+                Err(failure) if failure.waiting => {
+                    // No receiver yet: not a failure, nothing is spent.
+                    attempt -= 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = self.stop.notified() => return Err(Halt::Stopped),
+                    }
+                }
                 Ok(()) => {
                     self.figures.lock().sent += batch.len() as u64;
                     metrics::counter!("audience_connection_sent_total", "connection" => label.clone())

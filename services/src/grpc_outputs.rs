@@ -2,11 +2,14 @@
 //! figures and faults, bulk connect and resume.
 
 use crate::convert::{self, json_to_struct, struct_to_json};
+use audience_actors::delivery::{GrpcHub, StreamBatch};
 use audience_actors::output_registry::OutputRegistry;
 use audience_proto::v1 as pb;
 use audience_state::outputs::{Connection, ConnectionStatus, Fault, OutputConfig};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
 use std::sync::Arc;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 #[derive(Clone)]
@@ -131,8 +134,98 @@ impl OutputServices {
     }
 }
 
+fn batch_message(b: StreamBatch) -> pb::DeliveryBatch {
+    pb::DeliveryBatch {
+        batch_id: b.batch_id,
+        connection_id: b.audience.connection_id,
+        audience_id: b.audience.id,
+        audience_name: b.audience.name,
+        r#type: b.kind,
+        items: b
+            .items
+            .into_iter()
+            .map(|i| pb::DeliveryItem {
+                action: i.action,
+                mpid: i.mpid,
+                identities: i
+                    .identities
+                    .into_iter()
+                    .map(|(t, values)| (t, pb::StringList { values }))
+                    .collect(),
+                attributes: Some(json_to_struct(&serde_json::Value::Object(
+                    i.attributes.into_iter().collect(),
+                ))),
+                idempotency_key: i.idempotency_key,
+                version: i.version,
+                event_time_ms: i.event_time_ms,
+            })
+            .collect(),
+    }
+}
+
+type BatchStream = Pin<Box<dyn Stream<Item = Result<pb::DeliveryBatch, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::output_service_server::OutputService for OutputServices {
+    type ReceiveStream = BatchStream;
+
+    async fn receive(
+        &self,
+        req: Request<tonic::Streaming<pb::ReceiveRequest>>,
+    ) -> Result<Response<Self::ReceiveStream>, Status> {
+        use pb::receive_request::Kind;
+        let mut inbound = req.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("connection_id: the first message names the connection")
+        })?;
+        let Some(Kind::ConnectionId(id)) = first.kind else {
+            return Err(Status::invalid_argument(
+                "connection_id: the first message names the connection",
+            ));
+        };
+        let connection = self.outputs.connection(id).map_err(convert::status)?;
+        let output = self
+            .outputs
+            .output(connection.output_id)
+            .map_err(convert::status)?;
+        if output.kind != "grpc" {
+            return Err(Status::failed_precondition(format!(
+                "connection_id: connection {id} goes to a {} output, not grpc",
+                output.kind
+            )));
+        }
+        let hub = GrpcHub::global();
+        let (generation, mut batches) = hub.attach(id);
+        let pending: Arc<parking_lot::Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>> =
+            Arc::default();
+        let acks = pending.clone();
+        // Acknowledgements resolve the batches in flight; the end of the client's stream ends
+        // the attachment.
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                if let Some(Kind::AckBatchId(batch)) = m.kind {
+                    if let Some(acked) = acks.lock().remove(&batch) {
+                        let _ = acked.send(());
+                    }
+                }
+            }
+            GrpcHub::global().detach(id, generation);
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Some((batch, acked)) = batches.recv().await {
+                pending.lock().insert(batch.batch_id, acked);
+                if tx.send(Ok(batch_message(batch))).await.is_err() {
+                    break;
+                }
+            }
+            GrpcHub::global().detach(id, generation);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn create_output(
         &self,
         req: Request<pb::OutputConfig>,

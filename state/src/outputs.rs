@@ -23,7 +23,7 @@ pub type OutputId = u64;
 pub type ConnectionId = u64;
 
 /// The kinds of output this engine implements.
-pub const OUTPUT_KINDS: &[&str] = &["webhook", "kafka"];
+pub const OUTPUT_KINDS: &[&str] = &["webhook", "kafka", "grpc"];
 
 /// An output configuration as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,7 +33,7 @@ pub struct OutputConfig {
     /// `webhook` or `kafka`.
     pub kind: String,
     /// Kind-specific settings (webhook: url, batch_size, linger_ms, timeout_ms, max_attempts;
-    /// kafka: bootstrap_servers, topic).
+    /// kafka: bootstrap_servers, topic; grpc: none, subscribers attach).
     #[serde(default)]
     pub settings: BTreeMap<String, serde_json::Value>,
     /// Credentials and headers that must never leave the engine (webhook: headers such as
@@ -96,6 +96,8 @@ impl OutputConfig {
                     ));
                 }
             }
+            // Subscribers attach to the connection: nothing to configure.
+            "grpc" => {}
             _ => {
                 for key in ["bootstrap_servers", "topic"] {
                     if text(key).is_none_or(|v| v.trim().is_empty()) {

@@ -603,3 +603,109 @@ async fn a_kafka_output_receives_items_and_the_deletion() -> Result<()> {
     assert_eq!(deleted[0].0["type"], "audience_deleted");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_receiver_gets_batches_until_it_acknowledges_them() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("grpcout");
+    let dir = tempfile::tempdir()?;
+    let mut engine = Engine::start(&broker, &topics, &dir.path().join("engine"), "grpcout")?;
+    let ch = engine.ready().await?;
+    let players = create_audience(&ch, "players", json!({"event": {"name": "play"}})).await?;
+    let mut outputs = pb::output_service_client::OutputServiceClient::new(ch.clone());
+    let output = outputs
+        .create_output(pb::OutputConfig {
+            name: "stream".into(),
+            kind: "grpc".into(),
+            settings: Some(criteria(json!({"timeout_ms": 1000, "batch_size": 10}))),
+            accepted_identities: vec!["customer_id".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let connection = outputs
+        .create_connection(pb::Connection {
+            audience_id: players.id,
+            output_id: output.id,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let producer = broker.producer()?;
+    let now = engine_now(&ch).await?;
+    for mpid in [71, 72] {
+        let b = batch(
+            mpid,
+            now,
+            json!({"customer_id": format!("c{mpid}")}),
+            json!({}),
+            "gold",
+        );
+        produce_json(&producer, &topics.events, &b).await?;
+    }
+    collect_deltas(&ch, vec![players.id], "", Duration::from_secs(30), |d| {
+        d.len() >= 2
+    })
+    .await?;
+
+    let attach = |outputs: &mut pb::output_service_client::OutputServiceClient<
+        tonic::transport::Channel,
+    >| {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let mut outputs = outputs.clone();
+        async move {
+            tx.send(pb::ReceiveRequest {
+                kind: Some(pb::receive_request::Kind::ConnectionId(connection.id)),
+            })
+            .await?;
+            let stream = outputs
+                .receive(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            anyhow::Ok((tx, stream))
+        }
+    };
+    let keys = |b: &pb::DeliveryBatch| -> Vec<String> {
+        let mut k: Vec<String> = b.items.iter().map(|i| i.idempotency_key.clone()).collect();
+        k.sort();
+        k
+    };
+
+    // A first receiver takes a batch and goes away without acknowledging it.
+    let (tx, mut stream) = attach(&mut outputs).await?;
+    let first = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await??
+        .expect("a batch");
+    drop((tx, stream));
+
+    // The next receiver gets it again, acknowledges, and has every member.
+    let (tx, mut stream) = attach(&mut outputs).await?;
+    let mut received = Vec::new();
+    while received.len() < 2 {
+        let b = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await??
+            .expect("a batch");
+        if received.is_empty() {
+            assert_eq!(
+                keys(&b),
+                keys(&first),
+                "the unacknowledged batch comes again"
+            );
+        }
+        tx.send(pb::ReceiveRequest {
+            kind: Some(pb::receive_request::Kind::AckBatchId(b.batch_id)),
+        })
+        .await?;
+        assert_eq!(b.audience_name, "players");
+        for item in b.items {
+            assert_eq!(
+                item.identities.keys().collect::<Vec<_>>(),
+                vec!["customer_id"]
+            );
+            received.push(item.mpid);
+        }
+    }
+    received.sort();
+    assert_eq!(received, vec![71, 72]);
+    Ok(())
+}
