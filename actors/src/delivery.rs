@@ -188,6 +188,20 @@ impl Output for Webhook {
 
 // ------------------------------------------------------------------ kafka
 
+/// The librdkafka properties a Kafka output's secrets may set: credentials only (no
+/// property that runs a command, loads a library or reads a file on the engine's host).
+const KAFKA_SECRET_KEYS: &[&str] = &[
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl.certificate.pem",
+    "ssl.ca.pem",
+];
+
 /// One record per item on a topic of any cluster, keyed by MPID, with the item's idempotency
 /// key as header `idempotency-key`. Secrets are librdkafka properties (sasl.password...).
 pub struct KafkaOutput {
@@ -210,10 +224,22 @@ impl KafkaOutput {
             .set("enable.idempotence", "false")
             .set("max.in.flight.requests.per.connection", "1");
         for (k, v) in &config.secrets {
+            if !KAFKA_SECRET_KEYS.contains(&k.as_str()) {
+                return Err(format!(
+                    "secrets: \"{k}\" is not a Kafka credential (one of: {})",
+                    KAFKA_SECRET_KEYS.join(", ")
+                ));
+            }
             client.set(k, v);
         }
+        // librdkafka's errors quote the offending value: never pass them on, they may hold a
+        // secret.
+        let producer = client.create().map_err(|_: rdkafka::error::KafkaError| {
+            "the Kafka client refused the settings or secrets (check their names and values)"
+                .to_string()
+        })?;
         Ok(KafkaOutput {
-            producer: client.create().map_err(|e| e.to_string())?,
+            producer,
             topic: config.setting_str("topic").unwrap_or_default().to_string(),
         })
     }
@@ -357,8 +383,14 @@ impl GrpcHub {
             items: items.to_vec(),
         };
         let (acked, ack) = tokio::sync::oneshot::channel();
-        if tx.send((batch, acked)).await.is_err() {
-            return Err(SendFailure::retryable("the receiver went away".to_string()));
+        match tokio::time::timeout(ack_timeout, tx.send((batch, acked))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(SendFailure::retryable("the receiver went away".to_string())),
+            Err(_) => {
+                return Err(SendFailure::retryable(
+                    "the receiver is not reading".to_string(),
+                ))
+            }
         }
         match tokio::time::timeout(ack_timeout, ack).await {
             Ok(Ok(())) => Ok(()),
@@ -418,6 +450,7 @@ pub struct ConnectionFigures {
 }
 
 struct Running {
+    task: tokio::task::JoinHandle<()>,
     stop: Arc<Notify>,
     resume: Arc<Notify>,
     figures: Arc<Mutex<ConnectionFigures>>,
@@ -488,32 +521,44 @@ impl Deliveries {
                 return;
             }
         };
-        let running = Running {
-            stop: Arc::new(Notify::new()),
-            resume: Arc::new(Notify::new()),
-            figures: Arc::new(Mutex::new(ConnectionFigures::default())),
-            window: Arc::new(Mutex::new(ChangeWindow::default())),
-            audience_id: connection.audience_id,
-        };
-        let task = DeliveryLoop {
+        let stop = Arc::new(Notify::new());
+        let resume = Arc::new(Notify::new());
+        let figures = Arc::new(Mutex::new(ConnectionFigures::default()));
+        let window = Arc::new(Mutex::new(ChangeWindow::default()));
+        let audience_id = connection.audience_id;
+        let id = connection.id;
+        let delivery = DeliveryLoop {
             engine: engine.clone(),
             policy: Policy::of(&output),
             accepted: output.accepted_identities.clone(),
             connection,
             sink,
-            stop: running.stop.clone(),
-            resume: running.resume.clone(),
-            figures: running.figures.clone(),
-            window: running.window.clone(),
+            stop: stop.clone(),
+            resume: resume.clone(),
+            figures: figures.clone(),
+            window: window.clone(),
         };
-        let id = task.connection.id;
-        self.running.lock().insert(id, running);
-        tokio::spawn(async move { task.run().await });
+        let task = tokio::spawn(async move { delivery.run().await });
+        self.running.lock().insert(
+            id,
+            Running {
+                task,
+                stop,
+                resume,
+                figures,
+                window,
+                audience_id,
+            },
+        );
     }
 
+    /// Stops a connection's loop: it is aborted at its next await, so it sends nothing more
+    /// and moves no cursor (what it was sending is sent again by its successor: at least
+    /// once).
     pub fn stop(&self, id: ConnectionId) {
         if let Some(r) = self.running.lock().remove(&id) {
             r.stop.notify_one();
+            r.task.abort();
         }
     }
 
@@ -626,7 +671,14 @@ impl DeliveryLoop {
                     }
                 }
                 Err(Halt::Stopped) => return,
-                Err(Halt::Faulted) => {}
+                Err(Halt::Faulted) => {
+                    // A stored fault is found at the top of the loop; a store error is not
+                    // one: wait a little instead of spinning.
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = self.stop.notified() => return,
+                    }
+                }
             }
         }
     }
@@ -680,7 +732,10 @@ impl DeliveryLoop {
             }
             let mut items = Vec::with_capacity(deltas.len());
             for (_, d) in &deltas {
-                let profile = store.load_profile(p, d.mpid).ok().flatten();
+                let profile = store.load_profile(p, d.mpid).map_err(|e| {
+                    tracing::warn!(error = %e, mpid = d.mpid, "profile unreadable; retrying");
+                    Halt::Faulted
+                })?;
                 match delivery_item(
                     d,
                     profile.as_ref(),
@@ -727,10 +782,24 @@ impl DeliveryLoop {
                 _ = self.stop.notified() => return Err(Halt::Stopped),
             }
         }
-        let mut heads = BTreeMap::new();
-        for &p in &partitions {
-            heads.insert(p, store.outbox_head(p).map_err(|_| Halt::Faulted)?);
-        }
+        // The heads are persisted before the scan: a sync interrupted and started again keeps
+        // them, so the deltas between them and now (drops of members already sent) follow.
+        let heads = match store
+            .connection_sync_heads(self.connection.id)
+            .map_err(|_| Halt::Faulted)?
+        {
+            Some(heads) => heads,
+            None => {
+                let mut heads = BTreeMap::new();
+                for &p in &partitions {
+                    heads.insert(p, store.outbox_head(p).map_err(|_| Halt::Faulted)?);
+                }
+                store
+                    .set_connection_sync_heads(self.connection.id, &heads)
+                    .map_err(|_| Halt::Faulted)?;
+                heads
+            }
+        };
         let audience = self.connection.audience_id;
         for &p in &partitions {
             let mut after = None;
@@ -772,7 +841,7 @@ impl DeliveryLoop {
             }
         }
         store
-            .set_connection_cursor(self.connection.id, &heads)
+            .finish_connection_sync(self.connection.id, &heads)
             .map_err(|_| Halt::Faulted)?;
         self.figures.lock().initial_sync_done = true;
         Ok(())
@@ -815,7 +884,10 @@ impl DeliveryLoop {
                         self.policy.base_backoff_ms,
                         self.policy.max_backoff_ms,
                         rand::random::<f64>(),
-                        failure.retry_after.map(|d| d.as_millis() as u64),
+                        // Honoured, up to an hour: an output cannot park a connection for ever.
+                        failure
+                            .retry_after
+                            .map(|d| d.as_millis().min(3_600_000) as u64),
                     );
                     tracing::warn!(
                         connection = self.connection.id, attempt, wait_ms = wait,

@@ -77,8 +77,23 @@ impl OutputRegistry {
     pub fn update_output(&self, mut config: OutputConfig) -> Result<OutputConfig, RegistryError> {
         let _guard = self.write_lock.lock();
         let stored = self.output(config.id)?;
-        // A secret sent back as the API shows it keeps its value.
+        // A secret sent back as the API shows it keeps its value, unless the destination
+        // changes: a stored credential never follows an output to another host.
+        let destination = |o: &OutputConfig| {
+            (
+                o.kind.clone(),
+                o.setting_str("url").map(str::to_string),
+                o.setting_str("bootstrap_servers").map(str::to_string),
+            )
+        };
+        let moved = destination(&config) != destination(&stored);
         for (k, v) in config.secrets.iter_mut() {
+            if v == REDACTED && moved {
+                return Err(invalid(
+                    &format!("secrets.{k}"),
+                    "the destination changed: enter the secret again",
+                ));
+            }
             if v == REDACTED {
                 match stored.secrets.get(k) {
                     Some(real) => v.clone_from(real),
@@ -212,37 +227,50 @@ impl OutputRegistry {
         Ok(connection)
     }
 
-    /// What deleting an audience does to its connections: each output kind is told (webhook
-    /// and Kafka receive an "audience deleted" message), and the connections go.
-    pub async fn audience_deleted(&self, audience: &audience_state::catalog::AudienceRecord) {
-        let Ok(connections) = self.connections() else {
-            return;
-        };
-        for c in connections
-            .into_iter()
-            .filter(|c| c.audience_id == audience.id)
+    /// What deleting an audience does to its connections: they go at once (under the write
+    /// lock, so no update can bring one back), then each output kind is told, in the
+    /// background (webhook and Kafka receive an "audience deleted" message).
+    pub fn audience_deleted(&self, audience: &audience_state::catalog::AudienceRecord) {
+        let mut notices = Vec::new();
         {
-            self.deliveries.stop(c.id);
-            if let Ok(output) = self.output(c.output_id) {
-                if let Ok(sink) = build_output(&output) {
-                    let info = AudienceInfo {
-                        id: audience.id,
-                        name: if audience.external_name.trim().is_empty() {
-                            audience.name.clone()
-                        } else {
-                            audience.external_name.clone()
-                        },
-                        connection_id: c.id,
-                        connection_settings: c.settings.clone(),
-                    };
-                    if let Err(e) = sink.audience_deleted(&info).await {
-                        tracing::warn!(connection = c.id, error = %e.message, "output not told of the deletion");
-                    }
+            let _guard = self.write_lock.lock();
+            let Ok(connections) = self.connections() else {
+                return;
+            };
+            for c in connections
+                .into_iter()
+                .filter(|c| c.audience_id == audience.id)
+            {
+                self.deliveries.stop(c.id);
+                if let Err(e) = self.store().delete_connection(c.id) {
+                    tracing::warn!(connection = c.id, error = %e, "connection not deleted");
+                }
+                if let Ok(output) = self.output(c.output_id) {
+                    notices.push((c, output));
                 }
             }
-            if let Err(e) = self.store().delete_connection(c.id) {
-                tracing::warn!(connection = c.id, error = %e, "connection not deleted");
-            }
         }
+        let name = if audience.external_name.trim().is_empty() {
+            audience.name.clone()
+        } else {
+            audience.external_name.clone()
+        };
+        let audience_id = audience.id;
+        tokio::spawn(async move {
+            for (c, output) in notices {
+                let Ok(sink) = build_output(&output) else {
+                    continue;
+                };
+                let info = AudienceInfo {
+                    id: audience_id,
+                    name: name.clone(),
+                    connection_id: c.id,
+                    connection_settings: c.settings.clone(),
+                };
+                if let Err(e) = sink.audience_deleted(&info).await {
+                    tracing::warn!(connection = c.id, error = %e.message, "output not told of the deletion");
+                }
+            }
+        });
     }
 }

@@ -81,12 +81,14 @@ fn prune(engine: &Engine) {
     for p in partitions {
         let published = engine.store.published(DELTAS_SINK, p).unwrap_or(0);
         // Connections (even faulted ones) keep what they still owe.
-        let owed = engine
-            .store
-            .lowest_connection_cursor(p)
-            .ok()
-            .flatten()
-            .unwrap_or(u64::MAX);
+        let owed = match engine.store.lowest_connection_cursor(p) {
+            Ok(lowest) => lowest.unwrap_or(u64::MAX),
+            Err(e) => {
+                // Not knowing what connections owe, prune nothing.
+                tracing::warn!(partition = p, error = %e, "connection cursors unreadable; outbox not pruned");
+                continue;
+            }
+        };
         match engine
             .store
             .prune_outbox_before(p, cutoff, published.min(owed))

@@ -137,7 +137,7 @@ impl pb::audience_service_server::AudienceService for Services {
         let record = self.registry.get(id).map_err(convert::status)?;
         self.registry.delete(id).map_err(convert::status)?;
         // Each output kind is told, then the audience's connections go.
-        self.outputs.audience_deleted(&record).await;
+        self.outputs.audience_deleted(&record);
         Ok(Response::new(pb::DeleteAudienceResponse {}))
     }
 

@@ -203,8 +203,8 @@ pub struct DeliveryItem {
 }
 
 /// What one membership change of `profile` becomes for an output accepting `accepted`
-/// identity types and a connection sharing `shared` attributes; `None` when the profile has
-/// no accepted identity (it is not sent, and counted).
+/// identity types and a connection sharing `shared` attributes; `None` for an add whose
+/// profile has no accepted identity (it is not sent, and counted).
 pub fn delivery_item(
     change: &Delta,
     profile: Option<&ProfileState>,
@@ -219,24 +219,26 @@ pub fn delivery_item(
         version,
         ..
     } = *change;
-    let profile = profile?;
-    let identities: BTreeMap<String, Vec<String>> = accepted
-        .iter()
-        .filter_map(|t| {
-            let values = profile.identities.get(&t.to_lowercase())?;
-            (!values.is_empty()).then(|| (t.to_lowercase(), values.clone()))
-        })
-        .collect();
-    if identities.is_empty() {
+    let identities: BTreeMap<String, Vec<String>> = match profile {
+        Some(profile) => accepted_identities(profile, accepted),
+        None => BTreeMap::new(),
+    };
+    // An add without an accepted identity is useless downstream; a drop is always sent (the
+    // identity may have gone since the add), with whatever accepted identities remain.
+    if identities.is_empty() && kind == DeltaKind::Added {
         return None;
     }
-    let attributes = shared
-        .iter()
-        .filter_map(|name| {
-            let a = profile.attributes.get(&name.to_lowercase())?;
-            Some((name.clone(), attr_json(&a.value)))
+    let attributes = profile
+        .map(|profile| {
+            shared
+                .iter()
+                .filter_map(|name| {
+                    let a = profile.attributes.get(&name.to_lowercase())?;
+                    Some((name.clone(), attr_json(&a.value)))
+                })
+                .collect()
         })
-        .collect();
+        .unwrap_or_default();
     Some(DeliveryItem {
         action: match kind {
             DeltaKind::Added => "add",
@@ -250,6 +252,19 @@ pub fn delivery_item(
         version,
         event_time_ms,
     })
+}
+
+fn accepted_identities(
+    profile: &ProfileState,
+    accepted: &[String],
+) -> BTreeMap<String, Vec<String>> {
+    accepted
+        .iter()
+        .filter_map(|t| {
+            let values = profile.identities.get(&t.to_lowercase())?;
+            (!values.is_empty()).then(|| (t.to_lowercase(), values.clone()))
+        })
+        .collect()
 }
 
 fn attr_json(v: &crate::model::AttrValue) -> serde_json::Value {
@@ -378,12 +393,20 @@ mod tests {
         assert_eq!(item.attributes["Tier"], serde_json::json!("gold"));
         assert_eq!(item.idempotency_key, "3:7:2");
         assert!(delivery_item(
-            &change(DeltaKind::Dropped, 3),
+            &change(DeltaKind::Added, 3),
             Some(&profile),
             &["customer_id".into()],
             &[]
         )
         .is_none());
+        let drop = delivery_item(
+            &change(DeltaKind::Dropped, 4),
+            Some(&profile),
+            &["customer_id".into()],
+            &[],
+        )
+        .expect("drops are always sent");
+        assert!(drop.identities.is_empty());
     }
 
     #[test]

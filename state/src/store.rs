@@ -712,6 +712,7 @@ impl Store {
         for key in [
             format!("connection/{id:020}"),
             format!("conncursor/{id:020}"),
+            format!("connsync/{id:020}"),
             format!("fault/{id:020}"),
         ] {
             b.batch.delete_cf(cf, key.as_bytes());
@@ -736,14 +737,56 @@ impl Store {
         self.put_json(&format!("conncursor/{id:020}"), cursor)
     }
 
-    /// The lowest position any connection still needs in a partition's outbox: pruning
-    /// stops there, so that a faulted or slow connection loses nothing.
+    /// The outbox heads a connection's first sync of the current members started from,
+    /// kept until the sync is done (a sync started again resumes from the same heads).
+    pub fn connection_sync_heads(
+        &self,
+        id: ConnectionId,
+    ) -> StoreResult<Option<BTreeMap<Partition, u64>>> {
+        self.get_json(&format!("connsync/{id:020}"))
+    }
+
+    pub fn set_connection_sync_heads(
+        &self,
+        id: ConnectionId,
+        heads: &BTreeMap<Partition, u64>,
+    ) -> StoreResult<()> {
+        self.put_json(&format!("connsync/{id:020}"), heads)
+    }
+
+    /// Ends a first sync: the cursor takes over from the heads, in one write.
+    pub fn finish_connection_sync(
+        &self,
+        id: ConnectionId,
+        cursor: &BTreeMap<Partition, u64>,
+    ) -> StoreResult<()> {
+        let mut b = self.batch();
+        let cf = self.cf(CF_META);
+        let bytes = serde_json::to_vec(cursor).expect("cursors always serialise");
+        b.batch
+            .put_cf(cf, format!("conncursor/{id:020}").as_bytes(), bytes);
+        b.batch
+            .delete_cf(cf, format!("connsync/{id:020}").as_bytes());
+        self.commit(b)
+    }
+
+    /// The lowest position any existing connection still needs in a partition's outbox (its
+    /// cursor, or the heads its first sync started from): pruning stops there, so that a
+    /// faulted, inactive or slow connection loses nothing.
     pub fn lowest_connection_cursor(&self, partition: Partition) -> StoreResult<Option<u64>> {
-        let cursors: Vec<BTreeMap<Partition, u64>> = self.scan_json("conncursor/")?;
-        Ok(cursors
-            .iter()
-            .map(|c| c.get(&partition).copied().unwrap_or(0))
-            .min())
+        let mut lowest: Option<u64> = None;
+        for c in self.load_connections()? {
+            let position = match self.connection_cursor(c.id)? {
+                Some(cursor) => Some(cursor.get(&partition).copied().unwrap_or(0)),
+                None => self
+                    .connection_sync_heads(c.id)?
+                    .map(|heads| heads.get(&partition).copied().unwrap_or(0)),
+            };
+            if let Some(position) = position {
+                lowest = Some(lowest.map_or(position, |l| l.min(position)));
+            }
+        }
+        Ok(lowest)
     }
 
     pub fn put_fault(&self, fault: &Fault) -> StoreResult<()> {
