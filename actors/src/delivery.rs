@@ -736,19 +736,9 @@ impl DeliveryLoop {
                     tracing::warn!(error = %e, mpid = d.mpid, "profile unreadable; retrying");
                     Halt::Faulted
                 })?;
-                match delivery_item(
-                    d,
-                    profile.as_ref(),
-                    &self.accepted,
-                    &self.connection.shared_attributes,
-                ) {
-                    Some(item) => items.push(item),
-                    None => self.count_unsendable(1),
-                }
+                items.extend(self.item(d, profile.as_ref()));
             }
-            for batch in items.chunks(self.policy.batch_size) {
-                self.send_with_retries(batch).await?;
-            }
+            self.send_all(&items).await?;
             {
                 let mut window = self.window.lock();
                 for (_, d) in &deltas {
@@ -761,6 +751,31 @@ impl DeliveryLoop {
                 .map_err(|_| Halt::Faulted)?;
         }
         Ok(progressed)
+    }
+
+    /// What a change becomes for this connection's output; counted when it cannot be sent.
+    fn item(
+        &self,
+        change: &Delta,
+        profile: Option<&audience_state::profile::ProfileState>,
+    ) -> Option<DeliveryItem> {
+        let item = delivery_item(
+            change,
+            profile,
+            &self.accepted,
+            &self.connection.shared_attributes,
+        );
+        if item.is_none() {
+            self.count_unsendable(1);
+        }
+        item
+    }
+
+    async fn send_all(&self, items: &[DeliveryItem]) -> Result<(), Halt> {
+        for batch in items.chunks(self.policy.batch_size) {
+            self.send_with_retries(batch).await?;
+        }
+        Ok(())
     }
 
     fn count_unsendable(&self, n: u64) {
@@ -825,19 +840,9 @@ impl DeliveryLoop {
                         processing_time_ms: record.changed_at_ms,
                         version: record.version,
                     };
-                    match delivery_item(
-                        &member,
-                        Some(profile),
-                        &self.accepted,
-                        &self.connection.shared_attributes,
-                    ) {
-                        Some(item) => items.push(item),
-                        None => self.count_unsendable(1),
-                    }
+                    items.extend(self.item(&member, Some(profile)));
                 }
-                for batch in items.chunks(self.policy.batch_size) {
-                    self.send_with_retries(batch).await?;
-                }
+                self.send_all(&items).await?;
             }
         }
         store

@@ -115,6 +115,19 @@ impl OutputServices {
         })
     }
 
+    fn connection_of(c: pb::Connection) -> Result<Connection, Status> {
+        Ok(Connection {
+            id: c.id,
+            audience_id: c.audience_id,
+            output_id: c.output_id,
+            status: status_of(c.status)?,
+            settings: settings_of(c.settings),
+            shared_attributes: c.shared_attributes,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        })
+    }
+
     fn config_of(o: pb::OutputConfig) -> OutputConfig {
         OutputConfig {
             id: o.id,
@@ -287,19 +300,9 @@ impl pb::output_service_server::OutputService for OutputServices {
         &self,
         req: Request<pb::Connection>,
     ) -> Result<Response<pb::Connection>, Status> {
-        let c = req.into_inner();
         let created = self
             .outputs
-            .connect(Connection {
-                id: 0,
-                audience_id: c.audience_id,
-                output_id: c.output_id,
-                status: status_of(c.status)?,
-                settings: settings_of(c.settings),
-                shared_attributes: c.shared_attributes,
-                created_at_ms: 0,
-                updated_at_ms: 0,
-            })
+            .connect(Self::connection_of(req.into_inner())?)
             .map_err(convert::status)?;
         Ok(Response::new(self.connection_message(&created)?))
     }
@@ -336,19 +339,9 @@ impl pb::output_service_server::OutputService for OutputServices {
         &self,
         req: Request<pb::Connection>,
     ) -> Result<Response<pb::Connection>, Status> {
-        let c = req.into_inner();
         let updated = self
             .outputs
-            .update_connection(Connection {
-                id: c.id,
-                audience_id: c.audience_id,
-                output_id: c.output_id,
-                status: status_of(c.status)?,
-                settings: settings_of(c.settings),
-                shared_attributes: c.shared_attributes,
-                created_at_ms: 0,
-                updated_at_ms: 0,
-            })
+            .update_connection(Self::connection_of(req.into_inner())?)
             .map_err(convert::status)?;
         Ok(Response::new(self.connection_message(&updated)?))
     }
