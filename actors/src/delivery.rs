@@ -642,12 +642,7 @@ impl DeliveryLoop {
     async fn run(self) {
         let id = self.connection.id;
         loop {
-            if let Ok(Some(_)) = self
-                .engine
-                .store
-                .load_faults()
-                .map(|f| f.into_iter().find(|f| f.connection_id == id))
-            {
+            if let Ok(Some(_)) = self.engine.store.fault(id) {
                 self.figures.lock().faulted = true;
                 metrics::gauge!("audience_connection_faulted", "connection" => self.label())
                     .set(1.0);

@@ -57,6 +57,10 @@ impl OutputRegistry {
             .ok_or(RegistryError::ConnectionNotFound(id))
     }
 
+    pub fn fault(&self, id: ConnectionId) -> Result<Option<Fault>, RegistryError> {
+        Ok(self.store().fault(id)?)
+    }
+
     pub fn faults(&self) -> Result<Vec<Fault>, RegistryError> {
         Ok(self.store().load_faults()?)
     }

@@ -57,11 +57,21 @@ fn fault(f: &Fault, c: Option<&Connection>) -> pb::Fault {
 }
 
 impl OutputServices {
-    fn output_message(&self, o: &OutputConfig) -> Result<pb::OutputConfig, Status> {
+    /// An output as the API shows it; `connections` are every connection (read once per
+    /// request, however many outputs it shows).
+    fn output_message(
+        &self,
+        o: &OutputConfig,
+        connections: &[Connection],
+    ) -> Result<pb::OutputConfig, Status> {
         let shown = o.redacted();
-        let connections = self.outputs.connections().map_err(convert::status)?;
-        let faults = self.outputs.faults().map_err(convert::status)?;
         let mine: Vec<&Connection> = connections.iter().filter(|c| c.output_id == o.id).collect();
+        let mut faulted = 0;
+        for c in &mine {
+            if self.outputs.fault(c.id).map_err(convert::status)?.is_some() {
+                faulted += 1;
+            }
+        }
         Ok(pb::OutputConfig {
             id: shown.id,
             name: shown.name.clone(),
@@ -72,16 +82,17 @@ impl OutputServices {
             created_at_ms: shown.created_at_ms,
             updated_at_ms: shown.updated_at_ms,
             connections: mine.len() as u32,
-            faulted_connections: mine
-                .iter()
-                .filter(|c| faults.iter().any(|f| f.connection_id == c.id))
-                .count() as u32,
+            faulted_connections: faulted,
         })
     }
 
+    fn one_output(&self, o: &OutputConfig) -> Result<Response<pb::OutputConfig>, Status> {
+        let connections = self.outputs.connections().map_err(convert::status)?;
+        Ok(Response::new(self.output_message(o, &connections)?))
+    }
+
     fn connection_message(&self, c: &Connection) -> Result<pb::Connection, Status> {
-        let faults = self.outputs.faults().map_err(convert::status)?;
-        let stored_fault = faults.iter().find(|f| f.connection_id == c.id);
+        let stored_fault = self.outputs.fault(c.id).map_err(convert::status)?;
         let running = self.outputs.deliveries.figures(c.id).unwrap_or_default();
         let changes = self
             .outputs
@@ -100,7 +111,7 @@ impl OutputServices {
             shared_attributes: c.shared_attributes.clone(),
             created_at_ms: c.created_at_ms,
             faulted: stored_fault.is_some(),
-            fault: stored_fault.map(|f| fault(f, Some(c))),
+            fault: stored_fault.as_ref().map(|f| fault(f, Some(c))),
             figures: Some(pb::ConnectionFigures {
                 size: changes.size,
                 adds_24h: changes.adds_24h,
@@ -247,7 +258,7 @@ impl pb::output_service_server::OutputService for OutputServices {
             .outputs
             .create_output(Self::config_of(req.into_inner()))
             .map_err(convert::status)?;
-        Ok(Response::new(self.output_message(&created)?))
+        self.one_output(&created)
     }
 
     async fn get_output(
@@ -258,19 +269,20 @@ impl pb::output_service_server::OutputService for OutputServices {
             .outputs
             .output(req.into_inner().id)
             .map_err(convert::status)?;
-        Ok(Response::new(self.output_message(&o)?))
+        self.one_output(&o)
     }
 
     async fn list_outputs(
         &self,
         _: Request<pb::ListOutputsRequest>,
     ) -> Result<Response<pb::ListOutputsResponse>, Status> {
+        let connections = self.outputs.connections().map_err(convert::status)?;
         let outputs = self
             .outputs
             .outputs()
             .map_err(convert::status)?
             .iter()
-            .map(|o| self.output_message(o))
+            .map(|o| self.output_message(o, &connections))
             .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListOutputsResponse { outputs }))
     }
@@ -283,7 +295,7 @@ impl pb::output_service_server::OutputService for OutputServices {
             .outputs
             .update_output(Self::config_of(req.into_inner()))
             .map_err(convert::status)?;
-        Ok(Response::new(self.output_message(&updated)?))
+        self.one_output(&updated)
     }
 
     async fn delete_output(

@@ -793,6 +793,11 @@ impl Store {
         self.put_json(&format!("fault/{:020}", fault.connection_id), fault)
     }
 
+    /// A connection's fault, if it is faulted.
+    pub fn fault(&self, id: ConnectionId) -> StoreResult<Option<Fault>> {
+        self.get_json(&format!("fault/{id:020}"))
+    }
+
     pub fn clear_fault(&self, id: ConnectionId) -> StoreResult<()> {
         self.db
             .delete_cf(self.cf(CF_META), format!("fault/{id:020}").as_bytes())?;
