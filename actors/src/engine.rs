@@ -33,6 +33,8 @@ pub struct EngineSettings {
     pub outbox_retention_ms: i64,
     /// Places batches by their client IP, when a database is configured.
     pub geoip: Option<Arc<crate::geoip::GeoIp>>,
+    /// Bounds of each profile's event log.
+    pub log_limits: audience_state::eventlog::LogLimits,
 }
 
 impl Default for EngineSettings {
@@ -50,6 +52,7 @@ impl Default for EngineSettings {
             backfill_chunk: 500,
             outbox_retention_ms: 7 * audience_state::model::DAY_MS,
             geoip: None,
+            log_limits: Default::default(),
         }
     }
 }

@@ -70,6 +70,10 @@ pub struct EngineConfig {
     /// A City database in the MaxMind DB format (GeoIP2 / GeoLite2 City): batches' `ip` is
     /// located with it for location criteria.
     pub geoip_database: Option<PathBuf>,
+    /// Per-profile event log bounds: past either, the oldest events go first (counted in
+    /// `audience_eventlog_events_dropped_total` and shown by the profile lookup).
+    pub log_max_events: u32,
+    pub log_max_bytes: u32,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -132,6 +136,8 @@ impl Default for EngineConfig {
             timer_tick_ms: 200,
             audiences_dir: None,
             geoip_database: None,
+            log_max_events: audience_state::eventlog::LogLimits::default().max_events,
+            log_max_bytes: audience_state::eventlog::LogLimits::default().max_bytes,
         }
     }
 }
@@ -153,6 +159,8 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AUDIENCE_MAX_MESSAGE_BYTES", "engine.max_message_bytes"),
     ("AUDIENCE_AUDIENCES_DIR", "engine.audiences_dir"),
     ("AUDIENCE_GEOIP_DATABASE", "engine.geoip_database"),
+    ("AUDIENCE_LOG_MAX_EVENTS", "engine.log_max_events"),
+    ("AUDIENCE_LOG_MAX_BYTES", "engine.log_max_bytes"),
     ("AUDIENCE_KAFKA_PROPERTIES", "kafka.properties (k=v,k=v)"),
 ];
 
@@ -197,6 +205,12 @@ impl Config {
             }
             "AUDIENCE_AUDIENCES_DIR" => self.engine.audiences_dir = Some(value.into()),
             "AUDIENCE_GEOIP_DATABASE" => self.engine.geoip_database = Some(value.into()),
+            "AUDIENCE_LOG_MAX_EVENTS" => {
+                self.engine.log_max_events = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_LOG_MAX_BYTES" => {
+                self.engine.log_max_bytes = value.parse().map_err(|e| bad(&e))?
+            }
             "AUDIENCE_KAFKA_PROPERTIES" => {
                 for pair in value.split(',').filter(|p| !p.trim().is_empty()) {
                     let (k, v) = pair
@@ -229,6 +243,10 @@ impl Config {
             max_message_bytes: self.engine.max_message_bytes,
             max_cached_profiles: self.engine.max_cached_profiles,
             timer_tick_ms: self.engine.timer_tick_ms,
+            log_limits: audience_state::eventlog::LogLimits {
+                max_events: self.engine.log_max_events,
+                max_bytes: self.engine.log_max_bytes,
+            },
             geoip,
             ..Default::default()
         })

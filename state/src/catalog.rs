@@ -402,6 +402,16 @@ impl Catalog {
             .unwrap_or(&[])
     }
 
+    /// A compiled calculated attribute, by lowercased name.
+    pub fn calculated_def(&self, key: &str) -> Option<&Arc<CalculatedDef>> {
+        self.calculated.get(key)
+    }
+
+    /// Every compiled calculated attribute.
+    pub fn calculated_defs(&self) -> impl Iterator<Item = &Arc<CalculatedDef>> {
+        self.calculated.values()
+    }
+
     pub fn calculated_spec(&self, key: &str) -> Option<CalcSpec> {
         self.calculated.get(key).map(|d| d.spec())
     }

@@ -2,10 +2,12 @@
 //!
 //! - [`model`]: the domain vocabulary (events, attributes, identities, deltas).
 //! - [`batch`]: decoding of mParticle JSON batches and the protobuf envelope into [`model::Inbound`].
+//! - [`eventlog`]: the per-profile log of every event within retention, for backfill.
 //! - [`history`]: the compact, retention-bounded event history of a profile.
 //! - [`criteria`]: the audience definition language, its validation, compilation and evaluation.
 //! - [`calculated`]: calculated attributes, folded per profile as events arrive.
 //! - [`geo`]: the world-city gazetteer and distances, for location criteria.
+//! - [`backfill`]: rebuilding new or changed definitions from the event logs.
 //! - [`catalog`]: the set of audiences and the index from changes to the audiences they affect.
 //! - [`outputs`]: output configurations, connections, what a delta becomes for an output.
 //! - [`profile`]: the per-MPID state machine: apply a message, evaluate, emit deltas.
@@ -13,10 +15,12 @@
 //!
 //! Invariant: every module but `store` is pure (no I/O, no clock): the caller passes `now`.
 
+pub mod backfill;
 pub mod batch;
 pub mod calculated;
 pub mod catalog;
 pub mod criteria;
+pub mod eventlog;
 pub mod geo;
 pub mod history;
 pub mod model;

@@ -156,6 +156,19 @@ impl ProfileState {
         retention_ms: i64,
         catalog: &Catalog,
     ) -> ChangeSet {
+        self.apply_logged(message, now, retention_ms, catalog, &mut |_, _| {})
+    }
+
+    /// [`ProfileState::apply`], handing `log` every event the profile records, with the time
+    /// it is recorded at, in order: what the event log keeps.
+    pub fn apply_logged(
+        &mut self,
+        message: &Inbound,
+        now: TimestampMs,
+        retention_ms: i64,
+        catalog: &Catalog,
+        log: &mut dyn FnMut(TimestampMs, &Event),
+    ) -> ChangeSet {
         let mut changes = ChangeSet {
             created: self.is_new(),
             event_time_ms: now,
@@ -174,7 +187,7 @@ impl ProfileState {
         self.last_seen_ms = self.last_seen_ms.max(message_time);
         changes.event_time_ms = message_time;
         match message {
-            Inbound::Batch(batch) => self.apply_batch(batch, now, catalog, &mut changes),
+            Inbound::Batch(batch) => self.apply_batch(batch, now, catalog, &mut changes, log),
             Inbound::Identity(update) => {
                 for change in &update.changes {
                     self.apply_identity_change(change, &mut changes);
@@ -207,6 +220,7 @@ impl ProfileState {
         now: TimestampMs,
         catalog: &Catalog,
         changes: &mut ChangeSet,
+        log: &mut dyn FnMut(TimestampMs, &Event),
     ) {
         for (identity_type, value) in &batch.user_identities {
             self.set_identity(identity_type, value, changes);
@@ -288,7 +302,7 @@ impl ProfileState {
             changes.consent |= answers(&self.consent) != answers(&before);
         }
         for event in &batch.events {
-            self.apply_event(event, now, catalog, changes);
+            self.apply_event(event, now, catalog, changes, log);
         }
         for (name, value) in &batch.user_attributes {
             self.set_attribute(name, Some(value.clone()), changes);
@@ -324,6 +338,7 @@ impl ProfileState {
         now: TimestampMs,
         catalog: &Catalog,
         changes: &mut ChangeSet,
+        log: &mut dyn FnMut(TimestampMs, &Event),
     ) {
         // Unknown (0), pre-epoch or future timestamps (a device clock ahead of ours) count from
         // the moment the event is processed: history never holds the future.
@@ -374,6 +389,7 @@ impl ProfileState {
             // Not in the Personalize tier: real-time audiences do not evaluate it.
             return;
         }
+        log(at, event);
         self.history
             .entry(event_history_key(event))
             .or_default()
@@ -468,6 +484,67 @@ impl ProfileState {
         }
         if values.is_empty() {
             self.identities.remove(&identity_type);
+        }
+    }
+
+    /// Rebuilds, from the profile's logged events (in arrival order, times as recorded), the
+    /// series of `matchers` and the states of `calculated`, as if each had been defined before
+    /// the first logged event: backfill. `log_oldest` is the earliest time the log holds
+    /// (`None`: an empty log); occurrences a series holds from before it (the log was bounded,
+    /// or predates the profile's log) are kept, so a rebuild never loses what streaming knew.
+    /// `events` may leave out events no matcher or calculation selects.
+    pub fn rebuild_from_log<'e>(
+        &mut self,
+        events: impl IntoIterator<Item = (TimestampMs, &'e Event)> + Clone,
+        log_oldest: Option<TimestampMs>,
+        matchers: &[&crate::criteria::Matcher],
+        calculated: &[&crate::calculated::CalculatedDef],
+        now: TimestampMs,
+        retention_ms: i64,
+    ) {
+        for m in matchers {
+            let mut series = EventSeries::default();
+            if let Some(known) = self.history.get(&m.history_key) {
+                for (t, n) in known.occurrences() {
+                    if log_oldest.is_none_or(|oldest| t < oldest) {
+                        (0..n).for_each(|_| series.record(t));
+                    }
+                }
+            }
+            for (at, event) in events.clone() {
+                if m.accepts(event) {
+                    series.record(at);
+                }
+            }
+            series.prune_before(now - retention_ms);
+            if series.is_empty() {
+                self.history.remove(&m.history_key);
+            } else {
+                self.history.insert(m.history_key.clone(), series);
+            }
+        }
+        for def in calculated {
+            let spec = def.spec();
+            let mut state = CalcState {
+                revision: spec.revision,
+                ..Default::default()
+            };
+            let mut folded = false;
+            for (at, event) in events.clone() {
+                if !def.matcher.accepts(event) {
+                    continue;
+                }
+                for value in def.values_of(event) {
+                    state.add(&spec, at, value);
+                    folded = true;
+                }
+            }
+            if folded {
+                state.prune(&spec, now);
+                self.calculated.insert(def.key.clone(), state);
+            } else {
+                self.calculated.remove(&def.key);
+            }
         }
     }
 

@@ -9,6 +9,15 @@
 //! | `deadletters` | partition, sequence                   | [`DeadLetter`] (postcard)      |
 //! | `meta`        | text (`offset/…`, `head/…`, `size/…`) | big-endian integers            |
 //! | `audiences`   | audience id                           | [`AudienceRecord`] (JSON)      |
+//! | `eventlog`    | partition, mpid, chunk seq (u32 BE)   | a sealed chunk: format byte, events |
+//! | `eventlog`    | partition, mpid, `u32::MAX`           | the log head [`EventLog`]: format byte, postcard |
+//! | `logdict`     | partition, code (u32 BE)              | a dictionary name (UTF-8)      |
+//!
+//! The event log (format [`crate::eventlog::LOG_FORMAT`]) is described in [`crate::eventlog`]:
+//! a profile's chunks sort before its head, so one forward scan of a partition reads every
+//! profile's log in MPID order, as `profiles` lists them. Meta keys `evaluated/{p}/{audience}`
+//! and `calc-evaluated/{p}/{name}` hold the revisions a partition's stored profiles were
+//! computed for: a definition at another revision is backfilled.
 //!
 //! Invariant: the state a batch produced, the deltas it emitted, the timers it set and the
 //! offsets it consumed are written in ONE [`WriteBatch`]: never split. On restart the engine
@@ -16,6 +25,7 @@
 
 use crate::calculated::CalculatedAttributeRecord;
 use crate::catalog::AudienceRecord;
+use crate::eventlog::{Dictionary, EventLog, LogWrites};
 use crate::model::{AudienceId, Delta, Mpid, TimestampMs};
 use crate::outputs::{Connection, ConnectionId, Fault, OutputConfig, OutputId};
 use crate::profile::ProfileState;
@@ -32,6 +42,8 @@ const CF_TIMERS: &str = "timers";
 const CF_DEADLETTERS: &str = "deadletters";
 const CF_META: &str = "meta";
 const CF_AUDIENCES: &str = "audiences";
+const CF_EVENTLOG: &str = "eventlog";
+const CF_LOGDICT: &str = "logdict";
 const COLUMN_FAMILIES: &[&str] = &[
     CF_PROFILES,
     CF_OUTBOX,
@@ -39,7 +51,12 @@ const COLUMN_FAMILIES: &[&str] = &[
     CF_DEADLETTERS,
     CF_META,
     CF_AUDIENCES,
+    CF_EVENTLOG,
+    CF_LOGDICT,
 ];
+
+/// The chunk seq of a profile's log head: after every chunk of the profile.
+const LOG_HEAD_SEQ: u32 = u32::MAX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -87,6 +104,32 @@ pub fn profile_key(partition: Partition, mpid: Mpid) -> [u8; 12] {
     k[..4].copy_from_slice(&partition.to_be_bytes());
     k[4..].copy_from_slice(&ordered_i64(mpid));
     k
+}
+
+pub fn log_key(partition: Partition, mpid: Mpid, seq: u32) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..12].copy_from_slice(&profile_key(partition, mpid));
+    k[12..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn dict_key(partition: Partition, code: u32) -> [u8; 8] {
+    let mut k = [0u8; 8];
+    k[..4].copy_from_slice(&partition.to_be_bytes());
+    k[4..].copy_from_slice(&code.to_be_bytes());
+    k
+}
+
+fn calc_evaluated_key(partition: Partition, key: &str) -> String {
+    format!("calc-evaluated/{partition}/{key}")
+}
+
+/// A stored profile with its event log: the head and the sealed chunks, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileWithLog {
+    pub profile: ProfileState,
+    pub log: EventLog,
+    pub chunks: Vec<Vec<u8>>,
 }
 
 fn seq_key(partition: Partition, seq: u64) -> [u8; 12] {
@@ -205,6 +248,67 @@ impl WriteBatch<'_> {
         revision: Option<u64>,
     ) {
         let key = evaluated_key(partition, audience);
+        match revision {
+            Some(r) => self.put_meta_u64(&key, r),
+            None => {
+                let cf = self.store.cf(CF_META);
+                self.batch.delete_cf(cf, key.as_bytes());
+            }
+        }
+    }
+
+    /// Writes what changed in a profile's log: its sealed chunks, the chunks it dropped and
+    /// its head.
+    pub fn put_log(
+        &mut self,
+        partition: Partition,
+        mpid: Mpid,
+        log: &EventLog,
+        writes: &LogWrites,
+    ) {
+        let cf = self.store.cf(CF_EVENTLOG);
+        for (seq, bytes) in &writes.put_chunks {
+            self.batch.put_cf(cf, log_key(partition, mpid, *seq), bytes);
+        }
+        for seq in &writes.delete_chunks {
+            self.batch.delete_cf(cf, log_key(partition, mpid, *seq));
+        }
+        if writes.head_changed {
+            self.batch
+                .put_cf(cf, log_key(partition, mpid, LOG_HEAD_SEQ), log.encode());
+        }
+    }
+
+    /// Deletes a profile's whole log (every chunk and the head).
+    pub fn delete_log(&mut self, partition: Partition, mpid: Mpid) {
+        let cf = self.store.cf(CF_EVENTLOG);
+        self.batch.delete_range_cf(
+            cf,
+            log_key(partition, mpid, 0),
+            log_key(partition, mpid, LOG_HEAD_SEQ),
+        );
+        self.batch
+            .delete_cf(cf, log_key(partition, mpid, LOG_HEAD_SEQ));
+    }
+
+    /// Names newly coded in a partition's dictionary.
+    pub fn put_dictionary(&mut self, partition: Partition, entries: &[(u32, String)]) {
+        let cf = self.store.cf(CF_LOGDICT);
+        for (code, name) in entries {
+            self.batch
+                .put_cf(cf, dict_key(partition, *code), name.as_bytes());
+        }
+    }
+
+    /// Records the revision of a calculated attribute the partition's stored profiles were
+    /// calculated for (`None`: forget it).
+    pub fn set_calculated_evaluated(
+        &mut self,
+        partition: Partition,
+        key: &str,
+        revision: Option<u64>,
+    ) {
+        let key = calc_evaluated_key(partition, key);
         match revision {
             Some(r) => self.put_meta_u64(&key, r),
             None => {
@@ -352,6 +456,142 @@ impl Store {
             out.push(profile);
         }
         Ok(out)
+    }
+
+    /// A profile's log head (`None`: the profile has logged nothing).
+    pub fn load_log_head(&self, partition: Partition, mpid: Mpid) -> StoreResult<Option<EventLog>> {
+        let key = log_key(partition, mpid, LOG_HEAD_SEQ);
+        match self.db.get_pinned_cf(self.cf(CF_EVENTLOG), key)? {
+            None => Ok(None),
+            Some(bytes) => {
+                EventLog::decode(&bytes)
+                    .map(Some)
+                    .map_err(|reason| StoreError::Corrupt {
+                        cf: CF_EVENTLOG,
+                        key: format!("{partition}/{mpid}/head"),
+                        reason,
+                    })
+            }
+        }
+    }
+
+    /// A profile's sealed chunks as stored, oldest first.
+    pub fn load_log_chunks(&self, partition: Partition, mpid: Mpid) -> StoreResult<Vec<Vec<u8>>> {
+        let start = log_key(partition, mpid, 0);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_EVENTLOG),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if k[..12] != start[..12] || k[12..] == LOG_HEAD_SEQ.to_be_bytes() {
+                break;
+            }
+            out.push(v.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// A partition's dictionary of log names.
+    pub fn load_dictionary(&self, partition: Partition) -> StoreResult<Dictionary> {
+        let start = dict_key(partition, 0);
+        let mut entries = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_LOGDICT),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if k[..4] != start[..4] {
+                break;
+            }
+            let code = u32::from_be_bytes([k[4], k[5], k[6], k[7]]);
+            entries.push((code, String::from_utf8_lossy(&v).into_owned()));
+        }
+        Dictionary::from_entries(entries).map_err(|reason| StoreError::Corrupt {
+            cf: CF_LOGDICT,
+            key: format!("{partition}"),
+            reason,
+        })
+    }
+
+    /// Visits every profile of a partition with its event log, in MPID order, from `after`
+    /// (exclusive): two forward scans side by side, no lookup per profile.
+    pub fn scan_profiles_with_logs(
+        &self,
+        partition: Partition,
+        after: Option<Mpid>,
+        limit: usize,
+    ) -> StoreResult<Vec<ProfileWithLog>> {
+        let profiles = self.scan_profiles(partition, after, limit)?;
+        let (Some(first), Some(last)) = (profiles.first(), profiles.last()) else {
+            return Ok(Vec::new());
+        };
+        let start = log_key(partition, first.mpid, 0);
+        let end = profile_key(partition, last.mpid);
+        let mut logs: BTreeMap<Mpid, (Option<EventLog>, Vec<Vec<u8>>)> = BTreeMap::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_EVENTLOG),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if k.len() != 16 || k[..12] > end[..] {
+                break;
+            }
+            let mpid = from_ordered_i64(&k[4..12]);
+            let entry = logs.entry(mpid).or_default();
+            if k[12..] == LOG_HEAD_SEQ.to_be_bytes() {
+                let head = EventLog::decode(&v).map_err(|reason| StoreError::Corrupt {
+                    cf: CF_EVENTLOG,
+                    key: format!("{partition}/{mpid}/head"),
+                    reason,
+                })?;
+                entry.0 = Some(head);
+            } else {
+                entry.1.push(v.to_vec());
+            }
+        }
+        Ok(profiles
+            .into_iter()
+            .map(|profile| {
+                let (log, chunks) = logs.remove(&profile.mpid).unwrap_or_default();
+                ProfileWithLog {
+                    profile,
+                    log: log.unwrap_or_default(),
+                    chunks,
+                }
+            })
+            .collect())
+    }
+
+    /// (calculated attribute, revision) pairs the partition's profiles were calculated for.
+    pub fn calculated_evaluated(&self, partition: Partition) -> StoreResult<Vec<(String, u64)>> {
+        let prefix = format!("calc-evaluated/{partition}/");
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(prefix.as_bytes(), Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            let Some(rest) = k.strip_prefix(prefix.as_bytes()) else {
+                break;
+            };
+            out.push((String::from_utf8_lossy(rest).into_owned(), be_u64(&v)));
+        }
+        Ok(out)
+    }
+
+    /// Approximate bytes on disk (SST files) and in memtables of the event log.
+    pub fn event_log_bytes(&self) -> StoreResult<(u64, u64)> {
+        let cf = self.cf(CF_EVENTLOG);
+        let sst = self
+            .db
+            .property_int_value_cf(cf, "rocksdb.total-sst-files-size")?
+            .unwrap_or(0);
+        let mem = self
+            .db
+            .property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables")?
+            .unwrap_or(0);
+        Ok((sst, mem))
     }
 
     /// Next offset to consume of `topic`/`partition`, if any was stored.

@@ -1,0 +1,148 @@
+//! Backfill: computing new or changed definitions over each profile's event log, so that an
+//! audience or a calculated attribute defined today has the members and values it would have
+//! had if it had existed before the first retained event.
+//!
+//! Streaming keeps incremental state only for what the catalog defines (the series of an
+//! event criterion with conditions, the fold of a calculated attribute). A [`BackfillPlan`]
+//! names the pieces of such state that a catalog change made incomplete, and rebuilds them
+//! from a profile's log; the partition then evaluates the changed audiences as usual.
+//!
+//! Invariants:
+//! - a plan rebuilds only state no up-to-date definition maintains already, so a rebuild never
+//!   replaces complete streaming state with a log that was cut by its bounds;
+//! - the events a plan reads are filtered by selector before they are decoded: a profile's
+//!   unrelated events cost a varint skip each.
+
+use crate::calculated::CalculatedDef;
+use crate::catalog::Catalog;
+use crate::criteria::Matcher;
+use crate::eventlog::{chunk_body, ChunkReader, Dictionary, EventLog, NameRef};
+use crate::model::{AudienceId, Event, TimestampMs};
+use crate::profile::ProfileState;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+/// What a catalog change asks to rebuild from the logs.
+#[derive(Debug, Default, Clone)]
+pub struct BackfillPlan {
+    pub matchers: Vec<Arc<Matcher>>,
+    pub calculated: Vec<Arc<CalculatedDef>>,
+    /// (event type, selector name) of every event some matcher or calculation reads.
+    wanted: HashSet<(String, String)>,
+}
+
+impl BackfillPlan {
+    /// The plan for evaluating `stale` audiences and recalculating `stale_calculated`
+    /// attributes (lowercased names): the matchers of the stale audiences that no up-to-date
+    /// audience (`up_to_date`) maintains, and the calculated attributes.
+    pub fn new(
+        catalog: &Catalog,
+        stale: &[AudienceId],
+        stale_calculated: &[String],
+        up_to_date: impl Fn(AudienceId) -> bool,
+    ) -> BackfillPlan {
+        let stale_set: BTreeSet<AudienceId> = stale.iter().copied().collect();
+        let maintained: HashSet<&str> = catalog
+            .active_ids()
+            .filter(|id| !stale_set.contains(id) && up_to_date(*id))
+            .filter_map(|id| catalog.active(id))
+            .flat_map(|a| a.compiled.matchers.iter().map(|m| m.history_key.as_str()))
+            .collect();
+        let mut plan = BackfillPlan::default();
+        let mut seen = HashSet::new();
+        for id in stale {
+            let Some(audience) = catalog.active(*id) else {
+                continue;
+            };
+            for m in &audience.compiled.matchers {
+                if maintained.contains(m.history_key.as_str()) || !seen.insert(&m.history_key) {
+                    continue;
+                }
+                plan.wanted.insert((m.event_type.clone(), m.name.clone()));
+                plan.matchers.push(Arc::new(m.clone()));
+            }
+        }
+        for key in stale_calculated {
+            if let Some(def) = catalog.calculated_def(key) {
+                plan.wanted
+                    .insert((def.matcher.event_type.clone(), def.matcher.name.clone()));
+                plan.calculated.push(def.clone());
+            }
+        }
+        plan
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.matchers.is_empty() && self.calculated.is_empty()
+    }
+
+    /// Rebuilds the plan's state of one profile from its log: the head and the bodies of its
+    /// sealed chunks as stored (oldest first). A log that cannot be read is an error naming
+    /// why; the profile is left as it was.
+    pub fn rebuild(
+        &self,
+        profile: &mut ProfileState,
+        log: &EventLog,
+        chunks: &[&[u8]],
+        dict: &Dictionary,
+        now: TimestampMs,
+        retention_ms: i64,
+    ) -> Result<(), String> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let events = self.selected_events(log, chunks, dict)?;
+        let matchers: Vec<&Matcher> = self.matchers.iter().map(Arc::as_ref).collect();
+        let calculated: Vec<&CalculatedDef> = self.calculated.iter().map(Arc::as_ref).collect();
+        profile.rebuild_from_log(
+            events.iter().map(|(t, e)| (*t, e)),
+            log.oldest_ms(),
+            &matchers,
+            &calculated,
+            now,
+            retention_ms,
+        );
+        Ok(())
+    }
+
+    /// The logged events the plan reads, decoded, in arrival order.
+    pub fn selected_events(
+        &self,
+        log: &EventLog,
+        chunks: &[&[u8]],
+        dict: &Dictionary,
+    ) -> Result<Vec<(TimestampMs, Event)>, String> {
+        // Decisions per (kind, name code): names are few, events many.
+        let mut decided: HashMap<(u8, Option<u32>), bool> = HashMap::new();
+        let mut out = Vec::new();
+        let bodies = chunks
+            .iter()
+            .map(|c| chunk_body(c))
+            .chain(std::iter::once(Ok(log.tail.as_slice())));
+        for body in bodies {
+            for logged in ChunkReader::new(body?) {
+                let logged = logged?;
+                let (tag, name) = logged.selector_key();
+                let memo_key = match name {
+                    Some(NameRef::Inline(_)) => None,
+                    Some(NameRef::Code(c)) => Some((tag, Some(c))),
+                    None => Some((tag, None)),
+                };
+                let wanted = match memo_key.and_then(|k| decided.get(&k).copied()) {
+                    Some(w) => w,
+                    None => {
+                        let w = self.wanted.contains(&logged.selector(dict)?);
+                        if let Some(k) = memo_key {
+                            decided.insert(k, w);
+                        }
+                        w
+                    }
+                };
+                if wanted {
+                    out.push((logged.at, logged.decode(dict)?));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
