@@ -29,6 +29,8 @@ pub struct EngineSettings {
     pub timer_tick_ms: u64,
     /// Profiles re-evaluated per backfill step when audiences change.
     pub backfill_chunk: usize,
+    /// Pause between two backfill steps.
+    pub backfill_pause_ms: u64,
     /// Deltas stay in the outbox this long (subscribers can resume within it).
     pub outbox_retention_ms: i64,
     /// Places batches by their client IP, when a database is configured.
@@ -50,11 +52,34 @@ impl Default for EngineSettings {
             idle_passivation_ms: 60_000,
             timer_tick_ms: 200,
             backfill_chunk: 500,
+            backfill_pause_ms: 0,
             outbox_retention_ms: 7 * audience_state::model::DAY_MS,
             geoip: None,
             log_limits: Default::default(),
         }
     }
+}
+
+/// How far one partition's backfill has come: the audiences it evaluates and the profiles it
+/// has scanned of those stored when it started.
+#[derive(Debug, Clone)]
+pub struct BackfillProgress {
+    pub audiences: Arc<Vec<AudienceId>>,
+    pub scanned: u64,
+    pub total: u64,
+    pub started: std::time::Instant,
+    pub started_at_ms: i64,
+}
+
+/// The progress of one CALCULATING audience over this node's partitions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Calculation {
+    pub scanned: u64,
+    pub total: u64,
+    pub percent: f64,
+    /// Time left at the rate so far (`None` until a profile was scanned).
+    pub eta_ms: Option<i64>,
+    pub started_at_ms: i64,
 }
 
 /// Counters of the node, for status calls (Prometheus gets the same through `metrics`).
@@ -77,6 +102,10 @@ pub struct Engine {
     pub partitions: Mutex<BTreeSet<Partition>>,
     /// Bumped after every commit that wrote deltas or dead letters: outbox readers wait on it.
     pub outbox_written: watch::Sender<u64>,
+    /// Running backfills by partition, kept by the partition actors.
+    pub backfills: Mutex<HashMap<Partition, BackfillProgress>>,
+    /// Profiles per partition, as counted when its last backfill started.
+    pub profile_counts: Mutex<HashMap<Partition, u64>>,
 }
 
 impl Engine {
@@ -121,6 +150,8 @@ impl Engine {
             changes: Mutex::new(changes),
             partitions: Mutex::new(partitions),
             outbox_written,
+            backfills: Mutex::new(HashMap::new()),
+            profile_counts: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -139,6 +170,65 @@ impl Engine {
             .fetch_add(deltas.len() as u64, Ordering::Relaxed);
         metrics::counter!("audience_deltas_emitted_total").increment(deltas.len() as u64);
         self.wake_outbox_readers();
+    }
+
+    /// The audiences of `active` (id, revision) being calculated in the `partitions` this
+    /// node runs, with their progress: those some partition has not evaluated at that
+    /// revision yet, or that a running backfill evaluates (a calculated attribute they read
+    /// changed).
+    pub fn calculations(
+        &self,
+        partitions: &[Partition],
+        active: &[(AudienceId, u64)],
+    ) -> anyhow::Result<HashMap<AudienceId, Calculation>> {
+        let mut evaluated: HashMap<Partition, HashMap<AudienceId, u64>> = HashMap::new();
+        for &p in partitions {
+            evaluated.insert(p, self.store.evaluated_revisions(p)?.into_iter().collect());
+        }
+        let backfills = self.backfills.lock().clone();
+        let counts = self.profile_counts.lock().clone();
+        let mut out = HashMap::new();
+        for &(id, revision) in active {
+            let mut calculating = false;
+            let mut c = Calculation::default();
+            let mut earliest: Option<&BackfillProgress> = None;
+            for &p in partitions {
+                let running = backfills.get(&p).filter(|b| b.audiences.contains(&id));
+                let stale = evaluated[&p].get(&id) != Some(&revision);
+                if !stale && running.is_none() {
+                    continue;
+                }
+                calculating = true;
+                match running {
+                    Some(b) => {
+                        c.scanned += b.scanned;
+                        c.total += b.total.max(b.scanned);
+                        if earliest.is_none_or(|e| b.started < e.started) {
+                            earliest = Some(b);
+                        }
+                    }
+                    None => c.total += counts.get(&p).copied().unwrap_or(0),
+                }
+            }
+            if !calculating {
+                continue;
+            }
+            c.percent = if c.total == 0 {
+                0.0
+            } else {
+                100.0 * c.scanned as f64 / c.total as f64
+            };
+            if let Some(first) = earliest {
+                c.started_at_ms = first.started_at_ms;
+                let elapsed = first.started.elapsed().as_secs_f64();
+                if c.scanned > 0 && elapsed > 0.0 {
+                    let rate = c.scanned as f64 / elapsed;
+                    c.eta_ms = Some((1000.0 * (c.total - c.scanned) as f64 / rate) as i64);
+                }
+            }
+            out.insert(id, c);
+        }
+        Ok(out)
     }
 
     pub fn wake_outbox_readers(&self) {

@@ -8,15 +8,21 @@
 //! - a message at an offset below the stored next offset has been applied already and is
 //!   skipped, so replays after a crash change nothing;
 //! - messages of one MPID are applied in offset order by this actor alone;
-//! - a profile in memory is only a cache of the stored one: passivating it loses nothing.
+//! - a profile in memory is only a cache of the stored one: passivating it loses nothing;
+//! - a profile's event log is written in the same batch as its state, with the dictionary
+//!   names it newly uses, so a stored log never refers to a name the store lacks;
+//! - while a changed definition is backfilled, streaming evaluates it only for profiles the
+//!   scan has passed: the others are evaluated once, by the scan, over their whole log.
 
-use crate::engine::Engine;
+use crate::engine::{BackfillProgress, Engine};
 use actix::prelude::*;
+use audience_state::backfill::BackfillPlan;
 use audience_state::batch::decode;
 use audience_state::catalog::Catalog;
 use audience_state::criteria::EvalContext;
+use audience_state::eventlog::{Dictionary, EventLog};
 use audience_state::model::{AudienceId, Delta, DeltaKind, Inbound, Mpid, TimestampMs};
-use audience_state::profile::ProfileState;
+use audience_state::profile::{ChangeSet, ProfileState};
 use audience_state::store::{DeadLetter, Partition, StoreError, WriteBatch};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -64,6 +70,11 @@ pub struct CatalogChanged;
 struct BackfillStep {
     /// Each audience with the revision evaluated (`None`: no longer active: members leave).
     audiences: Vec<(AudienceId, Option<u64>)>,
+    /// Each calculated attribute recalculated, with its revision (`None`: deleted).
+    calculated: Vec<(String, Option<u64>)>,
+    /// The state rebuilt from each profile's log, and the audiences evaluated after it.
+    plan: Arc<BackfillPlan>,
+    evaluate: Arc<Vec<AudienceId>>,
     after: Option<Mpid>,
     /// Steps of an abandoned backfill (after a failure) are ignored.
     generation: u64,
@@ -88,6 +99,7 @@ pub struct PartitionSnapshot {
 
 struct Cached {
     state: ProfileState,
+    log: EventLog,
     /// The timer instant stored for this profile, to move it when it changes.
     stored_due: Option<TimestampMs>,
     last_used: Instant,
@@ -99,7 +111,13 @@ pub struct PartitionActor {
     catalog: Arc<Catalog>,
     /// Revision of each active audience this partition's profiles were evaluated against.
     evaluated: HashMap<AudienceId, u64>,
+    /// Revision of each calculated attribute this partition's profiles were calculated for.
+    calc_evaluated: HashMap<String, u64>,
+    /// Codes of the names in this partition's event logs.
+    dict: Dictionary,
     backfilling: bool,
+    /// The audiences being backfilled, and the last profile the scan evaluated.
+    backfill_cursor: Option<(Arc<Vec<AudienceId>>, Option<Mpid>)>,
     /// Bumped when in-memory state is rebuilt from the store or a backfill starts.
     generation: u64,
     /// The catalog or `evaluated` changed since the last look for stale audiences: only then
@@ -131,7 +149,10 @@ impl PartitionActor {
             deadletter_head: 0,
             engine,
             evaluated: HashMap::new(),
+            calc_evaluated: HashMap::new(),
+            dict: Dictionary::default(),
             backfilling: false,
+            backfill_cursor: None,
             generation: 0,
             catalog_dirty: true,
             cache: HashMap::new(),
@@ -162,6 +183,20 @@ impl PartitionActor {
             .map(|(a, _, s)| (a, s))
             .collect();
         self.evaluated = store.evaluated_revisions(p)?.into_iter().collect();
+        self.dict = store.load_dictionary(p)?;
+        self.calc_evaluated = store.calculated_evaluated(p)?.into_iter().collect();
+        if self.calc_evaluated.is_empty() && self.dict.is_empty() {
+            // No profile of this partition has logged an event (new partition, or a store
+            // from before the log): there is nothing to recalculate from, and the streaming
+            // state of the attributes already defined is all there is.
+            let mut b = store.batch();
+            for def in self.catalog.calculated_defs() {
+                let revision = def.spec().revision;
+                self.calc_evaluated.insert(def.key.clone(), revision);
+                b.set_calculated_evaluated(p, &def.key, Some(revision));
+            }
+            store.commit(b)?;
+        }
         self.outbox_head = store.outbox_head(p)?;
         self.deadletter_head = store.deadletter_head(p)?;
         Ok(())
@@ -172,6 +207,8 @@ impl PartitionActor {
     fn recover(&mut self) {
         self.cache.clear();
         self.backfilling = false;
+        self.backfill_cursor = None;
+        self.engine.backfills.lock().remove(&self.partition);
         self.catalog_dirty = true;
         self.generation += 1;
         if let Err(e) = self.load_positions() {
@@ -189,16 +226,19 @@ impl PartitionActor {
     /// Activates a profile: from the cache, else from RocksDB, else new.
     fn activate(&mut self, mpid: Mpid) -> Result<&mut Cached, StoreError> {
         if !self.cache.contains_key(&mpid) {
-            let state = self
-                .engine
-                .store
+            let store = &self.engine.store;
+            let state = store
                 .load_profile(self.partition, mpid)?
                 .unwrap_or_else(|| ProfileState::new(mpid));
+            let log = store
+                .load_log_head(self.partition, mpid)?
+                .unwrap_or_default();
             let stored_due = state.next_due();
             self.cache.insert(
                 mpid,
                 Cached {
                     state,
+                    log,
                     stored_due,
                     last_used: Instant::now(),
                 },
@@ -286,9 +326,20 @@ impl PartitionActor {
             let mpid = inbound.mpid();
             let catalog = self.catalog.clone();
             let retention = self.engine.settings.retention_ms;
-            let cached = self.activate(mpid)?;
-            let changes = cached.state.apply(&inbound, ctx.now, retention, &catalog);
-            let affected: Vec<AudienceId> = catalog.affected_by(&changes).into_iter().collect();
+            self.activate(mpid)?;
+            let Cached { state, log, .. } = self.cache.get_mut(&mpid).expect("activated");
+            let dict = &mut self.dict;
+            let changes =
+                state.apply_logged(&inbound, ctx.now, retention, &catalog, &mut |at, event| {
+                    log.append(dict, at, event)
+                });
+            let mut affected: Vec<AudienceId> = catalog.affected_by(&changes).into_iter().collect();
+            if let Some((backfilling, cursor)) = &self.backfill_cursor {
+                // The scan has yet to reach this profile: it evaluates these over the log.
+                if cursor.is_none_or(|c| mpid > c) {
+                    affected.retain(|id| !backfilling.contains(id));
+                }
+            }
             self.evaluate_profile(mpid, affected, changes.event_time_ms, &ctx, &mut pending)?;
             outcome.applied += 1;
             metrics::counter!("audience_messages_processed_total", "topic" => message.topic.clone())
@@ -320,8 +371,17 @@ impl PartitionActor {
         let store = self.engine.store.clone();
         let mut batch: WriteBatch<'_> = store.batch();
         let p = self.partition;
+        let log_cutoff = self.engine.clock.now() - self.engine.settings.retention_ms;
+        let limits = self.engine.settings.log_limits;
+        let mut dropped_by_bounds = 0;
         for mpid in &pending.dirty {
             if let Some(cached) = self.cache.get_mut(mpid) {
+                cached.log.enforce(log_cutoff, limits);
+                if cached.log.has_writes() {
+                    let writes = cached.log.take_writes();
+                    dropped_by_bounds += writes.dropped_by_bounds;
+                    batch.put_log(p, *mpid, &cached.log, &writes);
+                }
                 let due = cached.state.next_due();
                 if due != cached.stored_due {
                     if let Some(old) = cached.stored_due {
@@ -334,6 +394,10 @@ impl PartitionActor {
                 }
                 batch.put_profile(p, &cached.state);
             }
+        }
+        let new_names = self.dict.take_new();
+        if !new_names.is_empty() {
+            batch.put_dictionary(p, &new_names);
         }
         for delta in &pending.deltas {
             self.outbox_head += 1;
@@ -358,6 +422,10 @@ impl PartitionActor {
             return Ok(());
         }
         store.commit(batch)?;
+        if dropped_by_bounds > 0 {
+            metrics::counter!("audience_eventlog_events_dropped_total", "reason" => "bounds")
+                .increment(dropped_by_bounds);
+        }
         self.engine.note_deltas(p, &pending.deltas);
         if !pending.dead_letters.is_empty() {
             self.engine.wake_outbox_readers();
@@ -406,10 +474,6 @@ impl PartitionActor {
         }
     }
 
-    /// Returns the audiences whose members must be evaluated
-    /// again over every stored profile: active ones not evaluated at their current revision,
-    /// and ones evaluated here before that are no longer active (drafts drop their members,
-    /// deleted ones lose their records). Deleted audiences lose their size counters at once.
     /// Swaps in the newest catalog (cheap: one atomic load when nothing changed).
     fn adopt_catalog(&mut self) {
         let latest = self.engine.catalog.load_full();
@@ -419,11 +483,54 @@ impl PartitionActor {
         }
     }
 
-    fn stale_audiences(&mut self) -> Vec<AudienceId> {
+    /// The calculated attributes whose values must be calculated again over every stored
+    /// log: defined or redefined since this partition last did. Records of deleted ones go.
+    fn stale_calculated(&mut self) -> Vec<String> {
+        let catalog = self.catalog.clone();
+        let mut stale: Vec<String> = catalog
+            .calculated_defs()
+            .filter(|def| self.calc_evaluated.get(&def.key) != Some(&def.spec().revision))
+            .map(|def| def.key.clone())
+            .collect();
+        stale.sort();
+        let deleted: Vec<String> = self
+            .calc_evaluated
+            .keys()
+            .filter(|key| catalog.calculated_def(key).is_none())
+            .cloned()
+            .collect();
+        if !deleted.is_empty() {
+            let store = self.engine.store.clone();
+            let mut b = store.batch();
+            for key in deleted {
+                self.calc_evaluated.remove(&key);
+                b.set_calculated_evaluated(self.partition, &key, None);
+            }
+            if let Err(e) = store.commit(b) {
+                tracing::error!(partition = self.partition, error = %e, "could not forget calculated attributes");
+            }
+        }
+        stale
+    }
+
+    /// The audiences and calculated attributes whose state must be rebuilt or evaluated
+    /// again over every stored profile.
+    fn stale_definitions(&mut self) -> (Vec<AudienceId>, Vec<String>) {
         self.adopt_catalog();
         if !self.catalog_dirty {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
+        let calculated = self.stale_calculated();
+        let audiences = self.stale_audiences();
+        self.catalog_dirty = !audiences.is_empty() || !calculated.is_empty();
+        (audiences, calculated)
+    }
+
+    /// Returns the audiences whose members must be evaluated
+    /// again over every stored profile: active ones not evaluated at their current revision,
+    /// and ones evaluated here before that are no longer active (drafts drop their members,
+    /// deleted ones lose their records). Deleted audiences lose their size counters at once.
+    fn stale_audiences(&mut self) -> Vec<AudienceId> {
         let catalog = self.catalog.clone();
         let mut stale: Vec<AudienceId> = catalog
             .active_ids()
@@ -474,36 +581,61 @@ impl PartitionActor {
                 tracing::error!(partition = self.partition, error = %e, "could not reset sizes");
             }
         }
-        self.catalog_dirty = !stale.is_empty();
         stale
     }
 
-    fn backfill_step(
-        &mut self,
-        audiences: &[(AudienceId, Option<u64>)],
-        after: Option<Mpid>,
-    ) -> Result<Option<Mpid>, StoreError> {
+    /// One page of a backfill: rebuilds the plan's state of each profile from its log, then
+    /// evaluates the changed audiences. Returns the last profile visited (`None`: done).
+    fn backfill_step(&mut self, step: &BackfillStep) -> Result<Option<Mpid>, StoreError> {
         let ctx = self.ctx();
+        let retention = self.engine.settings.retention_ms;
         let chunk = self.engine.settings.backfill_chunk;
-        let stored = self
-            .engine
-            .store
-            .scan_profiles(self.partition, after, chunk)?;
-        let last = stored.last().map(|p| p.mpid);
+        let stored =
+            self.engine
+                .store
+                .scan_profiles_with_logs(self.partition, step.after, chunk)?;
+        let last = stored.last().map(|p| p.profile.mpid);
+        let scanned = stored.len() as u64;
         let mut pending = Pending::default();
-        for profile in stored {
-            let mpid = profile.mpid;
-            // A cached profile is newer than (or equal to) the stored one: keep it.
-            self.cache.entry(mpid).or_insert_with(|| Cached {
-                stored_due: profile.next_due(),
-                state: profile,
+        for item in stored {
+            let mpid = item.profile.mpid;
+            // A cached profile is the stored one (every unit of work commits): keep it, its
+            // log head is the one these chunks belong to.
+            let cached = self.cache.entry(mpid).or_insert_with(|| Cached {
+                stored_due: item.profile.next_due(),
+                state: item.profile,
+                log: item.log,
                 last_used: Instant::now(),
             });
-            let event_time = ctx.now;
-            let ids = audiences.iter().map(|(id, _)| *id).collect();
-            self.evaluate_profile(mpid, ids, event_time, &ctx, &mut pending)?;
+            let chunks: Vec<&[u8]> = item.chunks.iter().map(Vec::as_slice).collect();
+            if let Err(reason) = step.plan.rebuild(
+                &mut cached.state,
+                &cached.log,
+                &chunks,
+                &self.dict,
+                ctx.now,
+                retention,
+            ) {
+                // The profile keeps its streaming state: an unreadable log costs the history
+                // it held, never the partition.
+                tracing::warn!(partition = self.partition, mpid, %reason, "event log unreadable; backfill skips it");
+                metrics::counter!("audience_eventlog_unreadable_total").increment(1);
+            }
+            self.evaluate_profile(mpid, step.evaluate.to_vec(), ctx.now, &ctx, &mut pending)?;
+            if let Some((_, cursor)) = &mut self.backfill_cursor {
+                *cursor = Some(mpid);
+            }
         }
         self.commit(pending, false)?;
+        metrics::counter!("audience_backfill_profiles_scanned_total").increment(scanned);
+        if let Some(progress) = self.engine.backfills.lock().get_mut(&self.partition) {
+            progress.scanned += scanned;
+            let partition = self.partition.to_string();
+            metrics::gauge!("audience_backfill_profiles_scanned", "partition" => partition.clone())
+                .set(progress.scanned as f64);
+            metrics::gauge!("audience_backfill_profiles", "partition" => partition)
+                .set(progress.total.max(progress.scanned) as f64);
+        }
         if last.is_none() || last == Some(Mpid::MAX) {
             Ok(None)
         } else {
@@ -515,19 +647,69 @@ impl PartitionActor {
         if self.backfilling {
             return;
         }
-        let stale = self.stale_audiences();
-        if stale.is_empty() {
+        let (stale, stale_calculated) = self.stale_definitions();
+        if stale.is_empty() && stale_calculated.is_empty() {
             return;
         }
         self.backfilling = true;
         self.generation += 1;
+        let catalog = self.catalog.clone();
         let audiences: Vec<(AudienceId, Option<u64>)> = stale
             .iter()
-            .map(|id| (*id, self.catalog.active(*id).map(|a| a.record.revision)))
+            .map(|id| (*id, catalog.active(*id).map(|a| a.record.revision)))
             .collect();
-        tracing::info!(partition = self.partition, audiences = ?audiences, "evaluating stored profiles for changed audiences");
+        let calculated: Vec<(String, Option<u64>)> = stale_calculated
+            .iter()
+            .map(|key| {
+                (
+                    key.clone(),
+                    catalog.calculated_spec(key).map(|s| s.revision),
+                )
+            })
+            .collect();
+        let evaluated = &self.evaluated;
+        let plan = BackfillPlan::new(&catalog, &stale, &stale_calculated, |id| {
+            evaluated.get(&id).copied() == catalog.active(id).map(|a| a.record.revision)
+        });
+        // The changed audiences, and those reading a recalculated attribute.
+        let recalculated = ChangeSet {
+            calculated: stale_calculated.iter().cloned().collect(),
+            ..Default::default()
+        };
+        let mut evaluate: BTreeSet<AudienceId> = catalog.affected_by(&recalculated);
+        evaluate.extend(stale.iter().copied());
+        let evaluate = Arc::new(evaluate.into_iter().collect::<Vec<_>>());
+        self.backfill_cursor = Some((evaluate.clone(), None));
+        let total = match self.engine.store.count_profiles(self.partition) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(partition = self.partition, error = %e, "cannot count profiles");
+                0
+            }
+        };
+        self.engine
+            .profile_counts
+            .lock()
+            .insert(self.partition, total);
+        self.engine.backfills.lock().insert(
+            self.partition,
+            BackfillProgress {
+                audiences: evaluate.clone(),
+                scanned: 0,
+                total,
+                started: Instant::now(),
+                started_at_ms: self.engine.clock.now(),
+            },
+        );
+        tracing::info!(
+            partition = self.partition, audiences = ?audiences, calculated = ?calculated,
+            rebuilt_series = plan.matchers.len(), "evaluating stored profiles for changed definitions"
+        );
         ctx.notify(BackfillStep {
             audiences,
+            calculated,
+            plan: Arc::new(plan),
+            evaluate,
             after: None,
             generation: self.generation,
         });
@@ -592,11 +774,19 @@ impl Handler<BackfillStep> for PartitionActor {
         if step.generation != self.generation {
             return;
         }
-        match self.backfill_step(&step.audiences, step.after) {
-            Ok(Some(last)) => ctx.notify(BackfillStep {
-                after: Some(last),
-                ..step
-            }),
+        match self.backfill_step(&step) {
+            Ok(Some(last)) => {
+                let next = BackfillStep {
+                    after: Some(last),
+                    ..step
+                };
+                match self.engine.settings.backfill_pause_ms {
+                    0 => ctx.notify(next),
+                    ms => {
+                        ctx.notify_later(next, Duration::from_millis(ms));
+                    }
+                }
+            }
             Ok(None) => {
                 // Record the revisions evaluated, not the current ones: an audience changed
                 // during the backfill is found stale again and evaluated afresh.
@@ -614,12 +804,25 @@ impl Handler<BackfillStep> for PartitionActor {
                         }
                     }
                 }
+                for (key, revision) in &step.calculated {
+                    match revision {
+                        Some(r) => self.calc_evaluated.insert(key.clone(), *r),
+                        None => self.calc_evaluated.remove(key),
+                    };
+                    b.set_calculated_evaluated(self.partition, key, *revision);
+                }
                 if let Err(e) = store.commit(b) {
                     tracing::error!(partition = self.partition, error = %e, "could not record backfill");
                     self.recover();
                     return;
                 }
                 self.backfilling = false;
+                self.backfill_cursor = None;
+                self.engine.backfills.lock().remove(&self.partition);
+                let partition = self.partition.to_string();
+                metrics::gauge!("audience_backfill_profiles_scanned", "partition" => partition.clone())
+                    .set(0.0);
+                metrics::gauge!("audience_backfill_profiles", "partition" => partition).set(0.0);
                 self.catalog_dirty = true;
                 tracing::info!(partition = self.partition, audiences = ?step.audiences, "stored profiles evaluated");
                 self.start_backfill_if_needed(ctx);

@@ -49,12 +49,30 @@ fn search(mpid: i64, at: i64) -> serde_json::Value {
         "data": {"event_name": "Search", "custom_event_type": "search", "timestamp_unixtime_ms": at}}]})
 }
 
+/// Waits until the partition has computed audience 1 over its stored profiles: until then,
+/// streaming leaves new profiles to that backfill.
+async fn calculated(engine: &Engine) {
+    for _ in 0..500 {
+        if engine
+            .store
+            .evaluated_revisions(0)
+            .unwrap()
+            .contains(&(1, 1))
+        {
+            return;
+        }
+        actix::clock::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("audience 1 never calculated");
+}
+
 #[actix::test]
 async fn replayed_offsets_change_nothing_and_timers_drop_members() {
     let dir = tempfile::tempdir().unwrap();
     let (engine, clock) = setup(dir.path());
     let now = clock.now();
     let actor = PartitionActor::new(0, engine.clone()).unwrap().start();
+    calculated(&engine).await;
     let batch = vec![
         message(0, search(1, now)),
         message(1, serde_json::json!({"no": "mpid"})),

@@ -74,6 +74,10 @@ pub struct EngineConfig {
     /// `audience_eventlog_events_dropped_total` and shown by the profile lookup).
     pub log_max_events: u32,
     pub log_max_bytes: u32,
+    /// Profiles computed per backfill page (one RocksDB write each).
+    pub backfill_page: usize,
+    /// Pause between backfill pages, to leave the cores to streaming during a large one.
+    pub backfill_pause_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -138,6 +142,8 @@ impl Default for EngineConfig {
             geoip_database: None,
             log_max_events: audience_state::eventlog::LogLimits::default().max_events,
             log_max_bytes: audience_state::eventlog::LogLimits::default().max_bytes,
+            backfill_page: 500,
+            backfill_pause_ms: 0,
         }
     }
 }
@@ -161,6 +167,8 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AUDIENCE_GEOIP_DATABASE", "engine.geoip_database"),
     ("AUDIENCE_LOG_MAX_EVENTS", "engine.log_max_events"),
     ("AUDIENCE_LOG_MAX_BYTES", "engine.log_max_bytes"),
+    ("AUDIENCE_BACKFILL_PAGE", "engine.backfill_page"),
+    ("AUDIENCE_BACKFILL_PAUSE_MS", "engine.backfill_pause_ms"),
     ("AUDIENCE_KAFKA_PROPERTIES", "kafka.properties (k=v,k=v)"),
 ];
 
@@ -211,6 +219,12 @@ impl Config {
             "AUDIENCE_LOG_MAX_BYTES" => {
                 self.engine.log_max_bytes = value.parse().map_err(|e| bad(&e))?
             }
+            "AUDIENCE_BACKFILL_PAGE" => {
+                self.engine.backfill_page = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_BACKFILL_PAUSE_MS" => {
+                self.engine.backfill_pause_ms = value.parse().map_err(|e| bad(&e))?
+            }
             "AUDIENCE_KAFKA_PROPERTIES" => {
                 for pair in value.split(',').filter(|p| !p.trim().is_empty()) {
                     let (k, v) = pair
@@ -247,6 +261,8 @@ impl Config {
                 max_events: self.engine.log_max_events,
                 max_bytes: self.engine.log_max_bytes,
             },
+            backfill_chunk: self.engine.backfill_page.max(1),
+            backfill_pause_ms: self.engine.backfill_pause_ms,
             geoip,
             ..Default::default()
         })

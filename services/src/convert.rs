@@ -94,6 +94,27 @@ pub fn audience(r: &AudienceRecord, figures: Option<&Figures>) -> pb::Audience {
         stats: figures.map(stats),
         connected_outputs: 0,
         faulted_connections: 0,
+        calculation: None,
+    }
+}
+
+pub fn calculation(c: &audience_actors::engine::Calculation) -> pb::Calculation {
+    pb::Calculation {
+        profiles_scanned: c.scanned,
+        profiles_total: c.total,
+        percent: c.percent,
+        eta_ms: c.eta_ms.unwrap_or_default(),
+        started_at_ms: c.started_at_ms,
+    }
+}
+
+pub fn log_stats(s: &audience_state::eventlog::LogStats) -> pb::EventLogStats {
+    pb::EventLogStats {
+        events: s.events,
+        bytes: s.bytes,
+        oldest_ms: s.oldest_ms.unwrap_or_default(),
+        newest_ms: s.newest_ms.unwrap_or_default(),
+        dropped_events: s.dropped_events,
     }
 }
 
@@ -222,6 +243,7 @@ pub fn profile(
         }),
         install_attribution: p.install_attribution.as_ref().map(attribution),
         uninstall_attribution: p.uninstall_attribution.as_ref().map(attribution),
+        event_log: None,
     }
 }
 

@@ -38,12 +38,26 @@ impl Services {
             .map_err(convert::internal)?
             .into_iter()
             .collect();
+        let active: Vec<(u64, u64)> = records
+            .iter()
+            .filter(|r| r.status == AudienceStatus::Active)
+            .map(|r| (r.id, r.revision))
+            .collect();
+        let calculations = self
+            .node
+            .engine
+            .calculations(&self.node.owned(), &active)
+            .map_err(convert::internal)?;
         let connections = self.outputs.connections().map_err(convert::status)?;
         let faults = self.outputs.faults().map_err(convert::status)?;
         Ok(records
             .iter()
             .map(|r| {
                 let mut a = convert::audience(r, figures.get(&r.id));
+                if let Some(c) = calculations.get(&r.id) {
+                    a.status = pb::AudienceStatus::Calculating as i32;
+                    a.calculation = Some(convert::calculation(c));
+                }
                 let mine: Vec<_> = connections
                     .iter()
                     .filter(|c| c.audience_id == r.id)
@@ -381,7 +395,10 @@ fn explain_node(e: &audience_state::criteria::Explanation) -> pb::ExplainNode {
 
 impl Services {
     /// A profile from whichever partition of this node holds it.
-    fn load_profile(&self, mpid: i64) -> Result<audience_state::profile::ProfileState, Status> {
+    fn load_profile(
+        &self,
+        mpid: i64,
+    ) -> Result<(u32, audience_state::profile::ProfileState), Status> {
         let engine = &self.node.engine;
         let mut partitions: Vec<u32> = self.node.owned();
         partitions.extend(engine.partitions.lock().iter().copied());
@@ -392,9 +409,7 @@ impl Services {
             .store
             .find_profile(mpid, partitions)
             .map_err(convert::internal)?;
-        found
-            .map(|(_, profile)| profile)
-            .ok_or_else(|| Status::not_found(format!("mpid {mpid}: no profile")))
+        found.ok_or_else(|| Status::not_found(format!("mpid {mpid}: no profile")))
     }
 }
 
@@ -406,7 +421,12 @@ impl pb::profile_service_server::ProfileService for Services {
     ) -> Result<Response<pb::Profile>, Status> {
         let mpid = req.into_inner().mpid;
         let engine = &self.node.engine;
-        let profile = self.load_profile(mpid)?;
+        let (partition, profile) = self.load_profile(mpid)?;
+        let log = engine
+            .store
+            .load_log_head(partition, mpid)
+            .map_err(convert::internal)?
+            .unwrap_or_default();
         let catalog = engine.catalog.load();
         let name = |id: u64| catalog.active(id).map(|a| a.record.name.clone());
         let now = engine.clock.now();
@@ -419,13 +439,9 @@ impl pb::profile_service_server::ProfileService for Services {
                 Some((r.name.clone(), spec))
             })
             .collect();
-        Ok(Response::new(convert::profile(
-            &profile,
-            name,
-            from,
-            &calculated,
-            now,
-        )))
+        let mut shown = convert::profile(&profile, name, from, &calculated, now);
+        shown.event_log = Some(convert::log_stats(&log.stats()));
+        Ok(Response::new(shown))
     }
 
     async fn explain(
@@ -450,7 +466,7 @@ impl pb::profile_service_server::ProfileService for Services {
                 )))
             }
         };
-        let profile = self.load_profile(r.mpid)?;
+        let (_, profile) = self.load_profile(r.mpid)?;
         let ctx = audience_state::criteria::EvalContext {
             now: engine.clock.now(),
             retention_ms: engine.settings.retention_ms,

@@ -458,6 +458,22 @@ impl Store {
         Ok(out)
     }
 
+    /// How many profiles a partition holds (a walk over the keys: for progress figures).
+    pub fn count_profiles(&self, partition: Partition) -> StoreResult<u64> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_PROFILES));
+        it.seek(profile_key(partition, i64::MIN));
+        let mut n = 0;
+        while it.valid() {
+            match it.key() {
+                Some(k) if k[..4] == partition.to_be_bytes() => n += 1,
+                _ => break,
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(n)
+    }
+
     /// A profile's log head (`None`: the profile has logged nothing).
     pub fn load_log_head(&self, partition: Partition, mpid: Mpid) -> StoreResult<Option<EventLog>> {
         let key = log_key(partition, mpid, LOG_HEAD_SEQ);

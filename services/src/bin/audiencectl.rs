@@ -198,6 +198,9 @@ enum AudienceCmd {
         file: PathBuf,
         #[arg(long)]
         draft: bool,
+        /// Show the calculation's progress until the audience is ACTIVE.
+        #[arg(long)]
+        wait: bool,
     },
     /// Create every audience of a folder whose name does not exist yet.
     Load {
@@ -213,6 +216,13 @@ enum AudienceCmd {
     Update {
         id: u64,
         file: PathBuf,
+        /// Show the calculation's progress until the audience is ACTIVE.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a live progress line while the audience is CALCULATING, until it is ACTIVE.
+    Wait {
+        id: u64,
     },
     Delete {
         id: u64,
@@ -248,10 +258,13 @@ async fn channel(server: &str) -> anyhow::Result<Channel> {
 
 fn print_audience(a: &pb::Audience) {
     let s = a.stats.unwrap_or_default();
-    let status = if a.status == pb::AudienceStatus::Draft as i32 {
-        "draft"
-    } else {
-        "active"
+    let status = match pb::AudienceStatus::try_from(a.status) {
+        Ok(pb::AudienceStatus::Draft) => "draft".to_string(),
+        Ok(pb::AudienceStatus::Calculating) => format!(
+            "calculating {:.0}%",
+            a.calculation.map(|c| c.percent).unwrap_or_default()
+        ),
+        _ => "active".to_string(),
     };
     println!(
         "{:>5}  {:<32} {:<7} size {:>7}  adds24h {:>6}  drops24h {:>6}  volatility {:.3}  tags [{}]",
@@ -856,7 +869,7 @@ async fn main() -> anyhow::Result<()> {
 async fn audience(server: &str, cmd: AudienceCmd) -> anyhow::Result<()> {
     let mut client = AudienceServiceClient::new(channel(server).await?);
     match cmd {
-        AudienceCmd::Create { file, draft } => {
+        AudienceCmd::Create { file, draft, wait } => {
             let f = AudienceFile::read(&file)?;
             let a = client
                 .create_audience(pb::CreateAudienceRequest {
@@ -869,6 +882,9 @@ async fn audience(server: &str, cmd: AudienceCmd) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             print_audience(&a);
+            if wait && !draft {
+                wait_calculated(&mut client, a.id).await?;
+            }
         }
         AudienceCmd::Load { dir } => {
             load_audiences(&mut client, &dir).await?;
@@ -893,7 +909,8 @@ async fn audience(server: &str, cmd: AudienceCmd) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&struct_to_json(c))?);
             }
         }
-        AudienceCmd::Update { id, file } => {
+        AudienceCmd::Wait { id } => wait_calculated(&mut client, id).await?,
+        AudienceCmd::Update { id, file, wait } => {
             let f = AudienceFile::read(&file)?;
             let a = client
                 .update_audience(pb::UpdateAudienceRequest {
@@ -906,6 +923,9 @@ async fn audience(server: &str, cmd: AudienceCmd) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             print_audience(&a);
+            if wait {
+                wait_calculated(&mut client, id).await?;
+            }
         }
         AudienceCmd::Delete { id } => {
             client
@@ -927,6 +947,38 @@ async fn audience(server: &str, cmd: AudienceCmd) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Redraws one progress line (scanned, total, percentage, time left) until the audience is no
+/// longer CALCULATING, then prints it.
+async fn wait_calculated(
+    client: &mut AudienceServiceClient<Channel>,
+    id: u64,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    loop {
+        let a = client
+            .get_audience(pb::GetAudienceRequest { id })
+            .await?
+            .into_inner();
+        if a.status != pb::AudienceStatus::Calculating as i32 {
+            eprint!("\r\x1b[2K");
+            print_audience(&a);
+            return Ok(());
+        }
+        let c = a.calculation.unwrap_or_default();
+        let left = if c.eta_ms > 0 {
+            format!(", about {:.0} s left", c.eta_ms as f64 / 1000.0)
+        } else {
+            String::new()
+        };
+        eprint!(
+            "\r\x1b[2Kcalculating {:5.1}%  {} of {} profiles{left}",
+            c.percent, c.profiles_scanned, c.profiles_total
+        );
+        std::io::stderr().flush()?;
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 /// Creates the audiences of a folder that do not exist by name; returns id by name.

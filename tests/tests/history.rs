@@ -1,0 +1,193 @@
+//! Definitions over history through the real broker: events for a few hundred users stream in
+//! first, then an audience with event attribute conditions and a windowed calculated attribute
+//! are defined. The backfill reads each profile's event log, and the subscriber receives
+//! exactly the users who qualify over the retained events, old ones included.
+
+use audience_e2e::*;
+use audience_proto::v1 as pb;
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const DAY: i64 = 86_400_000;
+
+fn added(deltas: &[pb::MembershipDelta], audience: u64) -> BTreeSet<i64> {
+    let mut members = BTreeSet::new();
+    for d in deltas.iter().filter(|d| d.audience_id == audience) {
+        if d.kind == pb::DeltaKind::Added as i32 {
+            members.insert(d.mpid);
+        } else {
+            members.remove(&d.mpid);
+        }
+    }
+    members
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_made_after_the_events_see_them() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("history");
+    let dir = tempfile::tempdir()?;
+    // Small pages with a pause between them, so the calculation is seen in progress.
+    let mut engine = Engine::start_with(
+        &broker,
+        &topics,
+        &dir.path().join("engine"),
+        "history",
+        &[
+            ("AUDIENCE_BACKFILL_PAGE", "20"),
+            ("AUDIENCE_BACKFILL_PAUSE_MS", "100"),
+        ],
+    )?;
+    let ch = engine.ready().await?;
+    let producer = broker.producer()?;
+    let now = engine_now(&ch).await?;
+
+    // User i searches for one of five queries, some days ago; every third buys for 40 * (i % 4).
+    let queries = ["red shoes", "hats", "SHOE SALE", "boots", "scarves"];
+    let users = 300i64;
+    let mut searchers = BTreeSet::new();
+    let mut spenders = BTreeSet::new();
+    for i in 0..users {
+        let mpid = 5_000 + i;
+        let query = queries[(i % 5) as usize];
+        let days_ago = i % 12;
+        let at = now - days_ago * DAY - 60_000;
+        let mut events = vec![custom_event(
+            "Search",
+            "search",
+            at,
+            json!({"query": query}),
+        )];
+        if query.to_lowercase().contains("shoe") && days_ago < 7 {
+            searchers.insert(mpid);
+        }
+        if i % 3 == 0 {
+            let amount = 40.0 * (i % 4) as f64;
+            let bought = now - (i % 9) * DAY - 60_000;
+            events.push(json!({"event_type": "commerce_event", "data": {"timestamp_unixtime_ms": bought,
+                "product_action": {"action": "purchase", "transaction_id": format!("T{mpid}"), "total_amount": amount,
+                    "products": [{"id": "SKU-1", "price": amount, "quantity": 1}]}}}));
+            // A second purchase of the same amount a day later, when still in the week.
+            let again = bought + DAY;
+            events.push(json!({"event_type": "commerce_event", "data": {"timestamp_unixtime_ms": again,
+                "product_action": {"action": "purchase", "transaction_id": format!("U{mpid}"), "total_amount": amount,
+                    "products": [{"id": "SKU-1", "price": amount, "quantity": 1}]}}}));
+            let in_week = |t: i64| now - t <= 7 * DAY;
+            let spend = amount * (in_week(bought) as i32 + in_week(again) as i32) as f64;
+            if spend >= 100.0 {
+                spenders.insert(mpid);
+            }
+        }
+        produce_json(&producer, &topics.events, &sdk_batch(mpid, now, events)).await?;
+    }
+    wait_processed(&ch, users as u64, Duration::from_secs(120)).await?;
+    assert!(
+        searchers.len() > 50 && spenders.len() > 20,
+        "a discriminating workload"
+    );
+
+    // Defined after every event was applied.
+    let shoe_searchers = create_audience(
+        &ch,
+        "searched shoes this week",
+        json!({"event": {"type": "custom_event", "name": "Search",
+            "attributes": [{"name": "query", "op": "contains", "value": "shoe"}],
+            "time": {"within_last_days": 7}}}),
+    )
+    .await?;
+    let mut audiences = pb::audience_service_client::AudienceServiceClient::new(ch.clone());
+    assert_eq!(
+        shoe_searchers.status,
+        pb::AudienceStatus::Calculating as i32,
+        "a new audience is CALCULATING"
+    );
+    // Progress moves, then the audience turns ACTIVE.
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = audiences
+            .get_audience(pb::GetAudienceRequest {
+                id: shoe_searchers.id,
+            })
+            .await?
+            .into_inner();
+        if a.status == pb::AudienceStatus::Active as i32 {
+            assert!(a.calculation.is_none());
+            break;
+        }
+        assert_eq!(a.status, pb::AudienceStatus::Calculating as i32);
+        let c = a.calculation.expect("progress while CALCULATING");
+        assert!(
+            c.profiles_scanned <= c.profiles_total && c.percent <= 100.0,
+            "{c:?}"
+        );
+        seen.push(c);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still calculating: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        seen.iter().any(|c| c.profiles_total == users as u64),
+        "{seen:?}"
+    );
+    let scanned: Vec<u64> = seen.iter().map(|c| c.profiles_scanned).collect();
+    assert!(scanned.windows(2).all(|w| w[0] <= w[1]), "{scanned:?}");
+    assert!(
+        scanned.iter().any(|&n| n > 0 && n < users as u64),
+        "progress seen between start and end: {scanned:?}"
+    );
+    audiences
+        .put_calculated_attribute(pb::CalculatedAttribute {
+            definition: Some(criteria(json!({"name": "Spend 7d", "calculation": "sum", "field": "total_amount",
+                "window_days": 7, "event": {"type": "commerce_event", "product_action": "purchase"}}))),
+            ..Default::default()
+        })
+        .await?;
+    let big_spenders = create_audience(
+        &ch,
+        "big spenders",
+        json!({"calculated_attribute": {"name": "spend 7d", "op": "greater_than_or_equal", "value": 100}}),
+    )
+    .await?;
+
+    let deltas = collect_deltas(
+        &ch,
+        vec![shoe_searchers.id, big_spenders.id],
+        "",
+        Duration::from_secs(90),
+        |d| {
+            added(d, shoe_searchers.id).len() >= searchers.len()
+                && added(d, big_spenders.id).len() >= spenders.len()
+        },
+    )
+    .await?;
+    // Let any extra (wrong) delta arrive before comparing.
+    let cursor = deltas.last().map(|d| d.cursor.clone()).unwrap_or_default();
+    let extra = collect_deltas(
+        &ch,
+        vec![shoe_searchers.id, big_spenders.id],
+        &cursor,
+        Duration::from_secs(2),
+        |_| false,
+    )
+    .await?;
+    let all: Vec<pb::MembershipDelta> = deltas.into_iter().chain(extra).collect();
+    assert_eq!(added(&all, shoe_searchers.id), searchers);
+    assert_eq!(added(&all, big_spenders.id), spenders);
+
+    // The lookup shows the value calculated from the log, and the log itself.
+    let sample = *spenders.iter().next().unwrap();
+    let p = profile(&ch, sample).await?;
+    let spend = p.calculated_attributes.get("Spend 7d").expect("calculated");
+    let log = p.event_log.expect("log shown");
+    assert_eq!(log.events, 3, "a search and two purchases");
+    assert!(
+        log.bytes > 0 && log.oldest_ms > 0 && log.dropped_events == 0,
+        "{log:?}"
+    );
+    assert!(matches!(spend.value, Some(pb::attribute_value::Value::NumberValue(v)) if v >= 100.0));
+    Ok(())
+}
