@@ -29,6 +29,7 @@ fmt:
 
 bench: build ## Throughput and latency through the real broker (prints figures)
 	$(BIN)/audience-cpu-bench
+	$(BIN)/audience-backfill-bench
 	$(BIN)/audience-bench
 
 clean:

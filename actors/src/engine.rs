@@ -106,6 +106,8 @@ pub struct Engine {
     pub backfills: Mutex<HashMap<Partition, BackfillProgress>>,
     /// Profiles per partition, as counted when its last backfill started.
     pub profile_counts: Mutex<HashMap<Partition, u64>>,
+    /// Size estimates of CALCULATING audiences by (audience, revision), computed once.
+    pub estimates: Mutex<HashMap<(AudienceId, u64), crate::sampling::SampledEstimate>>,
 }
 
 impl Engine {
@@ -152,6 +154,7 @@ impl Engine {
             outbox_written,
             backfills: Mutex::new(HashMap::new()),
             profile_counts: Mutex::new(HashMap::new()),
+            estimates: Mutex::new(HashMap::new()),
         }))
     }
 

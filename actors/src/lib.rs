@@ -10,6 +10,7 @@
 //! - [`connector`]: one actor per membership subscription, with its delivery pump and figures;
 //! - [`delivery`]: one delivery loop per output connection (webhook, Kafka), with retries,
 //!   faults and resume;
+//! - [`sampling`]: read-only evaluations of drafts over stored profiles (estimate, preview);
 //! - [`geoip`]: client IP to location (MaxMind DB format), when configured;
 //! - [`engine`], [`clock`], [`stats`]: shared state, the injectable clock, 24-hour figures.
 //!
@@ -27,4 +28,5 @@ pub mod output_registry;
 pub mod partition;
 pub mod publisher;
 pub mod registry;
+pub mod sampling;
 pub mod stats;

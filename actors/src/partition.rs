@@ -100,6 +100,8 @@ pub struct PartitionSnapshot {
 struct Cached {
     state: ProfileState,
     log: EventLog,
+    /// Not stored yet: its first write also lists it in the sample index and the count.
+    is_new: bool,
     /// The timer instant stored for this profile, to move it when it changes.
     stored_due: Option<TimestampMs>,
     last_used: Instant,
@@ -115,6 +117,8 @@ pub struct PartitionActor {
     calc_evaluated: HashMap<String, u64>,
     /// Codes of the names in this partition's event logs.
     dict: Dictionary,
+    /// Profiles stored in this partition.
+    profile_count: u64,
     backfilling: bool,
     /// The audiences being backfilled, and the last profile the scan evaluated.
     backfill_cursor: Option<(Arc<Vec<AudienceId>>, Option<Mpid>)>,
@@ -151,6 +155,7 @@ impl PartitionActor {
             evaluated: HashMap::new(),
             calc_evaluated: HashMap::new(),
             dict: Dictionary::default(),
+            profile_count: 0,
             backfilling: false,
             backfill_cursor: None,
             generation: 0,
@@ -184,6 +189,10 @@ impl PartitionActor {
             .collect();
         self.evaluated = store.evaluated_revisions(p)?.into_iter().collect();
         self.dict = store.load_dictionary(p)?;
+        self.profile_count = match store.profile_count(p)? {
+            Some(n) => n,
+            None => store.index_sample(p)?,
+        };
         self.calc_evaluated = store.calculated_evaluated(p)?.into_iter().collect();
         if self.calc_evaluated.is_empty() && self.dict.is_empty() {
             // No profile of this partition has logged an event (new partition, or a store
@@ -227,9 +236,9 @@ impl PartitionActor {
     fn activate(&mut self, mpid: Mpid) -> Result<&mut Cached, StoreError> {
         if !self.cache.contains_key(&mpid) {
             let store = &self.engine.store;
-            let state = store
-                .load_profile(self.partition, mpid)?
-                .unwrap_or_else(|| ProfileState::new(mpid));
+            let stored = store.load_profile(self.partition, mpid)?;
+            let is_new = stored.is_none();
+            let state = stored.unwrap_or_else(|| ProfileState::new(mpid));
             let log = store
                 .load_log_head(self.partition, mpid)?
                 .unwrap_or_default();
@@ -239,6 +248,7 @@ impl PartitionActor {
                 Cached {
                     state,
                     log,
+                    is_new,
                     stored_due,
                     last_used: Instant::now(),
                 },
@@ -374,8 +384,13 @@ impl PartitionActor {
         let log_cutoff = self.engine.clock.now() - self.engine.settings.retention_ms;
         let limits = self.engine.settings.log_limits;
         let mut dropped_by_bounds = 0;
+        let mut profile_count = self.profile_count;
         for mpid in &pending.dirty {
             if let Some(cached) = self.cache.get_mut(mpid) {
+                if cached.is_new {
+                    batch.add_to_sample(p, *mpid);
+                    profile_count += 1;
+                }
                 cached.log.enforce(log_cutoff, limits);
                 if cached.log.has_writes() {
                     let writes = cached.log.take_writes();
@@ -394,6 +409,9 @@ impl PartitionActor {
                 }
                 batch.put_profile(p, &cached.state);
             }
+        }
+        if profile_count != self.profile_count {
+            batch.set_profile_count(p, profile_count);
         }
         let new_names = self.dict.take_new();
         if !new_names.is_empty() {
@@ -422,6 +440,12 @@ impl PartitionActor {
             return Ok(());
         }
         store.commit(batch)?;
+        self.profile_count = profile_count;
+        for mpid in &pending.dirty {
+            if let Some(cached) = self.cache.get_mut(mpid) {
+                cached.is_new = false;
+            }
+        }
         if dropped_by_bounds > 0 {
             metrics::counter!("audience_eventlog_events_dropped_total", "reason" => "bounds")
                 .increment(dropped_by_bounds);
@@ -605,6 +629,7 @@ impl PartitionActor {
                 stored_due: item.profile.next_due(),
                 state: item.profile,
                 log: item.log,
+                is_new: false,
                 last_used: Instant::now(),
             });
             let chunks: Vec<&[u8]> = item.chunks.iter().map(Vec::as_slice).collect();
@@ -680,13 +705,7 @@ impl PartitionActor {
         evaluate.extend(stale.iter().copied());
         let evaluate = Arc::new(evaluate.into_iter().collect::<Vec<_>>());
         self.backfill_cursor = Some((evaluate.clone(), None));
-        let total = match self.engine.store.count_profiles(self.partition) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(partition = self.partition, error = %e, "cannot count profiles");
-                0
-            }
-        };
+        let total = self.profile_count;
         self.engine
             .profile_counts
             .lock()

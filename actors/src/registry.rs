@@ -66,6 +66,31 @@ impl Registry {
         Ok(())
     }
 
+    /// Compiles a definition that is not saved (for an estimate or a preview) with the checks
+    /// a save would make: `id` is the audience it would replace, for its references.
+    pub fn compile_unsaved(
+        &self,
+        criteria: serde_json::Value,
+        id: Option<AudienceId>,
+    ) -> Result<audience_state::criteria::CompiledAudience, RegistryError> {
+        let catalog = self.node.engine.catalog.load();
+        let record = AudienceRecord {
+            id: id.unwrap_or(0),
+            name: "unsaved definition".into(),
+            external_name: String::new(),
+            status: AudienceStatus::Active,
+            criteria,
+            tags: vec![],
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            revision: 0,
+        };
+        let compiled = record.validate_with(&catalog.calculated_lookup())?;
+        catalog.check_references(id.unwrap_or(AudienceId::MAX), &compiled)?;
+        catalog.check_tiers(&parse_definition(&record.criteria)?)?;
+        Ok(compiled)
+    }
+
     pub fn create(&self, spec: AudienceSpec, draft: bool) -> Result<AudienceRecord, RegistryError> {
         let _guard = self.write_lock.lock();
         let engine = &self.node.engine;

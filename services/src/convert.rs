@@ -105,7 +105,33 @@ pub fn calculation(c: &audience_actors::engine::Calculation) -> pb::Calculation 
         percent: c.percent,
         eta_ms: c.eta_ms.unwrap_or_default(),
         started_at_ms: c.started_at_ms,
+        estimate: None,
     }
+}
+
+pub fn estimate(s: &audience_actors::sampling::SampledEstimate) -> pb::AudienceEstimate {
+    use audience_state::estimate::Estimate;
+    let mut out = pb::AudienceEstimate {
+        sample_size: s.sampled,
+        sampled_members: s.sampled_members,
+        profiles_total: s.population,
+        ..Default::default()
+    };
+    match s.estimate {
+        Estimate::TooSmall => out.too_small = true,
+        Estimate::Size {
+            estimate,
+            low,
+            high,
+            exact,
+        } => {
+            out.estimate = estimate;
+            out.low = low;
+            out.high = high;
+            out.exact = exact;
+        }
+    }
+    out
 }
 
 pub fn log_stats(s: &audience_state::eventlog::LogStats) -> pb::EventLogStats {

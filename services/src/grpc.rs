@@ -48,6 +48,12 @@ impl Services {
             .engine
             .calculations(&self.node.owned(), &active)
             .map_err(convert::internal)?;
+        let estimates = {
+            let mut cached = self.node.engine.estimates.lock();
+            // Estimates of finished calculations are not shown again.
+            cached.retain(|(id, _), _| calculations.contains_key(id));
+            cached.clone()
+        };
         let connections = self.outputs.connections().map_err(convert::status)?;
         let faults = self.outputs.faults().map_err(convert::status)?;
         Ok(records
@@ -56,7 +62,10 @@ impl Services {
                 let mut a = convert::audience(r, figures.get(&r.id));
                 if let Some(c) = calculations.get(&r.id) {
                     a.status = pb::AudienceStatus::Calculating as i32;
-                    a.calculation = Some(convert::calculation(c));
+                    let mut calculation = convert::calculation(c);
+                    calculation.estimate =
+                        estimates.get(&(r.id, r.revision)).map(convert::estimate);
+                    a.calculation = Some(calculation);
                 }
                 let mine: Vec<_> = connections
                     .iter()
@@ -120,7 +129,35 @@ impl pb::audience_service_server::AudienceService for Services {
             .registry
             .get(req.into_inner().id)
             .map_err(convert::status)?;
-        self.one(record)
+        let mut audience = self.one(record.clone())?.into_inner();
+        if let Some(calculation) = audience
+            .calculation
+            .as_mut()
+            .filter(|c| c.estimate.is_none())
+        {
+            let compiled = self.node.engine.catalog.load().active(record.id).cloned();
+            if let Some(active) = compiled {
+                let node = self.node.clone();
+                let sampled = tokio::task::spawn_blocking(move || {
+                    audience_actors::sampling::estimate_size(
+                        &node.engine,
+                        &node.owned(),
+                        &active.compiled,
+                        audience_state::estimate::DEFAULT_SAMPLE_SIZE,
+                    )
+                })
+                .await
+                .map_err(convert::internal)?
+                .map_err(convert::internal)?;
+                calculation.estimate = Some(convert::estimate(&sampled));
+                self.node
+                    .engine
+                    .estimates
+                    .lock()
+                    .insert((record.id, record.revision), sampled);
+            }
+        }
+        Ok(Response::new(audience))
     }
 
     async fn list_audiences(
@@ -250,6 +287,112 @@ impl pb::audience_service_server::AudienceService for Services {
             .delete_calculated(&req.into_inner().name)
             .map_err(convert::status)?;
         Ok(Response::new(pb::DeleteCalculatedAttributeResponse {}))
+    }
+
+    async fn estimate_audience(
+        &self,
+        req: Request<pb::EstimateAudienceRequest>,
+    ) -> Result<Response<pb::AudienceEstimate>, Status> {
+        let r = req.into_inner();
+        let criteria = r
+            .criteria
+            .map(|c| convert::struct_to_json(&c))
+            .ok_or_else(|| Status::invalid_argument("criteria: missing"))?;
+        let compiled = self
+            .registry
+            .compile_unsaved(criteria, None)
+            .map_err(convert::status)?;
+        let sample_size = match r.sample_size {
+            0 => audience_state::estimate::DEFAULT_SAMPLE_SIZE,
+            n => u64::from(n),
+        };
+        let node = self.node.clone();
+        let sampled = tokio::task::spawn_blocking(move || {
+            audience_actors::sampling::estimate_size(
+                &node.engine,
+                &node.owned(),
+                &compiled,
+                sample_size,
+            )
+        })
+        .await
+        .map_err(convert::internal)?
+        .map_err(convert::internal)?;
+        Ok(Response::new(convert::estimate(&sampled)))
+    }
+
+    async fn preview_update(
+        &self,
+        req: Request<pb::PreviewUpdateRequest>,
+    ) -> Result<Response<pb::UpdatePreview>, Status> {
+        let r = req.into_inner();
+        self.registry.get(r.audience_id).map_err(convert::status)?;
+        let criteria = r
+            .criteria
+            .map(|c| convert::struct_to_json(&c))
+            .ok_or_else(|| Status::invalid_argument("criteria: missing"))?;
+        let compiled = self
+            .registry
+            .compile_unsaved(criteria, Some(r.audience_id))
+            .map_err(convert::status)?;
+        let sample = match r.sample_size {
+            0 => 10,
+            n => n as usize,
+        };
+        let node = self.node.clone();
+        let audience = r.audience_id;
+        let preview = tokio::task::spawn_blocking(move || {
+            let engine = &node.engine;
+            let partitions = node.owned();
+            let preview = audience_actors::sampling::preview_edit(
+                engine,
+                &partitions,
+                audience,
+                &compiled,
+                sample,
+            )?;
+            let ctx = audience_state::criteria::EvalContext {
+                now: engine.clock.now(),
+                retention_ms: engine.settings.retention_ms,
+            };
+            let mut reasons = [None, None];
+            for (slot, mpid) in [preview.leaving.first(), preview.entering.first()]
+                .into_iter()
+                .enumerate()
+            {
+                let Some(&mpid) = mpid else { continue };
+                if let Some(profile) = audience_actors::sampling::rebuilt_profile(
+                    engine,
+                    &partitions,
+                    mpid,
+                    &compiled,
+                )? {
+                    reasons[slot] = Some(pb::Explanation {
+                        mpid,
+                        audience_id: audience,
+                        member: profile.memberships.get(&audience).is_some_and(|m| m.member),
+                        root: Some(explain_node(&compiled.root.explain(&profile, &ctx))),
+                        evaluated_at_ms: ctx.now,
+                    });
+                }
+            }
+            Ok::<_, audience_state::store::StoreError>((preview, reasons))
+        })
+        .await
+        .map_err(convert::internal)?
+        .map_err(convert::internal)?;
+        let (p, [leaving_reason, entering_reason]) = preview;
+        Ok(Response::new(pb::UpdatePreview {
+            audience_id: audience,
+            members_now: p.members_now,
+            would_leave: p.would_leave,
+            would_enter: p.would_enter,
+            leaving_sample: p.leaving,
+            entering_sample: p.entering,
+            leaving_reason,
+            entering_reason,
+            profiles_scanned: p.scanned,
+        }))
     }
 
     async fn save_as_draft(

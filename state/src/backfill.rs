@@ -19,7 +19,7 @@ use crate::criteria::Matcher;
 use crate::eventlog::{chunk_body, ChunkReader, Dictionary, EventLog, NameRef};
 use crate::model::{AudienceId, Event, TimestampMs};
 use crate::profile::ProfileState;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 /// What a catalog change asks to rebuild from the logs.
@@ -72,6 +72,20 @@ impl BackfillPlan {
         plan
     }
 
+    /// The plan for evaluating a definition that is not in the catalog (a draft being
+    /// estimated or previewed): every series it reads, from the log.
+    pub fn for_definition(compiled: &crate::criteria::CompiledAudience) -> BackfillPlan {
+        let mut plan = BackfillPlan::default();
+        let mut seen = HashSet::new();
+        for m in &compiled.matchers {
+            if seen.insert(&m.history_key) {
+                plan.wanted.insert((m.event_type.clone(), m.name.clone()));
+                plan.matchers.push(Arc::new(m.clone()));
+            }
+        }
+        plan
+    }
+
     pub fn is_empty(&self) -> bool {
         self.matchers.is_empty() && self.calculated.is_empty()
     }
@@ -112,8 +126,9 @@ impl BackfillPlan {
         chunks: &[&[u8]],
         dict: &Dictionary,
     ) -> Result<Vec<(TimestampMs, Event)>, String> {
-        // Decisions per (kind, name code): names are few, events many.
-        let mut decided: HashMap<(u8, Option<u32>), bool> = HashMap::new();
+        // Decisions per (kind, name code), in a table indexed by both: names are few and
+        // densely coded, events many. Inline (uncoded) names are decided each time.
+        let mut decided: Vec<Option<bool>> = Vec::new();
         let mut out = Vec::new();
         let bodies = chunks
             .iter()
@@ -122,18 +137,22 @@ impl BackfillPlan {
         for body in bodies {
             for logged in ChunkReader::new(body?) {
                 let logged = logged?;
-                let (tag, name) = logged.selector_key();
-                let memo_key = match name {
-                    Some(NameRef::Inline(_)) => None,
-                    Some(NameRef::Code(c)) => Some((tag, Some(c))),
-                    None => Some((tag, None)),
+                let slot = match logged.selector_key() {
+                    (tag, _) if tag >= 16 => None,
+                    (tag, None) => Some(tag as usize),
+                    (tag, Some(NameRef::Code(c))) => Some((c as usize + 1) * 16 + tag as usize),
+                    (_, Some(NameRef::Inline(_))) => None,
                 };
-                let wanted = match memo_key.and_then(|k| decided.get(&k).copied()) {
+                let known = slot.and_then(|i| decided.get(i).copied().flatten());
+                let wanted = match known {
                     Some(w) => w,
                     None => {
                         let w = self.wanted.contains(&logged.selector(dict)?);
-                        if let Some(k) = memo_key {
-                            decided.insert(k, w);
+                        if let Some(i) = slot {
+                            if decided.len() <= i {
+                                decided.resize(i + 1, None);
+                            }
+                            decided[i] = Some(w);
                         }
                         w
                     }

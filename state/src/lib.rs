@@ -8,6 +8,7 @@
 //! - [`calculated`]: calculated attributes, folded per profile as events arrive.
 //! - [`geo`]: the world-city gazetteer and distances, for location criteria.
 //! - [`backfill`]: rebuilding new or changed definitions from the event logs.
+//! - [`estimate`]: audience sizes from a stable, hash-based uniform sample of profiles.
 //! - [`catalog`]: the set of audiences and the index from changes to the audiences they affect.
 //! - [`outputs`]: output configurations, connections, what a delta becomes for an output.
 //! - [`profile`]: the per-MPID state machine: apply a message, evaluate, emit deltas.
@@ -20,6 +21,7 @@ pub mod batch;
 pub mod calculated;
 pub mod catalog;
 pub mod criteria;
+pub mod estimate;
 pub mod eventlog;
 pub mod geo;
 pub mod history;

@@ -12,12 +12,16 @@
 //! | `eventlog`    | partition, mpid, chunk seq (u32 BE)   | a sealed chunk: format byte, events |
 //! | `eventlog`    | partition, mpid, `u32::MAX`           | the log head [`EventLog`]: format byte, postcard |
 //! | `logdict`     | partition, code (u32 BE)              | a dictionary name (UTF-8)      |
+//! | `sample`      | partition, sample rank (u64 BE), mpid | empty: profiles in sample order |
 //!
 //! The event log (format [`crate::eventlog::LOG_FORMAT`]) is described in [`crate::eventlog`]:
 //! a profile's chunks sort before its head, so one forward scan of a partition reads every
 //! profile's log in MPID order, as `profiles` lists them. Meta keys `evaluated/{p}/{audience}`
 //! and `calc-evaluated/{p}/{name}` hold the revisions a partition's stored profiles were
-//! computed for: a definition at another revision is backfilled.
+//! computed for: a definition at another revision is backfilled. `sample` lists every stored
+//! profile by [`crate::estimate::sample_rank`], so a uniform sample of n profiles is the first
+//! n keys of a partition; meta `profiles/{p}` counts them. Both are written with the profile's
+//! first write.
 //!
 //! Invariant: the state a batch produced, the deltas it emitted, the timers it set and the
 //! offsets it consumed are written in ONE [`WriteBatch`]: never split. On restart the engine
@@ -44,6 +48,7 @@ const CF_META: &str = "meta";
 const CF_AUDIENCES: &str = "audiences";
 const CF_EVENTLOG: &str = "eventlog";
 const CF_LOGDICT: &str = "logdict";
+const CF_SAMPLE: &str = "sample";
 const COLUMN_FAMILIES: &[&str] = &[
     CF_PROFILES,
     CF_OUTBOX,
@@ -53,6 +58,7 @@ const COLUMN_FAMILIES: &[&str] = &[
     CF_AUDIENCES,
     CF_EVENTLOG,
     CF_LOGDICT,
+    CF_SAMPLE,
 ];
 
 /// The chunk seq of a profile's log head: after every chunk of the profile.
@@ -120,6 +126,18 @@ fn dict_key(partition: Partition, code: u32) -> [u8; 8] {
     k
 }
 
+fn sample_key(partition: Partition, mpid: Mpid) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..4].copy_from_slice(&partition.to_be_bytes());
+    k[4..12].copy_from_slice(&crate::estimate::sample_rank(mpid).to_be_bytes());
+    k[12..].copy_from_slice(&ordered_i64(mpid));
+    k
+}
+
+fn profile_count_key(partition: Partition) -> String {
+    format!("profiles/{partition}")
+}
+
 fn calc_evaluated_key(partition: Partition, key: &str) -> String {
     format!("calc-evaluated/{partition}/{key}")
 }
@@ -168,6 +186,14 @@ fn evaluated_key(partition: Partition, audience: AudienceId) -> String {
 const AUDIENCE_SEQ_KEY: &str = "seq/audiences";
 const CALC_SEQ_KEY: &str = "seq/calculated";
 const CALC_PREFIX: &str = "calc/";
+
+/// Read options of the long forward scans of backfills: read ahead, so a page of profiles is
+/// a few large reads rather than one per block.
+fn scan_options() -> rocksdb::ReadOptions {
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_readahead_size(1 << 20);
+    opts
+}
 
 fn be_u64(bytes: &[u8]) -> u64 {
     let mut a = [0u8; 8];
@@ -318,6 +344,17 @@ impl WriteBatch<'_> {
         }
     }
 
+    /// Lists a newly stored profile in the sample index.
+    pub fn add_to_sample(&mut self, partition: Partition, mpid: Mpid) {
+        let cf = self.store.cf(CF_SAMPLE);
+        self.batch.put_cf(cf, sample_key(partition, mpid), []);
+    }
+
+    /// How many profiles the partition stores.
+    pub fn set_profile_count(&mut self, partition: Partition, count: u64) {
+        self.put_meta_u64(&profile_count_key(partition), count);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.batch.is_empty()
     }
@@ -337,6 +374,13 @@ impl Store {
         let descriptors = COLUMN_FAMILIES.iter().map(|name| {
             let mut cf_opts = Options::default();
             cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            if *name == CF_EVENTLOG {
+                // Logs are read whole, in key order, by backfills: bigger blocks mean fewer
+                // block decodes per profile scanned (a profile's log is a few KiB).
+                let mut table = rocksdb::BlockBasedOptions::default();
+                table.set_block_size(16 << 10);
+                cf_opts.set_block_based_table_factory(&table);
+            }
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
         let db = DB::open_cf_descriptors(&options, path, descriptors)?;
@@ -440,8 +484,9 @@ impl Store {
             None => profile_key(partition, i64::MIN),
         };
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(
+        for item in self.db.iterator_cf_opt(
             self.cf(CF_PROFILES),
+            scan_options(),
             IteratorMode::From(&start, Direction::Forward),
         ) {
             let (k, v) = item?;
@@ -458,19 +503,52 @@ impl Store {
         Ok(out)
     }
 
-    /// How many profiles a partition holds (a walk over the keys: for progress figures).
-    pub fn count_profiles(&self, partition: Partition) -> StoreResult<u64> {
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_PROFILES));
-        it.seek(profile_key(partition, i64::MIN));
-        let mut n = 0;
-        while it.valid() {
+    /// The first `limit` profiles of a partition in sample order (a uniform sample).
+    pub fn sample(&self, partition: Partition, limit: usize) -> StoreResult<Vec<Mpid>> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_SAMPLE));
+        it.seek(partition.to_be_bytes());
+        let mut out = Vec::new();
+        while it.valid() && out.len() < limit {
             match it.key() {
-                Some(k) if k[..4] == partition.to_be_bytes() => n += 1,
+                Some(k) if k.len() == 20 && k[..4] == partition.to_be_bytes() => {
+                    out.push(from_ordered_i64(&k[12..]))
+                }
                 _ => break,
             }
             it.next();
         }
         it.status()?;
+        Ok(out)
+    }
+
+    /// The stored count of a partition's profiles (`None`: a store from before the count).
+    pub fn profile_count(&self, partition: Partition) -> StoreResult<Option<u64>> {
+        self.meta_u64(&profile_count_key(partition))
+    }
+
+    /// Lists every stored profile of a partition in the sample index and stores their count:
+    /// for stores written before the index. Returns the count.
+    pub fn index_sample(&self, partition: Partition) -> StoreResult<u64> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_PROFILES));
+        it.seek(profile_key(partition, i64::MIN));
+        let mut n = 0;
+        let mut batch = self.batch();
+        while it.valid() {
+            match it.key() {
+                Some(k) if k[..4] == partition.to_be_bytes() => {
+                    batch.add_to_sample(partition, from_ordered_i64(&k[4..]));
+                    n += 1;
+                }
+                _ => break,
+            }
+            if n % 10_000 == 0 {
+                self.commit(std::mem::replace(&mut batch, self.batch()))?;
+            }
+            it.next();
+        }
+        it.status()?;
+        batch.set_profile_count(partition, n);
+        self.commit(batch)?;
         Ok(n)
     }
 
@@ -545,8 +623,9 @@ impl Store {
         let start = log_key(partition, first.mpid, 0);
         let end = profile_key(partition, last.mpid);
         let mut logs: BTreeMap<Mpid, (Option<EventLog>, Vec<Vec<u8>>)> = BTreeMap::new();
-        for item in self.db.iterator_cf(
+        for item in self.db.iterator_cf_opt(
             self.cf(CF_EVENTLOG),
+            scan_options(),
             IteratorMode::From(&start, Direction::Forward),
         ) {
             let (k, v) = item?;

@@ -118,6 +118,12 @@ async fn definitions_made_after_the_events_see_them() -> Result<()> {
         }
         assert_eq!(a.status, pb::AudienceStatus::Calculating as i32);
         let c = a.calculation.expect("progress while CALCULATING");
+        let estimate = c.estimate.as_ref().expect("an estimate while CALCULATING");
+        assert_eq!(
+            estimate.estimate,
+            searchers.len() as u64,
+            "exact over 300 profiles"
+        );
         assert!(
             c.profiles_scanned <= c.profiles_total && c.percent <= 100.0,
             "{c:?}"
@@ -189,5 +195,121 @@ async fn definitions_made_after_the_events_see_them() -> Result<()> {
         "{log:?}"
     );
     assert!(matches!(spend.value, Some(pb::attribute_value::Value::NumberValue(v)) if v >= 100.0));
+    // Estimates: all 300 profiles fit the default sample, so the answer is exact; a sample of
+    // 100 gives an interval around the true size; one user in 100 sampled is "too small".
+    let shoe_definition = json!({"event": {"type": "custom_event", "name": "Search",
+        "attributes": [{"name": "query", "op": "contains", "value": "shoe"}],
+        "time": {"within_last_days": 7}}});
+    let exact = audiences
+        .estimate_audience(pb::EstimateAudienceRequest {
+            criteria: Some(criteria(shoe_definition.clone())),
+            sample_size: 0,
+        })
+        .await?
+        .into_inner();
+    assert!(exact.exact && !exact.too_small, "{exact:?}");
+    assert_eq!(
+        (exact.estimate, exact.profiles_total),
+        (searchers.len() as u64, users as u64)
+    );
+    let sampled = audiences
+        .estimate_audience(pb::EstimateAudienceRequest {
+            criteria: Some(criteria(shoe_definition)),
+            sample_size: 100,
+        })
+        .await?
+        .into_inner();
+    assert!(!sampled.exact && !sampled.too_small, "{sampled:?}");
+    assert!((99..=101).contains(&sampled.sample_size), "{sampled:?}");
+    let truth = searchers.len() as u64;
+    assert!(
+        sampled.low <= truth && truth <= sampled.high,
+        "{truth} outside {sampled:?}"
+    );
+    let tiny = audiences
+        .estimate_audience(pb::EstimateAudienceRequest {
+            criteria: Some(criteria(json!({"identity": {"type": "email", "op": "exact_match", "value": "u5001@example.com"}}))),
+            sample_size: 100,
+        })
+        .await?
+        .into_inner();
+    assert!(tiny.too_small, "{tiny:?}");
+    let bad = audiences
+        .estimate_audience(pb::EstimateAudienceRequest {
+            criteria: Some(criteria(json!({"event": {"name": ""}}))),
+            sample_size: 0,
+        })
+        .await
+        .expect_err("an invalid definition is refused");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+
+    // Preview of narrowing the window to 3 days, then the edit itself: the same change.
+    let narrower = json!({"event": {"type": "custom_event", "name": "Search",
+        "attributes": [{"name": "query", "op": "contains", "value": "shoe"}],
+        "time": {"within_last_days": 3}}});
+    let preview = audiences
+        .preview_update(pb::PreviewUpdateRequest {
+            audience_id: shoe_searchers.id,
+            criteria: Some(criteria(narrower.clone())),
+            sample_size: 5,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(preview.members_now, searchers.len() as u64);
+    assert!(
+        preview.would_leave > 0 && preview.would_enter == 0,
+        "{preview:?}"
+    );
+    assert!(preview.leaving_sample.len() == 5 && preview.entering_sample.is_empty());
+    let why = preview
+        .leaving_reason
+        .as_ref()
+        .expect("a reason for leaving");
+    assert!(why.member && !why.root.as_ref().unwrap().matched, "{why:?}");
+    let stored = audiences
+        .get_audience(pb::GetAudienceRequest {
+            id: shoe_searchers.id,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(stored.revision, 1, "a preview changes nothing");
+    let cursor = all.last().map(|d| d.cursor.clone()).unwrap_or_default();
+    audiences
+        .update_audience(pb::UpdateAudienceRequest {
+            id: shoe_searchers.id,
+            name: "searched shoes in 3 days".into(),
+            criteria: Some(criteria(narrower)),
+            ..Default::default()
+        })
+        .await?;
+    let expected_changes = preview.would_leave + preview.would_enter;
+    let changes = collect_deltas(
+        &ch,
+        vec![shoe_searchers.id],
+        &cursor,
+        Duration::from_secs(60),
+        |d| d.len() as u64 >= expected_changes,
+    )
+    .await?;
+    let after_changes = changes.last().map(|d| d.cursor.clone()).unwrap_or_default();
+    let more = collect_deltas(
+        &ch,
+        vec![shoe_searchers.id],
+        &after_changes,
+        Duration::from_secs(2),
+        |_| false,
+    )
+    .await?;
+    let count = |kind: pb::DeltaKind| {
+        changes
+            .iter()
+            .chain(&more)
+            .filter(|d| d.kind == kind as i32)
+            .count() as u64
+    };
+    assert_eq!(
+        (count(pb::DeltaKind::Dropped), count(pb::DeltaKind::Added)),
+        (preview.would_leave, preview.would_enter)
+    );
     Ok(())
 }

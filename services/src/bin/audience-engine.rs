@@ -1,5 +1,10 @@
 //! The audience engine daemon.
 
+/// mimalloc: the engine allocates and frees many short-lived buffers per batch and per
+/// backfill page; glibc's allocator returns and re-faults that memory page by page.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use audience_services::config::{Config, ENVIRONMENT};
 use clap::Parser;
 use std::path::PathBuf;

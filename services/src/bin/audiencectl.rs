@@ -224,6 +224,17 @@ enum AudienceCmd {
     Wait {
         id: u64,
     },
+    /// Estimate the size of the definition in FILE from a sample of profiles (saves nothing).
+    Estimate {
+        file: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        sample: u32,
+    },
+    /// What replacing audience ID's definition with FILE's would change (changes nothing).
+    Diff {
+        id: u64,
+        file: PathBuf,
+    },
     Delete {
         id: u64,
     },
@@ -254,6 +265,25 @@ async fn channel(server: &str) -> anyhow::Result<Channel> {
         .connect()
         .await
         .with_context(|| format!("connecting to the engine at {server}"))
+}
+
+/// One line per criterion of an explanation, indented by depth.
+fn print_explain_node(node: &pb::ExplainNode, depth: usize) {
+    let mark = if node.matched { "yes" } else { "no " };
+    let next = if node.next_change_ms > 0 {
+        format!("  (may change at {})", node.next_change_ms)
+    } else {
+        String::new()
+    };
+    println!(
+        "{}[{mark}] {}: {}{next}",
+        "    ".repeat(depth),
+        node.criterion,
+        node.detail
+    );
+    for child in &node.children {
+        print_explain_node(child, depth + 1);
+    }
 }
 
 fn print_audience(a: &pb::Audience) {
@@ -689,25 +719,8 @@ async fn main() -> anyhow::Result<()> {
                 },
                 e.evaluated_at_ms
             );
-            fn print(node: &pb::ExplainNode, depth: usize) {
-                let mark = if node.matched { "yes" } else { "no " };
-                let next = if node.next_change_ms > 0 {
-                    format!("  (may change at {})", node.next_change_ms)
-                } else {
-                    String::new()
-                };
-                println!(
-                    "{}[{mark}] {}: {}{next}",
-                    "    ".repeat(depth),
-                    node.criterion,
-                    node.detail
-                );
-                for child in &node.children {
-                    print(child, depth + 1);
-                }
-            }
             if let Some(root) = &e.root {
-                print(root, 1);
+                print_explain_node(root, 1);
             }
             Ok(())
         }
@@ -910,6 +923,61 @@ async fn audience(server: &str, cmd: AudienceCmd) -> anyhow::Result<()> {
             }
         }
         AudienceCmd::Wait { id } => wait_calculated(&mut client, id).await?,
+        AudienceCmd::Estimate { file, sample } => {
+            let f = AudienceFile::read(&file)?;
+            let e = client
+                .estimate_audience(pb::EstimateAudienceRequest {
+                    criteria: Some(json_to_struct(&f.criteria)),
+                    sample_size: sample,
+                })
+                .await?
+                .into_inner();
+            if e.too_small {
+                println!(
+                    "~  (too small to estimate: {} of {} sampled profiles match, {} profiles)",
+                    e.sampled_members, e.sample_size, e.profiles_total
+                );
+            } else if e.exact {
+                println!(
+                    "{}  (exact: every one of {} profiles evaluated)",
+                    e.estimate, e.profiles_total
+                );
+            } else {
+                println!(
+                    "{}  (95% interval {}..{}; {} of {} sampled profiles match, {} profiles)",
+                    e.estimate, e.low, e.high, e.sampled_members, e.sample_size, e.profiles_total
+                );
+            }
+        }
+        AudienceCmd::Diff { id, file } => {
+            let f = AudienceFile::read(&file)?;
+            let d = client
+                .preview_update(pb::PreviewUpdateRequest {
+                    audience_id: id,
+                    criteria: Some(json_to_struct(&f.criteria)),
+                    sample_size: 0,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "audience {id}: {} members now; {} would leave, {} would enter ({} profiles scanned)",
+                d.members_now, d.would_leave, d.would_enter, d.profiles_scanned
+            );
+            for (label, sample, reason) in [
+                ("leaving", &d.leaving_sample, &d.leaving_reason),
+                ("entering", &d.entering_sample, &d.entering_reason),
+            ] {
+                if sample.is_empty() {
+                    continue;
+                }
+                let list: Vec<String> = sample.iter().map(|m| m.to_string()).collect();
+                println!("  {label}: {}", list.join(", "));
+                if let Some(root) = reason.as_ref().and_then(|r| r.root.as_ref()) {
+                    println!("  why {} is {label}:", sample[0]);
+                    print_explain_node(root, 2);
+                }
+            }
+        }
         AudienceCmd::Update { id, file, wait } => {
             let f = AudienceFile::read(&file)?;
             let a = client
@@ -967,13 +1035,18 @@ async fn wait_calculated(
             return Ok(());
         }
         let c = a.calculation.unwrap_or_default();
+        let estimate = match &c.estimate {
+            Some(e) if e.too_small => ", estimated size ~".to_string(),
+            Some(e) => format!(", estimated size {} ({}..{})", e.estimate, e.low, e.high),
+            None => String::new(),
+        };
         let left = if c.eta_ms > 0 {
             format!(", about {:.0} s left", c.eta_ms as f64 / 1000.0)
         } else {
             String::new()
         };
         eprint!(
-            "\r\x1b[2Kcalculating {:5.1}%  {} of {} profiles{left}",
+            "\r\x1b[2Kcalculating {:5.1}%  {} of {} profiles{left}{estimate}",
             c.percent, c.profiles_scanned, c.profiles_total
         );
         std::io::stderr().flush()?;

@@ -7,6 +7,11 @@
 //! CPU clock, so other processes on the machine do not count. The ratio says whether the cost
 //! of an event grows with what it touches (it should stay near 1) or with what is defined.
 
+/// mimalloc: the engine allocates and frees many short-lived buffers per batch and per
+/// backfill page; glibc's allocator returns and re-faults that memory page by page.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use audience_state::batch::{decode, DEFAULT_MAX_MESSAGE_BYTES};
 use audience_state::catalog::{AudienceRecord, AudienceStatus, Catalog};
 use audience_state::criteria::EvalContext;

@@ -1,0 +1,251 @@
+//! `make bench`, second figure: how fast a new audience is computed over history, and what the
+//! event log costs on disk.
+//!
+//! It writes a store as the partition actors write it (profiles, event logs, dictionaries), for
+//! `BENCH_BACKFILL_PROFILES` profiles (1,000,000) with `BENCH_BACKFILL_EVENTS` events each (100)
+//! spread over the retention window, over two partitions. Then it starts the real node (one
+//! partition actor per core), defines one audience with event attribute conditions and a window,
+//! and times the backfill from the definition until both partitions have evaluated it, through
+//! the actors' own code: page scans of profiles and logs, rebuild from the log, evaluation,
+//! one write per page. It prints profiles/s (wall), CPU per profile, and the log's bytes per
+//! profile: encoded, and on disk (RocksDB SST files after a flush); then the time and result of
+//! `EstimateAudience` for the same definition, against the exact size.
+
+/// mimalloc: the engine allocates and frees many short-lived buffers per batch and per
+/// backfill page; glibc's allocator returns and re-faults that memory page by page.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use audience_actors::clock::Clock;
+use audience_actors::engine::{Engine, EngineSettings};
+use audience_actors::node::Node;
+use audience_state::catalog::{AudienceRecord, AudienceStatus, Catalog};
+use audience_state::eventlog::{Dictionary, EventLog, LogLimits};
+use audience_state::model::{Batch, Event, EventKind, Inbound, Product, DAY_MS};
+use audience_state::profile::ProfileState;
+use audience_state::store::Store;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PARTITIONS: u32 = 2;
+const RETENTION: i64 = 30 * DAY_MS;
+
+fn env_or(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The `i`-th event of a profile: mostly searches and views with attributes, some purchases.
+fn event(h: u64, at: i64) -> Event {
+    let queries = [
+        "red shoes",
+        "hats",
+        "boots",
+        "shoe sale",
+        "scarves",
+        "gloves",
+    ];
+    let names = [
+        "Search",
+        "View Item",
+        "Add To Wishlist",
+        "Open Menu",
+        "Share",
+        "Rate",
+    ];
+    let custom = |name: &str| EventKind::Custom {
+        name: name.into(),
+        custom_type: Some("other".into()),
+    };
+    let mut attributes = BTreeMap::new();
+    let kind = match h % 10 {
+        0 => EventKind::Commerce {
+            product_action: Some("purchase".into()),
+            products: vec![Product {
+                id: Some(format!("SKU-{}", h % 500)),
+                name: Some("Thing".into()),
+                brand: Some(["acme", "globex", "initech"][(h % 3) as usize].into()),
+                category: Some("apparel".into()),
+                variant: None,
+                price: Some((h % 90) as f64 + 9.99),
+                quantity: Some(1.0),
+            }],
+            total_amount: Some((h % 90) as f64 + 9.99),
+            transaction_id: Some(format!("T{h}")),
+        },
+        n => {
+            let name = names[(n as usize) % names.len()];
+            attributes.insert(
+                "query".to_string(),
+                queries[(h >> 8) as usize % queries.len()].to_string(),
+            );
+            attributes.insert(
+                "screen".to_string(),
+                ["home", "search", "detail"][(h >> 16) as usize % 3].to_string(),
+            );
+            custom(name)
+        }
+    };
+    Event {
+        timestamp_ms: at,
+        kind,
+        attributes,
+    }
+}
+
+fn audience(id: u64, criteria: serde_json::Value) -> AudienceRecord {
+    AudienceRecord {
+        id,
+        name: format!("bench {id}"),
+        external_name: String::new(),
+        status: AudienceStatus::Active,
+        criteria,
+        tags: vec![],
+        created_at_ms: 0,
+        updated_at_ms: 0,
+        revision: 1,
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let profiles = env_or("BENCH_BACKFILL_PROFILES", 1_000_000) as i64;
+    let events = env_or("BENCH_BACKFILL_EVENTS", 100) as i64;
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(Store::open(dir.path(), false)?);
+    let clock = Arc::new(Clock::new(true));
+    let now = clock.now();
+    println!(
+        "backfill bench: {profiles} profiles x {events} events in the log, {PARTITIONS} partitions"
+    );
+
+    // The store as streaming leaves it, written in pages like the actors' batches.
+    let empty = Catalog::build_full(1, vec![], vec![], vec![]);
+    let mut dicts: Vec<Dictionary> = (0..PARTITIONS).map(|_| Dictionary::default()).collect();
+    let written = Instant::now();
+    let (mut encoded_log_bytes, mut logged) = (0u64, 0u64);
+    let page = 1_000;
+    for first in (1..=profiles).step_by(page) {
+        let mut batch = store.batch();
+        for mpid in first..(first + page as i64).min(profiles + 1) {
+            let partition = (mpid as u32) % PARTITIONS;
+            let dict = &mut dicts[partition as usize];
+            let mut profile = ProfileState::new(mpid);
+            let mut log = EventLog::default();
+            let h0 = (mpid as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let evs: Vec<Event> = (0..events)
+                .map(|i| {
+                    let h = h0 ^ (i as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                    // Spread over the window, oldest first.
+                    let at = now - RETENTION + 60_000 + i * (RETENTION - 120_000) / events.max(1);
+                    event(h.rotate_left(17), at)
+                })
+                .collect();
+            let message = Inbound::Batch(Batch {
+                mpid,
+                events: evs,
+                ..Default::default()
+            });
+            profile.apply_logged(&message, now, RETENTION, &empty, &mut |at, e| {
+                log.append(dict, at, e)
+            });
+            log.enforce(now - RETENTION, LogLimits::default());
+            let writes = log.take_writes();
+            encoded_log_bytes += log.bytes();
+            logged += log.events();
+            batch.put_log(partition, mpid, &log, &writes);
+            batch.put_profile(partition, &profile);
+        }
+        for (p, dict) in dicts.iter_mut().enumerate() {
+            batch.put_dictionary(p as u32, &dict.take_new());
+        }
+        store.commit(batch)?;
+    }
+    store.flush()?;
+    let (sst, mem) = store.event_log_bytes()?;
+    println!(
+        "  wrote {profiles} profiles, {logged} logged events in {:.1} s",
+        written.elapsed().as_secs_f64()
+    );
+    println!(
+        "  event log: {:.0} bytes/profile encoded ({:.1} bytes/event), {:.0} bytes/profile on disk (SST {} MiB, memtable {} MiB)",
+        encoded_log_bytes as f64 / profiles as f64,
+        encoded_log_bytes as f64 / logged.max(1) as f64,
+        (sst + mem) as f64 / profiles as f64,
+        sst >> 20,
+        mem >> 20
+    );
+
+    // The node, with the partitions recovered from the store and nothing to do yet.
+    let settings = EngineSettings {
+        retention_ms: RETENTION,
+        ..Default::default()
+    };
+    let engine = Engine::new(store.clone(), clock, settings)?;
+    let node = Node::start(engine.clone(), PARTITIONS as usize)?;
+    for p in 0..PARTITIONS {
+        node.partition(p)?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The new audience: searched for shoes at least twice in the last 7 days.
+    let record = audience(
+        1,
+        serde_json::json!({"event": {"type": "custom_event", "name": "Search", "count": {"at_least": 2},
+            "attributes": [{"name": "query", "op": "contains", "value": "shoe"}],
+            "time": {"within_last_days": 7}}}),
+    );
+    let cpu_before = cpu_time::ProcessTime::now();
+    let started = Instant::now();
+    let compiled = record.validate()?;
+    engine.catalog.store(Arc::new(Catalog::build_full(
+        2,
+        vec![record],
+        vec![],
+        vec![],
+    )));
+    node.catalog_changed();
+    loop {
+        let mut done = 0;
+        for p in 0..PARTITIONS {
+            if store.evaluated_revisions(p)?.contains(&(1, 1)) {
+                done += 1;
+            }
+        }
+        if done == PARTITIONS {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let wall = started.elapsed();
+    let cpu = cpu_before.elapsed();
+    let members: u64 = (0..PARTITIONS)
+        .map(|p| store.audience_size(1, p).unwrap_or(0))
+        .sum();
+    println!(
+        "  backfill of one new audience: {:.2} s, {:.0} profiles/s, {:.2} µs CPU/profile, {members} members",
+        wall.as_secs_f64(),
+        profiles as f64 / wall.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / profiles as f64
+    );
+
+    // The estimate of the same definition as a draft, from the default sample.
+    let started = Instant::now();
+    let partitions: Vec<u32> = (0..PARTITIONS).collect();
+    let sampled = audience_actors::sampling::estimate_size(
+        &engine,
+        &partitions,
+        &compiled,
+        audience_state::estimate::DEFAULT_SAMPLE_SIZE,
+    )?;
+    println!(
+        "  estimate of the same definition: {:?} from {} sampled profiles ({} match) in {:.3} s; exact size {members}",
+        sampled.estimate,
+        sampled.sampled,
+        sampled.sampled_members,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
