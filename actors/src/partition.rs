@@ -239,9 +239,13 @@ impl PartitionActor {
             let stored = store.load_profile(self.partition, mpid)?;
             let is_new = stored.is_none();
             let state = stored.unwrap_or_else(|| ProfileState::new(mpid));
-            let log = store
-                .load_log_head(self.partition, mpid)?
-                .unwrap_or_default();
+            // A log is only ever written with its profile: a new profile has none to read.
+            let log = match is_new {
+                true => EventLog::default(),
+                false => store
+                    .load_log_head(self.partition, mpid)?
+                    .unwrap_or_default(),
+            };
             let stored_due = state.next_due();
             self.cache.insert(
                 mpid,
@@ -420,6 +424,7 @@ impl PartitionActor {
         for delta in &pending.deltas {
             self.outbox_head += 1;
             batch.put_delta(p, self.outbox_head, delta);
+            batch.record_membership(p, delta);
         }
         if !pending.deltas.is_empty() {
             batch.set_outbox_head(p, self.outbox_head);
@@ -749,6 +754,19 @@ impl Actor for PartitionActor {
             actor.start_backfill_if_needed(ctx);
         });
         ctx.run_interval(Duration::from_secs(5), |actor, _| actor.passivate());
+        // Membership intervals that closed before retention: an hourly sweep of the history.
+        ctx.run_interval(Duration::from_secs(3600), |actor, _| {
+            let cutoff = actor.engine.clock.now() - actor.engine.settings.retention_ms;
+            match actor.engine.store.prune_membership_history(actor.partition, cutoff) {
+                Ok(n) if n > 0 => {
+                    tracing::info!(partition = actor.partition, intervals = n, "membership history pruned")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(partition = actor.partition, error = %e, "membership history pruning failed")
+                }
+            }
+        });
         self.start_backfill_if_needed(ctx);
         tracing::info!(partition = self.partition, "partition actor started");
     }

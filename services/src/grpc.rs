@@ -495,6 +495,112 @@ impl pb::membership_service_server::MembershipService for Services {
         Ok(Response::new(pb::ListConnectorsResponse { connectors }))
     }
 
+    async fn get_membership_history(
+        &self,
+        req: Request<pb::GetMembershipHistoryRequest>,
+    ) -> Result<Response<pb::MembershipHistory>, Status> {
+        let mpid = req.into_inner().mpid;
+        let engine = &self.node.engine;
+        let catalog = engine.catalog.load();
+        let from = engine.clock.now() - engine.settings.retention_ms;
+        let mut intervals = Vec::new();
+        for p in self.all_partitions()? {
+            let changes = engine
+                .store
+                .membership_changes_of(p, mpid)
+                .map_err(convert::internal)?;
+            for (audience, changes) in changes {
+                for i in audience_state::membership::intervals(audience, &changes) {
+                    if i.left_ms.is_some_and(|left| left < from) {
+                        continue;
+                    }
+                    intervals.push(pb::MembershipInterval {
+                        audience_id: audience,
+                        audience_name: catalog
+                            .record(audience)
+                            .map(|r| r.name.clone())
+                            .unwrap_or_default(),
+                        entered_ms: i.entered_ms,
+                        left_ms: i.left_ms.unwrap_or_default(),
+                        entered_version: i.entered_version,
+                        left_version: i.left_version.unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        intervals.sort_by_key(|i| (i.entered_ms, i.audience_id));
+        Ok(Response::new(pb::MembershipHistory { mpid, intervals }))
+    }
+
+    async fn list_members(
+        &self,
+        req: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        let r = req.into_inner();
+        let engine = &self.node.engine;
+        self.registry.get(r.audience_id).map_err(convert::status)?;
+        let now = engine.clock.now();
+        let as_of = if r.as_of_ms == 0 { now } else { r.as_of_ms };
+        if as_of > now || as_of < now - engine.settings.retention_ms {
+            return Err(Status::out_of_range(format!(
+                "as_of_ms: {as_of} is outside the retention window {}..{now}",
+                now - engine.settings.retention_ms
+            )));
+        }
+        let page_size = match r.page_size {
+            0 => 1_000,
+            n => n.min(100_000) as usize,
+        };
+        // The token is "partition:last mpid".
+        let (mut partition, mut after) = match r.page_token.split_once(':') {
+            None if r.page_token.is_empty() => (None, None),
+            Some((p, m)) => match (p.parse::<u32>(), m.parse::<i64>()) {
+                (Ok(p), Ok(m)) => (Some(p), Some(m)),
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "page_token: not a token of ListMembers",
+                    ))
+                }
+            },
+            None => {
+                return Err(Status::invalid_argument(
+                    "page_token: not a token of ListMembers",
+                ))
+            }
+        };
+        let mut mpids = Vec::new();
+        let mut next_page_token = String::new();
+        for p in self.all_partitions()? {
+            if partition.is_some_and(|from| p < from) {
+                continue;
+            }
+            if partition.is_some_and(|from| p > from) {
+                after = None;
+            }
+            partition = Some(p);
+            let want = page_size - mpids.len();
+            let page = engine
+                .store
+                .members_at(p, r.audience_id, as_of, after, want)
+                .map_err(convert::internal)?;
+            let full = page.len() == want;
+            if let Some(last) = page.last() {
+                if full {
+                    next_page_token = format!("{p}:{last}");
+                }
+            }
+            mpids.extend(page);
+            if full {
+                break;
+            }
+        }
+        Ok(Response::new(pb::ListMembersResponse {
+            mpids,
+            next_page_token,
+            as_of_ms: as_of,
+        }))
+    }
+
     async fn get_audience_stats(
         &self,
         req: Request<pb::GetAudienceStatsRequest>,
@@ -538,16 +644,23 @@ fn explain_node(e: &audience_state::criteria::Explanation) -> pb::ExplainNode {
 
 impl Services {
     /// A profile from whichever partition of this node holds it.
-    fn load_profile(
-        &self,
-        mpid: i64,
-    ) -> Result<(u32, audience_state::profile::ProfileState), Status> {
+    /// Every partition this node runs or has stored, in order.
+    fn all_partitions(&self) -> Result<Vec<u32>, Status> {
         let engine = &self.node.engine;
         let mut partitions: Vec<u32> = self.node.owned();
         partitions.extend(engine.partitions.lock().iter().copied());
         partitions.extend(engine.store.known_partitions().map_err(convert::internal)?);
         partitions.sort();
         partitions.dedup();
+        Ok(partitions)
+    }
+
+    fn load_profile(
+        &self,
+        mpid: i64,
+    ) -> Result<(u32, audience_state::profile::ProfileState), Status> {
+        let engine = &self.node.engine;
+        let partitions = self.all_partitions()?;
         let found = engine
             .store
             .find_profile(mpid, partitions)

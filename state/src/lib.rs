@@ -8,6 +8,7 @@
 //! - [`calculated`]: calculated attributes, folded per profile as events arrive.
 //! - [`geo`]: the world-city gazetteer and distances, for location criteria.
 //! - [`backfill`]: rebuilding new or changed definitions from the event logs.
+//! - [`membership`]: membership history intervals and as-of answers.
 //! - [`estimate`]: audience sizes from a stable, hash-based uniform sample of profiles.
 //! - [`catalog`]: the set of audiences and the index from changes to the audiences they affect.
 //! - [`outputs`]: output configurations, connections, what a delta becomes for an output.
@@ -25,6 +26,7 @@ pub mod estimate;
 pub mod eventlog;
 pub mod geo;
 pub mod history;
+pub mod membership;
 pub mod model;
 pub mod outputs;
 pub mod profile;

@@ -13,6 +13,8 @@
 //! | `eventlog`    | partition, mpid, `u32::MAX`           | the log head [`EventLog`]: format byte, postcard |
 //! | `logdict`     | partition, code (u32 BE)              | a dictionary name (UTF-8)      |
 //! | `sample`      | partition, sample rank (u64 BE), mpid | empty: profiles in sample order |
+//! | `members`     | partition, `a`, audience, mpid, version | a membership change: kind, time |
+//! | `members`     | partition, `m`, mpid, audience, version | the same change, by profile   |
 //!
 //! The event log (format [`crate::eventlog::LOG_FORMAT`]) is described in [`crate::eventlog`]:
 //! a profile's chunks sort before its head, so one forward scan of a partition reads every
@@ -21,7 +23,10 @@
 //! computed for: a definition at another revision is backfilled. `sample` lists every stored
 //! profile by [`crate::estimate::sample_rank`], so a uniform sample of n profiles is the first
 //! n keys of a partition; meta `profiles/{p}` counts them. Both are written with the profile's
-//! first write.
+//! first write. `members` holds every delta's change (processing time, version), written with
+//! the delta: ListMembers as of an instant reads the `a` range of an audience, a profile's
+//! membership history the `m` range of an MPID; closed intervals that left before retention
+//! are pruned.
 //!
 //! Invariant: the state a batch produced, the deltas it emitted, the timers it set and the
 //! offsets it consumed are written in ONE [`WriteBatch`]: never split. On restart the engine
@@ -30,7 +35,7 @@
 use crate::calculated::CalculatedAttributeRecord;
 use crate::catalog::AudienceRecord;
 use crate::eventlog::{Dictionary, EventLog, LogWrites};
-use crate::model::{AudienceId, Delta, Mpid, TimestampMs};
+use crate::model::{AudienceId, Delta, DeltaKind, Mpid, TimestampMs};
 use crate::outputs::{Connection, ConnectionId, Fault, OutputConfig, OutputId};
 use crate::profile::ProfileState;
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteOptions, DB};
@@ -49,6 +54,7 @@ const CF_AUDIENCES: &str = "audiences";
 const CF_EVENTLOG: &str = "eventlog";
 const CF_LOGDICT: &str = "logdict";
 const CF_SAMPLE: &str = "sample";
+const CF_MEMBERS: &str = "members";
 const COLUMN_FAMILIES: &[&str] = &[
     CF_PROFILES,
     CF_OUTBOX,
@@ -59,6 +65,7 @@ const COLUMN_FAMILIES: &[&str] = &[
     CF_EVENTLOG,
     CF_LOGDICT,
     CF_SAMPLE,
+    CF_MEMBERS,
 ];
 
 /// The chunk seq of a profile's log head: after every chunk of the profile.
@@ -131,6 +138,38 @@ fn sample_key(partition: Partition, mpid: Mpid) -> [u8; 20] {
     k[..4].copy_from_slice(&partition.to_be_bytes());
     k[4..12].copy_from_slice(&crate::estimate::sample_rank(mpid).to_be_bytes());
     k[12..].copy_from_slice(&ordered_i64(mpid));
+    k
+}
+
+/// `members` key by audience: partition, `a`, audience, mpid, version.
+fn member_by_audience_key(
+    partition: Partition,
+    audience: AudienceId,
+    mpid: Mpid,
+    version: u64,
+) -> [u8; 29] {
+    let mut k = [0u8; 29];
+    k[..4].copy_from_slice(&partition.to_be_bytes());
+    k[4] = b'a';
+    k[5..13].copy_from_slice(&audience.to_be_bytes());
+    k[13..21].copy_from_slice(&ordered_i64(mpid));
+    k[21..].copy_from_slice(&version.to_be_bytes());
+    k
+}
+
+/// `members` key by profile: partition, `m`, mpid, audience, version.
+fn member_by_profile_key(
+    partition: Partition,
+    mpid: Mpid,
+    audience: AudienceId,
+    version: u64,
+) -> [u8; 29] {
+    let mut k = [0u8; 29];
+    k[..4].copy_from_slice(&partition.to_be_bytes());
+    k[4] = b'm';
+    k[5..13].copy_from_slice(&ordered_i64(mpid));
+    k[13..21].copy_from_slice(&audience.to_be_bytes());
+    k[21..].copy_from_slice(&version.to_be_bytes());
     k
 }
 
@@ -224,6 +263,22 @@ impl WriteBatch<'_> {
         let cf = self.store.cf(CF_OUTBOX);
         let bytes = postcard::to_stdvec(delta).expect("delta always serialises");
         self.batch.put_cf(cf, seq_key(partition, seq), bytes);
+    }
+
+    /// Records a delta's change in the membership history (both keys).
+    pub fn record_membership(&mut self, partition: Partition, delta: &Delta) {
+        let cf = self.store.cf(CF_MEMBERS);
+        let value = crate::membership::encode_change(delta.kind, delta.processing_time_ms);
+        self.batch.put_cf(
+            cf,
+            member_by_audience_key(partition, delta.audience_id, delta.mpid, delta.version),
+            value,
+        );
+        self.batch.put_cf(
+            cf,
+            member_by_profile_key(partition, delta.mpid, delta.audience_id, delta.version),
+            value,
+        );
     }
 
     pub fn set_outbox_head(&mut self, partition: Partition, seq: u64) {
@@ -342,6 +397,24 @@ impl WriteBatch<'_> {
                 self.batch.delete_cf(cf, key.as_bytes());
             }
         }
+    }
+
+    fn delete_membership(
+        &mut self,
+        partition: Partition,
+        audience: AudienceId,
+        mpid: Mpid,
+        version: u64,
+    ) {
+        let cf = self.store.cf(CF_MEMBERS);
+        self.batch.delete_cf(
+            cf,
+            member_by_audience_key(partition, audience, mpid, version),
+        );
+        self.batch.delete_cf(
+            cf,
+            member_by_profile_key(partition, mpid, audience, version),
+        );
     }
 
     /// Lists a newly stored profile in the sample index.
@@ -501,6 +574,138 @@ impl Store {
             out.push(profile);
         }
         Ok(out)
+    }
+
+    /// A profile's membership changes in a partition, by audience, in version order.
+    pub fn membership_changes_of(
+        &self,
+        partition: Partition,
+        mpid: Mpid,
+    ) -> StoreResult<BTreeMap<AudienceId, Vec<crate::membership::Change>>> {
+        let start = member_by_profile_key(partition, mpid, 0, 0);
+        let mut out: BTreeMap<AudienceId, Vec<crate::membership::Change>> = BTreeMap::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_MEMBERS),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if k.len() != 29 || k[..13] != start[..13] {
+                break;
+            }
+            let audience = be_u64(&k[13..21]);
+            let version = be_u64(&k[21..]);
+            let change = crate::membership::decode_change(version, &v).map_err(|reason| {
+                StoreError::Corrupt {
+                    cf: CF_MEMBERS,
+                    key: format!("{partition}/m/{mpid}/{audience}/{version}"),
+                    reason,
+                }
+            })?;
+            out.entry(audience).or_default().push(change);
+        }
+        Ok(out)
+    }
+
+    /// The members of an audience in a partition at `at`, in MPID order, after `after`
+    /// (exclusive), at most `limit`: read from the history of changes.
+    pub fn members_at(
+        &self,
+        partition: Partition,
+        audience: AudienceId,
+        at: TimestampMs,
+        after: Option<Mpid>,
+        limit: usize,
+    ) -> StoreResult<Vec<Mpid>> {
+        let start = match after {
+            Some(m) if m == Mpid::MAX => return Ok(Vec::new()),
+            Some(m) => member_by_audience_key(partition, audience, m + 1, 0),
+            None => member_by_audience_key(partition, audience, Mpid::MIN, 0),
+        };
+        let mut out = Vec::new();
+        let mut current: Option<(Mpid, Vec<crate::membership::Change>)> = None;
+        let finish = |pair: Option<(Mpid, Vec<crate::membership::Change>)>, out: &mut Vec<Mpid>| {
+            if let Some((mpid, changes)) = pair {
+                if crate::membership::member_at(&changes, at) {
+                    out.push(mpid);
+                }
+            }
+        };
+        for item in self.db.iterator_cf_opt(
+            self.cf(CF_MEMBERS),
+            scan_options(),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if k.len() != 29 || k[..13] != start[..13] {
+                break;
+            }
+            let mpid = from_ordered_i64(&k[13..21]);
+            let version = be_u64(&k[21..]);
+            let change = crate::membership::decode_change(version, &v).map_err(|reason| {
+                StoreError::Corrupt {
+                    cf: CF_MEMBERS,
+                    key: format!("{partition}/a/{audience}/{mpid}/{version}"),
+                    reason,
+                }
+            })?;
+            if current.as_ref().is_none_or(|(m, _)| *m != mpid) {
+                finish(current.take(), &mut out);
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                current = Some((mpid, Vec::new()));
+            }
+            if let Some((_, changes)) = current.as_mut() {
+                changes.push(change);
+            }
+        }
+        finish(current.take(), &mut out);
+        Ok(out)
+    }
+
+    /// Deletes the membership intervals of a partition that closed before `cutoff` (both
+    /// keys of both records). Returns how many intervals went.
+    pub fn prune_membership_history(
+        &self,
+        partition: Partition,
+        cutoff: TimestampMs,
+    ) -> StoreResult<u64> {
+        let mut start = [0u8; 5];
+        start[..4].copy_from_slice(&partition.to_be_bytes());
+        start[4] = b'm';
+        let mut batch = self.batch();
+        let mut pruned = 0;
+        let mut pending: Option<(Mpid, AudienceId, crate::membership::Change)> = None;
+        for item in self.db.iterator_cf_opt(
+            self.cf(CF_MEMBERS),
+            scan_options(),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if k.len() != 29 || k[..5] != start[..] {
+                break;
+            }
+            let mpid = from_ordered_i64(&k[5..13]);
+            let audience = be_u64(&k[13..21]);
+            let version = be_u64(&k[21..]);
+            let Ok(change) = crate::membership::decode_change(version, &v) else {
+                continue;
+            };
+            match (pending.take(), change.kind) {
+                (Some((m, a, added)), DeltaKind::Dropped)
+                    if m == mpid && a == audience && change.at_ms < cutoff =>
+                {
+                    for c in [added, change] {
+                        batch.delete_membership(partition, audience, mpid, c.version);
+                    }
+                    pruned += 1;
+                }
+                (_, DeltaKind::Added) => pending = Some((mpid, audience, change)),
+                _ => {}
+            }
+        }
+        self.commit(batch)?;
+        Ok(pruned)
     }
 
     /// The first `limit` profiles of a partition in sample order (a uniform sample).

@@ -274,6 +274,9 @@ async fn definitions_made_after_the_events_see_them() -> Result<()> {
         .into_inner();
     assert_eq!(stored.revision, 1, "a preview changes nothing");
     let cursor = all.last().map(|d| d.cursor.clone()).unwrap_or_default();
+    // The edit happens a minute later, so that "as of before the edit" is an instant apart.
+    let before_edit = engine_now(&ch).await?;
+    advance_clock(&ch, 60_000).await?;
     audiences
         .update_audience(pb::UpdateAudienceRequest {
             id: shoe_searchers.id,
@@ -311,5 +314,80 @@ async fn definitions_made_after_the_events_see_them() -> Result<()> {
         (count(pb::DeltaKind::Dropped), count(pb::DeltaKind::Added)),
         (preview.would_leave, preview.would_enter)
     );
+
+    // Membership as of an instant equals what the subscriber had been told by then.
+    let told: Vec<pb::MembershipDelta> = all
+        .iter()
+        .chain(&changes)
+        .chain(&more)
+        .filter(|d| d.audience_id == shoe_searchers.id)
+        .cloned()
+        .collect();
+    let told_by = |t: i64| {
+        let upto: Vec<pb::MembershipDelta> = told
+            .iter()
+            .filter(|d| d.processing_time_ms <= t)
+            .cloned()
+            .collect();
+        added(&upto, shoe_searchers.id)
+    };
+    let mut members_client =
+        pb::membership_service_client::MembershipServiceClient::new(ch.clone());
+    let mut list_members = async |as_of_ms: i64| -> Result<BTreeSet<i64>> {
+        let mut out = BTreeSet::new();
+        let mut page_token = String::new();
+        loop {
+            let page = members_client
+                .list_members(pb::ListMembersRequest {
+                    audience_id: shoe_searchers.id,
+                    as_of_ms,
+                    page_size: 7,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            assert!(page.mpids.len() <= 7);
+            out.extend(page.mpids);
+            if page.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            page_token = page.next_page_token;
+        }
+    };
+    let now = engine_now(&ch).await?;
+    assert_eq!(list_members(before_edit).await?, told_by(before_edit));
+    assert_eq!(told_by(before_edit), searchers);
+    assert_eq!(list_members(0).await?, told_by(now));
+    assert_eq!(
+        told_by(now).len() as u64,
+        searchers.len() as u64 - preview.would_leave
+    );
+    let outside = members_client
+        .list_members(pb::ListMembersRequest {
+            audience_id: shoe_searchers.id,
+            as_of_ms: now - 31 * DAY,
+            ..Default::default()
+        })
+        .await
+        .expect_err("before retention");
+    assert_eq!(outside.code(), tonic::Code::OutOfRange);
+
+    // A leaver's history: entered at version 1, left at version 2 with the edit.
+    let leaver = preview.leaving_sample[0];
+    let history = members_client
+        .get_membership_history(pb::GetMembershipHistoryRequest { mpid: leaver })
+        .await?
+        .into_inner();
+    let stretch = history
+        .intervals
+        .iter()
+        .find(|i| i.audience_id == shoe_searchers.id)
+        .expect("the audience in the history");
+    assert_eq!(
+        (stretch.entered_version, stretch.left_version),
+        (1, 2),
+        "{history:?}"
+    );
+    assert!(stretch.entered_ms <= before_edit && stretch.left_ms > before_edit);
     Ok(())
 }

@@ -123,6 +123,14 @@ enum Command {
     },
     /// Show a profile: identities, attributes, audiences, event counts.
     Profile { mpid: i64 },
+    /// A profile's membership history: when it entered and left each audience (retention).
+    History { mpid: i64 },
+    /// The members of an audience now, or at an instant within retention (ms since epoch).
+    Members {
+        audience: u64,
+        #[arg(long)]
+        as_of: Option<i64>,
+    },
     /// Why a user is or is not in an audience.
     Explain { mpid: i64, audience: u64 },
     /// Set an event's data tier (only "personalize" events feed real-time audiences), or list them.
@@ -602,6 +610,54 @@ async fn main() -> anyhow::Result<()> {
                         .await?;
                     println!("deleted {name}");
                 }
+            }
+            Ok(())
+        }
+        Command::History { mpid } => {
+            let mut client = MembershipServiceClient::new(channel(&cli.server).await?);
+            let h = client
+                .get_membership_history(pb::GetMembershipHistoryRequest { mpid })
+                .await?
+                .into_inner();
+            for i in h.intervals {
+                let left = if i.left_ms == 0 {
+                    "still a member".to_string()
+                } else {
+                    format!("left {} (v{})", i.left_ms, i.left_version)
+                };
+                println!(
+                    "{:>5}  {:<32} entered {} (v{})  {left}",
+                    i.audience_id, i.audience_name, i.entered_ms, i.entered_version
+                );
+            }
+            Ok(())
+        }
+        Command::Members { audience, as_of } => {
+            let mut client = MembershipServiceClient::new(channel(&cli.server).await?);
+            let mut page_token = String::new();
+            let mut total = 0;
+            loop {
+                let page = client
+                    .list_members(pb::ListMembersRequest {
+                        audience_id: audience,
+                        as_of_ms: as_of.unwrap_or(0),
+                        page_size: 10_000,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                total += page.mpids.len();
+                for mpid in &page.mpids {
+                    println!("{mpid}");
+                }
+                if page.next_page_token.is_empty() {
+                    eprintln!(
+                        "{total} members of audience {audience} as of {}",
+                        page.as_of_ms
+                    );
+                    break;
+                }
+                page_token = page.next_page_token;
             }
             Ok(())
         }
