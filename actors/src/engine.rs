@@ -82,6 +82,24 @@ pub struct Calculation {
     pub started_at_ms: i64,
 }
 
+/// A partition's rebuild of its profiles from their logs (replay): running or last finished.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayProgress {
+    /// The profile states were deleted before the rebuild (not only overwritten).
+    pub wiped: bool,
+    pub scanned: u64,
+    /// Profiles stored when it started.
+    pub total: u64,
+    /// Deltas the rebuilt profiles emitted: where the logs and the catalog disagreed with
+    /// what had been sent (none after a replay of a healthy store).
+    pub deltas: u64,
+    /// Profiles whose event log could not be read (rebuilt from facts and memberships).
+    pub unreadable: u64,
+    pub started_at_ms: i64,
+    /// `None`: still running.
+    pub finished_at_ms: Option<i64>,
+}
+
 /// Counters of the node, for status calls (Prometheus gets the same through `metrics`).
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -108,6 +126,8 @@ pub struct Engine {
     pub profile_counts: Mutex<HashMap<Partition, u64>>,
     /// Size estimates of CALCULATING audiences by (audience, revision), computed once.
     pub estimates: Mutex<HashMap<(AudienceId, u64), crate::sampling::SampledEstimate>>,
+    /// Replays by partition, kept by the partition actors.
+    pub replays: Mutex<HashMap<Partition, ReplayProgress>>,
 }
 
 impl Engine {
@@ -155,6 +175,7 @@ impl Engine {
             backfills: Mutex::new(HashMap::new()),
             profile_counts: Mutex::new(HashMap::new()),
             estimates: Mutex::new(HashMap::new()),
+            replays: Mutex::new(HashMap::new()),
         }))
     }
 

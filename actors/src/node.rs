@@ -2,7 +2,9 @@
 //! thread per core), and the routing of work to them.
 
 use crate::engine::Engine;
-use crate::partition::{CatalogChanged, PartitionActor, PartitionSnapshot, Snapshot, Stop, Tick};
+use crate::partition::{
+    CatalogChanged, PartitionActor, PartitionSnapshot, Snapshot, StartReplay, Stop, Tick,
+};
 use actix::prelude::*;
 use audience_state::store::Partition;
 use parking_lot::Mutex;
@@ -95,6 +97,27 @@ impl Node {
         for addr in self.actors.lock().values() {
             addr.do_send(Tick);
         }
+    }
+
+    /// Asks every partition of this node to rebuild its profiles from their logs (with
+    /// `wipe`, after deleting their states). Returns each partition's profile count, or why it
+    /// could not start.
+    pub async fn start_replay(&self, wipe: bool) -> Vec<(Partition, Result<u64, String>)> {
+        let addrs: Vec<_> = self
+            .actors
+            .lock()
+            .iter()
+            .map(|(p, a)| (*p, a.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (p, addr) in addrs {
+            let result = match addr.send(StartReplay { wipe }).await {
+                Ok(r) => r,
+                Err(e) => Err(format!("partition {p} is stopping: {e}")),
+            };
+            out.push((p, result));
+        }
+        out
     }
 
     pub async fn snapshots(&self) -> Vec<PartitionSnapshot> {

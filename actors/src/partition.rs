@@ -12,18 +12,25 @@
 //! - a profile's event log is written in the same batch as its state, with the dictionary
 //!   names it newly uses, so a stored log never refers to a name the store lacks;
 //! - while a changed definition is backfilled, streaming evaluates it only for profiles the
-//!   scan has passed: the others are evaluated once, by the scan, over their whole log.
+//!   scan has passed: the others are evaluated once, by the scan, over their whole log;
+//! - a profile's facts record is written in the batch of every state whose facts changed, so
+//!   the logs alone rebuild it (replay); while a replay that wiped the states runs, a profile
+//!   the scan has not reached is rebuilt from its logs when a message activates it.
 
-use crate::engine::{BackfillProgress, Engine};
+use crate::engine::{BackfillProgress, Engine, ReplayProgress};
 use actix::prelude::*;
 use audience_state::backfill::BackfillPlan;
 use audience_state::batch::decode;
 use audience_state::catalog::Catalog;
 use audience_state::criteria::EvalContext;
 use audience_state::eventlog::{Dictionary, EventLog};
+use audience_state::facts::encode_facts;
 use audience_state::model::{AudienceId, Delta, DeltaKind, Inbound, Mpid, TimestampMs};
 use audience_state::profile::{ChangeSet, ProfileState};
-use audience_state::store::{DeadLetter, Partition, StoreError, WriteBatch};
+use audience_state::replay::{audiences_to_evaluate, logged_events, rebuild_profile};
+use audience_state::store::{
+    DeadLetter, Partition, ProfileLogs, ReplayCursor, StoreError, WriteBatch,
+};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -80,6 +87,21 @@ struct BackfillStep {
     generation: u64,
 }
 
+/// Rebuild every profile of the partition from its logs (facts, event log, membership
+/// history); with `wipe`, delete the profile states and timers first. Started after a running
+/// backfill ends; a replay already running is left to finish. Returns the profiles to scan.
+#[derive(Message)]
+#[rtype(result = "Result<u64, String>")]
+pub struct StartReplay {
+    pub wipe: bool,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ReplayStep {
+    generation: u64,
+}
+
 /// Stop the actor after the messages already queued (the partition was revoked).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -100,11 +122,30 @@ pub struct PartitionSnapshot {
 struct Cached {
     state: ProfileState,
     log: EventLog,
+    /// The facts record as stored: rewritten when the state's facts encode differently.
+    facts: Vec<u8>,
+    /// Rebuilt from its logs: its first evaluation covers every audience, to set its timers.
+    rebuilt: bool,
     /// Not stored yet: its first write also lists it in the sample index and the count.
     is_new: bool,
     /// The timer instant stored for this profile, to move it when it changes.
     stored_due: Option<TimestampMs>,
     last_used: Instant,
+}
+
+impl Cached {
+    /// A profile never stored.
+    fn new(mpid: Mpid) -> Cached {
+        Cached {
+            state: ProfileState::new(mpid),
+            log: EventLog::default(),
+            facts: Vec::new(),
+            rebuilt: false,
+            is_new: true,
+            stored_due: None,
+            last_used: Instant::now(),
+        }
+    }
 }
 
 pub struct PartitionActor {
@@ -124,6 +165,12 @@ pub struct PartitionActor {
     backfill_cursor: Option<(Arc<Vec<AudienceId>>, Option<Mpid>)>,
     /// Bumped when in-memory state is rebuilt from the store or a backfill starts.
     generation: u64,
+    /// The running replay (stored, so a restart resumes it), and one asked for while a
+    /// backfill ran (`Some(wipe)`).
+    replay: Option<ReplayCursor>,
+    replay_requested: Option<bool>,
+    /// A replay step is queued in the mailbox.
+    replay_driving: bool,
     /// The catalog or `evaluated` changed since the last look for stale audiences: only then
     /// is the whole catalog scanned, so a batch costs nothing per audience defined.
     catalog_dirty: bool,
@@ -141,6 +188,8 @@ struct Pending {
     deltas: Vec<Delta>,
     dead_letters: Vec<DeadLetter>,
     sizes_changed: BTreeSet<AudienceId>,
+    /// A replay's position after this unit of work (`Some(None)`: the replay is done).
+    replay_cursor: Option<Option<ReplayCursor>>,
 }
 
 impl PartitionActor {
@@ -159,6 +208,9 @@ impl PartitionActor {
             backfilling: false,
             backfill_cursor: None,
             generation: 0,
+            replay: None,
+            replay_requested: None,
+            replay_driving: false,
             catalog_dirty: true,
             cache: HashMap::new(),
             next_offsets: HashMap::new(),
@@ -206,6 +258,15 @@ impl PartitionActor {
             }
             store.commit(b)?;
         }
+        if !store.facts_indexed(p)? {
+            let n = store.index_facts(p)?;
+            tracing::info!(
+                partition = p,
+                profiles = n,
+                "facts records written for a store from before them"
+            );
+        }
+        self.replay = store.replay_cursor(p)?;
         self.outbox_head = store.outbox_head(p)?;
         self.deadletter_head = store.deadletter_head(p)?;
         Ok(())
@@ -215,6 +276,7 @@ impl PartitionActor {
     /// again from what the store holds, so nothing half-applied is ever written later.
     fn recover(&mut self) {
         self.cache.clear();
+        self.replay_driving = false;
         self.backfilling = false;
         self.backfill_cursor = None;
         self.engine.backfills.lock().remove(&self.partition);
@@ -235,28 +297,32 @@ impl PartitionActor {
     /// Activates a profile: from the cache, else from RocksDB, else new.
     fn activate(&mut self, mpid: Mpid) -> Result<&mut Cached, StoreError> {
         if !self.cache.contains_key(&mpid) {
-            let store = &self.engine.store;
+            let store = self.engine.store.clone();
             let stored = store.load_profile(self.partition, mpid)?;
-            let is_new = stored.is_none();
-            let state = stored.unwrap_or_else(|| ProfileState::new(mpid));
-            // A log is only ever written with its profile: a new profile has none to read.
-            let log = match is_new {
-                true => EventLog::default(),
-                false => store
-                    .load_log_head(self.partition, mpid)?
-                    .unwrap_or_default(),
-            };
-            let stored_due = state.next_due();
-            self.cache.insert(
-                mpid,
-                Cached {
+            let wiped = self
+                .replay
+                .is_some_and(|r| r.wiped && r.after.is_none_or(|after| mpid > after));
+            let cached = match stored {
+                Some(state) => Cached {
+                    log: store
+                        .load_log_head(self.partition, mpid)?
+                        .unwrap_or_default(),
+                    facts: encode_facts(&state),
+                    rebuilt: false,
+                    is_new: false,
+                    stored_due: state.next_due(),
                     state,
-                    log,
-                    is_new,
-                    stored_due,
                     last_used: Instant::now(),
                 },
-            );
+                // Its state was wiped and the replay has not reached it: from its logs.
+                None if wiped => match store.load_profile_logs(self.partition, mpid)? {
+                    Some(logs) => self.rebuild_from_logs(logs).0,
+                    None => Cached::new(mpid),
+                },
+                // A log is only ever written with its profile: a new profile has none to read.
+                None => Cached::new(mpid),
+            };
+            self.cache.insert(mpid, cached);
         }
         let cached = self.cache.get_mut(&mpid).expect("inserted above");
         cached.last_used = Instant::now();
@@ -286,6 +352,10 @@ impl PartitionActor {
     ) -> Result<(), StoreError> {
         let catalog = self.catalog.clone();
         let cached = self.activate(mpid)?;
+        let audiences = match std::mem::take(&mut cached.rebuilt) {
+            true => audiences_to_evaluate(&catalog, &cached.state),
+            false => audiences,
+        };
         let deltas = cached.state.evaluate(audiences, &catalog, ctx, event_time);
         pending.dirty.insert(mpid);
         self.account(&deltas, pending);
@@ -411,8 +481,16 @@ impl PartitionActor {
                     }
                     cached.stored_due = due;
                 }
+                let facts = encode_facts(&cached.state);
+                if facts != cached.facts {
+                    batch.put_facts(p, *mpid, &facts);
+                    cached.facts = facts;
+                }
                 batch.put_profile(p, &cached.state);
             }
+        }
+        if let Some(cursor) = pending.replay_cursor {
+            batch.set_replay_cursor(p, cursor);
         }
         if profile_count != self.profile_count {
             batch.set_profile_count(p, profile_count);
@@ -630,10 +708,14 @@ impl PartitionActor {
             let mpid = item.profile.mpid;
             // A cached profile is the stored one (every unit of work commits): keep it, its
             // log head is the one these chunks belong to.
+            // The stored facts are those of the stored state (facts are indexed before any
+            // unit of work runs, and written with every state that changes them).
             let cached = self.cache.entry(mpid).or_insert_with(|| Cached {
                 stored_due: item.profile.next_due(),
+                facts: encode_facts(&item.profile),
                 state: item.profile,
                 log: item.log,
+                rebuilt: false,
                 is_new: false,
                 last_used: Instant::now(),
             });
@@ -673,8 +755,185 @@ impl PartitionActor {
         }
     }
 
-    fn start_backfill_if_needed(&mut self, ctx: &mut Context<Self>) {
+    /// Drives the partition's background work: a running replay first, then a replay asked
+    /// for while a backfill ran, then the backfill of changed definitions.
+    fn continue_background(&mut self, ctx: &mut Context<Self>) {
+        if let Some(cursor) = self.replay {
+            if !self.replay_driving {
+                self.replay_driving = true;
+                // A replay resumed after a restart: its progress counts from here.
+                let (now, total) = (self.engine.clock.now(), self.profile_count);
+                self.engine
+                    .replays
+                    .lock()
+                    .entry(self.partition)
+                    .or_insert(ReplayProgress {
+                        wiped: cursor.wiped,
+                        scanned: 0,
+                        total,
+                        deltas: 0,
+                        unreadable: 0,
+                        started_at_ms: now,
+                        finished_at_ms: None,
+                    });
+                ctx.notify(ReplayStep {
+                    generation: self.generation,
+                });
+            }
+            return;
+        }
+        if !self.backfilling {
+            if let Some(wipe) = self.replay_requested.take() {
+                if let Err(e) = self.start_replay(wipe, ctx) {
+                    tracing::error!(partition = self.partition, error = %e, "replay could not start");
+                    self.recover();
+                }
+                return;
+            }
+        }
+        self.start_backfill_if_needed(ctx);
+    }
+
+    /// Starts rebuilding every profile from its logs (see [`StartReplay`]); returns the
+    /// profiles to scan.
+    fn start_replay(&mut self, wipe: bool, ctx: &mut Context<Self>) -> Result<u64, StoreError> {
+        if self.replay.is_some() {
+            return Ok(self.profile_count);
+        }
         if self.backfilling {
+            let wipe = wipe || self.replay_requested.unwrap_or(false);
+            self.replay_requested = Some(wipe);
+            return Ok(self.profile_count);
+        }
+        let store = self.engine.store.clone();
+        let cursor = ReplayCursor {
+            wiped: wipe,
+            after: None,
+        };
+        let mut b = store.batch();
+        if wipe {
+            b.wipe_profile_states(self.partition);
+        }
+        b.set_replay_cursor(self.partition, Some(cursor));
+        store.commit(b)?;
+        if wipe {
+            // Nothing of the old states is used again: every profile comes from its logs.
+            self.cache.clear();
+        }
+        self.replay = Some(cursor);
+        self.engine.replays.lock().insert(
+            self.partition,
+            ReplayProgress {
+                wiped: wipe,
+                scanned: 0,
+                total: self.profile_count,
+                deltas: 0,
+                unreadable: 0,
+                started_at_ms: self.engine.clock.now(),
+                finished_at_ms: None,
+            },
+        );
+        tracing::info!(
+            partition = self.partition,
+            wipe,
+            profiles = self.profile_count,
+            "replaying profiles from their logs"
+        );
+        self.continue_background(ctx);
+        Ok(self.profile_count)
+    }
+
+    /// A profile rebuilt from its logs, to be evaluated over every audience; and whether its
+    /// event log could not be read (it is then rebuilt from its facts and memberships).
+    fn rebuild_from_logs(&self, logs: ProfileLogs) -> (Cached, bool) {
+        let ctx = self.ctx();
+        let chunks: Vec<&[u8]> = logs.chunks.iter().map(Vec::as_slice).collect();
+        let (events, unreadable) = match logged_events(&logs.log, &chunks, &self.dict) {
+            Ok(events) => (events, false),
+            Err(reason) => {
+                tracing::warn!(partition = self.partition, mpid = logs.mpid, %reason,
+                    "event log unreadable; the profile is rebuilt from its facts and memberships");
+                metrics::counter!("audience_eventlog_unreadable_total").increment(1);
+                (Vec::new(), true)
+            }
+        };
+        let state = rebuild_profile(
+            logs.mpid,
+            logs.facts,
+            events,
+            &logs.memberships,
+            &self.catalog,
+            ctx.now,
+            ctx.retention_ms,
+        );
+        let cached = Cached {
+            facts: encode_facts(&state),
+            state,
+            log: logs.log,
+            rebuilt: true,
+            is_new: false,
+            stored_due: None,
+            last_used: Instant::now(),
+        };
+        (cached, unreadable)
+    }
+
+    /// One page of a replay: rebuilds the next profiles from their logs and evaluates them
+    /// over every audience, in one write with the replay's new position. Returns whether the
+    /// replay is done.
+    fn replay_step(&mut self) -> Result<bool, StoreError> {
+        let Some(cursor) = self.replay else {
+            return Ok(true);
+        };
+        self.adopt_catalog();
+        let ctx = self.ctx();
+        let limit = self.engine.settings.backfill_chunk.max(1);
+        let page = self
+            .engine
+            .store
+            .scan_profile_logs(self.partition, cursor.after, limit)?;
+        let scanned = page.len() as u64;
+        let mut pending = Pending::default();
+        let mut unreadable = 0;
+        let mut last = cursor.after;
+        for logs in page {
+            let mpid = logs.mpid;
+            // The timer row a cached profile stored is known; one of a profile not in memory
+            // is dropped when it fires for a state that no longer wants it.
+            let stored_due = self.cache.get(&mpid).and_then(|c| c.stored_due);
+            let (mut cached, bad) = self.rebuild_from_logs(logs);
+            cached.stored_due = stored_due;
+            unreadable += u64::from(bad);
+            self.cache.insert(mpid, cached);
+            self.evaluate_profile(mpid, Vec::new(), ctx.now, &ctx, &mut pending)?;
+            last = Some(mpid);
+        }
+        let done = (scanned as usize) < limit || last == Some(Mpid::MAX);
+        let next = ReplayCursor {
+            after: last,
+            ..cursor
+        };
+        pending.replay_cursor = Some((!done).then_some(next));
+        let deltas = pending.deltas.len() as u64;
+        self.commit(pending, false)?;
+        self.replay = (!done).then_some(next);
+        if let Some(progress) = self.engine.replays.lock().get_mut(&self.partition) {
+            progress.scanned += scanned;
+            progress.deltas += deltas;
+            progress.unreadable += unreadable;
+            progress.total = progress.total.max(progress.scanned);
+            if done {
+                progress.finished_at_ms = Some(self.engine.clock.now());
+            }
+        }
+        if self.cache.len() > self.engine.settings.max_cached_profiles {
+            self.passivate();
+        }
+        Ok(done)
+    }
+
+    fn start_backfill_if_needed(&mut self, ctx: &mut Context<Self>) {
+        if self.backfilling || self.replay.is_some() {
             return;
         }
         let (stale, stale_calculated) = self.stale_definitions();
@@ -751,7 +1010,7 @@ impl Actor for PartitionActor {
                 tracing::error!(partition = actor.partition, error = %e, "timer processing failed");
                 actor.recover();
             }
-            actor.start_backfill_if_needed(ctx);
+            actor.continue_background(ctx);
         });
         ctx.run_interval(Duration::from_secs(5), |actor, _| actor.passivate());
         // Membership intervals that closed before retention: an hourly sweep of the history.
@@ -767,7 +1026,7 @@ impl Actor for PartitionActor {
                 }
             }
         });
-        self.start_backfill_if_needed(ctx);
+        self.continue_background(ctx);
         tracing::info!(partition = self.partition, "partition actor started");
     }
 }
@@ -794,14 +1053,14 @@ impl Handler<Tick> for PartitionActor {
             tracing::error!(partition = self.partition, error = %e, "timer processing failed");
             self.recover();
         }
-        self.start_backfill_if_needed(ctx);
+        self.continue_background(ctx);
     }
 }
 
 impl Handler<CatalogChanged> for PartitionActor {
     type Result = ();
     fn handle(&mut self, _: CatalogChanged, ctx: &mut Context<Self>) {
-        self.start_backfill_if_needed(ctx);
+        self.continue_background(ctx);
     }
 }
 
@@ -862,10 +1121,57 @@ impl Handler<BackfillStep> for PartitionActor {
                 metrics::gauge!("audience_backfill_profiles", "partition" => partition).set(0.0);
                 self.catalog_dirty = true;
                 tracing::info!(partition = self.partition, audiences = ?step.audiences, "stored profiles evaluated");
-                self.start_backfill_if_needed(ctx);
+                self.continue_background(ctx);
             }
             Err(e) => {
                 tracing::error!(partition = self.partition, error = %e, "backfill failed; starting over");
+                self.recover();
+            }
+        }
+    }
+}
+
+impl Handler<StartReplay> for PartitionActor {
+    type Result = Result<u64, String>;
+    fn handle(&mut self, msg: StartReplay, ctx: &mut Context<Self>) -> Self::Result {
+        self.start_replay(msg.wipe, ctx).map_err(|e| {
+            tracing::error!(partition = self.partition, error = %e, "replay could not start");
+            self.recover();
+            e.to_string()
+        })
+    }
+}
+
+impl Handler<ReplayStep> for PartitionActor {
+    type Result = ();
+    fn handle(&mut self, step: ReplayStep, ctx: &mut Context<Self>) {
+        if step.generation != self.generation {
+            return;
+        }
+        match self.replay_step() {
+            Ok(false) => {
+                let next = ReplayStep {
+                    generation: self.generation,
+                };
+                match self.engine.settings.backfill_pause_ms {
+                    0 => ctx.notify(next),
+                    ms => {
+                        ctx.notify_later(next, Duration::from_millis(ms));
+                    }
+                }
+            }
+            Ok(true) => {
+                self.replay_driving = false;
+                let progress = self.engine.replays.lock().get(&self.partition).cloned();
+                tracing::info!(
+                    partition = self.partition,
+                    ?progress,
+                    "profiles replayed from their logs"
+                );
+                self.continue_background(ctx);
+            }
+            Err(e) => {
+                tracing::error!(partition = self.partition, error = %e, "replay step failed; resuming from its stored position");
                 self.recover();
             }
         }

@@ -26,6 +26,30 @@ pub struct Services {
 }
 
 impl Services {
+    /// The replays of this node's partitions, running or finished.
+    fn replay_status(&self) -> pb::ReplayStatus {
+        let replays = self.node.engine.replays.lock().clone();
+        let mut partitions: Vec<pb::PartitionReplay> = replays
+            .into_iter()
+            .map(|(partition, r)| pb::PartitionReplay {
+                partition,
+                wiped: r.wiped,
+                running: r.finished_at_ms.is_none(),
+                profiles_scanned: r.scanned,
+                profiles_total: r.total,
+                deltas: r.deltas,
+                unreadable_logs: r.unreadable,
+                started_at_ms: r.started_at_ms,
+                finished_at_ms: r.finished_at_ms.unwrap_or(0),
+            })
+            .collect();
+        partitions.sort_by_key(|p| p.partition);
+        pb::ReplayStatus {
+            running: partitions.iter().any(|p| p.running),
+            partitions,
+        }
+    }
+
     fn with_figures(
         &self,
         records: Vec<audience_state::catalog::AudienceRecord>,
@@ -767,6 +791,37 @@ impl pb::admin_service_server::AdminService for Services {
             now_ms: clock.now(),
             manual: clock.is_manual(),
         }))
+    }
+
+    async fn replay_from_log(
+        &self,
+        req: Request<pb::ReplayFromLogRequest>,
+    ) -> Result<Response<pb::ReplayStatus>, Status> {
+        let wipe = req.into_inner().wipe_profiles;
+        let started = self.node.start_replay(wipe).await;
+        if started.is_empty() {
+            return Err(Status::failed_precondition(
+                "this node owns no partition yet: nothing to replay",
+            ));
+        }
+        let failed: Vec<String> = started
+            .iter()
+            .filter_map(|(p, r)| r.as_ref().err().map(|e| format!("partition {p}: {e}")))
+            .collect();
+        if !failed.is_empty() {
+            return Err(Status::internal(format!(
+                "replay could not start on {}",
+                failed.join("; ")
+            )));
+        }
+        Ok(Response::new(self.replay_status()))
+    }
+
+    async fn get_replay(
+        &self,
+        _: Request<pb::GetReplayRequest>,
+    ) -> Result<Response<pb::ReplayStatus>, Status> {
+        Ok(Response::new(self.replay_status()))
     }
 
     async fn get_engine_status(

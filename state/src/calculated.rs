@@ -415,6 +415,13 @@ impl CalcState {
         }
     }
 
+    /// Whether nothing is folded in any more (every occurrence left the window): such a state
+    /// reads as an absent one, and is dropped so that a state rebuilt from the event log
+    /// is the streamed one.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.lifetime == Aggregate::default()
+    }
+
     /// The value at `now`, and when the clock alone next changes it (a windowed occurrence
     /// leaving the window).
     pub fn value_at(

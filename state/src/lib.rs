@@ -13,6 +13,8 @@
 //! - [`catalog`]: the set of audiences and the index from changes to the audiences they affect.
 //! - [`outputs`]: output configurations, connections, what a delta becomes for an output.
 //! - [`profile`]: the per-MPID state machine: apply a message, evaluate, emit deltas.
+//! - [`facts`]: a profile's latest-wins facts, the compacted log of what it is.
+//! - [`replay`]: a profile rebuilt from its facts, event log and membership history.
 //! - [`store`]: the RocksDB layout: profiles, offsets, outbox, timers, dead letters, audiences.
 //!
 //! Invariant: every module but `store` is pure (no I/O, no clock): the caller passes `now`.
@@ -24,10 +26,12 @@ pub mod catalog;
 pub mod criteria;
 pub mod estimate;
 pub mod eventlog;
+pub mod facts;
 pub mod geo;
 pub mod history;
 pub mod membership;
 pub mod model;
 pub mod outputs;
 pub mod profile;
+pub mod replay;
 pub mod store;

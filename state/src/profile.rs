@@ -194,6 +194,13 @@ impl ProfileState {
                 }
             }
         }
+        self.prune(now, retention_ms, catalog);
+        changes
+    }
+
+    /// Forgets what left retention: event series by whole UTC day, calculated attributes by
+    /// their windows; and the states of calculated attributes that were redefined.
+    pub fn prune(&mut self, now: TimestampMs, retention_ms: i64, catalog: &Catalog) {
         let cutoff = now - retention_ms;
         self.history.retain(|_, series| {
             series.prune_before(cutoff);
@@ -203,7 +210,7 @@ impl ProfileState {
             .retain(|key, state| match catalog.calculated_spec(key) {
                 Some(spec) if spec.revision == state.revision => {
                     state.prune(&spec, now);
-                    true
+                    !state.is_empty()
                 }
                 // Redefined: the old state means nothing any more.
                 Some(_) => false,
@@ -211,7 +218,6 @@ impl ProfileState {
                 // state a fixed definition would find again.
                 None => catalog.has_calculated_record(key),
             });
-        changes
     }
 
     fn apply_batch(
@@ -264,7 +270,13 @@ impl ProfileState {
         }
         changes.device |= self.device != device_before || self.app_version != app_before;
         if upgraded {
-            self.record_synthetic("upgrade", changes.event_time_ms, catalog, changes);
+            self.record_synthetic(
+                UPGRADE_EVENT_TYPE,
+                changes.event_time_ms,
+                catalog,
+                changes,
+                log,
+            );
         }
         if let Some(location) = &batch.location {
             let before = self.location.clone();
@@ -312,24 +324,29 @@ impl ProfileState {
         }
     }
 
-    /// Records an event the engine derives rather than receives (an upgrade).
+    /// Records an event the engine derives rather than receives (an upgrade): into the
+    /// history and the log like any event, so backfill and replay see it too.
     fn record_synthetic(
         &mut self,
         event_type: &str,
         at: TimestampMs,
         catalog: &Catalog,
         changes: &mut ChangeSet,
+        log: &mut dyn FnMut(TimestampMs, &Event),
     ) {
         if catalog.excluded_by_tier(event_type, "") {
             return;
         }
-        self.history
-            .entry(event_type.to_string())
-            .or_default()
-            .record(at);
-        changes
-            .events
-            .insert((event_type.to_string(), String::new()));
+        let event = Event {
+            timestamp_ms: at,
+            kind: EventKind::Other {
+                event_type: event_type.to_string(),
+            },
+            attributes: BTreeMap::new(),
+        };
+        log(at, &event);
+        let selector = (event_type.to_string(), String::new());
+        self.record_event(at, &event, selector, catalog, changes);
     }
 
     fn apply_event(
@@ -390,6 +407,22 @@ impl ProfileState {
             return;
         }
         log(at, event);
+        self.record_event(at, event, selector, catalog, changes);
+    }
+
+    /// Folds one event, at the time it counts from, into what the catalog derives from
+    /// events: the event's series, the series of the criteria that select it, and the
+    /// calculated attributes that read it. Streaming and replay share it, so a profile rebuilt
+    /// from its log holds what streaming held.
+    /// `selector` is the event's (event type, selector name).
+    pub fn record_event(
+        &mut self,
+        at: TimestampMs,
+        event: &Event,
+        selector: (String, String),
+        catalog: &Catalog,
+        changes: &mut ChangeSet,
+    ) {
         self.history
             .entry(event_history_key(event))
             .or_default()
@@ -715,6 +748,9 @@ fn merge_attribution(slot: &mut Option<Attribution>, newer: &Attribution) -> boo
     }
     *slot != before
 }
+
+/// The event type of the upgrade the engine records when the app version goes up.
+pub const UPGRADE_EVENT_TYPE: &str = "upgrade";
 
 /// Version byte of the stored profile encoding.
 /// 2: location, attribution and calculated attributes. Profiles of format 1 are still read,

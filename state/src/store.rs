@@ -15,6 +15,7 @@
 //! | `sample`      | partition, sample rank (u64 BE), mpid | empty: profiles in sample order |
 //! | `members`     | partition, `a`, audience, mpid, version | a membership change: kind, time |
 //! | `members`     | partition, `m`, mpid, audience, version | the same change, by profile   |
+//! | `facts`       | partition, mpid                       | [`crate::facts`]: format byte, postcard |
 //!
 //! The event log (format [`crate::eventlog::LOG_FORMAT`]) is described in [`crate::eventlog`]:
 //! a profile's chunks sort before its head, so one forward scan of a partition reads every
@@ -26,7 +27,11 @@
 //! first write. `members` holds every delta's change (processing time, version), written with
 //! the delta: ListMembers as of an instant reads the `a` range of an audience, a profile's
 //! membership history the `m` range of an MPID; closed intervals that left before retention
-//! are pruned.
+//! are pruned, but never a pair's last record (it holds the version deltas continue from).
+//! `facts` holds each profile's latest facts, written with the profile whenever they change
+//! (meta `facts/{p}` marks a partition whose every profile has one): with `eventlog` and
+//! `members` it is what [`crate::replay`] rebuilds a profile from, so `profiles` and
+//! `timers` are caches of those logs.
 //!
 //! Invariant: the state a batch produced, the deltas it emitted, the timers it set and the
 //! offsets it consumed are written in ONE [`WriteBatch`]: never split. On restart the engine
@@ -55,6 +60,7 @@ const CF_EVENTLOG: &str = "eventlog";
 const CF_LOGDICT: &str = "logdict";
 const CF_SAMPLE: &str = "sample";
 const CF_MEMBERS: &str = "members";
+const CF_FACTS: &str = "facts";
 const COLUMN_FAMILIES: &[&str] = &[
     CF_PROFILES,
     CF_OUTBOX,
@@ -66,6 +72,7 @@ const COLUMN_FAMILIES: &[&str] = &[
     CF_LOGDICT,
     CF_SAMPLE,
     CF_MEMBERS,
+    CF_FACTS,
 ];
 
 /// The chunk seq of a profile's log head: after every chunk of the profile.
@@ -177,8 +184,37 @@ fn profile_count_key(partition: Partition) -> String {
     format!("profiles/{partition}")
 }
 
+fn replay_key(partition: Partition) -> String {
+    format!("replay/{partition}")
+}
+
+fn facts_indexed_key(partition: Partition) -> String {
+    format!("facts/{partition}")
+}
+
 fn calc_evaluated_key(partition: Partition, key: &str) -> String {
     format!("calc-evaluated/{partition}/{key}")
+}
+
+/// A replay in progress: whether it wiped the profile states first, and the last profile it
+/// rebuilt (`None`: none yet). Stored, so a restart resumes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayCursor {
+    pub wiped: bool,
+    pub after: Option<Mpid>,
+}
+
+/// A profile's log as stored: its head (`None`: nothing logged) and sealed chunks.
+type LogParts = (Option<EventLog>, Vec<Vec<u8>>);
+
+/// What a profile is rebuilt from: its facts, its event log and its membership history.
+#[derive(Debug, Clone)]
+pub struct ProfileLogs {
+    pub mpid: Mpid,
+    pub facts: crate::facts::ProfileFacts,
+    pub log: EventLog,
+    pub chunks: Vec<Vec<u8>>,
+    pub memberships: BTreeMap<AudienceId, Vec<crate::membership::Change>>,
 }
 
 /// A stored profile with its event log: the head and the sealed chunks, oldest first.
@@ -415,6 +451,52 @@ impl WriteBatch<'_> {
             cf,
             member_by_profile_key(partition, mpid, audience, version),
         );
+    }
+
+    /// A profile's facts record ([`crate::facts::encode_facts`]).
+    pub fn put_facts(&mut self, partition: Partition, mpid: Mpid, record: &[u8]) {
+        let cf = self.store.cf(CF_FACTS);
+        self.batch.put_cf(cf, profile_key(partition, mpid), record);
+    }
+
+    /// Marks every stored profile of the partition as having its facts record.
+    pub fn set_facts_indexed(&mut self, partition: Partition) {
+        self.put_meta_u64(&facts_indexed_key(partition), 1);
+    }
+
+    /// Deletes every profile state and timer of a partition: what a replay rebuilds from the
+    /// logs. The logs, the outbox, sizes and offsets stay.
+    pub fn wipe_profile_states(&mut self, partition: Partition) {
+        let (from, to) = (
+            profile_key(partition, i64::MIN),
+            profile_key(partition, i64::MAX),
+        );
+        let profiles = self.store.cf(CF_PROFILES);
+        self.batch.delete_range_cf(profiles, from, to);
+        self.batch.delete_cf(profiles, to);
+        let timers = self.store.cf(CF_TIMERS);
+        let (from, to) = (
+            timer_key(partition, i64::MIN, i64::MIN),
+            timer_key(partition, i64::MAX, i64::MAX),
+        );
+        self.batch.delete_range_cf(timers, from, to);
+        self.batch.delete_cf(timers, to);
+    }
+
+    /// Where a running replay of the partition stands (`None`: none runs).
+    pub fn set_replay_cursor(&mut self, partition: Partition, cursor: Option<ReplayCursor>) {
+        let cf = self.store.cf(CF_META);
+        let key = replay_key(partition);
+        match cursor {
+            None => self.batch.delete_cf(cf, key.as_bytes()),
+            Some(c) => {
+                let mut v = vec![u8::from(c.wiped)];
+                if let Some(after) = c.after {
+                    v.extend_from_slice(&after.to_be_bytes());
+                }
+                self.batch.put_cf(cf, key.as_bytes(), v);
+            }
+        }
     }
 
     /// Lists a newly stored profile in the sample index.
@@ -664,7 +746,9 @@ impl Store {
     }
 
     /// Deletes the membership intervals of a partition that closed before `cutoff` (both
-    /// keys of both records). Returns how many intervals went.
+    /// keys of both records), except the last record of each (audience, MPID) pair: it holds
+    /// the pair's version, from which a rebuilt profile's next delta continues. Returns how
+    /// many intervals went.
     pub fn prune_membership_history(
         &self,
         partition: Partition,
@@ -675,7 +759,9 @@ impl Store {
         start[4] = b'm';
         let mut batch = self.batch();
         let mut pruned = 0;
-        let mut pending: Option<(Mpid, AudienceId, crate::membership::Change)> = None;
+        // Each record is decided when the next one is seen: only a record with a successor
+        // of its own pair may go.
+        let mut previous: Option<(Mpid, AudienceId, crate::membership::Change)> = None;
         for item in self.db.iterator_cf_opt(
             self.cf(CF_MEMBERS),
             scan_options(),
@@ -691,18 +777,22 @@ impl Store {
             let Ok(change) = crate::membership::decode_change(version, &v) else {
                 continue;
             };
-            match (pending.take(), change.kind) {
-                (Some((m, a, added)), DeltaKind::Dropped)
-                    if m == mpid && a == audience && change.at_ms < cutoff =>
-                {
-                    for c in [added, change] {
-                        batch.delete_membership(partition, audience, mpid, c.version);
+            if let Some((m, a, earlier)) = previous.take() {
+                let same_pair = m == mpid && a == audience;
+                let closed_before_cutoff = match earlier.kind {
+                    // An entry goes with the exit that closed it before the cutoff.
+                    DeltaKind::Added => change.kind == DeltaKind::Dropped && change.at_ms < cutoff,
+                    // An exit goes once it is old and no longer the pair's last word.
+                    DeltaKind::Dropped => earlier.at_ms < cutoff,
+                };
+                if same_pair && closed_before_cutoff {
+                    batch.delete_membership(partition, audience, mpid, earlier.version);
+                    if earlier.kind == DeltaKind::Added {
+                        pruned += 1;
                     }
-                    pruned += 1;
                 }
-                (_, DeltaKind::Added) => pending = Some((mpid, audience, change)),
-                _ => {}
             }
+            previous = Some((mpid, audience, change));
         }
         self.commit(batch)?;
         Ok(pruned)
@@ -755,6 +845,150 @@ impl Store {
         batch.set_profile_count(partition, n);
         self.commit(batch)?;
         Ok(n)
+    }
+
+    /// The partition's running replay, if any.
+    pub fn replay_cursor(&self, partition: Partition) -> StoreResult<Option<ReplayCursor>> {
+        let key = replay_key(partition);
+        let Some(v) = self.db.get_pinned_cf(self.cf(CF_META), key.as_bytes())? else {
+            return Ok(None);
+        };
+        let after = match v.len() {
+            1 => None,
+            9 => Some(i64::from_be_bytes(v[1..].try_into().expect("8 bytes"))),
+            n => {
+                return Err(StoreError::Corrupt {
+                    cf: CF_META,
+                    key,
+                    reason: format!("replay cursor of {n} bytes, not 1 or 9"),
+                })
+            }
+        };
+        Ok(Some(ReplayCursor {
+            wiped: v[0] == 1,
+            after,
+        }))
+    }
+
+    /// Whether every stored profile of the partition has its facts record.
+    pub fn facts_indexed(&self, partition: Partition) -> StoreResult<bool> {
+        Ok(self.meta_u64(&facts_indexed_key(partition))?.is_some())
+    }
+
+    /// Writes the facts record of every stored profile of a partition from its state, for
+    /// stores written before the record, then marks the partition. Returns the count.
+    pub fn index_facts(&self, partition: Partition) -> StoreResult<u64> {
+        let mut n = 0;
+        let mut after = None;
+        loop {
+            let page = self.scan_profiles(partition, after, 1_000)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.mpid);
+            let mut batch = self.batch();
+            for profile in &page {
+                batch.put_facts(
+                    partition,
+                    profile.mpid,
+                    &crate::facts::encode_facts(profile),
+                );
+                n += 1;
+            }
+            self.commit(batch)?;
+            if after == Some(Mpid::MAX) {
+                break;
+            }
+        }
+        let mut batch = self.batch();
+        batch.set_facts_indexed(partition);
+        self.commit(batch)?;
+        Ok(n)
+    }
+
+    /// A profile's facts (`None`: no such profile, or stored before facts records).
+    pub fn load_facts(
+        &self,
+        partition: Partition,
+        mpid: Mpid,
+    ) -> StoreResult<Option<crate::facts::ProfileFacts>> {
+        let key = profile_key(partition, mpid);
+        match self.db.get_pinned_cf(self.cf(CF_FACTS), key)? {
+            None => Ok(None),
+            Some(bytes) => crate::facts::ProfileFacts::decode(&bytes)
+                .map(Some)
+                .map_err(|reason| StoreError::Corrupt {
+                    cf: CF_FACTS,
+                    key: format!("{partition}/{mpid}"),
+                    reason,
+                }),
+        }
+    }
+
+    /// Everything one profile is rebuilt from (`None`: it has no facts record).
+    pub fn load_profile_logs(
+        &self,
+        partition: Partition,
+        mpid: Mpid,
+    ) -> StoreResult<Option<ProfileLogs>> {
+        let Some(facts) = self.load_facts(partition, mpid)? else {
+            return Ok(None);
+        };
+        Ok(Some(ProfileLogs {
+            mpid,
+            facts,
+            log: self.load_log_head(partition, mpid)?.unwrap_or_default(),
+            chunks: self.load_log_chunks(partition, mpid)?,
+            memberships: self.membership_changes_of(partition, mpid)?,
+        }))
+    }
+
+    /// Visits the profiles of a partition that have facts, in MPID order, from `after`
+    /// (exclusive), with everything each is rebuilt from. Reads no profile state.
+    pub fn scan_profile_logs(
+        &self,
+        partition: Partition,
+        after: Option<Mpid>,
+        limit: usize,
+    ) -> StoreResult<Vec<ProfileLogs>> {
+        let start = match after {
+            Some(m) if m == i64::MAX => return Ok(Vec::new()),
+            Some(m) => profile_key(partition, m + 1),
+            None => profile_key(partition, i64::MIN),
+        };
+        let mut facts = Vec::new();
+        for item in self.db.iterator_cf_opt(
+            self.cf(CF_FACTS),
+            scan_options(),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if k[..4] != partition.to_be_bytes() || facts.len() >= limit {
+                break;
+            }
+            let mpid = from_ordered_i64(&k[4..]);
+            let decoded =
+                crate::facts::ProfileFacts::decode(&v).map_err(|reason| StoreError::Corrupt {
+                    cf: CF_FACTS,
+                    key: format!("{partition}/{mpid}"),
+                    reason,
+                })?;
+            facts.push((mpid, decoded));
+        }
+        let (Some(first), Some(last)) = (facts.first(), facts.last()) else {
+            return Ok(Vec::new());
+        };
+        let mut logs = self.logs_between(partition, first.0, last.0)?;
+        let mut out = Vec::with_capacity(facts.len());
+        for (mpid, facts) in facts {
+            let (log, chunks) = logs.remove(&mpid).unwrap_or_default();
+            out.push(ProfileLogs {
+                mpid,
+                facts,
+                log: log.unwrap_or_default(),
+                chunks,
+                memberships: self.membership_changes_of(partition, mpid)?,
+            });
+        }
+        Ok(out)
     }
 
     /// A profile's log head (`None`: the profile has logged nothing).
@@ -825,9 +1059,31 @@ impl Store {
         let (Some(first), Some(last)) = (profiles.first(), profiles.last()) else {
             return Ok(Vec::new());
         };
-        let start = log_key(partition, first.mpid, 0);
-        let end = profile_key(partition, last.mpid);
-        let mut logs: BTreeMap<Mpid, (Option<EventLog>, Vec<Vec<u8>>)> = BTreeMap::new();
+        let mut logs = self.logs_between(partition, first.mpid, last.mpid)?;
+        Ok(profiles
+            .into_iter()
+            .map(|profile| {
+                let (log, chunks) = logs.remove(&profile.mpid).unwrap_or_default();
+                ProfileWithLog {
+                    profile,
+                    log: log.unwrap_or_default(),
+                    chunks,
+                }
+            })
+            .collect())
+    }
+
+    /// The event logs (head, sealed chunks oldest first) of the profiles from `first` to
+    /// `last` (inclusive): one forward scan.
+    fn logs_between(
+        &self,
+        partition: Partition,
+        first: Mpid,
+        last: Mpid,
+    ) -> StoreResult<BTreeMap<Mpid, LogParts>> {
+        let start = log_key(partition, first, 0);
+        let end = profile_key(partition, last);
+        let mut logs: BTreeMap<Mpid, LogParts> = BTreeMap::new();
         for item in self.db.iterator_cf_opt(
             self.cf(CF_EVENTLOG),
             scan_options(),
@@ -850,17 +1106,7 @@ impl Store {
                 entry.1.push(v.to_vec());
             }
         }
-        Ok(profiles
-            .into_iter()
-            .map(|profile| {
-                let (log, chunks) = logs.remove(&profile.mpid).unwrap_or_default();
-                ProfileWithLog {
-                    profile,
-                    log: log.unwrap_or_default(),
-                    chunks,
-                }
-            })
-            .collect())
+        Ok(logs)
     }
 
     /// (calculated attribute, revision) pairs the partition's profiles were calculated for.
@@ -1448,5 +1694,107 @@ mod tests {
         assert_eq!(store.known_partitions().unwrap(), vec![7]);
         store.prune_outbox(7, 1).unwrap();
         assert!(store.read_outbox(7, 0, 10).unwrap().is_empty());
+    }
+
+    fn delta(audience: AudienceId, mpid: Mpid, kind: DeltaKind, version: u64, at: i64) -> Delta {
+        Delta {
+            audience_id: audience,
+            mpid,
+            kind,
+            event_time_ms: at,
+            processing_time_ms: at,
+            version,
+        }
+    }
+
+    #[test]
+    fn pruning_the_membership_history_keeps_each_pairs_last_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let mut b = store.batch();
+        // Pair (1, 5): in and out twice, long ago. Pair (2, 5): in long ago, still a member.
+        // Pair (1, 6): out long ago, then in again recently.
+        for d in [
+            delta(1, 5, DeltaKind::Added, 1, 10),
+            delta(1, 5, DeltaKind::Dropped, 2, 20),
+            delta(1, 5, DeltaKind::Added, 3, 30),
+            delta(1, 5, DeltaKind::Dropped, 4, 40),
+            delta(2, 5, DeltaKind::Added, 1, 10),
+            delta(1, 6, DeltaKind::Added, 1, 10),
+            delta(1, 6, DeltaKind::Dropped, 2, 20),
+            delta(1, 6, DeltaKind::Added, 3, 500),
+        ] {
+            b.record_membership(0, &d);
+        }
+        store.commit(b).unwrap();
+        assert_eq!(store.prune_membership_history(0, 100).unwrap(), 3);
+        let versions = |mpid| -> Vec<(AudienceId, Vec<u64>)> {
+            store
+                .membership_changes_of(0, mpid)
+                .unwrap()
+                .into_iter()
+                .map(|(a, c)| (a, c.iter().map(|c| c.version).collect()))
+                .collect()
+        };
+        assert_eq!(versions(5), vec![(1, vec![4]), (2, vec![1])]);
+        assert_eq!(versions(6), vec![(1, vec![3])]);
+        // Pruning again finds nothing more to drop: each pair's last word stays.
+        assert_eq!(store.prune_membership_history(0, 100).unwrap(), 0);
+        assert_eq!(versions(5), vec![(1, vec![4]), (2, vec![1])]);
+        // Members at an instant after the prune read the same.
+        let members = store.members_at(0, 1, 600, None, 10).unwrap();
+        assert_eq!(members, vec![6]);
+    }
+
+    #[test]
+    fn a_wipe_deletes_states_and_timers_and_keeps_what_profiles_are_rebuilt_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let mut b = store.batch();
+        for (partition, mpid) in [(3, i64::MIN), (3, -1), (3, i64::MAX), (4, 9)] {
+            let mut profile = ProfileState::new(mpid);
+            profile.last_seen_ms = 77;
+            b.put_profile(partition, &profile);
+            b.put_facts(partition, mpid, &crate::facts::encode_facts(&profile));
+            b.set_timer(partition, 1_000, mpid);
+            b.record_membership(partition, &delta(8, mpid, DeltaKind::Added, 2, 50));
+        }
+        b.set_replay_cursor(
+            3,
+            Some(ReplayCursor {
+                wiped: true,
+                after: Some(-1),
+            }),
+        );
+        store.commit(b).unwrap();
+        let mut b = store.batch();
+        b.wipe_profile_states(3);
+        store.commit(b).unwrap();
+        assert!(store.scan_profiles(3, None, 10).unwrap().is_empty());
+        assert!(store.due_timers(3, i64::MAX, 10).unwrap().is_empty());
+        // The other partition is untouched.
+        assert_eq!(store.scan_profiles(4, None, 10).unwrap().len(), 1);
+        assert_eq!(store.due_timers(4, 1_000, 10).unwrap(), vec![(1_000, 9)]);
+        let logs = store.scan_profile_logs(3, None, 10).unwrap();
+        let mpids: Vec<Mpid> = logs.iter().map(|l| l.mpid).collect();
+        assert_eq!(mpids, vec![i64::MIN, -1, i64::MAX]);
+        assert!(logs.iter().all(|l| l.facts.last_seen_ms == 77));
+        assert_eq!(logs[1].memberships[&8][0].version, 2);
+        assert_eq!(store.scan_profile_logs(3, Some(-1), 10).unwrap().len(), 1);
+        assert!(store
+            .scan_profile_logs(3, Some(i64::MAX), 10)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store.replay_cursor(3).unwrap(),
+            Some(ReplayCursor {
+                wiped: true,
+                after: Some(-1)
+            })
+        );
+        let mut b = store.batch();
+        b.set_replay_cursor(3, None);
+        store.commit(b).unwrap();
+        assert_eq!(store.replay_cursor(3).unwrap(), None);
     }
 }

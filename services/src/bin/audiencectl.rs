@@ -160,6 +160,20 @@ enum Command {
     /// The engine clock (manual clocks can be advanced).
     #[command(subcommand)]
     Clock(ClockCmd),
+    /// Rebuild every profile of the node from its logs (facts, event log, membership
+    /// history); versions continue, so a healthy store changes nothing. Without --start,
+    /// shows the replays.
+    Replay {
+        /// Start a replay.
+        #[arg(long)]
+        start: bool,
+        /// Delete the profile states and timers first (with --start).
+        #[arg(long, requires = "start")]
+        wipe: bool,
+        /// Draw a live progress line until every partition is done.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Produce messages to a Kafka topic: a JSON file (one batch, or one per line), or `-` for stdin.
     Produce {
         /// Kafka bootstrap servers (default: the engine's own).
@@ -829,6 +843,62 @@ async fn main() -> anyhow::Result<()> {
             );
             for p in s.partitions {
                 println!("  partition {:>3}  outbox head {:>8}  profiles in memory {:>6}  next offsets {:?}", p.partition, p.outbox_head, p.profiles_active, p.next_offsets);
+            }
+            Ok(())
+        }
+        Command::Replay { start, wipe, wait } => {
+            let mut admin = AdminServiceClient::new(channel(&cli.server).await?);
+            let mut status = if start {
+                admin
+                    .replay_from_log(pb::ReplayFromLogRequest {
+                        wipe_profiles: wipe,
+                    })
+                    .await?
+                    .into_inner()
+            } else {
+                admin
+                    .get_replay(pb::GetReplayRequest {})
+                    .await?
+                    .into_inner()
+            };
+            while wait && status.running {
+                use std::io::Write;
+                let (scanned, total) = status.partitions.iter().fold((0, 0), |(s, t), p| {
+                    (
+                        s + p.profiles_scanned,
+                        t + p.profiles_total.max(p.profiles_scanned),
+                    )
+                });
+                let percent = if total == 0 {
+                    0.0
+                } else {
+                    100.0 * scanned as f64 / total as f64
+                };
+                eprint!("\r\x1b[2Kreplaying {percent:5.1}%  {scanned} of {total} profiles");
+                std::io::stderr().flush()?;
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                status = admin
+                    .get_replay(pb::GetReplayRequest {})
+                    .await?
+                    .into_inner();
+            }
+            if wait {
+                eprint!("\r\x1b[2K");
+            }
+            if status.partitions.is_empty() {
+                println!("no replay since the engine started");
+            }
+            for p in &status.partitions {
+                println!(
+                    "partition {:>3}  {}{}  {} of {} profiles  {} deltas  {} unreadable logs",
+                    p.partition,
+                    if p.running { "running" } else { "done" },
+                    if p.wiped { " (wiped first)" } else { "" },
+                    p.profiles_scanned,
+                    p.profiles_total.max(p.profiles_scanned),
+                    p.deltas,
+                    p.unreadable_logs
+                );
             }
             Ok(())
         }

@@ -1,0 +1,140 @@
+//! Profile facts: what a profile *is* (identities, user attributes, device, consent, location,
+//! attributions, app versions, opt-out, first and last seen), as opposed to what it *did*
+//! (events, kept in the event log) and what the engine derived from both (event series,
+//! calculated attributes, memberships, timers).
+//!
+//! Facts are latest-wins values, so their log is compacted per profile, the way a compacted
+//! changelog topic keeps the latest value per key: one record per profile, rewritten in the
+//! profile's write whenever a fact changed. With the event log and the membership history it is
+//! everything a profile can be rebuilt from ([`crate::replay`]).
+//!
+//! Invariants:
+//! - a stored profile's facts record holds exactly the facts of its stored state: both are
+//!   written in the same batch, the record whenever its encoding changed;
+//! - the encoding is positional (postcard): fields are only ever appended, after a format byte.
+
+use crate::model::{Attribution, ConsentState, DeviceInfo, GeoLocation, Mpid, TimestampMs};
+use crate::profile::{NamedAttr, ProfileState};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Version byte of the facts record.
+pub const FACTS_FORMAT: u8 = 1;
+
+/// The facts of one profile, as stored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProfileFacts {
+    pub first_seen_ms: TimestampMs,
+    pub last_seen_ms: TimestampMs,
+    pub identities: BTreeMap<String, Vec<String>>,
+    pub attributes: BTreeMap<String, NamedAttr>,
+    pub device: DeviceInfo,
+    pub consent: ConsentState,
+    pub app_version: Option<String>,
+    pub highest_app_version: Option<String>,
+    pub opted_out: bool,
+    pub location: GeoLocation,
+    pub install_attribution: Option<Attribution>,
+    pub uninstall_attribution: Option<Attribution>,
+}
+
+/// The same fields, borrowed from a profile: encoding a profile's facts copies nothing.
+#[derive(Serialize)]
+struct FactsRef<'a> {
+    first_seen_ms: TimestampMs,
+    last_seen_ms: TimestampMs,
+    identities: &'a BTreeMap<String, Vec<String>>,
+    attributes: &'a BTreeMap<String, NamedAttr>,
+    device: &'a DeviceInfo,
+    consent: &'a ConsentState,
+    app_version: &'a Option<String>,
+    highest_app_version: &'a Option<String>,
+    opted_out: bool,
+    location: &'a GeoLocation,
+    install_attribution: &'a Option<Attribution>,
+    uninstall_attribution: &'a Option<Attribution>,
+}
+
+/// The facts record of a profile: format byte, then the fields.
+pub fn encode_facts(p: &ProfileState) -> Vec<u8> {
+    let facts = FactsRef {
+        first_seen_ms: p.first_seen_ms,
+        last_seen_ms: p.last_seen_ms,
+        identities: &p.identities,
+        attributes: &p.attributes,
+        device: &p.device,
+        consent: &p.consent,
+        app_version: &p.app_version,
+        highest_app_version: &p.highest_app_version,
+        opted_out: p.opted_out,
+        location: &p.location,
+        install_attribution: &p.install_attribution,
+        uninstall_attribution: &p.uninstall_attribution,
+    };
+    let mut out = vec![FACTS_FORMAT];
+    out.extend(postcard::to_stdvec(&facts).expect("profile facts always serialise"));
+    out
+}
+
+impl ProfileFacts {
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        match bytes.split_first() {
+            Some((&FACTS_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+            Some((v, _)) => Err(format!("unknown profile facts format {v}")),
+            None => Err("empty profile facts record".to_string()),
+        }
+    }
+
+    /// A profile holding these facts and nothing derived yet.
+    pub fn into_profile(self, mpid: Mpid) -> ProfileState {
+        ProfileState {
+            mpid,
+            first_seen_ms: self.first_seen_ms,
+            last_seen_ms: self.last_seen_ms,
+            identities: self.identities,
+            attributes: self.attributes,
+            device: self.device,
+            consent: self.consent,
+            app_version: self.app_version,
+            opted_out: self.opted_out,
+            location: self.location,
+            install_attribution: self.install_attribution,
+            uninstall_attribution: self.uninstall_attribution,
+            highest_app_version: self.highest_app_version,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::AttrValue;
+
+    #[test]
+    fn facts_round_trip_through_a_profile_and_leave_derived_state_out() {
+        let mut p = ProfileState::new(7);
+        p.first_seen_ms = 5;
+        p.last_seen_ms = 9;
+        p.identities.insert("email".into(), vec!["a@b.c".into()]);
+        p.attributes.insert(
+            "tier".into(),
+            NamedAttr {
+                name: "Tier".into(),
+                value: AttrValue::String("gold".into()),
+            },
+        );
+        p.opted_out = true;
+        p.app_version = Some("2.1".into());
+        p.location.city = Some("Paris".into());
+        p.due.insert(3, 100);
+        let bytes = encode_facts(&p);
+        let facts = ProfileFacts::decode(&bytes).unwrap();
+        let rebuilt = facts.into_profile(7);
+        assert_eq!(encode_facts(&rebuilt), bytes);
+        assert!(rebuilt.due.is_empty(), "timers are derived, not facts");
+        assert_eq!(rebuilt.attribute("tier"), p.attribute("tier"));
+        assert!(ProfileFacts::decode(&[9, 1]).is_err());
+        assert!(ProfileFacts::decode(&[]).is_err());
+    }
+}
