@@ -37,6 +37,11 @@ pub struct EngineSettings {
     pub geoip: Option<Arc<crate::geoip::GeoIp>>,
     /// Bounds of each profile's event log.
     pub log_limits: audience_state::eventlog::LogLimits,
+    /// How much of a bad message its dead letter carries.
+    pub dead_letter_limits: audience_state::store::DeadLetterLimits,
+    /// Unpublished dead letters kept per partition: past it (the topic unreachable for long),
+    /// the oldest are dropped and counted.
+    pub dead_letter_max_kept: u64,
 }
 
 impl Default for EngineSettings {
@@ -56,6 +61,8 @@ impl Default for EngineSettings {
             outbox_retention_ms: 7 * audience_state::model::DAY_MS,
             geoip: None,
             log_limits: Default::default(),
+            dead_letter_limits: Default::default(),
+            dead_letter_max_kept: 10_000,
         }
     }
 }
@@ -106,6 +113,15 @@ pub struct Counters {
     pub messages_processed: AtomicU64,
     pub messages_dead_lettered: AtomicU64,
     pub deltas_emitted: AtomicU64,
+    /// Dead letters the topic acknowledged (truncated ones included).
+    pub dead_letters_published: AtomicU64,
+    /// Dead letters published with a prefix of their message, at write or after a refusal.
+    pub dead_letters_truncated: AtomicU64,
+    /// Records the broker refused for good even cut down, passed over: dead letters, deltas.
+    pub dead_letters_unpublishable: AtomicU64,
+    pub deltas_unpublishable: AtomicU64,
+    /// Unpublished dead letters dropped past `dead_letter_max_kept`.
+    pub dead_letters_dropped: AtomicU64,
 }
 
 pub struct Engine {

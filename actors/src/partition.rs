@@ -387,16 +387,17 @@ impl PartitionActor {
                     );
                     metrics::counter!("audience_messages_dead_lettered_total", "reason" => error.reason_code())
                         .increment(1);
-                    pending.dead_letters.push(DeadLetter {
-                        topic: message.topic,
-                        partition: message.partition,
-                        offset: message.offset,
-                        reason_code: error.reason_code().to_string(),
-                        reason: error.to_string(),
-                        key: message.key,
-                        payload: payload.to_vec(),
-                        at_ms: ctx.now,
-                    });
+                    pending.dead_letters.push(DeadLetter::new(
+                        message.topic,
+                        message.partition,
+                        message.offset,
+                        error.reason_code().to_string(),
+                        error.to_string(),
+                        message.key,
+                        payload,
+                        ctx.now,
+                        self.engine.settings.dead_letter_limits,
+                    ));
                     outcome.dead_lettered += 1;
                     continue;
                 }

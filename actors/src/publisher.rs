@@ -2,18 +2,42 @@
 //! deltas topic, dead letters to the dead-letter topic. At least once: the published position
 //! is stored only after the broker acknowledged, so a crash republishes, never skips. Each
 //! record carries a stable id for receivers to drop duplicates.
+//!
+//! Each (sink, partition) is a lane, and every lane keeps the same discipline:
+//! - its position advances over each record the broker acknowledged, in sequence order; a
+//!   record acknowledged after one that failed is remembered, so a retry sends only what was
+//!   not acknowledged, never a record twice (within a process; a crash may repeat a page);
+//! - a record the broker refuses for a permanent reason (too large, invalid) never holds the
+//!   ones behind it: it is sent once more on its own, a dead letter cut to its prefix
+//!   ([`Outgoing::retry`]; a broker refuses a whole produce batch for its largest record, so a
+//!   small record is retried as it is), then counted in
+//!   `audience_{dead_letters,deltas}_unpublishable_total{reason}` and passed over (a delta
+//!   passed over still reaches subscribers and connections, which read the outbox);
+//! - a transient error backs the lane off, exponentially from 250 ms to 30 s, while the other
+//!   lanes go on;
+//! - dead letters are deleted in the write that moves their position past them, and at most
+//!   `dead_letter_max_kept` unpublished ones are kept per partition (the oldest are dropped
+//!   and counted past it).
 
 use crate::engine::Engine;
 use audience_state::model::DeltaKind;
-use audience_state::store::Partition;
+use audience_state::store::{DeadLetter, Partition};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 pub const DELTAS_SINK: &str = "kafka-deltas";
 pub const DEAD_LETTER_SINK: &str = "kafka-dead-letters";
+
+/// Records read from an outbox per pass of a lane.
+const PAGE: usize = 500;
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The JSON form of a delta on the deltas topic.
 pub fn delta_json(
@@ -34,6 +58,148 @@ pub fn delta_json(
     })
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Sink {
+    Deltas,
+    DeadLetters,
+}
+
+impl Sink {
+    /// The name its published positions are stored under.
+    fn name(self) -> &'static str {
+        match self {
+            Sink::Deltas => DELTAS_SINK,
+            Sink::DeadLetters => DEAD_LETTER_SINK,
+        }
+    }
+}
+
+/// What the publisher remembers of one (sink, partition) between passes.
+#[derive(Debug, Default)]
+struct Lane {
+    /// Sequences acknowledged (or passed over) beyond the stored position.
+    done: BTreeSet<u64>,
+    /// No attempt before this instant, after a transient error.
+    retry_at: Option<Instant>,
+    backoff: Option<Duration>,
+}
+
+impl Lane {
+    fn failed(&mut self, now: Instant) -> Duration {
+        let backoff = self
+            .backoff
+            .map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
+        self.backoff = Some(backoff);
+        self.retry_at = Some(now + backoff);
+        backoff
+    }
+
+    fn succeeded(&mut self) {
+        self.backoff = None;
+        self.retry_at = None;
+    }
+}
+
+/// One record as it goes to Kafka.
+#[derive(Clone)]
+struct Outgoing {
+    seq: u64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Vec<(&'static str, Vec<u8>)>,
+    /// The letter it was made of, to cut down when refused for good.
+    letter: Option<DeadLetter>,
+}
+
+impl Outgoing {
+    fn delta(partition: Partition, seq: u64, d: &audience_state::model::Delta) -> Outgoing {
+        Outgoing {
+            seq,
+            key: Some(d.mpid.to_string().into_bytes()),
+            payload: delta_json(partition, seq, d).to_string().into_bytes(),
+            headers: vec![("delta-id", d.delta_id().into_bytes())],
+            letter: None,
+        }
+    }
+
+    /// A dead letter: the message (or its prefix) as payload, where it came from and why in
+    /// the headers.
+    fn letter(seq: u64, letter: DeadLetter) -> Outgoing {
+        let headers = vec![
+            ("dlq-topic", letter.topic.clone().into_bytes()),
+            ("dlq-partition", letter.partition.to_string().into_bytes()),
+            ("dlq-offset", letter.offset.to_string().into_bytes()),
+            ("dlq-reason", letter.reason.clone().into_bytes()),
+            ("dlq-reason-code", letter.reason_code.clone().into_bytes()),
+            (
+                "dlq-original-size",
+                letter.original_size.to_string().into_bytes(),
+            ),
+            ("dlq-truncated", letter.truncated.to_string().into_bytes()),
+        ];
+        Outgoing {
+            seq,
+            key: letter.key.clone(),
+            payload: letter.payload.clone(),
+            headers,
+            letter: Some(letter),
+        }
+    }
+
+    /// What is sent once more after a permanent refusal: a dead letter cut to
+    /// `prefix_bytes` of its message when it holds more, any other record as it is.
+    fn retry(&self, prefix_bytes: usize) -> Outgoing {
+        match &self.letter {
+            Some(letter) => Outgoing::letter(self.seq, letter.cut_to(prefix_bytes)),
+            None => self.clone(),
+        }
+    }
+
+    /// A dead letter that carries a prefix of its message.
+    fn truncated(&self) -> bool {
+        self.letter.as_ref().is_some_and(|l| l.truncated)
+    }
+
+    async fn send(&self, producer: &FutureProducer, topic: &str) -> Result<(), KafkaError> {
+        let mut headers = OwnedHeaders::new_with_capacity(self.headers.len());
+        for (key, value) in &self.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_slice()),
+            });
+        }
+        let mut record = FutureRecord::to(topic)
+            .payload(&self.payload)
+            .headers(headers);
+        if let Some(key) = &self.key {
+            record = record.key(key);
+        }
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+}
+
+/// Why the broker refuses a record for good, as a metrics label; `None` for errors a retry
+/// may get past (broker down, timeouts, leadership moving).
+pub fn permanent_refusal(error: &KafkaError) -> Option<&'static str> {
+    let KafkaError::MessageProduction(code) = error else {
+        return None;
+    };
+    match code {
+        RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge => {
+            Some("too_large")
+        }
+        RDKafkaErrorCode::InvalidMessage
+        | RDKafkaErrorCode::InvalidMessageSize
+        | RDKafkaErrorCode::InvalidRecord
+        | RDKafkaErrorCode::InvalidTimestamp => Some("invalid"),
+        _ => None,
+    }
+}
+
 /// Publishes until `shutdown`, then drains what is left once.
 pub async fn run(
     engine: Arc<Engine>,
@@ -41,22 +207,43 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut wake = engine.outbox_written.subscribe();
-    let mut last_prune = std::time::Instant::now();
+    let mut last_prune = Instant::now();
+    let mut lanes: HashMap<(Sink, Partition), Lane> = HashMap::new();
     loop {
         if last_prune.elapsed() > Duration::from_secs(60) {
             prune(&engine);
-            last_prune = std::time::Instant::now();
+            last_prune = Instant::now();
         }
         let stopping = *shutdown.borrow();
         let partitions: Vec<Partition> = engine.partitions.lock().iter().copied().collect();
+        lanes.retain(|(_, p), _| partitions.contains(p));
         let mut progressed = false;
-        for p in partitions {
-            match publish_partition(&engine, &producer, p).await {
-                Ok(n) => progressed |= n > 0,
-                Err(e) => {
-                    tracing::warn!(partition = p, error = %e, "publishing failed; will retry");
-                    metrics::counter!("audience_publish_errors_total").increment(1);
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut next_retry: Option<Instant> = None;
+        for &p in &partitions {
+            for sink in [Sink::Deltas, Sink::DeadLetters] {
+                let lane = lanes.entry((sink, p)).or_default();
+                let now = Instant::now();
+                if let Some(at) = lane.retry_at.filter(|&at| at > now && !stopping) {
+                    next_retry = Some(next_retry.map_or(at, |n| n.min(at)));
+                    continue;
+                }
+                match publish_lane(&engine, &producer, sink, p, lane).await {
+                    Ok(n) => {
+                        progressed |= n > 0;
+                        lane.succeeded();
+                    }
+                    Err(e) => {
+                        let backoff = lane.failed(Instant::now());
+                        tracing::warn!(
+                            partition = p, sink = sink.name(), error = %e,
+                            retry_in_ms = backoff.as_millis() as u64,
+                            "publishing failed; what was acknowledged is kept, the rest retried"
+                        );
+                        metrics::counter!("audience_publish_errors_total", "sink" => sink.name())
+                            .increment(1);
+                        let at = Instant::now() + backoff;
+                        next_retry = Some(next_retry.map_or(at, |n| n.min(at)));
+                    }
                 }
             }
         }
@@ -66,15 +253,20 @@ pub async fn run(
         if progressed {
             continue;
         }
+        let idle = next_retry.map_or(Duration::from_secs(1), |at| {
+            at.saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1))
+        });
         tokio::select! {
             _ = wake.changed() => {}
             _ = shutdown.changed() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(idle) => {}
         }
     }
 }
 
-/// Drops deltas older than the outbox retention that the deltas topic already has.
+/// Drops deltas older than the outbox retention that the deltas topic already has, and dead
+/// letters already published (those of stores from before letters were deleted on publish).
 fn prune(engine: &Engine) {
     let cutoff = engine.clock.now() - engine.settings.outbox_retention_ms;
     let partitions: Vec<Partition> = engine.partitions.lock().iter().copied().collect();
@@ -97,88 +289,287 @@ fn prune(engine: &Engine) {
             Ok(None) => {}
             Err(e) => tracing::warn!(partition = p, error = %e, "outbox pruning failed"),
         }
+        if let Ok(letters) = engine.store.published(DEAD_LETTER_SINK, p) {
+            let mut b = engine.store.batch();
+            b.delete_dead_letters_through(p, letters);
+            if let Err(e) = engine.store.commit(b) {
+                tracing::warn!(partition = p, error = %e, "dead-letter pruning failed");
+            }
+        }
     }
 }
 
-async fn publish_partition(
+/// Keeps at most `dead_letter_max_kept` unpublished letters: moves the position past the
+/// oldest beyond it (deleting them) and counts them. Returns the position.
+fn bound_dead_letters(engine: &Engine, p: Partition, position: u64) -> anyhow::Result<u64> {
+    let head = engine.store.deadletter_head(p)?;
+    let max_kept = engine.settings.dead_letter_max_kept;
+    if head.saturating_sub(position) <= max_kept {
+        return Ok(position);
+    }
+    let through = head - max_kept;
+    let dropped = through - position;
+    let mut b = engine.store.batch();
+    b.set_published(DEAD_LETTER_SINK, p, through);
+    b.delete_dead_letters_through(p, through);
+    engine.store.commit(b)?;
+    tracing::warn!(
+        partition = p,
+        dropped,
+        kept = max_kept,
+        "dead letters unpublished past the bound on what is kept; the oldest were dropped"
+    );
+    metrics::counter!("audience_dead_letters_dropped_total").increment(dropped);
+    engine
+        .counters
+        .dead_letters_dropped
+        .fetch_add(dropped, Ordering::Relaxed);
+    Ok(through)
+}
+
+/// One pass over a lane: sends the page after its position but what was already
+/// acknowledged, and moves the position over the done prefix. Returns the records done; an
+/// error when one failed transiently (the position still moved over what precedes it).
+async fn publish_lane(
     engine: &Engine,
     producer: &FutureProducer,
+    sink: Sink,
     p: Partition,
+    lane: &mut Lane,
 ) -> anyhow::Result<usize> {
     let settings = &engine.settings;
-    let mut sent = 0;
-    let after = engine.store.published(DELTAS_SINK, p)?;
-    let deltas = engine.store.read_outbox(p, after, 500)?;
-    if let Some(&(last, _)) = deltas.last() {
-        // (key, payload, id) outlive the sends, which borrow them until acknowledged.
-        let encoded: Vec<(String, String, String)> = deltas
-            .iter()
-            .map(|(seq, d)| {
-                (
-                    d.mpid.to_string(),
-                    delta_json(p, *seq, d).to_string(),
-                    d.delta_id(),
-                )
-            })
-            .collect();
-        let mut acks = Vec::with_capacity(deltas.len());
-        for (key, payload, id) in &encoded {
-            let record = FutureRecord::to(&settings.deltas_topic)
-                .key(key)
-                .payload(payload)
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: "delta-id",
-                    value: Some(id),
-                }));
-            acks.push(producer.send(record, Duration::from_secs(10)));
+    let mut position = engine.store.published(sink.name(), p)?;
+    let (topic, records): (&str, Vec<Outgoing>) = match sink {
+        Sink::Deltas => (
+            &settings.deltas_topic,
+            engine
+                .store
+                .read_outbox(p, position, PAGE)?
+                .iter()
+                .map(|(seq, d)| Outgoing::delta(p, *seq, d))
+                .collect(),
+        ),
+        Sink::DeadLetters => {
+            position = bound_dead_letters(engine, p, position)?;
+            (
+                &settings.dead_letter_topic,
+                engine
+                    .store
+                    .read_dead_letters(p, position, PAGE)?
+                    .into_iter()
+                    .map(|(seq, letter)| Outgoing::letter(seq, letter))
+                    .collect(),
+            )
         }
-        for ack in futures::future::join_all(acks).await {
-            ack.map_err(|(e, _)| anyhow::anyhow!("deltas topic: {e}"))?;
-        }
-        engine.store.set_published(DELTAS_SINK, p, last)?;
-        sent += deltas.len();
-        metrics::counter!("audience_deltas_published_total").increment(deltas.len() as u64);
-    }
-    let after = engine.store.published(DEAD_LETTER_SINK, p)?;
-    let letters = engine.store.read_dead_letters(p, after, 500)?;
-    if let Some(&(last, _)) = letters.last() {
-        for (_, letter) in &letters {
-            let offset = letter.offset.to_string();
-            let partition = letter.partition.to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "dlq-topic",
-                    value: Some(&letter.topic),
-                })
-                .insert(Header {
-                    key: "dlq-partition",
-                    value: Some(&partition),
-                })
-                .insert(Header {
-                    key: "dlq-offset",
-                    value: Some(&offset),
-                })
-                .insert(Header {
-                    key: "dlq-reason",
-                    value: Some(&letter.reason),
-                })
-                .insert(Header {
-                    key: "dlq-reason-code",
-                    value: Some(&letter.reason_code),
-                });
-            let mut record = FutureRecord::to(&settings.dead_letter_topic)
-                .payload(&letter.payload)
-                .headers(headers);
-            if let Some(k) = &letter.key {
-                record = record.key(k);
+    };
+    lane.done.retain(|&seq| seq > position);
+    let pending: Vec<&Outgoing> = records
+        .iter()
+        .filter(|r| !lane.done.contains(&r.seq))
+        .collect();
+    let results = futures::future::join_all(pending.iter().map(|r| r.send(producer, topic))).await;
+    let mut transient = None;
+    for (record, result) in pending.into_iter().zip(results) {
+        let (truncated, outcome) = match result {
+            Err(error) if permanent_refusal(&error).is_some() => {
+                // Sent once more, alone, cut down if a letter.
+                let retry = record.retry(settings.dead_letter_limits.prefix_bytes);
+                let retried = retry.send(producer, topic).await;
+                if retried.is_ok() {
+                    tracing::warn!(
+                        partition = p, sink = sink.name(), seq = record.seq, error = %error,
+                        "record refused by the topic; sent again on its own"
+                    );
+                }
+                (retry.truncated(), retried.map_err(|e| (e, Some(error))))
             }
-            producer
-                .send(record, Duration::from_secs(10))
-                .await
-                .map_err(|(e, _)| anyhow::anyhow!("dead-letter topic: {e}"))?;
+            Err(error) => (false, Err((error, None))),
+            Ok(()) => (record.truncated(), Ok(())),
+        };
+        if outcome.is_ok() && truncated {
+            engine
+                .counters
+                .dead_letters_truncated
+                .fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("audience_dead_letters_truncated_total").increment(1);
         }
-        engine.store.set_published(DEAD_LETTER_SINK, p, last)?;
-        sent += letters.len();
+        match outcome {
+            Ok(()) => {
+                lane.done.insert(record.seq);
+                match sink {
+                    Sink::Deltas => {
+                        metrics::counter!("audience_deltas_published_total").increment(1)
+                    }
+                    Sink::DeadLetters => {
+                        engine
+                            .counters
+                            .dead_letters_published
+                            .fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("audience_dead_letters_published_total").increment(1)
+                    }
+                }
+            }
+            Err((error, first)) => match permanent_refusal(&error) {
+                Some(reason) => {
+                    // Refused for good: counted and passed over, never holding the rest.
+                    lane.done.insert(record.seq);
+                    let first = first.map(|e| e.to_string()).unwrap_or_default();
+                    match sink {
+                        Sink::Deltas => {
+                            engine
+                                .counters
+                                .deltas_unpublishable
+                                .fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!("audience_deltas_unpublishable_total", "reason" => reason)
+                                .increment(1);
+                        }
+                        Sink::DeadLetters => {
+                            engine
+                                .counters
+                                .dead_letters_unpublishable
+                                .fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!("audience_dead_letters_unpublishable_total", "reason" => reason)
+                                .increment(1);
+                        }
+                    }
+                    tracing::error!(
+                        partition = p, sink = sink.name(), seq = record.seq, error = %error,
+                        first_error = %first, "record refused by the topic for good; passed over"
+                    );
+                }
+                None => {
+                    transient.get_or_insert(error);
+                }
+            },
+        }
     }
-    Ok(sent)
+    // The position moves over the done prefix, in sequence order.
+    let mut done = 0;
+    let mut moved_to = position;
+    for record in &records {
+        if !lane.done.remove(&record.seq) {
+            break;
+        }
+        moved_to = record.seq;
+        done += 1;
+    }
+    if moved_to > position {
+        let mut b = engine.store.batch();
+        b.set_published(sink.name(), p, moved_to);
+        if sink == Sink::DeadLetters {
+            b.delete_dead_letters_through(p, moved_to);
+        }
+        engine.store.commit(b)?;
+    }
+    match transient {
+        Some(error) => Err(anyhow::anyhow!("{topic}: {error}")),
+        None => Ok(done),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use audience_state::store::DeadLetterLimits;
+
+    fn letter(payload: &[u8]) -> Outgoing {
+        Outgoing::letter(
+            7,
+            DeadLetter::new(
+                "events".into(),
+                1,
+                9,
+                "oversized".into(),
+                "too big".into(),
+                None,
+                payload,
+                0,
+                DeadLetterLimits::default(),
+            ),
+        )
+    }
+
+    #[test]
+    fn a_refused_letter_is_cut_to_its_prefix_and_a_short_one_sent_as_it_is() {
+        let long = letter(&[1; 100_000]).retry(65_536);
+        assert_eq!(long.payload.len(), 65_536);
+        let short = letter(&[1; 100]).retry(65_536);
+        assert_eq!(short.payload.len(), 100);
+        assert_eq!(short.letter.as_ref().map(|l| l.truncated), Some(false));
+        let headers = long.headers;
+        let header = |k: &str| {
+            headers
+                .iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        };
+        assert_eq!(header("dlq-original-size").as_deref(), Some("100000"));
+        assert_eq!(header("dlq-truncated").as_deref(), Some("true"));
+        assert_eq!(header("dlq-offset").as_deref(), Some("9"));
+    }
+
+    #[test]
+    fn only_refusals_for_good_are_passed_over() {
+        let refused = |code| permanent_refusal(&KafkaError::MessageProduction(code));
+        assert_eq!(
+            refused(RDKafkaErrorCode::MessageSizeTooLarge),
+            Some("too_large")
+        );
+        assert_eq!(refused(RDKafkaErrorCode::InvalidRecord), Some("invalid"));
+        assert_eq!(refused(RDKafkaErrorCode::MessageTimedOut), None);
+        assert_eq!(refused(RDKafkaErrorCode::AllBrokersDown), None);
+        assert_eq!(refused(RDKafkaErrorCode::QueueFull), None);
+        assert_eq!(
+            permanent_refusal(&KafkaError::Canceled),
+            None,
+            "errors outside production are retried"
+        );
+    }
+
+    #[test]
+    fn unpublished_letters_past_the_bound_drop_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(audience_state::store::Store::open(dir.path(), false).unwrap());
+        let settings = crate::engine::EngineSettings {
+            dead_letter_max_kept: 3,
+            ..Default::default()
+        };
+        let clock = Arc::new(crate::clock::Clock::new(true));
+        let engine = Engine::new(store.clone(), clock, settings).unwrap();
+        let mut b = store.batch();
+        for seq in 1..=5 {
+            b.put_dead_letter(0, seq, &letter(b"[]").letter.unwrap());
+        }
+        store.commit(b).unwrap();
+        assert_eq!(bound_dead_letters(&engine, 0, 0).unwrap(), 2);
+        assert_eq!(store.published(DEAD_LETTER_SINK, 0).unwrap(), 2);
+        let kept: Vec<u64> = store
+            .read_dead_letters(0, 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        assert_eq!(kept, vec![3, 4, 5]);
+        assert_eq!(
+            engine.counters.dead_letters_dropped.load(Ordering::Relaxed),
+            2
+        );
+        // Within the bound, nothing moves.
+        assert_eq!(bound_dead_letters(&engine, 0, 2).unwrap(), 2);
+        assert_eq!(store.count_dead_letters(0).unwrap(), 3);
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_ceiling_and_resets() {
+        let mut lane = Lane::default();
+        let now = Instant::now();
+        assert_eq!(lane.failed(now), FIRST_BACKOFF);
+        assert_eq!(lane.failed(now), FIRST_BACKOFF * 2);
+        for _ in 0..20 {
+            lane.failed(now);
+        }
+        assert_eq!(lane.failed(now), MAX_BACKOFF);
+        lane.succeeded();
+        assert_eq!(lane.failed(now), FIRST_BACKOFF);
+    }
 }

@@ -31,6 +31,12 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Extra librdkafka properties for consumer and producer.
     pub properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the producer alone (over `properties`).
+    pub producer_properties: BTreeMap<String, String>,
+    /// The largest record the dead-letter topic accepts (its `max.message.bytes`, and the
+    /// producer's `message.max.bytes`): a dead letter that would not fit carries a prefix of
+    /// its message (`engine.dead_letter_prefix_bytes`).
+    pub dead_letter_max_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +84,12 @@ pub struct EngineConfig {
     pub backfill_page: usize,
     /// Pause between backfill pages, to leave the cores to streaming during a large one.
     pub backfill_pause_ms: u64,
+    /// What a dead letter keeps of a message too large for the dead-letter topic, and what
+    /// a letter the topic refused as too large is cut to before its one retry.
+    pub dead_letter_prefix_bytes: usize,
+    /// Unpublished dead letters kept per partition while the topic cannot take them; past
+    /// it the oldest are dropped and counted (`audience_dead_letters_dropped_total`).
+    pub dead_letter_max_kept: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -100,6 +112,8 @@ impl Default for KafkaConfig {
             create_topics: true,
             partitions: 4,
             properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
+            dead_letter_max_bytes: d.dead_letter_limits.max_record_bytes,
         }
     }
 }
@@ -131,6 +145,7 @@ impl Default for MetricsConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
+        let d = audience_actors::engine::EngineSettings::default();
         EngineConfig {
             retention_days: 30,
             max_message_bytes: audience_state::batch::DEFAULT_MAX_MESSAGE_BYTES,
@@ -144,6 +159,8 @@ impl Default for EngineConfig {
             log_max_bytes: audience_state::eventlog::LogLimits::default().max_bytes,
             backfill_page: 500,
             backfill_pause_ms: 0,
+            dead_letter_prefix_bytes: d.dead_letter_limits.prefix_bytes,
+            dead_letter_max_kept: d.dead_letter_max_kept,
         }
     }
 }
@@ -170,6 +187,22 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AUDIENCE_BACKFILL_PAGE", "engine.backfill_page"),
     ("AUDIENCE_BACKFILL_PAUSE_MS", "engine.backfill_pause_ms"),
     ("AUDIENCE_KAFKA_PROPERTIES", "kafka.properties (k=v,k=v)"),
+    (
+        "AUDIENCE_KAFKA_PRODUCER_PROPERTIES",
+        "kafka.producer_properties (k=v,k=v)",
+    ),
+    (
+        "AUDIENCE_DEAD_LETTER_MAX_BYTES",
+        "kafka.dead_letter_max_bytes",
+    ),
+    (
+        "AUDIENCE_DEAD_LETTER_PREFIX_BYTES",
+        "engine.dead_letter_prefix_bytes",
+    ),
+    (
+        "AUDIENCE_DEAD_LETTER_MAX_KEPT",
+        "engine.dead_letter_max_kept",
+    ),
 ];
 
 impl Config {
@@ -226,14 +259,19 @@ impl Config {
                 self.engine.backfill_pause_ms = value.parse().map_err(|e| bad(&e))?
             }
             "AUDIENCE_KAFKA_PROPERTIES" => {
-                for pair in value.split(',').filter(|p| !p.trim().is_empty()) {
-                    let (k, v) = pair
-                        .split_once('=')
-                        .ok_or_else(|| bad(&format!("\"{pair}\" is not key=value")))?;
-                    self.kafka
-                        .properties
-                        .insert(k.trim().into(), v.trim().into());
-                }
+                parse_properties(value, &mut self.kafka.properties).map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_KAFKA_PRODUCER_PROPERTIES" => {
+                parse_properties(value, &mut self.kafka.producer_properties).map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_DEAD_LETTER_MAX_BYTES" => {
+                self.kafka.dead_letter_max_bytes = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_DEAD_LETTER_PREFIX_BYTES" => {
+                self.engine.dead_letter_prefix_bytes = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_DEAD_LETTER_MAX_KEPT" => {
+                self.engine.dead_letter_max_kept = value.parse().map_err(|e| bad(&e))?
             }
             _ => {}
         }
@@ -263,10 +301,26 @@ impl Config {
             },
             backfill_chunk: self.engine.backfill_page.max(1),
             backfill_pause_ms: self.engine.backfill_pause_ms,
+            dead_letter_limits: audience_state::store::DeadLetterLimits {
+                max_record_bytes: self.kafka.dead_letter_max_bytes,
+                prefix_bytes: self.engine.dead_letter_prefix_bytes,
+            },
+            dead_letter_max_kept: self.engine.dead_letter_max_kept,
             geoip,
             ..Default::default()
         })
     }
+}
+
+/// Reads `k=v,k=v` into `into`.
+fn parse_properties(value: &str, into: &mut BTreeMap<String, String>) -> Result<(), String> {
+    for pair in value.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("\"{pair}\" is not key=value"))?;
+        into.insert(k.trim().into(), v.trim().into());
+    }
+    Ok(())
 }
 
 /// An audience as kept in a file (`deploy/audiences/*.json`): what `audiencectl audience

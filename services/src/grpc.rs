@@ -841,6 +841,16 @@ impl pb::admin_service_server::AdminService for Services {
                 profiles_active: s.profiles_active,
             })
             .collect();
+        let owned: Vec<u32> = engine.partitions.lock().iter().copied().collect();
+        let mut dead_letters_kept = 0;
+        for p in owned {
+            dead_letters_kept += engine
+                .store
+                .count_dead_letters(p)
+                .map_err(convert::internal)?;
+        }
+        let c = &engine.counters;
+        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
         Ok(Response::new(pb::EngineStatus {
             messages_processed: engine.counters.messages_processed.load(Ordering::Relaxed),
             messages_dead_lettered: engine
@@ -850,6 +860,12 @@ impl pb::admin_service_server::AdminService for Services {
             deltas_emitted: engine.counters.deltas_emitted.load(Ordering::Relaxed),
             partitions,
             bootstrap_servers: self.bootstrap_servers.clone(),
+            dead_letters_published: load(&c.dead_letters_published),
+            dead_letters_truncated: load(&c.dead_letters_truncated),
+            dead_letters_unpublishable: load(&c.dead_letters_unpublishable),
+            dead_letters_dropped: load(&c.dead_letters_dropped),
+            dead_letters_kept,
+            deltas_unpublishable: load(&c.deltas_unpublishable),
         }))
     }
 }

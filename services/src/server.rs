@@ -199,7 +199,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .set("linger.ms", "5")
         // One request in flight per connection: retries cannot reorder deltas of the topic.
         .set("max.in.flight.requests.per.connection", "1");
-    for (k, v) in &config.kafka.properties {
+    for (k, v) in config
+        .kafka
+        .properties
+        .iter()
+        .chain(&config.kafka.producer_properties)
+    {
         producer_config.set(k, v);
     }
     let producer: FutureProducer = producer_config.create()?;

@@ -106,6 +106,14 @@ pub enum DecodeError {
     InvalidProtobuf(String),
     #[error("envelope: missing payload")]
     EmptyEnvelope,
+    /// Zero bytes, or only whitespace, with no content type that says protobuf.
+    #[error("empty message: neither a JSON batch object nor a protobuf envelope")]
+    Empty,
+    /// Sniffed as neither format: `json` says what the JSON reading found ("found an array",
+    /// or the parse error), `protobuf` why it is no envelope (empty when the payload is valid
+    /// JSON, whose reading alone names the problem).
+    #[error("not a JSON batch object ({json}) nor a protobuf envelope{protobuf}")]
+    NotABatch { json: String, protobuf: String },
     #[error("mpid: missing")]
     MissingMpid,
     #[error("{path}: unknown event type {event_type:?}")]
@@ -125,7 +133,9 @@ impl DecodeError {
             DecodeError::InvalidJson { .. }
             | DecodeError::NotAnObject { .. }
             | DecodeError::InvalidProtobuf(_)
-            | DecodeError::EmptyEnvelope => "malformed",
+            | DecodeError::EmptyEnvelope
+            | DecodeError::Empty
+            | DecodeError::NotABatch { .. } => "malformed",
             DecodeError::MissingMpid => "missing_mpid",
             DecodeError::UnknownEventType { .. } | DecodeError::MissingEventKind { .. } => {
                 "unknown_event_type"
@@ -148,6 +158,15 @@ pub fn decode(payload: &[u8], content_type: Option<&str>, max_bytes: usize) -> R
     match Format::detect(payload, content_type) {
         Format::Json => decode_json(payload),
         Format::Protobuf => decode_protobuf(payload),
+        Format::ProtobufOrOther => {
+            decode_protobuf(payload).map_err(|protobuf_error| match protobuf_error {
+                DecodeError::InvalidProtobuf(_) | DecodeError::EmptyEnvelope => {
+                    neither_format(payload, &protobuf_error)
+                }
+                // A well-formed envelope with bad content: its own error names the field.
+                other => other,
+            })
+        }
         Format::JsonOrProtobuf => match decode_json(payload) {
             Err(json_error @ DecodeError::InvalidJson { .. }) => {
                 match pb::Envelope::decode(payload) {
@@ -163,7 +182,12 @@ pub fn decode(payload: &[u8], content_type: Option<&str>, max_bytes: usize) -> R
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Format {
     Json,
+    /// The content type says protobuf.
     Protobuf,
+    /// No content type, and not JSON text starting with `{`: a protobuf envelope, or a
+    /// message that is neither (a JSON array, `null`, plain text, nothing), whose error then
+    /// says what it is rather than what a protobuf decoder tripped on.
+    ProtobufOrOther,
     /// JSON whitespace then `{`. Usually JSON, but an envelope holding a batch starts with
     /// 0x0a (`\n`, the tag of field 1) then the batch length, which is `{` for 123 bytes: so
     /// protobuf is tried when the JSON does not parse.
@@ -188,7 +212,7 @@ impl Format {
         {
             Some(0) if body[0] == b'{' => Format::Json,
             Some(i) if body[i] == b'{' => Format::JsonOrProtobuf,
-            _ => Format::Protobuf,
+            _ => Format::ProtobufOrOther,
         }
     }
 }
@@ -463,16 +487,8 @@ fn decode_json(payload: &[u8]) -> Result<Inbound> {
     let body = payload.strip_prefix(UTF8_BOM).unwrap_or(payload);
     let value: Value = serde_json::from_slice(body).map_err(json_error)?;
     let Value::Object(map) = &value else {
-        let found = match value {
-            Value::Null => "null",
-            Value::Bool(_) => "a boolean",
-            Value::Number(_) => "a number",
-            Value::String(_) => "a string",
-            Value::Array(_) => "an array",
-            Value::Object(_) => "an object",
-        };
         return Err(DecodeError::NotAnObject {
-            found: found.to_string(),
+            found: json_kind(&value).to_string(),
         });
     };
     let top = Obj { map, path: None };
@@ -480,6 +496,45 @@ fn decode_json(payload: &[u8]) -> Result<Inbound> {
         identity_from_json(top).map(Inbound::Identity)
     } else {
         batch_from_json(top).map(Inbound::Batch)
+    }
+}
+
+/// The error of a sniffed message that decoded as no envelope: what it is as JSON, if JSON.
+fn neither_format(payload: &[u8], protobuf_error: &DecodeError) -> DecodeError {
+    let body = payload.strip_prefix(UTF8_BOM).unwrap_or(payload);
+    if body
+        .iter()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        return DecodeError::Empty;
+    }
+    let protobuf = match protobuf_error {
+        DecodeError::InvalidProtobuf(reason) => format!(" ({reason})"),
+        _ => " (no payload)".to_string(),
+    };
+    match serde_json::from_slice::<Value>(body) {
+        Ok(value) => DecodeError::NotABatch {
+            json: format!("found {}", json_kind(&value)),
+            protobuf: String::new(),
+        },
+        Err(error) => DecodeError::NotABatch {
+            json: match std::str::from_utf8(body) {
+                Ok(_) => json_error(error).to_string(),
+                Err(utf8) => format!("not UTF-8 text: invalid byte at {}", utf8.valid_up_to()),
+            },
+            protobuf,
+        },
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 
@@ -2619,8 +2674,42 @@ mod tests {
     }
 
     #[test]
+    fn messages_of_neither_format_say_what_they_are() {
+        for (payload, reason) in [
+            (&b"[1, 2]"[..], "not a JSON batch object (found an array) nor a protobuf envelope"),
+            (b"null", "not a JSON batch object (found null) nor a protobuf envelope"),
+            (b" \"mpid\"", "not a JSON batch object (found a string) nor a protobuf envelope"),
+            (b"42", "not a JSON batch object (found a number) nor a protobuf envelope"),
+            (b"true", "not a JSON batch object (found a boolean) nor a protobuf envelope"),
+            (
+                b"yesterday",
+                "not a JSON batch object (invalid json at line 1 column 1: expected value) nor a protobuf envelope (",
+            ),
+            (
+                b"[1, 2",
+                "not a JSON batch object (invalid json at line 1 column 5: EOF while parsing a list) nor a protobuf envelope (",
+            ),
+            (b"\xff\xfe\xfd", "not a JSON batch object (not UTF-8 text: invalid byte at 0) nor a protobuf envelope ("),
+        ] {
+            let error = decode(payload, None, 1 << 20).unwrap_err();
+            assert!(
+                error.to_string().starts_with(reason),
+                "{:?}: {error}",
+                String::from_utf8_lossy(payload)
+            );
+            assert_eq!(error.reason_code(), "malformed");
+            assert!(!error.to_string().contains("failed to decode"), "{error}");
+        }
+        // With a JSON content type, the JSON reading alone speaks.
+        assert_eq!(
+            decode(b"[1]", JSON, 1 << 20).unwrap_err().to_string(),
+            "expected a json object, found an array"
+        );
+    }
+
+    #[test]
     fn protobuf_errors() {
-        let garbage = decode(&[0xff, 0xff, 0xff, 0xff], None, 1 << 20).unwrap_err();
+        let garbage = decode(&[0xff, 0xff, 0xff, 0xff], PROTOBUF, 1 << 20).unwrap_err();
         assert!(
             garbage
                 .to_string()
@@ -2629,12 +2718,16 @@ mod tests {
         );
         assert_eq!(garbage.reason_code(), "malformed");
 
-        // An envelope without payload is zero bytes; so is an empty message.
+        // An envelope without payload is zero bytes; so is an empty message: said so when the
+        // content type declares an envelope, told as an empty message otherwise.
         let empty = pb::Envelope { payload: None }.encode_to_vec();
-        for content_type in [None, PROTOBUF] {
-            let error = decode(&empty, content_type, 1 << 20).unwrap_err();
-            assert_eq!(error, DecodeError::EmptyEnvelope);
-            assert_eq!(error.to_string(), "envelope: missing payload");
+        let error = decode(&empty, PROTOBUF, 1 << 20).unwrap_err();
+        assert_eq!(error, DecodeError::EmptyEnvelope);
+        assert_eq!(error.to_string(), "envelope: missing payload");
+        assert_eq!(error.reason_code(), "malformed");
+        for blank in [&b""[..], b"  \n", b"\xEF\xBB\xBF"] {
+            let error = decode(blank, None, 1 << 20).unwrap_err();
+            assert_eq!(error, DecodeError::Empty, "{blank:?}");
             assert_eq!(error.reason_code(), "malformed");
         }
 

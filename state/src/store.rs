@@ -6,7 +6,7 @@
 //! | `profiles`    | partition, mpid                       | [`ProfileState`] (postcard)    |
 //! | `outbox`      | partition, sequence                   | [`Delta`] (postcard)           |
 //! | `timers`      | partition, due time, mpid             | empty                          |
-//! | `deadletters` | partition, sequence                   | [`DeadLetter`] (postcard)      |
+//! | `deadletters` | partition, sequence                   | [`DeadLetter`] (postcard), until published |
 //! | `meta`        | text (`offset/…`, `head/…`, `size/…`) | big-endian integers            |
 //! | `audiences`   | audience id                           | [`AudienceRecord`] (JSON)      |
 //! | `eventlog`    | partition, mpid, chunk seq (u32 BE)   | a sealed chunk: format byte, events |
@@ -93,7 +93,7 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A message that could not be processed, kept with the state until published to the
-/// dead-letter topic.
+/// dead-letter topic, then deleted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub topic: String,
@@ -104,8 +104,131 @@ pub struct DeadLetter {
     /// What was wrong, naming the field.
     pub reason: String,
     pub key: Option<Vec<u8>>,
+    /// The message, or its first [`DeadLetterLimits::prefix_bytes`] when it did not fit.
     pub payload: Vec<u8>,
     pub at_ms: TimestampMs,
+    /// Size of the message as consumed: more than `payload` when truncated.
+    pub original_size: u64,
+    pub truncated: bool,
+}
+
+/// How large a dead letter may be. The letter goes to a topic that refuses records over a
+/// size (Kafka's `max.message.bytes`, librdkafka's `message.max.bytes`), while the message it
+/// carries may be any size a producer managed to write: a letter that would not fit keeps a
+/// prefix of the message, which with the topic, partition and offset headers is enough to
+/// find and read the original.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetterLimits {
+    /// The largest record the dead-letter topic accepts, headers and key included.
+    pub max_record_bytes: usize,
+    /// What a letter that does not fit keeps of the message.
+    pub prefix_bytes: usize,
+}
+
+impl Default for DeadLetterLimits {
+    fn default() -> Self {
+        DeadLetterLimits {
+            // librdkafka's default `message.max.bytes`, a little under Kafka's topic default.
+            max_record_bytes: 1_000_000,
+            prefix_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// What a record's framing and the letter's fixed headers take beyond the key, payload,
+/// topic and reason (a generous bound: Kafka's record overhead is under 100 bytes).
+const LETTER_FRAMING_BYTES: usize = 512;
+
+impl DeadLetter {
+    /// The letter of a message, holding the whole message when it fits `limits`, else its
+    /// prefix.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        topic: String,
+        partition: i32,
+        offset: i64,
+        reason_code: String,
+        reason: String,
+        key: Option<Vec<u8>>,
+        payload: &[u8],
+        at_ms: TimestampMs,
+        limits: DeadLetterLimits,
+    ) -> DeadLetter {
+        let mut letter = DeadLetter {
+            topic,
+            partition,
+            offset,
+            reason_code,
+            reason,
+            key,
+            payload: Vec::new(),
+            at_ms,
+            original_size: payload.len() as u64,
+            truncated: false,
+        };
+        let room = limits
+            .max_record_bytes
+            .saturating_sub(letter.record_bytes_without_payload());
+        if payload.len() <= room {
+            letter.payload = payload.to_vec();
+        } else {
+            letter.payload = payload[..limits.prefix_bytes.min(room).min(payload.len())].to_vec();
+            letter.truncated = true;
+        }
+        letter
+    }
+
+    /// Bytes the letter's record takes but for its payload.
+    pub fn record_bytes_without_payload(&self) -> usize {
+        LETTER_FRAMING_BYTES
+            + self.topic.len()
+            + self.reason.len()
+            + self.reason_code.len()
+            + self.key.as_ref().map_or(0, Vec::len)
+    }
+
+    /// The same letter with at most `bytes` of its payload.
+    pub fn cut_to(&self, bytes: usize) -> DeadLetter {
+        if self.payload.len() <= bytes {
+            return self.clone();
+        }
+        DeadLetter {
+            payload: self.payload[..bytes].to_vec(),
+            truncated: true,
+            ..self.clone()
+        }
+    }
+
+    /// Reads a stored letter, of this version or of the one before `original_size` and
+    /// `truncated` (those held whole messages).
+    fn decode(bytes: &[u8]) -> Result<DeadLetter, postcard::Error> {
+        #[derive(Deserialize)]
+        struct Untruncated {
+            topic: String,
+            partition: i32,
+            offset: i64,
+            reason_code: String,
+            reason: String,
+            key: Option<Vec<u8>>,
+            payload: Vec<u8>,
+            at_ms: TimestampMs,
+        }
+        postcard::from_bytes::<DeadLetter>(bytes).or_else(|error| {
+            let old: Untruncated = postcard::from_bytes(bytes).map_err(|_| error)?;
+            Ok(DeadLetter {
+                original_size: old.payload.len() as u64,
+                topic: old.topic,
+                partition: old.partition,
+                offset: old.offset,
+                reason_code: old.reason_code,
+                reason: old.reason,
+                key: old.key,
+                payload: old.payload,
+                at_ms: old.at_ms,
+                truncated: false,
+            })
+        })
+    }
 }
 
 /// Order-preserving encoding of a signed integer (sign bit flipped, big-endian).
@@ -326,6 +449,17 @@ impl WriteBatch<'_> {
         let bytes = postcard::to_stdvec(letter).expect("dead letter always serialises");
         self.batch.put_cf(cf, seq_key(partition, seq), bytes);
         self.put_meta_u64(&deadletter_head_key(partition), seq);
+    }
+
+    /// Deletes the partition's dead letters up to `seq` (published, or dropped past the
+    /// bound on what is kept).
+    pub fn delete_dead_letters_through(&mut self, partition: Partition, seq: u64) {
+        let cf = self.store.cf(CF_DEADLETTERS);
+        let end = seq_key(partition, seq.saturating_add(1));
+        self.batch.delete_range_cf(cf, seq_key(partition, 0), end);
+        if seq == u64::MAX {
+            self.batch.delete_cf(cf, end);
+        }
     }
 
     pub fn set_timer(&mut self, partition: Partition, due: TimestampMs, mpid: Mpid) {
@@ -1182,7 +1316,24 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> StoreResult<Vec<(u64, DeadLetter)>> {
-        self.read_seq(CF_DEADLETTERS, partition, after, limit)
+        self.read_seq_with(CF_DEADLETTERS, partition, after, limit, DeadLetter::decode)
+    }
+
+    /// Dead letters the partition keeps (not yet published), as stored.
+    pub fn count_dead_letters(&self, partition: Partition) -> StoreResult<u64> {
+        let mut n = 0;
+        let prefix = partition.to_be_bytes();
+        for item in self.db.iterator_cf(
+            self.cf(CF_DEADLETTERS),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (k, _) = item?;
+            if k[..4] != prefix {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
     }
 
     fn read_seq<T: serde::de::DeserializeOwned>(
@@ -1191,6 +1342,17 @@ impl Store {
         partition: Partition,
         after: u64,
         limit: usize,
+    ) -> StoreResult<Vec<(u64, T)>> {
+        self.read_seq_with(cf, partition, after, limit, |v| postcard::from_bytes(v))
+    }
+
+    fn read_seq_with<T>(
+        &self,
+        cf: &'static str,
+        partition: Partition,
+        after: u64,
+        limit: usize,
+        decode: impl Fn(&[u8]) -> Result<T, postcard::Error>,
     ) -> StoreResult<Vec<(u64, T)>> {
         let Some(from) = after.checked_add(1) else {
             return Ok(Vec::new());
@@ -1206,7 +1368,7 @@ impl Store {
                 break;
             }
             let seq = be_u64(&k[4..12]);
-            let value = postcard::from_bytes(&v).map_err(|e| StoreError::Corrupt {
+            let value = decode(&v).map_err(|e| StoreError::Corrupt {
                 cf,
                 key: format!("{partition}/{seq}"),
                 reason: e.to_string(),
@@ -1694,6 +1856,119 @@ mod tests {
         assert_eq!(store.known_partitions().unwrap(), vec![7]);
         store.prune_outbox(7, 1).unwrap();
         assert!(store.read_outbox(7, 0, 10).unwrap().is_empty());
+    }
+
+    fn letter(offset: i64, payload: &[u8], limits: DeadLetterLimits) -> DeadLetter {
+        DeadLetter::new(
+            "events".into(),
+            0,
+            offset,
+            "malformed".into(),
+            "not a JSON batch object (found an array) nor a protobuf envelope".into(),
+            Some(b"42".to_vec()),
+            payload,
+            7,
+            limits,
+        )
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_the_message_when_it_fits_and_a_prefix_when_not() {
+        let limits = DeadLetterLimits {
+            max_record_bytes: 4096,
+            prefix_bytes: 100,
+        };
+        let small = letter(1, &[b'x'; 1000], limits);
+        assert_eq!(
+            (small.payload.len(), small.original_size, small.truncated),
+            (1000, 1000, false)
+        );
+        let big = letter(2, &[b'y'; 5000], limits);
+        assert_eq!(
+            (big.payload.len(), big.original_size, big.truncated),
+            (100, 5000, true)
+        );
+        // Room left after the key and headers bounds the prefix too.
+        let tight = letter(
+            3,
+            &[b'z'; 5000],
+            DeadLetterLimits {
+                max_record_bytes: 600,
+                prefix_bytes: 1000,
+            },
+        );
+        assert!(tight.truncated);
+        assert!(tight.payload.len() + tight.record_bytes_without_payload() <= 600);
+        let cut = small.cut_to(10);
+        assert_eq!(
+            (cut.payload.len(), cut.original_size, cut.truncated),
+            (10, 1000, true)
+        );
+    }
+
+    #[test]
+    fn dead_letters_are_deleted_once_done_and_old_rows_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let limits = DeadLetterLimits::default();
+        let mut b = store.batch();
+        for seq in 1..=5 {
+            b.put_dead_letter(3, seq, &letter(seq as i64, b"[1]", limits));
+        }
+        b.put_dead_letter(4, 1, &letter(9, b"null", limits));
+        store.commit(b).unwrap();
+        // A row written before letters knew their original size.
+        #[derive(Serialize)]
+        struct Untruncated<'a> {
+            topic: &'a str,
+            partition: i32,
+            offset: i64,
+            reason_code: &'a str,
+            reason: &'a str,
+            key: Option<Vec<u8>>,
+            payload: Vec<u8>,
+            at_ms: i64,
+        }
+        let old = postcard::to_stdvec(&Untruncated {
+            topic: "events",
+            partition: 0,
+            offset: 6,
+            reason_code: "malformed",
+            reason: "old",
+            key: None,
+            payload: b"abc".to_vec(),
+            at_ms: 1,
+        })
+        .unwrap();
+        store
+            .db
+            .put_cf(store.cf(CF_DEADLETTERS), seq_key(3, 6), old)
+            .unwrap();
+        let read = store.read_dead_letters(3, 5, 10).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(
+            (
+                read[0].1.original_size,
+                read[0].1.truncated,
+                read[0].1.offset
+            ),
+            (3, false, 6)
+        );
+        assert_eq!(store.count_dead_letters(3).unwrap(), 6);
+
+        let mut b = store.batch();
+        b.delete_dead_letters_through(3, 4);
+        store.commit(b).unwrap();
+        let left: Vec<u64> = store
+            .read_dead_letters(3, 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(left, vec![5, 6]);
+        assert_eq!(store.count_dead_letters(3).unwrap(), 2);
+        // Another partition's letters stay.
+        assert_eq!(store.count_dead_letters(4).unwrap(), 1);
     }
 
     fn delta(audience: AudienceId, mpid: Mpid, kind: DeltaKind, version: u64, at: i64) -> Delta {

@@ -841,6 +841,15 @@ async fn main() -> anyhow::Result<()> {
                 s.messages_dead_lettered,
                 s.deltas_emitted
             );
+            println!(
+                "dead letters: published {}  truncated {}  unpublishable {}  dropped {}  kept {}  (deltas unpublishable {})",
+                s.dead_letters_published,
+                s.dead_letters_truncated,
+                s.dead_letters_unpublishable,
+                s.dead_letters_dropped,
+                s.dead_letters_kept,
+                s.deltas_unpublishable
+            );
             for p in s.partitions {
                 println!("  partition {:>3}  outbox head {:>8}  profiles in memory {:>6}  next offsets {:?}", p.partition, p.outbox_head, p.profiles_active, p.next_offsets);
             }
