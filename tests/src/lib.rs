@@ -36,8 +36,12 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
+/// The engine binary of this build, or `AUDIENCE_ENGINE_BINARY` (to measure another build
+/// with the same tests).
 pub fn engine_binary() -> PathBuf {
-    let path = bin_dir().join("audience-engine");
+    let path = std::env::var_os("AUDIENCE_ENGINE_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin_dir().join("audience-engine"));
     assert!(
         path.exists(),
         "{} is missing: build the binaries first (`make test` does)",

@@ -387,3 +387,50 @@ async fn a_letter_the_topic_refuses_never_holds_the_letters_behind_it() -> Resul
     assert_eq!(deltas.len(), 1);
     Ok(())
 }
+
+/// The figure of the dead-letter issue: records on the dead-letter topic against bad messages,
+/// 40 s after 14 bad messages (one of 2 MiB) went in among valid batches. Prints it; run with
+/// `--ignored --nocapture`, and `AUDIENCE_ENGINE_BINARY=...` to measure another build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn dead_letter_records_against_bad_messages() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("dlqfigure");
+    let dir = tempfile::tempdir()?;
+    let mut engine = Engine::start(&broker, &topics, &dir.path().join("engine"), "dlqfigure")?;
+    let ch = engine.ready().await?;
+    let now = engine_now(&ch).await?;
+    let producer = big_producer(&broker)?;
+    let mut two_mib = br#"{"mpid": 9, "events": [], "padding": ""#.to_vec();
+    two_mib.resize(2 * 1024 * 1024 - 2, b'x');
+    two_mib.extend_from_slice(b"\"}");
+    let mut bad: Vec<Vec<u8>> = (0..13)
+        .map(|i| format!("{{\"mpid\": {i}, \"events\": [").into_bytes())
+        .collect();
+    bad.insert(6, two_mib);
+    for (i, payload) in bad.iter().enumerate() {
+        let good = sdk_batch(100 + i as i64, now, vec![]);
+        produce_to(
+            &producer,
+            &topics.events,
+            0,
+            b"g",
+            good.to_string().as_bytes(),
+        )
+        .await?;
+        produce_to(&producer, &topics.events, 0, b"bad", payload).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let letters = read_topic(
+        &broker.bootstrap,
+        &topics.dead_letters,
+        Duration::from_secs(5),
+    )
+    .await?;
+    println!(
+        "dead-letter records after 40 s: {} for {} bad messages",
+        letters.len(),
+        bad.len()
+    );
+    Ok(())
+}
