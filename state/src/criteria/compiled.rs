@@ -1,0 +1,309 @@
+//! The compiled form of an audience: the node tree evaluation walks, the matchers that pick
+//! events, and what an audience reads (for the index from changes to audiences).
+
+use super::definition::*;
+use super::values::*;
+use crate::model::{AttrValue, TimestampMs};
+use crate::profile::ProfileState;
+
+/// What a compiled audience reads, for the index from changes to audiences.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReadKey {
+    /// Events of a type with a selector name (event name, screen name, product action; "" for
+    /// types without one).
+    Event { event_type: String, name: String },
+    /// A user attribute, lowercased.
+    Attribute(String),
+    /// An identity type, lowercased.
+    Identity(String),
+    /// Device info or app version.
+    Device,
+    /// Consent state.
+    Consent,
+    /// First seen: fixed when the profile is created.
+    FirstSeen,
+    /// Membership in another audience.
+    Audience(crate::model::AudienceId),
+    /// A calculated attribute, by lowercased name.
+    Calculated(String),
+    /// Install or uninstall attribution.
+    Attribution,
+    /// The profile's location (GeoIP or device position).
+    Location,
+}
+
+/// An event criterion with attribute conditions keeps its own series in the profile, recorded
+/// as events arrive, keyed by the hash of its canonical form (shared by identical criteria).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matcher {
+    pub history_key: String,
+    pub event_type: String,
+    pub name: String,
+    pub custom_event_type: Option<String>,
+    pub conditions: Vec<CompiledCondition>,
+    pub product_conditions: Vec<CompiledCondition>,
+    pub transaction_conditions: Vec<CompiledCondition>,
+    pub promotion_conditions: Vec<CompiledCondition>,
+    /// Impressions: the list's name, lowercased.
+    pub impression_list: Option<String>,
+}
+
+/// The fields of a promotion that promotion conditions read.
+pub const PROMOTION_FIELDS: &[&str] = &["id", "name", "creative", "position"];
+
+/// The fields of a product that product conditions read.
+pub const PRODUCT_FIELDS: &[&str] = &[
+    "id", "sku", "name", "brand", "category", "variant", "price", "quantity",
+];
+
+/// The fields of a transaction that transaction conditions read.
+pub const TRANSACTION_FIELDS: &[&str] = &["total_amount", "transaction_id"];
+
+pub(crate) fn product_field(p: &crate::model::Product, field: &str) -> Option<AttrValue> {
+    let text = |v: &Option<String>| v.clone().map(AttrValue::String);
+    match field {
+        "id" | "sku" => text(&p.id),
+        "name" => text(&p.name),
+        "brand" => text(&p.brand),
+        "category" => text(&p.category),
+        "variant" => text(&p.variant),
+        "price" => p.price.map(AttrValue::Number),
+        "quantity" => p.quantity.map(AttrValue::Number),
+        _ => None,
+    }
+}
+
+impl Matcher {
+    pub fn accepts(&self, event: &crate::model::Event) -> bool {
+        if event.kind.event_type() != self.event_type || event.kind.selector_name() != self.name {
+            return false;
+        }
+        if let (Some(want), crate::model::EventKind::Custom { custom_type, .. }) =
+            (&self.custom_event_type, &event.kind)
+        {
+            if custom_type.as_deref().map(str::to_lowercase).as_deref() != Some(want.as_str()) {
+                return false;
+            }
+        }
+        let attributes_hold = self.conditions.iter().all(|c| {
+            let value = event
+                .attributes
+                .iter()
+                .find(|(k, _)| k.to_lowercase() == c.name)
+                .map(|(_, v)| AttrValue::String(v.clone()));
+            c.test.holds(value.as_ref())
+        });
+        if !attributes_hold {
+            return false;
+        }
+        if self.product_conditions.is_empty()
+            && self.transaction_conditions.is_empty()
+            && self.promotion_conditions.is_empty()
+            && self.impression_list.is_none()
+        {
+            return true;
+        }
+        let some_product_holds = |products: &[crate::model::Product]| {
+            self.product_conditions.is_empty()
+                || products.iter().any(|p| {
+                    self.product_conditions
+                        .iter()
+                        .all(|c| c.test.holds(product_field(p, &c.name).as_ref()))
+                })
+        };
+        let (products, total_amount, transaction_id) = match &event.kind {
+            crate::model::EventKind::Commerce {
+                products,
+                total_amount,
+                transaction_id,
+                ..
+            } => (products, total_amount, transaction_id),
+            crate::model::EventKind::Impression { list, products } => {
+                let list_holds = self.impression_list.as_ref().is_none_or(|want| {
+                    list.as_deref().map(str::to_lowercase).as_deref() == Some(want.as_str())
+                });
+                return list_holds && some_product_holds(products);
+            }
+            crate::model::EventKind::Promotion { promotions, .. } => {
+                return self.promotion_conditions.is_empty()
+                    || promotions.iter().any(|p| {
+                        self.promotion_conditions.iter().all(|c| {
+                            let text = |v: &Option<String>| v.clone().map(AttrValue::String);
+                            let value = match c.name.as_str() {
+                                "id" => text(&p.id),
+                                "name" => text(&p.name),
+                                "creative" => text(&p.creative),
+                                _ => text(&p.position),
+                            };
+                            c.test.holds(value.as_ref())
+                        })
+                    });
+            }
+            _ => return false,
+        };
+        let transaction_holds = self.transaction_conditions.iter().all(|c| {
+            let value = match c.name.as_str() {
+                "total_amount" => total_amount.map(AttrValue::Number),
+                _ => transaction_id.clone().map(AttrValue::String),
+            };
+            c.test.holds(value.as_ref())
+        });
+        transaction_holds && some_product_holds(products)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledCondition {
+    /// Attribute name, lowercased.
+    pub name: String,
+    pub test: Test,
+}
+
+/// The time window of an event criterion, resolved to milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Window {
+    /// Everything in retention.
+    Retention,
+    /// Counted while `t + enter_after <= now <= t + exit_after` (relative to now).
+    Sliding { enter_after: i64, exit_after: i64 },
+    /// `from <= t < until` (fixed calendar bounds).
+    Fixed { from: i64, until: i64 },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventNode {
+    pub event_type: String,
+    pub name: String,
+    pub custom_event_type: Option<String>,
+    /// The profile history keys holding this criterion's occurrences; a key ending in the
+    /// separator is a prefix (custom events of any custom event type).
+    pub history_key: HistoryKey,
+    pub count: Count,
+    pub window: Window,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryKey {
+    Exact(String),
+    Prefix(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node {
+    And(Vec<Node>),
+    Or(Vec<Node>),
+    Not(Box<Node>),
+    Event(EventNode),
+    Attribute(CompiledCondition),
+    Identity {
+        identity_type: String,
+        test: Test,
+    },
+    Consent(ConsentTest),
+    Device {
+        field: String,
+        test: Test,
+    },
+    FirstSeen(Window),
+    Audience {
+        id: crate::model::AudienceId,
+        member: bool,
+    },
+    CartAbandonment {
+        wait_ms: i64,
+        any_action: bool,
+    },
+    /// A calculated attribute's value at evaluation time.
+    Calculated {
+        key: String,
+        spec: crate::calculated::CalcSpec,
+        test: Test,
+    },
+    /// Install or uninstall attribution; without a field the test reads whether it exists.
+    Attribution {
+        uninstall: bool,
+        field: Option<String>,
+        test: Test,
+    },
+    LocationField {
+        field: String,
+        test: Test,
+    },
+    LocationWithin {
+        latitude: f64,
+        longitude: f64,
+        radius_km: f64,
+        /// What the definition named ("Paris, FR" or the coordinates), for explanations.
+        label: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConsentTest {
+    /// GDPR purpose (lowercased): Some(consented) or None for "no state".
+    Gdpr {
+        purpose: String,
+        state: Option<bool>,
+    },
+    /// CCPA data-sale opt-out: Some(opted out) or None for "no state".
+    Ccpa { state: Option<bool> },
+}
+
+/// The answer for one profile at one instant, with the next instant at which time alone may
+/// change it (`None`: only a new event or change can).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outcome {
+    pub matched: bool,
+    pub next_change: Option<TimestampMs>,
+}
+
+/// Separator between event name and custom event type in history keys.
+pub const KEY_SEP: char = '\u{1f}';
+
+/// The history key an event is recorded under (without attribute conditions).
+pub fn event_history_key(event: &crate::model::Event) -> String {
+    match &event.kind {
+        crate::model::EventKind::Custom { name, custom_type } => format!(
+            "custom_event:{}{KEY_SEP}{}",
+            name.to_lowercase(),
+            custom_type.as_deref().unwrap_or("").to_lowercase()
+        ),
+        kind => {
+            let name = kind.selector_name();
+            if name.is_empty() {
+                kind.event_type().to_string()
+            } else {
+                format!("{}:{}", kind.event_type(), name)
+            }
+        }
+    }
+}
+
+/// Evaluation context: the instant and the retention of event history.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalContext {
+    pub now: TimestampMs,
+    pub retention_ms: i64,
+}
+
+/// An audience ready to evaluate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledAudience {
+    pub root: Node,
+    pub reads: Vec<ReadKey>,
+    /// The audiences whose membership it reads (kept apart from `reads` for the hot path).
+    pub references: Vec<crate::model::AudienceId>,
+    pub matchers: Vec<Matcher>,
+    pub time_dependent: bool,
+}
+
+impl CompiledAudience {
+    pub fn evaluate(&self, profile: &ProfileState, ctx: &EvalContext) -> Outcome {
+        self.root.evaluate(profile, ctx)
+    }
+
+    /// The audiences this one reads the membership of.
+    pub fn referenced_audiences(&self) -> &[crate::model::AudienceId] {
+        &self.references
+    }
+}

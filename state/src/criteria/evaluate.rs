@@ -1,0 +1,404 @@
+//! Evaluation of a compiled node against a profile at an instant: the outcome and the next
+//! instant it may change (recency windows slide with no new event).
+
+use super::compiled::*;
+use super::values::*;
+use crate::history::EventSeries;
+use crate::model::{AttrValue, PRODUCT_ACTIONS};
+use crate::profile::ProfileState;
+
+/// A location field of a profile: the reserved user attributes (`$City`, `$State`, `$Zip`,
+/// `$Country`, `$DMA`) win over what GeoIP or the device reported.
+pub fn location_field(profile: &ProfileState, field: &str) -> Option<String> {
+    let reserved = profile
+        .attribute(&format!("${field}"))
+        .and_then(AttrValue::as_text)
+        .filter(|v| !v.is_empty());
+    reserved.or_else(|| {
+        let l = &profile.location;
+        match field {
+            "city" => l.city.clone(),
+            "state" => l.state.clone(),
+            "zip" => l.zip.clone(),
+            "dma" => l.dma.clone(),
+            "country" => l.country.clone(),
+            _ => None,
+        }
+    })
+}
+
+pub(super) fn attribution_value(
+    profile: &ProfileState,
+    uninstall: bool,
+    field: Option<&str>,
+) -> Option<AttrValue> {
+    let a = if uninstall {
+        profile.uninstall_attribution.as_ref()
+    } else {
+        profile.install_attribution.as_ref()
+    }?;
+    match field {
+        None => Some(AttrValue::Bool(true)),
+        Some("publisher") => a.publisher.clone().map(AttrValue::String),
+        Some(_) => a.campaign.clone().map(AttrValue::String),
+    }
+}
+
+pub(super) fn distance_to(profile: &ProfileState, latitude: f64, longitude: f64) -> Option<f64> {
+    let (lat, lon) = (profile.location.latitude?, profile.location.longitude?);
+    Some(crate::geo::distance_km(lat, lon, latitude, longitude))
+}
+
+pub(super) fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+impl Node {
+    pub fn evaluate(&self, profile: &ProfileState, ctx: &EvalContext) -> Outcome {
+        match self {
+            Node::And(children) => {
+                let mut next = None;
+                let mut matched = true;
+                for child in children {
+                    let o = child.evaluate(profile, ctx);
+                    matched &= o.matched;
+                    next = earliest(next, o.next_change);
+                }
+                Outcome {
+                    matched,
+                    next_change: next,
+                }
+            }
+            Node::Or(children) => {
+                let mut next = None;
+                let mut matched = false;
+                for child in children {
+                    let o = child.evaluate(profile, ctx);
+                    matched |= o.matched;
+                    next = earliest(next, o.next_change);
+                }
+                Outcome {
+                    matched,
+                    next_change: next,
+                }
+            }
+            Node::Not(child) => {
+                let o = child.evaluate(profile, ctx);
+                Outcome {
+                    matched: !o.matched,
+                    next_change: o.next_change,
+                }
+            }
+            Node::Attribute(cond) => Outcome {
+                matched: cond.test.holds(profile.attribute(&cond.name)),
+                next_change: None,
+            },
+            Node::Identity {
+                identity_type,
+                test,
+            } => {
+                let values = profile.identities.get(identity_type);
+                let matched = match (test, values) {
+                    (Test::Not(inner), _) => !any_identity(inner, values),
+                    (t, v) => any_identity(t, v),
+                };
+                Outcome {
+                    matched,
+                    next_change: None,
+                }
+            }
+            Node::Event(node) => node.evaluate(profile, ctx),
+            Node::Consent(test) => Outcome {
+                matched: match test {
+                    ConsentTest::Gdpr { purpose, state } => {
+                        profile.consent.gdpr.get(purpose).map(|c| c.consented) == *state
+                    }
+                    ConsentTest::Ccpa { state } => profile.consent.ccpa_data_sale_opt_out == *state,
+                },
+                next_change: None,
+            },
+            Node::Device { field, test } => {
+                let value = device_field(profile, field).map(AttrValue::String);
+                Outcome {
+                    matched: test.holds(value.as_ref()),
+                    next_change: None,
+                }
+            }
+            Node::Audience { id, member } => Outcome {
+                matched: profile.memberships.get(id).is_some_and(|r| r.member) == *member,
+                next_change: None,
+            },
+            Node::CartAbandonment {
+                wait_ms,
+                any_action,
+            } => cart_abandonment(profile, ctx, *wait_ms, *any_action),
+            Node::Calculated { key, spec, test } => {
+                let (value, next_change) =
+                    crate::calculated::value_of(profile.calculated.get(key), spec, ctx.now);
+                Outcome {
+                    matched: test.holds(value.as_ref()),
+                    next_change,
+                }
+            }
+            Node::Attribution {
+                uninstall,
+                field,
+                test,
+            } => Outcome {
+                matched: test
+                    .holds(attribution_value(profile, *uninstall, field.as_deref()).as_ref()),
+                next_change: None,
+            },
+            Node::LocationField { field, test } => Outcome {
+                matched: test.holds(
+                    location_field(profile, field)
+                        .map(AttrValue::String)
+                        .as_ref(),
+                ),
+                next_change: None,
+            },
+            Node::LocationWithin {
+                latitude,
+                longitude,
+                radius_km,
+                ..
+            } => Outcome {
+                matched: distance_to(profile, *latitude, *longitude)
+                    .is_some_and(|d| d <= *radius_km),
+                next_change: None,
+            },
+            Node::FirstSeen(window) => {
+                if profile.first_seen_ms == 0 {
+                    return Outcome {
+                        matched: false,
+                        next_change: None,
+                    };
+                }
+                // First seen is profile data: no event retention applies to it.
+                let (matched, next_change) =
+                    occurrence(*window, profile.first_seen_ms, ctx.now, i64::MAX / 4);
+                Outcome {
+                    matched,
+                    next_change,
+                }
+            }
+        }
+    }
+
+    pub(super) fn collect_reads(&self, reads: &mut Vec<ReadKey>) {
+        match self {
+            Node::And(c) | Node::Or(c) => c.iter().for_each(|n| n.collect_reads(reads)),
+            Node::Not(c) => c.collect_reads(reads),
+            Node::Attribute(cond) => reads.push(ReadKey::Attribute(cond.name.clone())),
+            Node::Identity { identity_type, .. } => {
+                reads.push(ReadKey::Identity(identity_type.clone()))
+            }
+            Node::Event(e) => reads.push(ReadKey::Event {
+                event_type: e.event_type.clone(),
+                name: e.name.clone(),
+            }),
+            Node::Consent(_) => reads.push(ReadKey::Consent),
+            Node::Device { .. } => reads.push(ReadKey::Device),
+            Node::FirstSeen(_) => reads.push(ReadKey::FirstSeen),
+            Node::Audience { id, .. } => reads.push(ReadKey::Audience(*id)),
+            // Every product action matters: the add, the purchase, any other action.
+            Node::CartAbandonment { .. } => reads.push(ReadKey::Event {
+                event_type: "commerce_event".into(),
+                name: String::new(),
+            }),
+            Node::Calculated { key, .. } => reads.push(ReadKey::Calculated(key.clone())),
+            Node::Attribution { .. } => reads.push(ReadKey::Attribution),
+            Node::LocationField { field, .. } => {
+                reads.push(ReadKey::Location);
+                reads.push(ReadKey::Attribute(format!("${field}")));
+            }
+            Node::LocationWithin { .. } => reads.push(ReadKey::Location),
+        }
+    }
+
+    pub(super) fn is_time_dependent(&self) -> bool {
+        match self {
+            Node::And(c) | Node::Or(c) => c.iter().any(Node::is_time_dependent),
+            Node::Not(c) => c.is_time_dependent(),
+            Node::Event(_) | Node::FirstSeen(_) | Node::CartAbandonment { .. } => true,
+            Node::Calculated { spec, .. } => spec.window_ms.is_some(),
+            Node::Attribution { .. } | Node::LocationField { .. } | Node::LocationWithin { .. } => {
+                false
+            }
+            Node::Attribute(_)
+            | Node::Identity { .. }
+            | Node::Consent(_)
+            | Node::Device { .. }
+            | Node::Audience { .. } => false,
+        }
+    }
+}
+
+/// The latest occurrence of a history key within retention, at `now`.
+pub(super) fn last_in_retention(
+    profile: &ProfileState,
+    key: &str,
+    ctx: &EvalContext,
+) -> Option<i64> {
+    profile
+        .history
+        .get(key)?
+        .occurrences()
+        .map(|(t, _)| t)
+        .filter(|&t| t <= ctx.now && t >= ctx.now - ctx.retention_ms)
+        .last()
+}
+
+/// Cart abandonment: the latest add to cart (in retention) is followed by no purchase (or no
+/// other product action) and is at least `wait_ms` old.
+pub(super) fn cart_abandonment(
+    profile: &ProfileState,
+    ctx: &EvalContext,
+    wait_ms: i64,
+    any_action: bool,
+) -> Outcome {
+    let not_matched = Outcome {
+        matched: false,
+        next_change: None,
+    };
+    let Some(added) = last_in_retention(profile, "commerce_event:add_to_cart", ctx) else {
+        return not_matched;
+    };
+    let prefix = if any_action {
+        "commerce_event:"
+    } else {
+        "commerce_event:purchase"
+    };
+    let followed = profile
+        .history
+        .range(prefix.to_string()..)
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .filter(|(k, _)| {
+            // Only product actions: promotions and impressions are not.
+            let action = &k["commerce_event:".len()..];
+            action != "add_to_cart" && PRODUCT_ACTIONS.contains(&action)
+        })
+        .any(|(_, series)| series.occurrences().any(|(t, _)| t > added && t <= ctx.now));
+    if followed {
+        return not_matched;
+    }
+    let due = added.saturating_add(wait_ms);
+    let leaves_retention = added.saturating_add(ctx.retention_ms).saturating_add(1);
+    if ctx.now < due {
+        Outcome {
+            matched: false,
+            next_change: Some(due),
+        }
+    } else if ctx.now < leaves_retention {
+        Outcome {
+            matched: true,
+            next_change: Some(leaves_retention),
+        }
+    } else {
+        not_matched
+    }
+}
+
+/// The value of a device criterion's field on a profile.
+pub(super) fn device_field(profile: &ProfileState, field: &str) -> Option<String> {
+    let d = &profile.device;
+    match field {
+        "platform" => d.platform.clone(),
+        "os_version" => d.os_version.clone(),
+        "device_model" => d.device_model.clone(),
+        "device_manufacturer" => d.device_manufacturer.clone(),
+        "network_carrier" => d.network_carrier.clone(),
+        "brand" => d.brand.clone(),
+        "locale_country" => d.locale_country.clone(),
+        "locale_language" => d.locale_language.clone(),
+        "app_version" => profile.app_version.clone(),
+        _ => None,
+    }
+}
+
+pub(super) fn any_identity(test: &Test, values: Option<&Vec<String>>) -> bool {
+    match (test, values) {
+        (Test::Exists, v) => v.is_some_and(|v| !v.is_empty()),
+        (_, None) => false,
+        (t, Some(values)) => values
+            .iter()
+            .any(|v| t.holds(Some(&AttrValue::String(v.clone())))),
+    }
+}
+
+/// Whether something that happened at `t` is inside `window` at `now` (and younger than
+/// `retention_ms`), and the next instant after `now` at which that changes.
+pub(super) fn occurrence(
+    window: Window,
+    t: i64,
+    now: i64,
+    retention_ms: i64,
+) -> (bool, Option<i64>) {
+    let retention_exit = t.saturating_add(retention_ms).saturating_add(1);
+    let (enter, exit) = match window {
+        Window::Retention => (t, retention_exit),
+        Window::Sliding {
+            enter_after,
+            exit_after,
+        } => (
+            t.saturating_add(enter_after),
+            t.saturating_add(exit_after)
+                .saturating_add(1)
+                .min(retention_exit),
+        ),
+        Window::Fixed { from, until } => {
+            if t < from || t >= until {
+                return (false, None);
+            }
+            (t, retention_exit)
+        }
+    };
+    if now < enter {
+        (false, Some(enter))
+    } else if now < exit {
+        (true, Some(exit))
+    } else {
+        (false, None)
+    }
+}
+
+impl EventNode {
+    pub(super) fn series<'a>(&self, profile: &'a ProfileState) -> Vec<&'a EventSeries> {
+        match &self.history_key {
+            HistoryKey::Exact(k) => profile.history.get(k).into_iter().collect(),
+            HistoryKey::Prefix(p) => profile
+                .history
+                .range(p.clone()..)
+                .take_while(|(k, _)| k.starts_with(p.as_str()))
+                .map(|(_, s)| s)
+                .collect(),
+        }
+    }
+
+    pub fn count(&self, profile: &ProfileState, ctx: &EvalContext) -> (u64, Option<i64>) {
+        let mut count = 0u64;
+        let mut next = None;
+        for series in self.series(profile) {
+            for (t, n) in series.occurrences() {
+                let (counted, change) = occurrence(self.window, t, ctx.now, ctx.retention_ms);
+                if counted {
+                    count += n as u64;
+                }
+                next = earliest(next, change);
+            }
+        }
+        (count, next)
+    }
+
+    pub(super) fn evaluate(&self, profile: &ProfileState, ctx: &EvalContext) -> Outcome {
+        let (count, next_change) = self.count(profile, ctx);
+        Outcome {
+            matched: self.count.holds(count),
+            next_change,
+        }
+    }
+}
