@@ -107,6 +107,15 @@ pub struct ReplayProgress {
     pub finished_at_ms: Option<i64>,
 }
 
+/// A size estimate with the sample behind it (computed by [`crate::sampling`], cached here).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampledEstimate {
+    pub estimate: audience_state::estimate::Estimate,
+    pub sampled: u64,
+    pub sampled_members: u64,
+    pub population: u64,
+}
+
 /// Counters of the node, for status calls (Prometheus gets the same through `metrics`).
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -141,7 +150,7 @@ pub struct Engine {
     /// Profiles per partition, as counted when its last backfill started.
     pub profile_counts: Mutex<HashMap<Partition, u64>>,
     /// Size estimates of CALCULATING audiences by (audience, revision), computed once.
-    pub estimates: Mutex<HashMap<(AudienceId, u64), crate::sampling::SampledEstimate>>,
+    pub estimates: Mutex<HashMap<(AudienceId, u64), SampledEstimate>>,
     /// Replays by partition, kept by the partition actors.
     pub replays: Mutex<HashMap<Partition, ReplayProgress>>,
 }

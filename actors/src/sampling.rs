@@ -7,24 +7,15 @@
 //!
 //! Invariant: nothing here writes; the profiles read are copies.
 
-use crate::engine::Engine;
+use crate::engine::{Engine, SampledEstimate};
 use audience_state::backfill::BackfillPlan;
 use audience_state::criteria::{CompiledAudience, EvalContext};
-use audience_state::estimate::{estimate, Estimate};
+use audience_state::estimate::estimate;
 use audience_state::eventlog::Dictionary;
 use audience_state::model::{AudienceId, Mpid};
 use audience_state::profile::ProfileState;
 use audience_state::store::{Partition, StoreError};
 use std::collections::HashMap;
-
-/// A size estimate with the sample behind it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SampledEstimate {
-    pub estimate: Estimate,
-    pub sampled: u64,
-    pub sampled_members: u64,
-    pub population: u64,
-}
 
 /// Profile reads with one dictionary per partition.
 struct Reader<'a> {

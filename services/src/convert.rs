@@ -109,7 +109,7 @@ pub fn calculation(c: &audience_actors::engine::Calculation) -> pb::Calculation 
     }
 }
 
-pub fn estimate(s: &audience_actors::sampling::SampledEstimate) -> pb::AudienceEstimate {
+pub fn estimate(s: &audience_actors::engine::SampledEstimate) -> pb::AudienceEstimate {
     use audience_state::estimate::Estimate;
     let mut out = pb::AudienceEstimate {
         sample_size: s.sampled,
