@@ -1,0 +1,287 @@
+//! `audiencectl audience ...`: create, load, list, get, update, wait, estimate, diff, delete,
+//! activate and draft audiences.
+
+use crate::client::*;
+use anyhow::Context;
+use audience_proto::v1 as pb;
+use audience_services::config::AudienceFile;
+use audience_services::convert::{json_to_struct, struct_to_json};
+use clap::Subcommand;
+use pb::audience_service_client::AudienceServiceClient;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tonic::transport::Channel;
+
+#[derive(Subcommand)]
+pub enum AudienceCmd {
+    /// Create an audience from a JSON file: {"name", "external_name", "tags", "criteria"}.
+    Create {
+        file: PathBuf,
+        #[arg(long)]
+        draft: bool,
+        /// Show the calculation's progress until the audience is ACTIVE.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Create every audience of a folder whose name does not exist yet.
+    Load {
+        dir: PathBuf,
+    },
+    List {
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    Get {
+        id: u64,
+    },
+    Update {
+        id: u64,
+        file: PathBuf,
+        /// Show the calculation's progress until the audience is ACTIVE.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a live progress line while the audience is CALCULATING, until it is ACTIVE.
+    Wait {
+        id: u64,
+    },
+    /// Estimate the size of the definition in FILE from a sample of profiles (saves nothing).
+    Estimate {
+        file: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        sample: u32,
+    },
+    /// What replacing audience ID's definition with FILE's would change (changes nothing).
+    Diff {
+        id: u64,
+        file: PathBuf,
+    },
+    Delete {
+        id: u64,
+    },
+    Activate {
+        id: u64,
+    },
+    Draft {
+        id: u64,
+    },
+}
+
+pub async fn audience(server: &str, cmd: AudienceCmd) -> anyhow::Result<()> {
+    let mut client = AudienceServiceClient::new(channel(server).await?);
+    match cmd {
+        AudienceCmd::Create { file, draft, wait } => {
+            let f = AudienceFile::read(&file)?;
+            let a = client
+                .create_audience(pb::CreateAudienceRequest {
+                    name: f.name,
+                    external_name: f.external_name,
+                    criteria: Some(json_to_struct(&f.criteria)),
+                    tags: f.tags,
+                    draft,
+                })
+                .await?
+                .into_inner();
+            print_audience(&a);
+            if wait && !draft {
+                wait_calculated(&mut client, a.id).await?;
+            }
+        }
+        AudienceCmd::Load { dir } => {
+            load_audiences(&mut client, &dir).await?;
+        }
+        AudienceCmd::List { tags } => {
+            for a in client
+                .list_audiences(pb::ListAudiencesRequest { tags })
+                .await?
+                .into_inner()
+                .audiences
+            {
+                print_audience(&a);
+            }
+        }
+        AudienceCmd::Get { id } => {
+            let a = client
+                .get_audience(pb::GetAudienceRequest { id })
+                .await?
+                .into_inner();
+            print_audience(&a);
+            if let Some(c) = &a.criteria {
+                println!("{}", serde_json::to_string_pretty(&struct_to_json(c))?);
+            }
+        }
+        AudienceCmd::Wait { id } => wait_calculated(&mut client, id).await?,
+        AudienceCmd::Estimate { file, sample } => {
+            let f = AudienceFile::read(&file)?;
+            let e = client
+                .estimate_audience(pb::EstimateAudienceRequest {
+                    criteria: Some(json_to_struct(&f.criteria)),
+                    sample_size: sample,
+                })
+                .await?
+                .into_inner();
+            if e.too_small {
+                println!(
+                    "~  (too small to estimate: {} of {} sampled profiles match, {} profiles)",
+                    e.sampled_members, e.sample_size, e.profiles_total
+                );
+            } else if e.exact {
+                println!(
+                    "{}  (exact: every one of {} profiles evaluated)",
+                    e.estimate, e.profiles_total
+                );
+            } else {
+                println!(
+                    "{}  (95% interval {}..{}; {} of {} sampled profiles match, {} profiles)",
+                    e.estimate, e.low, e.high, e.sampled_members, e.sample_size, e.profiles_total
+                );
+            }
+        }
+        AudienceCmd::Diff { id, file } => {
+            let f = AudienceFile::read(&file)?;
+            let d = client
+                .preview_update(pb::PreviewUpdateRequest {
+                    audience_id: id,
+                    criteria: Some(json_to_struct(&f.criteria)),
+                    sample_size: 0,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "audience {id}: {} members now; {} would leave, {} would enter ({} profiles scanned)",
+                d.members_now, d.would_leave, d.would_enter, d.profiles_scanned
+            );
+            for (label, sample, reason) in [
+                ("leaving", &d.leaving_sample, &d.leaving_reason),
+                ("entering", &d.entering_sample, &d.entering_reason),
+            ] {
+                if sample.is_empty() {
+                    continue;
+                }
+                let list: Vec<String> = sample.iter().map(|m| m.to_string()).collect();
+                println!("  {label}: {}", list.join(", "));
+                if let Some(root) = reason.as_ref().and_then(|r| r.root.as_ref()) {
+                    println!("  why {} is {label}:", sample[0]);
+                    print_explain_node(root, 2);
+                }
+            }
+        }
+        AudienceCmd::Update { id, file, wait } => {
+            let f = AudienceFile::read(&file)?;
+            let a = client
+                .update_audience(pb::UpdateAudienceRequest {
+                    id,
+                    name: f.name,
+                    external_name: f.external_name,
+                    criteria: Some(json_to_struct(&f.criteria)),
+                    tags: f.tags,
+                })
+                .await?
+                .into_inner();
+            print_audience(&a);
+            if wait {
+                wait_calculated(&mut client, id).await?;
+            }
+        }
+        AudienceCmd::Delete { id } => {
+            client
+                .delete_audience(pb::DeleteAudienceRequest { id })
+                .await?;
+            println!("audience {id} deleted");
+        }
+        AudienceCmd::Activate { id } => print_audience(
+            &client
+                .activate_audience(pb::AudienceIdRequest { id })
+                .await?
+                .into_inner(),
+        ),
+        AudienceCmd::Draft { id } => print_audience(
+            &client
+                .save_as_draft(pb::AudienceIdRequest { id })
+                .await?
+                .into_inner(),
+        ),
+    }
+    Ok(())
+}
+
+/// Redraws one progress line (scanned, total, percentage, time left) until the audience is no
+/// longer CALCULATING, then prints it.
+pub async fn wait_calculated(
+    client: &mut AudienceServiceClient<Channel>,
+    id: u64,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    loop {
+        let a = client
+            .get_audience(pb::GetAudienceRequest { id })
+            .await?
+            .into_inner();
+        if a.status != pb::AudienceStatus::Calculating as i32 {
+            eprint!("\r\x1b[2K");
+            print_audience(&a);
+            return Ok(());
+        }
+        let c = a.calculation.unwrap_or_default();
+        let estimate = match &c.estimate {
+            Some(e) if e.too_small => ", estimated size ~".to_string(),
+            Some(e) => format!(", estimated size {} ({}..{})", e.estimate, e.low, e.high),
+            None => String::new(),
+        };
+        let left = if c.eta_ms > 0 {
+            format!(", about {:.0} s left", c.eta_ms as f64 / 1000.0)
+        } else {
+            String::new()
+        };
+        eprint!(
+            "\r\x1b[2Kcalculating {:5.1}%  {} of {} profiles{left}{estimate}",
+            c.percent, c.profiles_scanned, c.profiles_total
+        );
+        std::io::stderr().flush()?;
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// Creates the audiences of a folder that do not exist by name; returns id by name.
+pub async fn load_audiences(
+    client: &mut AudienceServiceClient<Channel>,
+    dir: &Path,
+) -> anyhow::Result<HashMap<u64, String>> {
+    let existing = client
+        .list_audiences(pb::ListAudiencesRequest { tags: vec![] })
+        .await?
+        .into_inner()
+        .audiences;
+    let mut names: HashMap<u64, String> = existing.iter().map(|a| (a.id, a.name.clone())).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    for file in files {
+        let f = AudienceFile::read(&file)?;
+        if existing.iter().any(|a| a.name == f.name) {
+            continue;
+        }
+        let a = client
+            .create_audience(pb::CreateAudienceRequest {
+                name: f.name,
+                external_name: f.external_name,
+                criteria: Some(json_to_struct(&f.criteria)),
+                tags: f.tags,
+                draft: false,
+            })
+            .await
+            .with_context(|| format!("creating {}", file.display()))?
+            .into_inner();
+        println!(
+            "loaded audience {} '{}' from {}",
+            a.id,
+            a.name,
+            file.display()
+        );
+        names.insert(a.id, a.name);
+    }
+    Ok(names)
+}

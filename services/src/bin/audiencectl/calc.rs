@@ -1,0 +1,93 @@
+//! `audiencectl calc ...` (calculated attributes) and `audiencectl tier` (event tiers).
+
+use crate::client::*;
+use anyhow::Context;
+use audience_proto::v1 as pb;
+use audience_services::convert::{json_to_struct, struct_to_json};
+use clap::Subcommand;
+use pb::audience_service_client::AudienceServiceClient;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum CalcCmd {
+    /// Define or redefine calculated attributes from JSON files (name, calculation, event,
+    /// field, window_days).
+    Put { files: Vec<PathBuf> },
+    /// List the calculated attributes.
+    List,
+    /// Delete a calculated attribute (refused while audiences read it).
+    Delete { name: String },
+}
+
+pub async fn calc(server: &str, cmd: CalcCmd) -> anyhow::Result<()> {
+    let mut client = AudienceServiceClient::new(channel(server).await?);
+    match cmd {
+        CalcCmd::Put { files } => {
+            for file in files {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let json: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not JSON", file.display()))?;
+                let saved = client
+                    .put_calculated_attribute(pb::CalculatedAttribute {
+                        definition: Some(json_to_struct(&json)),
+                        ..Default::default()
+                    })
+                    .await
+                    .with_context(|| format!("{}", file.display()))?
+                    .into_inner();
+                println!("defined (revision {}) {}", saved.revision, file.display());
+            }
+        }
+        CalcCmd::List => {
+            let list = client
+                .list_calculated_attributes(pb::ListCalculatedAttributesRequest {})
+                .await?
+                .into_inner();
+            for a in list.attributes {
+                let json = a
+                    .definition
+                    .as_ref()
+                    .map(struct_to_json)
+                    .unwrap_or_default();
+                println!("{json}");
+            }
+        }
+        CalcCmd::Delete { name } => {
+            client
+                .delete_calculated_attribute(pb::DeleteCalculatedAttributeRequest {
+                    name: name.clone(),
+                })
+                .await?;
+            println!("deleted {name}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn tier(
+    server: &str,
+    event_type: Option<String>,
+    name: Option<String>,
+    tier: Option<String>,
+) -> anyhow::Result<()> {
+    let mut client = AudienceServiceClient::new(channel(server).await?);
+    if let (Some(event_type), Some(name), Some(tier)) = (event_type, name, tier) {
+        client
+            .set_event_tier(pb::EventTier {
+                event_type,
+                name,
+                tier,
+            })
+            .await?;
+    }
+    for t in client
+        .list_event_tiers(pb::ListEventTiersRequest {})
+        .await?
+        .into_inner()
+        .tiers
+    {
+        println!("{:<20} {:<32} {}", t.event_type, t.name, t.tier);
+    }
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! `audiencectl output ...` and `audiencectl connection ...`: output configurations and the
+//! connections of audiences to them.
+
+use crate::client::*;
+use anyhow::Context;
+use audience_proto::v1 as pb;
+use audience_services::convert::{json_to_struct, struct_to_json};
+use clap::Subcommand;
+use pb::output_service_client::OutputServiceClient;
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand)]
+pub enum OutputCmd {
+    /// Create an output from a JSON file: {"name", "kind", "settings", "secrets",
+    /// "accepted_identities"}.
+    Create {
+        file: PathBuf,
+    },
+    /// Replace an output's configuration from a JSON file (secrets shown as ******** keep
+    /// their value).
+    Update {
+        id: u64,
+        file: PathBuf,
+    },
+    List,
+    Delete {
+        id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConnectionCmd {
+    /// Connect audiences to an output (one or many: a result per audience).
+    Create {
+        #[arg(long)]
+        output: u64,
+        /// Audience ids.
+        audiences: Vec<u64>,
+        /// User attributes to share with the identities.
+        #[arg(long = "share")]
+        shared_attributes: Vec<String>,
+        /// Create it inactive.
+        #[arg(long)]
+        inactive: bool,
+    },
+    List {
+        #[arg(long, default_value_t = 0)]
+        audience: u64,
+    },
+    /// Set a connection sending or inactive.
+    Status {
+        id: u64,
+        #[arg(value_parser = ["sending", "inactive"])]
+        status: String,
+    },
+    Delete {
+        id: u64,
+    },
+    /// Faulted connections with their last error.
+    Faults,
+    /// Send everything owed since a connection's fault.
+    Resume {
+        id: u64,
+    },
+}
+
+pub async fn output(server: &str, cmd: OutputCmd) -> anyhow::Result<()> {
+    let mut client = OutputServiceClient::new(channel(server).await?);
+    let read = |file: &Path| -> anyhow::Result<pb::OutputConfig> {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", file.display()))?;
+        let strings = |key: &str| -> Vec<String> {
+            json[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        };
+        Ok(pb::OutputConfig {
+            name: json["name"].as_str().unwrap_or_default().into(),
+            kind: json["kind"].as_str().unwrap_or_default().into(),
+            settings: Some(json_to_struct(&json["settings"])),
+            secrets: json["secrets"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect(),
+            accepted_identities: strings("accepted_identities"),
+            ..Default::default()
+        })
+    };
+    let show = |o: &pb::OutputConfig| {
+        println!(
+            "{:>4} {:<24} {:<8} accepts {:?}  connections {} (faulted {})  settings {}",
+            o.id,
+            o.name,
+            o.kind,
+            o.accepted_identities,
+            o.connections,
+            o.faulted_connections,
+            o.settings.as_ref().map(struct_to_json).unwrap_or_default()
+        )
+    };
+    match cmd {
+        OutputCmd::Create { file } => show(&client.create_output(read(&file)?).await?.into_inner()),
+        OutputCmd::Update { id, file } => {
+            let mut config = read(&file)?;
+            config.id = id;
+            show(&client.update_output(config).await?.into_inner())
+        }
+        OutputCmd::List => {
+            for o in client
+                .list_outputs(pb::ListOutputsRequest {})
+                .await?
+                .into_inner()
+                .outputs
+            {
+                show(&o);
+            }
+        }
+        OutputCmd::Delete { id } => {
+            client.delete_output(pb::OutputIdRequest { id }).await?;
+            println!("deleted output {id}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn connection(server: &str, cmd: ConnectionCmd) -> anyhow::Result<()> {
+    let mut client = OutputServiceClient::new(channel(server).await?);
+    let show = |c: &pb::Connection| {
+        let f = c.figures.unwrap_or_default();
+        println!(
+            "{:>4} audience {:>4} -> output {:>3}  {:<8} size {} adds {} drops {} volatility {:.3}  sent {} failed {} retried {} unsendable {}{}",
+            c.id,
+            c.audience_id,
+            c.output_id,
+            if c.status == pb::ConnectionStatus::Inactive as i32 { "inactive" } else { "sending" },
+            f.size, f.adds_24h, f.drops_24h, f.volatility, f.sent, f.failed, f.retried, f.unsendable,
+            if c.faulted { "  FAULTED" } else { "" }
+        )
+    };
+    match cmd {
+        ConnectionCmd::Create {
+            output,
+            audiences,
+            shared_attributes,
+            inactive,
+        } => {
+            let status = if inactive {
+                pb::ConnectionStatus::Inactive
+            } else {
+                pb::ConnectionStatus::Sending
+            } as i32;
+            let results = client
+                .bulk_connect(pb::BulkConnectRequest {
+                    output_id: output,
+                    audience_ids: audiences,
+                    status,
+                    settings: None,
+                    shared_attributes,
+                })
+                .await?
+                .into_inner()
+                .results;
+            for r in results {
+                if r.ok {
+                    println!("audience {}: connection {}", r.audience_id, r.connection_id);
+                } else {
+                    println!("audience {}: {}", r.audience_id, r.error);
+                }
+            }
+        }
+        ConnectionCmd::List { audience } => {
+            for c in client
+                .list_connections(pb::ListConnectionsRequest {
+                    audience_id: audience,
+                    output_id: 0,
+                })
+                .await?
+                .into_inner()
+                .connections
+            {
+                show(&c);
+            }
+        }
+        ConnectionCmd::Status { id, status } => {
+            let mut c = client
+                .get_connection(pb::ConnectionIdRequest { id })
+                .await?
+                .into_inner();
+            c.status = if status == "inactive" {
+                pb::ConnectionStatus::Inactive
+            } else {
+                pb::ConnectionStatus::Sending
+            } as i32;
+            show(&client.update_connection(c).await?.into_inner());
+        }
+        ConnectionCmd::Delete { id } => {
+            client
+                .delete_connection(pb::ConnectionIdRequest { id })
+                .await?;
+            println!("deleted connection {id}");
+        }
+        ConnectionCmd::Faults => {
+            for f in client
+                .list_faults(pb::ListFaultsRequest {})
+                .await?
+                .into_inner()
+                .faults
+            {
+                println!(
+                    "connection {} (audience {} -> output {}): {} status {} after {} attempts at {}  body {:?}",
+                    f.connection_id, f.audience_id, f.output_id, f.message, f.status, f.attempts, f.at_ms, f.body_excerpt
+                );
+            }
+        }
+        ConnectionCmd::Resume { id } => {
+            show(
+                &client
+                    .resume(pb::ConnectionIdRequest { id })
+                    .await?
+                    .into_inner(),
+            );
+        }
+    }
+    Ok(())
+}
