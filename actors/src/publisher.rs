@@ -289,9 +289,12 @@ fn prune(engine: &Engine) {
             Ok(None) => {}
             Err(e) => tracing::warn!(partition = p, error = %e, "outbox pruning failed"),
         }
-        if let Ok(letters) = engine.store.published(DEAD_LETTER_SINK, p) {
+        // Only stores from before letters were deleted on publish hold published ones.
+        let published = engine.store.published(DEAD_LETTER_SINK, p).unwrap_or(0);
+        let oldest = engine.store.read_dead_letters(p, 0, 1);
+        if matches!(oldest.as_deref(), Ok([(seq, _)]) if *seq <= published) {
             let mut b = engine.store.batch();
-            b.delete_dead_letters_through(p, letters);
+            b.delete_dead_letters_through(p, published);
             if let Err(e) = engine.store.commit(b) {
                 tracing::warn!(partition = p, error = %e, "dead-letter pruning failed");
             }

@@ -249,6 +249,15 @@ pub fn profile_key(partition: Partition, mpid: Mpid) -> [u8; 12] {
     k
 }
 
+/// The first profile key of a partition scan that resumes after `after` (exclusive); `None`
+/// when nothing can follow it.
+fn profile_scan_start(partition: Partition, after: Option<Mpid>) -> Option<[u8; 12]> {
+    match after {
+        Some(m) => m.checked_add(1).map(|next| profile_key(partition, next)),
+        None => Some(profile_key(partition, i64::MIN)),
+    }
+}
+
 pub fn log_key(partition: Partition, mpid: Mpid, seq: u32) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..12].copy_from_slice(&profile_key(partition, mpid));
@@ -767,10 +776,8 @@ impl Store {
         after: Option<Mpid>,
         limit: usize,
     ) -> StoreResult<Vec<ProfileState>> {
-        let start = match after {
-            Some(m) if m == i64::MAX => return Ok(Vec::new()),
-            Some(m) => profile_key(partition, m + 1),
-            None => profile_key(partition, i64::MIN),
+        let Some(start) = profile_scan_start(partition, after) else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for item in self.db.iterator_cf_opt(
@@ -1083,10 +1090,8 @@ impl Store {
         after: Option<Mpid>,
         limit: usize,
     ) -> StoreResult<Vec<ProfileLogs>> {
-        let start = match after {
-            Some(m) if m == i64::MAX => return Ok(Vec::new()),
-            Some(m) => profile_key(partition, m + 1),
-            None => profile_key(partition, i64::MIN),
+        let Some(start) = profile_scan_start(partition, after) else {
+            return Ok(Vec::new());
         };
         let mut facts = Vec::new();
         for item in self.db.iterator_cf_opt(
