@@ -1,0 +1,395 @@
+//! The event log's RocksDB layout (chunks, head, dictionary), the scans backfill and replay
+//! read, and the revisions a partition's profiles were computed for.
+
+use super::keys::*;
+use super::*;
+use crate::eventlog::{Dictionary, EventLog, LogWrites};
+use crate::model::{AudienceId, Mpid};
+use crate::profile::ProfileState;
+use rocksdb::{Direction, IteratorMode};
+use std::collections::BTreeMap;
+
+/// A replay in progress: whether it wiped the profile states first, and the last profile it
+/// rebuilt (`None`: none yet). Stored, so a restart resumes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayCursor {
+    pub wiped: bool,
+    pub after: Option<Mpid>,
+}
+
+/// A profile's log as stored: its head (`None`: nothing logged) and sealed chunks.
+pub(super) type LogParts = (Option<EventLog>, Vec<Vec<u8>>);
+
+/// What a profile is rebuilt from: its facts, its event log and its membership history.
+#[derive(Debug, Clone)]
+pub struct ProfileLogs {
+    pub mpid: Mpid,
+    pub facts: crate::facts::ProfileFacts,
+    pub log: EventLog,
+    pub chunks: Vec<Vec<u8>>,
+    pub memberships: BTreeMap<AudienceId, Vec<crate::membership::Change>>,
+}
+
+/// A stored profile with its event log: the head and the sealed chunks, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileWithLog {
+    pub profile: ProfileState,
+    pub log: EventLog,
+    pub chunks: Vec<Vec<u8>>,
+}
+
+impl WriteBatch<'_> {
+    /// Records the revision of an audience the partition's stored profiles were all evaluated
+    /// against (`None`: forget it).
+    pub fn set_evaluated_revision(
+        &mut self,
+        audience: AudienceId,
+        partition: Partition,
+        revision: Option<u64>,
+    ) {
+        let key = evaluated_key(partition, audience);
+        match revision {
+            Some(r) => self.put_meta_u64(&key, r),
+            None => {
+                let cf = self.store.cf(CF_META);
+                self.batch.delete_cf(cf, key.as_bytes());
+            }
+        }
+    }
+
+    /// Writes what changed in a profile's log: its sealed chunks, the chunks it dropped and
+    /// its head.
+    pub fn put_log(
+        &mut self,
+        partition: Partition,
+        mpid: Mpid,
+        log: &EventLog,
+        writes: &LogWrites,
+    ) {
+        let cf = self.store.cf(CF_EVENTLOG);
+        for (seq, bytes) in &writes.put_chunks {
+            self.batch.put_cf(cf, log_key(partition, mpid, *seq), bytes);
+        }
+        for seq in &writes.delete_chunks {
+            self.batch.delete_cf(cf, log_key(partition, mpid, *seq));
+        }
+        if writes.head_changed {
+            self.batch
+                .put_cf(cf, log_key(partition, mpid, LOG_HEAD_SEQ), log.encode());
+        }
+    }
+
+    /// Deletes a profile's whole log (every chunk and the head).
+    pub fn delete_log(&mut self, partition: Partition, mpid: Mpid) {
+        let cf = self.store.cf(CF_EVENTLOG);
+        self.batch.delete_range_cf(
+            cf,
+            log_key(partition, mpid, 0),
+            log_key(partition, mpid, LOG_HEAD_SEQ),
+        );
+        self.batch
+            .delete_cf(cf, log_key(partition, mpid, LOG_HEAD_SEQ));
+    }
+
+    /// Names newly coded in a partition's dictionary.
+    pub fn put_dictionary(&mut self, partition: Partition, entries: &[(u32, String)]) {
+        let cf = self.store.cf(CF_LOGDICT);
+        for (code, name) in entries {
+            self.batch
+                .put_cf(cf, dict_key(partition, *code), name.as_bytes());
+        }
+    }
+
+    /// Records the revision of a calculated attribute the partition's stored profiles were
+    /// calculated for (`None`: forget it).
+    pub fn set_calculated_evaluated(
+        &mut self,
+        partition: Partition,
+        key: &str,
+        revision: Option<u64>,
+    ) {
+        let key = calc_evaluated_key(partition, key);
+        match revision {
+            Some(r) => self.put_meta_u64(&key, r),
+            None => {
+                let cf = self.store.cf(CF_META);
+                self.batch.delete_cf(cf, key.as_bytes());
+            }
+        }
+    }
+
+    /// Where a running replay of the partition stands (`None`: none runs).
+    pub fn set_replay_cursor(&mut self, partition: Partition, cursor: Option<ReplayCursor>) {
+        let cf = self.store.cf(CF_META);
+        let key = replay_key(partition);
+        match cursor {
+            None => self.batch.delete_cf(cf, key.as_bytes()),
+            Some(c) => {
+                let mut v = vec![u8::from(c.wiped)];
+                if let Some(after) = c.after {
+                    v.extend_from_slice(&after.to_be_bytes());
+                }
+                self.batch.put_cf(cf, key.as_bytes(), v);
+            }
+        }
+    }
+}
+
+impl Store {
+    /// The partition's running replay, if any.
+    pub fn replay_cursor(&self, partition: Partition) -> StoreResult<Option<ReplayCursor>> {
+        let key = replay_key(partition);
+        let Some(v) = self.db.get_pinned_cf(self.cf(CF_META), key.as_bytes())? else {
+            return Ok(None);
+        };
+        let after = match v.len() {
+            1 => None,
+            9 => Some(i64::from_be_bytes(v[1..].try_into().expect("8 bytes"))),
+            n => {
+                return Err(StoreError::Corrupt {
+                    cf: CF_META,
+                    key,
+                    reason: format!("replay cursor of {n} bytes, not 1 or 9"),
+                })
+            }
+        };
+        Ok(Some(ReplayCursor {
+            wiped: v[0] == 1,
+            after,
+        }))
+    }
+
+    /// Everything one profile is rebuilt from (`None`: it has no facts record).
+    pub fn load_profile_logs(
+        &self,
+        partition: Partition,
+        mpid: Mpid,
+    ) -> StoreResult<Option<ProfileLogs>> {
+        let Some(facts) = self.load_facts(partition, mpid)? else {
+            return Ok(None);
+        };
+        Ok(Some(ProfileLogs {
+            mpid,
+            facts,
+            log: self.load_log_head(partition, mpid)?.unwrap_or_default(),
+            chunks: self.load_log_chunks(partition, mpid)?,
+            memberships: self.membership_changes_of(partition, mpid)?,
+        }))
+    }
+
+    /// Visits the profiles of a partition that have facts, in MPID order, from `after`
+    /// (exclusive), with everything each is rebuilt from. Reads no profile state.
+    pub fn scan_profile_logs(
+        &self,
+        partition: Partition,
+        after: Option<Mpid>,
+        limit: usize,
+    ) -> StoreResult<Vec<ProfileLogs>> {
+        let Some(start) = profile_scan_start(partition, after) else {
+            return Ok(Vec::new());
+        };
+        let mut facts = Vec::new();
+        for item in self.db.iterator_cf_opt(
+            self.cf(CF_FACTS),
+            scan_options(),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if k[..4] != partition.to_be_bytes() || facts.len() >= limit {
+                break;
+            }
+            let mpid = from_ordered_i64(&k[4..]);
+            let decoded =
+                crate::facts::ProfileFacts::decode(&v).map_err(|reason| StoreError::Corrupt {
+                    cf: CF_FACTS,
+                    key: format!("{partition}/{mpid}"),
+                    reason,
+                })?;
+            facts.push((mpid, decoded));
+        }
+        let (Some(first), Some(last)) = (facts.first(), facts.last()) else {
+            return Ok(Vec::new());
+        };
+        let mut logs = self.logs_between(partition, first.0, last.0)?;
+        let mut out = Vec::with_capacity(facts.len());
+        for (mpid, facts) in facts {
+            let (log, chunks) = logs.remove(&mpid).unwrap_or_default();
+            out.push(ProfileLogs {
+                mpid,
+                facts,
+                log: log.unwrap_or_default(),
+                chunks,
+                memberships: self.membership_changes_of(partition, mpid)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A profile's log head (`None`: the profile has logged nothing).
+    pub fn load_log_head(&self, partition: Partition, mpid: Mpid) -> StoreResult<Option<EventLog>> {
+        let key = log_key(partition, mpid, LOG_HEAD_SEQ);
+        match self.db.get_pinned_cf(self.cf(CF_EVENTLOG), key)? {
+            None => Ok(None),
+            Some(bytes) => {
+                EventLog::decode(&bytes)
+                    .map(Some)
+                    .map_err(|reason| StoreError::Corrupt {
+                        cf: CF_EVENTLOG,
+                        key: format!("{partition}/{mpid}/head"),
+                        reason,
+                    })
+            }
+        }
+    }
+
+    /// A profile's sealed chunks as stored, oldest first.
+    pub fn load_log_chunks(&self, partition: Partition, mpid: Mpid) -> StoreResult<Vec<Vec<u8>>> {
+        let start = log_key(partition, mpid, 0);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_EVENTLOG),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if k[..12] != start[..12] || k[12..] == LOG_HEAD_SEQ.to_be_bytes() {
+                break;
+            }
+            out.push(v.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// A partition's dictionary of log names.
+    pub fn load_dictionary(&self, partition: Partition) -> StoreResult<Dictionary> {
+        let start = dict_key(partition, 0);
+        let mut entries = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_LOGDICT),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if k[..4] != start[..4] {
+                break;
+            }
+            let code = u32::from_be_bytes([k[4], k[5], k[6], k[7]]);
+            entries.push((code, String::from_utf8_lossy(&v).into_owned()));
+        }
+        Dictionary::from_entries(entries).map_err(|reason| StoreError::Corrupt {
+            cf: CF_LOGDICT,
+            key: format!("{partition}"),
+            reason,
+        })
+    }
+
+    /// Visits every profile of a partition with its event log, in MPID order, from `after`
+    /// (exclusive): two forward scans side by side, no lookup per profile.
+    pub fn scan_profiles_with_logs(
+        &self,
+        partition: Partition,
+        after: Option<Mpid>,
+        limit: usize,
+    ) -> StoreResult<Vec<ProfileWithLog>> {
+        let profiles = self.scan_profiles(partition, after, limit)?;
+        let (Some(first), Some(last)) = (profiles.first(), profiles.last()) else {
+            return Ok(Vec::new());
+        };
+        let mut logs = self.logs_between(partition, first.mpid, last.mpid)?;
+        Ok(profiles
+            .into_iter()
+            .map(|profile| {
+                let (log, chunks) = logs.remove(&profile.mpid).unwrap_or_default();
+                ProfileWithLog {
+                    profile,
+                    log: log.unwrap_or_default(),
+                    chunks,
+                }
+            })
+            .collect())
+    }
+
+    /// The event logs (head, sealed chunks oldest first) of the profiles from `first` to
+    /// `last` (inclusive): one forward scan.
+    pub(super) fn logs_between(
+        &self,
+        partition: Partition,
+        first: Mpid,
+        last: Mpid,
+    ) -> StoreResult<BTreeMap<Mpid, LogParts>> {
+        let start = log_key(partition, first, 0);
+        let end = profile_key(partition, last);
+        let mut logs: BTreeMap<Mpid, LogParts> = BTreeMap::new();
+        for item in self.db.iterator_cf_opt(
+            self.cf(CF_EVENTLOG),
+            scan_options(),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if k.len() != 16 || k[..12] > end[..] {
+                break;
+            }
+            let mpid = from_ordered_i64(&k[4..12]);
+            let entry = logs.entry(mpid).or_default();
+            if k[12..] == LOG_HEAD_SEQ.to_be_bytes() {
+                let head = EventLog::decode(&v).map_err(|reason| StoreError::Corrupt {
+                    cf: CF_EVENTLOG,
+                    key: format!("{partition}/{mpid}/head"),
+                    reason,
+                })?;
+                entry.0 = Some(head);
+            } else {
+                entry.1.push(v.to_vec());
+            }
+        }
+        Ok(logs)
+    }
+
+    /// (calculated attribute, revision) pairs the partition's profiles were calculated for.
+    pub fn calculated_evaluated(&self, partition: Partition) -> StoreResult<Vec<(String, u64)>> {
+        let prefix = format!("calc-evaluated/{partition}/");
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(prefix.as_bytes(), Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            let Some(rest) = k.strip_prefix(prefix.as_bytes()) else {
+                break;
+            };
+            out.push((String::from_utf8_lossy(rest).into_owned(), be_u64(&v)));
+        }
+        Ok(out)
+    }
+
+    /// Approximate bytes on disk (SST files) and in memtables of the event log.
+    pub fn event_log_bytes(&self) -> StoreResult<(u64, u64)> {
+        let cf = self.cf(CF_EVENTLOG);
+        let sst = self
+            .db
+            .property_int_value_cf(cf, "rocksdb.total-sst-files-size")?
+            .unwrap_or(0);
+        let mem = self
+            .db
+            .property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables")?
+            .unwrap_or(0);
+        Ok((sst, mem))
+    }
+
+    /// (audience, revision) pairs the partition's profiles were evaluated against.
+    pub fn evaluated_revisions(&self, partition: Partition) -> StoreResult<Vec<(AudienceId, u64)>> {
+        let prefix = format!("evaluated/{partition}/");
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(prefix.as_bytes(), Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            let Some(rest) = k.strip_prefix(prefix.as_bytes()) else {
+                break;
+            };
+            if let Ok(a) = String::from_utf8_lossy(rest).parse::<AudienceId>() {
+                out.push((a, be_u64(&v)));
+            }
+        }
+        Ok(out)
+    }
+}

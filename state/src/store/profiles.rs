@@ -1,0 +1,284 @@
+//! Profile states, their facts records, the sample index and timers. A profile's first write
+//! also adds it to the sample and the partition's count.
+
+use super::keys::*;
+use super::*;
+use crate::model::{Mpid, TimestampMs};
+use crate::profile::ProfileState;
+use rocksdb::{Direction, IteratorMode};
+
+impl WriteBatch<'_> {
+    pub fn put_profile(&mut self, partition: Partition, profile: &ProfileState) {
+        let cf = self.store.cf(CF_PROFILES);
+        self.batch
+            .put_cf(cf, profile_key(partition, profile.mpid), profile.encode());
+    }
+
+    pub fn set_timer(&mut self, partition: Partition, due: TimestampMs, mpid: Mpid) {
+        let cf = self.store.cf(CF_TIMERS);
+        self.batch.put_cf(cf, timer_key(partition, due, mpid), []);
+    }
+
+    pub fn clear_timer(&mut self, partition: Partition, due: TimestampMs, mpid: Mpid) {
+        let cf = self.store.cf(CF_TIMERS);
+        self.batch.delete_cf(cf, timer_key(partition, due, mpid));
+    }
+
+    /// A profile's facts record ([`crate::facts::encode_facts`]).
+    pub fn put_facts(&mut self, partition: Partition, mpid: Mpid, record: &[u8]) {
+        let cf = self.store.cf(CF_FACTS);
+        self.batch.put_cf(cf, profile_key(partition, mpid), record);
+    }
+
+    /// Marks every stored profile of the partition as having its facts record.
+    pub fn set_facts_indexed(&mut self, partition: Partition) {
+        self.put_meta_u64(&facts_indexed_key(partition), 1);
+    }
+
+    /// Deletes every profile state and timer of a partition: what a replay rebuilds from the
+    /// logs. The logs, the outbox, sizes and offsets stay.
+    pub fn wipe_profile_states(&mut self, partition: Partition) {
+        let (from, to) = (
+            profile_key(partition, i64::MIN),
+            profile_key(partition, i64::MAX),
+        );
+        let profiles = self.store.cf(CF_PROFILES);
+        self.batch.delete_range_cf(profiles, from, to);
+        self.batch.delete_cf(profiles, to);
+        let timers = self.store.cf(CF_TIMERS);
+        let (from, to) = (
+            timer_key(partition, i64::MIN, i64::MIN),
+            timer_key(partition, i64::MAX, i64::MAX),
+        );
+        self.batch.delete_range_cf(timers, from, to);
+        self.batch.delete_cf(timers, to);
+    }
+
+    /// Lists a newly stored profile in the sample index.
+    pub fn add_to_sample(&mut self, partition: Partition, mpid: Mpid) {
+        let cf = self.store.cf(CF_SAMPLE);
+        self.batch.put_cf(cf, sample_key(partition, mpid), []);
+    }
+
+    /// How many profiles the partition stores.
+    pub fn set_profile_count(&mut self, partition: Partition, count: u64) {
+        self.put_meta_u64(&profile_count_key(partition), count);
+    }
+}
+
+impl Store {
+    pub fn load_profile(
+        &self,
+        partition: Partition,
+        mpid: Mpid,
+    ) -> StoreResult<Option<ProfileState>> {
+        let key = profile_key(partition, mpid);
+        match self.db.get_pinned_cf(self.cf(CF_PROFILES), key)? {
+            None => Ok(None),
+            Some(bytes) => {
+                ProfileState::decode(&bytes)
+                    .map(Some)
+                    .map_err(|reason| StoreError::Corrupt {
+                        cf: CF_PROFILES,
+                        key: format!("{partition}/{mpid}"),
+                        reason,
+                    })
+            }
+        }
+    }
+
+    /// Finds a profile in whichever partition holds it.
+    pub fn find_profile(
+        &self,
+        mpid: Mpid,
+        partitions: impl IntoIterator<Item = Partition>,
+    ) -> StoreResult<Option<(Partition, ProfileState)>> {
+        for p in partitions {
+            if let Some(profile) = self.load_profile(p, mpid)? {
+                return Ok(Some((p, profile)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The partitions that hold any profile, from the keys themselves.
+    pub fn known_partitions(&self) -> StoreResult<Vec<Partition>> {
+        let mut out = Vec::new();
+        let mut next: u64 = 0;
+        while next <= u32::MAX as u64 {
+            let start = (next as u32).to_be_bytes();
+            let mut it = self.db.iterator_cf(
+                self.cf(CF_PROFILES),
+                IteratorMode::From(&start, Direction::Forward),
+            );
+            match it.next() {
+                Some(item) => {
+                    let (k, _) = item?;
+                    let p = u32::from_be_bytes([k[0], k[1], k[2], k[3]]);
+                    out.push(p);
+                    next = p as u64 + 1;
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Visits every profile of a partition, in MPID order, from `after` (exclusive).
+    pub fn scan_profiles(
+        &self,
+        partition: Partition,
+        after: Option<Mpid>,
+        limit: usize,
+    ) -> StoreResult<Vec<ProfileState>> {
+        let Some(start) = profile_scan_start(partition, after) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(
+            self.cf(CF_PROFILES),
+            scan_options(),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if k[..4] != partition.to_be_bytes() || out.len() >= limit {
+                break;
+            }
+            let profile = ProfileState::decode(&v).map_err(|reason| StoreError::Corrupt {
+                cf: CF_PROFILES,
+                key: format!("{partition}/{}", from_ordered_i64(&k[4..])),
+                reason,
+            })?;
+            out.push(profile);
+        }
+        Ok(out)
+    }
+
+    /// The first `limit` profiles of a partition in sample order (a uniform sample).
+    pub fn sample(&self, partition: Partition, limit: usize) -> StoreResult<Vec<Mpid>> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_SAMPLE));
+        it.seek(partition.to_be_bytes());
+        let mut out = Vec::new();
+        while it.valid() && out.len() < limit {
+            match it.key() {
+                Some(k) if k.len() == 20 && k[..4] == partition.to_be_bytes() => {
+                    out.push(from_ordered_i64(&k[12..]))
+                }
+                _ => break,
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// The stored count of a partition's profiles (`None`: a store from before the count).
+    pub fn profile_count(&self, partition: Partition) -> StoreResult<Option<u64>> {
+        self.meta_u64(&profile_count_key(partition))
+    }
+
+    /// Lists every stored profile of a partition in the sample index and stores their count:
+    /// for stores written before the index. Returns the count.
+    pub fn index_sample(&self, partition: Partition) -> StoreResult<u64> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_PROFILES));
+        it.seek(profile_key(partition, i64::MIN));
+        let mut n = 0;
+        let mut batch = self.batch();
+        while it.valid() {
+            match it.key() {
+                Some(k) if k[..4] == partition.to_be_bytes() => {
+                    batch.add_to_sample(partition, from_ordered_i64(&k[4..]));
+                    n += 1;
+                }
+                _ => break,
+            }
+            if n % 10_000 == 0 {
+                self.commit(std::mem::replace(&mut batch, self.batch()))?;
+            }
+            it.next();
+        }
+        it.status()?;
+        batch.set_profile_count(partition, n);
+        self.commit(batch)?;
+        Ok(n)
+    }
+
+    /// Whether every stored profile of the partition has its facts record.
+    pub fn facts_indexed(&self, partition: Partition) -> StoreResult<bool> {
+        Ok(self.meta_u64(&facts_indexed_key(partition))?.is_some())
+    }
+
+    /// Writes the facts record of every stored profile of a partition from its state, for
+    /// stores written before the record, then marks the partition. Returns the count.
+    pub fn index_facts(&self, partition: Partition) -> StoreResult<u64> {
+        let mut n = 0;
+        let mut after = None;
+        loop {
+            let page = self.scan_profiles(partition, after, 1_000)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.mpid);
+            let mut batch = self.batch();
+            for profile in &page {
+                batch.put_facts(
+                    partition,
+                    profile.mpid,
+                    &crate::facts::encode_facts(profile),
+                );
+                n += 1;
+            }
+            self.commit(batch)?;
+            if after == Some(Mpid::MAX) {
+                break;
+            }
+        }
+        let mut batch = self.batch();
+        batch.set_facts_indexed(partition);
+        self.commit(batch)?;
+        Ok(n)
+    }
+
+    /// A profile's facts (`None`: no such profile, or stored before facts records).
+    pub fn load_facts(
+        &self,
+        partition: Partition,
+        mpid: Mpid,
+    ) -> StoreResult<Option<crate::facts::ProfileFacts>> {
+        let key = profile_key(partition, mpid);
+        match self.db.get_pinned_cf(self.cf(CF_FACTS), key)? {
+            None => Ok(None),
+            Some(bytes) => crate::facts::ProfileFacts::decode(&bytes)
+                .map(Some)
+                .map_err(|reason| StoreError::Corrupt {
+                    cf: CF_FACTS,
+                    key: format!("{partition}/{mpid}"),
+                    reason,
+                }),
+        }
+    }
+
+    /// Timers of a partition due at or before `now`, earliest first.
+    pub fn due_timers(
+        &self,
+        partition: Partition,
+        now: TimestampMs,
+        limit: usize,
+    ) -> StoreResult<Vec<(TimestampMs, Mpid)>> {
+        let start = timer_key(partition, i64::MIN, i64::MIN);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_TIMERS),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (k, _) = item?;
+            if k[..4] != partition.to_be_bytes() || out.len() >= limit {
+                break;
+            }
+            let due = from_ordered_i64(&k[4..12]);
+            if due > now {
+                break;
+            }
+            out.push((due, from_ordered_i64(&k[12..20])));
+        }
+        Ok(out)
+    }
+}
