@@ -9,7 +9,7 @@
 //! - `due` holds, per audience whose answer time alone can change, the instant it may change:
 //!   the profile's timer is the earliest of them.
 
-use crate::calculated::CalcState;
+use crate::aggregate::CalcState;
 use crate::catalog::Catalog;
 use crate::criteria::{compare_versions, event_history_key, parse_version, EvalContext};
 use crate::history::EventSeries;

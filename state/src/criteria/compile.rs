@@ -28,7 +28,7 @@ pub(super) const EVENT_TYPES: &[&str] = &[
 ];
 
 /// How a definition finds the calculated attributes it reads, by lowercased name.
-pub type CalcLookup<'a> = &'a dyn Fn(&str) -> Option<crate::calculated::CalcSpec>;
+pub type CalcLookup<'a> = &'a dyn Fn(&str) -> Option<crate::aggregate::CalcSpec>;
 
 /// Validates and compiles a definition that reads no calculated attribute.
 pub fn compile(criterion: &Criterion) -> Result<CompiledAudience, DefinitionError> {

@@ -216,7 +216,7 @@ pub enum Node {
     /// A calculated attribute's value at evaluation time.
     Calculated {
         key: String,
-        spec: crate::calculated::CalcSpec,
+        spec: crate::aggregate::CalcSpec,
         test: Test,
     },
     /// Install or uninstall attribution; without a field the test reads whether it exists.

@@ -138,7 +138,7 @@ impl Node {
             } => cart_abandonment(profile, ctx, *wait_ms, *any_action),
             Node::Calculated { key, spec, test } => {
                 let (value, next_change) =
-                    crate::calculated::value_of(profile.calculated.get(key), spec, ctx.now);
+                    crate::aggregate::value_of(profile.calculated.get(key), spec, ctx.now);
                 Outcome {
                     matched: test.holds(value.as_ref()),
                     next_change,

@@ -110,7 +110,7 @@ impl Node {
             ),
             Node::Calculated { key, spec, test } => {
                 let (value, _) =
-                    crate::calculated::value_of(profile.calculated.get(key), spec, ctx.now);
+                    crate::aggregate::value_of(profile.calculated.get(key), spec, ctx.now);
                 (
                     format!(
                         "calculated attribute '{key}' ({:?}) {test:?}",
