@@ -1,153 +1,20 @@
-//! The per-MPID state machine: applying a decoded message to a profile, and deciding the
-//! membership deltas that follow.
-//!
-//! Invariants:
-//! - messages of one MPID are applied in order, each exactly once (the caller guarantees it by
-//!   storing offsets with the state);
-//! - a membership's version grows by one on every change, so (audience, MPID, version) names a
-//!   delta for ever;
-//! - `due` holds, per audience whose answer time alone can change, the instant it may change:
-//!   the profile's timer is the earliest of them.
+//! Applying inbound messages and event logs to a [`ProfileState`], and evaluating the catalog's
+//! audiences for it: the per-MPID state machine. The invariants are the module's (see
+//! [`crate::profile`]).
 
+use super::state::*;
 use crate::aggregate::CalcState;
 use crate::catalog::Catalog;
 use crate::criteria::{compare_versions, event_history_key, parse_version, EvalContext};
 use crate::history::EventSeries;
 use crate::model::{
-    AttrValue, Attribution, AudienceId, Batch, ConsentState, Delta, DeltaKind, DeviceInfo,
-    GeoLocation, IdentityChange, Inbound, Mpid, TimestampMs,
+    AttrValue, Attribution, AudienceId, Batch, ConsentState, Delta, DeltaKind, IdentityChange,
+    Inbound, TimestampMs,
 };
 use crate::model::{Event, EventKind, DEVICE_IDENTITY_TYPES};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NamedAttr {
-    /// The name as the producer spelled it.
-    pub name: String,
-    pub value: AttrValue,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberRecord {
-    pub member: bool,
-    pub version: u64,
-    pub changed_at_ms: TimestampMs,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ProfileState {
-    pub mpid: Mpid,
-    pub first_seen_ms: TimestampMs,
-    pub last_seen_ms: TimestampMs,
-    /// Identity type (lowercased) to its values.
-    pub identities: BTreeMap<String, Vec<String>>,
-    /// Attribute name lowercased to the attribute.
-    pub attributes: BTreeMap<String, NamedAttr>,
-    pub device: DeviceInfo,
-    pub consent: ConsentState,
-    pub app_version: Option<String>,
-    pub opted_out: bool,
-    /// Event key (or matcher key) to its occurrences within retention.
-    pub history: BTreeMap<String, EventSeries>,
-    pub memberships: BTreeMap<AudienceId, MemberRecord>,
-    /// Audience to the instant time alone may change its answer.
-    pub due: BTreeMap<AudienceId, TimestampMs>,
-    // Format 2 fields, after every format 1 field (the encoding is positional).
-    /// Where the user was last placed (device position, GeoIP).
-    pub location: GeoLocation,
-    /// The latest install and uninstall attributions.
-    pub install_attribution: Option<Attribution>,
-    pub uninstall_attribution: Option<Attribution>,
-    /// Calculated attribute (lowercased name) to its state.
-    pub calculated: BTreeMap<String, CalcState>,
-    /// The highest app version seen, for upgrades.
-    pub highest_app_version: Option<String>,
-}
-
-/// The stored form of format 1, read so that existing stores survive the upgrade.
-#[derive(Deserialize)]
-struct ProfileStateV1 {
-    mpid: Mpid,
-    first_seen_ms: TimestampMs,
-    last_seen_ms: TimestampMs,
-    identities: BTreeMap<String, Vec<String>>,
-    attributes: BTreeMap<String, NamedAttr>,
-    device: DeviceInfo,
-    consent: ConsentState,
-    app_version: Option<String>,
-    opted_out: bool,
-    history: BTreeMap<String, EventSeries>,
-    memberships: BTreeMap<AudienceId, MemberRecord>,
-    due: BTreeMap<AudienceId, TimestampMs>,
-}
-
-impl From<ProfileStateV1> for ProfileState {
-    fn from(v: ProfileStateV1) -> Self {
-        ProfileState {
-            mpid: v.mpid,
-            first_seen_ms: v.first_seen_ms,
-            last_seen_ms: v.last_seen_ms,
-            identities: v.identities,
-            attributes: v.attributes,
-            device: v.device,
-            consent: v.consent,
-            app_version: v.app_version,
-            opted_out: v.opted_out,
-            history: v.history,
-            memberships: v.memberships,
-            due: v.due,
-            ..Default::default()
-        }
-    }
-}
-
-/// What applying a message changed, for the index to pick the audiences to evaluate.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ChangeSet {
-    /// The profile did not exist before this message.
-    pub created: bool,
-    /// (event type, selector name) of the events applied.
-    pub events: BTreeSet<(String, String)>,
-    /// Lowercased names of attributes whose value changed.
-    pub attributes: BTreeSet<String>,
-    /// Identity types whose values changed.
-    pub identities: BTreeSet<String>,
-    /// Device info or app version changed.
-    pub device: bool,
-    /// Consent state changed.
-    pub consent: bool,
-    /// Location changed.
-    pub location: bool,
-    /// Install or uninstall attribution changed.
-    pub attribution: bool,
-    /// Calculated attributes that took in an event.
-    pub calculated: BTreeSet<String>,
-    /// The latest event time of the message, for the deltas it causes.
-    pub event_time_ms: TimestampMs,
-}
-
 impl ProfileState {
-    pub fn new(mpid: Mpid) -> Self {
-        ProfileState {
-            mpid,
-            ..Default::default()
-        }
-    }
-
-    pub fn is_new(&self) -> bool {
-        self.first_seen_ms == 0 && self.last_seen_ms == 0
-    }
-
-    pub fn attribute(&self, lowercase_name: &str) -> Option<&AttrValue> {
-        self.attributes.get(lowercase_name).map(|a| &a.value)
-    }
-
-    /// Wake-up time of the profile's timer: the earliest due audience.
-    pub fn next_due(&self) -> Option<TimestampMs> {
-        self.due.values().copied().min()
-    }
-
     /// Applies a message at processing time `now`. Event times of 0 (unknown) become `now`.
     pub fn apply(
         &mut self,
@@ -685,40 +552,6 @@ impl ProfileState {
         }
         deltas
     }
-
-    /// The audiences whose `due` instant has come.
-    pub fn due_audiences(&self, now: TimestampMs) -> Vec<AudienceId> {
-        self.due
-            .iter()
-            .filter(|(_, &t)| t <= now)
-            .map(|(&id, _)| id)
-            .collect()
-    }
-
-    /// Current audiences of the profile.
-    pub fn member_of(&self) -> impl Iterator<Item = (AudienceId, &MemberRecord)> {
-        self.memberships
-            .iter()
-            .filter(|(_, r)| r.member)
-            .map(|(&id, r)| (id, r))
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![PROFILE_FORMAT];
-        out.extend(postcard::to_stdvec(self).expect("profile state always serialises"));
-        out
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        match bytes.split_first() {
-            Some((&PROFILE_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
-            Some((1, rest)) => postcard::from_bytes::<ProfileStateV1>(rest)
-                .map(ProfileState::from)
-                .map_err(|e| e.to_string()),
-            Some((v, _)) => Err(format!("unknown profile format {v}")),
-            None => Err("empty profile record".to_string()),
-        }
-    }
 }
 
 /// An install attribution event: a custom event named `attribution` of custom event type
@@ -748,11 +581,3 @@ fn merge_attribution(slot: &mut Option<Attribution>, newer: &Attribution) -> boo
     }
     *slot != before
 }
-
-/// The event type of the upgrade the engine records when the app version goes up.
-pub const UPGRADE_EVENT_TYPE: &str = "upgrade";
-
-/// Version byte of the stored profile encoding.
-/// 2: location, attribution and calculated attributes. Profiles of format 1 are still read,
-/// and written as format 2 on their next change.
-const PROFILE_FORMAT: u8 = 2;
