@@ -1,8 +1,8 @@
 //! Definitions kept beside the state: audiences, calculated attributes, event tiers, outputs,
 //! connections (with their cursors) and faults, as JSON records.
 
+use super::db::*;
 use super::keys::*;
-use super::*;
 use crate::calculated::CalculatedAttributeRecord;
 use crate::catalog::AudienceRecord;
 use crate::model::AudienceId;

@@ -1,7 +1,7 @@
 //! The key layout: how every record's key is built, so that a partition's records are one key
 //! range and keys sort as their integers do (big-endian, sign-flipped for signed values).
 
-use super::*;
+use super::db::*;
 use crate::model::{AudienceId, Mpid, TimestampMs};
 
 /// The chunk seq of a profile's log head: after every chunk of the profile.

@@ -1,8 +1,8 @@
 //! The event log's RocksDB layout (chunks, head, dictionary), the scans backfill and replay
 //! read, and the revisions a partition's profiles were computed for.
 
+use super::db::*;
 use super::keys::*;
-use super::*;
 use crate::eventlog::{Dictionary, EventLog, LogWrites};
 use crate::model::{AudienceId, Mpid};
 use crate::profile::ProfileState;

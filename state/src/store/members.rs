@@ -2,8 +2,8 @@
 //! partition. Invariant: a pair's last change is never pruned; its version is where deltas
 //! continue from.
 
+use super::db::*;
 use super::keys::*;
-use super::*;
 use crate::model::{AudienceId, Delta, DeltaKind, Mpid, TimestampMs};
 use rocksdb::{Direction, IteratorMode};
 use std::collections::BTreeMap;

@@ -2,9 +2,9 @@
 //! sequences and the consumed input offsets. Invariant: a sequence is written once, in the same
 //! batch as the state change that produced it, and pruned only after every reader is past it.
 
+use super::db::*;
 use super::deadletter::*;
 use super::keys::*;
-use super::*;
 use crate::model::{Delta, TimestampMs};
 use rocksdb::{Direction, IteratorMode};
 

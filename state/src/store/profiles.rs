@@ -1,8 +1,8 @@
 //! Profile states, their facts records, the sample index and timers. A profile's first write
 //! also adds it to the sample and the partition's count.
 
+use super::db::*;
 use super::keys::*;
-use super::*;
 use crate::model::{Mpid, TimestampMs};
 use crate::profile::ProfileState;
 use rocksdb::{Direction, IteratorMode};

@@ -1,7 +1,7 @@
+use super::db::*;
 use super::deadletter::*;
 use super::keys::*;
 use super::logs::*;
-use super::*;
 use crate::model::{AudienceId, Delta, DeltaKind, Mpid};
 use crate::profile::ProfileState;
 use serde::Serialize;
