@@ -36,3 +36,4 @@ pub mod outputs;
 pub mod profile;
 pub mod replay;
 pub mod store;
+pub mod time;

@@ -784,8 +784,16 @@ fn explain_shows_each_node_with_its_values_and_next_change() {
     };
     let e = catalog.active(1).unwrap().compiled.root.explain(&p, &ctx);
     assert!(e.matched);
-    assert_eq!(e.detail, "2 of 2 hold");
-    assert_eq!(e.children[0].detail, "counted 2");
+    // T0 + 6 days + 1 ms, when the older search leaves the 7-day window.
+    let leaves = audience_state::time::format_instant(T0 + 6 * DAY_MS + 1);
+    assert_eq!(
+        e.detail,
+        format!("2 of 2 hold, the next change at {leaves}")
+    );
+    assert_eq!(
+        e.children[0].detail,
+        format!("counted 2, the next change at {leaves} when an occurrence leaves the window")
+    );
     assert_eq!(
         e.children[0].next_change,
         Some(T0 + 6 * DAY_MS + 1),

@@ -546,9 +546,15 @@ pub(super) fn compile_event(e: &EventCriterion, path: &str) -> Result<EventNode,
     } else {
         HistoryKey::Exact(format!("{}:{name}", e.event_type))
     };
+    // Names keep the case the user wrote; actions and kinds read as words ("add to cart").
+    let label = match e.event_type.as_str() {
+        "custom_event" | "screen_view" => e.name.as_deref().unwrap_or("").trim().to_string(),
+        _ => name.replace('_', " "),
+    };
     Ok(EventNode {
         event_type: e.event_type.clone(),
         name,
+        label,
         custom_event_type,
         history_key,
         count,

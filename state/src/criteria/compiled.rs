@@ -173,7 +173,10 @@ pub enum Window {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventNode {
     pub event_type: String,
+    /// The selector, lowercased: event name, screen name or product action.
     pub name: String,
+    /// The selector as the definition wrote it, for explanations.
+    pub label: String,
     pub custom_event_type: Option<String>,
     /// The profile history keys holding this criterion's occurrences; a key ending in the
     /// separator is a prefix (custom events of any custom event type).

@@ -1,14 +1,21 @@
-//! Explain: a compiled node evaluated with the reasons, one [`Explanation`] per node.
+//! Explain: a compiled node evaluated with the reasons, one [`Explanation`] per node, in the
+//! words of the definition language: `tier exact match "gold"` and `the value is "bronze"`;
+//! `custom event "Viewed Item" at least 2 times in the last 7 days` and `counted 1, the next
+//! change at 2026-12-10T09:06:00Z when an occurrence leaves the window`. Instants are RFC 3339
+//! in UTC, durations in days, hours and minutes, values as JSON writes them.
 
 use super::compiled::*;
+use super::definition::Count;
 use super::evaluate::*;
-use crate::model::TimestampMs;
+use super::values::Test;
+use crate::model::{format_number, AttrValue, TimestampMs, DAY_MS};
 use crate::profile::ProfileState;
+use crate::time::{format_date, format_duration, format_instant};
 
 /// Why a node of a criteria tree holds or not for one profile at one instant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Explanation {
-    /// What the node asks, in words ("custom_event 'search' at least 1 time(s) ...").
+    /// What the node asks, in words (`custom event "search" at least 1 time in the last 7 days`).
     pub criterion: String,
     pub matched: bool,
     /// The values and counts that decided it.
@@ -19,10 +26,13 @@ pub struct Explanation {
 }
 
 impl Node {
-    /// The evaluation of [`Node::evaluate`], node by node, with what decided each answer.
+    /// The evaluation of [`Node::evaluate`], node by node, with what decided each answer, in
+    /// the words of the definition language (see the module's documentation).
     pub fn explain(&self, profile: &ProfileState, ctx: &EvalContext) -> Explanation {
         let outcome = self.evaluate(profile, ctx);
         let mut children = Vec::new();
+        // What makes the next change happen, for the detail's last clause.
+        let mut next_because = "";
         let (criterion, detail) = match self {
             Node::And(c) | Node::Or(c) => {
                 children = c.iter().map(|n| n.explain(profile, ctx)).collect();
@@ -46,77 +56,125 @@ impl Node {
             }
             Node::Event(e) => {
                 let (count, _) = e.count(profile, ctx);
-                let mut what = e.event_type.clone();
-                if !e.name.is_empty() {
-                    what.push_str(&format!(" '{}'", e.name));
+                next_because = match e.window {
+                    Window::Retention => "when an occurrence leaves retention",
+                    Window::Sliding { enter_after: 0, .. } => {
+                        "when an occurrence leaves the window"
+                    }
+                    Window::Sliding { .. } => "when an occurrence enters or leaves the window",
+                    Window::Fixed { from, .. } if ctx.now < from => "when the window opens",
+                    Window::Fixed { .. } => "when the window closes",
+                };
+                let mut what = event_type_words(&e.event_type);
+                if !e.label.is_empty() {
+                    what.push_str(&format!(" {}", quoted(&e.label)));
                 }
                 if let Some(t) = &e.custom_event_type {
-                    what.push_str(&format!(" ({t})"));
+                    what.push_str(&format!(" of type {}", quoted(t)));
                 }
                 (
-                    format!("{what} {:?} in {:?}", e.count, e.window),
+                    format!(
+                        "{what} {} {}",
+                        count_words(e.count),
+                        window_words(&e.window)
+                    ),
                     format!("counted {count}"),
                 )
             }
             Node::Attribute(c) => (
-                format!("user attribute '{}' {:?}", c.name, c.test),
-                format!("value {:?}", profile.attribute(&c.name)),
+                format!("{} {}", c.name, test_words(&c.test)),
+                value_words(profile.attribute(&c.name)),
             ),
             Node::Identity {
                 identity_type,
                 test,
             } => (
-                format!("identity '{identity_type}' {test:?}"),
-                format!("values {:?}", profile.identities.get(identity_type)),
+                format!("identity {identity_type} {}", test_words(test)),
+                match profile.identities.get(identity_type) {
+                    Some(values) if !values.is_empty() => format!(
+                        "the value is {}",
+                        values
+                            .iter()
+                            .map(|v| quoted(v))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    _ => "no value".to_string(),
+                },
             ),
-            Node::Consent(t) => (
-                format!("consent {t:?}"),
-                format!(
-                    "gdpr {:?}, ccpa opt-out {:?}",
-                    profile
-                        .consent
-                        .gdpr
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.consented))
-                        .collect::<Vec<_>>(),
-                    profile.consent.ccpa_data_sale_opt_out
+            Node::Consent(t) => match t {
+                ConsentTest::Gdpr { purpose, state } => (
+                    format!(
+                        "GDPR consent {} {}",
+                        quoted(purpose),
+                        consent_words(*state, "consented", "not consented")
+                    ),
+                    match profile.consent.gdpr.get(purpose) {
+                        Some(c) if c.consented => "consented".to_string(),
+                        Some(_) => "not consented".to_string(),
+                        None => "no consent state".to_string(),
+                    },
                 ),
-            ),
+                ConsentTest::Ccpa { state } => (
+                    format!(
+                        "CCPA data sale opt-out {}",
+                        consent_words(*state, "opted out", "not opted out")
+                    ),
+                    match profile.consent.ccpa_data_sale_opt_out {
+                        Some(true) => "opted out".to_string(),
+                        Some(false) => "not opted out".to_string(),
+                        None => "no consent state".to_string(),
+                    },
+                ),
+            },
             Node::Device { field, test } => (
-                format!("device {field} {test:?}"),
-                format!("value {:?}", device_field(profile, field)),
+                format!("device {field} {}", test_words(test)),
+                text_value_words(device_field(profile, field)),
             ),
-            Node::FirstSeen(w) => (
-                format!("first seen in {w:?}"),
-                format!("first seen at {} ms", profile.first_seen_ms),
-            ),
+            Node::FirstSeen(w) => {
+                next_because = "when the first visit leaves the window";
+                (
+                    format!("first seen {}", window_words(w)),
+                    if profile.is_new() {
+                        "never seen".to_string()
+                    } else {
+                        format!("first seen at {}", format_instant(profile.first_seen_ms))
+                    },
+                )
+            }
             Node::CartAbandonment {
                 wait_ms,
                 any_action,
-            } => (
-                format!(
-                    "added to cart, then no {} for {} minutes",
-                    if *any_action {
-                        "product action"
-                    } else {
-                        "purchase"
+            } => {
+                next_because = "when the wait ends";
+                (
+                    format!(
+                        "added to cart, then no {} for {}",
+                        if *any_action {
+                            "product action"
+                        } else {
+                            "purchase"
+                        },
+                        format_duration(*wait_ms)
+                    ),
+                    match last_in_retention(profile, "commerce_event:add_to_cart", ctx) {
+                        Some(t) => format!("the last add to cart was at {}", format_instant(t)),
+                        None => "no add to cart in retention".to_string(),
                     },
-                    wait_ms / 60_000
-                ),
-                format!(
-                    "last add to cart at {:?} ms",
-                    last_in_retention(profile, "commerce_event:add_to_cart", ctx)
-                ),
-            ),
+                )
+            }
             Node::Calculated { key, spec, test } => {
                 let (value, _) =
                     crate::aggregate::value_of(profile.calculated.get(key), spec, ctx.now);
+                next_because = "when an occurrence leaves the attribute's window";
                 (
                     format!(
-                        "calculated attribute '{key}' ({:?}) {test:?}",
-                        spec.calculation
+                        "calculated attribute {} ({}) {}",
+                        quoted(key),
+                        calculation_words(spec.calculation),
+                        test_words(test)
                     ),
-                    format!("value {value:?}"),
+                    value_words(value.as_ref()),
                 )
             }
             Node::Attribution {
@@ -125,35 +183,54 @@ impl Node {
                 test,
             } => (
                 format!(
-                    "{} attribution {} {test:?}",
+                    "{} attribution{} {}",
                     if *uninstall { "uninstall" } else { "install" },
-                    field.as_deref().unwrap_or("(any)")
+                    field
+                        .as_deref()
+                        .map(|f| format!(" {f}"))
+                        .unwrap_or_default(),
+                    test_words(test)
                 ),
-                format!(
-                    "value {:?}",
-                    attribution_value(profile, *uninstall, field.as_deref())
-                ),
+                match (
+                    field,
+                    attribution_value(profile, *uninstall, field.as_deref()),
+                ) {
+                    (None, Some(_)) => "an attribution is recorded".to_string(),
+                    (None, None) => "no attribution recorded".to_string(),
+                    (Some(_), v) => value_words(v.as_ref()),
+                },
             ),
             Node::LocationField { field, test } => (
-                format!("location {field} {test:?}"),
-                format!("value {:?}", location_field(profile, field)),
+                format!("location {field} {}", test_words(test)),
+                text_value_words(location_field(profile, field)),
             ),
             Node::LocationWithin {
                 radius_km, label, ..
             } => (
-                format!("within {radius_km:.1} km of {label}"),
+                format!("within {} km of {label}", format_number(*radius_km)),
                 match (profile.location.latitude, profile.location.longitude) {
-                    (Some(lat), Some(lon)) => format!("at ({lat}, {lon})"),
+                    (Some(lat), Some(lon)) => format!("the position is ({lat}, {lon})"),
                     _ => "no known position".to_string(),
                 },
             ),
             Node::Audience { id, member } => (
                 format!("{} audience {id}", if *member { "in" } else { "not in" }),
-                format!(
-                    "member: {}",
-                    profile.memberships.get(id).is_some_and(|r| r.member)
-                ),
+                if profile.memberships.get(id).is_some_and(|r| r.member) {
+                    "a member".to_string()
+                } else {
+                    "not a member".to_string()
+                },
             ),
+        };
+        let detail = match outcome.next_change {
+            Some(at) if next_because.is_empty() => {
+                format!("{detail}, the next change at {}", format_instant(at))
+            }
+            Some(at) => format!(
+                "{detail}, the next change at {} {next_because}",
+                format_instant(at)
+            ),
+            None => detail,
         };
         Explanation {
             criterion,
@@ -162,5 +239,154 @@ impl Node {
             next_change: outcome.next_change,
             children,
         }
+    }
+}
+
+/// A string as the definition's JSON writes it: quoted, escaped.
+fn quoted(text: &str) -> String {
+    serde_json::to_string(text).expect("strings always serialise")
+}
+
+/// `custom_event` as people say it: `custom event`.
+fn event_type_words(event_type: &str) -> String {
+    event_type.replace('_', " ")
+}
+
+fn count_words(count: Count) -> String {
+    let (words, n) = match count {
+        Count::AtLeast(n) => ("at least", n),
+        Count::AtMost(n) => ("at most", n),
+        Count::Exactly(n) => ("exactly", n),
+    };
+    format!("{words} {n} time{}", if n == 1 { "" } else { "s" })
+}
+
+/// A fixed range of UTC days `[from, until)` in words: before, on, on or after, between.
+fn days_words(from: i64, until: i64) -> String {
+    match (from, until) {
+        (i64::MIN, until) => format!("before {}", format_date(until)),
+        (from, i64::MAX) => format!("on or after {}", format_date(from)),
+        (from, until) if until - from == DAY_MS => format!("on {}", format_date(from)),
+        (from, until) => format!(
+            "between {} and {}",
+            format_date(from),
+            format_date(until - 1)
+        ),
+    }
+}
+
+fn window_words(window: &Window) -> String {
+    match *window {
+        Window::Retention => "at any time in retention".to_string(),
+        Window::Sliding {
+            enter_after: 0,
+            exit_after,
+        } => format!("in the last {}", format_duration(exit_after)),
+        Window::Sliding {
+            enter_after,
+            exit_after,
+        } => format!(
+            "between {} and {} ago",
+            format_duration(enter_after),
+            format_duration(exit_after)
+        ),
+        Window::Fixed { from, until } => days_words(from, until),
+    }
+}
+
+fn number_words(n: f64) -> String {
+    format_number(n)
+}
+
+/// A value test in the words of the operators of the definition language.
+pub fn test_words(test: &Test) -> String {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    let version = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(".");
+    match test {
+        Test::Exists => "exists".to_string(),
+        Test::Contains(s) => format!("contains {}", quoted(s)),
+        Test::ExactMatch(s) => format!("exact match {}", quoted(s)),
+        Test::Pattern(s) => format!("pattern {}", quoted(s)),
+        Test::Includes(s) => format!("includes {}", quoted(s)),
+        Test::PartialMatch(s) => format!("partial match {}", quoted(s)),
+        Test::NumberCmp(Equal, _, n) => format!("equals {}", number_words(*n)),
+        Test::NumberCmp(Greater, false, n) => format!("greater than {}", number_words(*n)),
+        Test::NumberCmp(Greater, true, n) => {
+            format!("greater than or equal to {}", number_words(*n))
+        }
+        Test::NumberCmp(Less, false, n) => format!("less than {}", number_words(*n)),
+        Test::NumberCmp(Less, true, n) => format!("less than or equal to {}", number_words(*n)),
+        Test::NumberBetween(lo, hi) => {
+            format!("between {} and {}", number_words(*lo), number_words(*hi))
+        }
+        Test::IsBool(b) => format!("is {b}"),
+        Test::VersionCmp(Equal, _, v) => format!("version equals {}", version(v)),
+        Test::VersionCmp(Greater, false, v) => format!("version greater than {}", version(v)),
+        Test::VersionCmp(Greater, true, v) => {
+            format!("version greater than or equal to {}", version(v))
+        }
+        Test::VersionCmp(Less, false, v) => format!("version less than {}", version(v)),
+        Test::VersionCmp(Less, true, v) => {
+            format!("version less than or equal to {}", version(v))
+        }
+        Test::DateIn(from, until) => format!("date {}", days_words(*from, *until)),
+        Test::Not(inner) => match inner.as_ref() {
+            Test::Exists => "does not exist".to_string(),
+            Test::Contains(s) => format!("does not contain {}", quoted(s)),
+            Test::ExactMatch(s) => format!("does not match {}", quoted(s)),
+            Test::Includes(s) => format!("does not include {}", quoted(s)),
+            Test::NumberCmp(Equal, _, n) => format!("does not equal {}", number_words(*n)),
+            Test::IsBool(b) => format!("is not {b}"),
+            other => format!("not ({})", test_words(other)),
+        },
+    }
+}
+
+fn consent_words(state: Option<bool>, yes: &str, no: &str) -> String {
+    match state {
+        Some(true) => format!("is {yes}"),
+        Some(false) => format!("is {no}"),
+        None => "has no state".to_string(),
+    }
+}
+
+fn calculation_words(calculation: crate::aggregate::Calculation) -> String {
+    serde_json::to_value(calculation)
+        .ok()
+        .and_then(|v| v.as_str().map(|s| s.replace('_', " ")))
+        .unwrap_or_default()
+}
+
+/// A value as the definition's JSON would write it: strings quoted, numbers plain, dates as
+/// RFC 3339, lists in brackets.
+pub fn value_json_words(value: &AttrValue) -> String {
+    match value {
+        AttrValue::String(s) => quoted(s),
+        AttrValue::Number(n) => format_number(*n),
+        AttrValue::Bool(b) => b.to_string(),
+        AttrValue::Date(ms) => format_instant(*ms),
+        AttrValue::List(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(|i| quoted(i))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        AttrValue::Null => "null".to_string(),
+    }
+}
+
+fn value_words(value: Option<&AttrValue>) -> String {
+    match value {
+        Some(v) => format!("the value is {}", value_json_words(v)),
+        None => "no value".to_string(),
+    }
+}
+
+fn text_value_words(value: Option<String>) -> String {
+    match value {
+        Some(v) => format!("the value is {}", quoted(&v)),
+        None => "no value".to_string(),
     }
 }
