@@ -24,6 +24,7 @@ pub mod backfill;
 pub mod batch;
 pub mod calculated;
 pub mod catalog;
+pub mod catalog_log;
 pub mod criteria;
 pub mod estimate;
 pub mod eventlog;

@@ -1,0 +1,454 @@
+//! The catalog as a log: every definition change (audiences, event tiers, calculated
+//! attributes, outputs, connections) is a [`CatalogRecord`], and the catalog is what applying
+//! the records in log order gives ([`CatalogState::apply`]). It is the pure half of cluster
+//! step 1: on a single-partition catalog topic, every node applies the same records in the
+//! same order and so holds the same catalog, whichever node proposed a change.
+//!
+//! Invariants:
+//! - application is deterministic: the outcome of a record depends only on the state and the
+//!   record, never on the node, its clock or its configuration;
+//! - ids are allocated at apply time from the record's offset (offset + 1, so that 0 stays
+//!   "none"): two nodes creating at once get distinct ids, the same on every node; a
+//!   calculated attribute's revision is its record's too, so no two definitions share one;
+//! - a change that the catalog as it stands at its offset does not allow (a reference to an
+//!   audience that does not exist, deleting an audience others read, an edit made against a
+//!   revision that is no longer current) is refused at apply time, identically everywhere,
+//!   and changes nothing;
+//! - every record has a key of its own (its proposal), so a compacted topic never removes a
+//!   record: compaction is there so that retention never deletes a definition. Keying records
+//!   by entity instead would let compaction keep a refused edit in place of the accepted one
+//!   before it, and a node reading the compacted topic would end elsewhere.
+
+use crate::calculated::CalculatedAttributeRecord;
+use crate::catalog::{AudienceRecord, AudienceStatus, Catalog};
+use crate::criteria::{parse_definition, DefinitionError};
+use crate::model::{AudienceId, TimestampMs};
+use crate::outputs::{Connection, ConnectionId, OutputConfig, OutputId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Version byte of a catalog record's value (then JSON: readable with any Kafka tool).
+pub const CATALOG_RECORD_FORMAT: u8 = 1;
+
+/// Who proposed a record, so the proposing node can find the outcome of its own call.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ProposalId {
+    pub node: String,
+    pub seq: u64,
+}
+
+/// One definition change. Edits carry the whole entity as it is to be, with the revision it
+/// was edited from: applied only while that revision is current.
+// Changes are few and short-lived (one per API call): boxing the large variants would only add
+// noise to every match.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    /// A new audience; its id and revision are set at apply time.
+    CreateAudience {
+        audience: AudienceRecord,
+    },
+    /// An audience's definition, name, tags or status, edited from `expected_revision`.
+    PutAudience {
+        audience: AudienceRecord,
+        expected_revision: u64,
+    },
+    DeleteAudience {
+        id: AudienceId,
+    },
+    /// The data tier of an event (type and selector name, lowercased at apply time).
+    SetEventTier {
+        event_type: String,
+        name: String,
+        tier: String,
+    },
+    /// Defines or redefines a calculated attribute.
+    PutCalculated {
+        attribute: CalculatedAttributeRecord,
+    },
+    DeleteCalculated {
+        name: String,
+    },
+    /// A new output; its id is set at apply time.
+    CreateOutput {
+        output: OutputConfig,
+    },
+    PutOutput {
+        output: OutputConfig,
+    },
+    DeleteOutput {
+        id: OutputId,
+    },
+    /// A new connection; its id is set at apply time.
+    Connect {
+        connection: Connection,
+    },
+    PutConnection {
+        connection: Connection,
+    },
+    Disconnect {
+        id: ConnectionId,
+    },
+}
+
+/// A record of the catalog topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogRecord {
+    pub proposal: ProposalId,
+    /// The proposer's clock when it proposed: creation and update times of what it sets.
+    pub at_ms: TimestampMs,
+    pub change: Change,
+}
+
+impl CatalogRecord {
+    /// The record's key on the topic: its proposal, unique (see the module's invariants).
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.proposal.node, self.proposal.seq)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![CATALOG_RECORD_FORMAT];
+        out.extend(serde_json::to_vec(self).expect("catalog records always serialise"));
+        out
+    }
+
+    /// Reads a record; the error says what is wrong with the bytes.
+    pub fn decode(bytes: &[u8]) -> Result<CatalogRecord, String> {
+        match bytes.split_first() {
+            Some((&CATALOG_RECORD_FORMAT, json)) => serde_json::from_slice(json)
+                .map_err(|e| format!("catalog record of format 1 does not parse: {e}")),
+            Some((other, _)) => Err(format!(
+                "unknown catalog record format {other} (this node reads format \
+                 {CATALOG_RECORD_FORMAT}): is a newer node writing the topic?"
+            )),
+            None => Err("empty catalog record".to_string()),
+        }
+    }
+}
+
+/// What an applied record did.
+#[allow(clippy::large_enum_variant)] // one per applied change, as `Change`
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    Audience(AudienceRecord),
+    AudienceDeleted(AudienceId),
+    EventTier,
+    Calculated(CalculatedAttributeRecord),
+    CalculatedDeleted(String),
+    Output(OutputConfig),
+    OutputDeleted(OutputId),
+    Connection(Connection),
+    Disconnected(ConnectionId),
+}
+
+/// Why a record was refused at apply time (the proposing call answers FAILED_PRECONDITION
+/// with it, or INVALID_ARGUMENT for a definition error).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    Invalid(DefinitionError),
+    Conflict(String),
+    NotFound(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Invalid(e) => write!(f, "{e}"),
+            Refusal::Conflict(why) | Refusal::NotFound(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<DefinitionError> for Refusal {
+    fn from(e: DefinitionError) -> Self {
+        Refusal::Invalid(e)
+    }
+}
+
+/// The catalog materialised from the log, with the offset applied last.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CatalogState {
+    /// The offset of the last record applied (refused ones included); `None` before any.
+    pub applied_offset: Option<i64>,
+    pub audiences: BTreeMap<AudienceId, AudienceRecord>,
+    /// (event type, name) to tier.
+    pub tiers: BTreeMap<(String, String), String>,
+    /// By lowercased name.
+    pub calculated: BTreeMap<String, CalculatedAttributeRecord>,
+    pub outputs: BTreeMap<OutputId, OutputConfig>,
+    pub connections: BTreeMap<ConnectionId, Connection>,
+}
+
+/// The id a creation at `offset` gets.
+pub fn id_at(offset: i64) -> u64 {
+    offset as u64 + 1
+}
+
+fn names(records: &[&AudienceRecord]) -> String {
+    records
+        .iter()
+        .map(|r| format!("{} (\"{}\")", r.id, r.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl CatalogState {
+    /// The compiled catalog of this state, at catalog version `version`.
+    pub fn catalog(&self, version: u64) -> Catalog {
+        Catalog::build_full(
+            version,
+            self.audiences.values().cloned(),
+            self.tiers
+                .iter()
+                .map(|((t, n), tier)| (t.clone(), n.clone(), tier.clone()))
+                .collect(),
+            self.calculated.values().cloned().collect(),
+        )
+    }
+
+    /// Applies the record at `offset`. A record at or below the applied offset was applied
+    /// already: it is refused as a replay and changes nothing.
+    pub fn apply(&mut self, offset: i64, record: &CatalogRecord) -> Result<Applied, Refusal> {
+        if self.applied_offset.is_some_and(|applied| offset <= applied) {
+            return Err(Refusal::Conflict(format!(
+                "catalog record at offset {offset} was applied already"
+            )));
+        }
+        let outcome = self.change(offset, record);
+        self.applied_offset = Some(offset);
+        outcome
+    }
+
+    fn change(&mut self, offset: i64, record: &CatalogRecord) -> Result<Applied, Refusal> {
+        let at = record.at_ms;
+        match &record.change {
+            Change::CreateAudience { audience } => {
+                let mut audience = audience.clone();
+                audience.id = id_at(offset);
+                audience.revision = 1;
+                audience.created_at_ms = at;
+                audience.updated_at_ms = at;
+                self.check_audience(&audience)?;
+                self.audiences.insert(audience.id, audience.clone());
+                Ok(Applied::Audience(audience))
+            }
+            Change::PutAudience {
+                audience,
+                expected_revision,
+            } => {
+                let current = self.audience(audience.id)?;
+                if current.revision != *expected_revision {
+                    return Err(Refusal::Conflict(format!(
+                        "audience {} changed meanwhile (revision {}, edited from {}): read it \
+                         again and retry",
+                        audience.id, current.revision, expected_revision
+                    )));
+                }
+                let mut audience = audience.clone();
+                audience.revision = current.revision + 1;
+                audience.created_at_ms = current.created_at_ms;
+                audience.updated_at_ms = at;
+                if audience.status != AudienceStatus::Draft {
+                    self.check_audience(&audience)?;
+                }
+                self.audiences.insert(audience.id, audience.clone());
+                Ok(Applied::Audience(audience))
+            }
+            Change::DeleteAudience { id } => {
+                self.audience(*id)?;
+                let catalog = self.catalog(0);
+                let referrers = catalog.referrers(*id);
+                if !referrers.is_empty() {
+                    return Err(Refusal::Conflict(format!(
+                        "audience {id} is used by audience(s) {}: remove it from their \
+                         criteria first",
+                        names(&referrers)
+                    )));
+                }
+                // Its connections go with it (the outputs are told by the node's deliveries).
+                self.connections.retain(|_, c| c.audience_id != *id);
+                self.audiences.remove(id);
+                Ok(Applied::AudienceDeleted(*id))
+            }
+            Change::SetEventTier {
+                event_type,
+                name,
+                tier,
+            } => {
+                let tier = tier.trim().to_lowercase();
+                let event_type = event_type.trim().to_lowercase();
+                if tier.is_empty() || tier.contains('/') {
+                    return Err(DefinitionError::new(
+                        "tier",
+                        format!("\"{tier}\" is not a tier name"),
+                    )
+                    .into());
+                }
+                if event_type.is_empty() || event_type.contains('/') {
+                    return Err(DefinitionError::new(
+                        "event_type",
+                        format!("\"{event_type}\" is not an event type"),
+                    )
+                    .into());
+                }
+                self.tiers
+                    .insert((event_type, name.trim().to_lowercase()), tier);
+                Ok(Applied::EventTier)
+            }
+            Change::PutCalculated { attribute } => {
+                attribute.compile()?;
+                let key = attribute.name.trim().to_lowercase();
+                let previous = self.calculated.get(&key);
+                if let Some(previous) = previous.filter(|p| p.same_definition(attribute)) {
+                    return Ok(Applied::Calculated(previous.clone()));
+                }
+                let mut attribute = attribute.clone();
+                // Unique across redefinitions, deletions and re-creations: a profile's
+                // aggregate of another revision is never read as this one's.
+                attribute.revision = id_at(offset);
+                attribute.created_at_ms = previous.map_or(at, |p| p.created_at_ms);
+                attribute.updated_at_ms = at;
+                // Audiences reading it are evaluated again, with the new definition.
+                let readers: Vec<AudienceId> = self
+                    .catalog(0)
+                    .calculated_readers(&key)
+                    .iter()
+                    .map(|r| r.id)
+                    .collect();
+                for id in readers {
+                    if let Some(a) = self.audiences.get_mut(&id) {
+                        a.revision += 1;
+                    }
+                }
+                self.calculated.insert(key, attribute.clone());
+                Ok(Applied::Calculated(attribute))
+            }
+            Change::DeleteCalculated { name } => {
+                let key = name.trim().to_lowercase();
+                if !self.calculated.contains_key(&key) {
+                    return Err(Refusal::NotFound(format!(
+                        "calculated attribute \"{name}\" not found"
+                    )));
+                }
+                let catalog = self.catalog(0);
+                let readers = catalog.calculated_readers(&key);
+                if !readers.is_empty() {
+                    return Err(Refusal::Conflict(format!(
+                        "calculated attribute \"{name}\" is used by audience(s) {}: remove it \
+                         from their criteria first",
+                        names(&readers)
+                    )));
+                }
+                self.calculated.remove(&key);
+                Ok(Applied::CalculatedDeleted(key))
+            }
+            Change::CreateOutput { output } => {
+                output.validate()?;
+                let mut output = output.clone();
+                output.id = id_at(offset);
+                output.created_at_ms = at;
+                output.updated_at_ms = at;
+                self.outputs.insert(output.id, output.clone());
+                Ok(Applied::Output(output))
+            }
+            Change::PutOutput { output } => {
+                let current = self.output(output.id)?;
+                output.validate()?;
+                let mut output = output.clone();
+                output.created_at_ms = current.created_at_ms;
+                output.updated_at_ms = at;
+                self.outputs.insert(output.id, output.clone());
+                Ok(Applied::Output(output))
+            }
+            Change::DeleteOutput { id } => {
+                self.output(*id)?;
+                let users: Vec<String> = self
+                    .connections
+                    .values()
+                    .filter(|c| c.output_id == *id)
+                    .map(|c| format!("connection {} (audience {})", c.id, c.audience_id))
+                    .collect();
+                if !users.is_empty() {
+                    return Err(Refusal::Conflict(format!(
+                        "output {id} is used by {}: delete them first",
+                        users.join(", ")
+                    )));
+                }
+                self.outputs.remove(id);
+                Ok(Applied::OutputDeleted(*id))
+            }
+            Change::Connect { connection } => {
+                self.check_connection(connection)?;
+                let mut connection = connection.clone();
+                connection.id = id_at(offset);
+                connection.created_at_ms = at;
+                connection.updated_at_ms = at;
+                self.connections.insert(connection.id, connection.clone());
+                Ok(Applied::Connection(connection))
+            }
+            Change::PutConnection { connection } => {
+                let current = self
+                    .connections
+                    .get(&connection.id)
+                    .cloned()
+                    .ok_or_else(|| {
+                        Refusal::NotFound(format!("connection {} not found", connection.id))
+                    })?;
+                let mut connection = connection.clone();
+                // A connection stays between the audience and the output it was made for.
+                connection.audience_id = current.audience_id;
+                connection.output_id = current.output_id;
+                connection.created_at_ms = current.created_at_ms;
+                connection.updated_at_ms = at;
+                self.connections.insert(connection.id, connection.clone());
+                Ok(Applied::Connection(connection))
+            }
+            Change::Disconnect { id } => match self.connections.remove(id) {
+                Some(_) => Ok(Applied::Disconnected(*id)),
+                None => Err(Refusal::NotFound(format!("connection {id} not found"))),
+            },
+        }
+    }
+
+    fn audience(&self, id: AudienceId) -> Result<&AudienceRecord, Refusal> {
+        self.audiences
+            .get(&id)
+            .ok_or_else(|| Refusal::NotFound(format!("audience {id} not found")))
+    }
+
+    fn output(&self, id: OutputId) -> Result<&OutputConfig, Refusal> {
+        self.outputs
+            .get(&id)
+            .ok_or_else(|| Refusal::NotFound(format!("output {id} not found")))
+    }
+
+    /// The checks of a saved definition against the catalog as it stands: it compiles, the
+    /// audiences it reads exist (and read no audience themselves), its events are in a tier
+    /// that feeds audiences.
+    fn check_audience(&self, audience: &AudienceRecord) -> Result<(), Refusal> {
+        let catalog = self.catalog(0);
+        let compiled = audience.validate_with(&catalog.calculated_lookup())?;
+        catalog.check_references(audience.id, &compiled)?;
+        catalog.check_tiers(&parse_definition(&audience.criteria)?)?;
+        Ok(())
+    }
+
+    fn check_connection(&self, connection: &Connection) -> Result<(), Refusal> {
+        if !self.audiences.contains_key(&connection.audience_id) {
+            return Err(DefinitionError::new(
+                "audience_id",
+                format!("audience {} does not exist", connection.audience_id),
+            )
+            .into());
+        }
+        if !self.outputs.contains_key(&connection.output_id) {
+            return Err(DefinitionError::new(
+                "output_id",
+                format!("output {} does not exist", connection.output_id),
+            )
+            .into());
+        }
+        Ok(())
+    }
+}

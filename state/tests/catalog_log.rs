@@ -1,0 +1,336 @@
+//! The catalog as a log: replicas applying the same records in the same order end with the
+//! same catalog, ids come from offsets, and conflicting changes are refused the same way
+//! everywhere.
+
+use audience_state::calculated::CalculatedAttributeRecord;
+use audience_state::catalog::{AudienceRecord, AudienceStatus};
+use audience_state::catalog_log::*;
+use audience_state::outputs::{Connection, ConnectionStatus, OutputConfig};
+use proptest::prelude::*;
+use serde_json::json;
+use std::collections::BTreeSet;
+
+fn audience(name: &str, criteria: serde_json::Value) -> AudienceRecord {
+    AudienceRecord {
+        id: 0,
+        name: name.into(),
+        external_name: String::new(),
+        status: AudienceStatus::Active,
+        criteria,
+        tags: vec![],
+        created_at_ms: 0,
+        updated_at_ms: 0,
+        revision: 0,
+    }
+}
+
+fn gold() -> serde_json::Value {
+    json!({"user_attribute": {"name": "tier", "op": "exact_match", "value": "gold"}})
+}
+
+fn record(node: &str, seq: u64, change: Change) -> CatalogRecord {
+    CatalogRecord {
+        proposal: ProposalId {
+            node: node.into(),
+            seq,
+        },
+        at_ms: 1_000 + seq as i64,
+        change,
+    }
+}
+
+/// Applies records at consecutive offsets from `first`, returning each outcome.
+fn apply_all(
+    state: &mut CatalogState,
+    first: i64,
+    records: &[CatalogRecord],
+) -> Vec<Result<Applied, Refusal>> {
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            // Through the bytes the topic carries.
+            let read = CatalogRecord::decode(&r.encode()).expect("records round-trip");
+            state.apply(first + i as i64, &read)
+        })
+        .collect()
+}
+
+#[test]
+fn ids_come_from_offsets_and_replicas_agree() {
+    let records: Vec<CatalogRecord> = (0..200u64)
+        .map(|i| {
+            let node = if i % 2 == 0 { "a" } else { "b" };
+            record(
+                node,
+                i / 2,
+                Change::CreateAudience {
+                    audience: audience(&format!("audience {i}"), gold()),
+                },
+            )
+        })
+        .collect();
+    let mut a = CatalogState::default();
+    let mut b = CatalogState::default();
+    let on_a = apply_all(&mut a, 40, &records);
+    let on_b = apply_all(&mut b, 40, &records);
+    assert_eq!(on_a, on_b);
+    assert_eq!(a, b);
+    let ids: BTreeSet<u64> = a.audiences.keys().copied().collect();
+    assert_eq!(ids.len(), 200, "200 distinct ids");
+    assert_eq!(ids.first(), Some(&id_at(40)));
+    assert_eq!(a.applied_offset, Some(239));
+    assert!(a.audiences.values().all(|r| r.revision == 1));
+}
+
+#[test]
+fn a_delete_and_a_reference_made_at_once_end_the_same_everywhere() {
+    let mut state = CatalogState::default();
+    let base = apply_all(
+        &mut state,
+        0,
+        &[record(
+            "a",
+            0,
+            Change::CreateAudience {
+                audience: audience("gold", gold()),
+            },
+        )],
+    );
+    let Ok(Applied::Audience(gold_audience)) = &base[0] else {
+        panic!("{base:?}")
+    };
+    let referrer = Change::CreateAudience {
+        audience: audience(
+            "gold and more",
+            json!({"audience": {"id": gold_audience.id}}),
+        ),
+    };
+    let delete = Change::DeleteAudience {
+        id: gold_audience.id,
+    };
+
+    // Node A's delete is ordered first: node B's reference is refused.
+    let mut first = state.clone();
+    let outcome = apply_all(
+        &mut first,
+        1,
+        &[
+            record("a", 1, delete.clone()),
+            record("b", 0, referrer.clone()),
+        ],
+    );
+    assert!(matches!(outcome[0], Ok(Applied::AudienceDeleted(_))));
+    let refusal = outcome[1].as_ref().unwrap_err().to_string();
+    assert!(refusal.contains("does not exist"), "{refusal}");
+    assert!(first.audiences.is_empty());
+
+    // Node B's reference is ordered first: node A's delete is refused, naming the referrer.
+    let mut second = state.clone();
+    let outcome = apply_all(
+        &mut second,
+        1,
+        &[record("b", 0, referrer), record("a", 1, delete)],
+    );
+    assert!(matches!(outcome[0], Ok(Applied::Audience(_))));
+    let refusal = outcome[1].as_ref().unwrap_err().to_string();
+    assert!(
+        refusal.contains("is used by audience(s) 2 (\"gold and more\")"),
+        "{refusal}"
+    );
+    assert_eq!(second.audiences.len(), 2);
+}
+
+#[test]
+fn an_edit_from_a_stale_revision_is_refused() {
+    let mut state = CatalogState::default();
+    apply_all(
+        &mut state,
+        0,
+        &[record(
+            "a",
+            0,
+            Change::CreateAudience {
+                audience: audience("gold", gold()),
+            },
+        )],
+    );
+    let current = state.audiences[&1].clone();
+    let edit = |name: &str| Change::PutAudience {
+        audience: AudienceRecord {
+            name: name.into(),
+            ..current.clone()
+        },
+        expected_revision: 1,
+    };
+    let outcome = apply_all(
+        &mut state,
+        1,
+        &[record("a", 1, edit("by a")), record("b", 0, edit("by b"))],
+    );
+    assert!(matches!(&outcome[0], Ok(Applied::Audience(a)) if a.revision == 2));
+    let refusal = outcome[1].as_ref().unwrap_err().to_string();
+    assert!(refusal.contains("changed meanwhile"), "{refusal}");
+    assert_eq!(state.audiences[&1].name, "by a");
+    // A replayed offset changes nothing.
+    let again = state.apply(1, &record("a", 1, edit("replayed")));
+    assert!(again.is_err());
+    assert_eq!(state.audiences[&1].name, "by a");
+}
+
+#[test]
+fn calculated_attributes_outputs_and_connections_follow_the_same_rules() {
+    let spend: CalculatedAttributeRecord = serde_json::from_value(json!({
+        "name": "Spend", "calculation": "sum", "field": "total_amount",
+        "event": {"type": "commerce_event", "product_action": "purchase"}
+    }))
+    .unwrap();
+    let reader = audience(
+        "big spenders",
+        json!({"calculated_attribute": {"name": "spend", "op": "greater_than", "value": 100}}),
+    );
+    let output = OutputConfig {
+        id: 0,
+        name: "partner".into(),
+        kind: "grpc".into(),
+        settings: Default::default(),
+        secrets: Default::default(),
+        accepted_identities: vec!["email".into()],
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    };
+    let mut state = CatalogState::default();
+    let outcome = apply_all(
+        &mut state,
+        0,
+        &[
+            record(
+                "a",
+                0,
+                Change::PutCalculated {
+                    attribute: spend.clone(),
+                },
+            ),
+            record("a", 1, Change::CreateAudience { audience: reader }),
+            record("a", 2, Change::CreateOutput { output }),
+            record(
+                "a",
+                3,
+                Change::Connect {
+                    connection: Connection {
+                        id: 0,
+                        audience_id: 2,
+                        output_id: 3,
+                        status: ConnectionStatus::Sending,
+                        settings: Default::default(),
+                        shared_attributes: vec![],
+                        created_at_ms: 0,
+                        updated_at_ms: 0,
+                    },
+                },
+            ),
+            record(
+                "b",
+                0,
+                Change::DeleteCalculated {
+                    name: "SPEND".into(),
+                },
+            ),
+            record("b", 1, Change::DeleteOutput { id: 3 }),
+        ],
+    );
+    assert!(outcome[..4].iter().all(Result::is_ok), "{outcome:?}");
+    assert_eq!(state.calculated["spend"].revision, id_at(0));
+    assert!(state.connections.contains_key(&id_at(3)));
+    assert!(outcome[4]
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("big spenders"));
+    assert!(outcome[5]
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("connection 4"));
+
+    // Redefining the attribute gives it a new revision and re-evaluates its reader.
+    let mut redefined = spend;
+    redefined.window_days = Some(30);
+    let outcome = apply_all(
+        &mut state,
+        6,
+        &[record(
+            "b",
+            2,
+            Change::PutCalculated {
+                attribute: redefined,
+            },
+        )],
+    );
+    assert!(outcome[0].is_ok(), "{outcome:?}");
+    assert_eq!(state.calculated["spend"].revision, id_at(6));
+    assert_eq!(state.audiences[&2].revision, 2);
+
+    // Deleting the audience takes its connection with it; then the output can go.
+    let outcome = apply_all(
+        &mut state,
+        7,
+        &[
+            record("a", 4, Change::DeleteAudience { id: 2 }),
+            record("a", 5, Change::DeleteOutput { id: 3 }),
+        ],
+    );
+    assert!(outcome.iter().all(Result::is_ok), "{outcome:?}");
+    assert!(state.connections.is_empty() && state.outputs.is_empty());
+}
+
+#[test]
+fn bad_bytes_are_named() {
+    assert!(CatalogRecord::decode(b"").unwrap_err().contains("empty"));
+    assert!(CatalogRecord::decode(b"\x07{}")
+        .unwrap_err()
+        .contains("format 7"));
+    let broken = CatalogRecord::decode(b"\x01{\"proposal\": 3}").unwrap_err();
+    assert!(broken.contains("does not parse"), "{broken}");
+    let r = record("node-a", 9, Change::DeleteAudience { id: 4 });
+    assert_eq!(r.key(), "node-a/9");
+    assert_eq!(CatalogRecord::decode(&r.encode()), Ok(r));
+}
+
+proptest! {
+    /// Any interleaving of two nodes' proposals, applied by two replicas: the same outcomes
+    /// and the same catalog, whatever was refused.
+    #[test]
+    fn replicas_of_any_interleaving_agree(ops in prop::collection::vec((0u8..4, 1u64..6), 1..40)) {
+        let records: Vec<CatalogRecord> = ops
+            .iter()
+            .enumerate()
+            .map(|(i, (op, target))| {
+                let change = match op {
+                    0 => Change::CreateAudience { audience: audience("g", gold()) },
+                    1 => Change::CreateAudience {
+                        audience: audience("ref", json!({"audience": {"id": target}})),
+                    },
+                    2 => Change::DeleteAudience { id: *target },
+                    _ => Change::SetEventTier {
+                        event_type: "custom_event".into(),
+                        name: format!("e{target}"),
+                        tier: "analyze".into(),
+                    },
+                };
+                record(if i % 2 == 0 { "a" } else { "b" }, i as u64, change)
+            })
+            .collect();
+        let mut a = CatalogState::default();
+        let mut b = CatalogState::default();
+        prop_assert_eq!(apply_all(&mut a, 0, &records), apply_all(&mut b, 0, &records));
+        prop_assert_eq!(&a, &b);
+        // No audience ever reads one that is gone.
+        let catalog = a.catalog(1);
+        for r in a.audiences.values() {
+            let compiled = r.validate_with(&catalog.calculated_lookup());
+            prop_assert!(compiled.is_ok());
+            prop_assert!(catalog.check_references(r.id, &compiled.unwrap()).is_ok());
+        }
+    }
+}
