@@ -1,6 +1,7 @@
 //! `audiencectl status`, `replay` and `clock`: the node's state and its operations.
 
 use crate::client::*;
+use crate::print::*;
 use audience_proto::v1 as pb;
 use clap::Subcommand;
 use pb::admin_service_client::AdminServiceClient;
@@ -19,17 +20,43 @@ pub enum ClockCmd {
     },
 }
 
-pub async fn status(server: &str) -> anyhow::Result<()> {
-    let mut admin = AdminServiceClient::new(channel(server).await?);
+pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
+    let mut admin = AdminServiceClient::new(channel(&ctx.server).await?);
     let s = admin
         .get_engine_status(pb::GetEngineStatusRequest {})
         .await?
         .into_inner();
-    println!(
+    if ctx.json() {
+        say_json(&serde_json::json!({
+            "bootstrap_servers": s.bootstrap_servers,
+            "messages_processed": s.messages_processed,
+            "messages_dead_lettered": s.messages_dead_lettered,
+            "deltas_emitted": s.deltas_emitted,
+            "dead_letters": {
+                "published": s.dead_letters_published,
+                "truncated": s.dead_letters_truncated,
+                "unpublishable": s.dead_letters_unpublishable,
+                "dropped": s.dead_letters_dropped,
+                "kept": s.dead_letters_kept,
+            },
+            "deltas_unpublishable": s.deltas_unpublishable,
+            "partitions": s.partitions.iter().map(|p| serde_json::json!({
+                "partition": p.partition,
+                "outbox_head": p.outbox_head,
+                "profiles_active": p.profiles_active,
+                "next_offsets": p.next_offsets,
+            })).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    say!(
         "bootstrap {}  processed {}  dead-lettered {}  deltas {}",
-        s.bootstrap_servers, s.messages_processed, s.messages_dead_lettered, s.deltas_emitted
+        s.bootstrap_servers,
+        s.messages_processed,
+        s.messages_dead_lettered,
+        s.deltas_emitted
     );
-    println!(
+    say!(
         "dead letters: published {}  truncated {}  unpublishable {}  dropped {}  kept {}  (deltas unpublishable {})",
         s.dead_letters_published,
         s.dead_letters_truncated,
@@ -39,16 +66,19 @@ pub async fn status(server: &str) -> anyhow::Result<()> {
         s.deltas_unpublishable
     );
     for p in s.partitions {
-        println!(
+        say!(
             "  partition {:>3}  outbox head {:>8}  profiles in memory {:>6}  next offsets {:?}",
-            p.partition, p.outbox_head, p.profiles_active, p.next_offsets
+            p.partition,
+            p.outbox_head,
+            p.profiles_active,
+            p.next_offsets
         );
     }
     Ok(())
 }
 
-pub async fn replay(server: &str, start: bool, wipe: bool, wait: bool) -> anyhow::Result<()> {
-    let mut admin = AdminServiceClient::new(channel(server).await?);
+pub async fn replay(ctx: &Ctx, start: bool, wipe: bool, wait: bool) -> anyhow::Result<()> {
+    let mut admin = AdminServiceClient::new(channel(&ctx.server).await?);
     let mut status = if start {
         admin
             .replay_from_log(pb::ReplayFromLogRequest {
@@ -86,11 +116,26 @@ pub async fn replay(server: &str, start: bool, wipe: bool, wait: bool) -> anyhow
     if wait {
         eprint!("\r\x1b[2K");
     }
+    if ctx.json() {
+        say_json(&serde_json::json!({
+            "running": status.running,
+            "partitions": status.partitions.iter().map(|p| serde_json::json!({
+                "partition": p.partition,
+                "running": p.running,
+                "wiped": p.wiped,
+                "profiles_scanned": p.profiles_scanned,
+                "profiles_total": p.profiles_total.max(p.profiles_scanned),
+                "deltas": p.deltas,
+                "unreadable_logs": p.unreadable_logs,
+            })).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
     if status.partitions.is_empty() {
-        println!("no replay since the engine started");
+        say!("no replay since the engine started");
     }
     for p in &status.partitions {
-        println!(
+        say!(
             "partition {:>3}  {}{}  {} of {} profiles  {} deltas  {} unreadable logs",
             p.partition,
             if p.running { "running" } else { "done" },
@@ -104,8 +149,8 @@ pub async fn replay(server: &str, start: bool, wipe: bool, wait: bool) -> anyhow
     Ok(())
 }
 
-pub async fn clock(server: &str, cmd: ClockCmd) -> anyhow::Result<()> {
-    let mut admin = AdminServiceClient::new(channel(server).await?);
+pub async fn clock(ctx: &Ctx, cmd: ClockCmd) -> anyhow::Result<()> {
+    let mut admin = AdminServiceClient::new(channel(&ctx.server).await?);
     let r = match cmd {
         ClockCmd::Get => admin.get_clock(pb::GetClockRequest {}).await?,
         ClockCmd::Advance {
@@ -120,13 +165,17 @@ pub async fn clock(server: &str, cmd: ClockCmd) -> anyhow::Result<()> {
         }
     }
     .into_inner();
-    println!(
-        "now {} ({}) manual {}",
-        r.now_ms,
-        chrono::DateTime::from_timestamp_millis(r.now_ms)
-            .map(|d| d.to_rfc3339())
-            .unwrap_or_default(),
-        r.manual
-    );
+    if ctx.json() {
+        say_json(&serde_json::json!({
+            "now": when_json(r.now_ms), "now_ms": r.now_ms, "manual": r.manual,
+        }));
+    } else {
+        say!(
+            "now {} ({} ms){}",
+            when(r.now_ms),
+            r.now_ms,
+            if r.manual { ", a manual clock" } else { "" }
+        );
+    }
     Ok(())
 }

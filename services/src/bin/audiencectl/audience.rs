@@ -2,6 +2,7 @@
 //! activate and draft audiences.
 
 use crate::client::*;
+use crate::print::*;
 use anyhow::Context;
 use audience_proto::v1 as pb;
 use audience_services::config::AudienceFile;
@@ -67,8 +68,8 @@ pub enum AudienceCmd {
     },
 }
 
-pub async fn audience(server: &str, cmd: AudienceCmd) -> anyhow::Result<()> {
-    let mut client = AudienceServiceClient::new(channel(server).await?);
+pub async fn command(ctx: &Ctx, cmd: AudienceCmd) -> anyhow::Result<()> {
+    let mut client = AudienceServiceClient::new(channel(&ctx.server).await?);
     match cmd {
         AudienceCmd::Create { file, draft, wait } => {
             let f = AudienceFile::read(&file)?;
@@ -82,9 +83,9 @@ pub async fn audience(server: &str, cmd: AudienceCmd) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            print_audience(&a);
+            audience(ctx, &a);
             if wait && !draft {
-                wait_calculated(&mut client, a.id).await?;
+                wait_calculated(ctx, &mut client, a.id).await?;
             }
         }
         AudienceCmd::Load { dir } => {
@@ -97,7 +98,7 @@ pub async fn audience(server: &str, cmd: AudienceCmd) -> anyhow::Result<()> {
                 .into_inner()
                 .audiences
             {
-                print_audience(&a);
+                audience(ctx, &a);
             }
         }
         AudienceCmd::Get { id } => {
@@ -105,12 +106,12 @@ pub async fn audience(server: &str, cmd: AudienceCmd) -> anyhow::Result<()> {
                 .get_audience(pb::GetAudienceRequest { id })
                 .await?
                 .into_inner();
-            print_audience(&a);
-            if let Some(c) = &a.criteria {
-                println!("{}", serde_json::to_string_pretty(&struct_to_json(c))?);
+            audience(ctx, &a);
+            if let Some(c) = a.criteria.as_ref().filter(|_| !ctx.json()) {
+                say!("{}", serde_json::to_string_pretty(&struct_to_json(c))?);
             }
         }
-        AudienceCmd::Wait { id } => wait_calculated(&mut client, id).await?,
+        AudienceCmd::Wait { id } => wait_calculated(ctx, &mut client, id).await?,
         AudienceCmd::Estimate { file, sample } => {
             let f = AudienceFile::read(&file)?;
             let e = client
@@ -120,20 +121,39 @@ pub async fn audience(server: &str, cmd: AudienceCmd) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            if e.too_small {
-                println!(
+            if ctx.json() {
+                say_json(&serde_json::json!({
+                    "estimate": e.estimate,
+                    "low": e.low,
+                    "high": e.high,
+                    "exact": e.exact,
+                    "too_small": e.too_small,
+                    "sampled_members": e.sampled_members,
+                    "sample_size": e.sample_size,
+                    "profiles_total": e.profiles_total,
+                }));
+            } else if e.too_small {
+                say!(
                     "~  (too small to estimate: {} of {} sampled profiles match, {} profiles)",
-                    e.sampled_members, e.sample_size, e.profiles_total
+                    e.sampled_members,
+                    e.sample_size,
+                    e.profiles_total
                 );
             } else if e.exact {
-                println!(
+                say!(
                     "{}  (exact: every one of {} profiles evaluated)",
-                    e.estimate, e.profiles_total
+                    e.estimate,
+                    e.profiles_total
                 );
             } else {
-                println!(
+                say!(
                     "{}  (95% interval {}..{}; {} of {} sampled profiles match, {} profiles)",
-                    e.estimate, e.low, e.high, e.sampled_members, e.sample_size, e.profiles_total
+                    e.estimate,
+                    e.low,
+                    e.high,
+                    e.sampled_members,
+                    e.sample_size,
+                    e.profiles_total
                 );
             }
         }
@@ -147,7 +167,24 @@ pub async fn audience(server: &str, cmd: AudienceCmd) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            println!(
+            if ctx.json() {
+                let reason = |r: &Option<pb::Explanation>| {
+                    r.as_ref().and_then(|r| r.root.as_ref()).map(explain_json)
+                };
+                say_json(&serde_json::json!({
+                    "audience_id": id,
+                    "members_now": d.members_now,
+                    "would_leave": d.would_leave,
+                    "would_enter": d.would_enter,
+                    "profiles_scanned": d.profiles_scanned,
+                    "leaving_sample": d.leaving_sample,
+                    "entering_sample": d.entering_sample,
+                    "leaving_reason": reason(&d.leaving_reason),
+                    "entering_reason": reason(&d.entering_reason),
+                }));
+                return Ok(());
+            }
+            say!(
                 "audience {id}: {} members now; {} would leave, {} would enter ({} profiles scanned)",
                 d.members_now, d.would_leave, d.would_enter, d.profiles_scanned
             );
@@ -159,10 +196,10 @@ pub async fn audience(server: &str, cmd: AudienceCmd) -> anyhow::Result<()> {
                     continue;
                 }
                 let list: Vec<String> = sample.iter().map(|m| m.to_string()).collect();
-                println!("  {label}: {}", list.join(", "));
+                say!("  {label}: {}", list.join(", "));
                 if let Some(root) = reason.as_ref().and_then(|r| r.root.as_ref()) {
-                    println!("  why {} is {label}:", sample[0]);
-                    print_explain_node(root, 2);
+                    say!("  why {} is {label}:", sample[0]);
+                    explain_text(root, 2);
                 }
             }
         }
@@ -178,24 +215,30 @@ pub async fn audience(server: &str, cmd: AudienceCmd) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            print_audience(&a);
+            audience(ctx, &a);
             if wait {
-                wait_calculated(&mut client, id).await?;
+                wait_calculated(ctx, &mut client, id).await?;
             }
         }
         AudienceCmd::Delete { id } => {
             client
                 .delete_audience(pb::DeleteAudienceRequest { id })
                 .await?;
-            println!("audience {id} deleted");
+            if ctx.json() {
+                say_json(&serde_json::json!({"deleted": id}));
+            } else {
+                say!("audience {id} deleted");
+            }
         }
-        AudienceCmd::Activate { id } => print_audience(
+        AudienceCmd::Activate { id } => audience(
+            ctx,
             &client
                 .activate_audience(pb::AudienceIdRequest { id })
                 .await?
                 .into_inner(),
         ),
-        AudienceCmd::Draft { id } => print_audience(
+        AudienceCmd::Draft { id } => audience(
+            ctx,
             &client
                 .save_as_draft(pb::AudienceIdRequest { id })
                 .await?
@@ -208,6 +251,7 @@ pub async fn audience(server: &str, cmd: AudienceCmd) -> anyhow::Result<()> {
 /// Redraws one progress line (scanned, total, percentage, time left) until the audience is no
 /// longer CALCULATING, then prints it.
 pub async fn wait_calculated(
+    ctx: &Ctx,
     client: &mut AudienceServiceClient<Channel>,
     id: u64,
 ) -> anyhow::Result<()> {
@@ -219,7 +263,7 @@ pub async fn wait_calculated(
             .into_inner();
         if a.status != pb::AudienceStatus::Calculating as i32 {
             eprint!("\r\x1b[2K");
-            print_audience(&a);
+            audience(ctx, &a);
             return Ok(());
         }
         let c = a.calculation.unwrap_or_default();
@@ -275,7 +319,7 @@ pub async fn load_audiences(
             .await
             .with_context(|| format!("creating {}", file.display()))?
             .into_inner();
-        println!(
+        say!(
             "loaded audience {} '{}' from {}",
             a.id,
             a.name,

@@ -1,6 +1,7 @@
 //! `audiencectl calc ...` (calculated attributes) and `audiencectl tier` (event tiers).
 
 use crate::client::*;
+use crate::print::*;
 use anyhow::Context;
 use audience_proto::v1 as pb;
 use audience_services::convert::{json_to_struct, struct_to_json};
@@ -19,8 +20,8 @@ pub enum CalcCmd {
     Delete { name: String },
 }
 
-pub async fn calc(server: &str, cmd: CalcCmd) -> anyhow::Result<()> {
-    let mut client = AudienceServiceClient::new(channel(server).await?);
+pub async fn calc(ctx: &Ctx, cmd: CalcCmd) -> anyhow::Result<()> {
+    let mut client = AudienceServiceClient::new(channel(&ctx.server).await?);
     match cmd {
         CalcCmd::Put { files } => {
             for file in files {
@@ -36,7 +37,7 @@ pub async fn calc(server: &str, cmd: CalcCmd) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("{}", file.display()))?
                     .into_inner();
-                println!("defined (revision {}) {}", saved.revision, file.display());
+                say!("defined (revision {}) {}", saved.revision, file.display());
             }
         }
         CalcCmd::List => {
@@ -50,7 +51,11 @@ pub async fn calc(server: &str, cmd: CalcCmd) -> anyhow::Result<()> {
                     .as_ref()
                     .map(struct_to_json)
                     .unwrap_or_default();
-                println!("{json}");
+                if ctx.json() {
+                    say_json(&json);
+                } else {
+                    say!("{json}");
+                }
             }
         }
         CalcCmd::Delete { name } => {
@@ -59,19 +64,19 @@ pub async fn calc(server: &str, cmd: CalcCmd) -> anyhow::Result<()> {
                     name: name.clone(),
                 })
                 .await?;
-            println!("deleted {name}");
+            say!("deleted {name}");
         }
     }
     Ok(())
 }
 
 pub async fn tier(
-    server: &str,
+    ctx: &Ctx,
     event_type: Option<String>,
     name: Option<String>,
     tier: Option<String>,
 ) -> anyhow::Result<()> {
-    let mut client = AudienceServiceClient::new(channel(server).await?);
+    let mut client = AudienceServiceClient::new(channel(&ctx.server).await?);
     if let (Some(event_type), Some(name), Some(tier)) = (event_type, name, tier) {
         client
             .set_event_tier(pb::EventTier {
@@ -87,7 +92,13 @@ pub async fn tier(
         .into_inner()
         .tiers
     {
-        println!("{:<20} {:<32} {}", t.event_type, t.name, t.tier);
+        if ctx.json() {
+            say_json(&serde_json::json!({
+                "event_type": t.event_type, "name": t.name, "tier": t.tier,
+            }));
+        } else {
+            say!("{:<20} {:<32} {}", t.event_type, t.name, t.tier);
+        }
     }
     Ok(())
 }

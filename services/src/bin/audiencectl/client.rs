@@ -1,6 +1,5 @@
-//! What every command uses: the connection to the engine, printing, and a Kafka producer.
+//! What every command uses: the connection to the engine and a Kafka producer.
 
-use anyhow::Context;
 use audience_proto::v1 as pb;
 use pb::admin_service_client::AdminServiceClient;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -8,53 +7,22 @@ use rdkafka::ClientConfig;
 use std::time::Duration;
 use tonic::transport::Channel;
 
+/// A connection to the engine. When there is none, the error says where it looked, what the
+/// system answered, and how to start one.
 pub async fn channel(server: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(server.to_string())?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the engine at {server}"))
-}
-
-/// One line per criterion of an explanation, indented by depth.
-pub fn print_explain_node(node: &pb::ExplainNode, depth: usize) {
-    let mark = if node.matched { "yes" } else { "no " };
-    let next = if node.next_change_ms > 0 {
-        format!("  (may change at {})", node.next_change_ms)
-    } else {
-        String::new()
-    };
-    println!(
-        "{}[{mark}] {}: {}{next}",
-        "    ".repeat(depth),
-        node.criterion,
-        node.detail
-    );
-    for child in &node.children {
-        print_explain_node(child, depth + 1);
-    }
-}
-
-pub fn print_audience(a: &pb::Audience) {
-    let s = a.stats.unwrap_or_default();
-    let status = match pb::AudienceStatus::try_from(a.status) {
-        Ok(pb::AudienceStatus::Draft) => "draft".to_string(),
-        Ok(pb::AudienceStatus::Calculating) => format!(
-            "calculating {:.0}%",
-            a.calculation.map(|c| c.percent).unwrap_or_default()
-        ),
-        _ => "active".to_string(),
-    };
-    println!(
-        "{:>5}  {:<32} {:<7} size {:>7}  adds24h {:>6}  drops24h {:>6}  volatility {:.3}  tags [{}]",
-        a.id,
-        a.name,
-        status,
-        s.size,
-        s.adds_24h,
-        s.drops_24h,
-        s.volatility_24h,
-        a.tags.join(", ")
-    );
+    let endpoint = Channel::from_shared(server.to_string()).map_err(|_| {
+        anyhow::anyhow!("'{server}' is not an engine address (like http://127.0.0.1:50051)")
+    })?;
+    endpoint.connect().await.map_err(|e| {
+        let mut cause: &dyn std::error::Error = &e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        anyhow::anyhow!(
+            "no engine at {server} ({cause}): is it running? `make run` starts one, and \
+             --server or AUDIENCE_SERVER names another"
+        )
+    })
 }
 
 pub async fn engine_bootstrap(server: &str) -> anyhow::Result<String> {

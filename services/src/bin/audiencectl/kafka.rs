@@ -2,6 +2,7 @@
 
 use crate::audience::*;
 use crate::client::*;
+use crate::print::*;
 use anyhow::{bail, Context};
 use audience_proto::v1 as pb;
 use pb::admin_service_client::AdminServiceClient;
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub async fn produce(
-    server: &str,
+    ctx: &Ctx,
     bootstrap: Option<String>,
     topic: String,
     key: Option<String>,
@@ -20,7 +21,7 @@ pub async fn produce(
 ) -> anyhow::Result<()> {
     let bootstrap = match bootstrap {
         Some(b) => b,
-        None => engine_bootstrap(server).await?,
+        None => engine_bootstrap(&ctx.server).await?,
     };
     let producer = producer(&bootstrap)?;
     let bytes = if file.as_os_str() == "-" {
@@ -57,13 +58,13 @@ pub async fn produce(
             })
             .unwrap_or_default();
         let (p, o) = send(&producer, &topic, &key, &m).await?;
-        println!("produced to {topic} partition {p} offset {o} key {key}");
+        say!("produced to {topic} partition {p} offset {o} key {key}");
     }
     Ok(())
 }
 
 pub async fn create_topics(
-    _server: &str,
+    _ctx: &Ctx,
     bootstrap: String,
     partitions: i32,
     topics: Vec<String>,
@@ -76,7 +77,7 @@ pub async fn create_topics(
     if !refused.is_empty() {
         bail!("{} topic(s) not created", refused.len());
     }
-    println!("topics ready: {}", topics.join(", "));
+    say!("topics ready: {}", topics.join(", "));
     Ok(())
 }
 
@@ -114,19 +115,19 @@ pub fn sample_batch(mpid: i64, step: u64, now_ms: i64) -> serde_json::Value {
 }
 
 pub async fn demo(
-    server: &str,
+    ctx: &Ctx,
     dir: &Path,
     users: i64,
     rate: u64,
     seconds: u64,
 ) -> anyhow::Result<()> {
-    let engine = channel(server).await?;
+    let engine = channel(&ctx.server).await?;
     let mut audiences = AudienceServiceClient::new(engine.clone());
     let names = load_audiences(&mut audiences, dir).await?;
     if names.is_empty() {
         bail!("no audiences in {}", dir.display());
     }
-    let bootstrap = engine_bootstrap(server).await?;
+    let bootstrap = engine_bootstrap(&ctx.server).await?;
     let producer = producer(&bootstrap)?;
     let mut membership = MembershipServiceClient::new(engine.clone());
     let mut stream = membership
@@ -155,13 +156,14 @@ pub async fn demo(
             } else {
                 "left   "
             };
-            println!(
+            say!(
                 "user {:>6} {verb} '{name}' (audience {}, now {size} members)",
-                d.mpid, d.audience_id
+                d.mpid,
+                d.audience_id
             );
         }
     });
-    println!("feeding sample events for {users} users to {bootstrap} at {rate} batches/s (Ctrl-C to stop)");
+    say!("feeding sample events for {users} users to {bootstrap} at {rate} batches/s (Ctrl-C to stop)");
     let mut admin = AdminServiceClient::new(engine);
     let manual_clock = admin
         .get_clock(pb::GetClockRequest {})
@@ -169,7 +171,7 @@ pub async fn demo(
         .into_inner()
         .manual;
     if manual_clock {
-        println!("the engine clock is manual: every 15 s the demo moves it a day forward, so recency windows pass");
+        say!("the engine clock is manual: every 15 s the demo moves it a day forward, so recency windows pass");
     }
     let mut last_jump = std::time::Instant::now();
     let start = std::time::Instant::now();
@@ -184,7 +186,7 @@ pub async fn demo(
             admin
                 .advance_clock(pb::AdvanceClockRequest { millis: 86_400_000 })
                 .await?;
-            println!("--- the engine clock moved one day forward ---");
+            say!("--- the engine clock moved one day forward ---");
             last_jump = std::time::Instant::now();
         }
         let mpid = 1000 + (step as i64 * 7919) % users.max(1);

@@ -1,8 +1,14 @@
 //! audiencectl: the operator CLI of the audience engine. Manages audiences, subscribes to
 //! membership deltas, looks up profiles, produces events to Kafka, and runs the demo.
+//!
+//! A good citizen of the shell: every read command prints text for people or, with
+//! `--output json`, JSON for scripts; instants are typed and printed as people use them; a
+//! closed pipe ends it quietly; an error is one line on standard error (exit status 1), with
+//! the full chain and a backtrace only when `AUDIENCECTL_DEBUG=1` asks for them.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 mod admin;
 mod audience;
@@ -11,12 +17,14 @@ mod client;
 mod kafka;
 mod membership;
 mod output;
+mod print;
 mod profile;
 
 use admin::ClockCmd;
 use audience::AudienceCmd;
 use calc::CalcCmd;
 use output::{ConnectionCmd, OutputCmd};
+use print::{Ctx, Format};
 
 #[derive(Parser)]
 #[command(version, about = "Operate an audience engine")]
@@ -29,9 +37,17 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     server: String,
+    /// How to print: text for people, or JSON for scripts (one object, or one per line for
+    /// lists).
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Text)]
+    output: Format,
     #[command(subcommand)]
     command: Command,
 }
+
+/// How instants are typed, for the help of every option that takes one.
+const INSTANT_HELP: &str = "RFC 3339 (2026-12-04T09:00:00Z), a UTC date (2026-12-04), \
+milliseconds since the epoch, or relative to now (-2h, -7d, -30m)";
 
 #[derive(Subcommand)]
 enum Command {
@@ -49,7 +65,7 @@ enum Command {
         /// Stop after this many deltas.
         #[arg(long)]
         limit: Option<usize>,
-        /// Print each delta as one JSON line.
+        /// Print each delta as one JSON line (the same as --output json).
         #[arg(long)]
         json: bool,
         #[arg(long, default_value = "audiencectl")]
@@ -59,11 +75,13 @@ enum Command {
     Profile { mpid: i64 },
     /// A profile's membership history: when it entered and left each audience (retention).
     History { mpid: i64 },
-    /// The members of an audience now, or at an instant within retention (ms since epoch).
+    /// The members of an audience now, or at an instant within retention.
     Members {
         audience: u64,
-        #[arg(long)]
-        as_of: Option<i64>,
+        /// The instant: RFC 3339, a UTC date, milliseconds since the epoch, or relative to
+        /// now (-2h, -7d).
+        #[arg(long, long_help = INSTANT_HELP, allow_hyphen_values = true)]
+        as_of: Option<String>,
     },
     /// Why a user is or is not in an audience.
     Explain { mpid: i64, audience: u64 },
@@ -131,6 +149,9 @@ enum Command {
         partitions: i32,
         topics: Vec<String>,
     },
+    /// Print a completion script for a shell: `audiencectl completions bash >
+    /// /etc/bash_completion.d/audiencectl`.
+    Completions { shell: clap_complete::Shell },
     /// Load the example audiences, feed sample events and show users entering and leaving.
     Demo {
         /// Folder of audience files to load.
@@ -147,56 +168,163 @@ enum Command {
     },
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    install_panic_hook();
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("audiencectl: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server = cli.server.clone();
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if std::env::var_os("AUDIENCECTL_DEBUG").is_some() {
+                eprintln!("audiencectl: {e:?}");
+            } else {
+                eprintln!("audiencectl: {}", one_line(&e, &server));
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error as one line: what the engine answered (its message and the kind of refusal), or
+/// the chain of what failed, joined.
+fn one_line(e: &anyhow::Error, server: &str) -> String {
+    let text = match e.chain().find_map(|c| c.downcast_ref::<tonic::Status>()) {
+        Some(status) if status.code() == tonic::Code::Unavailable => format!(
+            "the engine at {server} is unavailable ({}): is it running? `make run` starts one",
+            status.message()
+        ),
+        Some(status) => {
+            let context: Vec<String> = e
+                .chain()
+                .take_while(|c| c.downcast_ref::<tonic::Status>().is_none())
+                .map(|c| c.to_string())
+                .collect();
+            let refusal = if status.message().is_empty() {
+                code_words(status.code())
+            } else {
+                format!("{} ({})", status.message(), code_words(status.code()))
+            };
+            context
+                .into_iter()
+                .chain(std::iter::once(refusal))
+                .collect::<Vec<_>>()
+                .join(": ")
+        }
+        None => format!("{e:#}"),
+    };
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `NotFound` as `not found`.
+fn code_words(code: tonic::Code) -> String {
+    let mut words = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            words.push(' ');
+        }
+        words.push(c.to_ascii_lowercase());
+    }
+    words
+}
+
+/// A bug reports itself in one line; `AUDIENCECTL_DEBUG=1` shows where, with a backtrace.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        if std::env::var_os("AUDIENCECTL_DEBUG").is_some() {
+            eprintln!(
+                "audiencectl: {info}\n{}",
+                std::backtrace::Backtrace::force_capture()
+            );
+            return;
+        }
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        eprintln!(
+            "audiencectl: internal error: {} (AUDIENCECTL_DEBUG=1 shows where)",
+            message.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+    }));
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Ctx {
+        server: cli.server,
+        format: cli.output,
+    };
+    let ctx = &ctx;
     match cli.command {
-        Command::Audience(cmd) => audience::audience(&cli.server, cmd).await,
+        Command::Audience(cmd) => audience::command(ctx, cmd).await,
         Command::Subscribe {
             audiences,
             cursor,
             limit,
             json,
             name,
-        } => membership::subscribe(&cli.server, audiences, cursor, limit, json, name).await,
-        Command::Output(cmd) => output::output(&cli.server, cmd).await,
-        Command::Connection(cmd) => output::connection(&cli.server, cmd).await,
-        Command::Calc(cmd) => calc::calc(&cli.server, cmd).await,
-        Command::History { mpid } => membership::history(&cli.server, mpid).await,
+        } => membership::subscribe(ctx, audiences, cursor, limit, json, name).await,
+        Command::Output(cmd) => output::output(ctx, cmd).await,
+        Command::Connection(cmd) => output::connection(ctx, cmd).await,
+        Command::Calc(cmd) => calc::calc(ctx, cmd).await,
+        Command::History { mpid } => membership::history(ctx, mpid).await,
         Command::Members { audience, as_of } => {
-            membership::members(&cli.server, audience, as_of).await
+            let now = chrono::Utc::now().timestamp_millis();
+            let as_of = as_of
+                .map(|text| audience_state::time::parse_instant(&text, now))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--as-of: {e}"))?;
+            membership::members(ctx, audience, as_of).await
         }
-        Command::Profile { mpid } => profile::profile(&cli.server, mpid).await,
+        Command::Profile { mpid } => profile::profile(ctx, mpid).await,
         Command::Tier {
             event_type,
             name,
             tier,
-        } => calc::tier(&cli.server, event_type, name, tier).await,
-        Command::Explain { mpid, audience } => profile::explain(&cli.server, mpid, audience).await,
-        Command::Stats { ids } => membership::stats(&cli.server, ids).await,
-        Command::Connectors => membership::connectors(&cli.server).await,
-        Command::Status => admin::status(&cli.server).await,
-        Command::Replay { start, wipe, wait } => {
-            admin::replay(&cli.server, start, wipe, wait).await
-        }
-        Command::Clock(cmd) => admin::clock(&cli.server, cmd).await,
+        } => calc::tier(ctx, event_type, name, tier).await,
+        Command::Explain { mpid, audience } => profile::explain(ctx, mpid, audience).await,
+        Command::Stats { ids } => membership::stats(ctx, ids).await,
+        Command::Connectors => membership::connectors(ctx).await,
+        Command::Status => admin::status(ctx).await,
+        Command::Replay { start, wipe, wait } => admin::replay(ctx, start, wipe, wait).await,
+        Command::Clock(cmd) => admin::clock(ctx, cmd).await,
         Command::Produce {
             bootstrap,
             topic,
             key,
             raw,
             file,
-        } => kafka::produce(&cli.server, bootstrap, topic, key, raw, file).await,
+        } => kafka::produce(ctx, bootstrap, topic, key, raw, file).await,
         Command::CreateTopics {
             bootstrap,
             partitions,
             topics,
-        } => kafka::create_topics(&cli.server, bootstrap, partitions, topics).await,
+        } => kafka::create_topics(ctx, bootstrap, partitions, topics).await,
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "audiencectl", &mut script);
+            print::line(format_args!(
+                "{}",
+                String::from_utf8_lossy(&script).trim_end()
+            ));
+            Ok(())
+        }
         Command::Demo {
             audiences,
             users,
             rate,
             seconds,
-        } => kafka::demo(&cli.server, &audiences, users, rate, seconds).await,
+        } => kafka::demo(ctx, &audiences, users, rate, seconds).await,
     }
 }

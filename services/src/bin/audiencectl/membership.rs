@@ -2,18 +2,20 @@
 //! and what the engine knows of them.
 
 use crate::client::*;
+use crate::print::*;
 use audience_proto::v1 as pb;
 use pb::membership_service_client::MembershipServiceClient;
+use serde_json::json;
 
 pub async fn subscribe(
-    server: &str,
+    ctx: &Ctx,
     audiences: Vec<u64>,
     cursor: String,
     limit: Option<usize>,
     json: bool,
     name: String,
 ) -> anyhow::Result<()> {
-    let mut client = MembershipServiceClient::new(channel(server).await?);
+    let mut client = MembershipServiceClient::new(channel(&ctx.server).await?);
     let mut stream = client
         .subscribe(pb::SubscribeRequest {
             audience_ids: audiences,
@@ -24,25 +26,28 @@ pub async fn subscribe(
         .into_inner();
     let mut n = 0;
     while let Some(d) = stream.message().await? {
-        if json {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "delta_id": d.delta_id, "audience_id": d.audience_id, "mpid": d.mpid,
-                    "kind": if d.kind == pb::DeltaKind::Added as i32 { "added" } else { "dropped" },
-                    "version": d.version, "event_time_ms": d.event_time_ms,
-                    "processing_time_ms": d.processing_time_ms, "cursor": d.cursor,
-                })
-            );
+        if json || ctx.json() {
+            say_json(&json!({
+                "delta_id": d.delta_id, "audience_id": d.audience_id, "mpid": d.mpid,
+                "kind": if d.kind == pb::DeltaKind::Added as i32 { "added" } else { "dropped" },
+                "version": d.version, "event_time_ms": d.event_time_ms,
+                "processing_time_ms": d.processing_time_ms,
+                "event_time": when_json(d.event_time_ms),
+                "processing_time": when_json(d.processing_time_ms), "cursor": d.cursor,
+            }));
         } else {
             let kind = if d.kind == pb::DeltaKind::Added as i32 {
                 "+ added  "
             } else {
                 "- dropped"
             };
-            println!(
-                "{kind} mpid {:>20}  audience {:>4}  v{}  cursor {}",
-                d.mpid, d.audience_id, d.version, d.cursor
+            say!(
+                "{kind} mpid {:>20}  audience {:>4}  version {}  at {}  cursor {}",
+                d.mpid,
+                d.audience_id,
+                d.version,
+                when(d.processing_time_ms),
+                d.cursor
             );
         }
         n += 1;
@@ -53,28 +58,43 @@ pub async fn subscribe(
     Ok(())
 }
 
-pub async fn history(server: &str, mpid: i64) -> anyhow::Result<()> {
-    let mut client = MembershipServiceClient::new(channel(server).await?);
+pub async fn history(ctx: &Ctx, mpid: i64) -> anyhow::Result<()> {
+    let mut client = MembershipServiceClient::new(channel(&ctx.server).await?);
     let h = client
         .get_membership_history(pb::GetMembershipHistoryRequest { mpid })
         .await?
         .into_inner();
     for i in h.intervals {
+        if ctx.json() {
+            say_json(&json!({
+                "mpid": mpid,
+                "audience_id": i.audience_id,
+                "audience_name": i.audience_name,
+                "entered": when_json(i.entered_ms),
+                "entered_version": i.entered_version,
+                "left": when_json(i.left_ms),
+                "left_version": (i.left_ms != 0).then_some(i.left_version),
+            }));
+            continue;
+        }
         let left = if i.left_ms == 0 {
             "still a member".to_string()
         } else {
-            format!("left {} (v{})", i.left_ms, i.left_version)
+            format!("left {} (version {})", when(i.left_ms), i.left_version)
         };
-        println!(
-            "{:>5}  {:<32} entered {} (v{})  {left}",
-            i.audience_id, i.audience_name, i.entered_ms, i.entered_version
+        say!(
+            "{:>5}  {:<32} entered {} (version {})  {left}",
+            i.audience_id,
+            i.audience_name,
+            when(i.entered_ms),
+            i.entered_version
         );
     }
     Ok(())
 }
 
-pub async fn members(server: &str, audience: u64, as_of: Option<i64>) -> anyhow::Result<()> {
-    let mut client = MembershipServiceClient::new(channel(server).await?);
+pub async fn members(ctx: &Ctx, audience: u64, as_of: Option<i64>) -> anyhow::Result<()> {
+    let mut client = MembershipServiceClient::new(channel(&ctx.server).await?);
     let mut page_token = String::new();
     let mut total = 0;
     loop {
@@ -89,12 +109,16 @@ pub async fn members(server: &str, audience: u64, as_of: Option<i64>) -> anyhow:
             .into_inner();
         total += page.mpids.len();
         for mpid in &page.mpids {
-            println!("{mpid}");
+            if ctx.json() {
+                say_json(&json!({"audience_id": audience, "mpid": mpid}));
+            } else {
+                say!("{mpid}");
+            }
         }
         if page.next_page_token.is_empty() {
             eprintln!(
                 "{total} members of audience {audience} as of {}",
-                page.as_of_ms
+                when(page.as_of_ms)
             );
             break;
         }
@@ -103,39 +127,68 @@ pub async fn members(server: &str, audience: u64, as_of: Option<i64>) -> anyhow:
     Ok(())
 }
 
-pub async fn stats(server: &str, ids: Vec<u64>) -> anyhow::Result<()> {
-    let mut client = MembershipServiceClient::new(channel(server).await?);
+pub async fn stats(ctx: &Ctx, ids: Vec<u64>) -> anyhow::Result<()> {
+    let mut client = MembershipServiceClient::new(channel(&ctx.server).await?);
     let r = client
         .get_audience_stats(pb::GetAudienceStatsRequest { audience_ids: ids })
         .await?
         .into_inner();
     for a in r.audiences {
         let s = a.stats.unwrap_or_default();
-        println!(
+        if ctx.json() {
+            say_json(&stats_json(a.audience_id, &s));
+            continue;
+        }
+        say!(
             "audience {:>5}  size {:>7}  adds24h {:>6}  drops24h {:>6}  volatility {:.3}",
-            a.audience_id, s.size, s.adds_24h, s.drops_24h, s.volatility_24h
+            a.audience_id,
+            s.size,
+            s.adds_24h,
+            s.drops_24h,
+            s.volatility_24h
         );
     }
     Ok(())
 }
 
-pub async fn connectors(server: &str) -> anyhow::Result<()> {
-    let mut client = MembershipServiceClient::new(channel(server).await?);
+pub async fn connectors(ctx: &Ctx) -> anyhow::Result<()> {
+    let mut client = MembershipServiceClient::new(channel(&ctx.server).await?);
     for c in client
         .list_connectors(pb::ListConnectorsRequest {})
         .await?
         .into_inner()
         .connectors
     {
-        println!(
+        if ctx.json() {
+            say_json(&json!({
+                "id": c.id,
+                "subscriber_name": c.subscriber_name,
+                "audience_ids": c.audience_ids,
+                "delivered": c.delivered,
+                "cursor": c.cursor,
+                "audiences": c.audiences.iter()
+                    .map(|a| stats_json(a.audience_id, &a.stats.unwrap_or_default()))
+                    .collect::<Vec<_>>(),
+            }));
+            continue;
+        }
+        say!(
             "connector {} '{}' audiences {:?} delivered {} cursor {}",
-            c.id, c.subscriber_name, c.audience_ids, c.delivered, c.cursor
+            c.id,
+            c.subscriber_name,
+            c.audience_ids,
+            c.delivered,
+            c.cursor
         );
         for a in c.audiences {
             let s = a.stats.unwrap_or_default();
-            println!(
+            say!(
                 "    audience {:>5}  size {:>7}  adds24h {:>6}  drops24h {:>6}  volatility {:.3}",
-                a.audience_id, s.size, s.adds_24h, s.drops_24h, s.volatility_24h
+                a.audience_id,
+                s.size,
+                s.adds_24h,
+                s.drops_24h,
+                s.volatility_24h
             );
         }
     }

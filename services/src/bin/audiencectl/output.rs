@@ -2,6 +2,7 @@
 //! connections of audiences to them.
 
 use crate::client::*;
+use crate::print::*;
 use anyhow::Context;
 use audience_proto::v1 as pb;
 use audience_services::convert::{json_to_struct, struct_to_json};
@@ -32,8 +33,9 @@ pub enum OutputCmd {
 pub enum ConnectionCmd {
     /// Connect audiences to an output (one or many: a result per audience).
     Create {
-        #[arg(long)]
-        output: u64,
+        /// The output's id (`--output` is the global output format).
+        #[arg(long = "output-id")]
+        output_id: u64,
         /// Audience ids.
         audiences: Vec<u64>,
         /// User attributes to share with the identities.
@@ -64,8 +66,8 @@ pub enum ConnectionCmd {
     },
 }
 
-pub async fn output(server: &str, cmd: OutputCmd) -> anyhow::Result<()> {
-    let mut client = OutputServiceClient::new(channel(server).await?);
+pub async fn output(ctx: &Ctx, cmd: OutputCmd) -> anyhow::Result<()> {
+    let mut client = OutputServiceClient::new(channel(&ctx.server).await?);
     let read = |file: &Path| -> anyhow::Result<pb::OutputConfig> {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
@@ -94,7 +96,18 @@ pub async fn output(server: &str, cmd: OutputCmd) -> anyhow::Result<()> {
         })
     };
     let show = |o: &pb::OutputConfig| {
-        println!(
+        if ctx.json() {
+            return say_json(&serde_json::json!({
+                "id": o.id,
+                "name": o.name,
+                "kind": o.kind,
+                "accepted_identities": o.accepted_identities,
+                "connections": o.connections,
+                "faulted_connections": o.faulted_connections,
+                "settings": o.settings.as_ref().map(struct_to_json),
+            }));
+        }
+        say!(
             "{:>4} {:<24} {:<8} accepts {:?}  connections {} (faulted {})  settings {}",
             o.id,
             o.name,
@@ -124,17 +137,34 @@ pub async fn output(server: &str, cmd: OutputCmd) -> anyhow::Result<()> {
         }
         OutputCmd::Delete { id } => {
             client.delete_output(pb::OutputIdRequest { id }).await?;
-            println!("deleted output {id}");
+            say!("deleted output {id}");
         }
     }
     Ok(())
 }
 
-pub async fn connection(server: &str, cmd: ConnectionCmd) -> anyhow::Result<()> {
-    let mut client = OutputServiceClient::new(channel(server).await?);
+pub async fn connection(ctx: &Ctx, cmd: ConnectionCmd) -> anyhow::Result<()> {
+    let mut client = OutputServiceClient::new(channel(&ctx.server).await?);
     let show = |c: &pb::Connection| {
         let f = c.figures.unwrap_or_default();
-        println!(
+        if ctx.json() {
+            return say_json(&serde_json::json!({
+                "id": c.id,
+                "audience_id": c.audience_id,
+                "output_id": c.output_id,
+                "status": if c.status == pb::ConnectionStatus::Inactive as i32 { "inactive" } else { "sending" },
+                "faulted": c.faulted,
+                "size": f.size,
+                "adds_24h": f.adds_24h,
+                "drops_24h": f.drops_24h,
+                "volatility": f.volatility,
+                "sent": f.sent,
+                "failed": f.failed,
+                "retried": f.retried,
+                "unsendable": f.unsendable,
+            }));
+        }
+        say!(
             "{:>4} audience {:>4} -> output {:>3}  {:<8} size {} adds {} drops {} volatility {:.3}  sent {} failed {} retried {} unsendable {}{}",
             c.id,
             c.audience_id,
@@ -146,7 +176,7 @@ pub async fn connection(server: &str, cmd: ConnectionCmd) -> anyhow::Result<()> 
     };
     match cmd {
         ConnectionCmd::Create {
-            output,
+            output_id,
             audiences,
             shared_attributes,
             inactive,
@@ -158,7 +188,7 @@ pub async fn connection(server: &str, cmd: ConnectionCmd) -> anyhow::Result<()> 
             } as i32;
             let results = client
                 .bulk_connect(pb::BulkConnectRequest {
-                    output_id: output,
+                    output_id,
                     audience_ids: audiences,
                     status,
                     settings: None,
@@ -169,9 +199,9 @@ pub async fn connection(server: &str, cmd: ConnectionCmd) -> anyhow::Result<()> 
                 .results;
             for r in results {
                 if r.ok {
-                    println!("audience {}: connection {}", r.audience_id, r.connection_id);
+                    say!("audience {}: connection {}", r.audience_id, r.connection_id);
                 } else {
-                    println!("audience {}: {}", r.audience_id, r.error);
+                    say!("audience {}: {}", r.audience_id, r.error);
                 }
             }
         }
@@ -204,7 +234,7 @@ pub async fn connection(server: &str, cmd: ConnectionCmd) -> anyhow::Result<()> 
             client
                 .delete_connection(pb::ConnectionIdRequest { id })
                 .await?;
-            println!("deleted connection {id}");
+            say!("deleted connection {id}");
         }
         ConnectionCmd::Faults => {
             for f in client
@@ -213,9 +243,22 @@ pub async fn connection(server: &str, cmd: ConnectionCmd) -> anyhow::Result<()> 
                 .into_inner()
                 .faults
             {
-                println!(
+                if ctx.json() {
+                    say_json(&serde_json::json!({
+                        "connection_id": f.connection_id,
+                        "audience_id": f.audience_id,
+                        "output_id": f.output_id,
+                        "message": f.message,
+                        "status": f.status,
+                        "attempts": f.attempts,
+                        "at": when_json(f.at_ms),
+                        "body_excerpt": f.body_excerpt,
+                    }));
+                    continue;
+                }
+                say!(
                     "connection {} (audience {} -> output {}): {} status {} after {} attempts at {}  body {:?}",
-                    f.connection_id, f.audience_id, f.output_id, f.message, f.status, f.attempts, f.at_ms, f.body_excerpt
+                    f.connection_id, f.audience_id, f.output_id, f.message, f.status, f.attempts, when(f.at_ms), f.body_excerpt
                 );
             }
         }

@@ -2,83 +2,170 @@
 //! it is or is not in an audience.
 
 use crate::client::*;
+use crate::print::*;
 use audience_proto::v1 as pb;
 use pb::profile_service_client::ProfileServiceClient;
+use serde_json::{json, Map, Value};
 
-pub async fn profile(server: &str, mpid: i64) -> anyhow::Result<()> {
-    let mut client = ProfileServiceClient::new(channel(server).await?);
+/// A map of attribute values, sorted by name, as a JSON object.
+fn values_json(values: &std::collections::HashMap<String, pb::AttributeValue>) -> Value {
+    let mut sorted: Vec<_> = values.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    Value::Object(
+        sorted
+            .into_iter()
+            .map(|(k, v)| (k.clone(), value_json(v)))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+fn profile_json(p: &pb::Profile) -> Value {
+    let strings = |fields: &[(&str, &String)]| {
+        Value::Object(
+            fields
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect(),
+        )
+    };
+    json!({
+        "mpid": p.mpid,
+        "first_seen": when_json(p.first_seen_ms),
+        "last_seen": when_json(p.last_seen_ms),
+        "app_version": p.app_version,
+        "identities": p.identities.iter()
+            .map(|i| json!({"type": i.identity_type, "value": i.value}))
+            .collect::<Vec<_>>(),
+        "user_attributes": values_json(&p.user_attributes),
+        "calculated_attributes": values_json(&p.calculated_attributes),
+        "device": p.device_info.as_ref().map(|d| strings(&[
+            ("platform", &d.platform),
+            ("os_version", &d.os_version),
+            ("device_model", &d.device_model),
+            ("device_manufacturer", &d.device_manufacturer),
+            ("network_carrier", &d.network_carrier),
+            ("brand", &d.brand),
+        ])),
+        "consent": p.consent_state.as_ref().map(|c| json!({
+            "gdpr": c.gdpr.iter()
+                .map(|(purpose, g)| (purpose.clone(), json!({"consented": g.consented})))
+                .collect::<Map<_, _>>(),
+            "ccpa_data_sale_opt_out": c.ccpa_data_sale_opt_out,
+        })),
+        "location": p.location.as_ref().filter(|l| **l != pb::Location::default()).map(|l| {
+            let mut o = strings(&[
+                ("city", &l.city),
+                ("state", &l.state),
+                ("zip", &l.zip),
+                ("dma", &l.dma),
+                ("country", &l.country),
+            ]);
+            o["latitude"] = json!(l.latitude);
+            o["longitude"] = json!(l.longitude);
+            o
+        }),
+        "install_attribution": p.install_attribution.as_ref().map(attribution_json),
+        "uninstall_attribution": p.uninstall_attribution.as_ref().map(attribution_json),
+        "audiences": p.audiences.iter().map(|m| json!({
+            "audience_id": m.audience_id,
+            "audience_name": m.audience_name,
+            "since": when_json(m.since_ms),
+            "version": m.version,
+        })).collect::<Vec<_>>(),
+        "events": p.events.iter().map(|e| json!({
+            "event": e.event_key,
+            "count_in_retention": e.count_in_retention,
+            "last_seen": when_json(e.last_seen_ms),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn attribution_json(a: &pb::Attribution) -> Value {
+    json!({
+        "publisher": a.publisher,
+        "campaign": a.campaign,
+        "service_provider": a.service_provider,
+    })
+}
+
+pub async fn profile(ctx: &Ctx, mpid: i64) -> anyhow::Result<()> {
+    let mut client = ProfileServiceClient::new(channel(&ctx.server).await?);
     let p = client
         .get_profile(pb::GetProfileRequest { mpid })
         .await?
         .into_inner();
-    println!(
-        "mpid {}  first seen {}  last seen {}  app version {}",
-        p.mpid, p.first_seen_ms, p.last_seen_ms, p.app_version
+    let view = profile_json(&p);
+    if ctx.json() {
+        say_json(&view);
+        return Ok(());
+    }
+    say!(
+        "mpid {}  first seen {}  last seen {}{}",
+        p.mpid,
+        when(p.first_seen_ms),
+        when(p.last_seen_ms),
+        if p.app_version.is_empty() {
+            String::new()
+        } else {
+            format!("  app version {}", p.app_version)
+        }
     );
-    println!("identities:");
+    say!("identities:");
     for i in &p.identities {
-        println!("  {:<28} {}", i.identity_type, i.value);
+        say!("  {:<28} {}", i.identity_type, i.value);
     }
-    println!("user attributes:");
-    let mut attrs: Vec<_> = p.user_attributes.iter().collect();
-    attrs.sort_by_key(|(k, _)| (*k).clone());
-    for (k, v) in attrs {
-        println!("  {k:<28} {:?}", v.value);
-    }
-    if let Some(d) = &p.device_info {
-        println!(
-            "device: platform {:?} os {:?} model {:?} carrier {:?}",
-            d.platform, d.os_version, d.device_model, d.network_carrier
-        );
-    }
-    if !p.calculated_attributes.is_empty() {
-        println!("calculated attributes:");
-        let mut calc: Vec<_> = p.calculated_attributes.iter().collect();
-        calc.sort_by_key(|(k, _)| (*k).clone());
-        for (k, v) in calc {
-            println!("  {k:<28} {:?}", v.value);
-        }
-    }
-    if let Some(l) = p
-        .location
-        .as_ref()
-        .filter(|l| **l != pb::Location::default())
-    {
-        println!(
-            "location: city {:?} state {:?} zip {:?} dma {:?} country {:?} at {:?}, {:?}",
-            l.city, l.state, l.zip, l.dma, l.country, l.latitude, l.longitude
-        );
-    }
-    for (kind, a) in [
-        ("install", &p.install_attribution),
-        ("uninstall", &p.uninstall_attribution),
+    for (title, key) in [
+        ("user attributes", "user_attributes"),
+        ("calculated attributes", "calculated_attributes"),
     ] {
-        if let Some(a) = a {
-            println!(
-                "{kind} attribution: publisher {:?} campaign {:?} ({})",
-                a.publisher, a.campaign, a.service_provider
-            );
+        let Some(values) = view[key].as_object().filter(|o| !o.is_empty()) else {
+            continue;
+        };
+        say!("{title}:");
+        for (name, value) in values {
+            say!("  {name:<28} {value}");
         }
     }
-    println!("audiences:");
+    for (title, key) in [
+        ("device", "device"),
+        ("location", "location"),
+        ("install attribution", "install_attribution"),
+        ("uninstall attribution", "uninstall_attribution"),
+    ] {
+        if let Some(fields) = view[key].as_object().filter(|o| !o.is_empty()) {
+            let words: Vec<String> = fields
+                .iter()
+                .filter(|(_, v)| !v.is_null() && *v != "")
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            say!("{title}: {}", words.join(", "));
+        }
+    }
+    say!("audiences:");
     for m in &p.audiences {
-        println!(
-            "  {:>5} {:<32} since {} (v{})",
-            m.audience_id, m.audience_name, m.since_ms, m.version
+        say!(
+            "  {:>5} {:<32} since {} (version {})",
+            m.audience_id,
+            m.audience_name,
+            when(m.since_ms),
+            m.version
         );
     }
-    println!("events in retention:");
+    say!("events in retention:");
     for e in &p.events {
-        println!(
+        say!(
             "  {:<48} {:>6}  last {}",
-            e.event_key, e.count_in_retention, e.last_seen_ms
+            e.event_key,
+            e.count_in_retention,
+            when(e.last_seen_ms)
         );
     }
     Ok(())
 }
 
-pub async fn explain(server: &str, mpid: i64, audience: u64) -> anyhow::Result<()> {
-    let mut client = ProfileServiceClient::new(channel(server).await?);
+pub async fn explain(ctx: &Ctx, mpid: i64, audience: u64) -> anyhow::Result<()> {
+    let mut client = ProfileServiceClient::new(channel(&ctx.server).await?);
     let e = client
         .explain(pb::ExplainRequest {
             mpid,
@@ -86,17 +173,27 @@ pub async fn explain(server: &str, mpid: i64, audience: u64) -> anyhow::Result<(
         })
         .await?
         .into_inner();
-    println!(
+    if ctx.json() {
+        say_json(&json!({
+            "mpid": mpid,
+            "audience_id": audience,
+            "member": e.member,
+            "evaluated_at": when_json(e.evaluated_at_ms),
+            "root": e.root.as_ref().map(explain_json),
+        }));
+        return Ok(());
+    }
+    say!(
         "mpid {mpid} is {} audience {audience} (evaluated at {})",
         if e.member {
             "a member of"
         } else {
             "not a member of"
         },
-        e.evaluated_at_ms
+        when(e.evaluated_at_ms)
     );
     if let Some(root) = &e.root {
-        print_explain_node(root, 1);
+        explain_text(root, 1);
     }
     Ok(())
 }
