@@ -1,3 +1,5 @@
+//! The event log: appends, sealing, bounds, retention and garbage that must not panic.
+
 use super::*;
 use crate::model::*;
 use proptest::prelude::*;

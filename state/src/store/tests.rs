@@ -1,3 +1,6 @@
+//! The store's own tests: key order, one batch holding a unit of work, dead-letter bounds,
+//! membership-history pruning and wipes.
+
 use super::db::*;
 use super::deadletter::*;
 use super::keys::*;

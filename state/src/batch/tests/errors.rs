@@ -1,3 +1,5 @@
+//! Bad input: every refusal names the field or position that was wrong, and nothing panics.
+
 use super::*;
 
 #[test]

@@ -1,3 +1,5 @@
+//! The JSON batch decoder on batches as the SDKs and partners write them.
+
 use super::*;
 
 #[test]

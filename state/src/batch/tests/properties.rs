@@ -1,3 +1,5 @@
+//! Property tests: arbitrary bytes never panic a decoder, and what is encoded decodes back.
+
 use super::*;
 
 const REASONS: &[&str] = &[

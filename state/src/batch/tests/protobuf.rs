@@ -1,3 +1,5 @@
+//! The protobuf envelope decoder: round trips, commerce actions and its errors.
+
 use super::*;
 
 #[test]
