@@ -74,17 +74,7 @@ impl Registry {
         id: Option<AudienceId>,
     ) -> Result<audience_state::criteria::CompiledAudience, RegistryError> {
         let catalog = self.node.engine.catalog.load();
-        let record = AudienceRecord {
-            id: id.unwrap_or(0),
-            name: "unsaved definition".into(),
-            external_name: String::new(),
-            status: AudienceStatus::Active,
-            criteria,
-            tags: vec![],
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            revision: 0,
-        };
+        let record = AudienceRecord::active(id.unwrap_or(0), "unsaved definition", criteria);
         let compiled = record.validate_with(&catalog.calculated_lookup())?;
         catalog.check_references(id.unwrap_or(AudienceId::MAX), &compiled)?;
         catalog.check_tiers(&parse_definition(&record.criteria)?)?;

@@ -4,7 +4,7 @@ use actix::prelude::*;
 use audience_actors::clock::Clock;
 use audience_actors::engine::{Engine, EngineSettings};
 use audience_actors::partition::{PartitionActor, ProcessBatch, RawMessage, Tick};
-use audience_state::catalog::{AudienceRecord, AudienceStatus};
+use audience_state::catalog::AudienceRecord;
 use audience_state::model::{DeltaKind, DAY_MS};
 use audience_state::store::Store;
 use std::sync::Arc;
@@ -23,17 +23,11 @@ fn message(offset: i64, body: serde_json::Value) -> RawMessage {
 fn setup(dir: &std::path::Path) -> (Arc<Engine>, Arc<Clock>) {
     let store = Arc::new(Store::open(dir, false).unwrap());
     store
-        .put_audience(&AudienceRecord {
-            id: 1,
-            name: "searched this week".into(),
-            external_name: String::new(),
-            status: AudienceStatus::Active,
-            criteria: serde_json::json!({"event": {"name": "Search", "time": {"within_last_days": 7}}}),
-            tags: vec![],
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            revision: 1,
-        })
+        .put_audience(&AudienceRecord::active(
+            1,
+            "searched this week",
+            serde_json::json!({"event": {"name": "Search", "time": {"within_last_days": 7}}}),
+        ))
         .unwrap();
     let clock = Arc::new(Clock::new(true));
     let settings = EngineSettings {

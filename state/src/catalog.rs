@@ -42,6 +42,22 @@ pub struct AudienceRecord {
 pub const MAX_TAG_CHARS: usize = 18;
 
 impl AudienceRecord {
+    /// An active audience at revision 1, with no tags, external name or times: what tests,
+    /// benchmarks and unsaved definitions (estimates, previews) build.
+    pub fn active(id: AudienceId, name: impl Into<String>, criteria: serde_json::Value) -> Self {
+        AudienceRecord {
+            id,
+            name: name.into(),
+            external_name: String::new(),
+            status: AudienceStatus::Active,
+            criteria,
+            tags: vec![],
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            revision: 1,
+        }
+    }
+
     /// Checks everything but the id and the calculated attributes it reads: name, tags and
     /// criteria.
     pub fn validate(&self) -> Result<CompiledAudience, DefinitionError> {

@@ -10,7 +10,7 @@
 
 use audience_state::backfill::BackfillPlan;
 use audience_state::calculated::CalculatedAttributeRecord;
-use audience_state::catalog::{AudienceRecord, AudienceStatus, Catalog};
+use audience_state::catalog::{AudienceRecord, Catalog};
 use audience_state::criteria::EvalContext;
 use audience_state::eventlog::{Dictionary, EventLog, LogLimits};
 use audience_state::model::*;
@@ -23,17 +23,7 @@ const RETENTION: i64 = 30 * DAY_MS;
 const T0: i64 = 1_700_000_000_000;
 
 fn record(id: u64, criteria: serde_json::Value) -> AudienceRecord {
-    AudienceRecord {
-        id,
-        name: format!("a{id}"),
-        external_name: String::new(),
-        status: AudienceStatus::Active,
-        criteria,
-        tags: vec![],
-        created_at_ms: 0,
-        updated_at_ms: 0,
-        revision: 1,
-    }
+    AudienceRecord::active(id, format!("a{id}"), criteria)
 }
 
 fn calc_record(json: serde_json::Value) -> CalculatedAttributeRecord {

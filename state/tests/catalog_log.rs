@@ -3,7 +3,7 @@
 //! everywhere.
 
 use audience_state::calculated::CalculatedAttributeRecord;
-use audience_state::catalog::{AudienceRecord, AudienceStatus};
+use audience_state::catalog::AudienceRecord;
 use audience_state::catalog_log::*;
 use audience_state::outputs::{Connection, ConnectionStatus, OutputConfig};
 use proptest::prelude::*;
@@ -11,17 +11,7 @@ use serde_json::json;
 use std::collections::BTreeSet;
 
 fn audience(name: &str, criteria: serde_json::Value) -> AudienceRecord {
-    AudienceRecord {
-        id: 0,
-        name: name.into(),
-        external_name: String::new(),
-        status: AudienceStatus::Active,
-        criteria,
-        tags: vec![],
-        created_at_ms: 0,
-        updated_at_ms: 0,
-        revision: 0,
-    }
+    AudienceRecord::active(0, name, criteria)
 }
 
 fn gold() -> serde_json::Value {

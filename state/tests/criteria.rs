@@ -1,7 +1,7 @@
 //! The evaluator against a reference written plainly from a profile's full history, over random
 //! histories, definitions and clock moves; and the string operators of the seed, one by one.
 
-use audience_state::catalog::{AudienceRecord, AudienceStatus, Catalog};
+use audience_state::catalog::{AudienceRecord, Catalog};
 use audience_state::criteria::{compile, glob_match, parse_definition, EvalContext};
 use audience_state::model::*;
 use audience_state::profile::ProfileState;
@@ -630,17 +630,7 @@ fn first_seen_by_recency_leaves_when_time_passes() {
 }
 
 fn record(id: u64, criteria: serde_json::Value) -> AudienceRecord {
-    AudienceRecord {
-        id,
-        name: format!("a{id}"),
-        external_name: String::new(),
-        status: AudienceStatus::Active,
-        criteria,
-        tags: vec![],
-        created_at_ms: 0,
-        updated_at_ms: 0,
-        revision: 1,
-    }
+    AudienceRecord::active(id, format!("a{id}"), criteria)
 }
 
 #[test]

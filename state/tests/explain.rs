@@ -1,7 +1,7 @@
 //! Explain speaks the definition language: criteria read like the JSON the user wrote, values
 //! as JSON values, instants as RFC 3339 in UTC and durations in days, hours and minutes.
 
-use audience_state::catalog::{AudienceRecord, AudienceStatus, Catalog};
+use audience_state::catalog::{AudienceRecord, Catalog};
 use audience_state::criteria::{EvalContext, Explanation};
 use audience_state::model::*;
 use audience_state::profile::ProfileState;
@@ -13,20 +13,7 @@ const RETENTION: i64 = 30 * DAY_MS;
 const T0: i64 = 1_796_288_760_000;
 
 fn catalog(criteria: serde_json::Value) -> Catalog {
-    Catalog::build(
-        1,
-        vec![AudienceRecord {
-            id: 1,
-            name: "a1".into(),
-            external_name: String::new(),
-            status: AudienceStatus::Active,
-            criteria,
-            tags: vec![],
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            revision: 1,
-        }],
-    )
+    Catalog::build(1, vec![AudienceRecord::active(1, "a1", criteria)])
 }
 
 fn explain(catalog: &Catalog, profile: &ProfileState, now: i64) -> Explanation {

@@ -19,7 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use audience_actors::clock::Clock;
 use audience_actors::engine::{Engine, EngineSettings};
 use audience_actors::node::Node;
-use audience_state::catalog::{AudienceRecord, AudienceStatus, Catalog};
+use audience_state::catalog::{AudienceRecord, Catalog};
 use audience_state::eventlog::{Dictionary, EventLog, LogLimits};
 use audience_state::model::{Batch, Event, EventKind, Inbound, Product, DAY_MS};
 use audience_state::profile::ProfileState;
@@ -97,17 +97,7 @@ fn event(h: u64, at: i64) -> Event {
 }
 
 fn audience(id: u64, criteria: serde_json::Value) -> AudienceRecord {
-    AudienceRecord {
-        id,
-        name: format!("bench {id}"),
-        external_name: String::new(),
-        status: AudienceStatus::Active,
-        criteria,
-        tags: vec![],
-        created_at_ms: 0,
-        updated_at_ms: 0,
-        revision: 1,
-    }
+    AudienceRecord::active(id, format!("bench {id}"), criteria)
 }
 
 fn main() -> anyhow::Result<()> {

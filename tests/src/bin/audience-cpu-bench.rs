@@ -13,7 +13,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use audience_state::batch::{decode, DEFAULT_MAX_MESSAGE_BYTES};
-use audience_state::catalog::{AudienceRecord, AudienceStatus, Catalog};
+use audience_state::catalog::{AudienceRecord, Catalog};
 use audience_state::criteria::EvalContext;
 use audience_state::model::DAY_MS;
 use audience_state::profile::ProfileState;
@@ -49,17 +49,7 @@ fn catalog_of(n: usize) -> Catalog {
             3 => serde_json::json!({"and": [{"event": {"name": name, "time": {"between_days_ago": [1, 8]}}}, {"exclude": {"identity": {"type": "email"}}}]}),
             _ => serde_json::json!({"or": [{"event": {"name": name, "count": {"exactly": 2}}}, {"event": {"type": "screen_view", "name": format!("screen {}", i / AUDIENCES_PER_EVENT_NAME)}}]}),
         };
-        AudienceRecord {
-            id: i as u64 + 1,
-            name: format!("audience {i}"),
-            external_name: String::new(),
-            status: AudienceStatus::Active,
-            criteria,
-            tags: vec![],
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            revision: 1,
-        }
+        AudienceRecord::active(i as u64 + 1, format!("audience {i}"), criteria)
     });
     Catalog::build(1, records)
 }
