@@ -20,10 +20,10 @@
 //!   before it, and a node reading the compacted topic would end elsewhere.
 
 use crate::calculated::CalculatedAttributeRecord;
-use crate::catalog::{AudienceRecord, AudienceStatus, Catalog};
+use crate::catalog::{AudienceRecord, Catalog};
 use crate::criteria::{parse_definition, DefinitionError};
 use crate::model::{AudienceId, TimestampMs};
-use crate::outputs::{Connection, ConnectionId, OutputConfig, OutputId};
+use crate::outputs::{Connection, ConnectionId, OutputConfig, OutputId, REDACTED};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -132,7 +132,12 @@ impl CatalogRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
     Audience(AudienceRecord),
-    AudienceDeleted(AudienceId),
+    /// The audience is gone, and with it these connections (their deliveries stop, and
+    /// their outputs are told).
+    AudienceDeleted {
+        id: AudienceId,
+        connections: Vec<Connection>,
+    },
     EventTier,
     Calculated(CalculatedAttributeRecord),
     CalculatedDeleted(String),
@@ -167,7 +172,7 @@ impl From<DefinitionError> for Refusal {
 }
 
 /// The catalog materialised from the log, with the offset applied last.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CatalogState {
     /// The offset of the last record applied (refused ones included); `None` before any.
     pub applied_offset: Option<i64>,
@@ -178,6 +183,43 @@ pub struct CatalogState {
     pub calculated: BTreeMap<String, CalculatedAttributeRecord>,
     pub outputs: BTreeMap<OutputId, OutputConfig>,
     pub connections: BTreeMap<ConnectionId, Connection>,
+}
+
+/// Secrets sent back as the API shows them ([`REDACTED`]) keep their stored value, resolved
+/// against the output as it stands at the record's offset; unless the destination changes: a
+/// stored credential never follows an output to another host.
+fn keep_secrets(output: &mut OutputConfig, current: &OutputConfig) -> Result<(), Refusal> {
+    let destination = |o: &OutputConfig| {
+        (
+            o.kind.clone(),
+            o.setting_str("url").map(str::to_string),
+            o.setting_str("bootstrap_servers").map(str::to_string),
+        )
+    };
+    let moved = destination(output) != destination(current);
+    for (key, value) in output.secrets.iter_mut() {
+        if value != REDACTED {
+            continue;
+        }
+        if moved {
+            return Err(DefinitionError::new(
+                format!("secrets.{key}"),
+                "the destination changed: enter the secret again",
+            )
+            .into());
+        }
+        match current.secrets.get(key) {
+            Some(stored) => value.clone_from(stored),
+            None => {
+                return Err(DefinitionError::new(
+                    format!("secrets.{key}"),
+                    "no stored value to keep",
+                )
+                .into())
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The id a creation at `offset` gets.
@@ -249,9 +291,8 @@ impl CatalogState {
                 audience.revision = current.revision + 1;
                 audience.created_at_ms = current.created_at_ms;
                 audience.updated_at_ms = at;
-                if audience.status != AudienceStatus::Draft {
-                    self.check_audience(&audience)?;
-                }
+                // Drafts are checked too, as the registry checks every save.
+                self.check_audience(&audience)?;
                 self.audiences.insert(audience.id, audience.clone());
                 Ok(Applied::Audience(audience))
             }
@@ -266,10 +307,20 @@ impl CatalogState {
                         names(&referrers)
                     )));
                 }
-                // Its connections go with it (the outputs are told by the node's deliveries).
+                // Its connections go with it (the node's deliveries stop them and tell the
+                // outputs).
+                let connections: Vec<Connection> = self
+                    .connections
+                    .values()
+                    .filter(|c| c.audience_id == *id)
+                    .cloned()
+                    .collect();
                 self.connections.retain(|_, c| c.audience_id != *id);
                 self.audiences.remove(id);
-                Ok(Applied::AudienceDeleted(*id))
+                Ok(Applied::AudienceDeleted {
+                    id: *id,
+                    connections,
+                })
             }
             Change::SetEventTier {
                 event_type,
@@ -354,8 +405,9 @@ impl CatalogState {
             }
             Change::PutOutput { output } => {
                 let current = self.output(output.id)?;
-                output.validate()?;
                 let mut output = output.clone();
+                keep_secrets(&mut output, current)?;
+                output.validate()?;
                 output.created_at_ms = current.created_at_ms;
                 output.updated_at_ms = at;
                 self.outputs.insert(output.id, output.clone());

@@ -3,7 +3,7 @@
 //! everywhere.
 
 use audience_state::calculated::CalculatedAttributeRecord;
-use audience_state::catalog::AudienceRecord;
+use audience_state::catalog::{AudienceRecord, AudienceStatus};
 use audience_state::catalog_log::*;
 use audience_state::outputs::{Connection, ConnectionStatus, OutputConfig};
 use proptest::prelude::*;
@@ -110,7 +110,7 @@ fn a_delete_and_a_reference_made_at_once_end_the_same_everywhere() {
             record("b", 0, referrer.clone()),
         ],
     );
-    assert!(matches!(outcome[0], Ok(Applied::AudienceDeleted(_))));
+    assert!(matches!(outcome[0], Ok(Applied::AudienceDeleted { .. })));
     let refusal = outcome[1].as_ref().unwrap_err().to_string();
     assert!(refusal.contains("does not exist"), "{refusal}");
     assert!(first.audiences.is_empty());
@@ -162,6 +162,20 @@ fn an_edit_from_a_stale_revision_is_refused() {
     let refusal = outcome[1].as_ref().unwrap_err().to_string();
     assert!(refusal.contains("changed meanwhile"), "{refusal}");
     assert_eq!(state.audiences[&1].name, "by a");
+    // A draft is checked like any save.
+    let broken_draft = Change::PutAudience {
+        audience: AudienceRecord {
+            status: AudienceStatus::Draft,
+            criteria: json!({"audience": {"id": 1}}),
+            ..state.audiences[&1].clone()
+        },
+        expected_revision: 2,
+    };
+    let outcome = apply_all(&mut state, 3, &[record("a", 2, broken_draft)]);
+    assert!(
+        outcome[0].is_err(),
+        "a self-reference is refused: {outcome:?}"
+    );
     // A replayed offset changes nothing.
     let again = state.apply(1, &record("a", 1, edit("replayed")));
     assert!(again.is_err());
@@ -261,16 +275,57 @@ fn calculated_attributes_outputs_and_connections_follow_the_same_rules() {
     assert_eq!(state.calculated["spend"].revision, id_at(6));
     assert_eq!(state.audiences[&2].revision, 2);
 
-    // Deleting the audience takes its connection with it; then the output can go.
+    // Secrets sent back redacted keep their value; not when the destination moves.
+    let mut secret = state.outputs[&3].clone();
+    secret.secrets.insert("token".into(), "s3cret".into());
     let outcome = apply_all(
         &mut state,
         7,
+        &[record(
+            "a",
+            6,
+            Change::PutOutput {
+                output: secret.clone(),
+            },
+        )],
+    );
+    assert!(outcome[0].is_ok(), "{outcome:?}");
+    let mut redacted = secret.clone();
+    redacted.secrets.insert("token".into(), "********".into());
+    redacted.name = "partner renamed".into();
+    let mut moved = redacted.clone();
+    moved.kind = "webhook".into();
+    moved
+        .settings
+        .insert("url".into(), json!("https://elsewhere.example/hook"));
+    let outcome = apply_all(
+        &mut state,
+        8,
+        &[
+            record("a", 7, Change::PutOutput { output: redacted }),
+            record("b", 3, Change::PutOutput { output: moved }),
+        ],
+    );
+    assert!(outcome[0].is_ok(), "{outcome:?}");
+    assert_eq!(state.outputs[&3].secrets["token"], "s3cret");
+    assert_eq!(state.outputs[&3].name, "partner renamed");
+    let refusal = outcome[1].as_ref().unwrap_err().to_string();
+    assert!(refusal.contains("enter the secret again"), "{refusal}");
+
+    // Deleting the audience takes its connection with it; then the output can go.
+    let outcome = apply_all(
+        &mut state,
+        10,
         &[
             record("a", 4, Change::DeleteAudience { id: 2 }),
             record("a", 5, Change::DeleteOutput { id: 3 }),
         ],
     );
     assert!(outcome.iter().all(Result::is_ok), "{outcome:?}");
+    assert!(
+        matches!(&outcome[0], Ok(Applied::AudienceDeleted { id: 2, connections }) if connections.len() == 1 && connections[0].id == id_at(3)),
+        "{outcome:?}"
+    );
     assert!(state.connections.is_empty() && state.outputs.is_empty());
 }
 
