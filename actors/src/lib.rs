@@ -12,11 +12,14 @@
 //!   faults and resume;
 //! - [`sampling`]: read-only evaluations of drafts over stored profiles (estimate, preview);
 //! - [`geoip`]: client IP to location (MaxMind DB format), when configured;
+//! - [`catalog_topic`]: proposing definition changes to the catalog topic and applying it in
+//!   order (cluster step 1; not wired into the registries yet);
 //! - [`engine`], [`clock`], [`stats`]: shared state, the injectable clock, 24-hour figures.
 //!
 //! Invariant: nothing on the per-event path waits on another actor; the only awaited replies
 //! are per poll batch (ingest waits for the partition actors' writes before polling again).
 
+pub mod catalog_topic;
 pub mod clock;
 pub mod connector;
 pub mod delivery;

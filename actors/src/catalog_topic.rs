@@ -1,0 +1,278 @@
+//! The catalog topic: the Kafka half of cluster step 1. Definition changes are proposed by
+//! producing a [`CatalogRecord`] to a compacted topic of one partition, and every node reads
+//! the topic in offset order and applies each record to its [`CatalogState`]: the topic is the
+//! source of truth, and the order of its one partition decides every conflict the same way on
+//! every node.
+//!
+//! Invariants:
+//! - the topic has exactly one partition (one order); [`ensure_catalog_topic`] creates it
+//!   compacted and refuses a topic with more;
+//! - a proposal is produced idempotently with `acks=all`, so the offset it returns is durable;
+//! - a reader applies every offset once, in order, from where its state stopped, and a record
+//!   it cannot decode is counted and passed over, never stopping it (its offset is consumed
+//!   like any other, so the ids of later records stay the same on every node).
+//!
+//! Not wired into the registries yet: the API still writes each node's catalog directly.
+
+use audience_state::catalog_log::{
+    Applied, CatalogRecord, CatalogState, Change, ProposalId, Refusal,
+};
+use audience_state::model::TimestampMs;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The catalog topic's one partition.
+const PARTITION: i32 = 0;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogTopicError {
+    #[error("catalog topic {topic}: {reason}")]
+    Topic { topic: String, reason: String },
+    #[error("catalog topic: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+/// Creates the catalog topic (one partition, compacted so that retention never deletes a
+/// definition) if it does not exist, and checks that an existing one has one partition.
+pub async fn ensure_catalog_topic(bootstrap: &str, topic: &str) -> Result<(), CatalogTopicError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics([&new], &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => {
+                return Err(CatalogTopicError::Topic {
+                    topic: topic.to_string(),
+                    reason: format!("not created: {code}"),
+                })
+            }
+        }
+    }
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len());
+    if partitions != 1 {
+        return Err(CatalogTopicError::Topic {
+            topic: topic.to_string(),
+            reason: format!(
+                "has {partitions} partitions; the catalog needs exactly one (one order for \
+                 every node)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The offset after the last one a state applied.
+fn next_offset(state: &CatalogState) -> i64 {
+    state.applied_offset.map_or(0, |o| o + 1)
+}
+
+/// Proposes changes: produces them to the catalog topic.
+pub struct CatalogProposer {
+    topic: String,
+    producer: FutureProducer,
+    /// This node's name and incarnation: unique across nodes and restarts.
+    node: String,
+    seq: AtomicU64,
+}
+
+impl CatalogProposer {
+    /// `node` names the proposer; its start time is added so that a restarted node's
+    /// proposals never reuse an earlier incarnation's ids.
+    pub fn new(
+        bootstrap: &str,
+        topic: &str,
+        node: &str,
+        started_at_ms: TimestampMs,
+    ) -> Result<CatalogProposer, CatalogTopicError> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("enable.idempotence", "true")
+            // One record per produce batch: catalog writes are rare, so this costs nothing.
+            // With concurrent proposals batched together, tansu (the broker of the tests)
+            // reported the partition's end short of the batch's later records, hiding them
+            // from a reader catching up to that end.
+            .set("batch.num.messages", "1")
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", "30000")
+            .create()?;
+        Ok(CatalogProposer {
+            topic: topic.to_string(),
+            producer,
+            node: format!("{node}-{started_at_ms}"),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    /// Produces a change; returns its record and the offset it was written at, once durable.
+    pub async fn propose(
+        &self,
+        at_ms: TimestampMs,
+        change: Change,
+    ) -> Result<(CatalogRecord, i64), CatalogTopicError> {
+        let record = CatalogRecord {
+            proposal: ProposalId {
+                node: self.node.clone(),
+                seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            },
+            at_ms,
+            change,
+        };
+        let key = record.key();
+        let payload = record.encode();
+        let delivery = self
+            .producer
+            .send(
+                FutureRecord::to(&self.topic)
+                    .partition(PARTITION)
+                    .key(&key)
+                    .payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+        Ok((record, delivery.offset))
+    }
+}
+
+/// One offset as a reader met it.
+#[derive(Debug)]
+pub enum ReadRecord<'a> {
+    /// A record, and what applying it did.
+    Record(&'a CatalogRecord, &'a Result<Applied, Refusal>),
+    /// Bytes that are not a record, and why.
+    Undecodable(&'a str),
+}
+
+/// What a reader applied in one call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CatchUp {
+    /// Records applied and accepted.
+    pub accepted: u64,
+    /// Records applied and refused (they change nothing, on every node alike).
+    pub refused: u64,
+    /// Records that could not be decoded: counted, reported and passed over.
+    pub undecodable: u64,
+}
+
+/// Reads the catalog topic in order from where a state stopped.
+pub struct CatalogReader {
+    topic: String,
+    consumer: StreamConsumer,
+    /// The offset the consumer reads next.
+    position: i64,
+}
+
+impl CatalogReader {
+    /// A reader of `topic` from the offset after `state`'s last applied one.
+    pub fn new(
+        bootstrap: &str,
+        topic: &str,
+        state: &CatalogState,
+    ) -> Result<CatalogReader, CatalogTopicError> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            // Required by librdkafka; the reader assigns its partition and joins no group.
+            .set("group.id", "audience-catalog-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // An offset the topic no longer holds is an error, never a silent jump to the
+            // end: a catalog that skipped records would differ from every other node's.
+            .set("auto.offset.reset", "error")
+            .create()?;
+        let mut reader = CatalogReader {
+            topic: topic.to_string(),
+            consumer,
+            position: -1,
+        };
+        reader.seek(next_offset(state))?;
+        Ok(reader)
+    }
+
+    fn seek(&mut self, offset: i64) -> Result<(), CatalogTopicError> {
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&self.topic, PARTITION, Offset::Offset(offset))?;
+        self.consumer.assign(&assignment)?;
+        self.position = offset;
+        Ok(())
+    }
+
+    /// The offset the topic will write next: a state that applied every offset below it is
+    /// caught up.
+    pub fn end(&self) -> Result<i64, CatalogTopicError> {
+        let (_, high) =
+            self.consumer
+                .fetch_watermarks(&self.topic, PARTITION, Duration::from_secs(10))?;
+        Ok(high)
+    }
+
+    /// Applies every record up to the topic's end as of this call. `on_record` sees each
+    /// outcome (to answer the proposing call, to swap the catalog in, to count).
+    pub async fn catch_up(
+        &mut self,
+        state: &mut CatalogState,
+        timeout: Duration,
+        mut on_record: impl FnMut(i64, ReadRecord<'_>),
+    ) -> Result<CatchUp, CatalogTopicError> {
+        // Read from where this state stopped, whichever state the reader was made with.
+        if next_offset(state) != self.position {
+            self.seek(next_offset(state))?;
+        }
+        let end = self.end()?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut applied = CatchUp::default();
+        while next_offset(state) < end {
+            let message = tokio::time::timeout_at(deadline, self.consumer.recv())
+                .await
+                .map_err(|_| CatalogTopicError::Topic {
+                    topic: self.topic.clone(),
+                    reason: format!(
+                        "not read to its end ({end}) within {timeout:?}: stopped after offset \
+                         {:?}",
+                        state.applied_offset
+                    ),
+                })??;
+            let offset = message.offset();
+            self.position = offset + 1;
+            if state.applied_offset.is_some_and(|a| offset <= a) {
+                continue;
+            }
+            match CatalogRecord::decode(message.payload().unwrap_or_default()) {
+                Ok(record) => {
+                    let outcome = state.apply(offset, &record);
+                    match &outcome {
+                        Ok(_) => applied.accepted += 1,
+                        Err(_) => applied.refused += 1,
+                    }
+                    on_record(offset, ReadRecord::Record(&record, &outcome));
+                }
+                Err(reason) => {
+                    // Consumed like any offset, so later ids are the same on every node.
+                    state.applied_offset = Some(offset);
+                    applied.undecodable += 1;
+                    metrics::counter!("audience_catalog_records_undecodable_total").increment(1);
+                    tracing::error!(topic = %self.topic, offset, %reason, "catalog record passed over");
+                    on_record(offset, ReadRecord::Undecodable(&reason));
+                }
+            }
+        }
+        Ok(applied)
+    }
+}
