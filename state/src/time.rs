@@ -12,15 +12,20 @@ const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 60 * MINUTE_MS;
 const DAY_MS: i64 = 24 * HOUR_MS;
 const WEEK_MS: i64 = 7 * DAY_MS;
+/// Integers in this range read as seconds since the epoch (2001 to 5138), not milliseconds
+/// (which would be the first days of 1970).
+const SECONDS_LIKE_FROM: i64 = 1_000_000_000;
+const SECONDS_LIKE_UNTIL: i64 = 100_000_000_000;
 
 /// An instant as RFC 3339 in UTC: whole seconds when it has no milliseconds
 /// (`2026-12-10T09:06:00Z`), milliseconds otherwise (`2026-12-10T09:06:00.250Z`). An instant
-/// chrono cannot represent is written as milliseconds.
+/// chrono cannot represent (past the year 262,000) is written as its milliseconds, which
+/// [`parse_instant`] reads back too.
 pub fn format_instant(ms: TimestampMs) -> String {
     match DateTime::<Utc>::from_timestamp_millis(ms) {
         Some(t) if ms.rem_euclid(1000) == 0 => t.to_rfc3339_opts(SecondsFormat::Secs, true),
         Some(t) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
-        None => format!("{ms} ms since the epoch"),
+        None => ms.to_string(),
     }
 }
 
@@ -80,7 +85,11 @@ pub fn parse_instant(text: &str, now: TimestampMs) -> Result<TimestampMs, String
     if let Some(sign) = text.chars().next().filter(|c| *c == '-' || *c == '+') {
         let body = &text[1..];
         if let Some(unit) = body.chars().last().filter(char::is_ascii_alphabetic) {
-            let amount: i64 = body[..body.len() - 1].parse().map_err(|_| refused())?;
+            let digits = &body[..body.len() - 1];
+            if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+                return Err(refused());
+            }
+            let amount: i64 = digits.parse().map_err(|_| refused())?;
             let unit_ms = match unit.to_ascii_lowercase() {
                 's' => 1000,
                 'm' => MINUTE_MS,
@@ -98,6 +107,13 @@ pub fn parse_instant(text: &str, now: TimestampMs) -> Result<TimestampMs, String
         }
     }
     if let Ok(ms) = text.parse::<i64>() {
+        // Seconds since the epoch (ten digits today) would silently mean January 1970.
+        if (SECONDS_LIKE_FROM..SECONDS_LIKE_UNTIL).contains(&ms.abs()) {
+            return Err(format!(
+                "'{text}' looks like seconds since the epoch: give milliseconds ({ms}000), or \
+                 RFC 3339"
+            ));
+        }
         return Ok(ms);
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
@@ -128,6 +144,7 @@ mod tests {
             assert_eq!(parse_instant(&format_instant(ms), NOW), Ok(ms));
         }
         assert_eq!(format_date(NOW), "2026-12-11");
+        assert_eq!(parse_instant(&format_instant(i64::MAX), NOW), Ok(i64::MAX));
     }
 
     #[test]
@@ -161,8 +178,27 @@ mod tests {
     }
 
     #[test]
+    fn seconds_are_not_taken_for_milliseconds() {
+        let error = parse_instant("1796374800", NOW).unwrap_err();
+        assert!(
+            error.contains("looks like seconds") && error.contains("1796374800000"),
+            "{error}"
+        );
+        assert_eq!(parse_instant("0", NOW), Ok(0));
+    }
+
+    #[test]
     fn what_is_not_an_instant_is_named() {
-        for bad in ["yesterday", "-2x", "-h", "2026-13-01", "12:00", ""] {
+        for bad in [
+            "yesterday",
+            "-2x",
+            "-h",
+            "--2h",
+            "-+2h",
+            "2026-13-01",
+            "12:00",
+            "",
+        ] {
             let error = parse_instant(bad, NOW).unwrap_err();
             assert!(error.contains(&format!("'{bad}'")), "{error}");
             assert!(error.contains("RFC 3339"), "{error}");

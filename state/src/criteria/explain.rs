@@ -62,8 +62,9 @@ impl Node {
                         "when an occurrence leaves the window"
                     }
                     Window::Sliding { .. } => "when an occurrence enters or leaves the window",
-                    Window::Fixed { from, .. } if ctx.now < from => "when the window opens",
-                    Window::Fixed { .. } => "when the window closes",
+                    // Calendar windows select occurrences by their own time: only leaving
+                    // retention changes the count.
+                    Window::Fixed { .. } => "when an occurrence leaves retention",
                 };
                 let mut what = event_type_words(&e.event_type);
                 if !e.label.is_empty() {
@@ -132,7 +133,12 @@ impl Node {
                 text_value_words(device_field(profile, field)),
             ),
             Node::FirstSeen(w) => {
-                next_because = "when the first visit leaves the window";
+                next_because = match w {
+                    Window::Sliding { enter_after: 0, .. } => {
+                        "when the first visit leaves the window"
+                    }
+                    _ => "when the first visit enters or leaves the window",
+                };
                 (
                     format!("first seen {}", window_words(w)),
                     if profile.is_new() {
@@ -222,7 +228,11 @@ impl Node {
                 },
             ),
         };
-        let detail = match outcome.next_change {
+        // A next change beyond any horizon (a calendar window that never closes) is none.
+        let next_change = outcome
+            .next_change
+            .filter(|at| *at < ctx.now.saturating_add(NEXT_CHANGE_HORIZON_MS));
+        let detail = match next_change {
             Some(at) if next_because.is_empty() => {
                 format!("{detail}, the next change at {}", format_instant(at))
             }
@@ -241,6 +251,9 @@ impl Node {
         }
     }
 }
+
+/// A hundred years: next changes further away are not worth a clause.
+const NEXT_CHANGE_HORIZON_MS: i64 = 100 * 366 * DAY_MS;
 
 /// A string as the definition's JSON writes it: quoted, escaped.
 fn quoted(text: &str) -> String {
