@@ -166,8 +166,12 @@ async fn every_command_family_speaks_text_and_json() -> Result<()> {
     bronze["user_attributes"] = json!({"tier": "bronze", "age": 52});
     lines.push(bronze.to_string());
     let batches = write(dir.path(), "batches.jsonl", &(lines.join("\n") + "\n"));
-    let produced = ctl.text(&["produce", "--topic", &topics.events, &batches]);
-    assert_eq!(produced.lines().count(), 11, "{produced}");
+    let produced = ctl.json_lines(&["produce", "--topic", &topics.events, &batches]);
+    assert_eq!(produced.len(), 11, "{produced:?}");
+    assert!(
+        produced.iter().all(|p| p["offset"].is_i64()),
+        "{produced:?}"
+    );
     wait_processed(&ch, 11, Duration::from_secs(60)).await?;
 
     // Explain, in the definition's words.
@@ -224,6 +228,8 @@ async fn every_command_family_speaks_text_and_json() -> Result<()> {
         let earlier = ctl.text(&["members", &id_text, "--as-of", instant]);
         assert_eq!(earlier.lines().count(), 0, "as of {instant}: {earlier}");
     }
+    let seconds = ctl.error(&["members", &id_text, "--as-of", "1796374800"]);
+    assert!(seconds.contains("looks like seconds"), "{seconds}");
     let refused = ctl.error(&["members", &id_text, "--as-of", "yesterday"]);
     assert!(
         refused.contains("'yesterday'") && refused.contains("RFC 3339"),
@@ -305,7 +311,8 @@ async fn every_command_family_speaks_text_and_json() -> Result<()> {
         .json_lines(&["output", "list"])
         .iter()
         .any(|o| o["name"] == "partner"));
-    ctl.text(&["connection", "create", "--output-id", &output_id, &id_text]);
+    let connected = ctl.json(&["connection", "create", "--output-id", &output_id, &id_text]);
+    assert!(connected["connection_id"].is_u64(), "{connected}");
     let connections = ctl.json_lines(&["connection", "list"]);
     assert!(
         connections.iter().any(|c| c["audience_id"] == id),

@@ -83,13 +83,16 @@ pub async fn command(ctx: &Ctx, cmd: AudienceCmd) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            audience(ctx, &a);
+            // With --wait, JSON gives one object: the audience once calculated.
+            if !(wait && !draft && ctx.json()) {
+                audience(ctx, &a);
+            }
             if wait && !draft {
                 wait_calculated(ctx, &mut client, a.id).await?;
             }
         }
         AudienceCmd::Load { dir } => {
-            load_audiences(&mut client, &dir).await?;
+            load_audiences(ctx, &mut client, &dir).await?;
         }
         AudienceCmd::List { tags } => {
             for a in client
@@ -215,7 +218,9 @@ pub async fn command(ctx: &Ctx, cmd: AudienceCmd) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            audience(ctx, &a);
+            if !(wait && ctx.json()) {
+                audience(ctx, &a);
+            }
             if wait {
                 wait_calculated(ctx, &mut client, id).await?;
             }
@@ -288,6 +293,7 @@ pub async fn wait_calculated(
 
 /// Creates the audiences of a folder that do not exist by name; returns id by name.
 pub async fn load_audiences(
+    ctx: &Ctx,
     client: &mut AudienceServiceClient<Channel>,
     dir: &Path,
 ) -> anyhow::Result<HashMap<u64, String>> {
@@ -319,12 +325,18 @@ pub async fn load_audiences(
             .await
             .with_context(|| format!("creating {}", file.display()))?
             .into_inner();
-        say!(
-            "loaded audience {} '{}' from {}",
-            a.id,
-            a.name,
-            file.display()
-        );
+        if ctx.json() {
+            let mut loaded = audience_json(&a);
+            loaded["file"] = serde_json::json!(file.display().to_string());
+            say_json(&loaded);
+        } else {
+            say!(
+                "loaded audience {} '{}' from {}",
+                a.id,
+                a.name,
+                file.display()
+            );
+        }
         names.insert(a.id, a.name);
     }
     Ok(names)

@@ -37,7 +37,15 @@ pub async fn calc(ctx: &Ctx, cmd: CalcCmd) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("{}", file.display()))?
                     .into_inner();
-                say!("defined (revision {}) {}", saved.revision, file.display());
+                if ctx.json() {
+                    say_json(&serde_json::json!({
+                        "file": file.display().to_string(),
+                        "revision": saved.revision,
+                        "definition": saved.definition.as_ref().map(struct_to_json),
+                    }));
+                } else {
+                    say!("defined (revision {}) {}", saved.revision, file.display());
+                }
             }
         }
         CalcCmd::List => {
@@ -64,7 +72,11 @@ pub async fn calc(ctx: &Ctx, cmd: CalcCmd) -> anyhow::Result<()> {
                     name: name.clone(),
                 })
                 .await?;
-            say!("deleted {name}");
+            if ctx.json() {
+                say_json(&serde_json::json!({"deleted": name}));
+            } else {
+                say!("deleted {name}");
+            }
         }
     }
     Ok(())

@@ -58,13 +58,19 @@ pub async fn produce(
             })
             .unwrap_or_default();
         let (p, o) = send(&producer, &topic, &key, &m).await?;
-        say!("produced to {topic} partition {p} offset {o} key {key}");
+        if ctx.json() {
+            say_json(&serde_json::json!({
+                "topic": topic, "partition": p, "offset": o, "key": key,
+            }));
+        } else {
+            say!("produced to {topic} partition {p} offset {o} key {key}");
+        }
     }
     Ok(())
 }
 
 pub async fn create_topics(
-    _ctx: &Ctx,
+    ctx: &Ctx,
     bootstrap: String,
     partitions: i32,
     topics: Vec<String>,
@@ -77,7 +83,11 @@ pub async fn create_topics(
     if !refused.is_empty() {
         bail!("{} topic(s) not created", refused.len());
     }
-    say!("topics ready: {}", topics.join(", "));
+    if ctx.json() {
+        say_json(&serde_json::json!({"topics_ready": topics}));
+    } else {
+        say!("topics ready: {}", topics.join(", "));
+    }
     Ok(())
 }
 
@@ -123,7 +133,7 @@ pub async fn demo(
 ) -> anyhow::Result<()> {
     let engine = channel(&ctx.server).await?;
     let mut audiences = AudienceServiceClient::new(engine.clone());
-    let names = load_audiences(&mut audiences, dir).await?;
+    let names = load_audiences(ctx, &mut audiences, dir).await?;
     if names.is_empty() {
         bail!("no audiences in {}", dir.display());
     }
@@ -176,7 +186,9 @@ pub async fn demo(
     let mut last_jump = std::time::Instant::now();
     let start = std::time::Instant::now();
     let mut step = 0u64;
-    let mut interval = tokio::time::interval(Duration::from_millis(1000 / rate.max(1)));
+    // At least a millisecond apart: a zero period would panic.
+    let mut interval =
+        tokio::time::interval(Duration::from_micros(1_000_000 / rate.clamp(1, 1_000_000)));
     loop {
         interval.tick().await;
         if seconds > 0 && start.elapsed() > Duration::from_secs(seconds) {

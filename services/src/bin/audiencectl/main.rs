@@ -279,14 +279,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Connection(cmd) => output::connection(ctx, cmd).await,
         Command::Calc(cmd) => calc::calc(ctx, cmd).await,
         Command::History { mpid } => membership::history(ctx, mpid).await,
-        Command::Members { audience, as_of } => {
-            let now = chrono::Utc::now().timestamp_millis();
-            let as_of = as_of
-                .map(|text| audience_state::time::parse_instant(&text, now))
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--as-of: {e}"))?;
-            membership::members(ctx, audience, as_of).await
-        }
+        Command::Members { audience, as_of } => membership::members(ctx, audience, as_of).await,
         Command::Profile { mpid } => profile::profile(ctx, mpid).await,
         Command::Tier {
             event_type,

@@ -4,6 +4,7 @@
 use crate::client::*;
 use crate::print::*;
 use audience_proto::v1 as pb;
+use pb::admin_service_client::AdminServiceClient;
 use pb::membership_service_client::MembershipServiceClient;
 use serde_json::json;
 
@@ -25,6 +26,9 @@ pub async fn subscribe(
         .await?
         .into_inner();
     let mut n = 0;
+    if limit == Some(0) {
+        return Ok(());
+    }
     while let Some(d) = stream.message().await? {
         if json || ctx.json() {
             say_json(&json!({
@@ -93,20 +97,39 @@ pub async fn history(ctx: &Ctx, mpid: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn members(ctx: &Ctx, audience: u64, as_of: Option<i64>) -> anyhow::Result<()> {
-    let mut client = MembershipServiceClient::new(channel(&ctx.server).await?);
+/// The members of an audience now, or as of an instant typed as people type them; relative
+/// instants (`-2h`) count from the engine's clock, which a demo or a test may have moved.
+pub async fn members(ctx: &Ctx, audience: u64, as_of: Option<String>) -> anyhow::Result<()> {
+    let engine = channel(&ctx.server).await?;
+    let as_of = match as_of {
+        Some(text) => {
+            let now = AdminServiceClient::new(engine.clone())
+                .get_clock(pb::GetClockRequest {})
+                .await?
+                .into_inner()
+                .now_ms;
+            let at = audience_state::time::parse_instant(&text, now)
+                .map_err(|e| anyhow::anyhow!("--as-of: {e}"))?;
+            Some(at)
+        }
+        None => None,
+    };
+    let mut client = MembershipServiceClient::new(engine);
     let mut page_token = String::new();
     let mut total = 0;
+    // Every page at the first page's instant, so the pages are one list.
+    let mut as_of_ms = as_of.unwrap_or(0);
     loop {
         let page = client
             .list_members(pb::ListMembersRequest {
                 audience_id: audience,
-                as_of_ms: as_of.unwrap_or(0),
+                as_of_ms,
                 page_size: 10_000,
                 page_token,
             })
             .await?
             .into_inner();
+        as_of_ms = page.as_of_ms;
         total += page.mpids.len();
         for mpid in &page.mpids {
             if ctx.json() {

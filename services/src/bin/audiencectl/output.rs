@@ -137,7 +137,11 @@ pub async fn output(ctx: &Ctx, cmd: OutputCmd) -> anyhow::Result<()> {
         }
         OutputCmd::Delete { id } => {
             client.delete_output(pb::OutputIdRequest { id }).await?;
-            say!("deleted output {id}");
+            if ctx.json() {
+                say_json(&serde_json::json!({"deleted_output": id}));
+            } else {
+                say!("deleted output {id}");
+            }
         }
     }
     Ok(())
@@ -198,7 +202,13 @@ pub async fn connection(ctx: &Ctx, cmd: ConnectionCmd) -> anyhow::Result<()> {
                 .into_inner()
                 .results;
             for r in results {
-                if r.ok {
+                if ctx.json() {
+                    say_json(&serde_json::json!({
+                        "audience_id": r.audience_id,
+                        "connection_id": r.ok.then_some(r.connection_id),
+                        "error": (!r.ok).then_some(&r.error),
+                    }));
+                } else if r.ok {
                     say!("audience {}: connection {}", r.audience_id, r.connection_id);
                 } else {
                     say!("audience {}: {}", r.audience_id, r.error);
@@ -234,7 +244,11 @@ pub async fn connection(ctx: &Ctx, cmd: ConnectionCmd) -> anyhow::Result<()> {
             client
                 .delete_connection(pb::ConnectionIdRequest { id })
                 .await?;
-            say!("deleted connection {id}");
+            if ctx.json() {
+                say_json(&serde_json::json!({"deleted_connection": id}));
+            } else {
+                say!("deleted connection {id}");
+            }
         }
         ConnectionCmd::Faults => {
             for f in client
