@@ -18,7 +18,7 @@ use audience_state::catalog_log::{
     Applied, CatalogRecord, CatalogState, Change, ProposalId, Refusal,
 };
 use audience_state::model::TimestampMs;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -26,6 +26,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The catalog topic's one partition.
@@ -58,14 +59,22 @@ pub async fn ensure_catalog_topic(bootstrap: &str, topic: &str) -> Result<(), Ca
             }
         }
     }
-    let metadata = admin
-        .inner()
-        .fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map_or(0, |t| t.partitions().len());
+    // A topic just created may take a moment to show its partition in the metadata.
+    let mut partitions = 0;
+    for _ in 0..50 {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map_or(0, |t| t.partitions().len());
+        if partitions > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     if partitions != 1 {
         return Err(CatalogTopicError::Topic {
             topic: topic.to_string(),
@@ -74,6 +83,34 @@ pub async fn ensure_catalog_topic(bootstrap: &str, topic: &str) -> Result<(), Ca
                  every node)"
             ),
         });
+    }
+    // Retention would delete definitions: the topic must be compacted.
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
+        .await?;
+    let policy = match described.first() {
+        Some(Ok(config)) => config
+            .get("cleanup.policy")
+            .and_then(|entry| entry.value.clone()),
+        _ => None,
+    };
+    match policy {
+        // Some brokers (tansu, the tests' broker) report no topic configuration.
+        None => tracing::warn!(
+            topic,
+            "the broker did not report the catalog topic's cleanup.policy: make sure it is \
+             compact, or retention will delete definitions"
+        ),
+        Some(policy) if !policy.contains("compact") => {
+            return Err(CatalogTopicError::Topic {
+                topic: topic.to_string(),
+                reason: format!(
+                    "has cleanup.policy={policy}: retention would delete definitions; set \
+                     cleanup.policy=compact"
+                ),
+            });
+        }
+        Some(_) => {}
     }
     Ok(())
 }
@@ -175,7 +212,7 @@ pub struct CatchUp {
 /// Reads the catalog topic in order from where a state stopped.
 pub struct CatalogReader {
     topic: String,
-    consumer: StreamConsumer,
+    consumer: Arc<StreamConsumer>,
     /// The offset the consumer reads next.
     position: i64,
 }
@@ -199,7 +236,7 @@ impl CatalogReader {
             .create()?;
         let mut reader = CatalogReader {
             topic: topic.to_string(),
-            consumer,
+            consumer: Arc::new(consumer),
             position: -1,
         };
         reader.seek(next_offset(state))?;
@@ -215,11 +252,18 @@ impl CatalogReader {
     }
 
     /// The offset the topic will write next: a state that applied every offset below it is
-    /// caught up.
-    pub fn end(&self) -> Result<i64, CatalogTopicError> {
-        let (_, high) =
-            self.consumer
-                .fetch_watermarks(&self.topic, PARTITION, Duration::from_secs(10))?;
+    /// caught up. (A blocking request to the broker: run off the async threads.)
+    pub async fn end(&self) -> Result<i64, CatalogTopicError> {
+        let consumer = self.consumer.clone();
+        let topic = self.topic.clone();
+        let (_, high) = tokio::task::spawn_blocking(move || {
+            consumer.fetch_watermarks(&topic, PARTITION, Duration::from_secs(10))
+        })
+        .await
+        .map_err(|e| CatalogTopicError::Topic {
+            topic: self.topic.clone(),
+            reason: format!("reading its end: {e}"),
+        })??;
         Ok(high)
     }
 
@@ -235,7 +279,7 @@ impl CatalogReader {
         if next_offset(state) != self.position {
             self.seek(next_offset(state))?;
         }
-        let end = self.end()?;
+        let end = self.end().await?;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut applied = CatchUp::default();
         while next_offset(state) < end {

@@ -124,7 +124,7 @@ async fn two_proposers_one_order_every_reader_the_same_catalog() -> Result<()> {
         }
     );
     assert_eq!(restarted.applied_offset, Some(newest));
-    assert_eq!(reader.end()?, newest + 1);
+    assert_eq!(reader.end().await?, newest + 1);
     Ok(())
 }
 
@@ -138,5 +138,6 @@ async fn a_catalog_topic_of_two_partitions_is_refused() -> Result<()> {
         .unwrap_err()
         .to_string();
     assert!(error.contains("has 2 partitions"), "{error}");
+
     Ok(())
 }
