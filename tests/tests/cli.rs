@@ -139,6 +139,15 @@ async fn every_command_family_speaks_text_and_json() -> Result<()> {
     let created = ctl.json(&["audience", "create", &file]);
     let id = created["id"].as_u64().expect("an id");
     assert_eq!(created["name"], "Gold viewers");
+    // Active, or calculating for the moment its (empty) backfill takes.
+    assert!(
+        created["status"] == "active" || created["status"] == "calculating",
+        "{created}"
+    );
+    assert!(
+        is_rfc3339(&created["created_at"]) && created["revision"] == 1,
+        "{created}"
+    );
     let id_text = id.to_string();
     let listed = ctl.json_lines(&["audience", "list"]);
     assert!(listed

@@ -128,6 +128,15 @@ pub fn explain_json(node: &pb::ExplainNode) -> Value {
     })
 }
 
+/// The status alone: active, draft or calculating.
+fn status_name(a: &pb::Audience) -> &'static str {
+    match pb::AudienceStatus::try_from(a.status) {
+        Ok(pb::AudienceStatus::Draft) => "draft",
+        Ok(pb::AudienceStatus::Calculating) => "calculating",
+        _ => "active",
+    }
+}
+
 fn status_words(a: &pb::Audience) -> String {
     match pb::AudienceStatus::try_from(a.status) {
         Ok(pb::AudienceStatus::Draft) => "draft".to_string(),
@@ -145,12 +154,22 @@ pub fn audience_json(a: &pb::Audience) -> Value {
         "id": a.id,
         "name": a.name,
         "external_name": a.external_name,
-        "status": status_words(a),
+        "status": status_name(a),
+        "calculation": a.calculation.filter(|_| status_name(a) == "calculating").map(|c| json!({
+            "percent": c.percent,
+            "profiles_scanned": c.profiles_scanned,
+            "profiles_total": c.profiles_total,
+        })),
+        "revision": a.revision,
+        "created_at": when_json(a.created_at_ms),
+        "updated_at": when_json(a.updated_at_ms),
         "tags": a.tags,
         "size": s.size,
         "adds_24h": s.adds_24h,
         "drops_24h": s.drops_24h,
         "volatility_24h": s.volatility_24h,
+        "connected_outputs": a.connected_outputs,
+        "faulted_connections": a.faulted_connections,
         "criteria": a.criteria.as_ref().map(audience_services::convert::struct_to_json),
     })
 }
