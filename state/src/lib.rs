@@ -36,5 +36,6 @@ pub mod model;
 pub mod outputs;
 pub mod profile;
 pub mod replay;
+pub mod secrets;
 pub mod store;
 pub mod time;
