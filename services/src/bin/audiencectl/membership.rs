@@ -7,6 +7,7 @@ use audience_proto::v1 as pb;
 use pb::admin_service_client::AdminServiceClient;
 use pb::membership_service_client::MembershipServiceClient;
 use serde_json::json;
+use std::io::IsTerminal;
 
 pub async fn subscribe(
     ctx: &Ctx,
@@ -139,10 +140,13 @@ pub async fn members(ctx: &Ctx, audience: u64, as_of: Option<String>) -> anyhow:
             }
         }
         if page.next_page_token.is_empty() {
-            eprintln!(
-                "{total} members of audience {audience} as of {}",
-                when(page.as_of_ms)
-            );
+            // A summary for a person at a terminal; scripts and pipes get the list alone.
+            if std::io::stderr().is_terminal() {
+                eprintln!(
+                    "{total} members of audience {audience} as of {}",
+                    when(page.as_of_ms)
+                );
+            }
             break;
         }
         page_token = page.next_page_token;
