@@ -7,7 +7,7 @@ use crate::registry::RegistryError;
 use audience_state::criteria::DefinitionError;
 use audience_state::model::AudienceId;
 use audience_state::outputs::{
-    Connection, ConnectionId, ConnectionStatus, Fault, OutputConfig, OutputId, REDACTED,
+    Connection, ConnectionId, ConnectionStatus, Fault, OutputConfig, OutputId,
 };
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -81,32 +81,7 @@ impl OutputRegistry {
     pub fn update_output(&self, mut config: OutputConfig) -> Result<OutputConfig, RegistryError> {
         let _guard = self.write_lock.lock();
         let stored = self.output(config.id)?;
-        // A secret sent back as the API shows it keeps its value, unless the destination
-        // changes: a stored credential never follows an output to another host.
-        let destination = |o: &OutputConfig| {
-            (
-                o.kind.clone(),
-                o.setting_str("url").map(str::to_string),
-                o.setting_str("bootstrap_servers").map(str::to_string),
-            )
-        };
-        let moved = destination(&config) != destination(&stored);
-        for (k, v) in config.secrets.iter_mut() {
-            if v == REDACTED && moved {
-                return Err(invalid(
-                    &format!("secrets.{k}"),
-                    "the destination changed: enter the secret again",
-                ));
-            }
-            if v == REDACTED {
-                match stored.secrets.get(k) {
-                    Some(real) => v.clone_from(real),
-                    None => {
-                        return Err(invalid(&format!("secrets.{k}"), "no stored value to keep"))
-                    }
-                }
-            }
-        }
+        config.keep_redacted_secrets(&stored)?;
         config.validate()?;
         build_output(&config).map_err(|e| invalid("settings", e))?;
         config.created_at_ms = stored.created_at_ms;

@@ -4,8 +4,8 @@
 
 use crate::node::Node;
 use audience_state::calculated::CalculatedAttributeRecord;
-use audience_state::catalog::{AudienceRecord, AudienceStatus, Catalog};
-use audience_state::criteria::{parse_definition, DefinitionError};
+use audience_state::catalog::{event_tier, AudienceRecord, AudienceStatus, Catalog};
+use audience_state::criteria::DefinitionError;
 use audience_state::model::AudienceId;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -73,12 +73,13 @@ impl Registry {
         criteria: serde_json::Value,
         id: Option<AudienceId>,
     ) -> Result<audience_state::criteria::CompiledAudience, RegistryError> {
-        let catalog = self.node.engine.catalog.load();
-        let record = AudienceRecord::active(id.unwrap_or(0), "unsaved definition", criteria);
-        let compiled = record.validate_with(&catalog.calculated_lookup())?;
-        catalog.check_references(id.unwrap_or(AudienceId::MAX), &compiled)?;
-        catalog.check_tiers(&parse_definition(&record.criteria)?)?;
-        Ok(compiled)
+        // A new definition takes an id no audience has, so no reference reads as its own.
+        let record = AudienceRecord::active(
+            id.unwrap_or(AudienceId::MAX),
+            "unsaved definition",
+            criteria,
+        );
+        Ok(self.node.engine.catalog.load().check_audience(&record)?)
     }
 
     pub fn create(&self, spec: AudienceSpec, draft: bool) -> Result<AudienceRecord, RegistryError> {
@@ -100,11 +101,10 @@ impl Registry {
             updated_at_ms: now,
             revision: 1,
         };
-        let catalog = engine.catalog.load();
-        let compiled = record.validate_with(&catalog.calculated_lookup())?;
+        // Checked with an id no audience has, then saved under the next id.
+        record.id = AudienceId::MAX;
+        engine.catalog.load().check_audience(&record)?;
         record.id = engine.store.next_audience_id()?;
-        catalog.check_references(record.id, &compiled)?;
-        catalog.check_tiers(&parse_definition(&record.criteria)?)?;
         engine.store.put_audience(&record)?;
         self.publish()?;
         tracing::info!(audience = record.id, name = %record.name, "audience created");
@@ -125,10 +125,7 @@ impl Registry {
         record.tags = spec.tags;
         record.updated_at_ms = engine.clock.now();
         record.revision += 1;
-        let catalog = engine.catalog.load();
-        let compiled = record.validate_with(&catalog.calculated_lookup())?;
-        catalog.check_references(id, &compiled)?;
-        catalog.check_tiers(&parse_definition(&record.criteria)?)?;
+        engine.catalog.load().check_audience(&record)?;
         engine.store.put_audience(&record)?;
         self.publish()?;
         Ok(record)
@@ -156,17 +153,8 @@ impl Registry {
     pub fn delete(&self, id: AudienceId) -> Result<(), RegistryError> {
         let _guard = self.write_lock.lock();
         self.get(id)?;
-        let catalog = self.node.engine.catalog.load();
-        let referrers = catalog.referrers(id);
-        if !referrers.is_empty() {
-            let names: Vec<String> = referrers
-                .iter()
-                .map(|r| format!("{} (\"{}\")", r.id, r.name))
-                .collect();
-            return Err(RegistryError::Conflict(format!(
-                "audience {id} is used by audience(s) {}: remove it from their criteria first",
-                names.join(", ")
-            )));
+        if let Some(conflict) = self.node.engine.catalog.load().deletion_conflict(id) {
+            return Err(RegistryError::Conflict(conflict));
         }
         self.node.engine.store.delete_audience(id)?;
         self.publish()?;
@@ -183,23 +171,7 @@ impl Registry {
         tier: &str,
     ) -> Result<(), RegistryError> {
         let _guard = self.write_lock.lock();
-        let tier = tier.trim().to_lowercase();
-        if tier.is_empty() || tier.contains('/') {
-            return Err(DefinitionError {
-                field: "tier".into(),
-                reason: format!("\"{tier}\" is not a tier name"),
-            }
-            .into());
-        }
-        let event_type = event_type.trim().to_lowercase();
-        if event_type.is_empty() || event_type.contains('/') {
-            return Err(DefinitionError {
-                field: "event_type".into(),
-                reason: format!("\"{event_type}\" is not an event type"),
-            }
-            .into());
-        }
-        let name = name.trim().to_lowercase();
+        let (event_type, name, tier) = event_tier(event_type, name, tier)?;
         self.node
             .engine
             .store
@@ -258,16 +230,8 @@ impl Registry {
         {
             return Err(RegistryError::CalculatedNotFound(name.to_string()));
         }
-        let readers = catalog.calculated_readers(&key);
-        if !readers.is_empty() {
-            let names: Vec<String> = readers
-                .iter()
-                .map(|r| format!("{} (\"{}\")", r.id, r.name))
-                .collect();
-            return Err(RegistryError::Conflict(format!(
-                "calculated attribute \"{name}\" is used by audience(s) {}: remove it from their criteria first",
-                names.join(", ")
-            )));
+        if let Some(conflict) = catalog.calculated_deletion_conflict(&key, name) {
+            return Err(RegistryError::Conflict(conflict));
         }
         self.node.engine.store.delete_calculated(&key)?;
         self.publish()

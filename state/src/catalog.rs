@@ -166,6 +166,39 @@ pub struct Catalog {
 /// The one data tier whose events real-time audiences may use.
 pub const PERSONALIZE_TIER: &str = "personalize";
 
+/// Audiences as messages name them: `3 ("gold"), 5 ("vip")`.
+fn named(records: &[&AudienceRecord]) -> String {
+    records
+        .iter()
+        .map(|r| format!("{} (\"{}\")", r.id, r.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An event tier as it is stored: type, selector name and tier, trimmed and lowercased, or
+/// the field that is not one.
+pub fn event_tier(
+    event_type: &str,
+    name: &str,
+    tier: &str,
+) -> Result<(String, String, String), DefinitionError> {
+    let tier = tier.trim().to_lowercase();
+    if tier.is_empty() || tier.contains('/') {
+        return Err(DefinitionError::new(
+            "tier",
+            format!("\"{tier}\" is not a tier name"),
+        ));
+    }
+    let event_type = event_type.trim().to_lowercase();
+    if event_type.is_empty() || event_type.contains('/') {
+        return Err(DefinitionError::new(
+            "event_type",
+            format!("\"{event_type}\" is not an event type"),
+        ));
+    }
+    Ok((event_type, name.trim().to_lowercase(), tier))
+}
+
 impl Catalog {
     /// Builds a catalog from stored records. Records that no longer compile (which validation
     /// at write time prevents) are kept but not activated.
@@ -351,6 +384,42 @@ impl Catalog {
     pub fn has_references(&self, id: AudienceId) -> bool {
         self.active(id)
             .is_some_and(|a| !a.compiled.referenced_audiences().is_empty())
+    }
+
+    /// The checks of a saved definition against this catalog: it compiles (with the
+    /// calculated attributes defined here), the audiences it reads exist and read none
+    /// themselves, and its events are in a tier that feeds audiences.
+    pub fn check_audience(
+        &self,
+        record: &AudienceRecord,
+    ) -> Result<CompiledAudience, DefinitionError> {
+        let compiled = record.validate_with(&self.calculated_lookup())?;
+        self.check_references(record.id, &compiled)?;
+        self.check_tiers(&parse_definition(&record.criteria)?)?;
+        Ok(compiled)
+    }
+
+    /// Why audience `id` cannot be deleted (other audiences read it), or `None`.
+    pub fn deletion_conflict(&self, id: AudienceId) -> Option<String> {
+        let referrers = self.referrers(id);
+        (!referrers.is_empty()).then(|| {
+            format!(
+                "audience {id} is used by audience(s) {}: remove it from their criteria first",
+                named(&referrers)
+            )
+        })
+    }
+
+    /// Why the calculated attribute `key` (written `name`) cannot be deleted, or `None`.
+    pub fn calculated_deletion_conflict(&self, key: &str, name: &str) -> Option<String> {
+        let readers = self.calculated_readers(key);
+        (!readers.is_empty()).then(|| {
+            format!(
+                "calculated attribute \"{name}\" is used by audience(s) {}: remove it from \
+                 their criteria first",
+                named(&readers)
+            )
+        })
     }
 
     /// Every audience (active or draft) whose definition references `id`, by id.

@@ -20,10 +20,10 @@
 //!   before it, and a node reading the compacted topic would end elsewhere.
 
 use crate::calculated::CalculatedAttributeRecord;
-use crate::catalog::{AudienceRecord, Catalog};
-use crate::criteria::{parse_definition, DefinitionError};
+use crate::catalog::{event_tier, AudienceRecord, Catalog};
+use crate::criteria::DefinitionError;
 use crate::model::{AudienceId, TimestampMs};
-use crate::outputs::{Connection, ConnectionId, OutputConfig, OutputId, REDACTED};
+use crate::outputs::{Connection, ConnectionId, OutputConfig, OutputId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -185,54 +185,9 @@ pub struct CatalogState {
     pub connections: BTreeMap<ConnectionId, Connection>,
 }
 
-/// Secrets sent back as the API shows them ([`REDACTED`]) keep their stored value, resolved
-/// against the output as it stands at the record's offset; unless the destination changes: a
-/// stored credential never follows an output to another host.
-fn keep_secrets(output: &mut OutputConfig, current: &OutputConfig) -> Result<(), Refusal> {
-    let destination = |o: &OutputConfig| {
-        (
-            o.kind.clone(),
-            o.setting_str("url").map(str::to_string),
-            o.setting_str("bootstrap_servers").map(str::to_string),
-        )
-    };
-    let moved = destination(output) != destination(current);
-    for (key, value) in output.secrets.iter_mut() {
-        if value != REDACTED {
-            continue;
-        }
-        if moved {
-            return Err(DefinitionError::new(
-                format!("secrets.{key}"),
-                "the destination changed: enter the secret again",
-            )
-            .into());
-        }
-        match current.secrets.get(key) {
-            Some(stored) => value.clone_from(stored),
-            None => {
-                return Err(DefinitionError::new(
-                    format!("secrets.{key}"),
-                    "no stored value to keep",
-                )
-                .into())
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The id a creation at `offset` gets.
 pub fn id_at(offset: i64) -> u64 {
     offset as u64 + 1
-}
-
-fn names(records: &[&AudienceRecord]) -> String {
-    records
-        .iter()
-        .map(|r| format!("{} (\"{}\")", r.id, r.name))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 impl CatalogState {
@@ -298,14 +253,8 @@ impl CatalogState {
             }
             Change::DeleteAudience { id } => {
                 self.audience(*id)?;
-                let catalog = self.catalog(0);
-                let referrers = catalog.referrers(*id);
-                if !referrers.is_empty() {
-                    return Err(Refusal::Conflict(format!(
-                        "audience {id} is used by audience(s) {}: remove it from their \
-                         criteria first",
-                        names(&referrers)
-                    )));
+                if let Some(conflict) = self.catalog(0).deletion_conflict(*id) {
+                    return Err(Refusal::Conflict(conflict));
                 }
                 // Its connections go with it (the node's deliveries stop them and tell the
                 // outputs).
@@ -327,24 +276,8 @@ impl CatalogState {
                 name,
                 tier,
             } => {
-                let tier = tier.trim().to_lowercase();
-                let event_type = event_type.trim().to_lowercase();
-                if tier.is_empty() || tier.contains('/') {
-                    return Err(DefinitionError::new(
-                        "tier",
-                        format!("\"{tier}\" is not a tier name"),
-                    )
-                    .into());
-                }
-                if event_type.is_empty() || event_type.contains('/') {
-                    return Err(DefinitionError::new(
-                        "event_type",
-                        format!("\"{event_type}\" is not an event type"),
-                    )
-                    .into());
-                }
-                self.tiers
-                    .insert((event_type, name.trim().to_lowercase()), tier);
+                let (event_type, name, tier) = event_tier(event_type, name, tier)?;
+                self.tiers.insert((event_type, name), tier);
                 Ok(Applied::EventTier)
             }
             Change::PutCalculated { attribute } => {
@@ -382,14 +315,8 @@ impl CatalogState {
                         "calculated attribute \"{name}\" not found"
                     )));
                 }
-                let catalog = self.catalog(0);
-                let readers = catalog.calculated_readers(&key);
-                if !readers.is_empty() {
-                    return Err(Refusal::Conflict(format!(
-                        "calculated attribute \"{name}\" is used by audience(s) {}: remove it \
-                         from their criteria first",
-                        names(&readers)
-                    )));
+                if let Some(conflict) = self.catalog(0).calculated_deletion_conflict(&key, name) {
+                    return Err(Refusal::Conflict(conflict));
                 }
                 self.calculated.remove(&key);
                 Ok(Applied::CalculatedDeleted(key))
@@ -406,7 +333,7 @@ impl CatalogState {
             Change::PutOutput { output } => {
                 let current = self.output(output.id)?;
                 let mut output = output.clone();
-                keep_secrets(&mut output, current)?;
+                output.keep_redacted_secrets(current)?;
                 output.validate()?;
                 output.created_at_ms = current.created_at_ms;
                 output.updated_at_ms = at;
@@ -479,10 +406,7 @@ impl CatalogState {
     /// audiences it reads exist (and read no audience themselves), its events are in a tier
     /// that feeds audiences.
     fn check_audience(&self, audience: &AudienceRecord) -> Result<(), Refusal> {
-        let catalog = self.catalog(0);
-        let compiled = audience.validate_with(&catalog.calculated_lookup())?;
-        catalog.check_references(audience.id, &compiled)?;
-        catalog.check_tiers(&parse_definition(&audience.criteria)?)?;
+        self.catalog(0).check_audience(audience)?;
         Ok(())
     }
 

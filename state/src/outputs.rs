@@ -137,6 +137,41 @@ impl OutputConfig {
     pub fn setting_str(&self, key: &str) -> Option<&str> {
         self.settings.get(key).and_then(|v| v.as_str())
     }
+
+    /// Secrets sent back as the API shows them ([`REDACTED`]) take their value from `stored`,
+    /// the output as it stands; unless the destination changes: a stored credential never
+    /// follows an output to another host.
+    pub fn keep_redacted_secrets(&mut self, stored: &OutputConfig) -> Result<(), DefinitionError> {
+        let destination = |o: &OutputConfig| {
+            (
+                o.kind.clone(),
+                o.setting_str("url").map(str::to_string),
+                o.setting_str("bootstrap_servers").map(str::to_string),
+            )
+        };
+        let moved = destination(self) != destination(stored);
+        for (key, value) in self.secrets.iter_mut() {
+            if value != REDACTED {
+                continue;
+            }
+            if moved {
+                return Err(DefinitionError::new(
+                    format!("secrets.{key}"),
+                    "the destination changed: enter the secret again",
+                ));
+            }
+            match stored.secrets.get(key) {
+                Some(real) => value.clone_from(real),
+                None => {
+                    return Err(DefinitionError::new(
+                        format!("secrets.{key}"),
+                        "no stored value to keep",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,12 +5,11 @@
 //! Invariant: what [`format_instant`] writes, [`parse_instant`] reads back to the same
 //! millisecond.
 
-use crate::model::TimestampMs;
+use crate::model::{TimestampMs, DAY_MS};
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 60 * MINUTE_MS;
-const DAY_MS: i64 = 24 * HOUR_MS;
 const WEEK_MS: i64 = 7 * DAY_MS;
 /// Integers in this range read as seconds since the epoch (2001 to 5138), not milliseconds
 /// (which would be the first days of 1970).

@@ -307,10 +307,6 @@ fn window_words(window: &Window) -> String {
     }
 }
 
-fn number_words(n: f64) -> String {
-    format_number(n)
-}
-
 /// A value test in the words of the operators of the definition language.
 pub fn test_words(test: &Test) -> String {
     use std::cmp::Ordering::{Equal, Greater, Less};
@@ -322,15 +318,15 @@ pub fn test_words(test: &Test) -> String {
         Test::Pattern(s) => format!("pattern {}", quoted(s)),
         Test::Includes(s) => format!("includes {}", quoted(s)),
         Test::PartialMatch(s) => format!("partial match {}", quoted(s)),
-        Test::NumberCmp(Equal, _, n) => format!("equals {}", number_words(*n)),
-        Test::NumberCmp(Greater, false, n) => format!("greater than {}", number_words(*n)),
+        Test::NumberCmp(Equal, _, n) => format!("equals {}", format_number(*n)),
+        Test::NumberCmp(Greater, false, n) => format!("greater than {}", format_number(*n)),
         Test::NumberCmp(Greater, true, n) => {
-            format!("greater than or equal to {}", number_words(*n))
+            format!("greater than or equal to {}", format_number(*n))
         }
-        Test::NumberCmp(Less, false, n) => format!("less than {}", number_words(*n)),
-        Test::NumberCmp(Less, true, n) => format!("less than or equal to {}", number_words(*n)),
+        Test::NumberCmp(Less, false, n) => format!("less than {}", format_number(*n)),
+        Test::NumberCmp(Less, true, n) => format!("less than or equal to {}", format_number(*n)),
         Test::NumberBetween(lo, hi) => {
-            format!("between {} and {}", number_words(*lo), number_words(*hi))
+            format!("between {} and {}", format_number(*lo), format_number(*hi))
         }
         Test::IsBool(b) => format!("is {b}"),
         Test::VersionCmp(Equal, _, v) => format!("version equals {}", version(v)),
@@ -348,7 +344,7 @@ pub fn test_words(test: &Test) -> String {
             Test::Contains(s) => format!("does not contain {}", quoted(s)),
             Test::ExactMatch(s) => format!("does not match {}", quoted(s)),
             Test::Includes(s) => format!("does not include {}", quoted(s)),
-            Test::NumberCmp(Equal, _, n) => format!("does not equal {}", number_words(*n)),
+            Test::NumberCmp(Equal, _, n) => format!("does not equal {}", format_number(*n)),
             Test::IsBool(b) => format!("is not {b}"),
             other => format!("not ({})", test_words(other)),
         },

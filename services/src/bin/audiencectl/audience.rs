@@ -74,13 +74,7 @@ pub async fn command(ctx: &Ctx, cmd: AudienceCmd) -> anyhow::Result<()> {
         AudienceCmd::Create { file, draft, wait } => {
             let f = AudienceFile::read(&file)?;
             let a = client
-                .create_audience(pb::CreateAudienceRequest {
-                    name: f.name,
-                    external_name: f.external_name,
-                    criteria: Some(json_to_struct(&f.criteria)),
-                    tags: f.tags,
-                    draft,
-                })
+                .create_audience(create_request(f, draft))
                 .await?
                 .into_inner();
             // With --wait, JSON gives one object: the audience once calculated.
@@ -253,6 +247,17 @@ pub async fn command(ctx: &Ctx, cmd: AudienceCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The request that creates the audience of a file.
+fn create_request(f: AudienceFile, draft: bool) -> pb::CreateAudienceRequest {
+    pb::CreateAudienceRequest {
+        name: f.name,
+        external_name: f.external_name,
+        criteria: Some(json_to_struct(&f.criteria)),
+        tags: f.tags,
+        draft,
+    }
+}
+
 /// Redraws one progress line (scanned, total, percentage, time left) until the audience is no
 /// longer CALCULATING, then prints it.
 pub async fn wait_calculated(
@@ -315,13 +320,7 @@ pub async fn load_audiences(
             continue;
         }
         let a = client
-            .create_audience(pb::CreateAudienceRequest {
-                name: f.name,
-                external_name: f.external_name,
-                criteria: Some(json_to_struct(&f.criteria)),
-                tags: f.tags,
-                draft: false,
-            })
+            .create_audience(create_request(f, false))
             .await
             .with_context(|| format!("creating {}", file.display()))?
             .into_inner();

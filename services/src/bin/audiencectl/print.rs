@@ -137,14 +137,14 @@ fn status_name(a: &pb::Audience) -> &'static str {
     }
 }
 
+/// The status for people: the calculation's progress with it.
 fn status_words(a: &pb::Audience) -> String {
-    match pb::AudienceStatus::try_from(a.status) {
-        Ok(pb::AudienceStatus::Draft) => "draft".to_string(),
-        Ok(pb::AudienceStatus::Calculating) => format!(
+    match status_name(a) {
+        "calculating" => format!(
             "calculating {:.0}%",
             a.calculation.map(|c| c.percent).unwrap_or_default()
         ),
-        _ => "active".to_string(),
+        name => name.to_string(),
     }
 }
 
