@@ -25,7 +25,7 @@ use crate::criteria::DefinitionError;
 use crate::model::{AudienceId, TimestampMs};
 use crate::outputs::{Connection, ConnectionId, OutputConfig, OutputId};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Version byte of a catalog record's value (then JSON: readable with any Kafka tool).
 pub const CATALOG_RECORD_FORMAT: u8 = 1;
@@ -90,6 +90,42 @@ pub enum Change {
     Disconnect {
         id: ConnectionId,
     },
+    /// A catalog that existed before the topic (a node of an earlier version, with its own
+    /// ids), brought in whole with its ids kept: applied only to an empty catalog, and every
+    /// id allocated afterwards is above the largest it holds.
+    Import {
+        catalog: ImportedCatalog,
+    },
+}
+
+/// What [`Change::Import`] brings: every definition of a node's own store.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImportedCatalog {
+    pub audiences: Vec<AudienceRecord>,
+    /// (event type, name, tier).
+    pub tiers: Vec<(String, String, String)>,
+    pub calculated: Vec<CalculatedAttributeRecord>,
+    pub outputs: Vec<OutputConfig>,
+    pub connections: Vec<Connection>,
+}
+
+impl ImportedCatalog {
+    pub fn is_empty(&self) -> bool {
+        self.audiences.is_empty()
+            && self.tiers.is_empty()
+            && self.calculated.is_empty()
+            && self.outputs.is_empty()
+            && self.connections.is_empty()
+    }
+
+    /// The largest id or calculated revision it holds: ids allocated after it start above.
+    fn largest_id(&self) -> u64 {
+        let ids = self.audiences.iter().map(|a| a.id);
+        let ids = ids.chain(self.calculated.iter().map(|c| c.revision));
+        let ids = ids.chain(self.outputs.iter().map(|o| o.id));
+        let ids = ids.chain(self.connections.iter().map(|c| c.id));
+        ids.max().unwrap_or(0)
+    }
 }
 
 /// A record of the catalog topic.
@@ -145,6 +181,7 @@ pub enum Applied {
     OutputDeleted(OutputId),
     Connection(Connection),
     Disconnected(ConnectionId),
+    Imported,
 }
 
 /// Why a record was refused at apply time (the proposing call answers FAILED_PRECONDITION
@@ -172,10 +209,13 @@ impl From<DefinitionError> for Refusal {
 }
 
 /// The catalog materialised from the log, with the offset applied last.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct CatalogState {
     /// The offset of the last record applied (refused ones included); `None` before any.
     pub applied_offset: Option<i64>,
+    /// Added to every id allocated from an offset: the largest id an import brought (0
+    /// without one), so that later ids never meet an imported one.
+    pub id_base: u64,
     pub audiences: BTreeMap<AudienceId, AudienceRecord>,
     /// (event type, name) to tier.
     pub tiers: BTreeMap<(String, String), String>,
@@ -183,14 +223,84 @@ pub struct CatalogState {
     pub calculated: BTreeMap<String, CalculatedAttributeRecord>,
     pub outputs: BTreeMap<OutputId, OutputConfig>,
     pub connections: BTreeMap<ConnectionId, Connection>,
+    /// What applying changed since [`CatalogState::take_touched`] last ran: what a node
+    /// writes to its materialised copy. Not part of the catalog (equality ignores it).
+    touched: Touched,
 }
 
-/// The id a creation at `offset` gets.
+impl PartialEq for CatalogState {
+    fn eq(&self, other: &Self) -> bool {
+        self.applied_offset == other.applied_offset
+            && self.id_base == other.id_base
+            && self.audiences == other.audiences
+            && self.tiers == other.tiers
+            && self.calculated == other.calculated
+            && self.outputs == other.outputs
+            && self.connections == other.connections
+    }
+}
+
+/// The keys of the entities that applying records changed (created, edited or deleted): their
+/// current value in the state is what to store, their absence a deletion.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Touched {
+    pub audiences: BTreeSet<AudienceId>,
+    pub tiers: BTreeSet<(String, String)>,
+    pub calculated: BTreeSet<String>,
+    pub outputs: BTreeSet<OutputId>,
+    pub connections: BTreeSet<ConnectionId>,
+}
+
+impl Touched {
+    pub fn is_empty(&self) -> bool {
+        self.audiences.is_empty()
+            && self.tiers.is_empty()
+            && self.calculated.is_empty()
+            && self.outputs.is_empty()
+            && self.connections.is_empty()
+    }
+
+    /// Every entity of `state`: to store a whole state, or to delete one.
+    pub fn everything_in(state: &CatalogState) -> Touched {
+        Touched {
+            audiences: state.audiences.keys().copied().collect(),
+            tiers: state.tiers.keys().cloned().collect(),
+            calculated: state.calculated.keys().cloned().collect(),
+            outputs: state.outputs.keys().copied().collect(),
+            connections: state.connections.keys().copied().collect(),
+        }
+    }
+
+    pub fn extend(&mut self, other: Touched) {
+        self.audiences.extend(other.audiences);
+        self.tiers.extend(other.tiers);
+        self.calculated.extend(other.calculated);
+        self.outputs.extend(other.outputs);
+        self.connections.extend(other.connections);
+    }
+}
+
+/// The id a creation at `offset` gets in a catalog without an import.
 pub fn id_at(offset: i64) -> u64 {
     offset as u64 + 1
 }
 
 impl CatalogState {
+    /// The id a creation at `offset` gets: distinct for every offset, above every imported id.
+    pub fn id_at(&self, offset: i64) -> u64 {
+        self.id_base + id_at(offset)
+    }
+
+    /// Whether it holds no definition at all.
+    pub fn is_empty(&self) -> bool {
+        Touched::everything_in(self).is_empty()
+    }
+
+    /// What applying changed since the last call (and forgets it).
+    pub fn take_touched(&mut self) -> Touched {
+        std::mem::take(&mut self.touched)
+    }
+
     /// The compiled catalog of this state, at catalog version `version`.
     pub fn catalog(&self, version: u64) -> Catalog {
         Catalog::build_full(
@@ -222,11 +332,12 @@ impl CatalogState {
         match &record.change {
             Change::CreateAudience { audience } => {
                 let mut audience = audience.clone();
-                audience.id = id_at(offset);
+                audience.id = self.id_at(offset);
                 audience.revision = 1;
                 audience.created_at_ms = at;
                 audience.updated_at_ms = at;
                 self.check_audience(&audience)?;
+                self.touched.audiences.insert(audience.id);
                 self.audiences.insert(audience.id, audience.clone());
                 Ok(Applied::Audience(audience))
             }
@@ -248,6 +359,7 @@ impl CatalogState {
                 audience.updated_at_ms = at;
                 // Drafts are checked too, as the registry checks every save.
                 self.check_audience(&audience)?;
+                self.touched.audiences.insert(audience.id);
                 self.audiences.insert(audience.id, audience.clone());
                 Ok(Applied::Audience(audience))
             }
@@ -266,6 +378,9 @@ impl CatalogState {
                     .collect();
                 self.connections.retain(|_, c| c.audience_id != *id);
                 self.audiences.remove(id);
+                self.touched.audiences.insert(*id);
+                let gone = connections.iter().map(|c| c.id);
+                self.touched.connections.extend(gone);
                 Ok(Applied::AudienceDeleted {
                     id: *id,
                     connections,
@@ -277,6 +392,9 @@ impl CatalogState {
                 tier,
             } => {
                 let (event_type, name, tier) = event_tier(event_type, name, tier)?;
+                self.touched
+                    .tiers
+                    .insert((event_type.clone(), name.clone()));
                 self.tiers.insert((event_type, name), tier);
                 Ok(Applied::EventTier)
             }
@@ -290,7 +408,7 @@ impl CatalogState {
                 let mut attribute = attribute.clone();
                 // Unique across redefinitions, deletions and re-creations: a profile's
                 // aggregate of another revision is never read as this one's.
-                attribute.revision = id_at(offset);
+                attribute.revision = self.id_at(offset);
                 attribute.created_at_ms = previous.map_or(at, |p| p.created_at_ms);
                 attribute.updated_at_ms = at;
                 // Audiences reading it are evaluated again, with the new definition.
@@ -303,8 +421,10 @@ impl CatalogState {
                 for id in readers {
                     if let Some(a) = self.audiences.get_mut(&id) {
                         a.revision += 1;
+                        self.touched.audiences.insert(id);
                     }
                 }
+                self.touched.calculated.insert(key.clone());
                 self.calculated.insert(key, attribute.clone());
                 Ok(Applied::Calculated(attribute))
             }
@@ -319,14 +439,16 @@ impl CatalogState {
                     return Err(Refusal::Conflict(conflict));
                 }
                 self.calculated.remove(&key);
+                self.touched.calculated.insert(key.clone());
                 Ok(Applied::CalculatedDeleted(key))
             }
             Change::CreateOutput { output } => {
                 output.validate()?;
                 let mut output = output.clone();
-                output.id = id_at(offset);
+                output.id = self.id_at(offset);
                 output.created_at_ms = at;
                 output.updated_at_ms = at;
+                self.touched.outputs.insert(output.id);
                 self.outputs.insert(output.id, output.clone());
                 Ok(Applied::Output(output))
             }
@@ -337,6 +459,7 @@ impl CatalogState {
                 output.validate()?;
                 output.created_at_ms = current.created_at_ms;
                 output.updated_at_ms = at;
+                self.touched.outputs.insert(output.id);
                 self.outputs.insert(output.id, output.clone());
                 Ok(Applied::Output(output))
             }
@@ -355,14 +478,16 @@ impl CatalogState {
                     )));
                 }
                 self.outputs.remove(id);
+                self.touched.outputs.insert(*id);
                 Ok(Applied::OutputDeleted(*id))
             }
             Change::Connect { connection } => {
                 self.check_connection(connection)?;
                 let mut connection = connection.clone();
-                connection.id = id_at(offset);
+                connection.id = self.id_at(offset);
                 connection.created_at_ms = at;
                 connection.updated_at_ms = at;
+                self.touched.connections.insert(connection.id);
                 self.connections.insert(connection.id, connection.clone());
                 Ok(Applied::Connection(connection))
             }
@@ -380,14 +505,57 @@ impl CatalogState {
                 connection.output_id = current.output_id;
                 connection.created_at_ms = current.created_at_ms;
                 connection.updated_at_ms = at;
+                self.touched.connections.insert(connection.id);
                 self.connections.insert(connection.id, connection.clone());
                 Ok(Applied::Connection(connection))
             }
             Change::Disconnect { id } => match self.connections.remove(id) {
-                Some(_) => Ok(Applied::Disconnected(*id)),
+                Some(_) => {
+                    self.touched.connections.insert(*id);
+                    Ok(Applied::Disconnected(*id))
+                }
                 None => Err(Refusal::NotFound(format!("connection {id} not found"))),
             },
+            Change::Import { catalog } => self.import(offset, catalog),
         }
+    }
+
+    /// Brings a catalog in whole, ids kept: only into an empty catalog (a second import, or
+    /// one after definitions were made through the topic, would mix two catalogs' ids).
+    fn import(&mut self, offset: i64, catalog: &ImportedCatalog) -> Result<Applied, Refusal> {
+        if !self.is_empty() {
+            return Err(Refusal::Conflict(
+                "a catalog is imported only into an empty catalog topic: this one holds \
+                 definitions already"
+                    .to_string(),
+            ));
+        }
+        // Checked before anything changes: a refused record changes nothing.
+        let tiers: Vec<_> = catalog
+            .tiers
+            .iter()
+            .map(|(event_type, name, tier)| event_tier(event_type, name, tier))
+            .collect::<Result<_, _>>()?;
+        for (event_type, name, tier) in tiers {
+            self.tiers.insert((event_type, name), tier);
+        }
+        for audience in &catalog.audiences {
+            self.audiences.insert(audience.id, audience.clone());
+        }
+        for attribute in &catalog.calculated {
+            let key = attribute.name.trim().to_lowercase();
+            self.calculated.insert(key, attribute.clone());
+        }
+        for output in &catalog.outputs {
+            self.outputs.insert(output.id, output.clone());
+        }
+        for connection in &catalog.connections {
+            self.connections.insert(connection.id, connection.clone());
+        }
+        // Ids allocated from later offsets start above every imported one.
+        self.id_base = catalog.largest_id().saturating_sub(id_at(offset));
+        self.touched.extend(Touched::everything_in(self));
+        Ok(Applied::Imported)
     }
 
     fn audience(&self, id: AudienceId) -> Result<&AudienceRecord, Refusal> {

@@ -379,3 +379,139 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_import_keeps_its_ids_and_later_ids_start_above_them() {
+    let mut imported = AudienceRecord::active(40, "from before the topic", gold());
+    imported.revision = 3;
+    let catalog = ImportedCatalog {
+        audiences: vec![imported.clone()],
+        tiers: vec![(
+            "custom_event".into(),
+            "Purchase".into(),
+            "personalize".into(),
+        )],
+        ..Default::default()
+    };
+    let mut state = CatalogState::default();
+    let outcome = apply_all(
+        &mut state,
+        0,
+        &[
+            record(
+                "a",
+                0,
+                Change::Import {
+                    catalog: catalog.clone(),
+                },
+            ),
+            record(
+                "a",
+                1,
+                Change::CreateAudience {
+                    audience: audience("after", gold()),
+                },
+            ),
+            // A second import would mix two catalogs' ids: refused, changing nothing.
+            record("b", 0, Change::Import { catalog }),
+        ],
+    );
+    assert_eq!(outcome[0], Ok(Applied::Imported));
+    assert_eq!(state.audiences[&40], imported, "ids and revisions kept");
+    let Ok(Applied::Audience(after)) = &outcome[1] else {
+        panic!("{:?}", outcome[1]);
+    };
+    assert_eq!(after.id, 41, "the next id is above every imported one");
+    assert!(
+        matches!(outcome[2], Err(Refusal::Conflict(_))),
+        "{:?}",
+        outcome[2]
+    );
+    assert_eq!(state.audiences.len(), 2);
+    assert_eq!(state.tiers.len(), 1);
+}
+
+#[test]
+fn the_materialised_copy_is_what_applying_gives_and_deletions_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = audience_state::store::Store::open(dir.path(), false).unwrap();
+    let mut state = CatalogState::default();
+    let records = [
+        record(
+            "a",
+            0,
+            Change::CreateAudience {
+                audience: audience("kept", gold()),
+            },
+        ),
+        record(
+            "a",
+            1,
+            Change::CreateAudience {
+                audience: audience("deleted", gold()),
+            },
+        ),
+        record(
+            "a",
+            2,
+            Change::CreateOutput {
+                output: webhook("hook"),
+            },
+        ),
+        record(
+            "a",
+            3,
+            Change::Connect {
+                connection: connection(id_at(1), id_at(2)),
+            },
+        ),
+        record("a", 4, Change::DeleteAudience { id: id_at(1) }),
+    ];
+    // Saved after each record, as a node does while following the topic.
+    for (offset, r) in records.iter().enumerate() {
+        state.apply(offset as i64, r).unwrap();
+        let touched = state.take_touched();
+        store.save_catalog(&state, &touched).unwrap();
+    }
+    assert!(state.take_touched().is_empty(), "taking forgets");
+    let loaded = store.load_catalog_state().unwrap();
+    assert_eq!(loaded, state);
+    assert_eq!(loaded.applied_offset, Some(4));
+    assert_eq!(loaded.audiences.len(), 1);
+    assert!(
+        loaded.connections.is_empty(),
+        "the connection went with its audience"
+    );
+    assert!(store.load_connections().unwrap().is_empty());
+
+    // A store that never applied the topic says so.
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let fresh = audience_state::store::Store::open(fresh_dir.path(), false).unwrap();
+    assert_eq!(fresh.load_catalog_state().unwrap().applied_offset, None);
+}
+
+fn webhook(name: &str) -> OutputConfig {
+    OutputConfig {
+        id: 0,
+        name: name.into(),
+        kind: "webhook".into(),
+        settings: [("url".to_string(), json!("http://127.0.0.1:9/hook"))].into(),
+        secrets: [("Authorization".to_string(), "Bearer t".to_string())].into(),
+        accepted_identities: vec!["email".into()],
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    }
+}
+
+fn connection(audience_id: u64, output_id: u64) -> Connection {
+    Connection {
+        id: 0,
+        audience_id,
+        output_id,
+        status: ConnectionStatus::Sending,
+        settings: Default::default(),
+        shared_attributes: vec![],
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    }
+}

@@ -37,6 +37,7 @@
 //! offsets it consumed are written in ONE [`WriteBatch`]: never split. On restart the engine
 //! resumes from the stored offsets, so every message's effects are applied exactly once.
 
+mod catalog;
 mod db;
 mod deadletter;
 mod definitions;

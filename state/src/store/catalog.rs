@@ -1,0 +1,114 @@
+//! The node's materialised copy of the catalog topic: the definitions in their tables (as
+//! [`super::definitions`] lays them out) and, in meta, the offset applied last and the id
+//! base, written in one batch so that a crash never leaves definitions and offset apart.
+
+use super::db::*;
+use super::keys::*;
+use crate::catalog_log::{CatalogState, ImportedCatalog, Touched};
+
+/// Meta key of the catalog offset applied last, stored plus one (absent: none applied, the
+/// store predates the catalog topic or is new).
+const CATALOG_APPLIED_KEY: &str = "catalog/applied";
+const CATALOG_ID_BASE_KEY: &str = "catalog/id_base";
+
+impl Store {
+    /// The catalog as this node applied it, with its offset (`applied_offset` is `None` when
+    /// the store never applied the topic: its definitions, if any, are a catalog of its own,
+    /// see [`Store::own_catalog`]).
+    pub fn load_catalog_state(&self) -> StoreResult<CatalogState> {
+        let mut state = CatalogState::default();
+        state.applied_offset = self
+            .meta_u64(CATALOG_APPLIED_KEY)?
+            .map(|next| next as i64 - 1);
+        state.id_base = self.meta_u64(CATALOG_ID_BASE_KEY)?.unwrap_or(0);
+        let own = self.own_catalog()?;
+        state.audiences = own.audiences.into_iter().map(|a| (a.id, a)).collect();
+        state.tiers = own
+            .tiers
+            .into_iter()
+            .map(|(t, n, tier)| ((t, n), tier))
+            .collect();
+        state.calculated = own
+            .calculated
+            .into_iter()
+            .map(|c| (c.name.trim().to_lowercase(), c))
+            .collect();
+        state.outputs = own.outputs.into_iter().map(|o| (o.id, o)).collect();
+        state.connections = own.connections.into_iter().map(|c| (c.id, c)).collect();
+        Ok(state)
+    }
+
+    /// Every definition of this store, as an import into the catalog topic carries them.
+    pub fn own_catalog(&self) -> StoreResult<ImportedCatalog> {
+        Ok(ImportedCatalog {
+            audiences: self.load_audiences()?,
+            tiers: self.event_tiers()?,
+            calculated: self.load_calculated()?,
+            outputs: self.load_outputs()?,
+            connections: self.load_connections()?,
+        })
+    }
+
+    /// Writes what applying changed (`touched`: each entity's value in `state`, or its
+    /// deletion) with the offset applied, in one batch. A deleted connection takes its
+    /// delivery position and fault with it.
+    pub fn save_catalog(&self, state: &CatalogState, touched: &Touched) -> StoreResult<()> {
+        let mut b = self.batch();
+        let meta = self.cf(CF_META);
+        for id in &touched.audiences {
+            let key = id.to_be_bytes();
+            match state.audiences.get(id) {
+                Some(a) => b.batch.put_cf(self.cf(CF_AUDIENCES), key, json(a)),
+                None => b.batch.delete_cf(self.cf(CF_AUDIENCES), key),
+            }
+        }
+        for (event_type, name) in &touched.tiers {
+            let key = format!("tier/{event_type}/{name}");
+            match state.tiers.get(&(event_type.clone(), name.clone())) {
+                Some(tier) => b.batch.put_cf(meta, key.as_bytes(), tier.as_bytes()),
+                None => b.batch.delete_cf(meta, key.as_bytes()),
+            }
+        }
+        for name in &touched.calculated {
+            let key = format!("{CALC_PREFIX}{name}");
+            match state.calculated.get(name) {
+                Some(c) => b.batch.put_cf(meta, key.as_bytes(), json(c)),
+                None => b.batch.delete_cf(meta, key.as_bytes()),
+            }
+        }
+        for id in &touched.outputs {
+            let key = format!("output/{id:020}");
+            match state.outputs.get(id) {
+                Some(o) => b.batch.put_cf(meta, key.as_bytes(), json(o)),
+                None => b.batch.delete_cf(meta, key.as_bytes()),
+            }
+        }
+        for id in &touched.connections {
+            match state.connections.get(id) {
+                Some(c) => {
+                    let key = format!("connection/{id:020}");
+                    b.batch.put_cf(meta, key.as_bytes(), json(c));
+                }
+                None => {
+                    for key in [
+                        format!("connection/{id:020}"),
+                        format!("conncursor/{id:020}"),
+                        format!("connsync/{id:020}"),
+                        format!("fault/{id:020}"),
+                    ] {
+                        b.batch.delete_cf(meta, key.as_bytes());
+                    }
+                }
+            }
+        }
+        if let Some(offset) = state.applied_offset {
+            b.put_meta_u64(CATALOG_APPLIED_KEY, offset as u64 + 1);
+        }
+        b.put_meta_u64(CATALOG_ID_BASE_KEY, state.id_base);
+        self.commit(b)
+    }
+}
+
+fn json<T: serde::Serialize>(record: &T) -> Vec<u8> {
+    serde_json::to_vec(record).expect("definition records always serialise")
+}
