@@ -12,7 +12,8 @@
 //!   it cannot decode is counted and passed over, never stopping it (its offset is consumed
 //!   like any other, so the ids of later records stay the same on every node).
 //!
-//! Not wired into the registries yet: the API still writes each node's catalog directly.
+//! [`crate::catalog_applier`] runs these for a node: its reader follows the topic, and the
+//! registries' writes are its proposals.
 
 use audience_state::catalog_log::{
     Applied, CatalogRecord, CatalogState, Change, ProposalId, Refusal,
@@ -25,6 +26,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,13 +42,28 @@ pub enum CatalogTopicError {
     Kafka(#[from] KafkaError),
 }
 
+/// The client configuration every catalog client starts from: the brokers and the operator's
+/// extra properties (security, timeouts), as the node's other clients have them.
+pub fn client_config(bootstrap: &str, properties: &BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    config
+}
+
 /// Creates the catalog topic (one partition, compacted so that retention never deletes a
-/// definition) if it does not exist, and checks that an existing one has one partition.
-pub async fn ensure_catalog_topic(bootstrap: &str, topic: &str) -> Result<(), CatalogTopicError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact");
+/// definition, `replication` copies) if it does not exist, and checks that an existing one
+/// has one partition.
+pub async fn ensure_catalog_topic(
+    kafka: &ClientConfig,
+    topic: &str,
+    replication: i32,
+) -> Result<(), CatalogTopicError> {
+    let admin: AdminClient<DefaultClientContext> = kafka.create()?;
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(replication))
+        .set("cleanup.policy", "compact");
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics([&new], &opts).await? {
         match result {
@@ -133,13 +150,13 @@ impl CatalogProposer {
     /// `node` names the proposer; its start time is added so that a restarted node's
     /// proposals never reuse an earlier incarnation's ids.
     pub fn new(
-        bootstrap: &str,
+        kafka: &ClientConfig,
         topic: &str,
         node: &str,
         started_at_ms: TimestampMs,
     ) -> Result<CatalogProposer, CatalogTopicError> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let producer = kafka
+            .clone()
             .set("enable.idempotence", "true")
             // One record per produce batch: catalog writes are rare, so this costs nothing.
             // With concurrent proposals batched together, tansu (the broker of the tests)
@@ -158,20 +175,37 @@ impl CatalogProposer {
         })
     }
 
-    /// Produces a change; returns its record and the offset it was written at, once durable.
-    pub async fn propose(
-        &self,
-        at_ms: TimestampMs,
-        change: Change,
-    ) -> Result<(CatalogRecord, i64), CatalogTopicError> {
-        let record = CatalogRecord {
+    /// The record of a change, with a proposal id of its own (to wait for its outcome before
+    /// producing it).
+    pub fn record(&self, at_ms: TimestampMs, change: Change) -> CatalogRecord {
+        CatalogRecord {
             proposal: ProposalId {
                 node: self.node.clone(),
                 seq: self.seq.fetch_add(1, Ordering::Relaxed),
             },
             at_ms,
             change,
-        };
+        }
+    }
+
+    /// This proposer's name in proposal ids.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Produces a change; returns its record and the offset it was written at, once durable.
+    pub async fn propose(
+        &self,
+        at_ms: TimestampMs,
+        change: Change,
+    ) -> Result<(CatalogRecord, i64), CatalogTopicError> {
+        let record = self.record(at_ms, change);
+        let offset = self.produce(&record).await?;
+        Ok((record, offset))
+    }
+
+    /// Produces a record; returns the offset it was written at, once durable.
+    pub async fn produce(&self, record: &CatalogRecord) -> Result<i64, CatalogTopicError> {
         let key = record.key();
         let payload = record.encode();
         let delivery = self
@@ -185,7 +219,7 @@ impl CatalogProposer {
             )
             .await
             .map_err(|(e, _)| e)?;
-        Ok((record, delivery.offset))
+        Ok(delivery.offset)
     }
 }
 
@@ -220,12 +254,12 @@ pub struct CatalogReader {
 impl CatalogReader {
     /// A reader of `topic` from the offset after `state`'s last applied one.
     pub fn new(
-        bootstrap: &str,
+        kafka: &ClientConfig,
         topic: &str,
         state: &CatalogState,
     ) -> Result<CatalogReader, CatalogTopicError> {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let consumer: StreamConsumer = kafka
+            .clone()
             // Required by librdkafka; the reader assigns its partition and joins no group.
             .set("group.id", "audience-catalog-reader")
             .set("enable.auto.commit", "false")
@@ -267,6 +301,36 @@ impl CatalogReader {
         Ok(high)
     }
 
+    /// Reads the next offset and applies it to `state` (waiting for one to be written).
+    pub async fn read_one(&mut self, state: &mut CatalogState) -> Result<Step, CatalogTopicError> {
+        // Read from where this state stopped, whichever state the reader was made with.
+        if next_offset(state) != self.position {
+            self.seek(next_offset(state))?;
+        }
+        loop {
+            let message = self.consumer.recv().await?;
+            let offset = message.offset();
+            self.position = offset + 1;
+            if state.applied_offset.is_some_and(|a| offset <= a) {
+                continue;
+            }
+            let read = match CatalogRecord::decode(message.payload().unwrap_or_default()) {
+                Ok(record) => {
+                    let outcome = state.apply(offset, &record);
+                    Read::Record(record, outcome)
+                }
+                Err(reason) => {
+                    // Consumed like any offset, so later ids are the same on every node.
+                    state.applied_offset = Some(offset);
+                    metrics::counter!("audience_catalog_records_undecodable_total").increment(1);
+                    tracing::error!(topic = %self.topic, offset, %reason, "catalog record passed over");
+                    Read::Undecodable(reason)
+                }
+            };
+            return Ok(Step { offset, read });
+        }
+    }
+
     /// Applies every record up to the topic's end as of this call. `on_record` sees each
     /// outcome (to answer the proposing call, to swap the catalog in, to count).
     pub async fn catch_up(
@@ -275,15 +339,11 @@ impl CatalogReader {
         timeout: Duration,
         mut on_record: impl FnMut(i64, ReadRecord<'_>),
     ) -> Result<CatchUp, CatalogTopicError> {
-        // Read from where this state stopped, whichever state the reader was made with.
-        if next_offset(state) != self.position {
-            self.seek(next_offset(state))?;
-        }
         let end = self.end().await?;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut applied = CatchUp::default();
         while next_offset(state) < end {
-            let message = tokio::time::timeout_at(deadline, self.consumer.recv())
+            let step = tokio::time::timeout_at(deadline, self.read_one(state))
                 .await
                 .map_err(|_| CatalogTopicError::Topic {
                     topic: self.topic.clone(),
@@ -293,30 +353,37 @@ impl CatalogReader {
                         state.applied_offset
                     ),
                 })??;
-            let offset = message.offset();
-            self.position = offset + 1;
-            if state.applied_offset.is_some_and(|a| offset <= a) {
-                continue;
+            match &step.read {
+                Read::Record(_, Ok(_)) => applied.accepted += 1,
+                Read::Record(_, Err(_)) => applied.refused += 1,
+                Read::Undecodable(_) => applied.undecodable += 1,
             }
-            match CatalogRecord::decode(message.payload().unwrap_or_default()) {
-                Ok(record) => {
-                    let outcome = state.apply(offset, &record);
-                    match &outcome {
-                        Ok(_) => applied.accepted += 1,
-                        Err(_) => applied.refused += 1,
-                    }
-                    on_record(offset, ReadRecord::Record(&record, &outcome));
-                }
-                Err(reason) => {
-                    // Consumed like any offset, so later ids are the same on every node.
-                    state.applied_offset = Some(offset);
-                    applied.undecodable += 1;
-                    metrics::counter!("audience_catalog_records_undecodable_total").increment(1);
-                    tracing::error!(topic = %self.topic, offset, %reason, "catalog record passed over");
-                    on_record(offset, ReadRecord::Undecodable(&reason));
-                }
-            }
+            on_record(step.offset, step.view());
         }
         Ok(applied)
+    }
+}
+
+/// One offset read and applied by [`CatalogReader::read_one`].
+#[derive(Debug)]
+pub struct Step {
+    pub offset: i64,
+    pub read: Read,
+}
+
+/// What an offset held, and what applying it did.
+#[allow(clippy::large_enum_variant)] // one per record read, as `Change`
+#[derive(Debug)]
+pub enum Read {
+    Record(CatalogRecord, Result<Applied, Refusal>),
+    Undecodable(String),
+}
+
+impl Step {
+    pub fn view(&self) -> ReadRecord<'_> {
+        match &self.read {
+            Read::Record(record, outcome) => ReadRecord::Record(record, outcome),
+            Read::Undecodable(reason) => ReadRecord::Undecodable(reason),
+        }
     }
 }

@@ -22,6 +22,7 @@ use audience_state::outputs::{
     backoff_ms, delivery_item, excerpt, Connection, ConnectionId, ConnectionStatus, DeliveryItem,
     Fault, OutputConfig,
 };
+use audience_state::secrets::{open_output, SecretKey};
 use audience_state::store::Partition;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -459,9 +460,10 @@ struct Running {
 }
 
 /// The delivery loops of a node, by connection.
-#[derive(Default)]
 pub struct Deliveries {
     running: Mutex<HashMap<ConnectionId, Running>>,
+    /// Opens the outputs' secrets, sealed in the catalog (see `audience_state::secrets`).
+    secret_key: SecretKey,
 }
 
 /// The retry policy of a connection, from its output's settings.
@@ -487,6 +489,23 @@ impl Policy {
 }
 
 impl Deliveries {
+    pub fn new(secret_key: SecretKey) -> Deliveries {
+        Deliveries {
+            running: Mutex::new(HashMap::new()),
+            secret_key,
+        }
+    }
+
+    /// The output as it is used: its secrets opened.
+    pub fn open(&self, output: &OutputConfig) -> Result<OutputConfig, String> {
+        open_output(&self.secret_key, output)
+    }
+
+    /// The output of a configuration as stored (secrets sealed), ready to send.
+    pub fn build(&self, output: &OutputConfig) -> Result<Arc<dyn Output>, String> {
+        build_output(&self.open(output)?)
+    }
+
     /// Starts the loops of every sending connection (at startup).
     pub fn start_all(self: &Arc<Self>, engine: &Arc<Engine>) -> anyhow::Result<()> {
         let outputs: HashMap<_, _> = engine
@@ -514,10 +533,22 @@ impl Deliveries {
         if connection.status != ConnectionStatus::Sending {
             return;
         }
-        let sink = match build_output(&output) {
+        let sink = match self.build(&output) {
             Ok(sink) => sink,
             Err(e) => {
                 tracing::error!(connection = connection.id, error = %e, "output cannot be built");
+                // Shown where operators look for a connection that does not send.
+                let fault = Fault {
+                    connection_id: connection.id,
+                    status: None,
+                    body_excerpt: String::new(),
+                    message: format!("output {} cannot be built: {e}", output.id),
+                    at_ms: engine.clock.now(),
+                    attempts: 0,
+                };
+                if let Err(e) = engine.store.put_fault(&fault) {
+                    tracing::warn!(connection = connection.id, error = %e, "fault not stored");
+                }
                 return;
             }
         };

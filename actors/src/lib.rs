@@ -19,6 +19,7 @@
 //! Invariant: nothing on the per-event path waits on another actor; the only awaited replies
 //! are per poll batch (ingest waits for the partition actors' writes before polling again).
 
+pub mod catalog_applier;
 pub mod catalog_topic;
 pub mod clock;
 pub mod connector;

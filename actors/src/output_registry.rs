@@ -1,21 +1,24 @@
-//! The one writer of output configurations and connections: validates, stores, and starts,
-//! restarts or stops the connections' delivery loops to match.
+//! Output configurations and connections as the API reads and changes them. Reads come from
+//! the node's materialised catalog; a change is checked here, proposed to the catalog topic
+//! (secrets sealed) and answered once this node applied it: the applier starts, restarts or
+//! stops the delivery loops to match (see [`crate::catalog_applier`]).
 
-use crate::delivery::{build_output, AudienceInfo, Deliveries};
+use crate::catalog_applier::CatalogApplier;
+use crate::delivery::{build_output, Deliveries};
 use crate::node::Node;
 use crate::registry::RegistryError;
+use audience_state::catalog_log::{Applied, Change};
 use audience_state::criteria::DefinitionError;
 use audience_state::model::AudienceId;
 use audience_state::outputs::{
     Connection, ConnectionId, ConnectionStatus, Fault, OutputConfig, OutputId,
 };
-use parking_lot::Mutex;
 use std::sync::Arc;
 
 pub struct OutputRegistry {
     node: Arc<Node>,
     pub deliveries: Arc<Deliveries>,
-    write_lock: Mutex<()>,
+    catalog: Arc<CatalogApplier>,
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> RegistryError {
@@ -23,11 +26,11 @@ fn invalid(field: &str, reason: impl Into<String>) -> RegistryError {
 }
 
 impl OutputRegistry {
-    pub fn new(node: Arc<Node>, deliveries: Arc<Deliveries>) -> Self {
+    pub fn new(node: Arc<Node>, deliveries: Arc<Deliveries>, catalog: Arc<CatalogApplier>) -> Self {
         OutputRegistry {
             node,
             deliveries,
-            write_lock: Mutex::new(()),
+            catalog,
         }
     }
 
@@ -65,40 +68,63 @@ impl OutputRegistry {
         Ok(self.store().load_faults()?)
     }
 
-    pub fn create_output(&self, mut config: OutputConfig) -> Result<OutputConfig, RegistryError> {
-        let _guard = self.write_lock.lock();
+    async fn output_change(&self, change: Change) -> Result<OutputConfig, RegistryError> {
+        match self.catalog.submit(change).await? {
+            Applied::Output(output) => Ok(output),
+            other => Err(RegistryError::Unavailable(format!(
+                "the catalog applied something else: {other:?}"
+            ))),
+        }
+    }
+
+    async fn connection_change(&self, change: Change) -> Result<Connection, RegistryError> {
+        match self.catalog.submit(change).await? {
+            Applied::Connection(connection) => Ok(connection),
+            other => Err(RegistryError::Unavailable(format!(
+                "the catalog applied something else: {other:?}"
+            ))),
+        }
+    }
+
+    /// Checks an output as it will be used (settings valid, the output can be built), with
+    /// its secrets in clear: before they are sealed for the topic.
+    fn check_output(config: &OutputConfig) -> Result<(), RegistryError> {
         config.validate()?;
-        build_output(&config).map_err(|e| invalid("settings", e))?;
-        let now = self.node.engine.clock.now();
-        config.id = self.store().next_id("outputs")?;
-        config.created_at_ms = now;
-        config.updated_at_ms = now;
-        self.store().put_output(&config)?;
+        build_output(config).map_err(|e| invalid("settings", e))?;
+        Ok(())
+    }
+
+    pub async fn create_output(&self, config: OutputConfig) -> Result<OutputConfig, RegistryError> {
+        Self::check_output(&config)?;
+        let mut config = self.catalog.seal(&config);
+        config.id = 0;
+        let config = self
+            .output_change(Change::CreateOutput { output: config })
+            .await?;
         tracing::info!(output = config.id, name = %config.name, kind = %config.kind, "output configured");
         Ok(config)
     }
 
-    pub fn update_output(&self, mut config: OutputConfig) -> Result<OutputConfig, RegistryError> {
-        let _guard = self.write_lock.lock();
+    pub async fn update_output(
+        &self,
+        mut config: OutputConfig,
+    ) -> Result<OutputConfig, RegistryError> {
         let stored = self.output(config.id)?;
-        config.keep_redacted_secrets(&stored)?;
-        config.validate()?;
-        build_output(&config).map_err(|e| invalid("settings", e))?;
-        config.created_at_ms = stored.created_at_ms;
-        config.updated_at_ms = self.node.engine.clock.now();
-        self.store().put_output(&config)?;
-        for c in self
-            .connections()?
-            .into_iter()
-            .filter(|c| c.output_id == config.id)
-        {
-            self.deliveries.start(&self.node.engine, c, config.clone());
-        }
-        Ok(config)
+        // Checked here with the stored secrets for those sent back redacted (which stay
+        // redacted in the proposal: the record never repeats a secret it does not change).
+        let mut checked = config.clone();
+        checked.keep_redacted_secrets(&stored)?;
+        let opened = self
+            .deliveries
+            .open(&checked)
+            .map_err(|e| invalid("secrets", e))?;
+        Self::check_output(&opened)?;
+        config = self.catalog.seal(&config);
+        self.output_change(Change::PutOutput { output: config })
+            .await
     }
 
-    pub fn delete_output(&self, id: OutputId) -> Result<(), RegistryError> {
-        let _guard = self.write_lock.lock();
+    pub async fn delete_output(&self, id: OutputId) -> Result<(), RegistryError> {
         self.output(id)?;
         let users: Vec<String> = self
             .connections()?
@@ -112,13 +138,12 @@ impl OutputRegistry {
                 users.join(", ")
             )));
         }
-        self.store().delete_output(id)?;
+        self.catalog.submit(Change::DeleteOutput { id }).await?;
         Ok(())
     }
 
     /// Connects an audience to an output; it starts by sending the current members.
-    pub fn connect(&self, mut connection: Connection) -> Result<Connection, RegistryError> {
-        let _guard = self.write_lock.lock();
+    pub async fn connect(&self, mut connection: Connection) -> Result<Connection, RegistryError> {
         let catalog = self.node.engine.catalog.load();
         if catalog.record(connection.audience_id).is_none() {
             return Err(invalid(
@@ -126,19 +151,16 @@ impl OutputRegistry {
                 format!("audience {} does not exist", connection.audience_id),
             ));
         }
-        let output = self.output(connection.output_id).map_err(|_| {
+        self.output(connection.output_id).map_err(|_| {
             invalid(
                 "output_id",
                 format!("output {} does not exist", connection.output_id),
             )
         })?;
-        let now = self.node.engine.clock.now();
-        connection.id = self.store().next_id("connections")?;
-        connection.created_at_ms = now;
-        connection.updated_at_ms = now;
-        self.store().put_connection(&connection)?;
-        self.deliveries
-            .start(&self.node.engine, connection.clone(), output);
+        connection.id = 0;
+        let connection = self
+            .connection_change(Change::Connect { connection })
+            .await?;
         tracing::info!(
             connection = connection.id,
             audience = connection.audience_id,
@@ -148,31 +170,24 @@ impl OutputRegistry {
         Ok(connection)
     }
 
-    pub fn update_connection(&self, update: Connection) -> Result<Connection, RegistryError> {
-        let _guard = self.write_lock.lock();
+    pub async fn update_connection(&self, update: Connection) -> Result<Connection, RegistryError> {
         let mut connection = self.connection(update.id)?;
         connection.status = update.status;
         connection.settings = update.settings;
         connection.shared_attributes = update.shared_attributes;
-        connection.updated_at_ms = self.node.engine.clock.now();
-        self.store().put_connection(&connection)?;
-        let output = self.output(connection.output_id)?;
-        self.deliveries
-            .start(&self.node.engine, connection.clone(), output);
-        Ok(connection)
+        self.connection_change(Change::PutConnection { connection })
+            .await
     }
 
-    pub fn disconnect(&self, id: ConnectionId) -> Result<(), RegistryError> {
-        let _guard = self.write_lock.lock();
+    pub async fn disconnect(&self, id: ConnectionId) -> Result<(), RegistryError> {
         self.connection(id)?;
-        self.deliveries.stop(id);
-        self.store().delete_connection(id)?;
+        self.catalog.submit(Change::Disconnect { id }).await?;
         Ok(())
     }
 
     /// Connects many audiences to one output with the same settings: each gets its own
     /// result, and a bad one does not stop the others.
-    pub fn bulk_connect(
+    pub async fn bulk_connect(
         &self,
         output_id: OutputId,
         audience_ids: &[AudienceId],
@@ -180,10 +195,10 @@ impl OutputRegistry {
         settings: std::collections::BTreeMap<String, serde_json::Value>,
         shared_attributes: Vec<String>,
     ) -> Vec<(AudienceId, Result<Connection, RegistryError>)> {
-        audience_ids
-            .iter()
-            .map(|&audience_id| {
-                let result = self.connect(Connection {
+        let mut results = Vec::with_capacity(audience_ids.len());
+        for &audience_id in audience_ids {
+            let result = self
+                .connect(Connection {
                     id: 0,
                     audience_id,
                     output_id,
@@ -192,10 +207,11 @@ impl OutputRegistry {
                     shared_attributes: shared_attributes.clone(),
                     created_at_ms: 0,
                     updated_at_ms: 0,
-                });
-                (audience_id, result)
-            })
-            .collect()
+                })
+                .await;
+            results.push((audience_id, result));
+        }
+        results
     }
 
     pub fn resume(&self, id: ConnectionId) -> Result<Connection, RegistryError> {
@@ -204,52 +220,5 @@ impl OutputRegistry {
             .resume(&self.node.engine, id)
             .map_err(|e| RegistryError::Conflict(e.to_string()))?;
         Ok(connection)
-    }
-
-    /// What deleting an audience does to its connections: they go at once (under the write
-    /// lock, so no update can bring one back), then each output kind is told, in the
-    /// background (webhook and Kafka receive an "audience deleted" message).
-    pub fn audience_deleted(&self, audience: &audience_state::catalog::AudienceRecord) {
-        let mut notices = Vec::new();
-        {
-            let _guard = self.write_lock.lock();
-            let Ok(connections) = self.connections() else {
-                return;
-            };
-            for c in connections
-                .into_iter()
-                .filter(|c| c.audience_id == audience.id)
-            {
-                self.deliveries.stop(c.id);
-                if let Err(e) = self.store().delete_connection(c.id) {
-                    tracing::warn!(connection = c.id, error = %e, "connection not deleted");
-                }
-                if let Ok(output) = self.output(c.output_id) {
-                    notices.push((c, output));
-                }
-            }
-        }
-        let name = if audience.external_name.trim().is_empty() {
-            audience.name.clone()
-        } else {
-            audience.external_name.clone()
-        };
-        let audience_id = audience.id;
-        tokio::spawn(async move {
-            for (c, output) in notices {
-                let Ok(sink) = build_output(&output) else {
-                    continue;
-                };
-                let info = AudienceInfo {
-                    id: audience_id,
-                    name: name.clone(),
-                    connection_id: c.id,
-                    connection_settings: c.settings.clone(),
-                };
-                if let Err(e) = sink.audience_deleted(&info).await {
-                    tracing::warn!(connection = c.id, error = %e.message, "output not told of the deletion");
-                }
-            }
-        });
     }
 }

@@ -1,13 +1,17 @@
-//! The audience registry: the one writer of audience definitions. Every change is validated,
-//! stored, compiled into a new catalog that partition actors swap in, and followed by the
-//! evaluation of the changed audience over the stored profiles.
+//! The audience registry: audiences, event tiers and calculated attributes as the API reads
+//! and changes them. Reads come from the node's compiled catalog; a change is checked here
+//! (a definition error answers at once, nothing proposed), then proposed to the catalog
+//! topic and answered once this node applied it (see [`crate::catalog_applier`]): the
+//! partition actors swap the new catalog in and evaluate the changed audience over the
+//! stored profiles.
 
+use crate::catalog_applier::{CatalogApplier, SubmitError};
 use crate::node::Node;
 use audience_state::calculated::CalculatedAttributeRecord;
-use audience_state::catalog::{event_tier, AudienceRecord, AudienceStatus, Catalog};
+use audience_state::catalog::{event_tier, AudienceRecord, AudienceStatus};
+use audience_state::catalog_log::{Applied, Change, Refusal};
 use audience_state::criteria::DefinitionError;
 use audience_state::model::AudienceId;
-use parking_lot::Mutex;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +29,35 @@ pub enum RegistryError {
     /// The operation would break another audience (e.g. deleting one that others reference).
     #[error("{0}")]
     Conflict(String),
+    /// Refused when applied: the catalog had changed between the check here and the
+    /// record's turn (another node's change came first), or the thing is gone.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("store: {0}")]
     Store(#[from] audience_state::store::StoreError),
+}
+
+impl From<SubmitError> for RegistryError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            // Every change was checked before it was proposed: a refusal at apply time is a
+            // catalog that changed meanwhile, whatever the check that refused it.
+            SubmitError::Refused(Refusal::NotFound(why)) => RegistryError::Gone(why),
+            SubmitError::Refused(refusal) => {
+                RegistryError::Refused(format!("refused: the catalog changed meanwhile: {refusal}"))
+            }
+            SubmitError::Unavailable(why) => RegistryError::Unavailable(why),
+        }
+    }
+}
+
+/// The record an applied change gave, of the kind the caller proposed.
+fn unexpected(applied: Applied) -> RegistryError {
+    RegistryError::Unavailable(format!("the catalog applied something else: {applied:?}"))
 }
 
 /// What a caller may set on an audience.
@@ -40,30 +71,12 @@ pub struct AudienceSpec {
 
 pub struct Registry {
     node: Arc<Node>,
-    /// Serialises writers; readers use the catalog.
-    write_lock: Mutex<()>,
+    catalog: Arc<CatalogApplier>,
 }
 
 impl Registry {
-    pub fn new(node: Arc<Node>) -> Self {
-        Registry {
-            node,
-            write_lock: Mutex::new(()),
-        }
-    }
-
-    fn publish(&self) -> Result<(), RegistryError> {
-        let engine = &self.node.engine;
-        let version = engine.catalog.load().version + 1;
-        let catalog = Catalog::build_full(
-            version,
-            engine.store.load_audiences()?,
-            engine.store.event_tiers()?,
-            engine.store.load_calculated()?,
-        );
-        engine.catalog.store(Arc::new(catalog));
-        self.node.catalog_changed();
-        Ok(())
+    pub fn new(node: Arc<Node>, catalog: Arc<CatalogApplier>) -> Self {
+        Registry { node, catalog }
     }
 
     /// Compiles a definition that is not saved (for an estimate or a preview) with the checks
@@ -82,145 +95,123 @@ impl Registry {
         Ok(self.node.engine.catalog.load().check_audience(&record)?)
     }
 
-    pub fn create(&self, spec: AudienceSpec, draft: bool) -> Result<AudienceRecord, RegistryError> {
-        let _guard = self.write_lock.lock();
-        let engine = &self.node.engine;
-        let now = engine.clock.now();
-        let mut record = AudienceRecord {
-            id: 0,
-            name: spec.name,
-            external_name: spec.external_name,
-            status: if draft {
-                AudienceStatus::Draft
-            } else {
-                AudienceStatus::Active
-            },
-            criteria: spec.criteria,
-            tags: spec.tags,
-            created_at_ms: now,
-            updated_at_ms: now,
-            revision: 1,
-        };
-        // Checked with an id no audience has, then saved under the next id.
-        record.id = AudienceId::MAX;
-        engine.catalog.load().check_audience(&record)?;
-        record.id = engine.store.next_audience_id()?;
-        engine.store.put_audience(&record)?;
-        self.publish()?;
+    async fn audience_change(&self, change: Change) -> Result<AudienceRecord, RegistryError> {
+        match self.catalog.submit(change).await? {
+            Applied::Audience(record) => Ok(record),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn create(
+        &self,
+        spec: AudienceSpec,
+        draft: bool,
+    ) -> Result<AudienceRecord, RegistryError> {
+        let mut record = AudienceRecord::active(AudienceId::MAX, spec.name, spec.criteria);
+        record.external_name = spec.external_name;
+        record.tags = spec.tags;
+        if draft {
+            record.status = AudienceStatus::Draft;
+        }
+        // Checked with an id no audience has; the id is the record's offset.
+        self.node.engine.catalog.load().check_audience(&record)?;
+        record.id = 0;
+        let record = self
+            .audience_change(Change::CreateAudience { audience: record })
+            .await?;
         tracing::info!(audience = record.id, name = %record.name, "audience created");
         Ok(record)
     }
 
-    pub fn update(
+    pub async fn update(
         &self,
         id: AudienceId,
         spec: AudienceSpec,
     ) -> Result<AudienceRecord, RegistryError> {
-        let _guard = self.write_lock.lock();
-        let engine = &self.node.engine;
         let mut record = self.get(id)?;
+        let expected_revision = record.revision;
         record.name = spec.name;
         record.external_name = spec.external_name;
         record.criteria = spec.criteria;
         record.tags = spec.tags;
-        record.updated_at_ms = engine.clock.now();
-        record.revision += 1;
-        engine.catalog.load().check_audience(&record)?;
-        engine.store.put_audience(&record)?;
-        self.publish()?;
-        Ok(record)
+        self.node.engine.catalog.load().check_audience(&record)?;
+        self.audience_change(Change::PutAudience {
+            audience: record,
+            expected_revision,
+        })
+        .await
     }
 
-    pub fn set_status(
+    pub async fn set_status(
         &self,
         id: AudienceId,
         status: AudienceStatus,
     ) -> Result<AudienceRecord, RegistryError> {
-        let _guard = self.write_lock.lock();
-        let engine = &self.node.engine;
         let mut record = self.get(id)?;
-        if record.status != status {
-            record.status = status;
-            record.updated_at_ms = engine.clock.now();
-            // A re-activated audience is evaluated afresh over every profile.
-            record.revision += 1;
-            engine.store.put_audience(&record)?;
-            self.publish()?;
+        if record.status == status {
+            return Ok(record);
         }
-        Ok(record)
+        let expected_revision = record.revision;
+        // A re-activated audience is evaluated afresh over every profile (its revision moves).
+        record.status = status;
+        self.audience_change(Change::PutAudience {
+            audience: record,
+            expected_revision,
+        })
+        .await
     }
 
-    pub fn delete(&self, id: AudienceId) -> Result<(), RegistryError> {
-        let _guard = self.write_lock.lock();
+    /// Deletes an audience, and with it its connections (their outputs are told).
+    pub async fn delete(&self, id: AudienceId) -> Result<(), RegistryError> {
         self.get(id)?;
         if let Some(conflict) = self.node.engine.catalog.load().deletion_conflict(id) {
             return Err(RegistryError::Conflict(conflict));
         }
-        self.node.engine.store.delete_audience(id)?;
-        self.publish()?;
+        self.catalog.submit(Change::DeleteAudience { id }).await?;
         tracing::info!(audience = id, "audience deleted");
         Ok(())
     }
 
     /// Sets the data tier of an event (type and name as criteria select it). Events outside
     /// the Personalize tier are no longer evaluated, and new definitions using them are refused.
-    pub fn set_event_tier(
+    pub async fn set_event_tier(
         &self,
         event_type: &str,
         name: &str,
         tier: &str,
     ) -> Result<(), RegistryError> {
-        let _guard = self.write_lock.lock();
         let (event_type, name, tier) = event_tier(event_type, name, tier)?;
-        self.node
-            .engine
-            .store
-            .set_event_tier(&event_type, &name, &tier)?;
-        self.publish()
+        self.catalog
+            .submit(Change::SetEventTier {
+                event_type,
+                name,
+                tier,
+            })
+            .await?;
+        Ok(())
     }
 
     /// Defines (or redefines) a calculated attribute. A redefinition starts the calculation
     /// anew in every profile, and audiences reading it are evaluated again.
-    pub fn put_calculated(
+    pub async fn put_calculated(
         &self,
-        mut record: CalculatedAttributeRecord,
+        record: CalculatedAttributeRecord,
     ) -> Result<CalculatedAttributeRecord, RegistryError> {
-        let _guard = self.write_lock.lock();
-        let engine = &self.node.engine;
         record.compile()?;
-        let now = engine.clock.now();
-        let key = record.name.trim().to_lowercase();
-        let catalog = engine.catalog.load();
-        let previous = catalog
-            .calculated_records()
-            .iter()
-            .find(|r| r.name.trim().to_lowercase() == key);
-        if let Some(previous) = previous.filter(|p| p.same_definition(&record)) {
-            // A retry or a re-apply of the same file: redefining would reset every profile's
-            // calculation for nothing.
-            return Ok(previous.clone());
-        }
-        record.created_at_ms = previous.map_or(now, |p| p.created_at_ms);
-        record.updated_at_ms = now;
-        // Audiences reading it compiled against the old revision: bump them so that they are
-        // evaluated again over every profile with the new one.
-        let readers: Vec<AudienceRecord> = catalog
-            .calculated_readers(&key)
-            .into_iter()
-            .map(|r| AudienceRecord {
-                revision: r.revision + 1,
-                ..r.clone()
-            })
-            .collect();
-        engine.store.put_calculated(&mut record, &readers)?;
-        self.publish()?;
+        let record = match self
+            .catalog
+            .submit(Change::PutCalculated { attribute: record })
+            .await?
+        {
+            Applied::Calculated(record) => record,
+            other => return Err(unexpected(other)),
+        };
         tracing::info!(attribute = %record.name, "calculated attribute defined");
         Ok(record)
     }
 
     /// Deletes a calculated attribute; refused while an audience reads it, naming them.
-    pub fn delete_calculated(&self, name: &str) -> Result<(), RegistryError> {
-        let _guard = self.write_lock.lock();
+    pub async fn delete_calculated(&self, name: &str) -> Result<(), RegistryError> {
         let key = name.trim().to_lowercase();
         let catalog = self.node.engine.catalog.load();
         if !catalog
@@ -233,8 +224,12 @@ impl Registry {
         if let Some(conflict) = catalog.calculated_deletion_conflict(&key, name) {
             return Err(RegistryError::Conflict(conflict));
         }
-        self.node.engine.store.delete_calculated(&key)?;
-        self.publish()
+        self.catalog
+            .submit(Change::DeleteCalculated {
+                name: name.to_string(),
+            })
+            .await?;
+        Ok(())
     }
 
     pub fn list_calculated(&self) -> Vec<CalculatedAttributeRecord> {

@@ -14,6 +14,56 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub engine: EngineConfig,
     pub clock: ClockConfig,
+    pub catalog: CatalogConfig,
+}
+
+/// The catalog topic: every definition (audiences, calculated attributes, tiers, outputs,
+/// connections) as records every node applies in order (README: "The catalog").
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// One partition, compacted; created at start when missing.
+    pub topic: String,
+    pub replication_factor: i32,
+    /// This node's name in its proposals; empty: `host:port` of `grpc.listen`.
+    pub node_id: String,
+    /// 64 hex digits (`openssl rand -hex 32`), the same on every node: seals outputs'
+    /// secrets on the topic. Empty: the node keeps a key of its own in its data directory,
+    /// which only a single node can use.
+    pub secret_key: String,
+    /// How long an API call waits for its change to be applied on the node that took it,
+    /// and a starting node for the topic to be read to its end.
+    pub apply_timeout_ms: u64,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig {
+            topic: "audience-catalog".into(),
+            replication_factor: 1,
+            node_id: String::new(),
+            secret_key: String::new(),
+            apply_timeout_ms: 30_000,
+        }
+    }
+}
+
+// A key never reaches a log: the configuration is logged at start.
+impl std::fmt::Debug for CatalogConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = if self.secret_key.is_empty() {
+            "(none: this node's own)"
+        } else {
+            "********"
+        };
+        f.debug_struct("CatalogConfig")
+            .field("topic", &self.topic)
+            .field("replication_factor", &self.replication_factor)
+            .field("node_id", &self.node_id)
+            .field("secret_key", &key)
+            .field("apply_timeout_ms", &self.apply_timeout_ms)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -175,6 +225,9 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AUDIENCE_DEAD_LETTER_TOPIC", "kafka.dead_letter_topic"),
     ("AUDIENCE_PARTITIONS", "kafka.partitions"),
     ("AUDIENCE_DATA_DIR", "storage.path"),
+    ("AUDIENCE_CATALOG_TOPIC", "catalog.topic"),
+    ("AUDIENCE_NODE_ID", "catalog.node_id"),
+    ("AUDIENCE_CATALOG_SECRET_KEY", "catalog.secret_key"),
     ("AUDIENCE_GRPC_LISTEN", "grpc.listen"),
     ("AUDIENCE_METRICS_LISTEN", "metrics.listen"),
     ("AUDIENCE_RETENTION_DAYS", "engine.retention_days"),
@@ -235,6 +288,9 @@ impl Config {
             "AUDIENCE_DEAD_LETTER_TOPIC" => self.kafka.dead_letter_topic = value.into(),
             "AUDIENCE_PARTITIONS" => self.kafka.partitions = value.parse().map_err(|e| bad(&e))?,
             "AUDIENCE_DATA_DIR" => self.storage.path = value.into(),
+            "AUDIENCE_CATALOG_TOPIC" => self.catalog.topic = value.into(),
+            "AUDIENCE_NODE_ID" => self.catalog.node_id = value.into(),
+            "AUDIENCE_CATALOG_SECRET_KEY" => self.catalog.secret_key = value.into(),
             "AUDIENCE_GRPC_LISTEN" => self.grpc.listen = value.into(),
             "AUDIENCE_METRICS_LISTEN" => self.metrics.listen = value.into(),
             "AUDIENCE_RETENTION_DAYS" => {

@@ -306,7 +306,11 @@ pub fn status(e: RegistryError) -> Status {
         | RegistryError::CalculatedNotFound(_)
         | RegistryError::OutputNotFound(_)
         | RegistryError::ConnectionNotFound(_) => Status::not_found(e.to_string()),
-        RegistryError::Conflict(_) => Status::failed_precondition(e.to_string()),
+        RegistryError::Conflict(_) | RegistryError::Refused(_) => {
+            Status::failed_precondition(e.to_string())
+        }
+        RegistryError::Gone(_) => Status::not_found(e.to_string()),
+        RegistryError::Unavailable(_) => Status::unavailable(e.to_string()),
         RegistryError::Store(_) => Status::internal(e.to_string()),
     }
 }

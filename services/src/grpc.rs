@@ -22,6 +22,7 @@ pub struct Services {
     pub registry: Arc<Registry>,
     pub outputs: Arc<audience_actors::output_registry::OutputRegistry>,
     pub connectors: Arc<Connectors>,
+    pub catalog: Arc<audience_actors::catalog_applier::CatalogApplier>,
     pub bootstrap_servers: String,
 }
 
@@ -141,6 +142,7 @@ impl pb::audience_service_server::AudienceService for Services {
         let record = self
             .registry
             .create(spec, r.draft)
+            .await
             .map_err(convert::status)?;
         self.one(record)
     }
@@ -200,7 +202,11 @@ impl pb::audience_service_server::AudienceService for Services {
     ) -> Result<Response<pb::Audience>, Status> {
         let r = req.into_inner();
         let spec = spec(r.name, r.external_name, r.criteria, r.tags)?;
-        let record = self.registry.update(r.id, spec).map_err(convert::status)?;
+        let record = self
+            .registry
+            .update(r.id, spec)
+            .await
+            .map_err(convert::status)?;
         self.one(record)
     }
 
@@ -209,10 +215,8 @@ impl pb::audience_service_server::AudienceService for Services {
         req: Request<pb::DeleteAudienceRequest>,
     ) -> Result<Response<pb::DeleteAudienceResponse>, Status> {
         let id = req.into_inner().id;
-        let record = self.registry.get(id).map_err(convert::status)?;
-        self.registry.delete(id).map_err(convert::status)?;
-        // Each output kind is told, then the audience's connections go.
-        self.outputs.audience_deleted(&record);
+        // Its connections go with it, and their outputs are told.
+        self.registry.delete(id).await.map_err(convert::status)?;
         Ok(Response::new(pb::DeleteAudienceResponse {}))
     }
 
@@ -223,6 +227,7 @@ impl pb::audience_service_server::AudienceService for Services {
         let record = self
             .registry
             .set_status(req.into_inner().id, AudienceStatus::Active)
+            .await
             .map_err(convert::status)?;
         self.one(record)
     }
@@ -234,6 +239,7 @@ impl pb::audience_service_server::AudienceService for Services {
         let r = req.into_inner();
         self.registry
             .set_event_tier(&r.event_type, &r.name, &r.tier)
+            .await
             .map_err(convert::status)?;
         Ok(Response::new(pb::EventTier {
             event_type: r.event_type.trim().to_lowercase(),
@@ -284,6 +290,7 @@ impl pb::audience_service_server::AudienceService for Services {
         let record = self
             .registry
             .put_calculated(record)
+            .await
             .map_err(convert::status)?;
         Ok(Response::new(convert::calculated_attribute(&record)))
     }
@@ -309,6 +316,7 @@ impl pb::audience_service_server::AudienceService for Services {
     ) -> Result<Response<pb::DeleteCalculatedAttributeResponse>, Status> {
         self.registry
             .delete_calculated(&req.into_inner().name)
+            .await
             .map_err(convert::status)?;
         Ok(Response::new(pb::DeleteCalculatedAttributeResponse {}))
     }
@@ -426,6 +434,7 @@ impl pb::audience_service_server::AudienceService for Services {
         let record = self
             .registry
             .set_status(req.into_inner().id, AudienceStatus::Draft)
+            .await
             .map_err(convert::status)?;
         self.one(record)
     }
@@ -851,6 +860,7 @@ impl pb::admin_service_server::AdminService for Services {
         }
         let c = &engine.counters;
         let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let catalog = self.catalog.status();
         Ok(Response::new(pb::EngineStatus {
             messages_processed: engine.counters.messages_processed.load(Ordering::Relaxed),
             messages_dead_lettered: engine
@@ -866,6 +876,11 @@ impl pb::admin_service_server::AdminService for Services {
             dead_letters_dropped: load(&c.dead_letters_dropped),
             dead_letters_kept,
             deltas_unpublishable: load(&c.deltas_unpublishable),
+            catalog_applied_offset: catalog.applied_offset.unwrap_or(-1),
+            catalog_applied_at_start: catalog.applied_at_start,
+            catalog_records_undecodable: catalog.undecodable,
+            catalog_lag: catalog.lag,
+            node_id: catalog.node_id,
         }))
     }
 }

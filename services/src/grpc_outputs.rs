@@ -257,6 +257,7 @@ impl pb::output_service_server::OutputService for OutputServices {
         let created = self
             .outputs
             .create_output(Self::config_of(req.into_inner()))
+            .await
             .map_err(convert::status)?;
         self.one_output(&created)
     }
@@ -294,6 +295,7 @@ impl pb::output_service_server::OutputService for OutputServices {
         let updated = self
             .outputs
             .update_output(Self::config_of(req.into_inner()))
+            .await
             .map_err(convert::status)?;
         self.one_output(&updated)
     }
@@ -304,6 +306,7 @@ impl pb::output_service_server::OutputService for OutputServices {
     ) -> Result<Response<pb::DeleteOutputResponse>, Status> {
         self.outputs
             .delete_output(req.into_inner().id)
+            .await
             .map_err(convert::status)?;
         Ok(Response::new(pb::DeleteOutputResponse {}))
     }
@@ -315,6 +318,7 @@ impl pb::output_service_server::OutputService for OutputServices {
         let created = self
             .outputs
             .connect(Self::connection_of(req.into_inner())?)
+            .await
             .map_err(convert::status)?;
         Ok(Response::new(self.connection_message(&created)?))
     }
@@ -354,6 +358,7 @@ impl pb::output_service_server::OutputService for OutputServices {
         let updated = self
             .outputs
             .update_connection(Self::connection_of(req.into_inner())?)
+            .await
             .map_err(convert::status)?;
         Ok(Response::new(self.connection_message(&updated)?))
     }
@@ -364,6 +369,7 @@ impl pb::output_service_server::OutputService for OutputServices {
     ) -> Result<Response<pb::DeleteConnectionResponse>, Status> {
         self.outputs
             .disconnect(req.into_inner().id)
+            .await
             .map_err(convert::status)?;
         Ok(Response::new(pb::DeleteConnectionResponse {}))
     }
@@ -384,6 +390,7 @@ impl pb::output_service_server::OutputService for OutputServices {
                 settings_of(r.settings),
                 r.shared_attributes,
             )
+            .await
             .into_iter()
             .map(|(audience_id, result)| match result {
                 Ok(c) => pb::BulkConnectResult {

@@ -4,14 +4,17 @@
 
 use crate::config::{AudienceFile, Config};
 use crate::grpc::Services;
+use audience_actors::catalog_applier::{CatalogApplier, CatalogSettings};
 use audience_actors::clock::Clock;
 use audience_actors::connector::Connectors;
+use audience_actors::delivery::Deliveries;
 use audience_actors::engine::Engine;
 use audience_actors::ingest::{self, IngestConfig};
 use audience_actors::node::Node;
 use audience_actors::publisher;
 use audience_actors::registry::Registry;
 use audience_proto::v1 as pb;
+use audience_state::secrets::SecretKey;
 use audience_state::store::Store;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -50,7 +53,7 @@ pub async fn ensure_topics(
 }
 
 /// Creates the audiences of a folder (in file name order) whose names do not exist yet.
-fn load_audiences(registry: &Registry, dir: &std::path::Path) -> anyhow::Result<()> {
+async fn load_audiences(registry: &Registry, dir: &std::path::Path) -> anyhow::Result<()> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| anyhow::anyhow!("audiences_dir {}: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -72,6 +75,7 @@ fn load_audiences(registry: &Registry, dir: &std::path::Path) -> anyhow::Result<
         };
         let record = registry
             .create(spec, false)
+            .await
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         tracing::info!(audience = record.id, name = %record.name, file = %file.display(), "audience loaded");
     }
@@ -125,6 +129,50 @@ async fn export_figures(
     }
 }
 
+/// The key that seals outputs' secrets: the configured one, or this node's own, kept in its
+/// data directory (made on first start), which no other node has.
+fn secret_key(config: &Config) -> anyhow::Result<SecretKey> {
+    if !config.catalog.secret_key.trim().is_empty() {
+        return SecretKey::from_hex(&config.catalog.secret_key)
+            .map_err(|e| anyhow::anyhow!("catalog.secret_key: {e}"));
+    }
+    let path = config.storage.path.join("catalog-secret.key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return SecretKey::from_hex(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+    }
+    let key = SecretKey::generate();
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        file.write_all(key.to_hex().as_bytes())?;
+        file.sync_all()?;
+    }
+    tracing::warn!(
+        path = %path.display(),
+        "no catalog.secret_key: outputs' secrets are sealed with this node's own key; a \
+         cluster needs the same catalog.secret_key on every node"
+    );
+    Ok(key)
+}
+
+/// This node's name in its catalog proposals.
+fn node_id(config: &Config) -> String {
+    if !config.catalog.node_id.trim().is_empty() {
+        return config.catalog.node_id.trim().to_string();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let port = config.grpc.listen.rsplit(':').next().unwrap_or_default();
+    format!("{}:{port}", if host.is_empty() { "node" } else { &host })
+}
+
 /// Runs a node until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     if !config.metrics.listen.is_empty() {
@@ -151,6 +199,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ] {
             cluster.create_topic(t, config.kafka.partitions, 1)?;
         }
+        cluster.create_topic(&config.catalog.topic, 1, 1)?;
         let servers = cluster.bootstrap_servers();
         tracing::warn!(%servers, "using the embedded in-process Kafka mock cluster (demo only)");
         _embedded = Some(cluster);
@@ -185,13 +234,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let clock = Arc::new(Clock::new(config.clock.manual));
     let engine = Engine::new(store.clone(), clock, config.settings()?)?;
     let node = Node::start(engine.clone(), config.engine.threads)?;
-    let registry = Arc::new(Registry::new(node.clone()));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    // The catalog is read to its end before anything is served or consumed.
+    let secret_key = secret_key(&config)?;
+    let deliveries = Arc::new(Deliveries::new(secret_key.clone()));
+    let catalog = CatalogApplier::start(
+        node.clone(),
+        deliveries.clone(),
+        CatalogSettings {
+            bootstrap: bootstrap.clone(),
+            properties: config.kafka.properties.clone(),
+            topic: config.catalog.topic.clone(),
+            replication: config.catalog.replication_factor,
+            node_id: node_id(&config),
+            secret_key,
+            apply_timeout: Duration::from_millis(config.catalog.apply_timeout_ms.max(1)),
+            topic_made: _embedded.is_some(),
+        },
+        shutdown_rx.clone(),
+    )
+    .await?;
+    let registry = Arc::new(Registry::new(node.clone(), catalog.clone()));
     let connectors = Arc::new(Connectors::default());
     if let Some(dir) = &config.engine.audiences_dir {
-        load_audiences(&registry, dir)?;
+        load_audiences(&registry, dir).await?;
     }
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let mut producer_config = ClientConfig::new();
     producer_config
@@ -232,11 +300,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
 
-    let deliveries = Arc::new(audience_actors::delivery::Deliveries::default());
     deliveries.start_all(&engine)?;
     let outputs = Arc::new(audience_actors::output_registry::OutputRegistry::new(
         node.clone(),
         deliveries,
+        catalog.clone(),
     ));
     let output_services = crate::grpc_outputs::OutputServices {
         outputs: outputs.clone(),
@@ -247,6 +315,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         registry,
         outputs,
         connectors,
+        catalog,
         bootstrap_servers: bootstrap.clone(),
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

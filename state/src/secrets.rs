@@ -42,6 +42,17 @@ impl SecretKey {
         }
         Ok(SecretKey(*Key::from_slice(&bytes)))
     }
+
+    /// A new random key (a single node's own, when none is configured).
+    pub fn generate() -> SecretKey {
+        let bytes: [u8; 32] = rand::random();
+        SecretKey(*Key::from_slice(&bytes))
+    }
+
+    /// The key as 64 hex digits, as [`SecretKey::from_hex`] reads it.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0.as_slice())
+    }
 }
 
 /// Seals a secret's value under its name.

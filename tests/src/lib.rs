@@ -146,6 +146,8 @@ pub struct Topics {
     pub identities: String,
     pub deltas: String,
     pub dead_letters: String,
+    /// The catalog topic (definitions shared by every node of the deployment).
+    pub catalog: String,
 }
 
 impl Topics {
@@ -155,6 +157,7 @@ impl Topics {
             identities: format!("{prefix}-identities"),
             deltas: format!("{prefix}-deltas"),
             dead_letters: format!("{prefix}-dead-letters"),
+            catalog: format!("{prefix}-catalog"),
         }
     }
 }
@@ -198,6 +201,7 @@ impl Engine {
                 "AUDIENCE_DEAD_LETTER_TOPIC".into(),
                 topics.dead_letters.clone(),
             ),
+            ("AUDIENCE_CATALOG_TOPIC".into(), topics.catalog.clone()),
             ("AUDIENCE_DATA_DIR".into(), data_dir.display().to_string()),
             ("AUDIENCE_GRPC_LISTEN".into(), format!("127.0.0.1:{port}")),
             ("AUDIENCE_METRICS_LISTEN".into(), String::new()),

@@ -25,12 +25,13 @@ fn create(name: String) -> Change {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_proposers_one_order_every_reader_the_same_catalog() -> Result<()> {
     let broker = Broker::start()?;
+    let kafka = client_config(&broker.bootstrap, &Default::default());
     let topic = "audience-catalog".to_string();
-    ensure_catalog_topic(&broker.bootstrap, &topic).await?;
+    ensure_catalog_topic(&kafka, &topic, 1).await?;
     // Ensuring again finds it, with its one partition.
-    ensure_catalog_topic(&broker.bootstrap, &topic).await?;
-    let a = CatalogProposer::new(&broker.bootstrap, &topic, "node-a", 1)?;
-    let b = CatalogProposer::new(&broker.bootstrap, &topic, "node-b", 1)?;
+    ensure_catalog_topic(&kafka, &topic, 1).await?;
+    let a = CatalogProposer::new(&kafka, &topic, "node-a", 1)?;
+    let b = CatalogProposer::new(&kafka, &topic, "node-b", 1)?;
 
     // 200 audiences proposed at once through both nodes.
     let from_a = futures::future::join_all((0..100).map(|i| a.propose(i, create(format!("a{i}")))));
@@ -46,8 +47,8 @@ async fn two_proposers_one_order_every_reader_the_same_catalog() -> Result<()> {
     // Two readers from scratch: the same 200 distinct ids, the same catalog.
     let mut on_a = CatalogState::default();
     let mut on_b = CatalogState::default();
-    let mut reader_a = CatalogReader::new(&broker.bootstrap, &topic, &on_a)?;
-    let mut reader_b = CatalogReader::new(&broker.bootstrap, &topic, &on_b)?;
+    let mut reader_a = CatalogReader::new(&kafka, &topic, &on_a)?;
+    let mut reader_b = CatalogReader::new(&kafka, &topic, &on_b)?;
     let read_a = reader_a
         .catch_up(&mut on_a, READ_TIMEOUT, |_, _| {})
         .await?;
@@ -111,7 +112,7 @@ async fn two_proposers_one_order_every_reader_the_same_catalog() -> Result<()> {
     // A reader restarted from its stored state reads only the tail.
     let (_, newest) = b.propose(500, create("newest".into())).await?;
     let mut restarted = on_a.clone();
-    let mut reader = CatalogReader::new(&broker.bootstrap, &topic, &restarted)?;
+    let mut reader = CatalogReader::new(&kafka, &topic, &restarted)?;
     let tail = reader
         .catch_up(&mut restarted, READ_TIMEOUT, |_, _| {})
         .await?;
@@ -131,9 +132,10 @@ async fn two_proposers_one_order_every_reader_the_same_catalog() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catalog_topic_of_two_partitions_is_refused() -> Result<()> {
     let broker = Broker::start()?;
+    let kafka = client_config(&broker.bootstrap, &Default::default());
     let topic = "catalog-with-two";
     broker.create_topics(&[topic], 2).await?;
-    let error = ensure_catalog_topic(&broker.bootstrap, topic)
+    let error = ensure_catalog_topic(&kafka, topic, 1)
         .await
         .unwrap_err()
         .to_string();

@@ -29,6 +29,14 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
     if ctx.json() {
         say_json(&serde_json::json!({
             "bootstrap_servers": s.bootstrap_servers,
+            "node_id": s.node_id,
+            "catalog": {
+                // -1: nothing applied yet.
+                "applied_offset": s.catalog_applied_offset,
+                "applied_at_start": s.catalog_applied_at_start,
+                "undecodable": s.catalog_records_undecodable,
+                "lag": s.catalog_lag,
+            },
             "messages_processed": s.messages_processed,
             "messages_dead_lettered": s.messages_dead_lettered,
             "deltas_emitted": s.deltas_emitted,
@@ -55,6 +63,18 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
         s.messages_processed,
         s.messages_dead_lettered,
         s.deltas_emitted
+    );
+    let applied = match s.catalog_applied_offset {
+        -1 => "none".to_string(),
+        offset => offset.to_string(),
+    };
+    say!(
+        "node {}  catalog: applied offset {}  lag {}  applied at start {}  undecodable {}",
+        s.node_id,
+        applied,
+        s.catalog_lag,
+        s.catalog_applied_at_start,
+        s.catalog_records_undecodable
     );
     say!(
         "dead letters: published {}  truncated {}  unpublishable {}  dropped {}  kept {}  (deltas unpublishable {})",
