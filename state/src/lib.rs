@@ -25,6 +25,7 @@ pub mod batch;
 pub mod calculated;
 pub mod catalog;
 pub mod catalog_log;
+pub mod changelog;
 pub mod criteria;
 pub mod estimate;
 pub mod eventlog;

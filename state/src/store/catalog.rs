@@ -50,44 +50,44 @@ impl Store {
     }
 
     /// Writes what applying changed (`touched`: each entity's value in `state`, or its
-    /// deletion) with the offset applied, in one batch. A deleted connection takes its
+    /// deletion) with the offset applied, in one synced batch. A deleted connection takes its
     /// delivery position and fault with it.
     pub fn save_catalog(&self, state: &CatalogState, touched: &Touched) -> StoreResult<()> {
         let mut b = self.batch();
-        let meta = self.cf(CF_META);
+        let meta = CF_META;
         for id in &touched.audiences {
             let key = id.to_be_bytes();
             match state.audiences.get(id) {
-                Some(a) => b.batch.put_cf(self.cf(CF_AUDIENCES), key, json(a)),
-                None => b.batch.delete_cf(self.cf(CF_AUDIENCES), key),
+                Some(a) => b.put(CF_AUDIENCES, key, json(a)),
+                None => b.delete(CF_AUDIENCES, key),
             }
         }
         for (event_type, name) in &touched.tiers {
             let key = format!("tier/{event_type}/{name}");
             match state.tiers.get(&(event_type.clone(), name.clone())) {
-                Some(tier) => b.batch.put_cf(meta, key.as_bytes(), tier.as_bytes()),
-                None => b.batch.delete_cf(meta, key.as_bytes()),
+                Some(tier) => b.put(meta, key.as_bytes(), tier.as_bytes()),
+                None => b.delete(meta, key.as_bytes()),
             }
         }
         for name in &touched.calculated {
             let key = format!("{CALC_PREFIX}{name}");
             match state.calculated.get(name) {
-                Some(c) => b.batch.put_cf(meta, key.as_bytes(), json(c)),
-                None => b.batch.delete_cf(meta, key.as_bytes()),
+                Some(c) => b.put(meta, key.as_bytes(), json(c)),
+                None => b.delete(meta, key.as_bytes()),
             }
         }
         for id in &touched.outputs {
             let key = format!("output/{id:020}");
             match state.outputs.get(id) {
-                Some(o) => b.batch.put_cf(meta, key.as_bytes(), json(o)),
-                None => b.batch.delete_cf(meta, key.as_bytes()),
+                Some(o) => b.put(meta, key.as_bytes(), json(o)),
+                None => b.delete(meta, key.as_bytes()),
             }
         }
         for id in &touched.connections {
             match state.connections.get(id) {
                 Some(c) => {
                     let key = format!("connection/{id:020}");
-                    b.batch.put_cf(meta, key.as_bytes(), json(c));
+                    b.put(meta, key.as_bytes(), json(c));
                 }
                 None => {
                     for key in [
@@ -96,7 +96,7 @@ impl Store {
                         format!("connsync/{id:020}"),
                         format!("fault/{id:020}"),
                     ] {
-                        b.batch.delete_cf(meta, key.as_bytes());
+                        b.delete(meta, key.as_bytes());
                     }
                 }
             }
@@ -105,7 +105,8 @@ impl Store {
             b.put_meta_u64(CATALOG_APPLIED_KEY, offset as u64 + 1);
         }
         b.put_meta_u64(CATALOG_ID_BASE_KEY, state.id_base);
-        self.commit(b)
+        // Rare, and answered to a caller once written: synced.
+        self.commit_synced(b)
     }
 }
 

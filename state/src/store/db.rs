@@ -2,6 +2,7 @@
 //! [`WriteBatch`] every unit of work is written in. The other files of this folder add methods
 //! to [`Store`] and [`WriteBatch`] per kind of record.
 
+use crate::changelog::{cf_code, cf_name, Op, Unit};
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 use std::path::Path;
 
@@ -43,6 +44,11 @@ pub(super) const COLUMN_FAMILIES: &[&str] = &[
     CF_FACTS,
 ];
 
+/// Every column family of the store.
+pub fn column_families() -> &'static [&'static str] {
+    COLUMN_FAMILIES
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("rocksdb: {0}")]
@@ -81,12 +87,60 @@ pub struct Store {
 pub struct WriteBatch<'a> {
     pub(super) store: &'a Store,
     pub(super) batch: rocksdb::WriteBatch,
+    /// The batch's operations as the changelog carries them, when it is logged.
+    pub(super) ops: Option<Vec<Op>>,
 }
 
 impl WriteBatch<'_> {
     pub(super) fn put_meta_u64(&mut self, key: &str, value: u64) {
-        let cf = self.store.cf(CF_META);
-        self.batch.put_cf(cf, key.as_bytes(), value.to_be_bytes());
+        self.put(CF_META, key.as_bytes(), value.to_be_bytes());
+    }
+
+    /// Puts a key, recording the operation when the batch is logged.
+    pub(super) fn put(&mut self, cf: &'static str, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.batch.put_cf(self.store.cf(cf), key, value);
+        if let Some(ops) = &mut self.ops {
+            ops.push(Op::Put {
+                cf: cf_code(cf),
+                key: key.to_vec(),
+                value: value.to_vec(),
+            });
+        }
+    }
+
+    pub(super) fn delete(&mut self, cf: &'static str, key: impl AsRef<[u8]>) {
+        let key = key.as_ref();
+        self.batch.delete_cf(self.store.cf(cf), key);
+        if let Some(ops) = &mut self.ops {
+            ops.push(Op::Delete {
+                cf: cf_code(cf),
+                key: key.to_vec(),
+            });
+        }
+    }
+
+    /// Deletes the keys from `from` (included) to `to` (excluded).
+    pub(super) fn delete_range(
+        &mut self,
+        cf: &'static str,
+        from: impl AsRef<[u8]>,
+        to: impl AsRef<[u8]>,
+    ) {
+        let (from, to) = (from.as_ref(), to.as_ref());
+        self.batch.delete_range_cf(self.store.cf(cf), from, to);
+        if let Some(ops) = &mut self.ops {
+            ops.push(Op::DeleteRange {
+                cf: cf_code(cf),
+                from: from.to_vec(),
+                to: to.to_vec(),
+            });
+        }
+    }
+
+    /// The operations of a logged batch, in the order they were made (`None`: not logged).
+    pub fn ops(&self) -> Option<&[Op]> {
+        self.ops.as_deref()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -131,7 +185,37 @@ impl Store {
         WriteBatch {
             store: self,
             batch: rocksdb::WriteBatch::default(),
+            ops: None,
         }
+    }
+
+    /// A batch that also records its operations, for the changelog (see
+    /// [`crate::changelog`]).
+    pub fn logged_batch(&self) -> WriteBatch<'_> {
+        WriteBatch {
+            ops: Some(Vec::new()),
+            ..self.batch()
+        }
+    }
+
+    /// Applies a unit of another node's changelog: its operations, in order, in one write.
+    pub fn apply_unit(&self, unit: &Unit) -> StoreResult<()> {
+        let mut b = self.batch();
+        for op in &unit.ops {
+            let name = |code: u8| {
+                cf_name(code).ok_or(StoreError::Corrupt {
+                    cf: "changelog",
+                    key: format!("partition {} unit {}", unit.partition, unit.seq),
+                    reason: format!("unknown column family code {code}"),
+                })
+            };
+            match op {
+                Op::Put { cf, key, value } => b.put(name(*cf)?, key, value),
+                Op::Delete { cf, key } => b.delete(name(*cf)?, key),
+                Op::DeleteRange { cf, from, to } => b.delete_range(name(*cf)?, from, to),
+            }
+        }
+        self.commit(b)
     }
 
     pub fn commit(&self, batch: WriteBatch<'_>) -> StoreResult<()> {
@@ -141,11 +225,35 @@ impl Store {
         Ok(())
     }
 
+    /// Commits and syncs the WAL whatever `sync_writes` says: for rare writes that were
+    /// acknowledged to someone (the catalog: an id answered to a caller must survive a power
+    /// cut).
+    pub fn commit_synced(&self, batch: WriteBatch<'_>) -> StoreResult<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch.batch, &opts)?;
+        Ok(())
+    }
+
     pub(super) fn meta_u64(&self, key: &str) -> StoreResult<Option<u64>> {
         Ok(self
             .db
             .get_pinned_cf(self.cf(CF_META), key.as_bytes())?
             .map(|v| be_u64(&v)))
+    }
+
+    /// Every key and value of a column family, in key order: to compare two stores byte for
+    /// byte (a changelog's replica against its owner).
+    pub fn entries(&self, cf: &'static str) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf), rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
 
     pub fn flush(&self) -> StoreResult<()> {

@@ -77,12 +77,11 @@ impl Store {
         let mut b = self.batch();
         let key = format!("{CALC_PREFIX}{}", record.name.trim().to_lowercase());
         let bytes = serde_json::to_vec(record).expect("calculated attribute always serialises");
-        b.batch.put_cf(self.cf(CF_META), key.as_bytes(), bytes);
+        b.put(CF_META, key.as_bytes(), bytes);
         b.put_meta_u64(CALC_SEQ_KEY, revision);
         for reader in readers {
             let bytes = serde_json::to_vec(reader).expect("audience record always serialises");
-            b.batch
-                .put_cf(self.cf(CF_AUDIENCES), reader.id.to_be_bytes(), bytes);
+            b.put(CF_AUDIENCES, reader.id.to_be_bytes(), bytes);
         }
         self.commit(b)
     }
@@ -171,14 +170,14 @@ impl Store {
     /// Deletes a connection with its cursor and fault.
     pub fn delete_connection(&self, id: ConnectionId) -> StoreResult<()> {
         let mut b = self.batch();
-        let cf = self.cf(CF_META);
+        let cf = CF_META;
         for key in [
             format!("connection/{id:020}"),
             format!("conncursor/{id:020}"),
             format!("connsync/{id:020}"),
             format!("fault/{id:020}"),
         ] {
-            b.batch.delete_cf(cf, key.as_bytes());
+            b.delete(cf, key.as_bytes());
         }
         self.commit(b)
     }
@@ -224,12 +223,10 @@ impl Store {
         cursor: &BTreeMap<Partition, u64>,
     ) -> StoreResult<()> {
         let mut b = self.batch();
-        let cf = self.cf(CF_META);
+        let cf = CF_META;
         let bytes = serde_json::to_vec(cursor).expect("cursors always serialise");
-        b.batch
-            .put_cf(cf, format!("conncursor/{id:020}").as_bytes(), bytes);
-        b.batch
-            .delete_cf(cf, format!("connsync/{id:020}").as_bytes());
+        b.put(cf, format!("conncursor/{id:020}").as_bytes(), bytes);
+        b.delete(cf, format!("connsync/{id:020}").as_bytes());
         self.commit(b)
     }
 
@@ -291,8 +288,7 @@ impl Store {
     pub fn put_audience(&self, record: &AudienceRecord) -> StoreResult<()> {
         let mut b = self.batch();
         let bytes = serde_json::to_vec(record).expect("audience record always serialises");
-        b.batch
-            .put_cf(self.cf(CF_AUDIENCES), record.id.to_be_bytes(), bytes);
+        b.put(CF_AUDIENCES, record.id.to_be_bytes(), bytes);
         b.put_meta_u64(
             AUDIENCE_SEQ_KEY,
             record.id.max(self.meta_u64(AUDIENCE_SEQ_KEY)?.unwrap_or(0)),
@@ -302,7 +298,7 @@ impl Store {
 
     pub fn delete_audience(&self, id: AudienceId) -> StoreResult<()> {
         let mut b = self.batch();
-        b.batch.delete_cf(self.cf(CF_AUDIENCES), id.to_be_bytes());
+        b.delete(CF_AUDIENCES, id.to_be_bytes());
         self.commit(b)
     }
 

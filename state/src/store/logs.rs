@@ -51,8 +51,8 @@ impl WriteBatch<'_> {
         match revision {
             Some(r) => self.put_meta_u64(&key, r),
             None => {
-                let cf = self.store.cf(CF_META);
-                self.batch.delete_cf(cf, key.as_bytes());
+                let cf = CF_META;
+                self.delete(cf, key.as_bytes());
             }
         }
     }
@@ -66,37 +66,34 @@ impl WriteBatch<'_> {
         log: &EventLog,
         writes: &LogWrites,
     ) {
-        let cf = self.store.cf(CF_EVENTLOG);
+        let cf = CF_EVENTLOG;
         for (seq, bytes) in &writes.put_chunks {
-            self.batch.put_cf(cf, log_key(partition, mpid, *seq), bytes);
+            self.put(cf, log_key(partition, mpid, *seq), bytes);
         }
         for seq in &writes.delete_chunks {
-            self.batch.delete_cf(cf, log_key(partition, mpid, *seq));
+            self.delete(cf, log_key(partition, mpid, *seq));
         }
         if writes.head_changed {
-            self.batch
-                .put_cf(cf, log_key(partition, mpid, LOG_HEAD_SEQ), log.encode());
+            self.put(cf, log_key(partition, mpid, LOG_HEAD_SEQ), log.encode());
         }
     }
 
     /// Deletes a profile's whole log (every chunk and the head).
     pub fn delete_log(&mut self, partition: Partition, mpid: Mpid) {
-        let cf = self.store.cf(CF_EVENTLOG);
-        self.batch.delete_range_cf(
+        let cf = CF_EVENTLOG;
+        self.delete_range(
             cf,
             log_key(partition, mpid, 0),
             log_key(partition, mpid, LOG_HEAD_SEQ),
         );
-        self.batch
-            .delete_cf(cf, log_key(partition, mpid, LOG_HEAD_SEQ));
+        self.delete(cf, log_key(partition, mpid, LOG_HEAD_SEQ));
     }
 
     /// Names newly coded in a partition's dictionary.
     pub fn put_dictionary(&mut self, partition: Partition, entries: &[(u32, String)]) {
-        let cf = self.store.cf(CF_LOGDICT);
+        let cf = CF_LOGDICT;
         for (code, name) in entries {
-            self.batch
-                .put_cf(cf, dict_key(partition, *code), name.as_bytes());
+            self.put(cf, dict_key(partition, *code), name.as_bytes());
         }
     }
 
@@ -112,24 +109,24 @@ impl WriteBatch<'_> {
         match revision {
             Some(r) => self.put_meta_u64(&key, r),
             None => {
-                let cf = self.store.cf(CF_META);
-                self.batch.delete_cf(cf, key.as_bytes());
+                let cf = CF_META;
+                self.delete(cf, key.as_bytes());
             }
         }
     }
 
     /// Where a running replay of the partition stands (`None`: none runs).
     pub fn set_replay_cursor(&mut self, partition: Partition, cursor: Option<ReplayCursor>) {
-        let cf = self.store.cf(CF_META);
+        let cf = CF_META;
         let key = replay_key(partition);
         match cursor {
-            None => self.batch.delete_cf(cf, key.as_bytes()),
+            None => self.delete(cf, key.as_bytes()),
             Some(c) => {
                 let mut v = vec![u8::from(c.wiped)];
                 if let Some(after) = c.after {
                     v.extend_from_slice(&after.to_be_bytes());
                 }
-                self.batch.put_cf(cf, key.as_bytes(), v);
+                self.put(cf, key.as_bytes(), v);
             }
         }
     }

@@ -11,14 +11,14 @@ use std::collections::BTreeMap;
 impl WriteBatch<'_> {
     /// Records a delta's change in the membership history (both keys).
     pub fn record_membership(&mut self, partition: Partition, delta: &Delta) {
-        let cf = self.store.cf(CF_MEMBERS);
+        let cf = CF_MEMBERS;
         let value = crate::membership::encode_change(delta.kind, delta.processing_time_ms);
-        self.batch.put_cf(
+        self.put(
             cf,
             member_by_audience_key(partition, delta.audience_id, delta.mpid, delta.version),
             value,
         );
-        self.batch.put_cf(
+        self.put(
             cf,
             member_by_profile_key(partition, delta.mpid, delta.audience_id, delta.version),
             value,
@@ -36,12 +36,12 @@ impl WriteBatch<'_> {
         mpid: Mpid,
         version: u64,
     ) {
-        let cf = self.store.cf(CF_MEMBERS);
-        self.batch.delete_cf(
+        let cf = CF_MEMBERS;
+        self.delete(
             cf,
             member_by_audience_key(partition, audience, mpid, version),
         );
-        self.batch.delete_cf(
+        self.delete(
             cf,
             member_by_profile_key(partition, mpid, audience, version),
         );

@@ -49,7 +49,7 @@ mod profiles;
 #[cfg(test)]
 mod tests;
 
-pub use db::{Partition, Store, StoreError, StoreResult, WriteBatch};
+pub use db::{column_families, Partition, Store, StoreError, StoreResult, WriteBatch};
 pub use deadletter::{DeadLetter, DeadLetterLimits};
 pub use keys::{log_key, profile_key};
 pub use logs::{ProfileLogs, ProfileWithLog, ReplayCursor};

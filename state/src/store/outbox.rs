@@ -10,9 +10,9 @@ use rocksdb::{Direction, IteratorMode};
 
 impl WriteBatch<'_> {
     pub fn put_delta(&mut self, partition: Partition, seq: u64, delta: &Delta) {
-        let cf = self.store.cf(CF_OUTBOX);
+        let cf = CF_OUTBOX;
         let bytes = postcard::to_stdvec(delta).expect("delta always serialises");
-        self.batch.put_cf(cf, seq_key(partition, seq), bytes);
+        self.put(cf, seq_key(partition, seq), bytes);
     }
 
     pub fn set_outbox_head(&mut self, partition: Partition, seq: u64) {
@@ -20,20 +20,20 @@ impl WriteBatch<'_> {
     }
 
     pub fn put_dead_letter(&mut self, partition: Partition, seq: u64, letter: &DeadLetter) {
-        let cf = self.store.cf(CF_DEADLETTERS);
+        let cf = CF_DEADLETTERS;
         let bytes = postcard::to_stdvec(letter).expect("dead letter always serialises");
-        self.batch.put_cf(cf, seq_key(partition, seq), bytes);
+        self.put(cf, seq_key(partition, seq), bytes);
         self.put_meta_u64(&deadletter_head_key(partition), seq);
     }
 
     /// Deletes the partition's dead letters up to `seq` (published, or dropped past the
     /// bound on what is kept).
     pub fn delete_dead_letters_through(&mut self, partition: Partition, seq: u64) {
-        let cf = self.store.cf(CF_DEADLETTERS);
+        let cf = CF_DEADLETTERS;
         let end = seq_key(partition, seq.saturating_add(1));
-        self.batch.delete_range_cf(cf, seq_key(partition, 0), end);
+        self.delete_range(cf, seq_key(partition, 0), end);
         if seq == u64::MAX {
-            self.batch.delete_cf(cf, end);
+            self.delete(cf, end);
         }
     }
 

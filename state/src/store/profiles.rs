@@ -9,25 +9,24 @@ use rocksdb::{Direction, IteratorMode};
 
 impl WriteBatch<'_> {
     pub fn put_profile(&mut self, partition: Partition, profile: &ProfileState) {
-        let cf = self.store.cf(CF_PROFILES);
-        self.batch
-            .put_cf(cf, profile_key(partition, profile.mpid), profile.encode());
+        let cf = CF_PROFILES;
+        self.put(cf, profile_key(partition, profile.mpid), profile.encode());
     }
 
     pub fn set_timer(&mut self, partition: Partition, due: TimestampMs, mpid: Mpid) {
-        let cf = self.store.cf(CF_TIMERS);
-        self.batch.put_cf(cf, timer_key(partition, due, mpid), []);
+        let cf = CF_TIMERS;
+        self.put(cf, timer_key(partition, due, mpid), []);
     }
 
     pub fn clear_timer(&mut self, partition: Partition, due: TimestampMs, mpid: Mpid) {
-        let cf = self.store.cf(CF_TIMERS);
-        self.batch.delete_cf(cf, timer_key(partition, due, mpid));
+        let cf = CF_TIMERS;
+        self.delete(cf, timer_key(partition, due, mpid));
     }
 
     /// A profile's facts record ([`crate::facts::encode_facts`]).
     pub fn put_facts(&mut self, partition: Partition, mpid: Mpid, record: &[u8]) {
-        let cf = self.store.cf(CF_FACTS);
-        self.batch.put_cf(cf, profile_key(partition, mpid), record);
+        let cf = CF_FACTS;
+        self.put(cf, profile_key(partition, mpid), record);
     }
 
     /// Marks every stored profile of the partition as having its facts record.
@@ -42,22 +41,22 @@ impl WriteBatch<'_> {
             profile_key(partition, i64::MIN),
             profile_key(partition, i64::MAX),
         );
-        let profiles = self.store.cf(CF_PROFILES);
-        self.batch.delete_range_cf(profiles, from, to);
-        self.batch.delete_cf(profiles, to);
-        let timers = self.store.cf(CF_TIMERS);
+        let profiles = CF_PROFILES;
+        self.delete_range(profiles, from, to);
+        self.delete(profiles, to);
+        let timers = CF_TIMERS;
         let (from, to) = (
             timer_key(partition, i64::MIN, i64::MIN),
             timer_key(partition, i64::MAX, i64::MAX),
         );
-        self.batch.delete_range_cf(timers, from, to);
-        self.batch.delete_cf(timers, to);
+        self.delete_range(timers, from, to);
+        self.delete(timers, to);
     }
 
     /// Lists a newly stored profile in the sample index.
     pub fn add_to_sample(&mut self, partition: Partition, mpid: Mpid) {
-        let cf = self.store.cf(CF_SAMPLE);
-        self.batch.put_cf(cf, sample_key(partition, mpid), []);
+        let cf = CF_SAMPLE;
+        self.put(cf, sample_key(partition, mpid), []);
     }
 
     /// How many profiles the partition stores.

@@ -1,0 +1,168 @@
+//! The changelog of a partition: its units of work (one RocksDB write each: a poll batch, a
+//! timer firing, a backfill step, a prune) as logical operations on the store's column
+//! families, so that another node can rebuild the partition's state exactly by applying them
+//! in order (cluster step 2). Pure: the operations and their encoding; the store records them
+//! as a [`crate::store::WriteBatch`] is built and applies them ([`crate::store::Store::apply_unit`]).
+//!
+//! Invariants:
+//! - a unit carries every operation of its write, in the order they were made, so applying
+//!   the units of a partition in order gives the owner's keys byte for byte;
+//! - column families are named by stable codes ([`CF_CODES`]), never by RocksDB's ids (which
+//!   depend on the order a database created them);
+//! - a unit names its partition, the owner's epoch and its sequence in the partition: a
+//!   reader applies each sequence once, in order, and ignores units of an older epoch once a
+//!   newer one claimed the partition.
+
+use serde::{Deserialize, Serialize};
+
+/// Version byte of an encoded unit (then postcard).
+pub const CHANGELOG_FORMAT: u8 = 1;
+
+/// The column families a unit may touch, by their stable code (the index here). New column
+/// families are appended: codes never change meaning.
+pub const CF_CODES: &[&str] = &[
+    "profiles",
+    "outbox",
+    "timers",
+    "deadletters",
+    "meta",
+    "audiences",
+    "eventlog",
+    "logdict",
+    "sample",
+    "members",
+    "facts",
+];
+
+/// The code of a column family.
+pub fn cf_code(name: &str) -> u8 {
+    CF_CODES
+        .iter()
+        .position(|c| *c == name)
+        .unwrap_or_else(|| panic!("column family {name} has no changelog code")) as u8
+}
+
+/// The column family of a code, if this version knows it.
+pub fn cf_name(code: u8) -> Option<&'static str> {
+    CF_CODES.get(code as usize).copied()
+}
+
+/// One operation of a write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Put {
+        cf: u8,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        cf: u8,
+        key: Vec<u8>,
+    },
+    /// Deletes the keys from `from` (included) to `to` (excluded).
+    DeleteRange {
+        cf: u8,
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
+}
+
+impl Op {
+    pub fn cf(&self) -> u8 {
+        match self {
+            Op::Put { cf, .. } | Op::Delete { cf, .. } | Op::DeleteRange { cf, .. } => *cf,
+        }
+    }
+}
+
+/// One unit of work of a partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unit {
+    pub partition: u32,
+    /// The owner's claim on the partition when it wrote the unit.
+    pub epoch: u64,
+    /// The unit's place in the partition's changelog, from 1, without gaps.
+    pub seq: u64,
+    pub ops: Vec<Op>,
+}
+
+impl Unit {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![CHANGELOG_FORMAT];
+        out.extend(postcard::to_allocvec(self).expect("changelog units always serialise"));
+        out
+    }
+
+    /// Reads a unit; the error says what is wrong with the bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Unit, String> {
+        match bytes.split_first() {
+            Some((&CHANGELOG_FORMAT, body)) => {
+                let unit: Unit = postcard::from_bytes(body)
+                    .map_err(|e| format!("changelog unit of format 1 does not parse: {e}"))?;
+                if let Some(op) = unit.ops.iter().find(|op| cf_name(op.cf()).is_none()) {
+                    return Err(format!(
+                        "changelog unit {} of partition {} writes column family code {}, unknown \
+                         to this version: is a newer node writing the changelog?",
+                        unit.seq,
+                        unit.partition,
+                        op.cf()
+                    ));
+                }
+                Ok(unit)
+            }
+            Some((other, _)) => Err(format!(
+                "unknown changelog format {other} (this node reads format {CHANGELOG_FORMAT}): \
+                 is a newer node writing the changelog?"
+            )),
+            None => Err("empty changelog record".to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_round_trip_and_bad_bytes_say_why() {
+        let unit = Unit {
+            partition: 3,
+            epoch: 2,
+            seq: 41,
+            ops: vec![
+                Op::Put {
+                    cf: cf_code("profiles"),
+                    key: vec![0, 0, 0, 3, 1],
+                    value: b"state".to_vec(),
+                },
+                Op::Delete {
+                    cf: cf_code("timers"),
+                    key: vec![9],
+                },
+                Op::DeleteRange {
+                    cf: cf_code("outbox"),
+                    from: vec![0],
+                    to: vec![1],
+                },
+            ],
+        };
+        assert_eq!(Unit::decode(&unit.encode()), Ok(unit.clone()));
+        assert!(Unit::decode(&[]).unwrap_err().contains("empty"));
+        assert!(Unit::decode(&[7, 1, 2]).unwrap_err().contains("format 7"));
+        let mut unknown = unit;
+        unknown.ops.push(Op::Delete {
+            cf: 200,
+            key: vec![],
+        });
+        assert!(Unit::decode(&unknown.encode())
+            .unwrap_err()
+            .contains("code 200"));
+    }
+
+    #[test]
+    fn every_column_family_of_the_store_has_a_code() {
+        for name in crate::store::column_families() {
+            assert_eq!(cf_name(cf_code(name)), Some(*name));
+        }
+    }
+}

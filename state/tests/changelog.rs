@@ -1,0 +1,120 @@
+//! The changelog of a partition: applying the units its owner wrote, in order, on another
+//! store gives the owner's keys byte for byte (the invariant a moved partition rests on).
+
+use audience_state::changelog::Unit;
+use audience_state::model::{Delta, DeltaKind};
+use audience_state::profile::ProfileState;
+use audience_state::store::{column_families, Store, WriteBatch};
+use proptest::prelude::*;
+
+const PARTITION: u32 = 3;
+
+/// One write a partition's unit of work can make.
+#[derive(Debug, Clone)]
+enum Action {
+    Profile(i64),
+    Timer(i64, i64),
+    ClearTimer(i64, i64),
+    Facts(i64, Vec<u8>),
+    Sample(i64),
+    WipeProfiles,
+    Delta(u64, i64, bool),
+    DeadLettersThrough(u64),
+    Offset(i64),
+    Size(u64, u64),
+    Dictionary(u32, String),
+    DeleteLog(i64),
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    let mpid = 1..20i64;
+    prop_oneof![
+        mpid.clone().prop_map(Action::Profile),
+        (0..50i64, mpid.clone()).prop_map(|(d, m)| Action::Timer(d, m)),
+        (0..50i64, mpid.clone()).prop_map(|(d, m)| Action::ClearTimer(d, m)),
+        (mpid.clone(), proptest::collection::vec(any::<u8>(), 0..16))
+            .prop_map(|(m, b)| Action::Facts(m, b)),
+        mpid.clone().prop_map(Action::Sample),
+        Just(Action::WipeProfiles),
+        (1..40u64, mpid.clone(), any::<bool>()).prop_map(|(s, m, a)| Action::Delta(s, m, a)),
+        (0..40u64).prop_map(Action::DeadLettersThrough),
+        (0..1000i64).prop_map(Action::Offset),
+        (1..4u64, 0..100u64).prop_map(|(a, n)| Action::Size(a, n)),
+        (0..10u32, "[a-z]{1,6}").prop_map(|(c, n)| Action::Dictionary(c, n)),
+        mpid.prop_map(Action::DeleteLog),
+    ]
+}
+
+fn write(b: &mut WriteBatch<'_>, action: &Action) {
+    match action {
+        Action::Profile(mpid) => b.put_profile(PARTITION, &ProfileState::new(*mpid)),
+        Action::Timer(due, mpid) => b.set_timer(PARTITION, *due, *mpid),
+        Action::ClearTimer(due, mpid) => b.clear_timer(PARTITION, *due, *mpid),
+        Action::Facts(mpid, bytes) => b.put_facts(PARTITION, *mpid, bytes),
+        Action::Sample(mpid) => b.add_to_sample(PARTITION, *mpid),
+        Action::WipeProfiles => b.wipe_profile_states(PARTITION),
+        Action::Delta(seq, mpid, added) => {
+            let delta = Delta {
+                audience_id: 1,
+                mpid: *mpid,
+                kind: if *added {
+                    DeltaKind::Added
+                } else {
+                    DeltaKind::Dropped
+                },
+                event_time_ms: 1_000,
+                processing_time_ms: 2_000 + *seq as i64,
+                version: *seq,
+            };
+            b.put_delta(PARTITION, *seq, &delta);
+            b.set_outbox_head(PARTITION, *seq);
+            b.record_membership(PARTITION, &delta);
+        }
+        Action::DeadLettersThrough(seq) => b.delete_dead_letters_through(PARTITION, *seq),
+        Action::Offset(offset) => b.set_next_offset("events", PARTITION, *offset),
+        Action::Size(audience, size) => b.set_audience_size(*audience, PARTITION, *size),
+        Action::Dictionary(code, name) => b.put_dictionary(PARTITION, &[(*code, name.clone())]),
+        Action::DeleteLog(mpid) => b.delete_log(PARTITION, *mpid),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn a_replica_applying_the_changelog_holds_the_owners_state_byte_for_byte(
+        units in proptest::collection::vec(proptest::collection::vec(action(), 1..12), 1..20)
+    ) {
+        let (owner_dir, replica_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let owner = Store::open(owner_dir.path(), false).unwrap();
+        let replica = Store::open(replica_dir.path(), false).unwrap();
+        for (i, actions) in units.iter().enumerate() {
+            let mut b = owner.logged_batch();
+            for a in actions {
+                write(&mut b, a);
+            }
+            let unit = Unit {
+                partition: PARTITION,
+                epoch: 1,
+                seq: i as u64 + 1,
+                ops: b.ops().expect("a logged batch records its operations").to_vec(),
+            };
+            owner.commit(b).unwrap();
+            // Through the bytes the changelog topic carries.
+            let read = Unit::decode(&unit.encode()).unwrap();
+            replica.apply_unit(&read).unwrap();
+        }
+        for cf in column_families() {
+            prop_assert_eq!(owner.entries(cf).unwrap(), replica.entries(cf).unwrap(), "{}", cf);
+        }
+    }
+}
+
+#[test]
+fn an_unlogged_batch_records_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), false).unwrap();
+    let mut b = store.batch();
+    b.set_next_offset("events", PARTITION, 7);
+    assert!(b.ops().is_none());
+}
