@@ -61,10 +61,10 @@ impl ConsumerContext for IngestContext {
                 if let Err(e) = consumer.assign(tpl) {
                     tracing::error!(error = %e, "assign failed");
                 }
-                for (_, partition) in &assigned {
-                    if let Err(e) = self.node.partition(*partition as Partition) {
-                        tracing::error!(partition, error = %e, "cannot start partition actor");
-                    }
+                let partitions: Vec<Partition> =
+                    assigned.iter().map(|(_, p)| *p as Partition).collect();
+                if let Err(e) = self.node.assign(&partitions) {
+                    tracing::error!(?partitions, error = %e, "cannot start partition actor");
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -141,6 +141,30 @@ fn to_raw(m: &rdkafka::message::BorrowedMessage<'_>) -> RawMessage {
     }
 }
 
+/// What of a gathered batch may be processed, by partition: the messages received under the
+/// current assignment generation. One received before the assignment changed is dropped: its
+/// partition may be revoked (its messages must never reach an actor), and a partition
+/// assigned again is re-positioned at its stored offsets, so its messages come again.
+/// Returns the batch to process and how many messages were dropped.
+fn dispatchable(
+    gathered: Vec<(u64, RawMessage)>,
+    generation_now: u64,
+) -> (BTreeMap<i32, Vec<RawMessage>>, usize) {
+    let mut by_partition: BTreeMap<i32, Vec<RawMessage>> = BTreeMap::new();
+    let mut dropped = 0;
+    for (generation, message) in gathered {
+        if generation == generation_now {
+            by_partition
+                .entry(message.partition)
+                .or_default()
+                .push(message);
+        } else {
+            dropped += 1;
+        }
+    }
+    (by_partition, dropped)
+}
+
 /// The ingestion loop; returns after `shutdown` flips, once the batch in flight is committed.
 pub async fn run(
     consumer: Arc<StreamConsumer<IngestContext>>,
@@ -153,12 +177,11 @@ pub async fn run(
             _ = shutdown.changed() => break,
             m = consumer.recv() => m,
         };
-        let mut by_partition: BTreeMap<i32, Vec<RawMessage>> = BTreeMap::new();
+        // The rebalance callbacks run inside `recv`, before it returns a message: each message
+        // is tagged with the generation its `recv` returned under (see `dispatchable`).
+        let mut gathered: Vec<(u64, RawMessage)> = Vec::new();
         match first {
-            Ok(m) => by_partition
-                .entry(m.partition())
-                .or_default()
-                .push(to_raw(&m)),
+            Ok(m) => gathered.push((node.generation(), to_raw(&m))),
             Err(e) => {
                 tracing::warn!(error = %e, "consumer error");
                 metrics::counter!("audience_consumer_errors_total").increment(1);
@@ -170,10 +193,7 @@ pub async fn run(
         while count < max_batch {
             match consumer.recv().now_or_never() {
                 Some(Ok(m)) => {
-                    by_partition
-                        .entry(m.partition())
-                        .or_default()
-                        .push(to_raw(&m));
+                    gathered.push((node.generation(), to_raw(&m)));
                     count += 1;
                 }
                 Some(Err(e)) => {
@@ -183,9 +203,20 @@ pub async fn run(
                 None => break,
             }
         }
+        let (by_partition, dropped) = dispatchable(gathered, node.generation());
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "the assignment changed while a batch was gathered: it is read again from the \
+                 stored offsets"
+            );
+        }
         let mut work = Vec::new();
         for (partition, messages) in by_partition {
-            let addr = node.partition(partition as Partition)?;
+            // A partition no longer owned has no actor: its messages are its new owner's.
+            let Some(addr) = node.owned_partition(partition as Partition)? else {
+                continue;
+            };
             work.push(async move { (partition, addr.send(ProcessBatch(messages)).await) });
         }
         let mut commit = TopicPartitionList::new();
@@ -211,4 +242,64 @@ pub async fn run(
     }
     tracing::info!("ingestion stopped after its last batch");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(partition: i32, offset: i64) -> RawMessage {
+        RawMessage {
+            topic: "events".into(),
+            partition,
+            offset,
+            key: None,
+            payload: Some(b"{}".to_vec()),
+            content_type: None,
+        }
+    }
+
+    #[test]
+    fn messages_received_before_an_assignment_change_are_dropped() {
+        // The first assignment lands inside the first receive: its messages are fresh.
+        let (kept, dropped) = dispatchable(vec![(1, message(0, 1)), (1, message(1, 7))], 1);
+        assert_eq!((kept.len(), dropped), (2, 0));
+        // A rebalance after two messages: those two go (read again from the stored offsets),
+        // what came after it stays, in order.
+        let gathered = vec![
+            (4, message(0, 1)),
+            (4, message(1, 7)),
+            (6, message(0, 1)),
+            (6, message(0, 2)),
+        ];
+        let (kept, dropped) = dispatchable(gathered, 6);
+        assert_eq!(dropped, 2);
+        assert_eq!(kept.keys().copied().collect::<Vec<_>>(), vec![0]);
+        let offsets: Vec<i64> = kept[&0].iter().map(|m| m.offset).collect();
+        assert_eq!(offsets, vec![1, 2]);
+    }
+
+    #[test]
+    fn only_the_assignment_creates_actors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), false).unwrap());
+        let clock = Arc::new(crate::clock::Clock::new(true));
+        let engine = crate::engine::Engine::new(store, clock, Default::default()).unwrap();
+        let node = Node::start(engine, 1).unwrap();
+        assert!(
+            node.owned_partition(3).unwrap().is_none(),
+            "never assigned: no actor"
+        );
+        node.assign(&[3]).unwrap();
+        let generation = node.generation();
+        assert!(node.owned_partition(3).unwrap().is_some());
+        assert_eq!(node.owned(), vec![3]);
+        node.release(&[3]);
+        assert!(node.generation() > generation);
+        assert!(
+            node.owned_partition(3).unwrap().is_none(),
+            "revoked: messages gathered before do not bring it back"
+        );
+        assert!(node.owned().is_empty());
+    }
 }

@@ -1,5 +1,10 @@
 //! One engine node: the actix system that hosts the partition actors (spread over one arbiter
 //! thread per core), and the routing of work to them.
+//!
+//! Invariant: a partition has an actor on this node only while the consumer's assignment
+//! holds it. Only [`Node::assign`] (the assign callback) creates actors; [`Node::release`]
+//! (the revoke callback) stops them; each bumps the assignment generation, by which ingestion
+//! drops what it gathered before a change (see [`crate::ingest`]).
 
 use crate::engine::Engine;
 use crate::partition::{
@@ -8,13 +13,21 @@ use crate::partition::{
 use actix::prelude::*;
 use audience_state::store::Partition;
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 pub struct Node {
     pub engine: Arc<Engine>,
     arbiters: Vec<ArbiterHandle>,
     actors: Mutex<BTreeMap<Partition, Addr<PartitionActor>>>,
+    ownership: Mutex<Ownership>,
+}
+
+/// The partitions the consumer's assignment holds, and how many times it changed.
+#[derive(Debug, Default)]
+struct Ownership {
+    owned: BTreeSet<Partition>,
+    generation: u64,
 }
 
 impl Node {
@@ -38,11 +51,44 @@ impl Node {
             engine,
             arbiters,
             actors: Mutex::new(BTreeMap::new()),
+            ownership: Mutex::new(Ownership::default()),
         }))
     }
 
-    /// The actor of a partition, started (and its state recovered) on first use.
-    pub fn partition(&self, partition: Partition) -> anyhow::Result<Addr<PartitionActor>> {
+    /// The assignment gave this node `partitions`: their actors start (and recover their
+    /// state).
+    pub fn assign(&self, partitions: &[Partition]) -> anyhow::Result<()> {
+        {
+            let mut ownership = self.ownership.lock();
+            ownership.owned.extend(partitions.iter().copied());
+            ownership.generation += 1;
+        }
+        for &p in partitions {
+            self.start_actor(p)?;
+        }
+        Ok(())
+    }
+
+    /// How many times the assignment changed: work gathered under an older generation may
+    /// belong to a partition this node no longer owns.
+    pub fn generation(&self) -> u64 {
+        self.ownership.lock().generation
+    }
+
+    /// The actor of a partition this node owns (restarted if it stopped); `None` for a
+    /// partition it does not own: never an actor for it.
+    pub fn owned_partition(
+        &self,
+        partition: Partition,
+    ) -> anyhow::Result<Option<Addr<PartitionActor>>> {
+        if !self.ownership.lock().owned.contains(&partition) {
+            return Ok(None);
+        }
+        self.start_actor(partition).map(Some)
+    }
+
+    /// The actor of a partition, started (and its state recovered) if it is not running.
+    fn start_actor(&self, partition: Partition) -> anyhow::Result<Addr<PartitionActor>> {
         let mut actors = self.actors.lock();
         if let Some(addr) = actors.get(&partition) {
             if addr.connected() {
@@ -59,6 +105,13 @@ impl Node {
     /// Stops the actors of partitions this node no longer owns, and waits until they have
     /// stopped: a partition must never have two actors writing its keys.
     pub fn release(&self, partitions: &[Partition]) {
+        {
+            let mut ownership = self.ownership.lock();
+            for p in partitions {
+                ownership.owned.remove(p);
+            }
+            ownership.generation += 1;
+        }
         let released: Vec<(Partition, Addr<PartitionActor>)> = {
             let mut actors = self.actors.lock();
             partitions

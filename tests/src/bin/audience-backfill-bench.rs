@@ -175,9 +175,7 @@ fn main() -> anyhow::Result<()> {
     };
     let engine = Engine::new(store.clone(), clock, settings)?;
     let node = Node::start(engine.clone(), PARTITIONS as usize)?;
-    for p in 0..PARTITIONS {
-        node.partition(p)?;
-    }
+    node.assign(&(0..PARTITIONS).collect::<Vec<_>>())?;
     std::thread::sleep(Duration::from_millis(500));
 
     // The new audience: searched for shoes at least twice in the last 7 days.
