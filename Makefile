@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/audience-engine/target
 BIN := $(CARGO_TARGET_DIR)/release
 CARGO := cargo
 
-.PHONY: setup build run test lint fmt bench clean
+.PHONY: setup build run test lint fmt bench clean prune
 
 setup: ## Install the system packages and the test broker (idempotent)
 	./scripts/setup.sh
@@ -17,8 +17,16 @@ build: setup
 run: build ## Start an engine on the embedded broker, load deploy/audiences, feed sample events
 	./scripts/run-demo.sh
 
-test: build ## The whole suite, end-to-end tests against a real broker (tansu)
+test: build prune ## The whole suite, end-to-end tests against a real broker (tansu)
 	$(CARGO) test --release --locked --workspace -- --test-threads=2
+
+# Every rebuilt test binary leaves its predecessor (hundreds of MB with debug info) in deps:
+# keep the newest two of each name (two crates may have a test of one name), so the shared
+# target directory does not fill the disk.
+prune:
+	@cd $(BIN)/deps 2>/dev/null && ls -t | grep -E '^[A-Za-z0-9_]+-[0-9a-f]{16}$$' \
+		| awk '{ name = $$0; sub(/-[0-9a-f]+$$/, "", name); if (seen[name]++ >= 2) print }' \
+		| xargs -r rm -f; true
 
 lint: setup
 	$(CARGO) fmt --all -- --check

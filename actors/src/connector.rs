@@ -242,6 +242,10 @@ async fn pump(
                     ));
                 }
             }
+            if !chunk.is_empty() {
+                // Nothing leaves before it is durable.
+                engine.make_durable().await.map_err(|e| e.to_string())?;
+            }
             let mut delivered = Vec::new();
             for (seq, delta) in chunk {
                 progressed = true;

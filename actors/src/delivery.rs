@@ -740,6 +740,11 @@ impl DeliveryLoop {
             let Some(&(last, _)) = chunk.last() else {
                 continue;
             };
+            // Nothing leaves before it is durable.
+            if let Err(e) = self.engine.make_durable().await {
+                tracing::error!(connection = self.connection.id, error = %e, "outbox not made durable");
+                return Err(Halt::Faulted);
+            }
             progressed = true;
             let deltas: Vec<(u64, Delta)> = chunk
                 .into_iter()

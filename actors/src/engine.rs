@@ -153,6 +153,10 @@ pub struct Engine {
     pub estimates: Mutex<HashMap<(AudienceId, u64), SampledEstimate>>,
     /// Replays by partition, kept by the partition actors.
     pub replays: Mutex<HashMap<Partition, ReplayProgress>>,
+    /// WAL syncs started, and (under the lock) the number of the last one finished: see
+    /// [`Engine::make_durable`].
+    wal_syncs_started: AtomicU64,
+    wal_sync: tokio::sync::Mutex<u64>,
 }
 
 impl Engine {
@@ -201,7 +205,39 @@ impl Engine {
             profile_counts: Mutex::new(HashMap::new()),
             estimates: Mutex::new(HashMap::new()),
             replays: Mutex::new(HashMap::new()),
+            wal_syncs_started: AtomicU64::new(0),
+            wal_sync: tokio::sync::Mutex::new(0),
         }))
+    }
+
+    /// Makes every write read so far durable (its WAL synced to disk) before what was read
+    /// leaves the engine: a delta sent to a topic, an output or a subscriber must survive a
+    /// power cut, or the node would send another delta under the same id after it. Callers
+    /// share syncs: one that started after the caller's read covers it. Nothing to do when
+    /// every write is synced (`storage.sync_writes`).
+    pub async fn make_durable(&self) -> anyhow::Result<()> {
+        if self.store.syncs_every_write() {
+            return Ok(());
+        }
+        // A sync numbered above this one starts after the caller's read.
+        let read_before = self.wal_syncs_started.load(Ordering::SeqCst);
+        let mut last_finished = self.wal_sync.lock().await;
+        if *last_finished > read_before {
+            return Ok(());
+        }
+        let number = self.wal_syncs_started.fetch_add(1, Ordering::SeqCst) + 1;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| anyhow::anyhow!("WAL sync: {e}"))??;
+        *last_finished = number;
+        metrics::counter!("audience_wal_syncs_total").increment(1);
+        Ok(())
+    }
+
+    /// WAL syncs [`Engine::make_durable`] made.
+    pub fn wal_syncs(&self) -> u64 {
+        self.wal_syncs_started.load(Ordering::SeqCst)
     }
 
     pub fn note_deltas(&self, partition: Partition, deltas: &[Delta]) {
@@ -310,5 +346,38 @@ impl Engine {
                 )
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(sync_writes: bool) -> (tempfile::TempDir, Arc<Engine>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), sync_writes).unwrap());
+        let clock = Arc::new(Clock::new(true));
+        let engine = Engine::new(store, clock, EngineSettings::default()).unwrap();
+        (dir, engine)
+    }
+
+    #[tokio::test]
+    async fn what_leaves_is_synced_first_and_concurrent_readers_share_syncs() {
+        let (_dir, engine) = engine(false);
+        engine.make_durable().await.unwrap();
+        assert_eq!(engine.wal_syncs(), 1, "a read is synced before it leaves");
+        engine.make_durable().await.unwrap();
+        assert_eq!(engine.wal_syncs(), 2, "a later read needs a later sync");
+        let together = futures::future::join_all((0..16).map(|_| engine.make_durable())).await;
+        assert!(together.iter().all(Result::is_ok));
+        let syncs = engine.wal_syncs() - 2;
+        assert!((1..=16).contains(&syncs), "{syncs} syncs for 16 readers");
+    }
+
+    #[tokio::test]
+    async fn a_store_that_syncs_every_write_needs_no_more() {
+        let (_dir, engine) = engine(true);
+        engine.make_durable().await.unwrap();
+        assert_eq!(engine.wal_syncs(), 0);
     }
 }

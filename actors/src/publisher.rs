@@ -365,6 +365,10 @@ async fn publish_lane(
             )
         }
     };
+    if sink == Sink::Deltas && !records.is_empty() {
+        // Nothing leaves before it is durable.
+        engine.make_durable().await?;
+    }
     lane.done.retain(|&seq| seq > position);
     let pending: Vec<&Outgoing> = records
         .iter()

@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn every_column_family_of_the_store_has_a_code() {
-        for name in crate::store::column_families() {
+        for name in crate::store::replicated_column_families() {
             assert_eq!(cf_name(cf_code(name)), Some(*name));
         }
     }

@@ -4,7 +4,7 @@
 use audience_state::changelog::Unit;
 use audience_state::model::{Delta, DeltaKind};
 use audience_state::profile::ProfileState;
-use audience_state::store::{column_families, Store, WriteBatch};
+use audience_state::store::{replicated_column_families, Store, WriteBatch};
 use proptest::prelude::*;
 
 const PARTITION: u32 = 3;
@@ -104,7 +104,7 @@ proptest! {
             let read = Unit::decode(&unit.encode()).unwrap();
             replica.apply_unit(&read).unwrap();
         }
-        for cf in column_families() {
+        for cf in replicated_column_families() {
             prop_assert_eq!(owner.entries(cf).unwrap(), replica.entries(cf).unwrap(), "{}", cf);
         }
     }
@@ -117,4 +117,54 @@ fn an_unlogged_batch_records_nothing() {
     let mut b = store.batch();
     b.set_next_offset("events", PARTITION, 7);
     assert!(b.ops().is_none());
+}
+
+#[test]
+fn units_wait_for_the_topic_in_order_and_a_new_owner_continues_the_numbering() {
+    let (owner_dir, replica_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let owner = Store::open(owner_dir.path(), false).unwrap();
+    let replica = Store::open(replica_dir.path(), false).unwrap();
+    let commit = |store: &Store, offset: i64| {
+        let mut b = store.logged_batch();
+        b.set_next_offset("events", PARTITION, offset);
+        b.put_profile(PARTITION, &ProfileState::new(offset));
+        store.commit_unit(b, PARTITION, 1).unwrap()
+    };
+    assert_eq!((commit(&owner, 10), commit(&owner, 11)), (1, 2));
+    // Another partition's units are numbered apart.
+    let mut other = owner.logged_batch();
+    other.set_next_offset("events", PARTITION + 1, 5);
+    assert_eq!(owner.commit_unit(other, PARTITION + 1, 1).unwrap(), 1);
+
+    let pending = owner.pending_units(PARTITION, 100).unwrap();
+    assert_eq!(
+        pending.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    for (_, bytes) in &pending {
+        replica.apply_unit(&Unit::decode(bytes).unwrap()).unwrap();
+    }
+    owner.acknowledge_units(PARTITION, 1).unwrap();
+    assert_eq!(owner.changelog_position(PARTITION).unwrap(), (2, 1));
+    assert_eq!(
+        owner.pending_units(PARTITION, 100).unwrap().len(),
+        1,
+        "unit 2 still waits"
+    );
+    owner.acknowledge_units(PARTITION, 2).unwrap();
+    assert!(owner.pending_units(PARTITION, 100).unwrap().is_empty());
+    assert_eq!(owner.pending_units(PARTITION + 1, 100).unwrap().len(), 1);
+
+    // What waits for the topic is the owner's own; the rest is the replica's too.
+    for cf in replicated_column_families() {
+        let owners: Vec<_> = owner
+            .entries(cf)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| !String::from_utf8_lossy(k).contains(&format!("/{}", PARTITION + 1)))
+            .collect();
+        assert_eq!(owners, replica.entries(cf).unwrap(), "{cf}");
+    }
+    // The replica, taking the partition over, continues the owner's numbering.
+    assert_eq!(commit(&replica, 12), 3);
 }

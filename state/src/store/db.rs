@@ -30,7 +30,12 @@ pub(super) const CF_MEMBERS: &str = "members";
 
 pub(super) const CF_FACTS: &str = "facts";
 
-pub(super) const COLUMN_FAMILIES: &[&str] = &[
+/// This node's units of work not yet acknowledged by the changelog topic (never replicated:
+/// see [`super::changelog`]).
+pub(super) const CF_CHANGELOG: &str = "changelog";
+
+/// The column families a partition's changelog carries.
+pub(super) const REPLICATED: &[&str] = &[
     CF_PROFILES,
     CF_OUTBOX,
     CF_TIMERS,
@@ -44,9 +49,25 @@ pub(super) const COLUMN_FAMILIES: &[&str] = &[
     CF_FACTS,
 ];
 
-/// Every column family of the store.
-pub fn column_families() -> &'static [&'static str] {
-    COLUMN_FAMILIES
+pub(super) const COLUMN_FAMILIES: &[&str] = &[
+    CF_PROFILES,
+    CF_OUTBOX,
+    CF_TIMERS,
+    CF_DEADLETTERS,
+    CF_META,
+    CF_AUDIENCES,
+    CF_EVENTLOG,
+    CF_LOGDICT,
+    CF_SAMPLE,
+    CF_MEMBERS,
+    CF_FACTS,
+    CF_CHANGELOG,
+];
+
+/// The column families a partition's changelog carries: a replica holds the owner's keys of
+/// these, byte for byte.
+pub fn replicated_column_families() -> &'static [&'static str] {
+    REPLICATED
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +102,8 @@ pub(super) fn be_u64(bytes: &[u8]) -> u64 {
 pub struct Store {
     pub(super) db: DB,
     pub(super) sync_writes: bool,
+    /// Serialises the commits of changelog units: a unit's sequence is its commit order.
+    pub(super) unit_lock: std::sync::Mutex<()>,
 }
 
 /// One atomic write: build it, then [`Store::commit`] it.
@@ -172,7 +195,11 @@ impl Store {
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
         let db = DB::open_cf_descriptors(&options, path, descriptors)?;
-        Ok(Store { db, sync_writes })
+        Ok(Store {
+            db,
+            sync_writes,
+            unit_lock: std::sync::Mutex::new(()),
+        })
     }
 
     pub(super) fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {
@@ -256,6 +283,12 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether every commit syncs its write (`storage.sync_writes`).
+    pub fn syncs_every_write(&self) -> bool {
+        self.sync_writes
+    }
+
+    /// Syncs the WAL: every write committed so far survives a power cut.
     pub fn flush(&self) -> StoreResult<()> {
         self.db.flush_wal(true)?;
         Ok(())

@@ -16,6 +16,7 @@
 //! | `members`     | partition, `a`, audience, mpid, version | a membership change: kind, time |
 //! | `members`     | partition, `m`, mpid, audience, version | the same change, by profile   |
 //! | `facts`       | partition, mpid                       | [`crate::facts`]: format byte, postcard |
+//! | `changelog`   | partition, unit sequence              | a [`Unit`](crate::changelog::Unit) not yet acknowledged by the changelog topic |
 //!
 //! The event log (format [`crate::eventlog::LOG_FORMAT`]) is described in [`crate::eventlog`]:
 //! a profile's chunks sort before its head, so one forward scan of a partition reads every
@@ -38,6 +39,7 @@
 //! resumes from the stored offsets, so every message's effects are applied exactly once.
 
 mod catalog;
+mod changelog;
 mod db;
 mod deadletter;
 mod definitions;
@@ -49,7 +51,7 @@ mod profiles;
 #[cfg(test)]
 mod tests;
 
-pub use db::{column_families, Partition, Store, StoreError, StoreResult, WriteBatch};
+pub use db::{replicated_column_families, Partition, Store, StoreError, StoreResult, WriteBatch};
 pub use deadletter::{DeadLetter, DeadLetterLimits};
 pub use keys::{log_key, profile_key};
 pub use logs::{ProfileLogs, ProfileWithLog, ReplayCursor};
