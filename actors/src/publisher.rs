@@ -293,9 +293,9 @@ fn prune(engine: &Engine) {
         let published = engine.store.published(DEAD_LETTER_SINK, p).unwrap_or(0);
         let oldest = engine.store.read_dead_letters(p, 0, 1);
         if matches!(oldest.as_deref(), Ok([(seq, _)]) if *seq <= published) {
-            let mut b = engine.store.batch();
+            let mut b = engine.store.partition_batch();
             b.delete_dead_letters_through(p, published);
-            if let Err(e) = engine.store.commit(b) {
+            if let Err(e) = engine.store.commit_partition(b, p) {
                 tracing::warn!(partition = p, error = %e, "dead-letter pruning failed");
             }
         }
@@ -312,10 +312,10 @@ fn bound_dead_letters(engine: &Engine, p: Partition, position: u64) -> anyhow::R
     }
     let through = head - max_kept;
     let dropped = through - position;
-    let mut b = engine.store.batch();
+    let mut b = engine.store.partition_batch();
     b.set_published(DEAD_LETTER_SINK, p, through);
     b.delete_dead_letters_through(p, through);
-    engine.store.commit(b)?;
+    engine.store.commit_partition(b, p)?;
     tracing::warn!(
         partition = p,
         dropped,
@@ -461,12 +461,12 @@ async fn publish_lane(
         done += 1;
     }
     if moved_to > position {
-        let mut b = engine.store.batch();
+        let mut b = engine.store.partition_batch();
         b.set_published(sink.name(), p, moved_to);
         if sink == Sink::DeadLetters {
             b.delete_dead_letters_through(p, moved_to);
         }
-        engine.store.commit(b)?;
+        engine.store.commit_partition(b, p)?;
     }
     match transient {
         Some(error) => Err(anyhow::anyhow!("{topic}: {error}")),

@@ -15,6 +15,27 @@ pub struct Config {
     pub engine: EngineConfig,
     pub clock: ClockConfig,
     pub catalog: CatalogConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// A partition's state as a changelog (cluster step 2, under way).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Write every partition's units of work to the changelog topic (nothing restores from
+    /// it yet).
+    pub changelog: bool,
+    /// One partition per input partition, never deleted by retention; created when missing.
+    pub changelog_topic: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            changelog: false,
+            changelog_topic: "audience-changelog".into(),
+        }
+    }
 }
 
 /// The catalog topic: every definition (audiences, calculated attributes, tiers, outputs,
@@ -227,6 +248,8 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AUDIENCE_DATA_DIR", "storage.path"),
     ("AUDIENCE_CATALOG_TOPIC", "catalog.topic"),
     ("AUDIENCE_NODE_ID", "catalog.node_id"),
+    ("AUDIENCE_CHANGELOG", "cluster.changelog"),
+    ("AUDIENCE_CHANGELOG_TOPIC", "cluster.changelog_topic"),
     ("AUDIENCE_CATALOG_SECRET_KEY", "catalog.secret_key"),
     ("AUDIENCE_GRPC_LISTEN", "grpc.listen"),
     ("AUDIENCE_METRICS_LISTEN", "metrics.listen"),
@@ -290,6 +313,8 @@ impl Config {
             "AUDIENCE_DATA_DIR" => self.storage.path = value.into(),
             "AUDIENCE_CATALOG_TOPIC" => self.catalog.topic = value.into(),
             "AUDIENCE_NODE_ID" => self.catalog.node_id = value.into(),
+            "AUDIENCE_CHANGELOG" => self.cluster.changelog = value.parse().map_err(|e| bad(&e))?,
+            "AUDIENCE_CHANGELOG_TOPIC" => self.cluster.changelog_topic = value.into(),
             "AUDIENCE_CATALOG_SECRET_KEY" => self.catalog.secret_key = value.into(),
             "AUDIENCE_GRPC_LISTEN" => self.grpc.listen = value.into(),
             "AUDIENCE_METRICS_LISTEN" => self.metrics.listen = value.into(),

@@ -861,6 +861,18 @@ impl pb::admin_service_server::AdminService for Services {
         let c = &engine.counters;
         let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
         let catalog = self.catalog.status();
+        let mut changelog_units_pending = 0;
+        for p in engine
+            .store
+            .partitions_with_pending_units()
+            .map_err(convert::internal)?
+        {
+            let (written, acknowledged) = engine
+                .store
+                .changelog_position(p)
+                .map_err(convert::internal)?;
+            changelog_units_pending += written.saturating_sub(acknowledged);
+        }
         Ok(Response::new(pb::EngineStatus {
             messages_processed: engine.counters.messages_processed.load(Ordering::Relaxed),
             messages_dead_lettered: engine
@@ -881,6 +893,7 @@ impl pb::admin_service_server::AdminService for Services {
             catalog_records_undecodable: catalog.undecodable,
             catalog_lag: catalog.lag,
             node_id: catalog.node_id,
+            changelog_units_pending,
         }))
     }
 }

@@ -5,6 +5,7 @@
 use crate::config::{AudienceFile, Config};
 use crate::grpc::Services;
 use audience_actors::catalog_applier::{CatalogApplier, CatalogSettings};
+use audience_actors::changelog_publisher;
 use audience_actors::clock::Clock;
 use audience_actors::connector::Connectors;
 use audience_actors::delivery::Deliveries;
@@ -200,6 +201,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             cluster.create_topic(t, config.kafka.partitions, 1)?;
         }
         cluster.create_topic(&config.catalog.topic, 1, 1)?;
+        cluster.create_topic(&config.cluster.changelog_topic, config.kafka.partitions, 1)?;
         let servers = cluster.bootstrap_servers();
         tracing::warn!(%servers, "using the embedded in-process Kafka mock cluster (demo only)");
         _embedded = Some(cluster);
@@ -281,6 +283,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         producer,
         shutdown_rx.clone(),
     ));
+
+    // Every unit of a partition's state goes to the changelog, when it is on.
+    let changelog_task = if config.cluster.changelog {
+        let kafka =
+            audience_actors::catalog_topic::client_config(&bootstrap, &config.kafka.properties);
+        if _embedded.is_none() {
+            changelog_publisher::ensure_changelog_topic(
+                &kafka,
+                &config.cluster.changelog_topic,
+                config.kafka.partitions,
+                config.catalog.replication_factor,
+            )
+            .await?;
+        }
+        store.log_partition_writes();
+        Some(tokio::spawn(changelog_publisher::run(
+            engine.clone(),
+            changelog_publisher::producer(&kafka)?,
+            config.cluster.changelog_topic.clone(),
+            shutdown_rx.clone(),
+        )))
+    } else {
+        None
+    };
 
     let ingest_config = IngestConfig {
         bootstrap_servers: bootstrap.clone(),
@@ -400,6 +426,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), publisher_task).await;
+    if let Some(task) = changelog_task {
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc_task).await;
     store.flush()?;
     tracing::info!("audience engine stopped");

@@ -168,3 +168,39 @@ fn units_wait_for_the_topic_in_order_and_a_new_owner_continues_the_numbering() {
     // The replica, taking the partition over, continues the owner's numbering.
     assert_eq!(commit(&replica, 12), 3);
 }
+
+#[test]
+fn with_partition_writes_logged_even_maintenance_writes_are_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), false).unwrap();
+    let mut b = store.partition_batch();
+    b.put_profile(PARTITION, &ProfileState::new(1));
+    store.commit_partition(b, PARTITION).unwrap();
+    assert_eq!(
+        store.changelog_position(PARTITION).unwrap(),
+        (0, 0),
+        "not logged yet"
+    );
+
+    store.log_partition_writes();
+    store.set_partition_epoch(PARTITION, 7);
+    let mut b = store.partition_batch();
+    b.put_profile(PARTITION, &ProfileState::new(2));
+    store.commit_partition(b, PARTITION).unwrap();
+    store.set_published("deltas", PARTITION, 3).unwrap();
+    store.prune_outbox(PARTITION, 2).unwrap();
+    store.index_sample(PARTITION).unwrap();
+    let units: Vec<Unit> = store
+        .pending_units(PARTITION, 100)
+        .unwrap()
+        .iter()
+        .map(|(_, bytes)| Unit::decode(bytes).unwrap())
+        .collect();
+    assert_eq!(
+        units.iter().map(|u| u.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert!(units
+        .iter()
+        .all(|u| u.epoch == 7 && u.partition == PARTITION));
+}

@@ -46,12 +46,12 @@ impl PartitionActor {
             .collect();
         if !deleted.is_empty() {
             let store = self.engine.store.clone();
-            let mut b = store.batch();
+            let mut b = store.partition_batch();
             for key in deleted {
                 self.calc_evaluated.remove(&key);
                 b.set_calculated_evaluated(self.partition, &key, None);
             }
-            if let Err(e) = store.commit(b) {
+            if let Err(e) = store.commit_partition(b, self.partition) {
                 tracing::error!(partition = self.partition, error = %e, "could not forget calculated attributes");
             }
         }
@@ -100,12 +100,12 @@ impl PartitionActor {
             .collect();
         if !unseen.is_empty() {
             let store = self.engine.store.clone();
-            let mut b = store.batch();
+            let mut b = store.partition_batch();
             for id in unseen {
                 self.evaluated.insert(id, 0);
                 b.set_evaluated_revision(id, self.partition, Some(0));
             }
-            if let Err(e) = store.commit(b) {
+            if let Err(e) = store.commit_partition(b, self.partition) {
                 tracing::error!(partition = self.partition, error = %e, "could not record new audiences");
             }
         }
@@ -117,12 +117,12 @@ impl PartitionActor {
             .collect();
         if !deleted.is_empty() {
             let store = self.engine.store.clone();
-            let mut b = store.batch();
+            let mut b = store.partition_batch();
             for id in deleted {
                 self.sizes.remove(&id);
                 b.set_audience_size(id, self.partition, 0);
             }
-            if let Err(e) = store.commit(b) {
+            if let Err(e) = store.commit_partition(b, self.partition) {
                 tracing::error!(partition = self.partition, error = %e, "could not reset sizes");
             }
         }
@@ -255,12 +255,12 @@ impl PartitionActor {
             wiped: wipe,
             after: None,
         };
-        let mut b = store.batch();
+        let mut b = store.partition_batch();
         if wipe {
             b.wipe_profile_states(self.partition);
         }
         b.set_replay_cursor(self.partition, Some(cursor));
-        store.commit(b)?;
+        store.commit_partition(b, self.partition)?;
         if wipe {
             // Nothing of the old states is used again: every profile comes from its logs.
             self.cache.clear();
@@ -474,7 +474,7 @@ impl Handler<BackfillStep> for PartitionActor {
                 // Record the revisions evaluated, not the current ones: an audience changed
                 // during the backfill is found stale again and evaluated afresh.
                 let store = self.engine.store.clone();
-                let mut b = store.batch();
+                let mut b = store.partition_batch();
                 for (id, revision) in &step.audiences {
                     match revision {
                         Some(r) => {
@@ -494,7 +494,7 @@ impl Handler<BackfillStep> for PartitionActor {
                     };
                     b.set_calculated_evaluated(self.partition, key, *revision);
                 }
-                if let Err(e) = store.commit(b) {
+                if let Err(e) = store.commit_partition(b, self.partition) {
                     tracing::error!(partition = self.partition, error = %e, "could not record backfill");
                     self.recover();
                     return;

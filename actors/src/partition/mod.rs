@@ -253,13 +253,13 @@ impl PartitionActor {
             // No profile of this partition has logged an event (new partition, or a store
             // from before the log): there is nothing to recalculate from, and the streaming
             // state of the attributes already defined is all there is.
-            let mut b = store.batch();
+            let mut b = store.partition_batch();
             for def in self.catalog.calculated_defs() {
                 let revision = def.spec().revision;
                 self.calc_evaluated.insert(def.key.clone(), revision);
                 b.set_calculated_evaluated(p, &def.key, Some(revision));
             }
-            store.commit(b)?;
+            store.commit_partition(b, p)?;
         }
         if !store.facts_indexed(p)? {
             let n = store.index_facts(p)?;
@@ -457,7 +457,7 @@ impl PartitionActor {
     /// Writes everything a unit of work produced in one batch, then publishes its effects.
     fn commit(&mut self, pending: Pending, with_offsets: bool) -> Result<(), StoreError> {
         let store = self.engine.store.clone();
-        let mut batch: WriteBatch<'_> = store.batch();
+        let mut batch: WriteBatch<'_> = store.partition_batch();
         let p = self.partition;
         let log_cutoff = self.engine.clock.now() - self.engine.settings.retention_ms;
         let limits = self.engine.settings.log_limits;
@@ -526,7 +526,7 @@ impl PartitionActor {
         if batch.is_empty() {
             return Ok(());
         }
-        store.commit(batch)?;
+        store.commit_partition(batch, p)?;
         self.profile_count = profile_count;
         for mpid in &pending.dirty {
             if let Some(cached) = self.cache.get_mut(mpid) {
@@ -559,9 +559,9 @@ impl PartitionActor {
             let cached = self.activate(mpid)?;
             if cached.stored_due != Some(at) {
                 // A timer left by a crash between two versions of the profile: drop it.
-                let mut b = self.engine.store.batch();
+                let mut b = self.engine.store.partition_batch();
                 b.clear_timer(self.partition, at, mpid);
-                self.engine.store.commit(b)?;
+                self.engine.store.commit_partition(b, self.partition)?;
                 continue;
             }
             let audiences = cached.state.due_audiences(ctx.now);

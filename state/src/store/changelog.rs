@@ -12,6 +12,7 @@
 use super::db::*;
 use super::keys::seq_key;
 use crate::changelog::Unit;
+use std::sync::atomic::Ordering;
 
 fn next_seq_key(partition: Partition) -> String {
     format!("changelog/seq/{partition}")
@@ -27,6 +28,57 @@ fn acknowledged_key(partition: Partition) -> [u8; 7] {
 }
 
 impl Store {
+    /// From now on, every write of a partition's state is committed as a unit of its
+    /// changelog (see [`Store::partition_batch`]).
+    pub fn log_partition_writes(&self) {
+        self.changelog.enabled.store(true, Ordering::SeqCst);
+    }
+
+    pub fn logs_partition_writes(&self) -> bool {
+        self.changelog.enabled.load(Ordering::SeqCst)
+    }
+
+    /// The epoch of this node's claim on a partition: the units it writes carry it.
+    pub fn set_partition_epoch(&self, partition: Partition, epoch: u64) {
+        let mut epochs = self
+            .changelog
+            .epochs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        epochs.insert(partition, epoch);
+    }
+
+    fn partition_epoch(&self, partition: Partition) -> u64 {
+        let epochs = self
+            .changelog
+            .epochs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        epochs.get(&partition).copied().unwrap_or(0)
+    }
+
+    /// A batch for a partition's state: logged when partition writes are (so that
+    /// [`Store::commit_partition`] makes it a unit of the changelog).
+    pub fn partition_batch(&self) -> WriteBatch<'_> {
+        if self.logs_partition_writes() {
+            self.logged_batch()
+        } else {
+            self.batch()
+        }
+    }
+
+    /// Commits a batch of a partition's state: as its next changelog unit when the batch is
+    /// logged, as a plain write otherwise.
+    pub fn commit_partition(&self, batch: WriteBatch<'_>, partition: Partition) -> StoreResult<()> {
+        if batch.ops().is_some() {
+            let epoch = self.partition_epoch(partition);
+            self.commit_unit(batch, partition, epoch)?;
+            Ok(())
+        } else {
+            self.commit(batch)
+        }
+    }
+
     /// Commits a logged batch (see [`Store::logged_batch`]) as the next unit of `partition`,
     /// written under `epoch`; returns its sequence.
     pub fn commit_unit(
@@ -76,6 +128,28 @@ impl Store {
                 break;
             }
             out.push((be_u64(&k[4..]), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The partitions with units waiting for the changelog topic.
+    pub fn partitions_with_pending_units(&self) -> StoreResult<Vec<Partition>> {
+        let mut out = Vec::new();
+        let mut next: u64 = 0;
+        while next <= u32::MAX as u64 {
+            let from = seq_key(next as Partition, 0);
+            let mut it = self.db.iterator_cf(
+                self.cf(CF_CHANGELOG),
+                rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),
+            );
+            let Some(item) = it.next() else { break };
+            let (k, _) = item?;
+            let p = u32::from_be_bytes([k[0], k[1], k[2], k[3]]);
+            // A unit key (12 bytes) waits; the acknowledged position (7) does not.
+            if k.len() == 12 && !out.contains(&p) {
+                out.push(p);
+            }
+            next = p as u64 + 1;
         }
         Ok(out)
     }

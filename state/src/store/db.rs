@@ -104,6 +104,15 @@ pub struct Store {
     pub(super) sync_writes: bool,
     /// Serialises the commits of changelog units: a unit's sequence is its commit order.
     pub(super) unit_lock: std::sync::Mutex<()>,
+    pub(super) changelog: ChangelogMode,
+}
+
+/// Whether this node commits its partitions' writes as changelog units, and the epoch of its
+/// claim on each partition it writes (see `changelog.rs`).
+#[derive(Debug, Default)]
+pub(super) struct ChangelogMode {
+    pub(super) enabled: std::sync::atomic::AtomicBool,
+    pub(super) epochs: std::sync::Mutex<std::collections::HashMap<Partition, u64>>,
 }
 
 /// One atomic write: build it, then [`Store::commit`] it.
@@ -199,6 +208,7 @@ impl Store {
             db,
             sync_writes,
             unit_lock: std::sync::Mutex::new(()),
+            changelog: Default::default(),
         })
     }
 

@@ -148,7 +148,7 @@ impl Store {
         let mut start = [0u8; 5];
         start[..4].copy_from_slice(&partition.to_be_bytes());
         start[4] = b'm';
-        let mut batch = self.batch();
+        let mut batch = self.partition_batch();
         let mut pruned = 0;
         // Each record is decided when the next one is seen: only a record with a successor
         // of its own pair may go.
@@ -185,7 +185,7 @@ impl Store {
             }
             previous = Some((mpid, audience, change));
         }
-        self.commit(batch)?;
+        self.commit_partition(batch, partition)?;
         Ok(pruned)
     }
 

@@ -69,9 +69,9 @@ impl Store {
     }
 
     pub fn set_published(&self, sink: &str, partition: Partition, seq: u64) -> StoreResult<()> {
-        let mut b = self.batch();
+        let mut b = self.partition_batch();
         b.set_published(sink, partition, seq);
-        self.commit(b)
+        self.commit_partition(b, partition)
     }
 
     /// Deltas of a partition with sequence in `(after, ..]`, at most `limit`.
@@ -162,12 +162,13 @@ impl Store {
 
     /// Deletes the deltas of a partition up to and including `through`.
     pub fn prune_outbox(&self, partition: Partition, through: u64) -> StoreResult<()> {
-        self.db.delete_range_cf(
-            self.cf(CF_OUTBOX),
+        let mut b = self.partition_batch();
+        b.delete_range(
+            CF_OUTBOX,
             seq_key(partition, 0),
             seq_key(partition, through.saturating_add(1)),
-        )?;
-        Ok(())
+        );
+        self.commit_partition(b, partition)
     }
 
     /// Deletes the oldest deltas of a partition processed before `cutoff_ms`, never beyond

@@ -182,7 +182,7 @@ impl Store {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_PROFILES));
         it.seek(profile_key(partition, i64::MIN));
         let mut n = 0;
-        let mut batch = self.batch();
+        let mut batch = self.partition_batch();
         while it.valid() {
             match it.key() {
                 Some(k) if k[..4] == partition.to_be_bytes() => {
@@ -192,13 +192,16 @@ impl Store {
                 _ => break,
             }
             if n % 10_000 == 0 {
-                self.commit(std::mem::replace(&mut batch, self.batch()))?;
+                self.commit_partition(
+                    std::mem::replace(&mut batch, self.partition_batch()),
+                    partition,
+                )?;
             }
             it.next();
         }
         it.status()?;
         batch.set_profile_count(partition, n);
-        self.commit(batch)?;
+        self.commit_partition(batch, partition)?;
         Ok(n)
     }
 
@@ -216,7 +219,7 @@ impl Store {
             let page = self.scan_profiles(partition, after, 1_000)?;
             let Some(last) = page.last() else { break };
             after = Some(last.mpid);
-            let mut batch = self.batch();
+            let mut batch = self.partition_batch();
             for profile in &page {
                 batch.put_facts(
                     partition,
@@ -225,14 +228,14 @@ impl Store {
                 );
                 n += 1;
             }
-            self.commit(batch)?;
+            self.commit_partition(batch, partition)?;
             if after == Some(Mpid::MAX) {
                 break;
             }
         }
-        let mut batch = self.batch();
+        let mut batch = self.partition_batch();
         batch.set_facts_indexed(partition);
-        self.commit(batch)?;
+        self.commit_partition(batch, partition)?;
         Ok(n)
     }
 
