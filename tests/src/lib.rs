@@ -113,6 +113,21 @@ impl Broker {
         Ok(())
     }
 
+    /// Creates a deployment's input and output topics (the engine creates its catalog and
+    /// changelog topics itself).
+    pub async fn create_deployment_topics(&self, topics: &Topics, partitions: i32) -> Result<()> {
+        self.create_topics(
+            &[
+                &topics.events,
+                &topics.identities,
+                &topics.deltas,
+                &topics.dead_letters,
+            ],
+            partitions,
+        )
+        .await
+    }
+
     pub fn producer(&self) -> Result<FutureProducer> {
         Ok(ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)

@@ -83,17 +83,7 @@ fn partition_state(store: &Store) -> Result<BTreeMap<String, Entries>> {
 async fn the_changelog_rebuilds_each_partition_byte_for_byte() -> Result<()> {
     let broker = Broker::start()?;
     let topics = Topics::unique("changelog");
-    broker
-        .create_topics(
-            &[
-                &topics.events,
-                &topics.identities,
-                &topics.deltas,
-                &topics.dead_letters,
-            ],
-            PARTITIONS,
-        )
-        .await?;
+    broker.create_deployment_topics(&topics, PARTITIONS).await?;
     let changelog_topic = "changelog-state";
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("engine");

@@ -36,17 +36,7 @@ async fn cluster(prefix: &str) -> Result<Cluster> {
     let broker = Broker::start()?;
     let topics = Topics::unique(prefix);
     // The catalog topic is left to the engines: they create it with its single partition.
-    broker
-        .create_topics(
-            &[
-                &topics.events,
-                &topics.identities,
-                &topics.deltas,
-                &topics.dead_letters,
-            ],
-            PARTITIONS,
-        )
-        .await?;
+    broker.create_deployment_topics(&topics, PARTITIONS).await?;
     let dir = tempfile::tempdir()?;
     let start = |name: &str, node: &str| {
         Engine::start_with(
@@ -589,17 +579,7 @@ async fn secrets_travel_sealed_and_every_node_with_the_key_delivers() -> Result<
 async fn a_store_from_before_the_catalog_topic_is_imported_with_its_ids() -> Result<()> {
     let broker = Broker::start()?;
     let topics = Topics::unique("cluster-import");
-    broker
-        .create_topics(
-            &[
-                &topics.events,
-                &topics.identities,
-                &topics.deltas,
-                &topics.dead_letters,
-            ],
-            PARTITIONS,
-        )
-        .await?;
+    broker.create_deployment_topics(&topics, PARTITIONS).await?;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("a");
     {

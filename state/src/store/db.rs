@@ -49,21 +49,6 @@ pub(super) const REPLICATED: &[&str] = &[
     CF_FACTS,
 ];
 
-pub(super) const COLUMN_FAMILIES: &[&str] = &[
-    CF_PROFILES,
-    CF_OUTBOX,
-    CF_TIMERS,
-    CF_DEADLETTERS,
-    CF_META,
-    CF_AUDIENCES,
-    CF_EVENTLOG,
-    CF_LOGDICT,
-    CF_SAMPLE,
-    CF_MEMBERS,
-    CF_FACTS,
-    CF_CHANGELOG,
-];
-
 /// The column families a partition's changelog carries: a replica holds the owner's keys of
 /// these, byte for byte.
 pub fn replicated_column_families() -> &'static [&'static str] {
@@ -191,7 +176,7 @@ impl Store {
         // One memory budget for the memtables of every column family, so that six column
         // families do not each grow their own 64 MiB buffers.
         options.set_db_write_buffer_size(96 << 20);
-        let descriptors = COLUMN_FAMILIES.iter().map(|name| {
+        let descriptors = REPLICATED.iter().chain([CF_CHANGELOG].iter()).map(|name| {
             let mut cf_opts = Options::default();
             cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
             if *name == CF_EVENTLOG {

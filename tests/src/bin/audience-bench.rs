@@ -234,7 +234,62 @@ async fn main() -> Result<()> {
     println!("engine peak RSS: {:.1} MiB", rss as f64 / 1024.0);
     println!("bare rdkafka consumer on the same topic: {raw_rate:.0} messages/s");
     println!("ratio engine / bare consumer: {:.3}", e2e_rate / raw_rate);
+
+    // The changelog's cost: two more nodes (groups of their own) each read the whole topic,
+    // one without the changelog and one with it, in this run.
+    let off = catch_up(&broker, &topics, dir.path(), "bench-plain", false, total).await?;
+    let on = catch_up(&broker, &topics, dir.path(), "bench-changelog", true, total).await?;
+    println!(
+        "catch-up of the whole topic: changelog off {:.0} events/s, on {:.0} events/s \
+         (ratio on / off {:.2}; the changelog topic had every unit {:.1} s after the last batch)",
+        3.0 * off.0,
+        3.0 * on.0,
+        on.0 / off.0,
+        on.1.as_secs_f64()
+    );
     Ok(())
+}
+
+/// A fresh node reading the whole events topic: its rate in batches/s, and how long after the
+/// last batch its changelog units were all on the topic.
+async fn catch_up(
+    broker: &Broker,
+    topics: &Topics,
+    dir: &std::path::Path,
+    group: &str,
+    changelog: bool,
+    total: u64,
+) -> Result<(f64, Duration)> {
+    let start = Instant::now();
+    let mut engine = Engine::start_with(
+        broker,
+        topics,
+        &dir.join(group),
+        group,
+        &[
+            ("AUDIENCE_MANUAL_CLOCK", "false"),
+            ("AUDIENCE_PARTITIONS", "4"),
+            (
+                "AUDIENCE_CHANGELOG",
+                if changelog { "true" } else { "false" },
+            ),
+            ("AUDIENCE_CHANGELOG_TOPIC", "bench-changelog"),
+        ],
+    )?;
+    let ch = engine.ready().await?;
+    wait_processed(&ch, total, Duration::from_secs(1800)).await?;
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    let processed = Instant::now();
+    while status(&ch).await?.changelog_units_pending > 0 {
+        anyhow::ensure!(
+            processed.elapsed() < Duration::from_secs(600),
+            "changelog units still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drained = processed.elapsed();
+    engine.terminate()?;
+    Ok((rate, drained))
 }
 
 fn chrono_now() -> i64 {
