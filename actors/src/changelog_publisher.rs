@@ -128,6 +128,8 @@ async fn publish(
     }
     if let Some(seq) = acknowledged {
         engine.store.acknowledge_units(p, seq)?;
+        // What these units wrote to the outbox may leave now.
+        engine.wake_outbox_readers();
         metrics::gauge!("audience_changelog_acknowledged", "partition" => p.to_string())
             .set(seq as f64);
     }

@@ -223,7 +223,7 @@ async fn pump(
             let after = explicit.unwrap_or(0);
             let chunk = engine
                 .store
-                .read_outbox(p, after, 500)
+                .read_readable_outbox(p, after, 500)
                 .map_err(|e| e.to_string())?;
             if chunk.is_empty() {
                 let head = engine.store.outbox_head(p).map_err(|e| e.to_string())?;

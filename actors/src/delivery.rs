@@ -735,7 +735,7 @@ impl DeliveryLoop {
         for p in partitions {
             let after = cursor.get(&p).copied().unwrap_or(0);
             let chunk = store
-                .read_outbox(p, after, self.policy.batch_size * 4)
+                .read_readable_outbox(p, after, self.policy.batch_size * 4)
                 .map_err(|_| Halt::Faulted)?;
             let Some(&(last, _)) = chunk.last() else {
                 continue;

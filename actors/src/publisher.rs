@@ -347,7 +347,7 @@ async fn publish_lane(
             &settings.deltas_topic,
             engine
                 .store
-                .read_outbox(p, position, PAGE)?
+                .read_readable_outbox(p, position, PAGE)?
                 .iter()
                 .map(|(seq, d)| Outgoing::delta(p, *seq, d))
                 .collect(),

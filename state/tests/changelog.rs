@@ -204,3 +204,51 @@ fn with_partition_writes_logged_even_maintenance_writes_are_units() {
         .iter()
         .all(|u| u.epoch == 7 && u.partition == PARTITION));
 }
+
+#[test]
+fn deltas_are_readable_only_once_the_changelog_holds_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), false).unwrap();
+    let delta = |seq: u64| Delta {
+        audience_id: 1,
+        mpid: seq as i64,
+        kind: DeltaKind::Added,
+        event_time_ms: 1_000,
+        processing_time_ms: 2_000,
+        version: 1,
+    };
+    let write = |seq: u64| {
+        let mut b = store.partition_batch();
+        b.put_delta(PARTITION, seq, &delta(seq));
+        b.set_outbox_head(PARTITION, seq);
+        store.commit_partition(b, PARTITION).unwrap();
+    };
+    // Before the changelog: readable as soon as written.
+    write(1);
+    assert_eq!(store.readable_outbox_head(PARTITION).unwrap(), 1);
+
+    store.log_partition_writes();
+    write(2);
+    write(3);
+    assert_eq!(store.outbox_head(PARTITION).unwrap(), 3);
+    assert_eq!(
+        store.readable_outbox_head(PARTITION).unwrap(),
+        1,
+        "units not on the topic yet: their deltas wait"
+    );
+    let readable: Vec<u64> = store
+        .read_readable_outbox(PARTITION, 0, 10)
+        .unwrap()
+        .iter()
+        .map(|(seq, _)| *seq)
+        .collect();
+    assert_eq!(readable, vec![1]);
+    store.acknowledge_units(PARTITION, 1).unwrap();
+    assert_eq!(store.readable_outbox_head(PARTITION).unwrap(), 2);
+    store.acknowledge_units(PARTITION, 2).unwrap();
+    assert_eq!(store.readable_outbox_head(PARTITION).unwrap(), 3);
+    assert_eq!(
+        store.read_readable_outbox(PARTITION, 0, 10).unwrap().len(),
+        3
+    );
+}

@@ -147,10 +147,19 @@ async fn the_changelog_rebuilds_each_partition_byte_for_byte() -> Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(engine.terminate()?, Some(0));
 
     let owner = Store::open(&data, false)?;
+    // Deltas leave once their units are on the changelog: with every unit there, the
+    // publisher sent every delta to the deltas topic.
+    for partition in 0..PARTITIONS as u32 {
+        assert_eq!(
+            owner.published(audience_actors::publisher::DELTAS_SINK, partition)?,
+            owner.outbox_head(partition)?,
+            "partition {partition}: every delta published"
+        );
+    }
     let replica_dir = tempfile::tempdir()?;
     let replica = Store::open(replica_dir.path(), false)?;
     for partition in 0..PARTITIONS {

@@ -10,8 +10,8 @@
 //! replicated.
 
 use super::db::*;
-use super::keys::seq_key;
-use crate::changelog::Unit;
+use super::keys::{outbox_head_key, seq_key};
+use crate::changelog::{cf_code, Op, Unit};
 use std::sync::atomic::Ordering;
 
 fn next_seq_key(partition: Partition) -> String {
@@ -27,7 +27,54 @@ fn acknowledged_key(partition: Partition) -> [u8; 7] {
     k
 }
 
+/// In the `changelog` column family: the outbox head written by the last unit the topic
+/// acknowledged, up to which outbox readers may read.
+fn readable_key(partition: Partition) -> [u8; 7] {
+    let mut k = [0u8; 7];
+    k[..4].copy_from_slice(&partition.to_be_bytes());
+    k[4..].copy_from_slice(b"out");
+    k
+}
+
+/// The outbox head a unit writes, if it writes one.
+fn outbox_head_in(unit: &Unit) -> Option<u64> {
+    let (meta, key) = (cf_code(CF_META), outbox_head_key(unit.partition));
+    unit.ops.iter().rev().find_map(|op| match op {
+        Op::Put { cf, key: k, value } if *cf == meta && k == key.as_bytes() => Some(be_u64(value)),
+        _ => None,
+    })
+}
+
 impl Store {
+    /// The outbox head readers may read up to (publishers, deliveries, subscribers): with
+    /// partition writes logged, the head written by the last unit the changelog topic holds,
+    /// so that nothing leaves the node before it is in the changelog; otherwise the head.
+    pub fn readable_outbox_head(&self, partition: Partition) -> StoreResult<u64> {
+        if self.logs_partition_writes() {
+            if let Some(v) = self
+                .db
+                .get_pinned_cf(self.cf(CF_CHANGELOG), readable_key(partition))?
+            {
+                return Ok(be_u64(&v));
+            }
+        }
+        self.outbox_head(partition)
+    }
+
+    /// Deltas of a partition after `after`, as [`Store::read_outbox`], up to the readable
+    /// head only (see [`Store::readable_outbox_head`]).
+    pub fn read_readable_outbox(
+        &self,
+        partition: Partition,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, crate::model::Delta)>> {
+        let readable = self.readable_outbox_head(partition)?;
+        let mut deltas = self.read_outbox(partition, after, limit)?;
+        deltas.retain(|(seq, _)| *seq <= readable);
+        Ok(deltas)
+    }
+
     /// From now on, every write of a partition's state is committed as a unit of its
     /// changelog (see [`Store::partition_batch`]).
     pub fn log_partition_writes(&self) {
@@ -102,11 +149,21 @@ impl Store {
             ops,
         };
         // Not an operation of the unit: what waits for the topic stays on this node.
-        batch.batch.put_cf(
-            self.cf(CF_CHANGELOG),
-            seq_key(partition, seq),
-            unit.encode(),
-        );
+        let changelog = self.cf(CF_CHANGELOG);
+        batch
+            .batch
+            .put_cf(changelog, seq_key(partition, seq), unit.encode());
+        if self
+            .db
+            .get_pinned_cf(changelog, readable_key(partition))?
+            .is_none()
+        {
+            // The first logged unit: what came before it stays readable, it waits.
+            let head = self.outbox_head(partition)?;
+            batch
+                .batch
+                .put_cf(changelog, readable_key(partition), head.to_be_bytes());
+        }
         self.commit(batch)?;
         Ok(seq)
     }
@@ -157,6 +214,25 @@ impl Store {
     /// The changelog topic holds the partition's units through `seq`: they stop waiting.
     pub fn acknowledge_units(&self, partition: Partition, seq: u64) -> StoreResult<()> {
         let mut b = self.batch();
+        // Readers may now read what these units wrote to the outbox.
+        let mut readable = None;
+        let (_, acknowledged_before) = self.changelog_position(partition)?;
+        let newly = usize::try_from(seq.saturating_sub(acknowledged_before)).unwrap_or(usize::MAX);
+        for (unit_seq, bytes) in self.pending_units(partition, newly)? {
+            if unit_seq > seq {
+                break;
+            }
+            if let Some(head) = Unit::decode(&bytes).ok().as_ref().and_then(outbox_head_in) {
+                readable = Some(head);
+            }
+        }
+        if let Some(head) = readable {
+            b.batch.put_cf(
+                self.cf(CF_CHANGELOG),
+                readable_key(partition),
+                head.to_be_bytes(),
+            );
+        }
         b.batch.delete_range_cf(
             self.cf(CF_CHANGELOG),
             seq_key(partition, 0),
