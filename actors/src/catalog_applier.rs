@@ -146,6 +146,16 @@ impl CatalogApplier {
             None => (CatalogState::default(), Some(stored)),
         };
         let mut reader = CatalogReader::new(&kafka, &applier.settings.topic, &state)?;
+        let end = reader.end().await?;
+        if let Some(applied) = state.applied_offset.filter(|applied| *applied >= end) {
+            anyhow::bail!(
+                "this node applied catalog offset {applied}, but the catalog topic {} ends at \
+                 {end}: the topic was recreated or emptied (the embedded broker keeps nothing \
+                 across restarts). Point the node at its topic, or move its data directory \
+                 away to start afresh",
+                applier.settings.topic
+            );
+        }
         let mut at_start = applier.catch_up(&mut reader, &mut state).await?;
         let mut touched = state.take_touched();
         if let Some(own) = own.filter(|own| !own.is_empty()) {
@@ -162,6 +172,22 @@ impl CatalogApplier {
                 );
                 applier.proposer.produce(&record).await?;
                 at_start += applier.catch_up(&mut reader, &mut state).await?;
+                // Another node's record may have come first: the import is then refused, and
+                // this node's definitions are kept, not replaced.
+                let imported = own
+                    .audiences
+                    .keys()
+                    .all(|id| state.audiences.contains_key(id))
+                    && own.outputs.keys().all(|id| state.outputs.contains_key(id));
+                if !imported {
+                    anyhow::bail!(
+                        "the catalog topic {} refused this node's catalog (another node wrote \
+                         to it first); this node's definitions are kept in its store: start \
+                         it on an empty catalog topic to import them, or move its data \
+                         directory away to join the topic's catalog",
+                        applier.settings.topic
+                    );
+                }
                 touched.extend(state.take_touched());
             } else {
                 tracing::warn!(
@@ -176,6 +202,8 @@ impl CatalogApplier {
         }
         store.save_catalog(&state, &touched)?;
         applier.swap_catalog(&state);
+        // Before the follower runs: it is the only one to start or stop them from then on.
+        applier.deliveries.start_all(&applier.node.engine)?;
         {
             let mut status = applier.status.lock();
             status.applied_offset = state.applied_offset;
@@ -302,9 +330,11 @@ impl CatalogApplier {
         }
         let touched = state.take_touched();
         if let Err(e) = engine.store.save_catalog(state, &touched) {
-            // The node goes on with the catalog in memory; restarted, it applies again from
-            // the offset it stored last.
+            // The node goes on with the catalog in memory, and the next store writes these
+            // changes too, with the offset they come with (never an offset without its
+            // changes); restarted before, it applies again from the offset it stored last.
             tracing::error!(offset = step.offset, error = %e, "catalog change not stored");
+            state.touch_again(touched.clone());
         }
         if !touched.audiences.is_empty()
             || !touched.tiers.is_empty()

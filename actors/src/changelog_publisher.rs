@@ -100,6 +100,12 @@ async fn publish(
     p: Partition,
 ) -> anyhow::Result<()> {
     let units = engine.store.pending_units(p, PAGE)?;
+    if units.is_empty() {
+        return Ok(());
+    }
+    // A unit on the topic must survive a power cut here: else the node would write another
+    // unit under the same sequence after it.
+    engine.make_durable().await?;
     let key = p.to_be_bytes();
     // Enqueued at once, in order (the idempotent producer keeps it), awaited in order.
     let mut deliveries = Vec::with_capacity(units.len());

@@ -570,7 +570,7 @@ impl Deliveries {
             window: window.clone(),
         };
         let task = tokio::spawn(async move { delivery.run().await });
-        self.running.lock().insert(
+        let replaced = self.running.lock().insert(
             id,
             Running {
                 task,
@@ -581,6 +581,11 @@ impl Deliveries {
                 audience_id,
             },
         );
+        // Two starts at once (the catalog follower and a restart): one loop per connection.
+        if let Some(old) = replaced {
+            old.stop.notify_one();
+            old.task.abort();
+        }
     }
 
     /// Stops a connection's loop: it is aborted at its next await, so it sends nothing more

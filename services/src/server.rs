@@ -326,7 +326,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
 
-    deliveries.start_all(&engine)?;
     let outputs = Arc::new(audience_actors::output_registry::OutputRegistry::new(
         node.clone(),
         deliveries,

@@ -301,6 +301,12 @@ impl CatalogState {
         std::mem::take(&mut self.touched)
     }
 
+    /// Gives back what [`CatalogState::take_touched`] took, when it could not be stored: the
+    /// next store writes it with the offset it comes with.
+    pub fn touch_again(&mut self, touched: Touched) {
+        self.touched.extend(touched);
+    }
+
     /// The compiled catalog of this state, at catalog version `version`.
     pub fn catalog(&self, version: u64) -> Catalog {
         Catalog::build_full(

@@ -527,7 +527,9 @@ async fn secrets_travel_sealed_and_every_node_with_the_key_delivers() -> Result<
         .await?
         .into_inner();
     let gold_tier = create_audience(&c.ca, "gold tier", gold()).await?;
-    // Connected through the other node: definitions are one catalog, whoever takes them.
+    // Connected through the other node once it applied both (in topic order: the output
+    // first): definitions are one catalog, whoever takes them.
+    wait_listed(&c.cb, gold_tier.id).await?;
     let mut on_b = pb::output_service_client::OutputServiceClient::new(c.cb.clone());
     on_b.create_connection(pb::Connection {
         audience_id: gold_tier.id,
