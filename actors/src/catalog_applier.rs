@@ -250,15 +250,10 @@ impl CatalogApplier {
         reader: &mut CatalogReader,
         state: &mut CatalogState,
     ) -> Result<u64, CatalogTopicError> {
-        let mut undecodable = 0;
         let read = reader
-            .catch_up(state, self.settings.apply_timeout, |_, read| {
-                if matches!(read, crate::catalog_topic::ReadRecord::Undecodable(_)) {
-                    undecodable += 1;
-                }
-            })
+            .catch_up(state, self.settings.apply_timeout, |_, _| {})
             .await?;
-        self.status.lock().undecodable += undecodable;
+        self.status.lock().undecodable += read.undecodable;
         Ok(read.accepted + read.refused + read.undecodable)
     }
 

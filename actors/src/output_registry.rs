@@ -6,7 +6,7 @@
 use crate::catalog_applier::CatalogApplier;
 use crate::delivery::{build_output, Deliveries};
 use crate::node::Node;
-use crate::registry::RegistryError;
+use crate::registry::{unexpected, RegistryError};
 use audience_state::catalog_log::{Applied, Change};
 use audience_state::criteria::DefinitionError;
 use audience_state::model::AudienceId;
@@ -71,18 +71,14 @@ impl OutputRegistry {
     async fn output_change(&self, change: Change) -> Result<OutputConfig, RegistryError> {
         match self.catalog.submit(change).await? {
             Applied::Output(output) => Ok(output),
-            other => Err(RegistryError::Unavailable(format!(
-                "the catalog applied something else: {other:?}"
-            ))),
+            other => Err(unexpected(other)),
         }
     }
 
     async fn connection_change(&self, change: Change) -> Result<Connection, RegistryError> {
         match self.catalog.submit(change).await? {
             Applied::Connection(connection) => Ok(connection),
-            other => Err(RegistryError::Unavailable(format!(
-                "the catalog applied something else: {other:?}"
-            ))),
+            other => Err(unexpected(other)),
         }
     }
 

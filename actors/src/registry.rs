@@ -55,8 +55,8 @@ impl From<SubmitError> for RegistryError {
     }
 }
 
-/// The record an applied change gave, of the kind the caller proposed.
-fn unexpected(applied: Applied) -> RegistryError {
+/// An applied change that gave another kind of record than the one proposed.
+pub(crate) fn unexpected(applied: Applied) -> RegistryError {
     RegistryError::Unavailable(format!("the catalog applied something else: {applied:?}"))
 }
 

@@ -5,21 +5,12 @@ use super::db::*;
 use super::keys::*;
 use crate::calculated::CalculatedAttributeRecord;
 use crate::catalog::AudienceRecord;
-use crate::model::AudienceId;
-use crate::outputs::{Connection, ConnectionId, Fault, OutputConfig, OutputId};
+use crate::outputs::{Connection, ConnectionId, Fault, OutputConfig};
 use rocksdb::{Direction, IteratorMode};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
 impl Store {
-    /// Sets the data tier of an event (event type, lowercased selector name).
-    pub fn set_event_tier(&self, event_type: &str, name: &str, tier: &str) -> StoreResult<()> {
-        let key = format!("tier/{event_type}/{name}");
-        self.db
-            .put_cf(self.cf(CF_META), key.as_bytes(), tier.as_bytes())?;
-        Ok(())
-    }
-
     /// Every event tier set: (event type, name, tier).
     pub fn event_tiers(&self) -> StoreResult<Vec<(String, String, String)>> {
         let mut out = Vec::new();
@@ -61,35 +52,6 @@ impl Store {
             })?);
         }
         Ok(out)
-    }
-
-    /// Stores a calculated attribute under its lowercased name with a revision never used
-    /// before (profiles tell a redefinition from the definition they folded by it), together
-    /// with the audiences that read it, re-stored in the same write (with their revisions
-    /// bumped by the caller) so that none is left evaluated against the old definition.
-    pub fn put_calculated(
-        &self,
-        record: &mut CalculatedAttributeRecord,
-        readers: &[AudienceRecord],
-    ) -> StoreResult<()> {
-        let revision = self.meta_u64(CALC_SEQ_KEY)?.unwrap_or(0) + 1;
-        record.revision = revision;
-        let mut b = self.batch();
-        let key = format!("{CALC_PREFIX}{}", record.name.trim().to_lowercase());
-        let bytes = serde_json::to_vec(record).expect("calculated attribute always serialises");
-        b.put(CF_META, key.as_bytes(), bytes);
-        b.put_meta_u64(CALC_SEQ_KEY, revision);
-        for reader in readers {
-            let bytes = serde_json::to_vec(reader).expect("audience record always serialises");
-            b.put(CF_AUDIENCES, reader.id.to_be_bytes(), bytes);
-        }
-        self.commit(b)
-    }
-
-    pub fn delete_calculated(&self, key: &str) -> StoreResult<()> {
-        let key = format!("{CALC_PREFIX}{key}");
-        self.db.delete_cf(self.cf(CF_META), key.as_bytes())?;
-        Ok(())
     }
 
     pub(super) fn put_json<T: Serialize>(&self, key: &str, value: &T) -> StoreResult<()> {
@@ -136,50 +98,12 @@ impl Store {
         Ok(out)
     }
 
-    /// The next id of a sequence (ids are never reused).
-    pub fn next_id(&self, sequence: &str) -> StoreResult<u64> {
-        let key = format!("seq/{sequence}");
-        let id = self.meta_u64(&key)?.unwrap_or(0) + 1;
-        self.db
-            .put_cf(self.cf(CF_META), key.as_bytes(), id.to_be_bytes())?;
-        Ok(id)
-    }
-
-    pub fn put_output(&self, config: &OutputConfig) -> StoreResult<()> {
-        self.put_json(&format!("output/{:020}", config.id), config)
-    }
-
     pub fn load_outputs(&self) -> StoreResult<Vec<OutputConfig>> {
         self.scan_json("output/")
     }
 
-    pub fn delete_output(&self, id: OutputId) -> StoreResult<()> {
-        self.db
-            .delete_cf(self.cf(CF_META), format!("output/{id:020}").as_bytes())?;
-        Ok(())
-    }
-
-    pub fn put_connection(&self, connection: &Connection) -> StoreResult<()> {
-        self.put_json(&format!("connection/{:020}", connection.id), connection)
-    }
-
     pub fn load_connections(&self) -> StoreResult<Vec<Connection>> {
         self.scan_json("connection/")
-    }
-
-    /// Deletes a connection with its cursor and fault.
-    pub fn delete_connection(&self, id: ConnectionId) -> StoreResult<()> {
-        let mut b = self.batch();
-        let cf = CF_META;
-        for key in [
-            format!("connection/{id:020}"),
-            format!("conncursor/{id:020}"),
-            format!("connsync/{id:020}"),
-            format!("fault/{id:020}"),
-        ] {
-            b.delete(cf, key.as_bytes());
-        }
-        self.commit(b)
     }
 
     /// A connection's position in the outbox: the last sequence delivered per partition.
@@ -285,25 +209,12 @@ impl Store {
         Ok(out)
     }
 
+    /// Stores an audience outside the catalog topic: what a store from before the topic holds
+    /// (tests write one to check its import).
     pub fn put_audience(&self, record: &AudienceRecord) -> StoreResult<()> {
         let mut b = self.batch();
         let bytes = serde_json::to_vec(record).expect("audience record always serialises");
         b.put(CF_AUDIENCES, record.id.to_be_bytes(), bytes);
-        b.put_meta_u64(
-            AUDIENCE_SEQ_KEY,
-            record.id.max(self.meta_u64(AUDIENCE_SEQ_KEY)?.unwrap_or(0)),
-        );
         self.commit(b)
-    }
-
-    pub fn delete_audience(&self, id: AudienceId) -> StoreResult<()> {
-        let mut b = self.batch();
-        b.delete(CF_AUDIENCES, id.to_be_bytes());
-        self.commit(b)
-    }
-
-    /// The next free audience id (ids are never reused, even after a delete).
-    pub fn next_audience_id(&self) -> StoreResult<AudienceId> {
-        Ok(self.meta_u64(AUDIENCE_SEQ_KEY)?.unwrap_or(0) + 1)
     }
 }

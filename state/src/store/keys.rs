@@ -143,8 +143,4 @@ pub(super) fn evaluated_key(partition: Partition, audience: AudienceId) -> Strin
     format!("evaluated/{partition}/{audience}")
 }
 
-pub(super) const AUDIENCE_SEQ_KEY: &str = "seq/audiences";
-
-pub(super) const CALC_SEQ_KEY: &str = "seq/calculated";
-
 pub(super) const CALC_PREFIX: &str = "calc/";
