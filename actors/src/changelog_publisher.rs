@@ -4,8 +4,8 @@
 //! reorder nor repeat). A unit waits in the store until then, so a crash between the local
 //! write and the topic sends it on restart.
 //!
-//! The changelog is written while the restore of a moved partition from it is not built yet
-//! (cluster step 2): enable it with `cluster.changelog`.
+//! A node assigned a partition restores it from this topic ([`crate::changelog_restore`]):
+//! enable both with `cluster.changelog`.
 
 use crate::engine::Engine;
 use audience_state::store::Partition;
@@ -122,18 +122,28 @@ async fn publish(
             }
         }
     }
-    let mut acknowledged = None;
+    let mut acknowledged = Vec::new();
     let mut failure = None;
     for (seq, delivery) in deliveries {
         match delivery.await {
-            Ok(Ok(_)) if failure.is_none() => acknowledged = Some(seq),
+            Ok(Ok(delivered)) if failure.is_none() => acknowledged.push((seq, delivered.offset)),
             Ok(Ok(_)) => {}
             Ok(Err((e, _))) => failure = failure.or(Some(e.to_string())),
             Err(_) => failure = failure.or(Some("delivery canceled".to_string())),
         }
     }
-    if let Some(seq) = acknowledged {
-        engine.store.acknowledge_units(p, seq)?;
+    if let Some(&(seq, offset)) = acknowledged.last() {
+        if !engine.store.acknowledge_units(p, &acknowledged)? {
+            // Another node claimed the partition: these units are refused by every reader,
+            // and their deltas never leave. The group revokes the partition soon.
+            tracing::error!(
+                partition = p,
+                seq,
+                offset,
+                "changelog units refused: another node claimed the partition"
+            );
+            metrics::counter!("audience_changelog_units_refused_total").increment(1);
+        }
         // What these units wrote to the outbox may leave now.
         engine.wake_outbox_readers();
         metrics::gauge!("audience_changelog_acknowledged", "partition" => p.to_string())

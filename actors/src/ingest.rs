@@ -6,7 +6,12 @@
 //! Offsets: the authoritative position is the one stored in RocksDB with the state. On
 //! assignment the consumer is positioned at the stored offsets; Kafka's group commits are only
 //! advisory (for lag tooling) and made after the RocksDB write.
+//!
+//! With the changelog on, an assigned partition is paused until it is restored from the
+//! changelog topic ([`crate::changelog_restore`]); then the consumer seeks to the offsets the
+//! restored state was produced up to, and resumes it.
 
+use crate::changelog_restore::Restorer;
 use crate::node::Node;
 use crate::partition::{ProcessBatch, RawMessage};
 use audience_state::store::{Partition, Store};
@@ -20,12 +25,46 @@ use rdkafka::{ClientConfig, ClientContext};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// Positions the consumer at the offsets stored with the state when partitions are assigned.
 pub struct IngestContext {
     store: Arc<Store>,
     node: Arc<Node>,
+    restore: Option<RestoreHook>,
+}
+
+/// How assigned partitions are restored from the changelog before they are consumed.
+pub struct RestoreHook {
+    pub restorer: Arc<Restorer>,
+    pub runtime: tokio::runtime::Handle,
+    /// Where a finished restore is told, with its token (see [`Node::begin_restore`]).
+    pub restored: mpsc::UnboundedSender<(Partition, u64)>,
+}
+
+impl RestoreHook {
+    /// Restores `partition` on a blocking thread, trying again while it stays assigned.
+    fn spawn(&self, node: Arc<Node>, partition: Partition, token: u64) {
+        let (restorer, restored) = (self.restorer.clone(), self.restored.clone());
+        self.runtime.spawn_blocking(move || {
+            let mut backoff = Duration::from_millis(500);
+            while node.is_restoring(partition, token) {
+                match restorer.restore(&node, partition, token) {
+                    Ok(report) => {
+                        tracing::info!(partition, ?report, "partition restored from the changelog");
+                        let _ = restored.send((partition, token));
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition, error = %e, "partition not restored; trying again");
+                        metrics::counter!("audience_changelog_restore_errors_total").increment(1);
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        });
+    }
 }
 
 impl ClientContext for IngestContext {}
@@ -61,9 +100,20 @@ impl ConsumerContext for IngestContext {
                 if let Err(e) = consumer.assign(tpl) {
                     tracing::error!(error = %e, "assign failed");
                 }
-                let partitions: Vec<Partition> =
+                let mut partitions: Vec<Partition> =
                     assigned.iter().map(|(_, p)| *p as Partition).collect();
-                if let Err(e) = self.node.assign(&partitions) {
+                partitions.sort_unstable();
+                partitions.dedup();
+                if let Some(restore) = &self.restore {
+                    // Nothing is consumed before the state is the changelog's.
+                    if let Err(e) = consumer.pause(tpl) {
+                        tracing::error!(error = %e, "pause failed");
+                    }
+                    let token = self.node.begin_restore(&partitions);
+                    for &p in &partitions {
+                        restore.spawn(self.node.clone(), p, token);
+                    }
+                } else if let Err(e) = self.node.assign(&partitions) {
                     tracing::error!(?partitions, error = %e, "cannot start partition actor");
                 }
             }
@@ -100,6 +150,7 @@ pub struct IngestConfig {
 pub fn consumer(
     config: &IngestConfig,
     node: Arc<Node>,
+    restore: Option<RestoreHook>,
 ) -> Result<StreamConsumer<IngestContext>, KafkaError> {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &config.bootstrap_servers)
@@ -117,6 +168,7 @@ pub fn consumer(
     let context = IngestContext {
         store: node.engine.store.clone(),
         node,
+        restore,
     };
     let consumer: StreamConsumer<IngestContext> = cc.create_with_context(context)?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
@@ -165,16 +217,53 @@ fn dispatchable(
     (by_partition, dropped)
 }
 
+/// A restored partition is consumed from the offsets its state was produced up to.
+fn resume_restored(
+    consumer: &StreamConsumer<IngestContext>,
+    node: &Node,
+    topics: &[String],
+    partition: Partition,
+    token: u64,
+) -> anyhow::Result<()> {
+    if !node.finish_restore(partition, token)? {
+        return Ok(());
+    }
+    let mut resumed = TopicPartitionList::new();
+    for topic in topics {
+        let offset = node
+            .engine
+            .store
+            .next_offset(topic, partition)?
+            .map_or(Offset::Beginning, Offset::Offset);
+        // Paused, then positioned: resume reads from here. Were the seek refused, the stale
+        // position is below the restored offsets and the actor skips what it has applied.
+        if let Err(e) = consumer.seek(topic, partition as i32, offset, Duration::from_secs(5)) {
+            tracing::warn!(topic, partition, error = %e, "seek after restore failed");
+        }
+        resumed.add_partition(topic, partition as i32);
+    }
+    consumer.resume(&resumed)?;
+    tracing::info!(partition, "restored partition resumed");
+    Ok(())
+}
+
 /// The ingestion loop; returns after `shutdown` flips, once the batch in flight is committed.
+/// `restored` tells of partitions restored from the changelog (see [`RestoreHook`]).
 pub async fn run(
     consumer: Arc<StreamConsumer<IngestContext>>,
     node: Arc<Node>,
-    max_batch: usize,
+    config: IngestConfig,
+    mut restored: Option<mpsc::UnboundedReceiver<(Partition, u64)>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let max_batch = config.max_batch;
     loop {
         let first = tokio::select! {
             _ = shutdown.changed() => break,
+            Some((p, token)) = async { restored.as_mut()?.recv().await } => {
+                resume_restored(&consumer, &node, &config.topics, p, token)?;
+                continue;
+            }
             m = consumer.recv() => m,
         };
         // The rebalance callbacks run inside `recv`, before it returns a message: each message

@@ -5,6 +5,11 @@
 //! holds it. Only [`Node::assign`] (the assign callback) creates actors; [`Node::release`]
 //! (the revoke callback) stops them; each bumps the assignment generation, by which ingestion
 //! drops what it gathered before a change (see [`crate::ingest`]).
+//!
+//! With the changelog on, an assigned partition is first restored from its changelog topic
+//! ([`crate::changelog_restore`]): [`Node::begin_restore`] holds it without an actor, and
+//! [`Node::finish_restore`] starts the actor once the state is the log's, unless the partition
+//! was revoked meanwhile.
 
 use crate::engine::Engine;
 use crate::partition::{
@@ -21,12 +26,17 @@ pub struct Node {
     arbiters: Vec<ArbiterHandle>,
     actors: Mutex<BTreeMap<Partition, Addr<PartitionActor>>>,
     ownership: Mutex<Ownership>,
+    /// Held while a claim of a partition is written: a revoke waits for it, so that a node
+    /// never claims a partition it was revoked (after the new owner's claim).
+    claiming: Mutex<()>,
 }
 
 /// The partitions the consumer's assignment holds, and how many times it changed.
 #[derive(Debug, Default)]
 struct Ownership {
     owned: BTreeSet<Partition>,
+    /// Assigned partitions being restored, with the generation their restore began under.
+    restoring: BTreeMap<Partition, u64>,
     generation: u64,
 }
 
@@ -52,6 +62,7 @@ impl Node {
             arbiters,
             actors: Mutex::new(BTreeMap::new()),
             ownership: Mutex::new(Ownership::default()),
+            claiming: Mutex::new(()),
         }))
     }
 
@@ -67,6 +78,55 @@ impl Node {
             self.start_actor(p)?;
         }
         Ok(())
+    }
+
+    /// The assignment gave this node `partitions`, to restore before they are consumed: no
+    /// actor until [`Node::finish_restore`]. Returns the token the restores carry.
+    pub fn begin_restore(&self, partitions: &[Partition]) -> u64 {
+        let mut ownership = self.ownership.lock();
+        ownership.generation += 1;
+        let token = ownership.generation;
+        for &p in partitions {
+            ownership.restoring.insert(p, token);
+        }
+        token
+    }
+
+    /// Whether the restore of `partition` begun under `token` is still wanted.
+    pub fn is_restoring(&self, partition: Partition, token: u64) -> bool {
+        self.ownership.lock().restoring.get(&partition) == Some(&token)
+    }
+
+    /// The restore of `partition` begun under `token` is done: its actor starts, unless the
+    /// partition was revoked (or assigned again) meanwhile. Returns whether it started.
+    pub fn finish_restore(&self, partition: Partition, token: u64) -> anyhow::Result<bool> {
+        {
+            let mut ownership = self.ownership.lock();
+            if ownership.restoring.get(&partition) != Some(&token) {
+                return Ok(false);
+            }
+            ownership.restoring.remove(&partition);
+            ownership.owned.insert(partition);
+            ownership.generation += 1;
+        }
+        self.start_actor(partition)?;
+        Ok(true)
+    }
+
+    /// Runs `claim` unless the restore of `partition` under `token` was revoked: a revoke
+    /// waits until the claim is written.
+    pub fn claim_while_restoring<T>(
+        &self,
+        partition: Partition,
+        token: u64,
+        claim: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let _no_revoke_meanwhile = self.claiming.lock();
+        anyhow::ensure!(
+            self.is_restoring(partition, token),
+            "partition {partition} was revoked while it was restored"
+        );
+        claim()
     }
 
     /// How many times the assignment changed: work gathered under an older generation may
@@ -106,11 +166,20 @@ impl Node {
     /// stopped: a partition must never have two actors writing its keys.
     pub fn release(&self, partitions: &[Partition]) {
         {
+            let _claims_written = self.claiming.lock();
             let mut ownership = self.ownership.lock();
             for p in partitions {
                 ownership.owned.remove(p);
+                ownership.restoring.remove(p);
             }
             ownership.generation += 1;
+        }
+        {
+            // Its outbox is the new owner's to publish and deliver.
+            let mut published = self.engine.partitions.lock();
+            for p in partitions {
+                published.remove(p);
+            }
         }
         let released: Vec<(Partition, Addr<PartitionActor>)> = {
             let mut actors = self.actors.lock();
@@ -127,6 +196,32 @@ impl Node {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             tracing::info!(partition = p, "partition released");
+        }
+        self.wait_for_changelog(partitions);
+    }
+
+    /// Waits (a bounded time) until the changelog topic holds every unit this node wrote of
+    /// `partitions`: the next owner restores up to the topic's end, then claims, and a unit
+    /// that reached the topic after the claim would be ignored (a zombie's), its messages
+    /// applied twice. What stays pending past the bound is handled when this node restores the
+    /// partition again (its state is rebuilt from the log).
+    fn wait_for_changelog(&self, partitions: &[Partition]) {
+        let store = &self.engine.store;
+        if !store.logs_partition_writes() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for &p in partitions {
+            while store.pending_units(p, 1).is_ok_and(|u| !u.is_empty()) {
+                if std::time::Instant::now() > deadline {
+                    tracing::warn!(
+                        partition = p,
+                        "released with changelog units not on the topic yet"
+                    );
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
         }
     }
 

@@ -6,6 +6,7 @@ use crate::config::{AudienceFile, Config};
 use crate::grpc::Services;
 use audience_actors::catalog_applier::{CatalogApplier, CatalogSettings};
 use audience_actors::changelog_publisher;
+use audience_actors::changelog_restore::Restorer;
 use audience_actors::clock::Clock;
 use audience_actors::connector::Connectors;
 use audience_actors::delivery::Deliveries;
@@ -284,8 +285,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
 
-    // Every unit of a partition's state goes to the changelog, when it is on.
-    let changelog_task = if config.cluster.changelog {
+    // Every unit of a partition's state goes to the changelog, when it is on; an assigned
+    // partition is restored from it before it is consumed.
+    // The changelog publisher stops last: after the revoke (see below).
+    let (changelog_shutdown, changelog_shutdown_rx) = watch::channel(false);
+    let (changelog_task, restore, restored) = if config.cluster.changelog {
         let kafka =
             audience_actors::catalog_topic::client_config(&bootstrap, &config.kafka.properties);
         if _embedded.is_none() {
@@ -298,14 +302,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await?;
         }
         store.log_partition_writes();
-        Some(tokio::spawn(changelog_publisher::run(
+        let task = tokio::spawn(changelog_publisher::run(
             engine.clone(),
             changelog_publisher::producer(&kafka)?,
             config.cluster.changelog_topic.clone(),
-            shutdown_rx.clone(),
-        )))
+            changelog_shutdown_rx.clone(),
+        ));
+        let (restored_tx, restored_rx) = tokio::sync::mpsc::unbounded_channel();
+        let hook = ingest::RestoreHook {
+            restorer: Arc::new(Restorer::new(
+                engine.clone(),
+                kafka,
+                config.cluster.changelog_topic.clone(),
+                node_id(&config),
+            )?),
+            runtime: tokio::runtime::Handle::current(),
+            restored: restored_tx,
+        };
+        (Some(task), Some(hook), Some(restored_rx))
     } else {
-        None
+        (None, None, None)
     };
 
     let ingest_config = IngestConfig {
@@ -318,11 +334,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_batch: config.engine.max_batch,
         properties: config.kafka.properties.clone(),
     };
-    let consumer = Arc::new(ingest::consumer(&ingest_config, node.clone())?);
+    let consumer = Arc::new(ingest::consumer(&ingest_config, node.clone(), restore)?);
     let ingest_task = tokio::spawn(ingest::run(
         consumer.clone(),
         node.clone(),
-        config.engine.max_batch,
+        ingest_config,
+        restored,
         shutdown_rx.clone(),
     ));
 
@@ -403,6 +420,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(r) => r,
         None => ingest_task.await,
     };
+    // What the last batches wrote leaves before the consumer closes: the revoke takes the
+    // partitions from the publishers' lists (their outbox is the next owner's).
+    let _ = tokio::time::timeout(Duration::from_secs(10), publisher_task).await;
     // Kafka's group offsets are advisory; commit them once more for lag tooling.
     let _ = rdkafka::consumer::Consumer::commit_consumer_state(
         consumer.as_ref(),
@@ -424,7 +444,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(10), publisher_task).await;
+    // The changelog publisher outlives the revoke, which waits until the partitions' units
+    // are on the topic for their next owner.
+    let _ = changelog_shutdown.send(true);
     if let Some(task) = changelog_task {
         let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
     }

@@ -1,6 +1,7 @@
 //! The changelog of a partition: applying the units its owner wrote, in order, on another
 //! store gives the owner's keys byte for byte (the invariant a moved partition rests on).
 
+use audience_state::changelog::follow::Position;
 use audience_state::changelog::Unit;
 use audience_state::model::{Delta, DeltaKind};
 use audience_state::profile::ProfileState;
@@ -110,6 +111,80 @@ proptest! {
     }
 }
 
+/// Writes of another partition than [`PARTITION`], in every kind of key it has.
+fn write_other_partition(store: &Store) {
+    const OTHER: u32 = PARTITION + 1;
+    let mut b = store.batch();
+    b.put_profile(OTHER, &ProfileState::new(5));
+    b.set_timer(OTHER, 9, 5);
+    b.set_next_offset("events", OTHER, 5);
+    b.set_audience_size(1, OTHER, 3);
+    b.set_outbox_head(OTHER, 2);
+    b.add_to_sample(OTHER, 5);
+    b.put_dictionary(OTHER, &[(1, "x".into())]);
+    store.commit(b).unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn wiping_a_partition_deletes_every_key_of_its_units_and_nothing_else(
+        units in proptest::collection::vec(proptest::collection::vec(action(), 1..12), 1..10)
+    ) {
+        let (dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = Store::open(dir.path(), false).unwrap();
+        let others_only = Store::open(other_dir.path(), false).unwrap();
+        write_other_partition(&store);
+        write_other_partition(&others_only);
+        store.log_partition_writes();
+        for actions in &units {
+            let mut b = store.partition_batch();
+            for a in actions {
+                write(&mut b, a);
+            }
+            store.commit_partition(b, PARTITION).unwrap();
+        }
+        let position = Position { next_offset: 4, seq: 3, epoch: 2, own_epoch: 2 };
+        store.save_changelog_follow_position(PARTITION, &position).unwrap();
+
+        store.wipe_partition(PARTITION).unwrap();
+        for cf in replicated_column_families() {
+            prop_assert_eq!(store.entries(cf).unwrap(), others_only.entries(cf).unwrap(), "{}", cf);
+        }
+        prop_assert_eq!(store.changelog_position(PARTITION).unwrap(), (0, 0));
+        prop_assert!(store.pending_units(PARTITION, 10).unwrap().is_empty());
+        prop_assert_eq!(store.changelog_follow_position(PARTITION).unwrap(), Position::default());
+    }
+}
+
+#[test]
+fn a_unit_read_from_the_topic_is_applied_with_the_position_past_it() {
+    let (owner_dir, replica_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let owner = Store::open(owner_dir.path(), false).unwrap();
+    let replica = Store::open(replica_dir.path(), false).unwrap();
+    owner.log_partition_writes();
+    let mut b = owner.partition_batch();
+    b.set_next_offset("events", PARTITION, 41);
+    owner.commit_partition(b, PARTITION).unwrap();
+    let (_, bytes) = owner.pending_units(PARTITION, 1).unwrap().remove(0);
+    let position = Position {
+        next_offset: 2,
+        seq: 1,
+        epoch: 1,
+        own_epoch: 0,
+    };
+    replica
+        .apply_unit_at(&Unit::decode(&bytes).unwrap(), &position)
+        .unwrap();
+    assert_eq!(replica.next_offset("events", PARTITION).unwrap(), Some(41));
+    assert_eq!(replica.changelog_position(PARTITION).unwrap().0, 1);
+    assert_eq!(
+        replica.changelog_follow_position(PARTITION).unwrap(),
+        position
+    );
+}
+
 #[test]
 fn an_unlogged_batch_records_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,14 +219,14 @@ fn units_wait_for_the_topic_in_order_and_a_new_owner_continues_the_numbering() {
     for (_, bytes) in &pending {
         replica.apply_unit(&Unit::decode(bytes).unwrap()).unwrap();
     }
-    owner.acknowledge_units(PARTITION, 1).unwrap();
+    owner.acknowledge_units(PARTITION, &[(1, 0)]).unwrap();
     assert_eq!(owner.changelog_position(PARTITION).unwrap(), (2, 1));
     assert_eq!(
         owner.pending_units(PARTITION, 100).unwrap().len(),
         1,
         "unit 2 still waits"
     );
-    owner.acknowledge_units(PARTITION, 2).unwrap();
+    owner.acknowledge_units(PARTITION, &[(2, 1)]).unwrap();
     assert!(owner.pending_units(PARTITION, 100).unwrap().is_empty());
     assert_eq!(owner.pending_units(PARTITION + 1, 100).unwrap().len(), 1);
 
@@ -243,12 +318,69 @@ fn deltas_are_readable_only_once_the_changelog_holds_them() {
         .map(|(seq, _)| *seq)
         .collect();
     assert_eq!(readable, vec![1]);
-    store.acknowledge_units(PARTITION, 1).unwrap();
+    assert!(store.acknowledge_units(PARTITION, &[(1, 0)]).unwrap());
     assert_eq!(store.readable_outbox_head(PARTITION).unwrap(), 2);
-    store.acknowledge_units(PARTITION, 2).unwrap();
+    assert!(store.acknowledge_units(PARTITION, &[(2, 1)]).unwrap());
     assert_eq!(store.readable_outbox_head(PARTITION).unwrap(), 3);
     assert_eq!(
         store.read_readable_outbox(PARTITION, 0, 10).unwrap().len(),
         3
     );
+}
+
+#[test]
+fn units_landing_after_another_nodes_claim_are_refused_and_their_deltas_never_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), false).unwrap();
+    store.log_partition_writes();
+    let delta = |seq: u64| Delta {
+        audience_id: 1,
+        mpid: seq as i64,
+        kind: DeltaKind::Added,
+        event_time_ms: 1_000,
+        processing_time_ms: 2_000,
+        version: 1,
+    };
+    let write = |seq: u64| {
+        let mut b = store.partition_batch();
+        b.put_delta(PARTITION, seq, &delta(seq));
+        b.set_outbox_head(PARTITION, seq);
+        store.commit_partition(b, PARTITION).unwrap();
+    };
+    // This node's claim of epoch 2 is at offset 4: its units go to 5, 6...
+    let claimed = Position {
+        next_offset: 5,
+        seq: 0,
+        epoch: 2,
+        own_epoch: 2,
+    };
+    store.mark_restored(PARTITION, &claimed).unwrap();
+    store.set_partition_epoch(PARTITION, 2);
+    write(1);
+    write(2);
+    assert!(store.acknowledge_units(PARTITION, &[(1, 5)]).unwrap());
+    assert_eq!(store.readable_outbox_head(PARTITION).unwrap(), 1);
+    // Offset 6 is another node's claim: unit 2 landed after it, refused by every reader.
+    assert!(!store.acknowledge_units(PARTITION, &[(2, 7)]).unwrap());
+    assert_eq!(
+        store.readable_outbox_head(PARTITION).unwrap(),
+        1,
+        "the refused unit's delta never leaves"
+    );
+    write(3);
+    assert!(
+        !store.acknowledge_units(PARTITION, &[(3, 8)]).unwrap(),
+        "and nothing after it"
+    );
+    assert_eq!(store.readable_outbox_head(PARTITION).unwrap(), 1);
+    assert_eq!(
+        store.changelog_follow_position(PARTITION).unwrap(),
+        Position {
+            next_offset: 6,
+            seq: 1,
+            ..claimed
+        },
+        "the position stays at the last accepted unit: a restore reads on from there"
+    );
+    assert!(store.pending_units(PARTITION, 10).unwrap().is_empty());
 }

@@ -3,7 +3,7 @@
 //! store gives the owner's keys of that partition, byte for byte.
 
 use audience_e2e::*;
-use audience_state::changelog::Unit;
+use audience_state::changelog::{Record, Unit};
 use audience_state::store::{replicated_column_families, Store};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -17,8 +17,9 @@ const PARTITIONS: i32 = 2;
 /// The keys and values of a column family, in key order.
 type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// Every unit of one partition of the changelog topic, in offset order.
-fn read_units(bootstrap: &str, topic: &str, partition: i32) -> Result<Vec<Unit>> {
+/// Every unit of one partition of the changelog topic, in offset order, and the epochs of
+/// its claims.
+fn read_units(bootstrap: &str, topic: &str, partition: i32) -> Result<(Vec<Unit>, Vec<u64>)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "changelog-reader")
@@ -28,7 +29,7 @@ fn read_units(bootstrap: &str, topic: &str, partition: i32) -> Result<Vec<Unit>>
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
     consumer.assign(&assignment)?;
-    let mut units = Vec::new();
+    let (mut units, mut claims) = (Vec::new(), Vec::new());
     let mut next = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
     while next < end {
@@ -36,12 +37,15 @@ fn read_units(bootstrap: &str, topic: &str, partition: i32) -> Result<Vec<Unit>>
         if let Some(message) = consumer.poll(Duration::from_millis(100)) {
             let message = message?;
             next = message.offset() + 1;
-            units.push(
-                Unit::decode(message.payload().unwrap_or_default()).map_err(anyhow::Error::msg)?,
-            );
+            match Record::decode(message.payload().unwrap_or_default())
+                .map_err(anyhow::Error::msg)?
+            {
+                Record::Unit(unit) => units.push(unit),
+                Record::Claim(claim) => claims.push(claim.epoch),
+            }
         }
     }
-    Ok(units)
+    Ok((units, claims))
 }
 
 /// The partitions' state in a store: every replicated column family but the catalog's
@@ -163,8 +167,11 @@ async fn the_changelog_rebuilds_each_partition_byte_for_byte() -> Result<()> {
     let replica_dir = tempfile::tempdir()?;
     let replica = Store::open(replica_dir.path(), false)?;
     for partition in 0..PARTITIONS {
-        let units = read_units(&broker.bootstrap, changelog_topic, partition)?;
+        let (units, claims) = read_units(&broker.bootstrap, changelog_topic, partition)?;
         assert!(!units.is_empty(), "partition {partition} wrote units");
+        // The only node claimed the partition once, and wrote every unit under that claim.
+        assert_eq!(claims, vec![1], "partition {partition}");
+        assert!(units.iter().all(|u| u.epoch == 1));
         let seqs: Vec<u64> = units.iter().map(|u| u.seq).collect();
         assert_eq!(
             seqs,

@@ -10,7 +10,8 @@
 //! replicated.
 
 use super::db::*;
-use super::keys::{outbox_head_key, seq_key};
+use super::keys::{meta_key_partition, outbox_head_key, seq_key};
+use crate::changelog::follow::Position;
 use crate::changelog::{cf_code, Op, Unit};
 use std::sync::atomic::Ordering;
 
@@ -34,6 +35,24 @@ fn readable_key(partition: Partition) -> [u8; 7] {
     k[..4].copy_from_slice(&partition.to_be_bytes());
     k[4..].copy_from_slice(b"out");
     k
+}
+
+/// In the `changelog` column family: where this node stands in the partition's changelog
+/// topic (see [`crate::changelog::follow`]).
+fn position_key(partition: Partition) -> [u8; 7] {
+    let mut k = [0u8; 7];
+    k[..4].copy_from_slice(&partition.to_be_bytes());
+    k[4..].copy_from_slice(b"pos");
+    k
+}
+
+/// The first key of a partition's range in a column family keyed by partition first, and the
+/// first key after it.
+fn partition_range(partition: Partition) -> ([u8; 4], [u8; 4]) {
+    let next = partition
+        .checked_add(1)
+        .expect("partitions are Kafka's, below 2^31");
+    (partition.to_be_bytes(), next.to_be_bytes())
 }
 
 /// The outbox head a unit writes, if it writes one.
@@ -211,39 +230,71 @@ impl Store {
         Ok(out)
     }
 
-    /// The changelog topic holds the partition's units through `seq`: they stop waiting.
-    pub fn acknowledge_units(&self, partition: Partition, seq: u64) -> StoreResult<()> {
-        let mut b = self.batch();
-        // Readers may now read what these units wrote to the outbox.
+    /// The changelog topic holds the partition's units `delivered` (sequence and topic offset,
+    /// in order, from the oldest waiting): they stop waiting. Returns whether the log accepts
+    /// them as this node's.
+    ///
+    /// The fencing of a zombie, on the writer's side: after this node's claim, its units must
+    /// land right after it and after each other, in its own epoch. A record of another writer
+    /// in between (a newer owner's claim) means this node lost the partition: from there on
+    /// its units are refused by every reader, so what they wrote to the outbox never becomes
+    /// readable here, and the position stays at the last accepted unit.
+    pub fn acknowledge_units(
+        &self,
+        partition: Partition,
+        delivered: &[(u64, i64)],
+    ) -> StoreResult<bool> {
+        let Some(&(last_seq, _)) = delivered.last() else {
+            return Ok(true);
+        };
+        let _positions = self.lock_positions();
+        let mut position = self.changelog_follow_position(partition)?;
+        let mut advanced = false;
         let mut readable = None;
-        let (_, acknowledged_before) = self.changelog_position(partition)?;
-        let newly = usize::try_from(seq.saturating_sub(acknowledged_before)).unwrap_or(usize::MAX);
-        for (unit_seq, bytes) in self.pending_units(partition, newly)? {
-            if unit_seq > seq {
-                break;
+        let mut accepted = true;
+        let waiting: std::collections::HashMap<u64, Vec<u8>> = self
+            .pending_units(partition, delivered.len())?
+            .into_iter()
+            .collect();
+        for &(seq, offset) in delivered {
+            let unit = waiting.get(&seq).and_then(|bytes| Unit::decode(bytes).ok());
+            let follows = unit.as_ref().is_some_and(|u| u.epoch == position.own_epoch)
+                && offset == position.next_offset
+                && seq == position.seq + 1;
+            if !(accepted && follows) {
+                accepted = false;
+                continue;
             }
-            if let Some(head) = Unit::decode(&bytes).ok().as_ref().and_then(outbox_head_in) {
+            position.next_offset = offset + 1;
+            position.seq = seq;
+            advanced = true;
+            if let Some(head) = unit.as_ref().and_then(outbox_head_in) {
                 readable = Some(head);
             }
         }
+        let changelog = self.cf(CF_CHANGELOG);
+        let mut b = self.batch();
         if let Some(head) = readable {
-            b.batch.put_cf(
-                self.cf(CF_CHANGELOG),
-                readable_key(partition),
-                head.to_be_bytes(),
-            );
+            // Readers may now read what these units wrote to the outbox.
+            b.batch
+                .put_cf(changelog, readable_key(partition), head.to_be_bytes());
+        }
+        if advanced {
+            b.batch
+                .put_cf(changelog, position_key(partition), position.encode());
         }
         b.batch.delete_range_cf(
-            self.cf(CF_CHANGELOG),
+            changelog,
             seq_key(partition, 0),
-            seq_key(partition, seq.saturating_add(1)),
+            seq_key(partition, last_seq.saturating_add(1)),
         );
         b.batch.put_cf(
-            self.cf(CF_CHANGELOG),
+            changelog,
             acknowledged_key(partition),
-            seq.to_be_bytes(),
+            last_seq.to_be_bytes(),
         );
-        self.commit(b)
+        self.commit(b)?;
+        Ok(accepted)
     }
 
     /// The partition's last unit committed here, and the last the topic acknowledged.
@@ -256,5 +307,103 @@ impl Store {
             self.meta_u64(&next_seq_key(partition))?.unwrap_or(0),
             acknowledged,
         ))
+    }
+
+    /// Where this node stands in the partition's changelog topic.
+    pub fn changelog_follow_position(&self, partition: Partition) -> StoreResult<Position> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_CHANGELOG), position_key(partition))?
+        {
+            None => Ok(Position::default()),
+            Some(v) => Position::decode(&v).map_err(|reason| StoreError::Corrupt {
+                cf: CF_CHANGELOG,
+                key: format!("{partition}/pos"),
+                reason,
+            }),
+        }
+    }
+
+    /// Stores where this node stands in the partition's changelog topic (after records that
+    /// changed nothing: claims, repetitions, its own units).
+    pub fn save_changelog_follow_position(
+        &self,
+        partition: Partition,
+        position: &Position,
+    ) -> StoreResult<()> {
+        let _positions = self.lock_positions();
+        let mut b = self.batch();
+        b.batch.put_cf(
+            self.cf(CF_CHANGELOG),
+            position_key(partition),
+            position.encode(),
+        );
+        self.commit(b)
+    }
+
+    fn lock_positions(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.position_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies a unit read from the changelog topic, and the position past it, in one write:
+    /// a crash re-reads it or not at all.
+    pub fn apply_unit_at(&self, unit: &Unit, position: &Position) -> StoreResult<()> {
+        let _positions = self.lock_positions();
+        let mut b = self.unit_batch(unit)?;
+        b.batch.put_cf(
+            self.cf(CF_CHANGELOG),
+            position_key(unit.partition),
+            position.encode(),
+        );
+        self.commit(b)
+    }
+
+    /// The partition is restored to `position`, the changelog topic's end: every unit this
+    /// node holds is on the topic, so every delta of its outbox may leave (the readable head
+    /// left by an earlier ownership is stale).
+    pub fn mark_restored(&self, partition: Partition, position: &Position) -> StoreResult<()> {
+        let _positions = self.lock_positions();
+        let changelog = self.cf(CF_CHANGELOG);
+        let mut b = self.batch();
+        b.batch
+            .put_cf(changelog, position_key(partition), position.encode());
+        b.batch.put_cf(
+            changelog,
+            readable_key(partition),
+            self.outbox_head(partition)?.to_be_bytes(),
+        );
+        b.batch.put_cf(
+            changelog,
+            acknowledged_key(partition),
+            position.seq.to_be_bytes(),
+        );
+        self.commit(b)
+    }
+
+    /// Deletes every key of a partition's state, and this node's changelog records of it
+    /// (waiting units, position): the state went another way than the changelog, which
+    /// rebuilds it. The catalog and the node's own keys stay.
+    pub fn wipe_partition(&self, partition: Partition) -> StoreResult<()> {
+        let _positions = self.lock_positions();
+        let (from, to) = partition_range(partition);
+        let mut b = self.batch();
+        for cf in REPLICATED {
+            if *cf != CF_META && *cf != CF_AUDIENCES {
+                b.batch.delete_range_cf(self.cf(cf), from, to);
+            }
+        }
+        b.batch.delete_range_cf(self.cf(CF_CHANGELOG), from, to);
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_META), rocksdb::IteratorMode::Start)
+        {
+            let (k, _) = item?;
+            if meta_key_partition(&k) == Some(partition) {
+                b.batch.delete_cf(self.cf(CF_META), k);
+            }
+        }
+        self.commit(b)?;
+        self.set_partition_epoch(partition, 0);
+        Ok(())
     }
 }

@@ -89,6 +89,9 @@ pub struct Store {
     pub(super) sync_writes: bool,
     /// Serialises the commits of changelog units: a unit's sequence is its commit order.
     pub(super) unit_lock: std::sync::Mutex<()>,
+    /// Serialises the writes of changelog positions (the restorer's, and the acknowledgements'
+    /// read-modify-write): a position never goes back.
+    pub(super) position_lock: std::sync::Mutex<()>,
     pub(super) changelog: ChangelogMode,
 }
 
@@ -193,6 +196,7 @@ impl Store {
             db,
             sync_writes,
             unit_lock: std::sync::Mutex::new(()),
+            position_lock: std::sync::Mutex::new(()),
             changelog: Default::default(),
         })
     }
@@ -222,6 +226,13 @@ impl Store {
 
     /// Applies a unit of another node's changelog: its operations, in order, in one write.
     pub fn apply_unit(&self, unit: &Unit) -> StoreResult<()> {
+        let b = self.unit_batch(unit)?;
+        self.commit(b)
+    }
+
+    /// A unit's operations as a batch (not logged: a unit read from the changelog is not
+    /// written to it again).
+    pub(super) fn unit_batch(&self, unit: &Unit) -> StoreResult<WriteBatch<'_>> {
         let mut b = self.batch();
         for op in &unit.ops {
             let name = |code: u8| {
@@ -237,7 +248,7 @@ impl Store {
                 Op::DeleteRange { cf, from, to } => b.delete_range(name(*cf)?, from, to),
             }
         }
-        self.commit(b)
+        Ok(b)
     }
 
     pub fn commit(&self, batch: WriteBatch<'_>) -> StoreResult<()> {

@@ -143,4 +143,20 @@ pub(super) fn evaluated_key(partition: Partition, audience: AudienceId) -> Strin
     format!("evaluated/{partition}/{audience}")
 }
 
+/// The partition a `meta` key holds state of, if it is partition state (the keys above that
+/// name a partition); `None` for the catalog's and the node's own keys.
+pub(super) fn meta_key_partition(key: &[u8]) -> Option<Partition> {
+    let key = std::str::from_utf8(key).ok()?;
+    let parts: Vec<&str> = key.split('/').collect();
+    let at = match parts[0] {
+        "profiles" | "replay" | "facts" | "evaluated" | "calc-evaluated" => 1,
+        "head" if matches!(parts.get(1), Some(&"outbox") | Some(&"deadletters")) => 2,
+        "changelog" if parts.get(1) == Some(&"seq") => 2,
+        // Their middle part (a topic, a sink, an audience id) never holds a `/`.
+        "offset" | "published" | "size" if parts.len() == 3 => 2,
+        _ => return None,
+    };
+    parts.get(at)?.parse().ok()
+}
+
 pub(super) const CALC_PREFIX: &str = "calc/";

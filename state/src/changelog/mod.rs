@@ -11,12 +11,17 @@
 //!   depend on the order a database created them);
 //! - a unit names its partition, the owner's epoch and its sequence in the partition: a
 //!   reader applies each sequence once, in order, and ignores units of an older epoch once a
-//!   newer one claimed the partition.
+//!   newer one claimed the partition ([`Claim`], and [`follow`] for the reader's rules).
 
 use serde::{Deserialize, Serialize};
 
+pub mod follow;
+
 /// Version byte of an encoded unit (then postcard).
 pub const CHANGELOG_FORMAT: u8 = 1;
+
+/// First byte of an encoded [`Claim`] (then postcard): claims and units share the topic.
+pub const CLAIM_FORMAT: u8 = 2;
 
 /// The column families a unit may touch, by their stable code (the index here). New column
 /// families are appended: codes never change meaning.
@@ -119,6 +124,44 @@ impl Unit {
     }
 }
 
+/// A node takes a partition: from this record on, readers ignore units of older epochs (a
+/// node that lost the partition but still writes, a zombie, cannot change its state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub partition: u32,
+    /// Above every epoch claimed before it in the partition, else readers ignore the claim.
+    pub epoch: u64,
+    /// The claiming node, for operators reading the topic.
+    pub node: String,
+}
+
+impl Claim {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![CLAIM_FORMAT];
+        out.extend(postcard::to_allocvec(self).expect("claims always serialise"));
+        out
+    }
+}
+
+/// A record of the changelog topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Unit(Unit),
+    Claim(Claim),
+}
+
+impl Record {
+    /// Reads a record; the error says what is wrong with the bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Record, String> {
+        match bytes.split_first() {
+            Some((&CLAIM_FORMAT, body)) => postcard::from_bytes(body)
+                .map(Record::Claim)
+                .map_err(|e| format!("changelog claim does not parse: {e}")),
+            _ => Unit::decode(bytes).map(Record::Unit),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +190,19 @@ mod tests {
             ],
         };
         assert_eq!(Unit::decode(&unit.encode()), Ok(unit.clone()));
+        assert_eq!(
+            Record::decode(&unit.encode()),
+            Ok(Record::Unit(unit.clone()))
+        );
+        let claim = Claim {
+            partition: 3,
+            epoch: 4,
+            node: "node-b".into(),
+        };
+        assert_eq!(Record::decode(&claim.encode()), Ok(Record::Claim(claim)));
+        assert!(Record::decode(&[CLAIM_FORMAT, 0xff])
+            .unwrap_err()
+            .contains("claim"));
         assert!(Unit::decode(&[]).unwrap_err().contains("empty"));
         assert!(Unit::decode(&[7, 1, 2]).unwrap_err().contains("format 7"));
         let mut unknown = unit;

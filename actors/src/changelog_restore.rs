@@ -1,0 +1,378 @@
+//! Restoring a partition from its changelog topic when this node is assigned it, before it
+//! consumes (cluster step 2): the state, the input offsets it was produced up to, the outbox
+//! and its sequences, membership versions, timers, all come from the log its previous owners
+//! wrote, never from the input topic again.
+//!
+//! The steps, on a blocking thread per partition:
+//! 1. wait until this node's own units of the partition are on the topic (a unit committed
+//!    before a revoke is sent by the changelog publisher even after it);
+//! 2. read the partition's changelog from this node's position to the end the broker reports,
+//!    applying what the log has and this node does not (a node that owned the partition before
+//!    reads only the tail), to learn the newest epoch;
+//! 3. write a claim with the next epoch, and read through it: the claim's own offset is the end
+//!    that counts (a broker's reported end may lag what it acknowledged). Once the claim is
+//!    read back as accepted, the units of older epochs after it are ignored by every reader
+//!    (the fencing of a zombie), and the units this node writes carry the new epoch;
+//! 4. when this node's state went another way than the log's (its last units never reached
+//!    the topic, or came after another node's claim: it was a zombie), wipe the partition and
+//!    read the log from its start.
+//!
+//! Invariant: a node writes a partition only after its claim is accepted, and only while the
+//! partition is assigned to it (a revoke waits for a claim being written: see
+//! [`Node::claim_while_restoring`]).
+
+use crate::engine::Engine;
+use crate::node::Node;
+use audience_state::changelog::follow::{Broken, Follower, Position, Step};
+use audience_state::changelog::{Claim, Record};
+use audience_state::store::Partition;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a read waits for the broker without progress before the restore fails (and is
+/// tried again).
+const STALL: Duration = Duration::from_secs(30);
+/// Records read between two stores of the position when nothing was applied.
+const POSITION_EVERY: u64 = 1_000;
+
+/// What a restore did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Units applied from the log.
+    pub applied: u64,
+    /// Units this node held already, checked against the log.
+    pub verified: u64,
+    /// Stale claims, repeated units and a zombie's units.
+    pub ignored: u64,
+    /// The local state was wiped and rebuilt from the log's start.
+    pub rebuilt: bool,
+    /// The epoch of this node's accepted claim.
+    pub epoch: u64,
+    /// The partition's last unit after the restore.
+    pub seq: u64,
+}
+
+/// A consumer of one partition of the changelog topic, and the offset it reads next.
+struct Reader {
+    consumer: BaseConsumer,
+    topic: String,
+    partition: Partition,
+    /// Where the consumer was assigned or last read: no assignment again when it reads on
+    /// from there (a new assignment drops what it fetched ahead).
+    position: Option<i64>,
+}
+
+impl Reader {
+    fn position_at(&mut self, offset: i64) -> anyhow::Result<()> {
+        if self.position == Some(offset) {
+            return Ok(());
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(
+            &self.topic,
+            self.partition as i32,
+            Offset::Offset(offset),
+        )?;
+        self.consumer.assign(&assignment)?;
+        self.position = Some(offset);
+        Ok(())
+    }
+}
+
+/// Restores partitions of one changelog topic for one node.
+pub struct Restorer {
+    engine: Arc<Engine>,
+    kafka: ClientConfig,
+    topic: String,
+    node_id: String,
+    claims: FutureProducer,
+}
+
+impl Restorer {
+    pub fn new(
+        engine: Arc<Engine>,
+        kafka: ClientConfig,
+        topic: String,
+        node_id: String,
+    ) -> anyhow::Result<Restorer> {
+        let claims = crate::changelog_publisher::producer(&kafka)?;
+        Ok(Restorer {
+            engine,
+            kafka,
+            topic,
+            node_id,
+            claims,
+        })
+    }
+
+    /// Brings `partition` to the end of its changelog and claims it for this node; blocking.
+    /// Fails if the partition is revoked meanwhile (the restore under `token` is no longer
+    /// wanted), or the broker does not answer.
+    pub fn restore(
+        &self,
+        node: &Node,
+        partition: Partition,
+        token: u64,
+    ) -> anyhow::Result<RestoreReport> {
+        let started = Instant::now();
+        self.wait_for_own_units(node, partition, token)?;
+        let mut reader = self.reader(partition)?;
+        let store = &self.engine.store;
+        let mut report = RestoreReport::default();
+        let mut follower = Follower::new(
+            store.changelog_follow_position(partition)?,
+            store.changelog_position(partition)?.0,
+        );
+        // To the end the broker reports, which may lag what it acknowledged: only to learn the
+        // newest epoch. The claim's own offset is the end that counts.
+        let (_, high) = reader
+            .consumer
+            .fetch_watermarks(&self.topic, partition as i32, STALL)?;
+        self.catch_up(&mut reader, partition, &mut follower, high, &mut report)?;
+        for _attempt in 0..5 {
+            let epoch = follower.position.epoch + 1;
+            let claim_offset =
+                node.claim_while_restoring(partition, token, || self.claim(partition, epoch))?;
+            let accepted = self.catch_up(
+                &mut reader,
+                partition,
+                &mut follower,
+                claim_offset + 1,
+                &mut report,
+            )?;
+            // Everything before the claim is read: this node holds no unit the log refused.
+            if let Err(Broken::Diverged(why)) = follower.caught_up() {
+                anyhow::ensure!(
+                    !report.rebuilt,
+                    "partition {partition}: rebuilt from the changelog and still {why}"
+                );
+                self.rebuild(partition, &mut follower, &why)?;
+                report.rebuilt = true;
+                let accepted = self.catch_up(
+                    &mut reader,
+                    partition,
+                    &mut follower,
+                    claim_offset + 1,
+                    &mut report,
+                )?;
+                follower
+                    .caught_up()
+                    .map_err(|broken| anyhow::anyhow!("partition {partition}: {broken}"))?;
+                if accepted != Some(claim_offset) {
+                    continue;
+                }
+            } else if accepted != Some(claim_offset) {
+                tracing::info!(
+                    partition,
+                    epoch,
+                    "another claim came first; claiming with the next epoch"
+                );
+                continue;
+            }
+            follower.position.own_epoch = epoch;
+            store.mark_restored(partition, &follower.position)?;
+            store.set_partition_epoch(partition, epoch);
+            report.epoch = epoch;
+            report.seq = follower.position.seq;
+            metrics::counter!("audience_changelog_units_restored_total").increment(report.applied);
+            metrics::histogram!("audience_changelog_restore_seconds")
+                .record(started.elapsed().as_secs_f64());
+            return Ok(report);
+        }
+        anyhow::bail!("partition {partition}: five claims in a row came after another node's")
+    }
+
+    /// Waits until the changelog topic holds every unit this node committed of the partition.
+    fn wait_for_own_units(
+        &self,
+        node: &Node,
+        partition: Partition,
+        token: u64,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + STALL;
+        while !self.engine.store.pending_units(partition, 1)?.is_empty() {
+            anyhow::ensure!(
+                node.is_restoring(partition, token),
+                "partition {partition} was revoked while it was restored"
+            );
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "partition {partition}: this node's own units did not reach the changelog topic \
+                 in {STALL:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    fn reader(&self, partition: Partition) -> anyhow::Result<Reader> {
+        let consumer = self
+            .kafka
+            .clone()
+            // No group: the reader is assigned its partition and commits nothing.
+            .set("group.id", format!("{}-restore", self.node_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()?;
+        Ok(Reader {
+            consumer,
+            topic: self.topic.clone(),
+            partition,
+            position: None,
+        })
+    }
+
+    /// Reads the partition's changelog from the follower's position to `end` (exclusive),
+    /// applying what it says; when this node's state went another way than the log's, it is
+    /// rebuilt (once). Returns the offset of the last claim it accepted.
+    fn catch_up(
+        &self,
+        reader: &mut Reader,
+        partition: Partition,
+        follower: &mut Follower,
+        end: i64,
+        report: &mut RestoreReport,
+    ) -> anyhow::Result<Option<i64>> {
+        let store = &self.engine.store;
+        let (low, _) = reader
+            .consumer
+            .fetch_watermarks(&self.topic, partition as i32, STALL)?;
+        let mut last_claim = None;
+        'read: loop {
+            let start = follower.position.next_offset.max(low);
+            if start < end {
+                let mut unsaved = 0u64;
+                let mut progress = Instant::now();
+                let mut repositioned = 0;
+                reader.position_at(start)?;
+                while follower.position.next_offset < end {
+                    let Some(message) = reader.consumer.poll(Duration::from_millis(100)) else {
+                        anyhow::ensure!(
+                            progress.elapsed() < STALL,
+                            "partition {partition}: the changelog topic gave nothing past \
+                             offset {} in {STALL:?} (its end is {end})",
+                            follower.position.next_offset
+                        );
+                        continue;
+                    };
+                    let message = message?;
+                    progress = Instant::now();
+                    let offset = message.offset();
+                    if offset < follower.position.next_offset {
+                        continue;
+                    }
+                    // The log has no holes (nothing compacts or aborts it): a record further on
+                    // means the reader skipped some, and every record counts.
+                    let expected = follower.position.next_offset.max(low);
+                    if offset > expected {
+                        repositioned += 1;
+                        anyhow::ensure!(
+                            repositioned <= 3,
+                            "partition {partition}: the changelog reader keeps skipping from \
+                             offset {expected} to {offset}"
+                        );
+                        tracing::warn!(
+                            partition,
+                            expected,
+                            offset,
+                            "changelog reader skipped records; reading them again"
+                        );
+                        reader.position = None;
+                        reader.position_at(expected)?;
+                        continue;
+                    }
+                    reader.position = Some(offset + 1);
+                    let record =
+                        Record::decode(message.payload().unwrap_or_default()).map_err(|why| {
+                            anyhow::anyhow!(
+                                "partition {partition}: changelog record at offset {offset} \
+                                 is unreadable: {why}"
+                            )
+                        })?;
+                    match follower.read(offset, &record) {
+                        Ok(Step::Apply) => {
+                            let Record::Unit(unit) = &record else {
+                                unreachable!("only units are applied")
+                            };
+                            store.apply_unit_at(unit, &follower.position)?;
+                            report.applied += 1;
+                            unsaved = 0;
+                        }
+                        Ok(step) => {
+                            match step {
+                                Step::Verified => report.verified += 1,
+                                Step::Claimed { .. } => last_claim = Some(offset),
+                                _ => report.ignored += 1,
+                            }
+                            unsaved += 1;
+                            if unsaved >= POSITION_EVERY {
+                                store.save_changelog_follow_position(
+                                    partition,
+                                    &follower.position,
+                                )?;
+                                unsaved = 0;
+                            }
+                        }
+                        Err(Broken::Diverged(why)) if !report.rebuilt => {
+                            self.rebuild(partition, follower, &why)?;
+                            report.rebuilt = true;
+                            continue 'read;
+                        }
+                        Err(broken) => anyhow::bail!("partition {partition}: {broken}"),
+                    }
+                }
+                store.save_changelog_follow_position(partition, &follower.position)?;
+            }
+            return Ok(last_claim);
+        }
+    }
+
+    /// This node's state of the partition went another way than the log: it goes, and the log
+    /// is read again from its start.
+    fn rebuild(
+        &self,
+        partition: Partition,
+        follower: &mut Follower,
+        why: &str,
+    ) -> anyhow::Result<()> {
+        tracing::warn!(
+            partition,
+            why,
+            "this node's state of the partition is not the changelog's: rebuilding it from the \
+             changelog"
+        );
+        metrics::counter!("audience_changelog_rebuilds_total").increment(1);
+        self.engine.store.wipe_partition(partition)?;
+        *follower = Follower::new(Position::default(), 0);
+        Ok(())
+    }
+
+    /// Writes this node's claim on the partition; returns its offset.
+    fn claim(&self, partition: Partition, epoch: u64) -> anyhow::Result<i64> {
+        let claim = Claim {
+            partition,
+            epoch,
+            node: self.node_id.clone(),
+        }
+        .encode();
+        let key = partition.to_be_bytes();
+        let record = FutureRecord::to(&self.topic)
+            .partition(partition as i32)
+            .key(&key[..])
+            .payload(&claim[..]);
+        let delivery = self
+            .claims
+            .send_result(record)
+            .map_err(|(e, _)| anyhow::anyhow!("claim not enqueued: {e}"))?;
+        match futures::executor::block_on(delivery) {
+            Ok(Ok(delivered)) => Ok(delivered.offset),
+            Ok(Err((e, _))) => anyhow::bail!("claim not written: {e}"),
+            Err(_) => anyhow::bail!("claim not written: the producer went away"),
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! Cluster step 2: a partition's state moves with it. Two engine processes in one consumer
+//! group with the changelog on; a partition goes from A to B and back to A. Each node restores
+//! what it is assigned from the changelog topic (never from the input topic again), so:
+//! every input message is applied once in the whole cluster, membership versions and outbox
+//! sequences continue across owners, and the final memberships need the history both nodes
+//! wrote.
+
+use audience_e2e::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+const USERS: i64 = 20;
+const PARTITIONS: i32 = 2;
+
+/// Every record of a topic's partitions, as JSON: read until nothing more comes for a second
+/// (the test broker's reported end may lag its last batch).
+fn read_topic(bootstrap: &str, topic: &str) -> Result<Vec<Value>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "moves-reader")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < Duration::from_secs(1) {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            out.push(serde_json::from_slice(
+                message?.payload().unwrap_or_default(),
+            )?);
+            last = Instant::now();
+        }
+    }
+    Ok(out)
+}
+
+/// One round of events: every user plays, with a tier attribute.
+async fn round(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    now: i64,
+    round: i64,
+    tier: impl Fn(i64) -> &'static str,
+) -> Result<()> {
+    for mpid in 1..=USERS {
+        let mut batch = sdk_batch(
+            mpid,
+            now + round,
+            vec![custom_event("Play", "navigation", now + round, json!({}))],
+        );
+        batch["user_attributes"]["tier"] = json!(tier(mpid));
+        produce_json(producer, topic, &batch).await?;
+    }
+    Ok(())
+}
+
+async fn processed(ch: &Channel) -> Result<u64> {
+    let s = status(ch).await?;
+    Ok(s.messages_processed + s.messages_dead_lettered)
+}
+
+/// Waits until the two nodes together applied `total` messages.
+async fn wait_cluster_processed(a: &Channel, b: &Channel, total: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (pa, pb) = (processed(a).await?, processed(b).await?);
+        if pa + pb >= total {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the cluster applied {pa} + {pb} of {total}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the node owns exactly `n` partitions.
+async fn wait_owning(ch: &Channel, n: usize) -> Result<Vec<u32>> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let owned: Vec<u32> = status(ch)
+            .await?
+            .partitions
+            .iter()
+            .map(|p| p.partition)
+            .collect();
+        if owned.len() == n {
+            return Ok(owned);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "owns {owned:?}, not {n} partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_moving_away_and_back_keeps_its_state_versions_and_offsets() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("moves");
+    broker.create_deployment_topics(&topics, PARTITIONS).await?;
+    let changelog_topic = format!("{}-changelog", topics.events);
+    let dir = tempfile::tempdir()?;
+    let start = |id: &str, data: &std::path::Path| {
+        Engine::start_with(
+            &broker,
+            &topics,
+            data,
+            "moves",
+            &[
+                ("AUDIENCE_CHANGELOG", "true"),
+                ("AUDIENCE_CHANGELOG_TOPIC", &changelog_topic),
+                ("AUDIENCE_NODE_ID", id),
+            ],
+        )
+    };
+    let mut a = start("node-a", &dir.path().join("a"))?;
+    let ch_a = a.ready().await?;
+    wait_owning(&ch_a, 2).await?;
+    let gold = create_audience(
+        &ch_a,
+        "gold",
+        json!({"user_attribute": {"name": "tier", "op": "exact_match", "value": "gold"}}),
+    )
+    .await?;
+    let played = create_audience(
+        &ch_a,
+        "played three times",
+        json!({"event": {"type": "custom_event", "name": "Play", "count": {"at_least": 3}}}),
+    )
+    .await?;
+    let producer = broker.producer()?;
+    let now = engine_now(&ch_a).await?;
+
+    // Round 1 on A alone: even users are gold.
+    let even_gold = |mpid: i64| if mpid % 2 == 0 { "gold" } else { "silver" };
+    round(&producer, &topics.events, now, 1, even_gold).await?;
+    wait_processed(&ch_a, USERS as u64, Duration::from_secs(60)).await?;
+
+    // B joins: one partition moves to B, restored from the changelog A wrote.
+    let mut b = start("node-b", &dir.path().join("b"))?;
+    let ch_b = b.ready().await?;
+    let moved = wait_owning(&ch_b, 1).await?;
+    wait_owning(&ch_a, 1).await?;
+    // Round 2, split: every fourth user leaves gold (the version after A's).
+    let fourth_silver = |mpid: i64| {
+        if mpid % 4 == 0 || mpid % 2 == 1 {
+            "silver"
+        } else {
+            "gold"
+        }
+    };
+    round(&producer, &topics.events, now, 2, fourth_silver).await?;
+    wait_cluster_processed(&ch_a, &ch_b, 2 * USERS as u64).await?;
+    let applied_by_b = processed(&ch_b).await?;
+    assert!(applied_by_b > 0, "B applied the moved partition's messages");
+
+    // B stops: its partition goes back to A, which applies only the tail B wrote.
+    assert_eq!(b.terminate()?, Some(0));
+    wait_owning(&ch_a, 2).await?;
+    round(&producer, &topics.events, now, 3, even_gold).await?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while processed(&ch_a).await? + applied_by_b < 3 * USERS as u64 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "A applied {} of round 3",
+            processed(&ch_a).await?
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every message was applied once in the cluster: A did not read the moved partition's
+    // round 2 again from its own stale offsets.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let applied = processed(&ch_a).await? + applied_by_b;
+    assert_eq!(
+        applied,
+        3 * USERS as u64,
+        "moved partition {moved:?}: each message applied once"
+    );
+
+    // Memberships need the history of both owners: three plays each, even users gold again.
+    for mpid in 1..=USERS {
+        let p = profile(&ch_a, mpid).await?;
+        let members: BTreeSet<u64> = p.audiences.iter().map(|m| m.audience_id).collect();
+        let mut expected = BTreeSet::from([played.id]);
+        if mpid % 2 == 0 {
+            expected.insert(gold.id);
+        }
+        assert_eq!(members, expected, "user {mpid}");
+    }
+
+    // The deltas topic: once deduplicated by id, one meaning per id; per (audience, user)
+    // versions 1, 2, 3... alternating added and dropped; per partition sequences without gap.
+    let mut expected_ids = BTreeSet::new();
+    for mpid in 1..=USERS {
+        expected_ids.insert(format!("{}:{mpid}:1", played.id));
+        if mpid % 2 == 0 {
+            expected_ids.insert(format!("{}:{mpid}:1", gold.id));
+        }
+        if mpid % 4 == 0 {
+            expected_ids.insert(format!("{}:{mpid}:2", gold.id));
+            expected_ids.insert(format!("{}:{mpid}:3", gold.id));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let deltas = loop {
+        let deltas = read_topic(&broker.bootstrap, &topics.deltas)?;
+        let ids: BTreeSet<String> = deltas
+            .iter()
+            .map(|d| d["delta_id"].as_str().unwrap_or_default().to_string())
+            .collect();
+        if ids.is_superset(&expected_ids) || Instant::now() > deadline {
+            break deltas;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut by_id: BTreeMap<String, Value> = BTreeMap::new();
+    for d in &deltas {
+        let id = d["delta_id"].as_str().unwrap_or_default().to_string();
+        if let Some(before) = by_id.get(&id) {
+            assert_eq!(before, d, "delta id {id} sent with two meanings");
+        }
+        by_id.insert(id, d.clone());
+    }
+    let ids: BTreeSet<String> = by_id.keys().cloned().collect();
+    assert_eq!(
+        ids,
+        expected_ids,
+        "missing: {:?}",
+        expected_ids.difference(&ids).collect::<Vec<_>>()
+    );
+    let mut versions: BTreeMap<(u64, i64), Vec<(u64, String)>> = BTreeMap::new();
+    let mut sequences: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for d in by_id.values() {
+        let key = (
+            d["audience_id"].as_u64().unwrap(),
+            d["mpid"].as_i64().unwrap(),
+        );
+        versions.entry(key).or_default().push((
+            d["version"].as_u64().unwrap(),
+            d["kind"].as_str().unwrap().to_string(),
+        ));
+        sequences
+            .entry(d["partition"].as_u64().unwrap())
+            .or_default()
+            .push(d["sequence"].as_u64().unwrap());
+    }
+    for ((audience, mpid), mut changes) in versions {
+        changes.sort();
+        for (i, (version, kind)) in changes.iter().enumerate() {
+            assert_eq!(*version, i as u64 + 1, "audience {audience} user {mpid}");
+            let expected = if i % 2 == 0 { "added" } else { "dropped" };
+            assert_eq!(kind, expected, "audience {audience} user {mpid} v{version}");
+        }
+    }
+    for (partition, mut seqs) in sequences {
+        seqs.sort();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "partition {partition}: outbox sequences continue across owners"
+        );
+    }
+    assert!(
+        a.log_text()
+            .contains("partition restored from the changelog"),
+        "A restored the partition B wrote"
+    );
+    assert_eq!(a.terminate()?, Some(0));
+    Ok(())
+}
+
+fn signal(engine: &Engine, signal: &str) -> Result<()> {
+    let pid = engine.pid().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill {signal} {pid}: {status}");
+    Ok(())
+}
+
+/// The zombie: A owns every partition and is SIGSTOPped; meanwhile B restores and claims them
+/// all. (Ideally B would be A's group peer and the broker would evict A when its session
+/// expires, but tansu 0.6 keeps a SIGSTOPped member in the assignment across rebalances; B in
+/// another consumer group makes the same split brain, and one that never heals, which is
+/// harder.) A resumes still owning its partitions in its own eyes, and two days pass on its
+/// clock: its timers drop members and write units, which land after B's claims. The log
+/// refuses them, so their deltas never leave A, and B's memberships and versions stand alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_owner_cannot_publish_what_it_wrote_after_losing_its_partition() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("zombie");
+    broker.create_deployment_topics(&topics, PARTITIONS).await?;
+    let changelog_topic = format!("{}-changelog", topics.events);
+    let dir = tempfile::tempdir()?;
+    let start = |id: &str, group: &str, data: &std::path::Path| {
+        Engine::start_with(
+            &broker,
+            &topics,
+            data,
+            group,
+            &[
+                ("AUDIENCE_CHANGELOG", "true"),
+                ("AUDIENCE_CHANGELOG_TOPIC", &changelog_topic),
+                ("AUDIENCE_NODE_ID", id),
+            ],
+        )
+    };
+    let mut a = start("node-a", "zombie-a", &dir.path().join("a"))?;
+    let ch_a = a.ready().await?;
+    wait_owning(&ch_a, 2).await?;
+    let today = create_audience(
+        &ch_a,
+        "played today",
+        json!({"event": {"type": "custom_event", "name": "Play", "time": {"within_last_days": 1}}}),
+    )
+    .await?;
+    let producer = broker.producer()?;
+    let now = engine_now(&ch_a).await?;
+    round(&producer, &topics.events, now, 1, |_| "gold").await?;
+    wait_processed(&ch_a, USERS as u64, Duration::from_secs(60)).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&ch_a).await?.changelog_units_pending > 0 {
+        anyhow::ensure!(Instant::now() < deadline, "A's units never reached the log");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A stops answering; B restores every partition and claims them.
+    signal(&a, "-STOP")?;
+    let mut b = start("node-b", "zombie-b", &dir.path().join("b"))?;
+    let ch_b = b.ready().await?;
+    wait_owning(&ch_b, 2).await?;
+    // (A partition has an actor only once it is restored and claimed.)
+
+    // A wakes and two days pass on its clock: its timers drop every member, in units that
+    // land after B's claims.
+    signal(&a, "-CONT")?;
+    advance_clock(&ch_a, 2 * 24 * 3_600_000).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.log_text().contains("changelog units refused") {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "A's units after B's claims were not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // On B's clock no day passed: every user is still a member, at version 1, and none of A's
+    // drops reached the deltas topic.
+    for mpid in 1..=USERS {
+        let p = profile(&ch_b, mpid).await?;
+        let memberships: Vec<(u64, u64)> = p
+            .audiences
+            .iter()
+            .map(|m| (m.audience_id, m.version))
+            .collect();
+        assert_eq!(memberships, vec![(today.id, 1)], "user {mpid}");
+    }
+    let deltas = read_topic(&broker.bootstrap, &topics.deltas)?;
+    let mut ids: Vec<String> = deltas
+        .iter()
+        .map(|d| d["delta_id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let mut expected: Vec<String> = (1..=USERS)
+        .map(|mpid| format!("{}:{mpid}:1", today.id))
+        .collect();
+    expected.sort();
+    assert_eq!(ids, expected, "only the adds: A's drops never left it");
+    a.kill9();
+    assert_eq!(b.terminate()?, Some(0));
+    Ok(())
+}
