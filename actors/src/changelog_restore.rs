@@ -54,6 +54,8 @@ pub struct RestoreReport {
     pub epoch: u64,
     /// The partition's last unit after the restore.
     pub seq: u64,
+    /// How long the restore took, claim included.
+    pub elapsed_ms: u64,
 }
 
 /// A consumer of one partition of the changelog topic, and the offset it reads next.
@@ -178,6 +180,7 @@ impl Restorer {
             store.set_partition_epoch(partition, epoch);
             report.epoch = epoch;
             report.seq = follower.position.seq;
+            report.elapsed_ms = started.elapsed().as_millis() as u64;
             metrics::counter!("audience_changelog_units_restored_total").increment(report.applied);
             metrics::histogram!("audience_changelog_restore_seconds")
                 .record(started.elapsed().as_secs_f64());

@@ -247,7 +247,87 @@ async fn main() -> Result<()> {
         on.0 / off.0,
         on.1.as_secs_f64()
     );
+    // A node taking every partition restores it from the changelog the last node wrote.
+    let restore = restore_all(&broker, &topics, dir.path()).await?;
+    println!(
+        "restore from the changelog: {} profiles ({} units) in {:.2} s = {:.0} profiles/s \
+         (partitions in parallel; no snapshots yet: the whole log is read)",
+        restore.profiles,
+        restore.units,
+        restore.seconds,
+        restore.profiles as f64 / restore.seconds
+    );
     Ok(())
+}
+
+struct Restored {
+    profiles: u64,
+    units: u64,
+    /// The longest partition restore, claim included.
+    seconds: f64,
+}
+
+/// A fresh node in a group of its own restores every partition from the changelog topic the
+/// catch-up with the changelog on wrote: how many profiles and units, in how long.
+async fn restore_all(broker: &Broker, topics: &Topics, dir: &std::path::Path) -> Result<Restored> {
+    const PARTITIONS: usize = 4;
+    let data = dir.join("bench-restore");
+    let mut engine = Engine::start_with(
+        broker,
+        topics,
+        &data,
+        "bench-restore",
+        &[
+            ("AUDIENCE_MANUAL_CLOCK", "false"),
+            ("AUDIENCE_PARTITIONS", "4"),
+            ("AUDIENCE_CHANGELOG", "true"),
+            ("AUDIENCE_CHANGELOG_TOPIC", "bench-changelog"),
+        ],
+    )?;
+    let ch = engine.ready().await?;
+    let started = Instant::now();
+    // A partition has an actor only once it is restored.
+    while status(&ch).await?.partitions.len() < PARTITIONS {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1800),
+            "partitions not restored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    engine.terminate()?;
+    // Each restore logs its report: units applied and time taken.
+    let log = engine.log_text();
+    let figure = |line: &str, name: &str| -> u64 {
+        line.split(&format!("{name}: "))
+            .nth(1)
+            .and_then(|rest| rest.split([',', ' ', '}']).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let reports: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("partition restored from the changelog"))
+        .collect();
+    anyhow::ensure!(
+        reports.len() >= PARTITIONS,
+        "{} restore reports in the log",
+        reports.len()
+    );
+    let store = audience_state::store::Store::open(&data, false)?;
+    let mut profiles = 0;
+    for p in 0..PARTITIONS as u32 {
+        profiles += store.profile_count(p)?.unwrap_or(0);
+    }
+    Ok(Restored {
+        profiles,
+        units: reports.iter().map(|l| figure(l, "applied")).sum(),
+        seconds: reports
+            .iter()
+            .map(|l| figure(l, "elapsed_ms"))
+            .max()
+            .unwrap_or(0) as f64
+            / 1000.0,
+    })
 }
 
 /// A fresh node reading the whole events topic: its rate in batches/s, and how long after the
