@@ -120,6 +120,12 @@ impl Restorer {
         partition: Partition,
         token: u64,
     ) -> anyhow::Result<RestoreReport> {
+        let one_at_a_time = node.restore_lock(partition);
+        let _restoring = one_at_a_time.lock();
+        anyhow::ensure!(
+            node.is_restoring(partition, token),
+            "partition {partition} was revoked before its restore began"
+        );
         let started = Instant::now();
         self.wait_for_own_units(node, partition, token)?;
         let mut reader = self.reader(partition)?;
@@ -134,13 +140,21 @@ impl Restorer {
         let (_, high) = reader
             .consumer
             .fetch_watermarks(&self.topic, partition as i32, STALL)?;
-        self.catch_up(&mut reader, partition, &mut follower, high, &mut report)?;
+        self.catch_up(
+            &mut reader,
+            (node, token),
+            partition,
+            &mut follower,
+            high,
+            &mut report,
+        )?;
         for _attempt in 0..5 {
             let epoch = follower.position.epoch + 1;
             let claim_offset =
                 node.claim_while_restoring(partition, token, || self.claim(partition, epoch))?;
             let accepted = self.catch_up(
                 &mut reader,
+                (node, token),
                 partition,
                 &mut follower,
                 claim_offset + 1,
@@ -156,6 +170,7 @@ impl Restorer {
                 report.rebuilt = true;
                 let accepted = self.catch_up(
                     &mut reader,
+                    (node, token),
                     partition,
                     &mut follower,
                     claim_offset + 1,
@@ -176,8 +191,20 @@ impl Restorer {
                 continue;
             }
             follower.position.own_epoch = epoch;
-            store.mark_restored(partition, &follower.position)?;
-            store.set_partition_epoch(partition, epoch);
+            // Nothing else wrote the partition meanwhile (its writes are refused until now):
+            // this node holds exactly the log's units.
+            let local = store.changelog_position(partition)?.0;
+            anyhow::ensure!(
+                local == follower.local_seq,
+                "partition {partition}: the store holds unit {local}, the restore read {}",
+                follower.local_seq
+            );
+            // Under the claim lock: a revoke meanwhile leaves the partition unwritable.
+            node.claim_while_restoring(partition, token, || {
+                store.mark_restored(partition, &follower.position)?;
+                store.set_partition_epoch(partition, epoch);
+                Ok(())
+            })?;
             report.epoch = epoch;
             report.seq = follower.position.seq;
             report.elapsed_ms = started.elapsed().as_millis() as u64;
@@ -220,6 +247,9 @@ impl Restorer {
             .set("group.id", format!("{}-restore", self.node_id))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
+            // A position past the log's end (a topic made anew) is an error, never a silent
+            // jump to the end.
+            .set("auto.offset.reset", "error")
             .set("fetch.wait.max.ms", "10")
             .create()?;
         Ok(Reader {
@@ -236,6 +266,7 @@ impl Restorer {
     fn catch_up(
         &self,
         reader: &mut Reader,
+        (node, token): (&Node, u64),
         partition: Partition,
         follower: &mut Follower,
         end: i64,
@@ -254,6 +285,10 @@ impl Restorer {
                 let mut repositioned = 0;
                 reader.position_at(start)?;
                 while follower.position.next_offset < end {
+                    anyhow::ensure!(
+                        node.is_restoring(partition, token),
+                        "partition {partition} was revoked while it was restored"
+                    );
                     let Some(message) = reader.consumer.poll(Duration::from_millis(100)) else {
                         anyhow::ensure!(
                             progress.elapsed() < STALL,

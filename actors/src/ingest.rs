@@ -97,24 +97,27 @@ impl ConsumerContext for IngestContext {
                     }
                 }
                 tracing::info!(partitions = ?assigned, "partitions assigned; resuming from stored offsets");
-                if let Err(e) = consumer.assign(tpl) {
-                    tracing::error!(error = %e, "assign failed");
-                }
                 let mut partitions: Vec<Partition> =
                     assigned.iter().map(|(_, p)| *p as Partition).collect();
                 partitions.sort_unstable();
                 partitions.dedup();
                 if let Some(restore) = &self.restore {
-                    // Nothing is consumed before the state is the changelog's.
-                    if let Err(e) = consumer.pause(tpl) {
-                        tracing::error!(error = %e, "pause failed");
+                    // Nothing is consumed before the state is the changelog's: the consumer
+                    // is assigned each partition once it is restored (see `resume_restored`).
+                    if let Err(e) = consumer.assign(&TopicPartitionList::new()) {
+                        tracing::error!(error = %e, "assign failed");
                     }
                     let token = self.node.begin_restore(&partitions);
                     for &p in &partitions {
                         restore.spawn(self.node.clone(), p, token);
                     }
-                } else if let Err(e) = self.node.assign(&partitions) {
-                    tracing::error!(?partitions, error = %e, "cannot start partition actor");
+                } else {
+                    if let Err(e) = consumer.assign(tpl) {
+                        tracing::error!(error = %e, "assign failed");
+                    }
+                    if let Err(e) = self.node.assign(&partitions) {
+                        tracing::error!(?partitions, error = %e, "cannot start partition actor");
+                    }
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -217,7 +220,11 @@ fn dispatchable(
     (by_partition, dropped)
 }
 
-/// A restored partition is consumed from the offsets its state was produced up to.
+/// A restored partition is consumed from the offsets its state was produced up to. The
+/// consumer is assigned again every partition this node consumes, each at the offsets its
+/// state holds: between two batches those are exactly where each one stands (what was fetched
+/// ahead is fetched again), and explicit offsets leave nothing to a seek on a paused
+/// partition or to the group's advisory commits.
 fn resume_restored(
     consumer: &StreamConsumer<IngestContext>,
     node: &Node,
@@ -228,21 +235,18 @@ fn resume_restored(
     if !node.finish_restore(partition, token)? {
         return Ok(());
     }
-    let mut resumed = TopicPartitionList::new();
-    for topic in topics {
-        let offset = node
-            .engine
-            .store
-            .next_offset(topic, partition)?
-            .map_or(Offset::Beginning, Offset::Offset);
-        // Paused, then positioned: resume reads from here. Were the seek refused, the stale
-        // position is below the restored offsets and the actor skips what it has applied.
-        if let Err(e) = consumer.seek(topic, partition as i32, offset, Duration::from_secs(5)) {
-            tracing::warn!(topic, partition, error = %e, "seek after restore failed");
+    let mut assignment = TopicPartitionList::new();
+    for p in node.owned() {
+        for topic in topics {
+            let offset = node
+                .engine
+                .store
+                .next_offset(topic, p)?
+                .map_or(Offset::Beginning, Offset::Offset);
+            assignment.add_partition_offset(topic, p as i32, offset)?;
         }
-        resumed.add_partition(topic, partition as i32);
     }
-    consumer.resume(&resumed)?;
+    consumer.assign(&assignment)?;
     tracing::info!(partition, "restored partition resumed");
     Ok(())
 }

@@ -29,6 +29,9 @@ pub struct Node {
     /// Held while a claim of a partition is written: a revoke waits for it, so that a node
     /// never claims a partition it was revoked (after the new owner's claim).
     claiming: Mutex<()>,
+    /// One restore of a partition at a time: a restore begun under an older assignment
+    /// finishes (or gives up) before the next one reads.
+    restores: Mutex<BTreeMap<Partition, Arc<Mutex<()>>>>,
 }
 
 /// The partitions the consumer's assignment holds, and how many times it changed.
@@ -63,6 +66,7 @@ impl Node {
             actors: Mutex::new(BTreeMap::new()),
             ownership: Mutex::new(Ownership::default()),
             claiming: Mutex::new(()),
+            restores: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -83,6 +87,9 @@ impl Node {
     /// The assignment gave this node `partitions`, to restore before they are consumed: no
     /// actor until [`Node::finish_restore`]. Returns the token the restores carry.
     pub fn begin_restore(&self, partitions: &[Partition]) -> u64 {
+        for &p in partitions {
+            self.engine.store.stop_writing(p);
+        }
         let mut ownership = self.ownership.lock();
         ownership.generation += 1;
         let token = ownership.generation;
@@ -90,6 +97,11 @@ impl Node {
             ownership.restoring.insert(p, token);
         }
         token
+    }
+
+    /// The lock a restore of `partition` holds from its first read to its last write.
+    pub fn restore_lock(&self, partition: Partition) -> Arc<Mutex<()>> {
+        self.restores.lock().entry(partition).or_default().clone()
     }
 
     /// Whether the restore of `partition` begun under `token` is still wanted.
@@ -196,6 +208,10 @@ impl Node {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             tracing::info!(partition = p, "partition released");
+        }
+        for &p in partitions {
+            // Nothing (a publisher's position, a late timer) writes it from here on.
+            self.engine.store.stop_writing(p);
         }
         self.wait_for_changelog(partitions);
     }

@@ -236,6 +236,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )?);
     let clock = Arc::new(Clock::new(config.clock.manual));
     let engine = Engine::new(store.clone(), clock, config.settings()?)?;
+    if config.cluster.changelog {
+        // Every write of partition state is a unit of its changelog, and only partitions this
+        // node claimed are written: the publishers start with none (not the store's).
+        store.log_partition_writes();
+        engine.partitions.lock().clear();
+    }
     let node = Node::start(engine.clone(), config.engine.threads)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -301,7 +307,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
             .await?;
         }
-        store.log_partition_writes();
         let task = tokio::spawn(changelog_publisher::run(
             engine.clone(),
             changelog_publisher::producer(&kafka)?,

@@ -138,6 +138,7 @@ proptest! {
         write_other_partition(&store);
         write_other_partition(&others_only);
         store.log_partition_writes();
+        store.set_partition_epoch(PARTITION, 1);
         for actions in &units {
             let mut b = store.partition_batch();
             for a in actions {
@@ -164,6 +165,7 @@ fn a_unit_read_from_the_topic_is_applied_with_the_position_past_it() {
     let owner = Store::open(owner_dir.path(), false).unwrap();
     let replica = Store::open(replica_dir.path(), false).unwrap();
     owner.log_partition_writes();
+    owner.set_partition_epoch(PARTITION, 0);
     let mut b = owner.partition_batch();
     b.set_next_offset("events", PARTITION, 41);
     owner.commit_partition(b, PARTITION).unwrap();
@@ -183,6 +185,28 @@ fn a_unit_read_from_the_topic_is_applied_with_the_position_past_it() {
         replica.changelog_follow_position(PARTITION).unwrap(),
         position
     );
+}
+
+#[test]
+fn with_the_changelog_on_only_a_claimed_partition_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), false).unwrap();
+    store.log_partition_writes();
+    let write = || {
+        let mut b = store.partition_batch();
+        b.set_next_offset("events", PARTITION, 1);
+        store.commit_partition(b, PARTITION)
+    };
+    // Never claimed (a publisher of a partition another node owns, say): no unit.
+    let refused = write().unwrap_err();
+    assert!(refused.to_string().contains("not this node's"), "{refused}");
+    store.set_partition_epoch(PARTITION, 3);
+    write().unwrap();
+    // Revoked: refused again, nothing committed meanwhile.
+    store.stop_writing(PARTITION);
+    assert!(write().is_err());
+    assert_eq!(store.changelog_position(PARTITION).unwrap().0, 1);
+    assert_eq!(store.next_offset("events", PARTITION).unwrap(), Some(1));
 }
 
 #[test]
@@ -303,6 +327,7 @@ fn deltas_are_readable_only_once_the_changelog_holds_them() {
     assert_eq!(store.readable_outbox_head(PARTITION).unwrap(), 1);
 
     store.log_partition_writes();
+    store.set_partition_epoch(PARTITION, 0);
     write(2);
     write(3);
     assert_eq!(store.outbox_head(PARTITION).unwrap(), 3);

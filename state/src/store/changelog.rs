@@ -104,23 +104,25 @@ impl Store {
         self.changelog.enabled.load(Ordering::SeqCst)
     }
 
-    /// The epoch of this node's claim on a partition: the units it writes carry it.
+    /// The epoch of this node's accepted claim on a partition: from now on it may write the
+    /// partition, and the units it writes carry the epoch.
     pub fn set_partition_epoch(&self, partition: Partition, epoch: u64) {
-        let mut epochs = self
-            .changelog
-            .epochs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        epochs.insert(partition, epoch);
+        self.epochs().insert(partition, epoch);
     }
 
-    fn partition_epoch(&self, partition: Partition) -> u64 {
-        let epochs = self
-            .changelog
+    /// This node no longer owns the partition (revoked, or being restored): with the changelog
+    /// on, its writes of the partition are refused from now on ([`StoreError::NotWritable`]).
+    /// Held under the unit lock: a unit being committed is committed before this returns.
+    pub fn stop_writing(&self, partition: Partition) {
+        let _no_unit_in_flight = self.unit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.epochs().remove(&partition);
+    }
+
+    fn epochs(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Partition, u64>> {
+        self.changelog
             .epochs
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        epochs.get(&partition).copied().unwrap_or(0)
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// A batch for a partition's state: logged when partition writes are (so that
@@ -137,23 +139,40 @@ impl Store {
     /// logged, as a plain write otherwise.
     pub fn commit_partition(&self, batch: WriteBatch<'_>, partition: Partition) -> StoreResult<()> {
         if batch.ops().is_some() {
-            let epoch = self.partition_epoch(partition);
-            self.commit_unit(batch, partition, epoch)?;
-            Ok(())
+            self.commit_owned_unit(batch, partition)
         } else {
             self.commit(batch)
         }
+    }
+
+    /// Commits a logged batch as the next unit of a partition this node claimed, under its
+    /// claim's epoch; refused for any other partition.
+    fn commit_owned_unit(&self, batch: WriteBatch<'_>, partition: Partition) -> StoreResult<()> {
+        let _one_at_a_time = self.unit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let epoch = self.epochs().get(&partition).copied();
+        let epoch = epoch.ok_or(StoreError::NotWritable { partition })?;
+        self.commit_unit_locked(batch, partition, epoch)?;
+        Ok(())
     }
 
     /// Commits a logged batch (see [`Store::logged_batch`]) as the next unit of `partition`,
     /// written under `epoch`; returns its sequence.
     pub fn commit_unit(
         &self,
-        mut batch: WriteBatch<'_>,
+        batch: WriteBatch<'_>,
         partition: Partition,
         epoch: u64,
     ) -> StoreResult<u64> {
         let _one_at_a_time = self.unit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.commit_unit_locked(batch, partition, epoch)
+    }
+
+    fn commit_unit_locked(
+        &self,
+        mut batch: WriteBatch<'_>,
+        partition: Partition,
+        epoch: u64,
+    ) -> StoreResult<u64> {
         let key = next_seq_key(partition);
         let seq = self.meta_u64(&key)?.unwrap_or(0) + 1;
         batch.put_meta_u64(&key, seq);
@@ -403,7 +422,7 @@ impl Store {
             }
         }
         self.commit(b)?;
-        self.set_partition_epoch(partition, 0);
+        self.stop_writing(partition);
         Ok(())
     }
 }

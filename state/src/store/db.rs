@@ -65,6 +65,10 @@ pub enum StoreError {
         key: String,
         reason: String,
     },
+    /// A write of a partition this node has not claimed (or no longer owns) with the
+    /// changelog on: it would be a unit no reader accepts.
+    #[error("partition {partition} is not this node's to write (no accepted claim)")]
+    NotWritable { partition: Partition },
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -96,7 +100,8 @@ pub struct Store {
 }
 
 /// Whether this node commits its partitions' writes as changelog units, and the epoch of its
-/// claim on each partition it writes (see `changelog.rs`).
+/// claim on each partition it may write: with the changelog on, only those (see
+/// `changelog.rs`).
 #[derive(Debug, Default)]
 pub(super) struct ChangelogMode {
     pub(super) enabled: std::sync::atomic::AtomicBool,
