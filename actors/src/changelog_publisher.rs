@@ -8,18 +8,28 @@
 //! enable both with `cluster.changelog`.
 
 use crate::engine::Engine;
+use audience_state::changelog::follow::gap_keeps_reign;
+use audience_state::changelog::Record;
 use audience_state::store::Partition;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
+use rdkafka::{Offset, TopicPartitionList};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
 /// Units sent per partition and round.
 const PAGE: usize = 256;
+/// The longest run of another writer's records read to decide whether this node's units
+/// after it still follow its claim: longer ones mean another owner.
+const MAX_GAP: i64 = 1_000;
+/// How long a read of the changelog topic waits for the broker.
+const STALL: Duration = Duration::from_secs(30);
 /// The largest unit the producer and the topic take: a poll batch's unit holds the states it
 /// wrote.
 pub const MAX_UNIT_BYTES: usize = 64 << 20;
@@ -59,10 +69,57 @@ pub fn producer(kafka: &ClientConfig) -> anyhow::Result<FutureProducer> {
         .create()?)
 }
 
+/// The records of one partition of the changelog topic from offset `from` to `to` (excluded);
+/// blocking.
+pub fn read_records(
+    kafka: &ClientConfig,
+    topic: &str,
+    partition: Partition,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<Vec<Record>> {
+    let consumer: BaseConsumer = kafka
+        .clone()
+        .set("group.id", "audience-changelog-gap")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "error")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition as i32, Offset::Offset(from))?;
+    consumer.assign(&assignment)?;
+    let mut records = Vec::new();
+    let mut next = from;
+    let deadline = std::time::Instant::now() + STALL;
+    while next < to {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "partition {partition}: changelog offsets {from}..{to} not read in {STALL:?}"
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message?;
+        if message.offset() < next {
+            continue;
+        }
+        next = message.offset() + 1;
+        records.push(
+            Record::decode(message.payload().unwrap_or_default()).map_err(|why| {
+                anyhow::anyhow!(
+                    "partition {partition}: changelog record at offset {} is unreadable: {why}",
+                    message.offset()
+                )
+            })?,
+        );
+    }
+    Ok(records)
+}
+
 /// Publishes until `shutdown`, then once more so that what was committed before it goes too.
 pub async fn run(
     engine: Arc<Engine>,
     producer: FutureProducer,
+    kafka: ClientConfig,
     topic: String,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -72,7 +129,7 @@ pub async fn run(
         match engine.store.partitions_with_pending_units() {
             Ok(partitions) => {
                 for p in partitions {
-                    if let Err(e) = publish(&engine, &producer, &topic, p).await {
+                    if let Err(e) = publish(&engine, &producer, &kafka, &topic, p).await {
                         tracing::warn!(partition = p, error = %e, "changelog units not published; retrying");
                         metrics::counter!("audience_changelog_publish_errors_total").increment(1);
                     }
@@ -96,6 +153,7 @@ pub async fn run(
 async fn publish(
     engine: &Engine,
     producer: &FutureProducer,
+    kafka: &ClientConfig,
     topic: &str,
     p: Partition,
 ) -> anyhow::Result<()> {
@@ -133,7 +191,8 @@ async fn publish(
         }
     }
     if let Some(&(seq, offset)) = acknowledged.last() {
-        if !engine.store.acknowledge_units(p, &acknowledged)? {
+        let benign = benign_gaps(engine, kafka, topic, p, &acknowledged).await?;
+        if !engine.store.acknowledge_units(p, &acknowledged, &benign)? {
             // Another node claimed the partition: these units are refused by every reader,
             // and their deltas never leave. The group revokes the partition soon.
             tracing::error!(
@@ -153,4 +212,42 @@ async fn publish(
         Some(e) => anyhow::bail!(e),
         None => Ok(()),
     }
+}
+
+/// The gaps another writer left between this node's units (offset ranges) that hold no claim
+/// above its epoch, read from the topic: its units after them still follow (see
+/// `Store::acknowledge_units`). Stops at the first gap that ends its reign.
+async fn benign_gaps(
+    engine: &Engine,
+    kafka: &ClientConfig,
+    topic: &str,
+    p: Partition,
+    acknowledged: &[(u64, i64)],
+) -> anyhow::Result<Vec<(i64, i64)>> {
+    let position = engine.store.changelog_follow_position(p)?;
+    let mut expected = position.next_offset;
+    let mut benign = Vec::new();
+    for &(_, offset) in acknowledged {
+        if offset > expected {
+            if offset - expected > MAX_GAP {
+                break;
+            }
+            let (kafka, topic, from) = (kafka.clone(), topic.to_string(), expected);
+            let records =
+                tokio::task::spawn_blocking(move || read_records(&kafka, &topic, p, from, offset))
+                    .await??;
+            if !gap_keeps_reign(&records, position.own_epoch) {
+                break;
+            }
+            tracing::info!(
+                partition = p,
+                from,
+                to = offset,
+                "another writer's records between this node's units leave its claim standing"
+            );
+            benign.push((from, offset));
+        }
+        expected = offset + 1;
+    }
+    Ok(benign)
 }

@@ -310,6 +310,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let task = tokio::spawn(changelog_publisher::run(
             engine.clone(),
             changelog_publisher::producer(&kafka)?,
+            kafka.clone(),
             config.cluster.changelog_topic.clone(),
             changelog_shutdown_rx.clone(),
         ));

@@ -243,14 +243,14 @@ fn units_wait_for_the_topic_in_order_and_a_new_owner_continues_the_numbering() {
     for (_, bytes) in &pending {
         replica.apply_unit(&Unit::decode(bytes).unwrap()).unwrap();
     }
-    owner.acknowledge_units(PARTITION, &[(1, 0)]).unwrap();
+    owner.acknowledge_units(PARTITION, &[(1, 0)], &[]).unwrap();
     assert_eq!(owner.changelog_position(PARTITION).unwrap(), (2, 1));
     assert_eq!(
         owner.pending_units(PARTITION, 100).unwrap().len(),
         1,
         "unit 2 still waits"
     );
-    owner.acknowledge_units(PARTITION, &[(2, 1)]).unwrap();
+    owner.acknowledge_units(PARTITION, &[(2, 1)], &[]).unwrap();
     assert!(owner.pending_units(PARTITION, 100).unwrap().is_empty());
     assert_eq!(owner.pending_units(PARTITION + 1, 100).unwrap().len(), 1);
 
@@ -343,9 +343,9 @@ fn deltas_are_readable_only_once_the_changelog_holds_them() {
         .map(|(seq, _)| *seq)
         .collect();
     assert_eq!(readable, vec![1]);
-    assert!(store.acknowledge_units(PARTITION, &[(1, 0)]).unwrap());
+    assert!(store.acknowledge_units(PARTITION, &[(1, 0)], &[]).unwrap());
     assert_eq!(store.readable_outbox_head(PARTITION).unwrap(), 2);
-    assert!(store.acknowledge_units(PARTITION, &[(2, 1)]).unwrap());
+    assert!(store.acknowledge_units(PARTITION, &[(2, 1)], &[]).unwrap());
     assert_eq!(store.readable_outbox_head(PARTITION).unwrap(), 3);
     assert_eq!(
         store.read_readable_outbox(PARTITION, 0, 10).unwrap().len(),
@@ -383,10 +383,10 @@ fn units_landing_after_another_nodes_claim_are_refused_and_their_deltas_never_le
     store.set_partition_epoch(PARTITION, 2);
     write(1);
     write(2);
-    assert!(store.acknowledge_units(PARTITION, &[(1, 5)]).unwrap());
+    assert!(store.acknowledge_units(PARTITION, &[(1, 5)], &[]).unwrap());
     assert_eq!(store.readable_outbox_head(PARTITION).unwrap(), 1);
     // Offset 6 is another node's claim: unit 2 landed after it, refused by every reader.
-    assert!(!store.acknowledge_units(PARTITION, &[(2, 7)]).unwrap());
+    assert!(!store.acknowledge_units(PARTITION, &[(2, 7)], &[]).unwrap());
     assert_eq!(
         store.readable_outbox_head(PARTITION).unwrap(),
         1,
@@ -394,7 +394,7 @@ fn units_landing_after_another_nodes_claim_are_refused_and_their_deltas_never_le
     );
     write(3);
     assert!(
-        !store.acknowledge_units(PARTITION, &[(3, 8)]).unwrap(),
+        !store.acknowledge_units(PARTITION, &[(3, 8)], &[]).unwrap(),
         "and nothing after it"
     );
     assert_eq!(store.readable_outbox_head(PARTITION).unwrap(), 1);
@@ -408,4 +408,38 @@ fn units_landing_after_another_nodes_claim_are_refused_and_their_deltas_never_le
         "the position stays at the last accepted unit: a restore reads on from there"
     );
     assert!(store.pending_units(PARTITION, 10).unwrap().is_empty());
+}
+
+#[test]
+fn records_between_the_owners_units_that_keep_its_reign_do_not_stop_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), false).unwrap();
+    store.log_partition_writes();
+    let claimed = Position {
+        next_offset: 5,
+        seq: 0,
+        epoch: 2,
+        own_epoch: 2,
+    };
+    store.mark_restored(PARTITION, &claimed).unwrap();
+    store.set_partition_epoch(PARTITION, 2);
+    let write = |seq: u64| {
+        let mut b = store.partition_batch();
+        b.set_outbox_head(PARTITION, seq);
+        store.commit_partition(b, PARTITION).unwrap();
+    };
+    write(1);
+    write(2);
+    // Offsets 6 and 7 hold a zombie's late unit and a stale claim: read, found benign.
+    assert!(store
+        .acknowledge_units(PARTITION, &[(1, 5), (2, 8)], &[(6, 8)])
+        .unwrap());
+    assert_eq!(store.readable_outbox_head(PARTITION).unwrap(), 2);
+    assert_eq!(
+        store
+            .changelog_follow_position(PARTITION)
+            .unwrap()
+            .next_offset,
+        9
+    );
 }

@@ -355,6 +355,17 @@ async fn a_zombie_owner_cannot_publish_what_it_wrote_after_losing_its_partition(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // New users play: B applies them (A too, in its own group, as a zombie). B's units now
+    // land after A's refused ones, which leave B's claim standing: B's deltas leave.
+    for mpid in 101..=105 {
+        let batch = sdk_batch(
+            mpid,
+            now,
+            vec![custom_event("Play", "navigation", now, json!({}))],
+        );
+        produce_json(&producer, &topics.events, &batch).await?;
+    }
+    wait_processed(&ch_b, 5, Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // On B's clock no day passed: every user is still a member, at version 1, and none of A's
@@ -376,6 +387,7 @@ async fn a_zombie_owner_cannot_publish_what_it_wrote_after_losing_its_partition(
     ids.sort();
     ids.dedup();
     let mut expected: Vec<String> = (1..=USERS)
+        .chain(101..=105)
         .map(|mpid| format!("{}:{mpid}:1", today.id))
         .collect();
     expected.sort();

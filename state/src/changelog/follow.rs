@@ -144,6 +144,15 @@ impl Follower {
     }
 }
 
+/// Whether the records another writer put between two of the owner's units (a zombie's late
+/// unit, a stale claim, a duplicate of the owner's own unit) leave the owner's reign intact:
+/// only a claim above the owner's epoch ends it.
+pub fn gap_keeps_reign<'a>(records: impl IntoIterator<Item = &'a Record>, own_epoch: u64) -> bool {
+    !records
+        .into_iter()
+        .any(|r| matches!(r, Record::Claim(c) if c.epoch > own_epoch))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +286,13 @@ mod tests {
         let mut f = Follower::new(Position::default(), 0);
         let broken = follow(&mut f, &[claim(1, "a"), unit(1, 1), unit(1, 3)]).unwrap_err();
         assert!(matches!(broken, Broken::Gap(ref why) if why.contains("from unit 1 to unit 3")));
+    }
+
+    #[test]
+    fn only_a_newer_claim_between_the_owners_units_ends_its_reign() {
+        assert!(gap_keeps_reign(&[unit(1, 7), claim(2, "a"), unit(2, 9)], 2));
+        assert!(gap_keeps_reign(&[], 2));
+        assert!(!gap_keeps_reign(&[unit(2, 9), claim(3, "b")], 2));
     }
 
     #[test]

@@ -258,10 +258,15 @@ impl Store {
     /// in between (a newer owner's claim) means this node lost the partition: from there on
     /// its units are refused by every reader, so what they wrote to the outbox never becomes
     /// readable here, and the position stays at the last accepted unit.
+    ///
+    /// `benign` lists offset ranges (from, to: excluded) known to hold no claim above this
+    /// node's epoch (see [`crate::changelog::follow::gap_keeps_reign`]): a unit landing right
+    /// after such a range still follows.
     pub fn acknowledge_units(
         &self,
         partition: Partition,
         delivered: &[(u64, i64)],
+        benign: &[(i64, i64)],
     ) -> StoreResult<bool> {
         let Some(&(last_seq, _)) = delivered.last() else {
             return Ok(true);
@@ -277,8 +282,10 @@ impl Store {
             .collect();
         for &(seq, offset) in delivered {
             let unit = waiting.get(&seq).and_then(|bytes| Unit::decode(bytes).ok());
+            let lands_next =
+                offset == position.next_offset || benign.contains(&(position.next_offset, offset));
             let follows = unit.as_ref().is_some_and(|u| u.epoch == position.own_epoch)
-                && offset == position.next_offset
+                && lands_next
                 && seq == position.seq + 1;
             if !(accepted && follows) {
                 accepted = false;
