@@ -304,11 +304,9 @@ fn with_partition_writes_logged_even_maintenance_writes_are_units() {
         .all(|u| u.epoch == 7 && u.partition == PARTITION));
 }
 
-#[test]
-fn deltas_are_readable_only_once_the_changelog_holds_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), false).unwrap();
-    let delta = |seq: u64| Delta {
+/// Writes the partition's delta `seq` (an add of user `seq`) and moves its outbox head there.
+fn write_delta(store: &Store, seq: u64) {
+    let delta = Delta {
         audience_id: 1,
         mpid: seq as i64,
         kind: DeltaKind::Added,
@@ -316,12 +314,17 @@ fn deltas_are_readable_only_once_the_changelog_holds_them() {
         processing_time_ms: 2_000,
         version: 1,
     };
-    let write = |seq: u64| {
-        let mut b = store.partition_batch();
-        b.put_delta(PARTITION, seq, &delta(seq));
-        b.set_outbox_head(PARTITION, seq);
-        store.commit_partition(b, PARTITION).unwrap();
-    };
+    let mut b = store.partition_batch();
+    b.put_delta(PARTITION, seq, &delta);
+    b.set_outbox_head(PARTITION, seq);
+    store.commit_partition(b, PARTITION).unwrap();
+}
+
+#[test]
+fn deltas_are_readable_only_once_the_changelog_holds_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), false).unwrap();
+    let write = |seq: u64| write_delta(&store, seq);
     // Before the changelog: readable as soon as written.
     write(1);
     assert_eq!(store.readable_outbox_head(PARTITION).unwrap(), 1);
@@ -358,20 +361,7 @@ fn units_landing_after_another_nodes_claim_are_refused_and_their_deltas_never_le
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), false).unwrap();
     store.log_partition_writes();
-    let delta = |seq: u64| Delta {
-        audience_id: 1,
-        mpid: seq as i64,
-        kind: DeltaKind::Added,
-        event_time_ms: 1_000,
-        processing_time_ms: 2_000,
-        version: 1,
-    };
-    let write = |seq: u64| {
-        let mut b = store.partition_batch();
-        b.put_delta(PARTITION, seq, &delta(seq));
-        b.set_outbox_head(PARTITION, seq);
-        store.commit_partition(b, PARTITION).unwrap();
-    };
+    let write = |seq: u64| write_delta(&store, seq);
     // This node's claim of epoch 2 is at offset 4: its units go to 5, 6...
     let claimed = Position {
         next_offset: 5,
