@@ -152,7 +152,7 @@ impl Restorer {
             let epoch = follower.position.epoch + 1;
             let claim_offset =
                 node.claim_while_restoring(partition, token, || self.claim(partition, epoch))?;
-            let accepted = self.catch_up(
+            let mut accepted = self.catch_up(
                 &mut reader,
                 (node, token),
                 partition,
@@ -168,7 +168,7 @@ impl Restorer {
                 );
                 self.rebuild(partition, &mut follower, &why)?;
                 report.rebuilt = true;
-                let accepted = self.catch_up(
+                accepted = self.catch_up(
                     &mut reader,
                     (node, token),
                     partition,
@@ -179,10 +179,8 @@ impl Restorer {
                 follower
                     .caught_up()
                     .map_err(|broken| anyhow::anyhow!("partition {partition}: {broken}"))?;
-                if accepted != Some(claim_offset) {
-                    continue;
-                }
-            } else if accepted != Some(claim_offset) {
+            }
+            if accepted != Some(claim_offset) {
                 tracing::info!(
                     partition,
                     epoch,

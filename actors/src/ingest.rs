@@ -7,9 +7,9 @@
 //! assignment the consumer is positioned at the stored offsets; Kafka's group commits are only
 //! advisory (for lag tooling) and made after the RocksDB write.
 //!
-//! With the changelog on, an assigned partition is paused until it is restored from the
-//! changelog topic ([`crate::changelog_restore`]); then the consumer seeks to the offsets the
-//! restored state was produced up to, and resumes it.
+//! With the changelog on, an assigned partition is not consumed until it is restored from the
+//! changelog topic ([`crate::changelog_restore`]); then the consumer is assigned it at the
+//! offsets the restored state was produced up to (see `resume_restored`).
 
 use crate::changelog_restore::Restorer;
 use crate::node::Node;
