@@ -2,6 +2,7 @@
 //! store gives the owner's keys byte for byte (the invariant a moved partition rests on).
 
 use audience_state::changelog::follow::Position;
+use audience_state::changelog::snapshot::{SnapshotManifest, SnapshotRepository, SNAPSHOT_FORMAT};
 use audience_state::changelog::Unit;
 use audience_state::model::{Delta, DeltaKind};
 use audience_state::profile::ProfileState;
@@ -431,5 +432,180 @@ fn records_between_the_owners_units_that_keep_its_reign_do_not_stop_them() {
             .unwrap()
             .next_offset,
         9
+    );
+}
+
+/// Acknowledges every unit of the partition waiting on `store`, as if the topic held them
+/// right after each other from `first_offset`; returns them as the topic carries them.
+fn acknowledge_all(store: &Store, first_offset: i64) -> Vec<Unit> {
+    let waiting = store.pending_units(PARTITION, 10_000).unwrap();
+    let position = store.changelog_follow_position(PARTITION).unwrap();
+    assert!(position.next_offset <= first_offset);
+    let delivered: Vec<(u64, i64)> = waiting
+        .iter()
+        .enumerate()
+        .map(|(i, (seq, _))| (*seq, first_offset + i as i64))
+        .collect();
+    let benign = [(position.next_offset, first_offset)];
+    let benign = if position.next_offset < first_offset {
+        &benign[..]
+    } else {
+        &[]
+    };
+    assert!(store
+        .acknowledge_units(PARTITION, &delivered, benign)
+        .unwrap());
+    waiting
+        .iter()
+        .map(|(_, bytes)| Unit::decode(bytes).unwrap())
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn a_snapshot_and_the_units_after_it_give_the_owners_state_byte_for_byte(
+        before in proptest::collection::vec(proptest::collection::vec(action(), 1..12), 1..10),
+        after in proptest::collection::vec(proptest::collection::vec(action(), 1..12), 0..8),
+        stale in proptest::collection::vec(action(), 0..8),
+    ) {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let owner = Store::open(dirs[0].path(), false).unwrap();
+        let replica = Store::open(dirs[1].path(), false).unwrap();
+        let repository = SnapshotRepository::new(dirs[2].path());
+        write_other_partition(&owner);
+        write_other_partition(&replica);
+        // What the replica held of the partition before (an old ownership): it goes.
+        let mut b = replica.batch();
+        for a in &stale {
+            write(&mut b, a);
+        }
+        replica.commit(b).unwrap();
+
+        owner.log_partition_writes();
+        owner.set_partition_epoch(PARTITION, 0);
+        for actions in &before {
+            let mut b = owner.partition_batch();
+            for a in actions {
+                write(&mut b, a);
+            }
+            owner.commit_partition(b, PARTITION).unwrap();
+        }
+        acknowledge_all(&owner, 3);
+        let staging = repository.staging(PARTITION).unwrap();
+        let contents = owner.write_partition_snapshot(PARTITION, &staging).unwrap().unwrap();
+        prop_assert_eq!(contents.position.seq, before.len() as u64);
+        prop_assert_eq!(contents.position.next_offset, 3 + before.len() as i64);
+        let manifest = SnapshotManifest {
+            format: SNAPSHOT_FORMAT,
+            partition: PARTITION,
+            position: contents.position,
+            node: "owner".into(),
+            created_ms: 0,
+            files: contents.files,
+        };
+        repository.publish(&staging, &manifest).unwrap();
+
+        for actions in &after {
+            let mut b = owner.partition_batch();
+            for a in actions {
+                write(&mut b, a);
+            }
+            owner.commit_partition(b, PARTITION).unwrap();
+        }
+        let tail = acknowledge_all(&owner, manifest.position.next_offset);
+
+        let stored = repository.latest(PARTITION).unwrap().unwrap();
+        replica
+            .load_partition_snapshot(PARTITION, &stored.dir, &stored.manifest.position, &stored.manifest.files)
+            .unwrap();
+        prop_assert_eq!(replica.changelog_follow_position(PARTITION).unwrap(), manifest.position);
+        let mut position = manifest.position;
+        for unit in &tail {
+            position.next_offset += 1;
+            position.seq = unit.seq;
+            replica.apply_unit_at(unit, &position).unwrap();
+        }
+        for cf in replicated_column_families() {
+            prop_assert_eq!(owner.entries(cf).unwrap(), replica.entries(cf).unwrap(), "{}", cf);
+        }
+        prop_assert_eq!(
+            replica.changelog_position(PARTITION).unwrap().0,
+            owner.changelog_position(PARTITION).unwrap().0
+        );
+    }
+}
+
+#[test]
+fn no_snapshot_of_units_the_topic_does_not_hold_as_the_owners() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), false).unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    store.log_partition_writes();
+    store.set_partition_epoch(PARTITION, 0);
+    assert_eq!(
+        store
+            .write_partition_snapshot(PARTITION, staging.path())
+            .unwrap(),
+        None,
+        "no unit yet"
+    );
+    write_delta(&store, 1);
+    assert_eq!(
+        store
+            .write_partition_snapshot(PARTITION, staging.path())
+            .unwrap(),
+        None,
+        "a unit waits for the topic"
+    );
+    acknowledge_all(&store, 0);
+    assert!(store
+        .write_partition_snapshot(PARTITION, staging.path())
+        .unwrap()
+        .is_some());
+    // A unit the topic holds after another writer's record: not this node's reign.
+    write_delta(&store, 2);
+    assert!(!store.acknowledge_units(PARTITION, &[(2, 9)], &[]).unwrap());
+    assert_eq!(
+        store
+            .write_partition_snapshot(PARTITION, staging.path())
+            .unwrap(),
+        None,
+        "a refused unit is in the state"
+    );
+}
+
+#[test]
+fn a_snapshot_whose_file_does_not_match_its_manifest_is_refused_before_anything_is_wiped() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let owner = Store::open(dirs[0].path(), false).unwrap();
+    let replica = Store::open(dirs[1].path(), false).unwrap();
+    owner.log_partition_writes();
+    owner.set_partition_epoch(PARTITION, 0);
+    write_delta(&owner, 1);
+    acknowledge_all(&owner, 0);
+    let contents = owner
+        .write_partition_snapshot(PARTITION, dirs[2].path())
+        .unwrap()
+        .unwrap();
+    write_delta(&replica, 7);
+    let outbox = dirs[2].path().join("outbox.sst");
+    let mut bytes = std::fs::read(&outbox).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&outbox, bytes).unwrap();
+    let err = replica
+        .load_partition_snapshot(
+            PARTITION,
+            dirs[2].path(),
+            &contents.position,
+            &contents.files,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("the manifest says"), "{err}");
+    assert_eq!(
+        replica.outbox_head(PARTITION).unwrap(),
+        7,
+        "nothing was wiped"
     );
 }

@@ -16,6 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod follow;
+pub mod snapshot;
 
 /// Version byte of an encoded unit (then postcard).
 pub const CHANGELOG_FORMAT: u8 = 1;

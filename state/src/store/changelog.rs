@@ -15,7 +15,7 @@ use crate::changelog::follow::Position;
 use crate::changelog::{cf_code, Op, Unit};
 use std::sync::atomic::Ordering;
 
-fn next_seq_key(partition: Partition) -> String {
+pub(super) fn next_seq_key(partition: Partition) -> String {
     format!("changelog/seq/{partition}")
 }
 
@@ -39,7 +39,7 @@ fn readable_key(partition: Partition) -> [u8; 7] {
 
 /// In the `changelog` column family: where this node stands in the partition's changelog
 /// topic (see [`crate::changelog::follow`]).
-fn position_key(partition: Partition) -> [u8; 7] {
+pub(super) fn position_key(partition: Partition) -> [u8; 7] {
     let mut k = [0u8; 7];
     k[..4].copy_from_slice(&partition.to_be_bytes());
     k[4..].copy_from_slice(b"pos");
@@ -48,7 +48,7 @@ fn position_key(partition: Partition) -> [u8; 7] {
 
 /// The first key of a partition's range in a column family keyed by partition first, and the
 /// first key after it.
-fn partition_range(partition: Partition) -> ([u8; 4], [u8; 4]) {
+pub(super) fn partition_range(partition: Partition) -> ([u8; 4], [u8; 4]) {
     let next = partition
         .checked_add(1)
         .expect("partitions are Kafka's, below 2^31");

@@ -69,6 +69,9 @@ pub enum StoreError {
     /// changelog on: it would be a unit no reader accepts.
     #[error("partition {partition} is not this node's to write (no accepted claim)")]
     NotWritable { partition: Partition },
+    /// A snapshot's file could not be written or read, or does not match its manifest.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -48,6 +48,7 @@ mod logs;
 mod members;
 mod outbox;
 mod profiles;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -55,3 +56,4 @@ pub use db::{replicated_column_families, Partition, Store, StoreError, StoreResu
 pub use deadletter::{DeadLetter, DeadLetterLimits};
 pub use keys::{log_key, profile_key};
 pub use logs::{ProfileLogs, ProfileWithLog, ReplayCursor};
+pub use snapshot::SnapshotContents;
