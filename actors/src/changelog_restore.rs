@@ -13,7 +13,10 @@
 //!    that counts (a broker's reported end may lag what it acknowledged). Once the claim is
 //!    read back as accepted, the units of older epochs after it are ignored by every reader
 //!    (the fencing of a zombie), and the units this node writes carry the new epoch;
-//! 4. when this node's state went another way than the log's (its last units never reached
+//! 4. when a snapshot of the partition is far ahead of this node's position (a node new to it,
+//!    or the log no longer holds where this node stood), ingest the snapshot first and read
+//!    only the log past it (see [`audience_state::changelog::snapshot::restore_start`]);
+//! 5. when this node's state went another way than the log's (its last units never reached
 //!    the topic, or came after another node's claim: it was a zombie), wipe the partition and
 //!    read the log from its start.
 //!
@@ -24,6 +27,9 @@
 use crate::engine::Engine;
 use crate::node::Node;
 use audience_state::changelog::follow::{Broken, Follower, Position, Step};
+use audience_state::changelog::snapshot::{
+    restore_start, RestoreStart, SnapshotRepository, StoredSnapshot,
+};
 use audience_state::changelog::{Claim, Record};
 use audience_state::store::Partition;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -54,6 +60,10 @@ pub struct RestoreReport {
     pub epoch: u64,
     /// The partition's last unit after the restore.
     pub seq: u64,
+    /// The changelog offset of the snapshot the restore started from, if it loaded one.
+    pub snapshot: Option<i64>,
+    /// Profiles in that snapshot.
+    pub snapshot_profiles: u64,
     /// How long the restore took, claim included.
     pub elapsed_ms: u64,
 }
@@ -92,6 +102,7 @@ pub struct Restorer {
     topic: String,
     node_id: String,
     claims: FutureProducer,
+    snapshots: Option<SnapshotRepository>,
 }
 
 impl Restorer {
@@ -100,6 +111,7 @@ impl Restorer {
         kafka: ClientConfig,
         topic: String,
         node_id: String,
+        snapshots: Option<SnapshotRepository>,
     ) -> anyhow::Result<Restorer> {
         let claims = crate::changelog_publisher::producer(&kafka)?;
         Ok(Restorer {
@@ -108,6 +120,7 @@ impl Restorer {
             topic,
             node_id,
             claims,
+            snapshots,
         })
     }
 
@@ -135,6 +148,19 @@ impl Restorer {
             store.changelog_follow_position(partition)?,
             store.changelog_position(partition)?.0,
         );
+        let (low, _) = reader
+            .consumer
+            .fetch_watermarks(&self.topic, partition as i32, STALL)?;
+        let latest = self.latest_snapshot(partition)?;
+        let start = restore_start(
+            &follower.position,
+            low,
+            latest.as_ref().map(|s| &s.manifest),
+        )
+        .map_err(|why| anyhow::anyhow!("partition {partition}: {why}"))?;
+        if let (RestoreStart::Snapshot, Some(snapshot)) = (start, &latest) {
+            self.load_snapshot(partition, &mut follower, snapshot, &mut report)?;
+        }
         // To the end the broker reports, which may lag what it acknowledged: only to learn the
         // newest epoch. The claim's own offset is the end that counts.
         let (_, high) = reader
@@ -166,8 +192,7 @@ impl Restorer {
                     !report.rebuilt,
                     "partition {partition}: rebuilt from the changelog and still {why}"
                 );
-                self.rebuild(partition, &mut follower, &why)?;
-                report.rebuilt = true;
+                self.rebuild(partition, &mut follower, &why, &mut report)?;
                 accepted = self.catch_up(
                     &mut reader,
                     (node, token),
@@ -355,8 +380,7 @@ impl Restorer {
                             }
                         }
                         Err(Broken::Diverged(why)) if !report.rebuilt => {
-                            self.rebuild(partition, follower, &why)?;
-                            report.rebuilt = true;
+                            self.rebuild(partition, follower, &why, report)?;
                             continue 'read;
                         }
                         Err(broken) => anyhow::bail!("partition {partition}: {broken}"),
@@ -369,12 +393,13 @@ impl Restorer {
     }
 
     /// This node's state of the partition went another way than the log: it goes, and the log
-    /// is read again from its start.
+    /// is read again from its newest snapshot, or from its start.
     fn rebuild(
         &self,
         partition: Partition,
         follower: &mut Follower,
         why: &str,
+        report: &mut RestoreReport,
     ) -> anyhow::Result<()> {
         tracing::warn!(
             partition,
@@ -383,8 +408,57 @@ impl Restorer {
              changelog"
         );
         metrics::counter!("audience_changelog_rebuilds_total").increment(1);
+        report.rebuilt = true;
         self.engine.store.wipe_partition(partition)?;
         *follower = Follower::new(Position::default(), 0);
+        let latest = self.latest_snapshot(partition)?;
+        if let Some(snapshot) = &latest {
+            self.load_snapshot(partition, follower, snapshot, report)?;
+        }
+        Ok(())
+    }
+
+    fn latest_snapshot(&self, partition: Partition) -> anyhow::Result<Option<StoredSnapshot>> {
+        let Some(repository) = &self.snapshots else {
+            return Ok(None);
+        };
+        repository.latest(partition).map_err(|e| {
+            anyhow::anyhow!(
+                "partition {partition}: the snapshots in {} are unreadable: {e}",
+                repository.root().display()
+            )
+        })
+    }
+
+    /// Replaces this node's state of the partition by the snapshot's: the log is then read
+    /// from the snapshot's position.
+    fn load_snapshot(
+        &self,
+        partition: Partition,
+        follower: &mut Follower,
+        snapshot: &StoredSnapshot,
+        report: &mut RestoreReport,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let position = snapshot.manifest.position;
+        self.engine.store.load_partition_snapshot(
+            partition,
+            &snapshot.dir,
+            &position,
+            &snapshot.manifest.files,
+        )?;
+        *follower = Follower::new(position, position.seq);
+        report.snapshot = Some(position.next_offset);
+        report.snapshot_profiles = snapshot.manifest.profiles_hint();
+        metrics::counter!("audience_changelog_snapshots_loaded_total").increment(1);
+        tracing::info!(
+            partition,
+            offset = position.next_offset,
+            unit = position.seq,
+            profiles = report.snapshot_profiles,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot loaded; reading the changelog past it"
+        );
         Ok(())
     }
 

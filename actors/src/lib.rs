@@ -23,6 +23,7 @@ pub mod catalog_applier;
 pub mod catalog_topic;
 pub mod changelog_publisher;
 pub mod changelog_restore;
+pub mod changelog_snapshots;
 pub mod clock;
 pub mod connector;
 pub mod delivery;

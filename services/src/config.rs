@@ -18,15 +18,30 @@ pub struct Config {
     pub cluster: ClusterConfig,
 }
 
-/// A partition's state as a changelog (cluster step 2, under way).
+/// A partition's state moves with it (cluster step 2): its changelog, and its snapshots.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// Write every partition's units of work to the changelog topic (nothing restores from
-    /// it yet).
+    /// Write every partition's units of work to the changelog topic, and restore an assigned
+    /// partition from it before consuming it.
     pub changelog: bool,
     /// One partition per input partition, never deleted by retention; created when missing.
     pub changelog_topic: String,
+    /// The snapshot repository: a directory every node reaches (a shared volume). Empty: no
+    /// snapshots, a restore reads the changelog from this node's position.
+    pub snapshot_dir: String,
+    /// Units of a partition's changelog since its newest snapshot that call for a new one.
+    pub snapshot_every_units: u64,
+    /// A partition with units past its newest snapshot is snapshotted once that snapshot is
+    /// this old.
+    pub snapshot_max_age_ms: u64,
+    /// Snapshots kept per partition.
+    pub snapshots_kept: usize,
+    /// How often the owned partitions are looked at for a snapshot.
+    pub snapshot_interval_ms: u64,
+    /// Delete the changelog's records before the oldest snapshot kept (DeleteRecords; the
+    /// broker must support it).
+    pub trim_changelog: bool,
 }
 
 impl Default for ClusterConfig {
@@ -34,6 +49,12 @@ impl Default for ClusterConfig {
         ClusterConfig {
             changelog: false,
             changelog_topic: "audience-changelog".into(),
+            snapshot_dir: String::new(),
+            snapshot_every_units: 10_000,
+            snapshot_max_age_ms: 600_000,
+            snapshots_kept: 2,
+            snapshot_interval_ms: 10_000,
+            trim_changelog: false,
         }
     }
 }
@@ -250,6 +271,20 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AUDIENCE_NODE_ID", "catalog.node_id"),
     ("AUDIENCE_CHANGELOG", "cluster.changelog"),
     ("AUDIENCE_CHANGELOG_TOPIC", "cluster.changelog_topic"),
+    ("AUDIENCE_SNAPSHOT_DIR", "cluster.snapshot_dir"),
+    (
+        "AUDIENCE_SNAPSHOT_MAX_AGE_MS",
+        "cluster.snapshot_max_age_ms",
+    ),
+    (
+        "AUDIENCE_SNAPSHOT_EVERY_UNITS",
+        "cluster.snapshot_every_units",
+    ),
+    (
+        "AUDIENCE_SNAPSHOT_INTERVAL_MS",
+        "cluster.snapshot_interval_ms",
+    ),
+    ("AUDIENCE_TRIM_CHANGELOG", "cluster.trim_changelog"),
     ("AUDIENCE_CATALOG_SECRET_KEY", "catalog.secret_key"),
     ("AUDIENCE_GRPC_LISTEN", "grpc.listen"),
     ("AUDIENCE_METRICS_LISTEN", "metrics.listen"),
@@ -315,6 +350,19 @@ impl Config {
             "AUDIENCE_NODE_ID" => self.catalog.node_id = value.into(),
             "AUDIENCE_CHANGELOG" => self.cluster.changelog = value.parse().map_err(|e| bad(&e))?,
             "AUDIENCE_CHANGELOG_TOPIC" => self.cluster.changelog_topic = value.into(),
+            "AUDIENCE_SNAPSHOT_DIR" => self.cluster.snapshot_dir = value.into(),
+            "AUDIENCE_SNAPSHOT_EVERY_UNITS" => {
+                self.cluster.snapshot_every_units = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_SNAPSHOT_MAX_AGE_MS" => {
+                self.cluster.snapshot_max_age_ms = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_SNAPSHOT_INTERVAL_MS" => {
+                self.cluster.snapshot_interval_ms = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_TRIM_CHANGELOG" => {
+                self.cluster.trim_changelog = value.parse().map_err(|e| bad(&e))?
+            }
             "AUDIENCE_CATALOG_SECRET_KEY" => self.catalog.secret_key = value.into(),
             "AUDIENCE_GRPC_LISTEN" => self.grpc.listen = value.into(),
             "AUDIENCE_METRICS_LISTEN" => self.metrics.listen = value.into(),

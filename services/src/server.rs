@@ -7,6 +7,7 @@ use crate::grpc::Services;
 use audience_actors::catalog_applier::{CatalogApplier, CatalogSettings};
 use audience_actors::changelog_publisher;
 use audience_actors::changelog_restore::Restorer;
+use audience_actors::changelog_snapshots::{SnapshotPolicy, Snapshotter};
 use audience_actors::clock::Clock;
 use audience_actors::connector::Connectors;
 use audience_actors::delivery::Deliveries;
@@ -16,6 +17,7 @@ use audience_actors::node::Node;
 use audience_actors::publisher;
 use audience_actors::registry::Registry;
 use audience_proto::v1 as pb;
+use audience_state::changelog::snapshot::SnapshotRepository;
 use audience_state::secrets::SecretKey;
 use audience_state::store::Store;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -314,6 +316,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.cluster.changelog_topic.clone(),
             changelog_shutdown_rx.clone(),
         ));
+        let snapshots = (!config.cluster.snapshot_dir.is_empty())
+            .then(|| SnapshotRepository::new(&config.cluster.snapshot_dir));
+        if let Some(repository) = &snapshots {
+            let policy = SnapshotPolicy {
+                every_units: config.cluster.snapshot_every_units.max(1),
+                max_age: Duration::from_millis(config.cluster.snapshot_max_age_ms),
+                keep: config.cluster.snapshots_kept.max(1),
+                interval: Duration::from_millis(config.cluster.snapshot_interval_ms.max(10)),
+                trim_changelog: config.cluster.trim_changelog,
+            };
+            let snapshotter = Arc::new(Snapshotter::new(
+                engine.clone(),
+                repository.clone(),
+                node_id(&config),
+                policy,
+                &kafka,
+                config.cluster.changelog_topic.clone(),
+            )?);
+            tokio::spawn(snapshotter.run(changelog_shutdown_rx.clone()));
+        }
         let (restored_tx, restored_rx) = tokio::sync::mpsc::unbounded_channel();
         let hook = ingest::RestoreHook {
             restorer: Arc::new(Restorer::new(
@@ -321,6 +343,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 kafka,
                 config.cluster.changelog_topic.clone(),
                 node_id(&config),
+                snapshots,
             )?),
             runtime: tokio::runtime::Handle::current(),
             restored: restored_tx,

@@ -440,6 +440,55 @@ pub async fn status(ch: &Channel) -> Result<pb::EngineStatus> {
         .into_inner())
 }
 
+/// Every record of a topic's partitions, as JSON: read until nothing more comes for a second
+/// (the test broker's reported end may lag its last batch).
+pub fn read_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<serde_json::Value>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "topic-reader")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < Duration::from_secs(1) {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            out.push(serde_json::from_slice(
+                message?.payload().unwrap_or_default(),
+            )?);
+            last = Instant::now();
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until the node owns exactly `n` partitions (a partition is owned once restored).
+pub async fn wait_owning(ch: &Channel, n: usize) -> Result<Vec<u32>> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let owned: Vec<u32> = status(ch)
+            .await?
+            .partitions
+            .iter()
+            .map(|p| p.partition)
+            .collect();
+        if owned.len() == n {
+            return Ok(owned);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "owns {owned:?}, not {n} partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until the engine has processed (or dead-lettered) `total` messages since it started.
 pub async fn wait_processed(ch: &Channel, total: u64, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;

@@ -6,9 +6,6 @@
 //! wrote.
 
 use audience_e2e::*;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -16,32 +13,6 @@ use tonic::transport::Channel;
 
 const USERS: i64 = 20;
 const PARTITIONS: i32 = 2;
-
-/// Every record of a topic's partitions, as JSON: read until nothing more comes for a second
-/// (the test broker's reported end may lag its last batch).
-fn read_topic(bootstrap: &str, topic: &str) -> Result<Vec<Value>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "moves-reader")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
-    let mut out = Vec::new();
-    let mut last = Instant::now();
-    while last.elapsed() < Duration::from_secs(1) {
-        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            out.push(serde_json::from_slice(
-                message?.payload().unwrap_or_default(),
-            )?);
-            last = Instant::now();
-        }
-    }
-    Ok(out)
-}
 
 /// One round of events: every user plays, with a tier attribute.
 async fn round(
@@ -84,46 +55,52 @@ async fn wait_cluster_processed(a: &Channel, b: &Channel, total: u64) -> Result<
     }
 }
 
-/// Waits until the node owns exactly `n` partitions.
-async fn wait_owning(ch: &Channel, n: usize) -> Result<Vec<u32>> {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let owned: Vec<u32> = status(ch)
-            .await?
-            .partitions
-            .iter()
-            .map(|p| p.partition)
-            .collect();
-        if owned.len() == n {
-            return Ok(owned);
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "owns {owned:?}, not {n} partitions"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_moving_away_and_back_keeps_its_state_versions_and_offsets() -> Result<()> {
+    moving_away_and_back(None).await
+}
+
+/// The same moves with snapshots: B, new to the partition, ingests A's newest snapshot and
+/// reads only the changelog past it; A, taking it back, is near the end and reads the tail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_starts_from_a_snapshot_and_the_old_owner_reads_the_tail() -> Result<()> {
+    let snapshots = tempfile::tempdir()?;
+    moving_away_and_back(Some(snapshots.path())).await
+}
+
+/// Published snapshots of a partition in the repository.
+fn published_snapshots(repository: &std::path::Path, partition: i32) -> usize {
+    std::fs::read_dir(repository.join(format!("partition-{partition}")))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().join("manifest.json").exists())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+async fn moving_away_and_back(snapshots: Option<&std::path::Path>) -> Result<()> {
     let broker = Broker::start()?;
     let topics = Topics::unique("moves");
     broker.create_deployment_topics(&topics, PARTITIONS).await?;
     let changelog_topic = format!("{}-changelog", topics.events);
     let dir = tempfile::tempdir()?;
+    let snapshot_dir = snapshots.map(|d| d.display().to_string());
     let start = |id: &str, data: &std::path::Path| {
-        Engine::start_with(
-            &broker,
-            &topics,
-            data,
-            "moves",
-            &[
-                ("AUDIENCE_CHANGELOG", "true"),
-                ("AUDIENCE_CHANGELOG_TOPIC", &changelog_topic),
-                ("AUDIENCE_NODE_ID", id),
-            ],
-        )
+        let mut env = vec![
+            ("AUDIENCE_CHANGELOG", "true"),
+            ("AUDIENCE_CHANGELOG_TOPIC", changelog_topic.as_str()),
+            ("AUDIENCE_NODE_ID", id),
+        ];
+        if let Some(repository) = &snapshot_dir {
+            env.extend([
+                ("AUDIENCE_SNAPSHOT_DIR", repository.as_str()),
+                ("AUDIENCE_SNAPSHOT_EVERY_UNITS", "1"),
+                ("AUDIENCE_SNAPSHOT_INTERVAL_MS", "200"),
+            ]);
+        }
+        Engine::start_with(&broker, &topics, data, "moves", &env)
     };
     let mut a = start("node-a", &dir.path().join("a"))?;
     let ch_a = a.ready().await?;
@@ -147,6 +124,16 @@ async fn a_partition_moving_away_and_back_keeps_its_state_versions_and_offsets()
     let even_gold = |mpid: i64| if mpid % 2 == 0 { "gold" } else { "silver" };
     round(&producer, &topics.events, now, 1, even_gold).await?;
     wait_processed(&ch_a, USERS as u64, Duration::from_secs(60)).await?;
+    if let Some(repository) = snapshots {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (0..PARTITIONS).any(|p| published_snapshots(repository, p) == 0) {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "A wrote no snapshot of its partitions"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 
     // B joins: one partition moves to B, restored from the changelog A wrote.
     let mut b = start("node-b", &dir.path().join("b"))?;
@@ -165,6 +152,12 @@ async fn a_partition_moving_away_and_back_keeps_its_state_versions_and_offsets()
     wait_cluster_processed(&ch_a, &ch_b, 2 * USERS as u64).await?;
     let applied_by_b = processed(&ch_b).await?;
     assert!(applied_by_b > 0, "B applied the moved partition's messages");
+    if snapshots.is_some() {
+        assert!(
+            b.log_text().contains("snapshot loaded"),
+            "B, new to the partition, started from A's snapshot"
+        );
+    }
 
     // B stops: its partition goes back to A, which applies only the tail B wrote.
     assert_eq!(b.terminate()?, Some(0));
@@ -215,7 +208,7 @@ async fn a_partition_moving_away_and_back_keeps_its_state_versions_and_offsets()
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     let deltas = loop {
-        let deltas = read_topic(&broker.bootstrap, &topics.deltas)?;
+        let deltas = read_topic(&broker.bootstrap, &topics.deltas, PARTITIONS)?;
         let ids: BTreeSet<String> = deltas
             .iter()
             .map(|d| d["delta_id"].as_str().unwrap_or_default().to_string())
@@ -379,7 +372,7 @@ async fn a_zombie_owner_cannot_publish_what_it_wrote_after_losing_its_partition(
             .collect();
         assert_eq!(memberships, vec![(today.id, 1)], "user {mpid}");
     }
-    let deltas = read_topic(&broker.bootstrap, &topics.deltas)?;
+    let deltas = read_topic(&broker.bootstrap, &topics.deltas, PARTITIONS)?;
     let mut ids: Vec<String> = deltas
         .iter()
         .map(|d| d["delta_id"].as_str().unwrap_or_default().to_string())

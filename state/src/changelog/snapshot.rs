@@ -197,6 +197,54 @@ impl SnapshotRepository {
     }
 }
 
+/// A snapshot this many units past a node's position is loaded rather than the units read:
+/// reading a unit costs about as much as ingesting a few hundred keys.
+pub const SNAPSHOT_WORTH_UNITS: u64 = 1_000;
+
+/// Where a restore starts reading the changelog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreStart {
+    /// From this node's own position: it holds the state up to there.
+    Local,
+    /// From the snapshot's position, once its files replaced this node's state.
+    Snapshot,
+}
+
+/// Where a restore starts, given this node's position, the first offset the changelog still
+/// holds (`log_start`: the log may have been trimmed below the snapshots kept) and the newest
+/// snapshot. A node with no state of the partition, one the log no longer reaches, or one
+/// [`SNAPSHOT_WORTH_UNITS`] behind the snapshot loads it; a node near the end reads the tail.
+/// An error when no start reaches the log: the units between are gone.
+pub fn restore_start(
+    local: &Position,
+    log_start: i64,
+    snapshot: Option<&SnapshotManifest>,
+) -> Result<RestoreStart, String> {
+    let trimmed = log_start > local.next_offset;
+    let ahead = snapshot
+        .filter(|s| s.position.next_offset > local.next_offset && s.position.seq > local.seq);
+    match ahead {
+        Some(s)
+            if trimmed || local.seq == 0 || s.position.seq - local.seq >= SNAPSHOT_WORTH_UNITS =>
+        {
+            if s.position.next_offset < log_start {
+                return Err(format!(
+                    "the changelog starts at offset {log_start}, past the newest snapshot's \
+                     position {}: the units between are gone",
+                    s.position.next_offset
+                ));
+            }
+            Ok(RestoreStart::Snapshot)
+        }
+        _ if trimmed => Err(format!(
+            "the changelog starts at offset {log_start}, past this node's position {}, and no \
+             snapshot reaches it",
+            local.next_offset
+        )),
+        _ => Ok(RestoreStart::Local),
+    }
+}
+
 fn read_manifest(dir: &Path) -> io::Result<SnapshotManifest> {
     let bytes = std::fs::read(dir.join(MANIFEST))?;
     serde_json::from_slice(&bytes).map_err(|e| {
@@ -225,6 +273,52 @@ mod tests {
             created_ms: 0,
             files: vec![],
         }
+    }
+
+    fn at(next_offset: i64, seq: u64) -> Position {
+        Position {
+            next_offset,
+            seq,
+            epoch: 1,
+            own_epoch: 0,
+        }
+    }
+
+    #[test]
+    fn a_restore_loads_the_snapshot_only_when_it_saves_reading_or_the_log_needs_it() {
+        let snapshot = SnapshotManifest {
+            position: at(5_000, 4_000),
+            ..manifest(0, 5_000)
+        };
+        let fresh = Position::default();
+        assert_eq!(restore_start(&fresh, 0, None), Ok(RestoreStart::Local));
+        assert_eq!(
+            restore_start(&fresh, 0, Some(&snapshot)),
+            Ok(RestoreStart::Snapshot)
+        );
+        // A former owner near the end reads the tail; far behind, it loads the snapshot.
+        assert_eq!(
+            restore_start(&at(4_900, 3_950), 0, Some(&snapshot)),
+            Ok(RestoreStart::Local)
+        );
+        assert_eq!(
+            restore_start(&at(1_000, 900), 0, Some(&snapshot)),
+            Ok(RestoreStart::Snapshot)
+        );
+        // Ahead of the snapshot: never back to it.
+        assert_eq!(
+            restore_start(&at(6_000, 4_500), 0, Some(&snapshot)),
+            Ok(RestoreStart::Local)
+        );
+        // The log was trimmed past this node's position: the snapshot, however close.
+        assert_eq!(
+            restore_start(&at(4_900, 3_950), 4_950, Some(&snapshot)),
+            Ok(RestoreStart::Snapshot)
+        );
+        let gone = restore_start(&at(10, 9), 20, None).unwrap_err();
+        assert!(gone.contains("no snapshot reaches it"), "{gone}");
+        let gone = restore_start(&fresh, 6_000, Some(&snapshot)).unwrap_err();
+        assert!(gone.contains("units between are gone"), "{gone}");
     }
 
     #[test]

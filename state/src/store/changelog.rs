@@ -110,6 +110,13 @@ impl Store {
         self.epochs().insert(partition, epoch);
     }
 
+    /// The partitions this node may write (with an accepted claim), in order.
+    pub fn writable_partitions(&self) -> Vec<Partition> {
+        let mut partitions: Vec<Partition> = self.epochs().keys().copied().collect();
+        partitions.sort_unstable();
+        partitions
+    }
+
     /// This node no longer owns the partition (revoked, or being restored): with the changelog
     /// on, its writes of the partition are refused from now on ([`StoreError::NotWritable`]).
     /// Held under the unit lock: a unit being committed is committed before this returns.

@@ -237,8 +237,26 @@ async fn main() -> Result<()> {
 
     // The changelog's cost: two more nodes (groups of their own) each read the whole topic,
     // one without the changelog and one with it, in this run.
-    let off = catch_up(&broker, &topics, dir.path(), "bench-plain", false, total).await?;
-    let on = catch_up(&broker, &topics, dir.path(), "bench-changelog", true, total).await?;
+    // The node with the changelog also snapshots its partitions every 100 units, and any
+    // unit 2 s past the newest snapshot.
+    let snapshots = dir.path().join("snapshots");
+    let snapshot_dir = snapshots.display().to_string();
+    let snapshotting = [
+        ("AUDIENCE_SNAPSHOT_DIR", snapshot_dir.as_str()),
+        ("AUDIENCE_SNAPSHOT_EVERY_UNITS", "100"),
+        ("AUDIENCE_SNAPSHOT_INTERVAL_MS", "1000"),
+        ("AUDIENCE_SNAPSHOT_MAX_AGE_MS", "2000"),
+    ];
+    let off = catch_up(&broker, &topics, dir.path(), "bench-plain", &[], total).await?;
+    let on = catch_up(
+        &broker,
+        &topics,
+        dir.path(),
+        "bench-changelog",
+        &snapshotting,
+        total,
+    )
+    .await?;
     println!(
         "catch-up of the whole topic: changelog off {:.0} events/s, on {:.0} events/s \
          (ratio on / off {:.2}; the changelog topic had every unit {:.1} s after the last batch)",
@@ -247,43 +265,69 @@ async fn main() -> Result<()> {
         on.0 / off.0,
         on.1.as_secs_f64()
     );
-    // A node taking every partition restores it from the changelog the last node wrote.
-    let restore = restore_all(&broker, &topics, dir.path()).await?;
+    // A node taking every partition restores it from the changelog the last node wrote:
+    // once from the whole log, once from the newest snapshots and the log past them.
+    let whole = restore_all(&broker, &topics, dir.path(), "bench-restore", None).await?;
+    let fast = restore_all(
+        &broker,
+        &topics,
+        dir.path(),
+        "bench-restore-snapshot",
+        Some(&snapshot_dir),
+    )
+    .await?;
+    for (how, restore) in [
+        ("the whole changelog", &whole),
+        ("snapshots and the changelog past them", &fast),
+    ] {
+        println!(
+            "restore from {how}: {} profiles ({} from snapshots, {} units read) in {:.2} s = \
+             {:.0} profiles/s (partitions in parallel)",
+            restore.profiles,
+            restore.snapshot_profiles,
+            restore.units,
+            restore.seconds,
+            restore.profiles as f64 / restore.seconds
+        );
+    }
     println!(
-        "restore from the changelog: {} profiles ({} units) in {:.2} s = {:.0} profiles/s \
-         (partitions in parallel; no snapshots yet: the whole log is read)",
-        restore.profiles,
-        restore.units,
-        restore.seconds,
-        restore.profiles as f64 / restore.seconds
+        "restore ratio snapshots / whole log: {:.1}",
+        whole.seconds / fast.seconds
     );
     Ok(())
 }
 
 struct Restored {
     profiles: u64,
+    /// Profiles in the snapshots the restores loaded.
+    snapshot_profiles: u64,
     units: u64,
     /// The longest partition restore, claim included.
     seconds: f64,
 }
 
 /// A fresh node in a group of its own restores every partition from the changelog topic the
-/// catch-up with the changelog on wrote: how many profiles and units, in how long.
-async fn restore_all(broker: &Broker, topics: &Topics, dir: &std::path::Path) -> Result<Restored> {
+/// catch-up with the changelog on wrote (and from its snapshots, given their repository): how
+/// many profiles and units, in how long.
+async fn restore_all(
+    broker: &Broker,
+    topics: &Topics,
+    dir: &std::path::Path,
+    group: &str,
+    snapshots: Option<&str>,
+) -> Result<Restored> {
     const PARTITIONS: usize = 4;
-    let data = dir.join("bench-restore");
-    let mut engine = Engine::start_with(
-        broker,
-        topics,
-        &data,
-        "bench-restore",
-        &[
-            ("AUDIENCE_MANUAL_CLOCK", "false"),
-            ("AUDIENCE_PARTITIONS", "4"),
-            ("AUDIENCE_CHANGELOG", "true"),
-            ("AUDIENCE_CHANGELOG_TOPIC", "bench-changelog"),
-        ],
-    )?;
+    let data = dir.join(group);
+    let mut env = vec![
+        ("AUDIENCE_MANUAL_CLOCK", "false"),
+        ("AUDIENCE_PARTITIONS", "4"),
+        ("AUDIENCE_CHANGELOG", "true"),
+        ("AUDIENCE_CHANGELOG_TOPIC", "bench-changelog"),
+    ];
+    if let Some(repository) = snapshots {
+        env.push(("AUDIENCE_SNAPSHOT_DIR", repository));
+    }
+    let mut engine = Engine::start_with(broker, topics, &data, group, &env)?;
     let ch = engine.ready().await?;
     let started = Instant::now();
     // A partition has an actor only once it is restored.
@@ -320,6 +364,7 @@ async fn restore_all(broker: &Broker, topics: &Topics, dir: &std::path::Path) ->
     }
     Ok(Restored {
         profiles,
+        snapshot_profiles: reports.iter().map(|l| figure(l, "snapshot_profiles")).sum(),
         units: reports.iter().map(|l| figure(l, "applied")).sum(),
         seconds: reports
             .iter()
@@ -337,25 +382,21 @@ async fn catch_up(
     topics: &Topics,
     dir: &std::path::Path,
     group: &str,
-    changelog: bool,
+    changelog: &[(&str, &str)],
     total: u64,
 ) -> Result<(f64, Duration)> {
     let start = Instant::now();
-    let mut engine = Engine::start_with(
-        broker,
-        topics,
-        &dir.join(group),
-        group,
-        &[
-            ("AUDIENCE_MANUAL_CLOCK", "false"),
-            ("AUDIENCE_PARTITIONS", "4"),
-            (
-                "AUDIENCE_CHANGELOG",
-                if changelog { "true" } else { "false" },
-            ),
-            ("AUDIENCE_CHANGELOG_TOPIC", "bench-changelog"),
-        ],
-    )?;
+    let mut env = vec![
+        ("AUDIENCE_MANUAL_CLOCK", "false"),
+        ("AUDIENCE_PARTITIONS", "4"),
+        ("AUDIENCE_CHANGELOG_TOPIC", "bench-changelog"),
+    ];
+    if !changelog.is_empty() {
+        // With the changelog on, and what else is given.
+        env.push(("AUDIENCE_CHANGELOG", "true"));
+        env.extend_from_slice(changelog);
+    }
+    let mut engine = Engine::start_with(broker, topics, &dir.join(group), group, &env)?;
     let ch = engine.ready().await?;
     wait_processed(&ch, total, Duration::from_secs(1800)).await?;
     let rate = total as f64 / start.elapsed().as_secs_f64();
@@ -368,6 +409,10 @@ async fn catch_up(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let drained = processed.elapsed();
+    if !changelog.is_empty() {
+        // The snapshotter's last round, past the last units.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+    }
     engine.terminate()?;
     Ok((rate, drained))
 }
