@@ -20,8 +20,9 @@ use crate::catalog_topic::{
     client_config, ensure_catalog_topic, CatalogProposer, CatalogReader, CatalogTopicError, Read,
     Step,
 };
-use crate::delivery::{AudienceInfo, Deliveries};
+use crate::delivery::Deliveries;
 use crate::node::Node;
+use crate::output_kinds::AudienceInfo;
 use audience_state::catalog::{AudienceRecord, Catalog};
 use audience_state::catalog_log::{
     Applied, CatalogRecord, CatalogState, Change, ImportedCatalog, Refusal, Touched,

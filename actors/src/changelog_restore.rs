@@ -273,7 +273,9 @@ impl Restorer {
             // A position past the log's end (a topic made anew) is an error, never a silent
             // jump to the end.
             .set("auto.offset.reset", "error")
-            .set("fetch.wait.max.ms", "10")
+            // The reader reads to a known end: a broker holding each fetch for its wait (tansu
+            // waits it out even when it has records) would add that to every round trip.
+            .set("fetch.wait.max.ms", "1")
             .create()?;
         Ok(Reader {
             consumer,

@@ -13,14 +13,17 @@
 //! - every loop runs on its own task: a slow or faulted output never slows ingestion nor
 //!   another connection.
 //!
-//! Output kinds implement [`Output`]; a new kind is one more implementation.
+//! Output kinds implement [`Output`] (`crate::output_kinds`); a new kind is one more
+//! implementation.
 
 use crate::engine::Engine;
+use crate::network_guard::NetworkGuard;
+use crate::output_kinds::{build_output, AudienceInfo, Output, SendFailure};
 use crate::stats::{ChangeWindow, Figures};
 use audience_state::model::{AudienceId, Delta, DeltaKind};
 use audience_state::outputs::{
-    backoff_ms, delivery_item, excerpt, Connection, ConnectionId, ConnectionStatus, DeliveryItem,
-    Fault, OutputConfig,
+    backoff_ms, delivery_item, Connection, ConnectionId, ConnectionStatus, DeliveryItem, Fault,
+    OutputConfig,
 };
 use audience_state::secrets::{open_output, SecretKey};
 use audience_state::store::Partition;
@@ -29,411 +32,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
-
-/// Why a send failed.
-#[derive(Debug, Clone)]
-pub struct SendFailure {
-    /// Worth retrying (timeouts, 5xx, 429); otherwise the connection faults at once.
-    pub retryable: bool,
-    pub status: Option<u32>,
-    pub retry_after: Option<Duration>,
-    pub body_excerpt: String,
-    pub message: String,
-    /// Nothing failed: the output has no receiver yet (a `grpc` connection nobody attached
-    /// to). The loop waits without spending attempts, and keeps what is owed.
-    pub waiting: bool,
-}
-
-impl SendFailure {
-    fn retryable(message: String) -> SendFailure {
-        SendFailure {
-            retryable: true,
-            status: None,
-            retry_after: None,
-            body_excerpt: String::new(),
-            message,
-            waiting: false,
-        }
-    }
-}
-
-/// The audience as its outputs see it.
-#[derive(Debug, Clone)]
-pub struct AudienceInfo {
-    pub id: AudienceId,
-    /// The external name when set, else the name.
-    pub name: String,
-    pub connection_id: ConnectionId,
-    pub connection_settings: BTreeMap<String, serde_json::Value>,
-}
-
-/// An output kind: where batches of items go, and what deleting an audience does there.
-#[async_trait::async_trait]
-pub trait Output: Send + Sync {
-    async fn send(
-        &self,
-        audience: &AudienceInfo,
-        items: &[DeliveryItem],
-    ) -> Result<(), SendFailure>;
-    /// Tells the output the audience is gone; kinds that keep their copy do nothing.
-    async fn audience_deleted(&self, audience: &AudienceInfo) -> Result<(), SendFailure>;
-}
-
-pub fn build_output(config: &OutputConfig) -> Result<Arc<dyn Output>, String> {
-    match config.kind.as_str() {
-        "webhook" => Ok(Arc::new(Webhook::new(config)?)),
-        "kafka" => Ok(Arc::new(KafkaOutput::new(config)?)),
-        "grpc" => Ok(Arc::new(GrpcStreamOutput {
-            ack_timeout: Duration::from_millis(config.setting_u64("timeout_ms", 10_000)),
-        })),
-        other => Err(format!("unknown output kind \"{other}\"")),
-    }
-}
-
-// ------------------------------------------------------------------ webhook
-
-/// JSON batches POSTed to a URL: `{"type": "membership", "audience": {...}, "items": [...]}`.
-/// Every secret of the configuration is sent as an HTTP header of that name.
-pub struct Webhook {
-    client: reqwest::Client,
-    url: String,
-    headers: reqwest::header::HeaderMap,
-}
-
-impl Webhook {
-    fn new(config: &OutputConfig) -> Result<Webhook, String> {
-        let timeout = Duration::from_millis(config.setting_u64("timeout_ms", 10_000));
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let mut headers = reqwest::header::HeaderMap::new();
-        for (name, value) in &config.secrets {
-            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("secrets: \"{name}\" is not an HTTP header name"))?;
-            let mut value = reqwest::header::HeaderValue::from_str(value)
-                .map_err(|_| format!("secrets.{name}: not a valid header value"))?;
-            value.set_sensitive(true);
-            headers.insert(name, value);
-        }
-        Ok(Webhook {
-            client,
-            url: config.setting_str("url").unwrap_or_default().to_string(),
-            headers,
-        })
-    }
-
-    async fn post(&self, body: serde_json::Value) -> Result<(), SendFailure> {
-        let response = self
-            .client
-            .post(&self.url)
-            .headers(self.headers.clone())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| {
-                SendFailure::retryable(if e.is_timeout() {
-                    "timed out".to_string()
-                } else {
-                    format!("request failed: {e}")
-                })
-            })?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = response.text().await.unwrap_or_default();
-        Err(SendFailure {
-            retryable: status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error(),
-            status: Some(status.as_u16() as u32),
-            retry_after,
-            body_excerpt: excerpt(&body),
-            message: format!("HTTP {status}"),
-            waiting: false,
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl Output for Webhook {
-    async fn send(
-        &self,
-        audience: &AudienceInfo,
-        items: &[DeliveryItem],
-    ) -> Result<(), SendFailure> {
-        self.post(serde_json::json!({
-            "type": "membership",
-            "audience": {"id": audience.id, "name": audience.name},
-            "connection_id": audience.connection_id,
-            "settings": audience.connection_settings,
-            "items": items,
-        }))
-        .await
-    }
-
-    async fn audience_deleted(&self, audience: &AudienceInfo) -> Result<(), SendFailure> {
-        self.post(serde_json::json!({
-            "type": "audience_deleted",
-            "audience": {"id": audience.id, "name": audience.name},
-            "connection_id": audience.connection_id,
-        }))
-        .await
-    }
-}
-
-// ------------------------------------------------------------------ kafka
-
-/// The librdkafka properties a Kafka output's secrets may set: credentials only (no
-/// property that runs a command, loads a library or reads a file on the engine's host).
-const KAFKA_SECRET_KEYS: &[&str] = &[
-    "security.protocol",
-    "sasl.mechanism",
-    "sasl.mechanisms",
-    "sasl.username",
-    "sasl.password",
-    "ssl.key.password",
-    "ssl.key.pem",
-    "ssl.certificate.pem",
-    "ssl.ca.pem",
-];
-
-/// One record per item on a topic of any cluster, keyed by MPID, with the item's idempotency
-/// key as header `idempotency-key`. Secrets are librdkafka properties (sasl.password...).
-pub struct KafkaOutput {
-    producer: rdkafka::producer::FutureProducer,
-    topic: String,
-}
-
-impl KafkaOutput {
-    fn new(config: &OutputConfig) -> Result<KafkaOutput, String> {
-        let mut client = rdkafka::ClientConfig::new();
-        client
-            .set(
-                "bootstrap.servers",
-                config.setting_str("bootstrap_servers").unwrap_or_default(),
-            )
-            .set(
-                "message.timeout.ms",
-                config.setting_u64("timeout_ms", 10_000).to_string(),
-            )
-            .set("enable.idempotence", "false")
-            .set("max.in.flight.requests.per.connection", "1");
-        for (k, v) in &config.secrets {
-            if !KAFKA_SECRET_KEYS.contains(&k.as_str()) {
-                return Err(format!(
-                    "secrets: \"{k}\" is not a Kafka credential (one of: {})",
-                    KAFKA_SECRET_KEYS.join(", ")
-                ));
-            }
-            client.set(k, v);
-        }
-        // librdkafka's errors quote the offending value: never pass them on, they may hold a
-        // secret.
-        let producer = client.create().map_err(|_: rdkafka::error::KafkaError| {
-            "the Kafka client refused the settings or secrets (check their names and values)"
-                .to_string()
-        })?;
-        Ok(KafkaOutput {
-            producer,
-            topic: config.setting_str("topic").unwrap_or_default().to_string(),
-        })
-    }
-
-    async fn produce(&self, key: &str, id: &str, value: String) -> Result<(), SendFailure> {
-        use rdkafka::message::{Header, OwnedHeaders};
-        let record = rdkafka::producer::FutureRecord::to(&self.topic)
-            .key(key)
-            .payload(&value)
-            .headers(OwnedHeaders::new().insert(Header {
-                key: "idempotency-key",
-                value: Some(id),
-            }));
-        self.producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| SendFailure::retryable(format!("kafka: {e}")))
-    }
-}
-
-#[async_trait::async_trait]
-impl Output for KafkaOutput {
-    async fn send(
-        &self,
-        audience: &AudienceInfo,
-        items: &[DeliveryItem],
-    ) -> Result<(), SendFailure> {
-        for item in items {
-            let value = serde_json::json!({
-                "type": "membership",
-                "audience": {"id": audience.id, "name": audience.name},
-                "connection_id": audience.connection_id,
-                "item": item,
-            });
-            self.produce(
-                &item.mpid.to_string(),
-                &item.idempotency_key,
-                value.to_string(),
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
-    async fn audience_deleted(&self, audience: &AudienceInfo) -> Result<(), SendFailure> {
-        let value = serde_json::json!({
-            "type": "audience_deleted",
-            "audience": {"id": audience.id, "name": audience.name},
-            "connection_id": audience.connection_id,
-        });
-        let id = format!("deleted:{}:{}", audience.id, audience.connection_id);
-        self.produce(&audience.id.to_string(), &id, value.to_string())
-            .await
-    }
-}
-
-// ------------------------------------------------------------------ grpc stream
-
-/// A batch on its way to a `grpc` receiver.
-#[derive(Debug, Clone)]
-pub struct StreamBatch {
-    pub batch_id: u64,
-    pub audience: AudienceInfo,
-    /// `membership` or `audience_deleted`.
-    pub kind: String,
-    pub items: Vec<DeliveryItem>,
-}
-
-type Acked = tokio::sync::oneshot::Sender<()>;
-
-struct Attached {
-    tx: tokio::sync::mpsc::Sender<(StreamBatch, Acked)>,
-    generation: u64,
-}
-
-/// The receivers attached to `grpc` connections, process-wide.
-#[derive(Default)]
-pub struct GrpcHub {
-    receivers: Mutex<HashMap<ConnectionId, Attached>>,
-    next_batch: std::sync::atomic::AtomicU64,
-    next_generation: std::sync::atomic::AtomicU64,
-}
-
-impl GrpcHub {
-    pub fn global() -> &'static GrpcHub {
-        static HUB: std::sync::OnceLock<GrpcHub> = std::sync::OnceLock::new();
-        HUB.get_or_init(GrpcHub::default)
-    }
-
-    /// Attaches a receiver to a connection (replacing any other); batches come on the channel
-    /// with the sender of their acknowledgement.
-    pub fn attach(
-        &self,
-        id: ConnectionId,
-    ) -> (u64, tokio::sync::mpsc::Receiver<(StreamBatch, Acked)>) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let generation = self.next_generation.fetch_add(1, Relaxed) + 1;
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        self.receivers
-            .lock()
-            .insert(id, Attached { tx, generation });
-        (generation, rx)
-    }
-
-    pub fn detach(&self, id: ConnectionId, generation: u64) {
-        let mut receivers = self.receivers.lock();
-        if receivers
-            .get(&id)
-            .is_some_and(|a| a.generation == generation)
-        {
-            receivers.remove(&id);
-        }
-    }
-
-    async fn deliver(
-        &self,
-        audience: &AudienceInfo,
-        kind: &str,
-        items: &[DeliveryItem],
-        ack_timeout: Duration,
-    ) -> Result<(), SendFailure> {
-        let tx = self
-            .receivers
-            .lock()
-            .get(&audience.connection_id)
-            .map(|a| a.tx.clone());
-        let Some(tx) = tx else {
-            return Err(SendFailure {
-                waiting: true,
-                ..SendFailure::retryable("no receiver attached".to_string())
-            });
-        };
-        let batch = StreamBatch {
-            batch_id: self
-                .next_batch
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                + 1,
-            audience: audience.clone(),
-            kind: kind.to_string(),
-            items: items.to_vec(),
-        };
-        let (acked, ack) = tokio::sync::oneshot::channel();
-        match tokio::time::timeout(ack_timeout, tx.send((batch, acked))).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(SendFailure::retryable("the receiver went away".to_string())),
-            Err(_) => {
-                return Err(SendFailure::retryable(
-                    "the receiver is not reading".to_string(),
-                ))
-            }
-        }
-        match tokio::time::timeout(ack_timeout, ack).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(SendFailure::retryable(
-                "the receiver went away before acknowledging".to_string(),
-            )),
-            Err(_) => Err(SendFailure::retryable(
-                "acknowledgement timed out".to_string(),
-            )),
-        }
-    }
-}
-
-/// Batches streamed to the subscriber attached to the connection (`OutputService.Receive`),
-/// each acknowledged before the next.
-pub struct GrpcStreamOutput {
-    ack_timeout: Duration,
-}
-
-#[async_trait::async_trait]
-impl Output for GrpcStreamOutput {
-    async fn send(
-        &self,
-        audience: &AudienceInfo,
-        items: &[DeliveryItem],
-    ) -> Result<(), SendFailure> {
-        GrpcHub::global()
-            .deliver(audience, "membership", items, self.ack_timeout)
-            .await
-    }
-
-    /// The subscriber's copy is its own: it is told only if it is attached right now.
-    async fn audience_deleted(&self, audience: &AudienceInfo) -> Result<(), SendFailure> {
-        match GrpcHub::global()
-            .deliver(audience, "audience_deleted", &[], self.ack_timeout)
-            .await
-        {
-            Err(f) if f.waiting => Ok(()),
-            other => other,
-        }
-    }
-}
 
 // ------------------------------------------------------------------ the loops
 
@@ -464,6 +62,7 @@ pub struct Deliveries {
     running: Mutex<HashMap<ConnectionId, Running>>,
     /// Opens the outputs' secrets, sealed in the catalog (see `audience_state::secrets`).
     secret_key: SecretKey,
+    guard: NetworkGuard,
 }
 
 /// The retry policy of a connection, from its output's settings.
@@ -489,11 +88,17 @@ impl Policy {
 }
 
 impl Deliveries {
-    pub fn new(secret_key: SecretKey) -> Deliveries {
+    pub fn new(secret_key: SecretKey, guard: NetworkGuard) -> Deliveries {
         Deliveries {
             running: Mutex::new(HashMap::new()),
             secret_key,
+            guard,
         }
+    }
+
+    /// What outputs may reach.
+    pub fn guard(&self) -> NetworkGuard {
+        self.guard
     }
 
     /// The output as it is used: its secrets opened.
@@ -503,7 +108,7 @@ impl Deliveries {
 
     /// The output of a configuration as stored (secrets sealed), ready to send.
     pub fn build(&self, output: &OutputConfig) -> Result<Arc<dyn Output>, String> {
-        build_output(&self.open(output)?)
+        build_output(&self.open(output)?, self.guard)
     }
 
     /// Starts the loops of every sending connection (at startup).

@@ -229,10 +229,15 @@ fn resume_restored(
     consumer: &StreamConsumer<IngestContext>,
     node: &Node,
     topics: &[String],
-    partition: Partition,
-    token: u64,
+    restored: &[(Partition, u64)],
 ) -> anyhow::Result<()> {
-    if !node.finish_restore(partition, token)? {
+    let mut resumed = Vec::new();
+    for &(partition, token) in restored {
+        if node.finish_restore(partition, token)? {
+            resumed.push(partition);
+        }
+    }
+    if resumed.is_empty() {
         return Ok(());
     }
     let mut assignment = TopicPartitionList::new();
@@ -247,9 +252,15 @@ fn resume_restored(
         }
     }
     consumer.assign(&assignment)?;
-    tracing::info!(partition, "restored partition resumed");
+    tracing::info!(partitions = ?resumed, "restored partitions resumed");
     Ok(())
 }
+
+/// The least time between two re-assignments of restored partitions. An `assign()` stops and
+/// starts every partition again; librdkafka 2.12 aborts the process (an assertion in
+/// `rd_kafka_assignment_partition_stopped`) when one lands while the previous one's partitions
+/// are still stopping, which six restores finishing in the same millisecond did.
+const REASSIGN_GAP: Duration = Duration::from_millis(300);
 
 /// The ingestion loop; returns after `shutdown` flips, once the batch in flight is committed.
 /// `restored` tells of partitions restored from the changelog (see [`RestoreHook`]).
@@ -261,11 +272,24 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let max_batch = config.max_batch;
+    let mut last_reassignment: Option<std::time::Instant> = None;
     loop {
         let first = tokio::select! {
             _ = shutdown.changed() => break,
-            Some((p, token)) = async { restored.as_mut()?.recv().await } => {
-                resume_restored(&consumer, &node, &config.topics, p, token)?;
+            Some(first) = async { restored.as_mut()?.recv().await } => {
+                // Restores finishing together make one re-assignment, and re-assignments keep
+                // their distance (see `REASSIGN_GAP`).
+                if let Some(at) = last_reassignment {
+                    tokio::time::sleep(REASSIGN_GAP.saturating_sub(at.elapsed())).await;
+                }
+                let mut finished = vec![first];
+                if let Some(more) = restored.as_mut() {
+                    while let Ok(next) = more.try_recv() {
+                        finished.push(next);
+                    }
+                }
+                resume_restored(&consumer, &node, &config.topics, &finished)?;
+                last_reassignment = Some(std::time::Instant::now());
                 continue;
             }
             m = consumer.recv() => m,

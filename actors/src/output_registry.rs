@@ -4,8 +4,9 @@
 //! stops the delivery loops to match (see [`crate::catalog_applier`]).
 
 use crate::catalog_applier::CatalogApplier;
-use crate::delivery::{build_output, Deliveries};
+use crate::delivery::Deliveries;
 use crate::node::Node;
+use crate::output_kinds::build_output;
 use crate::registry::{unexpected, RegistryError};
 use audience_state::catalog_log::{Applied, Change};
 use audience_state::criteria::DefinitionError;
@@ -82,16 +83,22 @@ impl OutputRegistry {
         }
     }
 
-    /// Checks an output as it will be used (settings valid, the output can be built), with
-    /// its secrets in clear: before they are sealed for the topic.
-    fn check_output(config: &OutputConfig) -> Result<(), RegistryError> {
+    /// Checks an output as it will be used (settings valid, the output can be built, its hosts
+    /// outside the engine's network unless allowed), with its secrets in clear: before they
+    /// are sealed for the topic.
+    async fn check_output(&self, config: &OutputConfig) -> Result<(), RegistryError> {
         config.validate()?;
-        build_output(config).map_err(|e| invalid("settings", e))?;
+        let guard = self.deliveries.guard();
+        build_output(config, guard).map_err(|e| invalid("settings", e))?;
+        guard
+            .check_output(config)
+            .await
+            .map_err(|(field, why)| invalid(field, why))?;
         Ok(())
     }
 
     pub async fn create_output(&self, config: OutputConfig) -> Result<OutputConfig, RegistryError> {
-        Self::check_output(&config)?;
+        self.check_output(&config).await?;
         let mut config = self.catalog.seal(&config);
         config.id = 0;
         let config = self
@@ -114,7 +121,7 @@ impl OutputRegistry {
             .deliveries
             .open(&checked)
             .map_err(|e| invalid("secrets", e))?;
-        Self::check_output(&opened)?;
+        self.check_output(&opened).await?;
         config = self.catalog.seal(&config);
         self.output_change(Change::PutOutput { output: config })
             .await

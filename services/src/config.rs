@@ -16,6 +16,17 @@ pub struct Config {
     pub clock: ClockConfig,
     pub catalog: CatalogConfig,
     pub cluster: ClusterConfig,
+    pub outputs: OutputsConfig,
+}
+
+/// What outputs may reach.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputsConfig {
+    /// Let webhook and Kafka outputs reach loopback, private, link-local and other internal
+    /// addresses (tests, `make run`, a receiver inside the network on purpose). Off: an output
+    /// configured through the API cannot be pointed at the engine's own network.
+    pub allow_private: bool,
 }
 
 /// A partition's state moves with it (cluster step 2): its changelog, and its snapshots.
@@ -287,6 +298,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AUDIENCE_TRIM_CHANGELOG", "cluster.trim_changelog"),
     ("AUDIENCE_CATALOG_SECRET_KEY", "catalog.secret_key"),
     ("AUDIENCE_GRPC_LISTEN", "grpc.listen"),
+    ("AUDIENCE_OUTPUTS_ALLOW_PRIVATE", "outputs.allow_private"),
     ("AUDIENCE_METRICS_LISTEN", "metrics.listen"),
     ("AUDIENCE_RETENTION_DAYS", "engine.retention_days"),
     ("AUDIENCE_MANUAL_CLOCK", "clock.manual"),
@@ -365,6 +377,9 @@ impl Config {
             }
             "AUDIENCE_CATALOG_SECRET_KEY" => self.catalog.secret_key = value.into(),
             "AUDIENCE_GRPC_LISTEN" => self.grpc.listen = value.into(),
+            "AUDIENCE_OUTPUTS_ALLOW_PRIVATE" => {
+                self.outputs.allow_private = value.parse().map_err(|e| bad(&e))?
+            }
             "AUDIENCE_METRICS_LISTEN" => self.metrics.listen = value.into(),
             "AUDIENCE_RETENTION_DAYS" => {
                 self.engine.retention_days = value.parse().map_err(|e| bad(&e))?

@@ -2,7 +2,7 @@
 //! figures and faults, bulk connect and resume.
 
 use crate::convert::{self, json_to_struct, struct_to_json};
-use audience_actors::delivery::{GrpcHub, StreamBatch};
+use audience_actors::output_kinds::{GrpcHub, StreamBatch};
 use audience_actors::output_registry::OutputRegistry;
 use audience_proto::v1 as pb;
 use audience_state::outputs::{Connection, ConnectionStatus, Fault, OutputConfig};

@@ -249,7 +249,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // The catalog is read to its end before anything is served or consumed.
     let secret_key = secret_key(&config)?;
-    let deliveries = Arc::new(Deliveries::new(secret_key.clone()));
+    let guard = audience_actors::network_guard::NetworkGuard {
+        allow_private: config.outputs.allow_private,
+    };
+    let deliveries = Arc::new(Deliveries::new(secret_key.clone(), guard));
     let catalog = CatalogApplier::start(
         node.clone(),
         deliveries.clone(),

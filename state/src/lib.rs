@@ -34,6 +34,7 @@ pub mod geo;
 pub mod history;
 pub mod membership;
 pub mod model;
+pub mod network;
 pub mod outputs;
 pub mod profile;
 pub mod replay;

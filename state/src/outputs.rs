@@ -92,7 +92,17 @@ impl OutputConfig {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(DefinitionError::new(
                         "settings.url",
-                        format!("\"{url}\" is not an http:// or https:// URL"),
+                        "the url is not an http:// or https:// URL",
+                    ));
+                }
+                let authority = url.split("://").nth(1).unwrap_or_default();
+                let authority = authority.split(['/', '?', '#']).next().unwrap_or_default();
+                if authority.contains('@') {
+                    // A URL is shown and logged; a credential in it would be too (REVIEW S6).
+                    return Err(DefinitionError::new(
+                        "settings.url",
+                        "the url holds credentials (user:password@): put them in the output's \
+                         secrets, which are sent as request headers and never shown",
                     ));
                 }
             }
@@ -206,17 +216,30 @@ pub struct Fault {
     pub connection_id: ConnectionId,
     /// HTTP status or other protocol code, when the output answered.
     pub status: Option<u32>,
-    /// The start of the output's answer (at most [`BODY_EXCERPT_CHARS`] characters).
+    /// The start of a 4xx answer's body (see [`fault_excerpt`]); empty for any other.
     pub body_excerpt: String,
     pub message: String,
     pub at_ms: TimestampMs,
     pub attempts: u32,
 }
 
-pub const BODY_EXCERPT_CHARS: usize = 512;
+pub const BODY_EXCERPT_CHARS: usize = 200;
 
-pub fn excerpt(text: &str) -> String {
-    text.chars().take(BODY_EXCERPT_CHARS).collect()
+/// The most of an error answer's body a delivery reads: a hostile receiver may stream
+/// gigabytes (REVIEW S4).
+pub const MAX_ERROR_BODY_BYTES: usize = 4096;
+
+/// What a fault keeps of an answer's body: for a 4xx (the receiver says what it refused) its
+/// first [`BODY_EXCERPT_CHARS`] printable characters; for any other status nothing, since a
+/// 5xx or a redirect may be an internal page read back through the fault (REVIEW S2).
+pub fn fault_excerpt(status: u16, body: &str) -> String {
+    if !(400..500).contains(&status) {
+        return String::new();
+    }
+    body.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(BODY_EXCERPT_CHARS)
+        .collect()
 }
 
 /// One membership change as an output receives it.
@@ -342,6 +365,43 @@ mod tests {
     use super::*;
     use crate::model::AttrValue;
     use crate::profile::NamedAttr;
+
+    #[test]
+    fn a_fault_keeps_a_short_printable_excerpt_of_a_4xx_only() {
+        let page = format!("<h1>internal</h1>\n{}", "x".repeat(5000));
+        assert_eq!(fault_excerpt(500, &page), "");
+        assert_eq!(fault_excerpt(302, &page), "");
+        let kept = fault_excerpt(400, &page);
+        assert_eq!(kept.chars().count(), BODY_EXCERPT_CHARS);
+        assert!(kept.starts_with("<h1>internal</h1> x"), "{kept}");
+    }
+
+    #[test]
+    fn a_webhook_url_with_credentials_is_refused() {
+        let mut config = OutputConfig {
+            id: 0,
+            name: "crm".into(),
+            kind: "webhook".into(),
+            settings: BTreeMap::from([("url".into(), "https://user:pw@x.example/hook".into())]),
+            secrets: BTreeMap::new(),
+            accepted_identities: vec!["email".into()],
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("secrets"), "{err}");
+        assert!(
+            !err.to_string().contains("pw"),
+            "the error never repeats it: {err}"
+        );
+        config
+            .settings
+            .insert("url".into(), "https://x.example/hook?at=a@b".into());
+        assert!(
+            config.validate().is_ok(),
+            "an @ past the host is no credential"
+        );
+    }
 
     #[test]
     fn secrets_never_leave_redaction() {

@@ -521,6 +521,9 @@ proptest! {
             .load_partition_snapshot(PARTITION, &stored.dir, &stored.manifest.position, &stored.manifest.files)
             .unwrap();
         prop_assert_eq!(replica.changelog_follow_position(PARTITION).unwrap(), manifest.position);
+        for file in &stored.manifest.files {
+            prop_assert!(stored.dir.join(&file.name).exists(), "{} stays for other nodes", file.name);
+        }
         let mut position = manifest.position;
         for unit in &tail {
             position.next_offset += 1;

@@ -113,6 +113,21 @@ impl Broker {
         Ok(())
     }
 
+    /// Deletes topics and their records (a topic made again with the name starts empty, at
+    /// offset 0).
+    pub async fn delete_topics(&self, topics: &[&str]) -> Result<()> {
+        use rdkafka::admin::{AdminClient, AdminOptions};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()?;
+        for r in admin.delete_topics(topics, &AdminOptions::new()).await? {
+            if let Err((t, code)) = r {
+                anyhow::bail!("deleting {t}: {code}");
+            }
+        }
+        Ok(())
+    }
+
     /// Creates a deployment's input and output topics (the engine creates its catalog and
     /// changelog topics itself).
     pub async fn create_deployment_topics(&self, topics: &Topics, partitions: i32) -> Result<()> {
@@ -221,6 +236,8 @@ impl Engine {
             ("AUDIENCE_GRPC_LISTEN".into(), format!("127.0.0.1:{port}")),
             ("AUDIENCE_METRICS_LISTEN".into(), String::new()),
             ("AUDIENCE_MANUAL_CLOCK".into(), "true".into()),
+            // The tests' receivers listen on 127.0.0.1.
+            ("AUDIENCE_OUTPUTS_ALLOW_PRIVATE".into(), "true".into()),
             ("AUDIENCE_PARTITIONS".into(), "2".into()),
             (
                 "AUDIENCE_KAFKA_PROPERTIES".into(),

@@ -389,3 +389,124 @@ async fn a_zombie_owner_cannot_publish_what_it_wrote_after_losing_its_partition(
     assert_eq!(b.terminate()?, Some(0));
     Ok(())
 }
+
+/// Input retention shorter than the history: the input records a partition's state came from
+/// are gone when the partition moves, and its new owner still has the whole state.
+///
+/// tansu 0.6 neither enforces `retention.ms` nor implements DeleteRecords, so the test makes
+/// the records go another way: A applies round 1 and stops; the events topic is deleted and
+/// made again, and filler records of other users take round 1's offsets, as if retention had
+/// replaced what it dropped by records nobody must read. B, new, restores every partition
+/// from the changelog and reads the input only from the restored offsets on: it applies
+/// round 2 alone, on top of round 1's state, and never sees a filler user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_partition_keeps_the_state_of_input_records_retention_dropped() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("retention");
+    broker.create_deployment_topics(&topics, PARTITIONS).await?;
+    let changelog_topic = format!("{}-changelog", topics.events);
+    let dir = tempfile::tempdir()?;
+    let start = |id: &str| {
+        Engine::start_with(
+            &broker,
+            &topics,
+            &dir.path().join(id),
+            "retention",
+            &[
+                ("AUDIENCE_CHANGELOG", "true"),
+                ("AUDIENCE_CHANGELOG_TOPIC", &changelog_topic),
+                ("AUDIENCE_NODE_ID", id),
+            ],
+        )
+    };
+    let mut a = start("node-a")?;
+    let ch_a = a.ready().await?;
+    wait_owning(&ch_a, PARTITIONS as usize).await?;
+    let twice = create_audience(
+        &ch_a,
+        "played twice",
+        json!({"event": {"type": "custom_event", "name": "Play", "count": {"at_least": 2}}}),
+    )
+    .await?;
+    let producer = broker.producer()?;
+    let now = engine_now(&ch_a).await?;
+    let play = |mpid: i64, round: i64| {
+        sdk_batch(
+            mpid,
+            now + round,
+            vec![custom_event("Play", "navigation", now + round, json!({}))],
+        )
+    };
+    let mut round_one_per_partition = BTreeMap::<i32, i64>::new();
+    for mpid in 1..=USERS {
+        let (partition, _) = produce_json(&producer, &topics.events, &play(mpid, 1)).await?;
+        *round_one_per_partition.entry(partition).or_default() += 1;
+    }
+    wait_processed(&ch_a, USERS as u64, Duration::from_secs(60)).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&ch_a).await?.changelog_units_pending > 0 {
+        anyhow::ensure!(Instant::now() < deadline, "A's units never reached the log");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.terminate()?, Some(0));
+
+    // Round 1 leaves the input: fillers of users 1001... take its offsets.
+    broker.delete_topics(&[&topics.events]).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.create_topics(&[&topics.events], PARTITIONS).await?;
+    let mut filler = 1000;
+    for (partition, count) in &round_one_per_partition {
+        for expected_offset in 0..*count {
+            filler += 1;
+            let payload = play(filler, 1).to_string();
+            let key = filler.to_string();
+            let record = rdkafka::producer::FutureRecord::to(&topics.events)
+                .partition(*partition)
+                .key(&key)
+                .payload(&payload);
+            let delivered = producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| anyhow::anyhow!("filler: {e}"))?;
+            assert_eq!(
+                (delivered.partition, delivered.offset),
+                (*partition, expected_offset)
+            );
+        }
+    }
+
+    let mut b = start("node-b")?;
+    let ch_b = b.ready().await?;
+    wait_owning(&ch_b, PARTITIONS as usize).await?;
+    for mpid in 1..=USERS {
+        produce_json(&producer, &topics.events, &play(mpid, 2)).await?;
+    }
+    wait_processed(&ch_b, USERS as u64, Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        processed(&ch_b).await?,
+        USERS as u64,
+        "B read round 2 only, from the offsets it restored"
+    );
+    for mpid in 1..=USERS {
+        let members: Vec<u64> = profile(&ch_b, mpid)
+            .await?
+            .audiences
+            .iter()
+            .map(|m| m.audience_id)
+            .collect();
+        assert_eq!(
+            members,
+            vec![twice.id],
+            "user {mpid}: round 1 is in B's state"
+        );
+    }
+    for mpid in 1001..=filler {
+        assert!(
+            profile(&ch_b, mpid).await.is_err(),
+            "filler user {mpid} was never read"
+        );
+    }
+    assert_eq!(b.terminate()?, Some(0));
+    Ok(())
+}

@@ -372,10 +372,23 @@ impl PartitionActor {
         let mut pending = Pending::default();
         let max_bytes = self.engine.settings.max_message_bytes;
         for message in messages {
-            let next = self.next_offsets.get(&message.topic).copied().unwrap_or(0);
+            let known = self.next_offsets.get(&message.topic).copied();
+            let next = known.unwrap_or(0);
             if message.offset < next {
                 outcome.skipped += 1;
                 continue;
+            }
+            if known.is_some() && message.offset > next {
+                // Offsets skip over records only with transactional producers (their markers)
+                // or compaction; otherwise the consumer did not deliver the records between,
+                // which would leave them unapplied. Shown so that it is seen.
+                tracing::warn!(
+                    topic = %message.topic, partition = message.partition, expected = next,
+                    offset = message.offset,
+                    "input offsets jump: the records between were not delivered to this partition"
+                );
+                metrics::counter!("audience_input_offset_jumps_total", "topic" => message.topic.clone())
+                    .increment(1);
             }
             self.next_offsets
                 .insert(message.topic.clone(), message.offset + 1);

@@ -148,14 +148,29 @@ impl Store {
             }
             ingest.push((*cf, path));
         }
+        // The files are linked (copied across file systems) next to the database and moved in
+        // from there: the repository's files stay for other nodes, and no byte is copied when
+        // both are on one file system (SST files are never modified in place).
+        let local = self.db.path().join(format!("ingest-{partition}"));
+        let _ = std::fs::remove_dir_all(&local);
+        std::fs::create_dir_all(&local).map_err(|e| snapshot_error(&local, e))?;
+        let mut linked = Vec::new();
+        for (cf, path) in ingest {
+            let target = local.join(path.file_name().unwrap_or_default());
+            if std::fs::hard_link(&path, &target).is_err() {
+                std::fs::copy(&path, &target).map_err(|e| snapshot_error(&path, e))?;
+            }
+            linked.push((cf, target));
+        }
         self.wipe_partition(partition)?;
         let mut options = rocksdb::IngestExternalFileOptions::default();
-        // A copy: the repository's files stay as they are for other nodes.
-        options.set_move_files(false);
-        for (cf, path) in ingest {
+        options.set_move_files(true);
+        let ingested = linked.into_iter().try_for_each(|(cf, path)| {
             self.db
-                .ingest_external_file_cf_opts(self.cf(cf), &options, vec![path])?;
-        }
+                .ingest_external_file_cf_opts(self.cf(cf), &options, vec![path])
+        });
+        let _ = std::fs::remove_dir_all(&local);
+        ingested?;
         let committed = self
             .meta_u64(&super::changelog::next_seq_key(partition))?
             .unwrap_or(0);
