@@ -260,6 +260,14 @@ async fn three_nodes_survive_a_kill_a_new_node_and_a_stop_with_the_lone_nodes_re
             );
         }
     }
+    for line in a
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("RestoreReport"))
+        .take(8)
+    {
+        eprintln!("A: {}", line.split("report").nth(1).unwrap_or(line));
+    }
     let count = |e: &Engine, what: &str| e.log_text().matches(what).count();
     let restores: usize = [&a, &c, &d]
         .iter()

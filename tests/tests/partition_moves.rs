@@ -158,6 +158,9 @@ async fn moving_away_and_back(snapshots: Option<&std::path::Path>) -> Result<()>
             "B, new to the partition, started from A's snapshot"
         );
     }
+    for line in b.log_text().lines().filter(|l| l.contains("RestoreReport")) {
+        eprintln!("B: {}", line.split("report").nth(1).unwrap_or(line));
+    }
 
     // B stops: its partition goes back to A, which applies only the tail B wrote.
     assert_eq!(b.terminate()?, Some(0));
