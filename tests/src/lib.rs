@@ -393,6 +393,19 @@ pub async fn create_audience(
         .into_inner())
 }
 
+/// Connects an audience to an output (sending, no shared attributes).
+pub async fn connect(ch: &Channel, audience_id: u64, output_id: u64) -> Result<pb::Connection> {
+    let mut outputs = pb::output_service_client::OutputServiceClient::new(ch.clone());
+    Ok(outputs
+        .create_connection(pb::Connection {
+            audience_id,
+            output_id,
+            ..Default::default()
+        })
+        .await?
+        .into_inner())
+}
+
 /// Subscribes and collects deltas until `until` holds for the collected list, or times out.
 pub async fn collect_deltas(
     ch: &Channel,

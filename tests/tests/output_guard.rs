@@ -206,14 +206,7 @@ async fn redirects_are_faults_and_faults_read_back_only_a_4xx_excerpt() -> Resul
             json!({"url": url, "max_attempts": 2, "backoff_ms": 20, "linger_ms": 20}),
         )
         .await?;
-        let connection = outputs
-            .create_connection(pb::Connection {
-                audience_id: players.id,
-                output_id: output.id,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
+        let connection = connect(&ch, players.id, output.id).await?;
         let fault = fault_of(&mut outputs, connection.id).await?;
         assert!(
             fault.message.contains(message),

@@ -276,14 +276,7 @@ async fn outputs_get_their_identities_and_survive_faults() -> Result<()> {
         json!({"max_attempts": 3, "backoff_ms": 50, "timeout_ms": 500}),
     )
     .await?;
-    let flaky_connection = outputs
-        .create_connection(pb::Connection {
-            audience_id: players.id,
-            output_id: flaky_output.id,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let flaky_connection = connect(&ch, players.id, flaky_output.id).await?;
     let mut faults = Vec::new();
     for _ in 0..100 {
         faults = outputs
