@@ -487,3 +487,31 @@ impl AudienceFile {
         serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped configuration files parse (every key known) and listen on loopback only.
+    #[test]
+    fn the_shipped_configurations_parse_and_bind_loopback() {
+        for file in ["engine.toml", "engine.dev.toml"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy")
+                .join(file);
+            let text = std::fs::read_to_string(&path).unwrap();
+            let config: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+            for listen in [&config.grpc.listen, &config.metrics.listen] {
+                let host = listen.rsplit_once(':').map_or(listen.as_str(), |(h, _)| h);
+                assert!(
+                    listen.is_empty() || host == "127.0.0.1" || host == "[::1]",
+                    "{file} listens on {listen}"
+                );
+            }
+        }
+        let defaults = Config::default();
+        assert!(defaults.grpc.listen.starts_with("127.0.0.1:"));
+        assert!(defaults.metrics.listen.starts_with("127.0.0.1:"));
+        assert!(!defaults.outputs.allow_private);
+    }
+}
