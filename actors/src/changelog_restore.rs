@@ -160,7 +160,9 @@ impl Restorer {
             store.changelog_follow_position(partition)?,
             store.changelog_position(partition)?.0,
         );
-        let (low, _) = reader
+        // The end the broker reports may lag what it acknowledged: it serves only to learn the
+        // newest epoch before claiming; the claim's own offset is the end that counts.
+        let (low, high) = reader
             .consumer
             .fetch_watermarks(&self.topic, partition as i32, STALL)?;
         let latest = self.latest_snapshot(partition)?;
@@ -173,11 +175,6 @@ impl Restorer {
         if let (RestoreStart::Snapshot, Some(snapshot)) = (start, &latest) {
             self.load_snapshot(partition, &mut follower, snapshot, &mut report)?;
         }
-        // To the end the broker reports, which may lag what it acknowledged: only to learn the
-        // newest epoch. The claim's own offset is the end that counts.
-        let (_, high) = reader
-            .consumer
-            .fetch_watermarks(&self.topic, partition as i32, STALL)?;
         self.catch_up(
             &mut reader,
             (node, token),

@@ -112,6 +112,18 @@ proptest! {
     }
 }
 
+/// Commits each list of actions as one unit of [`PARTITION`] (the store logs partition writes
+/// and holds a claim on it).
+fn commit_units(store: &Store, units: &[Vec<Action>]) {
+    for actions in units {
+        let mut b = store.partition_batch();
+        for a in actions {
+            write(&mut b, a);
+        }
+        store.commit_partition(b, PARTITION).unwrap();
+    }
+}
+
 /// Writes of another partition than [`PARTITION`], in every kind of key it has.
 fn write_other_partition(store: &Store) {
     const OTHER: u32 = PARTITION + 1;
@@ -140,13 +152,7 @@ proptest! {
         write_other_partition(&others_only);
         store.log_partition_writes();
         store.set_partition_epoch(PARTITION, 1);
-        for actions in &units {
-            let mut b = store.partition_batch();
-            for a in actions {
-                write(&mut b, a);
-            }
-            store.commit_partition(b, PARTITION).unwrap();
-        }
+        commit_units(&store, &units);
         let position = Position { next_offset: 4, seq: 3, epoch: 2, own_epoch: 2 };
         store.save_changelog_follow_position(PARTITION, &position).unwrap();
 
@@ -485,13 +491,7 @@ proptest! {
 
         owner.log_partition_writes();
         owner.set_partition_epoch(PARTITION, 0);
-        for actions in &before {
-            let mut b = owner.partition_batch();
-            for a in actions {
-                write(&mut b, a);
-            }
-            owner.commit_partition(b, PARTITION).unwrap();
-        }
+        commit_units(&owner, &before);
         acknowledge_all(&owner, 3);
         let staging = repository.staging(PARTITION).unwrap();
         let contents = owner.write_partition_snapshot(PARTITION, &staging).unwrap().unwrap();
@@ -507,13 +507,7 @@ proptest! {
         };
         repository.publish(&staging, &manifest).unwrap();
 
-        for actions in &after {
-            let mut b = owner.partition_batch();
-            for a in actions {
-                write(&mut b, a);
-            }
-            owner.commit_partition(b, PARTITION).unwrap();
-        }
+        commit_units(&owner, &after);
         let tail = acknowledge_all(&owner, manifest.position.next_offset);
 
         let stored = repository.latest(PARTITION).unwrap().unwrap();

@@ -70,14 +70,9 @@ async fn a_new_owner_starts_from_a_snapshot_and_the_old_owner_reads_the_tail() -
 
 /// Published snapshots of a partition in the repository.
 fn published_snapshots(repository: &std::path::Path, partition: i32) -> usize {
-    std::fs::read_dir(repository.join(format!("partition-{partition}")))
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.path().join("manifest.json").exists())
-                .count()
-        })
-        .unwrap_or(0)
+    audience_state::changelog::snapshot::SnapshotRepository::new(repository)
+        .list(partition as u32)
+        .map_or(0, |snapshots| snapshots.len())
 }
 
 async fn moving_away_and_back(snapshots: Option<&std::path::Path>) -> Result<()> {
