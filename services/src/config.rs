@@ -17,6 +17,44 @@ pub struct Config {
     pub catalog: CatalogConfig,
     pub cluster: ClusterConfig,
     pub outputs: OutputsConfig,
+    pub auth: AuthConfig,
+}
+
+/// Who may call the API (README: "Security"): bearer tokens by name, inline or in a file that
+/// is re-read when it changes.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `name = "token"` pairs (AUDIENCE_TOKENS=name=token,name=token).
+    pub tokens: BTreeMap<String, String>,
+    /// A file of `name token` lines, re-read within a second of a change: rotation without a
+    /// restart (AUDIENCE_TOKENS_FILE).
+    pub tokens_file: String,
+    /// Run without any token: a development engine on loopback only
+    /// (AUDIENCE_ALLOW_UNAUTHENTICATED).
+    pub allow_unauthenticated: bool,
+}
+
+// A token never reaches a log: the configuration is logged at start.
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("tokens", &self.tokens.keys().collect::<Vec<_>>())
+            .field("tokens_file", &self.tokens_file)
+            .field("allow_unauthenticated", &self.allow_unauthenticated)
+            .finish()
+    }
+}
+
+impl AuthConfig {
+    /// Where the accepted tokens come from, checked.
+    pub fn sources(&self) -> anyhow::Result<crate::auth::TokenSources> {
+        Ok(crate::auth::TokenSources {
+            inline: crate::auth::inline_tokens(&self.tokens).map_err(anyhow::Error::msg)?,
+            file: (!self.tokens_file.trim().is_empty())
+                .then(|| PathBuf::from(self.tokens_file.trim())),
+        })
+    }
 }
 
 /// What outputs may reach.
@@ -154,6 +192,10 @@ pub struct StorageConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct GrpcConfig {
     pub listen: String,
+    /// PEM certificate chain and private key: both or neither. With them the API is served
+    /// over TLS only (AUDIENCE_TLS_CERT, AUDIENCE_TLS_KEY).
+    pub tls_cert: String,
+    pub tls_key: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -234,6 +276,8 @@ impl Default for GrpcConfig {
     fn default() -> Self {
         GrpcConfig {
             listen: "127.0.0.1:50051".into(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }
@@ -298,6 +342,14 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AUDIENCE_TRIM_CHANGELOG", "cluster.trim_changelog"),
     ("AUDIENCE_CATALOG_SECRET_KEY", "catalog.secret_key"),
     ("AUDIENCE_GRPC_LISTEN", "grpc.listen"),
+    ("AUDIENCE_TLS_CERT", "grpc.tls_cert"),
+    ("AUDIENCE_TLS_KEY", "grpc.tls_key"),
+    ("AUDIENCE_TOKENS", "auth.tokens (name=token,name=token)"),
+    ("AUDIENCE_TOKENS_FILE", "auth.tokens_file"),
+    (
+        "AUDIENCE_ALLOW_UNAUTHENTICATED",
+        "auth.allow_unauthenticated",
+    ),
     ("AUDIENCE_OUTPUTS_ALLOW_PRIVATE", "outputs.allow_private"),
     ("AUDIENCE_METRICS_LISTEN", "metrics.listen"),
     ("AUDIENCE_RETENTION_DAYS", "engine.retention_days"),
@@ -377,6 +429,20 @@ impl Config {
             }
             "AUDIENCE_CATALOG_SECRET_KEY" => self.catalog.secret_key = value.into(),
             "AUDIENCE_GRPC_LISTEN" => self.grpc.listen = value.into(),
+            "AUDIENCE_TLS_CERT" => self.grpc.tls_cert = value.into(),
+            "AUDIENCE_TLS_KEY" => self.grpc.tls_key = value.into(),
+            "AUDIENCE_TOKENS" => {
+                // The variable replaces the file's tokens; its values never reach an error.
+                let mut tokens = BTreeMap::new();
+                parse_properties(value, &mut tokens).map_err(|_| {
+                    anyhow::anyhow!("AUDIENCE_TOKENS: expected name=token,name=token")
+                })?;
+                self.auth.tokens = tokens;
+            }
+            "AUDIENCE_TOKENS_FILE" => self.auth.tokens_file = value.into(),
+            "AUDIENCE_ALLOW_UNAUTHENTICATED" => {
+                self.auth.allow_unauthenticated = value.parse().map_err(|e| bad(&e))?
+            }
             "AUDIENCE_OUTPUTS_ALLOW_PRIVATE" => {
                 self.outputs.allow_private = value.parse().map_err(|e| bad(&e))?
             }
@@ -509,7 +575,13 @@ mod tests {
                 );
             }
         }
+        // The shipped production file asks for tokens; only the demo's runs without.
+        let shipped: Config =
+            toml::from_str(include_str!("../../deploy/engine.toml")).expect("engine.toml");
+        assert!(!shipped.auth.allow_unauthenticated);
+        assert!(shipped.auth.sources().unwrap().is_configured());
         let defaults = Config::default();
+        assert!(!defaults.auth.allow_unauthenticated);
         assert!(defaults.grpc.listen.starts_with("127.0.0.1:"));
         assert!(defaults.metrics.listen.starts_with("127.0.0.1:"));
         assert!(!defaults.outputs.allow_private);

@@ -27,6 +27,7 @@ use rdkafka::ClientConfig;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 
 /// Creates topics on a real cluster, leaving existing ones alone. Returns the topics the
 /// cluster refused, with the reason.
@@ -177,8 +178,66 @@ fn node_id(config: &Config) -> String {
     format!("{}:{port}", if host.is_empty() { "node" } else { &host })
 }
 
+/// The server's TLS from `grpc.tls_cert` and `grpc.tls_key` (PEM), when both are set.
+fn server_tls(
+    grpc: &crate::config::GrpcConfig,
+) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    let (cert, key) = (grpc.tls_cert.trim(), grpc.tls_key.trim());
+    match (cert.is_empty(), key.is_empty()) {
+        (true, true) => Ok(None),
+        (false, true) | (true, false) => Err(anyhow::anyhow!(
+            "grpc.tls_cert and grpc.tls_key go together: set both (AUDIENCE_TLS_CERT, \
+             AUDIENCE_TLS_KEY) or neither"
+        )),
+        (false, false) => {
+            let read = |what: &str, path: &str| {
+                std::fs::read(path).map_err(|e| anyhow::anyhow!("grpc.{what} {path}: {e}"))
+            };
+            let identity = tonic::transport::Identity::from_pem(
+                read("tls_cert", cert)?,
+                read("tls_key", key)?,
+            );
+            Ok(Some(
+                tonic::transport::ServerTlsConfig::new().identity(identity),
+            ))
+        }
+    }
+}
+
 /// Runs a node until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Who may call is settled before anything starts: an engine that would serve an open API
+    // where it must not stops here, in one line.
+    let grpc_addr: std::net::SocketAddr = config
+        .grpc
+        .listen
+        .parse()
+        .map_err(|e| anyhow::anyhow!("grpc.listen {}: {e}", config.grpc.listen))?;
+    let token_sources = config.auth.sources()?;
+    crate::auth::check_exposure(
+        grpc_addr,
+        token_sources.is_configured(),
+        config.auth.allow_unauthenticated,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let authenticator = if token_sources.is_configured() {
+        let tokens = token_sources.load().map_err(anyhow::Error::msg)?;
+        tracing::info!(names = ?tokens.names(), "API calls need one of these bearer tokens");
+        crate::auth::Authenticator::with_tokens(tokens)
+    } else {
+        tracing::warn!(
+            "auth.allow_unauthenticated: every process of this host may call the API \
+             (development only)"
+        );
+        crate::auth::Authenticator::open()
+    };
+    let tls = server_tls(&config.grpc)?;
+    if tls.is_none() && !grpc_addr.ip().is_loopback() {
+        tracing::warn!(
+            %grpc_addr,
+            "no TLS (grpc.tls_cert, grpc.tls_key): tokens cross the network in clear text"
+        );
+    }
     if !config.metrics.listen.is_empty() {
         let addr: std::net::SocketAddr = config
             .metrics
@@ -403,28 +462,45 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let addr: std::net::SocketAddr = config
-        .grpc
-        .listen
-        .parse()
-        .map_err(|e| anyhow::anyhow!("grpc.listen {}: {e}", config.grpc.listen))?;
+    let addr = grpc_addr;
+    authenticator.watch_file(token_sources, shutdown_rx.clone());
+    let auth = authenticator;
     let mut grpc_shutdown = shutdown_rx.clone();
-    let grpc = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| anyhow::anyhow!("grpc.tls_cert, grpc.tls_key: {e}"))?;
+    }
+    // Health answers anyone (probes); every other service, reflection included, needs a token.
+    let grpc = builder
         .add_service(health_service)
-        .add_service(reflection)
-        .add_service(pb::audience_service_server::AudienceServiceServer::new(
-            services.clone(),
-        ))
-        .add_service(pb::membership_service_server::MembershipServiceServer::new(
-            services.clone(),
-        ))
-        .add_service(pb::profile_service_server::ProfileServiceServer::new(
-            services.clone(),
-        ))
-        .add_service(pb::output_service_server::OutputServiceServer::new(
-            output_services,
-        ))
-        .add_service(pb::admin_service_server::AdminServiceServer::new(services))
+        .add_service(InterceptedService::new(reflection, auth.clone()))
+        .add_service(
+            pb::audience_service_server::AudienceServiceServer::with_interceptor(
+                services.clone(),
+                auth.clone(),
+            ),
+        )
+        .add_service(
+            pb::membership_service_server::MembershipServiceServer::with_interceptor(
+                services.clone(),
+                auth.clone(),
+            ),
+        )
+        .add_service(
+            pb::profile_service_server::ProfileServiceServer::with_interceptor(
+                services.clone(),
+                auth.clone(),
+            ),
+        )
+        .add_service(
+            pb::output_service_server::OutputServiceServer::with_interceptor(
+                output_services,
+                auth.clone(),
+            ),
+        )
+        .add_service(pb::admin_service_server::AdminServiceServer::with_interceptor(services, auth))
         .serve_with_shutdown(addr, async move {
             let _ = grpc_shutdown.changed().await;
         });

@@ -52,14 +52,20 @@ pub struct OutputConfig {
 pub const REDACTED: &str = "********";
 
 impl OutputConfig {
-    /// The configuration with every secret's value replaced by [`REDACTED`].
+    /// The configuration with every secret's value, and every query value of a webhook url
+    /// (an API key often travels there), replaced by [`REDACTED`].
     pub fn redacted(&self) -> OutputConfig {
+        let mut settings = self.settings.clone();
+        if let Some(url) = self.setting_str("url") {
+            settings.insert("url".into(), redact_url(url).into());
+        }
         OutputConfig {
             secrets: self
                 .secrets
                 .keys()
                 .map(|k| (k.clone(), REDACTED.to_string()))
                 .collect(),
+            settings,
             ..self.clone()
         }
     }
@@ -151,7 +157,25 @@ impl OutputConfig {
     /// Secrets sent back as the API shows them ([`REDACTED`]) take their value from `stored`,
     /// the output as it stands; unless the destination changes: a stored credential never
     /// follows an output to another host.
+    /// A url sent back as the API shows it (query values redacted) takes the stored one.
     pub fn keep_redacted_secrets(&mut self, stored: &OutputConfig) -> Result<(), DefinitionError> {
+        if let (Some(sent), Some(real)) = (self.setting_str("url"), stored.setting_str("url")) {
+            if sent != real && sent == redact_url(real) {
+                self.settings.insert("url".into(), real.into());
+            }
+        }
+        if self
+            .setting_str("url")
+            .is_some_and(|u| u.contains(REDACTED))
+        {
+            return Err(DefinitionError::new(
+                "settings.url",
+                format!(
+                    "{REDACTED} stands for a stored query value only in the url as shown: \
+                     enter the values again"
+                ),
+            ));
+        }
         let destination = |o: &OutputConfig| {
             (
                 o.kind.clone(),
@@ -182,6 +206,33 @@ impl OutputConfig {
         }
         Ok(())
     }
+}
+
+/// A url as it may be shown and logged: each query value (or a bare query word) replaced by
+/// [`REDACTED`], keys kept (REVIEW S6). The rest is kept as it is.
+pub fn redact_url(url: &str) -> String {
+    let Some((base, rest)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let (query, fragment) = match rest.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (rest, None),
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, "")) => format!("{key}="),
+            Some((key, _)) => format!("{key}={REDACTED}"),
+            None if pair.is_empty() => String::new(),
+            None => REDACTED.to_string(),
+        })
+        .collect();
+    let mut shown = format!("{base}?{}", query.join("&"));
+    if let Some(fragment) = fragment {
+        shown.push('#');
+        shown.push_str(fragment);
+    }
+    shown
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -419,6 +470,45 @@ mod tests {
         let shown = serde_json::to_string(&config.redacted()).unwrap();
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert!(shown.contains("authorization"));
+    }
+
+    #[test]
+    fn query_values_are_shown_redacted_and_a_round_trip_keeps_them() {
+        assert_eq!(
+            redact_url("https://x.example/hook?api_key=k3y&region=eu&flag&empty=#top"),
+            "https://x.example/hook?api_key=********&region=********&********&empty=#top"
+        );
+        assert_eq!(
+            redact_url("https://x.example/hook"),
+            "https://x.example/hook"
+        );
+        let stored = OutputConfig {
+            id: 1,
+            name: "crm".into(),
+            kind: "webhook".into(),
+            settings: BTreeMap::from([("url".into(), "https://x.example/hook?api_key=k3y".into())]),
+            secrets: BTreeMap::new(),
+            accepted_identities: vec!["email".into()],
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let shown = stored.redacted();
+        assert!(!serde_json::to_string(&shown).unwrap().contains("k3y"));
+        // Sent back as shown (a rename, say): the stored url stays.
+        let mut renamed = OutputConfig {
+            name: "crm eu".into(),
+            ..shown.clone()
+        };
+        renamed.keep_redacted_secrets(&stored).unwrap();
+        assert_eq!(renamed.setting_str("url"), stored.setting_str("url"));
+        // The placeholder elsewhere is refused, never stored as a value.
+        let mut moved = shown;
+        moved.settings.insert(
+            "url".into(),
+            "https://y.example/hook?api_key=********".into(),
+        );
+        let e = moved.keep_redacted_secrets(&stored).unwrap_err();
+        assert!(e.to_string().contains("settings.url"), "{e}");
     }
 
     #[test]

@@ -13,9 +13,12 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 pub use anyhow::Result;
+/// A channel to an engine that sends the engine's token with every call (tokens are on in
+/// every end-to-end test, as in a deployment).
+pub use audience_services::auth::AuthChannel as Channel;
+use audience_services::auth::ClientOptions;
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -48,6 +51,15 @@ pub fn engine_binary() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A token for one engine of a test: unpredictable enough for a test, never a real secret.
+fn test_token(port: u16) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("e2e-{port}-{nanos:x}-{:x}", std::process::id())
 }
 
 /// A tansu broker process, killed on drop.
@@ -195,9 +207,13 @@ impl Topics {
 /// An engine process.
 pub struct Engine {
     child: Option<Child>,
+    /// `http://127.0.0.1:port`, or `https://` when the engine has `AUDIENCE_TLS_CERT`.
     pub grpc: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// What the harness's clients connect with: the engine's own token (`AUDIENCE_TOKENS`
+    /// `e2e=...` unless a test sets its own) and, for TLS, the CA file a test sets.
+    pub client: ClientOptions,
     env: Vec<(String, String)>,
 }
 
@@ -215,6 +231,7 @@ impl Engine {
         extra_env: &[(&str, &str)],
     ) -> Result<Engine> {
         let port = free_port();
+        let token = test_token(port);
         let mut env: Vec<(String, String)> = vec![
             (
                 "AUDIENCE_BOOTSTRAP_SERVERS".into(),
@@ -236,6 +253,7 @@ impl Engine {
             ("AUDIENCE_GRPC_LISTEN".into(), format!("127.0.0.1:{port}")),
             ("AUDIENCE_METRICS_LISTEN".into(), String::new()),
             ("AUDIENCE_MANUAL_CLOCK".into(), "true".into()),
+            ("AUDIENCE_TOKENS".into(), format!("e2e={token}")),
             // The tests' receivers listen on 127.0.0.1.
             ("AUDIENCE_OUTPUTS_ALLOW_PRIVATE".into(), "true".into()),
             ("AUDIENCE_PARTITIONS".into(), "2".into()),
@@ -248,11 +266,23 @@ impl Engine {
             env.retain(|(key, _)| key != k);
             env.push((k.to_string(), v.to_string()));
         }
+        let scheme = if env
+            .iter()
+            .any(|(k, v)| k == "AUDIENCE_TLS_CERT" && !v.is_empty())
+        {
+            "https"
+        } else {
+            "http"
+        };
         let mut engine = Engine {
             child: None,
-            grpc: format!("http://127.0.0.1:{port}"),
+            grpc: format!("{scheme}://127.0.0.1:{port}"),
             data_dir: data_dir.to_path_buf(),
             log: data_dir.with_extension("log"),
+            client: ClientOptions {
+                token: Some(token),
+                ca_file: None,
+            },
             env,
         };
         engine.spawn()?;
@@ -283,7 +313,7 @@ impl Engine {
                     anyhow::bail!("engine exited with {status}; log:\n{}", self.log_text());
                 }
             }
-            if let Ok(ch) = Channel::from_shared(self.grpc.clone())?.connect().await {
+            if let Ok(ch) = self.client.connect(&self.grpc).await {
                 let mut admin = pb::admin_service_client::AdminServiceClient::new(ch.clone());
                 if let Ok(s) = admin.get_engine_status(pb::GetEngineStatusRequest {}).await {
                     if !s.into_inner().partitions.is_empty() {
@@ -295,6 +325,40 @@ impl Engine {
                 anyhow::bail!("engine not ready within 60 s; log:\n{}", self.log_text());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `audiencectl` pointed at this engine, with its token (and CA file, for TLS).
+    pub fn ctl(&self) -> Command {
+        let mut c = Command::new(bin_dir().join("audiencectl"));
+        c.env("AUDIENCE_SERVER", &self.grpc)
+            .env_remove("AUDIENCE_TOKEN")
+            .env_remove("AUDIENCE_CA_FILE");
+        if let Some(token) = &self.client.token {
+            c.env("AUDIENCE_TOKEN", token);
+        }
+        if let Some(ca) = &self.client.ca_file {
+            c.env("AUDIENCE_CA_FILE", ca);
+        }
+        c
+    }
+
+    /// Waits for the process to exit by itself (an engine that refuses to start).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let child = self
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("not running"))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("engine still running after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

@@ -23,6 +23,7 @@ fn ctl_binary() -> PathBuf {
 /// pipe may print a backtrace even then.
 struct Ctl {
     server: String,
+    token: Option<String>,
 }
 
 impl Ctl {
@@ -31,7 +32,11 @@ impl Ctl {
         c.args(args)
             .env("AUDIENCE_SERVER", &self.server)
             .env("RUST_BACKTRACE", "1")
-            .env_remove("AUDIENCECTL_DEBUG");
+            .env_remove("AUDIENCECTL_DEBUG")
+            .env_remove("AUDIENCE_TOKEN");
+        if let Some(token) = &self.token {
+            c.env("AUDIENCE_TOKEN", token);
+        }
         c
     }
 
@@ -122,6 +127,7 @@ async fn every_command_family_speaks_text_and_json() -> Result<()> {
     let ch = engine.ready().await?;
     let ctl = Ctl {
         server: engine.grpc.clone(),
+        token: engine.client.token.clone(),
     };
     let now = engine_now(&ch).await?;
 
@@ -350,6 +356,7 @@ async fn every_command_family_speaks_text_and_json() -> Result<()> {
             ctl_binary().display()
         ))
         .env("AUDIENCE_SERVER", &ctl.server)
+        .env("AUDIENCE_TOKEN", ctl.token.as_deref().unwrap_or_default())
         .env("RUST_BACKTRACE", "1")
         .output()?;
     let stderr = String::from_utf8_lossy(&piped.stderr);
@@ -361,6 +368,7 @@ async fn every_command_family_speaks_text_and_json() -> Result<()> {
     assert!(missing.contains("999999"), "{missing}");
     let nobody = Ctl {
         server: format!("http://127.0.0.1:{}", free_port()),
+        token: None,
     };
     let down = nobody.error(&["status"]);
     assert!(

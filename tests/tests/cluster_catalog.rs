@@ -11,7 +11,6 @@ use rdkafka::ClientConfig;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 /// Input partitions (the harness's AUDIENCE_PARTITIONS), split between the two nodes.
 const PARTITIONS: i32 = 2;

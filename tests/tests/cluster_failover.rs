@@ -13,7 +13,6 @@ use audience_e2e::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 const PARTITIONS: i32 = 6;
 const USERS: i64 = 60;

@@ -43,9 +43,7 @@ fn batch(mpid: i64, round: i64, now: i64) -> serde_json::Value {
     b
 }
 
-async fn final_view(
-    ch: &tonic::transport::Channel,
-) -> Result<(BTreeSet<(String, i32)>, BTreeMap<i64, Vec<u64>>)> {
+async fn final_view(ch: &Channel) -> Result<(BTreeSet<(String, i32)>, BTreeMap<i64, Vec<u64>>)> {
     let all = collect_deltas(ch, vec![], "", Duration::from_secs(10), |_| false).await?;
     let deltas: BTreeSet<(String, i32)> =
         all.iter().map(|d| (d.delta_id.clone(), d.kind)).collect();
@@ -165,11 +163,7 @@ async fn kill_9_mid_stream_loses_and_duplicates_nothing() -> Result<()> {
 }
 
 /// Waits until the engine's stored offsets reach the end of the events topic.
-async fn wait_until_caught_up(
-    ch: &tonic::transport::Channel,
-    broker: &Broker,
-    topics: &Topics,
-) -> Result<()> {
+async fn wait_until_caught_up(ch: &Channel, broker: &Broker, topics: &Topics) -> Result<()> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let probe: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &broker.bootstrap)

@@ -87,7 +87,7 @@ async fn produce_to(
 }
 
 /// Waits until the node has dealt with `letters` dead letters (published or passed over).
-async fn wait_letters_done(ch: &tonic::transport::Channel, letters: u64) -> Result<()> {
+async fn wait_letters_done(ch: &Channel, letters: u64) -> Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let s = status(ch).await?;
@@ -111,7 +111,7 @@ fn two_mib_batch() -> Vec<u8> {
 }
 
 /// The audience both tests check valid users against.
-async fn opened_the_app(ch: &tonic::transport::Channel) -> Result<u64> {
+async fn opened_the_app(ch: &Channel) -> Result<u64> {
     let audience = create_audience(
         ch,
         "Opened the app",
@@ -121,7 +121,7 @@ async fn opened_the_app(ch: &tonic::transport::Channel) -> Result<u64> {
     Ok(audience.id)
 }
 
-async fn members(ch: &tonic::transport::Channel, audience: u64) -> Result<BTreeSet<i64>> {
+async fn members(ch: &Channel, audience: u64) -> Result<BTreeSet<i64>> {
     let mut client =
         audience_proto::v1::membership_service_client::MembershipServiceClient::new(ch.clone());
     let mut out = BTreeSet::new();

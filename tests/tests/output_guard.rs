@@ -13,7 +13,6 @@ use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::Channel;
 
 type Outputs = pb::output_service_client::OutputServiceClient<Channel>;
 
@@ -223,3 +222,4 @@ async fn redirects_are_faults_and_faults_read_back_only_a_4xx_excerpt() -> Resul
     assert_eq!(engine.terminate()?, Some(0));
     Ok(())
 }
+

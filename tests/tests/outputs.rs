@@ -128,7 +128,7 @@ fn batch(mpid: i64, now: i64, identities: Value, device: Value, tier: &str) -> V
 }
 
 async fn webhook(
-    client: &mut pb::output_service_client::OutputServiceClient<tonic::transport::Channel>,
+    client: &mut pb::output_service_client::OutputServiceClient<Channel>,
     name: &str,
     url: &str,
     accepted: &[&str],
@@ -641,9 +641,7 @@ async fn a_grpc_receiver_gets_batches_until_it_acknowledges_them() -> Result<()>
     })
     .await?;
 
-    let attach = |outputs: &mut pb::output_service_client::OutputServiceClient<
-        tonic::transport::Channel,
-    >| {
+    let attach = |outputs: &mut pb::output_service_client::OutputServiceClient<Channel>| {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let mut outputs = outputs.clone();
         async move {

@@ -9,7 +9,6 @@ use audience_e2e::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 const USERS: i64 = 20;
 const PARTITIONS: i32 = 2;

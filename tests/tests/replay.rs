@@ -8,9 +8,7 @@ use audience_e2e::*;
 use audience_proto::v1 as pb;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 const DAY: i64 = 86_400_000;
 
@@ -36,12 +34,8 @@ async fn drain(ch: &Channel, cursor: &str, quiet: Duration) -> Result<Vec<pb::Me
     }
 }
 
-fn audiencectl(server: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(bin_dir().join("audiencectl"))
-        .arg("--server")
-        .arg(server)
-        .args(args)
-        .output()?;
+fn audiencectl(engine: &Engine, args: &[&str]) -> Result<String> {
+    let out = engine.ctl().args(args).output()?;
     anyhow::ensure!(
         out.status.success(),
         "audiencectl {args:?}: {}",
@@ -67,7 +61,6 @@ async fn profiles_rebuilt_from_their_logs_end_as_they_were() -> Result<()> {
         ],
     )?;
     let ch = engine.ready().await?;
-    let server = engine.grpc.clone();
     let mut audiences = pb::audience_service_client::AudienceServiceClient::new(ch.clone());
     audiences
         .put_calculated_attribute(pb::CalculatedAttribute {
@@ -99,7 +92,7 @@ async fn profiles_rebuilt_from_their_logs_end_as_they_were() -> Result<()> {
     )
     .await?;
     for id in [gold.id, shoes.id, searchers.id] {
-        audiencectl(&server, &["audience", "wait", &id.to_string()])?;
+        audiencectl(&engine, &["audience", "wait", &id.to_string()])?;
     }
 
     // 300 users; each searches once or twice some days ago. Tiers flip for some, so versions
@@ -160,7 +153,7 @@ async fn profiles_rebuilt_from_their_logs_end_as_they_were() -> Result<()> {
     }
 
     // Wipe and replay; kill -9 while it runs; the restarted engine resumes it.
-    let started = audiencectl(&server, &["replay", "--start", "--wipe"])?;
+    let started = audiencectl(&engine, &["replay", "--start", "--wipe"])?;
     assert!(started.contains("wiped first"), "{started}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -202,7 +195,7 @@ async fn profiles_rebuilt_from_their_logs_end_as_they_were() -> Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let shown = audiencectl(&server, &["replay", "--wait"])?;
+    let shown = audiencectl(&engine, &["replay", "--wait"])?;
     assert!(
         shown.contains("done") && !shown.contains("running"),
         "{shown}"

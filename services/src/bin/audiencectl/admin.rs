@@ -1,6 +1,5 @@
 //! `audiencectl status`, `replay` and `clock`: the node's state and its operations.
 
-use crate::client::*;
 use crate::print::*;
 use audience_proto::v1 as pb;
 use clap::Subcommand;
@@ -21,7 +20,7 @@ pub enum ClockCmd {
 }
 
 pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
-    let mut admin = AdminServiceClient::new(channel(&ctx.server).await?);
+    let mut admin = AdminServiceClient::new(ctx.channel().await?);
     let s = admin
         .get_engine_status(pb::GetEngineStatusRequest {})
         .await?
@@ -98,7 +97,7 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 pub async fn replay(ctx: &Ctx, start: bool, wipe: bool, wait: bool) -> anyhow::Result<()> {
-    let mut admin = AdminServiceClient::new(channel(&ctx.server).await?);
+    let mut admin = AdminServiceClient::new(ctx.channel().await?);
     let mut status = if start {
         admin
             .replay_from_log(pb::ReplayFromLogRequest {
@@ -170,7 +169,7 @@ pub async fn replay(ctx: &Ctx, start: bool, wipe: bool, wait: bool) -> anyhow::R
 }
 
 pub async fn clock(ctx: &Ctx, cmd: ClockCmd) -> anyhow::Result<()> {
-    let mut admin = AdminServiceClient::new(channel(&ctx.server).await?);
+    let mut admin = AdminServiceClient::new(ctx.channel().await?);
     let r = match cmd {
         ClockCmd::Get => admin.get_clock(pb::GetClockRequest {}).await?,
         ClockCmd::Advance {

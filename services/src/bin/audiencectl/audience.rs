@@ -1,17 +1,16 @@
 //! `audiencectl audience ...`: create, load, list, get, update, wait, estimate, diff, delete,
 //! activate and draft audiences.
 
-use crate::client::*;
 use crate::print::*;
 use anyhow::Context;
 use audience_proto::v1 as pb;
+use audience_services::auth::AuthChannel;
 use audience_services::config::AudienceFile;
 use audience_services::convert::{json_to_struct, struct_to_json};
 use clap::Subcommand;
 use pb::audience_service_client::AudienceServiceClient;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use tonic::transport::Channel;
 
 #[derive(Subcommand)]
 pub enum AudienceCmd {
@@ -69,7 +68,7 @@ pub enum AudienceCmd {
 }
 
 pub async fn command(ctx: &Ctx, cmd: AudienceCmd) -> anyhow::Result<()> {
-    let mut client = AudienceServiceClient::new(channel(&ctx.server).await?);
+    let mut client = AudienceServiceClient::new(ctx.channel().await?);
     match cmd {
         AudienceCmd::Create { file, draft, wait } => {
             let f = AudienceFile::read(&file)?;
@@ -262,7 +261,7 @@ fn create_request(f: AudienceFile, draft: bool) -> pb::CreateAudienceRequest {
 /// longer CALCULATING, then prints it.
 pub async fn wait_calculated(
     ctx: &Ctx,
-    client: &mut AudienceServiceClient<Channel>,
+    client: &mut AudienceServiceClient<AuthChannel>,
     id: u64,
 ) -> anyhow::Result<()> {
     use std::io::Write;
@@ -299,7 +298,7 @@ pub async fn wait_calculated(
 /// Creates the audiences of a folder that do not exist by name; returns id by name.
 pub async fn load_audiences(
     ctx: &Ctx,
-    client: &mut AudienceServiceClient<Channel>,
+    client: &mut AudienceServiceClient<AuthChannel>,
     dir: &Path,
 ) -> anyhow::Result<HashMap<u64, String>> {
     let existing = client

@@ -1,6 +1,5 @@
 //! `audiencectl calc ...` (calculated attributes) and `audiencectl tier` (event tiers).
 
-use crate::client::*;
 use crate::print::*;
 use anyhow::Context;
 use audience_proto::v1 as pb;
@@ -21,7 +20,7 @@ pub enum CalcCmd {
 }
 
 pub async fn calc(ctx: &Ctx, cmd: CalcCmd) -> anyhow::Result<()> {
-    let mut client = AudienceServiceClient::new(channel(&ctx.server).await?);
+    let mut client = AudienceServiceClient::new(ctx.channel().await?);
     match cmd {
         CalcCmd::Put { files } => {
             for file in files {
@@ -88,7 +87,7 @@ pub async fn tier(
     name: Option<String>,
     tier: Option<String>,
 ) -> anyhow::Result<()> {
-    let mut client = AudienceServiceClient::new(channel(&ctx.server).await?);
+    let mut client = AudienceServiceClient::new(ctx.channel().await?);
     if let (Some(event_type), Some(name), Some(tier)) = (event_type, name, tier) {
         client
             .set_event_tier(pb::EventTier {

@@ -1,37 +1,51 @@
 //! What every command uses: the connection to the engine and a Kafka producer.
 
 use audience_proto::v1 as pb;
+use audience_services::auth::AuthChannel;
 use pb::admin_service_client::AdminServiceClient;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use std::time::Duration;
-use tonic::transport::Channel;
 
-/// A connection to the engine. When there is none, the error says where it looked, what the
-/// system answered, and how to start one.
-pub async fn channel(server: &str) -> anyhow::Result<Channel> {
-    let endpoint = Channel::from_shared(server.to_string()).map_err(|_| {
-        anyhow::anyhow!("'{server}' is not an engine address (like http://127.0.0.1:50051)")
-    })?;
-    endpoint.connect().await.map_err(|e| {
-        let mut cause: &dyn std::error::Error = &e;
-        while let Some(next) = cause.source() {
-            cause = next;
-        }
-        anyhow::anyhow!(
-            "no engine at {server} ({cause}): is it running? `make run` starts one, and \
-             --server or AUDIENCE_SERVER names another"
-        )
-    })
-}
+use crate::print::Ctx;
 
-pub async fn engine_bootstrap(server: &str) -> anyhow::Result<String> {
-    let mut admin = AdminServiceClient::new(channel(server).await?);
-    Ok(admin
-        .get_engine_status(pb::GetEngineStatusRequest {})
-        .await?
-        .into_inner()
-        .bootstrap_servers)
+impl Ctx {
+    /// A connection to the engine, sending the token of `AUDIENCE_TOKEN`. When there is none,
+    /// the error says where it looked, what the system answered, and how to start one.
+    pub async fn channel(&self) -> anyhow::Result<AuthChannel> {
+        let server = &self.server;
+        let endpoint = self.client.endpoint(server)?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            if server.starts_with("https://") {
+                anyhow::anyhow!(
+                    "no TLS connection to {server} ({cause}): is it running, and was its \
+                     certificate signed by the CA of --ca-file (AUDIENCE_CA_FILE)?"
+                )
+            } else {
+                anyhow::anyhow!(
+                    "no engine at {server} ({cause}): is it running? `make run` starts one, \
+                     and --server or AUDIENCE_SERVER names another (https:// for TLS)"
+                )
+            }
+        })?;
+        Ok(tonic::service::interceptor::InterceptedService::new(
+            channel,
+            self.client.interceptor()?,
+        ))
+    }
+
+    pub async fn engine_bootstrap(&self) -> anyhow::Result<String> {
+        let mut admin = AdminServiceClient::new(self.channel().await?);
+        Ok(admin
+            .get_engine_status(pb::GetEngineStatusRequest {})
+            .await?
+            .into_inner()
+            .bootstrap_servers)
+    }
 }
 
 pub fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {

@@ -21,7 +21,7 @@ pub async fn produce(
 ) -> anyhow::Result<()> {
     let bootstrap = match bootstrap {
         Some(b) => b,
-        None => engine_bootstrap(&ctx.server).await?,
+        None => ctx.engine_bootstrap().await?,
     };
     let producer = producer(&bootstrap)?;
     let bytes = if file.as_os_str() == "-" {
@@ -131,13 +131,13 @@ pub async fn demo(
     rate: u64,
     seconds: u64,
 ) -> anyhow::Result<()> {
-    let engine = channel(&ctx.server).await?;
+    let engine = ctx.channel().await?;
     let mut audiences = AudienceServiceClient::new(engine.clone());
     let names = load_audiences(ctx, &mut audiences, dir).await?;
     if names.is_empty() {
         bail!("no audiences in {}", dir.display());
     }
-    let bootstrap = engine_bootstrap(&ctx.server).await?;
+    let bootstrap = ctx.engine_bootstrap().await?;
     let producer = producer(&bootstrap)?;
     let mut membership = MembershipServiceClient::new(engine.clone());
     let mut stream = membership

@@ -37,6 +37,11 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     server: String,
+    /// For an https:// server: the PEM file of the CA that signed its certificate (the
+    /// system's roots without it). The token is read from AUDIENCE_TOKEN, never from a flag
+    /// (the process list would show it).
+    #[arg(long, global = true, env = "AUDIENCE_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// How to print: text for people, or JSON for scripts (one object, or one per line for
     /// lists).
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Text)]
@@ -264,6 +269,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Ctx {
         server: cli.server,
         format: cli.output,
+        client: audience_services::auth::ClientOptions::from_env(cli.ca_file),
     };
     let ctx = &ctx;
     match cli.command {

@@ -1,7 +1,6 @@
 //! `audiencectl subscribe`, `history`, `members`, `stats` and `connectors`: membership deltas
 //! and what the engine knows of them.
 
-use crate::client::*;
 use crate::print::*;
 use audience_proto::v1 as pb;
 use pb::admin_service_client::AdminServiceClient;
@@ -17,7 +16,7 @@ pub async fn subscribe(
     json: bool,
     name: String,
 ) -> anyhow::Result<()> {
-    let mut client = MembershipServiceClient::new(channel(&ctx.server).await?);
+    let mut client = MembershipServiceClient::new(ctx.channel().await?);
     let mut stream = client
         .subscribe(pb::SubscribeRequest {
             audience_ids: audiences,
@@ -64,7 +63,7 @@ pub async fn subscribe(
 }
 
 pub async fn history(ctx: &Ctx, mpid: i64) -> anyhow::Result<()> {
-    let mut client = MembershipServiceClient::new(channel(&ctx.server).await?);
+    let mut client = MembershipServiceClient::new(ctx.channel().await?);
     let h = client
         .get_membership_history(pb::GetMembershipHistoryRequest { mpid })
         .await?
@@ -101,7 +100,7 @@ pub async fn history(ctx: &Ctx, mpid: i64) -> anyhow::Result<()> {
 /// The members of an audience now, or as of an instant typed as people type them; relative
 /// instants (`-2h`) count from the engine's clock, which a demo or a test may have moved.
 pub async fn members(ctx: &Ctx, audience: u64, as_of: Option<String>) -> anyhow::Result<()> {
-    let engine = channel(&ctx.server).await?;
+    let engine = ctx.channel().await?;
     let as_of = match as_of {
         Some(text) => {
             let now = AdminServiceClient::new(engine.clone())
@@ -155,7 +154,7 @@ pub async fn members(ctx: &Ctx, audience: u64, as_of: Option<String>) -> anyhow:
 }
 
 pub async fn stats(ctx: &Ctx, ids: Vec<u64>) -> anyhow::Result<()> {
-    let mut client = MembershipServiceClient::new(channel(&ctx.server).await?);
+    let mut client = MembershipServiceClient::new(ctx.channel().await?);
     let r = client
         .get_audience_stats(pb::GetAudienceStatsRequest { audience_ids: ids })
         .await?
@@ -179,7 +178,7 @@ pub async fn stats(ctx: &Ctx, ids: Vec<u64>) -> anyhow::Result<()> {
 }
 
 pub async fn connectors(ctx: &Ctx) -> anyhow::Result<()> {
-    let mut client = MembershipServiceClient::new(channel(&ctx.server).await?);
+    let mut client = MembershipServiceClient::new(ctx.channel().await?);
     for c in client
         .list_connectors(pb::ListConnectorsRequest {})
         .await?

@@ -1,7 +1,6 @@
 //! `audiencectl output ...` and `audiencectl connection ...`: output configurations and the
 //! connections of audiences to them.
 
-use crate::client::*;
 use crate::print::*;
 use anyhow::Context;
 use audience_proto::v1 as pb;
@@ -67,7 +66,7 @@ pub enum ConnectionCmd {
 }
 
 pub async fn output(ctx: &Ctx, cmd: OutputCmd) -> anyhow::Result<()> {
-    let mut client = OutputServiceClient::new(channel(&ctx.server).await?);
+    let mut client = OutputServiceClient::new(ctx.channel().await?);
     let read = |file: &Path| -> anyhow::Result<pb::OutputConfig> {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
@@ -148,7 +147,7 @@ pub async fn output(ctx: &Ctx, cmd: OutputCmd) -> anyhow::Result<()> {
 }
 
 pub async fn connection(ctx: &Ctx, cmd: ConnectionCmd) -> anyhow::Result<()> {
-    let mut client = OutputServiceClient::new(channel(&ctx.server).await?);
+    let mut client = OutputServiceClient::new(ctx.channel().await?);
     let show = |c: &pb::Connection| {
         let f = c.figures.unwrap_or_default();
         if ctx.json() {

@@ -25,6 +25,8 @@ pub enum Format {
 pub struct Ctx {
     pub server: String,
     pub format: Format,
+    /// The token (AUDIENCE_TOKEN) and, for https://, the CA file.
+    pub client: audience_services::auth::ClientOptions,
 }
 
 impl Ctx {

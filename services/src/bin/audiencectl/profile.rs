@@ -1,7 +1,6 @@
 //! `audiencectl profile` and `audiencectl explain`: a profile as the engine holds it, and why
 //! it is or is not in an audience.
 
-use crate::client::*;
 use crate::print::*;
 use audience_proto::v1 as pb;
 use pb::profile_service_client::ProfileServiceClient;
@@ -90,7 +89,7 @@ fn attribution_json(a: &pb::Attribution) -> Value {
 }
 
 pub async fn profile(ctx: &Ctx, mpid: i64) -> anyhow::Result<()> {
-    let mut client = ProfileServiceClient::new(channel(&ctx.server).await?);
+    let mut client = ProfileServiceClient::new(ctx.channel().await?);
     let p = client
         .get_profile(pb::GetProfileRequest { mpid })
         .await?
@@ -165,7 +164,7 @@ pub async fn profile(ctx: &Ctx, mpid: i64) -> anyhow::Result<()> {
 }
 
 pub async fn explain(ctx: &Ctx, mpid: i64, audience: u64) -> anyhow::Result<()> {
-    let mut client = ProfileServiceClient::new(channel(&ctx.server).await?);
+    let mut client = ProfileServiceClient::new(ctx.channel().await?);
     let e = client
         .explain(pb::ExplainRequest {
             mpid,

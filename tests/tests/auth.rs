@@ -1,0 +1,389 @@
+//! Nobody calls the API without a token (security baseline, REVIEW A1): the real engine binary
+//! refuses a call with no token, a wrong one or a malformed one with UNAUTHENTICATED and a
+//! message that says how to set it, reflection included, while health answers probes; tokens
+//! rotate through the tokens file without a restart; an engine that would serve an open API
+//! where it must not refuses to start, in one line; TLS with a test CA, which `audiencectl`
+//! verifies (a client without that CA is refused).
+
+use audience_e2e::*;
+use audience_proto::v1 as pb;
+use audience_services::auth::ClientOptions;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+const TOKEN_A: &str = "token-a-0123456789abcdef";
+const TOKEN_B: &str = "token-b-fedcba9876543210";
+
+fn options(token: Option<&str>) -> ClientOptions {
+    ClientOptions {
+        token: token.map(str::to_string),
+        ca_file: None,
+    }
+}
+
+/// A profile read, the first try of the security issue: what the engine answers (NOT_FOUND
+/// for a profile it has not seen: the call was let in).
+async fn read_profile(engine: &Engine, token: Option<&str>) -> Result<Code> {
+    let ch = options(token).connect(&engine.grpc).await?;
+    let answer = pb::profile_service_client::ProfileServiceClient::new(ch)
+        .get_profile(pb::GetProfileRequest { mpid: 1 })
+        .await;
+    Ok(match answer {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    })
+}
+
+async fn refusal(engine: &Engine, token: Option<&str>) -> Result<tonic::Status> {
+    let ch = options(token).connect(&engine.grpc).await?;
+    pb::admin_service_client::AdminServiceClient::new(ch)
+        .get_engine_status(pb::GetEngineStatusRequest {})
+        .await
+        .map(|_| ())
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a call with token {token:?} was accepted"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_but_health_needs_a_token() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("auth");
+    let dir = tempfile::tempdir()?;
+    let mut engine = Engine::start(&broker, &topics, &dir.path().join("engine"), "auth")?;
+    let ch = engine.ready().await?;
+    let token = engine.client.token.clone().expect("the harness's token");
+
+    // No token, a wrong one, one in the wrong scheme: UNAUTHENTICATED, saying how to set it.
+    let missing = refusal(&engine, None).await?;
+    assert_eq!(missing.code(), Code::Unauthenticated);
+    assert!(
+        missing.message().contains("AUDIENCE_TOKEN") && missing.message().contains("Bearer"),
+        "{}",
+        missing.message()
+    );
+    let wrong = refusal(&engine, Some(TOKEN_B)).await?;
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    assert!(
+        wrong.message().contains("not accepted"),
+        "{}",
+        wrong.message()
+    );
+    assert_eq!(read_profile(&engine, None).await?, Code::Unauthenticated);
+    assert_eq!(
+        read_profile(&engine, Some(&token[1..])).await?,
+        Code::Unauthenticated
+    );
+    let read = read_profile(&engine, Some(&token)).await?;
+    assert!(matches!(read, Code::Ok | Code::NotFound), "{read:?}");
+    let raw = tonic::transport::Channel::from_shared(engine.grpc.clone())?
+        .connect()
+        .await?;
+    let mut basic = tonic::Request::new(pb::GetEngineStatusRequest {});
+    basic
+        .metadata_mut()
+        .insert("authorization", format!("Basic {token}").parse()?);
+    let scheme = pb::admin_service_client::AdminServiceClient::new(raw.clone())
+        .get_engine_status(basic)
+        .await
+        .expect_err("a Basic scheme");
+    assert_eq!(scheme.code(), Code::Unauthenticated);
+
+    // Every other service is guarded the same way.
+    let open = options(None).connect(&engine.grpc).await?;
+    let audiences = pb::audience_service_client::AudienceServiceClient::new(open.clone())
+        .list_audiences(pb::ListAudiencesRequest::default())
+        .await
+        .expect_err("ListAudiences without a token");
+    assert_eq!(audiences.code(), Code::Unauthenticated);
+    let outputs = pb::output_service_client::OutputServiceClient::new(open.clone())
+        .list_outputs(pb::ListOutputsRequest::default())
+        .await
+        .expect_err("ListOutputs without a token");
+    assert_eq!(outputs.code(), Code::Unauthenticated);
+    let subscribe = pb::membership_service_client::MembershipServiceClient::new(open)
+        .subscribe(pb::SubscribeRequest::default())
+        .await
+        .expect_err("Subscribe without a token");
+    assert_eq!(subscribe.code(), Code::Unauthenticated);
+
+    // Reflection maps the API: behind the token too.
+    let reflect = |ch| async move {
+        use tonic_reflection::pb::v1 as reflection;
+        let mut client = reflection::server_reflection_client::ServerReflectionClient::new(ch);
+        let request = reflection::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                reflection::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
+        };
+        let mut answers = client
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await?
+            .into_inner();
+        Ok::<_, tonic::Status>(answers.message().await?.is_some())
+    };
+    let refused = reflect(options(None).connect(&engine.grpc).await?)
+        .await
+        .expect_err("reflection without a token");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(reflect(ch.clone())
+        .await
+        .expect("reflection with the token"));
+
+    // Health answers probes without a token.
+    let health = tonic_health::pb::health_client::HealthClient::new(raw)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "audience.v1.AudienceService".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    // audiencectl without AUDIENCE_TOKEN says in one line what to do; with it, it works.
+    let out = engine
+        .ctl()
+        .env_remove("AUDIENCE_TOKEN")
+        .arg("status")
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("AUDIENCE_TOKEN") && stderr.contains("unauthenticated"),
+        "{stderr}"
+    );
+    let out = engine.ctl().arg("status").output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A token never reaches the engine's log.
+    let log = engine.log_text();
+    assert!(!log.contains(&token), "the log shows the token");
+    assert!(log.contains("e2e"), "the log names the token's name");
+    Ok(())
+}
+
+/// Whether a call with `token` is let in.
+async fn accepted(engine: &Engine, token: &str) -> Result<bool> {
+    Ok(read_profile(engine, Some(token)).await? != Code::Unauthenticated)
+}
+
+/// Waits until a call with `token` is let in or refused (a reload takes about a second).
+async fn wait_accepted(engine: &Engine, token: &str, want: bool) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        if accepted(engine, token).await? == want {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(15),
+            "{token} still not accepted={want} after 15 s; log:\n{}",
+            engine.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_rotate_through_the_file_without_a_restart() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("rotate");
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, format!("# the engine's callers\nold {TOKEN_A}\n"))?;
+    let mut engine = Engine::start_with(
+        &broker,
+        &topics,
+        &dir.path().join("engine"),
+        "rotate",
+        &[
+            ("AUDIENCE_TOKENS", ""),
+            ("AUDIENCE_TOKENS_FILE", &file.display().to_string()),
+        ],
+    )?;
+    engine.client.token = Some(TOKEN_A.into());
+    engine.ready().await?;
+    let pid = engine.pid();
+    assert!(!accepted(&engine, TOKEN_B).await?);
+
+    // Two tokens valid at once: the new one is added, the old one still works.
+    std::fs::write(&file, format!("old {TOKEN_A}\nnew={TOKEN_B}\n"))?;
+    wait_accepted(&engine, TOKEN_B, true).await?;
+    assert!(accepted(&engine, TOKEN_A).await?);
+
+    // A file that does not parse keeps the set (a typo must not lock everyone out).
+    std::fs::write(&file, "new\n")?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        assert!(accepted(&engine, TOKEN_B).await?);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(engine.log_text().contains("auth tokens not reloaded"));
+
+    // The old one removed: refused, while the new one goes on; the same process throughout.
+    std::fs::write(&file, format!("new {TOKEN_B}\n"))?;
+    wait_accepted(&engine, TOKEN_A, false).await?;
+    assert!(accepted(&engine, TOKEN_B).await?);
+    assert_eq!(engine.pid(), pid);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_without_a_token_refuses_to_start_where_it_must_not_run_open() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("open");
+    let dir = tempfile::tempdir()?;
+    // Every address of the host, no token: it stops before binding, saying why in one line.
+    let port = free_port();
+    let mut public = Engine::start_with(
+        &broker,
+        &topics,
+        &dir.path().join("public"),
+        "open",
+        &[
+            ("AUDIENCE_TOKENS", ""),
+            ("AUDIENCE_ALLOW_UNAUTHENTICATED", "true"),
+            ("AUDIENCE_GRPC_LISTEN", &format!("0.0.0.0:{port}")),
+        ],
+    )?;
+    assert_ne!(public.wait_exit(Duration::from_secs(30))?, Some(0));
+    let log = public.log_text();
+    assert!(
+        log.contains("reachable from other hosts") && log.contains("AUDIENCE_TOKENS"),
+        "{log}"
+    );
+
+    // Loopback without a token runs only when the configuration says it is for development.
+    let mut closed = Engine::start_with(
+        &broker,
+        &topics,
+        &dir.path().join("closed"),
+        "open",
+        &[("AUDIENCE_TOKENS", "")],
+    )?;
+    assert_ne!(closed.wait_exit(Duration::from_secs(30))?, Some(0));
+    assert!(closed.log_text().contains("no token is configured"));
+    let mut dev = Engine::start_with(
+        &broker,
+        &topics,
+        &dir.path().join("dev"),
+        "open",
+        &[
+            ("AUDIENCE_TOKENS", ""),
+            ("AUDIENCE_ALLOW_UNAUTHENTICATED", "true"),
+        ],
+    )?;
+    dev.client.token = None;
+    dev.ready().await?;
+    assert_ne!(read_profile(&dev, None).await?, Code::Unauthenticated);
+    Ok(())
+}
+
+/// A CA and a server certificate it signed, for 127.0.0.1 and localhost, as PEM files.
+struct TestPki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn test_pki(dir: &Path, name: &str) -> Result<TestPki> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{name} test CA"));
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate()?;
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?
+        .signed_by(&server_key, &issuer)?;
+    let pki = TestPki {
+        ca: dir.join(format!("{name}-ca.pem")),
+        cert: dir.join(format!("{name}-server.pem")),
+        key: dir.join(format!("{name}-server.key")),
+    };
+    std::fs::write(&pki.ca, ca_cert.pem())?;
+    std::fs::write(&pki.cert, server.pem())?;
+    std::fs::write(&pki.key, server_key.serialize_pem())?;
+    Ok(pki)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_test_ca_and_a_client_without_it_is_refused() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("tls");
+    let dir = tempfile::tempdir()?;
+    let pki = test_pki(dir.path(), "engine")?;
+    let other = test_pki(dir.path(), "other")?;
+    let mut engine = Engine::start_with(
+        &broker,
+        &topics,
+        &dir.path().join("engine"),
+        "tls",
+        &[
+            ("AUDIENCE_TLS_CERT", &pki.cert.display().to_string()),
+            ("AUDIENCE_TLS_KEY", &pki.key.display().to_string()),
+        ],
+    )?;
+    assert!(engine.grpc.starts_with("https://"), "{}", engine.grpc);
+    engine.client.ca_file = Some(pki.ca.clone());
+    let ch = engine.ready().await?;
+    status(&ch).await?;
+
+    // audiencectl verifies the engine against the CA file.
+    let out = engine.ctl().arg("status").output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Without that CA (the system's roots, or another CA) the engine is not trusted.
+    for ca in [None, Some(&other.ca)] {
+        let mut ctl = engine.ctl();
+        ctl.env_remove("AUDIENCE_CA_FILE");
+        if let Some(ca) = ca {
+            ctl.env("AUDIENCE_CA_FILE", ca);
+        }
+        let out = ctl.arg("status").output()?;
+        assert!(!out.status.success(), "trusted with CA {ca:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--ca-file"), "{stderr}");
+        let client = ClientOptions {
+            token: engine.client.token.clone(),
+            ca_file: ca.cloned(),
+        };
+        assert!(client.connect(&engine.grpc).await.is_err(), "CA {ca:?}");
+    }
+
+    // Plain text to the TLS port gets nothing, and a CA file for http:// is a mistake named.
+    let plain = engine.grpc.replace("https://", "http://");
+    let answer = async {
+        let ch = options(engine.client.token.as_deref())
+            .connect(&plain)
+            .await?;
+        status(&ch).await
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .map_or(true, |r| r.is_err()),
+        "a plain-text call was answered"
+    );
+    let mistaken = ClientOptions {
+        token: None,
+        ca_file: Some(pki.ca.clone()),
+    };
+    let e = mistaken.connect(&plain).await.expect_err("CA for http://");
+    assert!(e.to_string().contains("https://"), "{e}");
+    Ok(())
+}
