@@ -85,6 +85,17 @@ impl NetworkGuard {
 }
 
 impl NetworkGuard {
+    /// Checks the brokers a Kafka cluster advertises in its metadata (`host`, `port`): a
+    /// cluster may name any address, and those brokers are where records go.
+    pub async fn check_advertised_brokers(&self, brokers: &[(String, u16)]) -> Result<(), String> {
+        for (host, port) in brokers {
+            self.resolve(host, *port)
+                .await
+                .map_err(|why| format!("the cluster advertises broker {host}:{port}: {why}"))?;
+        }
+        Ok(())
+    }
+
     /// Checks the hosts an output configuration names (a webhook's URL, a Kafka output's
     /// bootstrap servers), when it is created or changed.
     pub async fn check_output(
@@ -171,6 +182,33 @@ mod tests {
         }
         assert!(GUARDED
             .check_kafka_servers("8.8.8.8:9092, SSL://1.1.1.1:9093")
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn every_advertised_broker_is_checked() {
+        let advertised = |hosts: &[&str]| -> Vec<(String, u16)> {
+            hosts.iter().map(|h| (h.to_string(), 9092)).collect()
+        };
+        let refused = GUARDED
+            .check_advertised_brokers(&advertised(&["8.8.8.8", "10.1.2.3"]))
+            .await
+            .unwrap_err();
+        assert!(
+            refused.contains("advertises broker 10.1.2.3:9092")
+                && refused.contains("outputs.allow_private"),
+            "{refused}"
+        );
+        assert!(GUARDED
+            .check_advertised_brokers(&advertised(&["8.8.8.8", "1.1.1.1"]))
+            .await
+            .is_ok());
+        let allowed = NetworkGuard {
+            allow_private: true,
+        };
+        assert!(allowed
+            .check_advertised_brokers(&advertised(&["127.0.0.1"]))
             .await
             .is_ok());
     }

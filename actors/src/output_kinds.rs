@@ -264,9 +264,11 @@ const KAFKA_SECRET_KEYS: &[&str] = &[
 /// One record per item on a topic of any cluster, keyed by MPID, with the item's idempotency
 /// key as header `idempotency-key`. Secrets are librdkafka properties (sasl.password...).
 ///
-/// Its bootstrap servers go through the [`NetworkGuard`] before the first send and then at
-/// most once a minute (librdkafka resolves and connects on its own, so this is as close to
-/// each connect as it gets; brokers the cluster advertises are not checked).
+/// Its bootstrap servers, then the brokers the cluster advertises, go through the
+/// [`NetworkGuard`] before the first send and then at most once a minute; a record leaves only
+/// while all of them pass. librdkafka resolves and connects on its own, so this is as close to
+/// each connect as it gets: it may open a connection to an advertised broker before the check
+/// refuses it, but no record is produced to one.
 pub struct KafkaOutput {
     producer: rdkafka::producer::FutureProducer,
     topic: String,
@@ -329,9 +331,36 @@ impl KafkaOutput {
                 .check_kafka_servers(&self.servers)
                 .await
                 .map_err(SendFailure::refused)?;
+            let brokers = self.advertised_brokers().await?;
+            self.guard
+                .check_advertised_brokers(&brokers)
+                .await
+                .map_err(SendFailure::refused)?;
             *self.checked_at.lock() = Some(std::time::Instant::now());
         }
         Ok(())
+    }
+
+    /// The brokers of the cluster's metadata for the output's topic.
+    async fn advertised_brokers(&self) -> Result<Vec<(String, u16)>, SendFailure> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer;
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .map(|metadata| {
+                    metadata
+                        .brokers()
+                        .iter()
+                        .map(|b| (b.host().to_string(), u16::try_from(b.port()).unwrap_or(0)))
+                        .collect()
+                })
+                .map_err(|e| SendFailure::retryable(format!("kafka metadata: {e}")))
+        })
+        .await
+        .map_err(|e| SendFailure::retryable(format!("kafka metadata: {e}")))?
     }
 
     async fn produce(&self, key: &str, id: &str, value: String) -> Result<(), SendFailure> {

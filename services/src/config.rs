@@ -157,7 +157,7 @@ impl std::fmt::Debug for CatalogConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `embedded` starts librdkafka's in-process mock cluster (demos only).
@@ -178,6 +178,42 @@ pub struct KafkaConfig {
     /// producer's `message.max.bytes`): a dead letter that would not fit carries a prefix of
     /// its message (`engine.dead_letter_prefix_bytes`).
     pub dead_letter_max_bytes: usize,
+}
+
+/// librdkafka properties as logged: the values of credentials (`sasl.password`,
+/// `ssl.key.password`, `ssl.key.pem`, `sasl.oauthbearer.client.secret`...) hidden.
+fn logged_properties(properties: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    properties
+        .iter()
+        .map(|(k, v)| {
+            let secret = ["password", "secret", "key.pem", "token"]
+                .iter()
+                .any(|word| k.contains(word));
+            (k.as_str(), if secret { "********" } else { v.as_str() })
+        })
+        .collect()
+}
+
+// The configuration is logged at start: a credential among the properties must not be.
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("group_id", &self.group_id)
+            .field("events_topic", &self.events_topic)
+            .field("identities_topic", &self.identities_topic)
+            .field("deltas_topic", &self.deltas_topic)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("create_topics", &self.create_topics)
+            .field("partitions", &self.partitions)
+            .field("properties", &logged_properties(&self.properties))
+            .field(
+                "producer_properties",
+                &logged_properties(&self.producer_properties),
+            )
+            .field("dead_letter_max_bytes", &self.dead_letter_max_bytes)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -585,5 +621,29 @@ mod tests {
         assert!(defaults.grpc.listen.starts_with("127.0.0.1:"));
         assert!(defaults.metrics.listen.starts_with("127.0.0.1:"));
         assert!(!defaults.outputs.allow_private);
+    }
+
+    /// What the start-up log line prints holds no token and no Kafka credential.
+    #[test]
+    fn the_logged_configuration_hides_tokens_and_credentials() {
+        let mut config = Config::default();
+        config
+            .set("AUDIENCE_TOKENS", "ops=tok3n-0123456789abcdef")
+            .unwrap();
+        config
+            .set(
+                "AUDIENCE_KAFKA_PROPERTIES",
+                "sasl.username=engine,sasl.password=hunter2,security.protocol=SASL_SSL",
+            )
+            .unwrap();
+        let logged = format!("{config:?}");
+        assert!(
+            !logged.contains("tok3n") && !logged.contains("hunter2"),
+            "{logged}"
+        );
+        assert!(
+            logged.contains("ops") && logged.contains("SASL_SSL"),
+            "{logged}"
+        );
     }
 }

@@ -223,3 +223,109 @@ async fn redirects_are_faults_and_faults_read_back_only_a_4xx_excerpt() -> Resul
     Ok(())
 }
 
+/// A webhook URL's query values (an API key often travels there) are shown and listed
+/// redacted, by the API and by `audiencectl`, never logged; an update that sends the URL back
+/// as shown keeps the stored one, and the receiver still gets the real query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_key_is_shown_redacted_and_still_sent() -> Result<()> {
+    const KEY: &str = "k3y-0f-the-receiver";
+    let broker = Broker::start()?;
+    let topics = Topics::unique("querykey");
+    let dir = tempfile::tempdir()?;
+    let mut engine = Engine::start(&broker, &topics, &dir.path().join("engine"), "querykey")?;
+    let ch = engine.ready().await?;
+    let queries = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = queries.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |query: axum::extract::RawQuery| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(query.0.unwrap_or_default());
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!(
+        "http://{}/hook?api_key={KEY}&region=eu",
+        listener.local_addr()?
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut outputs = Outputs::new(ch.clone());
+    let created = create(
+        &mut outputs,
+        "webhook",
+        json!({"url": url, "linger_ms": 20}),
+    )
+    .await
+    .map_err(|s| anyhow::anyhow!("create: {s}"))?;
+    let shown_url = |o: &pb::OutputConfig| {
+        o.settings
+            .as_ref()
+            .and_then(|s| s.fields.get("url"))
+            .and_then(|v| match &v.kind {
+                Some(prost_types::value::Kind::StringValue(u)) => Some(u.clone()),
+                _ => None,
+            })
+    };
+    let shown = outputs
+        .get_output(pb::OutputIdRequest { id: created.id })
+        .await?
+        .into_inner();
+    let redacted = shown_url(&shown).expect("a url");
+    assert!(
+        redacted.ends_with("/hook?api_key=********&region=********"),
+        "{redacted}"
+    );
+    for o in outputs
+        .list_outputs(pb::ListOutputsRequest {})
+        .await?
+        .into_inner()
+        .outputs
+    {
+        assert!(!format!("{o:?}").contains(KEY), "{o:?}");
+    }
+    let listed = engine
+        .ctl()
+        .args(["-o", "json", "output", "list"])
+        .output()?;
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains(KEY));
+
+    // Sent back as shown, with a new name: the stored url stays.
+    let renamed = outputs
+        .update_output(pb::OutputConfig {
+            name: "renamed".into(),
+            ..shown
+        })
+        .await?
+        .into_inner();
+    assert_eq!(renamed.name, "renamed");
+    assert_eq!(shown_url(&renamed), Some(redacted));
+
+    // The receiver gets the real query.
+    let players = create_audience(&ch, "players", json!({"event": {"name": "play"}})).await?;
+    let now = engine_now(&ch).await?;
+    let mut member = sdk_batch(
+        7,
+        now,
+        vec![custom_event("play", "navigation", now, json!({}))],
+    );
+    member["user_identities"] = json!({"email": "seven@example.com"});
+    produce_json(&broker.producer()?, &topics.events, &member).await?;
+    connect(&ch, players.id, created.id).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while queries.lock().unwrap().is_empty() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "no delivery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        queries.lock().unwrap()[0],
+        format!("api_key={KEY}&region=eu")
+    );
+    assert!(!engine.log_text().contains(KEY), "the log shows the key");
+    assert_eq!(engine.terminate()?, Some(0));
+    Ok(())
+}
