@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/audience-engine/target
 BIN := $(CARGO_TARGET_DIR)/release
 CARGO := cargo
 
-.PHONY: setup build run test lint fmt bench clean prune
+.PHONY: setup build run test lint fmt bench clean prune deploy-check
 
 setup: ## Install the system packages and the test broker (idempotent)
 	./scripts/setup.sh
@@ -28,9 +28,18 @@ prune:
 		| awk '{ name = $$0; sub(/-[0-9a-f]+$$/, "", name); if (seen[name]++ >= 2) print }' \
 		| xargs -r rm -f; true
 
-lint: setup
+lint: setup deploy-check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
+
+# The deployment files against their schemas: Kubernetes' (kubernetes-validate, strict) and the
+# compose specification's (check-jsonschema), from PyPI into a venv beside the target directory.
+DEPLOY_VENV := $(dir $(CARGO_TARGET_DIR))deploy-venv
+deploy-check: ## Validate deploy/k8s and deploy/docker-compose.yml against their schemas
+	@test -x $(DEPLOY_VENV)/bin/kubernetes-validate || { python3 -m venv $(DEPLOY_VENV) \
+		&& $(DEPLOY_VENV)/bin/pip install -q kubernetes-validate==1.37.0 check-jsonschema==0.39.0; }
+	$(DEPLOY_VENV)/bin/kubernetes-validate --strict --quiet deploy/k8s/*.yaml
+	$(DEPLOY_VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.yml
 
 fmt:
 	$(CARGO) fmt --all

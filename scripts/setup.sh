@@ -4,7 +4,7 @@
 # Fast when everything is there.
 set -euo pipefail
 
-packages=(libclang-dev clang protobuf-compiler cmake pkg-config build-essential libssl-dev libsasl2-dev libcurl4-openssl-dev zlib1g-dev liblz4-dev libzstd-dev)
+packages=(libclang-dev clang protobuf-compiler cmake pkg-config build-essential libssl-dev libsasl2-dev libcurl4-openssl-dev zlib1g-dev liblz4-dev libzstd-dev python3 python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -201,6 +201,13 @@ impl CatalogApplier {
             // What the node had and the topic has not is deleted.
             touched.extend(Touched::everything_in(&own));
         }
+        if state.cluster_id.is_none() && state.applied_offset.is_some() {
+            // Applied before cluster ids existed: the id is the first record's.
+            state.cluster_id = reader
+                .first_record()
+                .await?
+                .map(|record| audience_state::catalog_log::cluster_id_of(&record));
+        }
         store.save_catalog(&state, &touched)?;
         applier.swap_catalog(&state);
         // Before the follower runs: it is the only one to start or stop them from then on.
@@ -335,6 +342,7 @@ impl CatalogApplier {
         if !touched.audiences.is_empty()
             || !touched.tiers.is_empty()
             || !touched.calculated.is_empty()
+            || self.node.engine.cluster_id.read().as_ref() != state.cluster_id.as_ref()
         {
             self.swap_catalog(state);
         }
@@ -382,6 +390,12 @@ impl CatalogApplier {
     }
 
     fn swap_catalog(&self, state: &CatalogState) {
+        if let Some(id) = &state.cluster_id {
+            let mut known = self.node.engine.cluster_id.write();
+            if known.as_ref() != Some(id) {
+                *known = Some(id.clone());
+            }
+        }
         let catalog: Catalog = state.catalog(version_of(state));
         self.node.engine.catalog.store(Arc::new(catalog));
         self.node.catalog_changed();

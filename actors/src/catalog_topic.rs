@@ -301,6 +301,26 @@ impl CatalogReader {
         Ok(high)
     }
 
+    /// The first decodable record of the topic (a store that applied the topic before
+    /// cluster ids existed learns its id from it). The next [`CatalogReader::read_one`] seeks
+    /// back to where its state stands.
+    pub async fn first_record(&mut self) -> Result<Option<CatalogRecord>, CatalogTopicError> {
+        let end = self.end().await?;
+        self.seek(0)?;
+        let mut found = None;
+        while self.position < end {
+            let message = self.consumer.recv().await?;
+            self.position = message.offset() + 1;
+            if let Ok(record) = CatalogRecord::decode(message.payload().unwrap_or_default()) {
+                found = Some(record);
+                break;
+            }
+        }
+        // Not a position of any state: read_one seeks.
+        self.position = -1;
+        Ok(found)
+    }
+
     /// Reads the next offset and applies it to `state` (waiting for one to be written).
     pub async fn read_one(&mut self, state: &mut CatalogState) -> Result<Step, CatalogTopicError> {
         // Read from where this state stopped, whichever state the reader was made with.

@@ -3,6 +3,7 @@
 //! connector actor, which keeps per audience the adds and drops of the last 24 hours, and
 //! reports size and volatility = (adds + drops) / size.
 
+use crate::deltas_tail::DeltasTopic;
 use crate::engine::Engine;
 use crate::stats::{ChangeWindow, Figures};
 use actix::prelude::*;
@@ -18,45 +19,83 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursor(pub BTreeMap<Partition, u64>);
 
+/// Why a cursor is not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CursorError {
+    /// Not a cursor (INVALID_ARGUMENT).
+    Invalid(String),
+    /// A cursor of another deployment (OUT_OF_RANGE): its sequences mean other deltas here.
+    Foreign(String),
+}
+
+impl std::fmt::Display for CursorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CursorError::Invalid(why) | CursorError::Foreign(why) => f.write_str(why),
+        }
+    }
+}
+
 impl Cursor {
-    /// Parses `p0=12,p3=7`; empty means from the beginning; `now` means from the current heads.
-    pub fn parse(text: &str, engine: &Engine) -> Result<Cursor, String> {
+    /// Parses `c=<cluster>,p0=12,p3=7`; empty means from the beginning; `now` means from the
+    /// current heads. A cursor naming another cluster than this engine's is refused; one
+    /// without a cluster (made before cursors carried it) is taken as this cluster's.
+    pub fn parse(text: &str, engine: &Engine) -> Result<Cursor, CursorError> {
         let text = text.trim();
         if text.is_empty() {
             return Ok(Cursor::default());
         }
+        let invalid = |why: String| CursorError::Invalid(why);
         if text == "now" {
             let mut c = Cursor::default();
             for p in engine.partitions.lock().iter() {
-                let head = engine.store.outbox_head(*p).map_err(|e| e.to_string())?;
+                let head = engine
+                    .store
+                    .outbox_head(*p)
+                    .map_err(|e| invalid(e.to_string()))?;
                 c.0.insert(*p, head);
             }
             return Ok(c);
         }
         let mut c = Cursor::default();
         for part in text.split(',') {
+            if let Some(cluster) = part.trim().strip_prefix("c=") {
+                if let Some(ours) = engine.cluster_id.read().as_deref() {
+                    if cluster != ours {
+                        return Err(CursorError::Foreign(format!(
+                            "the cursor is of cluster {cluster} and this engine is of cluster \
+                             {ours}: a cursor resumes only in the deployment that gave it"
+                        )));
+                    }
+                }
+                continue;
+            }
             let (p, seq) = part
                 .trim()
                 .strip_prefix('p')
                 .and_then(|rest| rest.split_once('='))
                 .ok_or_else(|| {
-                    format!("cursor: \"{part}\" is not of the form p<partition>=<sequence>")
+                    invalid(format!(
+                        "cursor: \"{part}\" is not of the form p<partition>=<sequence>"
+                    ))
                 })?;
             let p: Partition = p
                 .parse()
-                .map_err(|_| format!("cursor: bad partition \"{p}\""))?;
+                .map_err(|_| invalid(format!("cursor: bad partition \"{p}\"")))?;
             let seq: u64 = seq
                 .parse()
-                .map_err(|_| format!("cursor: bad sequence \"{seq}\""))?;
+                .map_err(|_| invalid(format!("cursor: bad sequence \"{seq}\"")))?;
             c.0.insert(p, seq);
         }
         Ok(c)
     }
 
-    pub fn format(&self) -> String {
-        self.0
-            .iter()
-            .map(|(p, s)| format!("p{p}={s}"))
+    /// The cursor as subscribers get it, with the cluster it belongs to when known.
+    pub fn format(&self, cluster: Option<&str>) -> String {
+        cluster
+            .map(|c| format!("c={c}"))
+            .into_iter()
+            .chain(self.0.iter().map(|(p, s)| format!("p{p}={s}")))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -145,6 +184,9 @@ impl Handler<Describe> for Connector {
 pub struct Connectors {
     next_id: Mutex<u64>,
     live: Mutex<BTreeMap<u64, Addr<Connector>>>,
+    /// In a cluster, subscriptions read the deltas topic (every partition, from any node);
+    /// alone, the node's own outbox.
+    deltas_topic: Option<DeltasTopic>,
 }
 
 /// One item of a subscription stream.
@@ -156,6 +198,24 @@ pub struct Outgoing {
 }
 
 impl Connectors {
+    /// Connectors whose subscriptions read `topic` (a node of a cluster).
+    pub fn over_deltas_topic(topic: DeltasTopic) -> Connectors {
+        Connectors {
+            deltas_topic: Some(topic),
+            ..Connectors::default()
+        }
+    }
+
+    /// Where a subscription starts: `cursor` parsed, and whether it is `now`. Over the deltas
+    /// topic, `now` is the topic's ends (found when the subscription starts); over the
+    /// outbox, this node's heads.
+    pub fn start(&self, cursor: &str, engine: &Engine) -> Result<(Cursor, bool), CursorError> {
+        if self.deltas_topic.is_some() && cursor.trim() == "now" {
+            return Ok((Cursor::default(), true));
+        }
+        Cursor::parse(cursor, engine).map(|c| (c, false))
+    }
+
     pub async fn describe(&self) -> Vec<ConnectorView> {
         let addrs: Vec<_> = self.live.lock().values().cloned().collect();
         let mut out = Vec::new();
@@ -167,16 +227,19 @@ impl Connectors {
         out
     }
 
-    /// Starts a subscription: a connector actor and the pump that feeds `tx` from `cursor`.
+    /// Starts a subscription: a connector actor and the pump that feeds `tx` from `start`
+    /// (see [`Connectors::start`]).
     pub fn subscribe(
         self: &Arc<Self>,
         engine: Arc<Engine>,
         subscriber_name: String,
         filter: Vec<AudienceId>,
-        cursor: Cursor,
+        start: (Cursor, bool),
         arbiter: &ArbiterHandle,
         tx: mpsc::Sender<Result<Outgoing, String>>,
     ) {
+        let (cursor, now) = start;
+        let cluster = engine.cluster_id.read().clone();
         let id = {
             let mut n = self.next_id.lock();
             *n += 1;
@@ -188,7 +251,7 @@ impl Connectors {
             subscriber_name,
             filter: filter.clone(),
             delivered: 0,
-            cursor: cursor.format(),
+            cursor: cursor.format(cluster.as_deref()),
             connected_at_ms: engine.clock.now(),
             window: ChangeWindow::default(),
             seen: BTreeSet::new(),
@@ -197,8 +260,20 @@ impl Connectors {
         // The pump runs on the caller's runtime; the actor on an arbiter of the actix system.
         let addr = Connector::start_in_arbiter(arbiter, move |_| connector);
         self.live.lock().insert(id, addr.clone());
+        let filter: HashSet<AudienceId> = filter.into_iter().collect();
+        if let Some(topic) = self.deltas_topic.clone() {
+            tokio::task::spawn_blocking(move || {
+                let result =
+                    pump_topic(&topic, &filter, cursor, now, cluster.as_deref(), &tx, &addr);
+                if let Err(e) = result {
+                    let _ = tx.blocking_send(Err(e));
+                }
+                connectors.live.lock().remove(&id);
+            });
+            return;
+        }
         tokio::spawn(async move {
-            let result = pump(engine, filter.into_iter().collect(), cursor, &tx, &addr).await;
+            let result = pump(engine, filter, cursor, cluster.as_deref(), &tx, &addr).await;
             if let Err(e) = result {
                 let _ = tx.send(Err(e)).await;
             }
@@ -207,10 +282,46 @@ impl Connectors {
     }
 }
 
+/// A subscription fed from the deltas topic (blocking).
+fn pump_topic(
+    topic: &DeltasTopic,
+    filter: &HashSet<AudienceId>,
+    cursor: Cursor,
+    now: bool,
+    cluster: Option<&str>,
+    tx: &mpsc::Sender<Result<Outgoing, String>>,
+    connector: &Addr<Connector>,
+) -> Result<(), String> {
+    crate::deltas_tail::pump(
+        topic,
+        cursor.0,
+        now,
+        || tx.is_closed(),
+        |partition, sequence, delta, positions| {
+            let cursor = Cursor(positions.clone()).format(cluster);
+            if !filter.is_empty() && !filter.contains(&delta.audience_id) {
+                return true;
+            }
+            let out = Outgoing {
+                partition,
+                sequence,
+                delta: delta.clone(),
+                cursor: cursor.clone(),
+            };
+            if tx.blocking_send(Ok(out)).is_err() {
+                return false;
+            }
+            connector.do_send(Delivered(vec![delta], cursor));
+            true
+        },
+    )
+}
+
 async fn pump(
     engine: Arc<Engine>,
     filter: HashSet<AudienceId>,
     mut cursor: Cursor,
+    cluster: Option<&str>,
     tx: &mpsc::Sender<Result<Outgoing, String>>,
     connector: &Addr<Connector>,
 ) -> Result<(), String> {
@@ -257,7 +368,7 @@ async fn pump(
                     partition: p,
                     sequence: seq,
                     delta: delta.clone(),
-                    cursor: cursor.format(),
+                    cursor: cursor.format(cluster),
                 };
                 if tx.send(Ok(out)).await.is_err() {
                     return Ok(());
@@ -265,7 +376,7 @@ async fn pump(
                 delivered.push(delta);
             }
             if !delivered.is_empty() {
-                connector.do_send(Delivered(delivered, cursor.format()));
+                connector.do_send(Delivered(delivered, cursor.format(cluster)));
             }
         }
         if tx.is_closed() {

@@ -143,6 +143,9 @@ pub struct Engine {
     pub changes: Mutex<ChangeWindow>,
     /// Partitions with an outbox on this node.
     pub partitions: Mutex<BTreeSet<Partition>>,
+    /// The deployment's id (its catalog's, see `CatalogState::cluster_id`), once known:
+    /// subscription cursors carry it, and a cursor of another deployment is refused.
+    pub cluster_id: parking_lot::RwLock<Option<String>>,
     /// Bumped after every commit that wrote deltas or dead letters: outbox readers wait on it.
     pub outbox_written: watch::Sender<u64>,
     /// Running backfills by partition, kept by the partition actors.
@@ -200,6 +203,7 @@ impl Engine {
             counters: Counters::default(),
             changes: Mutex::new(changes),
             partitions: Mutex::new(partitions),
+            cluster_id: Default::default(),
             outbox_written,
             backfills: Mutex::new(HashMap::new()),
             profile_counts: Mutex::new(HashMap::new()),

@@ -8,6 +8,7 @@
 //! - [`output_registry`]: the single writer of output configurations and connections;
 //! - [`publisher`]: outbox to Kafka (deltas topic, dead-letter topic), at least once;
 //! - [`connector`]: one actor per membership subscription, with its delivery pump and figures;
+//!   [`deltas_tail`]: in a cluster, the pump reads every partition from the deltas topic;
 //! - [`delivery`]: one delivery loop per output connection (webhook, Kafka), with retries,
 //!   faults and resume;
 //! - [`sampling`]: read-only evaluations of drafts over stored profiles (estimate, preview);
@@ -27,6 +28,7 @@ pub mod changelog_snapshots;
 pub mod clock;
 pub mod connector;
 pub mod delivery;
+pub mod deltas_tail;
 pub mod engine;
 pub mod geoip;
 pub mod ingest;

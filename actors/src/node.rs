@@ -141,6 +141,13 @@ impl Node {
         claim()
     }
 
+    /// Ready as a member of a deployment (its readiness probe): the group gave this node its
+    /// partitions (none, too, counts) and none of them is still being restored.
+    pub fn restored(&self) -> bool {
+        let ownership = self.ownership.lock();
+        ownership.generation > 0 && ownership.restoring.is_empty()
+    }
+
     /// How many times the assignment changed: work gathered under an older generation may
     /// belong to a partition this node no longer owns.
     pub fn generation(&self) -> u64 {

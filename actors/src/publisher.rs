@@ -104,6 +104,8 @@ impl Lane {
 #[derive(Clone)]
 struct Outgoing {
     seq: u64,
+    /// The topic's partition, when it is chosen rather than hashed from the key.
+    partition: Option<i32>,
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
     headers: Vec<(&'static str, Vec<u8>)>,
@@ -112,9 +114,17 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    fn delta(partition: Partition, seq: u64, d: &audience_state::model::Delta) -> Outgoing {
+    /// A delta of `partition`: on the topic's partition of the same number when
+    /// `by_partition` (every partition's deltas in one place, in order), else by its key.
+    fn delta(
+        partition: Partition,
+        seq: u64,
+        d: &audience_state::model::Delta,
+        by_partition: bool,
+    ) -> Outgoing {
         Outgoing {
             seq,
+            partition: by_partition.then_some(partition as i32),
             key: Some(d.mpid.to_string().into_bytes()),
             payload: delta_json(partition, seq, d).to_string().into_bytes(),
             headers: vec![("delta-id", d.delta_id().into_bytes())],
@@ -139,6 +149,7 @@ impl Outgoing {
         ];
         Outgoing {
             seq,
+            partition: None,
             key: letter.key.clone(),
             payload: letter.payload.clone(),
             headers,
@@ -174,6 +185,9 @@ impl Outgoing {
         if let Some(key) = &self.key {
             record = record.key(key);
         }
+        if let Some(partition) = self.partition {
+            record = record.partition(partition);
+        }
         producer
             .send(record, Duration::from_secs(10))
             .await
@@ -200,10 +214,13 @@ pub fn permanent_refusal(error: &KafkaError) -> Option<&'static str> {
     }
 }
 
-/// Publishes until `shutdown`, then drains what is left once.
+/// Publishes until `shutdown`, then drains what is left once. With `deltas_by_partition`,
+/// partition p's deltas go to the deltas topic's partition p (what subscriptions of a cluster
+/// read, see [`crate::deltas_tail`]); without, by their key (MPID).
 pub async fn run(
     engine: Arc<Engine>,
     producer: FutureProducer,
+    deltas_by_partition: bool,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut wake = engine.outbox_written.subscribe();
@@ -227,7 +244,7 @@ pub async fn run(
                     next_retry = Some(next_retry.map_or(at, |n| n.min(at)));
                     continue;
                 }
-                match publish_lane(&engine, &producer, sink, p, lane).await {
+                match publish_lane(&engine, &producer, sink, p, lane, deltas_by_partition).await {
                     Ok(n) => {
                         progressed |= n > 0;
                         lane.succeeded();
@@ -339,6 +356,7 @@ async fn publish_lane(
     sink: Sink,
     p: Partition,
     lane: &mut Lane,
+    deltas_by_partition: bool,
 ) -> anyhow::Result<usize> {
     let settings = &engine.settings;
     let mut position = engine.store.published(sink.name(), p)?;
@@ -349,7 +367,7 @@ async fn publish_lane(
                 .store
                 .read_readable_outbox(p, position, PAGE)?
                 .iter()
-                .map(|(seq, d)| Outgoing::delta(p, *seq, d))
+                .map(|(seq, d)| Outgoing::delta(p, *seq, d, deltas_by_partition))
                 .collect(),
         ),
         Sink::DeadLetters => {

@@ -3,7 +3,7 @@
 //! [`crate::convert::status`].
 
 use crate::convert;
-use audience_actors::connector::{Connectors, Cursor};
+use audience_actors::connector::{Connectors, CursorError};
 use audience_actors::node::Node;
 use audience_actors::registry::{AudienceSpec, Registry};
 use audience_proto::v1 as pb;
@@ -452,7 +452,13 @@ impl pb::membership_service_server::MembershipService for Services {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let r = req.into_inner();
         let engine = self.node.engine.clone();
-        let cursor = Cursor::parse(&r.cursor, &engine).map_err(Status::invalid_argument)?;
+        let start = self
+            .connectors
+            .start(&r.cursor, &engine)
+            .map_err(|e| match e {
+                CursorError::Invalid(why) => Status::invalid_argument(why),
+                CursorError::Foreign(why) => Status::out_of_range(why),
+            })?;
         let catalog = engine.catalog.load();
         for (i, id) in r.audience_ids.iter().enumerate() {
             if catalog.record(*id).is_none() {
@@ -471,7 +477,7 @@ impl pb::membership_service_server::MembershipService for Services {
             engine,
             name,
             r.audience_ids,
-            cursor,
+            start,
             &self.node.arbiter(),
             tx,
         );

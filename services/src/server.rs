@@ -204,6 +204,39 @@ fn server_tls(
     }
 }
 
+/// The health service's "ready": SERVING once the node holds its partitions restored, NOT
+/// SERVING while it waits for its assignment or restores, and again once it drains.
+async fn report_readiness(
+    node: Arc<Node>,
+    health: tonic_health::server::HealthReporter,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ready = None;
+    loop {
+        let now = node.restored() && !*shutdown.borrow();
+        if ready != Some(now) {
+            let status = if now {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status(READY_SERVICE, status).await;
+            tracing::info!(ready = now, "readiness");
+            ready = Some(now);
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// The health service name of readiness.
+pub const READY_SERVICE: &str = "ready";
+
 /// Runs a node until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // Who may call is settled before anything starts: an engine that would serve an open API
@@ -329,7 +362,52 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await?;
     let registry = Arc::new(Registry::new(node.clone(), catalog.clone()));
-    let connectors = Arc::new(Connectors::default());
+    // Partition p's deltas go to the deltas topic's partition p when it has one for each
+    // input partition: what a cluster's subscriptions read (from any node, every partition).
+    let deltas_topic = audience_actors::deltas_tail::DeltasTopic {
+        kafka: audience_actors::catalog_topic::client_config(&bootstrap, &config.kafka.properties),
+        topic: config.kafka.deltas_topic.clone(),
+    };
+    let deltas_by_partition = {
+        let topic = deltas_topic.clone();
+        let events = config.kafka.events_topic.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(i32, i32)> {
+            // A topic just created may take a moment to show its partitions.
+            for _ in 0..50 {
+                let counts = (
+                    topic.partition_count(&events).map_err(anyhow::Error::msg)?,
+                    topic
+                        .partition_count(&topic.topic)
+                        .map_err(anyhow::Error::msg)?,
+                );
+                if counts.0 > 0 && counts.1 > 0 {
+                    return Ok(counts);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok((0, 0))
+        })
+        .await??
+    };
+    let (events_partitions, deltas_partitions) = deltas_by_partition;
+    let deltas_by_partition = events_partitions > 0 && deltas_partitions >= events_partitions;
+    if !deltas_by_partition {
+        let why = format!(
+            "the deltas topic {} has {deltas_partitions} partitions and the events topic \
+             {events_partitions}: partition p's deltas go to the deltas topic's partition p only \
+             when it has one for each input partition",
+            config.kafka.deltas_topic,
+        );
+        if config.cluster.changelog {
+            anyhow::bail!("{why}; a cluster's subscriptions read them there (recreate it)");
+        }
+        tracing::warn!("{why}; they are spread by MPID instead");
+    }
+    let connectors = Arc::new(if config.cluster.changelog {
+        Connectors::over_deltas_topic(deltas_topic)
+    } else {
+        Connectors::default()
+    });
     if let Some(dir) = &config.engine.audiences_dir {
         load_audiences(&registry, dir).await?;
     }
@@ -352,6 +430,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let publisher_task = tokio::spawn(publisher::run(
         engine.clone(),
         producer,
+        deltas_by_partition,
         shutdown_rx.clone(),
     ));
 
@@ -458,6 +537,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     health_reporter
         .set_serving::<pb::membership_service_server::MembershipServiceServer<Services>>()
         .await;
+    // Readiness (a Kubernetes gRPC probe on service "ready", no token needed): the node has
+    // its partitions and has restored them all.
+    tokio::spawn(report_readiness(
+        node.clone(),
+        health_reporter.clone(),
+        shutdown_rx.clone(),
+    ));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

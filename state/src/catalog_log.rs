@@ -223,6 +223,10 @@ pub struct CatalogState {
     pub calculated: BTreeMap<String, CalculatedAttributeRecord>,
     pub outputs: BTreeMap<OutputId, OutputConfig>,
     pub connections: BTreeMap<ConnectionId, Connection>,
+    /// The deployment's identity: derived from the first record of the topic, so every node
+    /// of one deployment has the same, and another deployment (another topic, or this one
+    /// recreated) another. Subscription cursors carry it.
+    pub cluster_id: Option<String>,
     /// What applying changed since [`CatalogState::take_touched`] last ran: what a node
     /// writes to its materialised copy. Not part of the catalog (equality ignores it).
     touched: Touched,
@@ -237,7 +241,19 @@ impl PartialEq for CatalogState {
             && self.calculated == other.calculated
             && self.outputs == other.outputs
             && self.connections == other.connections
+            && self.cluster_id == other.cluster_id
     }
+}
+
+/// The cluster id a first record gives: 16 hex digits of an FNV-1a hash of its proposal (node
+/// and sequence) and time. Not a secret; only different between deployments.
+pub fn cluster_id_of(record: &CatalogRecord) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in format!("{}@{}", record.key(), record.at_ms).bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
 }
 
 /// The keys of the entities that applying records changed (created, edited or deleted): their
@@ -334,6 +350,9 @@ impl CatalogState {
         }
         let outcome = self.change(offset, record);
         self.applied_offset = Some(offset);
+        if self.cluster_id.is_none() {
+            self.cluster_id = Some(cluster_id_of(record));
+        }
         outcome
     }
 

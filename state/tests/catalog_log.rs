@@ -515,3 +515,43 @@ fn connection(audience_id: u64, output_id: u64) -> Connection {
         updated_at_ms: 0,
     }
 }
+
+#[test]
+fn the_cluster_id_is_the_first_records_on_every_replica_and_another_deployments_differs() {
+    let records: Vec<CatalogRecord> = (0..5u64)
+        .map(|i| {
+            record(
+                "a",
+                i,
+                Change::CreateAudience {
+                    audience: audience(&format!("audience {i}"), gold()),
+                },
+            )
+        })
+        .collect();
+    let (mut one, mut two) = (CatalogState::default(), CatalogState::default());
+    apply_all(&mut one, 0, &records[..1]);
+    let first = one.cluster_id.clone().expect("set by the first record");
+    apply_all(&mut one, 1, &records[1..]);
+    apply_all(&mut two, 0, &records);
+    assert_eq!(
+        one.cluster_id.as_deref(),
+        Some(first.as_str()),
+        "later records keep it"
+    );
+    assert_eq!(two.cluster_id, one.cluster_id, "replicas agree");
+    assert_eq!(first.len(), 16);
+    // Another deployment: a first record of another proposal or time.
+    let mut other = CatalogState::default();
+    apply_all(&mut other, 0, &[record("a", 7, records[0].change.clone())]);
+    assert_ne!(other.cluster_id, one.cluster_id);
+    // A refused record is still the topic's first.
+    let mut refused = CatalogState::default();
+    let outcome = apply_all(
+        &mut refused,
+        0,
+        &[record("a", 0, Change::DeleteAudience { id: 42 })],
+    );
+    assert!(outcome[0].is_err());
+    assert!(refused.cluster_id.is_some());
+}

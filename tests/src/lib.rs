@@ -537,6 +537,18 @@ pub async fn status(ch: &Channel) -> Result<pb::EngineStatus> {
 /// Every record of a topic's partitions, as JSON: read until nothing more comes for a second
 /// (the test broker's reported end may lag its last batch).
 pub fn read_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<serde_json::Value>> {
+    Ok(read_topic_partitions(bootstrap, topic, partitions)?
+        .into_iter()
+        .map(|(_, record)| record)
+        .collect())
+}
+
+/// [`read_topic`], each record with the partition it was on.
+pub fn read_topic_partitions(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<Vec<(i32, serde_json::Value)>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
     let consumer: BaseConsumer = ClientConfig::new()
@@ -553,9 +565,11 @@ pub fn read_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<s
     let mut last = Instant::now();
     while last.elapsed() < Duration::from_secs(1) {
         if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            out.push(serde_json::from_slice(
-                message?.payload().unwrap_or_default(),
-            )?);
+            let message = message?;
+            out.push((
+                message.partition(),
+                serde_json::from_slice(message.payload().unwrap_or_default())?,
+            ));
             last = Instant::now();
         }
     }

@@ -131,17 +131,20 @@ async fn every_service_but_health_needs_a_token() -> Result<()> {
         .await
         .expect("reflection with the token"));
 
-    // Health answers probes without a token.
-    let health = tonic_health::pb::health_client::HealthClient::new(raw)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "audience.v1.AudienceService".into(),
-        })
-        .await?
-        .into_inner();
-    assert_eq!(
-        health.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
+    // Health answers probes without a token; "ready" (the readiness probe) turns SERVING
+    // once the node holds its partitions restored (a probe polls it).
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(raw.clone());
+    let check = |service: &str| tonic_health::pb::HealthCheckRequest {
+        service: service.into(),
+    };
+    let api = health.check(check("audience.v1.AudienceService")).await?;
+    assert_eq!(api.into_inner().status, serving);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while health.check(check("ready")).await?.into_inner().status != serving {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // audiencectl without AUDIENCE_TOKEN says in one line what to do; with it, it works.
     let out = engine

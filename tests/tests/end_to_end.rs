@@ -142,6 +142,19 @@ async fn batches_become_deltas_and_profiles() -> Result<()> {
         (2, pb::DeltaKind::Dropped as i32)
     );
 
+    // A cursor names its deployment: another's is refused, never read as this one's.
+    assert!(drops[0].cursor.starts_with("c="), "{}", drops[0].cursor);
+    let foreign = drops[0].cursor.replacen("c=", "c=f", 1);
+    let refused = pb::membership_service_client::MembershipServiceClient::new(ch.clone())
+        .subscribe(pb::SubscribeRequest {
+            audience_ids: vec![gold.id],
+            cursor: foreign,
+            subscriber_name: "foreign".into(),
+        })
+        .await
+        .expect_err("another deployment's cursor");
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+
     // Sizes and figures.
     let mut ms = pb::membership_service_client::MembershipServiceClient::new(ch.clone());
     let stats = ms

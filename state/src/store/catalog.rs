@@ -10,6 +10,7 @@ use crate::catalog_log::{CatalogState, ImportedCatalog, Touched};
 /// store predates the catalog topic or is new).
 const CATALOG_APPLIED_KEY: &str = "catalog/applied";
 const CATALOG_ID_BASE_KEY: &str = "catalog/id_base";
+const CATALOG_CLUSTER_ID_KEY: &str = "catalog/cluster_id";
 
 impl Store {
     /// The catalog as this node applied it, with its offset (`applied_offset` is `None` when
@@ -21,6 +22,10 @@ impl Store {
             .meta_u64(CATALOG_APPLIED_KEY)?
             .map(|next| next as i64 - 1);
         state.id_base = self.meta_u64(CATALOG_ID_BASE_KEY)?.unwrap_or(0);
+        state.cluster_id = self
+            .db
+            .get_pinned_cf(self.cf(CF_META), CATALOG_CLUSTER_ID_KEY.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
         let own = self.own_catalog()?;
         state.audiences = own.audiences.into_iter().map(|a| (a.id, a)).collect();
         state.tiers = own
@@ -105,6 +110,9 @@ impl Store {
             b.put_meta_u64(CATALOG_APPLIED_KEY, offset as u64 + 1);
         }
         b.put_meta_u64(CATALOG_ID_BASE_KEY, state.id_base);
+        if let Some(id) = &state.cluster_id {
+            b.put(meta, CATALOG_CLUSTER_ID_KEY.as_bytes(), id.as_bytes());
+        }
         // Rare, and answered to a caller once written: synced.
         self.commit_synced(b)
     }

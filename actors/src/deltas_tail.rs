@@ -1,0 +1,260 @@
+//! Subscriptions of a cluster read the deltas topic (cluster step 3, outputs across nodes).
+//!
+//! A node owns only some partitions, but every owner publishes its outbox to the deltas topic:
+//! the deltas of partition `p` to the topic's partition `p`, in sequence order, at least once
+//! (a crash or a move republishes from the last acknowledged position). Reading the topic
+//! therefore gives every partition's deltas from any node, in order per partition, and the
+//! same cursor (partition to last sequence delivered) resumes on any node, also after the node
+//! a subscriber was on died.
+//!
+//! Invariants:
+//! - a sequence reaches a subscription once: the topic's repeats (a republish) are passed
+//!   over by sequence, the record's own `partition` and `sequence` being authoritative;
+//! - where to start for a cursor position `s` is found by a binary search over offsets for a
+//!   record of sequence `s + 1` following one of `s` or less: a partition's records are runs
+//!   of consecutive sequences, each run starting at or before the end of the one before it
+//!   (a republish never skips), so any such boundary leads to every later sequence;
+//! - a position older than what the topic retains is refused (OUT_OF_RANGE upstream), never
+//!   skipped silently.
+
+use audience_state::model::{AudienceId, Delta, DeltaKind};
+use audience_state::store::Partition;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// The deltas topic, as subscriptions read it.
+#[derive(Clone)]
+pub struct DeltasTopic {
+    /// Bootstrap servers and the deployment's Kafka properties.
+    pub kafka: ClientConfig,
+    pub topic: String,
+}
+
+/// A delta record of the topic (see [`crate::publisher::delta_json`]).
+pub fn parse_record(payload: &[u8]) -> Result<(Partition, u64, Delta), String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| format!("not a delta record: {e}"))?;
+    let number = |field: &str| {
+        v[field]
+            .as_i64()
+            .ok_or_else(|| format!("delta record without {field}"))
+    };
+    let kind = match v["kind"].as_str() {
+        Some("added") => DeltaKind::Added,
+        Some("dropped") => DeltaKind::Dropped,
+        other => return Err(format!("delta record of kind {other:?}")),
+    };
+    let partition = Partition::try_from(number("partition")?)
+        .map_err(|_| "delta record with a negative partition".to_string())?;
+    let delta = Delta {
+        audience_id: number("audience_id")? as AudienceId,
+        mpid: number("mpid")?,
+        kind,
+        event_time_ms: number("event_time_ms")?,
+        processing_time_ms: number("processing_time_ms")?,
+        version: number("version")? as u64,
+    };
+    Ok((partition, number("sequence")? as u64, delta))
+}
+
+/// How long a probe waits for the record at an offset.
+const PROBE_WAIT: Duration = Duration::from_secs(10);
+
+impl DeltasTopic {
+    fn consumer(&self) -> Result<BaseConsumer, String> {
+        let mut config = self.kafka.clone();
+        // No group: positions are the cursor's, never committed.
+        config
+            .set("group.id", "audience-subscription")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        config
+            .create()
+            .map_err(|e| format!("deltas topic consumer: {e}"))
+    }
+
+    /// The partition count of `topic` of the same cluster (0 while it does not exist).
+    /// Blocking.
+    pub fn partition_count(&self, topic: &str) -> Result<i32, String> {
+        let named = DeltasTopic {
+            kafka: self.kafka.clone(),
+            topic: topic.to_string(),
+        };
+        named.partitions(&self.consumer()?)
+    }
+
+    /// The topic's partition count.
+    pub fn partitions(&self, consumer: &BaseConsumer) -> Result<i32, String> {
+        let metadata = consumer
+            .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
+            .map_err(|e| format!("deltas topic {}: {e}", self.topic))?;
+        let count = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .map_or(0, |t| t.partitions().len());
+        i32::try_from(count).map_err(|_| "too many partitions".to_string())
+    }
+
+    /// The first record at `offset` or after (offsets may be missing): its offset and
+    /// sequence; `None` when none comes.
+    fn probe(
+        &self,
+        consumer: &BaseConsumer,
+        p: i32,
+        offset: i64,
+    ) -> Result<Option<(i64, u64)>, String> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, p, Offset::Offset(offset))
+            .map_err(|e| e.to_string())?;
+        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + PROBE_WAIT;
+        while Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) if m.partition() == p && m.offset() >= offset => {
+                    let (_, seq, _) = parse_record(m.payload().unwrap_or_default())?;
+                    return Ok(Some((m.offset(), seq)));
+                }
+                Some(Err(e)) => return Err(format!("deltas topic partition {p}: {e}")),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Where a subscription resumes partition `p` after sequence `after` (`None`: from the
+    /// oldest record retained).
+    fn start_offset(
+        &self,
+        consumer: &BaseConsumer,
+        p: i32,
+        after: Option<u64>,
+    ) -> Result<i64, String> {
+        let (low, high) = consumer
+            .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
+            .map_err(|e| format!("deltas topic partition {p}: {e}"))?;
+        let Some(after) = after else {
+            return Ok(low);
+        };
+        if low >= high {
+            return Ok(high);
+        }
+        let newer =
+            |offset: i64| -> Result<Option<(i64, u64)>, String> { self.probe(consumer, p, offset) };
+        match newer(low)? {
+            Some((_, first)) if first > after + 1 => {
+                return Err(format!(
+                    "cursor p{p}={after} is older than the deltas topic retains (oldest \
+                     sequence {first})"
+                ))
+            }
+            Some((at, first)) if first > after => return Ok(at),
+            _ => {}
+        }
+        // Invariant: the record at or after `lo` has a sequence <= after; `hi` is past one
+        // of a larger sequence, or the end.
+        let (mut lo, mut hi) = (low, high);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            match newer(mid)? {
+                Some((at, seq)) if at < hi => {
+                    if seq > after {
+                        hi = at;
+                    } else {
+                        lo = at.max(mid);
+                    }
+                }
+                // Nothing readable between mid and hi: the boundary is below.
+                _ => hi = mid,
+            }
+        }
+        Ok(hi)
+    }
+}
+
+/// Reads every partition of the deltas topic from `positions` (partition to the last
+/// sequence delivered; with `now`, from the topic's ends), handing each new delta to
+/// `deliver` with the positions after it, until `deliver` returns false or `stopped` says so.
+/// Blocking: it runs on a thread of its own.
+pub fn pump(
+    topic: &DeltasTopic,
+    mut positions: BTreeMap<Partition, u64>,
+    now: bool,
+    stopped: impl Fn() -> bool,
+    mut deliver: impl FnMut(Partition, u64, Delta, &BTreeMap<Partition, u64>) -> bool,
+) -> Result<(), String> {
+    let probe = topic.consumer()?;
+    let partitions = topic.partitions(&probe)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        let partition = p as Partition;
+        let offset = if now {
+            let (_, high) = probe
+                .fetch_watermarks(&topic.topic, p, Duration::from_secs(10))
+                .map_err(|e| format!("deltas topic partition {p}: {e}"))?;
+            if high > 0 {
+                // The newest sequence is the position: later repeats of older ones are
+                // passed over.
+                if let Some((_, seq)) = topic.probe(&probe, p, high - 1)? {
+                    positions.insert(partition, seq);
+                }
+            }
+            high
+        } else {
+            topic.start_offset(&probe, p, positions.get(&partition).copied())?
+        };
+        tpl.add_partition_offset(&topic.topic, p, Offset::Offset(offset))
+            .map_err(|e| e.to_string())?;
+    }
+    drop(probe);
+    let consumer = topic.consumer()?;
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    while !stopped() {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.map_err(|e| format!("deltas topic: {e}"))?;
+        let (p, seq, delta) = match parse_record(message.payload().unwrap_or_default()) {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(
+                    partition = message.partition(), offset = message.offset(), error = %e,
+                    "deltas topic record passed over"
+                );
+                continue;
+            }
+        };
+        if positions.get(&p).is_some_and(|&last| seq <= last) {
+            continue;
+        }
+        positions.insert(p, seq);
+        if !deliver(p, seq, delta, &positions) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_published_delta_reads_back_as_it_was() {
+        let delta = Delta {
+            audience_id: 7,
+            mpid: -42,
+            kind: DeltaKind::Dropped,
+            event_time_ms: 1_700_000_000_000,
+            processing_time_ms: 1_700_000_000_005,
+            version: 3,
+        };
+        let record = crate::publisher::delta_json(1, 99, &delta).to_string();
+        assert_eq!(parse_record(record.as_bytes()).unwrap(), (1, 99, delta));
+        let e = parse_record(br#"{"kind": "moved"}"#).unwrap_err();
+        assert!(e.contains("moved"), "{e}");
+        assert!(parse_record(b"[]").is_err());
+    }
+}
