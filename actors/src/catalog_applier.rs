@@ -147,6 +147,13 @@ impl CatalogApplier {
             None => (CatalogState::default(), Some(stored)),
         };
         let mut reader = CatalogReader::new(&kafka, &applier.settings.topic, &state)?;
+        if state.cluster_id.is_none() && state.applied_offset.is_some() {
+            // Applied before cluster ids existed: the id is the topic's first record's.
+            state.cluster_id = reader
+                .first_record()
+                .await?
+                .map(|record| audience_state::catalog_log::cluster_id_of(&record));
+        }
         let end = reader.end().await?;
         if let Some(applied) = state.applied_offset.filter(|applied| *applied >= end) {
             anyhow::bail!(
@@ -200,13 +207,6 @@ impl CatalogApplier {
             }
             // What the node had and the topic has not is deleted.
             touched.extend(Touched::everything_in(&own));
-        }
-        if state.cluster_id.is_none() && state.applied_offset.is_some() {
-            // Applied before cluster ids existed: the id is the first record's.
-            state.cluster_id = reader
-                .first_record()
-                .await?
-                .map(|record| audience_state::catalog_log::cluster_id_of(&record));
         }
         store.save_catalog(&state, &touched)?;
         applier.swap_catalog(&state);

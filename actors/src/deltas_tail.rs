@@ -66,10 +66,12 @@ impl DeltasTopic {
     fn consumer(&self) -> Result<BaseConsumer, String> {
         let mut config = self.kafka.clone();
         // No group: positions are the cursor's, never committed.
+        // A position retention removed is an error, never a silent jump to the end.
         config
             .set("group.id", "audience-subscription")
             .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false");
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "error");
         config
             .create()
             .map_err(|e| format!("deltas topic consumer: {e}"))
@@ -98,8 +100,10 @@ impl DeltasTopic {
         i32::try_from(count).map_err(|_| "too many partitions".to_string())
     }
 
-    /// The first record at `offset` or after (offsets may be missing): its offset and
-    /// sequence; `None` when none comes.
+    /// The first record of partition `p` at `offset` or after (offsets may be missing;
+    /// records that do not parse or belong to another partition, as deltas spread by MPID
+    /// before this layout left, are passed over): its offset and sequence; `None` when none
+    /// comes.
     fn probe(
         &self,
         consumer: &BaseConsumer,
@@ -109,13 +113,21 @@ impl DeltasTopic {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, p, Offset::Offset(offset))
             .map_err(|e| e.to_string())?;
+        // Assigning a partition that is assigned already would not move its fetch position:
+        // the previous assignment goes first.
+        consumer.unassign().map_err(|e| e.to_string())?;
         consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        // The first message at `offset` or after: offsets may be missing (compaction and
+        // transaction markers leave gaps; asked for one exact offset, tansu 0.6 did not
+        // answer it in the subscriptions test).
         let deadline = Instant::now() + PROBE_WAIT;
         while Instant::now() < deadline {
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) if m.partition() == p && m.offset() >= offset => {
-                    let (_, seq, _) = parse_record(m.payload().unwrap_or_default())?;
-                    return Ok(Some((m.offset(), seq)));
+                    match parse_record(m.payload().unwrap_or_default()) {
+                        Ok((of, seq, _)) if of as i32 == p => return Ok(Some((m.offset(), seq))),
+                        _ => continue,
+                    }
                 }
                 Some(Err(e)) => return Err(format!("deltas topic partition {p}: {e}")),
                 _ => {}
@@ -139,11 +151,22 @@ impl DeltasTopic {
             return Ok(low);
         };
         if low >= high {
+            if high > 0 {
+                return Err(format!(
+                    "cursor p{p}={after} is older than the deltas topic retains (it holds \
+                     nothing of partition {p} any more)"
+                ));
+            }
             return Ok(high);
         }
         let newer =
             |offset: i64| -> Result<Option<(i64, u64)>, String> { self.probe(consumer, p, offset) };
         match newer(low)? {
+            None => {
+                return Err(format!(
+                    "deltas topic partition {p}: no record could be read at its start ({low})"
+                ))
+            }
             Some((_, first)) if first > after + 1 => {
                 return Err(format!(
                     "cursor p{p}={after} is older than the deltas topic retains (oldest \
@@ -166,8 +189,13 @@ impl DeltasTopic {
                         lo = at.max(mid);
                     }
                 }
-                // Nothing readable between mid and hi: the boundary is below.
-                _ => hi = mid,
+                // Nothing of this partition between mid and hi: the boundary is below.
+                Some(_) => hi = mid,
+                None => {
+                    return Err(format!(
+                        "deltas topic partition {p}: no record could be read at offset {mid}"
+                    ))
+                }
             }
         }
         Ok(hi)
@@ -217,7 +245,10 @@ pub fn pump(
         };
         let message = message.map_err(|e| format!("deltas topic: {e}"))?;
         let (p, seq, delta) = match parse_record(message.payload().unwrap_or_default()) {
-            Ok(record) => record,
+            // A record on another partition than its own (spread by MPID, before this layout)
+            // is read where it belongs.
+            Ok(record) if record.0 as i32 == message.partition() => record,
+            Ok(_) => continue,
             Err(e) => {
                 tracing::warn!(
                     partition = message.partition(), offset = message.offset(), error = %e,

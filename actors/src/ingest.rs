@@ -144,6 +144,8 @@ impl ConsumerContext for IngestContext {
 pub struct IngestConfig {
     pub bootstrap_servers: String,
     pub group_id: String,
+    /// The node's id: its client id in the group, which names it in the group's description.
+    pub client_id: String,
     pub topics: Vec<String>,
     pub max_batch: usize,
     /// Extra librdkafka properties.
@@ -158,6 +160,7 @@ pub fn consumer(
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &config.bootstrap_servers)
         .set("group.id", &config.group_id)
+        .set("client.id", &config.client_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")

@@ -15,6 +15,8 @@
 //! - [`geoip`]: client IP to location (MaxMind DB format), when configured;
 //! - [`catalog_topic`]: proposing definition changes to the catalog topic and applying it in
 //!   order (cluster step 1; not wired into the registries yet);
+//! - [`cluster_view`]: every node's announcements on the members topic, as `audiencectl
+//!   cluster` shows them;
 //! - [`engine`], [`clock`], [`stats`]: shared state, the injectable clock, 24-hour figures.
 //!
 //! Invariant: nothing on the per-event path waits on another actor; the only awaited replies
@@ -26,6 +28,7 @@ pub mod changelog_publisher;
 pub mod changelog_restore;
 pub mod changelog_snapshots;
 pub mod clock;
+pub mod cluster_view;
 pub mod connector;
 pub mod delivery;
 pub mod deltas_tail;

@@ -141,6 +141,11 @@ impl Node {
         claim()
     }
 
+    /// The partitions being restored now.
+    pub fn restoring(&self) -> Vec<Partition> {
+        self.ownership.lock().restoring.keys().copied().collect()
+    }
+
     /// Ready as a member of a deployment (its readiness probe): the group gave this node its
     /// partitions (none, too, counts) and none of them is still being restored.
     pub fn restored(&self) -> bool {

@@ -94,9 +94,10 @@ impl TokenSet {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
+            // At the first separator: a token may hold '=' (base64) and never whitespace.
             let split = line
-                .split_once('=')
-                .or_else(|| line.split_once(char::is_whitespace));
+                .find(|c: char| c == '=' || c.is_whitespace())
+                .map(|at| (&line[..at], &line[at + 1..]));
             match split {
                 Some((name, token)) => pairs.push((name.trim(), token.trim())),
                 None => {
@@ -209,7 +210,9 @@ impl Authenticator {
         };
         let this = self.clone();
         tokio::spawn(async move {
-            let mut seen = file_stamp(&path);
+            // The first look re-reads the file: a change between the first load and now
+            // (start-up takes seconds) is not missed.
+            let mut seen = None;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -440,6 +443,11 @@ mod tests {
     fn a_tokens_file_takes_both_forms_comments_and_blank_lines() {
         let set = TokenSet::parse_file(&format!("# rotated 2026-12\n\nops {A}\nci={B}\n")).unwrap();
         assert_eq!(set.names(), ["ops", "ci"]);
+        // A base64 token keeps its '=' in either form.
+        let padded = "QUJDREVGR0hJSktMTU5PUA==";
+        let set = TokenSet::parse_file(&format!("ops {padded}\nci={padded}x\n")).unwrap();
+        assert_eq!(set.check(padded), Some("ops"));
+        assert_eq!(set.check(&format!("{padded}x")), Some("ci"));
         let e = TokenSet::parse_file("justonefield").unwrap_err();
         assert!(e.contains("line 1"), "{e}");
     }

@@ -91,6 +91,19 @@ pub struct ClusterConfig {
     /// Delete the changelog's records before the oldest snapshot kept (DeleteRecords; the
     /// broker must support it).
     pub trim_changelog: bool,
+    /// Where every node announces itself (`audiencectl cluster`); empty: the group id
+    /// followed by `-members`.
+    pub members_topic: String,
+}
+
+impl ClusterConfig {
+    pub fn members_topic(&self, group_id: &str) -> String {
+        if self.members_topic.trim().is_empty() {
+            format!("{group_id}-members")
+        } else {
+            self.members_topic.trim().to_string()
+        }
+    }
 }
 
 impl Default for ClusterConfig {
@@ -104,6 +117,7 @@ impl Default for ClusterConfig {
             snapshots_kept: 2,
             snapshot_interval_ms: 10_000,
             trim_changelog: false,
+            members_topic: String::new(),
         }
     }
 }
@@ -376,6 +390,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "cluster.snapshot_interval_ms",
     ),
     ("AUDIENCE_TRIM_CHANGELOG", "cluster.trim_changelog"),
+    ("AUDIENCE_MEMBERS_TOPIC", "cluster.members_topic"),
     ("AUDIENCE_CATALOG_SECRET_KEY", "catalog.secret_key"),
     ("AUDIENCE_GRPC_LISTEN", "grpc.listen"),
     ("AUDIENCE_TLS_CERT", "grpc.tls_cert"),
@@ -463,6 +478,7 @@ impl Config {
             "AUDIENCE_TRIM_CHANGELOG" => {
                 self.cluster.trim_changelog = value.parse().map_err(|e| bad(&e))?
             }
+            "AUDIENCE_MEMBERS_TOPIC" => self.cluster.members_topic = value.into(),
             "AUDIENCE_CATALOG_SECRET_KEY" => self.catalog.secret_key = value.into(),
             "AUDIENCE_GRPC_LISTEN" => self.grpc.listen = value.into(),
             "AUDIENCE_TLS_CERT" => self.grpc.tls_cert = value.into(),

@@ -24,6 +24,10 @@ pub struct Services {
     pub connectors: Arc<Connectors>,
     pub catalog: Arc<audience_actors::catalog_applier::CatalogApplier>,
     pub bootstrap_servers: String,
+    /// Where the nodes announce themselves, the group, and the input topics.
+    pub members: audience_actors::cluster_view::MembersTopic,
+    pub group_id: String,
+    pub input_topics: Vec<String>,
 }
 
 impl Services {
@@ -837,6 +841,71 @@ impl pb::admin_service_server::AdminService for Services {
         _: Request<pb::GetReplayRequest>,
     ) -> Result<Response<pb::ReplayStatus>, Status> {
         Ok(Response::new(self.replay_status()))
+    }
+
+    async fn get_cluster_status(
+        &self,
+        _: Request<pb::GetClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        use audience_actors::cluster_view::{now_ms, owners, SILENT_AFTER};
+        let members = self.members.clone();
+        let topics = self.input_topics.clone();
+        let (nodes, ends) = tokio::task::spawn_blocking(move || {
+            Ok::<_, String>((members.read()?, members.input_ends(&topics)?))
+        })
+        .await
+        .map_err(convert::internal)?
+        .map_err(Status::unavailable)?;
+        let now = now_ms();
+        let owners = owners(&nodes, now);
+        let partitions = ends
+            .iter()
+            .map(|(&p, &end)| {
+                let owner = owners.get(&p).cloned().unwrap_or_default();
+                let lag = nodes
+                    .get(&owner)
+                    .and_then(|a| a.next_offsets.get(&p))
+                    .map_or(-1, |next| (end - next).max(0));
+                let restoring_on = nodes
+                    .values()
+                    .find(|a| a.restoring.contains(&p))
+                    .map(|a| a.node_id.clone())
+                    .unwrap_or_default();
+                pb::ClusterPartition {
+                    partition: p,
+                    owner,
+                    restoring_on,
+                    lag,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ClusterStatus {
+            cluster_id: self
+                .node
+                .engine
+                .cluster_id
+                .read()
+                .clone()
+                .unwrap_or_default(),
+            group_id: self.group_id.clone(),
+            answered_by: self.catalog.status().node_id,
+            nodes: nodes
+                .into_values()
+                .map(|a| {
+                    let ago = (now - a.at_ms).max(0);
+                    pb::ClusterNode {
+                        node_id: a.node_id,
+                        grpc: a.grpc,
+                        partitions: a.partitions,
+                        restoring: a.restoring,
+                        catalog_applied_offset: a.catalog_applied_offset,
+                        announced_ms_ago: ago,
+                        silent: ago > SILENT_AFTER.as_millis() as i64,
+                    }
+                })
+                .collect(),
+            partitions,
+        }))
     }
 
     async fn get_engine_status(

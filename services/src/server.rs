@@ -297,6 +297,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         cluster.create_topic(&config.catalog.topic, 1, 1)?;
         cluster.create_topic(&config.cluster.changelog_topic, config.kafka.partitions, 1)?;
+        cluster.create_topic(&config.cluster.members_topic(&config.kafka.group_id), 1, 1)?;
         let servers = cluster.bootstrap_servers();
         tracing::warn!(%servers, "using the embedded in-process Kafka mock cluster (demo only)");
         _embedded = Some(cluster);
@@ -494,9 +495,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         (None, None, None)
     };
 
+    // Every node announces itself on the members topic, which `audiencectl cluster` reads.
+    let members = audience_actors::cluster_view::MembersTopic {
+        kafka: audience_actors::catalog_topic::client_config(&bootstrap, &config.kafka.properties),
+        topic: config.cluster.members_topic(&config.kafka.group_id),
+    };
+    if _embedded.is_none() {
+        if let Err(e) = members.ensure().await {
+            tracing::warn!(error = %e, "members topic: audiencectl cluster will not see this node");
+        }
+    }
+    tokio::spawn(members.clone().announce(
+        node.clone(),
+        node_id(&config),
+        config.grpc.listen.clone(),
+        vec![
+            config.kafka.events_topic.clone(),
+            config.kafka.identities_topic.clone(),
+        ],
+        {
+            let catalog = catalog.clone();
+            move || catalog.status().applied_offset.unwrap_or(-1)
+        },
+        shutdown_rx.clone(),
+    ));
+
     let ingest_config = IngestConfig {
         bootstrap_servers: bootstrap.clone(),
         group_id: config.kafka.group_id.clone(),
+        client_id: node_id(&config),
         topics: vec![
             config.kafka.events_topic.clone(),
             config.kafka.identities_topic.clone(),
@@ -529,6 +556,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         connectors,
         catalog,
         bootstrap_servers: bootstrap.clone(),
+        members: members.clone(),
+        group_id: config.kafka.group_id.clone(),
+        input_topics: vec![
+            config.kafka.events_topic.clone(),
+            config.kafka.identities_topic.clone(),
+        ],
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter

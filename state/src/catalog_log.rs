@@ -348,11 +348,13 @@ impl CatalogState {
                 "catalog record at offset {offset} was applied already"
             )));
         }
-        let outcome = self.change(offset, record);
-        self.applied_offset = Some(offset);
-        if self.cluster_id.is_none() {
+        // Only a state that applied nothing before reads the topic's first record here; a
+        // store from before cluster ids learns its id from the topic (`first_record`).
+        if self.applied_offset.is_none() && self.cluster_id.is_none() {
             self.cluster_id = Some(cluster_id_of(record));
         }
+        let outcome = self.change(offset, record);
+        self.applied_offset = Some(offset);
         outcome
     }
 

@@ -70,6 +70,44 @@ async fn a_subscriber_on_any_node_gets_every_partition_and_resumes_on_another() 
     let ch_b = b.ready().await?;
     wait_owning(&ch_b, 1).await?;
     wait_owning(&ch_a, 1).await?;
+    // The cluster as either node sees it: both nodes, a partition each, nothing restoring.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let cluster = loop {
+        let cluster = pb::admin_service_client::AdminServiceClient::new(ch_b.clone())
+            .get_cluster_status(pb::GetClusterStatusRequest {})
+            .await?
+            .into_inner();
+        let settled = cluster.nodes.len() == 2
+            && cluster.nodes.iter().all(|n| n.partitions.len() == 1)
+            && cluster.partitions.iter().all(|p| !p.owner.is_empty());
+        if settled {
+            break cluster;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "{cluster:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let nodes: Vec<&str> = cluster.nodes.iter().map(|n| n.node_id.as_str()).collect();
+    assert_eq!(nodes, ["node-a", "node-b"]);
+    assert_eq!(cluster.nodes[0].grpc, a.grpc.trim_start_matches("http://"));
+    assert_eq!(cluster.partitions.len(), PARTITIONS as usize);
+    let owners: BTreeSet<&str> = cluster
+        .partitions
+        .iter()
+        .map(|p| p.owner.as_str())
+        .collect();
+    assert_eq!(owners, BTreeSet::from(["node-a", "node-b"]), "{cluster:?}");
+    assert!(cluster
+        .partitions
+        .iter()
+        .all(|p| p.lag == 0 && p.restoring_on.is_empty()));
+    assert_eq!(cluster.answered_by, "node-b");
+    let shown = a.ctl().arg("cluster").output()?;
+    assert!(shown.status.success(), "{shown:?}");
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains("2 nodes") && text.contains("node-a"),
+        "{text}"
+    );
     let gold = create_audience(
         &ch_a,
         "gold",
@@ -109,7 +147,20 @@ async fn a_subscriber_on_any_node_gets_every_partition_and_resumes_on_another() 
     assert!(seen_before.is_disjoint(&seen_after), "no duplicate");
     let union: BTreeSet<String> = seen_before.union(&seen_after).cloned().collect();
     let all: BTreeSet<String> = first.iter().map(|d| d.delta_id.clone()).collect();
-    assert_eq!(union, all, "no gap");
+    let shown = |deltas: &[pb::MembershipDelta]| -> Vec<(u32, u64, String)> {
+        deltas
+            .iter()
+            .map(|d| (d.partition, d.sequence, d.delta_id.clone()))
+            .collect()
+    };
+    assert_eq!(
+        union,
+        all,
+        "no gap: from {}, B gave {:?} after A gave {:?}",
+        middle.cursor,
+        shown(&rest),
+        shown(&first)
+    );
 
     // A dies, C joins: B and C take its partition. A subscriber resuming on B from the last
     // cursor it got on A sees the drops of every user, each once. (C joins because, seen
@@ -149,6 +200,28 @@ async fn a_subscriber_on_any_node_gets_every_partition_and_resumes_on_another() 
     let ids: BTreeSet<&str> = drops.iter().map(|d| d.delta_id.as_str()).collect();
     assert_eq!(ids.len(), drops.len(), "no duplicate after the failover");
     assert_in_order_without_gaps(&[first.clone(), drops.clone()].concat());
+
+    // The killed node is silent once its announcements stop, and its partition is B's or C's.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let cluster = pb::admin_service_client::AdminServiceClient::new(ch_c.clone())
+            .get_cluster_status(pb::GetClusterStatusRequest {})
+            .await?
+            .into_inner();
+        let a_silent = cluster
+            .nodes
+            .iter()
+            .any(|n| n.node_id == "node-a" && n.silent);
+        let owned_live = cluster
+            .partitions
+            .iter()
+            .all(|p| p.owner == "node-b" || p.owner == "node-c");
+        if a_silent && owned_live {
+            break;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "{cluster:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // Cursors carry the cluster; another deployment's cursor is refused, not reinterpreted.
     assert!(last_cursor.starts_with("c="), "{last_cursor}");

@@ -96,6 +96,92 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `audiencectl cluster`: the nodes (from their announcements) with their partitions, and per
+/// partition its owner, a node restoring it, and its lag.
+pub async fn cluster(ctx: &Ctx) -> anyhow::Result<()> {
+    let mut admin = AdminServiceClient::new(ctx.channel().await?);
+    let c = admin
+        .get_cluster_status(pb::GetClusterStatusRequest {})
+        .await?
+        .into_inner();
+    let list = |partitions: &[u32]| -> String {
+        if partitions.is_empty() {
+            "-".to_string()
+        } else {
+            partitions
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+    };
+    if ctx.json() {
+        say_json(&serde_json::json!({
+            "cluster_id": c.cluster_id,
+            "group_id": c.group_id,
+            "answered_by": c.answered_by,
+            "nodes": c.nodes.iter().map(|n| serde_json::json!({
+                "node_id": n.node_id,
+                "grpc": n.grpc,
+                "partitions": n.partitions,
+                "restoring": n.restoring,
+                "catalog_applied_offset": n.catalog_applied_offset,
+                "announced_ms_ago": n.announced_ms_ago,
+                "silent": n.silent,
+            })).collect::<Vec<_>>(),
+            "partitions": c.partitions.iter().map(|p| serde_json::json!({
+                "partition": p.partition,
+                "owner": p.owner,
+                "restoring_on": p.restoring_on,
+                "lag": p.lag,
+            })).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    say!(
+        "cluster {}  group {}  ({} nodes, answered by {})",
+        c.cluster_id,
+        c.group_id,
+        c.nodes.len(),
+        c.answered_by
+    );
+    say!("NODE                     GRPC                   PARTITIONS  RESTORING  CATALOG  SEEN");
+    for n in &c.nodes {
+        say!(
+            "{:<24} {:<22} {:<11} {:<10} {:>7}  {:.1} s ago{}",
+            n.node_id,
+            n.grpc,
+            list(&n.partitions),
+            list(&n.restoring),
+            n.catalog_applied_offset,
+            n.announced_ms_ago as f64 / 1000.0,
+            if n.silent { " (silent)" } else { "" }
+        );
+    }
+    say!("PARTITION  OWNER                    RESTORING ON             LAG");
+    for p in &c.partitions {
+        let or_dash = |s: &str| {
+            if s.is_empty() {
+                "-".to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        say!(
+            "{:>9}  {:<24} {:<24} {:>6}",
+            p.partition,
+            or_dash(&p.owner),
+            or_dash(&p.restoring_on),
+            if p.lag < 0 {
+                "-".to_string()
+            } else {
+                p.lag.to_string()
+            }
+        );
+    }
+    Ok(())
+}
+
 pub async fn replay(ctx: &Ctx, start: bool, wipe: bool, wait: bool) -> anyhow::Result<()> {
     let mut admin = AdminServiceClient::new(ctx.channel().await?);
     let mut status = if start {

@@ -114,6 +114,8 @@ enum Command {
     Connectors,
     /// Ingestion figures of the node.
     Status,
+    /// The cluster: its nodes and their partitions, each partition's owner, restore and lag.
+    Cluster,
     /// The engine clock (manual clocks can be advanced).
     #[command(subcommand)]
     Clock(ClockCmd),
@@ -296,6 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats { ids } => membership::stats(ctx, ids).await,
         Command::Connectors => membership::connectors(ctx).await,
         Command::Status => admin::status(ctx).await,
+        Command::Cluster => admin::cluster(ctx).await,
         Command::Replay { start, wipe, wait } => admin::replay(ctx, start, wipe, wait).await,
         Command::Clock(cmd) => admin::clock(ctx, cmd).await,
         Command::Produce {

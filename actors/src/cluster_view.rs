@@ -1,0 +1,303 @@
+//! The cluster as any node sees it (cluster step 3, operations): every node announces itself
+//! on the members topic every [`ANNOUNCE_EVERY`] (its id, the gRPC address it serves, the
+//! partitions it owns and restores, how far it has read each, its catalog position), keyed by
+//! its id, and writes a tombstone when it stops. Any node reads the topic's recent records to
+//! answer `audiencectl cluster`: the nodes, who owns each partition, and its lag.
+//!
+//! Why a topic and not the consumer group's description: a group's members and assignments
+//! come from DescribeGroups, which not every broker answers (tansu 0.6 lists no group), and it
+//! knows nothing of restores or gRPC addresses.
+//!
+//! Invariants: the newest announcement of a node wins, a tombstone removes it; an
+//! announcement older than [`SILENT_AFTER`] marks its node silent (killed, or cut off), and its
+//! partitions are not credited to it once another node announces them.
+
+use crate::node::Node;
+use audience_state::store::Partition;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often a node announces itself.
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+/// An announcement older than this: its node is silent.
+pub const SILENT_AFTER: Duration = Duration::from_secs(10);
+/// Records read back from the topic's end: a few minutes of announcements of a large cluster.
+const RECENT_RECORDS: i64 = 2_000;
+
+/// What a node says of itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub node_id: String,
+    /// The gRPC address it serves.
+    pub grpc: String,
+    /// Partitions it owns (restored and consuming), and those it is restoring.
+    pub partitions: Vec<Partition>,
+    pub restoring: Vec<Partition>,
+    /// Per owned partition, the next input offset it will read, summed over the input topics.
+    pub next_offsets: BTreeMap<Partition, i64>,
+    pub catalog_applied_offset: i64,
+    /// When it was made (the node's wall clock).
+    pub at_ms: i64,
+}
+
+/// The newest announcement of each node among `records` (key, value; `None` a tombstone),
+/// in the topic's order.
+pub fn latest(
+    records: impl IntoIterator<Item = (String, Option<Announcement>)>,
+) -> BTreeMap<String, Announcement> {
+    let mut nodes = BTreeMap::new();
+    for (key, value) in records {
+        match value {
+            Some(a) => {
+                nodes.insert(key, a);
+            }
+            None => {
+                nodes.remove(&key);
+            }
+        }
+    }
+    nodes
+}
+
+/// Each partition's owner among `nodes`: the node whose newest announcement lists it, the
+/// most recent announcement winning while a partition moves; silent nodes only when no one
+/// else claims it.
+pub fn owners(nodes: &BTreeMap<String, Announcement>, now_ms: i64) -> BTreeMap<Partition, String> {
+    let mut owners: BTreeMap<Partition, (bool, i64, String)> = BTreeMap::new();
+    for a in nodes.values() {
+        let live = now_ms - a.at_ms <= SILENT_AFTER.as_millis() as i64;
+        for p in &a.partitions {
+            let claim = (live, a.at_ms, a.node_id.clone());
+            let better = owners
+                .get(p)
+                .is_none_or(|held| (claim.0, claim.1) > (held.0, held.1));
+            if better {
+                owners.insert(*p, claim);
+            }
+        }
+    }
+    owners
+        .into_iter()
+        .map(|(p, (_, _, node))| (p, node))
+        .collect()
+}
+
+/// The wall clock in milliseconds, as announcements are dated.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The members topic of a deployment.
+#[derive(Clone)]
+pub struct MembersTopic {
+    /// Bootstrap servers and the deployment's Kafka properties.
+    pub kafka: ClientConfig,
+    pub topic: String,
+}
+
+impl MembersTopic {
+    /// Creates the topic (one partition, compacted) when missing.
+    pub async fn ensure(&self) -> anyhow::Result<()> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::client::DefaultClientContext;
+        use rdkafka::types::RDKafkaErrorCode;
+        let admin: AdminClient<DefaultClientContext> = self.kafka.create()?;
+        let new = NewTopic::new(&self.topic, 1, TopicReplication::Fixed(1))
+            .set("cleanup.policy", "compact");
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in admin.create_topics([&new], &opts).await? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => anyhow::bail!("members topic {} not created: {code}", self.topic),
+            }
+        }
+        Ok(())
+    }
+
+    /// Announces `node` every [`ANNOUNCE_EVERY`] until shutdown, then writes its tombstone.
+    pub async fn announce(
+        self,
+        node: Arc<Node>,
+        node_id: String,
+        grpc: String,
+        input_topics: Vec<String>,
+        catalog_offset: impl Fn() -> i64 + Send + 'static,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let producer: FutureProducer = match self.kafka.clone().set("linger.ms", "0").create() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "members topic producer not created: no announcements");
+                return;
+            }
+        };
+        loop {
+            let stopping = *shutdown.borrow();
+            let payload = if stopping {
+                None
+            } else {
+                let partitions: Vec<Partition> =
+                    node.engine.partitions.lock().iter().copied().collect();
+                let mut next_offsets = BTreeMap::new();
+                for &p in &partitions {
+                    let mut sum = 0;
+                    for topic in &input_topics {
+                        sum += node
+                            .engine
+                            .store
+                            .next_offset(topic, p)
+                            .ok()
+                            .flatten()
+                            .unwrap_or(0);
+                    }
+                    next_offsets.insert(p, sum);
+                }
+                let announcement = Announcement {
+                    node_id: node_id.clone(),
+                    grpc: grpc.clone(),
+                    partitions,
+                    restoring: node.restoring(),
+                    next_offsets,
+                    catalog_applied_offset: catalog_offset(),
+                    at_ms: now_ms(),
+                };
+                Some(serde_json::to_vec(&announcement).expect("announcements serialise"))
+            };
+            let mut record = FutureRecord::<str, Vec<u8>>::to(&self.topic).key(&node_id);
+            if let Some(payload) = &payload {
+                record = record.payload(payload);
+            }
+            if let Err((e, _)) = producer.send(record, Duration::from_secs(5)).await {
+                tracing::debug!(error = %e, "announcement not written");
+            }
+            if stopping {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(ANNOUNCE_EVERY) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// The newest announcement of each node, from the topic's recent records (blocking).
+    pub fn read(&self) -> Result<BTreeMap<String, Announcement>, String> {
+        let consumer: BaseConsumer = self
+            .kafka
+            .clone()
+            .set("group.id", "audience-members-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| format!("members topic reader: {e}"))?;
+        let (low, high) = consumer
+            .fetch_watermarks(&self.topic, 0, Duration::from_secs(10))
+            .map_err(|e| format!("members topic {}: {e}", self.topic))?;
+        let from = low.max(high - RECENT_RECORDS);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, 0, Offset::Offset(from))
+            .map_err(|e| e.to_string())?;
+        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        let mut records = Vec::new();
+        let mut position = from;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while position < high && std::time::Instant::now() < deadline {
+            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let message = message.map_err(|e| format!("members topic: {e}"))?;
+            position = message.offset() + 1;
+            let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+            let value = match message.payload() {
+                None => None,
+                Some(bytes) => match serde_json::from_slice::<Announcement>(bytes) {
+                    Ok(a) => Some(a),
+                    Err(_) => continue,
+                },
+            };
+            records.push((key, value));
+        }
+        Ok(latest(records))
+    }
+
+    /// The input topics' ends per partition, summed over the topics (blocking).
+    pub fn input_ends(&self, topics: &[String]) -> Result<BTreeMap<Partition, i64>, String> {
+        let consumer: BaseConsumer = self
+            .kafka
+            .clone()
+            .create()
+            .map_err(|e| format!("a client for the input topics: {e}"))?;
+        let mut ends = BTreeMap::new();
+        for topic in topics {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .map_err(|e| format!("topic {topic}: {e}"))?;
+            let count = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .map_or(0, |t| t.partitions().len() as i32);
+            for p in 0..count {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .map_err(|e| format!("topic {topic} partition {p}: {e}"))?;
+                *ends.entry(p as Partition).or_insert(0) += high;
+            }
+        }
+        Ok(ends)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn announcement(node: &str, partitions: &[Partition], at_ms: i64) -> Announcement {
+        Announcement {
+            node_id: node.into(),
+            grpc: format!("{node}:50051"),
+            partitions: partitions.to_vec(),
+            restoring: vec![],
+            next_offsets: BTreeMap::new(),
+            catalog_applied_offset: 3,
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn the_newest_announcement_wins_and_a_tombstone_removes_its_node() {
+        let nodes = latest([
+            ("a".to_string(), Some(announcement("a", &[0, 1], 1_000))),
+            ("b".to_string(), Some(announcement("b", &[], 1_000))),
+            ("a".to_string(), Some(announcement("a", &[0], 3_000))),
+            ("b".to_string(), Some(announcement("b", &[1], 3_000))),
+            ("c".to_string(), Some(announcement("c", &[], 3_000))),
+            ("c".to_string(), None),
+        ]);
+        assert_eq!(nodes.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(nodes["a"].partitions, [0]);
+        let owners = owners(&nodes, 4_000);
+        assert_eq!(owners[&0], "a");
+        assert_eq!(owners[&1], "b");
+    }
+
+    #[test]
+    fn a_silent_node_keeps_a_partition_only_while_no_live_one_claims_it() {
+        let silent_at = 1_000;
+        let now = silent_at + SILENT_AFTER.as_millis() as i64 + 1;
+        let nodes = latest([
+            ("a".to_string(), Some(announcement("a", &[0, 1], silent_at))),
+            ("b".to_string(), Some(announcement("b", &[1], now - 500))),
+        ]);
+        let owners = owners(&nodes, now);
+        assert_eq!(owners[&0], "a", "nobody else claims it");
+        assert_eq!(owners[&1], "b", "the live node's claim wins");
+    }
+}
