@@ -222,6 +222,29 @@ impl Engine {
         Engine::start_with(broker, topics, data_dir, group, &[])
     }
 
+    /// A node of a cluster of one deployment, in `group`: the changelog on (its topic named
+    /// after the events topic), node id `id`, its data under `dir/id`.
+    pub fn start_node(
+        broker: &Broker,
+        topics: &Topics,
+        dir: &Path,
+        group: &str,
+        id: &str,
+    ) -> Result<Engine> {
+        let changelog_topic = format!("{}-changelog", topics.events);
+        Engine::start_with(
+            broker,
+            topics,
+            &dir.join(id),
+            group,
+            &[
+                ("AUDIENCE_CHANGELOG", "true"),
+                ("AUDIENCE_CHANGELOG_TOPIC", &changelog_topic),
+                ("AUDIENCE_NODE_ID", id),
+            ],
+        )
+    }
+
     /// Starts an engine with extra environment variables (configuration overrides).
     pub fn start_with(
         broker: &Broker,

@@ -48,21 +48,8 @@ async fn a_subscriber_on_any_node_gets_every_partition_and_resumes_on_another() 
     let broker = Broker::start()?;
     let topics = Topics::unique("subs");
     broker.create_deployment_topics(&topics, PARTITIONS).await?;
-    let changelog_topic = format!("{}-changelog", topics.events);
     let dir = tempfile::tempdir()?;
-    let start = |id: &str| {
-        Engine::start_with(
-            &broker,
-            &topics,
-            &dir.path().join(id),
-            "subs",
-            &[
-                ("AUDIENCE_CHANGELOG", "true"),
-                ("AUDIENCE_CHANGELOG_TOPIC", changelog_topic.as_str()),
-                ("AUDIENCE_NODE_ID", id),
-            ],
-        )
-    };
+    let start = |id: &str| Engine::start_node(&broker, &topics, dir.path(), "subs", id);
     let mut a = start("node-a")?;
     let ch_a = a.ready().await?;
     wait_owning(&ch_a, 2).await?;

@@ -401,21 +401,8 @@ async fn a_moved_partition_keeps_the_state_of_input_records_retention_dropped() 
     let broker = Broker::start()?;
     let topics = Topics::unique("retention");
     broker.create_deployment_topics(&topics, PARTITIONS).await?;
-    let changelog_topic = format!("{}-changelog", topics.events);
     let dir = tempfile::tempdir()?;
-    let start = |id: &str| {
-        Engine::start_with(
-            &broker,
-            &topics,
-            &dir.path().join(id),
-            "retention",
-            &[
-                ("AUDIENCE_CHANGELOG", "true"),
-                ("AUDIENCE_CHANGELOG_TOPIC", &changelog_topic),
-                ("AUDIENCE_NODE_ID", id),
-            ],
-        )
-    };
+    let start = |id: &str| Engine::start_node(&broker, &topics, dir.path(), "retention", id);
     let mut a = start("node-a")?;
     let ch_a = a.ready().await?;
     wait_owning(&ch_a, PARTITIONS as usize).await?;
