@@ -53,6 +53,19 @@ pub fn client_config(bootstrap: &str, properties: &BTreeMap<String, String>) -> 
     config
 }
 
+/// The partition count of `topic` (0 while the broker does not know it). Blocking.
+pub fn partition_count<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> Result<i32, KafkaError> {
+    let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len() as i32))
+}
+
 /// Creates the catalog topic (one partition, compacted so that retention never deletes a
 /// definition, `replication` copies) if it does not exist, and checks that an existing one
 /// has one partition.
@@ -79,14 +92,7 @@ pub async fn ensure_catalog_topic(
     // A topic just created may take a moment to show its partition in the metadata.
     let mut partitions = 0;
     for _ in 0..50 {
-        let metadata = admin
-            .inner()
-            .fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        partitions = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .map_or(0, |t| t.partitions().len());
+        partitions = partition_count(admin.inner(), topic)?;
         if partitions > 0 {
             break;
         }

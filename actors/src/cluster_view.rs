@@ -236,14 +236,8 @@ impl MembersTopic {
             .map_err(|e| format!("a client for the input topics: {e}"))?;
         let mut ends = BTreeMap::new();
         for topic in topics {
-            let metadata = consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(10))
+            let count = crate::catalog_topic::partition_count(consumer.client(), topic)
                 .map_err(|e| format!("topic {topic}: {e}"))?;
-            let count = metadata
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic)
-                .map_or(0, |t| t.partitions().len() as i32);
             for p in 0..count {
                 let (_, high) = consumer
                     .fetch_watermarks(topic, p, Duration::from_secs(10))

@@ -298,10 +298,10 @@ fn pump_topic(
         now,
         || tx.is_closed(),
         |partition, sequence, delta, positions| {
-            let cursor = Cursor(positions.clone()).format(cluster);
             if !filter.is_empty() && !filter.contains(&delta.audience_id) {
                 return true;
             }
+            let cursor = Cursor(positions.clone()).format(cluster);
             let out = Outgoing {
                 partition,
                 sequence,

@@ -63,7 +63,7 @@ pub fn parse_record(payload: &[u8]) -> Result<(Partition, u64, Delta), String> {
 const PROBE_WAIT: Duration = Duration::from_secs(10);
 
 impl DeltasTopic {
-    fn consumer(&self) -> Result<BaseConsumer, String> {
+    pub fn consumer(&self) -> Result<BaseConsumer, String> {
         let mut config = self.kafka.clone();
         // No group: positions are the cursor's, never committed.
         // A position retention removed is an error, never a silent jump to the end.
@@ -77,27 +77,10 @@ impl DeltasTopic {
             .map_err(|e| format!("deltas topic consumer: {e}"))
     }
 
-    /// The partition count of `topic` of the same cluster (0 while it does not exist).
-    /// Blocking.
-    pub fn partition_count(&self, topic: &str) -> Result<i32, String> {
-        let named = DeltasTopic {
-            kafka: self.kafka.clone(),
-            topic: topic.to_string(),
-        };
-        named.partitions(&self.consumer()?)
-    }
-
     /// The topic's partition count.
     pub fn partitions(&self, consumer: &BaseConsumer) -> Result<i32, String> {
-        let metadata = consumer
-            .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
-            .map_err(|e| format!("deltas topic {}: {e}", self.topic))?;
-        let count = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == self.topic)
-            .map_or(0, |t| t.partitions().len());
-        i32::try_from(count).map_err(|_| "too many partitions".to_string())
+        crate::catalog_topic::partition_count(consumer.client(), &self.topic)
+            .map_err(|e| format!("deltas topic {}: {e}", self.topic))
     }
 
     /// The first record of partition `p` at `offset` or after (offsets may be missing;

@@ -365,6 +365,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let registry = Arc::new(Registry::new(node.clone(), catalog.clone()));
     // Partition p's deltas go to the deltas topic's partition p when it has one for each
     // input partition: what a cluster's subscriptions read (from any node, every partition).
+    // The topics consumed, in the order every reader of offsets takes them.
+    let input_topics = vec![
+        config.kafka.events_topic.clone(),
+        config.kafka.identities_topic.clone(),
+    ];
     let deltas_topic = audience_actors::deltas_tail::DeltasTopic {
         kafka: audience_actors::catalog_topic::client_config(&bootstrap, &config.kafka.properties),
         topic: config.kafka.deltas_topic.clone(),
@@ -373,13 +378,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let topic = deltas_topic.clone();
         let events = config.kafka.events_topic.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<(i32, i32)> {
+            use audience_actors::catalog_topic::partition_count;
+            use rdkafka::consumer::Consumer;
+            let consumer = topic.consumer().map_err(anyhow::Error::msg)?;
             // A topic just created may take a moment to show its partitions.
             for _ in 0..50 {
                 let counts = (
-                    topic.partition_count(&events).map_err(anyhow::Error::msg)?,
-                    topic
-                        .partition_count(&topic.topic)
-                        .map_err(anyhow::Error::msg)?,
+                    partition_count(consumer.client(), &events)?,
+                    partition_count(consumer.client(), &topic.topic)?,
                 );
                 if counts.0 > 0 && counts.1 > 0 {
                     return Ok(counts);
@@ -509,10 +515,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         node.clone(),
         node_id(&config),
         config.grpc.listen.clone(),
-        vec![
-            config.kafka.events_topic.clone(),
-            config.kafka.identities_topic.clone(),
-        ],
+        input_topics.clone(),
         {
             let catalog = catalog.clone();
             move || catalog.status().applied_offset.unwrap_or(-1)
@@ -524,10 +527,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         bootstrap_servers: bootstrap.clone(),
         group_id: config.kafka.group_id.clone(),
         client_id: node_id(&config),
-        topics: vec![
-            config.kafka.events_topic.clone(),
-            config.kafka.identities_topic.clone(),
-        ],
+        topics: input_topics.clone(),
         max_batch: config.engine.max_batch,
         properties: config.kafka.properties.clone(),
     };
@@ -558,10 +558,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         bootstrap_servers: bootstrap.clone(),
         members: members.clone(),
         group_id: config.kafka.group_id.clone(),
-        input_topics: vec![
-            config.kafka.events_topic.clone(),
-            config.kafka.identities_topic.clone(),
-        ],
+        input_topics: input_topics.clone(),
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -627,10 +624,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(export_figures(
         node.clone(),
         Arc::downgrade(&consumer),
-        vec![
-            config.kafka.events_topic.clone(),
-            config.kafka.identities_topic.clone(),
-        ],
+        input_topics.clone(),
         shutdown_rx.clone(),
     ));
     tracing::info!(%addr, bootstrap = %bootstrap, "audience engine ready");
