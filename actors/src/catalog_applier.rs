@@ -417,6 +417,11 @@ impl CatalogApplier {
                     self.deliveries.start(engine, c.clone(), output.clone());
                 }
             }
+            Applied::Resumed(c) => {
+                if let Err(e) = self.deliveries.resume(engine, c.id) {
+                    tracing::error!(connection = c.id, error = %e, "connection not resumed");
+                }
+            }
             Applied::Imported => {
                 if let Err(e) = self.deliveries.start_all(engine) {
                     tracing::error!(error = %e, "deliveries not started");

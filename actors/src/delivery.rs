@@ -1,15 +1,23 @@
-//! Delivery of audiences to outputs: one delivery loop per connection, reading the durable
-//! outbox from the connection's own cursor, turning deltas into the items its output accepts,
-//! and sending them in batches with retries, exponential backoff with jitter and `Retry-After`.
+//! Delivery of audiences to outputs: one delivery loop per connection on every node, each
+//! delivering the partitions its node owns. It reads each partition's durable outbox from the
+//! connection's position there, turns deltas into the items its output accepts, and sends them
+//! in batches with retries, exponential backoff with jitter and `Retry-After`.
 //!
 //! Invariants:
-//! - a connection's cursor moves only after its output accepted everything up to it, so a
-//!   crash or a fault re-sends, never skips: delivery is at least once, in outbox order, which
-//!   is per-(audience, MPID) order;
-//! - a new (or re-created) connection first sends the audience's current members (with their
-//!   membership versions), then the deltas after the outbox heads it read before scanning;
-//! - when retries run out the connection is faulted: it keeps the error, sends nothing more,
-//!   and its cursor holds the outbox (pruning stops there) until `resume`;
+//! - a connection's position in a partition is the partition's state (`delivered/{p}/{id}`,
+//!   see `audience_state::store::DeliveryPosition`), written by its owner as a changelog unit:
+//!   a node that takes a partition over goes on from where the last owner stopped, and a node
+//!   that lost it can neither store a position nor send (two nodes never both deliver a
+//!   partition);
+//! - a position moves only after the output accepted everything up to it, so a crash, a fault
+//!   or a move re-sends, never skips: delivery is at least once, in outbox order, which is
+//!   per-(audience, MPID) order;
+//! - a new (or re-created) connection first sends the audience's current members of each
+//!   partition (with their membership versions), then the deltas after the outbox head it read
+//!   before scanning;
+//! - when retries run out the connection is faulted on the node that met the fault: it keeps
+//!   the error, sends nothing more, and its positions hold the outbox (pruning stops there)
+//!   until `resume`;
 //! - every loop runs on its own task: a slow or faulted output never slows ingestion nor
 //!   another connection.
 //!
@@ -26,11 +34,11 @@ use audience_state::outputs::{
     OutputConfig,
 };
 use audience_state::secrets::{open_output, SecretKey};
-use audience_state::store::Partition;
+use audience_state::store::{DeliveryPosition, Partition, StoreError};
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 // ------------------------------------------------------------------ the loops
@@ -173,6 +181,7 @@ impl Deliveries {
             resume: resume.clone(),
             figures: figures.clone(),
             window: window.clone(),
+            unsaved: Mutex::new(HashMap::new()),
         };
         let task = tokio::spawn(async move { delivery.run().await });
         let replaced = self.running.lock().insert(
@@ -252,13 +261,21 @@ struct DeliveryLoop {
     resume: Arc<Notify>,
     figures: Arc<Mutex<ConnectionFigures>>,
     window: Arc<Mutex<ChangeWindow>>,
+    /// Per partition: how far this loop read, and when it last stored its position there.
+    unsaved: Mutex<HashMap<Partition, (u64, Instant)>>,
 }
 
 /// Why a loop step ended without finishing.
 enum Halt {
     Stopped,
     Faulted,
+    /// The partition is no longer this node's.
+    Moved,
 }
+
+/// How often a connection's position in a partition is stored when it only passes over other
+/// audiences' deltas.
+const POSITION_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl DeliveryLoop {
     fn label(&self) -> String {
@@ -307,7 +324,7 @@ impl DeliveryLoop {
                     }
                 }
                 Err(Halt::Stopped) => return,
-                Err(Halt::Faulted) => {
+                Err(Halt::Faulted | Halt::Moved) => {
                     // A stored fault is found at the top of the loop; a store error is not
                     // one: wait a little instead of spinning.
                     tokio::select! {
@@ -319,79 +336,158 @@ impl DeliveryLoop {
         }
     }
 
-    /// One pass: the initial members if not sent yet, else what the outbox holds after the
-    /// cursor. Whether anything was read.
+    /// One pass over the partitions this node owns: for each, the audience's current members
+    /// if the connection's first sync of it is not done, else what its outbox holds after the
+    /// connection's position. Whether anything was read.
     async fn step(&self) -> Result<bool, Halt> {
         let store = &self.engine.store;
-        let Some(mut cursor) = store.connection_cursor(self.connection.id).map_err(|e| {
-            tracing::warn!(error = %e, "connection cursor unreadable");
-            Halt::Faulted
-        })?
-        else {
-            self.initial_sync().await?;
-            return Ok(true);
-        };
-        self.figures.lock().initial_sync_done = true;
+        let id = self.connection.id;
         let partitions: Vec<Partition> = self.engine.partitions.lock().iter().copied().collect();
+        let mut positions = Vec::with_capacity(partitions.len());
         let mut queued = 0u64;
         for &p in &partitions {
-            let head = store.outbox_head(p).unwrap_or(0);
-            queued += head.saturating_sub(cursor.get(&p).copied().unwrap_or(0));
+            let position = store.delivery_position(p, id).map_err(|e| {
+                tracing::warn!(connection = id, partition = p, error = %e, "position unreadable");
+                Halt::Faulted
+            })?;
+            if let Some(DeliveryPosition::Delivered(after)) = position {
+                let after = after.max(self.read_to(p));
+                queued += store.outbox_head(p).unwrap_or(0).saturating_sub(after);
+            }
+            positions.push((p, position));
         }
         // Outbox entries (of every audience) this connection has not read yet.
         metrics::gauge!("audience_connection_queued", "connection" => self.label())
             .set(queued as f64);
+        self.figures.lock().initial_sync_done = !positions.is_empty()
+            && positions
+                .iter()
+                .all(|(_, position)| matches!(position, Some(DeliveryPosition::Delivered(_))));
         let mut progressed = false;
-        for p in partitions {
-            let after = cursor.get(&p).copied().unwrap_or(0);
-            let chunk = store
-                .read_readable_outbox(p, after, self.policy.batch_size * 4)
-                .map_err(|_| Halt::Faulted)?;
-            let Some(&(last, _)) = chunk.last() else {
-                continue;
+        for (p, position) in positions {
+            let outcome = match position {
+                Some(DeliveryPosition::Delivered(after)) => {
+                    self.deliver(p, after.max(self.read_to(p))).await
+                }
+                started => self
+                    .initial_sync(p, started.map(|s| s.needs_after()))
+                    .await
+                    .map(|()| true),
             };
-            // Nothing leaves before it is durable.
-            if let Err(e) = self.engine.make_durable().await {
-                tracing::error!(connection = self.connection.id, error = %e, "outbox not made durable");
-                return Err(Halt::Faulted);
+            match outcome {
+                Ok(read) => progressed |= read,
+                // Another node's now: it goes on from the position the partition carries.
+                Err(Halt::Moved) => continue,
+                Err(halt) => return Err(halt),
             }
-            progressed = true;
-            let deltas: Vec<(u64, Delta)> = chunk
-                .into_iter()
-                .filter(|(_, d)| d.audience_id == self.connection.audience_id)
-                .collect();
-            if deltas.len() < self.policy.batch_size && !deltas.is_empty() {
-                // Linger so that a trickle of deltas still goes out in batches.
-                let oldest = deltas[0].1.processing_time_ms;
-                let age = (self.engine.clock.now() - oldest).max(0) as u64;
-                if let Some(wait) = self.policy.linger.checked_sub(Duration::from_millis(age)) {
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = self.stop.notified() => return Err(Halt::Stopped),
-                    }
-                }
-            }
-            let mut items = Vec::with_capacity(deltas.len());
-            for (_, d) in &deltas {
-                let profile = store.load_profile(p, d.mpid).map_err(|e| {
-                    tracing::warn!(error = %e, mpid = d.mpid, "profile unreadable; retrying");
-                    Halt::Faulted
-                })?;
-                items.extend(self.item(d, profile.as_ref()));
-            }
-            self.send_all(&items).await?;
-            {
-                let mut window = self.window.lock();
-                for (_, d) in &deltas {
-                    window.record(d);
-                }
-            }
-            cursor.insert(p, last);
-            store
-                .set_connection_cursor(self.connection.id, &cursor)
-                .map_err(|_| Halt::Faulted)?;
         }
         Ok(progressed)
+    }
+
+    /// How far this loop read a partition's outbox without storing it (no delta of its
+    /// audience there).
+    fn read_to(&self, partition: Partition) -> u64 {
+        self.unsaved
+            .lock()
+            .get(&partition)
+            .map_or(0, |(seq, _)| *seq)
+    }
+
+    /// Sends a partition's deltas of the audience after `after`; whether anything was read.
+    async fn deliver(&self, p: Partition, after: u64) -> Result<bool, Halt> {
+        let store = &self.engine.store;
+        let chunk = store
+            .read_readable_outbox(p, after, self.policy.batch_size * 4)
+            .map_err(|_| Halt::Faulted)?;
+        let Some(&(last, _)) = chunk.last() else {
+            return Ok(false);
+        };
+        let deltas: Vec<(u64, Delta)> = chunk
+            .into_iter()
+            .filter(|(_, d)| d.audience_id == self.connection.audience_id)
+            .collect();
+        if deltas.is_empty() {
+            // Nothing of this audience: the position is stored now and then only, not as a
+            // changelog unit per page of other audiences' deltas (read again after a restart
+            // or a move, it sends nothing).
+            let stored_recently = self
+                .unsaved
+                .lock()
+                .get(&p)
+                .is_some_and(|(_, since)| since.elapsed() < POSITION_SAVE_INTERVAL);
+            if stored_recently {
+                self.unsaved
+                    .lock()
+                    .entry(p)
+                    .and_modify(|(seq, _)| *seq = last);
+                return Ok(true);
+            }
+            self.set_position(p, DeliveryPosition::Delivered(last))?;
+            return Ok(true);
+        }
+        // Nothing leaves before it is durable.
+        if let Err(e) = self.engine.make_durable().await {
+            tracing::error!(connection = self.connection.id, error = %e, "outbox not made durable");
+            return Err(Halt::Faulted);
+        }
+        if deltas.len() < self.policy.batch_size {
+            // Linger so that a trickle of deltas still goes out in batches.
+            let oldest = deltas[0].1.processing_time_ms;
+            let age = (self.engine.clock.now() - oldest).max(0) as u64;
+            if let Some(wait) = self.policy.linger.checked_sub(Duration::from_millis(age)) {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.stop.notified() => return Err(Halt::Stopped),
+                }
+            }
+        }
+        let mut items = Vec::with_capacity(deltas.len());
+        for (_, d) in &deltas {
+            let profile = store.load_profile(p, d.mpid).map_err(|e| {
+                tracing::warn!(error = %e, mpid = d.mpid, "profile unreadable; retrying");
+                Halt::Faulted
+            })?;
+            items.extend(self.item(d, profile.as_ref()));
+        }
+        self.ensure_owner(p)?;
+        self.send_all(&items).await?;
+        {
+            let mut window = self.window.lock();
+            for (_, d) in &deltas {
+                window.record(d);
+            }
+        }
+        self.set_position(p, DeliveryPosition::Delivered(last))?;
+        Ok(true)
+    }
+
+    /// Stores a position as the partition's state; `Moved` when this node no longer owns it.
+    fn set_position(&self, p: Partition, position: DeliveryPosition) -> Result<(), Halt> {
+        let id = self.connection.id;
+        match self.engine.store.set_delivery_position(p, id, position) {
+            Ok(()) => {
+                if let DeliveryPosition::Delivered(seq) = position {
+                    self.unsaved.lock().insert(p, (seq, Instant::now()));
+                }
+                Ok(())
+            }
+            Err(StoreError::NotWritable { .. }) => Err(Halt::Moved),
+            Err(e) => {
+                tracing::warn!(connection = id, partition = p, error = %e, "position not stored");
+                Err(Halt::Faulted)
+            }
+        }
+    }
+
+    /// Two nodes never both deliver a partition: a node that lost it sends nothing more of it
+    /// (what it was about to send is sent by the new owner, from the position it restored).
+    fn ensure_owner(&self, p: Partition) -> Result<(), Halt> {
+        let owned = self.engine.partitions.lock().contains(&p) && self.engine.store.may_write(p);
+        if owned {
+            Ok(())
+        } else {
+            Err(Halt::Moved)
+        }
     }
 
     /// What a change becomes for this connection's output; counted when it cannot be sent.
@@ -425,72 +521,92 @@ impl DeliveryLoop {
             .increment(n);
     }
 
-    /// Sends the audience's current members, then records the outbox heads read before the
-    /// scan as the cursor: deltas after them follow; those before are already in the members'
-    /// versions (a receiver keeps the highest version, so an overlap is harmless).
-    async fn initial_sync(&self) -> Result<(), Halt> {
+    /// Sends the audience's current members in a partition, then stores the outbox head read
+    /// before the scan as the position: deltas after it follow; those before are already in
+    /// the members' versions (a receiver keeps the highest version, so an overlap is harmless).
+    /// A sync interrupted and started again (`started`) keeps the head it started from, so the
+    /// deltas between it and now (drops of members already sent) follow.
+    async fn initial_sync(&self, p: Partition, started: Option<u64>) -> Result<(), Halt> {
         let store = &self.engine.store;
-        let partitions: Vec<Partition> = self.engine.partitions.lock().iter().copied().collect();
-        if partitions.is_empty() {
-            // Not yet assigned any partition: there is nothing to read the members from.
+        let audience = self.connection.audience_id;
+        let mut head = started;
+        let mut after = None;
+        loop {
+            let head_before_scan = store.outbox_head(p).map_err(|_| Halt::Faulted)?;
+            let profiles = store
+                .scan_profiles(p, after, 500)
+                .map_err(|_| Halt::Faulted)?;
+            let Some(last) = profiles.last() else {
+                break;
+            };
+            after = Some(last.mpid);
+            if head.is_none() {
+                // Kept before anything is sent: pruning keeps the deltas after it.
+                self.set_position(
+                    p,
+                    DeliveryPosition::Syncing {
+                        head: head_before_scan,
+                    },
+                )?;
+                head = Some(head_before_scan);
+            }
+            let mut items = Vec::new();
+            for profile in &profiles {
+                let Some(record) = profile.memberships.get(&audience).filter(|r| r.member) else {
+                    continue;
+                };
+                let member = Delta {
+                    audience_id: audience,
+                    mpid: profile.mpid,
+                    kind: DeltaKind::Added,
+                    event_time_ms: record.changed_at_ms,
+                    processing_time_ms: record.changed_at_ms,
+                    version: record.version,
+                };
+                items.extend(self.item(&member, Some(profile)));
+            }
+            if items.is_empty() {
+                continue;
+            }
+            // The memberships read are those of deltas up to the head after the scan: they
+            // leave once those are in the changelog and on disk, as the deltas would.
+            let head_after_scan = store.outbox_head(p).map_err(|_| Halt::Faulted)?;
+            self.wait_readable(p, head_after_scan).await?;
+            if let Err(e) = self.engine.make_durable().await {
+                tracing::error!(connection = self.connection.id, error = %e, "state not made durable");
+                return Err(Halt::Faulted);
+            }
+            self.ensure_owner(p)?;
+            self.send_all(&items).await?;
+        }
+        let head = match head {
+            Some(head) => head,
+            // No profile yet: the partition's deltas from now on.
+            None => store.outbox_head(p).map_err(|_| Halt::Faulted)?,
+        };
+        self.set_position(p, DeliveryPosition::Delivered(head))
+    }
+
+    /// Waits until outbox readers may read up to `head` of a partition (its units are in the
+    /// changelog topic).
+    async fn wait_readable(&self, p: Partition, head: u64) -> Result<(), Halt> {
+        loop {
+            let readable = self
+                .engine
+                .store
+                .readable_outbox_head(p)
+                .map_err(|_| Halt::Faulted)?;
+            if readable >= head {
+                return Ok(());
+            }
+            self.ensure_owner(p)?;
+            let mut wake = self.engine.outbox_written.subscribe();
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => return Ok(()),
+                _ = wake.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 _ = self.stop.notified() => return Err(Halt::Stopped),
             }
         }
-        // The heads are persisted before the scan: a sync interrupted and started again keeps
-        // them, so the deltas between them and now (drops of members already sent) follow.
-        let heads = match store
-            .connection_sync_heads(self.connection.id)
-            .map_err(|_| Halt::Faulted)?
-        {
-            Some(heads) => heads,
-            None => {
-                let mut heads = BTreeMap::new();
-                for &p in &partitions {
-                    heads.insert(p, store.outbox_head(p).map_err(|_| Halt::Faulted)?);
-                }
-                store
-                    .set_connection_sync_heads(self.connection.id, &heads)
-                    .map_err(|_| Halt::Faulted)?;
-                heads
-            }
-        };
-        let audience = self.connection.audience_id;
-        for &p in &partitions {
-            let mut after = None;
-            loop {
-                let profiles = store
-                    .scan_profiles(p, after, 500)
-                    .map_err(|_| Halt::Faulted)?;
-                let Some(last) = profiles.last() else {
-                    break;
-                };
-                after = Some(last.mpid);
-                let mut items = Vec::new();
-                for profile in &profiles {
-                    let Some(record) = profile.memberships.get(&audience).filter(|r| r.member)
-                    else {
-                        continue;
-                    };
-                    let member = Delta {
-                        audience_id: audience,
-                        mpid: profile.mpid,
-                        kind: DeltaKind::Added,
-                        event_time_ms: record.changed_at_ms,
-                        processing_time_ms: record.changed_at_ms,
-                        version: record.version,
-                    };
-                    items.extend(self.item(&member, Some(profile)));
-                }
-                self.send_all(&items).await?;
-            }
-        }
-        store
-            .finish_connection_sync(self.connection.id, &heads)
-            .map_err(|_| Halt::Faulted)?;
-        self.figures.lock().initial_sync_done = true;
-        Ok(())
     }
 
     async fn send_with_retries(&self, batch: &[DeliveryItem]) -> Result<(), Halt> {

@@ -217,11 +217,12 @@ impl OutputRegistry {
         results
     }
 
-    pub fn resume(&self, id: ConnectionId) -> Result<Connection, RegistryError> {
-        let connection = self.connection(id)?;
-        self.deliveries
-            .resume(&self.node.engine, id)
-            .map_err(|e| RegistryError::Conflict(e.to_string()))?;
-        Ok(connection)
+    /// Resumes a connection on every node (through the catalog topic: each node delivering
+    /// its partitions met its own fault, or none).
+    pub async fn resume(&self, id: ConnectionId) -> Result<Connection, RegistryError> {
+        match self.catalog.submit(Change::Resume { id }).await? {
+            Applied::Resumed(connection) => Ok(connection),
+            other => Err(unexpected(other)),
+        }
     }
 }

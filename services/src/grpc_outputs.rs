@@ -432,6 +432,7 @@ impl pb::output_service_server::OutputService for OutputServices {
         let c = self
             .outputs
             .resume(req.into_inner().id)
+            .await
             .map_err(convert::status)?;
         Ok(Response::new(self.connection_message(&c)?))
     }

@@ -90,6 +90,11 @@ pub enum Change {
     Disconnect {
         id: ConnectionId,
     },
+    /// Clears a faulted connection's fault on every node (each met its own, delivering its
+    /// partitions), so that each sends what it owes since. Changes no definition.
+    Resume {
+        id: ConnectionId,
+    },
     /// A catalog that existed before the topic (a node of an earlier version, with its own
     /// ids), brought in whole with its ids kept: applied only to an empty catalog, and every
     /// id allocated afterwards is above the largest it holds.
@@ -181,6 +186,7 @@ pub enum Applied {
     OutputDeleted(OutputId),
     Connection(Connection),
     Disconnected(ConnectionId),
+    Resumed(Connection),
     Imported,
 }
 
@@ -545,6 +551,10 @@ impl CatalogState {
                     self.touched.connections.insert(*id);
                     Ok(Applied::Disconnected(*id))
                 }
+                None => Err(Refusal::NotFound(format!("connection {id} not found"))),
+            },
+            Change::Resume { id } => match self.connections.get(id) {
+                Some(connection) => Ok(Applied::Resumed(connection.clone())),
                 None => Err(Refusal::NotFound(format!("connection {id} not found"))),
             },
             Change::Import { catalog } => self.import(offset, catalog),

@@ -5,6 +5,7 @@
 //! parallel and a `kill -9` of an engine is real.
 
 pub mod mmdb;
+pub mod webhook;
 
 use audience_proto::v1 as pb;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -19,6 +20,9 @@ pub use anyhow::Result;
 /// every end-to-end test, as in a deployment).
 pub use audience_services::auth::AuthChannel as Channel;
 use audience_services::auth::ClientOptions;
+
+/// The outputs' secret key every node of a test cluster shares (`catalog.secret_key`).
+pub const CLUSTER_KEY: &str = "5f0e3c9a1b2d4e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7";
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -241,6 +245,7 @@ impl Engine {
                 ("AUDIENCE_CHANGELOG", "true"),
                 ("AUDIENCE_CHANGELOG_TOPIC", &changelog_topic),
                 ("AUDIENCE_NODE_ID", id),
+                ("AUDIENCE_CATALOG_SECRET_KEY", CLUSTER_KEY),
             ],
         )
     }
@@ -620,6 +625,26 @@ pub async fn wait_owning(ch: &Channel, n: usize) -> Result<Vec<u32>> {
     }
 }
 
+/// Waits until the nodes behind `channels` own `n` partitions between them: after a node
+/// died, its partitions moved to the others.
+pub async fn wait_owned_between(channels: &[&Channel], n: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut owned = 0;
+        for ch in channels {
+            owned += status(ch).await?.partitions.len();
+        }
+        if owned == n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the nodes own {owned} partitions, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until the engine has processed (or dead-lettered) `total` messages since it started.
 pub async fn wait_processed(ch: &Channel, total: u64, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
@@ -658,6 +683,68 @@ pub fn sdk_batch(mpid: i64, now_ms: i64, events: Vec<serde_json::Value>) -> serd
         "consent_state": null,
         "timestamp_unixtime_ms": now_ms,
     })
+}
+
+/// Two nodes of one deployment with the changelog on, owning a partition each, and the
+/// deployment's broker and topics (two partitions). Field order is drop order: engines first.
+pub struct TwoNodes {
+    pub a: Engine,
+    pub b: Engine,
+    pub ch_a: Channel,
+    pub ch_b: Channel,
+    pub dir: tempfile::TempDir,
+    pub topics: Topics,
+    pub group: String,
+    pub broker: Broker,
+}
+
+impl TwoNodes {
+    /// Starts the broker, `node-a`, then `node-b`, and waits until each owns a partition.
+    pub async fn start(name: &str) -> Result<TwoNodes> {
+        let broker = Broker::start()?;
+        let topics = Topics::unique(name);
+        broker.create_deployment_topics(&topics, 2).await?;
+        let dir = tempfile::tempdir()?;
+        let group = name.to_string();
+        let mut a = Engine::start_node(&broker, &topics, dir.path(), &group, "node-a")?;
+        let ch_a = a.ready().await?;
+        wait_owning(&ch_a, 2).await?;
+        let mut b = Engine::start_node(&broker, &topics, dir.path(), &group, "node-b")?;
+        let ch_b = b.ready().await?;
+        wait_owning(&ch_b, 1).await?;
+        wait_owning(&ch_a, 1).await?;
+        Ok(TwoNodes {
+            a,
+            b,
+            ch_a,
+            ch_b,
+            dir,
+            topics,
+            group,
+            broker,
+        })
+    }
+
+    /// Starts another node of the deployment.
+    pub fn start_node(&self, id: &str) -> Result<Engine> {
+        Engine::start_node(&self.broker, &self.topics, self.dir.path(), &self.group, id)
+    }
+}
+
+/// One SDK batch per user setting its `tier` attribute.
+pub async fn produce_tier(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    now: i64,
+    users: std::ops::RangeInclusive<i64>,
+    tier: &str,
+) -> Result<()> {
+    for mpid in users {
+        let mut batch = sdk_batch(mpid, now, vec![]);
+        batch["user_attributes"]["tier"] = serde_json::json!(tier);
+        produce_json(producer, topic, &batch).await?;
+    }
+    Ok(())
 }
 
 pub fn custom_event(

@@ -5,6 +5,7 @@
 //! restarted node applies only the tail of the topic and a wiped one rebuilds from all of it;
 //! a record nobody can decode is counted and passed over without stopping anyone.
 
+use audience_e2e::webhook::start_hook;
 use audience_e2e::*;
 use audience_proto::v1 as pb;
 use rdkafka::ClientConfig;
@@ -17,8 +18,6 @@ const PARTITIONS: i32 = 2;
 /// Bound on every wait for the cluster to settle; generous because the machine is noisy.
 const WAIT: Duration = Duration::from_secs(60);
 /// The cluster's `catalog.secret_key`.
-const CLUSTER_KEY: &str = "5f0e3c9a1b2d4e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7";
-
 /// Two nodes of one deployment. Field order is drop order: engines first, the broker last.
 struct Cluster {
     /// Node A runs for the whole test; it is only ever reached through `ca`.
@@ -453,45 +452,6 @@ async fn an_undecodable_catalog_record_is_counted_and_passed_over() -> Result<()
     Ok(())
 }
 
-/// A webhook receiver: the Authorization header and the MPIDs added, of every request.
-#[derive(Default)]
-struct Hook {
-    authorization: std::sync::Mutex<Vec<String>>,
-    added: std::sync::Mutex<BTreeSet<i64>>,
-}
-
-async fn start_hook() -> Result<(std::sync::Arc<Hook>, String)> {
-    use axum::extract::State;
-    async fn receive(
-        State(hook): State<std::sync::Arc<Hook>>,
-        headers: axum::http::HeaderMap,
-        axum::Json(body): axum::Json<serde_json::Value>,
-    ) -> axum::http::StatusCode {
-        let header = headers.get("authorization").and_then(|v| v.to_str().ok());
-        hook.authorization
-            .lock()
-            .unwrap()
-            .push(header.unwrap_or_default().to_string());
-        for item in body["items"].as_array().into_iter().flatten() {
-            if item["action"] == "add" {
-                hook.added
-                    .lock()
-                    .unwrap()
-                    .insert(item["mpid"].as_i64().unwrap_or_default());
-            }
-        }
-        axum::http::StatusCode::OK
-    }
-    let hook = std::sync::Arc::new(Hook::default());
-    let app = axum::Router::new()
-        .route("/hook", axum::routing::post(receive))
-        .with_state(hook.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/hook", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok((hook, url))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_travel_sealed_and_every_node_with_the_key_delivers() -> Result<()> {
     let c = cluster("cluster-secrets").await?;
@@ -536,11 +496,11 @@ async fn secrets_travel_sealed_and_every_node_with_the_key_delivers() -> Result<
     // Each node delivers the members of its own partition: all 20 arrive only if both
     // opened the secret that A sealed.
     let deadline = Instant::now() + WAIT;
-    while hook.added.lock().unwrap().len() < 20 {
+    while hook.added().len() < 20 {
         anyhow::ensure!(
             Instant::now() < deadline,
             "members delivered: {:?}",
-            hook.added.lock().unwrap()
+            hook.added()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

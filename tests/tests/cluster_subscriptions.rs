@@ -12,21 +12,6 @@ use std::time::Duration;
 const USERS: i64 = 24;
 const PARTITIONS: i32 = 2;
 
-async fn gold_round(
-    producer: &rdkafka::producer::FutureProducer,
-    topic: &str,
-    now: i64,
-    users: std::ops::RangeInclusive<i64>,
-    tier: &str,
-) -> Result<()> {
-    for mpid in users {
-        let mut batch = sdk_batch(mpid, now, vec![]);
-        batch["user_attributes"]["tier"] = json!(tier);
-        produce_json(producer, topic, &batch).await?;
-    }
-    Ok(())
-}
-
 /// Per partition, the sequences seen, each once and consecutive from the first.
 fn assert_in_order_without_gaps(deltas: &[pb::MembershipDelta]) {
     let mut by_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
@@ -45,18 +30,8 @@ fn assert_in_order_without_gaps(deltas: &[pb::MembershipDelta]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_on_any_node_gets_every_partition_and_resumes_on_another() -> Result<()> {
-    let broker = Broker::start()?;
-    let topics = Topics::unique("subs");
-    broker.create_deployment_topics(&topics, PARTITIONS).await?;
-    let dir = tempfile::tempdir()?;
-    let start = |id: &str| Engine::start_node(&broker, &topics, dir.path(), "subs", id);
-    let mut a = start("node-a")?;
-    let ch_a = a.ready().await?;
-    wait_owning(&ch_a, 2).await?;
-    let mut b = start("node-b")?;
-    let ch_b = b.ready().await?;
-    wait_owning(&ch_b, 1).await?;
-    wait_owning(&ch_a, 1).await?;
+    let mut two = TwoNodes::start("subs").await?;
+    let (ch_a, ch_b, topics) = (two.ch_a.clone(), two.ch_b.clone(), two.topics.clone());
     // The cluster as either node sees it: both nodes, a partition each, nothing restoring.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let cluster = loop {
@@ -75,7 +50,10 @@ async fn a_subscriber_on_any_node_gets_every_partition_and_resumes_on_another() 
     };
     let nodes: Vec<&str> = cluster.nodes.iter().map(|n| n.node_id.as_str()).collect();
     assert_eq!(nodes, ["node-a", "node-b"]);
-    assert_eq!(cluster.nodes[0].grpc, a.grpc.trim_start_matches("http://"));
+    assert_eq!(
+        cluster.nodes[0].grpc,
+        two.a.grpc.trim_start_matches("http://")
+    );
     assert_eq!(cluster.partitions.len(), PARTITIONS as usize);
     let owners: BTreeSet<&str> = cluster
         .partitions
@@ -88,7 +66,7 @@ async fn a_subscriber_on_any_node_gets_every_partition_and_resumes_on_another() 
         .iter()
         .all(|p| p.lag == 0 && p.restoring_on.is_empty()));
     assert_eq!(cluster.answered_by, "node-b");
-    let shown = a.ctl().arg("cluster").output()?;
+    let shown = two.a.ctl().arg("cluster").output()?;
     assert!(shown.status.success(), "{shown:?}");
     let text = String::from_utf8_lossy(&shown.stdout);
     assert!(
@@ -101,11 +79,11 @@ async fn a_subscriber_on_any_node_gets_every_partition_and_resumes_on_another() 
         json!({"user_attribute": {"name": "tier", "op": "exact_match", "value": "gold"}}),
     )
     .await?;
-    let producer = broker.producer()?;
+    let producer = two.broker.producer()?;
     let now = engine_now(&ch_a).await?;
 
     // Every user enters: a subscriber on A sees both partitions' adds, A's and B's.
-    gold_round(&producer, &topics.events, now, 1..=USERS, "gold").await?;
+    produce_tier(&producer, &topics.events, now, 1..=USERS, "gold").await?;
     let everyone: BTreeSet<i64> = (1..=USERS).collect();
     let first = collect_deltas(&ch_a, vec![gold.id], "", Duration::from_secs(60), |d| {
         d.iter().map(|d| d.mpid).collect::<BTreeSet<_>>() == everyone
@@ -154,23 +132,11 @@ async fn a_subscriber_on_any_node_gets_every_partition_and_resumes_on_another() 
     // while writing this test, tansu 0.6 gave A's partition back to the killed A in the
     // rebalance its death caused, and did not rebalance again for 80 s.)
     let last_cursor = first.last().unwrap().cursor.clone();
-    a.kill9();
-    let mut c = start("node-c")?;
+    two.a.kill9();
+    let mut c = two.start_node("node-c")?;
     let ch_c = c.ready().await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let owned = status(&ch_b).await?.partitions.len() + status(&ch_c).await?.partitions.len();
-        if owned == PARTITIONS as usize {
-            break;
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "B and C own {owned} partitions; B's log:\n{}",
-            b.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    gold_round(&producer, &topics.events, now + 1, 1..=USERS, "silver").await?;
+    wait_owned_between(&[&ch_b, &ch_c], PARTITIONS as usize).await?;
+    produce_tier(&producer, &topics.events, now + 1, 1..=USERS, "silver").await?;
     let drops = collect_deltas(
         &ch_b,
         vec![gold.id],
@@ -235,7 +201,7 @@ async fn a_subscriber_on_any_node_gets_every_partition_and_resumes_on_another() 
     assert!(quiet.is_empty(), "{quiet:?}");
 
     // Partition p's deltas are on the topic's partition p.
-    let records = read_topic_partitions(&broker.bootstrap, &topics.deltas, PARTITIONS)?;
+    let records = read_topic_partitions(&two.broker.bootstrap, &topics.deltas, PARTITIONS)?;
     assert!(records.len() >= 2 * USERS as usize);
     for (on, record) in records {
         assert_eq!(record["partition"].as_i64(), Some(on as i64), "{record}");

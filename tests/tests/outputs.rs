@@ -3,118 +3,12 @@
 //! until the connection faults, keeps what is owed, and sends it all after Resume; bulk connect
 //! with a bad audience id; deleting an audience tells the webhook.
 
+use audience_e2e::webhook::*;
 use audience_e2e::*;
 use audience_proto::v1 as pb;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// How the test webhook answers its next request.
-#[derive(Debug, Clone)]
-enum Answer {
-    Status(u16),
-    TooManyRequests { retry_after_s: u64 },
-    Hang(Duration),
-}
-
-#[derive(Default)]
-struct Hook {
-    script: Mutex<VecDeque<Answer>>,
-    /// Every request body accepted (2xx), in order.
-    accepted: Mutex<Vec<Value>>,
-    /// When each request arrived, accepted or not.
-    arrivals: Mutex<Vec<Instant>>,
-    authorization: Mutex<Vec<String>>,
-    /// Added to every answer: a slow receiver.
-    delay: Mutex<Duration>,
-}
-
-async fn receive(
-    State(hook): State<Arc<Hook>>,
-    headers: axum::http::HeaderMap,
-    axum::Json(body): axum::Json<Value>,
-) -> axum::response::Response {
-    hook.arrivals.lock().unwrap().push(Instant::now());
-    let delay = *hook.delay.lock().unwrap();
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    if let Some(a) = headers.get("authorization") {
-        hook.authorization
-            .lock()
-            .unwrap()
-            .push(a.to_str().unwrap_or_default().to_string());
-    }
-    let answer = hook.script.lock().unwrap().pop_front();
-    match answer {
-        Some(Answer::Status(code)) => {
-            (StatusCode::from_u16(code).unwrap(), "upstream exploded").into_response()
-        }
-        Some(Answer::TooManyRequests { retry_after_s }) => (
-            StatusCode::TOO_MANY_REQUESTS,
-            [("retry-after", retry_after_s.to_string())],
-            "slow down",
-        )
-            .into_response(),
-        Some(Answer::Hang(d)) => {
-            tokio::time::sleep(d).await;
-            StatusCode::OK.into_response()
-        }
-        None => {
-            hook.accepted.lock().unwrap().push(body);
-            StatusCode::OK.into_response()
-        }
-    }
-}
-
-async fn start_hook() -> Result<(Arc<Hook>, String)> {
-    let hook = Arc::new(Hook::default());
-    let app = axum::Router::new()
-        .route("/hook", axum::routing::post(receive))
-        .with_state(hook.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/hook", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok((hook, url))
-}
-
-/// The membership a receiver ends with: per MPID the item of the highest version.
-fn receiver_view(hook: &Hook) -> BTreeMap<i64, (u64, String, Value)> {
-    let mut view: BTreeMap<i64, (u64, String, Value)> = BTreeMap::new();
-    for body in hook.accepted.lock().unwrap().iter() {
-        for item in body["items"].as_array().into_iter().flatten() {
-            let mpid = item["mpid"].as_i64().unwrap();
-            let version = item["version"].as_u64().unwrap();
-            let action = item["action"].as_str().unwrap().to_string();
-            if view.get(&mpid).is_none_or(|(v, _, _)| version > *v) {
-                view.insert(mpid, (version, action, item.clone()));
-            }
-        }
-    }
-    view
-}
-
-fn members(view: &BTreeMap<i64, (u64, String, Value)>) -> Vec<i64> {
-    view.iter()
-        .filter(|(_, (_, action, _))| action == "add")
-        .map(|(m, _)| *m)
-        .collect()
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        if Instant::now() > deadline {
-            anyhow::bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 fn batch(mpid: i64, now: i64, identities: Value, device: Value, tier: &str) -> Value {
     json!({
@@ -125,30 +19,6 @@ fn batch(mpid: i64, now: i64, identities: Value, device: Value, tier: &str) -> V
         "user_attributes": {"tier": tier, "secret_score": 99},
         "events": [custom_event("Play", "navigation", now, json!({}))]
     })
-}
-
-async fn webhook(
-    client: &mut pb::output_service_client::OutputServiceClient<Channel>,
-    name: &str,
-    url: &str,
-    accepted: &[&str],
-    extra: Value,
-) -> Result<pb::OutputConfig> {
-    let mut settings = json!({"url": url, "batch_size": 50, "linger_ms": 50});
-    for (k, v) in extra.as_object().unwrap() {
-        settings[k] = v.clone();
-    }
-    Ok(client
-        .create_output(pb::OutputConfig {
-            name: name.into(),
-            kind: "webhook".into(),
-            settings: Some(criteria(settings)),
-            secrets: [("authorization".to_string(), format!("Bearer {name}-token"))].into(),
-            accepted_identities: accepted.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

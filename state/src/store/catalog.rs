@@ -95,14 +95,10 @@ impl Store {
                     b.put(meta, key.as_bytes(), json(c));
                 }
                 None => {
-                    for key in [
-                        format!("connection/{id:020}"),
-                        format!("conncursor/{id:020}"),
-                        format!("connsync/{id:020}"),
-                        format!("fault/{id:020}"),
-                    ] {
+                    for key in [format!("connection/{id:020}"), format!("fault/{id:020}")] {
                         b.delete(meta, key.as_bytes());
                     }
+                    self.delete_delivery_positions(&mut b, *id)?;
                 }
             }
         }

@@ -110,6 +110,12 @@ impl Store {
         self.epochs().insert(partition, epoch);
     }
 
+    /// Whether this node may write the partition: always without the changelog, only under an
+    /// accepted claim with it.
+    pub fn may_write(&self, partition: Partition) -> bool {
+        !self.logs_partition_writes() || self.epochs().contains_key(&partition)
+    }
+
     /// The partitions this node may write (with an accepted claim), in order.
     pub fn writable_partitions(&self) -> Vec<Partition> {
         let mut partitions: Vec<Partition> = self.epochs().keys().copied().collect();

@@ -200,13 +200,15 @@ impl Store {
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
         let db = DB::open_cf_descriptors(&options, path, descriptors)?;
-        Ok(Store {
+        let store = Store {
             db,
             sync_writes,
             unit_lock: std::sync::Mutex::new(()),
             position_lock: std::sync::Mutex::new(()),
             changelog: Default::default(),
-        })
+        };
+        store.migrate_connection_cursors()?;
+        Ok(store)
     }
 
     pub(super) fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {
@@ -274,6 +276,23 @@ impl Store {
         opts.set_sync(true);
         self.db.write_opt(batch.batch, &opts)?;
         Ok(())
+    }
+
+    /// The meta records whose key starts with `prefix`, in key order: (the rest of the key,
+    /// the value).
+    pub(super) fn meta_with_prefix(&self, prefix: &str) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_META),
+            rocksdb::IteratorMode::From(prefix.as_bytes(), rocksdb::Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            let Some(rest) = k.strip_prefix(prefix.as_bytes()) else {
+                break;
+            };
+            out.push((rest.to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
 
     pub(super) fn meta_u64(&self, key: &str) -> StoreResult<Option<u64>> {

@@ -1,5 +1,5 @@
 //! Definitions kept beside the state: audiences, calculated attributes, event tiers, outputs,
-//! connections (with their cursors) and faults, as JSON records.
+//! connections and faults, as JSON records (where connections stand: `deliveries.rs`).
 
 use super::db::*;
 use super::keys::*;
@@ -8,7 +8,6 @@ use crate::catalog::AudienceRecord;
 use crate::outputs::{Connection, ConnectionId, Fault, OutputConfig};
 use rocksdb::{Direction, IteratorMode};
 use serde::Serialize;
-use std::collections::BTreeMap;
 
 impl Store {
     /// Every event tier set: (event type, name, tier).
@@ -104,73 +103,6 @@ impl Store {
 
     pub fn load_connections(&self) -> StoreResult<Vec<Connection>> {
         self.scan_json("connection/")
-    }
-
-    /// A connection's position in the outbox: the last sequence delivered per partition.
-    /// `None`: it has not yet sent the audience's current members.
-    pub fn connection_cursor(
-        &self,
-        id: ConnectionId,
-    ) -> StoreResult<Option<BTreeMap<Partition, u64>>> {
-        self.get_json(&format!("conncursor/{id:020}"))
-    }
-
-    pub fn set_connection_cursor(
-        &self,
-        id: ConnectionId,
-        cursor: &BTreeMap<Partition, u64>,
-    ) -> StoreResult<()> {
-        self.put_json(&format!("conncursor/{id:020}"), cursor)
-    }
-
-    /// The outbox heads a connection's first sync of the current members started from,
-    /// kept until the sync is done (a sync started again resumes from the same heads).
-    pub fn connection_sync_heads(
-        &self,
-        id: ConnectionId,
-    ) -> StoreResult<Option<BTreeMap<Partition, u64>>> {
-        self.get_json(&format!("connsync/{id:020}"))
-    }
-
-    pub fn set_connection_sync_heads(
-        &self,
-        id: ConnectionId,
-        heads: &BTreeMap<Partition, u64>,
-    ) -> StoreResult<()> {
-        self.put_json(&format!("connsync/{id:020}"), heads)
-    }
-
-    /// Ends a first sync: the cursor takes over from the heads, in one write.
-    pub fn finish_connection_sync(
-        &self,
-        id: ConnectionId,
-        cursor: &BTreeMap<Partition, u64>,
-    ) -> StoreResult<()> {
-        let mut b = self.batch();
-        let cf = CF_META;
-        let bytes = serde_json::to_vec(cursor).expect("cursors always serialise");
-        b.put(cf, format!("conncursor/{id:020}").as_bytes(), bytes);
-        b.delete(cf, format!("connsync/{id:020}").as_bytes());
-        self.commit(b)
-    }
-
-    /// The lowest position any existing connection still needs in a partition's outbox (its
-    /// cursor, or the heads its first sync started from): pruning stops there, so that a
-    /// faulted, inactive or slow connection loses nothing.
-    pub fn lowest_connection_cursor(&self, partition: Partition) -> StoreResult<Option<u64>> {
-        let mut lowest: Option<u64> = None;
-        for c in self.load_connections()? {
-            let position = match self.connection_cursor(c.id)? {
-                Some(cursor) => Some(cursor.get(&partition).copied().unwrap_or(0)),
-                None => self
-                    .connection_sync_heads(c.id)?
-                    .map(|heads| heads.get(&partition).copied().unwrap_or(0)),
-            };
-            if let Some(position) = position {
-                lowest = Some(lowest.map_or(position, |l| l.min(position)));
-            }
-        }
-        Ok(lowest)
     }
 
     pub fn put_fault(&self, fault: &Fault) -> StoreResult<()> {

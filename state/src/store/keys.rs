@@ -149,7 +149,8 @@ pub(super) fn meta_key_partition(key: &[u8]) -> Option<Partition> {
     let key = std::str::from_utf8(key).ok()?;
     let parts: Vec<&str> = key.split('/').collect();
     let at = match parts[0] {
-        "profiles" | "replay" | "facts" | "evaluated" | "calc-evaluated" => 1,
+        "profiles" | "replay" | "facts" | "evaluated" | "calc-evaluated" | "delivered"
+        | "syncing" => 1,
         "head" if matches!(parts.get(1), Some(&"outbox") | Some(&"deadletters")) => 2,
         "changelog" if parts.get(1) == Some(&"seq") => 2,
         // Their middle part (a topic, a sink, an audience id) never holds a `/`.

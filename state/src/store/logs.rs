@@ -343,18 +343,11 @@ impl Store {
     /// (calculated attribute, revision) pairs the partition's profiles were calculated for.
     pub fn calculated_evaluated(&self, partition: Partition) -> StoreResult<Vec<(String, u64)>> {
         let prefix = format!("calc-evaluated/{partition}/");
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(
-            self.cf(CF_META),
-            IteratorMode::From(prefix.as_bytes(), Direction::Forward),
-        ) {
-            let (k, v) = item?;
-            let Some(rest) = k.strip_prefix(prefix.as_bytes()) else {
-                break;
-            };
-            out.push((String::from_utf8_lossy(rest).into_owned(), be_u64(&v)));
-        }
-        Ok(out)
+        Ok(self
+            .meta_with_prefix(&prefix)?
+            .into_iter()
+            .map(|(rest, v)| (String::from_utf8_lossy(&rest).into_owned(), be_u64(&v)))
+            .collect())
     }
 
     /// Approximate bytes on disk (SST files) and in memtables of the event log.

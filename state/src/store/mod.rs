@@ -32,7 +32,9 @@
 //! `facts` holds each profile's latest facts, written with the profile whenever they change
 //! (meta `facts/{p}` marks a partition whose every profile has one): with `eventlog` and
 //! `members` it is what [`crate::replay`] rebuilds a profile from, so `profiles` and
-//! `timers` are caches of those logs.
+//! `timers` are caches of those logs. Meta `delivered/{p}/{connection}` (or `syncing/…` during
+//! a connection's first sync) is where a connection's output stands in the partition's outbox
+//! ([`deliveries`]): partition state, so it moves with the partition.
 //!
 //! Invariant: the state a batch produced, the deltas it emitted, the timers it set and the
 //! offsets it consumed are written in ONE [`WriteBatch`]: never split. On restart the engine
@@ -43,6 +45,7 @@ mod changelog;
 mod db;
 mod deadletter;
 mod definitions;
+mod deliveries;
 mod keys;
 mod logs;
 mod members;
@@ -54,6 +57,7 @@ mod tests;
 
 pub use db::{replicated_column_families, Partition, Store, StoreError, StoreResult, WriteBatch};
 pub use deadletter::{DeadLetter, DeadLetterLimits};
+pub use deliveries::DeliveryPosition;
 pub use keys::{log_key, profile_key};
 pub use logs::{ProfileLogs, ProfileWithLog, ReplayCursor};
 pub use snapshot::SnapshotContents;
