@@ -88,6 +88,78 @@ pub fn owners(nodes: &BTreeMap<String, Announcement>, now_ms: i64) -> BTreeMap<P
         .collect()
 }
 
+/// A partition as the cluster shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionView {
+    pub partition: Partition,
+    /// The node that owns it ("" when no node announces it).
+    pub owner: String,
+    /// A node restoring it ("" when none).
+    pub restoring_on: String,
+    /// Input records its owner has not read, over the input topics; -1 when unknown.
+    pub lag: i64,
+}
+
+/// Every partition of the input topics (`ends`: their ends per partition, summed over the
+/// topics) as the nodes' announcements show it.
+pub fn partitions(
+    nodes: &BTreeMap<String, Announcement>,
+    ends: &BTreeMap<Partition, i64>,
+    now_ms: i64,
+) -> Vec<PartitionView> {
+    let owners = owners(nodes, now_ms);
+    ends.iter()
+        .map(|(&partition, &end)| {
+            let owner = owners.get(&partition).cloned().unwrap_or_default();
+            let lag = nodes
+                .get(&owner)
+                .and_then(|a| a.next_offsets.get(&partition))
+                .map_or(-1, |next| (end - next).max(0));
+            let restoring_on = nodes
+                .values()
+                .find(|a| a.restoring.contains(&partition))
+                .map(|a| a.node_id.clone())
+                .unwrap_or_default();
+            PartitionView {
+                partition,
+                owner,
+                restoring_on,
+                lag,
+            }
+        })
+        .collect()
+}
+
+/// Whether a node's newest announcement is older than [`SILENT_AFTER`].
+pub fn is_silent(announcement: &Announcement, now_ms: i64) -> bool {
+    now_ms - announcement.at_ms > SILENT_AFTER.as_millis() as i64
+}
+
+/// The cluster's figures as gauges, the same on every node: live and silent nodes, and per
+/// partition whether a node owns it, whether one restores it, and its lag.
+pub fn export_metrics(
+    nodes: &BTreeMap<String, Announcement>,
+    partitions: &[PartitionView],
+    now_ms: i64,
+) {
+    let silent = nodes.values().filter(|a| is_silent(a, now_ms)).count();
+    metrics::gauge!("audience_cluster_nodes", "state" => "live").set((nodes.len() - silent) as f64);
+    metrics::gauge!("audience_cluster_nodes", "state" => "silent").set(silent as f64);
+    for p in partitions {
+        let partition = p.partition.to_string();
+        let flag = |set: bool| if set { 1.0 } else { 0.0 };
+        metrics::gauge!("audience_cluster_partition_owned", "partition" => partition.clone())
+            .set(flag(!p.owner.is_empty()));
+        metrics::gauge!("audience_cluster_partition_restoring", "partition" => partition.clone())
+            .set(flag(!p.restoring_on.is_empty()));
+        metrics::gauge!("audience_cluster_partition_lag", "partition" => partition)
+            .set(p.lag as f64);
+    }
+}
+
+/// How often a node reads the members topic to export the cluster's figures.
+const EXPORT_EVERY: Duration = Duration::from_secs(10);
+
 /// The wall clock in milliseconds, as announcements are dated.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -184,6 +256,31 @@ impl MembersTopic {
             tokio::select! {
                 _ = tokio::time::sleep(ANNOUNCE_EVERY) => {}
                 _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Reads the cluster as `audiencectl cluster` shows it every [`EXPORT_EVERY`] and exports
+    /// its figures ([`export_metrics`]) until shutdown.
+    pub async fn export(self, input_topics: Vec<String>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let members = self.clone();
+            let topics = input_topics.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                Ok::<_, String>((members.read()?, members.input_ends(&topics)?))
+            })
+            .await;
+            match read {
+                Ok(Ok((nodes, ends))) => {
+                    let now = now_ms();
+                    export_metrics(&nodes, &partitions(&nodes, &ends, now), now);
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "cluster figures not read"),
+                Err(e) => tracing::debug!(error = %e, "cluster figures not read"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(EXPORT_EVERY) => {}
+                _ = shutdown.changed() => return,
             }
         }
     }
@@ -293,5 +390,31 @@ mod tests {
         let owners = owners(&nodes, now);
         assert_eq!(owners[&0], "a", "nobody else claims it");
         assert_eq!(owners[&1], "b", "the live node's claim wins");
+        assert!(is_silent(&nodes["a"], now) && !is_silent(&nodes["b"], now));
+    }
+
+    #[test]
+    fn each_partition_shows_its_owner_restorer_and_lag() {
+        let mut a = announcement("a", &[0], 5_000);
+        a.next_offsets.insert(0, 90);
+        let mut b = announcement("b", &[], 5_000);
+        b.restoring = vec![1];
+        let nodes = latest([("a".to_string(), Some(a)), ("b".to_string(), Some(b))]);
+        let ends = BTreeMap::from([(0, 100), (1, 40), (2, 0)]);
+        let shown = partitions(&nodes, &ends, 6_000);
+        let view = |partition, owner: &str, restoring_on: &str, lag| PartitionView {
+            partition,
+            owner: owner.into(),
+            restoring_on: restoring_on.into(),
+            lag,
+        };
+        assert_eq!(
+            shown,
+            [
+                view(0, "a", "", 10),
+                view(1, "", "b", -1),
+                view(2, "", "", -1)
+            ]
+        );
     }
 }

@@ -359,10 +359,11 @@ impl DeliveryLoop {
         // Outbox entries (of every audience) this connection has not read yet.
         metrics::gauge!("audience_connection_queued", "connection" => self.label())
             .set(queued as f64);
-        self.figures.lock().initial_sync_done = !positions.is_empty()
-            && positions
-                .iter()
-                .all(|(_, position)| matches!(position, Some(DeliveryPosition::Delivered(_))));
+        // Done when every partition this node owns is (a node owning none owes no sync: in a
+        // cluster the figure is the AND of every node's).
+        self.figures.lock().initial_sync_done = positions
+            .iter()
+            .all(|(_, position)| matches!(position, Some(DeliveryPosition::Delivered(_))));
         let mut progressed = false;
         for (p, position) in positions {
             let outcome = match position {

@@ -324,11 +324,19 @@ impl Engine {
         self.outbox_written.send_modify(|v| *v += 1);
     }
 
-    /// Size, adds, drops and volatility of audiences (all when `ids` is empty).
+    /// Size, adds, drops and volatility of audiences (all when `ids` is empty), over this
+    /// node's partitions.
     pub fn figures(&self, ids: &[AudienceId]) -> anyhow::Result<Vec<(AudienceId, Figures)>> {
         let mut sizes: HashMap<AudienceId, u64> = HashMap::new();
-        for (a, _, size) in self.store.audience_sizes()? {
-            *sizes.entry(a).or_default() += size;
+        // With the changelog on, a partition this node held before and gave away is a stale
+        // copy: its owner counts it.
+        let counted = |p: &Partition| {
+            !self.store.logs_partition_writes() || self.partitions.lock().contains(p)
+        };
+        for (a, p, size) in self.store.audience_sizes()? {
+            if counted(&p) {
+                *sizes.entry(a).or_default() += size;
+            }
         }
         let catalog = self.catalog.load();
         let wanted: Vec<AudienceId> = if ids.is_empty() {

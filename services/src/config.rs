@@ -94,6 +94,13 @@ pub struct ClusterConfig {
     /// Where every node announces itself (`audiencectl cluster`); empty: the group id
     /// followed by `-members`.
     pub members_topic: String,
+    /// The `host:port` the other nodes reach this node's gRPC at (they ask it for its
+    /// partitions' part of a read). Empty: `grpc.listen`, its host replaced by this machine's
+    /// name when it listens on every interface.
+    pub advertised_grpc: String,
+    /// The CA that signed the other nodes' certificates when they serve TLS; empty: the
+    /// system's roots.
+    pub peer_ca_file: String,
 }
 
 impl ClusterConfig {
@@ -118,6 +125,8 @@ impl Default for ClusterConfig {
             snapshot_interval_ms: 10_000,
             trim_changelog: false,
             members_topic: String::new(),
+            advertised_grpc: String::new(),
+            peer_ca_file: String::new(),
         }
     }
 }
@@ -391,6 +400,8 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ),
     ("AUDIENCE_TRIM_CHANGELOG", "cluster.trim_changelog"),
     ("AUDIENCE_MEMBERS_TOPIC", "cluster.members_topic"),
+    ("AUDIENCE_ADVERTISED_GRPC", "cluster.advertised_grpc"),
+    ("AUDIENCE_PEER_CA_FILE", "cluster.peer_ca_file"),
     ("AUDIENCE_CATALOG_SECRET_KEY", "catalog.secret_key"),
     ("AUDIENCE_GRPC_LISTEN", "grpc.listen"),
     ("AUDIENCE_TLS_CERT", "grpc.tls_cert"),
@@ -479,6 +490,8 @@ impl Config {
                 self.cluster.trim_changelog = value.parse().map_err(|e| bad(&e))?
             }
             "AUDIENCE_MEMBERS_TOPIC" => self.cluster.members_topic = value.into(),
+            "AUDIENCE_ADVERTISED_GRPC" => self.cluster.advertised_grpc = value.into(),
+            "AUDIENCE_PEER_CA_FILE" => self.cluster.peer_ca_file = value.into(),
             "AUDIENCE_CATALOG_SECRET_KEY" => self.catalog.secret_key = value.into(),
             "AUDIENCE_GRPC_LISTEN" => self.grpc.listen = value.into(),
             "AUDIENCE_TLS_CERT" => self.grpc.tls_cert = value.into(),

@@ -3,17 +3,19 @@
 //! [`crate::convert::status`].
 
 use crate::convert;
+use crate::peers::{scoped_partition, Peer, Peers, PARTITION_HEADER};
 use audience_actors::connector::{Connectors, CursorError};
 use audience_actors::node::Node;
 use audience_actors::registry::{AudienceSpec, Registry};
+use audience_actors::stats::Figures;
 use audience_proto::v1 as pb;
-use audience_state::calculated::{CalcSpec, CalculatedAttributeRecord};
+use audience_state::calculated::CalculatedAttributeRecord;
 use audience_state::catalog::AudienceStatus;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio_stream::Stream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 #[derive(Clone)]
@@ -28,45 +30,60 @@ pub struct Services {
     pub members: audience_actors::cluster_view::MembersTopic,
     pub group_id: String,
     pub input_topics: Vec<String>,
+    /// The other nodes, asked for their partitions' part of a read.
+    pub peers: Arc<Peers>,
 }
 
 impl Services {
-    /// The replays of this node's partitions, running or finished.
-    fn replay_status(&self) -> pb::ReplayStatus {
-        let replays = self.node.engine.replays.lock().clone();
-        let mut partitions: Vec<pb::PartitionReplay> = replays
-            .into_iter()
-            .map(|(partition, r)| pb::PartitionReplay {
-                partition,
-                wiped: r.wiped,
-                running: r.finished_at_ms.is_none(),
-                profiles_scanned: r.scanned,
-                profiles_total: r.total,
-                deltas: r.deltas,
-                unreadable_logs: r.unreadable,
-                started_at_ms: r.started_at_ms,
-                finished_at_ms: r.finished_at_ms.unwrap_or(0),
-            })
-            .collect();
-        partitions.sort_by_key(|p| p.partition);
-        pb::ReplayStatus {
-            running: partitions.iter().any(|p| p.running),
-            partitions,
+    /// Size, adds and drops of the last 24 hours of audiences, over the whole cluster: this
+    /// node's partitions, and every other live node's (asked for theirs).
+    async fn cluster_figures(
+        &self,
+        caller: &MetadataMap,
+        ids: &[u64],
+    ) -> Result<HashMap<u64, Figures>, Status> {
+        let mut sums: HashMap<u64, (u64, u64, u64)> = HashMap::new();
+        for (id, f) in self.node.engine.figures(ids).map_err(convert::internal)? {
+            sums.insert(id, (f.size, f.adds_24h, f.drops_24h));
         }
+        let peers = self.peers.others(caller).await?;
+        let asked = pb::GetAudienceStatsRequest {
+            audience_ids: ids.to_vec(),
+        };
+        let answers = self
+            .peers
+            .ask_every(&peers, |channel| {
+                let request = self.peers.request(caller, asked.clone());
+                async move {
+                    pb::membership_service_client::MembershipServiceClient::new(channel)
+                        .get_audience_stats(request)
+                        .await
+                }
+            })
+            .await?;
+        for answer in answers {
+            for a in answer.audiences {
+                let (Some(stats), Some(sum)) = (a.stats, sums.get_mut(&a.audience_id)) else {
+                    continue;
+                };
+                sum.0 += stats.size;
+                sum.1 += stats.adds_24h;
+                sum.2 += stats.drops_24h;
+            }
+        }
+        Ok(sums
+            .into_iter()
+            .map(|(id, (size, adds, drops))| (id, Figures::new(size, adds, drops)))
+            .collect())
     }
 
-    fn with_figures(
+    async fn with_figures(
         &self,
+        caller: &MetadataMap,
         records: Vec<audience_state::catalog::AudienceRecord>,
     ) -> Result<Vec<pb::Audience>, Status> {
         let ids: Vec<u64> = records.iter().map(|r| r.id).collect();
-        let figures: HashMap<_, _> = self
-            .node
-            .engine
-            .figures(&ids)
-            .map_err(convert::internal)?
-            .into_iter()
-            .collect();
+        let figures = self.cluster_figures(caller, &ids).await?;
         let active: Vec<(u64, u64)> = records
             .iter()
             .filter(|r| r.status == AudienceStatus::Active)
@@ -84,7 +101,8 @@ impl Services {
             cached.clone()
         };
         let connections = self.outputs.connections().map_err(convert::status)?;
-        let faults = self.outputs.faults().map_err(convert::status)?;
+        let faults =
+            crate::grpc_outputs::cluster_faults(&self.outputs, &self.peers, caller).await?;
         Ok(records
             .iter()
             .map(|r| {
@@ -110,11 +128,13 @@ impl Services {
             .collect())
     }
 
-    fn one(
+    async fn one(
         &self,
+        caller: &MetadataMap,
         record: audience_state::catalog::AudienceRecord,
     ) -> Result<Response<pb::Audience>, Status> {
-        Ok(Response::new(self.with_figures(vec![record])?.remove(0)))
+        let mut shown = self.with_figures(caller, vec![record]).await?;
+        Ok(Response::new(shown.remove(0)))
     }
 }
 
@@ -141,6 +161,7 @@ impl pb::audience_service_server::AudienceService for Services {
         &self,
         req: Request<pb::CreateAudienceRequest>,
     ) -> Result<Response<pb::Audience>, Status> {
+        let caller = req.metadata().clone();
         let r = req.into_inner();
         let spec = spec(r.name, r.external_name, r.criteria, r.tags)?;
         let record = self
@@ -148,18 +169,19 @@ impl pb::audience_service_server::AudienceService for Services {
             .create(spec, r.draft)
             .await
             .map_err(convert::status)?;
-        self.one(record)
+        self.one(&caller, record).await
     }
 
     async fn get_audience(
         &self,
         req: Request<pb::GetAudienceRequest>,
     ) -> Result<Response<pb::Audience>, Status> {
+        let caller = req.metadata().clone();
         let record = self
             .registry
             .get(req.into_inner().id)
             .map_err(convert::status)?;
-        let mut audience = self.one(record.clone())?.into_inner();
+        let mut audience = self.one(&caller, record.clone()).await?.into_inner();
         if let Some(calculation) = audience
             .calculation
             .as_mut()
@@ -194,9 +216,10 @@ impl pb::audience_service_server::AudienceService for Services {
         &self,
         req: Request<pb::ListAudiencesRequest>,
     ) -> Result<Response<pb::ListAudiencesResponse>, Status> {
+        let caller = req.metadata().clone();
         let records = self.registry.list(&req.into_inner().tags);
         Ok(Response::new(pb::ListAudiencesResponse {
-            audiences: self.with_figures(records)?,
+            audiences: self.with_figures(&caller, records).await?,
         }))
     }
 
@@ -204,6 +227,7 @@ impl pb::audience_service_server::AudienceService for Services {
         &self,
         req: Request<pb::UpdateAudienceRequest>,
     ) -> Result<Response<pb::Audience>, Status> {
+        let caller = req.metadata().clone();
         let r = req.into_inner();
         let spec = spec(r.name, r.external_name, r.criteria, r.tags)?;
         let record = self
@@ -211,7 +235,7 @@ impl pb::audience_service_server::AudienceService for Services {
             .update(r.id, spec)
             .await
             .map_err(convert::status)?;
-        self.one(record)
+        self.one(&caller, record).await
     }
 
     async fn delete_audience(
@@ -228,12 +252,13 @@ impl pb::audience_service_server::AudienceService for Services {
         &self,
         req: Request<pb::AudienceIdRequest>,
     ) -> Result<Response<pb::Audience>, Status> {
+        let caller = req.metadata().clone();
         let record = self
             .registry
             .set_status(req.into_inner().id, AudienceStatus::Active)
             .await
             .map_err(convert::status)?;
-        self.one(record)
+        self.one(&caller, record).await
     }
 
     async fn set_event_tier(
@@ -329,7 +354,9 @@ impl pb::audience_service_server::AudienceService for Services {
         &self,
         req: Request<pb::EstimateAudienceRequest>,
     ) -> Result<Response<pb::AudienceEstimate>, Status> {
+        let caller = req.metadata().clone();
         let r = req.into_inner();
+        let criteria_struct = r.criteria.clone();
         let criteria = r
             .criteria
             .map(|c| convert::struct_to_json(&c))
@@ -342,26 +369,84 @@ impl pb::audience_service_server::AudienceService for Services {
             0 => audience_state::estimate::DEFAULT_SAMPLE_SIZE,
             n => u64::from(n),
         };
-        let node = self.node.clone();
-        let sampled = tokio::task::spawn_blocking(move || {
-            audience_actors::sampling::estimate_size(
-                &node.engine,
-                &node.owned(),
-                &compiled,
-                sample_size,
-            )
-        })
-        .await
-        .map_err(convert::internal)?
-        .map_err(convert::internal)?;
-        Ok(Response::new(convert::estimate(&sampled)))
+        let peers = self.peers.others(&caller).await?;
+        if peers.is_empty() {
+            let sampled = self.sample_here(compiled, sample_size).await?;
+            return Ok(Response::new(convert::estimate(&sampled)));
+        }
+        // One sample over the cluster, as one node draws it over its partitions: each node
+        // draws a share proportional to its profiles, and the draws are pooled.
+        let population_here = self.profiles_here()?;
+        let counted = pb::EstimateAudienceRequest {
+            criteria: criteria_struct.clone(),
+            sample_size: 1,
+        };
+        let populations: Vec<u64> = self
+            .peers
+            .ask_every(&peers, |channel| {
+                let request = self.peers.request(&caller, counted.clone());
+                async move {
+                    pb::audience_service_client::AudienceServiceClient::new(channel)
+                        .estimate_audience(request)
+                        .await
+                }
+            })
+            .await?
+            .iter()
+            .map(|e| e.profiles_total)
+            .collect();
+        let population = population_here + populations.iter().sum::<u64>();
+        let share = |n: u64| -> u64 {
+            if population == 0 {
+                return 0;
+            }
+            (u128::from(sample_size) * u128::from(n)).div_ceil(u128::from(population)) as u64
+        };
+        let mut pooled = self.sample_here(compiled, share(population_here)).await?;
+        let draws = peers
+            .iter()
+            .zip(&populations)
+            .filter(|(_, &n)| share(n) > 0)
+            .map(|(peer, &n)| {
+                let asked = pb::EstimateAudienceRequest {
+                    criteria: criteria_struct.clone(),
+                    sample_size: share(n).min(u64::from(u32::MAX)) as u32,
+                };
+                let caller = &caller;
+                self.peers
+                    .ask_every(std::slice::from_ref(peer), move |channel| {
+                        let request = self.peers.request(caller, asked.clone());
+                        async move {
+                            pb::audience_service_client::AudienceServiceClient::new(channel)
+                                .estimate_audience(request)
+                                .await
+                        }
+                    })
+            });
+        let mut drawn = Vec::new();
+        for answers in futures::future::join_all(draws).await {
+            drawn.extend(answers?);
+        }
+        for d in drawn {
+            pooled.sampled += d.sample_size;
+            pooled.sampled_members += d.sampled_members;
+        }
+        pooled.population = population;
+        pooled.estimate = audience_state::estimate::estimate(
+            pooled.sampled_members,
+            pooled.sampled,
+            population.max(pooled.sampled),
+        );
+        Ok(Response::new(convert::estimate(&pooled)))
     }
 
     async fn preview_update(
         &self,
         req: Request<pb::PreviewUpdateRequest>,
     ) -> Result<Response<pb::UpdatePreview>, Status> {
+        let caller = req.metadata().clone();
         let r = req.into_inner();
+        let asked = r.clone();
         self.registry.get(r.audience_id).map_err(convert::status)?;
         let criteria = r
             .criteria
@@ -418,7 +503,7 @@ impl pb::audience_service_server::AudienceService for Services {
         .map_err(convert::internal)?
         .map_err(convert::internal)?;
         let (p, [leaving_reason, entering_reason]) = preview;
-        Ok(Response::new(pb::UpdatePreview {
+        let here = pb::UpdatePreview {
             audience_id: audience,
             members_now: p.members_now,
             would_leave: p.would_leave,
@@ -428,19 +513,35 @@ impl pb::audience_service_server::AudienceService for Services {
             leaving_reason,
             entering_reason,
             profiles_scanned: p.scanned,
-        }))
+        };
+        // The other nodes' partitions, each previewed where it is.
+        let peers = self.peers.others(&caller).await?;
+        let mut parts = self
+            .peers
+            .ask_every(&peers, |channel| {
+                let request = self.peers.request(&caller, asked.clone());
+                async move {
+                    pb::audience_service_client::AudienceServiceClient::new(channel)
+                        .preview_update(request)
+                        .await
+                }
+            })
+            .await?;
+        parts.push(here);
+        Ok(Response::new(crate::peers::merge_previews(parts, sample)))
     }
 
     async fn save_as_draft(
         &self,
         req: Request<pb::AudienceIdRequest>,
     ) -> Result<Response<pb::Audience>, Status> {
+        let caller = req.metadata().clone();
         let record = self
             .registry
             .set_status(req.into_inner().id, AudienceStatus::Draft)
             .await
             .map_err(convert::status)?;
-        self.one(record)
+        self.one(&caller, record).await
     }
 }
 
@@ -542,12 +643,13 @@ impl pb::membership_service_server::MembershipService for Services {
         &self,
         req: Request<pb::GetMembershipHistoryRequest>,
     ) -> Result<Response<pb::MembershipHistory>, Status> {
+        let caller = req.metadata().clone();
         let mpid = req.into_inner().mpid;
         let engine = &self.node.engine;
         let catalog = engine.catalog.load();
         let from = engine.clock.now() - engine.settings.retention_ms;
         let mut intervals = Vec::new();
-        for p in self.all_partitions()? {
+        for p in self.partitions(&caller)? {
             let changes = engine
                 .store
                 .membership_changes_of(p, mpid)
@@ -571,6 +673,21 @@ impl pb::membership_service_server::MembershipService for Services {
                 }
             }
         }
+        // The other nodes' partitions: a profile is on one, unless its producers' keys moved.
+        let peers = self.peers.others(&caller).await?;
+        let asked = pb::GetMembershipHistoryRequest { mpid };
+        let answers = self
+            .peers
+            .ask_every(&peers, |channel| {
+                let request = self.peers.request(&caller, asked);
+                async move {
+                    pb::membership_service_client::MembershipServiceClient::new(channel)
+                        .get_membership_history(request)
+                        .await
+                }
+            })
+            .await?;
+        intervals.extend(answers.into_iter().flat_map(|h| h.intervals));
         intervals.sort_by_key(|i| (i.entered_ms, i.audience_id));
         Ok(Response::new(pb::MembershipHistory { mpid, intervals }))
     }
@@ -579,6 +696,7 @@ impl pb::membership_service_server::MembershipService for Services {
         &self,
         req: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        let caller = req.metadata().clone();
         let r = req.into_inner();
         let engine = &self.node.engine;
         self.registry.get(r.audience_id).map_err(convert::status)?;
@@ -611,9 +729,17 @@ impl pb::membership_service_server::MembershipService for Services {
                 ))
             }
         };
+        // Partition after partition, each read from its owner: this node, or another.
+        let owned: std::collections::BTreeSet<u32> =
+            self.partitions(&caller)?.into_iter().collect();
+        let mut every = owned.clone();
+        let peers = self.peers.others(&caller).await?;
+        if !self.peers.answers_alone(&caller) {
+            every.extend(0..self.peers.cluster().await?.partitions);
+        }
         let mut mpids = Vec::new();
         let mut next_page_token = String::new();
-        for p in self.all_partitions()? {
+        for p in every {
             if partition.is_some_and(|from| p < from) {
                 continue;
             }
@@ -622,10 +748,20 @@ impl pb::membership_service_server::MembershipService for Services {
             }
             partition = Some(p);
             let want = page_size - mpids.len();
-            let page = engine
-                .store
-                .members_at(p, r.audience_id, as_of, after, want)
-                .map_err(convert::internal)?;
+            let page = if owned.contains(&p) {
+                engine
+                    .store
+                    .members_at(p, r.audience_id, as_of, after, want)
+                    .map_err(convert::internal)?
+            } else {
+                let asked = pb::ListMembersRequest {
+                    audience_id: r.audience_id,
+                    as_of_ms: as_of,
+                    page_size: want as u32,
+                    page_token: after.map(|m| format!("{p}:{m}")).unwrap_or_default(),
+                };
+                self.members_elsewhere(&caller, &peers, p, asked).await?
+            };
             let full = page.len() == want;
             if let Some(last) = page.last() {
                 if full {
@@ -648,18 +784,17 @@ impl pb::membership_service_server::MembershipService for Services {
         &self,
         req: Request<pb::GetAudienceStatsRequest>,
     ) -> Result<Response<pb::GetAudienceStatsResponse>, Status> {
+        let caller = req.metadata().clone();
         let ids = req.into_inner().audience_ids;
-        let audiences = self
-            .node
-            .engine
-            .figures(&ids)
-            .map_err(convert::internal)?
+        let figures = self.cluster_figures(&caller, &ids).await?;
+        let mut audiences: Vec<pb::ConnectorAudienceStats> = figures
             .iter()
             .map(|(id, f)| pb::ConnectorAudienceStats {
                 audience_id: *id,
                 stats: Some(convert::stats(f)),
             })
             .collect();
+        audiences.sort_by_key(|a| a.audience_id);
         Ok(Response::new(pb::GetAudienceStatsResponse { audiences }))
     }
 }
@@ -675,7 +810,7 @@ where
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-fn explain_node(e: &audience_state::criteria::Explanation) -> pb::ExplainNode {
+pub(crate) fn explain_node(e: &audience_state::criteria::Explanation) -> pb::ExplainNode {
     pb::ExplainNode {
         criterion: e.criterion.clone(),
         matched: e.matched,
@@ -686,289 +821,98 @@ fn explain_node(e: &audience_state::criteria::Explanation) -> pb::ExplainNode {
 }
 
 impl Services {
-    /// A profile from whichever partition of this node holds it.
-    /// Every partition this node runs or has stored, in order.
-    fn all_partitions(&self) -> Result<Vec<u32>, Status> {
+    /// A page of a partition this node does not own, from the node that does: the one that
+    /// announces it first, then the others (announcements are up to 2 s old, and a node that
+    /// does not own it refuses the call).
+    async fn members_elsewhere(
+        &self,
+        caller: &MetadataMap,
+        peers: &[Peer],
+        p: u32,
+        asked: pb::ListMembersRequest,
+    ) -> Result<Vec<i64>, Status> {
+        let mut candidates: Vec<&Peer> =
+            peers.iter().filter(|n| n.partitions.contains(&p)).collect();
+        candidates.extend(peers.iter().filter(|n| !n.partitions.contains(&p)));
+        for peer in candidates {
+            let mut answers = self
+                .peers
+                .ask(std::slice::from_ref(peer), |channel| {
+                    let mut request = self.peers.request(caller, asked.clone());
+                    let partition = p.to_string().parse().expect("digits are ASCII");
+                    request.metadata_mut().insert(PARTITION_HEADER, partition);
+                    async move {
+                        pb::membership_service_client::MembershipServiceClient::new(channel)
+                            .list_members(request)
+                            .await
+                    }
+                })
+                .await;
+            match answers.remove(0) {
+                Ok(page) => return Ok(page.mpids),
+                Err(e) if e.code() == tonic::Code::Unavailable => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Status::unavailable(format!(
+            "partition {p}: no node answers for it now (it is moving, or its node died): retry"
+        )))
+    }
+
+    /// A uniform sample of `n` profiles of this node's partitions, `compiled` evaluated on
+    /// each.
+    async fn sample_here(
+        &self,
+        compiled: audience_state::criteria::CompiledAudience,
+        n: u64,
+    ) -> Result<audience_actors::engine::SampledEstimate, Status> {
+        let node = self.node.clone();
+        let partitions = node.owned();
+        tokio::task::spawn_blocking(move || {
+            audience_actors::sampling::estimate_size(&node.engine, &partitions, &compiled, n)
+        })
+        .await
+        .map_err(convert::internal)?
+        .map_err(convert::internal)
+    }
+
+    /// The profiles of this node's partitions.
+    fn profiles_here(&self) -> Result<u64, Status> {
         let engine = &self.node.engine;
+        let mut total = 0;
+        for p in self.node.owned() {
+            total += engine
+                .store
+                .profile_count(p)
+                .map_err(convert::internal)?
+                .unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    /// The partitions this node answers for, in order: with the changelog on, those it owns
+    /// (a former owner's copy is stale), or the one another node's call names; alone, every
+    /// partition it runs or has stored.
+    pub(crate) fn partitions(&self, caller: &MetadataMap) -> Result<Vec<u32>, Status> {
+        let engine = &self.node.engine;
+        let owned: Vec<u32> = engine.partitions.lock().iter().copied().collect();
+        if let Some(p) = scoped_partition(caller)? {
+            return if owned.contains(&p) {
+                Ok(vec![p])
+            } else {
+                Err(Status::unavailable(format!(
+                    "partition {p} is not this node's now (it moved): retry"
+                )))
+            };
+        }
+        if engine.store.logs_partition_writes() {
+            return Ok(owned);
+        }
         let mut partitions: Vec<u32> = self.node.owned();
-        partitions.extend(engine.partitions.lock().iter().copied());
+        partitions.extend(owned);
         partitions.extend(engine.store.known_partitions().map_err(convert::internal)?);
         partitions.sort();
         partitions.dedup();
         Ok(partitions)
-    }
-
-    fn load_profile(
-        &self,
-        mpid: i64,
-    ) -> Result<(u32, audience_state::profile::ProfileState), Status> {
-        let engine = &self.node.engine;
-        let partitions = self.all_partitions()?;
-        let found = engine
-            .store
-            .find_profile(mpid, partitions)
-            .map_err(convert::internal)?;
-        found.ok_or_else(|| Status::not_found(format!("mpid {mpid}: no profile")))
-    }
-}
-
-#[tonic::async_trait]
-impl pb::profile_service_server::ProfileService for Services {
-    async fn get_profile(
-        &self,
-        req: Request<pb::GetProfileRequest>,
-    ) -> Result<Response<pb::Profile>, Status> {
-        let mpid = req.into_inner().mpid;
-        let engine = &self.node.engine;
-        let (partition, profile) = self.load_profile(mpid)?;
-        let log = engine
-            .store
-            .load_log_head(partition, mpid)
-            .map_err(convert::internal)?
-            .unwrap_or_default();
-        let catalog = engine.catalog.load();
-        let name = |id: u64| catalog.active(id).map(|a| a.record.name.clone());
-        let now = engine.clock.now();
-        let from = now - engine.settings.retention_ms;
-        let calculated: Vec<(String, CalcSpec)> = catalog
-            .calculated_records()
-            .iter()
-            .filter_map(|r| {
-                let spec = catalog.calculated_spec(&r.name.trim().to_lowercase())?;
-                Some((r.name.clone(), spec))
-            })
-            .collect();
-        let mut shown = convert::profile(&profile, name, from, &calculated, now);
-        shown.event_log = Some(convert::log_stats(&log.stats()));
-        Ok(Response::new(shown))
-    }
-
-    async fn explain(
-        &self,
-        req: Request<pb::ExplainRequest>,
-    ) -> Result<Response<pb::Explanation>, Status> {
-        let r = req.into_inner();
-        let engine = &self.node.engine;
-        let catalog = engine.catalog.load();
-        let audience = match (catalog.active(r.audience_id), catalog.record(r.audience_id)) {
-            (Some(a), _) => a.clone(),
-            (None, Some(_)) => {
-                return Err(Status::failed_precondition(format!(
-                    "audience_id: audience {} is a draft: activate it to evaluate it",
-                    r.audience_id
-                )))
-            }
-            (None, None) => {
-                return Err(Status::not_found(format!(
-                    "audience_id: audience {} not found",
-                    r.audience_id
-                )))
-            }
-        };
-        let (_, profile) = self.load_profile(r.mpid)?;
-        let ctx = audience_state::criteria::EvalContext {
-            now: engine.clock.now(),
-            retention_ms: engine.settings.retention_ms,
-        };
-        let explanation = audience.compiled.root.explain(&profile, &ctx);
-        Ok(Response::new(pb::Explanation {
-            mpid: r.mpid,
-            audience_id: r.audience_id,
-            member: profile
-                .memberships
-                .get(&r.audience_id)
-                .is_some_and(|m| m.member),
-            root: Some(explain_node(&explanation)),
-            evaluated_at_ms: ctx.now,
-        }))
-    }
-}
-
-#[tonic::async_trait]
-impl pb::admin_service_server::AdminService for Services {
-    async fn advance_clock(
-        &self,
-        req: Request<pb::AdvanceClockRequest>,
-    ) -> Result<Response<pb::ClockResponse>, Status> {
-        let clock = &self.node.engine.clock;
-        let now = clock
-            .advance(req.into_inner().millis)
-            .map_err(Status::failed_precondition)?;
-        self.node.tick();
-        Ok(Response::new(pb::ClockResponse {
-            now_ms: now,
-            manual: true,
-        }))
-    }
-
-    async fn get_clock(
-        &self,
-        _: Request<pb::GetClockRequest>,
-    ) -> Result<Response<pb::ClockResponse>, Status> {
-        let clock = &self.node.engine.clock;
-        Ok(Response::new(pb::ClockResponse {
-            now_ms: clock.now(),
-            manual: clock.is_manual(),
-        }))
-    }
-
-    async fn replay_from_log(
-        &self,
-        req: Request<pb::ReplayFromLogRequest>,
-    ) -> Result<Response<pb::ReplayStatus>, Status> {
-        let wipe = req.into_inner().wipe_profiles;
-        let started = self.node.start_replay(wipe).await;
-        if started.is_empty() {
-            return Err(Status::failed_precondition(
-                "this node owns no partition yet: nothing to replay",
-            ));
-        }
-        let failed: Vec<String> = started
-            .iter()
-            .filter_map(|(p, r)| r.as_ref().err().map(|e| format!("partition {p}: {e}")))
-            .collect();
-        if !failed.is_empty() {
-            return Err(Status::internal(format!(
-                "replay could not start on {}",
-                failed.join("; ")
-            )));
-        }
-        Ok(Response::new(self.replay_status()))
-    }
-
-    async fn get_replay(
-        &self,
-        _: Request<pb::GetReplayRequest>,
-    ) -> Result<Response<pb::ReplayStatus>, Status> {
-        Ok(Response::new(self.replay_status()))
-    }
-
-    async fn get_cluster_status(
-        &self,
-        _: Request<pb::GetClusterStatusRequest>,
-    ) -> Result<Response<pb::ClusterStatus>, Status> {
-        use audience_actors::cluster_view::{now_ms, owners, SILENT_AFTER};
-        let members = self.members.clone();
-        let topics = self.input_topics.clone();
-        let (nodes, ends) = tokio::task::spawn_blocking(move || {
-            Ok::<_, String>((members.read()?, members.input_ends(&topics)?))
-        })
-        .await
-        .map_err(convert::internal)?
-        .map_err(Status::unavailable)?;
-        let now = now_ms();
-        let owners = owners(&nodes, now);
-        let partitions = ends
-            .iter()
-            .map(|(&p, &end)| {
-                let owner = owners.get(&p).cloned().unwrap_or_default();
-                let lag = nodes
-                    .get(&owner)
-                    .and_then(|a| a.next_offsets.get(&p))
-                    .map_or(-1, |next| (end - next).max(0));
-                let restoring_on = nodes
-                    .values()
-                    .find(|a| a.restoring.contains(&p))
-                    .map(|a| a.node_id.clone())
-                    .unwrap_or_default();
-                pb::ClusterPartition {
-                    partition: p,
-                    owner,
-                    restoring_on,
-                    lag,
-                }
-            })
-            .collect();
-        Ok(Response::new(pb::ClusterStatus {
-            cluster_id: self
-                .node
-                .engine
-                .cluster_id
-                .read()
-                .clone()
-                .unwrap_or_default(),
-            group_id: self.group_id.clone(),
-            answered_by: self.catalog.status().node_id,
-            nodes: nodes
-                .into_values()
-                .map(|a| {
-                    let ago = (now - a.at_ms).max(0);
-                    pb::ClusterNode {
-                        node_id: a.node_id,
-                        grpc: a.grpc,
-                        partitions: a.partitions,
-                        restoring: a.restoring,
-                        catalog_applied_offset: a.catalog_applied_offset,
-                        announced_ms_ago: ago,
-                        silent: ago > SILENT_AFTER.as_millis() as i64,
-                    }
-                })
-                .collect(),
-            partitions,
-        }))
-    }
-
-    async fn get_engine_status(
-        &self,
-        _: Request<pb::GetEngineStatusRequest>,
-    ) -> Result<Response<pb::EngineStatus>, Status> {
-        let engine = &self.node.engine;
-        let partitions = self
-            .node
-            .snapshots()
-            .await
-            .into_iter()
-            .map(|s| pb::PartitionStatus {
-                partition: s.partition,
-                next_offsets: s.next_offsets.into_iter().collect(),
-                outbox_head: s.outbox_head,
-                profiles_active: s.profiles_active,
-            })
-            .collect();
-        let owned: Vec<u32> = engine.partitions.lock().iter().copied().collect();
-        let mut dead_letters_kept = 0;
-        for p in owned {
-            dead_letters_kept += engine
-                .store
-                .count_dead_letters(p)
-                .map_err(convert::internal)?;
-        }
-        let c = &engine.counters;
-        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
-        let catalog = self.catalog.status();
-        let mut changelog_units_pending = 0;
-        for p in engine
-            .store
-            .partitions_with_pending_units()
-            .map_err(convert::internal)?
-        {
-            let (written, acknowledged) = engine
-                .store
-                .changelog_position(p)
-                .map_err(convert::internal)?;
-            changelog_units_pending += written.saturating_sub(acknowledged);
-        }
-        Ok(Response::new(pb::EngineStatus {
-            messages_processed: engine.counters.messages_processed.load(Ordering::Relaxed),
-            messages_dead_lettered: engine
-                .counters
-                .messages_dead_lettered
-                .load(Ordering::Relaxed),
-            deltas_emitted: engine.counters.deltas_emitted.load(Ordering::Relaxed),
-            partitions,
-            bootstrap_servers: self.bootstrap_servers.clone(),
-            dead_letters_published: load(&c.dead_letters_published),
-            dead_letters_truncated: load(&c.dead_letters_truncated),
-            dead_letters_unpublishable: load(&c.dead_letters_unpublishable),
-            dead_letters_dropped: load(&c.dead_letters_dropped),
-            dead_letters_kept,
-            deltas_unpublishable: load(&c.deltas_unpublishable),
-            catalog_applied_offset: catalog.applied_offset.unwrap_or(-1),
-            catalog_applied_at_start: catalog.applied_at_start,
-            catalog_records_undecodable: catalog.undecodable,
-            catalog_lag: catalog.lag,
-            node_id: catalog.node_id,
-            changelog_units_pending,
-        }))
     }
 }

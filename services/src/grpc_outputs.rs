@@ -1,7 +1,10 @@
 //! The gRPC `OutputService`: output configurations (secrets redacted), connections with their
-//! figures and faults, bulk connect and resume.
+//! figures and faults, bulk connect and resume. Each node delivers the partitions it owns and
+//! meets its own faults: a connection's figures and faults, and the fault list, are those of
+//! every live node (asked through [`crate::peers`]), whichever node is asked.
 
 use crate::convert::{self, json_to_struct, struct_to_json};
+use crate::peers::Peers;
 use audience_actors::output_kinds::{GrpcHub, StreamBatch};
 use audience_actors::output_registry::OutputRegistry;
 use audience_proto::v1 as pb;
@@ -10,12 +13,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 #[derive(Clone)]
 pub struct OutputServices {
     pub outputs: Arc<OutputRegistry>,
     pub node: Arc<audience_actors::node::Node>,
+    pub peers: Arc<Peers>,
 }
 
 fn settings_of(s: Option<prost_types::Struct>) -> BTreeMap<String, serde_json::Value> {
@@ -43,8 +48,9 @@ fn status_of(s: i32) -> Result<ConnectionStatus, Status> {
     }
 }
 
-fn fault(f: &Fault, c: Option<&Connection>) -> pb::Fault {
+fn fault(f: &Fault, c: Option<&Connection>, node_id: &str) -> pb::Fault {
     pb::Fault {
+        node_id: node_id.to_string(),
         connection_id: f.connection_id,
         status: f.status.unwrap_or_default(),
         body_excerpt: f.body_excerpt.clone(),
@@ -56,22 +62,82 @@ fn fault(f: &Fault, c: Option<&Connection>) -> pb::Fault {
     }
 }
 
+/// Every fault of the cluster: this node's and every other live node's, by connection then
+/// time.
+pub(crate) async fn cluster_faults(
+    outputs: &OutputRegistry,
+    peers: &Peers,
+    caller: &MetadataMap,
+) -> Result<Vec<pb::Fault>, Status> {
+    let connections = outputs.connections().map_err(convert::status)?;
+    let mut faults: Vec<pb::Fault> = outputs
+        .faults()
+        .map_err(convert::status)?
+        .iter()
+        .map(|f| {
+            let c = connections.iter().find(|c| c.id == f.connection_id);
+            fault(f, c, peers.node_id())
+        })
+        .collect();
+    let others = peers.others(caller).await?;
+    let answers = peers
+        .ask_every(&others, |channel| {
+            let request = peers.request(caller, pb::ListFaultsRequest {});
+            async move {
+                pb::output_service_client::OutputServiceClient::new(channel)
+                    .list_faults(request)
+                    .await
+            }
+        })
+        .await?;
+    faults.extend(answers.into_iter().flat_map(|a| a.faults));
+    faults.sort_by_key(|f| (f.connection_id, f.at_ms));
+    Ok(faults)
+}
+
+/// A connection as every node delivering it shows it: faulted when one node is (its latest
+/// fault shown), figures summed, its first sync done when every node's is.
+fn merge_connection(mine: &mut pb::Connection, theirs: pb::Connection) {
+    if theirs.faulted {
+        let later = |f: &Option<pb::Fault>| f.as_ref().map_or(i64::MIN, |f| f.at_ms);
+        if !mine.faulted || later(&theirs.fault) > later(&mine.fault) {
+            mine.fault = theirs.fault;
+        }
+        mine.faulted = true;
+    }
+    if let (Some(m), Some(t)) = (mine.figures.as_mut(), theirs.figures) {
+        m.size += t.size;
+        m.adds_24h += t.adds_24h;
+        m.drops_24h += t.drops_24h;
+        m.sent += t.sent;
+        m.failed += t.failed;
+        m.retried += t.retried;
+        m.unsendable += t.unsendable;
+        m.initial_sync_done &= t.initial_sync_done;
+        let changed = (m.adds_24h + m.drops_24h) as f64;
+        m.volatility = if m.size == 0 {
+            0.0
+        } else {
+            changed / m.size as f64
+        };
+    }
+}
+
 impl OutputServices {
-    /// An output as the API shows it; `connections` are every connection (read once per
-    /// request, however many outputs it shows).
+    /// An output as the API shows it; `connections` are every connection and `faults` the
+    /// cluster's (read once per request, however many outputs it shows).
     fn output_message(
         &self,
         o: &OutputConfig,
         connections: &[Connection],
+        faults: &[pb::Fault],
     ) -> Result<pb::OutputConfig, Status> {
         let shown = o.redacted();
         let mine: Vec<&Connection> = connections.iter().filter(|c| c.output_id == o.id).collect();
-        let mut faulted = 0;
-        for c in &mine {
-            if self.outputs.fault(c.id).map_err(convert::status)?.is_some() {
-                faulted += 1;
-            }
-        }
+        let faulted = mine
+            .iter()
+            .filter(|c| faults.iter().any(|f| f.connection_id == c.id))
+            .count();
         Ok(pb::OutputConfig {
             id: shown.id,
             name: shown.name.clone(),
@@ -82,13 +148,49 @@ impl OutputServices {
             created_at_ms: shown.created_at_ms,
             updated_at_ms: shown.updated_at_ms,
             connections: mine.len() as u32,
-            faulted_connections: faulted,
+            faulted_connections: faulted as u32,
         })
     }
 
-    fn one_output(&self, o: &OutputConfig) -> Result<Response<pb::OutputConfig>, Status> {
+    async fn one_output(
+        &self,
+        caller: &MetadataMap,
+        o: &OutputConfig,
+    ) -> Result<Response<pb::OutputConfig>, Status> {
         let connections = self.outputs.connections().map_err(convert::status)?;
-        Ok(Response::new(self.output_message(o, &connections)?))
+        let faults = cluster_faults(&self.outputs, &self.peers, caller).await?;
+        Ok(Response::new(self.output_message(
+            o,
+            &connections,
+            &faults,
+        )?))
+    }
+
+    /// Connections as every live node shows them (`asked`: the same call, to the others).
+    async fn cluster_connections(
+        &self,
+        caller: &MetadataMap,
+        mut shown: Vec<pb::Connection>,
+        asked: pb::ListConnectionsRequest,
+    ) -> Result<Vec<pb::Connection>, Status> {
+        let others = self.peers.others(caller).await?;
+        let answers = self
+            .peers
+            .ask_every(&others, |channel| {
+                let request = self.peers.request(caller, asked);
+                async move {
+                    pb::output_service_client::OutputServiceClient::new(channel)
+                        .list_connections(request)
+                        .await
+                }
+            })
+            .await?;
+        for theirs in answers.into_iter().flat_map(|a| a.connections) {
+            if let Some(mine) = shown.iter_mut().find(|c| c.id == theirs.id) {
+                merge_connection(mine, theirs);
+            }
+        }
+        Ok(shown)
     }
 
     fn connection_message(&self, c: &Connection) -> Result<pb::Connection, Status> {
@@ -111,7 +213,9 @@ impl OutputServices {
             shared_attributes: c.shared_attributes.clone(),
             created_at_ms: c.created_at_ms,
             faulted: stored_fault.is_some(),
-            fault: stored_fault.as_ref().map(|f| fault(f, Some(c))),
+            fault: stored_fault
+                .as_ref()
+                .map(|f| fault(f, Some(c), self.peers.node_id())),
             figures: Some(pb::ConnectionFigures {
                 size: changes.size,
                 adds_24h: changes.adds_24h,
@@ -254,36 +358,39 @@ impl pb::output_service_server::OutputService for OutputServices {
         &self,
         req: Request<pb::OutputConfig>,
     ) -> Result<Response<pb::OutputConfig>, Status> {
+        let caller = req.metadata().clone();
         let created = self
             .outputs
             .create_output(Self::config_of(req.into_inner()))
             .await
             .map_err(convert::status)?;
-        self.one_output(&created)
+        self.one_output(&caller, &created).await
     }
 
     async fn get_output(
         &self,
         req: Request<pb::OutputIdRequest>,
     ) -> Result<Response<pb::OutputConfig>, Status> {
+        let caller = req.metadata().clone();
         let o = self
             .outputs
             .output(req.into_inner().id)
             .map_err(convert::status)?;
-        self.one_output(&o)
+        self.one_output(&caller, &o).await
     }
 
     async fn list_outputs(
         &self,
-        _: Request<pb::ListOutputsRequest>,
+        req: Request<pb::ListOutputsRequest>,
     ) -> Result<Response<pb::ListOutputsResponse>, Status> {
         let connections = self.outputs.connections().map_err(convert::status)?;
+        let faults = cluster_faults(&self.outputs, &self.peers, req.metadata()).await?;
         let outputs = self
             .outputs
             .outputs()
             .map_err(convert::status)?
             .iter()
-            .map(|o| self.output_message(o, &connections))
+            .map(|o| self.output_message(o, &connections, &faults))
             .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListOutputsResponse { outputs }))
     }
@@ -292,12 +399,13 @@ impl pb::output_service_server::OutputService for OutputServices {
         &self,
         req: Request<pb::OutputConfig>,
     ) -> Result<Response<pb::OutputConfig>, Status> {
+        let caller = req.metadata().clone();
         let updated = self
             .outputs
             .update_output(Self::config_of(req.into_inner()))
             .await
             .map_err(convert::status)?;
-        self.one_output(&updated)
+        self.one_output(&caller, &updated).await
     }
 
     async fn delete_output(
@@ -327,17 +435,25 @@ impl pb::output_service_server::OutputService for OutputServices {
         &self,
         req: Request<pb::ConnectionIdRequest>,
     ) -> Result<Response<pb::Connection>, Status> {
+        let caller = req.metadata().clone();
         let c = self
             .outputs
             .connection(req.into_inner().id)
             .map_err(convert::status)?;
-        Ok(Response::new(self.connection_message(&c)?))
+        let asked = pb::ListConnectionsRequest {
+            audience_id: c.audience_id,
+            output_id: c.output_id,
+        };
+        let shown = vec![self.connection_message(&c)?];
+        let mut shown = self.cluster_connections(&caller, shown, asked).await?;
+        Ok(Response::new(shown.remove(0)))
     }
 
     async fn list_connections(
         &self,
         req: Request<pb::ListConnectionsRequest>,
     ) -> Result<Response<pb::ListConnectionsResponse>, Status> {
+        let caller = req.metadata().clone();
         let r = req.into_inner();
         let connections = self
             .outputs
@@ -348,6 +464,7 @@ impl pb::output_service_server::OutputService for OutputServices {
             .filter(|c| r.output_id == 0 || c.output_id == r.output_id)
             .map(|c| self.connection_message(c))
             .collect::<Result<_, _>>()?;
+        let connections = self.cluster_connections(&caller, connections, r).await?;
         Ok(Response::new(pb::ListConnectionsResponse { connections }))
     }
 
@@ -412,16 +529,9 @@ impl pb::output_service_server::OutputService for OutputServices {
 
     async fn list_faults(
         &self,
-        _: Request<pb::ListFaultsRequest>,
+        req: Request<pb::ListFaultsRequest>,
     ) -> Result<Response<pb::ListFaultsResponse>, Status> {
-        let connections = self.outputs.connections().map_err(convert::status)?;
-        let faults = self
-            .outputs
-            .faults()
-            .map_err(convert::status)?
-            .iter()
-            .map(|f| fault(f, connections.iter().find(|c| c.id == f.connection_id)))
-            .collect();
+        let faults = cluster_faults(&self.outputs, &self.peers, req.metadata()).await?;
         Ok(Response::new(pb::ListFaultsResponse { faults }))
     }
 

@@ -6,5 +6,8 @@ pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod grpc;
+pub mod grpc_admin;
 pub mod grpc_outputs;
+pub mod grpc_profiles;
+pub mod peers;
 pub mod server;

@@ -171,11 +171,33 @@ fn node_id(config: &Config) -> String {
     if !config.catalog.node_id.trim().is_empty() {
         return config.catalog.node_id.trim().to_string();
     }
+    let port = config.grpc.listen.rsplit(':').next().unwrap_or_default();
+    format!("{}:{port}", hostname())
+}
+
+/// This machine's name ("node" when unknown).
+fn hostname() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
-    let port = config.grpc.listen.rsplit(':').next().unwrap_or_default();
-    format!("{}:{port}", if host.is_empty() { "node" } else { &host })
+    if host.is_empty() {
+        "node".to_string()
+    } else {
+        host
+    }
+}
+
+/// The gRPC address the other nodes reach this one at (see `cluster.advertised_grpc`).
+fn advertised_grpc(config: &Config) -> String {
+    let advertised = config.cluster.advertised_grpc.trim();
+    if !advertised.is_empty() {
+        return advertised.to_string();
+    }
+    let listen = config.grpc.listen.trim();
+    match listen.rsplit_once(':') {
+        Some(("" | "0.0.0.0" | "[::]", port)) => format!("{}:{port}", hostname()),
+        _ => listen.to_string(),
+    }
 }
 
 /// The server's TLS from `grpc.tls_cert` and `grpc.tls_key` (PEM), when both are set.
@@ -511,10 +533,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "members topic: audiencectl cluster will not see this node");
         }
     }
+    // Any node exports the cluster's figures (owners, restores, lag) as metrics.
+    tokio::spawn(
+        members
+            .clone()
+            .export(input_topics.clone(), shutdown_rx.clone()),
+    );
     tokio::spawn(members.clone().announce(
         node.clone(),
         node_id(&config),
-        config.grpc.listen.clone(),
+        advertised_grpc(&config),
         input_topics.clone(),
         {
             let catalog = catalog.clone();
@@ -545,9 +573,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         deliveries,
         catalog.clone(),
     ));
+    let peers = Arc::new(crate::peers::Peers::new(
+        members.clone(),
+        node_id(&config),
+        config.kafka.events_topic.clone(),
+        config.cluster.changelog,
+        !config.grpc.tls_cert.trim().is_empty(),
+        Some(config.cluster.peer_ca_file.trim())
+            .filter(|f| !f.is_empty())
+            .map(std::path::PathBuf::from),
+    ));
     let output_services = crate::grpc_outputs::OutputServices {
         outputs: outputs.clone(),
         node: node.clone(),
+        peers: peers.clone(),
     };
     let services = Services {
         node: node.clone(),
@@ -559,6 +598,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         members: members.clone(),
         group_id: config.kafka.group_id.clone(),
         input_topics: input_topics.clone(),
+        peers,
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter

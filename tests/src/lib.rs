@@ -21,8 +21,22 @@ pub use anyhow::Result;
 pub use audience_services::auth::AuthChannel as Channel;
 use audience_services::auth::ClientOptions;
 
+/// The API token every engine of the tests accepts (`e2e`): a deployment's nodes share their
+/// tokens, as a node asks the others for their partitions with its caller's token.
+pub const CLUSTER_TOKEN: &str = "e2e-cluster-4b1d0c2e9a7f";
+
 /// The outputs' secret key every node of a test cluster shares (`catalog.secret_key`).
 pub const CLUSTER_KEY: &str = "5f0e3c9a1b2d4e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7";
+
+/// A plain HTTP/1.0 GET on 127.0.0.1: the whole answer, status line and headers included.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -55,15 +69,6 @@ pub fn engine_binary() -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A token for one engine of a test: unpredictable enough for a test, never a real secret.
-fn test_token(port: u16) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("e2e-{port}-{nanos:x}-{:x}", std::process::id())
 }
 
 /// A tansu broker process, killed on drop.
@@ -235,19 +240,27 @@ impl Engine {
         group: &str,
         id: &str,
     ) -> Result<Engine> {
+        Engine::start_node_with(broker, topics, dir, group, id, &[])
+    }
+
+    /// [`Engine::start_node`] with extra environment variables (configuration overrides).
+    pub fn start_node_with(
+        broker: &Broker,
+        topics: &Topics,
+        dir: &Path,
+        group: &str,
+        id: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Result<Engine> {
         let changelog_topic = format!("{}-changelog", topics.events);
-        Engine::start_with(
-            broker,
-            topics,
-            &dir.join(id),
-            group,
-            &[
-                ("AUDIENCE_CHANGELOG", "true"),
-                ("AUDIENCE_CHANGELOG_TOPIC", &changelog_topic),
-                ("AUDIENCE_NODE_ID", id),
-                ("AUDIENCE_CATALOG_SECRET_KEY", CLUSTER_KEY),
-            ],
-        )
+        let mut env = vec![
+            ("AUDIENCE_CHANGELOG", "true"),
+            ("AUDIENCE_CHANGELOG_TOPIC", changelog_topic.as_str()),
+            ("AUDIENCE_NODE_ID", id),
+            ("AUDIENCE_CATALOG_SECRET_KEY", CLUSTER_KEY),
+        ];
+        env.extend_from_slice(extra_env);
+        Engine::start_with(broker, topics, &dir.join(id), group, &env)
     }
 
     /// Starts an engine with extra environment variables (configuration overrides).
@@ -259,7 +272,7 @@ impl Engine {
         extra_env: &[(&str, &str)],
     ) -> Result<Engine> {
         let port = free_port();
-        let token = test_token(port);
+        let token = CLUSTER_TOKEN.to_string();
         let mut env: Vec<(String, String)> = vec![
             (
                 "AUDIENCE_BOOTSTRAP_SERVERS".into(),
@@ -294,6 +307,12 @@ impl Engine {
             env.retain(|(key, _)| key != k);
             env.push((k.to_string(), v.to_string()));
         }
+        // The token this harness presents: the `e2e` one the engine is given.
+        let token = env
+            .iter()
+            .find(|(k, _)| k == "AUDIENCE_TOKENS")
+            .and_then(|(_, v)| v.split(',').find_map(|pair| pair.strip_prefix("e2e=")))
+            .map_or(token, str::to_string);
         let scheme = if env
             .iter()
             .any(|(k, v)| k == "AUDIENCE_TLS_CERT" && !v.is_empty())
@@ -334,6 +353,16 @@ impl Engine {
 
     /// Waits until the gRPC server answers and the node owns partitions.
     pub async fn ready(&mut self) -> Result<Channel> {
+        self.answering(true).await
+    }
+
+    /// Waits until the gRPC server answers, whether or not the node owns a partition (a node
+    /// that joined a group whose partitions are all taken).
+    pub async fn serving(&mut self) -> Result<Channel> {
+        self.answering(false).await
+    }
+
+    async fn answering(&mut self, with_partitions: bool) -> Result<Channel> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(child) = self.child.as_mut() {
@@ -344,7 +373,7 @@ impl Engine {
             if let Ok(ch) = self.client.connect(&self.grpc).await {
                 let mut admin = pb::admin_service_client::AdminServiceClient::new(ch.clone());
                 if let Ok(s) = admin.get_engine_status(pb::GetEngineStatusRequest {}).await {
-                    if !s.into_inner().partitions.is_empty() {
+                    if !with_partitions || !s.into_inner().partitions.is_empty() {
                         return Ok(ch);
                     }
                 }
@@ -727,8 +756,21 @@ impl TwoNodes {
 
     /// Starts another node of the deployment.
     pub fn start_node(&self, id: &str) -> Result<Engine> {
-        Engine::start_node(&self.broker, &self.topics, self.dir.path(), &self.group, id)
+        self.start_node_with(id, &[])
     }
+
+    /// Starts another node of the deployment, with extra environment variables.
+    pub fn start_node_with(&self, id: &str, extra_env: &[(&str, &str)]) -> Result<Engine> {
+        let (broker, topics, dir) = (&self.broker, &self.topics, self.dir.path());
+        Engine::start_node_with(broker, topics, dir, &self.group, id, extra_env)
+    }
+}
+
+/// Creates an audience named `tier` of the users whose `tier` attribute is `tier`.
+pub async fn create_tier_audience(ch: &Channel, tier: &str) -> Result<pb::Audience> {
+    let tier_is =
+        serde_json::json!({"user_attribute": {"name": "tier", "op": "exact_match", "value": tier}});
+    create_audience(ch, tier, tier_is).await
 }
 
 /// One SDK batch per user setting its `tier` attribute.

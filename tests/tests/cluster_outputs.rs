@@ -3,7 +3,9 @@
 //! keeps delivering across a kill -9 of a node: the receiver ends with exactly the content a
 //! single node would give it (per MPID the item of the highest version), and the node that
 //! took the dead node's partition over goes on from the dead node's position: it neither sends
-//! the members again nor repeats a delta.
+//! the members again nor repeats a delta. The cluster's figures (nodes live and silent, each
+//! partition owned, restoring, its lag) are metrics on any node. A fault met by one node is
+//! listed and shown by any node, and a resume through any node clears it.
 
 use audience_e2e::webhook::*;
 use audience_e2e::*;
@@ -22,12 +24,7 @@ async fn a_webhook_keeps_delivering_across_a_failover_without_repeating() -> Res
         cluster.ch_b.clone(),
         cluster.topics.clone(),
     );
-    let gold = create_audience(
-        &ch_a,
-        "gold",
-        json!({"user_attribute": {"name": "tier", "op": "exact_match", "value": "gold"}}),
-    )
-    .await?;
+    let gold = create_tier_audience(&ch_a, "gold").await?;
     let producer = cluster.broker.producer()?;
     let now = engine_now(&ch_a).await?;
     produce_tier(&producer, &topics.events, now, 1..=24, "gold").await?;
@@ -77,7 +74,10 @@ async fn a_webhook_keeps_delivering_across_a_failover_without_repeating() -> Res
     // A dies mid-stream; C joins (tansu 0.6 rebalances late after a death otherwise) and the
     // dead node's partition restores, its position with it, on B or C.
     cluster.a.kill9();
-    let mut c = cluster.start_node("node-c")?;
+    let metrics_port = free_port();
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let mut c =
+        cluster.start_node_with("node-c", &[("AUDIENCE_METRICS_LISTEN", &metrics_listen)])?;
     let ch_c = c.ready().await?;
     wait_owned_between(&[&ch_b, &ch_c], PARTITIONS as usize).await?;
     produce_tier(&producer, &topics.events, now + 2, 7..=12, "silver").await?;
@@ -124,6 +124,148 @@ async fn a_webhook_keeps_delivering_across_a_failover_without_repeating() -> Res
     let first_item = hook.accepted.lock().unwrap()[0]["items"][0].clone();
     let cust = format!("cust-{}", first_item["mpid"]);
     assert_eq!(first_item["identities"], json!({"customer_id": [cust]}));
+    // The cluster's figures are metrics on any node: A silent, B and C live, each partition
+    // owned and restored.
+    wait_metrics(
+        metrics_port,
+        &[
+            "audience_cluster_nodes{state=\"live\"} 2",
+            "audience_cluster_nodes{state=\"silent\"} 1",
+            "audience_cluster_partition_owned{partition=\"0\"} 1",
+            "audience_cluster_partition_owned{partition=\"1\"} 1",
+            "audience_cluster_partition_restoring{partition=\"0\"} 0",
+            "audience_cluster_partition_restoring{partition=\"1\"} 0",
+        ],
+    )
+    .await?;
     drop(c);
+    Ok(())
+}
+
+/// Waits until the node's Prometheus endpoint shows every line of `lines`.
+async fn wait_metrics(port: u16, lines: &[&str]) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = http_get(port, "/metrics").unwrap_or_default();
+        if lines.iter().all(|l| text.lines().any(|shown| shown == *l)) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "metrics lack one of {lines:?}:\n{}",
+            text.lines()
+                .filter(|l| l.starts_with("audience_cluster"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn list_faults(ch: &Channel) -> Result<Vec<pb::Fault>> {
+    Ok(
+        pb::output_service_client::OutputServiceClient::new(ch.clone())
+            .list_faults(pb::ListFaultsRequest {})
+            .await?
+            .into_inner()
+            .faults,
+    )
+}
+
+async fn get_connection(ch: &Channel, id: u64) -> Result<pb::Connection> {
+    Ok(
+        pb::output_service_client::OutputServiceClient::new(ch.clone())
+            .get_connection(pb::ConnectionIdRequest { id })
+            .await?
+            .into_inner(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_met_by_one_node_shows_and_resumes_from_any_node() -> Result<()> {
+    let cluster = TwoNodes::start("faults").await?;
+    let (ch_a, ch_b) = (cluster.ch_a.clone(), cluster.ch_b.clone());
+    let gold = create_tier_audience(&ch_a, "gold").await?;
+    let producer = cluster.broker.producer()?;
+    let now = engine_now(&ch_a).await?;
+    produce_tier(&producer, &cluster.topics.events, now, 1..=24, "gold").await?;
+    wait_processed(&ch_a, 12, Duration::from_secs(60)).await?;
+    wait_processed(&ch_b, 12, Duration::from_secs(60)).await?;
+
+    // The receiver refuses the first request (400: no retry), so the node that sent it faults
+    // and the other delivers its partition.
+    let (hook, url) = start_hook().await?;
+    hook.script.lock().unwrap().push_back(Answer::Status(400));
+    let mut outputs = pb::output_service_client::OutputServiceClient::new(ch_a.clone());
+    let output = webhook(&mut outputs, "crm", &url, &["customer_id"], json!({})).await?;
+    let connection = outputs
+        .create_connection(pb::Connection {
+            audience_id: gold.id,
+            output_id: output.id,
+            status: pb::ConnectionStatus::Sending as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let fault = loop {
+        let faults = list_faults(&ch_a).await?;
+        if let Some(f) = faults.first() {
+            break f.clone();
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "no fault listed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(fault.status, 400, "{fault:?}");
+    assert_eq!(fault.connection_id, connection.id);
+    // Every node lists it and shows the connection faulted, with the node that met it.
+    assert!(
+        ["node-a", "node-b"].contains(&fault.node_id.as_str()),
+        "{fault:?}"
+    );
+    assert_eq!(list_faults(&ch_b).await?, vec![fault.clone()]);
+    for ch in [&ch_a, &ch_b] {
+        let shown = get_connection(ch, connection.id).await?;
+        assert!(shown.faulted, "{shown:?}");
+        assert_eq!(shown.fault.as_ref(), Some(&fault));
+    }
+    let shown_output = outputs
+        .get_output(pb::OutputIdRequest { id: output.id })
+        .await?
+        .into_inner();
+    assert_eq!(shown_output.faulted_connections, 1);
+
+    // Resumed through the node that did not meet it: the faulted node sends what it owes.
+    let other = if fault.node_id == "node-a" {
+        &ch_b
+    } else {
+        &ch_a
+    };
+    pb::output_service_client::OutputServiceClient::new(other.clone())
+        .resume(pb::ConnectionIdRequest { id: connection.id })
+        .await?;
+    let everyone: Vec<i64> = (1..=24).collect();
+    wait_for(
+        "every member after the resume",
+        Duration::from_secs(60),
+        || members(&receiver_view(&hook)) == everyone,
+    )
+    .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = get_connection(&ch_a, connection.id).await?;
+        let figures = shown.figures.unwrap_or_default();
+        let settled = !shown.faulted && figures.sent == 24 && figures.initial_sync_done;
+        if settled && list_faults(&ch_b).await?.is_empty() {
+            assert_eq!(figures.size, 24, "{figures:?}");
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the connection as the cluster shows it: {figures:?}, faulted {}",
+            shown.faulted
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     Ok(())
 }

@@ -5,7 +5,6 @@
 
 use audience_e2e::*;
 use audience_proto::v1 as pb;
-use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -73,12 +72,7 @@ async fn a_subscriber_on_any_node_gets_every_partition_and_resumes_on_another() 
         text.contains("2 nodes") && text.contains("node-a"),
         "{text}"
     );
-    let gold = create_audience(
-        &ch_a,
-        "gold",
-        json!({"user_attribute": {"name": "tier", "op": "exact_match", "value": "gold"}}),
-    )
-    .await?;
+    let gold = create_tier_audience(&ch_a, "gold").await?;
     let producer = two.broker.producer()?;
     let now = engine_now(&ch_a).await?;
 

@@ -3,16 +3,7 @@
 
 use audience_e2e::*;
 use audience_proto::v1 as pb;
-use std::io::{Read, Write};
 use std::time::Duration;
-
-fn http_get(port: u16, path: &str) -> std::io::Result<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reflection_metrics_and_lifecycle() -> Result<()> {

@@ -1,0 +1,145 @@
+//! The profile service: a profile (identities, attributes, memberships, calculated attributes,
+//! its event log's figures) and Explain. A profile lives on the node that owns its partition:
+//! the node asked looks in its own partitions, then asks the other live nodes
+//! ([`crate::peers`]), so any node answers for any MPID.
+
+use crate::convert;
+use crate::grpc::{explain_node, Services};
+use audience_proto::v1 as pb;
+use audience_state::calculated::CalcSpec;
+use audience_state::profile::ProfileState;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+impl Services {
+    /// A profile from whichever of this node's partitions holds it, with that partition.
+    fn load_profile(&self, caller: &MetadataMap, mpid: i64) -> Result<(u32, ProfileState), Status> {
+        let partitions = self.partitions(caller)?;
+        let found = self
+            .node
+            .engine
+            .store
+            .find_profile(mpid, partitions)
+            .map_err(convert::internal)?;
+        found.ok_or_else(|| Status::not_found(format!("mpid {mpid}: no profile")))
+    }
+
+    /// The profile as this node has it.
+    fn profile_here(&self, caller: &MetadataMap, mpid: i64) -> Result<pb::Profile, Status> {
+        let engine = &self.node.engine;
+        let (partition, profile) = self.load_profile(caller, mpid)?;
+        let log = engine
+            .store
+            .load_log_head(partition, mpid)
+            .map_err(convert::internal)?
+            .unwrap_or_default();
+        let catalog = engine.catalog.load();
+        let name = |id: u64| catalog.active(id).map(|a| a.record.name.clone());
+        let now = engine.clock.now();
+        let from = now - engine.settings.retention_ms;
+        let calculated: Vec<(String, CalcSpec)> = catalog
+            .calculated_records()
+            .iter()
+            .filter_map(|r| {
+                let spec = catalog.calculated_spec(&r.name.trim().to_lowercase())?;
+                Some((r.name.clone(), spec))
+            })
+            .collect();
+        let mut shown = convert::profile(&profile, name, from, &calculated, now);
+        shown.event_log = Some(convert::log_stats(&log.stats()));
+        Ok(shown)
+    }
+
+    /// Explain as this node can answer it: the audience's criteria over its copy of the
+    /// profile.
+    fn explain_here(
+        &self,
+        caller: &MetadataMap,
+        r: &pb::ExplainRequest,
+    ) -> Result<pb::Explanation, Status> {
+        let engine = &self.node.engine;
+        let catalog = engine.catalog.load();
+        let audience = match (catalog.active(r.audience_id), catalog.record(r.audience_id)) {
+            (Some(a), _) => a.clone(),
+            (None, Some(_)) => {
+                return Err(Status::failed_precondition(format!(
+                    "audience_id: audience {} is a draft: activate it to evaluate it",
+                    r.audience_id
+                )))
+            }
+            (None, None) => {
+                return Err(Status::not_found(format!(
+                    "audience_id: audience {} not found",
+                    r.audience_id
+                )))
+            }
+        };
+        let (_, profile) = self.load_profile(caller, r.mpid)?;
+        let ctx = audience_state::criteria::EvalContext {
+            now: engine.clock.now(),
+            retention_ms: engine.settings.retention_ms,
+        };
+        let explanation = audience.compiled.root.explain(&profile, &ctx);
+        Ok(pb::Explanation {
+            mpid: r.mpid,
+            audience_id: r.audience_id,
+            member: profile
+                .memberships
+                .get(&r.audience_id)
+                .is_some_and(|m| m.member),
+            root: Some(explain_node(&explanation)),
+            evaluated_at_ms: ctx.now,
+        })
+    }
+}
+
+/// Whether an answer says this node lacks the profile (not the audience, which is the
+/// catalog's, the same on every node).
+fn profile_missing(e: &Status) -> bool {
+    e.code() == tonic::Code::NotFound && e.message().starts_with("mpid")
+}
+
+#[tonic::async_trait]
+impl pb::profile_service_server::ProfileService for Services {
+    async fn get_profile(
+        &self,
+        req: Request<pb::GetProfileRequest>,
+    ) -> Result<Response<pb::Profile>, Status> {
+        let caller = req.metadata().clone();
+        let asked = req.into_inner();
+        let here = self.profile_here(&caller, asked.mpid);
+        let ask = |channel| {
+            let request = self.peers.request(&caller, asked);
+            async move {
+                pb::profile_service_client::ProfileServiceClient::new(channel)
+                    .get_profile(request)
+                    .await
+            }
+        };
+        let found = self
+            .peers
+            .here_or_elsewhere(&caller, here, profile_missing, ask);
+        found.await.map(Response::new)
+    }
+
+    async fn explain(
+        &self,
+        req: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::Explanation>, Status> {
+        let caller = req.metadata().clone();
+        let asked = req.into_inner();
+        let here = self.explain_here(&caller, &asked);
+        let ask = |channel| {
+            let request = self.peers.request(&caller, asked);
+            async move {
+                pb::profile_service_client::ProfileServiceClient::new(channel)
+                    .explain(request)
+                    .await
+            }
+        };
+        let found = self
+            .peers
+            .here_or_elsewhere(&caller, here, profile_missing, ask);
+        found.await.map(Response::new)
+    }
+}
