@@ -152,6 +152,7 @@ impl Restorer {
             "partition {partition} was revoked before its restore began"
         );
         let started = Instant::now();
+        let restoring = || node.is_restoring(partition, token);
         self.wait_for_own_units(node, partition, token)?;
         let mut reader = self.reader(partition)?;
         let store = &self.engine.store;
@@ -177,7 +178,7 @@ impl Restorer {
         }
         self.catch_up(
             &mut reader,
-            (node, token),
+            &restoring,
             partition,
             &mut follower,
             high,
@@ -191,7 +192,7 @@ impl Restorer {
             report.claim_ms += claiming.elapsed().as_millis() as u64;
             let mut accepted = self.catch_up(
                 &mut reader,
-                (node, token),
+                &restoring,
                 partition,
                 &mut follower,
                 claim_offset + 1,
@@ -206,7 +207,7 @@ impl Restorer {
                 self.rebuild(partition, &mut follower, &why, &mut report)?;
                 accepted = self.catch_up(
                     &mut reader,
-                    (node, token),
+                    &restoring,
                     partition,
                     &mut follower,
                     claim_offset + 1,
@@ -248,6 +249,89 @@ impl Restorer {
             return Ok(report);
         }
         anyhow::bail!("partition {partition}: five claims in a row came after another node's")
+    }
+
+    /// Follows a partition this node stands by for (`standing_by` says while it does): applies
+    /// its changelog from this node's position to the end as it grows, and keeps the position,
+    /// so that the restore when the partition comes here reads only what was written since;
+    /// blocking, until `standing_by` turns false. It never claims and never wipes: a state that
+    /// went another way than the log is left to that restore.
+    pub fn follow(&self, node: &Node, partition: Partition, standing_by: &dyn Fn() -> bool) {
+        let mut reader = None;
+        let mut backoff = Duration::from_millis(500);
+        while standing_by() {
+            let round = self.follow_round(node, partition, standing_by, &mut reader);
+            let pause = match round {
+                Ok(applied) => {
+                    metrics::counter!("audience_standby_units_applied_total").increment(applied);
+                    backoff = Duration::from_millis(500);
+                    Duration::from_millis(if applied > 0 { 20 } else { 200 })
+                }
+                Err(e) => {
+                    tracing::debug!(partition, error = %e, "standby: changelog not followed");
+                    reader = None;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    backoff
+                }
+            };
+            std::thread::sleep(pause);
+        }
+    }
+
+    /// One round of [`Restorer::follow`]: up to the end the broker reports now.
+    fn follow_round(
+        &self,
+        node: &Node,
+        partition: Partition,
+        standing_by: &dyn Fn() -> bool,
+        reader: &mut Option<Reader>,
+    ) -> anyhow::Result<u64> {
+        // A restore of the partition (it came here) goes first, and this node's own units
+        // still on their way to the topic are the restore's to check.
+        let one_at_a_time = node.restore_lock(partition);
+        let _following = one_at_a_time.lock();
+        let store = &self.engine.store;
+        if !standing_by() || !store.pending_units(partition, 1)?.is_empty() {
+            return Ok(0);
+        }
+        let reader = match reader {
+            Some(reader) => reader,
+            None => reader.insert(self.reader(partition)?),
+        };
+        let mut follower = Follower::new(
+            store.changelog_follow_position(partition)?,
+            store.changelog_position(partition)?.0,
+        );
+        let (low, high) = reader
+            .consumer
+            .fetch_watermarks(&self.topic, partition as i32, STALL)?;
+        let mut report = RestoreReport {
+            // Never wiped here: the restore does it, under its claim.
+            rebuilt: true,
+            ..RestoreReport::default()
+        };
+        if follower.position.next_offset >= high {
+            return Ok(0);
+        }
+        let latest = self.latest_snapshot(partition)?;
+        let start = restore_start(
+            &follower.position,
+            low,
+            latest.as_ref().map(|s| &s.manifest),
+        )
+        .map_err(|why| anyhow::anyhow!("partition {partition}: {why}"))?;
+        if let (RestoreStart::Snapshot, Some(snapshot)) = (start, &latest) {
+            self.load_snapshot(partition, &mut follower, snapshot, &mut report)?;
+        }
+        self.catch_up(
+            reader,
+            standing_by,
+            partition,
+            &mut follower,
+            high,
+            &mut report,
+        )?;
+        Ok(report.applied)
     }
 
     /// Waits until the changelog topic holds every unit this node committed of the partition.
@@ -302,7 +386,7 @@ impl Restorer {
     fn catch_up(
         &self,
         reader: &mut Reader,
-        (node, token): (&Node, u64),
+        wanted: &dyn Fn() -> bool,
         partition: Partition,
         follower: &mut Follower,
         end: i64,
@@ -322,8 +406,9 @@ impl Restorer {
                 reader.position_at(start)?;
                 while follower.position.next_offset < end {
                     anyhow::ensure!(
-                        node.is_restoring(partition, token),
-                        "partition {partition} was revoked while it was restored"
+                        wanted(),
+                        "partition {partition} is no longer wanted here (revoked, or no longer \
+                         stood by for)"
                     );
                     let Some(message) = reader.consumer.poll(Duration::from_millis(100)) else {
                         anyhow::ensure!(

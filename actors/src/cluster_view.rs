@@ -44,6 +44,9 @@ pub struct Announcement {
     pub catalog_applied_offset: i64,
     /// When it was made (the node's wall clock).
     pub at_ms: i64,
+    /// Partitions it keeps a warm copy of (`crate::standby`).
+    #[serde(default)]
+    pub standby: Vec<Partition>,
 }
 
 /// The newest announcement of each node among `records` (key, value; `None` a tombstone),
@@ -98,6 +101,8 @@ pub struct PartitionView {
     pub restoring_on: String,
     /// Input records its owner has not read, over the input topics; -1 when unknown.
     pub lag: i64,
+    /// Nodes keeping a warm copy of it.
+    pub standbys: Vec<String>,
 }
 
 /// Every partition of the input topics (`ends`: their ends per partition, summed over the
@@ -120,11 +125,17 @@ pub fn partitions(
                 .find(|a| a.restoring.contains(&partition))
                 .map(|a| a.node_id.clone())
                 .unwrap_or_default();
+            let standbys = nodes
+                .values()
+                .filter(|a| a.standby.contains(&partition) && !is_silent(a, now_ms))
+                .map(|a| a.node_id.clone())
+                .collect();
             PartitionView {
                 partition,
                 owner,
                 restoring_on,
                 lag,
+                standbys,
             }
         })
         .collect()
@@ -152,6 +163,8 @@ pub fn export_metrics(
             .set(flag(!p.owner.is_empty()));
         metrics::gauge!("audience_cluster_partition_restoring", "partition" => partition.clone())
             .set(flag(!p.restoring_on.is_empty()));
+        metrics::gauge!("audience_cluster_partition_standbys", "partition" => partition.clone())
+            .set(p.standbys.len() as f64);
         metrics::gauge!("audience_cluster_partition_lag", "partition" => partition)
             .set(p.lag as f64);
     }
@@ -165,6 +178,15 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What a node says of itself that does not change while it runs.
+pub struct NodeFacts {
+    pub node_id: String,
+    /// The gRPC address the other nodes reach it at.
+    pub grpc: String,
+    /// The input topics, whose positions it announces.
+    pub input_topics: Vec<String>,
 }
 
 /// The members topic of a deployment.
@@ -194,16 +216,21 @@ impl MembersTopic {
         Ok(())
     }
 
-    /// Announces `node` every [`ANNOUNCE_EVERY`] until shutdown, then writes its tombstone.
+    /// Announces `node` every [`ANNOUNCE_EVERY`] until shutdown, then writes its tombstone;
+    /// `catalog_offset` and `standby` say where its catalog stands and what it stands by for.
     pub async fn announce(
         self,
         node: Arc<Node>,
-        node_id: String,
-        grpc: String,
-        input_topics: Vec<String>,
+        facts: NodeFacts,
         catalog_offset: impl Fn() -> i64 + Send + 'static,
+        standby: impl Fn() -> Vec<Partition> + Send + 'static,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let NodeFacts {
+            node_id,
+            grpc,
+            input_topics,
+        } = facts;
         let producer: FutureProducer = match self.kafka.clone().set("linger.ms", "0").create() {
             Ok(p) => p,
             Err(e) => {
@@ -240,6 +267,7 @@ impl MembersTopic {
                     next_offsets,
                     catalog_applied_offset: catalog_offset(),
                     at_ms: now_ms(),
+                    standby: standby(),
                 };
                 Some(serde_json::to_vec(&announcement).expect("announcements serialise"))
             };
@@ -359,6 +387,7 @@ mod tests {
             next_offsets: BTreeMap::new(),
             catalog_applied_offset: 3,
             at_ms,
+            standby: vec![],
         }
     }
 
@@ -399,6 +428,7 @@ mod tests {
         a.next_offsets.insert(0, 90);
         let mut b = announcement("b", &[], 5_000);
         b.restoring = vec![1];
+        b.standby = vec![0];
         let nodes = latest([("a".to_string(), Some(a)), ("b".to_string(), Some(b))]);
         let ends = BTreeMap::from([(0, 100), (1, 40), (2, 0)]);
         let shown = partitions(&nodes, &ends, 6_000);
@@ -407,14 +437,10 @@ mod tests {
             owner: owner.into(),
             restoring_on: restoring_on.into(),
             lag,
+            standbys: vec![],
         };
-        assert_eq!(
-            shown,
-            [
-                view(0, "a", "", 10),
-                view(1, "", "b", -1),
-                view(2, "", "", -1)
-            ]
-        );
+        let mut warm = view(0, "a", "", 10);
+        warm.standbys = vec!["b".into()];
+        assert_eq!(shown, [warm, view(1, "", "b", -1), view(2, "", "", -1)]);
     }
 }

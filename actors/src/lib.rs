@@ -43,4 +43,5 @@ pub mod partition;
 pub mod publisher;
 pub mod registry;
 pub mod sampling;
+pub mod standby;
 pub mod stats;

@@ -101,6 +101,9 @@ pub struct ClusterConfig {
     /// The CA that signed the other nodes' certificates when they serve TLS; empty: the
     /// system's roots.
     pub peer_ca_file: String,
+    /// Nodes besides its owner that keep a warm copy of each partition by following its
+    /// changelog (0: none).
+    pub standby_replicas: usize,
 }
 
 impl ClusterConfig {
@@ -127,6 +130,7 @@ impl Default for ClusterConfig {
             members_topic: String::new(),
             advertised_grpc: String::new(),
             peer_ca_file: String::new(),
+            standby_replicas: 0,
         }
     }
 }
@@ -402,6 +406,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AUDIENCE_MEMBERS_TOPIC", "cluster.members_topic"),
     ("AUDIENCE_ADVERTISED_GRPC", "cluster.advertised_grpc"),
     ("AUDIENCE_PEER_CA_FILE", "cluster.peer_ca_file"),
+    ("AUDIENCE_STANDBY_REPLICAS", "cluster.standby_replicas"),
     ("AUDIENCE_CATALOG_SECRET_KEY", "catalog.secret_key"),
     ("AUDIENCE_GRPC_LISTEN", "grpc.listen"),
     ("AUDIENCE_TLS_CERT", "grpc.tls_cert"),
@@ -492,6 +497,9 @@ impl Config {
             "AUDIENCE_MEMBERS_TOPIC" => self.cluster.members_topic = value.into(),
             "AUDIENCE_ADVERTISED_GRPC" => self.cluster.advertised_grpc = value.into(),
             "AUDIENCE_PEER_CA_FILE" => self.cluster.peer_ca_file = value.into(),
+            "AUDIENCE_STANDBY_REPLICAS" => {
+                self.cluster.standby_replicas = value.parse().map_err(|e| bad(&e))?
+            }
             "AUDIENCE_CATALOG_SECRET_KEY" => self.catalog.secret_key = value.into(),
             "AUDIENCE_GRPC_LISTEN" => self.grpc.listen = value.into(),
             "AUDIENCE_TLS_CERT" => self.grpc.tls_cert = value.into(),

@@ -113,6 +113,7 @@ impl pb::admin_service_server::AdminService for Services {
                 owner: p.owner,
                 restoring_on: p.restoring_on,
                 lag: p.lag,
+                standbys: p.standbys,
             })
             .collect();
         Ok(Response::new(pb::ClusterStatus {

@@ -507,14 +507,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tokio::spawn(snapshotter.run(changelog_shutdown_rx.clone()));
         }
         let (restored_tx, restored_rx) = tokio::sync::mpsc::unbounded_channel();
+        let restorer = Arc::new(Restorer::new(
+            engine.clone(),
+            kafka,
+            config.cluster.changelog_topic.clone(),
+            node_id(&config),
+            snapshots,
+        )?);
         let hook = ingest::RestoreHook {
-            restorer: Arc::new(Restorer::new(
-                engine.clone(),
-                kafka,
-                config.cluster.changelog_topic.clone(),
-                node_id(&config),
-                snapshots,
-            )?),
+            restorer: restorer.clone(),
             runtime: tokio::runtime::Handle::current(),
             restored: restored_tx,
         };
@@ -539,15 +540,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .clone()
             .export(input_topics.clone(), shutdown_rx.clone()),
     );
+    // With standby replicas, this node keeps warm copies of partitions others own.
+    let standby = Arc::new(audience_actors::standby::StandbySet::default());
+    if let (Some(hook), true) = (&restore, config.cluster.standby_replicas > 0) {
+        tokio::spawn(audience_actors::standby::stand_by(
+            node.clone(),
+            hook.restorer.clone(),
+            members.clone(),
+            node_id(&config),
+            config.cluster.standby_replicas,
+            standby.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    let facts = audience_actors::cluster_view::NodeFacts {
+        node_id: node_id(&config),
+        grpc: advertised_grpc(&config),
+        input_topics: input_topics.clone(),
+    };
     tokio::spawn(members.clone().announce(
         node.clone(),
-        node_id(&config),
-        advertised_grpc(&config),
-        input_topics.clone(),
+        facts,
         {
             let catalog = catalog.clone();
             move || catalog.status().applied_offset.unwrap_or(-1)
         },
+        move || standby.partitions(),
         shutdown_rx.clone(),
     ));
 

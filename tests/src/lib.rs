@@ -730,15 +730,22 @@ pub struct TwoNodes {
 impl TwoNodes {
     /// Starts the broker, `node-a`, then `node-b`, and waits until each owns a partition.
     pub async fn start(name: &str) -> Result<TwoNodes> {
+        TwoNodes::start_with(name, &[]).await
+    }
+
+    /// [`TwoNodes::start`] with extra environment variables for both nodes.
+    pub async fn start_with(name: &str, extra_env: &[(&str, &str)]) -> Result<TwoNodes> {
         let broker = Broker::start()?;
         let topics = Topics::unique(name);
         broker.create_deployment_topics(&topics, 2).await?;
         let dir = tempfile::tempdir()?;
         let group = name.to_string();
-        let mut a = Engine::start_node(&broker, &topics, dir.path(), &group, "node-a")?;
+        let start =
+            |id| Engine::start_node_with(&broker, &topics, dir.path(), &group, id, extra_env);
+        let mut a = start("node-a")?;
         let ch_a = a.ready().await?;
         wait_owning(&ch_a, 2).await?;
-        let mut b = Engine::start_node(&broker, &topics, dir.path(), &group, "node-b")?;
+        let mut b = start("node-b")?;
         let ch_b = b.ready().await?;
         wait_owning(&ch_b, 1).await?;
         wait_owning(&ch_a, 1).await?;

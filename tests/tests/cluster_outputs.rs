@@ -224,6 +224,12 @@ async fn a_fault_met_by_one_node_shows_and_resumes_from_any_node() -> Result<()>
         "{fault:?}"
     );
     assert_eq!(list_faults(&ch_b).await?, vec![fault.clone()]);
+    let shown = cluster.b.ctl().args(["connection", "faults"]).output()?;
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains(&format!("on node {}:", fault.node_id)),
+        "{text}"
+    );
     for ch in [&ch_a, &ch_b] {
         let shown = get_connection(ch, connection.id).await?;
         assert!(shown.faulted, "{shown:?}");

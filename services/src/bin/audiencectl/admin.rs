@@ -134,6 +134,7 @@ pub async fn cluster(ctx: &Ctx) -> anyhow::Result<()> {
                 "owner": p.owner,
                 "restoring_on": p.restoring_on,
                 "lag": p.lag,
+                "standbys": p.standbys,
             })).collect::<Vec<_>>(),
         }));
         return Ok(());
@@ -158,7 +159,7 @@ pub async fn cluster(ctx: &Ctx) -> anyhow::Result<()> {
             if n.silent { " (silent)" } else { "" }
         );
     }
-    say!("PARTITION  OWNER                    RESTORING ON             LAG");
+    say!("PARTITION  OWNER                    RESTORING ON             LAG     STANDBYS");
     for p in &c.partitions {
         let or_dash = |s: &str| {
             if s.is_empty() {
@@ -168,7 +169,7 @@ pub async fn cluster(ctx: &Ctx) -> anyhow::Result<()> {
             }
         };
         say!(
-            "{:>9}  {:<24} {:<24} {:>6}",
+            "{:>9}  {:<24} {:<24} {:>6}  {}",
             p.partition,
             or_dash(&p.owner),
             or_dash(&p.restoring_on),
@@ -176,7 +177,8 @@ pub async fn cluster(ctx: &Ctx) -> anyhow::Result<()> {
                 "-".to_string()
             } else {
                 p.lag.to_string()
-            }
+            },
+            or_dash(&p.standbys.join(","))
         );
     }
     Ok(())

@@ -266,12 +266,13 @@ pub async fn connection(ctx: &Ctx, cmd: ConnectionCmd) -> anyhow::Result<()> {
                         "attempts": f.attempts,
                         "at": when_json(f.at_ms),
                         "body_excerpt": f.body_excerpt,
+                        "node_id": f.node_id,
                     }));
                     continue;
                 }
                 say!(
-                    "connection {} (audience {} -> output {}): {} status {} after {} attempts at {}  body {:?}",
-                    f.connection_id, f.audience_id, f.output_id, f.message, f.status, f.attempts, when(f.at_ms), f.body_excerpt
+                    "connection {} (audience {} -> output {}) on node {}: {} status {} after {} attempts at {}  body {:?}",
+                    f.connection_id, f.audience_id, f.output_id, f.node_id, f.message, f.status, f.attempts, when(f.at_ms), f.body_excerpt
                 );
             }
         }

@@ -1,0 +1,129 @@
+//! Standby replicas (cluster step 3, item 1): with `cluster.standby_replicas = 1` each node of
+//! two keeps a warm copy of the other's partition by following its changelog, `audiencectl
+//! cluster` shows who stands by, and when the owner leaves, the standby's restore applies only
+//! the few units written since it last followed, not the partition's whole log.
+
+use audience_e2e::*;
+use audience_proto::v1 as pb;
+use std::time::{Duration, Instant};
+
+const ROUNDS: i64 = 30;
+
+/// The log without its terminal colours.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An escape sequence runs to its final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The units a restore applied, from the node's log line of the restore of `partition`.
+fn units_applied(log: &str, partition: u32) -> Option<u64> {
+    plain(log)
+        .lines()
+        .rev()
+        .filter(|l| l.contains("partition restored from the changelog"))
+        .filter(|l| l.contains(&format!("partition={partition} ")))
+        .filter_map(|l| {
+            let at = l.find("applied: ")? + "applied: ".len();
+            l[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .next()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_follows_the_changelog_and_takes_over_warm() -> Result<()> {
+    let mut two = TwoNodes::start_with("standby", &[("AUDIENCE_STANDBY_REPLICAS", "1")]).await?;
+    let (ch_a, ch_b) = (two.ch_a.clone(), two.ch_b.clone());
+    let gold = create_tier_audience(&ch_a, "gold").await?;
+    let producer = two.broker.producer()?;
+    let now = engine_now(&ch_a).await?;
+    // Many rounds, each its own units of work on both partitions.
+    for round in 0..ROUNDS {
+        let users = round * 4 + 1..=round * 4 + 4;
+        produce_tier(&producer, &two.topics.events, now, users, "gold").await?;
+        let total = (round as u64 + 1) * 4;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let a = status(&ch_a).await?.messages_processed;
+            let b = status(&ch_b).await?.messages_processed;
+            if a + b >= total {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "round {round}: {a} + {b} processed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Each node stands by for the other's partition, as either node shows it.
+    let a_owns = wait_owning(&ch_a, 1).await?[0];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let cluster = pb::admin_service_client::AdminServiceClient::new(ch_b.clone())
+            .get_cluster_status(pb::GetClusterStatusRequest {})
+            .await?
+            .into_inner();
+        let warm = cluster.partitions.iter().all(|p| {
+            let other = if p.owner == "node-a" {
+                "node-b"
+            } else {
+                "node-a"
+            };
+            p.standbys == [other]
+        });
+        if warm && cluster.partitions.len() == 2 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{cluster:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let shown = two.b.ctl().arg("cluster").output()?;
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains("STANDBYS") && text.contains("node-b"),
+        "{text}"
+    );
+    // The standby reads the owner's last units, then the owner leaves (SIGTERM: it leaves the
+    // group at once) and its partition comes to the standby.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    two.a.terminate()?;
+    wait_owning(&ch_b, 2).await?;
+    let log = two.b.log_text();
+    let applied = units_applied(&log, a_owns)
+        .unwrap_or_else(|| panic!("no restore of partition {a_owns} in B's log:\n{log}"));
+    eprintln!("the standby applied {applied} units at the restore");
+    assert!(
+        applied <= 5,
+        "the warm standby applied {applied} units at the restore; the partition's log has more \
+         than {ROUNDS}"
+    );
+    // Every member is still there, from the partition restored warm.
+    let stats = pb::membership_service_client::MembershipServiceClient::new(ch_b.clone())
+        .get_audience_stats(pb::GetAudienceStatsRequest {
+            audience_ids: vec![gold.id],
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        stats.audiences[0].stats.map(|s| s.size),
+        Some(ROUNDS as u64 * 4)
+    );
+    Ok(())
+}
