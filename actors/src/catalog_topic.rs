@@ -53,6 +53,20 @@ pub fn client_config(bootstrap: &str, properties: &BTreeMap<String, String>) -> 
     config
 }
 
+/// Where a reader of a log without holes that skipped past `expected` reads from on its
+/// `attempt`th try (from 1). The first try reads from `expected` again (librdkafka may have
+/// skipped records); then 1, 2, 4, ... records further back, never before `low`, the reader
+/// passing over what it had: a broker that serves a batch only to a fetch from its first
+/// offset (tansu 0.6's storage does) skips the rest of a batch a read starts inside of (a
+/// changelog follower that stopped mid-batch, a subscription resumed mid-batch).
+pub fn reread_from(expected: i64, low: i64, attempt: u32) -> i64 {
+    let back = match attempt {
+        0 | 1 => 0,
+        n => 1i64 << (n - 2).min(40),
+    };
+    (expected - back).max(low)
+}
+
 /// The partition count of `topic` (0 while the broker does not know it). Blocking.
 pub fn partition_count<C: rdkafka::client::ClientContext>(
     client: &rdkafka::client::Client<C>,
@@ -411,5 +425,19 @@ impl Step {
             Read::Record(record, outcome) => ReadRecord::Record(record, outcome),
             Read::Undecodable(reason) => ReadRecord::Undecodable(reason),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_that_keeps_skipping_reads_from_further_back_each_time() {
+        let tries: Vec<i64> = (1..=6).map(|n| reread_from(100, 0, n)).collect();
+        assert_eq!(tries, [100, 99, 98, 96, 92, 84]);
+        // Never before the log's start.
+        assert_eq!(reread_from(10, 7, 6), 7);
+        assert_eq!(reread_from(10, 0, 20), 0);
     }
 }

@@ -97,6 +97,9 @@ impl Reader {
     }
 }
 
+/// How many times one catch-up re-reads from further back before it gives up.
+const MAX_REPOSITIONS: u32 = 20;
+
 /// Restores partitions of one changelog topic for one node.
 pub struct Restorer {
     engine: Arc<Engine>,
@@ -431,18 +434,20 @@ impl Restorer {
                     if offset > expected {
                         repositioned += 1;
                         anyhow::ensure!(
-                            repositioned <= 3,
+                            repositioned <= MAX_REPOSITIONS,
                             "partition {partition}: the changelog reader keeps skipping from \
                              offset {expected} to {offset}"
                         );
+                        let from = crate::catalog_topic::reread_from(expected, low, repositioned);
                         tracing::warn!(
                             partition,
                             expected,
                             offset,
+                            from,
                             "changelog reader skipped records; reading them again"
                         );
                         reader.position = None;
-                        reader.position_at(expected)?;
+                        reader.position_at(from)?;
                         continue;
                     }
                     reader.position = Some(offset + 1);

@@ -3,7 +3,7 @@
 //! connector actor, which keeps per audience the adds and drops of the last 24 hours, and
 //! reports size and volatility = (adds + drops) / size.
 
-use crate::deltas_tail::DeltasTopic;
+use crate::deltas_tail::{DeltasTopic, StreamError};
 use crate::engine::Engine;
 use crate::stats::{ChangeWindow, Figures};
 use actix::prelude::*;
@@ -236,7 +236,7 @@ impl Connectors {
         filter: Vec<AudienceId>,
         start: (Cursor, bool),
         arbiter: &ArbiterHandle,
-        tx: mpsc::Sender<Result<Outgoing, String>>,
+        tx: mpsc::Sender<Result<Outgoing, StreamError>>,
     ) {
         let (cursor, now) = start;
         let cluster = engine.cluster_id.read().clone();
@@ -289,9 +289,9 @@ fn pump_topic(
     cursor: Cursor,
     now: bool,
     cluster: Option<&str>,
-    tx: &mpsc::Sender<Result<Outgoing, String>>,
+    tx: &mpsc::Sender<Result<Outgoing, StreamError>>,
     connector: &Addr<Connector>,
-) -> Result<(), String> {
+) -> Result<(), StreamError> {
     crate::deltas_tail::pump(
         topic,
         cursor.0,
@@ -322,9 +322,9 @@ async fn pump(
     filter: HashSet<AudienceId>,
     mut cursor: Cursor,
     cluster: Option<&str>,
-    tx: &mpsc::Sender<Result<Outgoing, String>>,
+    tx: &mpsc::Sender<Result<Outgoing, StreamError>>,
     connector: &Addr<Connector>,
-) -> Result<(), String> {
+) -> Result<(), StreamError> {
     let mut wake = engine.outbox_written.subscribe();
     loop {
         let partitions: Vec<Partition> = engine.partitions.lock().iter().copied().collect();
@@ -339,18 +339,18 @@ async fn pump(
             if chunk.is_empty() {
                 let head = engine.store.outbox_head(p).map_err(|e| e.to_string())?;
                 if after > head {
-                    return Err(format!(
+                    return Err(StreamError::OutOfRange(format!(
                         "cursor p{p}={after} is ahead of the outbox (head {head}): it belongs to another engine's data"
-                    ));
+                    )));
                 }
             }
             if let Some(&(first, _)) = chunk.first() {
                 // A position the subscriber named must be followed by the very next delta;
                 // with no position for a partition, it starts at the oldest retained.
                 if explicit.is_some() && first > after + 1 {
-                    return Err(format!(
+                    return Err(StreamError::OutOfRange(format!(
                         "cursor p{p}={after} is older than the retained outbox (oldest {first})"
-                    ));
+                    )));
                 }
             }
             if !chunk.is_empty() {

@@ -59,6 +59,37 @@ pub fn parse_record(payload: &[u8]) -> Result<(Partition, u64, Delta), String> {
     Ok((partition, number("sequence")? as u64, delta))
 }
 
+/// Why a subscription's stream ended, as its client is told: the cursor names what is gone
+/// (OUT_OF_RANGE: start again from a newer cursor), the topic or store could not be read
+/// (UNAVAILABLE: resume later with the same cursor), or deltas are missing (DATA_LOSS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamError {
+    OutOfRange(String),
+    Unavailable(String),
+    DataLoss(String),
+}
+
+/// A failure to read is transient unless it says otherwise.
+impl From<String> for StreamError {
+    fn from(why: String) -> Self {
+        StreamError::Unavailable(why)
+    }
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamError::OutOfRange(why)
+            | StreamError::Unavailable(why)
+            | StreamError::DataLoss(why) => f.write_str(why),
+        }
+    }
+}
+
+/// How many times a partition of a subscription reads again from further back, on seeing its
+/// sequences jump, before the stream ends with DATA_LOSS.
+const MAX_REREADS: u32 = 20;
+
 /// How long a probe waits for the record at an offset.
 const PROBE_WAIT: Duration = Duration::from_secs(10);
 
@@ -126,7 +157,7 @@ impl DeltasTopic {
         consumer: &BaseConsumer,
         p: i32,
         after: Option<u64>,
-    ) -> Result<i64, String> {
+    ) -> Result<i64, StreamError> {
         let (low, high) = consumer
             .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
             .map_err(|e| format!("deltas topic partition {p}: {e}"))?;
@@ -135,10 +166,10 @@ impl DeltasTopic {
         };
         if low >= high {
             if high > 0 {
-                return Err(format!(
+                return Err(StreamError::OutOfRange(format!(
                     "cursor p{p}={after} is older than the deltas topic retains (it holds \
                      nothing of partition {p} any more)"
-                ));
+                )));
             }
             return Ok(high);
         }
@@ -146,15 +177,15 @@ impl DeltasTopic {
             |offset: i64| -> Result<Option<(i64, u64)>, String> { self.probe(consumer, p, offset) };
         match newer(low)? {
             None => {
-                return Err(format!(
+                return Err(StreamError::Unavailable(format!(
                     "deltas topic partition {p}: no record could be read at its start ({low})"
-                ))
+                )))
             }
             Some((_, first)) if first > after + 1 => {
-                return Err(format!(
+                return Err(StreamError::OutOfRange(format!(
                     "cursor p{p}={after} is older than the deltas topic retains (oldest \
                      sequence {first})"
-                ))
+                )))
             }
             Some((at, first)) if first > after => return Ok(at),
             _ => {}
@@ -175,9 +206,9 @@ impl DeltasTopic {
                 // Nothing of this partition between mid and hi: the boundary is below.
                 Some(_) => hi = mid,
                 None => {
-                    return Err(format!(
+                    return Err(StreamError::Unavailable(format!(
                         "deltas topic partition {p}: no record could be read at offset {mid}"
-                    ))
+                    )))
                 }
             }
         }
@@ -195,7 +226,7 @@ pub fn pump(
     now: bool,
     stopped: impl Fn() -> bool,
     mut deliver: impl FnMut(Partition, u64, Delta, &BTreeMap<Partition, u64>) -> bool,
-) -> Result<(), String> {
+) -> Result<(), StreamError> {
     let probe = topic.consumer()?;
     let partitions = topic.partitions(&probe)?;
     let mut tpl = TopicPartitionList::new();
@@ -222,6 +253,7 @@ pub fn pump(
     drop(probe);
     let consumer = topic.consumer()?;
     consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let mut rereads: BTreeMap<Partition, u32> = BTreeMap::new();
     while !stopped() {
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
             continue;
@@ -243,6 +275,41 @@ pub fn pump(
         if positions.get(&p).is_some_and(|&last| seq <= last) {
             continue;
         }
+        // A partition's sequences run on the topic without a gap (its owners publish them in
+        // order; repeats after a move are passed over above), so a jump means the read skipped
+        // records: tansu 0.6 serves a batch only to a fetch from its first offset, and a
+        // resumed cursor's position may be inside one. Read again from further back.
+        if let Some(&last) = positions.get(&p) {
+            if seq > last + 1 {
+                let tries = rereads.entry(p).or_insert(0);
+                *tries += 1;
+                if *tries > MAX_REREADS {
+                    return Err(StreamError::DataLoss(format!(
+                        "deltas topic partition {p}: its sequence jumps from {last} to {seq} at \
+                         offset {}: deltas are missing",
+                        message.offset()
+                    )));
+                }
+                let from = crate::catalog_topic::reread_from(message.offset(), 0, *tries + 1);
+                tracing::warn!(
+                    partition = p,
+                    last,
+                    seq,
+                    from,
+                    "subscription skipped deltas; reading them again"
+                );
+                consumer
+                    .seek(
+                        &topic.topic,
+                        p as i32,
+                        Offset::Offset(from),
+                        Duration::from_secs(10),
+                    )
+                    .map_err(|e| format!("deltas topic partition {p}: {e}"))?;
+                continue;
+            }
+        }
+        rereads.remove(&p);
         positions.insert(p, seq);
         if !deliver(p, seq, delta, &positions) {
             break;

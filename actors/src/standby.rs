@@ -4,17 +4,21 @@
 //! restore reads only the units written since, not the whole log.
 //!
 //! Which nodes stand by for a partition is a pure function of the partition, its owner and
-//! the live nodes ([`standbys`]): rendezvous hashing, so every node computes the same answer
-//! from the members topic, and a node joining or leaving moves only the partitions it ranks
-//! highest for.
+//! the live nodes ([`standbys`]), so every node computes the same answer from the members
+//! topic: the node the consumer group would give the partition if its owner left, then the
+//! one it would get if that one left too, and so on. The ingest consumer's assignor is
+//! librdkafka's `range` ([`range_owner`] computes it), so the group's assignment prefers the
+//! warm node by construction, as Kafka Streams' warm-up assignor does by choice.
 //!
 //! Invariants: a node never follows a partition it owns or restores (the restore takes the
 //! partition's restore lock, which a follow round holds too); a follow never claims, never
 //! writes the partition's state but the units the log holds, and never wipes.
 //!
-//! Limit: the consumer group's assignor does not know which node is warm (librdkafka offers no
-//! custom assignor to Rust), so a failover lands on a standby only when the group gives it
-//! the partition; with `k` = nodes - 1 every node is warm.
+//! Limits: `range` moves partitions of nodes that stay when the group changes (it is not
+//! sticky): with `k` = 1 the dead node's partitions land warm, a few others may move cold;
+//! with `k` = nodes - 1 every node is warm. Two node ids where one followed by '-' begins the
+//! other ("node" and "node-2") sort by the broker's random member-id suffix: the standby is
+//! then a guess.
 
 use crate::changelog_restore::Restorer;
 use crate::cluster_view::{is_silent, now_ms, owners, MembersTopic};
@@ -29,24 +33,53 @@ use tokio::sync::watch;
 /// How often the members topic is read to decide what to stand by for.
 const LOOK_EVERY: Duration = Duration::from_secs(2);
 
-/// A node's rank for a partition: the highest `k` stand by for it.
-fn rank(partition: Partition, node: &str) -> u64 {
-    // FNV-1a over the partition and the node id, then SplitMix64's finalizer: stable across
-    // versions and platforms (not `std`'s hasher, whose output may change).
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in partition.to_be_bytes().iter().chain(node.as_bytes()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+/// The member of `members` (node ids) that librdkafka's `range` assignor gives `partition`
+/// of a topic of `partitions`: members in member-id order, each a contiguous range, the first
+/// `partitions % members` one partition more. The broker names a member
+/// `"{client.id}-{uuid}"` (tansu as Kafka) and the ingest consumer's client id is the node
+/// id, so member-id order is the order of `"{node id}-"`.
+pub fn range_owner(partition: Partition, partitions: u32, members: &[String]) -> Option<String> {
+    if members.is_empty() || partition >= partitions {
+        return None;
     }
-    audience_state::estimate::sample_rank(h as i64)
+    let mut sorted: Vec<String> = members.iter().map(|m| format!("{m}-")).collect();
+    sorted.sort();
+    let (count, p) = (sorted.len() as u32, partition);
+    let (each, extra) = (partitions / count, partitions % count);
+    // Members before `extra` hold `each + 1`, the rest `each`.
+    let index = if p < extra * (each + 1) {
+        p / (each + 1)
+    } else {
+        extra + (p - extra * (each + 1)) / each
+    };
+    let key = &sorted[index as usize];
+    Some(key[..key.len() - 1].to_string())
 }
 
-/// The nodes that stand by for `partition`: the `k` live nodes other than its owner that rank
-/// highest for it.
-pub fn standbys(partition: Partition, owner: &str, live: &[String], k: usize) -> Vec<String> {
-    let mut candidates: Vec<&String> = live.iter().filter(|n| n.as_str() != owner).collect();
-    candidates.sort_by_key(|n| std::cmp::Reverse((rank(partition, n), n.as_str())));
-    candidates.into_iter().take(k).cloned().collect()
+/// The nodes that stand by for `partition` of `partitions`, owned by `owner`, among the `live`
+/// nodes: the one the group gives it if the owner leaves, then the one it goes to if that one
+/// leaves too, `k` of them at most.
+pub fn standbys(
+    partition: Partition,
+    partitions: u32,
+    owner: &str,
+    live: &[String],
+    k: usize,
+) -> Vec<String> {
+    let mut remaining: Vec<String> = live
+        .iter()
+        .filter(|n| n.as_str() != owner)
+        .cloned()
+        .collect();
+    let mut chosen = Vec::new();
+    while chosen.len() < k {
+        let Some(next) = range_owner(partition, partitions, &remaining) else {
+            break;
+        };
+        remaining.retain(|n| *n != next);
+        chosen.push(next);
+    }
+    chosen
 }
 
 /// What this node stands by for now (announced, and shown by `audiencectl cluster`).
@@ -72,7 +105,7 @@ pub async fn stand_by(
     restorer: Arc<Restorer>,
     members: MembersTopic,
     node_id: String,
-    k: usize,
+    (k, partitions): (usize, u32),
     set: Arc<StandbySet>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -97,7 +130,7 @@ pub async fn stand_by(
                         *owner != node_id
                             && !mine.contains(p)
                             && !restoring.contains(p)
-                            && standbys(*p, owner, &live, k).contains(&node_id)
+                            && standbys(*p, partitions, owner, &live, k).contains(&node_id)
                     })
                     .map(|(p, _)| p)
                     .collect();
@@ -142,35 +175,56 @@ mod tests {
         ids.iter().map(|s| s.to_string()).collect()
     }
 
+    /// librdkafka's `range` over 3 members and 8 partitions: 3, 3, 2.
     #[test]
-    fn standbys_are_other_live_nodes_the_same_everywhere() {
-        let live = nodes(&["a", "b", "c", "d"]);
-        for p in 0..32 {
-            let chosen = standbys(p, "a", &live, 2);
-            assert_eq!(chosen.len(), 2);
-            assert!(!chosen.contains(&"a".to_string()), "never the owner");
-            assert_ne!(chosen[0], chosen[1]);
-            // Any order of the live list gives the same answer.
-            let reversed: Vec<String> = live.iter().rev().cloned().collect();
-            assert_eq!(standbys(p, "a", &reversed, 2), chosen);
-        }
-        assert_eq!(standbys(0, "a", &nodes(&["a"]), 1), Vec::<String>::new());
-        assert_eq!(standbys(0, "a", &nodes(&["a", "b"]), 3), nodes(&["b"]));
+    fn range_owner_is_librdkafkas_range() {
+        let members = nodes(&["node-c", "node-a", "node-b"]);
+        let owners: Vec<String> = (0..8)
+            .map(|p| range_owner(p, 8, &members).unwrap())
+            .collect();
+        assert_eq!(
+            owners,
+            ["node-a", "node-a", "node-a", "node-b", "node-b", "node-b", "node-c", "node-c"]
+        );
+        let two: Vec<String> = (0..6)
+            .map(|p| range_owner(p, 6, &nodes(&["b", "a"])).unwrap())
+            .collect();
+        assert_eq!(two, ["a", "a", "a", "b", "b", "b"]);
+        // More members than partitions: the last members get none.
+        assert_eq!(
+            range_owner(1, 2, &nodes(&["a", "b", "c"])).as_deref(),
+            Some("b")
+        );
+        assert_eq!(range_owner(0, 8, &[]), None);
+        assert_eq!(range_owner(8, 8, &members), None);
+        // Member ids are "{id}-{uuid}": "a-b" sorts before "a0" as "a-b-..." before "a0-...".
+        assert_eq!(
+            range_owner(0, 2, &nodes(&["a0", "a-b"])).as_deref(),
+            Some("a-b")
+        );
     }
 
     #[test]
-    fn a_node_leaving_moves_only_the_partitions_it_stood_by_for() {
-        let before = nodes(&["a", "b", "c", "d", "e"]);
-        let after = nodes(&["a", "b", "c", "d"]);
-        let mut moved = 0;
-        for p in 0..64 {
-            let was = standbys(p, "a", &before, 1);
-            let is = standbys(p, "a", &after, 1);
-            if was != is {
-                assert_eq!(was, nodes(&["e"]), "partition {p}");
-                moved += 1;
+    fn a_standby_is_where_the_group_puts_the_partition_when_its_owner_leaves() {
+        let live = nodes(&["a", "b", "c", "d"]);
+        for partitions in [4u32, 6, 8, 12] {
+            for p in 0..partitions {
+                let owner = range_owner(p, partitions, &live).unwrap();
+                let chosen = standbys(p, partitions, &owner, &live, 2);
+                assert_eq!(chosen.len(), 2);
+                assert!(!chosen.contains(&owner), "never the owner");
+                assert_ne!(chosen[0], chosen[1]);
+                let without: Vec<String> = live.iter().filter(|n| **n != owner).cloned().collect();
+                assert_eq!(
+                    range_owner(p, partitions, &without),
+                    Some(chosen[0].clone())
+                );
+                // Any order of the live list gives the same answer.
+                let reversed: Vec<String> = live.iter().rev().cloned().collect();
+                assert_eq!(standbys(p, partitions, &owner, &reversed, 2), chosen);
             }
         }
-        assert!(moved > 0 && moved < 64, "{moved}");
+        assert_eq!(standbys(0, 4, "a", &nodes(&["a"]), 1), Vec::<String>::new());
+        assert_eq!(standbys(0, 4, "a", &nodes(&["a", "b"]), 3), nodes(&["b"]));
     }
 }

@@ -5,6 +5,7 @@
 use crate::convert;
 use crate::peers::{scoped_partition, Peer, Peers, PARTITION_HEADER};
 use audience_actors::connector::{Connectors, CursorError};
+use audience_actors::deltas_tail::StreamError;
 use audience_actors::node::Node;
 use audience_actors::registry::{AudienceSpec, Registry};
 use audience_actors::stats::Figures;
@@ -601,7 +602,11 @@ impl pb::membership_service_server::MembershipService for Services {
                         sequence: o.sequence,
                         cursor: o.cursor,
                     })
-                    .map_err(Status::out_of_range);
+                    .map_err(|e| match e {
+                        StreamError::OutOfRange(why) => Status::out_of_range(why),
+                        StreamError::Unavailable(why) => Status::unavailable(why),
+                        StreamError::DataLoss(why) => Status::data_loss(why),
+                    });
                 if out.send(msg).await.is_err() {
                     break;
                 }

@@ -548,7 +548,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             hook.restorer.clone(),
             members.clone(),
             node_id(&config),
-            config.cluster.standby_replicas,
+            (
+                config.cluster.standby_replicas,
+                config.kafka.partitions.max(0) as u32,
+            ),
             standby.clone(),
             shutdown_rx.clone(),
         ));

@@ -38,6 +38,14 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     Ok(body)
 }
 
+/// A benchmark's setting: the environment variable `key` as a number, or `default`.
+pub fn env_or(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

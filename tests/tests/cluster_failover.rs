@@ -4,14 +4,21 @@
 //! equal those of one node reading the same input alone, and every partition's outbox
 //! sequences must run without a gap.
 //!
+//! Each node stands by for another's partitions (`standby_replicas = 1`), and two gRPC
+//! subscribers watch throughout: one on the node that stays, one on a node that stops, which
+//! then resumes with its last cursor on the node that stays. Each sees every delta, in order
+//! per partition and without a gap (a repeat after a failover is dropped by its id).
+//!
 //! The audiences count plays (at least 2, 4, ROUNDS and ROUNDS + 1 times): a message applied
 //! twice puts a user in the last one, a message lost keeps one out of the third, and each
 //! user's changes are the same whatever the batch boundaries, so two runs can be compared id
 //! for id.
 
 use audience_e2e::*;
+use audience_proto::v1 as pb;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 6;
@@ -37,6 +44,65 @@ async fn play_rounds(
         tokio::time::sleep(pause).await;
     }
     Ok(())
+}
+
+type Received = Arc<Mutex<Vec<pb::MembershipDelta>>>;
+
+/// A subscriber to every audience from `cursor`, keeping what it receives in `into`: it returns
+/// once `into` holds `want` distinct deltas, or when the stream ends (its node stopped).
+async fn subscribe_into(ch: Channel, cursor: String, into: Received, want: usize) -> Result<()> {
+    let mut stream = pb::membership_service_client::MembershipServiceClient::new(ch)
+        .subscribe(pb::SubscribeRequest {
+            audience_ids: vec![],
+            cursor,
+            subscriber_name: "failover".into(),
+        })
+        .await?
+        .into_inner();
+    loop {
+        let distinct = {
+            let received = into.lock().unwrap();
+            received
+                .iter()
+                .map(|d| &d.delta_id)
+                .collect::<BTreeSet<_>>()
+                .len()
+        };
+        if distinct >= want {
+            return Ok(());
+        }
+        match tokio::time::timeout(Duration::from_secs(120), stream.message()).await {
+            Ok(Ok(Some(d))) => into.lock().unwrap().push(d),
+            Ok(Ok(None)) | Ok(Err(_)) => return Ok(()),
+            Err(_) => anyhow::bail!("no delta for 120 s, {distinct} of {want} received"),
+        }
+    }
+}
+
+/// A subscriber's deltas are every expected one, and per partition in order without a gap:
+/// each is the next sequence or a repeat (same id) of one received before.
+fn assert_whole(name: &str, deltas: &[pb::MembershipDelta], expected: &BTreeSet<String>) {
+    let ids: BTreeSet<String> = deltas.iter().map(|d| d.delta_id.clone()).collect();
+    assert_eq!(&ids, expected, "{name}: every delta, after dedupe");
+    let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut at: BTreeMap<(u32, u64), &str> = BTreeMap::new();
+    for d in deltas {
+        let seen = at.entry((d.partition, d.sequence)).or_insert(&d.delta_id);
+        assert_eq!(
+            *seen, d.delta_id,
+            "{name}: one delta per partition sequence"
+        );
+        let last = last.entry(d.partition).or_insert(0);
+        if d.sequence > *last {
+            assert_eq!(
+                d.sequence,
+                *last + 1,
+                "{name}: partition {}: a gap after sequence {last}",
+                d.partition
+            );
+            *last = d.sequence;
+        }
+    }
 }
 
 /// The memberships (audience ids) of every user, read from a node that owns every partition.
@@ -144,6 +210,7 @@ async fn three_nodes_survive_a_kill_a_new_node_and_a_stop_with_the_lone_nodes_re
                 ("AUDIENCE_SNAPSHOT_DIR", snapshots.as_str()),
                 ("AUDIENCE_SNAPSHOT_EVERY_UNITS", "5"),
                 ("AUDIENCE_SNAPSHOT_INTERVAL_MS", "300"),
+                ("AUDIENCE_STANDBY_REPLICAS", "1"),
             ],
         )
     };
@@ -178,6 +245,22 @@ async fn three_nodes_survive_a_kill_a_new_node_and_a_stop_with_the_lone_nodes_re
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Every user ends in the audiences of at most ROUNDS plays: one add each.
+    let want = USERS as usize * audiences.iter().filter(|(t, _)| *t <= ROUNDS).count();
+    let (on_a, on_c): (Received, Received) = Default::default();
+    let watch_a = tokio::spawn(subscribe_into(
+        ch_a.clone(),
+        String::new(),
+        on_a.clone(),
+        want,
+    ));
+    let watch_c = tokio::spawn(subscribe_into(
+        ch_c.clone(),
+        String::new(),
+        on_c.clone(),
+        want,
+    ));
+
     // The steady stream, while the cluster changes under it.
     let now = engine_now(&ch_a).await?;
     let stream = tokio::spawn(play_rounds(
@@ -193,6 +276,15 @@ async fn three_nodes_survive_a_kill_a_new_node_and_a_stop_with_the_lone_nodes_re
     d.ready().await?;
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(c.terminate()?, Some(0), "C stops cleanly");
+    // C's subscriber goes on on A from the last cursor C gave it.
+    tokio::time::timeout(Duration::from_secs(10), watch_c).await???;
+    let cursor = on_c.lock().unwrap().last().map(|d| d.cursor.clone());
+    let watch_c = tokio::spawn(subscribe_into(
+        ch_a.clone(),
+        cursor.unwrap_or_default(),
+        on_c.clone(),
+        want,
+    ));
     stream.await??;
     // D stops too: A takes every partition, and its answers are the cluster's.
     assert_eq!(d.terminate()?, Some(0), "D stops cleanly");
@@ -240,6 +332,10 @@ async fn three_nodes_survive_a_kill_a_new_node_and_a_stop_with_the_lone_nodes_re
         deduplicated(&read_deltas(&broker.bootstrap, &topics.deltas, &expected_ids).await?);
     let (lone_view, lone_sequences) =
         deduplicated(&read_deltas(&broker.bootstrap, &lone_deltas, &expected_ids).await?);
+    for (name, watch, received) in [("A's subscriber", watch_a, &on_a), ("C's", watch_c, &on_c)] {
+        tokio::time::timeout(Duration::from_secs(150), watch).await???;
+        assert_whole(name, &received.lock().unwrap(), &expected_ids);
+    }
     let cluster_meanings: BTreeSet<_> = cluster.values().map(meaning).collect();
     let lone_meanings: BTreeSet<_> = lone_view.values().map(meaning).collect();
     assert_eq!(

@@ -154,6 +154,29 @@ async fn batches_become_deltas_and_profiles() -> Result<()> {
         .await
         .expect_err("another deployment's cursor");
     assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    // A cursor past what this engine holds ends the stream with OUT_OF_RANGE (start again from
+    // a cursor it gave), never a code that asks to retry with the same cursor.
+    let ahead: Vec<String> = drops[0]
+        .cursor
+        .split(',')
+        .map(|part| match part.split_once('=') {
+            Some((p, _)) if p.starts_with('p') => format!("{p}=999999"),
+            _ => part.to_string(),
+        })
+        .collect();
+    let mut stream = pb::membership_service_client::MembershipServiceClient::new(ch.clone())
+        .subscribe(pb::SubscribeRequest {
+            audience_ids: vec![gold.id],
+            cursor: ahead.join(","),
+            subscriber_name: "ahead".into(),
+        })
+        .await?
+        .into_inner();
+    let ended = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await?
+        .expect_err("a cursor ahead of the outbox");
+    assert_eq!(ended.code(), tonic::Code::OutOfRange, "{ended:?}");
+    assert!(ended.message().contains("ahead of the outbox"), "{ended:?}");
 
     // Sizes and figures.
     let mut ms = pb::membership_service_client::MembershipServiceClient::new(ch.clone());

@@ -19,6 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use audience_actors::clock::Clock;
 use audience_actors::engine::{Engine, EngineSettings};
 use audience_actors::node::Node;
+use audience_e2e::env_or;
 use audience_state::catalog::{AudienceRecord, Catalog};
 use audience_state::eventlog::{Dictionary, EventLog, LogLimits};
 use audience_state::model::{Batch, Event, EventKind, Inbound, Product, DAY_MS};
@@ -30,13 +31,6 @@ use std::time::{Duration, Instant};
 
 const PARTITIONS: u32 = 2;
 const RETENTION: i64 = 30 * DAY_MS;
-
-fn env_or(key: &str, default: u64) -> u64 {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The `i`-th event of a profile: mostly searches and views with attributes, some purchases.
 fn event(h: u64, at: i64) -> Event {

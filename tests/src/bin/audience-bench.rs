@@ -12,13 +12,6 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::ClientConfig;
 use std::time::{Duration, Instant};
 
-fn env_or(key: &str, default: u64) -> u64 {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// 100 audience definitions over the sample workload: event frequencies and recency, attribute
 /// operators, identities, combinations.
 fn audience_defs(n: usize) -> Vec<serde_json::Value> {

@@ -12,6 +12,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use audience_e2e::env_or;
 use audience_state::batch::{decode, DEFAULT_MAX_MESSAGE_BYTES};
 use audience_state::catalog::{AudienceRecord, Catalog};
 use audience_state::criteria::EvalContext;
@@ -22,13 +23,6 @@ use std::time::{Duration, Instant};
 
 /// Audiences reading each event name: an event touches this many (a few more read attributes).
 const AUDIENCES_PER_EVENT_NAME: usize = 10;
-
-fn env_or(key: &str, default: u64) -> u64 {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// This thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), which no other process's work can
 /// inflate.
