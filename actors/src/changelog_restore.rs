@@ -160,33 +160,10 @@ impl Restorer {
         let mut reader = self.reader(partition)?;
         let store = &self.engine.store;
         let mut report = RestoreReport::default();
-        let mut follower = Follower::new(
-            store.changelog_follow_position(partition)?,
-            store.changelog_position(partition)?.0,
-        );
         // The end the broker reports may lag what it acknowledged: it serves only to learn the
         // newest epoch before claiming; the claim's own offset is the end that counts.
-        let (low, high) = reader
-            .consumer
-            .fetch_watermarks(&self.topic, partition as i32, STALL)?;
-        let latest = self.latest_snapshot(partition)?;
-        let start = restore_start(
-            &follower.position,
-            low,
-            latest.as_ref().map(|s| &s.manifest),
-        )
-        .map_err(|why| anyhow::anyhow!("partition {partition}: {why}"))?;
-        if let (RestoreStart::Snapshot, Some(snapshot)) = (start, &latest) {
-            self.load_snapshot(partition, &mut follower, snapshot, &mut report)?;
-        }
-        self.catch_up(
-            &mut reader,
-            &restoring,
-            partition,
-            &mut follower,
-            high,
-            &mut report,
-        )?;
+        let mut follower =
+            self.read_to_reported_end(&mut reader, &restoring, partition, &mut report)?;
         for _attempt in 0..5 {
             let epoch = follower.position.epoch + 1;
             let claiming = Instant::now();
@@ -301,6 +278,25 @@ impl Restorer {
             Some(reader) => reader,
             None => reader.insert(self.reader(partition)?),
         };
+        let mut report = RestoreReport {
+            // Never wiped here: the restore does it, under its claim.
+            rebuilt: true,
+            ..RestoreReport::default()
+        };
+        self.read_to_reported_end(reader, standing_by, partition, &mut report)?;
+        Ok(report.applied)
+    }
+
+    /// This node's follower of `partition` (its stored position), brought to the end the broker
+    /// reports now: from that position, or from the newest snapshot when it is further on.
+    fn read_to_reported_end(
+        &self,
+        reader: &mut Reader,
+        wanted: &dyn Fn() -> bool,
+        partition: Partition,
+        report: &mut RestoreReport,
+    ) -> anyhow::Result<Follower> {
+        let store = &self.engine.store;
         let mut follower = Follower::new(
             store.changelog_follow_position(partition)?,
             store.changelog_position(partition)?.0,
@@ -308,13 +304,9 @@ impl Restorer {
         let (low, high) = reader
             .consumer
             .fetch_watermarks(&self.topic, partition as i32, STALL)?;
-        let mut report = RestoreReport {
-            // Never wiped here: the restore does it, under its claim.
-            rebuilt: true,
-            ..RestoreReport::default()
-        };
+        // At the end already (a follower between units): no snapshot is further on.
         if follower.position.next_offset >= high {
-            return Ok(0);
+            return Ok(follower);
         }
         let latest = self.latest_snapshot(partition)?;
         let start = restore_start(
@@ -324,17 +316,10 @@ impl Restorer {
         )
         .map_err(|why| anyhow::anyhow!("partition {partition}: {why}"))?;
         if let (RestoreStart::Snapshot, Some(snapshot)) = (start, &latest) {
-            self.load_snapshot(partition, &mut follower, snapshot, &mut report)?;
+            self.load_snapshot(partition, &mut follower, snapshot, report)?;
         }
-        self.catch_up(
-            reader,
-            standing_by,
-            partition,
-            &mut follower,
-            high,
-            &mut report,
-        )?;
-        Ok(report.applied)
+        self.catch_up(reader, wanted, partition, &mut follower, high, report)?;
+        Ok(follower)
     }
 
     /// Waits until the changelog topic holds every unit this node committed of the partition.

@@ -684,20 +684,34 @@ pub async fn wait_owned_between(channels: &[&Channel], n: usize) -> Result<()> {
 
 /// Waits until the engine has processed (or dead-lettered) `total` messages since it started.
 pub async fn wait_processed(ch: &Channel, total: u64, timeout: Duration) -> Result<()> {
+    wait_processed_between(&[ch], total, timeout).await
+}
+
+/// Waits until the nodes behind `channels` have processed (or dead-lettered) `total` messages
+/// between them since they started.
+pub async fn wait_processed_between(
+    channels: &[&Channel],
+    total: u64,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let s = status(ch).await?;
-        if s.messages_processed + s.messages_dead_lettered >= total {
+        let (mut processed, mut dead_lettered) = (0, 0);
+        for ch in channels {
+            let s = status(ch).await?;
+            processed += s.messages_processed;
+            dead_lettered += s.messages_dead_lettered;
+        }
+        if processed + dead_lettered >= total {
             return Ok(());
         }
         if Instant::now() > deadline {
             anyhow::bail!(
-                "processed {} + dead-lettered {} of {total} within {timeout:?}",
-                s.messages_processed,
-                s.messages_dead_lettered
+                "processed {processed} + dead-lettered {dead_lettered} of {total} within \
+                 {timeout:?}"
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

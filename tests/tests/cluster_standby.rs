@@ -61,19 +61,9 @@ async fn a_standby_follows_the_changelog_and_takes_over_warm() -> Result<()> {
         let users = round * 4 + 1..=round * 4 + 4;
         produce_tier(&producer, &two.topics.events, now, users, "gold").await?;
         let total = (round as u64 + 1) * 4;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let a = status(&ch_a).await?.messages_processed;
-            let b = status(&ch_b).await?.messages_processed;
-            if a + b >= total {
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "round {round}: {a} + {b} processed"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_processed_between(&[&ch_a, &ch_b], total, Duration::from_secs(30))
+            .await
+            .map_err(|e| anyhow::anyhow!("round {round}: {e}"))?;
     }
     // Each node stands by for the other's partition, as either node shows it.
     let a_owns = wait_owning(&ch_a, 1).await?[0];
@@ -183,21 +173,9 @@ async fn the_group_gives_a_leaving_nodes_partitions_to_their_warm_standbys() -> 
         let users = round * users_per_round + 1..=(round + 1) * users_per_round;
         produce_tier(&producer, &topics.events, now, users, "gold").await?;
         let total = (round + 1) as u64 * users_per_round as u64;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut processed = 0;
-            for ch in [&ch_a, &ch_b, &ch_c] {
-                processed += status(ch).await?.messages_processed;
-            }
-            if processed >= total {
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "round {round}: {processed} processed"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_processed_between(&[&ch_a, &ch_b, &ch_c], total, Duration::from_secs(30))
+            .await
+            .map_err(|e| anyhow::anyhow!("round {round}: {e}"))?;
     }
     // Each partition has one standby, never its owner.
     let deadline = Instant::now() + Duration::from_secs(30);
