@@ -5,7 +5,7 @@ use crate::clock::Clock;
 use crate::stats::{ChangeWindow, Figures};
 use arc_swap::ArcSwap;
 use audience_state::catalog::Catalog;
-use audience_state::model::{AudienceId, Delta};
+use audience_state::model::{AudienceId, Delta, Mpid};
 use audience_state::store::{Partition, Store};
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
@@ -89,18 +89,29 @@ pub struct Calculation {
     pub started_at_ms: i64,
 }
 
-/// A partition's rebuild of its profiles from their logs (replay): running or last finished.
+/// Differences a replay keeps per partition, for its report.
+pub const MAX_REPORTED_DIFFERENCES: usize = 100;
+
+/// A partition's rebuild of its profiles from their logs (replay), or its check of them
+/// (verify): running or last finished.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplayProgress {
     /// The profile states were deleted before the rebuild (not only overwritten).
     pub wiped: bool,
+    /// A check: the folds are compared with the stored states, nothing is written.
+    pub check_only: bool,
     pub scanned: u64,
     /// Profiles stored when it started.
     pub total: u64,
     /// Deltas the rebuilt profiles emitted: where the logs and the catalog disagreed with
     /// what had been sent (none after a replay of a healthy store).
     pub deltas: u64,
-    /// Profiles whose event log could not be read (rebuilt from facts and memberships).
+    /// Profiles whose fold differs from their stored state (a rebuild rewrote them; a check
+    /// found them). Equal ones are not written.
+    pub changed: u64,
+    /// The first [`MAX_REPORTED_DIFFERENCES`] of them: the MPID and what differs.
+    pub differences: Vec<(Mpid, Vec<String>)>,
+    /// Profiles whose event log could not be read (rebuilt from their base and memberships).
     pub unreadable: u64,
     pub started_at_ms: i64,
     /// `None`: still running.

@@ -13,7 +13,8 @@
 
 use crate::engine::Engine;
 use crate::partition::{
-    CatalogChanged, PartitionActor, PartitionSnapshot, Snapshot, StartReplay, Stop, Tick,
+    CatalogChanged, PartitionActor, PartitionSnapshot, ReplayMode, Snapshot, StartReplay, Stop,
+    Tick,
 };
 use actix::prelude::*;
 use audience_state::store::Partition;
@@ -275,10 +276,9 @@ impl Node {
         }
     }
 
-    /// Asks every partition of this node to rebuild its profiles from their logs (with
-    /// `wipe`, after deleting their states). Returns each partition's profile count, or why it
-    /// could not start.
-    pub async fn start_replay(&self, wipe: bool) -> Vec<(Partition, Result<u64, String>)> {
+    /// Asks every partition of this node to rebuild (or check) its profiles from their logs.
+    /// Returns each partition's profile count, or why it could not start.
+    pub async fn start_replay(&self, mode: ReplayMode) -> Vec<(Partition, Result<u64, String>)> {
         let addrs: Vec<_> = self
             .actors
             .lock()
@@ -287,7 +287,7 @@ impl Node {
             .collect();
         let mut out = Vec::new();
         for (p, addr) in addrs {
-            let result = match addr.send(StartReplay { wipe }).await {
+            let result = match addr.send(StartReplay { mode }).await {
                 Ok(r) => r,
                 Err(e) => Err(format!("partition {p} is stopping: {e}")),
             };

@@ -3,8 +3,10 @@
 
 use crate::convert;
 use crate::grpc::Services;
+use audience_actors::partition::ReplayMode;
 use audience_proto::v1 as pb;
 use std::sync::atomic::Ordering;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 impl Services {
@@ -16,7 +18,18 @@ impl Services {
             .map(|(partition, r)| pb::PartitionReplay {
                 partition,
                 wiped: r.wiped,
+                check_only: r.check_only,
+                profiles_changed: r.changed,
+                differences: r
+                    .differences
+                    .iter()
+                    .map(|(mpid, fields)| pb::ProfileDifference {
+                        mpid: *mpid,
+                        fields: fields.clone(),
+                    })
+                    .collect(),
                 running: r.finished_at_ms.is_none(),
+                node_id: self.peers.node_id().to_string(),
                 profiles_scanned: r.scanned,
                 profiles_total: r.total,
                 deltas: r.deltas,
@@ -30,6 +43,39 @@ impl Services {
             running: partitions.iter().any(|p| p.running),
             partitions,
         }
+    }
+
+    /// `here` with the replays of every other live node (each answering for its own
+    /// partitions), by partition.
+    async fn with_peers_replays(
+        &self,
+        caller: &MetadataMap,
+        here: pb::ReplayStatus,
+    ) -> Result<pb::ReplayStatus, Status> {
+        let peers = self.peers.others(caller).await?;
+        let ask = |channel| {
+            let request = self.peers.request(caller, pb::GetReplayRequest {});
+            async move {
+                pb::admin_service_client::AdminServiceClient::new(channel)
+                    .get_replay(request)
+                    .await
+            }
+        };
+        let theirs = self.peers.ask_every(&peers, ask).await?;
+        Ok(merge_replays(here, theirs))
+    }
+}
+
+/// Replay statuses of several nodes as one: every partition, running if any runs.
+fn merge_replays(here: pb::ReplayStatus, theirs: Vec<pb::ReplayStatus>) -> pb::ReplayStatus {
+    let mut partitions = here.partitions;
+    for status in theirs {
+        partitions.extend(status.partitions);
+    }
+    partitions.sort_by(|a, b| (a.partition, &a.node_id).cmp(&(b.partition, &b.node_id)));
+    pb::ReplayStatus {
+        running: partitions.iter().any(|p| p.running),
+        partitions,
     }
 }
 
@@ -65,9 +111,21 @@ impl pb::admin_service_server::AdminService for Services {
         &self,
         req: Request<pb::ReplayFromLogRequest>,
     ) -> Result<Response<pb::ReplayStatus>, Status> {
-        let wipe = req.into_inner().wipe_profiles;
-        let started = self.node.start_replay(wipe).await;
-        if started.is_empty() {
+        let caller = req.metadata().clone();
+        let req = req.into_inner();
+        let mode = match (req.wipe_profiles, req.check_only) {
+            (false, false) => ReplayMode::Rebuild,
+            (true, false) => ReplayMode::RebuildWiped,
+            (false, true) => ReplayMode::Verify,
+            (true, true) => {
+                return Err(Status::invalid_argument(
+                    "check_only writes nothing: it cannot wipe the profiles too",
+                ))
+            }
+        };
+        let started = self.node.start_replay(mode).await;
+        let peers = self.peers.others(&caller).await?;
+        if started.is_empty() && peers.is_empty() {
             return Err(Status::failed_precondition(
                 "this node owns no partition yet: nothing to replay",
             ));
@@ -82,14 +140,34 @@ impl pb::admin_service_server::AdminService for Services {
                 failed.join("; ")
             )));
         }
-        Ok(Response::new(self.replay_status()))
+        // Every other live node starts it on the partitions it owns.
+        let ask = |channel| {
+            let request = self.peers.request(&caller, req);
+            async move {
+                pb::admin_service_client::AdminServiceClient::new(channel)
+                    .replay_from_log(request)
+                    .await
+            }
+        };
+        let mut theirs = Vec::new();
+        for answer in self.peers.ask(&peers, ask).await {
+            match answer {
+                Ok(status) => theirs.push(status),
+                // A node that owns no partition has nothing to replay.
+                Err(e) if e.code() == tonic::Code::FailedPrecondition => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Response::new(merge_replays(self.replay_status(), theirs)))
     }
 
     async fn get_replay(
         &self,
-        _: Request<pb::GetReplayRequest>,
+        req: Request<pb::GetReplayRequest>,
     ) -> Result<Response<pb::ReplayStatus>, Status> {
-        Ok(Response::new(self.replay_status()))
+        let here = self.replay_status();
+        let status = self.with_peers_replays(req.metadata(), here).await?;
+        Ok(Response::new(status))
     }
 
     async fn get_cluster_status(

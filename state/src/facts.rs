@@ -3,14 +3,22 @@
 //! (events, kept in the event log) and what the engine derived from both (event series,
 //! calculated attributes, memberships, timers).
 //!
-//! Facts are latest-wins values, so their log is compacted per profile, the way a compacted
-//! changelog topic keeps the latest value per key: one record per profile, rewritten in the
-//! profile's write whenever a fact changed. With the event log and the membership history it is
-//! everything a profile can be rebuilt from ([`crate::replay`]).
+//! The stored facts record is a profile's **base**: its facts before the first message its
+//! event log still holds. Every message that changed a profile is in its log (since log
+//! format 2), so the current facts are the base with the log folded over it
+//! ([`crate::replay::fold`]); when messages leave the log (retention, bounds), what they did is
+//! folded into the base in the same write, so an attribute set long ago outlives the chunk
+//! that set it. Facts are latest-wins values: the base is one record per profile, the way a
+//! compacted changelog topic keeps the latest value per key. With the event log and the
+//! membership history it is everything a profile can be rebuilt from.
 //!
 //! Invariants:
-//! - a stored profile's facts record holds exactly the facts of its stored state: both are
-//!   written in the same batch, the record whenever its encoding changed;
+//! - a profile's base, with its log folded over it, gives the facts of its stored state; the
+//!   base is written in the batch that drops messages from the log (and, empty, in the batch
+//!   that creates the profile);
+//! - a store from before log format 2 wrote the record with every change of the facts: there,
+//!   it is the base of the format 2 messages that follow, its format 1 events being already
+//!   in it;
 //! - the encoding is positional (postcard): fields are only ever appended, after a format byte.
 
 use crate::model::{Attribution, ConsentState, DeviceInfo, GeoLocation, Mpid, TimestampMs};
@@ -77,6 +85,30 @@ pub fn encode_facts(p: &ProfileState) -> Vec<u8> {
 }
 
 impl ProfileFacts {
+    /// The facts of a profile.
+    pub fn of(p: &ProfileState) -> Self {
+        ProfileFacts {
+            first_seen_ms: p.first_seen_ms,
+            last_seen_ms: p.last_seen_ms,
+            identities: p.identities.clone(),
+            attributes: p.attributes.clone(),
+            device: p.device.clone(),
+            consent: p.consent.clone(),
+            app_version: p.app_version.clone(),
+            highest_app_version: p.highest_app_version.clone(),
+            opted_out: p.opted_out,
+            location: p.location.clone(),
+            install_attribution: p.install_attribution.clone(),
+            uninstall_attribution: p.uninstall_attribution.clone(),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![FACTS_FORMAT];
+        out.extend(postcard::to_stdvec(self).expect("profile facts always serialise"));
+        out
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         match bytes.split_first() {
             Some((&FACTS_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),

@@ -1,78 +1,133 @@
-//! Replay: a profile rebuilt from what the store keeps as its logs, without reading its state.
+//! Replay: a profile is the fold of its logs, without reading its state.
 //!
-//! A profile's state is a cache of three logs, each written in the profile's own batch:
-//! - its facts record ([`crate::facts`]): identities, attributes, device, consent, location...;
-//! - its event log ([`crate::eventlog`]): every event of the retention window, in arrival order;
+//! A profile's state is a cache of three records, each written in the profile's own batch:
+//! - its base ([`crate::facts`]): its facts before the first message its log holds;
+//! - its event log ([`crate::eventlog`]): every message that changed it within the retention
+//!   window, with its events, in arrival order;
 //! - its membership history ([`crate::membership`]): every delta it caused, with versions.
 //!
-//! [`rebuild_profile`] folds them back into a [`ProfileState`] under the current catalog: facts
-//! as recorded, every logged event through the same [`ProfileState::record_event`] streaming
-//! uses, memberships and versions as the subscribers were last told. Evaluating the rebuilt
-//! profile over [`audiences_to_evaluate`] then sets its timers and emits a delta only where the
-//! logs and the current catalog disagree with what was sent: after a replay of a healthy store,
-//! none.
+//! [`fold`] is the profile's data as the base and the log imply: every logged message applied
+//! again, in order, at the processing time it was applied at, by the same
+//! [`ProfileState::apply`] streaming uses, so the two cannot drift apart. [`rebuild_profile`]
+//! adds the memberships and versions the subscribers were last told; evaluating it over
+//! [`audiences_to_evaluate`] then sets its timers and emits a delta only where the logs and the
+//! current catalog disagree with what was sent: after a replay of a healthy store, none.
 //!
 //! Invariants:
 //! - nothing of the stored profile state is read: a wiped `profiles` column family loses
 //!   nothing the logs hold;
+//! - the fold is pure: the same base, log, catalog and instant give the same profile;
 //! - versions continue from the membership history, so a delta id `audience:mpid:version` is
 //!   never issued twice, whatever was wiped.
 
 use crate::catalog::Catalog;
-use crate::eventlog::{chunk_body, ChunkReader, Dictionary, EventLog};
+use crate::eventlog::{chunk_body, read_units, Dictionary, EventLog, LogUnit};
 use crate::facts::ProfileFacts;
 use crate::membership::Change;
-use crate::model::{AudienceId, DeltaKind, Event, Mpid, TimestampMs};
+use crate::model::{AudienceId, DeltaKind, Mpid, TimestampMs};
 use crate::profile::{ChangeSet, MemberRecord, ProfileState};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
 
-/// Every event of a log (the head and the bodies of its sealed chunks as stored, oldest
-/// first), decoded, in arrival order, with the time each counts from.
-pub fn logged_events(
+/// The units of a log (the head and the stored records of its sealed chunks, oldest first),
+/// decoded, in arrival order.
+pub fn log_units(
     log: &EventLog,
     chunks: &[&[u8]],
     dict: &Dictionary,
-) -> Result<Vec<(TimestampMs, Event)>, String> {
-    let mut out = Vec::with_capacity(log.events() as usize);
+) -> Result<Vec<LogUnit>, String> {
     let bodies = chunks
         .iter()
         .map(|c| chunk_body(c))
-        .chain(std::iter::once(Ok(log.tail.as_slice())));
-    for body in bodies {
-        for logged in ChunkReader::new(body?) {
-            let logged = logged?;
-            out.push((logged.at, logged.decode(dict)?));
-        }
-    }
-    Ok(out)
+        .collect::<Result<Vec<_>, _>>()?;
+    read_units(bodies.into_iter().chain(Some(log.tail.as_slice())), dict)
 }
 
-/// A profile from its facts, its logged events (arrival order) and its membership changes
-/// (by audience, in version order), as of `now`. Memberships of audiences the catalog no
-/// longer knows are left out, as streaming forgets them.
+/// `fold(base, log)`: the profile's data (everything but memberships and timers) as its base
+/// and its logged units imply, under `catalog`, as of `now`. Messages are applied by
+/// [`ProfileState::apply`] at the instant they were applied at; events of a format 1 log
+/// (whose effects on the profile the base holds) feed event criteria only, as streaming fed
+/// them.
+pub fn fold(
+    mpid: Mpid,
+    base: ProfileFacts,
+    units: impl IntoIterator<Item = LogUnit>,
+    catalog: &Catalog,
+    now: TimestampMs,
+    retention_ms: i64,
+) -> ProfileState {
+    let mut profile = base.into_profile(mpid);
+    let mut scratch = ChangeSet::default();
+    for unit in units {
+        match unit {
+            LogUnit::Message(m) => {
+                profile.apply(&m.to_inbound(mpid), m.now, retention_ms, catalog);
+            }
+            LogUnit::BareEvent(at, event) => {
+                let selector = (
+                    event.kind.event_type().to_string(),
+                    event.kind.selector_name(),
+                );
+                // A tier changed since: what real-time audiences may not read now is not folded.
+                if catalog.excluded_by_tier(&selector.0, &selector.1) {
+                    continue;
+                }
+                profile.record_event(at, &event, selector, catalog, &mut scratch);
+            }
+        }
+    }
+    profile.prune(now, retention_ms, catalog);
+    profile
+}
+
+/// The base after the units that leave a log: the facts they leave behind. Facts do not
+/// depend on the catalog (event criteria and calculated attributes are not facts).
+pub fn fold_into_base(
+    mpid: Mpid,
+    base: ProfileFacts,
+    leaving: impl IntoIterator<Item = LogUnit>,
+) -> ProfileFacts {
+    static NO_DEFINITIONS: OnceLock<Catalog> = OnceLock::new();
+    let catalog = NO_DEFINITIONS.get_or_init(|| Catalog::build_full(0, vec![], vec![], vec![]));
+    let mut profile = base.into_profile(mpid);
+    for unit in leaving {
+        if let LogUnit::Message(m) = unit {
+            profile.apply(&m.to_inbound(mpid), m.now, 0, catalog);
+        }
+    }
+    ProfileFacts::of(&profile)
+}
+
+/// [`fold_into_base`] over the records of the chunks that leave a log (oldest first) and the
+/// part of its tail that leaves with them ([`crate::eventlog::LogWrites`]).
+pub fn base_after(
+    mpid: Mpid,
+    base: ProfileFacts,
+    chunk_records: &[&[u8]],
+    dropped_tail: &[u8],
+    dict: &Dictionary,
+) -> Result<ProfileFacts, String> {
+    let bodies = chunk_records
+        .iter()
+        .map(|c| chunk_body(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let units = read_units(bodies.into_iter().chain(Some(dropped_tail)), dict)?;
+    Ok(fold_into_base(mpid, base, units))
+}
+
+/// A profile from its base, its log's units (arrival order) and its membership changes (by
+/// audience, in version order), as of `now`. Memberships of audiences the catalog no longer
+/// knows are left out, as streaming forgets them.
 pub fn rebuild_profile(
     mpid: Mpid,
-    facts: ProfileFacts,
-    events: impl IntoIterator<Item = (TimestampMs, Event)>,
+    base: ProfileFacts,
+    units: impl IntoIterator<Item = LogUnit>,
     memberships: &BTreeMap<AudienceId, Vec<Change>>,
     catalog: &Catalog,
     now: TimestampMs,
     retention_ms: i64,
 ) -> ProfileState {
-    let mut profile = facts.into_profile(mpid);
-    let mut scratch = ChangeSet::default();
-    for (at, event) in events {
-        let selector = (
-            event.kind.event_type().to_string(),
-            event.kind.selector_name(),
-        );
-        // A tier changed since: what real-time audiences may not read now is not folded.
-        if catalog.excluded_by_tier(&selector.0, &selector.1) {
-            continue;
-        }
-        profile.record_event(at, &event, selector, catalog, &mut scratch);
-    }
-    profile.prune(now, retention_ms, catalog);
+    let mut profile = fold(mpid, base, units, catalog, now, retention_ms);
     for (&audience, changes) in memberships {
         if catalog.record(audience).is_none() {
             continue;
@@ -97,4 +152,81 @@ pub fn audiences_to_evaluate(catalog: &Catalog, profile: &ProfileState) -> Vec<A
     let mut ids: BTreeSet<AudienceId> = catalog.active_ids().collect();
     ids.extend(profile.memberships.keys().copied());
     ids.into_iter().collect()
+}
+
+/// What differs between a stored profile and the fold of its logs, as short labels naming the
+/// field and, for keyed fields, the keys (`attributes: tier`, `memberships: 4`): what
+/// `audiencectl verify` reports. Empty: they are equal.
+pub fn differences(stored: &ProfileState, folded: &ProfileState) -> Vec<String> {
+    fn keyed<K: Ord + std::fmt::Display, V: PartialEq>(
+        out: &mut Vec<String>,
+        field: &str,
+        a: &BTreeMap<K, V>,
+        b: &BTreeMap<K, V>,
+    ) {
+        let keys: BTreeSet<&K> = a.keys().chain(b.keys()).collect();
+        let differing: Vec<String> = keys
+            .into_iter()
+            .filter(|k| a.get(k) != b.get(k))
+            .map(|k| k.to_string())
+            .collect();
+        if !differing.is_empty() {
+            out.push(format!("{field}: {}", differing.join(", ")));
+        }
+    }
+    let mut out = Vec::new();
+    let mut plain = |field: &str, equal: bool| {
+        if !equal {
+            out.push(field.to_string());
+        }
+    };
+    plain("first_seen", stored.first_seen_ms == folded.first_seen_ms);
+    plain("last_seen", stored.last_seen_ms == folded.last_seen_ms);
+    plain("device", stored.device == folded.device);
+    plain("consent", stored.consent == folded.consent);
+    plain("app_version", stored.app_version == folded.app_version);
+    plain(
+        "highest_app_version",
+        stored.highest_app_version == folded.highest_app_version,
+    );
+    plain("opted_out", stored.opted_out == folded.opted_out);
+    plain("location", stored.location == folded.location);
+    plain(
+        "install_attribution",
+        stored.install_attribution == folded.install_attribution,
+    );
+    plain(
+        "uninstall_attribution",
+        stored.uninstall_attribution == folded.uninstall_attribution,
+    );
+    keyed(
+        &mut out,
+        "identities",
+        &stored.identities,
+        &folded.identities,
+    );
+    keyed(
+        &mut out,
+        "attributes",
+        &stored.attributes,
+        &folded.attributes,
+    );
+    keyed(&mut out, "events", &stored.history, &folded.history);
+    keyed(
+        &mut out,
+        "calculated",
+        &stored.calculated,
+        &folded.calculated,
+    );
+    keyed(
+        &mut out,
+        "memberships",
+        &stored.memberships,
+        &folded.memberships,
+    );
+    keyed(&mut out, "timers", &stored.due, &folded.due);
+    if out.is_empty() && stored.encode() != folded.encode() {
+        out.push("encoding".to_string());
+    }
+    out
 }

@@ -249,7 +249,7 @@ proptest! {
             });
             before.apply(&message, now, RETENTION, &full);
             let log = &mut stored.log;
-            after.apply_logged(&message, now, RETENTION, &empty, &mut |t, e| log.append(&mut dict, t, e));
+            after.apply_logged(&message, now, RETENTION, &empty, &mut |m| log.append_message(&mut dict, m));
             stored.commit(now, limits);
         }
 
@@ -288,8 +288,8 @@ fn a_new_attribute_condition_audience_sees_the_events_before_it() {
             ..Default::default()
         });
         let log = &mut stored.log;
-        profile.apply_logged(&message, at, RETENTION, &empty, &mut |t, e| {
-            log.append(&mut dict, t, e)
+        profile.apply_logged(&message, at, RETENTION, &empty, &mut |m| {
+            log.append_message(&mut dict, m)
         });
         stored.commit(at, LogLimits::default());
     }

@@ -1,7 +1,8 @@
-//! Replay: a profile rebuilt from its logs alone (facts record, event log, membership
-//! history), without its stored state, equals the profile streaming built: the same facts,
-//! event series, calculated attributes, memberships and versions; and evaluating it emits no
-//! delta.
+//! Replay: a profile rebuilt from its logs alone (base, event log, membership history),
+//! without its stored state, equals the profile streaming built, encoded byte for byte: the
+//! same facts, event series, calculated attributes, memberships, versions and timer; and
+//! evaluating it emits no delta. The clock moves past retention, so messages leave the log
+//! and their facts go to the base: an attribute set before the window survives.
 //!
 //! The stream mixes every part of a message a profile keeps: events of several families,
 //! user attributes set and removed, user and device identities, identity messages, consent,
@@ -17,7 +18,7 @@ use audience_state::facts::{encode_facts, ProfileFacts};
 use audience_state::membership::Change;
 use audience_state::model::*;
 use audience_state::profile::ProfileState;
-use audience_state::replay::{audiences_to_evaluate, logged_events, rebuild_profile};
+use audience_state::replay::{audiences_to_evaluate, base_after, log_units, rebuild_profile};
 use proptest::prelude::*;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -193,21 +194,32 @@ fn message(step: &Step, at: i64) -> Inbound {
 struct Stored {
     log: EventLog,
     chunks: BTreeMap<u32, Vec<u8>>,
-    facts: Vec<u8>,
+    base: ProfileFacts,
     members: BTreeMap<AudienceId, Vec<Change>>,
+    /// Messages that left the log so far.
+    rebased: usize,
 }
 
 impl Stored {
-    fn commit(&mut self, profile: &ProfileState, deltas: &[Delta], now: i64) {
+    fn commit(&mut self, deltas: &[Delta], now: i64, dict: &Dictionary) {
         self.log.enforce(now - RETENTION, LogLimits::default());
         let writes = self.log.take_writes();
-        for (seq, bytes) in writes.put_chunks {
+        for (seq, bytes) in writes.put_chunks.iter().cloned() {
             self.chunks.insert(seq, bytes);
+        }
+        if writes.dropped_any() {
+            let leaving: Vec<&[u8]> = writes
+                .delete_chunks
+                .iter()
+                .map(|seq| self.chunks[seq].as_slice())
+                .collect();
+            self.base =
+                base_after(1, self.base.clone(), &leaving, &writes.dropped_tail, dict).unwrap();
+            self.rebased += 1;
         }
         for seq in writes.delete_chunks {
             self.chunks.remove(&seq);
         }
-        self.facts = encode_facts(profile);
         for d in deltas {
             self.members.entry(d.audience_id).or_default().push(Change {
                 version: d.version,
@@ -216,6 +228,29 @@ impl Stored {
             });
         }
     }
+}
+
+/// Later, every audience evaluated on the streamed profile (as a replay evaluates them) and
+/// committed; then the profile rebuilt from the stored logs alone (the base as read back) and
+/// evaluated the same way: the rebuilt profile, and the deltas its evaluation emitted.
+fn settle_and_rebuild(
+    streamed: &mut ProfileState,
+    stored: &mut Stored,
+    catalog: &Catalog,
+    dict: &Dictionary,
+    now: i64,
+) -> (ProfileState, Vec<Delta>) {
+    let all = audiences_to_evaluate(catalog, streamed);
+    let deltas = streamed.evaluate(all, catalog, &ctx(now), now);
+    streamed.prune(now, RETENTION, catalog);
+    stored.commit(&deltas, now, dict);
+    let chunks: Vec<&[u8]> = stored.chunks.values().map(Vec::as_slice).collect();
+    let units = log_units(&stored.log, &chunks, dict).unwrap();
+    let base = ProfileFacts::decode(&stored.base.encode()).unwrap();
+    let mut rebuilt = rebuild_profile(1, base, units, &stored.members, catalog, now, RETENTION);
+    let all = audiences_to_evaluate(catalog, &rebuilt);
+    let deltas = rebuilt.evaluate(all, catalog, &ctx(now), now);
+    (rebuilt, deltas)
 }
 
 fn ctx(now: i64) -> EvalContext {
@@ -245,28 +280,16 @@ proptest! {
             // The partition's timer fires first: time alone may have changed an answer.
             let due = streamed.due_audiences(now);
             let deltas = streamed.evaluate(due, &catalog, &ctx(now), now);
-            stored.commit(&streamed, &deltas, now);
+            stored.commit(&deltas, now, &dict);
             let log = &mut stored.log;
             let changes = streamed.apply_logged(&message(step, now), now, RETENTION, &catalog,
-                &mut |t, e| log.append(&mut dict, t, e));
+                &mut |m| log.append_message(&mut dict, m));
             let affected = catalog.affected_by(&changes);
             let deltas = streamed.evaluate(affected, &catalog, &ctx(now), changes.event_time_ms);
-            stored.commit(&streamed, &deltas, now);
+            stored.commit(&deltas, now, &dict);
         }
-        // Settle: later, every audience evaluated, as a replay evaluates them.
         now += settle;
-        let all = audiences_to_evaluate(&catalog, &streamed);
-        let deltas = streamed.evaluate(all, &catalog, &ctx(now), now);
-        streamed.prune(now, RETENTION, &catalog);
-        stored.commit(&streamed, &deltas, now);
-
-        // Rebuild from the logs alone.
-        let chunks: Vec<&[u8]> = stored.chunks.values().map(Vec::as_slice).collect();
-        let events = logged_events(&stored.log, &chunks, &dict).unwrap();
-        let facts = ProfileFacts::decode(&stored.facts).unwrap();
-        let mut rebuilt = rebuild_profile(1, facts, events, &stored.members, &catalog, now, RETENTION);
-        let all = audiences_to_evaluate(&catalog, &rebuilt);
-        let replay_deltas = rebuilt.evaluate(all, &catalog, &ctx(now), now);
+        let (rebuilt, replay_deltas) = settle_and_rebuild(&mut streamed, &mut stored, &catalog, &dict, now);
 
         prop_assert!(replay_deltas.is_empty(), "replay emitted {:?}", replay_deltas);
         prop_assert_eq!(&rebuilt.memberships, &streamed.memberships);
@@ -316,7 +339,7 @@ fn versions_continue_from_the_membership_history() {
     };
     profile.apply(&Inbound::Batch(tier), T0, RETENTION, &catalog);
     let facts = ProfileFacts::decode(&encode_facts(&profile)).unwrap();
-    let mut rebuilt = rebuild_profile(1, facts, vec![], &members, &catalog, T0 + 2, RETENTION);
+    let mut rebuilt = rebuild_profile(1, facts, [], &members, &catalog, T0 + 2, RETENTION);
     assert!(!rebuilt.memberships.contains_key(&99));
     let deltas = rebuilt.evaluate(
         audiences_to_evaluate(&catalog, &rebuilt),
@@ -329,4 +352,119 @@ fn versions_continue_from_the_membership_history() {
         .find(|d| d.audience_id == 4)
         .expect("re-enters");
     assert_eq!((tier.kind, tier.version), (DeltaKind::Added, 3));
+}
+
+/// An attribute set before the retention window outlives the chunk that set it: the chunk
+/// leaves the log, what it did goes to the base, and a rebuild still finds the attribute (and
+/// the audience reading it keeps its member, with no delta).
+#[test]
+fn an_attribute_set_before_the_window_survives_its_chunk_and_a_rebuild() {
+    let catalog = catalog(7, 1);
+    let mut streamed = ProfileState::new(1);
+    let mut stored = Stored::default();
+    let mut dict = Dictionary::default();
+    let mut now = T0;
+    let mut steps = vec![Step::SetTier("gold"), Step::Email("a@x.io")];
+    // Enough searches, a day apart, to seal chunks all through the next 60 days.
+    steps.extend((0..600).map(|_| Step::Search("red shoes")));
+    for step in &steps {
+        now += DAY_MS / 10;
+        let due = streamed.due_audiences(now);
+        let deltas = streamed.evaluate(due, &catalog, &ctx(now), now);
+        stored.commit(&deltas, now, &dict);
+        let log = &mut stored.log;
+        let changes =
+            streamed.apply_logged(&message(step, now), now, RETENTION, &catalog, &mut |m| {
+                log.append_message(&mut dict, m)
+            });
+        let deltas = streamed.evaluate(catalog.affected_by(&changes), &catalog, &ctx(now), now);
+        stored.commit(&deltas, now, &dict);
+    }
+    let (rebuilt, deltas) = settle_and_rebuild(&mut streamed, &mut stored, &catalog, &dict, now);
+    assert!(deltas.is_empty(), "rebuild emitted {deltas:?}");
+    assert_eq!(rebuilt.encode(), streamed.encode());
+    assert_eq!(rebuilt.attribute("tier"), streamed.attribute("tier"));
+    assert!(now - T0 > 2 * RETENTION, "the clock moved two windows on");
+    assert!(stored.rebased > 0, "chunks left the log");
+    assert_eq!(
+        stored.base.attributes.get("tier").map(|a| &a.value),
+        Some(&AttrValue::String("gold".into())),
+        "the base holds what the chunk that left did"
+    );
+    let oldest = stored.log.oldest_ms().unwrap();
+    assert!(
+        oldest > T0 + DAY_MS,
+        "the message that set the tier left the log"
+    );
+    assert!(rebuilt.memberships[&4].member, "still in the tier audience");
+}
+
+/// A store written by log format 1 (events alone, the facts record rewritten with every change)
+/// is read and rebuilt: its facts record is the base of the format 2 messages that follow,
+/// its events are bare (read by event criteria only), and the fold equals the streamed
+/// profile.
+#[test]
+fn a_store_of_log_format_1_is_read_and_rebuilt() {
+    let catalog = catalog(7, 1);
+    let mut streamed = ProfileState::new(1);
+    let mut stored = Stored::default();
+    let mut dict = Dictionary::default();
+    let mut now = T0;
+    let old = [
+        Step::SetTier("gold"),
+        Step::Email("a@x.io"),
+        Step::Search("red shoes"),
+        Step::AppVersion("1.9"),
+        Step::Purchase(40),
+    ];
+    let new = [
+        Step::Search("SHOE sale"),
+        Step::AppVersion("2.3"),
+        Step::DropEmail,
+        Step::Purchase(25),
+    ];
+    let mut run = |steps: &[Step], format_1: bool, stored: &mut Stored| {
+        for step in steps {
+            now += DAY_MS / 4;
+            let log = &mut stored.log;
+            let changes =
+                streamed.apply_logged(&message(step, now), now, RETENTION, &catalog, &mut |m| {
+                    if format_1 {
+                        // What format 1 logged: the events real-time audiences read, one by one.
+                        for e in m.events.iter().filter(|e| !e.outside_tier) {
+                            log.append(&mut dict, e.at, &e.event);
+                        }
+                    } else {
+                        log.append_message(&mut dict, m);
+                    }
+                });
+            let deltas = streamed.evaluate(catalog.affected_by(&changes), &catalog, &ctx(now), now);
+            stored.commit(&deltas, now, &dict);
+            if format_1 {
+                stored.base = ProfileFacts::decode(&encode_facts(&streamed)).unwrap();
+            }
+        }
+    };
+    run(&old, true, &mut stored);
+    // Written by format 1: the head's and the chunks' version bytes say so.
+    let mut head = stored.log.encode();
+    head[0] = 1;
+    stored.log = EventLog::decode(&head).unwrap();
+    for record in stored.chunks.values_mut() {
+        record[0] = 1;
+    }
+    run(&new, false, &mut stored);
+    let (rebuilt, deltas) = settle_and_rebuild(&mut streamed, &mut stored, &catalog, &dict, now);
+    let chunks: Vec<&[u8]> = stored.chunks.values().map(Vec::as_slice).collect();
+    let units = log_units(&stored.log, &chunks, &dict).unwrap();
+    assert!(matches!(
+        units[0],
+        audience_state::eventlog::LogUnit::BareEvent(..)
+    ));
+    assert!(deltas.is_empty(), "rebuild emitted {deltas:?}");
+    assert_eq!(
+        rebuilt.identities, streamed.identities,
+        "the email left in format 2"
+    );
+    assert_eq!(rebuilt.encode(), streamed.encode());
 }

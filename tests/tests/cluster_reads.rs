@@ -197,6 +197,40 @@ async fn any_node_answers_for_the_whole_cluster() -> Result<()> {
     assert_eq!(preview.leaving_reason.map(|r| r.mpid), Some(1));
     assert_eq!(preview.profiles_scanned, USERS as u64);
 
+    // Verify and rebuild asked of node A run on both nodes, each over the partitions it
+    // owns: a healthy cluster verifies clean, and a rebuild rewrites nothing.
+    for args in [["verify"], ["rebuild"]] {
+        let out = two.a.ctl().args(args).output()?;
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{args:?}: {report}");
+        assert!(
+            report.contains("on node-a") && report.contains("on node-b"),
+            "{report}"
+        );
+    }
+    let replays = pb::admin_service_client::AdminServiceClient::new(ch_b.clone())
+        .get_replay(pb::GetReplayRequest {})
+        .await?
+        .into_inner();
+    let nodes: BTreeSet<&str> = replays
+        .partitions
+        .iter()
+        .map(|p| p.node_id.as_str())
+        .collect();
+    assert_eq!(nodes, BTreeSet::from(["node-a", "node-b"]), "{replays:?}");
+    let (scanned, changed, deltas) = replays.partitions.iter().fold((0, 0, 0), |t, p| {
+        (
+            t.0 + p.profiles_scanned,
+            t.1 + p.profiles_changed,
+            t.2 + p.deltas,
+        )
+    });
+    assert_eq!(
+        (scanned, changed, deltas),
+        (USERS as u64, 0, 0),
+        "{replays:?}"
+    );
+
     let missing = profiles
         .get_profile(pb::GetProfileRequest { mpid: 999_999 })
         .await

@@ -3,9 +3,15 @@
 //! the rebuild. Every profile ends as it was (memberships, versions, attributes, identities,
 //! calculated attributes, event counts), no delta is emitted, and the next change continues
 //! the versions.
+//!
+//! Then `audiencectl verify` and `rebuild` over 2,000 users with attributes, identities and
+//! consent: a healthy store verifies clean and a rebuild writes nothing and sends nothing; a
+//! profile row damaged while the engine was stopped is found by verify (its MPID and what
+//! differs) and repaired by rebuild.
 
 use audience_e2e::*;
 use audience_proto::v1 as pb;
+use audience_state::store::Store;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -232,6 +238,155 @@ async fn profiles_rebuilt_from_their_logs_end_as_they_were() -> Result<()> {
     assert_eq!(
         (next[0].mpid, next[0].kind, next[0].version),
         (member.0, pb::DeltaKind::Dropped as i32, member.1 + 1)
+    );
+    Ok(())
+}
+
+fn audiencectl_status(engine: &Engine, args: &[&str]) -> Result<(bool, String)> {
+    let out = engine.ctl().args(args).output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
+}
+
+async fn sizes(ch: &Channel, ids: &[u64]) -> Result<Vec<u64>> {
+    let mut audiences = pb::audience_service_client::AudienceServiceClient::new(ch.clone());
+    let mut out = Vec::new();
+    for &id in ids {
+        let a = audiences
+            .get_audience(pb::GetAudienceRequest { id })
+            .await?
+            .into_inner();
+        out.push(a.stats.map_or(0, |s| s.size));
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_and_rebuild_leave_a_healthy_store_alone_and_repair_a_damaged_row() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("rebuild");
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("engine");
+    let mut engine = Engine::start(&broker, &topics, &data, "rebuild")?;
+    let ch = engine.ready().await?;
+    let gold = create_audience(
+        &ch,
+        "gold",
+        json!({"user_attribute": {"name": "tier", "op": "exact_match", "value": "gold"}}),
+    )
+    .await?;
+    let emails = create_audience(
+        &ch,
+        "with email",
+        json!({"identity": {"type": "email", "op": "exists"}}),
+    )
+    .await?;
+    let consented = create_audience(
+        &ch,
+        "marketing consent",
+        json!({"consent": {"regulation": "gdpr", "purpose": "marketing", "state": "consented"}}),
+    )
+    .await?;
+    let ids = [gold.id, emails.id, consented.id];
+    for id in ids {
+        audiencectl(&engine, &["audience", "wait", &id.to_string()])?;
+    }
+
+    // 2,000 users: tiers, identities (some without an email) and consent (some refused).
+    let producer = broker.producer()?;
+    let now = engine_now(&ch).await?;
+    let users = 2_000i64;
+    for i in 0..users {
+        let mpid = 200_000 + i;
+        let search = custom_event("Search", "search", now - 60_000, json!({"query": "shoes"}));
+        let mut batch = sdk_batch(mpid, now, vec![search]);
+        batch["user_attributes"]["tier"] = json!(["gold", "silver", "bronze"][(i % 3) as usize]);
+        if i % 7 == 0 {
+            batch["user_identities"]["email"] = json!(null);
+        }
+        batch["consent_state"] = json!({"gdpr": {"marketing": {
+            "consented": i % 4 != 0, "timestamp_unixtime_ms": now - 1_000, "document": "v2"}}});
+        produce_json(&producer, &topics.events, &batch).await?;
+    }
+    wait_processed(&ch, users as u64, Duration::from_secs(180)).await?;
+    let sent = drain(&ch, "", Duration::from_secs(2)).await?;
+    let cursor = sent.last().map(|d| d.cursor.clone()).unwrap_or_default();
+    let sizes_before = sizes(&ch, &ids).await?;
+    assert_eq!(sizes_before[0], 667, "gold: every third user");
+    let mut before: BTreeMap<i64, pb::Profile> = BTreeMap::new();
+    let damaged = 200_000 + 3;
+    for mpid in (0..users).step_by(50).map(|i| 200_000 + i).chain([damaged]) {
+        before.insert(mpid, profile(&ch, mpid).await?);
+    }
+
+    // A healthy store: verify finds nothing, a rebuild writes nothing and sends nothing.
+    let (clean, report) = audiencectl_status(&engine, &["verify"])?;
+    assert!(clean, "a healthy store verifies clean: {report}");
+    assert!(report.contains("0 differ"), "{report}");
+    let (rebuilt, report) = audiencectl_status(&engine, &["rebuild"])?;
+    assert!(rebuilt, "{report}");
+    let status = replay_status(&ch).await?;
+    assert_eq!(
+        status
+            .partitions
+            .iter()
+            .map(|p| (p.profiles_scanned, p.profiles_changed, p.deltas))
+            .fold((0, 0, 0), |a, p| (a.0 + p.0, a.1 + p.1, a.2 + p.2)),
+        (users as u64, 0, 0),
+        "every profile folded, none rewritten, no delta: {status:?}"
+    );
+
+    // Damage one gold member's row while the engine is stopped: its tier and email are gone
+    // from the stored state (its logs still hold them).
+    engine.terminate()?;
+    {
+        let store = Store::open(&data, true)?;
+        let (p, mut state) = store
+            .find_profile(damaged, 0..2)?
+            .expect("the damaged profile is stored");
+        assert!(state.attributes.remove("tier").is_some());
+        assert!(state.identities.remove("email").is_some());
+        let mut b = store.partition_batch();
+        b.put_profile(p, &state);
+        store.commit_partition(b, p)?;
+    }
+    engine.restart()?;
+    let ch = engine.ready().await?;
+
+    let (clean, report) = audiencectl_status(&engine, &["verify"])?;
+    assert!(!clean, "verify fails on a damaged row: {report}");
+    let line = report
+        .lines()
+        .find(|l| l.starts_with(&damaged.to_string()))
+        .unwrap_or_else(|| panic!("verify names the damaged MPID: {report}"));
+    assert!(
+        line.contains("attributes: tier") && line.contains("identities: email"),
+        "verify says what differs: {line}"
+    );
+    assert!(report.contains("1 differ"), "{report}");
+    assert_eq!(
+        profile(&ch, damaged).await?.user_attributes.len() + 1,
+        before[&damaged].user_attributes.len()
+    );
+
+    let (rebuilt, report) = audiencectl_status(&engine, &["rebuild"])?;
+    assert!(rebuilt, "{report}");
+    assert!(report.contains("1 rewritten"), "{report}");
+    let (clean, report) = audiencectl_status(&engine, &["verify"])?;
+    assert!(clean, "the rebuild repaired the row: {report}");
+
+    for (mpid, was) in &before {
+        assert_eq!(&profile(&ch, *mpid).await?, was, "profile {mpid}");
+    }
+    assert_eq!(sizes(&ch, &ids).await?, sizes_before);
+    let after = drain(&ch, &cursor, Duration::from_secs(2)).await?;
+    assert!(
+        after.is_empty(),
+        "verify and rebuild sent nothing: {after:?}"
     );
     Ok(())
 }

@@ -1,18 +1,18 @@
 //! The partition's background scans over its stored profiles, a page per message so ingest
 //! interleaves with them: backfill of new and changed definitions (audiences and calculated
-//! attributes) over each profile's log, and replay, which rebuilds every profile from its logs.
-//! A replay page is one write with the replay's cursor, so a replay resumes where it stopped; a
-//! backfill records the definition's revision when its scan ends, so an interrupted backfill
-//! starts again.
+//! attributes) over each profile's log, and replay, which folds every profile from its logs
+//! and writes the folds that differ from the stored states (rebuild), or only reports them
+//! (verify). A rebuild page is one write with the replay's cursor, so a rebuild resumes where
+//! it stopped; a verify writes nothing, and ends with a restart. A backfill records the
+//! definition's revision when its scan ends, so an interrupted backfill starts again.
 
 use super::*;
-use crate::engine::{BackfillProgress, ReplayProgress};
+use crate::engine::{BackfillProgress, ReplayProgress, MAX_REPORTED_DIFFERENCES};
 use actix::prelude::*;
 use audience_state::backfill::BackfillPlan;
-use audience_state::facts::encode_facts;
 use audience_state::model::{AudienceId, Mpid};
 use audience_state::profile::ChangeSet;
-use audience_state::replay::{logged_events, rebuild_profile};
+use audience_state::replay::{differences, log_units, rebuild_profile};
 use audience_state::store::{ProfileLogs, ReplayCursor, StoreError};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -149,11 +149,8 @@ impl PartitionActor {
             let mpid = item.profile.mpid;
             // A cached profile is the stored one (every unit of work commits): keep it, its
             // log head is the one these chunks belong to.
-            // The stored facts are those of the stored state (facts are indexed before any
-            // unit of work runs, and written with every state that changes them).
             let cached = self.cache.entry(mpid).or_insert_with(|| Cached {
                 stored_due: item.profile.next_due(),
-                facts: encode_facts(&item.profile),
                 state: item.profile,
                 log: item.log,
                 rebuilt: false,
@@ -203,20 +200,12 @@ impl PartitionActor {
             if !self.replay_driving {
                 self.replay_driving = true;
                 // A replay resumed after a restart: its progress counts from here.
-                let (now, total) = (self.engine.clock.now(), self.profile_count);
+                let progress = self.new_replay_progress(cursor.wiped);
                 self.engine
                     .replays
                     .lock()
                     .entry(self.partition)
-                    .or_insert(ReplayProgress {
-                        wiped: cursor.wiped,
-                        scanned: 0,
-                        total,
-                        deltas: 0,
-                        unreadable: 0,
-                        started_at_ms: now,
-                        finished_at_ms: None,
-                    });
+                    .or_insert(progress);
                 ctx.notify(ReplayStep {
                     generation: self.generation,
                 });
@@ -224,8 +213,8 @@ impl PartitionActor {
             return;
         }
         if !self.backfilling {
-            if let Some(wipe) = self.replay_requested.take() {
-                if let Err(e) = self.start_replay(wipe, ctx) {
+            if let Some(mode) = self.replay_requested.take() {
+                if let Err(e) = self.start_replay(mode, ctx) {
                     tracing::error!(partition = self.partition, error = %e, "replay could not start");
                     self.recover();
                 }
@@ -235,52 +224,71 @@ impl PartitionActor {
         self.start_backfill_if_needed(ctx);
     }
 
-    /// Starts rebuilding every profile from its logs (see [`StartReplay`]); returns the
-    /// profiles to scan.
+    fn new_replay_progress(&self, wiped: bool) -> ReplayProgress {
+        ReplayProgress {
+            wiped,
+            check_only: self.replay_check_only,
+            scanned: 0,
+            total: self.profile_count,
+            deltas: 0,
+            changed: 0,
+            differences: Vec::new(),
+            unreadable: 0,
+            started_at_ms: self.engine.clock.now(),
+            finished_at_ms: None,
+        }
+    }
+
+    /// Starts rebuilding (or checking) every profile from its logs (see [`StartReplay`]);
+    /// returns the profiles to scan.
     pub(super) fn start_replay(
         &mut self,
-        wipe: bool,
+        mode: ReplayMode,
         ctx: &mut Context<Self>,
     ) -> Result<u64, StoreError> {
         if self.replay.is_some() {
             return Ok(self.profile_count);
         }
         if self.backfilling {
-            let wipe = wipe || self.replay_requested.unwrap_or(false);
-            self.replay_requested = Some(wipe);
+            // Asked twice while a calculation runs: the one that does the most.
+            let rank = |m: ReplayMode| match m {
+                ReplayMode::Verify => 0,
+                ReplayMode::Rebuild => 1,
+                ReplayMode::RebuildWiped => 2,
+            };
+            let asked = match self.replay_requested {
+                Some(before) if rank(before) > rank(mode) => before,
+                _ => mode,
+            };
+            self.replay_requested = Some(asked);
             return Ok(self.profile_count);
         }
         let store = self.engine.store.clone();
+        let wipe = mode == ReplayMode::RebuildWiped;
+        let check_only = mode == ReplayMode::Verify;
         let cursor = ReplayCursor {
             wiped: wipe,
             after: None,
         };
-        let mut b = store.partition_batch();
-        if wipe {
-            b.wipe_profile_states(self.partition);
+        if !check_only {
+            let mut b = store.partition_batch();
+            if wipe {
+                b.wipe_profile_states(self.partition);
+            }
+            b.set_replay_cursor(self.partition, Some(cursor));
+            store.commit_partition(b, self.partition)?;
         }
-        b.set_replay_cursor(self.partition, Some(cursor));
-        store.commit_partition(b, self.partition)?;
         if wipe {
             // Nothing of the old states is used again: every profile comes from its logs.
             self.cache.clear();
         }
         self.replay = Some(cursor);
-        self.engine.replays.lock().insert(
-            self.partition,
-            ReplayProgress {
-                wiped: wipe,
-                scanned: 0,
-                total: self.profile_count,
-                deltas: 0,
-                unreadable: 0,
-                started_at_ms: self.engine.clock.now(),
-                finished_at_ms: None,
-            },
-        );
+        self.replay_check_only = check_only;
+        let progress = self.new_replay_progress(wipe);
+        self.engine.replays.lock().insert(self.partition, progress);
         tracing::info!(
             partition = self.partition,
-            wipe,
+            ?mode,
             profiles = self.profile_count,
             "replaying profiles from their logs"
         );
@@ -289,15 +297,15 @@ impl PartitionActor {
     }
 
     /// A profile rebuilt from its logs, to be evaluated over every audience; and whether its
-    /// event log could not be read (it is then rebuilt from its facts and memberships).
+    /// event log could not be read (it is then rebuilt from its base and memberships).
     pub(super) fn rebuild_from_logs(&self, logs: ProfileLogs) -> (Cached, bool) {
         let ctx = self.ctx();
         let chunks: Vec<&[u8]> = logs.chunks.iter().map(Vec::as_slice).collect();
-        let (events, unreadable) = match logged_events(&logs.log, &chunks, &self.dict) {
-            Ok(events) => (events, false),
+        let (units, unreadable) = match log_units(&logs.log, &chunks, &self.dict) {
+            Ok(units) => (units, false),
             Err(reason) => {
                 tracing::warn!(partition = self.partition, mpid = logs.mpid, %reason,
-                    "event log unreadable; the profile is rebuilt from its facts and memberships");
+                    "event log unreadable; the profile is rebuilt from its base and memberships");
                 metrics::counter!("audience_eventlog_unreadable_total").increment(1);
                 (Vec::new(), true)
             }
@@ -305,14 +313,13 @@ impl PartitionActor {
         let state = rebuild_profile(
             logs.mpid,
             logs.facts,
-            events,
+            units,
             &logs.memberships,
             &self.catalog,
             ctx.now,
             ctx.retention_ms,
         );
         let cached = Cached {
-            facts: encode_facts(&state),
             state,
             log: logs.log,
             rebuilt: true,
@@ -338,33 +345,59 @@ impl PartitionActor {
             .store
             .scan_profile_logs(self.partition, cursor.after, limit)?;
         let scanned = page.len() as u64;
+        let check_only = self.replay_check_only;
         let mut pending = Pending::default();
         let mut unreadable = 0;
         let mut last = cursor.after;
+        let mut changed = 0;
+        let mut found = Vec::new();
+        let mut would_emit = 0;
         for logs in page {
             let mpid = logs.mpid;
+            last = Some(mpid);
             // The timer row a cached profile stored is known; one of a profile not in memory
             // is dropped when it fires for a state that no longer wants it.
             let stored_due = self.cache.get(&mpid).and_then(|c| c.stored_due);
             let (mut cached, bad) = self.rebuild_from_logs(logs);
-            cached.stored_due = stored_due;
             unreadable += u64::from(bad);
+            changed += 1;
+            if !cursor.wiped {
+                let (differs, emitted) = self.compare_with_stored(&cached.state, &ctx)?;
+                if differs.is_empty() {
+                    // The stored state is what its logs imply: nothing to write or send.
+                    changed -= 1;
+                    continue;
+                }
+                found.push((mpid, differs));
+                if check_only {
+                    would_emit += emitted;
+                    continue;
+                }
+            }
+            cached.stored_due = stored_due;
             self.cache.insert(mpid, cached);
             self.evaluate_profile(mpid, Vec::new(), ctx.now, &ctx, &mut pending)?;
-            last = Some(mpid);
         }
         let done = (scanned as usize) < limit || last == Some(Mpid::MAX);
         let next = ReplayCursor {
             after: last,
             ..cursor
         };
-        pending.replay_cursor = Some((!done).then_some(next));
-        let deltas = pending.deltas.len() as u64;
-        self.commit(pending, false)?;
+        let deltas = pending.deltas.len() as u64 + would_emit;
+        if !check_only {
+            pending.replay_cursor = Some((!done).then_some(next));
+            self.commit(pending, false)?;
+        }
         self.replay = (!done).then_some(next);
+        if done {
+            self.replay_check_only = false;
+        }
         if let Some(progress) = self.engine.replays.lock().get_mut(&self.partition) {
             progress.scanned += scanned;
             progress.deltas += deltas;
+            progress.changed += changed;
+            let room = MAX_REPORTED_DIFFERENCES.saturating_sub(progress.differences.len());
+            progress.differences.extend(found.into_iter().take(room));
             progress.unreadable += unreadable;
             progress.total = progress.total.max(progress.scanned);
             if done {
@@ -375,6 +408,32 @@ impl PartitionActor {
             self.passivate();
         }
         Ok(done)
+    }
+
+    /// What differs between a profile's stored state and its fold (`rebuilt`), both pruned
+    /// and evaluated over every audience now; and the deltas the fold's evaluation emits
+    /// (what a rebuild would send). A stored row that is missing or unreadable differs.
+    fn compare_with_stored(
+        &self,
+        rebuilt: &ProfileState,
+        ctx: &EvalContext,
+    ) -> Result<(Vec<String>, u64), StoreError> {
+        let catalog = &self.catalog;
+        let mut folded = rebuilt.clone();
+        let all = audiences_to_evaluate(catalog, &folded);
+        let emitted = folded.evaluate(all, catalog, ctx, ctx.now).len() as u64;
+        let mut stored = match self.engine.store.load_profile(self.partition, rebuilt.mpid) {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return Ok((vec!["profile: missing".to_string()], emitted)),
+            Err(StoreError::Corrupt { reason, .. }) => {
+                return Ok((vec![format!("profile: unreadable ({reason})")], emitted))
+            }
+            Err(e) => return Err(e),
+        };
+        stored.prune(ctx.now, ctx.retention_ms, catalog);
+        let all = audiences_to_evaluate(catalog, &stored);
+        stored.evaluate(all, catalog, ctx, ctx.now);
+        Ok((differences(&stored, &folded), emitted))
     }
 
     pub(super) fn start_backfill_if_needed(&mut self, ctx: &mut Context<Self>) {
@@ -521,7 +580,18 @@ impl Handler<BackfillStep> for PartitionActor {
 impl Handler<StartReplay> for PartitionActor {
     type Result = Result<u64, String>;
     fn handle(&mut self, msg: StartReplay, ctx: &mut Context<Self>) -> Self::Result {
-        self.start_replay(msg.wipe, ctx).map_err(|e| {
+        if self.replay.is_some() && self.replay_check_only != (msg.mode == ReplayMode::Verify) {
+            let running = if self.replay_check_only {
+                "a verify"
+            } else {
+                "a rebuild"
+            };
+            return Err(format!(
+                "{running} is running on partition {}: wait for it to finish",
+                self.partition
+            ));
+        }
+        self.start_replay(msg.mode, ctx).map_err(|e| {
             tracing::error!(partition = self.partition, error = %e, "replay could not start");
             self.recover();
             e.to_string()

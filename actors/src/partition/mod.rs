@@ -13,9 +13,11 @@
 //!   names it newly uses, so a stored log never refers to a name the store lacks;
 //! - while a changed definition is backfilled, streaming evaluates it only for profiles the
 //!   scan has passed: the others are evaluated once, by the scan, over their whole log;
-//! - a profile's facts record is written in the batch of every state whose facts changed, so
-//!   the logs alone rebuild it (replay); while a replay that wiped the states runs, a profile
-//!   the scan has not reached is rebuilt from its logs when a message activates it.
+//! - every message that changes a profile is logged in the batch of its state, and what
+//!   leaves the log is folded into the profile's base (facts record) in the batch that drops
+//!   it, so the logs alone rebuild the profile (replay); while a replay that wiped the states
+//!   runs, a profile the scan has not reached is rebuilt from its logs when a message
+//!   activates it.
 //!
 //! Ingest, timers and commits are here; the background scans of stored profiles (backfill of
 //! changed definitions, replay from the logs) are in `background`.
@@ -29,10 +31,10 @@ use audience_state::batch::decode;
 use audience_state::catalog::Catalog;
 use audience_state::criteria::EvalContext;
 use audience_state::eventlog::{Dictionary, EventLog};
-use audience_state::facts::encode_facts;
+use audience_state::facts::ProfileFacts;
 use audience_state::model::{AudienceId, Delta, DeltaKind, Inbound, Mpid, TimestampMs};
 use audience_state::profile::ProfileState;
-use audience_state::replay::audiences_to_evaluate;
+use audience_state::replay::{audiences_to_evaluate, base_after};
 use audience_state::store::{DeadLetter, Partition, ReplayCursor, StoreError, WriteBatch};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -90,13 +92,26 @@ struct BackfillStep {
     generation: u64,
 }
 
-/// Rebuild every profile of the partition from its logs (facts, event log, membership
-/// history); with `wipe`, delete the profile states and timers first. Started after a running
-/// backfill ends; a replay already running is left to finish. Returns the profiles to scan.
+/// Rebuild every profile of the partition from its logs (base, event log, membership
+/// history): profiles whose fold equals their stored state are not written. Started after a
+/// running backfill ends; a replay already running is left to finish. Returns the profiles to
+/// scan.
 #[derive(Message)]
 #[rtype(result = "Result<u64, String>")]
 pub struct StartReplay {
-    pub wipe: bool,
+    pub mode: ReplayMode,
+}
+
+/// What a replay does with each profile's fold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayMode {
+    /// Writes the folds that differ from the stored states, with their deltas.
+    Rebuild,
+    /// Deletes the profile states and timers first, then writes every fold.
+    RebuildWiped,
+    /// Compares each fold with the stored state and reports the differences; writes nothing
+    /// (not even its position: a restart ends it).
+    Verify,
 }
 
 #[derive(Message)]
@@ -125,8 +140,6 @@ pub struct PartitionSnapshot {
 struct Cached {
     state: ProfileState,
     log: EventLog,
-    /// The facts record as stored: rewritten when the state's facts encode differently.
-    facts: Vec<u8>,
     /// Rebuilt from its logs: its first evaluation covers every audience, to set its timers.
     rebuilt: bool,
     /// Not stored yet: its first write also lists it in the sample index and the count.
@@ -142,7 +155,6 @@ impl Cached {
         Cached {
             state: ProfileState::new(mpid),
             log: EventLog::default(),
-            facts: Vec::new(),
             rebuilt: false,
             is_new: true,
             stored_due: None,
@@ -171,7 +183,9 @@ pub struct PartitionActor {
     /// The running replay (stored, so a restart resumes it), and one asked for while a
     /// backfill ran (`Some(wipe)`).
     replay: Option<ReplayCursor>,
-    replay_requested: Option<bool>,
+    /// The running replay is a check ([`ReplayMode::Verify`]).
+    replay_check_only: bool,
+    replay_requested: Option<ReplayMode>,
     /// A replay step is queued in the mailbox.
     replay_driving: bool,
     /// The catalog or `evaluated` changed since the last look for stale audiences: only then
@@ -212,6 +226,7 @@ impl PartitionActor {
             backfill_cursor: None,
             generation: 0,
             replay: None,
+            replay_check_only: false,
             replay_requested: None,
             replay_driving: false,
             catalog_dirty: true,
@@ -278,6 +293,13 @@ impl PartitionActor {
     /// After a failed unit of work, memory may be ahead of the store: forget it and start
     /// again from what the store holds, so nothing half-applied is ever written later.
     fn recover(&mut self) {
+        if std::mem::take(&mut self.replay_check_only) {
+            // A verify keeps no position: it ends here, as far as it got.
+            let now = self.engine.clock.now();
+            if let Some(progress) = self.engine.replays.lock().get_mut(&self.partition) {
+                progress.finished_at_ms.get_or_insert(now);
+            }
+        }
         self.cache.clear();
         self.replay_driving = false;
         self.backfilling = false;
@@ -310,7 +332,6 @@ impl PartitionActor {
                     log: store
                         .load_log_head(self.partition, mpid)?
                         .unwrap_or_default(),
-                    facts: encode_facts(&state),
                     rebuilt: false,
                     is_new: false,
                     stored_due: state.next_due(),
@@ -430,10 +451,9 @@ impl PartitionActor {
             self.activate(mpid)?;
             let Cached { state, log, .. } = self.cache.get_mut(&mpid).expect("activated");
             let dict = &mut self.dict;
-            let changes =
-                state.apply_logged(&inbound, ctx.now, retention, &catalog, &mut |at, event| {
-                    log.append(dict, at, event)
-                });
+            let changes = state.apply_logged(&inbound, ctx.now, retention, &catalog, &mut |m| {
+                log.append_message(dict, m)
+            });
             let mut affected: Vec<AudienceId> = catalog.affected_by(&changes).into_iter().collect();
             if let Some((backfilling, cursor)) = &self.backfill_cursor {
                 // The scan has yet to reach this profile: it evaluates these over the log.
@@ -480,12 +500,18 @@ impl PartitionActor {
             if let Some(cached) = self.cache.get_mut(mpid) {
                 if cached.is_new {
                     batch.add_to_sample(p, *mpid);
+                    // Its base: nothing yet, every message it applied is in its log.
+                    batch.put_facts(p, *mpid, &ProfileFacts::default().encode());
                     profile_count += 1;
                 }
                 cached.log.enforce(log_cutoff, limits);
                 if cached.log.has_writes() {
                     let writes = cached.log.take_writes();
                     dropped_by_bounds += writes.dropped_by_bounds;
+                    if writes.dropped_any() {
+                        let base = rebase(&store, p, &cached.state, &writes, &self.dict)?;
+                        batch.put_facts(p, *mpid, &base.encode());
+                    }
                     batch.put_log(p, *mpid, &cached.log, &writes);
                 }
                 let due = cached.state.next_due();
@@ -497,11 +523,6 @@ impl PartitionActor {
                         batch.set_timer(p, new, *mpid);
                     }
                     cached.stored_due = due;
-                }
-                let facts = encode_facts(&cached.state);
-                if facts != cached.facts {
-                    batch.put_facts(p, *mpid, &facts);
-                    cached.facts = facts;
                 }
                 batch.put_profile(p, &cached.state);
             }
@@ -692,4 +713,38 @@ fn locate(batch: &mut audience_state::model::Batch, geoip: &crate::geoip::GeoIp)
         location.merge_from(device);
     }
     batch.location = Some(location);
+}
+
+/// A profile's base once the messages `writes` drop from its log are folded into it: its
+/// stored base, then the dropped chunks (read from the store, or from `writes` when sealed
+/// by the same write) and the dropped part of its tail. Chunks that cannot be read leave the
+/// base as the profile's current facts: facts are latest-wins, so folding the messages still
+/// logged over them again gives the same facts.
+fn rebase(
+    store: &audience_state::store::Store,
+    p: Partition,
+    profile: &ProfileState,
+    writes: &audience_state::eventlog::LogWrites,
+    dict: &Dictionary,
+) -> Result<ProfileFacts, StoreError> {
+    let mpid = profile.mpid;
+    let base = store.load_facts(p, mpid)?.unwrap_or_default();
+    let mut chunks = Vec::with_capacity(writes.delete_chunks.len());
+    for seq in &writes.delete_chunks {
+        let sealed_now = writes.put_chunks.iter().find(|(s, _)| s == seq);
+        match sealed_now {
+            Some((_, record)) => chunks.push(record.clone()),
+            None => chunks.extend(store.load_log_chunk(p, mpid, *seq)?),
+        }
+    }
+    let records: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+    match base_after(mpid, base, &records, &writes.dropped_tail, dict) {
+        Ok(base) => Ok(base),
+        Err(reason) => {
+            tracing::warn!(partition = p, mpid, %reason,
+                "event log leaving retention unreadable; the base takes the current facts");
+            metrics::counter!("audience_eventlog_unreadable_total").increment(1);
+            Ok(ProfileFacts::of(profile))
+        }
+    }
 }

@@ -179,7 +179,7 @@ impl<'a> LoggedEvent<'a> {
             Some(n) => n.resolve(dict)?.to_lowercase(),
             None => String::new(),
         };
-        Ok(match self.tag {
+        Ok(match self.tag & KIND_MASK {
             KIND_OTHER => (name, String::new()),
             KIND_PROMOTION => ("commerce_event".into(), format!("promotion_{name}")),
             KIND_IMPRESSION => ("commerce_event".into(), crate::model::IMPRESSION.into()),
@@ -200,13 +200,22 @@ impl<'a> LoggedEvent<'a> {
         (self.tag, self.name)
     }
 
+    /// The kind tag as written, flags included.
+    pub(super) fn tag(&self) -> u8 {
+        self.tag
+    }
+
+    pub(super) fn body(&self) -> &'a [u8] {
+        self.body
+    }
+
     /// The whole event.
     pub fn decode(&self, dict: &Dictionary) -> Decoded<Event> {
         let name = |n: Option<NameRef<'a>>| -> Decoded<Option<String>> {
             n.map(|n| n.resolve(dict).map(str::to_string)).transpose()
         };
         let mut c = Cursor::new(self.body);
-        let kind = match self.tag {
+        let kind = match self.tag & KIND_MASK {
             KIND_CUSTOM => EventKind::Custom {
                 name: name(self.name)?.unwrap_or_default(),
                 custom_type: c.opt_name(dict)?,
@@ -331,14 +340,28 @@ impl<'a> ChunkReader<'a> {
     }
 }
 
-impl<'a> Iterator for ChunkReader<'a> {
-    type Item = Decoded<LoggedEvent<'a>>;
-    fn next(&mut self) -> Option<Self::Item> {
+impl<'a> ChunkReader<'a> {
+    /// The next entry of any kind: message headers, and events whatever their flags.
+    pub(super) fn next_entry(&mut self) -> Option<Decoded<LoggedEvent<'a>>> {
         if self.failed || self.cursor.done() {
             return None;
         }
         let r = self.read();
         self.failed = r.is_err();
         Some(r)
+    }
+}
+
+/// The events event criteria read, in order: message headers and events outside the
+/// real-time tier are passed over.
+impl<'a> Iterator for ChunkReader<'a> {
+    type Item = Decoded<LoggedEvent<'a>>;
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.next_entry()? {
+                Ok(e) if e.tag == KIND_MESSAGE || e.tag & FLAG_OUTSIDE_TIER != 0 => continue,
+                r => return Some(r),
+            }
+        }
     }
 }

@@ -91,6 +91,12 @@ pub(super) const KIND_IDENTITY_CHANGE: u8 = 12;
 pub(super) const KIND_OPT_OUT: u8 = 13;
 pub(super) const KIND_UNINSTALL: u8 = 14;
 pub(super) const KIND_OTHER: u8 = 15;
+/// The kind tag of a message header entry (log format 2; see `message`).
+pub(super) const KIND_MESSAGE: u8 = 16;
+/// Flag bits of an event entry's kind tag (see `message`), and the mask of the kind.
+pub(super) const FLAG_DERIVED: u8 = 0x40;
+pub(super) const FLAG_OUTSIDE_TIER: u8 = 0x20;
+pub(super) const KIND_MASK: u8 = 0x1f;
 
 /// The event type a kind tag stands for (`Other` carries its own, as its selector).
 pub(super) fn tag_event_type(tag: u8) -> Option<&'static str> {
@@ -173,10 +179,17 @@ pub(super) fn put_attr_value(out: &mut Vec<u8>, value: &AttrValue) {
     }
 }
 
-pub(super) fn encode_event(out: &mut Vec<u8>, dict: &mut Dictionary, delta: i64, event: &Event) {
+/// An event entry; `flags` go in the high bits of its kind tag (see `message`).
+pub(super) fn encode_event(
+    out: &mut Vec<u8>,
+    dict: &mut Dictionary,
+    delta: i64,
+    event: &Event,
+    flags: u8,
+) {
     put_varint(out, zigzag(delta));
     let (tag, name) = head_of(&event.kind);
-    out.push(tag);
+    out.push(tag | flags);
     match name {
         Some(n) => {
             out.push(1);

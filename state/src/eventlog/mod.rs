@@ -15,32 +15,47 @@
 //! - each event starts with its time, its kind and its selector name, then the length of its
 //!   body: a reader looking for some events skips the others without decoding them.
 //!
+//! - since format 2, the log holds every message that changed the profile (`message`): a
+//!   header entry with the message's profile-level parts, then its events. Format 1 logged
+//!   events alone; its chunks are still read (their events are "bare": the profile's facts
+//!   record holds what they did to the profile).
+//!
 //! Invariants:
-//! - events are kept in arrival order, the order the profile applied them: replaying a log
-//!   reproduces what streaming folded (calculated attributes keep the order of ties);
-//! - a sealed chunk is dropped when its newest event left retention (by whole UTC day, as the
-//!   event history prunes), or, oldest first, when the log is over its bounds; a drop by the
-//!   bounds is counted, never silent;
+//! - messages and their events are kept in arrival order, the order the profile applied them:
+//!   folding a log reproduces what streaming folded (calculated attributes keep the order of
+//!   ties);
+//! - a message never spans two chunks: the tail is sealed between messages;
+//! - chunks leave oldest first: the first while its newest entry left retention (by whole UTC
+//!   day, as the event history prunes), or while the log is over its bounds; a drop by the
+//!   bounds is counted, never silent. What leaves is handed back ([`LogWrites`]) to be folded
+//!   into the profile's base (its facts record) in the same batch, so the log always starts
+//!   where the base ends;
 //! - every change to a log is written in the same batch as the profile state it belongs to.
 //!
-//! Layout: `dictionary` (the names), `encode` and `decode` (the chunk format); this module
-//! keeps the log structure (head, chunks, bounds, retention).
+//! Layout: `dictionary` (the names), `encode` and `decode` (the chunk format), `message` (the
+//! message entries and reading a log as messages); this module keeps the log structure (head,
+//! chunks, bounds, retention).
 
 mod decode;
 mod dictionary;
 mod encode;
+mod message;
 #[cfg(test)]
 mod tests;
 
 pub use decode::*;
 pub use dictionary::*;
 use encode::*;
+use message::encode_header;
+pub use message::{read_units, LogUnit, LoggedMessage, MessageEvent, MessageParts};
 
 use crate::model::{Event, TimestampMs, DAY_MS};
 use serde::{Deserialize, Serialize};
 
-/// Version byte of chunk and head records.
-pub const LOG_FORMAT: u8 = 1;
+/// Version byte of chunk and head records. 2: messages (header entries, event flags); logs of
+/// format 1 (events only) are still read.
+pub const LOG_FORMAT: u8 = 2;
+const LOG_FORMAT_EVENTS_ONLY: u8 = 1;
 /// The tail is sealed into a chunk once it holds this many bytes.
 pub const SEAL_BYTES: usize = 2048;
 
@@ -70,12 +85,14 @@ pub struct ChunkMeta {
 }
 
 impl ChunkMeta {
-    fn take(&mut self, at: TimestampMs, bytes: usize) {
-        if self.events == 0 {
+    /// Takes in one entry: an event, or a message header (`is_event` false), whose time counts
+    /// for retention but which is no event for the bounds.
+    fn take(&mut self, at: TimestampMs, bytes: usize, is_event: bool) {
+        if self.bytes == 0 {
             self.min_ms = at;
             self.max_ms = at;
         }
-        self.events += 1;
+        self.events += u32::from(is_event);
         self.bytes += bytes as u32;
         self.min_ms = self.min_ms.min(at);
         self.max_ms = self.max_ms.max(at);
@@ -93,7 +110,8 @@ pub struct EventLog {
     pub tail_meta: ChunkMeta,
     /// Time of the last event of the tail, the base of the next delta.
     pub tail_last_ms: TimestampMs,
-    /// Events (and their bytes) dropped because the log was over its bounds, ever.
+    /// Events (and their bytes) dropped because the log was over its bounds, ever (the bytes
+    /// of the message headers dropped with them included).
     pub dropped_events: u64,
     pub dropped_bytes: u64,
     #[serde(skip)]
@@ -110,6 +128,16 @@ pub struct LogWrites {
     pub delete_chunks: Vec<u32>,
     /// Events dropped by the bounds by these writes.
     pub dropped_by_bounds: u64,
+    /// Entries dropped from the open tail, as a chunk body (oldest first): after the chunks
+    /// of `delete_chunks`, what the base takes in.
+    pub dropped_tail: Vec<u8>,
+}
+
+impl LogWrites {
+    /// Whether anything left the log: the base has to take it in.
+    pub fn dropped_any(&self) -> bool {
+        !self.delete_chunks.is_empty() || !self.dropped_tail.is_empty()
+    }
 }
 
 /// Summary of a log for lookups and metrics.
@@ -133,13 +161,13 @@ impl EventLog {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sealed.is_empty() && self.tail_meta.events == 0
+        self.sealed.is_empty() && self.tail.is_empty()
     }
 
-    /// The earliest event time the log holds: before it, only what streaming kept is known.
+    /// The earliest time the log holds: before it, only what streaming kept is known.
     pub fn oldest_ms(&self) -> Option<TimestampMs> {
         let metas = self.sealed.iter().chain(Some(&self.tail_meta));
-        metas.filter(|m| m.events > 0).map(|m| m.min_ms).min()
+        metas.filter(|m| m.bytes > 0).map(|m| m.min_ms).min()
     }
 
     pub fn stats(&self) -> LogStats {
@@ -149,30 +177,66 @@ impl EventLog {
             bytes: self.bytes(),
             chunks: self.sealed.len() as u32,
             oldest_ms: self.oldest_ms(),
-            newest_ms: metas().filter(|m| m.events > 0).map(|m| m.max_ms).max(),
+            newest_ms: metas().filter(|m| m.bytes > 0).map(|m| m.max_ms).max(),
             dropped_events: self.dropped_events,
         }
     }
 
-    /// Appends one event, as the profile applied it at time `at`.
-    pub fn append(&mut self, dict: &mut Dictionary, at: TimestampMs, event: &Event) {
-        let before = self.tail.len();
-        let prev = if self.tail_meta.events == 0 {
-            0
-        } else {
-            self.tail_last_ms
-        };
-        encode_event(&mut self.tail, dict, at.wrapping_sub(prev), event);
-        self.tail_meta.take(at, self.tail.len() - before);
-        self.tail_last_ms = at;
-        self.writes.head_changed = true;
+    /// Appends a message as the profile applied it: its header, then its events. The tail is
+    /// sealed after it once full, so a message never spans two chunks.
+    pub fn append_message(&mut self, dict: &mut Dictionary, message: &LoggedMessage<'_>) {
+        let mut header = Vec::with_capacity(32);
+        encode_header(&mut header, dict, message);
+        self.push_entry(message.now, false, |out, delta| {
+            put_varint(out, zigzag(delta));
+            out.push(KIND_MESSAGE);
+            out.push(0);
+            put_bytes(out, &header);
+        });
+        for e in &message.events {
+            let flags = if e.derived { FLAG_DERIVED } else { 0 }
+                | if e.outside_tier { FLAG_OUTSIDE_TIER } else { 0 };
+            self.push_entry(e.at, true, |out, delta| {
+                encode_event(out, dict, delta, &e.event, flags)
+            });
+        }
         if self.tail.len() >= SEAL_BYTES {
             self.seal();
         }
     }
 
+    /// Appends one event outside any message, as format 1 logged every event: for tools and
+    /// tests that build logs of events alone. Folding such a log reads the event's effects
+    /// on event criteria only.
+    pub fn append(&mut self, dict: &mut Dictionary, at: TimestampMs, event: &Event) {
+        self.push_entry(at, true, |out, delta| {
+            encode_event(out, dict, delta, event, 0)
+        });
+        if self.tail.len() >= SEAL_BYTES {
+            self.seal();
+        }
+    }
+
+    fn push_entry(
+        &mut self,
+        at: TimestampMs,
+        is_event: bool,
+        write: impl FnOnce(&mut Vec<u8>, i64),
+    ) {
+        let before = self.tail.len();
+        let prev = if self.tail.is_empty() {
+            0
+        } else {
+            self.tail_last_ms
+        };
+        write(&mut self.tail, at.wrapping_sub(prev));
+        self.tail_meta.take(at, self.tail.len() - before, is_event);
+        self.tail_last_ms = at;
+        self.writes.head_changed = true;
+    }
+
     fn seal(&mut self) {
-        if self.tail_meta.events == 0 {
+        if self.tail.is_empty() {
             return;
         }
         let mut record = Vec::with_capacity(self.tail.len() + 1);
@@ -192,20 +256,17 @@ impl EventLog {
         self.writes.head_changed = true;
     }
 
-    /// Drops what left retention (`cutoff`: now minus retention; whole UTC days, as the event
-    /// history) and, oldest first, what is over the bounds.
+    /// Drops, oldest first, what left retention (`cutoff`: now minus retention; whole UTC
+    /// days, as the event history) and what is over the bounds. Only a prefix of the log
+    /// leaves, so the base takes messages in the order they came.
     pub fn enforce(&mut self, cutoff: TimestampMs, limits: LogLimits) {
         let aged = |m: &ChunkMeta| (m.max_ms.div_euclid(DAY_MS) + 1) * DAY_MS <= cutoff;
         let mut deleted = Vec::new();
-        self.sealed.retain(|m| {
-            let keep = !aged(m);
-            if !keep {
-                deleted.push(m.seq);
-            }
-            keep
-        });
-        if self.tail_meta.events > 0 && aged(&self.tail_meta) {
-            self.tail.clear();
+        while self.sealed.first().is_some_and(aged) {
+            deleted.push(self.sealed.remove(0).seq);
+        }
+        if self.sealed.is_empty() && !self.tail.is_empty() && aged(&self.tail_meta) {
+            self.writes.dropped_tail.append(&mut self.tail);
             self.tail_meta = ChunkMeta::default();
             self.tail_last_ms = 0;
             self.writes.head_changed = true;
@@ -232,41 +293,43 @@ impl EventLog {
         self.writes.dropped_by_bounds += events;
     }
 
-    /// Bounds smaller than one chunk: drops the tail's oldest events one by one.
+    /// Bounds smaller than one chunk: drops the tail's oldest messages (or format 1 events)
+    /// one by one, whole.
     fn trim_tail(&mut self, limits: LogLimits) {
-        let mut kept: Vec<(TimestampMs, Vec<u8>)> = ChunkReader::new(&self.tail)
-            .map(|r| r.map(|e| (e.at, e.record.to_vec())))
-            .collect::<Result<_, _>>()
-            .unwrap_or_default();
+        let Ok(mut units) = tail_units(&self.tail) else {
+            return;
+        };
+        let events = |units: &[TailUnit]| units.iter().map(|u| u.events).sum::<u64>();
+        let size = |units: &[TailUnit]| units.iter().map(|u| u.bytes.len()).sum::<usize>();
         let mut dropped = 0u64;
         let mut dropped_bytes = 0u64;
-        let size =
-            |kept: &[(TimestampMs, Vec<u8>)]| kept.iter().map(|(_, r)| r.len()).sum::<usize>();
-        while !kept.is_empty()
-            && (kept.len() as u64 > limits.max_events as u64
-                || size(&kept) as u64 > limits.max_bytes as u64)
+        let mut cut = 0;
+        while cut < units.len()
+            && (events(&units[cut..]) > limits.max_events as u64
+                || size(&units[cut..]) as u64 > limits.max_bytes as u64)
         {
-            let (_, r) = kept.remove(0);
-            dropped += 1;
-            dropped_bytes += r.len() as u64;
+            dropped += units[cut].events;
+            dropped_bytes += units[cut].bytes.len() as u64;
+            cut += 1;
+        }
+        let kept = units.split_off(cut);
+        for unit in &units {
+            // The dropped units are the tail's first: their time deltas read from 0 as stored.
+            self.writes.dropped_tail.extend_from_slice(&unit.bytes);
         }
         self.tail.clear();
         self.tail_meta = ChunkMeta::default();
         self.tail_last_ms = 0;
-        for (at, record) in kept {
-            // Re-encode the time delta against the new predecessor; the rest is unchanged.
-            let prev = if self.tail_meta.events == 0 {
-                0
-            } else {
-                self.tail_last_ms
-            };
-            let before = self.tail.len();
-            let mut cursor = Cursor::new(&record);
-            let _ = cursor.varint();
-            put_varint(&mut self.tail, zigzag(at.wrapping_sub(prev)));
-            self.tail.extend_from_slice(&record[cursor.pos..]);
-            self.tail_meta.take(at, self.tail.len() - before);
-            self.tail_last_ms = at;
+        for unit in kept {
+            for (at, is_event, record) in unit.entries {
+                // Re-encode the time delta against the new predecessor; the rest is unchanged.
+                self.push_entry(at, is_event, |out, delta| {
+                    let mut cursor = Cursor::new(&record);
+                    let _ = cursor.varint();
+                    put_varint(out, zigzag(delta));
+                    out.extend_from_slice(&record[cursor.pos..]);
+                });
+            }
         }
         self.count_drop(dropped, dropped_bytes);
         self.writes.head_changed = true;
@@ -291,7 +354,10 @@ impl EventLog {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         match bytes.split_first() {
-            Some((&LOG_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+            // Format 1's head is format 2's; only its entries differ.
+            Some((&LOG_FORMAT, rest)) | Some((&LOG_FORMAT_EVENTS_ONLY, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| e.to_string())
+            }
             Some((v, _)) => Err(format!("unknown event log format {v}")),
             None => Err("empty event log head".to_string()),
         }
@@ -301,8 +367,48 @@ impl EventLog {
 /// The body of a sealed chunk record (after its format byte).
 pub fn chunk_body(record: &[u8]) -> Result<&[u8], String> {
     match record.split_first() {
-        Some((&LOG_FORMAT, rest)) => Ok(rest),
+        Some((&LOG_FORMAT, rest)) | Some((&LOG_FORMAT_EVENTS_ONLY, rest)) => Ok(rest),
         Some((v, _)) => Err(format!("unknown event log chunk format {v}")),
         None => Err("empty event log chunk".to_string()),
     }
+}
+
+/// A message (its header and its events) or a format 1 event, as the tail holds it.
+struct TailUnit {
+    /// The unit's entries: time, whether an event, the record as stored.
+    entries: Vec<(TimestampMs, bool, Vec<u8>)>,
+    events: u64,
+    /// The unit's records, concatenated.
+    bytes: Vec<u8>,
+}
+
+/// The tail's units, in order.
+fn tail_units(tail: &[u8]) -> Result<Vec<TailUnit>, String> {
+    let mut units: Vec<TailUnit> = Vec::new();
+    let mut owed = 0u64;
+    let mut reader = ChunkReader::new(tail);
+    while let Some(entry) = reader.next_entry() {
+        let entry = entry?;
+        let header = entry.tag() == KIND_MESSAGE;
+        if header || owed == 0 {
+            units.push(TailUnit {
+                entries: Vec::new(),
+                events: 0,
+                bytes: Vec::new(),
+            });
+            owed = if header {
+                message::header_event_count(entry.body())? as u64
+            } else {
+                0
+            };
+        } else {
+            owed -= 1;
+        }
+        let unit = units.last_mut().expect("pushed above");
+        unit.entries
+            .push((entry.at, !header, entry.record.to_vec()));
+        unit.events += u64::from(!header);
+        unit.bytes.extend_from_slice(entry.record);
+    }
+    Ok(units)
 }

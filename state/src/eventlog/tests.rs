@@ -1,4 +1,5 @@
-//! The event log: appends, sealing, bounds, retention and garbage that must not panic.
+//! The event log: appends, sealing, bounds, retention, messages (format 2) and logs of format
+//! 1, and garbage that must not panic.
 
 use super::*;
 use crate::model::*;
@@ -307,5 +308,199 @@ proptest! {
             }
         }
         let _ = EventLog::decode(&bytes);
+        let _ = read_units([bytes.as_slice()], &dict);
     }
+
+    #[test]
+    fn messages_read_back_as_logged(
+        specs in proptest::collection::vec((0usize..4, proptest::collection::vec(arb_event(), 0..4)), 1..30),
+    ) {
+        let mut dict = Dictionary::default();
+        let mut log = EventLog::default();
+        let mut logged = Vec::new();
+        for (i, (variant, events)) in specs.iter().enumerate() {
+            let now = 1_700_000_000_000 + i as i64 * 1000;
+            let m = message(now, *variant, events);
+            log.append_message(&mut dict, &m);
+            logged.push(m);
+        }
+        let w = log.take_writes();
+        let chunks: Vec<Vec<u8>> = w.put_chunks.into_iter().map(|(_, b)| b).collect();
+        let stored = Dictionary::from_entries(dict.take_new()).unwrap();
+        let bodies: Vec<&[u8]> = chunks.iter().map(|c| chunk_body(c).unwrap()).collect();
+        let units = read_units(bodies.into_iter().chain(Some(log.tail.as_slice())), &stored).unwrap();
+        prop_assert_eq!(units.len(), logged.len());
+        for (unit, m) in units.iter().zip(&logged) {
+            let LogUnit::Message(back) = unit else {
+                return Err(TestCaseError::fail("a message reads back as a message"));
+            };
+            prop_assert_eq!(back.now, m.now);
+            prop_assert_eq!(back.message_time, m.message_time);
+            prop_assert_eq!(&back.parts, &m.parts);
+            prop_assert_eq!(back.events.len(), m.events.len());
+            for (a, b) in back.events.iter().zip(&m.events) {
+                prop_assert_eq!((a.at, a.derived, a.outside_tier), (b.at, b.derived, b.outside_tier));
+                prop_assert_eq!(format!("{:?}", a.event), format!("{:?}", b.event));
+            }
+        }
+        // Event criteria read the events of the tier, derived ones included, and nothing else.
+        let readable = logged.iter().flat_map(|m| &m.events).filter(|e| !e.outside_tier).count();
+        prop_assert_eq!(read_all(&log, &chunks, &stored).len(), readable);
+        prop_assert_eq!(log.events(), logged.iter().map(|m| m.events.len() as u64).sum::<u64>());
+    }
+}
+
+/// A message of one of four shapes: a batch with every part, a batch with events alone, an
+/// identity message, a batch with a derived and an outside-tier event.
+fn message(now: TimestampMs, variant: usize, events: &[Event]) -> LoggedMessage<'static> {
+    let mut parts = MessageParts::default();
+    let mut logged: Vec<MessageEvent<'static>> = events
+        .iter()
+        .map(|e| MessageEvent {
+            at: e.timestamp_ms,
+            event: std::borrow::Cow::Owned(e.clone()),
+            derived: false,
+            outside_tier: false,
+        })
+        .collect();
+    match variant {
+        0 => {
+            parts.user_identities = vec![("email".into(), "a@b.c".into())];
+            parts.device_identities = vec![("ios_idfv".into(), "X-1".into())];
+            parts.device_info = Some(DeviceInfo {
+                platform: Some("iOS".into()),
+                ..Default::default()
+            });
+            parts.app_version = Some("2.3.1".into());
+            parts.location = Some(GeoLocation {
+                city: Some("Lyon".into()),
+                latitude: Some(45.76),
+                longitude: Some(4.83),
+                ..Default::default()
+            });
+            parts.attribution = Some(Attribution {
+                publisher: Some("ads".into()),
+                ..Default::default()
+            });
+            let mut consent = ConsentState::default();
+            consent.gdpr.insert(
+                "marketing".into(),
+                GdprConsent {
+                    consented: true,
+                    timestamp_ms: Some(now),
+                    document: None,
+                },
+            );
+            consent.ccpa_data_sale_opt_out = Some(false);
+            parts.consent = Some(consent);
+            parts.user_attributes = vec![
+                ("Tier".into(), AttrValue::String("gold".into())),
+                ("score".into(), AttrValue::Number(2.5)),
+                ("tags".into(), AttrValue::List(vec!["a".into(), "b".into()])),
+            ];
+            parts.deleted_user_attributes = vec!["old".into()];
+        }
+        1 => {}
+        2 => {
+            parts.identity_message = true;
+            parts.identity_changes = vec![IdentityChange {
+                identity_type: "email".into(),
+                old_value: Some("a@b.c".into()),
+                new_value: None,
+            }];
+            logged.clear();
+        }
+        _ => {
+            for (i, e) in logged.iter_mut().enumerate() {
+                e.derived = i % 2 == 0;
+                e.outside_tier = i % 2 == 1;
+            }
+        }
+    }
+    LoggedMessage {
+        now,
+        message_time: now - 5_000,
+        parts,
+        events: logged,
+    }
+}
+
+/// Bounds smaller than one chunk drop whole messages, oldest first, and hand them back for
+/// the base; a message never spans two chunks.
+#[test]
+fn bounds_drop_whole_messages_and_hand_them_back() {
+    let mut dict = Dictionary::default();
+    let mut log = EventLog::default();
+    let events: Vec<Event> = (0..3)
+        .map(|i| custom("Search", 1_000 + i, &[("query", "shoes")]))
+        .collect();
+    for i in 0..6 {
+        log.append_message(&mut dict, &message(2_000 + i, 0, &events));
+    }
+    let limits = LogLimits {
+        max_events: 7,
+        max_bytes: 1 << 20,
+    };
+    log.enforce(0, limits);
+    let w = log.take_writes();
+    assert_eq!(
+        log.events(),
+        6,
+        "two whole messages of three events are kept"
+    );
+    assert_eq!(w.dropped_by_bounds, 12);
+    let gone = read_units([w.dropped_tail.as_slice()], &dict).unwrap();
+    assert_eq!(gone.len(), 4, "the four oldest messages leave, whole");
+    let kept = read_units([log.tail.as_slice()], &dict).unwrap();
+    let times: Vec<i64> = kept
+        .iter()
+        .map(|u| match u {
+            LogUnit::Message(m) => m.now,
+            LogUnit::BareEvent(..) => panic!("no bare events"),
+        })
+        .collect();
+    assert_eq!(times, vec![2_004, 2_005]);
+
+    // Sealing happens between messages: every sealed chunk reads as whole messages.
+    let mut log = EventLog::default();
+    let long: Vec<Event> = (0..40)
+        .map(|i| {
+            custom(
+                "Search",
+                1_000 + i,
+                &[("query", "long enough to seal chunks")],
+            )
+        })
+        .collect();
+    for i in 0..20 {
+        log.append_message(&mut dict, &message(5_000 + i, 1, &long));
+    }
+    let w = log.take_writes();
+    assert!(w.put_chunks.len() > 2);
+    for (_, record) in &w.put_chunks {
+        let units = read_units([chunk_body(record).unwrap()], &dict).unwrap();
+        assert!(units
+            .iter()
+            .all(|u| matches!(u, LogUnit::Message(m) if m.events.len() == 40)));
+    }
+}
+
+/// A log of format 1 (events alone) still reads: its events are bare, and a format 2 message
+/// appended after them reads as a message.
+#[test]
+fn a_format_1_log_reads_as_bare_events_then_messages() {
+    let mut dict = Dictionary::default();
+    let mut log = EventLog::default();
+    let e = custom("Search", 10, &[("query", "shoes")]);
+    log.append(&mut dict, 10, &e);
+    let mut head = log.encode();
+    head[0] = 1;
+    let mut log = EventLog::decode(&head).unwrap();
+    log.append_message(&mut dict, &message(20, 1, std::slice::from_ref(&e)));
+    let mut record = vec![1u8];
+    record.extend_from_slice(&log.tail);
+    let units = read_units([chunk_body(&record).unwrap()], &dict).unwrap();
+    assert!(matches!(&units[0], LogUnit::BareEvent(10, back) if *back == e));
+    assert!(matches!(&units[1], LogUnit::Message(m) if m.events.len() == 1));
+    assert!(chunk_body(&[3, 0]).is_err(), "an unknown format is refused");
 }

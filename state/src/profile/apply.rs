@@ -6,12 +6,14 @@ use super::state::*;
 use crate::aggregate::CalcState;
 use crate::catalog::Catalog;
 use crate::criteria::{compare_versions, event_history_key, parse_version, EvalContext};
+use crate::eventlog::{LoggedMessage, MessageEvent, MessageParts};
 use crate::history::EventSeries;
 use crate::model::{
     AttrValue, Attribution, AudienceId, Batch, ConsentState, Delta, DeltaKind, IdentityChange,
     Inbound, TimestampMs,
 };
 use crate::model::{Event, EventKind, DEVICE_IDENTITY_TYPES};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 impl ProfileState {
@@ -23,18 +25,21 @@ impl ProfileState {
         retention_ms: i64,
         catalog: &Catalog,
     ) -> ChangeSet {
-        self.apply_logged(message, now, retention_ms, catalog, &mut |_, _| {})
+        self.apply_logged(message, now, retention_ms, catalog, &mut |_| {})
     }
 
-    /// [`ProfileState::apply`], handing `log` every event the profile records, with the time
-    /// it is recorded at, in order: what the event log keeps.
+    /// [`ProfileState::apply`], handing `log` the message as the profile applied it (what the
+    /// event log keeps): the parts that changed the profile, and its events with the times
+    /// they count from. A message that changed nothing is not handed over. Applying the
+    /// logged message again to the state before gives the state after: that is how a
+    /// profile is folded from its log ([`crate::replay::fold`]), by this same function.
     pub fn apply_logged(
         &mut self,
         message: &Inbound,
         now: TimestampMs,
         retention_ms: i64,
         catalog: &Catalog,
-        log: &mut dyn FnMut(TimestampMs, &Event),
+        log: &mut dyn FnMut(&LoggedMessage<'_>),
     ) -> ChangeSet {
         let mut changes = ChangeSet {
             created: self.is_new(),
@@ -47,19 +52,35 @@ impl ProfileState {
         }
         .filter(|&t| t > 0 && t <= now)
         .unwrap_or(now);
+        let seen_before = (self.first_seen_ms, self.last_seen_ms);
         if changes.created {
             self.first_seen_ms = message_time;
         }
         self.first_seen_ms = self.first_seen_ms.min(message_time);
         self.last_seen_ms = self.last_seen_ms.max(message_time);
         changes.event_time_ms = message_time;
+        let mut logged = LoggedMessage {
+            now,
+            message_time,
+            parts: MessageParts::default(),
+            events: Vec::new(),
+        };
         match message {
-            Inbound::Batch(batch) => self.apply_batch(batch, now, catalog, &mut changes, log),
+            Inbound::Batch(batch) => {
+                self.apply_batch(batch, now, catalog, &mut changes, &mut logged)
+            }
             Inbound::Identity(update) => {
+                logged.parts.identity_message = true;
                 for change in &update.changes {
-                    self.apply_identity_change(change, &mut changes);
+                    if self.apply_identity_change(change, &mut changes) {
+                        logged.parts.identity_changes.push(change.clone());
+                    }
                 }
             }
+        }
+        let seen_changed = seen_before != (self.first_seen_ms, self.last_seen_ms);
+        if seen_changed || !logged.events.is_empty() || !logged.parts.is_empty() {
+            log(&logged);
         }
         self.prune(now, retention_ms, catalog);
         changes
@@ -87,23 +108,38 @@ impl ProfileState {
             });
     }
 
-    fn apply_batch(
+    /// Applies a batch, noting in `logged` each part that changed the profile (a part that
+    /// changed nothing would change nothing when applied again) and every event.
+    fn apply_batch<'b>(
         &mut self,
-        batch: &Batch,
+        batch: &'b Batch,
         now: TimestampMs,
         catalog: &Catalog,
         changes: &mut ChangeSet,
-        log: &mut dyn FnMut(TimestampMs, &Event),
+        logged: &mut LoggedMessage<'b>,
     ) {
+        let parts = &mut logged.parts;
         for (identity_type, value) in &batch.user_identities {
-            self.set_identity(identity_type, value, changes);
+            if self.set_identity(identity_type, value, changes) {
+                parts
+                    .user_identities
+                    .push((identity_type.clone(), value.clone()));
+            }
         }
         for (identity_type, value) in &batch.device_identities {
-            self.set_identity(identity_type, value, changes);
+            if self.set_identity(identity_type, value, changes) {
+                parts
+                    .device_identities
+                    .push((identity_type.clone(), value.clone()));
+            }
         }
         let (device_before, app_before) = (self.device.clone(), self.app_version.clone());
+        let highest_before = self.highest_app_version.clone();
         if let Some(device) = &batch.device_info {
             self.device.merge_from(device);
+            if self.device != device_before {
+                parts.device_info = Some(device.clone());
+            }
         }
         // An upgrade: the app version went up, or the app said so on launch.
         let mut upgraded = batch.events.iter().any(|e| {
@@ -135,6 +171,9 @@ impl ProfileState {
         if batch.app_version.is_some() {
             self.app_version.clone_from(&batch.app_version);
         }
+        if self.app_version != app_before || self.highest_app_version != highest_before {
+            parts.app_version.clone_from(&batch.app_version);
+        }
         changes.device |= self.device != device_before || self.app_version != app_before;
         if upgraded {
             self.record_synthetic(
@@ -142,15 +181,20 @@ impl ProfileState {
                 changes.event_time_ms,
                 catalog,
                 changes,
-                log,
+                logged,
             );
         }
+        let parts = &mut logged.parts;
         if let Some(location) = &batch.location {
             let before = self.location.clone();
             self.location.merge_from(location);
-            changes.location |= self.location != before;
+            if self.location != before {
+                changes.location = true;
+                parts.location = Some(location.clone());
+            }
         }
         if let Some(attribution) = &batch.attribution {
+            let mut merged = false;
             for event in &batch.events {
                 let slot = match &event.kind {
                     EventKind::Uninstall => &mut self.uninstall_attribution,
@@ -158,7 +202,11 @@ impl ProfileState {
                     kind if is_install_attribution(kind) => &mut self.install_attribution,
                     _ => continue,
                 };
-                changes.attribution |= merge_attribution(slot, attribution);
+                merged |= merge_attribution(slot, attribution);
+            }
+            if merged {
+                changes.attribution = true;
+                parts.attribution = Some(attribution.clone());
             }
         }
         if let Some(consent) = &batch.consent {
@@ -179,15 +227,23 @@ impl ProfileState {
                 (gdpr, c.ccpa_data_sale_opt_out)
             };
             changes.consent |= answers(&self.consent) != answers(&before);
+            if self.consent != before {
+                parts.consent = Some(consent.clone());
+            }
         }
         for event in &batch.events {
-            self.apply_event(event, now, catalog, changes, log);
+            self.apply_event(event, now, catalog, changes, logged);
         }
+        let parts = &mut logged.parts;
         for (name, value) in &batch.user_attributes {
-            self.set_attribute(name, Some(value.clone()), changes);
+            if self.set_attribute(name, Some(value.clone()), changes) {
+                parts.user_attributes.push((name.clone(), value.clone()));
+            }
         }
         for name in &batch.deleted_user_attributes {
-            self.set_attribute(name, None, changes);
+            if self.set_attribute(name, None, changes) {
+                parts.deleted_user_attributes.push(name.clone());
+            }
         }
     }
 
@@ -199,7 +255,7 @@ impl ProfileState {
         at: TimestampMs,
         catalog: &Catalog,
         changes: &mut ChangeSet,
-        log: &mut dyn FnMut(TimestampMs, &Event),
+        logged: &mut LoggedMessage<'_>,
     ) {
         if catalog.excluded_by_tier(event_type, "") {
             return;
@@ -211,18 +267,23 @@ impl ProfileState {
             },
             attributes: BTreeMap::new(),
         };
-        log(at, &event);
         let selector = (event_type.to_string(), String::new());
         self.record_event(at, &event, selector, catalog, changes);
+        logged.events.push(MessageEvent {
+            at,
+            event: Cow::Owned(event),
+            derived: true,
+            outside_tier: false,
+        });
     }
 
-    fn apply_event(
+    fn apply_event<'b>(
         &mut self,
-        event: &Event,
+        event: &'b Event,
         now: TimestampMs,
         catalog: &Catalog,
         changes: &mut ChangeSet,
-        log: &mut dyn FnMut(TimestampMs, &Event),
+        logged: &mut LoggedMessage<'b>,
     ) {
         // Unknown (0), pre-epoch or future timestamps (a device clock ahead of ours) count from
         // the moment the event is processed: history never holds the future.
@@ -244,7 +305,9 @@ impl ProfileState {
                 };
                 self.set_attribute(name, value, changes);
             }
-            EventKind::UserIdentityChange(change) => self.apply_identity_change(change, changes),
+            EventKind::UserIdentityChange(change) => {
+                self.apply_identity_change(change, changes);
+            }
             EventKind::OptOut { opted_out } => self.opted_out = *opted_out,
             // An attribution event without the batch's attribution_info carries its publisher
             // and campaign as custom attributes.
@@ -269,11 +332,18 @@ impl ProfileState {
             event.kind.event_type().to_string(),
             event.kind.selector_name(),
         );
-        if catalog.excluded_by_tier(&selector.0, &selector.1) {
+        let outside_tier = catalog.excluded_by_tier(&selector.0, &selector.1);
+        // Logged whatever its tier, for what it did to the profile above.
+        logged.events.push(MessageEvent {
+            at,
+            event: Cow::Borrowed(event),
+            derived: false,
+            outside_tier,
+        });
+        if outside_tier {
             // Not in the Personalize tier: real-time audiences do not evaluate it.
             return;
         }
-        log(at, event);
         self.record_event(at, event, selector, catalog, changes);
     }
 
@@ -326,7 +396,13 @@ impl ProfileState {
         changes.events.insert(selector);
     }
 
-    fn set_attribute(&mut self, name: &str, value: Option<AttrValue>, changes: &mut ChangeSet) {
+    /// Sets (or, with `None`, removes) an attribute; whether the profile changed.
+    fn set_attribute(
+        &mut self,
+        name: &str,
+        value: Option<AttrValue>,
+        changes: &mut ChangeSet,
+    ) -> bool {
         let key = name.to_lowercase();
         match value {
             Some(value) => {
@@ -341,23 +417,27 @@ impl ProfileState {
                     );
                     changes.attributes.insert(key);
                 }
+                changed
             }
             None => {
-                if self.attributes.remove(&key).is_some() {
+                let removed = self.attributes.remove(&key).is_some();
+                if removed {
                     changes.attributes.insert(key);
                 }
+                removed
             }
         }
     }
 
-    fn set_identity(&mut self, identity_type: &str, value: &str, changes: &mut ChangeSet) {
+    /// Sets an identity a batch carries; whether the profile changed.
+    fn set_identity(&mut self, identity_type: &str, value: &str, changes: &mut ChangeSet) -> bool {
         let identity_type = identity_type.to_lowercase();
         if value.is_empty() {
-            return;
+            return false;
         }
         let values = self.identities.entry(identity_type.clone()).or_default();
         if values.iter().any(|v| v == value) {
-            return;
+            return false;
         }
         if DEVICE_IDENTITY_TYPES.contains(&identity_type.as_str()) {
             values.push(value.to_string());
@@ -365,9 +445,11 @@ impl ProfileState {
             *values = vec![value.to_string()];
         }
         changes.identities.insert(identity_type);
+        true
     }
 
-    fn apply_identity_change(&mut self, change: &IdentityChange, changes: &mut ChangeSet) {
+    /// Applies an identity change; whether the profile changed.
+    fn apply_identity_change(&mut self, change: &IdentityChange, changes: &mut ChangeSet) -> bool {
         let identity_type = change.identity_type.to_lowercase();
         let values = self.identities.entry(identity_type.clone()).or_default();
         let before = values.clone();
@@ -379,12 +461,14 @@ impl ProfileState {
                 values.push(new.clone());
             }
         }
-        if *values != before {
+        let changed = *values != before;
+        if changed {
             changes.identities.insert(identity_type.clone());
         }
         if values.is_empty() {
             self.identities.remove(&identity_type);
         }
+        changed
     }
 
     /// Rebuilds, from the profile's logged events (in arrival order, times as recorded), the

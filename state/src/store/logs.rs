@@ -239,6 +239,17 @@ impl Store {
         }
     }
 
+    /// One sealed chunk of a profile's log, as stored (`None`: no such chunk).
+    pub fn load_log_chunk(
+        &self,
+        partition: Partition,
+        mpid: Mpid,
+        seq: u32,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        let key = log_key(partition, mpid, seq);
+        Ok(self.db.get_cf(self.cf(CF_EVENTLOG), key)?)
+    }
+
     /// A profile's sealed chunks as stored, oldest first.
     pub fn load_log_chunks(&self, partition: Partition, mpid: Mpid) -> StoreResult<Vec<Vec<u8>>> {
         let start = log_key(partition, mpid, 0);

@@ -1,15 +1,20 @@
 //! `make bench`, second figure: how fast a new audience is computed over history, and what the
 //! event log costs on disk.
 //!
-//! It writes a store as the partition actors write it (profiles, event logs, dictionaries), for
-//! `BENCH_BACKFILL_PROFILES` profiles (1,000,000) with `BENCH_BACKFILL_EVENTS` events each (100)
-//! spread over the retention window, over two partitions. Then it starts the real node (one
-//! partition actor per core), defines one audience with event attribute conditions and a window,
-//! and times the backfill from the definition until both partitions have evaluated it, through
-//! the actors' own code: page scans of profiles and logs, rebuild from the log, evaluation,
-//! one write per page. It prints profiles/s (wall), CPU per profile, and the log's bytes per
-//! profile: encoded, and on disk (RocksDB SST files after a flush); then the time and result of
-//! `EstimateAudience` for the same definition, against the exact size.
+//! It writes a store as the partition actors write it (profiles, bases, event logs,
+//! dictionaries), for `BENCH_BACKFILL_PROFILES` profiles (1,000,000) with
+//! `BENCH_BACKFILL_EVENTS` events each (100) spread over the retention window, over two
+//! partitions, in batches of 10 events that carry what an SDK sends with each (user
+//! attributes, identities, device info, consent; mostly unchanged from the batch before).
+//! Then it starts the real node (one partition actor per core), defines one audience with
+//! event attribute conditions and a window, and times the backfill from the definition until
+//! both partitions have evaluated it, through the actors' own code: page scans of profiles and
+//! logs, rebuild from the log, evaluation, one write per page. It prints profiles/s (wall),
+//! CPU per profile, and the log's bytes per profile: encoded (and what log format 1, events
+//! only, took for the same batches), and on disk (RocksDB SST files after a flush); then the
+//! rate of a rebuild of every profile from its logs (which must find every profile equal to
+//! its fold), and the time and result of `EstimateAudience` for the same definition, against
+//! the exact size.
 
 /// mimalloc: the engine allocates and frees many short-lived buffers per batch and per
 /// backfill page; glibc's allocator returns and re-faults that memory page by page.
@@ -22,7 +27,11 @@ use audience_actors::node::Node;
 use audience_e2e::env_or;
 use audience_state::catalog::{AudienceRecord, Catalog};
 use audience_state::eventlog::{Dictionary, EventLog, LogLimits};
-use audience_state::model::{Batch, Event, EventKind, Inbound, Product, DAY_MS};
+use audience_state::facts::ProfileFacts;
+use audience_state::model::{
+    AttrValue, Batch, ConsentState, DeviceInfo, Event, EventKind, GdprConsent, Inbound, Product,
+    DAY_MS,
+};
 use audience_state::profile::ProfileState;
 use audience_state::store::Store;
 use std::collections::BTreeMap;
@@ -90,6 +99,52 @@ fn event(h: u64, at: i64) -> Event {
     }
 }
 
+/// The `n`-th batch of a profile, as an SDK sends it: its events, with the user's attributes,
+/// identities, device and consent repeated (the plan changes after the fifth batch, the
+/// OS version after the eighth).
+fn sdk_batch(mpid: i64, n: usize, h: u64, events: Vec<Event>) -> Inbound {
+    let mut consent = ConsentState::default();
+    consent.gdpr.insert(
+        "marketing".into(),
+        GdprConsent {
+            consented: !h.is_multiple_of(3),
+            timestamp_ms: Some(1_700_000_000_000),
+            document: Some("v2".into()),
+        },
+    );
+    Inbound::Batch(Batch {
+        mpid,
+        events,
+        user_attributes: vec![
+            (
+                "tier".into(),
+                AttrValue::String(["gold", "silver"][(h % 2) as usize].into()),
+            ),
+            ("age".into(), AttrValue::Number((20 + h % 50) as f64)),
+            ("city".into(), AttrValue::String("Lyon".into())),
+            (
+                "plan".into(),
+                AttrValue::String(if n < 5 { "free" } else { "pro" }.into()),
+            ),
+            ("newsletter".into(), AttrValue::Bool(h.is_multiple_of(5))),
+        ],
+        user_identities: vec![
+            ("customer_id".into(), format!("cust-{mpid}")),
+            ("email".into(), format!("u{mpid}@example.com")),
+        ],
+        device_identities: vec![("ios_idfv".into(), format!("idfv-{mpid}"))],
+        device_info: Some(DeviceInfo {
+            platform: Some("iOS".into()),
+            os_version: Some(if n < 8 { "17.2" } else { "17.3" }.into()),
+            device_model: Some("iPhone15,2".into()),
+            ..Default::default()
+        }),
+        consent: Some(consent),
+        app_version: Some("2.1.0".into()),
+        ..Default::default()
+    })
+}
+
 fn audience(id: u64, criteria: serde_json::Value) -> AudienceRecord {
     AudienceRecord::active(id, format!("bench {id}"), criteria)
 }
@@ -109,7 +164,8 @@ fn main() -> anyhow::Result<()> {
     let empty = Catalog::build_full(1, vec![], vec![], vec![]);
     let mut dicts: Vec<Dictionary> = (0..PARTITIONS).map(|_| Dictionary::default()).collect();
     let written = Instant::now();
-    let (mut encoded_log_bytes, mut logged) = (0u64, 0u64);
+    let (mut encoded_log_bytes, mut logged, mut format_1_bytes) = (0u64, 0u64, 0u64);
+    let base = ProfileFacts::default().encode();
     let page = 1_000;
     for first in (1..=profiles).step_by(page) {
         let mut batch = store.batch();
@@ -118,6 +174,8 @@ fn main() -> anyhow::Result<()> {
             let dict = &mut dicts[partition as usize];
             let mut profile = ProfileState::new(mpid);
             let mut log = EventLog::default();
+            // The same events as format 1 logged them, for the bytes it took.
+            let mut format_1 = EventLog::default();
             let h0 = (mpid as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let evs: Vec<Event> = (0..events)
                 .map(|i| {
@@ -127,20 +185,23 @@ fn main() -> anyhow::Result<()> {
                     event(h.rotate_left(17), at)
                 })
                 .collect();
-            let message = Inbound::Batch(Batch {
-                mpid,
-                events: evs,
-                ..Default::default()
-            });
-            profile.apply_logged(&message, now, RETENTION, &empty, &mut |at, e| {
-                log.append(dict, at, e)
-            });
+            for (n, chunk) in evs.chunks(10).enumerate() {
+                let message = sdk_batch(mpid, n, h0, chunk.to_vec());
+                profile.apply_logged(&message, now, RETENTION, &empty, &mut |m| {
+                    log.append_message(dict, m);
+                    for e in &m.events {
+                        format_1.append(dict, e.at, &e.event);
+                    }
+                });
+            }
             log.enforce(now - RETENTION, LogLimits::default());
             let writes = log.take_writes();
             encoded_log_bytes += log.bytes();
+            format_1_bytes += format_1.bytes();
             logged += log.events();
             batch.put_log(partition, mpid, &log, &writes);
             batch.put_profile(partition, &profile);
+            batch.put_facts(partition, mpid, &base);
         }
         for (p, dict) in dicts.iter_mut().enumerate() {
             batch.put_dictionary(p as u32, &dict.take_new());
@@ -154,9 +215,10 @@ fn main() -> anyhow::Result<()> {
         written.elapsed().as_secs_f64()
     );
     println!(
-        "  event log: {:.0} bytes/profile encoded ({:.1} bytes/event), {:.0} bytes/profile on disk (SST {} MiB, memtable {} MiB)",
+        "  event log: {:.0} bytes/profile encoded ({:.1} bytes/event; log format 1, events only: {:.0} bytes/profile), {:.0} bytes/profile on disk (SST {} MiB, memtable {} MiB)",
         encoded_log_bytes as f64 / profiles as f64,
         encoded_log_bytes as f64 / logged.max(1) as f64,
+        format_1_bytes as f64 / profiles as f64,
         (sst + mem) as f64 / profiles as f64,
         sst >> 20,
         mem >> 20
@@ -212,6 +274,35 @@ fn main() -> anyhow::Result<()> {
         profiles as f64 / wall.as_secs_f64(),
         cpu.as_secs_f64() * 1e6 / profiles as f64
     );
+
+    // A rebuild of every profile from its logs: each fold is compared with the stored state,
+    // and a healthy store has no profile to rewrite.
+    let started = Instant::now();
+    let cpu_before = cpu_time::ProcessTime::now();
+    for (p, result) in futures::executor::block_on(
+        node.start_replay(audience_actors::partition::ReplayMode::Rebuild),
+    ) {
+        result.map_err(|e| anyhow::anyhow!("partition {p}: {e}"))?;
+    }
+    let (scanned, changed) = loop {
+        let replays = engine.replays.lock().clone();
+        if replays.len() == PARTITIONS as usize
+            && replays.values().all(|r| r.finished_at_ms.is_some())
+        {
+            break replays
+                .values()
+                .fold((0, 0), |(s, c), r| (s + r.scanned, c + r.changed));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let wall = started.elapsed();
+    println!(
+        "  rebuild from the logs: {:.2} s, {:.0} profiles/s, {:.2} µs CPU/profile, {scanned} folded, {changed} differed",
+        wall.as_secs_f64(),
+        scanned as f64 / wall.as_secs_f64(),
+        cpu_before.elapsed().as_secs_f64() * 1e6 / scanned.max(1) as f64
+    );
+    anyhow::ensure!(changed == 0, "a healthy store's profiles equal their folds");
 
     // The estimate of the same definition as a draft, from the default sample.
     let started = Instant::now();

@@ -184,21 +184,35 @@ pub async fn cluster(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn replay(ctx: &Ctx, start: bool, wipe: bool, wait: bool) -> anyhow::Result<()> {
+/// What `audiencectl replay`, `rebuild` and `verify` ask of the node.
+pub enum ReplayAsk {
+    /// Show the replays.
+    Show,
+    /// Start one: a rebuild (`wipe`: from wiped states) or a verify (`check_only`).
+    Start { wipe: bool, check_only: bool },
+}
+
+/// Starts or shows the node's replays; with `wait`, draws a progress line (scanned, total,
+/// time left) until every partition is done. Prints each partition's figures, then the
+/// profiles that differed from their logs. A verify that found differences fails (exit 1), so
+/// a script run after an upgrade stops there.
+pub async fn replay(ctx: &Ctx, ask: ReplayAsk, wait: bool) -> anyhow::Result<()> {
     let mut admin = AdminServiceClient::new(ctx.channel().await?);
-    let mut status = if start {
-        admin
+    let mut status = match ask {
+        ReplayAsk::Start { wipe, check_only } => admin
             .replay_from_log(pb::ReplayFromLogRequest {
                 wipe_profiles: wipe,
+                check_only,
             })
             .await?
-            .into_inner()
-    } else {
-        admin
+            .into_inner(),
+        ReplayAsk::Show => admin
             .get_replay(pb::GetReplayRequest {})
             .await?
-            .into_inner()
+            .into_inner(),
     };
+    let began = std::time::Instant::now();
+    let first_scanned: u64 = status.partitions.iter().map(|p| p.profiles_scanned).sum();
     while wait && status.running {
         use std::io::Write;
         let (scanned, total) = status.partitions.iter().fold((0, 0), |(s, t), p| {
@@ -212,7 +226,18 @@ pub async fn replay(ctx: &Ctx, start: bool, wipe: bool, wait: bool) -> anyhow::R
         } else {
             100.0 * scanned as f64 / total as f64
         };
-        eprint!("\r\x1b[2Kreplaying {percent:5.1}%  {scanned} of {total} profiles");
+        let rate = (scanned - first_scanned.min(scanned)) as f64 / began.elapsed().as_secs_f64();
+        let left = if rate > 0.0 && total > scanned {
+            format!(", about {:.0} s left", (total - scanned) as f64 / rate)
+        } else {
+            String::new()
+        };
+        let verb = if status.partitions.iter().any(|p| p.check_only) {
+            "verifying"
+        } else {
+            "rebuilding"
+        };
+        eprint!("\r\x1b[2K{verb} {percent:5.1}%  {scanned} of {total} profiles{left}");
         std::io::stderr().flush()?;
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         status = admin
@@ -223,37 +248,80 @@ pub async fn replay(ctx: &Ctx, start: bool, wipe: bool, wait: bool) -> anyhow::R
     if wait {
         eprint!("\r\x1b[2K");
     }
+    let differing: u64 = status
+        .partitions
+        .iter()
+        .filter(|p| p.check_only)
+        .map(|p| p.profiles_changed)
+        .sum();
     if ctx.json() {
         say_json(&serde_json::json!({
             "running": status.running,
             "partitions": status.partitions.iter().map(|p| serde_json::json!({
                 "partition": p.partition,
+                "node": p.node_id,
                 "running": p.running,
-                "wiped": p.wiped,
+                "mode": mode_name(p),
                 "profiles_scanned": p.profiles_scanned,
                 "profiles_total": p.profiles_total.max(p.profiles_scanned),
+                "profiles_changed": p.profiles_changed,
                 "deltas": p.deltas,
                 "unreadable_logs": p.unreadable_logs,
+                "differences": p.differences.iter().map(|d| serde_json::json!({
+                    "mpid": d.mpid, "fields": d.fields,
+                })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         }));
-        return Ok(());
+    } else {
+        if status.partitions.is_empty() {
+            say!("no replay since the engine started");
+        }
+        for p in &status.partitions {
+            let (changed, deltas) = if p.check_only {
+                ("differ", "deltas a rebuild would send")
+            } else {
+                ("rewritten", "deltas")
+            };
+            let node = match p.node_id.as_str() {
+                "" => String::new(),
+                id => format!(" on {id}"),
+            };
+            say!(
+                "partition {:>3}{node}  {} {}  {} of {} profiles  {} {changed}  {} {deltas}  {} unreadable logs",
+                p.partition,
+                mode_name(p),
+                if p.running { "running" } else { "done" },
+                p.profiles_scanned,
+                p.profiles_total.max(p.profiles_scanned),
+                p.profiles_changed,
+                p.deltas,
+                p.unreadable_logs
+            );
+        }
+        let shown: Vec<&pb::ProfileDifference> = status
+            .partitions
+            .iter()
+            .flat_map(|p| &p.differences)
+            .collect();
+        if !shown.is_empty() {
+            say!("{:<20}  DIFFERS", "MPID");
+            for d in shown {
+                say!("{:<20}  {}", d.mpid, d.fields.join("; "));
+            }
+        }
     }
-    if status.partitions.is_empty() {
-        say!("no replay since the engine started");
-    }
-    for p in &status.partitions {
-        say!(
-            "partition {:>3}  {}{}  {} of {} profiles  {} deltas  {} unreadable logs",
-            p.partition,
-            if p.running { "running" } else { "done" },
-            if p.wiped { " (wiped first)" } else { "" },
-            p.profiles_scanned,
-            p.profiles_total.max(p.profiles_scanned),
-            p.deltas,
-            p.unreadable_logs
-        );
+    if !status.running && differing > 0 {
+        anyhow::bail!("{differing} profile(s) differ from the fold of their logs");
     }
     Ok(())
+}
+
+fn mode_name(p: &pb::PartitionReplay) -> &'static str {
+    match (p.check_only, p.wiped) {
+        (true, _) => "verify",
+        (false, true) => "rebuild (wiped first)",
+        (false, false) => "rebuild",
+    }
 }
 
 pub async fn clock(ctx: &Ctx, cmd: ClockCmd) -> anyhow::Result<()> {

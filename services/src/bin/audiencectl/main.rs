@@ -119,9 +119,25 @@ enum Command {
     /// The engine clock (manual clocks can be advanced).
     #[command(subcommand)]
     Clock(ClockCmd),
-    /// Rebuild every profile of the node from its logs (facts, event log, membership
-    /// history); versions continue, so a healthy store changes nothing. Without --start,
-    /// shows the replays.
+    /// Rebuild every profile of the node from its logs (base, event log, membership
+    /// history): profiles whose stored state differs from the fold are rewritten and send the
+    /// deltas their memberships need; the others are left alone. Waits, showing progress.
+    Rebuild {
+        /// Delete the profile states and timers first.
+        #[arg(long)]
+        wipe: bool,
+        /// Return once started, without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Compare every profile of the node with the fold of its logs, and list each that
+    /// differs (its MPID and what differs); writes nothing. Exits 1 if any differs.
+    Verify {
+        /// Return once started, without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// The node's rebuilds and verifies. With --start, starts a rebuild (as `rebuild`).
     Replay {
         /// Start a replay.
         #[arg(long)]
@@ -299,7 +315,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Connectors => membership::connectors(ctx).await,
         Command::Status => admin::status(ctx).await,
         Command::Cluster => admin::cluster(ctx).await,
-        Command::Replay { start, wipe, wait } => admin::replay(ctx, start, wipe, wait).await,
+        Command::Replay { start, wipe, wait } => {
+            let ask = match start {
+                true => admin::ReplayAsk::Start {
+                    wipe,
+                    check_only: false,
+                },
+                false => admin::ReplayAsk::Show,
+            };
+            admin::replay(ctx, ask, wait).await
+        }
+        Command::Rebuild { wipe, no_wait } => {
+            let ask = admin::ReplayAsk::Start {
+                wipe,
+                check_only: false,
+            };
+            admin::replay(ctx, ask, !no_wait).await
+        }
+        Command::Verify { no_wait } => {
+            let ask = admin::ReplayAsk::Start {
+                wipe: false,
+                check_only: true,
+            };
+            admin::replay(ctx, ask, !no_wait).await
+        }
         Command::Clock(cmd) => admin::clock(ctx, cmd).await,
         Command::Produce {
             bootstrap,

@@ -1,0 +1,356 @@
+//! Messages in the log (format 2): every message that changed a profile is logged as a header
+//! entry, then the entries of its events. The header holds the processing time, the message
+//! time and the profile-level parts of the message that changed the profile when it was
+//! applied (attributes set and removed, identities, device, app version, location,
+//! attribution, consent, identity changes); its events follow as ordinary event entries.
+//!
+//! A part that changed nothing when it was applied is not logged: applying it again to the
+//! same state would change nothing either, so the fold of the log is the same with or without
+//! it, and the SDKs' habit of repeating every attribute and identity in every batch costs the
+//! log nothing.
+//!
+//! Event entries carry flags in the high bits of their kind tag: an event the engine derived
+//! (an upgrade) is re-derived when the message is folded again, and an event outside the
+//! real-time tier is kept for what it does to the profile (an attribute change event sets the
+//! attribute whatever the tier) but read by no event criterion.
+
+use super::decode::*;
+use super::dictionary::*;
+use super::encode::*;
+use crate::model::{
+    AttrValue, Attribution, Batch, ConsentState, DeviceInfo, Event, GeoLocation, IdentityChange,
+    IdentityUpdate, Inbound, Mpid, TimestampMs,
+};
+use std::borrow::Cow;
+
+/// The parts of a message that changed the profile when it was applied, in the order the
+/// profile applies them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MessageParts {
+    /// An identity message (of the identities topic) rather than a batch.
+    pub identity_message: bool,
+    pub user_identities: Vec<(String, String)>,
+    pub device_identities: Vec<(String, String)>,
+    pub device_info: Option<DeviceInfo>,
+    pub app_version: Option<String>,
+    pub location: Option<GeoLocation>,
+    pub attribution: Option<Attribution>,
+    pub consent: Option<ConsentState>,
+    pub user_attributes: Vec<(String, AttrValue)>,
+    pub deleted_user_attributes: Vec<String>,
+    pub identity_changes: Vec<IdentityChange>,
+}
+
+impl MessageParts {
+    pub fn is_empty(&self) -> bool {
+        *self
+            == MessageParts {
+                identity_message: self.identity_message,
+                ..Default::default()
+            }
+    }
+}
+
+/// One event of a logged message.
+#[derive(Debug, Clone)]
+pub struct MessageEvent<'a> {
+    /// The time the event counts from (its own, or the processing time).
+    pub at: TimestampMs,
+    pub event: Cow<'a, Event>,
+    /// Derived by the engine (an upgrade): folding the message derives it again.
+    pub derived: bool,
+    /// Outside the real-time tier when it was applied: read by no event criterion.
+    pub outside_tier: bool,
+}
+
+/// A message as a profile applied it: what its log keeps.
+#[derive(Debug, Clone)]
+pub struct LoggedMessage<'a> {
+    /// Processing time.
+    pub now: TimestampMs,
+    /// The message's time as the profile took it (its own, or the processing time).
+    pub message_time: TimestampMs,
+    pub parts: MessageParts,
+    pub events: Vec<MessageEvent<'a>>,
+}
+
+impl LoggedMessage<'_> {
+    /// The message to apply again: what changed the profile, and every event but the derived.
+    pub fn to_inbound(&self, mpid: Mpid) -> Inbound {
+        let p = &self.parts;
+        if p.identity_message {
+            return Inbound::Identity(IdentityUpdate {
+                mpid,
+                timestamp_ms: Some(self.message_time),
+                changes: p.identity_changes.clone(),
+            });
+        }
+        Inbound::Batch(Batch {
+            mpid,
+            timestamp_ms: Some(self.message_time),
+            events: self
+                .events
+                .iter()
+                .filter(|e| !e.derived)
+                .map(|e| e.event.as_ref().clone())
+                .collect(),
+            user_attributes: p.user_attributes.clone(),
+            deleted_user_attributes: p.deleted_user_attributes.clone(),
+            user_identities: p.user_identities.clone(),
+            device_identities: p.device_identities.clone(),
+            device_info: p.device_info.clone(),
+            consent: p.consent.clone(),
+            app_version: p.app_version.clone(),
+            attribution: p.attribution.clone(),
+            ip: None,
+            location: p.location.clone(),
+        })
+    }
+}
+
+const PART_USER_IDENTITIES: u64 = 1;
+const PART_DEVICE_IDENTITIES: u64 = 1 << 1;
+const PART_DEVICE_INFO: u64 = 1 << 2;
+const PART_APP_VERSION: u64 = 1 << 3;
+const PART_LOCATION: u64 = 1 << 4;
+const PART_ATTRIBUTION: u64 = 1 << 5;
+const PART_CONSENT: u64 = 1 << 6;
+const PART_USER_ATTRIBUTES: u64 = 1 << 7;
+const PART_DELETED_ATTRIBUTES: u64 = 1 << 8;
+const PART_IDENTITY_CHANGES: u64 = 1 << 9;
+const PART_IDENTITY_MESSAGE: u64 = 1 << 10;
+
+fn put_serde<T: serde::Serialize>(out: &mut Vec<u8>, value: &T) {
+    put_bytes(
+        out,
+        &postcard::to_stdvec(value).expect("message parts always serialise"),
+    );
+}
+
+fn put_pairs(out: &mut Vec<u8>, dict: &mut Dictionary, pairs: &[(String, String)]) {
+    put_varint(out, pairs.len() as u64);
+    for (kind, value) in pairs {
+        put_name(out, dict, kind);
+        put_bytes(out, value.as_bytes());
+    }
+}
+
+/// The body of a header entry: message time (back from the processing time), the number of
+/// event entries that follow, which parts are present, then each present part.
+pub(super) fn encode_header(out: &mut Vec<u8>, dict: &mut Dictionary, m: &LoggedMessage<'_>) {
+    let p = &m.parts;
+    put_varint(out, zigzag(m.now.wrapping_sub(m.message_time)));
+    put_varint(out, m.events.len() as u64);
+    let present = [
+        (PART_USER_IDENTITIES, !p.user_identities.is_empty()),
+        (PART_DEVICE_IDENTITIES, !p.device_identities.is_empty()),
+        (PART_DEVICE_INFO, p.device_info.is_some()),
+        (PART_APP_VERSION, p.app_version.is_some()),
+        (PART_LOCATION, p.location.is_some()),
+        (PART_ATTRIBUTION, p.attribution.is_some()),
+        (PART_CONSENT, p.consent.is_some()),
+        (PART_USER_ATTRIBUTES, !p.user_attributes.is_empty()),
+        (
+            PART_DELETED_ATTRIBUTES,
+            !p.deleted_user_attributes.is_empty(),
+        ),
+        (PART_IDENTITY_CHANGES, !p.identity_changes.is_empty()),
+        (PART_IDENTITY_MESSAGE, p.identity_message),
+    ];
+    let mask = present
+        .iter()
+        .filter(|(_, on)| *on)
+        .fold(0, |mask, (bit, _)| mask | bit);
+    put_varint(out, mask);
+    if mask & PART_USER_IDENTITIES != 0 {
+        put_pairs(out, dict, &p.user_identities);
+    }
+    if mask & PART_DEVICE_IDENTITIES != 0 {
+        put_pairs(out, dict, &p.device_identities);
+    }
+    if let Some(device) = &p.device_info {
+        put_serde(out, device);
+    }
+    if let Some(version) = &p.app_version {
+        put_bytes(out, version.as_bytes());
+    }
+    if let Some(location) = &p.location {
+        put_serde(out, location);
+    }
+    if let Some(attribution) = &p.attribution {
+        put_serde(out, attribution);
+    }
+    if let Some(consent) = &p.consent {
+        put_serde(out, consent);
+    }
+    if mask & PART_USER_ATTRIBUTES != 0 {
+        put_varint(out, p.user_attributes.len() as u64);
+        for (name, value) in &p.user_attributes {
+            put_name(out, dict, name);
+            put_attr_value(out, value);
+        }
+    }
+    if mask & PART_DELETED_ATTRIBUTES != 0 {
+        put_varint(out, p.deleted_user_attributes.len() as u64);
+        for name in &p.deleted_user_attributes {
+            put_name(out, dict, name);
+        }
+    }
+    if mask & PART_IDENTITY_CHANGES != 0 {
+        put_serde(out, &p.identity_changes);
+    }
+}
+
+/// A decoded header: the message without its events, and how many event entries follow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageHeader {
+    pub now: TimestampMs,
+    pub message_time: TimestampMs,
+    pub events: u32,
+    pub parts: MessageParts,
+}
+
+fn serde_part<T: serde::de::DeserializeOwned>(c: &mut Cursor<'_>, what: &str) -> Decoded<T> {
+    postcard::from_bytes(c.bytes_field()?)
+        .map_err(|e| format!("event log message {what} unreadable: {e}"))
+}
+
+fn pairs(c: &mut Cursor<'_>, dict: &Dictionary) -> Decoded<Vec<(String, String)>> {
+    let n = c.varint()? as usize;
+    let mut out = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        out.push((c.name(dict)?, c.text()?));
+    }
+    Ok(out)
+}
+
+/// The number of event entries that follow a header, read without the dictionary.
+pub(super) fn header_event_count(body: &[u8]) -> Decoded<u32> {
+    let mut c = Cursor::new(body);
+    c.varint()?;
+    u32::try_from(c.varint()?).map_err(|_| "event log message: too many events".to_string())
+}
+
+pub(super) fn decode_header(
+    now: TimestampMs,
+    body: &[u8],
+    dict: &Dictionary,
+) -> Decoded<MessageHeader> {
+    let mut c = Cursor::new(body);
+    let message_time = now.wrapping_sub(unzigzag(c.varint()?));
+    let events = u32::try_from(c.varint()?).map_err(|_| "event log message: too many events")?;
+    let mask = c.varint()?;
+    let mut p = MessageParts {
+        identity_message: mask & PART_IDENTITY_MESSAGE != 0,
+        ..Default::default()
+    };
+    if mask & PART_USER_IDENTITIES != 0 {
+        p.user_identities = pairs(&mut c, dict)?;
+    }
+    if mask & PART_DEVICE_IDENTITIES != 0 {
+        p.device_identities = pairs(&mut c, dict)?;
+    }
+    if mask & PART_DEVICE_INFO != 0 {
+        p.device_info = Some(serde_part(&mut c, "device")?);
+    }
+    if mask & PART_APP_VERSION != 0 {
+        p.app_version = Some(c.text()?);
+    }
+    if mask & PART_LOCATION != 0 {
+        p.location = Some(serde_part(&mut c, "location")?);
+    }
+    if mask & PART_ATTRIBUTION != 0 {
+        p.attribution = Some(serde_part(&mut c, "attribution")?);
+    }
+    if mask & PART_CONSENT != 0 {
+        p.consent = Some(serde_part(&mut c, "consent")?);
+    }
+    if mask & PART_USER_ATTRIBUTES != 0 {
+        let n = c.varint()? as usize;
+        for _ in 0..n {
+            let name = c.name(dict)?;
+            p.user_attributes.push((name, c.attr_value()?));
+        }
+    }
+    if mask & PART_DELETED_ATTRIBUTES != 0 {
+        let n = c.varint()? as usize;
+        for _ in 0..n {
+            p.deleted_user_attributes.push(c.name(dict)?);
+        }
+    }
+    if mask & PART_IDENTITY_CHANGES != 0 {
+        p.identity_changes = serde_part(&mut c, "identity changes")?;
+    }
+    Ok(MessageHeader {
+        now,
+        message_time,
+        events,
+        parts: p,
+    })
+}
+
+/// One unit of a log, in arrival order.
+#[derive(Debug)]
+pub enum LogUnit {
+    /// A message, with its events (derived ones included, flagged).
+    Message(Box<LoggedMessage<'static>>),
+    /// An event logged before messages were (log format 1): what the profile's facts record
+    /// already holds of it, only its event criteria still read.
+    BareEvent(TimestampMs, Event),
+}
+
+/// Reads a log's units in arrival order from the bodies of its chunks and its tail.
+pub fn read_units<'b>(
+    bodies: impl IntoIterator<Item = &'b [u8]>,
+    dict: &Dictionary,
+) -> Decoded<Vec<LogUnit>> {
+    let mut units = Vec::new();
+    let mut open: Option<(u32, LoggedMessage<'static>)> = None;
+    for body in bodies {
+        let mut reader = ChunkReader::new(body);
+        while let Some(entry) = reader.next_entry() {
+            let entry = entry?;
+            if entry.tag() == KIND_MESSAGE {
+                if let Some((_, m)) = open.take() {
+                    units.push(LogUnit::Message(Box::new(m)));
+                }
+                let h = decode_header(entry.at, entry.body(), dict)?;
+                let message = LoggedMessage {
+                    now: h.now,
+                    message_time: h.message_time,
+                    parts: h.parts,
+                    events: Vec::with_capacity(h.events.min(256) as usize),
+                };
+                if h.events == 0 {
+                    units.push(LogUnit::Message(Box::new(message)));
+                } else {
+                    open = Some((h.events, message));
+                }
+                continue;
+            }
+            let event = entry.decode(dict)?;
+            match &mut open {
+                Some((left, m)) => {
+                    m.events.push(MessageEvent {
+                        at: entry.at,
+                        event: Cow::Owned(event),
+                        derived: entry.tag() & FLAG_DERIVED != 0,
+                        outside_tier: entry.tag() & FLAG_OUTSIDE_TIER != 0,
+                    });
+                    *left -= 1;
+                    if *left == 0 {
+                        let (_, m) = open.take().expect("open");
+                        units.push(LogUnit::Message(Box::new(m)));
+                    }
+                }
+                None => units.push(LogUnit::BareEvent(entry.at, event)),
+            }
+        }
+    }
+    if let Some((left, _)) = open {
+        return Err(format!(
+            "event log ends {left} event(s) short of its last message"
+        ));
+    }
+    Ok(units)
+}
