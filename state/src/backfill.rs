@@ -13,14 +13,23 @@
 //! - the events a plan reads are filtered by selector before they are decoded: a profile's
 //!   unrelated events cost a varint skip each.
 
+use crate::aggregate::CalcState;
 use crate::calculated::CalculatedDef;
 use crate::catalog::Catalog;
 use crate::criteria::Matcher;
 use crate::eventlog::{chunk_body, ChunkReader, Dictionary, EventLog, NameRef};
+use crate::history::EventSeries;
 use crate::model::{AudienceId, Event, TimestampMs};
 use crate::profile::ProfileState;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
+
+/// The pieces of a profile's state a plan rebuilds (see [`BackfillPlan::rebuilt_state`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RebuiltState {
+    series: Vec<Option<EventSeries>>,
+    calculated: Vec<Option<CalcState>>,
+}
 
 /// What a catalog change asks to rebuild from the logs.
 #[derive(Debug, Default, Clone)]
@@ -88,6 +97,23 @@ impl BackfillPlan {
 
     pub fn is_empty(&self) -> bool {
         self.matchers.is_empty() && self.calculated.is_empty()
+    }
+
+    /// What the plan rebuilds of a profile, as the profile holds it now: the same before and
+    /// after a rebuild, the rebuild changed nothing (and the profile need not be written).
+    pub fn rebuilt_state(&self, profile: &ProfileState) -> RebuiltState {
+        RebuiltState {
+            series: self
+                .matchers
+                .iter()
+                .map(|m| profile.history.get(&m.history_key).cloned())
+                .collect(),
+            calculated: self
+                .calculated
+                .iter()
+                .map(|d| profile.calculated.get(&d.key).cloned())
+                .collect(),
+        }
     }
 
     /// Rebuilds the plan's state of one profile from its log: the head and the bodies of its

@@ -303,3 +303,35 @@ fn a_new_attribute_condition_audience_sees_the_events_before_it() {
     // The shoe search was a day after T0: seven days later it is out of the window.
     assert!(members(&profile, &full, T0 + 8 * DAY_MS + 1).is_empty());
 }
+
+/// A rebuild that finds none of the plan's events changes nothing the plan rebuilds (the
+/// partition then leaves the profile as stored); one that finds them does.
+#[test]
+fn a_rebuild_without_the_plans_events_changes_nothing() {
+    let criteria = json!({"event": {"type": "custom_event", "name": "Search",
+        "attributes": [{"name": "query", "op": "contains", "value": "shoe"}],
+        "time": {"within_last_days": 7}}});
+    let full = Catalog::build_full(1, vec![record(1, criteria)], vec![], vec![]);
+    let empty = Catalog::build_full(1, vec![], vec![], vec![]);
+    let plan = BackfillPlan::new(&full, &[1], &[], |_| false);
+    for (query, changes) in [("hats", false), ("red shoes", true)] {
+        let mut profile = ProfileState::new(1);
+        let mut stored = StoredLog::default();
+        let mut dict = Dictionary::default();
+        let message = Inbound::Batch(Batch {
+            mpid: 1,
+            events: vec![event_of(&Step::Search(query), T0)],
+            ..Default::default()
+        });
+        let log = &mut stored.log;
+        profile.apply_logged(&message, T0, RETENTION, &empty, &mut |m| {
+            log.append_message(&mut dict, m)
+        });
+        stored.commit(T0, LogLimits::default());
+        let before = plan.rebuilt_state(&profile);
+        let chunks: Vec<&[u8]> = stored.chunks.values().map(Vec::as_slice).collect();
+        plan.rebuild(&mut profile, &stored.log, &chunks, &dict, T0, RETENTION)
+            .unwrap();
+        assert_eq!(plan.rebuilt_state(&profile) != before, changes, "{query}");
+    }
+}

@@ -130,7 +130,8 @@ impl PartitionActor {
     }
 
     /// One page of a backfill: rebuilds the plan's state of each profile from its log, then
-    /// evaluates the changed audiences. Returns the last profile visited (`None`: done).
+    /// evaluates the changed audiences; only the profiles this changed are written (and kept
+    /// in memory). Returns the last profile visited (`None`: done).
     pub(super) fn backfill_step(
         &mut self,
         step: &BackfillStep,
@@ -149,6 +150,7 @@ impl PartitionActor {
             let mpid = item.profile.mpid;
             // A cached profile is the stored one (every unit of work commits): keep it, its
             // log head is the one these chunks belong to.
+            let was_cached = self.cache.contains_key(&mpid);
             let cached = self.cache.entry(mpid).or_insert_with(|| Cached {
                 stored_due: item.profile.next_due(),
                 state: item.profile,
@@ -158,6 +160,7 @@ impl PartitionActor {
                 last_used: Instant::now(),
             });
             let chunks: Vec<&[u8]> = item.chunks.iter().map(Vec::as_slice).collect();
+            let before = step.plan.rebuilt_state(&cached.state);
             if let Err(reason) = step.plan.rebuild(
                 &mut cached.state,
                 &cached.log,
@@ -171,7 +174,20 @@ impl PartitionActor {
                 tracing::warn!(partition = self.partition, mpid, %reason, "event log unreadable; backfill skips it");
                 metrics::counter!("audience_eventlog_unreadable_total").increment(1);
             }
-            self.evaluate_profile(mpid, step.evaluate.to_vec(), ctx.now, &ctx, &mut pending)?;
+            let changed = step.plan.rebuilt_state(&cached.state) != before;
+            let audiences = step.evaluate.to_vec();
+            let written = self.evaluate_profile_if_changed(
+                mpid,
+                audiences,
+                ctx.now,
+                &ctx,
+                &mut pending,
+                changed,
+            )?;
+            if !written && !was_cached {
+                // As stored: neither written nor kept in memory.
+                self.cache.remove(&mpid);
+            }
             if let Some((_, cursor)) = &mut self.backfill_cursor {
                 *cursor = Some(mpid);
             }

@@ -374,16 +374,37 @@ impl PartitionActor {
         ctx: &EvalContext,
         pending: &mut Pending,
     ) -> Result<(), StoreError> {
+        self.evaluate_profile_if_changed(mpid, audiences, event_time, ctx, pending, true)?;
+        Ok(())
+    }
+
+    /// [`Self::evaluate_profile`] for a profile that may be as stored (`changed` false): it is
+    /// marked dirty only if its evaluation emitted a delta or moved a timer. Whether it is.
+    fn evaluate_profile_if_changed(
+        &mut self,
+        mpid: Mpid,
+        audiences: Vec<AudienceId>,
+        event_time: TimestampMs,
+        ctx: &EvalContext,
+        pending: &mut Pending,
+        changed: bool,
+    ) -> Result<bool, StoreError> {
         let catalog = self.catalog.clone();
         let cached = self.activate(mpid)?;
         let audiences = match std::mem::take(&mut cached.rebuilt) {
             true => audiences_to_evaluate(&catalog, &cached.state),
             false => audiences,
         };
+        let due_before = (!changed).then(|| cached.state.due.clone());
         let deltas = cached.state.evaluate(audiences, &catalog, ctx, event_time);
-        pending.dirty.insert(mpid);
+        let changed = changed
+            || !deltas.is_empty()
+            || due_before.is_some_and(|before| before != cached.state.due);
+        if changed {
+            pending.dirty.insert(mpid);
+        }
         self.account(&deltas, pending);
-        Ok(())
+        Ok(changed)
     }
 
     fn process(&mut self, messages: Vec<RawMessage>) -> Result<BatchOutcome, StoreError> {
