@@ -8,7 +8,7 @@
 //! Invariant: nothing here writes; the profiles read are copies.
 
 use crate::engine::{Engine, SampledEstimate};
-use audience_state::backfill::BackfillPlan;
+use audience_state::backfill::{BackfillPlan, Decisions};
 use audience_state::criteria::{CompiledAudience, EvalContext};
 use audience_state::estimate::estimate;
 use audience_state::eventlog::Dictionary;
@@ -55,9 +55,15 @@ impl<'a> Reader<'a> {
         let chunks = store.load_log_chunks(p, mpid)?;
         let chunks: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
         let dict = self.dictionary(p)?;
-        if let Err(reason) =
-            plan.rebuild(&mut profile, &log, &chunks, dict, ctx.now, ctx.retention_ms)
-        {
+        if let Err(reason) = plan.rebuild(
+            &mut profile,
+            &log,
+            &chunks,
+            dict,
+            &mut Decisions::default(),
+            ctx.now,
+            ctx.retention_ms,
+        ) {
             tracing::warn!(partition = p, mpid, %reason, "event log unreadable; evaluating the profile without it");
         }
         Ok(Some(profile))
@@ -138,6 +144,7 @@ pub fn preview_edit(
     let mut preview = EditPreview::default();
     for &p in partitions {
         let dict = engine.store.load_dictionary(p)?;
+        let mut decisions = Decisions::default();
         let mut after = None;
         loop {
             let page = engine.store.scan_profiles_with_logs(p, after, 500)?;
@@ -157,6 +164,7 @@ pub fn preview_edit(
                     &item.log,
                     &chunks,
                     &dict,
+                    &mut decisions,
                     ctx.now,
                     ctx.retention_ms,
                 ) {

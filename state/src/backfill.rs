@@ -31,6 +31,13 @@ pub struct RebuiltState {
     calculated: Vec<Option<CalcState>>,
 }
 
+/// Whether a plan reads the events of each (kind, name code) of one partition's dictionary,
+/// decided at the first such event and kept: names are few and densely coded, events many.
+/// Valid for one dictionary only (its codes are never reused, so it stays valid as the
+/// dictionary grows): a scan keeps one per partition.
+#[derive(Debug, Default, Clone)]
+pub struct Decisions(Vec<Option<bool>>);
+
 /// What a catalog change asks to rebuild from the logs.
 #[derive(Debug, Default, Clone)]
 pub struct BackfillPlan {
@@ -117,21 +124,24 @@ impl BackfillPlan {
     }
 
     /// Rebuilds the plan's state of one profile from its log: the head and the bodies of its
-    /// sealed chunks as stored (oldest first). A log that cannot be read is an error naming
-    /// why; the profile is left as it was.
+    /// sealed chunks as stored (oldest first); `decisions` are those of `dict` (see
+    /// [`Decisions`]). A log that cannot be read is an error naming why; the profile is left
+    /// as it was.
+    #[allow(clippy::too_many_arguments)]
     pub fn rebuild(
         &self,
         profile: &mut ProfileState,
         log: &EventLog,
         chunks: &[&[u8]],
         dict: &Dictionary,
+        decisions: &mut Decisions,
         now: TimestampMs,
         retention_ms: i64,
     ) -> Result<(), String> {
         if self.is_empty() {
             return Ok(());
         }
-        let events = self.selected_events(log, chunks, dict)?;
+        let events = self.selected_events(log, chunks, dict, decisions)?;
         let matchers: Vec<&Matcher> = self.matchers.iter().map(Arc::as_ref).collect();
         let calculated: Vec<&CalculatedDef> = self.calculated.iter().map(Arc::as_ref).collect();
         profile.rebuild_from_log(
@@ -151,18 +161,18 @@ impl BackfillPlan {
         log: &EventLog,
         chunks: &[&[u8]],
         dict: &Dictionary,
+        decisions: &mut Decisions,
     ) -> Result<Vec<(TimestampMs, Event)>, String> {
-        // Decisions per (kind, name code), in a table indexed by both: names are few and
-        // densely coded, events many. Inline (uncoded) names are decided each time.
-        let mut decided: Vec<Option<bool>> = Vec::new();
+        // Decisions per (kind, name code), in a table indexed by both. Inline (uncoded) names
+        // are decided each time.
+        let decided = &mut decisions.0;
         let mut out = Vec::new();
         let bodies = chunks
             .iter()
             .map(|c| chunk_body(c))
             .chain(std::iter::once(Ok(log.tail.as_slice())));
         for body in bodies {
-            for logged in ChunkReader::new(body?) {
-                let logged = logged?;
+            ChunkReader::for_each_event(body?, |logged| {
                 let slot = match logged.selector_key() {
                     (tag, _) if tag >= 16 => None,
                     (tag, None) => Some(tag as usize),
@@ -186,7 +196,8 @@ impl BackfillPlan {
                 if wanted {
                     out.push((logged.at, logged.decode(dict)?));
                 }
-            }
+                Ok(())
+            })?;
         }
         Ok(out)
     }

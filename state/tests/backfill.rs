@@ -8,7 +8,7 @@
 //! one (its log written as the partition writes it: appended, sealed, pruned by retention);
 //! the second is then rebuilt from its log. Both are compared at random later instants.
 
-use audience_state::backfill::BackfillPlan;
+use audience_state::backfill::{BackfillPlan, Decisions};
 use audience_state::calculated::CalculatedAttributeRecord;
 use audience_state::catalog::{AudienceRecord, Catalog};
 use audience_state::criteria::EvalContext;
@@ -258,7 +258,7 @@ proptest! {
         let keys: Vec<String> = full.calculated_defs().map(|d| d.key.clone()).collect();
         let plan = BackfillPlan::new(&full, &audiences, &keys, |_| false);
         let chunks: Vec<&[u8]> = stored.chunks.values().map(Vec::as_slice).collect();
-        plan.rebuild(&mut after, &stored.log, &chunks, &dict, now, RETENTION).unwrap();
+        plan.rebuild(&mut after, &stored.log, &chunks, &dict, &mut Decisions::default(), now, RETENTION).unwrap();
 
         let mut t = now;
         for step in clock_moves {
@@ -297,8 +297,16 @@ fn a_new_attribute_condition_audience_sees_the_events_before_it() {
     assert!(members(&profile, &full, now).is_empty(), "no series yet");
     let plan = BackfillPlan::new(&full, &[1], &[], |_| false);
     let chunks: Vec<&[u8]> = stored.chunks.values().map(Vec::as_slice).collect();
-    plan.rebuild(&mut profile, &stored.log, &chunks, &dict, now, RETENTION)
-        .unwrap();
+    plan.rebuild(
+        &mut profile,
+        &stored.log,
+        &chunks,
+        &dict,
+        &mut Decisions::default(),
+        now,
+        RETENTION,
+    )
+    .unwrap();
     assert_eq!(members(&profile, &full, now), vec![1]);
     // The shoe search was a day after T0: seven days later it is out of the window.
     assert!(members(&profile, &full, T0 + 8 * DAY_MS + 1).is_empty());
@@ -330,8 +338,16 @@ fn a_rebuild_without_the_plans_events_changes_nothing() {
         stored.commit(T0, LogLimits::default());
         let before = plan.rebuilt_state(&profile);
         let chunks: Vec<&[u8]> = stored.chunks.values().map(Vec::as_slice).collect();
-        plan.rebuild(&mut profile, &stored.log, &chunks, &dict, T0, RETENTION)
-            .unwrap();
+        plan.rebuild(
+            &mut profile,
+            &stored.log,
+            &chunks,
+            &dict,
+            &mut Decisions::default(),
+            T0,
+            RETENTION,
+        )
+        .unwrap();
         assert_eq!(plan.rebuilt_state(&profile) != before, changes, "{query}");
     }
 }

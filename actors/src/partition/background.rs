@@ -9,7 +9,7 @@
 use super::*;
 use crate::engine::{BackfillProgress, ReplayProgress, MAX_REPORTED_DIFFERENCES};
 use actix::prelude::*;
-use audience_state::backfill::BackfillPlan;
+use audience_state::backfill::{BackfillPlan, Decisions};
 use audience_state::model::{AudienceId, Mpid};
 use audience_state::profile::ChangeSet;
 use audience_state::replay::{differences, log_units, rebuild_profile};
@@ -146,6 +146,7 @@ impl PartitionActor {
         let last = stored.last().map(|p| p.profile.mpid);
         let scanned = stored.len() as u64;
         let mut pending = Pending::default();
+        let mut decisions = Decisions::default();
         for item in stored {
             let mpid = item.profile.mpid;
             // A cached profile is the stored one (every unit of work commits): keep it, its
@@ -166,6 +167,7 @@ impl PartitionActor {
                 &cached.log,
                 &chunks,
                 &self.dict,
+                &mut decisions,
                 ctx.now,
                 retention,
             ) {

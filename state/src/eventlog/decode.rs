@@ -341,6 +341,23 @@ impl<'a> ChunkReader<'a> {
 }
 
 impl<'a> ChunkReader<'a> {
+    /// Visits, in order, the events event criteria read (what the iterator yields), without
+    /// wrapping each in an `Option<Result<..>>`: the scan loop of backfills and estimates,
+    /// where most entries are passed over.
+    pub fn for_each_event(
+        body: &'a [u8],
+        mut visit: impl FnMut(&LoggedEvent<'a>) -> Decoded<()>,
+    ) -> Decoded<()> {
+        let mut reader = ChunkReader::new(body);
+        while !reader.cursor.done() {
+            let entry = reader.read()?;
+            if entry.tag != KIND_MESSAGE && entry.tag & FLAG_OUTSIDE_TIER == 0 {
+                visit(&entry)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The next entry of any kind: message headers, and events whatever their flags.
     pub(super) fn next_entry(&mut self) -> Option<Decoded<LoggedEvent<'a>>> {
         if self.failed || self.cursor.done() {

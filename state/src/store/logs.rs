@@ -262,7 +262,7 @@ impl Store {
             if k[..12] != start[..12] || k[12..] == LOG_HEAD_SEQ.to_be_bytes() {
                 break;
             }
-            out.push(v.to_vec());
+            out.push(v.into_vec());
         }
         Ok(out)
     }
@@ -345,7 +345,7 @@ impl Store {
                 })?;
                 entry.0 = Some(head);
             } else {
-                entry.1.push(v.to_vec());
+                entry.1.push(v.into_vec());
             }
         }
         Ok(logs)
