@@ -61,7 +61,8 @@ pub fn fold(
     for unit in units {
         match unit {
             LogUnit::Message(m) => {
-                profile.apply(&m.to_inbound(mpid), m.now, retention_ms, catalog);
+                let now = m.now;
+                profile.apply(&m.into_inbound(mpid), now, retention_ms, catalog);
             }
             LogUnit::BareEvent(at, event) => {
                 let selector = (
@@ -92,7 +93,8 @@ pub fn fold_into_base(
     let mut profile = base.into_profile(mpid);
     for unit in leaving {
         if let LogUnit::Message(m) = unit {
-            profile.apply(&m.to_inbound(mpid), m.now, 0, catalog);
+            let now = m.now;
+            profile.apply(&m.into_inbound(mpid), now, 0, catalog);
         }
     }
     ProfileFacts::of(&profile)

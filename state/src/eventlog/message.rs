@@ -75,14 +75,15 @@ pub struct LoggedMessage<'a> {
 }
 
 impl LoggedMessage<'_> {
-    /// The message to apply again: what changed the profile, and every event but the derived.
-    pub fn to_inbound(&self, mpid: Mpid) -> Inbound {
-        let p = &self.parts;
+    /// The message to apply again, taken apart (nothing is copied): what changed the profile,
+    /// and every event but the derived.
+    pub fn into_inbound(self, mpid: Mpid) -> Inbound {
+        let p = self.parts;
         if p.identity_message {
             return Inbound::Identity(IdentityUpdate {
                 mpid,
                 timestamp_ms: Some(self.message_time),
-                changes: p.identity_changes.clone(),
+                changes: p.identity_changes,
             });
         }
         Inbound::Batch(Batch {
@@ -90,20 +91,20 @@ impl LoggedMessage<'_> {
             timestamp_ms: Some(self.message_time),
             events: self
                 .events
-                .iter()
+                .into_iter()
                 .filter(|e| !e.derived)
-                .map(|e| e.event.as_ref().clone())
+                .map(|e| e.event.into_owned())
                 .collect(),
-            user_attributes: p.user_attributes.clone(),
-            deleted_user_attributes: p.deleted_user_attributes.clone(),
-            user_identities: p.user_identities.clone(),
-            device_identities: p.device_identities.clone(),
-            device_info: p.device_info.clone(),
-            consent: p.consent.clone(),
-            app_version: p.app_version.clone(),
-            attribution: p.attribution.clone(),
+            user_attributes: p.user_attributes,
+            deleted_user_attributes: p.deleted_user_attributes,
+            user_identities: p.user_identities,
+            device_identities: p.device_identities,
+            device_info: p.device_info,
+            consent: p.consent,
+            app_version: p.app_version,
+            attribution: p.attribution,
             ip: None,
-            location: p.location.clone(),
+            location: p.location,
         })
     }
 }
