@@ -177,6 +177,20 @@ struct StoredLog {
 }
 
 impl StoredLog {
+    /// Rebuilds what `plan` reads of `profile` from this log, as of `now`.
+    fn backfill(
+        &self,
+        plan: &BackfillPlan,
+        profile: &mut ProfileState,
+        dict: &Dictionary,
+        now: i64,
+    ) {
+        let chunks: Vec<&[u8]> = self.chunks.values().map(Vec::as_slice).collect();
+        let decisions = &mut Decisions::default();
+        plan.rebuild(profile, &self.log, &chunks, dict, decisions, now, RETENTION)
+            .unwrap();
+    }
+
     /// What the partition does at commit: enforce retention and bounds, write the changes.
     fn commit(&mut self, now: i64, limits: LogLimits) {
         self.log.enforce(now - RETENTION, limits);
@@ -257,8 +271,7 @@ proptest! {
         let audiences: Vec<u64> = records.iter().map(|r| r.id).collect();
         let keys: Vec<String> = full.calculated_defs().map(|d| d.key.clone()).collect();
         let plan = BackfillPlan::new(&full, &audiences, &keys, |_| false);
-        let chunks: Vec<&[u8]> = stored.chunks.values().map(Vec::as_slice).collect();
-        plan.rebuild(&mut after, &stored.log, &chunks, &dict, &mut Decisions::default(), now, RETENTION).unwrap();
+        stored.backfill(&plan, &mut after, &dict, now);
 
         let mut t = now;
         for step in clock_moves {
@@ -268,45 +281,56 @@ proptest! {
     }
 }
 
-/// A definition made after the events finds them, where streaming alone (the rule of the
-/// previous engine) would have found nothing.
-#[test]
-fn a_new_attribute_condition_audience_sees_the_events_before_it() {
+/// The catalog of one audience (searched for shoes in the last 7 days), the empty one
+/// streaming had before it, and the audience's backfill plan.
+fn shoe_searchers() -> (Catalog, Catalog, BackfillPlan) {
     let criteria = json!({"event": {"type": "custom_event", "name": "Search",
         "attributes": [{"name": "query", "op": "contains", "value": "shoe"}],
         "time": {"within_last_days": 7}}});
     let full = Catalog::build_full(1, vec![record(1, criteria)], vec![], vec![]);
     let empty = Catalog::build_full(1, vec![], vec![], vec![]);
+    let plan = BackfillPlan::new(&full, &[1], &[], |_| false);
+    (full, empty, plan)
+}
+
+/// A profile that searched for each query at its instant (processed then), and its log as the
+/// partition writes it.
+fn streamed_searches(
+    searches: &[(&'static str, i64)],
+    catalog: &Catalog,
+) -> (ProfileState, StoredLog, Dictionary) {
     let mut profile = ProfileState::new(1);
     let mut stored = StoredLog::default();
     let mut dict = Dictionary::default();
-    for (i, q) in ["hats", "red shoes", "boots"].iter().enumerate() {
-        let at = T0 + i as i64 * DAY_MS;
+    for &(query, at) in searches {
         let message = Inbound::Batch(Batch {
             mpid: 1,
-            events: vec![event_of(&Step::Search(q), at)],
+            events: vec![event_of(&Step::Search(query), at)],
             ..Default::default()
         });
         let log = &mut stored.log;
-        profile.apply_logged(&message, at, RETENTION, &empty, &mut |m| {
+        profile.apply_logged(&message, at, RETENTION, catalog, &mut |m| {
             log.append_message(&mut dict, m)
         });
         stored.commit(at, LogLimits::default());
     }
+    (profile, stored, dict)
+}
+
+/// A definition made after the events finds them, where streaming alone (the rule of the
+/// previous engine) would have found nothing.
+#[test]
+fn a_new_attribute_condition_audience_sees_the_events_before_it() {
+    let (full, empty, plan) = shoe_searchers();
+    let searches = [
+        ("hats", T0),
+        ("red shoes", T0 + DAY_MS),
+        ("boots", T0 + 2 * DAY_MS),
+    ];
+    let (mut profile, stored, dict) = streamed_searches(&searches, &empty);
     let now = T0 + 3 * DAY_MS;
     assert!(members(&profile, &full, now).is_empty(), "no series yet");
-    let plan = BackfillPlan::new(&full, &[1], &[], |_| false);
-    let chunks: Vec<&[u8]> = stored.chunks.values().map(Vec::as_slice).collect();
-    plan.rebuild(
-        &mut profile,
-        &stored.log,
-        &chunks,
-        &dict,
-        &mut Decisions::default(),
-        now,
-        RETENTION,
-    )
-    .unwrap();
+    stored.backfill(&plan, &mut profile, &dict, now);
     assert_eq!(members(&profile, &full, now), vec![1]);
     // The shoe search was a day after T0: seven days later it is out of the window.
     assert!(members(&profile, &full, T0 + 8 * DAY_MS + 1).is_empty());
@@ -316,38 +340,11 @@ fn a_new_attribute_condition_audience_sees_the_events_before_it() {
 /// partition then leaves the profile as stored); one that finds them does.
 #[test]
 fn a_rebuild_without_the_plans_events_changes_nothing() {
-    let criteria = json!({"event": {"type": "custom_event", "name": "Search",
-        "attributes": [{"name": "query", "op": "contains", "value": "shoe"}],
-        "time": {"within_last_days": 7}}});
-    let full = Catalog::build_full(1, vec![record(1, criteria)], vec![], vec![]);
-    let empty = Catalog::build_full(1, vec![], vec![], vec![]);
-    let plan = BackfillPlan::new(&full, &[1], &[], |_| false);
+    let (_, empty, plan) = shoe_searchers();
     for (query, changes) in [("hats", false), ("red shoes", true)] {
-        let mut profile = ProfileState::new(1);
-        let mut stored = StoredLog::default();
-        let mut dict = Dictionary::default();
-        let message = Inbound::Batch(Batch {
-            mpid: 1,
-            events: vec![event_of(&Step::Search(query), T0)],
-            ..Default::default()
-        });
-        let log = &mut stored.log;
-        profile.apply_logged(&message, T0, RETENTION, &empty, &mut |m| {
-            log.append_message(&mut dict, m)
-        });
-        stored.commit(T0, LogLimits::default());
+        let (mut profile, stored, dict) = streamed_searches(&[(query, T0)], &empty);
         let before = plan.rebuilt_state(&profile);
-        let chunks: Vec<&[u8]> = stored.chunks.values().map(Vec::as_slice).collect();
-        plan.rebuild(
-            &mut profile,
-            &stored.log,
-            &chunks,
-            &dict,
-            &mut Decisions::default(),
-            T0,
-            RETENTION,
-        )
-        .unwrap();
+        stored.backfill(&plan, &mut profile, &dict, T0);
         assert_eq!(plan.rebuilt_state(&profile) != before, changes, "{query}");
     }
 }
