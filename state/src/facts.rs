@@ -79,8 +79,13 @@ pub fn encode_facts(p: &ProfileState) -> Vec<u8> {
         install_attribution: &p.install_attribution,
         uninstall_attribution: &p.uninstall_attribution,
     };
+    framed(&facts)
+}
+
+/// A facts record: the format byte, then the fields.
+fn framed(facts: &impl Serialize) -> Vec<u8> {
     let mut out = vec![FACTS_FORMAT];
-    out.extend(postcard::to_stdvec(&facts).expect("profile facts always serialise"));
+    out.extend(postcard::to_stdvec(facts).expect("profile facts always serialise"));
     out
 }
 
@@ -104,9 +109,7 @@ impl ProfileFacts {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![FACTS_FORMAT];
-        out.extend(postcard::to_stdvec(self).expect("profile facts always serialise"));
-        out
+        framed(self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {

@@ -378,19 +378,21 @@ impl PartitionActor {
             let stored_due = self.cache.get(&mpid).and_then(|c| c.stored_due);
             let (mut cached, bad) = self.rebuild_from_logs(logs);
             unreadable += u64::from(bad);
-            changed += 1;
             if !cursor.wiped {
                 let (differs, emitted) = self.compare_with_stored(&cached.state, &ctx)?;
                 if differs.is_empty() {
                     // The stored state is what its logs imply: nothing to write or send.
-                    changed -= 1;
                     continue;
                 }
+                changed += 1;
                 found.push((mpid, differs));
                 if check_only {
                     would_emit += emitted;
                     continue;
                 }
+            }
+            if cursor.wiped {
+                changed += 1;
             }
             cached.stored_due = stored_due;
             self.cache.insert(mpid, cached);

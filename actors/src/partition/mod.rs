@@ -180,8 +180,8 @@ pub struct PartitionActor {
     backfill_cursor: Option<(Arc<Vec<AudienceId>>, Option<Mpid>)>,
     /// Bumped when in-memory state is rebuilt from the store or a backfill starts.
     generation: u64,
-    /// The running replay (stored, so a restart resumes it), and one asked for while a
-    /// backfill ran (`Some(wipe)`).
+    /// The running replay (a rebuild's is stored, so a restart resumes it), and one asked for
+    /// while a backfill ran.
     replay: Option<ReplayCursor>,
     /// The running replay is a check ([`ReplayMode::Verify`]).
     replay_check_only: bool,
@@ -738,9 +738,9 @@ fn locate(batch: &mut audience_state::model::Batch, geoip: &crate::geoip::GeoIp)
 
 /// A profile's base once the messages `writes` drop from its log are folded into it: its
 /// stored base, then the dropped chunks (read from the store, or from `writes` when sealed
-/// by the same write) and the dropped part of its tail. Chunks that cannot be read leave the
-/// base as the profile's current facts: facts are latest-wins, so folding the messages still
-/// logged over them again gives the same facts.
+/// by the same write) and the dropped part of its tail. Chunks that are missing or cannot be
+/// read leave the base as the profile's current facts: facts are latest-wins, so folding the
+/// messages still logged over them again gives the same facts.
 fn rebase(
     store: &audience_state::store::Store,
     p: Partition,
@@ -750,16 +750,21 @@ fn rebase(
 ) -> Result<ProfileFacts, StoreError> {
     let mpid = profile.mpid;
     let base = store.load_facts(p, mpid)?.unwrap_or_default();
+    // Oldest first, each from this write (sealed and dropped at once) or from the store.
     let mut chunks = Vec::with_capacity(writes.delete_chunks.len());
     for seq in &writes.delete_chunks {
         let sealed_now = writes.put_chunks.iter().find(|(s, _)| s == seq);
-        match sealed_now {
-            Some((_, record)) => chunks.push(record.clone()),
-            None => chunks.extend(store.load_log_chunk(p, mpid, *seq)?),
-        }
+        chunks.push(match sealed_now {
+            Some((_, record)) => Some(record.clone()),
+            None => store.load_log_chunk(p, mpid, *seq)?,
+        });
     }
-    let records: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
-    match base_after(mpid, base, &records, &writes.dropped_tail, dict) {
+    let records: Option<Vec<&[u8]>> = chunks.iter().map(Option::as_deref).collect();
+    let folded = match records {
+        Some(records) => base_after(mpid, base, &records, &writes.dropped_tail, dict),
+        None => Err("a chunk that leaves the log is missing".to_string()),
+    };
+    match folded {
         Ok(base) => Ok(base),
         Err(reason) => {
             tracing::warn!(partition = p, mpid, %reason,

@@ -202,12 +202,12 @@ pub(super) fn encode_header(out: &mut Vec<u8>, dict: &mut Dictionary, m: &Logged
     }
 }
 
-/// A decoded header: the message without its events, and how many event entries follow.
+/// A decoded header: the message without its events (how many follow is
+/// [`header_event_count`]'s).
 #[derive(Debug, Clone, PartialEq)]
-pub struct MessageHeader {
+pub(super) struct MessageHeader {
     pub now: TimestampMs,
     pub message_time: TimestampMs,
-    pub events: u32,
     pub parts: MessageParts,
 }
 
@@ -239,7 +239,7 @@ pub(super) fn decode_header(
 ) -> Decoded<MessageHeader> {
     let mut c = Cursor::new(body);
     let message_time = now.wrapping_sub(unzigzag(c.varint()?));
-    let events = u32::try_from(c.varint()?).map_err(|_| "event log message: too many events")?;
+    c.varint()?; // the number of event entries that follow
     let mask = c.varint()?;
     let mut p = MessageParts {
         identity_message: mask & PART_IDENTITY_MESSAGE != 0,
@@ -285,7 +285,6 @@ pub(super) fn decode_header(
     Ok(MessageHeader {
         now,
         message_time,
-        events,
         parts: p,
     })
 }
@@ -300,58 +299,67 @@ pub enum LogUnit {
     BareEvent(TimestampMs, Event),
 }
 
+/// The entries of a chunk body (or a tail) grouped into units, in order: a message (its
+/// header, then the event entries it counts), or a format 1 event alone. A message never
+/// spans two bodies (the tail is sealed between messages).
+pub(super) fn group_units(body: &[u8]) -> Decoded<Vec<Vec<LoggedEvent<'_>>>> {
+    let short = |owed: u32| format!("event log ends {owed} event(s) short of a message");
+    let mut units: Vec<Vec<LoggedEvent<'_>>> = Vec::new();
+    let mut owed = 0u32;
+    let mut reader = ChunkReader::new(body);
+    while let Some(entry) = reader.next_entry() {
+        let entry = entry?;
+        if entry.tag() == KIND_MESSAGE {
+            if owed > 0 {
+                return Err(short(owed));
+            }
+            owed = header_event_count(entry.body())?;
+            units.push(vec![entry]);
+        } else if owed > 0 {
+            owed -= 1;
+            units.last_mut().expect("a message is open").push(entry);
+        } else {
+            units.push(vec![entry]);
+        }
+    }
+    if owed > 0 {
+        return Err(short(owed));
+    }
+    Ok(units)
+}
+
 /// Reads a log's units in arrival order from the bodies of its chunks and its tail.
 pub fn read_units<'b>(
     bodies: impl IntoIterator<Item = &'b [u8]>,
     dict: &Dictionary,
 ) -> Decoded<Vec<LogUnit>> {
-    let mut units = Vec::new();
-    let mut open: Option<(u32, LoggedMessage<'static>)> = None;
+    let mut out = Vec::new();
     for body in bodies {
-        let mut reader = ChunkReader::new(body);
-        while let Some(entry) = reader.next_entry() {
-            let entry = entry?;
-            if entry.tag() == KIND_MESSAGE {
-                if let Some((_, m)) = open.take() {
-                    units.push(LogUnit::Message(Box::new(m)));
-                }
-                let h = decode_header(entry.at, entry.body(), dict)?;
-                let message = LoggedMessage {
-                    now: h.now,
-                    message_time: h.message_time,
-                    parts: h.parts,
-                    events: Vec::with_capacity(h.events.min(256) as usize),
-                };
-                if h.events == 0 {
-                    units.push(LogUnit::Message(Box::new(message)));
-                } else {
-                    open = Some((h.events, message));
-                }
+        for unit in group_units(body)? {
+            let (first, events) = unit.split_first().expect("a unit has an entry");
+            if first.tag() != KIND_MESSAGE {
+                out.push(LogUnit::BareEvent(first.at, first.decode(dict)?));
                 continue;
             }
-            let event = entry.decode(dict)?;
-            match &mut open {
-                Some((left, m)) => {
-                    m.events.push(MessageEvent {
-                        at: entry.at,
-                        event: Cow::Owned(event),
-                        derived: entry.tag() & FLAG_DERIVED != 0,
-                        outside_tier: entry.tag() & FLAG_OUTSIDE_TIER != 0,
-                    });
-                    *left -= 1;
-                    if *left == 0 {
-                        let (_, m) = open.take().expect("open");
-                        units.push(LogUnit::Message(Box::new(m)));
-                    }
-                }
-                None => units.push(LogUnit::BareEvent(entry.at, event)),
-            }
+            let h = decode_header(first.at, first.body(), dict)?;
+            let events = events
+                .iter()
+                .map(|e| {
+                    Ok(MessageEvent {
+                        at: e.at,
+                        event: Cow::Owned(e.decode(dict)?),
+                        derived: e.tag() & FLAG_DERIVED != 0,
+                        outside_tier: e.tag() & FLAG_OUTSIDE_TIER != 0,
+                    })
+                })
+                .collect::<Decoded<Vec<_>>>()?;
+            out.push(LogUnit::Message(Box::new(LoggedMessage {
+                now: h.now,
+                message_time: h.message_time,
+                parts: h.parts,
+                events,
+            })));
         }
     }
-    if let Some((left, _)) = open {
-        return Err(format!(
-            "event log ends {left} event(s) short of its last message"
-        ));
-    }
-    Ok(units)
+    Ok(out)
 }

@@ -296,40 +296,52 @@ impl EventLog {
     /// Bounds smaller than one chunk: drops the tail's oldest messages (or format 1 events)
     /// one by one, whole.
     fn trim_tail(&mut self, limits: LogLimits) {
-        let Ok(mut units) = tail_units(&self.tail) else {
-            return;
+        let tail = std::mem::take(&mut self.tail);
+        let units = match message::group_units(&tail) {
+            Ok(units) => units,
+            Err(_) => {
+                self.tail = tail;
+                return;
+            }
         };
-        let events = |units: &[TailUnit]| units.iter().map(|u| u.events).sum::<u64>();
-        let size = |units: &[TailUnit]| units.iter().map(|u| u.bytes.len()).sum::<usize>();
-        let mut dropped = 0u64;
-        let mut dropped_bytes = 0u64;
+        // (events, bytes) of each unit.
+        let sizes: Vec<(u64, u64)> = units
+            .iter()
+            .map(|u| {
+                let events = u.iter().filter(|e| e.tag() != KIND_MESSAGE).count();
+                let bytes = u.iter().map(|e| e.record.len()).sum::<usize>();
+                (events as u64, bytes as u64)
+            })
+            .collect();
+        let (mut events, mut bytes) = sizes
+            .iter()
+            .fold((0, 0), |(e, b), (ue, ub)| (e + ue, b + ub));
         let mut cut = 0;
         while cut < units.len()
-            && (events(&units[cut..]) > limits.max_events as u64
-                || size(&units[cut..]) as u64 > limits.max_bytes as u64)
+            && (events > limits.max_events as u64 || bytes > limits.max_bytes as u64)
         {
-            dropped += units[cut].events;
-            dropped_bytes += units[cut].bytes.len() as u64;
+            events -= sizes[cut].0;
+            bytes -= sizes[cut].1;
             cut += 1;
         }
-        let kept = units.split_off(cut);
-        for unit in &units {
-            // The dropped units are the tail's first: their time deltas read from 0 as stored.
-            self.writes.dropped_tail.extend_from_slice(&unit.bytes);
-        }
-        self.tail.clear();
+        let (dropped, dropped_bytes) = sizes[..cut]
+            .iter()
+            .fold((0, 0), |(e, b), (ue, ub)| (e + ue, b + ub));
+        // The dropped units are the tail's first: their time deltas read from 0 as stored.
+        self.writes
+            .dropped_tail
+            .extend_from_slice(&tail[..dropped_bytes as usize]);
         self.tail_meta = ChunkMeta::default();
         self.tail_last_ms = 0;
-        for unit in kept {
-            for (at, is_event, record) in unit.entries {
-                // Re-encode the time delta against the new predecessor; the rest is unchanged.
-                self.push_entry(at, is_event, |out, delta| {
-                    let mut cursor = Cursor::new(&record);
-                    let _ = cursor.varint();
-                    put_varint(out, zigzag(delta));
-                    out.extend_from_slice(&record[cursor.pos..]);
-                });
-            }
+        for entry in units[cut..].iter().flatten() {
+            // Re-encode the time delta against the new predecessor; the rest is unchanged.
+            let is_event = entry.tag() != KIND_MESSAGE;
+            self.push_entry(entry.at, is_event, |out, delta| {
+                let mut cursor = Cursor::new(entry.record);
+                let _ = cursor.varint();
+                put_varint(out, zigzag(delta));
+                out.extend_from_slice(&entry.record[cursor.pos..]);
+            });
         }
         self.count_drop(dropped, dropped_bytes);
         self.writes.head_changed = true;
@@ -371,44 +383,4 @@ pub fn chunk_body(record: &[u8]) -> Result<&[u8], String> {
         Some((v, _)) => Err(format!("unknown event log chunk format {v}")),
         None => Err("empty event log chunk".to_string()),
     }
-}
-
-/// A message (its header and its events) or a format 1 event, as the tail holds it.
-struct TailUnit {
-    /// The unit's entries: time, whether an event, the record as stored.
-    entries: Vec<(TimestampMs, bool, Vec<u8>)>,
-    events: u64,
-    /// The unit's records, concatenated.
-    bytes: Vec<u8>,
-}
-
-/// The tail's units, in order.
-fn tail_units(tail: &[u8]) -> Result<Vec<TailUnit>, String> {
-    let mut units: Vec<TailUnit> = Vec::new();
-    let mut owed = 0u64;
-    let mut reader = ChunkReader::new(tail);
-    while let Some(entry) = reader.next_entry() {
-        let entry = entry?;
-        let header = entry.tag() == KIND_MESSAGE;
-        if header || owed == 0 {
-            units.push(TailUnit {
-                entries: Vec::new(),
-                events: 0,
-                bytes: Vec::new(),
-            });
-            owed = if header {
-                message::header_event_count(entry.body())? as u64
-            } else {
-                0
-            };
-        } else {
-            owed -= 1;
-        }
-        let unit = units.last_mut().expect("pushed above");
-        unit.entries
-            .push((entry.at, !header, entry.record.to_vec()));
-        unit.events += u64::from(!header);
-        unit.bytes.extend_from_slice(entry.record);
-    }
-    Ok(units)
 }
