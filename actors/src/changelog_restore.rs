@@ -534,6 +534,7 @@ impl Restorer {
             &snapshot.dir,
             &position,
             &snapshot.manifest.files,
+            snapshot.manifest.format,
         )?;
         *follower = Follower::new(position, position.seq);
         report.snapshot = Some(position.next_offset);

@@ -444,10 +444,21 @@ impl DeliveryLoop {
         }
         let mut items = Vec::with_capacity(deltas.len());
         for (_, d) in &deltas {
-            let profile = store.load_profile(p, d.mpid).map_err(|e| {
-                tracing::warn!(error = %e, mpid = d.mpid, "profile unreadable; retrying");
-                Halt::Faulted
-            })?;
+            let profile = match store.load_profile(p, d.mpid) {
+                Ok(profile) => profile,
+                // Set aside; the change goes without the profile's identities (counted as
+                // unsendable where the output needs them) rather than holding up the rest.
+                Err(StoreError::Unreadable(row)) => {
+                    store
+                        .set_aside(std::slice::from_ref(&row))
+                        .map_err(|_| Halt::Faulted)?;
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, mpid = d.mpid, "profile not read; retrying");
+                    return Err(Halt::Faulted);
+                }
+            };
             items.extend(self.item(d, profile.as_ref()));
         }
         self.ensure_owner(p)?;
@@ -534,13 +545,18 @@ impl DeliveryLoop {
         let mut after = None;
         loop {
             let head_before_scan = store.outbox_head(p).map_err(|_| Halt::Faulted)?;
-            let profiles = store
+            let page = store
                 .scan_profiles(p, after, 500)
                 .map_err(|_| Halt::Faulted)?;
-            let Some(last) = profiles.last() else {
+            // An unreadable profile is set aside and not sent: its membership is unknown.
+            store
+                .set_aside(&page.unreadable)
+                .map_err(|_| Halt::Faulted)?;
+            let Some(last) = page.last else {
                 break;
             };
-            after = Some(last.mpid);
+            after = Some(last);
+            let profiles = page.items;
             if head.is_none() {
                 // Kept before anything is sent: pruning keeps the deltas after it.
                 self.set_position(

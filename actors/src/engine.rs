@@ -113,6 +113,10 @@ pub struct ReplayProgress {
     pub differences: Vec<(Mpid, Vec<String>)>,
     /// Profiles whose event log could not be read (rebuilt from their base and memberships).
     pub unreadable: u64,
+    /// Rows of the partition set aside (the quarantine) when the replay ended: how many, and
+    /// the first [`MAX_REPORTED_DIFFERENCES`].
+    pub quarantined_rows: u64,
+    pub quarantined: Vec<audience_state::store::Quarantined>,
     pub started_at_ms: i64,
     /// `None`: still running.
     pub finished_at_ms: Option<i64>,

@@ -148,10 +148,11 @@ pub fn preview_edit(
         let mut after = None;
         loop {
             let page = engine.store.scan_profiles_with_logs(p, after, 500)?;
-            let Some(last) = page.last().map(|i| i.profile.mpid) else {
+            engine.store.set_aside(&page.unreadable)?;
+            let Some(last) = page.last else {
                 break;
             };
-            for mut item in page {
+            for mut item in page.items {
                 preview.scanned += 1;
                 let member_now = item
                     .profile

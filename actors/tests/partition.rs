@@ -117,3 +117,73 @@ async fn replayed_offsets_change_nothing_and_timers_drop_members() {
     let (_, d) = engine.store.read_outbox(0, 4, 10).unwrap().remove(0);
     assert_eq!((d.mpid, d.kind, d.version), (1, DeltaKind::Added, 3));
 }
+
+/// A damaged row costs neither the partition nor the messages of its profile where the state
+/// can be read elsewhere: an unreadable profile row is rebuilt from its log and memberships,
+/// an unreadable log head starts the log again over the profile's facts; only a profile with
+/// neither has its message dead-lettered (`state_unreadable`). Each row is set aside.
+#[actix::test]
+async fn unreadable_rows_are_set_aside_and_their_profiles_go_on_from_what_can_be_read() {
+    use audience_state::store::{log_key, profile_key};
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, clock) = setup(dir.path());
+    let now = clock.now();
+    let actor = PartitionActor::new(0, engine.clone()).unwrap().start();
+    calculated(&engine).await;
+    let first: Vec<RawMessage> = (1..=4).map(|m| message(m - 1, search(m, now))).collect();
+    let outcome = actor.send(ProcessBatch(first)).await.unwrap().unwrap();
+    assert_eq!((outcome.applied, outcome.deltas), (4, 4));
+
+    // While the partition is stopped: 1's state row, 2's log head, and both of 3's.
+    drop(actor);
+    let store = &engine.store;
+    store
+        .write_raw("profiles", &profile_key(0, 1), b"\x09damaged")
+        .unwrap();
+    let head = log_key(0, 2, u32::MAX);
+    store.write_raw("eventlog", &head, b"\xffdamaged").unwrap();
+    store
+        .write_raw("profiles", &profile_key(0, 3), b"\x09damaged")
+        .unwrap();
+    store
+        .write_raw("eventlog", &log_key(0, 3, u32::MAX), b"\xffdamaged")
+        .unwrap();
+
+    let actor = PartitionActor::new(0, engine.clone()).unwrap().start();
+    let later = now + DAY_MS;
+    let second: Vec<RawMessage> = (1..=4).map(|m| message(m + 3, search(m, later))).collect();
+    let outcome = actor.send(ProcessBatch(second)).await.unwrap().unwrap();
+    assert_eq!(
+        (outcome.applied, outcome.dead_lettered, outcome.deltas),
+        (3, 1, 0),
+        "1 and 2 go on as members (no delta), 3 is dead-lettered, 4 is untouched"
+    );
+    let letter = &engine.store.read_dead_letters(0, 0, 10).unwrap()[0].1;
+    assert_eq!(
+        (letter.offset, letter.reason_code.as_str()),
+        (6, "state_unreadable")
+    );
+    assert!(letter.reason.contains("MPID 3"), "{}", letter.reason);
+    let repaired = store.load_profile(0, 1).unwrap().expect("rewritten whole");
+    assert_eq!(repaired.memberships[&1].version, 1);
+    assert!(
+        store.load_log_head(0, 2).unwrap().is_some(),
+        "a new log head"
+    );
+    let (rows, count) = store.quarantined(0, 10).unwrap();
+    assert_eq!(count, 4, "{rows:?}");
+    assert!(rows.iter().any(|r| r.display_key == "0/2/head"));
+
+    // Time goes on for the repaired profiles: a week after their last search they leave,
+    // versions continuing; 3's timer is dropped with its state, and the partition goes on.
+    clock.advance(8 * DAY_MS + 1).unwrap();
+    actor.send(Tick).await.unwrap();
+    let drops: Vec<(i64, u64)> = store
+        .read_outbox(0, 4, 10)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, d)| d.kind == DeltaKind::Dropped)
+        .map(|(_, d)| (d.mpid, d.version))
+        .collect();
+    assert_eq!(drops, vec![(1, 2), (2, 2), (4, 2)]);
+}

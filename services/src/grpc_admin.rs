@@ -5,6 +5,7 @@ use crate::convert;
 use crate::grpc::Services;
 use audience_actors::partition::ReplayMode;
 use audience_proto::v1 as pb;
+use audience_state::store::{Quarantined, NODE_ROWS};
 use std::sync::atomic::Ordering;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -34,14 +35,38 @@ impl Services {
                 profiles_total: r.total,
                 deltas: r.deltas,
                 unreadable_logs: r.unreadable,
+                quarantined_rows: r.quarantined_rows,
+                quarantined: r
+                    .quarantined
+                    .iter()
+                    .map(|q| self.quarantined_row(q))
+                    .collect(),
                 started_at_ms: r.started_at_ms,
                 finished_at_ms: r.finished_at_ms.unwrap_or(0),
             })
             .collect();
         partitions.sort_by_key(|p| p.partition);
+        let definitions_quarantined = match self.node.engine.store.quarantined(NODE_ROWS, 100) {
+            Ok((rows, _)) => rows.iter().map(|q| self.quarantined_row(q)).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "quarantine unreadable");
+                Vec::new()
+            }
+        };
         pb::ReplayStatus {
             running: partitions.iter().any(|p| p.running),
             partitions,
+            definitions_quarantined,
+        }
+    }
+
+    fn quarantined_row(&self, q: &Quarantined) -> pb::QuarantinedRow {
+        pb::QuarantinedRow {
+            column_family: q.cf.clone(),
+            key: q.display_key.clone(),
+            reason: q.reason.clone(),
+            at_ms: q.at_ms,
+            node_id: self.peers.node_id().to_string(),
         }
     }
 
@@ -69,13 +94,16 @@ impl Services {
 /// Replay statuses of several nodes as one: every partition, running if any runs.
 fn merge_replays(here: pb::ReplayStatus, theirs: Vec<pb::ReplayStatus>) -> pb::ReplayStatus {
     let mut partitions = here.partitions;
+    let mut definitions_quarantined = here.definitions_quarantined;
     for status in theirs {
         partitions.extend(status.partitions);
+        definitions_quarantined.extend(status.definitions_quarantined);
     }
     partitions.sort_by(|a, b| (a.partition, &a.node_id).cmp(&(b.partition, &b.node_id)));
     pb::ReplayStatus {
         running: partitions.iter().any(|p| p.running),
         partitions,
+        definitions_quarantined,
     }
 }
 

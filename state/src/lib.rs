@@ -38,6 +38,7 @@ pub mod network;
 pub mod outputs;
 pub mod profile;
 pub mod replay;
+mod row_format;
 pub mod secrets;
 pub mod store;
 pub mod time;

@@ -512,7 +512,13 @@ proptest! {
 
         let stored = repository.latest(PARTITION).unwrap().unwrap();
         replica
-            .load_partition_snapshot(PARTITION, &stored.dir, &stored.manifest.position, &stored.manifest.files)
+            .load_partition_snapshot(
+                PARTITION,
+                &stored.dir,
+                &stored.manifest.position,
+                &stored.manifest.files,
+                stored.manifest.format,
+            )
             .unwrap();
         prop_assert_eq!(replica.changelog_follow_position(PARTITION).unwrap(), manifest.position);
         for file in &stored.manifest.files {
@@ -597,6 +603,7 @@ fn a_snapshot_whose_file_does_not_match_its_manifest_is_refused_before_anything_
             dirs[2].path(),
             &contents.position,
             &contents.files,
+            SNAPSHOT_FORMAT,
         )
         .unwrap_err();
     assert!(err.to_string().contains("the manifest says"), "{err}");

@@ -319,7 +319,12 @@ async fn verify_and_rebuild_leave_a_healthy_store_alone_and_repair_a_damaged_row
     assert_eq!(sizes_before[0], 667, "gold: every third user");
     let mut before: BTreeMap<i64, pb::Profile> = BTreeMap::new();
     let damaged = 200_000 + 3;
-    for mpid in (0..users).step_by(50).map(|i| 200_000 + i).chain([damaged]) {
+    let unreadable = 200_000 + 5;
+    for mpid in (0..users)
+        .step_by(50)
+        .map(|i| 200_000 + i)
+        .chain([damaged, unreadable])
+    {
         before.insert(mpid, profile(&ch, mpid).await?);
     }
 
@@ -353,6 +358,10 @@ async fn verify_and_rebuild_leave_a_healthy_store_alone_and_repair_a_damaged_row
         let mut b = store.partition_batch();
         b.put_profile(p, &state);
         store.commit_partition(b, p)?;
+        // And one row that no longer decodes at all.
+        let (p, _) = store.find_profile(unreadable, 0..2)?.expect("stored");
+        let key = audience_state::store::profile_key(p, unreadable);
+        store.write_raw("profiles", &key, b"\x09not a profile")?;
     }
     engine.restart()?;
     let ch = engine.ready().await?;
@@ -367,7 +376,19 @@ async fn verify_and_rebuild_leave_a_healthy_store_alone_and_repair_a_damaged_row
         line.contains("attributes: tier") && line.contains("identities: email"),
         "verify says what differs: {line}"
     );
-    assert!(report.contains("1 differ"), "{report}");
+    let line = report
+        .lines()
+        .find(|l| l.starts_with(&unreadable.to_string()))
+        .unwrap_or_else(|| panic!("verify names the unreadable MPID: {report}"));
+    assert!(line.contains("profile: unreadable"), "{line}");
+    assert!(
+        report.contains("set aside") && report.contains(&format!("/{unreadable} ")),
+        "verify lists the row it set aside: {report}"
+    );
+    let changed = |status: &pb::ReplayStatus| -> u64 {
+        status.partitions.iter().map(|p| p.profiles_changed).sum()
+    };
+    assert_eq!(changed(&replay_status(&ch).await?), 2, "{report}");
     assert_eq!(
         profile(&ch, damaged).await?.user_attributes.len() + 1,
         before[&damaged].user_attributes.len()
@@ -375,7 +396,7 @@ async fn verify_and_rebuild_leave_a_healthy_store_alone_and_repair_a_damaged_row
 
     let (rebuilt, report) = audiencectl_status(&engine, &["rebuild"])?;
     assert!(rebuilt, "{report}");
-    assert!(report.contains("1 rewritten"), "{report}");
+    assert_eq!(changed(&replay_status(&ch).await?), 2, "{report}");
     let (clean, report) = audiencectl_status(&engine, &["verify"])?;
     assert!(clean, "the rebuild repaired the row: {report}");
 

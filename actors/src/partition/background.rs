@@ -139,15 +139,20 @@ impl PartitionActor {
         let ctx = self.ctx();
         let retention = self.engine.settings.retention_ms;
         let chunk = self.engine.settings.backfill_chunk;
-        let stored =
-            self.engine
-                .store
-                .scan_profiles_with_logs(self.partition, step.after, chunk)?;
-        let last = stored.last().map(|p| p.profile.mpid);
-        let scanned = stored.len() as u64;
-        let mut pending = Pending::default();
+        let page = self
+            .engine
+            .store
+            .scan_profiles_with_logs(self.partition, step.after, chunk)?;
+        let last = page.last;
+        let scanned = (page.items.len() + page.unreadable.len()) as u64;
+        // An unreadable profile keeps its row, set aside: the scan goes on without it
+        // (streaming repairs it from its log when a message comes, `rebuild` at once).
+        let mut pending = Pending {
+            quarantine: page.unreadable,
+            ..Pending::default()
+        };
         let mut decisions = Decisions::default();
-        for item in stored {
+        for item in page.items {
             let mpid = item.profile.mpid;
             // A cached profile is the stored one (every unit of work commits): keep it, its
             // log head is the one these chunks belong to.
@@ -193,6 +198,9 @@ impl PartitionActor {
             if let Some((_, cursor)) = &mut self.backfill_cursor {
                 *cursor = Some(mpid);
             }
+        }
+        if let (Some((_, cursor)), Some(last)) = (&mut self.backfill_cursor, last) {
+            *cursor = Some(last);
         }
         self.commit(pending, false)?;
         metrics::counter!("audience_backfill_profiles_scanned_total").increment(scanned);
@@ -252,6 +260,8 @@ impl PartitionActor {
             changed: 0,
             differences: Vec::new(),
             unreadable: 0,
+            quarantined_rows: 0,
+            quarantined: Vec::new(),
             started_at_ms: self.engine.clock.now(),
             finished_at_ms: None,
         }
@@ -362,17 +372,33 @@ impl PartitionActor {
             .engine
             .store
             .scan_profile_logs(self.partition, cursor.after, limit)?;
-        let scanned = page.len() as u64;
+        let scanned = (page.items.len() + page.unreadable.len()) as u64;
         let check_only = self.replay_check_only;
         let mut pending = Pending::default();
-        let mut unreadable = 0;
-        let mut last = cursor.after;
-        let mut changed = 0;
-        let mut found = Vec::new();
+        let mut unreadable = page.unreadable.len() as u64;
+        let last = page.last.or(cursor.after);
+        let mut found: Vec<(Mpid, Vec<String>)> = page
+            .unreadable
+            .iter()
+            .filter_map(|row| {
+                let what = format!(
+                    "{} {}: unreadable ({})",
+                    row.cf, row.display_key, row.reason
+                );
+                Some((row.mpid()?, vec![what]))
+            })
+            .collect();
+        // A verify counts what it could not read among what differs.
+        let mut changed = if check_only { found.len() as u64 } else { 0 };
+        if check_only {
+            // A verify writes nothing else, but what it could not read is set aside.
+            self.engine.store.set_aside(&page.unreadable)?;
+        } else {
+            pending.quarantine = page.unreadable;
+        }
         let mut would_emit = 0;
-        for logs in page {
+        for logs in page.items {
             let mpid = logs.mpid;
-            last = Some(mpid);
             // The timer row a cached profile stored is known; one of a profile not in memory
             // is dropped when it fires for a state that no longer wants it.
             let stored_due = self.cache.get(&mpid).and_then(|c| c.stored_due);
@@ -412,6 +438,13 @@ impl PartitionActor {
         if done {
             self.replay_check_only = false;
         }
+        let quarantine = match done {
+            true => self
+                .engine
+                .store
+                .quarantined(self.partition, MAX_REPORTED_DIFFERENCES)?,
+            false => Default::default(),
+        };
         if let Some(progress) = self.engine.replays.lock().get_mut(&self.partition) {
             progress.scanned += scanned;
             progress.deltas += deltas;
@@ -422,6 +455,7 @@ impl PartitionActor {
             progress.total = progress.total.max(progress.scanned);
             if done {
                 progress.finished_at_ms = Some(self.engine.clock.now());
+                (progress.quarantined, progress.quarantined_rows) = quarantine;
             }
         }
         if self.cache.len() > self.engine.settings.max_cached_profiles {
@@ -445,8 +479,13 @@ impl PartitionActor {
         let mut stored = match self.engine.store.load_profile(self.partition, rebuilt.mpid) {
             Ok(Some(stored)) => stored,
             Ok(None) => return Ok((vec!["profile: missing".to_string()], emitted)),
-            Err(StoreError::Corrupt { reason, .. }) => {
-                return Ok((vec![format!("profile: unreadable ({reason})")], emitted))
+            Err(StoreError::Unreadable(row)) => {
+                // Set aside (a rebuild then rewrites it from the fold).
+                self.engine.store.set_aside(std::slice::from_ref(&row))?;
+                return Ok((
+                    vec![format!("profile: unreadable ({})", row.reason)],
+                    emitted,
+                ));
             }
             Err(e) => return Err(e),
         };

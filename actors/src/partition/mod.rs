@@ -35,7 +35,9 @@ use audience_state::facts::ProfileFacts;
 use audience_state::model::{AudienceId, Delta, DeltaKind, Inbound, Mpid, TimestampMs};
 use audience_state::profile::ProfileState;
 use audience_state::replay::{audiences_to_evaluate, base_after};
-use audience_state::store::{DeadLetter, Partition, ReplayCursor, StoreError, WriteBatch};
+use audience_state::store::{
+    DeadLetter, Partition, ReplayCursor, StoreError, UnreadableRow, WriteBatch,
+};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -204,6 +206,10 @@ struct Pending {
     dirty: BTreeSet<Mpid>,
     deltas: Vec<Delta>,
     dead_letters: Vec<DeadLetter>,
+    /// Rows found unreadable, set aside by the unit's write.
+    quarantine: Vec<UnreadableRow>,
+    /// Profiles whose log starts again (its head was unreadable): the base it starts over.
+    reset_logs: HashMap<Mpid, Vec<u8>>,
     sizes_changed: BTreeSet<AudienceId>,
     /// A replay's position after this unit of work (`Some(None)`: the replay is done).
     replay_cursor: Option<Option<ReplayCursor>>,
@@ -407,6 +413,94 @@ impl PartitionActor {
         Ok(changed)
     }
 
+    /// [`Self::activate`] for a profile whose stored rows may not decode; the unreadable row
+    /// is set aside, and the profile goes on from what can be read:
+    /// - its state row: rebuilt from its base and log, its memberships from their history
+    ///   (the row is a cache of those), as if nothing happened (`Ok(true)`: rebuilt);
+    /// - its log head: the state row is whole, so the profile keeps it and its log starts
+    ///   again, empty, over a base of its current facts (the history its log held is lost to
+    ///   backfills of new definitions, never to the audiences it is in);
+    /// - both: nothing to go on from, and `Err` says why the message that needed it is
+    ///   dead-lettered.
+    fn activate_or_repair(
+        &mut self,
+        mpid: Mpid,
+        pending: &mut Pending,
+    ) -> Result<Result<bool, String>, StoreError> {
+        let row = match self.activate(mpid) {
+            Ok(_) => return Ok(Ok(false)),
+            Err(StoreError::Unreadable(row)) => *row,
+            Err(e) => return Err(e),
+        };
+        let why = format!("the stored state of MPID {mpid} is unreadable ({row}); set aside");
+        let state_unreadable = row.is_profile_state();
+        pending.quarantine.push(row);
+        let store = self.engine.store.clone();
+        if !state_unreadable {
+            if let Some(state) = store.load_profile(self.partition, mpid)? {
+                pending
+                    .reset_logs
+                    .insert(mpid, ProfileFacts::of(&state).encode());
+                pending.dirty.insert(mpid);
+                let cached = Cached {
+                    stored_due: state.next_due(),
+                    is_new: false,
+                    ..Cached::new(mpid)
+                };
+                self.cache.insert(mpid, Cached { state, ..cached });
+                tracing::warn!(
+                    partition = self.partition,
+                    mpid,
+                    "unreadable event log head: the log starts again over the current facts"
+                );
+                metrics::counter!("audience_eventlogs_restarted_total").increment(1);
+                return Ok(Ok(false));
+            }
+            return Ok(Err(why));
+        }
+        match store.load_profile_logs(self.partition, mpid) {
+            Ok(Some(logs)) => {
+                let (cached, _) = self.rebuild_from_logs(logs);
+                self.cache.insert(mpid, cached);
+                tracing::warn!(
+                    partition = self.partition,
+                    mpid,
+                    "unreadable profile row rebuilt from its base and log"
+                );
+                metrics::counter!("audience_profiles_repaired_total").increment(1);
+                Ok(Ok(true))
+            }
+            // Stored before facts records: nothing to rebuild from.
+            Ok(None) => Ok(Err(why)),
+            Err(StoreError::Unreadable(other)) => {
+                pending.quarantine.push(*other);
+                Ok(Err(why))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The dead letter of a message that could not be applied, counted by `reason_code`.
+    fn dead_letter(&self, message: &RawMessage, reason_code: &str, reason: String) -> DeadLetter {
+        tracing::warn!(
+            topic = %message.topic, partition = message.partition,
+            offset = message.offset, %reason, "dead-lettering message"
+        );
+        metrics::counter!("audience_messages_dead_lettered_total", "reason" => reason_code.to_string())
+            .increment(1);
+        DeadLetter::new(
+            message.topic.clone(),
+            message.partition,
+            message.offset,
+            reason_code.to_string(),
+            reason,
+            message.key.clone(),
+            message.payload.as_deref().unwrap_or(&[]),
+            self.engine.clock.now(),
+            self.engine.settings.dead_letter_limits,
+        )
+    }
+
     fn process(&mut self, messages: Vec<RawMessage>) -> Result<BatchOutcome, StoreError> {
         self.adopt_catalog();
         let ctx = self.ctx();
@@ -439,24 +533,8 @@ impl PartitionActor {
             let inbound = match decoded {
                 Ok(inbound) => inbound,
                 Err(error) => {
-                    tracing::warn!(
-                        topic = %message.topic, partition = message.partition,
-                        offset = message.offset, reason = %error, "dead-lettering message"
-                    );
-                    metrics::counter!("audience_messages_dead_lettered_total", "reason" => error.reason_code())
-                        .increment(1);
-                    pending.dead_letters.push(DeadLetter::new(
-                        message.topic,
-                        message.partition,
-                        message.offset,
-                        error.reason_code().to_string(),
-                        error.to_string(),
-                        message.key,
-                        payload,
-                        ctx.now,
-                        self.engine.settings.dead_letter_limits,
-                    ));
-                    outcome.dead_lettered += 1;
+                    let letter = self.dead_letter(&message, error.reason_code(), error.to_string());
+                    pending.dead_letters.push(letter);
                     continue;
                 }
             };
@@ -469,7 +547,11 @@ impl PartitionActor {
             let mpid = inbound.mpid();
             let catalog = self.catalog.clone();
             let retention = self.engine.settings.retention_ms;
-            self.activate(mpid)?;
+            if let Err(why) = self.activate_or_repair(mpid, &mut pending)? {
+                let letter = self.dead_letter(&message, "state_unreadable", why);
+                pending.dead_letters.push(letter);
+                continue;
+            }
             let Cached { state, log, .. } = self.cache.get_mut(&mpid).expect("activated");
             let dict = &mut self.dict;
             let changes = state.apply_logged(&inbound, ctx.now, retention, &catalog, &mut |m| {
@@ -509,7 +591,7 @@ impl PartitionActor {
     }
 
     /// Writes everything a unit of work produced in one batch, then publishes its effects.
-    fn commit(&mut self, pending: Pending, with_offsets: bool) -> Result<(), StoreError> {
+    fn commit(&mut self, mut pending: Pending, with_offsets: bool) -> Result<(), StoreError> {
         let store = self.engine.store.clone();
         let mut batch: WriteBatch<'_> = store.partition_batch();
         let p = self.partition;
@@ -525,12 +607,24 @@ impl PartitionActor {
                     batch.put_facts(p, *mpid, &ProfileFacts::default().encode());
                     profile_count += 1;
                 }
+                if let Some(base) = pending.reset_logs.remove(mpid) {
+                    // Before the new log's writes: they replace what is deleted here.
+                    batch.delete_log(p, *mpid);
+                    batch.put_facts(p, *mpid, &base);
+                }
                 cached.log.enforce(log_cutoff, limits);
                 if cached.log.has_writes() {
                     let writes = cached.log.take_writes();
                     dropped_by_bounds += writes.dropped_by_bounds;
                     if writes.dropped_any() {
-                        let base = rebase(&store, p, &cached.state, &writes, &self.dict)?;
+                        let base = rebase(
+                            &store,
+                            p,
+                            &cached.state,
+                            &writes,
+                            &self.dict,
+                            &mut pending.quarantine,
+                        )?;
                         batch.put_facts(p, *mpid, &base.encode());
                     }
                     batch.put_log(p, *mpid, &cached.log, &writes);
@@ -569,6 +663,10 @@ impl PartitionActor {
         for letter in &pending.dead_letters {
             self.deadletter_head += 1;
             batch.put_dead_letter(p, self.deadletter_head, letter);
+        }
+        let now = self.engine.clock.now();
+        for row in &pending.quarantine {
+            batch.quarantine(row, now)?;
         }
         for audience in &pending.sizes_changed {
             batch.set_audience_size(*audience, p, self.sizes.get(audience).copied().unwrap_or(0));
@@ -611,7 +709,22 @@ impl PartitionActor {
         }
         let mut pending = Pending::default();
         for (at, mpid) in due {
-            let cached = self.activate(mpid)?;
+            let repaired = match self.activate_or_repair(mpid, &mut pending)? {
+                Ok(repaired) => repaired,
+                Err(why) => {
+                    // Its timer goes with its unreadable state (set aside): timers go on.
+                    tracing::warn!(partition = self.partition, mpid, %why, "timer dropped");
+                    let mut b = self.engine.store.partition_batch();
+                    b.clear_timer(self.partition, at, mpid);
+                    self.engine.store.commit_partition(b, self.partition)?;
+                    continue;
+                }
+            };
+            let cached = self.cache.get_mut(&mpid).expect("activated");
+            if repaired {
+                // The timer was the unreadable row's: the rebuilt profile takes it over.
+                cached.stored_due = Some(at);
+            }
             if cached.stored_due != Some(at) {
                 // A timer left by a crash between two versions of the profile: drop it.
                 let mut b = self.engine.store.partition_batch();
@@ -738,8 +851,8 @@ fn locate(batch: &mut audience_state::model::Batch, geoip: &crate::geoip::GeoIp)
 
 /// A profile's base once the messages `writes` drop from its log are folded into it: its
 /// stored base, then the dropped chunks (read from the store, or from `writes` when sealed
-/// by the same write) and the dropped part of its tail. Chunks that are missing or cannot be
-/// read leave the base as the profile's current facts: facts are latest-wins, so folding the
+/// by the same write) and the dropped part of its tail. A base or chunks that are missing or
+/// cannot be read leave the base as the profile's current facts: facts are latest-wins, so folding the
 /// messages still logged over them again gives the same facts.
 fn rebase(
     store: &audience_state::store::Store,
@@ -747,9 +860,18 @@ fn rebase(
     profile: &ProfileState,
     writes: &audience_state::eventlog::LogWrites,
     dict: &Dictionary,
+    quarantine: &mut Vec<UnreadableRow>,
 ) -> Result<ProfileFacts, StoreError> {
     let mpid = profile.mpid;
-    let base = store.load_facts(p, mpid)?.unwrap_or_default();
+    let base = match store.load_facts(p, mpid) {
+        Ok(base) => base.unwrap_or_default(),
+        Err(StoreError::Unreadable(row)) => {
+            // Set aside; the base starts again from the current facts, as below.
+            quarantine.push(*row);
+            return Ok(ProfileFacts::of(profile));
+        }
+        Err(e) => return Err(e),
+    };
     // Oldest first, each from this write (sealed and dropped at once) or from the store.
     let mut chunks = Vec::with_capacity(writes.delete_chunks.len());
     for seq in &writes.delete_chunks {

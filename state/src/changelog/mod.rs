@@ -13,13 +13,18 @@
 //!   reader applies each sequence once, in order, and ignores units of an older epoch once a
 //!   newer one claimed the partition ([`Claim`], and [`follow`] for the reader's rules).
 
+use crate::row_format::frame_legacy_row;
 use serde::{Deserialize, Serialize};
 
 pub mod follow;
 pub mod snapshot;
 
-/// Version byte of an encoded unit (then postcard).
-pub const CHANGELOG_FORMAT: u8 = 1;
+/// Version byte of an encoded unit (then postcard). 3: the outbox's and the dead letters'
+/// rows open with their format byte ([`crate::row_format`]).
+pub const CHANGELOG_FORMAT: u8 = 3;
+
+/// Units written before those rows had a format byte: still read, their rows framed.
+pub const LEGACY_CHANGELOG_FORMAT: u8 = 1;
 
 /// First byte of an encoded [`Claim`] (then postcard): claims and units share the topic.
 pub const CLAIM_FORMAT: u8 = 2;
@@ -101,26 +106,42 @@ impl Unit {
 
     /// Reads a unit; the error says what is wrong with the bytes.
     pub fn decode(bytes: &[u8]) -> Result<Unit, String> {
-        match bytes.split_first() {
-            Some((&CHANGELOG_FORMAT, body)) => {
-                let unit: Unit = postcard::from_bytes(body)
-                    .map_err(|e| format!("changelog unit of format 1 does not parse: {e}"))?;
-                if let Some(op) = unit.ops.iter().find(|op| cf_name(op.cf()).is_none()) {
-                    return Err(format!(
-                        "changelog unit {} of partition {} writes column family code {}, unknown \
-                         to this version: is a newer node writing the changelog?",
-                        unit.seq,
-                        unit.partition,
-                        op.cf()
-                    ));
+        let (format, body) = bytes
+            .split_first()
+            .ok_or_else(|| "empty changelog record".to_string())?;
+        if *format != CHANGELOG_FORMAT && *format != LEGACY_CHANGELOG_FORMAT {
+            return Err(format!(
+                "unknown changelog format {format} (this node reads formats \
+                 {LEGACY_CHANGELOG_FORMAT} and {CHANGELOG_FORMAT}): is a newer node writing the \
+                 changelog?"
+            ));
+        }
+        let mut unit: Unit = postcard::from_bytes(body)
+            .map_err(|e| format!("changelog unit of format {format} does not parse: {e}"))?;
+        if let Some(op) = unit.ops.iter().find(|op| cf_name(op.cf()).is_none()) {
+            return Err(format!(
+                "changelog unit {} of partition {} writes column family code {}, unknown to this \
+                 version: is a newer node writing the changelog?",
+                unit.seq,
+                unit.partition,
+                op.cf()
+            ));
+        }
+        if *format == LEGACY_CHANGELOG_FORMAT {
+            unit.frame_legacy_rows();
+        }
+        Ok(unit)
+    }
+
+    /// Gives the rows a unit of the legacy format puts the format byte they lacked.
+    fn frame_legacy_rows(&mut self) {
+        for op in &mut self.ops {
+            if let Op::Put { cf, value, .. } = op {
+                let framed = cf_name(*cf).and_then(|name| frame_legacy_row(name, value));
+                if let Some(framed) = framed {
+                    *value = framed;
                 }
-                Ok(unit)
             }
-            Some((other, _)) => Err(format!(
-                "unknown changelog format {other} (this node reads format {CHANGELOG_FORMAT}): \
-                 is a newer node writing the changelog?"
-            )),
-            None => Err("empty changelog record".to_string()),
         }
     }
 }
@@ -166,6 +187,42 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::row_format::{DELTA_FORMAT, LETTER_FORMAT};
+
+    #[test]
+    fn a_legacy_unit_reads_with_its_outbox_and_dead_letter_rows_framed() {
+        let put = |cf: &str, value: &[u8]| Op::Put {
+            cf: cf_code(cf),
+            key: vec![0, 0, 0, 1],
+            value: value.to_vec(),
+        };
+        let unit = Unit {
+            partition: 1,
+            epoch: 1,
+            seq: 1,
+            ops: vec![
+                put("outbox", b"delta"),
+                put("deadletters", b"letter"),
+                put("profiles", b"profile"),
+            ],
+        };
+        let mut legacy = vec![LEGACY_CHANGELOG_FORMAT];
+        legacy.extend(postcard::to_allocvec(&unit).unwrap());
+        let read = Unit::decode(&legacy).unwrap();
+        let values: Vec<Vec<u8>> = read
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Put { value, .. } => value.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(values[0], [&[DELTA_FORMAT][..], b"delta"].concat());
+        assert_eq!(values[1], [&[LETTER_FORMAT][..], b"letter"].concat());
+        assert_eq!(values[2], b"profile", "other rows keep their own format");
+        // A unit of this version is read as written.
+        assert_eq!(Unit::decode(&unit.encode()), Ok(unit));
+    }
 
     #[test]
     fn units_round_trip_and_bad_bytes_say_why() {

@@ -18,8 +18,13 @@ use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Version of the manifest and of the file layout.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+/// Version of the manifest and of the file layout. 2: the outbox's and the dead letters'
+/// rows open with their format byte ([`crate::row_format`]).
+pub const SNAPSHOT_FORMAT: u32 = 2;
+
+/// Snapshots whose outbox and dead-letter rows have no format byte: still loaded, the rows
+/// framed as they come in.
+pub const LEGACY_SNAPSHOT_FORMAT: u32 = 1;
 
 const MANIFEST: &str = "manifest.json";
 const STAGING_PREFIX: &str = ".staging-";
@@ -147,7 +152,8 @@ impl SnapshotRepository {
                 continue;
             }
             let manifest = read_manifest(&dir)?;
-            if manifest.partition != partition || manifest.format != SNAPSHOT_FORMAT {
+            let known = [SNAPSHOT_FORMAT, LEGACY_SNAPSHOT_FORMAT].contains(&manifest.format);
+            if manifest.partition != partition || !known {
                 return Err(invalid(format!(
                     "snapshot {} is of partition {} in format {}, not partition {partition} in \
                      format {SNAPSHOT_FORMAT}",

@@ -34,6 +34,12 @@ pub(super) const CF_FACTS: &str = "facts";
 /// see [`super::changelog`]).
 pub(super) const CF_CHANGELOG: &str = "changelog";
 
+/// Rows this node could not read, set aside (never replicated: see [`super::quarantine`]).
+pub(super) const CF_QUARANTINE: &str = "quarantine";
+
+/// The column families of this node only: never in a unit of the changelog.
+const NODE_OWN: &[&str] = &[CF_CHANGELOG, CF_QUARANTINE];
+
 /// The column families a partition's changelog carries.
 pub(super) const REPLICATED: &[&str] = &[
     CF_PROFILES,
@@ -72,6 +78,74 @@ pub enum StoreError {
     /// A snapshot's file could not be written or read, or does not match its manifest.
     #[error("snapshot: {0}")]
     Snapshot(String),
+    /// A row a reader could not decode, named so that it can be set aside (see
+    /// [`super::quarantine`]).
+    #[error("unreadable row in {}", .0)]
+    Unreadable(Box<UnreadableRow>),
+}
+
+/// A row a reader could not decode: where it is and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableRow {
+    /// Its partition ([`NODE_ROWS`]: none).
+    pub partition: Partition,
+    pub cf: &'static str,
+    pub key: Vec<u8>,
+    /// The key as people read it (`3/42/head`).
+    pub display_key: String,
+    pub reason: String,
+}
+
+/// A page of a partition's scan: the rows read, those that did not decode (for the caller to
+/// set aside), and the last profile visited either way (where the next page starts; `None`:
+/// the scan is done).
+#[derive(Debug, Clone)]
+pub struct ScanPage<T> {
+    pub items: Vec<T>,
+    pub unreadable: Vec<UnreadableRow>,
+    pub last: Option<crate::model::Mpid>,
+}
+
+impl<T> Default for ScanPage<T> {
+    fn default() -> Self {
+        ScanPage {
+            items: Vec::new(),
+            unreadable: Vec::new(),
+            last: None,
+        }
+    }
+}
+
+/// The partition under which rows of no partition (definitions) are named and set aside.
+pub const NODE_ROWS: Partition = u32::MAX;
+
+impl std::fmt::Display for UnreadableRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at {}: {}", self.cf, self.display_key, self.reason)
+    }
+}
+
+impl UnreadableRow {
+    pub(super) fn new(
+        partition: Partition,
+        cf: &'static str,
+        key: &[u8],
+        display_key: String,
+        reason: impl Into<String>,
+    ) -> UnreadableRow {
+        UnreadableRow {
+            partition,
+            cf,
+            key: key.to_vec(),
+            display_key,
+            reason: reason.into(),
+        }
+    }
+
+    /// The error of a reader that cannot skip the row.
+    pub fn into_error(self) -> StoreError {
+        StoreError::Unreadable(Box::new(self))
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -187,7 +261,23 @@ impl Store {
         // One memory budget for the memtables of every column family, so that six column
         // families do not each grow their own 64 MiB buffers.
         options.set_db_write_buffer_size(96 << 20);
-        let descriptors = REPLICATED.iter().chain([CF_CHANGELOG].iter()).map(|name| {
+        // Every column family on disk is opened, known or not: a store a newer version wrote
+        // (a downgrade) may hold families this one does not know. They are kept, unread.
+        // An error here is no database yet.
+        let on_disk = DB::list_cf(&options, path).unwrap_or_default();
+        let foreign: Vec<String> = on_disk
+            .into_iter()
+            .filter(|name| {
+                name != rocksdb::DEFAULT_COLUMN_FAMILY_NAME
+                    && !REPLICATED.contains(&name.as_str())
+                    && !NODE_OWN.contains(&name.as_str())
+            })
+            .collect();
+        if !foreign.is_empty() {
+            tracing::warn!(column_families = ?foreign,
+                "column families this version does not know: kept as they are, unread");
+        }
+        let known = REPLICATED.iter().chain(NODE_OWN.iter()).map(|name| {
             let mut cf_opts = Options::default();
             cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
             if *name == CF_EVENTLOG {
@@ -199,6 +289,13 @@ impl Store {
             }
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
+        let descriptors: Vec<ColumnFamilyDescriptor> = known
+            .chain(
+                foreign
+                    .iter()
+                    .map(|name| ColumnFamilyDescriptor::new(name, Options::default())),
+            )
+            .collect();
         let db = DB::open_cf_descriptors(&options, path, descriptors)?;
         let store = Store {
             db,
@@ -208,6 +305,7 @@ impl Store {
             changelog: Default::default(),
         };
         store.migrate_connection_cursors()?;
+        store.migrate_row_formats()?;
         Ok(store)
     }
 
@@ -314,6 +412,15 @@ impl Store {
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// Writes bytes under a key of a column family as they are, bypassing every encoding:
+    /// for tests that damage a row.
+    #[cfg(feature = "test-support")]
+    pub fn write_raw(&self, cf: &str, key: &[u8], value: &[u8]) -> StoreResult<()> {
+        let handle = self.db.cf_handle(cf).expect("a column family of the store");
+        self.db.put_cf(handle, key, value)?;
+        Ok(())
     }
 
     /// Whether every commit syncs its write (`storage.sync_writes`).

@@ -2,6 +2,7 @@
 //! is published to the dead-letter topic.
 
 use crate::model::TimestampMs;
+use crate::row_format::{unframe, LETTER_FORMAT};
 use serde::{Deserialize, Serialize};
 
 /// A message that could not be processed, kept with the state until published to the
@@ -111,9 +112,22 @@ impl DeadLetter {
         }
     }
 
-    /// Reads a stored letter, of this version or of the one before `original_size` and
-    /// `truncated` (those held whole messages).
-    pub(super) fn decode(bytes: &[u8]) -> Result<DeadLetter, postcard::Error> {
+    /// The stored letter: [`LETTER_FORMAT`], then postcard.
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut bytes = vec![LETTER_FORMAT];
+        bytes.extend(postcard::to_stdvec(self).expect("dead letter always serialises"));
+        bytes
+    }
+
+    /// Reads a stored letter: [`LETTER_FORMAT`], then postcard of this version or of the one
+    /// before `original_size` and `truncated`.
+    pub(super) fn decode(bytes: &[u8]) -> Result<DeadLetter, String> {
+        let body = unframe("dead letter", LETTER_FORMAT, bytes)?;
+        DeadLetter::decode_body(body).map_err(|e| e.to_string())
+    }
+
+    /// Letters of the version before `original_size` and `truncated` held whole messages.
+    fn decode_body(bytes: &[u8]) -> Result<DeadLetter, postcard::Error> {
         #[derive(Deserialize)]
         struct Untruncated {
             topic: String,

@@ -35,21 +35,43 @@ impl Store {
 
     /// Every calculated attribute, by name.
     pub fn load_calculated(&self) -> StoreResult<Vec<CalculatedAttributeRecord>> {
+        self.json_rows(CF_META, CALC_PREFIX.as_bytes(), |k| {
+            String::from_utf8_lossy(k).into_owned()
+        })
+    }
+
+    /// The JSON definitions of a column family whose keys start with `prefix`, in key order.
+    /// One that does not parse (damaged, or written by a newer version) is skipped with an
+    /// error and set aside ([`super::quarantine`]): the engine starts with the others rather
+    /// than not at all.
+    fn json_rows<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+        display_key: impl Fn(&[u8]) -> String,
+    ) -> StoreResult<Vec<T>> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(
-            self.cf(CF_META),
-            IteratorMode::From(CALC_PREFIX.as_bytes(), Direction::Forward),
-        ) {
+        let mut unreadable = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward))
+        {
             let (k, v) = item?;
-            if !k.starts_with(CALC_PREFIX.as_bytes()) {
+            if !k.starts_with(prefix) {
                 break;
             }
-            out.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                cf: CF_META,
-                key: String::from_utf8_lossy(&k).into_owned(),
-                reason: e.to_string(),
-            })?);
+            match serde_json::from_slice(&v) {
+                Ok(record) => out.push(record),
+                Err(e) => unreadable.push(UnreadableRow::new(
+                    NODE_ROWS,
+                    cf,
+                    &k,
+                    display_key(&k),
+                    e.to_string(),
+                )),
+            }
         }
+        self.set_aside(&unreadable)?;
         Ok(out)
     }
 
@@ -79,22 +101,9 @@ impl Store {
         &self,
         prefix: &str,
     ) -> StoreResult<Vec<T>> {
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(
-            self.cf(CF_META),
-            IteratorMode::From(prefix.as_bytes(), Direction::Forward),
-        ) {
-            let (k, v) = item?;
-            if !k.starts_with(prefix.as_bytes()) {
-                break;
-            }
-            out.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                cf: CF_META,
-                key: String::from_utf8_lossy(&k).into_owned(),
-                reason: e.to_string(),
-            })?);
-        }
-        Ok(out)
+        self.json_rows(CF_META, prefix.as_bytes(), |k| {
+            String::from_utf8_lossy(k).into_owned()
+        })
     }
 
     pub fn load_outputs(&self) -> StoreResult<Vec<OutputConfig>> {
@@ -125,20 +134,7 @@ impl Store {
     }
 
     pub fn load_audiences(&self) -> StoreResult<Vec<AudienceRecord>> {
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_AUDIENCES), IteratorMode::Start)
-        {
-            let (k, v) = item?;
-            let record = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                cf: CF_AUDIENCES,
-                key: be_u64(&k).to_string(),
-                reason: e.to_string(),
-            })?;
-            out.push(record);
-        }
-        Ok(out)
+        self.json_rows(CF_AUDIENCES, &[], |k| be_u64(k).to_string())
     }
 
     /// Stores an audience outside the catalog topic: what a store from before the topic holds

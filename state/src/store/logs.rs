@@ -20,6 +20,23 @@ pub struct ReplayCursor {
 /// A profile's log as stored: its head (`None`: nothing logged) and sealed chunks.
 pub(super) type LogParts = (Option<EventLog>, Vec<Vec<u8>>);
 
+/// The logs of a range of profiles, read in one scan ([`Store::logs_between`]).
+#[derive(Default)]
+pub(super) struct ProfileLogsBetween {
+    found: BTreeMap<Mpid, LogParts>,
+    unreadable_heads: std::collections::BTreeSet<Mpid>,
+}
+
+impl ProfileLogsBetween {
+    /// A profile's log (empty when it logged nothing); `None` when its head is unreadable.
+    pub(super) fn remove(&mut self, mpid: &Mpid) -> Option<LogParts> {
+        if self.unreadable_heads.contains(mpid) {
+            return None;
+        }
+        Some(self.found.remove(mpid).unwrap_or_default())
+    }
+}
+
 /// What a profile is rebuilt from: its facts, its event log and its membership history.
 #[derive(Debug, Clone)]
 pub struct ProfileLogs {
@@ -174,44 +191,52 @@ impl Store {
         }))
     }
 
-    /// Visits the profiles of a partition that have facts, in MPID order, from `after`
-    /// (exclusive), with everything each is rebuilt from. Reads no profile state.
+    /// Visits at most `limit` profiles of a partition that have facts, in MPID order, from
+    /// `after` (exclusive), with everything each is rebuilt from. Reads no profile state. A
+    /// profile whose facts or log head do not decode is left out, its row returned apart.
     pub fn scan_profile_logs(
         &self,
         partition: Partition,
         after: Option<Mpid>,
         limit: usize,
-    ) -> StoreResult<Vec<ProfileLogs>> {
+    ) -> StoreResult<ScanPage<ProfileLogs>> {
+        let mut page = ScanPage::default();
         let Some(start) = profile_scan_start(partition, after) else {
-            return Ok(Vec::new());
+            return Ok(page);
         };
         let mut facts = Vec::new();
-        for item in self.db.iterator_cf_opt(
+        let rows = self.db.iterator_cf_opt(
             self.cf(CF_FACTS),
             scan_options(),
             IteratorMode::From(&start, Direction::Forward),
-        ) {
+        );
+        for item in rows.take(limit) {
             let (k, v) = item?;
-            if k[..4] != partition.to_be_bytes() || facts.len() >= limit {
+            if k[..4] != partition.to_be_bytes() {
                 break;
             }
             let mpid = from_ordered_i64(&k[4..]);
-            let decoded =
-                crate::facts::ProfileFacts::decode(&v).map_err(|reason| StoreError::Corrupt {
-                    cf: CF_FACTS,
-                    key: format!("{partition}/{mpid}"),
+            page.last = Some(mpid);
+            match crate::facts::ProfileFacts::decode(&v) {
+                Ok(decoded) => facts.push((mpid, decoded)),
+                Err(reason) => page.unreadable.push(UnreadableRow::new(
+                    partition,
+                    CF_FACTS,
+                    &k,
+                    format!("{partition}/{mpid}"),
                     reason,
-                })?;
-            facts.push((mpid, decoded));
+                )),
+            }
         }
         let (Some(first), Some(last)) = (facts.first(), facts.last()) else {
-            return Ok(Vec::new());
+            return Ok(page);
         };
-        let mut logs = self.logs_between(partition, first.0, last.0)?;
-        let mut out = Vec::with_capacity(facts.len());
+        let mut logs = self.logs_between(partition, first.0, last.0, &mut page.unreadable)?;
         for (mpid, facts) in facts {
-            let (log, chunks) = logs.remove(&mpid).unwrap_or_default();
-            out.push(ProfileLogs {
+            let Some((log, chunks)) = logs.remove(&mpid) else {
+                continue; // its head is unreadable
+            };
+            page.items.push(ProfileLogs {
                 mpid,
                 facts,
                 log: log.unwrap_or_default(),
@@ -219,7 +244,7 @@ impl Store {
                 memberships: self.membership_changes_of(partition, mpid)?,
             });
         }
-        Ok(out)
+        Ok(page)
     }
 
     /// A profile's log head (`None`: the profile has logged nothing).
@@ -227,15 +252,10 @@ impl Store {
         let key = log_key(partition, mpid, LOG_HEAD_SEQ);
         match self.db.get_pinned_cf(self.cf(CF_EVENTLOG), key)? {
             None => Ok(None),
-            Some(bytes) => {
-                EventLog::decode(&bytes)
-                    .map(Some)
-                    .map_err(|reason| StoreError::Corrupt {
-                        cf: CF_EVENTLOG,
-                        key: format!("{partition}/{mpid}/head"),
-                        reason,
-                    })
-            }
+            Some(bytes) => EventLog::decode(&bytes).map(Some).map_err(|reason| {
+                let display = format!("{partition}/{mpid}/head");
+                UnreadableRow::new(partition, CF_EVENTLOG, &key, display, reason).into_error()
+            }),
         }
     }
 
@@ -289,43 +309,52 @@ impl Store {
         })
     }
 
-    /// Visits every profile of a partition with its event log, in MPID order, from `after`
-    /// (exclusive): two forward scans side by side, no lookup per profile.
+    /// Visits at most `limit` profiles of a partition with their event logs, in MPID order,
+    /// from `after` (exclusive): two forward scans side by side, no lookup per profile. A
+    /// profile whose row or log head does not decode is left out, its row returned apart.
     pub fn scan_profiles_with_logs(
         &self,
         partition: Partition,
         after: Option<Mpid>,
         limit: usize,
-    ) -> StoreResult<Vec<ProfileWithLog>> {
+    ) -> StoreResult<ScanPage<ProfileWithLog>> {
         let profiles = self.scan_profiles(partition, after, limit)?;
-        let (Some(first), Some(last)) = (profiles.first(), profiles.last()) else {
-            return Ok(Vec::new());
+        let mut page = ScanPage {
+            items: Vec::with_capacity(profiles.items.len()),
+            unreadable: profiles.unreadable,
+            last: profiles.last,
         };
-        let mut logs = self.logs_between(partition, first.mpid, last.mpid)?;
-        Ok(profiles
-            .into_iter()
-            .map(|profile| {
-                let (log, chunks) = logs.remove(&profile.mpid).unwrap_or_default();
-                ProfileWithLog {
-                    profile,
-                    log: log.unwrap_or_default(),
-                    chunks,
-                }
-            })
-            .collect())
+        let (Some(first), Some(last)) = (profiles.items.first(), profiles.items.last()) else {
+            return Ok(page);
+        };
+        let mut logs = self.logs_between(partition, first.mpid, last.mpid, &mut page.unreadable)?;
+        for profile in profiles.items {
+            let Some((log, chunks)) = logs.remove(&profile.mpid) else {
+                continue; // its head is unreadable
+            };
+            page.items.push(ProfileWithLog {
+                profile,
+                log: log.unwrap_or_default(),
+                chunks,
+            });
+        }
+        Ok(page)
     }
 
     /// The event logs (head, sealed chunks oldest first) of the profiles from `first` to
-    /// `last` (inclusive): one forward scan.
+    /// `last` (inclusive): one forward scan. Every profile of the range is in the map (with
+    /// no head and no chunk when it logged nothing) except those whose head does not decode:
+    /// their rows go to `unreadable`.
     pub(super) fn logs_between(
         &self,
         partition: Partition,
         first: Mpid,
         last: Mpid,
-    ) -> StoreResult<BTreeMap<Mpid, LogParts>> {
+        unreadable: &mut Vec<UnreadableRow>,
+    ) -> StoreResult<ProfileLogsBetween> {
         let start = log_key(partition, first, 0);
         let end = profile_key(partition, last);
-        let mut logs: BTreeMap<Mpid, LogParts> = BTreeMap::new();
+        let mut logs = ProfileLogsBetween::default();
         for item in self.db.iterator_cf_opt(
             self.cf(CF_EVENTLOG),
             scan_options(),
@@ -336,14 +365,21 @@ impl Store {
                 break;
             }
             let mpid = from_ordered_i64(&k[4..12]);
-            let entry = logs.entry(mpid).or_default();
+            let entry = logs.found.entry(mpid).or_default();
             if k[12..] == LOG_HEAD_SEQ.to_be_bytes() {
-                let head = EventLog::decode(&v).map_err(|reason| StoreError::Corrupt {
-                    cf: CF_EVENTLOG,
-                    key: format!("{partition}/{mpid}/head"),
-                    reason,
-                })?;
-                entry.0 = Some(head);
+                match EventLog::decode(&v) {
+                    Ok(head) => entry.0 = Some(head),
+                    Err(reason) => {
+                        logs.unreadable_heads.insert(mpid);
+                        unreadable.push(UnreadableRow::new(
+                            partition,
+                            CF_EVENTLOG,
+                            &k,
+                            format!("{partition}/{mpid}/head"),
+                            reason,
+                        ));
+                    }
+                }
             } else {
                 entry.1.push(v.into_vec());
             }

@@ -4,9 +4,9 @@
 //! | column family | key                                   | value                          |
 //! |---------------|---------------------------------------|--------------------------------|
 //! | `profiles`    | partition, mpid                       | [`ProfileState`](crate::profile::ProfileState) (postcard)    |
-//! | `outbox`      | partition, sequence                   | [`Delta`](crate::model::Delta) (postcard)           |
+//! | `outbox`      | partition, sequence                   | [`Delta`](crate::model::Delta): format byte, postcard |
 //! | `timers`      | partition, due time, mpid             | empty                          |
-//! | `deadletters` | partition, sequence                   | [`DeadLetter`] (postcard), until published |
+//! | `deadletters` | partition, sequence                   | [`DeadLetter`]: format byte, postcard, until published |
 //! | `meta`        | text (`offset/…`, `head/…`, `size/…`) | big-endian integers            |
 //! | `audiences`   | audience id                           | [`AudienceRecord`](crate::catalog::AudienceRecord) (JSON)      |
 //! | `eventlog`    | partition, mpid, chunk seq (u32 BE)   | a sealed chunk: format byte, events |
@@ -51,13 +51,20 @@ mod logs;
 mod members;
 mod outbox;
 mod profiles;
+mod quarantine;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_quarantine;
 
-pub use db::{replicated_column_families, Partition, Store, StoreError, StoreResult, WriteBatch};
+pub use db::{
+    replicated_column_families, Partition, ScanPage, Store, StoreError, StoreResult, UnreadableRow,
+    WriteBatch, NODE_ROWS,
+};
 pub use deadletter::{DeadLetter, DeadLetterLimits};
 pub use deliveries::DeliveryPosition;
 pub use keys::{log_key, profile_key};
 pub use logs::{ProfileLogs, ProfileWithLog, ReplayCursor};
+pub use quarantine::Quarantined;
 pub use snapshot::SnapshotContents;

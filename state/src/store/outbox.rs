@@ -6,13 +6,31 @@ use super::db::*;
 use super::deadletter::*;
 use super::keys::*;
 use crate::model::{Delta, TimestampMs};
+use crate::row_format::{frame_legacy_row, unframe, DELTA_FORMAT};
 use rocksdb::{Direction, IteratorMode};
+
+/// Meta key (the node's own) of the format of this store's outbox and dead-letter rows:
+/// absent in stores written before those rows had a format byte.
+const ROW_FORMAT_KEY: &str = "rows/format";
+
+/// The value of [`ROW_FORMAT_KEY`]: every outbox and dead-letter row has its format byte.
+const ROW_FORMAT: u64 = 1;
+
+/// A stored delta: [`DELTA_FORMAT`], then postcard.
+fn encode_delta(delta: &Delta) -> Vec<u8> {
+    let mut bytes = vec![DELTA_FORMAT];
+    bytes.extend(postcard::to_stdvec(delta).expect("delta always serialises"));
+    bytes
+}
+
+fn decode_delta(bytes: &[u8]) -> Result<Delta, String> {
+    postcard::from_bytes(unframe("delta", DELTA_FORMAT, bytes)?).map_err(|e| e.to_string())
+}
 
 impl WriteBatch<'_> {
     pub fn put_delta(&mut self, partition: Partition, seq: u64, delta: &Delta) {
         let cf = CF_OUTBOX;
-        let bytes = postcard::to_stdvec(delta).expect("delta always serialises");
-        self.put(cf, seq_key(partition, seq), bytes);
+        self.put(cf, seq_key(partition, seq), encode_delta(delta));
     }
 
     pub fn set_outbox_head(&mut self, partition: Partition, seq: u64) {
@@ -21,8 +39,7 @@ impl WriteBatch<'_> {
 
     pub fn put_dead_letter(&mut self, partition: Partition, seq: u64, letter: &DeadLetter) {
         let cf = CF_DEADLETTERS;
-        let bytes = postcard::to_stdvec(letter).expect("dead letter always serialises");
-        self.put(cf, seq_key(partition, seq), bytes);
+        self.put(cf, seq_key(partition, seq), letter.encode());
         self.put_meta_u64(&deadletter_head_key(partition), seq);
     }
 
@@ -81,7 +98,7 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> StoreResult<Vec<(u64, Delta)>> {
-        self.read_seq(CF_OUTBOX, partition, after, limit)
+        self.read_seq_with(CF_OUTBOX, partition, after, limit, decode_delta)
     }
 
     pub fn read_dead_letters(
@@ -110,29 +127,23 @@ impl Store {
         Ok(n)
     }
 
-    pub(super) fn read_seq<T: serde::de::DeserializeOwned>(
-        &self,
-        cf: &'static str,
-        partition: Partition,
-        after: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<(u64, T)>> {
-        self.read_seq_with(cf, partition, after, limit, |v| postcard::from_bytes(v))
-    }
-
+    /// The rows of a sequence-keyed column family after `after`, at most `limit`, decoded. A
+    /// row that does not decode is set aside ([`super::quarantine`]) and skipped: its readers
+    /// (the publisher, the connections) go on with the next.
     pub(super) fn read_seq_with<T>(
         &self,
         cf: &'static str,
         partition: Partition,
         after: u64,
         limit: usize,
-        decode: impl Fn(&[u8]) -> Result<T, postcard::Error>,
+        decode: impl Fn(&[u8]) -> Result<T, String>,
     ) -> StoreResult<Vec<(u64, T)>> {
         let Some(from) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
         let start = seq_key(partition, from);
         let mut out = Vec::new();
+        let mut unreadable = Vec::new();
         for item in self
             .db
             .iterator_cf(self.cf(cf), IteratorMode::From(&start, Direction::Forward))
@@ -142,22 +153,24 @@ impl Store {
                 break;
             }
             let seq = be_u64(&k[4..12]);
-            let value = decode(&v).map_err(|e| StoreError::Corrupt {
-                cf,
-                key: format!("{partition}/{seq}"),
-                reason: e.to_string(),
-            })?;
-            out.push((seq, value));
+            match decode(&v) {
+                Ok(value) => out.push((seq, value)),
+                Err(reason) => unreadable.push(UnreadableRow::new(
+                    partition,
+                    cf,
+                    &k,
+                    format!("{partition}/{seq}"),
+                    reason,
+                )),
+            }
         }
+        self.set_aside(&unreadable)?;
         Ok(out)
     }
 
     /// The oldest sequence still in the outbox of a partition.
     pub fn outbox_tail(&self, partition: Partition) -> StoreResult<Option<u64>> {
-        Ok(self
-            .read_seq::<Delta>(CF_OUTBOX, partition, 0, 1)?
-            .first()
-            .map(|(s, _)| *s))
+        Ok(self.read_outbox(partition, 0, 1)?.first().map(|(s, _)| *s))
     }
 
     /// Deletes the deltas of a partition up to and including `through`.
@@ -198,5 +211,69 @@ impl Store {
             self.prune_outbox(partition, seq)?;
         }
         Ok(last_old)
+    }
+}
+
+impl Store {
+    /// Gives the outbox's and the dead letters' rows of a store written before they had a
+    /// format byte that byte, and the units waiting for the changelog topic the current unit
+    /// format: once, in one synced write, at open.
+    pub(super) fn migrate_row_formats(&self) -> StoreResult<()> {
+        if self.meta_u64(ROW_FORMAT_KEY)?.is_some() {
+            return Ok(());
+        }
+        let mut b = self.batch();
+        let mut rows = 0u64;
+        for cf in [CF_OUTBOX, CF_DEADLETTERS] {
+            for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
+                let (k, v) = item?;
+                if let Some(framed) = frame_legacy_row(cf, &v) {
+                    b.batch.put_cf(self.cf(cf), k, framed);
+                    rows += 1;
+                }
+            }
+        }
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_CHANGELOG), IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            // Units are keyed (partition, sequence); the node's positions are shorter keys.
+            if k.len() == 12 {
+                if let Ok(unit) = crate::changelog::Unit::decode(&v) {
+                    b.batch.put_cf(self.cf(CF_CHANGELOG), k, unit.encode());
+                }
+            }
+        }
+        b.put_meta_u64(ROW_FORMAT_KEY, ROW_FORMAT);
+        self.commit_synced(b)?;
+        if rows > 0 {
+            tracing::info!(rows, "outbox and dead-letter rows given their format byte");
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Gives a partition's outbox and dead-letter rows, loaded from a snapshot of the legacy
+    /// format, the format byte they lack.
+    pub(super) fn frame_legacy_rows_of(&self, partition: Partition) -> StoreResult<()> {
+        let mut b = self.batch();
+        for cf in [CF_OUTBOX, CF_DEADLETTERS] {
+            let prefix = partition.to_be_bytes();
+            for item in self
+                .db
+                .iterator_cf(self.cf(cf), IteratorMode::From(&prefix, Direction::Forward))
+            {
+                let (k, v) = item?;
+                if k[..4] != prefix {
+                    break;
+                }
+                if let Some(framed) = frame_legacy_row(cf, &v) {
+                    b.batch.put_cf(self.cf(cf), k, framed);
+                }
+            }
+        }
+        self.commit(b)
     }
 }

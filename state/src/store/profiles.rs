@@ -66,6 +66,8 @@ impl WriteBatch<'_> {
 }
 
 impl Store {
+    /// A stored profile (`None`: none). A row that does not decode is
+    /// [`StoreError::Unreadable`], naming it so that the caller can set it aside.
     pub fn load_profile(
         &self,
         partition: Partition,
@@ -74,15 +76,16 @@ impl Store {
         let key = profile_key(partition, mpid);
         match self.db.get_pinned_cf(self.cf(CF_PROFILES), key)? {
             None => Ok(None),
-            Some(bytes) => {
-                ProfileState::decode(&bytes)
-                    .map(Some)
-                    .map_err(|reason| StoreError::Corrupt {
-                        cf: CF_PROFILES,
-                        key: format!("{partition}/{mpid}"),
-                        reason,
-                    })
-            }
+            Some(bytes) => ProfileState::decode(&bytes).map(Some).map_err(|reason| {
+                UnreadableRow::new(
+                    partition,
+                    CF_PROFILES,
+                    &key,
+                    format!("{partition}/{mpid}"),
+                    reason,
+                )
+                .into_error()
+            }),
         }
     }
 
@@ -123,34 +126,43 @@ impl Store {
         Ok(out)
     }
 
-    /// Visits every profile of a partition, in MPID order, from `after` (exclusive).
+    /// Visits at most `limit` profiles of a partition, in MPID order, from `after`
+    /// (exclusive). Rows that do not decode count toward the limit and are returned apart, for
+    /// the caller to set aside.
     pub fn scan_profiles(
         &self,
         partition: Partition,
         after: Option<Mpid>,
         limit: usize,
-    ) -> StoreResult<Vec<ProfileState>> {
+    ) -> StoreResult<ScanPage<ProfileState>> {
+        let mut page = ScanPage::default();
         let Some(start) = profile_scan_start(partition, after) else {
-            return Ok(Vec::new());
+            return Ok(page);
         };
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf_opt(
+        let rows = self.db.iterator_cf_opt(
             self.cf(CF_PROFILES),
             scan_options(),
             IteratorMode::From(&start, Direction::Forward),
-        ) {
+        );
+        for item in rows.take(limit) {
             let (k, v) = item?;
-            if k[..4] != partition.to_be_bytes() || out.len() >= limit {
+            if k[..4] != partition.to_be_bytes() {
                 break;
             }
-            let profile = ProfileState::decode(&v).map_err(|reason| StoreError::Corrupt {
-                cf: CF_PROFILES,
-                key: format!("{partition}/{}", from_ordered_i64(&k[4..])),
-                reason,
-            })?;
-            out.push(profile);
+            let mpid = from_ordered_i64(&k[4..]);
+            page.last = Some(mpid);
+            match ProfileState::decode(&v) {
+                Ok(profile) => page.items.push(profile),
+                Err(reason) => page.unreadable.push(UnreadableRow::new(
+                    partition,
+                    CF_PROFILES,
+                    &k,
+                    format!("{partition}/{mpid}"),
+                    reason,
+                )),
+            }
         }
-        Ok(out)
+        Ok(page)
     }
 
     /// The first `limit` profiles of a partition in sample order (a uniform sample).
@@ -217,10 +229,11 @@ impl Store {
         let mut after = None;
         loop {
             let page = self.scan_profiles(partition, after, 1_000)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.mpid);
+            let Some(last) = page.last else { break };
+            after = Some(last);
+            // An unreadable profile gets no facts record: streaming or a rebuild meets it.
             let mut batch = self.partition_batch();
-            for profile in &page {
+            for profile in &page.items {
                 batch.put_facts(
                     partition,
                     profile.mpid,
@@ -250,10 +263,9 @@ impl Store {
             None => Ok(None),
             Some(bytes) => crate::facts::ProfileFacts::decode(&bytes)
                 .map(Some)
-                .map_err(|reason| StoreError::Corrupt {
-                    cf: CF_FACTS,
-                    key: format!("{partition}/{mpid}"),
-                    reason,
+                .map_err(|reason| {
+                    let display = format!("{partition}/{mpid}");
+                    UnreadableRow::new(partition, CF_FACTS, &key, display, reason).into_error()
                 }),
         }
     }

@@ -5,7 +5,7 @@
 use super::db::*;
 use super::keys::{meta_key_partition, seq_key};
 use crate::changelog::follow::Position;
-use crate::changelog::snapshot::SnapshotFile;
+use crate::changelog::snapshot::{SnapshotFile, LEGACY_SNAPSHOT_FORMAT};
 use std::path::Path;
 
 /// What [`Store::write_partition_snapshot`] wrote.
@@ -115,15 +115,16 @@ impl Store {
         }))
     }
 
-    /// Replaces this node's state of the partition by a snapshot's (files in `dir`), and its
-    /// changelog position by the snapshot's: the changelog is then read from there. The
-    /// partition is not writable afterwards (it needs a claim).
+    /// Replaces this node's state of the partition by a snapshot's (files in `dir`, written in
+    /// snapshot `format`), and its changelog position by the snapshot's: the changelog is
+    /// then read from there. The partition is not writable afterwards (it needs a claim).
     pub fn load_partition_snapshot(
         &self,
         partition: Partition,
         dir: &Path,
         position: &Position,
         files: &[SnapshotFile],
+        format: u32,
     ) -> StoreResult<()> {
         let mut ingest = Vec::new();
         for file in files {
@@ -171,6 +172,9 @@ impl Store {
         });
         let _ = std::fs::remove_dir_all(&local);
         ingested?;
+        if format == LEGACY_SNAPSHOT_FORMAT {
+            self.frame_legacy_rows_of(partition)?;
+        }
         let committed = self
             .meta_u64(&super::changelog::next_seq_key(partition))?
             .unwrap_or(0);

@@ -267,10 +267,14 @@ pub async fn replay(ctx: &Ctx, ask: ReplayAsk, wait: bool) -> anyhow::Result<()>
                 "profiles_changed": p.profiles_changed,
                 "deltas": p.deltas,
                 "unreadable_logs": p.unreadable_logs,
+                "quarantined_rows": p.quarantined_rows,
+                "quarantined": p.quarantined.iter().map(quarantined_json).collect::<Vec<_>>(),
                 "differences": p.differences.iter().map(|d| serde_json::json!({
                     "mpid": d.mpid, "fields": d.fields,
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
+            "definitions_quarantined": status.definitions_quarantined.iter()
+                .map(quarantined_json).collect::<Vec<_>>(),
         }));
     } else {
         if status.partitions.is_empty() {
@@ -287,7 +291,7 @@ pub async fn replay(ctx: &Ctx, ask: ReplayAsk, wait: bool) -> anyhow::Result<()>
                 id => format!(" on {id}"),
             };
             say!(
-                "partition {:>3}{node}  {} {}  {} of {} profiles  {} {changed}  {} {deltas}  {} unreadable logs",
+                "partition {:>3}{node}  {} {}  {} of {} profiles  {} {changed}  {} {deltas}  {} unreadable logs  {} rows set aside",
                 p.partition,
                 mode_name(p),
                 if p.running { "running" } else { "done" },
@@ -295,8 +299,34 @@ pub async fn replay(ctx: &Ctx, ask: ReplayAsk, wait: bool) -> anyhow::Result<()>
                 p.profiles_total.max(p.profiles_scanned),
                 p.profiles_changed,
                 p.deltas,
-                p.unreadable_logs
+                p.unreadable_logs,
+                p.quarantined_rows
             );
+        }
+        let set_aside: Vec<&pb::QuarantinedRow> = status
+            .partitions
+            .iter()
+            .flat_map(|p| &p.quarantined)
+            .chain(&status.definitions_quarantined)
+            .collect();
+        if !set_aside.is_empty() {
+            say!(
+                "{:<12}  {:<12}  {:<24}  {:<20}  WHY (rows that could not be read, set aside)",
+                "NODE",
+                "IN",
+                "KEY",
+                "SINCE"
+            );
+            for q in set_aside {
+                say!(
+                    "{:<12}  {:<12}  {:<24}  {:<20}  {}",
+                    q.node_id,
+                    q.column_family,
+                    q.key,
+                    audience_state::time::format_instant(q.at_ms),
+                    q.reason
+                );
+            }
         }
         let shown: Vec<&pb::ProfileDifference> = status
             .partitions
@@ -314,6 +344,13 @@ pub async fn replay(ctx: &Ctx, ask: ReplayAsk, wait: bool) -> anyhow::Result<()>
         anyhow::bail!("{differing} profile(s) differ from the fold of their logs");
     }
     Ok(())
+}
+
+fn quarantined_json(q: &pb::QuarantinedRow) -> serde_json::Value {
+    serde_json::json!({
+        "node": q.node_id, "column_family": q.column_family, "key": q.key,
+        "reason": q.reason, "at_ms": q.at_ms,
+    })
 }
 
 fn mode_name(p: &pb::PartitionReplay) -> &'static str {
