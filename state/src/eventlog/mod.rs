@@ -105,7 +105,9 @@ pub struct EventLog {
     /// Sealed chunks, oldest first.
     pub sealed: Vec<ChunkMeta>,
     pub next_seq: u32,
-    /// Encoded events of the open chunk, and their summary (its `seq` is unused).
+    /// Encoded events of the open chunk, and their summary (its `seq` is unused). As bytes:
+    /// postcard writes them as a sequence of `u8` would be, one copy instead of a call each.
+    #[serde(with = "serde_bytes")]
     pub tail: Vec<u8>,
     pub tail_meta: ChunkMeta,
     /// Time of the last event of the tail, the base of the next delta.

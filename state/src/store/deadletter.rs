@@ -16,8 +16,10 @@ pub struct DeadLetter {
     pub reason_code: String,
     /// What was wrong, naming the field.
     pub reason: String,
+    #[serde(with = "serde_bytes")]
     pub key: Option<Vec<u8>>,
     /// The message, or its first [`DeadLetterLimits::prefix_bytes`] when it did not fit.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     pub at_ms: TimestampMs,
     /// Size of the message as consumed: more than `payload` when truncated.

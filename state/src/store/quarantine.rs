@@ -24,11 +24,13 @@ const QUARANTINE_FORMAT: u8 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quarantined {
     pub cf: String,
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub display_key: String,
     pub reason: String,
     pub at_ms: TimestampMs,
     /// The row as it was found (empty when it was gone by the time it was set aside).
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 
