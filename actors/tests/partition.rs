@@ -124,15 +124,15 @@ async fn replayed_offsets_change_nothing_and_timers_drop_members() {
 /// neither has its message dead-lettered (`state_unreadable`). Each row is set aside.
 #[actix::test]
 async fn unreadable_rows_are_set_aside_and_their_profiles_go_on_from_what_can_be_read() {
-    use audience_state::store::{log_key, profile_key};
+    use audience_state::store::{log_key, member_by_profile_key, profile_key};
     let dir = tempfile::tempdir().unwrap();
     let (engine, clock) = setup(dir.path());
     let now = clock.now();
     let actor = PartitionActor::new(0, engine.clone()).unwrap().start();
     calculated(&engine).await;
-    let first: Vec<RawMessage> = (1..=4).map(|m| message(m - 1, search(m, now))).collect();
+    let first: Vec<RawMessage> = (1..=5).map(|m| message(m - 1, search(m, now))).collect();
     let outcome = actor.send(ProcessBatch(first)).await.unwrap().unwrap();
-    assert_eq!((outcome.applied, outcome.deltas), (4, 4));
+    assert_eq!((outcome.applied, outcome.deltas), (5, 5));
 
     // While the partition is stopped: 1's state row, 2's log head, and both of 3's.
     drop(actor);
@@ -148,22 +148,34 @@ async fn unreadable_rows_are_set_aside_and_their_profiles_go_on_from_what_can_be
     store
         .write_raw("eventlog", &log_key(0, 3, u32::MAX), b"\xffdamaged")
         .unwrap();
+    // And 5's state row with its membership record, which a rebuild would need.
+    store
+        .write_raw("profiles", &profile_key(0, 5), b"\x09damaged")
+        .unwrap();
+    store
+        .write_raw("members", &member_by_profile_key(0, 5, 1, 1), b"\x07")
+        .unwrap();
 
     let actor = PartitionActor::new(0, engine.clone()).unwrap().start();
     let later = now + DAY_MS;
-    let second: Vec<RawMessage> = (1..=4).map(|m| message(m + 3, search(m, later))).collect();
+    let second: Vec<RawMessage> = (1..=5).map(|m| message(m + 4, search(m, later))).collect();
     let outcome = actor.send(ProcessBatch(second)).await.unwrap().unwrap();
     assert_eq!(
         (outcome.applied, outcome.dead_lettered, outcome.deltas),
-        (3, 1, 0),
-        "1 and 2 go on as members (no delta), 3 is dead-lettered, 4 is untouched"
+        (3, 2, 0),
+        "1 and 2 go on as members (no delta), 3 and 5 are dead-lettered, 4 is untouched"
     );
-    let letter = &engine.store.read_dead_letters(0, 0, 10).unwrap()[0].1;
+    let letters = engine.store.read_dead_letters(0, 0, 10).unwrap();
+    let letter = &letters[0].1;
     assert_eq!(
         (letter.offset, letter.reason_code.as_str()),
-        (6, "state_unreadable")
+        (7, "state_unreadable")
     );
     assert!(letter.reason.contains("MPID 3"), "{}", letter.reason);
+    assert_eq!(
+        (letters[1].1.offset, letters[1].1.reason_code.as_str()),
+        (9, "state_unreadable")
+    );
     let repaired = store.load_profile(0, 1).unwrap().expect("rewritten whole");
     assert_eq!(repaired.memberships[&1].version, 1);
     assert!(
@@ -171,7 +183,7 @@ async fn unreadable_rows_are_set_aside_and_their_profiles_go_on_from_what_can_be
         "a new log head"
     );
     let (rows, count) = store.quarantined(0, 10).unwrap();
-    assert_eq!(count, 4, "{rows:?}");
+    assert_eq!(count, 5, "{rows:?}");
     assert!(rows.iter().any(|r| r.display_key == "0/2/head"));
 
     // Time goes on for the repaired profiles: a week after their last search they leave,
@@ -179,7 +191,7 @@ async fn unreadable_rows_are_set_aside_and_their_profiles_go_on_from_what_can_be
     clock.advance(8 * DAY_MS + 1).unwrap();
     actor.send(Tick).await.unwrap();
     let drops: Vec<(i64, u64)> = store
-        .read_outbox(0, 4, 10)
+        .read_outbox(0, 5, 10)
         .unwrap()
         .into_iter()
         .filter(|(_, d)| d.kind == DeltaKind::Dropped)

@@ -476,6 +476,11 @@ impl PartitionActor {
                 pending.quarantine.push(*other);
                 Ok(Err(why))
             }
+            // A membership record that does not decode either: nothing to rebuild from.
+            Err(StoreError::Corrupt { cf, key, reason }) => {
+                tracing::error!(cf, %key, %reason, "unreadable record; the profile cannot be rebuilt");
+                Ok(Err(why))
+            }
             Err(e) => Err(e),
         }
     }

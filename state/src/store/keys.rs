@@ -73,7 +73,7 @@ pub(super) fn member_by_audience_key(
 }
 
 /// `members` key by profile: partition, `m`, mpid, audience, version.
-pub(super) fn member_by_profile_key(
+pub fn member_by_profile_key(
     partition: Partition,
     mpid: Mpid,
     audience: AudienceId,
