@@ -223,16 +223,7 @@ impl Store {
             return Ok(());
         }
         let mut b = self.batch();
-        let mut rows = 0u64;
-        for cf in [CF_OUTBOX, CF_DEADLETTERS] {
-            for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
-                let (k, v) = item?;
-                if let Some(framed) = frame_legacy_row(cf, &v) {
-                    b.batch.put_cf(self.cf(cf), k, framed);
-                    rows += 1;
-                }
-            }
-        }
+        let rows = self.frame_legacy_rows(&mut b, &[])?;
         for item in self
             .db
             .iterator_cf(self.cf(CF_CHANGELOG), IteratorMode::Start)
@@ -252,28 +243,34 @@ impl Store {
         }
         Ok(())
     }
-}
 
-impl Store {
     /// Gives a partition's outbox and dead-letter rows, loaded from a snapshot of the legacy
     /// format, the format byte they lack.
     pub(super) fn frame_legacy_rows_of(&self, partition: Partition) -> StoreResult<()> {
         let mut b = self.batch();
+        self.frame_legacy_rows(&mut b, &partition.to_be_bytes())?;
+        self.commit(b)
+    }
+
+    /// Adds to `b` the framed form of every outbox and dead-letter row whose key starts with
+    /// `prefix` (empty: all of them). Returns how many.
+    fn frame_legacy_rows(&self, b: &mut WriteBatch<'_>, prefix: &[u8]) -> StoreResult<u64> {
+        let mut rows = 0;
         for cf in [CF_OUTBOX, CF_DEADLETTERS] {
-            let prefix = partition.to_be_bytes();
             for item in self
                 .db
-                .iterator_cf(self.cf(cf), IteratorMode::From(&prefix, Direction::Forward))
+                .iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward))
             {
                 let (k, v) = item?;
-                if k[..4] != prefix {
+                if !k.starts_with(prefix) {
                     break;
                 }
                 if let Some(framed) = frame_legacy_row(cf, &v) {
                     b.batch.put_cf(self.cf(cf), k, framed);
+                    rows += 1;
                 }
             }
         }
-        self.commit(b)
+        Ok(rows)
     }
 }
