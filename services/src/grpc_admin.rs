@@ -5,7 +5,6 @@ use crate::convert;
 use crate::grpc::Services;
 use audience_actors::partition::ReplayMode;
 use audience_proto::v1 as pb;
-use audience_state::store::{Quarantined, NODE_ROWS};
 use std::sync::atomic::Ordering;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -13,61 +12,7 @@ use tonic::{Request, Response, Status};
 impl Services {
     /// The replays of this node's partitions, running or finished.
     fn replay_status(&self) -> pb::ReplayStatus {
-        let replays = self.node.engine.replays.lock().clone();
-        let mut partitions: Vec<pb::PartitionReplay> = replays
-            .into_iter()
-            .map(|(partition, r)| pb::PartitionReplay {
-                partition,
-                wiped: r.wiped,
-                check_only: r.check_only,
-                profiles_changed: r.changed,
-                differences: r
-                    .differences
-                    .iter()
-                    .map(|(mpid, fields)| pb::ProfileDifference {
-                        mpid: *mpid,
-                        fields: fields.clone(),
-                    })
-                    .collect(),
-                running: r.finished_at_ms.is_none(),
-                node_id: self.peers.node_id().to_string(),
-                profiles_scanned: r.scanned,
-                profiles_total: r.total,
-                deltas: r.deltas,
-                unreadable_logs: r.unreadable,
-                quarantined_rows: r.quarantined_rows,
-                quarantined: r
-                    .quarantined
-                    .iter()
-                    .map(|q| self.quarantined_row(q))
-                    .collect(),
-                started_at_ms: r.started_at_ms,
-                finished_at_ms: r.finished_at_ms.unwrap_or(0),
-            })
-            .collect();
-        partitions.sort_by_key(|p| p.partition);
-        let definitions_quarantined = match self.node.engine.store.quarantined(NODE_ROWS, 100) {
-            Ok((rows, _)) => rows.iter().map(|q| self.quarantined_row(q)).collect(),
-            Err(e) => {
-                tracing::error!(error = %e, "quarantine unreadable");
-                Vec::new()
-            }
-        };
-        pb::ReplayStatus {
-            running: partitions.iter().any(|p| p.running),
-            partitions,
-            definitions_quarantined,
-        }
-    }
-
-    fn quarantined_row(&self, q: &Quarantined) -> pb::QuarantinedRow {
-        pb::QuarantinedRow {
-            column_family: q.cf.clone(),
-            key: q.display_key.clone(),
-            reason: q.reason.clone(),
-            at_ms: q.at_ms,
-            node_id: self.peers.node_id().to_string(),
-        }
+        crate::replay_report::local_status(&self.node.engine, self.peers.node_id())
     }
 
     /// `here` with the replays of every other live node (each answering for its own

@@ -9,5 +9,7 @@ pub mod grpc;
 pub mod grpc_admin;
 pub mod grpc_outputs;
 pub mod grpc_profiles;
+pub mod offline;
 pub mod peers;
+pub mod replay_report;
 pub mod server;

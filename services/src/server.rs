@@ -167,7 +167,7 @@ fn secret_key(config: &Config) -> anyhow::Result<SecretKey> {
 }
 
 /// This node's name in its catalog proposals.
-fn node_id(config: &Config) -> String {
+pub(crate) fn node_id(config: &Config) -> String {
     if !config.catalog.node_id.trim().is_empty() {
         return config.catalog.node_id.trim().to_string();
     }

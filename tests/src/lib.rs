@@ -408,6 +408,14 @@ impl Engine {
         c
     }
 
+    /// The engine binary with this engine's configuration, for its offline commands
+    /// (`verify`, `rebuild`) on its data directory.
+    pub fn offline(&self) -> Command {
+        let mut c = Command::new(engine_binary());
+        c.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        c
+    }
+
     /// Waits for the process to exit by itself (an engine that refuses to start).
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
         let child = self

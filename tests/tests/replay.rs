@@ -7,7 +7,8 @@
 //! Then `audiencectl verify` and `rebuild` over 2,000 users with attributes, identities and
 //! consent: a healthy store verifies clean and a rebuild writes nothing and sends nothing; a
 //! profile row damaged while the engine was stopped is found by verify (its MPID and what
-//! differs) and repaired by rebuild.
+//! differs) and repaired by rebuild. The same, offline, with `audience-engine verify` and
+//! `rebuild` on the data directory of a stopped engine.
 
 use audience_e2e::*;
 use audience_proto::v1 as pb;
@@ -242,6 +243,32 @@ async fn profiles_rebuilt_from_their_logs_end_as_they_were() -> Result<()> {
     Ok(())
 }
 
+/// With the engine stopped: `damaged`'s stored row loses its `tier` attribute and `email`
+/// identity (its logs still hold them), and `unreadable`'s row no longer decodes at all.
+fn damage_rows(data: &std::path::Path, damaged: i64, unreadable: i64) -> Result<()> {
+    let store = Store::open(data, true)?;
+    let (p, mut state) = store
+        .find_profile(damaged, 0..2)?
+        .expect("the damaged profile is stored");
+    assert!(state.attributes.remove("tier").is_some());
+    assert!(state.identities.remove("email").is_some());
+    let mut b = store.partition_batch();
+    b.put_profile(p, &state);
+    store.commit_partition(b, p)?;
+    let (p, _) = store.find_profile(unreadable, 0..2)?.expect("stored");
+    let key = audience_state::store::profile_key(p, unreadable);
+    store.write_raw("profiles", &key, b"\x09not a profile")?;
+    Ok(())
+}
+
+/// The report line of `mpid` in a replay's text report.
+fn line_of(report: &str, mpid: i64) -> &str {
+    report
+        .lines()
+        .find(|l| l.starts_with(&mpid.to_string()))
+        .unwrap_or_else(|| panic!("the report names {mpid}: {report}"))
+}
+
 fn audiencectl_status(engine: &Engine, args: &[&str]) -> Result<(bool, String)> {
     let out = engine.ctl().args(args).output()?;
     let text = format!(
@@ -348,21 +375,7 @@ async fn verify_and_rebuild_leave_a_healthy_store_alone_and_repair_a_damaged_row
     // Damage one gold member's row while the engine is stopped: its tier and email are gone
     // from the stored state (its logs still hold them).
     engine.terminate()?;
-    {
-        let store = Store::open(&data, true)?;
-        let (p, mut state) = store
-            .find_profile(damaged, 0..2)?
-            .expect("the damaged profile is stored");
-        assert!(state.attributes.remove("tier").is_some());
-        assert!(state.identities.remove("email").is_some());
-        let mut b = store.partition_batch();
-        b.put_profile(p, &state);
-        store.commit_partition(b, p)?;
-        // And one row that no longer decodes at all.
-        let (p, _) = store.find_profile(unreadable, 0..2)?.expect("stored");
-        let key = audience_state::store::profile_key(p, unreadable);
-        store.write_raw("profiles", &key, b"\x09not a profile")?;
-    }
+    damage_rows(&data, damaged, unreadable)?;
     engine.restart()?;
     let ch = engine.ready().await?;
 
@@ -408,6 +421,134 @@ async fn verify_and_rebuild_leave_a_healthy_store_alone_and_repair_a_damaged_row
     assert!(
         after.is_empty(),
         "verify and rebuild sent nothing: {after:?}"
+    );
+    Ok(())
+}
+
+/// `audience-engine verify|rebuild ...` offline on the stopped engine's data directory:
+/// success, standard output and standard error.
+fn offline(engine: &Engine, args: &[&str], env: &[(&str, &str)]) -> Result<(bool, String, String)> {
+    let out = engine
+        .offline()
+        .args(args)
+        .envs(env.iter().copied())
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Sums a figure of every partition of an offline command's `--json` report.
+fn total(report: &str, figure: &str) -> Result<u64> {
+    let v: serde_json::Value = serde_json::from_str(report.trim())
+        .map_err(|e| anyhow::anyhow!("not one JSON object ({e}): {report}"))?;
+    Ok(v["partitions"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("no partitions: {report}"))?
+        .iter()
+        .map(|p| p[figure].as_u64().unwrap_or(0))
+        .sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_binary_verifies_and_rebuilds_a_stopped_engines_directory() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("offline");
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("engine");
+    let mut engine = Engine::start(&broker, &topics, &data, "offline")?;
+    let ch = engine.ready().await?;
+    let gold = create_audience(
+        &ch,
+        "gold",
+        json!({"user_attribute": {"name": "tier", "op": "exact_match", "value": "gold"}}),
+    )
+    .await?;
+    let emails = create_audience(
+        &ch,
+        "with email",
+        json!({"identity": {"type": "email", "op": "exists"}}),
+    )
+    .await?;
+    let ids = [gold.id, emails.id];
+    for id in ids {
+        audiencectl(&engine, &["audience", "wait", &id.to_string()])?;
+    }
+    let producer = broker.producer()?;
+    let now = engine_now(&ch).await?;
+    let users = 300i64;
+    for i in 0..users {
+        let mpid = 300_000 + i;
+        let search = custom_event("Search", "search", now - 60_000, json!({"query": "hats"}));
+        let mut batch = sdk_batch(mpid, now, vec![search]);
+        batch["user_attributes"]["tier"] = json!(["gold", "silver", "bronze"][(i % 3) as usize]);
+        produce_json(&producer, &topics.events, &batch).await?;
+    }
+    wait_processed(&ch, users as u64, Duration::from_secs(120)).await?;
+    let sent = drain(&ch, "", Duration::from_secs(2)).await?;
+    let cursor = sent.last().map(|d| d.cursor.clone()).unwrap_or_default();
+    let sizes_before = sizes(&ch, &ids).await?;
+    assert_eq!(sizes_before, vec![100, 300]);
+    let damaged = 300_000 + 3;
+    let unreadable = 300_000 + 6;
+    let mut before: BTreeMap<i64, pb::Profile> = BTreeMap::new();
+    for mpid in [300_000, 300_001, damaged, unreadable] {
+        before.insert(mpid, profile(&ch, mpid).await?);
+    }
+
+    // The directory belongs to the running engine: the command says so and touches nothing.
+    let (ok, _, err) = offline(&engine, &["verify"], &[])?;
+    assert!(!ok && err.contains("is an engine running on it?"), "{err}");
+
+    engine.terminate()?;
+    let (ok, report, err) = offline(&engine, &["verify"], &[])?;
+    assert!(ok, "a healthy directory verifies clean: {report}{err}");
+    assert!(report.contains(" 0 differ "), "{report}");
+    // A cluster node's directory is rebuilt by its owners, never offline.
+    let (ok, _, err) = offline(&engine, &["rebuild"], &[("AUDIENCE_CHANGELOG", "true")])?;
+    assert!(!ok && err.contains("audiencectl rebuild"), "{err}");
+
+    damage_rows(&data, damaged, unreadable)?;
+    let (ok, report, err) = offline(&engine, &["rebuild", "--check"], &[])?;
+    assert!(!ok, "verify fails on damaged rows: {report}");
+    assert!(err.contains("2 profile(s) differ"), "{err}");
+    let line = line_of(&report, damaged);
+    assert!(
+        line.contains("attributes: tier") && line.contains("identities: email"),
+        "{line}"
+    );
+    assert!(line_of(&report, unreadable).contains("profile: unreadable"));
+    assert!(report.contains("set aside"), "{report}");
+
+    let (ok, report, err) = offline(&engine, &["rebuild", "--json"], &[])?;
+    assert!(ok, "{report}{err}");
+    assert_eq!(
+        total(&report, "profiles_scanned")?,
+        users as u64,
+        "{report}"
+    );
+    assert_eq!(total(&report, "profiles_changed")?, 2, "{report}");
+    assert_eq!(
+        total(&report, "deltas")?,
+        0,
+        "memberships were right: {report}"
+    );
+    let (ok, report, err) = offline(&engine, &["verify", "--json"], &[])?;
+    assert!(ok, "the rebuild repaired both rows: {report}{err}");
+    assert_eq!(total(&report, "profiles_changed")?, 0, "{report}");
+
+    engine.restart()?;
+    let ch = engine.ready().await?;
+    for (mpid, was) in &before {
+        assert_eq!(&profile(&ch, *mpid).await?, was, "profile {mpid}");
+    }
+    assert_eq!(sizes(&ch, &ids).await?, sizes_before);
+    let after = drain(&ch, &cursor, Duration::from_secs(2)).await?;
+    assert!(
+        after.is_empty(),
+        "the offline rebuild sent nothing: {after:?}"
     );
     Ok(())
 }

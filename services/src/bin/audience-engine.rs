@@ -5,8 +5,11 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use audience_actors::partition::ReplayMode;
 use audience_services::config::{Config, ENVIRONMENT};
-use clap::Parser;
+use audience_services::replay_report;
+use clap::{Parser, Subcommand};
+use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -24,6 +27,44 @@ struct Args {
     /// Print the environment variables the engine reads, and exit.
     #[arg(long)]
     print_env: bool,
+    /// Without a command, the engine runs (consumes, evaluates, serves the API).
+    #[command(subcommand)]
+    command: Option<Offline>,
+}
+
+/// Offline commands on the data directory (`storage.path`, or `--data-dir`), with the engine
+/// stopped: no broker, no API. They run the replay `audiencectl rebuild` and `verify` drive.
+#[derive(Subcommand)]
+enum Offline {
+    /// Fold every stored profile from its base and logs; write those that differ from the
+    /// stored state (their deltas wait in the outbox until the engine runs). Prints what
+    /// changed; a single node's directory only (a cluster rebuilds through its owners).
+    Rebuild {
+        /// Delete the profile states first and write every fold.
+        #[arg(long, conflicts_with = "check")]
+        wipe: bool,
+        /// Write nothing: the same as `verify`.
+        #[arg(long)]
+        check: bool,
+        #[command(flatten)]
+        report: ReportArgs,
+    },
+    /// Compare every stored profile with the fold of its base and logs; write nothing. Exits 1
+    /// when a profile differs, naming it and what differs (the check to run after an upgrade).
+    Verify {
+        #[command(flatten)]
+        report: ReportArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// The data directory (default: the configuration's storage.path).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,7 +77,15 @@ fn main() -> anyhow::Result<()> {
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,rdkafka=warn,librdkafka=warn".into());
-    if args.log_json {
+    if args.command.is_some() {
+        // An offline command's report owns standard output; its log is for trouble only.
+        let filter =
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else if args.log_json {
         tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
@@ -44,7 +93,25 @@ fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    let config = Config::load(args.config.as_deref())?;
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(command) = args.command {
+        let (mode, report) = match command {
+            Offline::Rebuild {
+                wipe: true, report, ..
+            } => (ReplayMode::RebuildWiped, report),
+            Offline::Rebuild {
+                check: true,
+                report,
+                ..
+            }
+            | Offline::Verify { report } => (ReplayMode::Verify, report),
+            Offline::Rebuild { report, .. } => (ReplayMode::Rebuild, report),
+        };
+        if let Some(dir) = report.data_dir {
+            config.storage.path = dir;
+        }
+        std::process::exit(offline(&config, mode, report.json));
+    }
     tracing::info!(?config, "configuration");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -60,4 +127,40 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(1)
         }
     }
+}
+
+/// Runs an offline replay with a progress line on standard error, prints its report on
+/// standard output, and returns the exit code: 1 when it failed or a verify found a profile
+/// that differs.
+fn offline(config: &Config, mode: ReplayMode, json: bool) -> i32 {
+    let interactive = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut draw = |status: &audience_proto::v1::ReplayStatus, rate: f64| {
+        if interactive {
+            eprint!("\r\x1b[2K{}", replay_report::progress_line(status, rate));
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let status = match audience_services::offline::replay(config, mode, &mut draw) {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("audience-engine: {e:#}");
+            return 1;
+        }
+    };
+    if interactive {
+        eprint!("\r\x1b[2K");
+    }
+    if json {
+        println!("{}", replay_report::json(&status));
+    } else {
+        for line in replay_report::text_lines(&status) {
+            println!("{line}");
+        }
+    }
+    let differing = replay_report::differing(&status);
+    if differing > 0 {
+        eprintln!("audience-engine: {differing} profile(s) differ from the fold of their logs");
+        return 1;
+    }
+    0
 }

@@ -2,6 +2,7 @@
 
 use crate::print::*;
 use audience_proto::v1 as pb;
+use audience_services::replay_report;
 use clap::Subcommand;
 use pb::admin_service_client::AdminServiceClient;
 
@@ -212,32 +213,12 @@ pub async fn replay(ctx: &Ctx, ask: ReplayAsk, wait: bool) -> anyhow::Result<()>
             .into_inner(),
     };
     let began = std::time::Instant::now();
-    let first_scanned: u64 = status.partitions.iter().map(|p| p.profiles_scanned).sum();
+    let first_scanned = replay_report::scanned_of_total(&status).0;
     while wait && status.running {
         use std::io::Write;
-        let (scanned, total) = status.partitions.iter().fold((0, 0), |(s, t), p| {
-            (
-                s + p.profiles_scanned,
-                t + p.profiles_total.max(p.profiles_scanned),
-            )
-        });
-        let percent = if total == 0 {
-            0.0
-        } else {
-            100.0 * scanned as f64 / total as f64
-        };
+        let scanned = replay_report::scanned_of_total(&status).0;
         let rate = (scanned - first_scanned.min(scanned)) as f64 / began.elapsed().as_secs_f64();
-        let left = if rate > 0.0 && total > scanned {
-            format!(", about {:.0} s left", (total - scanned) as f64 / rate)
-        } else {
-            String::new()
-        };
-        let verb = if status.partitions.iter().any(|p| p.check_only) {
-            "verifying"
-        } else {
-            "rebuilding"
-        };
-        eprint!("\r\x1b[2K{verb} {percent:5.1}%  {scanned} of {total} profiles{left}");
+        eprint!("\r\x1b[2K{}", replay_report::progress_line(&status, rate));
         std::io::stderr().flush()?;
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         status = admin
@@ -248,117 +229,18 @@ pub async fn replay(ctx: &Ctx, ask: ReplayAsk, wait: bool) -> anyhow::Result<()>
     if wait {
         eprint!("\r\x1b[2K");
     }
-    let differing: u64 = status
-        .partitions
-        .iter()
-        .filter(|p| p.check_only)
-        .map(|p| p.profiles_changed)
-        .sum();
     if ctx.json() {
-        say_json(&serde_json::json!({
-            "running": status.running,
-            "partitions": status.partitions.iter().map(|p| serde_json::json!({
-                "partition": p.partition,
-                "node": p.node_id,
-                "running": p.running,
-                "mode": mode_name(p),
-                "profiles_scanned": p.profiles_scanned,
-                "profiles_total": p.profiles_total.max(p.profiles_scanned),
-                "profiles_changed": p.profiles_changed,
-                "deltas": p.deltas,
-                "unreadable_logs": p.unreadable_logs,
-                "quarantined_rows": p.quarantined_rows,
-                "quarantined": p.quarantined.iter().map(quarantined_json).collect::<Vec<_>>(),
-                "differences": p.differences.iter().map(|d| serde_json::json!({
-                    "mpid": d.mpid, "fields": d.fields,
-                })).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-            "definitions_quarantined": status.definitions_quarantined.iter()
-                .map(quarantined_json).collect::<Vec<_>>(),
-        }));
+        say_json(&replay_report::json(&status));
     } else {
-        if status.partitions.is_empty() {
-            say!("no replay since the engine started");
-        }
-        for p in &status.partitions {
-            let (changed, deltas) = if p.check_only {
-                ("differ", "deltas a rebuild would send")
-            } else {
-                ("rewritten", "deltas")
-            };
-            let node = match p.node_id.as_str() {
-                "" => String::new(),
-                id => format!(" on {id}"),
-            };
-            say!(
-                "partition {:>3}{node}  {} {}  {} of {} profiles  {} {changed}  {} {deltas}  {} unreadable logs  {} rows set aside",
-                p.partition,
-                mode_name(p),
-                if p.running { "running" } else { "done" },
-                p.profiles_scanned,
-                p.profiles_total.max(p.profiles_scanned),
-                p.profiles_changed,
-                p.deltas,
-                p.unreadable_logs,
-                p.quarantined_rows
-            );
-        }
-        let set_aside: Vec<&pb::QuarantinedRow> = status
-            .partitions
-            .iter()
-            .flat_map(|p| &p.quarantined)
-            .chain(&status.definitions_quarantined)
-            .collect();
-        if !set_aside.is_empty() {
-            say!(
-                "{:<12}  {:<12}  {:<24}  {:<20}  WHY (rows that could not be read, set aside)",
-                "NODE",
-                "IN",
-                "KEY",
-                "SINCE"
-            );
-            for q in set_aside {
-                say!(
-                    "{:<12}  {:<12}  {:<24}  {:<20}  {}",
-                    q.node_id,
-                    q.column_family,
-                    q.key,
-                    audience_state::time::format_instant(q.at_ms),
-                    q.reason
-                );
-            }
-        }
-        let shown: Vec<&pb::ProfileDifference> = status
-            .partitions
-            .iter()
-            .flat_map(|p| &p.differences)
-            .collect();
-        if !shown.is_empty() {
-            say!("{:<20}  DIFFERS", "MPID");
-            for d in shown {
-                say!("{:<20}  {}", d.mpid, d.fields.join("; "));
-            }
+        for line in replay_report::text_lines(&status) {
+            say!("{line}");
         }
     }
+    let differing = replay_report::differing(&status);
     if !status.running && differing > 0 {
         anyhow::bail!("{differing} profile(s) differ from the fold of their logs");
     }
     Ok(())
-}
-
-fn quarantined_json(q: &pb::QuarantinedRow) -> serde_json::Value {
-    serde_json::json!({
-        "node": q.node_id, "column_family": q.column_family, "key": q.key,
-        "reason": q.reason, "at_ms": q.at_ms,
-    })
-}
-
-fn mode_name(p: &pb::PartitionReplay) -> &'static str {
-    match (p.check_only, p.wiped) {
-        (true, _) => "verify",
-        (false, true) => "rebuild (wiped first)",
-        (false, false) => "rebuild",
-    }
 }
 
 pub async fn clock(ctx: &Ctx, cmd: ClockCmd) -> anyhow::Result<()> {
