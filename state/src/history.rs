@@ -2,81 +2,124 @@
 //! within that day. Retention prunes whole days, so the history of a profile is bounded by
 //! `retention days × distinct keys`, never by the life of the profile.
 //!
-//! Invariants: buckets are sorted by day and offsets within a bucket are sorted; a bucket keeps
-//! at most [`MAX_OFFSETS_PER_DAY`] exact offsets, counting the rest in `overflow` at the time
-//! of the latest exact offset (so counts stay exact and window edges stay exact for all but
-//! extreme per-day volumes).
+//! A series is packed: one vector of days and one of offsets (a day's offsets follow the
+//! previous day's), so decoding a profile allocates twice per series, not once per day. Its
+//! stored form is still a list of days, each with its offsets (the encoding of format 2).
+//!
+//! Invariants: days are sorted and offsets within a day are sorted; a day keeps at most
+//! [`MAX_OFFSETS_PER_DAY`] exact offsets, counting the rest in `overflow` at the time of the
+//! latest exact offset (so counts stay exact and window edges stay exact for all but extreme
+//! per-day volumes).
 
 use crate::model::{TimestampMs, DAY_MS};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{SerializeStruct, Serializer};
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 
 pub const MAX_OFFSETS_PER_DAY: usize = 2048;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DayBucket {
+/// One UTC day of a series: its offsets are those from the previous day's `end` to its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Day {
     /// Days since the epoch (UTC).
-    pub day: i32,
-    /// Milliseconds into the day of each event, sorted.
-    pub offsets: Vec<u32>,
+    day: i32,
+    /// Where its offsets end in the series' offsets.
+    end: u32,
     /// Events beyond `MAX_OFFSETS_PER_DAY`, dated at the last offset.
-    pub overflow: u32,
+    overflow: u32,
 }
 
-impl DayBucket {
+impl Day {
     fn start_ms(&self) -> TimestampMs {
         self.day as i64 * DAY_MS
     }
 }
 
-/// The occurrences of one event key (or one matcher) in time.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The occurrences of one event key (or one matcher) in time. The representation is canonical
+/// (equal series are equal field by field).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct EventSeries {
-    pub buckets: Vec<DayBucket>,
+    days: Vec<Day>,
+    /// Milliseconds into its day of each event, day after day, sorted within a day.
+    offsets: Vec<u32>,
 }
 
 impl EventSeries {
+    /// Where the offsets of the `i`-th day are.
+    fn range(&self, i: usize) -> Range<usize> {
+        let start = if i == 0 {
+            0
+        } else {
+            self.days[i - 1].end as usize
+        };
+        start..self.days[i].end as usize
+    }
+
+    /// The days with their offsets, in order.
+    fn days(&self) -> impl Iterator<Item = (&Day, &[u32])> + '_ {
+        (0..self.days.len()).map(|i| (&self.days[i], &self.offsets[self.range(i)]))
+    }
+
     pub fn record(&mut self, at: TimestampMs) {
         let day = at.div_euclid(DAY_MS) as i32;
         let offset = at.rem_euclid(DAY_MS) as u32;
-        let idx = match self.buckets.binary_search_by_key(&day, |b| b.day) {
+        let idx = match self.days.binary_search_by_key(&day, |d| d.day) {
             Ok(i) => i,
             Err(i) => {
-                self.buckets.insert(
+                let end = if i == 0 { 0 } else { self.days[i - 1].end };
+                self.days.insert(
                     i,
-                    DayBucket {
+                    Day {
                         day,
-                        offsets: Vec::new(),
+                        end,
                         overflow: 0,
                     },
                 );
                 i
             }
         };
-        let bucket = &mut self.buckets[idx];
-        if bucket.offsets.len() >= MAX_OFFSETS_PER_DAY {
-            bucket.overflow = bucket.overflow.saturating_add(1);
+        let range = self.range(idx);
+        if range.len() >= MAX_OFFSETS_PER_DAY {
+            self.days[idx].overflow = self.days[idx].overflow.saturating_add(1);
             return;
         }
-        let pos = bucket.offsets.partition_point(|&o| o <= offset);
-        bucket.offsets.insert(pos, offset);
+        let pos = range.start + self.offsets[range].partition_point(|&o| o <= offset);
+        self.offsets.insert(pos, offset);
+        for d in &mut self.days[idx..] {
+            d.end += 1;
+        }
     }
 
     /// Drops the days that ended before `cutoff`.
     pub fn prune_before(&mut self, cutoff: TimestampMs) {
-        self.buckets.retain(|b| b.start_ms() + DAY_MS > cutoff);
+        let kept = self
+            .days
+            .iter()
+            .position(|d| d.start_ms() + DAY_MS > cutoff)
+            .unwrap_or(self.days.len());
+        if kept == 0 {
+            return;
+        }
+        let dropped = self.days[kept - 1].end;
+        self.days.drain(..kept);
+        self.offsets.drain(..dropped as usize);
+        for d in &mut self.days {
+            d.end -= dropped;
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
+        self.days.is_empty()
     }
 
     /// Every occurrence time with its multiplicity, in order.
     pub fn occurrences(&self) -> impl Iterator<Item = (TimestampMs, u32)> + '_ {
-        self.buckets.iter().flat_map(|b| {
-            let start = b.start_ms();
-            let last = b.offsets.len().saturating_sub(1);
-            b.offsets.iter().enumerate().map(move |(i, &o)| {
-                let extra = if i == last { b.overflow } else { 0 };
+        self.days().flat_map(|(d, offsets)| {
+            let start = d.start_ms();
+            let last = offsets.len().saturating_sub(1);
+            offsets.iter().enumerate().map(move |(i, &o)| {
+                let extra = if i == last { d.overflow } else { 0 };
                 (start + o as i64, 1 + extra)
             })
         })
@@ -91,15 +134,15 @@ impl EventSeries {
             |t: TimestampMs| t.div_euclid(DAY_MS).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
         let first_day = day_of(from);
         let last_day = day_of(to);
-        let start = self.buckets.partition_point(|b| b.day < first_day);
+        let start = self.days.partition_point(|d| d.day < first_day);
         let mut total = 0u64;
-        for b in &self.buckets[start..] {
+        for (b, offsets) in self.days().skip(start) {
             if b.day > last_day {
                 break;
             }
             let day_start = b.start_ms();
             if day_start >= from && day_start.saturating_add(DAY_MS - 1) <= to {
-                total += b.offsets.len() as u64 + b.overflow as u64;
+                total += offsets.len() as u64 + b.overflow as u64;
                 continue;
             }
             let lo = from.saturating_sub(day_start).max(0) as u32;
@@ -108,10 +151,10 @@ impl EventSeries {
                 continue;
             }
             let hi = hi as u32;
-            let a = b.offsets.partition_point(|&o| o < lo);
-            let z = b.offsets.partition_point(|&o| o <= hi);
+            let a = offsets.partition_point(|&o| o < lo);
+            let z = offsets.partition_point(|&o| o <= hi);
             total += (z - a) as u64;
-            if b.overflow > 0 && z == b.offsets.len() && z > a {
+            if b.overflow > 0 && z == offsets.len() && z > a {
                 total += b.overflow as u64;
             }
         }
@@ -119,16 +162,15 @@ impl EventSeries {
     }
 
     pub fn total(&self) -> u64 {
-        self.buckets
-            .iter()
-            .map(|b| b.offsets.len() as u64 + b.overflow as u64)
-            .sum()
+        self.offsets.len() as u64 + self.days.iter().map(|d| d.overflow as u64).sum::<u64>()
     }
 
     pub fn last(&self) -> Option<TimestampMs> {
-        self.buckets
+        let i = self.days.len().checked_sub(1)?;
+        let day = &self.days[i];
+        self.offsets[self.range(i)]
             .last()
-            .and_then(|b| b.offsets.last().map(|&o| b.start_ms() + o as i64))
+            .map(|&o| day.start_ms() + o as i64)
     }
 
     /// Merges another series into this one (used to sum custom events across event types).
@@ -136,6 +178,183 @@ impl EventSeries {
         self.occurrences()
             .flat_map(|(t, n)| std::iter::repeat_n(t, n as usize))
             .collect()
+    }
+}
+
+/// A day as stored: `{day, offsets, overflow}` (format 2's `DayBucket`).
+#[derive(Serialize)]
+struct StoredDay<'a> {
+    day: i32,
+    offsets: &'a [u32],
+    overflow: u32,
+}
+
+/// The days of a series, as a list of [`StoredDay`].
+struct StoredDays<'a>(&'a EventSeries);
+
+impl Serialize for StoredDays<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.days().map(|(d, offsets)| StoredDay {
+            day: d.day,
+            offsets,
+            overflow: d.overflow,
+        }))
+    }
+}
+
+impl Serialize for EventSeries {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("EventSeries", 1)?;
+        s.serialize_field("buckets", &StoredDays(self))?;
+        s.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for EventSeries {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_struct("EventSeries", &["buckets"], SeriesVisitor)
+    }
+}
+
+struct SeriesVisitor;
+
+impl<'de> Visitor<'de> for SeriesVisitor {
+    type Value = EventSeries;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an event series")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<EventSeries, A::Error> {
+        seq.next_element_seed(DaysSeed)?
+            .ok_or_else(|| serde::de::Error::invalid_length(0, &self))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<EventSeries, A::Error> {
+        let mut series = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "buckets" {
+                series = Some(map.next_value_seed(DaysSeed)?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        series.ok_or_else(|| serde::de::Error::missing_field("buckets"))
+    }
+}
+
+/// Reads the stored days straight into one series.
+struct DaysSeed;
+
+impl<'de> DeserializeSeed<'de> for DaysSeed {
+    type Value = EventSeries;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<EventSeries, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DaysSeed {
+    type Value = EventSeries;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of days")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<EventSeries, A::Error> {
+        let mut series = EventSeries {
+            days: Vec::with_capacity(seq.size_hint().unwrap_or(0)),
+            offsets: Vec::new(),
+        };
+        while seq.next_element_seed(DaySeed(&mut series))?.is_some() {}
+        Ok(series)
+    }
+}
+
+/// Reads one stored day, appending its offsets to the series'.
+struct DaySeed<'a>(&'a mut EventSeries);
+
+impl<'de> DeserializeSeed<'de> for DaySeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_struct("DayBucket", &["day", "offsets", "overflow"], self)
+    }
+}
+
+impl DaySeed<'_> {
+    fn push(self, day: i32, overflow: u32) -> Result<(), String> {
+        let end = u32::try_from(self.0.offsets.len())
+            .map_err(|_| "an event series holds more than 2^32 offsets".to_string())?;
+        self.0.days.push(Day { day, end, overflow });
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for DaySeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a day of an event series")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        let day: i32 = seq
+            .next_element()?
+            .ok_or_else(|| A::Error::invalid_length(0, &"day, offsets, overflow"))?;
+        seq.next_element_seed(OffsetsSeed(&mut self.0.offsets))?
+            .ok_or_else(|| A::Error::invalid_length(1, &"day, offsets, overflow"))?;
+        let overflow: u32 = seq
+            .next_element()?
+            .ok_or_else(|| A::Error::invalid_length(2, &"day, offsets, overflow"))?;
+        self.push(day, overflow).map_err(A::Error::custom)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        let (mut day, mut overflow) = (None, 0);
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "day" => day = Some(map.next_value()?),
+                "offsets" => map.next_value_seed(OffsetsSeed(&mut self.0.offsets))?,
+                "overflow" => overflow = map.next_value()?,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let day = day.ok_or_else(|| A::Error::missing_field("day"))?;
+        self.push(day, overflow).map_err(A::Error::custom)
+    }
+}
+
+/// Appends a list of offsets to the series' offsets.
+struct OffsetsSeed<'a>(&'a mut Vec<u32>);
+
+impl<'de> DeserializeSeed<'de> for OffsetsSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OffsetsSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of offsets")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if let Some(n) = seq.size_hint() {
+            self.0.reserve(n);
+        }
+        while let Some(offset) = seq.next_element::<u32>()? {
+            self.0.push(offset);
+        }
+        Ok(())
     }
 }
 
@@ -160,7 +379,88 @@ mod tests {
         assert_eq!(s.total(), 1);
     }
 
+    /// The stored form of format 2, as serde derived it for the unpacked series.
+    #[derive(Serialize, Deserialize, PartialEq, Debug, Default)]
+    struct StoredBucket {
+        day: i32,
+        offsets: Vec<u32>,
+        overflow: u32,
+    }
+    #[derive(Serialize, Deserialize, PartialEq, Debug, Default)]
+    struct StoredSeries {
+        buckets: Vec<StoredBucket>,
+    }
+
+    /// What format 2 stored for `times` (sorted, at most `MAX_OFFSETS_PER_DAY` a day) from the
+    /// day of `cutoff` on.
+    fn stored(times: &[TimestampMs], cutoff: TimestampMs) -> StoredSeries {
+        let mut sorted = times.to_vec();
+        sorted.sort();
+        let mut out = StoredSeries::default();
+        for t in sorted {
+            let day = t.div_euclid(DAY_MS) as i32;
+            if (day as i64 + 1) * DAY_MS <= cutoff {
+                continue;
+            }
+            if out.buckets.last().is_none_or(|b| b.day != day) {
+                out.buckets.push(StoredBucket {
+                    day,
+                    ..Default::default()
+                });
+            }
+            out.buckets
+                .last_mut()
+                .unwrap()
+                .offsets
+                .push(t.rem_euclid(DAY_MS) as u32);
+        }
+        out
+    }
+
+    #[test]
+    fn a_full_day_counts_the_rest_and_keeps_it_stored() {
+        let mut s = EventSeries::default();
+        let day = 3 * DAY_MS;
+        for i in 0..(MAX_OFFSETS_PER_DAY as i64 + 5) {
+            s.record(day + i);
+        }
+        s.record(day + 2 * DAY_MS);
+        assert_eq!(s.total(), MAX_OFFSETS_PER_DAY as u64 + 6);
+        assert_eq!(
+            s.count_between(day, day + DAY_MS - 1),
+            MAX_OFFSETS_PER_DAY as u64 + 5
+        );
+        let bytes = postcard::to_allocvec(&s).unwrap();
+        assert_eq!(postcard::from_bytes::<EventSeries>(&bytes).unwrap(), s);
+        let legacy: StoredSeries = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(legacy.buckets[0].overflow, 5);
+        assert_eq!(legacy.buckets[1].offsets, vec![0]);
+    }
+
     proptest! {
+        #[test]
+        fn the_packed_series_is_stored_as_format_2_stored_it(
+            times in proptest::collection::vec(-5 * DAY_MS..40 * DAY_MS, 0..80),
+            cutoff in -6 * DAY_MS..41 * DAY_MS,
+        ) {
+            let mut s = EventSeries::default();
+            for &t in &times { s.record(t); }
+            s.prune_before(cutoff);
+            let expected = stored(&times, cutoff);
+            let bytes = postcard::to_allocvec(&s).unwrap();
+            prop_assert_eq!(&bytes, &postcard::to_allocvec(&expected).unwrap());
+            prop_assert_eq!(&postcard::from_bytes::<EventSeries>(&bytes).unwrap(), &s);
+            let json = serde_json::to_string(&s).unwrap();
+            prop_assert_eq!(&json, &serde_json::to_string(&expected).unwrap());
+            prop_assert_eq!(&serde_json::from_str::<EventSeries>(&json).unwrap(), &s);
+            let kept: Vec<TimestampMs> = stored(&times, cutoff).buckets.iter()
+                .flat_map(|b| b.offsets.iter().map(move |&o| b.day as i64 * DAY_MS + o as i64))
+                .collect();
+            prop_assert_eq!(s.times(), kept.clone());
+            prop_assert_eq!(s.last(), kept.last().copied());
+            prop_assert_eq!(s.is_empty(), kept.is_empty());
+        }
+
         #[test]
         fn count_between_matches_a_plain_filter(
             times in proptest::collection::vec(-5 * DAY_MS..40 * DAY_MS, 0..60),
