@@ -152,6 +152,11 @@ impl PartitionActor {
             ..Pending::default()
         };
         let mut decisions = Decisions::default();
+        // Profiles this page wrote that were not in memory before it: as stored once the
+        // page commits, they leave the cache then. A backfill visits every profile, and
+        // keeping them would grow the cache by the partition's size until passivation (its
+        // rehashing and page faults were a tenth of a backfill's CPU).
+        let mut brought_in = Vec::new();
         for item in page.items {
             let mpid = item.profile.mpid;
             // A cached profile is the stored one (every unit of work commits): keep it, its
@@ -191,9 +196,13 @@ impl PartitionActor {
                 &mut pending,
                 changed,
             )?;
-            if !written && !was_cached {
-                // As stored: neither written nor kept in memory.
-                self.cache.remove(&mpid);
+            if !was_cached {
+                if written {
+                    brought_in.push(mpid);
+                } else {
+                    // As stored: neither written nor kept in memory.
+                    self.cache.remove(&mpid);
+                }
             }
             if let Some((_, cursor)) = &mut self.backfill_cursor {
                 *cursor = Some(mpid);
@@ -203,6 +212,9 @@ impl PartitionActor {
             *cursor = Some(last);
         }
         self.commit(pending, false)?;
+        for mpid in brought_in {
+            self.cache.remove(&mpid);
+        }
         metrics::counter!("audience_backfill_profiles_scanned_total").increment(scanned);
         if let Some(progress) = self.engine.backfills.lock().get_mut(&self.partition) {
             progress.scanned += scanned;
