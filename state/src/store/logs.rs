@@ -355,35 +355,37 @@ impl Store {
         let start = log_key(partition, first, 0);
         let end = profile_key(partition, last);
         let mut logs = ProfileLogsBetween::default();
-        for item in self.db.iterator_cf_opt(
-            self.cf(CF_EVENTLOG),
-            scan_options(),
-            IteratorMode::From(&start, Direction::Forward),
-        ) {
-            let (k, v) = item?;
+        // A raw iterator: heads decode from RocksDB's own buffer; chunks are copied once.
+        let mut rows = self
+            .db
+            .raw_iterator_cf_opt(self.cf(CF_EVENTLOG), scan_options());
+        rows.seek(start);
+        while let (Some(k), Some(v)) = (rows.key(), rows.value()) {
             if k.len() != 16 || k[..12] > end[..] {
                 break;
             }
             let mpid = from_ordered_i64(&k[4..12]);
             let entry = logs.found.entry(mpid).or_default();
             if k[12..] == LOG_HEAD_SEQ.to_be_bytes() {
-                match EventLog::decode(&v) {
+                match EventLog::decode(v) {
                     Ok(head) => entry.0 = Some(head),
                     Err(reason) => {
                         logs.unreadable_heads.insert(mpid);
                         unreadable.push(UnreadableRow::new(
                             partition,
                             CF_EVENTLOG,
-                            &k,
+                            k,
                             format!("{partition}/{mpid}/head"),
                             reason,
                         ));
                     }
                 }
             } else {
-                entry.1.push(v.into_vec());
+                entry.1.push(v.to_vec());
             }
+            rows.next();
         }
+        rows.status()?;
         Ok(logs)
     }
 

@@ -139,29 +139,35 @@ impl Store {
         let Some(start) = profile_scan_start(partition, after) else {
             return Ok(page);
         };
-        let rows = self.db.iterator_cf_opt(
-            self.cf(CF_PROFILES),
-            scan_options(),
-            IteratorMode::From(&start, Direction::Forward),
-        );
-        for item in rows.take(limit) {
-            let (k, v) = item?;
-            if k[..4] != partition.to_be_bytes() {
+        // A raw iterator: each row decodes from RocksDB's own buffer, never copied first.
+        let mut rows = self
+            .db
+            .raw_iterator_cf_opt(self.cf(CF_PROFILES), scan_options());
+        rows.seek(start);
+        let mut seen = 0;
+        while seen < limit {
+            let (Some(k), Some(v)) = (rows.key(), rows.value()) else {
+                break;
+            };
+            if k.len() < 12 || k[..4] != partition.to_be_bytes() {
                 break;
             }
+            seen += 1;
             let mpid = from_ordered_i64(&k[4..]);
             page.last = Some(mpid);
-            match ProfileState::decode(&v) {
+            match ProfileState::decode(v) {
                 Ok(profile) => page.items.push(profile),
                 Err(reason) => page.unreadable.push(UnreadableRow::new(
                     partition,
                     CF_PROFILES,
-                    &k,
+                    k,
                     format!("{partition}/{mpid}"),
                     reason,
                 )),
             }
+            rows.next();
         }
+        rows.status()?;
         Ok(page)
     }
 
