@@ -3,8 +3,9 @@
 //! `retention days × distinct keys`, never by the life of the profile.
 //!
 //! A series is packed: one vector of days and one of offsets (a day's offsets follow the
-//! previous day's), so decoding a profile allocates twice per series, not once per day. Its
-//! stored form is still a list of days, each with its offsets (the encoding of format 2).
+//! previous day's), so decoding a profile allocates twice per series, not once per day. It is
+//! stored (profile format 3) as one byte string of varints, offsets delta-coded within a day,
+//! written and read in one pass each; [`SeriesV2`] reads format 2's list of days.
 //!
 //! Invariants: days are sorted and offsets within a day are sorted; a day keeps at most
 //! [`MAX_OFFSETS_PER_DAY`] exact offsets, counting the rest in `overflow` at the time of the
@@ -12,6 +13,7 @@
 //! per-day volumes).
 
 use crate::model::{TimestampMs, DAY_MS};
+use crate::varint::{put_varint, read_varint, unzigzag, zigzag, VarintError};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeStruct, Serializer};
 use serde::{Deserialize, Serialize};
@@ -181,6 +183,137 @@ impl EventSeries {
     }
 }
 
+impl EventSeries {
+    /// The stored form (profile format 3): the number of days; then per day the day (zigzag
+    /// for the first, then the distance from the previous day), the number of offsets, the
+    /// overflow, and the offsets (the first, then each one's distance from the one before).
+    fn pack(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 4 * self.days.len() + 3 * self.offsets.len());
+        put_varint(&mut out, self.days.len() as u64);
+        let mut previous_day = None;
+        for (d, offsets) in self.days() {
+            let day = match previous_day {
+                None => zigzag(d.day as i64),
+                Some(p) => (d.day as i64 - p as i64) as u64,
+            };
+            previous_day = Some(d.day);
+            put_varint(&mut out, day);
+            put_varint(&mut out, offsets.len() as u64);
+            put_varint(&mut out, d.overflow as u64);
+            let mut previous = 0;
+            for &o in offsets {
+                put_varint(&mut out, (o - previous) as u64);
+                previous = o;
+            }
+        }
+        out
+    }
+
+    /// Reads [`EventSeries::pack`]'s form, checking every invariant: days increase, offsets
+    /// increase within a day and stay inside it, counts fit the bytes, nothing trails.
+    fn unpack(bytes: &[u8]) -> Result<EventSeries, String> {
+        let mut pos = 0;
+        let mut next = |what: &str| {
+            read_varint(bytes, &mut pos).map_err(|e| match e {
+                VarintError::Truncated => format!("event series ends inside its {what}"),
+                VarintError::TooLong => format!("event series: {what} is not a varint"),
+            })
+        };
+        let count = next("number of days")?;
+        // Every day takes three bytes at least: a count beyond that is damage, not a length.
+        if count > bytes.len() as u64 / 3 {
+            return Err(format!(
+                "event series: {count} days in {} bytes",
+                bytes.len()
+            ));
+        }
+        let mut series = EventSeries {
+            days: Vec::with_capacity(count as usize),
+            offsets: Vec::new(),
+        };
+        let mut previous_day: Option<i64> = None;
+        for _ in 0..count {
+            let coded = next("day")?;
+            let day = match previous_day {
+                None => unzigzag(coded),
+                Some(_) if coded == 0 => return Err("event series: a day twice".into()),
+                Some(p) => p.saturating_add(coded.min(i64::MAX as u64) as i64),
+            };
+            let day = i32::try_from(day).map_err(|_| format!("event series: day {day}"))?;
+            previous_day = Some(day as i64);
+            let offsets = next("number of offsets")?;
+            if offsets > bytes.len() as u64 {
+                return Err(format!(
+                    "event series: {offsets} offsets in {} bytes",
+                    bytes.len()
+                ));
+            }
+            let overflow = u32::try_from(next("overflow")?)
+                .map_err(|_| "event series: overflow beyond 2^32".to_string())?;
+            let mut offset: u64 = 0;
+            for _ in 0..offsets {
+                offset = offset.saturating_add(next("offset")?);
+                if offset >= DAY_MS as u64 {
+                    return Err(format!("event series: offset {offset} is past its day"));
+                }
+                series.offsets.push(offset as u32);
+            }
+            series.days.push(Day {
+                day,
+                end: series.offsets.len() as u32,
+                overflow,
+            });
+        }
+        if pos != bytes.len() {
+            return Err(format!(
+                "event series: {} bytes after its last day",
+                bytes.len() - pos
+            ));
+        }
+        Ok(series)
+    }
+}
+
+impl Serialize for EventSeries {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.pack())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventSeries {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_bytes(PackedVisitor)
+    }
+}
+
+struct PackedVisitor;
+
+impl<'de> Visitor<'de> for PackedVisitor {
+    type Value = EventSeries;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a packed event series")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<EventSeries, E> {
+        EventSeries::unpack(bytes).map_err(E::custom)
+    }
+
+    /// Self-describing formats (JSON) write bytes as a list of numbers.
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<EventSeries, A::Error> {
+        let mut bytes = Vec::new();
+        while let Some(b) = seq.next_element::<u8>()? {
+            bytes.push(b);
+        }
+        EventSeries::unpack(&bytes).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An event series in the stored form of profile format 2: a list of days, each
+/// `{day, offsets, overflow}`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct SeriesV2(pub EventSeries);
+
 /// A day as stored: `{day, offsets, overflow}` (format 2's `DayBucket`).
 #[derive(Serialize)]
 struct StoredDay<'a> {
@@ -202,17 +335,19 @@ impl Serialize for StoredDays<'_> {
     }
 }
 
-impl Serialize for EventSeries {
+impl Serialize for SeriesV2 {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut s = serializer.serialize_struct("EventSeries", 1)?;
-        s.serialize_field("buckets", &StoredDays(self))?;
+        s.serialize_field("buckets", &StoredDays(&self.0))?;
         s.end()
     }
 }
 
-impl<'de> Deserialize<'de> for EventSeries {
+impl<'de> Deserialize<'de> for SeriesV2 {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_struct("EventSeries", &["buckets"], SeriesVisitor)
+        deserializer
+            .deserialize_struct("EventSeries", &["buckets"], SeriesVisitor)
+            .map(SeriesV2)
     }
 }
 
@@ -417,6 +552,12 @@ mod tests {
         out
     }
 
+    /// Format 2's bytes of `legacy`, read as a series.
+    fn read_v2(legacy: &StoredSeries) -> EventSeries {
+        let bytes = postcard::to_allocvec(legacy).unwrap();
+        postcard::from_bytes::<SeriesV2>(&bytes).unwrap().0
+    }
+
     #[test]
     fn a_full_day_counts_the_rest_and_keeps_it_stored() {
         let mut s = EventSeries::default();
@@ -432,33 +573,72 @@ mod tests {
         );
         let bytes = postcard::to_allocvec(&s).unwrap();
         assert_eq!(postcard::from_bytes::<EventSeries>(&bytes).unwrap(), s);
-        let legacy: StoredSeries = postcard::from_bytes(&bytes).unwrap();
+        let legacy = postcard::to_allocvec(&SeriesV2(s.clone())).unwrap();
+        let legacy: StoredSeries = postcard::from_bytes(&legacy).unwrap();
         assert_eq!(legacy.buckets[0].overflow, 5);
         assert_eq!(legacy.buckets[1].offsets, vec![0]);
+        assert_eq!(read_v2(&legacy), s);
+    }
+
+    #[test]
+    fn damaged_packed_series_are_refused_with_a_reason() {
+        let mut s = EventSeries::default();
+        s.record(5 * DAY_MS + 7);
+        s.record(6 * DAY_MS + 9);
+        let good = s.pack();
+        for (bytes, why) in [
+            (good[..good.len() - 1].to_vec(), "ends inside"),
+            ([good.clone(), vec![0]].concat(), "after its last day"),
+            (
+                vec![200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 1],
+                "not a varint",
+            ),
+            (vec![100, 0, 0, 0], "100 days in 4 bytes"),
+            (vec![1, 0, 1, 0, 0x80, 0xc6, 0x99, 0x29], "past its day"),
+            (vec![2, 0, 1, 0, 0, 0, 1, 0, 0], "a day twice"),
+        ] {
+            let err = EventSeries::unpack(&bytes).unwrap_err();
+            assert!(err.contains(why), "{bytes:?}: {err}");
+        }
     }
 
     proptest! {
         #[test]
-        fn the_packed_series_is_stored_as_format_2_stored_it(
+        fn format_3_round_trips_and_format_2_reads_as_it_was_stored(
             times in proptest::collection::vec(-5 * DAY_MS..40 * DAY_MS, 0..80),
             cutoff in -6 * DAY_MS..41 * DAY_MS,
         ) {
             let mut s = EventSeries::default();
             for &t in &times { s.record(t); }
             s.prune_before(cutoff);
-            let expected = stored(&times, cutoff);
             let bytes = postcard::to_allocvec(&s).unwrap();
-            prop_assert_eq!(&bytes, &postcard::to_allocvec(&expected).unwrap());
             prop_assert_eq!(&postcard::from_bytes::<EventSeries>(&bytes).unwrap(), &s);
             let json = serde_json::to_string(&s).unwrap();
-            prop_assert_eq!(&json, &serde_json::to_string(&expected).unwrap());
             prop_assert_eq!(&serde_json::from_str::<EventSeries>(&json).unwrap(), &s);
-            let kept: Vec<TimestampMs> = stored(&times, cutoff).buckets.iter()
+            let expected = stored(&times, cutoff);
+            prop_assert_eq!(&read_v2(&expected), &s);
+            let legacy_json = serde_json::to_string(&expected).unwrap();
+            prop_assert_eq!(&serde_json::from_str::<SeriesV2>(&legacy_json).unwrap().0, &s);
+            prop_assert_eq!(
+                &postcard::to_allocvec(&SeriesV2(s.clone())).unwrap(),
+                &postcard::to_allocvec(&expected).unwrap()
+            );
+            let kept: Vec<TimestampMs> = expected.buckets.iter()
                 .flat_map(|b| b.offsets.iter().map(move |&o| b.day as i64 * DAY_MS + o as i64))
                 .collect();
             prop_assert_eq!(s.times(), kept.clone());
             prop_assert_eq!(s.last(), kept.last().copied());
             prop_assert_eq!(s.is_empty(), kept.is_empty());
+        }
+
+        #[test]
+        fn any_bytes_unpack_or_say_why_and_what_unpacks_packs_back(
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            if let Ok(series) = EventSeries::unpack(&bytes) {
+                let again = EventSeries::unpack(&series.pack()).unwrap();
+                prop_assert_eq!(again, series);
+            }
         }
 
         #[test]

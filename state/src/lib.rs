@@ -42,3 +42,4 @@ mod row_format;
 pub mod secrets;
 pub mod store;
 pub mod time;
+mod varint;

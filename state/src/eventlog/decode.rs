@@ -4,6 +4,7 @@
 use super::dictionary::*;
 use super::encode::*;
 use crate::model::{AttrValue, Event, EventKind, IdentityChange, Product, Promotion, TimestampMs};
+use crate::varint::{read_varint, VarintError};
 use std::collections::BTreeMap;
 
 pub(super) struct Cursor<'a> {
@@ -32,15 +33,12 @@ impl<'a> Cursor<'a> {
     }
 
     pub(super) fn varint(&mut self) -> Decoded<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            v |= ((b & 0x7f) as u64) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
+        read_varint(self.bytes, &mut self.pos).map_err(|e| match e {
+            VarintError::Truncated => {
+                format!("event log ends inside a record at byte {}", self.pos)
             }
-        }
-        Err(format!("varint too long at byte {}", self.pos))
+            VarintError::TooLong => format!("varint too long at byte {}", self.pos),
+        })
     }
 
     pub(super) fn take(&mut self, n: usize) -> Decoded<&'a [u8]> {

@@ -4,7 +4,7 @@
 //! data types, so every reader of a profile (criteria, catalog, outputs) can import it.
 
 use crate::aggregate::CalcState;
-use crate::history::EventSeries;
+use crate::history::{EventSeries, SeriesV2};
 use crate::model::{
     AttrValue, Attribution, AudienceId, ConsentState, DeviceInfo, GeoLocation, Mpid, TimestampMs,
 };
@@ -55,6 +55,54 @@ pub struct ProfileState {
     pub highest_app_version: Option<String>,
 }
 
+/// The stored form of format 2 (event series as lists of days), read so that existing stores
+/// survive the upgrade; written by tests only.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ProfileStateV2 {
+    mpid: Mpid,
+    first_seen_ms: TimestampMs,
+    last_seen_ms: TimestampMs,
+    identities: BTreeMap<String, Vec<String>>,
+    attributes: BTreeMap<String, NamedAttr>,
+    device: DeviceInfo,
+    consent: ConsentState,
+    app_version: Option<String>,
+    opted_out: bool,
+    history: BTreeMap<String, SeriesV2>,
+    memberships: BTreeMap<AudienceId, MemberRecord>,
+    due: BTreeMap<AudienceId, TimestampMs>,
+    location: GeoLocation,
+    install_attribution: Option<Attribution>,
+    uninstall_attribution: Option<Attribution>,
+    calculated: BTreeMap<String, CalcState>,
+    highest_app_version: Option<String>,
+}
+
+impl From<ProfileStateV2> for ProfileState {
+    fn from(v: ProfileStateV2) -> Self {
+        ProfileState {
+            mpid: v.mpid,
+            first_seen_ms: v.first_seen_ms,
+            last_seen_ms: v.last_seen_ms,
+            identities: v.identities,
+            attributes: v.attributes,
+            device: v.device,
+            consent: v.consent,
+            app_version: v.app_version,
+            opted_out: v.opted_out,
+            history: v.history.into_iter().map(|(k, s)| (k, s.0)).collect(),
+            memberships: v.memberships,
+            due: v.due,
+            location: v.location,
+            install_attribution: v.install_attribution,
+            uninstall_attribution: v.uninstall_attribution,
+            calculated: v.calculated,
+            highest_app_version: v.highest_app_version,
+        }
+    }
+}
+
 /// The stored form of format 1, read so that existing stores survive the upgrade.
 #[derive(Deserialize)]
 struct ProfileStateV1 {
@@ -67,7 +115,7 @@ struct ProfileStateV1 {
     consent: ConsentState,
     app_version: Option<String>,
     opted_out: bool,
-    history: BTreeMap<String, EventSeries>,
+    history: BTreeMap<String, SeriesV2>,
     memberships: BTreeMap<AudienceId, MemberRecord>,
     due: BTreeMap<AudienceId, TimestampMs>,
 }
@@ -84,7 +132,7 @@ impl From<ProfileStateV1> for ProfileState {
             consent: v.consent,
             app_version: v.app_version,
             opted_out: v.opted_out,
-            history: v.history,
+            history: v.history.into_iter().map(|(k, s)| (k, s.0)).collect(),
             memberships: v.memberships,
             due: v.due,
             ..Default::default()
@@ -155,15 +203,20 @@ impl ProfileState {
             .map(|(&id, r)| (id, r))
     }
 
+    /// The stored row: the format byte, then the state, serialised into one buffer sized for
+    /// a typical profile (not grown from empty and copied after the format byte).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![PROFILE_FORMAT];
-        out.extend(postcard::to_stdvec(self).expect("profile state always serialises"));
-        out
+        let mut out = Vec::with_capacity(ENCODED_CAPACITY);
+        out.push(PROFILE_FORMAT);
+        postcard::to_extend(self, out).expect("profile state always serialises")
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         match bytes.split_first() {
             Some((&PROFILE_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+            Some((2, rest)) => postcard::from_bytes::<ProfileStateV2>(rest)
+                .map(ProfileState::from)
+                .map_err(|e| e.to_string()),
             Some((1, rest)) => postcard::from_bytes::<ProfileStateV1>(rest)
                 .map(ProfileState::from)
                 .map_err(|e| e.to_string()),
@@ -176,7 +229,59 @@ impl ProfileState {
 /// The event type of the upgrade the engine records when the app version goes up.
 pub const UPGRADE_EVENT_TYPE: &str = "upgrade";
 
+/// The buffer [`ProfileState::encode`] starts with: a profile with a few attributes,
+/// identities, consent, device information and the series of a month of events fits.
+const ENCODED_CAPACITY: usize = 2048;
+
 /// Version byte of the stored profile encoding.
-/// 2: location, attribution and calculated attributes. Profiles of format 1 are still read,
-/// and written as format 2 on their next change.
-const PROFILE_FORMAT: u8 = 2;
+/// 2: location, attribution and calculated attributes.
+/// 3: each event series packed into one byte string (see [`crate::history`]).
+/// Profiles of formats 1 and 2 are still read, and written as format 3 on their next change.
+const PROFILE_FORMAT: u8 = 3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DAY_MS;
+
+    #[test]
+    fn a_format_2_row_reads_as_it_was_and_is_written_as_format_3() {
+        let mut state = ProfileState::new(42);
+        state.first_seen_ms = 7;
+        let mut series = EventSeries::default();
+        series.record(3 * DAY_MS + 5);
+        series.record(4 * DAY_MS + 6);
+        state
+            .history
+            .insert("custom_event:search".into(), series.clone());
+        state
+            .calculated
+            .insert("spend".into(), CalcState::default());
+        state.highest_app_version = Some("2.1".into());
+        let v2 = ProfileStateV2 {
+            mpid: 42,
+            first_seen_ms: 7,
+            last_seen_ms: 0,
+            identities: Default::default(),
+            attributes: Default::default(),
+            device: Default::default(),
+            consent: Default::default(),
+            app_version: None,
+            opted_out: false,
+            history: [("custom_event:search".to_string(), SeriesV2(series))].into(),
+            memberships: Default::default(),
+            due: Default::default(),
+            location: Default::default(),
+            install_attribution: None,
+            uninstall_attribution: None,
+            calculated: state.calculated.clone(),
+            highest_app_version: Some("2.1".into()),
+        };
+        let mut row = vec![2];
+        row.extend(postcard::to_allocvec(&v2).unwrap());
+        assert_eq!(ProfileState::decode(&row).unwrap(), state);
+        let encoded = state.encode();
+        assert_eq!(encoded[0], 3);
+        assert_eq!(ProfileState::decode(&encoded).unwrap(), state);
+    }
+}
