@@ -292,6 +292,65 @@ async fn sizes(ch: &Channel, ids: &[u64]) -> Result<Vec<u64>> {
     Ok(out)
 }
 
+/// Creates `gold` (tier gold), `with email` and, with `consent`, `marketing consent`; returns
+/// their ids once each is ready.
+async fn rebuild_audiences(engine: &Engine, ch: &Channel, consent: bool) -> Result<Vec<u64>> {
+    let mut criteria = vec![
+        (
+            "gold",
+            json!({"user_attribute": {"name": "tier", "op": "exact_match", "value": "gold"}}),
+        ),
+        (
+            "with email",
+            json!({"identity": {"type": "email", "op": "exists"}}),
+        ),
+    ];
+    if consent {
+        criteria.push((
+            "marketing consent",
+            json!({"consent": {"regulation": "gdpr", "purpose": "marketing", "state": "consented"}}),
+        ));
+    }
+    let mut ids = Vec::new();
+    for (name, criterion) in criteria {
+        let id = create_audience(ch, name, criterion).await?.id;
+        audiencectl(engine, &["audience", "wait", &id.to_string()])?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Streams `users` users from MPID `first`, a search each and a tier (gold, silver, bronze in
+/// turn); with `variety`, every seventh has no email and every fourth refused marketing
+/// consent. Waits until all are processed; returns the cursor after the deltas they caused.
+async fn stream_users(
+    broker: &Broker,
+    topics: &Topics,
+    ch: &Channel,
+    first: i64,
+    users: i64,
+    variety: bool,
+) -> Result<String> {
+    let producer = broker.producer()?;
+    let now = engine_now(ch).await?;
+    for i in 0..users {
+        let search = custom_event("Search", "search", now - 60_000, json!({"query": "shoes"}));
+        let mut batch = sdk_batch(first + i, now, vec![search]);
+        batch["user_attributes"]["tier"] = json!(["gold", "silver", "bronze"][(i % 3) as usize]);
+        if variety {
+            if i % 7 == 0 {
+                batch["user_identities"]["email"] = json!(null);
+            }
+            batch["consent_state"] = json!({"gdpr": {"marketing": {
+                "consented": i % 4 != 0, "timestamp_unixtime_ms": now - 1_000, "document": "v2"}}});
+        }
+        produce_json(&producer, &topics.events, &batch).await?;
+    }
+    wait_processed(ch, users as u64, Duration::from_secs(180)).await?;
+    let sent = drain(ch, "", Duration::from_secs(2)).await?;
+    Ok(sent.last().map(|d| d.cursor.clone()).unwrap_or_default())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_and_rebuild_leave_a_healthy_store_alone_and_repair_a_damaged_row() -> Result<()> {
     let broker = Broker::start()?;
@@ -300,48 +359,10 @@ async fn verify_and_rebuild_leave_a_healthy_store_alone_and_repair_a_damaged_row
     let data = dir.path().join("engine");
     let mut engine = Engine::start(&broker, &topics, &data, "rebuild")?;
     let ch = engine.ready().await?;
-    let gold = create_audience(
-        &ch,
-        "gold",
-        json!({"user_attribute": {"name": "tier", "op": "exact_match", "value": "gold"}}),
-    )
-    .await?;
-    let emails = create_audience(
-        &ch,
-        "with email",
-        json!({"identity": {"type": "email", "op": "exists"}}),
-    )
-    .await?;
-    let consented = create_audience(
-        &ch,
-        "marketing consent",
-        json!({"consent": {"regulation": "gdpr", "purpose": "marketing", "state": "consented"}}),
-    )
-    .await?;
-    let ids = [gold.id, emails.id, consented.id];
-    for id in ids {
-        audiencectl(&engine, &["audience", "wait", &id.to_string()])?;
-    }
-
+    let ids = rebuild_audiences(&engine, &ch, true).await?;
     // 2,000 users: tiers, identities (some without an email) and consent (some refused).
-    let producer = broker.producer()?;
-    let now = engine_now(&ch).await?;
     let users = 2_000i64;
-    for i in 0..users {
-        let mpid = 200_000 + i;
-        let search = custom_event("Search", "search", now - 60_000, json!({"query": "shoes"}));
-        let mut batch = sdk_batch(mpid, now, vec![search]);
-        batch["user_attributes"]["tier"] = json!(["gold", "silver", "bronze"][(i % 3) as usize]);
-        if i % 7 == 0 {
-            batch["user_identities"]["email"] = json!(null);
-        }
-        batch["consent_state"] = json!({"gdpr": {"marketing": {
-            "consented": i % 4 != 0, "timestamp_unixtime_ms": now - 1_000, "document": "v2"}}});
-        produce_json(&producer, &topics.events, &batch).await?;
-    }
-    wait_processed(&ch, users as u64, Duration::from_secs(180)).await?;
-    let sent = drain(&ch, "", Duration::from_secs(2)).await?;
-    let cursor = sent.last().map(|d| d.cursor.clone()).unwrap_or_default();
+    let cursor = stream_users(&broker, &topics, &ch, 200_000, users, true).await?;
     let sizes_before = sizes(&ch, &ids).await?;
     assert_eq!(sizes_before[0], 667, "gold: every third user");
     let mut before: BTreeMap<i64, pb::Profile> = BTreeMap::new();
@@ -460,35 +481,9 @@ async fn the_engine_binary_verifies_and_rebuilds_a_stopped_engines_directory() -
     let data = dir.path().join("engine");
     let mut engine = Engine::start(&broker, &topics, &data, "offline")?;
     let ch = engine.ready().await?;
-    let gold = create_audience(
-        &ch,
-        "gold",
-        json!({"user_attribute": {"name": "tier", "op": "exact_match", "value": "gold"}}),
-    )
-    .await?;
-    let emails = create_audience(
-        &ch,
-        "with email",
-        json!({"identity": {"type": "email", "op": "exists"}}),
-    )
-    .await?;
-    let ids = [gold.id, emails.id];
-    for id in ids {
-        audiencectl(&engine, &["audience", "wait", &id.to_string()])?;
-    }
-    let producer = broker.producer()?;
-    let now = engine_now(&ch).await?;
+    let ids = rebuild_audiences(&engine, &ch, false).await?;
     let users = 300i64;
-    for i in 0..users {
-        let mpid = 300_000 + i;
-        let search = custom_event("Search", "search", now - 60_000, json!({"query": "hats"}));
-        let mut batch = sdk_batch(mpid, now, vec![search]);
-        batch["user_attributes"]["tier"] = json!(["gold", "silver", "bronze"][(i % 3) as usize]);
-        produce_json(&producer, &topics.events, &batch).await?;
-    }
-    wait_processed(&ch, users as u64, Duration::from_secs(120)).await?;
-    let sent = drain(&ch, "", Duration::from_secs(2)).await?;
-    let cursor = sent.last().map(|d| d.cursor.clone()).unwrap_or_default();
+    let cursor = stream_users(&broker, &topics, &ch, 300_000, users, false).await?;
     let sizes_before = sizes(&ch, &ids).await?;
     assert_eq!(sizes_before, vec![100, 300]);
     let damaged = 300_000 + 3;
