@@ -15,7 +15,9 @@
 use crate::model::{TimestampMs, DAY_MS};
 use crate::varint::{put_varint, read_varint, unzigzag, zigzag, VarintError};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::ser::{SerializeStruct, Serializer};
+#[cfg(test)]
+use serde::ser::SerializeStruct;
+use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -314,7 +316,9 @@ impl<'de> Visitor<'de> for PackedVisitor {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct SeriesV2(pub EventSeries);
 
-/// A day as stored: `{day, offsets, overflow}` (format 2's `DayBucket`).
+/// A day as stored: `{day, offsets, overflow}` (format 2's `DayBucket`). The engine only
+/// reads format 2: writing it is for tests.
+#[cfg(test)]
 #[derive(Serialize)]
 struct StoredDay<'a> {
     day: i32,
@@ -323,8 +327,10 @@ struct StoredDay<'a> {
 }
 
 /// The days of a series, as a list of [`StoredDay`].
+#[cfg(test)]
 struct StoredDays<'a>(&'a EventSeries);
 
+#[cfg(test)]
 impl Serialize for StoredDays<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(self.0.days().map(|(d, offsets)| StoredDay {
@@ -335,6 +341,7 @@ impl Serialize for StoredDays<'_> {
     }
 }
 
+#[cfg(test)]
 impl Serialize for SeriesV2 {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut s = serializer.serialize_struct("EventSeries", 1)?;

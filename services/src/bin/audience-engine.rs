@@ -75,12 +75,14 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // An offline command's report owns standard output; its log is for trouble only.
+    let default_filter = match args.command {
+        Some(_) => "warn",
+        None => "info,rdkafka=warn,librdkafka=warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,rdkafka=warn,librdkafka=warn".into());
+        .unwrap_or_else(|_| default_filter.into());
     if args.command.is_some() {
-        // An offline command's report owns standard output; its log is for trouble only.
-        let filter =
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)

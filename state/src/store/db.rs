@@ -152,6 +152,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Read options of the long forward scans of backfills: read ahead, so a page of profiles is
 /// a few large reads rather than one per block.
+/// A stored row: its key and its value.
+pub(super) type Row = (Box<[u8]>, Box<[u8]>);
+
 pub(super) fn scan_options() -> rocksdb::ReadOptions {
     let mut opts = rocksdb::ReadOptions::default();
     opts.set_readahead_size(1 << 20);
@@ -379,21 +382,35 @@ impl Store {
         Ok(())
     }
 
+    /// The rows of column family `cf` whose key starts with `prefix` (empty: every row), in
+    /// key order.
+    pub(super) fn rows_with_prefix<'a>(
+        &'a self,
+        cf: &'static str,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = StoreResult<Row>> + 'a {
+        self.db
+            .iterator_cf(
+                self.cf(cf),
+                rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
+            )
+            .map(|item| item.map_err(StoreError::from))
+            .take_while(move |item| match item {
+                Ok((k, _)) => k.starts_with(prefix),
+                // The caller sees the error.
+                Err(_) => true,
+            })
+    }
+
     /// The meta records whose key starts with `prefix`, in key order: (the rest of the key,
     /// the value).
     pub(super) fn meta_with_prefix(&self, prefix: &str) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(
-            self.cf(CF_META),
-            rocksdb::IteratorMode::From(prefix.as_bytes(), rocksdb::Direction::Forward),
-        ) {
-            let (k, v) = item?;
-            let Some(rest) = k.strip_prefix(prefix.as_bytes()) else {
-                break;
-            };
-            out.push((rest.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        self.rows_with_prefix(CF_META, prefix.as_bytes())
+            .map(|row| {
+                let (k, v) = row?;
+                Ok((k[prefix.len()..].to_vec(), v.into_vec()))
+            })
+            .collect()
     }
 
     pub(super) fn meta_u64(&self, key: &str) -> StoreResult<Option<u64>> {

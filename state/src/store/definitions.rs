@@ -6,22 +6,14 @@ use super::keys::*;
 use crate::calculated::CalculatedAttributeRecord;
 use crate::catalog::AudienceRecord;
 use crate::outputs::{Connection, ConnectionId, Fault, OutputConfig};
-use rocksdb::{Direction, IteratorMode};
 use serde::Serialize;
 
 impl Store {
     /// Every event tier set: (event type, name, tier).
     pub fn event_tiers(&self) -> StoreResult<Vec<(String, String, String)>> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(
-            self.cf(CF_META),
-            IteratorMode::From(b"tier/", Direction::Forward),
-        ) {
-            let (k, v) = item?;
-            let Some(rest) = k.strip_prefix(b"tier/") else {
-                break;
-            };
-            let rest = String::from_utf8_lossy(rest).into_owned();
+        for (rest, v) in self.meta_with_prefix("tier/")? {
+            let rest = String::from_utf8_lossy(&rest).into_owned();
             if let Some((event_type, name)) = rest.split_once('/') {
                 out.push((
                     event_type.to_string(),
@@ -52,14 +44,8 @@ impl Store {
     ) -> StoreResult<Vec<T>> {
         let mut out = Vec::new();
         let mut unreadable = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward))
-        {
-            let (k, v) = item?;
-            if !k.starts_with(prefix) {
-                break;
-            }
+        for row in self.rows_with_prefix(cf, prefix) {
+            let (k, v) = row?;
             match serde_json::from_slice(&v) {
                 Ok(record) => out.push(record),
                 Err(e) => unreadable.push(UnreadableRow::new(

@@ -112,19 +112,11 @@ impl Store {
 
     /// Dead letters the partition keeps (not yet published), as stored.
     pub fn count_dead_letters(&self, partition: Partition) -> StoreResult<u64> {
-        let mut n = 0;
         let prefix = partition.to_be_bytes();
-        for item in self.db.iterator_cf(
-            self.cf(CF_DEADLETTERS),
-            IteratorMode::From(&prefix, Direction::Forward),
-        ) {
-            let (k, _) = item?;
-            if k[..4] != prefix {
-                break;
-            }
-            n += 1;
-        }
-        Ok(n)
+        let count = self
+            .rows_with_prefix(CF_DEADLETTERS, &prefix)
+            .try_fold(0, |n, row| row.map(|_| n + 1));
+        count
     }
 
     /// The rows of a sequence-keyed column family after `after`, at most `limit`, decoded. A
@@ -257,14 +249,8 @@ impl Store {
     fn frame_legacy_rows(&self, b: &mut WriteBatch<'_>, prefix: &[u8]) -> StoreResult<u64> {
         let mut rows = 0;
         for cf in [CF_OUTBOX, CF_DEADLETTERS] {
-            for item in self
-                .db
-                .iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward))
-            {
-                let (k, v) = item?;
-                if !k.starts_with(prefix) {
-                    break;
-                }
+            for row in self.rows_with_prefix(cf, prefix) {
+                let (k, v) = row?;
                 if let Some(framed) = frame_legacy_row(cf, &v) {
                     b.batch.put_cf(self.cf(cf), k, framed);
                     rows += 1;
