@@ -10,12 +10,18 @@
 //! With the changelog on, an assigned partition is not consumed until it is restored from the
 //! changelog topic ([`crate::changelog_restore`]); then the consumer is assigned it at the
 //! offsets the restored state was produced up to (see `resume_restored`).
+//!
+//! After each positioning the first record of each partition is checked against the offset
+//! asked for, and the consumer moved back when the broker skipped records
+//! ([`crate::input_positions`]).
 
 use crate::changelog_restore::Restorer;
+use crate::input_positions::{InputPositions, Verdict};
 use crate::node::Node;
 use crate::partition::{ProcessBatch, RawMessage};
 use audience_state::store::{Partition, Store};
 use futures::FutureExt;
+use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
@@ -32,6 +38,23 @@ pub struct IngestContext {
     store: Arc<Store>,
     node: Arc<Node>,
     restore: Option<RestoreHook>,
+    /// The offsets the consumer was last positioned at, until its first records confirm them.
+    positions: Mutex<InputPositions>,
+}
+
+impl IngestContext {
+    /// The consumer was just assigned `assignment`: its explicit offsets are checked against
+    /// the first records that come.
+    fn positioned(&self, assignment: &TopicPartitionList) {
+        let elements = assignment.elements();
+        self.positions.lock().positioned(
+            elements.iter().filter_map(|e| match e.offset() {
+                Offset::Offset(offset) => Some((e.topic(), e.partition(), offset)),
+                _ => None,
+            }),
+            std::time::Instant::now(),
+        );
+    }
 }
 
 /// How assigned partitions are restored from the changelog before they are consumed.
@@ -107,6 +130,7 @@ impl ConsumerContext for IngestContext {
                     if let Err(e) = consumer.assign(&TopicPartitionList::new()) {
                         tracing::error!(error = %e, "assign failed");
                     }
+                    self.positioned(&TopicPartitionList::new());
                     let token = self.node.begin_restore(&partitions);
                     for &p in &partitions {
                         restore.spawn(self.node.clone(), p, token);
@@ -115,6 +139,7 @@ impl ConsumerContext for IngestContext {
                     if let Err(e) = consumer.assign(tpl) {
                         tracing::error!(error = %e, "assign failed");
                     }
+                    self.positioned(tpl);
                     if let Err(e) = self.node.assign(&partitions) {
                         tracing::error!(?partitions, error = %e, "cannot start partition actor");
                     }
@@ -130,6 +155,7 @@ impl ConsumerContext for IngestContext {
                 if let Err(e) = consumer.unassign() {
                     tracing::error!(error = %e, "unassign failed");
                 }
+                self.positioned(&TopicPartitionList::new());
                 self.node.release(&revoked);
             }
             other => {
@@ -175,6 +201,7 @@ pub fn consumer(
         store: node.engine.store.clone(),
         node,
         restore,
+        positions: Mutex::new(InputPositions::default()),
     };
     let consumer: StreamConsumer<IngestContext> = cc.create_with_context(context)?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
@@ -196,6 +223,96 @@ fn to_raw(m: &rdkafka::message::BorrowedMessage<'_>) -> RawMessage {
         key: m.key().map(<[u8]>::to_vec),
         payload: m.payload().map(<[u8]>::to_vec),
         content_type,
+    }
+}
+
+/// A record received, unless the broker skipped records before it since the consumer was
+/// positioned: then the consumer is moved back and the record comes again later
+/// (see [`crate::input_positions`]).
+fn admit(
+    consumer: &StreamConsumer<IngestContext>,
+    message: &rdkafka::message::BorrowedMessage<'_>,
+) -> Option<RawMessage> {
+    let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+    let verdict = consumer.context().positions.lock().check(
+        topic,
+        partition,
+        offset,
+        std::time::Instant::now(),
+    );
+    act_on(consumer, topic, partition, verdict, Some(offset)).then(|| to_raw(message))
+}
+
+/// Partitions positioned a while ago that gave no record since: moved back, as when the
+/// broker skips records (see [`admit`]; the skipped batch may have been the partition's last).
+fn reread_quiet_partitions(consumer: &StreamConsumer<IngestContext>) {
+    let now = std::time::Instant::now();
+    let quiet = consumer.context().positions.lock().quiet(now);
+    for (topic, partition, verdict) in quiet {
+        act_on(consumer, &topic, partition, verdict, None);
+    }
+}
+
+/// Does what `verdict` says of the record at `offset` (`None`: of a quiet partition, no
+/// record); returns whether the record goes to its actor.
+fn act_on(
+    consumer: &StreamConsumer<IngestContext>,
+    topic: &str,
+    partition: i32,
+    verdict: Verdict,
+    offset: Option<i64>,
+) -> bool {
+    match verdict {
+        Verdict::Deliver => true,
+        Verdict::Hole { expected } => {
+            match offset {
+                Some(offset) => tracing::info!(
+                    topic,
+                    partition,
+                    expected,
+                    offset,
+                    "the topic has no records between the stored offset and the first one served"
+                ),
+                None => tracing::info!(
+                    topic,
+                    partition,
+                    expected,
+                    "no record came from the stored offset, read again from further back too: \
+                     waiting for the next one"
+                ),
+            }
+            true
+        }
+        Verdict::Reread { from } => {
+            tracing::debug!(
+                topic,
+                partition,
+                from,
+                offset,
+                "the broker skipped records past the stored offset; reading from further back"
+            );
+            metrics::counter!("audience_input_rereads_total").increment(1);
+            match consumer.seek(
+                topic,
+                partition,
+                Offset::Offset(from),
+                Duration::from_secs(5),
+            ) {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::warn!(
+                        topic, partition, from, error = %e,
+                        "cannot move the consumer back: reading on from here"
+                    );
+                    consumer
+                        .context()
+                        .positions
+                        .lock()
+                        .give_up(topic, partition);
+                    true
+                }
+            }
+        }
     }
 }
 
@@ -255,6 +372,7 @@ fn resume_restored(
         }
     }
     consumer.assign(&assignment)?;
+    consumer.context().positioned(&assignment);
     tracing::info!(partitions = ?resumed, "restored partitions resumed");
     Ok(())
 }
@@ -276,9 +394,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let max_batch = config.max_batch;
     let mut last_reassignment: Option<std::time::Instant> = None;
+    let mut quiet = tokio::time::interval(crate::input_positions::QUIET);
+    quiet.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let first = tokio::select! {
             _ = shutdown.changed() => break,
+            _ = quiet.tick() => {
+                reread_quiet_partitions(&consumer);
+                continue;
+            }
             Some(first) = async { restored.as_mut()?.recv().await } => {
                 // Restores finishing together make one re-assignment, and re-assignments keep
                 // their distance (see `REASSIGN_GAP`).
@@ -301,7 +425,11 @@ pub async fn run(
         // is tagged with the generation its `recv` returned under (see `dispatchable`).
         let mut gathered: Vec<(u64, RawMessage)> = Vec::new();
         match first {
-            Ok(m) => gathered.push((node.generation(), to_raw(&m))),
+            Ok(m) => {
+                if let Some(raw) = admit(&consumer, &m) {
+                    gathered.push((node.generation(), raw));
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "consumer error");
                 metrics::counter!("audience_consumer_errors_total").increment(1);
@@ -313,7 +441,9 @@ pub async fn run(
         while count < max_batch {
             match consumer.recv().now_or_never() {
                 Some(Ok(m)) => {
-                    gathered.push((node.generation(), to_raw(&m)));
+                    if let Some(raw) = admit(&consumer, &m) {
+                        gathered.push((node.generation(), raw));
+                    }
                     count += 1;
                 }
                 Some(Err(e)) => {

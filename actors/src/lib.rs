@@ -35,6 +35,7 @@ pub mod deltas_tail;
 pub mod engine;
 pub mod geoip;
 pub mod ingest;
+pub mod input_positions;
 pub mod network_guard;
 pub mod node;
 pub mod output_kinds;

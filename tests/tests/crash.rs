@@ -193,3 +193,82 @@ async fn wait_until_caught_up(ch: &Channel, broker: &Broker, topics: &Topics) ->
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A node that stopped inside a producer's batch resumes inside it: the broker's answer to a
+/// fetch from the middle of a batch must not cost the rest of the batch (tansu 0.6 answers it
+/// with the next batch, here none: the consumer is moved back until the stored offset is
+/// served, `actors/src/input_positions.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_inside_a_producer_batch_reads_the_rest_of_the_batch() -> Result<()> {
+    const BATCH: i64 = 100;
+    const STOPPED_AT: i64 = 40;
+    let broker = Broker::start()?;
+    let topics = Topics::unique("midbatch");
+    broker
+        .create_topics(
+            &[
+                &topics.events,
+                &topics.identities,
+                &topics.deltas,
+                &topics.dead_letters,
+            ],
+            1,
+        )
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let mut engine = Engine::start(&broker, &topics, &dir.path().join("engine"), "midbatch")?;
+    let ch = engine.ready().await?;
+    let viewed_twice = create_audience(
+        &ch,
+        "viewed twice",
+        serde_json::json!({"event": {"name": "Viewed Item", "count": {"at_least": 2}}}),
+    )
+    .await?;
+    let now = engine_now(&ch).await?;
+    // One produce batch of 100 records: sent together, lingering long enough to go as one.
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("linger.ms", "500")
+        .create()?;
+    let sends = (1..=BATCH).map(|mpid| {
+        let batch = batch(mpid, 0, now);
+        let producer = &producer;
+        let topic = &topics.events;
+        async move { produce_json(producer, topic, &batch).await }
+    });
+    let offsets: Vec<i64> = futures::future::try_join_all(sends)
+        .await?
+        .into_iter()
+        .map(|(_, offset)| offset)
+        .collect();
+    assert_eq!(offsets, (0..BATCH).collect::<Vec<_>>());
+    wait_processed(&ch, BATCH as u64, Duration::from_secs(30)).await?;
+    engine.terminate()?;
+
+    // As if the node had stopped after the batch's first 40 records: its state says so.
+    {
+        let store = audience_state::store::Store::open(&engine.data_dir, false)?;
+        let mut rewind = store.batch();
+        rewind.set_next_offset(&topics.events, 0, STOPPED_AT);
+        store.commit(rewind)?;
+    }
+    engine.restart()?;
+    let ch = engine.ready().await?;
+    // The batch's 60 last records come again (applied a second time, as the state asks):
+    // their users viewed twice, the 40 first users once.
+    wait_processed(&ch, (BATCH - STOPPED_AT) as u64, Duration::from_secs(60)).await?;
+    for mpid in 1..=BATCH {
+        let member = profile(&ch, mpid)
+            .await?
+            .audiences
+            .iter()
+            .any(|m| m.audience_id == viewed_twice.id);
+        assert_eq!(
+            member,
+            mpid > STOPPED_AT,
+            "user {mpid}: the record at offset {} read again",
+            mpid - 1
+        );
+    }
+    Ok(())
+}
