@@ -68,6 +68,10 @@ pub struct RestoreReport {
     pub elapsed_ms: u64,
     /// Of which: writing the claim (until the broker acknowledged it).
     pub claim_ms: u64,
+    /// Of which: loading the snapshot (linking and ingesting its files).
+    pub snapshot_ms: u64,
+    /// Of which: waiting for this node's own units to reach the topic.
+    pub own_units_ms: u64,
 }
 
 /// A consumer of one partition of the changelog topic, and the offset it reads next.
@@ -156,10 +160,11 @@ impl Restorer {
         );
         let started = Instant::now();
         let restoring = || node.is_restoring(partition, token);
+        let mut report = RestoreReport::default();
         self.wait_for_own_units(node, partition, token)?;
+        report.own_units_ms = started.elapsed().as_millis() as u64;
         let mut reader = self.reader(partition)?;
         let store = &self.engine.store;
-        let mut report = RestoreReport::default();
         // The end the broker reports may lag what it acknowledged: it serves only to learn the
         // newest epoch before claiming; the claim's own offset is the end that counts.
         let mut follower =
@@ -539,6 +544,7 @@ impl Restorer {
         *follower = Follower::new(position, position.seq);
         report.snapshot = Some(position.next_offset);
         report.snapshot_profiles = snapshot.manifest.profiles_hint();
+        report.snapshot_ms += started.elapsed().as_millis() as u64;
         metrics::counter!("audience_changelog_snapshots_loaded_total").increment(1);
         tracing::info!(
             partition,

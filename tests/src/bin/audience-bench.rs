@@ -352,6 +352,28 @@ async fn restore_all(
         "{} restore reports in the log",
         reports.len()
     );
+    // Where each partition's restore went: the whole, the claim, the snapshot's files, and
+    // the units read past it (what is left).
+    for line in &reports {
+        let (elapsed, claim, snapshot) = (
+            figure(line, "elapsed_ms"),
+            figure(line, "claim_ms"),
+            figure(line, "snapshot_ms"),
+        );
+        println!(
+            "  {group}: partition {} restored in {elapsed} ms: claim {claim} ms, snapshot \
+             {snapshot} ms, own units {} ms, {} units applied, {} verified, the rest {} ms",
+            without_colours(line)
+                .split("partition=")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next().map(str::to_string))
+                .unwrap_or_default(),
+            figure(line, "own_units_ms"),
+            figure(line, "applied"),
+            figure(line, "verified"),
+            elapsed.saturating_sub(claim + snapshot),
+        );
+    }
     let store = audience_state::store::Store::open(&data, false)?;
     let mut profiles = 0;
     for p in 0..PARTITIONS as u32 {
@@ -410,6 +432,24 @@ async fn catch_up(
     }
     engine.terminate()?;
     Ok((rate, drained))
+}
+
+/// A log line without its terminal colour codes (`ESC [ ... m`).
+fn without_colours(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }
 
 fn chrono_now() -> i64 {
