@@ -30,7 +30,7 @@ use audience_state::changelog::follow::{Broken, Follower, Position, Step};
 use audience_state::changelog::snapshot::{
     restore_start, RestoreStart, SnapshotRepository, StoredSnapshot,
 };
-use audience_state::changelog::{Claim, Record};
+use audience_state::changelog::{Claim, Record, Unit};
 use audience_state::store::Partition;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -44,6 +44,10 @@ use std::time::{Duration, Instant};
 const STALL: Duration = Duration::from_secs(30);
 /// Records read between two stores of the position when nothing was applied.
 const POSITION_EVERY: u64 = 1_000;
+/// Units applied in one write at most, and their encoded bytes: a reader applies what the
+/// consumer has ready in one write, up to these.
+const APPLY_UNITS: usize = 256;
+const APPLY_BYTES: usize = 16 << 20;
 
 /// What a restore did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -72,6 +76,11 @@ pub struct RestoreReport {
     pub snapshot_ms: u64,
     /// Of which: waiting for this node's own units to reach the topic.
     pub own_units_ms: u64,
+    /// Of which: reading and applying the log (units, claims).
+    pub log_ms: u64,
+    /// Times the reader was moved back because the broker skipped records (see
+    /// [`crate::catalog_topic::reread_from`]).
+    pub rereads: u64,
 }
 
 /// A consumer of one partition of the changelog topic, and the offset it reads next.
@@ -386,6 +395,7 @@ impl Restorer {
         report: &mut RestoreReport,
     ) -> anyhow::Result<Option<i64>> {
         let store = &self.engine.store;
+        let reading = Instant::now();
         let (low, _) = reader
             .consumer
             .fetch_watermarks(&self.topic, partition as i32, STALL)?;
@@ -396,6 +406,17 @@ impl Restorer {
                 let mut unsaved = 0u64;
                 let mut progress = Instant::now();
                 let mut repositioned = 0;
+                // Units to apply, read since the last write, and their bytes.
+                let mut ready: Vec<Unit> = Vec::new();
+                let mut ready_bytes = 0usize;
+                let apply_ready = |ready: &mut Vec<Unit>, follower: &Follower| {
+                    if ready.is_empty() {
+                        return Ok(());
+                    }
+                    let applied = store.apply_units_at(partition, ready, &follower.position);
+                    ready.clear();
+                    applied
+                };
                 reader.position_at(start)?;
                 while follower.position.next_offset < end {
                     anyhow::ensure!(
@@ -403,7 +424,19 @@ impl Restorer {
                         "partition {partition} is no longer wanted here (revoked, or no longer \
                          stood by for)"
                     );
-                    let Some(message) = reader.consumer.poll(Duration::from_millis(100)) else {
+                    // Units read are applied when the consumer has nothing more ready.
+                    let wait = if ready.is_empty() {
+                        Duration::from_millis(100)
+                    } else {
+                        Duration::ZERO
+                    };
+                    let Some(message) = reader.consumer.poll(wait) else {
+                        if !ready.is_empty() {
+                            apply_ready(&mut ready, follower)?;
+                            ready_bytes = 0;
+                            unsaved = 0;
+                            continue;
+                        }
                         anyhow::ensure!(
                             progress.elapsed() < STALL,
                             "partition {partition}: the changelog topic gave nothing past \
@@ -423,6 +456,7 @@ impl Restorer {
                     let expected = follower.position.next_offset.max(low);
                     if offset > expected {
                         repositioned += 1;
+                        report.rereads += 1;
                         anyhow::ensure!(
                             repositioned <= MAX_REPOSITIONS,
                             "partition {partition}: the changelog reader keeps skipping from \
@@ -441,21 +475,26 @@ impl Restorer {
                         continue;
                     }
                     reader.position = Some(offset + 1);
-                    let record =
-                        Record::decode(message.payload().unwrap_or_default()).map_err(|why| {
-                            anyhow::anyhow!(
-                                "partition {partition}: changelog record at offset {offset} \
+                    let payload = message.payload().unwrap_or_default();
+                    let record = Record::decode(payload).map_err(|why| {
+                        anyhow::anyhow!(
+                            "partition {partition}: changelog record at offset {offset} \
                                  is unreadable: {why}"
-                            )
-                        })?;
+                        )
+                    })?;
                     match follower.read(offset, &record) {
                         Ok(Step::Apply) => {
-                            let Record::Unit(unit) = &record else {
+                            let Record::Unit(unit) = record else {
                                 unreachable!("only units are applied")
                             };
-                            store.apply_unit_at(unit, &follower.position)?;
+                            ready.push(unit);
+                            ready_bytes += payload.len();
                             report.applied += 1;
-                            unsaved = 0;
+                            if ready.len() >= APPLY_UNITS || ready_bytes >= APPLY_BYTES {
+                                apply_ready(&mut ready, follower)?;
+                                ready_bytes = 0;
+                                unsaved = 0;
+                            }
                         }
                         Ok(step) => {
                             match step {
@@ -464,7 +503,7 @@ impl Restorer {
                                 _ => report.ignored += 1,
                             }
                             unsaved += 1;
-                            if unsaved >= POSITION_EVERY {
+                            if unsaved >= POSITION_EVERY && ready.is_empty() {
                                 store.save_changelog_follow_position(
                                     partition,
                                     &follower.position,
@@ -473,14 +512,18 @@ impl Restorer {
                             }
                         }
                         Err(Broken::Diverged(why)) if !report.rebuilt => {
+                            // What was read is read again over the rebuilt state.
+                            drop(ready);
                             self.rebuild(partition, follower, &why, report)?;
                             continue 'read;
                         }
                         Err(broken) => anyhow::bail!("partition {partition}: {broken}"),
                     }
                 }
+                apply_ready(&mut ready, follower)?;
                 store.save_changelog_follow_position(partition, &follower.position)?;
             }
+            report.log_ms += reading.elapsed().as_millis() as u64;
             return Ok(last_claim);
         }
     }

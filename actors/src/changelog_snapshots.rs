@@ -19,6 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// How many views of the database one snapshot looks at for one in which no unit waits for
+/// the topic, and how long apart.
+const VIEW_TRIES: u32 = 50;
+const VIEW_RETRY: Duration = Duration::from_millis(10);
+
 /// When to snapshot, and what to keep.
 #[derive(Debug, Clone)]
 pub struct SnapshotPolicy {
@@ -93,10 +98,23 @@ impl Snapshotter {
     pub fn snapshot(&self, partition: Partition) -> anyhow::Result<Option<SnapshotManifest>> {
         let started = Instant::now();
         let staging = self.repository.staging(partition)?;
-        let written = self
+        let mut written = self
             .engine
             .store
             .write_partition_snapshot(partition, &staging);
+        // While the partition publishes, each round of its delta publisher commits a unit, so
+        // a unit waits for the topic most of the time: look again for a moment none does
+        // (else snapshots starve and the log a restore reads grows).
+        for _ in 1..VIEW_TRIES {
+            if !matches!(written, Ok(None)) {
+                break;
+            }
+            std::thread::sleep(VIEW_RETRY);
+            written = self
+                .engine
+                .store
+                .write_partition_snapshot(partition, &staging);
+        }
         let contents = match written {
             Ok(Some(contents)) => contents,
             other => {

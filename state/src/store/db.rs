@@ -348,6 +348,12 @@ impl Store {
     /// written to it again).
     pub(super) fn unit_batch(&self, unit: &Unit) -> StoreResult<WriteBatch<'_>> {
         let mut b = self.batch();
+        self.add_unit(&mut b, unit)?;
+        Ok(b)
+    }
+
+    /// Adds a unit's operations, in order, to `b`.
+    pub(super) fn add_unit(&self, b: &mut WriteBatch<'_>, unit: &Unit) -> StoreResult<()> {
         for op in &unit.ops {
             let name = |code: u8| {
                 cf_name(code).ok_or(StoreError::Corrupt {
@@ -362,7 +368,7 @@ impl Store {
                 Op::DeleteRange { cf, from, to } => b.delete_range(name(*cf)?, from, to),
             }
         }
-        Ok(b)
+        Ok(())
     }
 
     pub fn commit(&self, batch: WriteBatch<'_>) -> StoreResult<()> {

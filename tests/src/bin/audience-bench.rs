@@ -362,16 +362,19 @@ async fn restore_all(
         );
         println!(
             "  {group}: partition {} restored in {elapsed} ms: claim {claim} ms, snapshot \
-             {snapshot} ms, own units {} ms, {} units applied, {} verified, the rest {} ms",
+             {snapshot} ms, own units {} ms, reading the log {} ms ({} units applied, {} \
+             verified, {} re-reads), the rest {} ms",
             without_colours(line)
                 .split("partition=")
                 .nth(1)
                 .and_then(|rest| rest.split(' ').next().map(str::to_string))
                 .unwrap_or_default(),
             figure(line, "own_units_ms"),
+            figure(line, "log_ms"),
             figure(line, "applied"),
             figure(line, "verified"),
-            elapsed.saturating_sub(claim + snapshot),
+            figure(line, "rereads"),
+            elapsed.saturating_sub(claim + snapshot + figure(line, "log_ms")),
         );
     }
     let store = audience_state::store::Store::open(&data, false)?;
