@@ -204,17 +204,7 @@ async fn a_restart_inside_a_producer_batch_reads_the_rest_of_the_batch() -> Resu
     const STOPPED_AT: i64 = 40;
     let broker = Broker::start()?;
     let topics = Topics::unique("midbatch");
-    broker
-        .create_topics(
-            &[
-                &topics.events,
-                &topics.identities,
-                &topics.deltas,
-                &topics.dead_letters,
-            ],
-            1,
-        )
-        .await?;
+    broker.create_deployment_topics(&topics, 1).await?;
     let dir = tempfile::tempdir()?;
     let mut engine = Engine::start(&broker, &topics, &dir.path().join("engine"), "midbatch")?;
     let ch = engine.ready().await?;
