@@ -31,7 +31,7 @@ use audience_state::changelog::snapshot::{
     restore_start, RestoreStart, SnapshotRepository, StoredSnapshot,
 };
 use audience_state::changelog::{Claim, Record, Unit};
-use audience_state::store::Partition;
+use audience_state::store::{Partition, Store};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -48,6 +48,43 @@ const POSITION_EVERY: u64 = 1_000;
 /// consumer has ready in one write, up to these.
 const APPLY_UNITS: usize = 256;
 const APPLY_BYTES: usize = 16 << 20;
+
+/// Units read from the log and not written yet, and their encoded bytes.
+#[derive(Default)]
+struct ReadyUnits {
+    units: Vec<Unit>,
+    bytes: usize,
+}
+
+impl ReadyUnits {
+    fn push(&mut self, unit: Unit, bytes: usize) {
+        self.units.push(unit);
+        self.bytes += bytes;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.units.is_empty()
+    }
+
+    fn full(&self) -> bool {
+        self.units.len() >= APPLY_UNITS || self.bytes >= APPLY_BYTES
+    }
+
+    /// Writes them in one write with `position`, the position past the last record read.
+    fn apply(
+        &mut self,
+        store: &Store,
+        partition: Partition,
+        position: &Position,
+    ) -> anyhow::Result<()> {
+        if !self.is_empty() {
+            store.apply_units_at(partition, &self.units, position)?;
+            self.units.clear();
+            self.bytes = 0;
+        }
+        Ok(())
+    }
+}
 
 /// What a restore did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -406,17 +443,7 @@ impl Restorer {
                 let mut unsaved = 0u64;
                 let mut progress = Instant::now();
                 let mut repositioned = 0;
-                // Units to apply, read since the last write, and their bytes.
-                let mut ready: Vec<Unit> = Vec::new();
-                let mut ready_bytes = 0usize;
-                let apply_ready = |ready: &mut Vec<Unit>, follower: &Follower| {
-                    if ready.is_empty() {
-                        return Ok(());
-                    }
-                    let applied = store.apply_units_at(partition, ready, &follower.position);
-                    ready.clear();
-                    applied
-                };
+                let mut ready = ReadyUnits::default();
                 reader.position_at(start)?;
                 while follower.position.next_offset < end {
                     anyhow::ensure!(
@@ -432,8 +459,7 @@ impl Restorer {
                     };
                     let Some(message) = reader.consumer.poll(wait) else {
                         if !ready.is_empty() {
-                            apply_ready(&mut ready, follower)?;
-                            ready_bytes = 0;
+                            ready.apply(store, partition, &follower.position)?;
                             unsaved = 0;
                             continue;
                         }
@@ -487,12 +513,10 @@ impl Restorer {
                             let Record::Unit(unit) = record else {
                                 unreachable!("only units are applied")
                             };
-                            ready.push(unit);
-                            ready_bytes += payload.len();
+                            ready.push(unit, payload.len());
                             report.applied += 1;
-                            if ready.len() >= APPLY_UNITS || ready_bytes >= APPLY_BYTES {
-                                apply_ready(&mut ready, follower)?;
-                                ready_bytes = 0;
+                            if ready.full() {
+                                ready.apply(store, partition, &follower.position)?;
                                 unsaved = 0;
                             }
                         }
@@ -520,7 +544,7 @@ impl Restorer {
                         Err(broken) => anyhow::bail!("partition {partition}: {broken}"),
                     }
                 }
-                apply_ready(&mut ready, follower)?;
+                ready.apply(store, partition, &follower.position)?;
                 store.save_changelog_follow_position(partition, &follower.position)?;
             }
             report.log_ms += reading.elapsed().as_millis() as u64;

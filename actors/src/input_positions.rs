@@ -19,7 +19,6 @@
 //!
 //! Pure bookkeeping; the ingest loop does the seeking.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// How many times one positioning is read again from further back before a jump is accepted
@@ -44,8 +43,10 @@ pub enum Verdict {
     Hole { expected: i64 },
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Expected {
+    topic: String,
+    partition: i32,
     offset: i64,
     rereads: u32,
     /// A record before `offset` came since the positioning: the broker serves from before it,
@@ -56,10 +57,11 @@ struct Expected {
 }
 
 /// The stored offsets the consumer was last positioned at, until each partition's first
-/// record confirms it.
+/// record confirms it. Checked for every record received: a short list (one entry per
+/// partition positioned and not yet confirmed, usually none), searched without allocating.
 #[derive(Debug, Default)]
 pub struct InputPositions {
-    expected: HashMap<(String, i32), Expected>,
+    expected: Vec<Expected>,
 }
 
 impl InputPositions {
@@ -71,70 +73,68 @@ impl InputPositions {
         positions: impl IntoIterator<Item = (&'a str, i32, i64)>,
         now: Instant,
     ) {
-        self.expected.clear();
-        for (topic, partition, offset) in positions {
-            self.expected.insert(
-                (topic.to_string(), partition),
-                Expected {
-                    offset,
-                    rereads: 0,
-                    seen_before: false,
-                    since: now,
-                },
-            );
-        }
+        self.expected = positions
+            .into_iter()
+            .map(|(topic, partition, offset)| Expected {
+                topic: topic.to_string(),
+                partition,
+                offset,
+                rereads: 0,
+                seen_before: false,
+                since: now,
+            })
+            .collect();
+    }
+
+    fn find(&self, topic: &str, partition: i32) -> Option<usize> {
+        self.expected
+            .iter()
+            .position(|e| e.partition == partition && e.topic == topic)
     }
 
     /// A record at `offset` of `topic`/`partition` was received.
     pub fn check(&mut self, topic: &str, partition: i32, offset: i64, now: Instant) -> Verdict {
-        let key = (topic.to_string(), partition);
-        let Some(expected) = self.expected.get_mut(&key) else {
+        let Some(at) = self.find(topic, partition) else {
             return Verdict::Deliver;
         };
+        let expected = &mut self.expected[at];
         if offset < expected.offset {
             expected.seen_before = true;
             return Verdict::Deliver;
         }
         if offset == expected.offset {
-            self.expected.remove(&key);
+            self.expected.swap_remove(at);
             return Verdict::Deliver;
         }
         if expected.seen_before {
-            let expected = expected.offset;
-            self.expected.remove(&key);
+            let expected = self.expected.swap_remove(at).offset;
             return Verdict::Hole { expected };
         }
-        self.read_again(key, now)
+        self.read_again(at, now)
     }
 
     /// The partitions positioned (or moved back) more than [`QUIET`] ago that no record came
     /// from since, each with what to do: read again from further back, or, after
     /// [`MAX_REREADS`] tries, nothing more (a [`Verdict::Hole`]: it waits for its next record).
     pub fn quiet(&mut self, now: Instant) -> Vec<(String, i32, Verdict)> {
-        let quiet: Vec<(String, i32)> = self
-            .expected
-            .iter()
-            .filter(|(_, e)| !e.seen_before && now.duration_since(e.since) >= QUIET)
-            .map(|(key, _)| key.clone())
-            .collect();
+        let mut quiet = Vec::new();
+        // From the end: `read_again` may remove the entry it looks at.
+        for at in (0..self.expected.len()).rev() {
+            let e = &self.expected[at];
+            if !e.seen_before && now.duration_since(e.since) >= QUIET {
+                let (topic, partition) = (e.topic.clone(), e.partition);
+                quiet.push((topic, partition, self.read_again(at, now)));
+            }
+        }
         quiet
-            .into_iter()
-            .map(|key| {
-                let verdict = self.read_again(key.clone(), now);
-                (key.0, key.1, verdict)
-            })
-            .collect()
     }
 
-    /// Records past the stored offset were passed over: read again from further back, up to
-    /// [`MAX_REREADS`] times.
-    fn read_again(&mut self, key: (String, i32), now: Instant) -> Verdict {
-        let Some(expected) = self.expected.get_mut(&key) else {
-            return Verdict::Deliver;
-        };
+    /// Records past the stored offset of entry `at` were passed over: read again from further
+    /// back, up to [`MAX_REREADS`] times.
+    fn read_again(&mut self, at: usize, now: Instant) -> Verdict {
+        let expected = &mut self.expected[at];
         if expected.rereads >= MAX_REREADS {
-            let expected = expected.offset;
-            self.expected.remove(&key);
+            let expected = self.expected.swap_remove(at).offset;
             return Verdict::Hole { expected };
         }
         expected.rereads += 1;
@@ -145,7 +145,9 @@ impl InputPositions {
 
     /// Moving the consumer back failed: the partition is read on from where it is.
     pub fn give_up(&mut self, topic: &str, partition: i32) {
-        self.expected.remove(&(topic.to_string(), partition));
+        if let Some(at) = self.find(topic, partition) {
+            self.expected.swap_remove(at);
+        }
     }
 }
 

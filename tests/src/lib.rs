@@ -443,6 +443,11 @@ impl Engine {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// [`Engine::log_text`] without its terminal colours, so that fields read `name=value`.
+    pub fn plain_log_text(&self) -> String {
+        without_colours(&self.log_text())
+    }
+
     /// `kill -9`: no drain, no flush.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -482,6 +487,24 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// `text` without its terminal escape sequences (each runs to its final letter).
+pub fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 pub async fn produce(

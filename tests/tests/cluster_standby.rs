@@ -12,28 +12,9 @@ use std::time::{Duration, Instant};
 
 const ROUNDS: i64 = 30;
 
-/// The log without its terminal colours.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // An escape sequence runs to its final letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// The units a restore applied, from the node's log line of the restore of `partition`.
 fn units_applied(log: &str, partition: u32) -> Option<u64> {
-    plain(log)
+    without_colours(log)
         .lines()
         .rev()
         .filter(|l| l.contains("partition restored from the changelog"))

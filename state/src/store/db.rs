@@ -340,19 +340,13 @@ impl Store {
 
     /// Applies a unit of another node's changelog: its operations, in order, in one write.
     pub fn apply_unit(&self, unit: &Unit) -> StoreResult<()> {
-        let b = self.unit_batch(unit)?;
+        let mut b = self.batch();
+        self.add_unit(&mut b, unit)?;
         self.commit(b)
     }
 
-    /// A unit's operations as a batch (not logged: a unit read from the changelog is not
-    /// written to it again).
-    pub(super) fn unit_batch(&self, unit: &Unit) -> StoreResult<WriteBatch<'_>> {
-        let mut b = self.batch();
-        self.add_unit(&mut b, unit)?;
-        Ok(b)
-    }
-
-    /// Adds a unit's operations, in order, to `b`.
+    /// Adds a unit's operations, in order, to `b` (a plain batch: a unit read from the
+    /// changelog is not written to it again).
     pub(super) fn add_unit(&self, b: &mut WriteBatch<'_>, unit: &Unit) -> StoreResult<()> {
         for op in &unit.ops {
             let name = |code: u8| {

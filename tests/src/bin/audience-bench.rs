@@ -335,7 +335,7 @@ async fn restore_all(
     }
     engine.terminate()?;
     // Each restore logs its report: units applied and time taken.
-    let log = engine.log_text();
+    let log = engine.plain_log_text();
     let figure = |line: &str, name: &str| -> u64 {
         line.split(&format!("{name}: "))
             .nth(1)
@@ -364,10 +364,9 @@ async fn restore_all(
             "  {group}: partition {} restored in {elapsed} ms: claim {claim} ms, snapshot \
              {snapshot} ms, own units {} ms, reading the log {} ms ({} units applied, {} \
              verified, {} re-reads), the rest {} ms",
-            without_colours(line)
-                .split("partition=")
+            line.split("partition=")
                 .nth(1)
-                .and_then(|rest| rest.split(' ').next().map(str::to_string))
+                .and_then(|rest| rest.split(' ').next())
                 .unwrap_or_default(),
             figure(line, "own_units_ms"),
             figure(line, "log_ms"),
@@ -435,24 +434,6 @@ async fn catch_up(
     }
     engine.terminate()?;
     Ok((rate, drained))
-}
-
-/// A log line without its terminal colour codes (`ESC [ ... m`).
-fn without_colours(line: &str) -> String {
-    let mut plain = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
 }
 
 fn chrono_now() -> i64 {
