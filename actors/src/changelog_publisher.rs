@@ -194,7 +194,8 @@ async fn publish(
         let benign = benign_gaps(engine, kafka, topic, p, &acknowledged).await?;
         if !engine.store.acknowledge_units(p, &acknowledged, &benign)? {
             // Another node claimed the partition: these units are refused by every reader,
-            // and their deltas never leave. The group revokes the partition soon.
+            // and their deltas never leave. The group revokes the partition soon; the
+            // engine's own assignment releases it at its next look.
             tracing::error!(
                 partition = p,
                 seq,
@@ -202,6 +203,7 @@ async fn publish(
                 "changelog units refused: another node claimed the partition"
             );
             metrics::counter!("audience_changelog_units_refused_total").increment(1);
+            engine.fenced.lock().insert(p);
         }
         // What these units wrote to the outbox may leave now.
         engine.wake_outbox_readers();

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// How often a node announces itself.
+/// How often a node announces itself by default (`cluster.heartbeat_ms`).
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 /// An announcement older than this: its node is silent.
 pub const SILENT_AFTER: Duration = Duration::from_secs(10);
@@ -216,14 +216,16 @@ impl MembersTopic {
         Ok(())
     }
 
-    /// Announces `node` every [`ANNOUNCE_EVERY`] until shutdown, then writes its tombstone;
-    /// `catalog_offset` and `standby` say where its catalog stands and what it stands by for.
+    /// Announces `node` every `every` (and at once when `wake` is notified: its partitions
+    /// changed) until shutdown, then writes its tombstone; `catalog_offset` and `standby` say
+    /// where its catalog stands and what it stands by for.
     pub async fn announce(
         self,
         node: Arc<Node>,
         facts: NodeFacts,
         catalog_offset: impl Fn() -> i64 + Send + 'static,
         standby: impl Fn() -> Vec<Partition> + Send + 'static,
+        (every, wake): (Duration, Arc<tokio::sync::Notify>),
         mut shutdown: watch::Receiver<bool>,
     ) {
         let NodeFacts {
@@ -282,7 +284,8 @@ impl MembersTopic {
                 return;
             }
             tokio::select! {
-                _ = tokio::time::sleep(ANNOUNCE_EVERY) => {}
+                _ = tokio::time::sleep(every) => {}
+                _ = wake.notified() => {}
                 _ = shutdown.changed() => {}
             }
         }
@@ -315,6 +318,12 @@ impl MembersTopic {
 
     /// The newest announcement of each node, from the topic's recent records (blocking).
     pub fn read(&self) -> Result<BTreeMap<String, Announcement>, String> {
+        self.tail()?.refresh()
+    }
+
+    /// A reader of the topic that keeps its place: each [`MembersTail::refresh`] reads only
+    /// what came since (blocking).
+    pub fn tail(&self) -> Result<MembersTail, String> {
         let consumer: BaseConsumer = self
             .kafka
             .clone()
@@ -330,28 +339,13 @@ impl MembersTopic {
         tpl.add_partition_offset(&self.topic, 0, Offset::Offset(from))
             .map_err(|e| e.to_string())?;
         consumer.assign(&tpl).map_err(|e| e.to_string())?;
-        let mut records = Vec::new();
-        let mut position = from;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while position < high && std::time::Instant::now() < deadline {
-            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-                continue;
-            };
-            let message = message.map_err(|e| format!("members topic: {e}"))?;
-            position = message.offset() + 1;
-            let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-            let value = match message.payload() {
-                None => None,
-                Some(bytes) => match serde_json::from_slice::<Announcement>(bytes) {
-                    Ok(a) => Some(a),
-                    Err(_) => continue,
-                },
-            };
-            records.push((key, value));
-        }
-        Ok(latest(records))
+        Ok(MembersTail {
+            consumer,
+            topic: self.topic.clone(),
+            position: from,
+            nodes: BTreeMap::new(),
+        })
     }
-
     /// The input topics' ends per partition, summed over the topics (blocking).
     pub fn input_ends(&self, topics: &[String]) -> Result<BTreeMap<Partition, i64>, String> {
         let consumer: BaseConsumer = self
@@ -371,6 +365,48 @@ impl MembersTopic {
             }
         }
         Ok(ends)
+    }
+}
+
+/// A reader of the members topic that keeps its place and the newest announcement of each
+/// node (see [`MembersTopic::tail`]).
+pub struct MembersTail {
+    consumer: BaseConsumer,
+    topic: String,
+    /// The next offset to read.
+    position: i64,
+    nodes: BTreeMap<String, Announcement>,
+}
+
+impl MembersTail {
+    /// Reads up to the topic's end (10 s at most) and returns the newest announcement of each
+    /// node (blocking).
+    pub fn refresh(&mut self) -> Result<BTreeMap<String, Announcement>, String> {
+        let (_, high) = self
+            .consumer
+            .fetch_watermarks(&self.topic, 0, Duration::from_secs(10))
+            .map_err(|e| format!("members topic {}: {e}", self.topic))?;
+        let mut records = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.position < high && std::time::Instant::now() < deadline {
+            let Some(message) = self.consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let message = message.map_err(|e| format!("members topic: {e}"))?;
+            self.position = message.offset() + 1;
+            let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+            let value = match message.payload() {
+                None => None,
+                Some(bytes) => match serde_json::from_slice::<Announcement>(bytes) {
+                    Ok(a) => Some(a),
+                    Err(_) => continue,
+                },
+            };
+            records.push((key, value));
+        }
+        let nodes = std::mem::take(&mut self.nodes);
+        self.nodes = latest(nodes.into_iter().map(|(k, a)| (k, Some(a))).chain(records));
+        Ok(self.nodes.clone())
     }
 }
 

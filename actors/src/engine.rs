@@ -158,6 +158,10 @@ pub struct Engine {
     pub changes: Mutex<ChangeWindow>,
     /// Partitions with an outbox on this node.
     pub partitions: Mutex<BTreeSet<Partition>>,
+    /// Partitions another node claimed while this one wrote them (its changelog units were
+    /// refused): the engine's own assignment releases them and restores them again
+    /// ([`crate::self_assignment`]); a consumer group revokes them by itself.
+    pub fenced: Mutex<BTreeSet<Partition>>,
     /// The deployment's id (its catalog's, see `CatalogState::cluster_id`), once known:
     /// subscription cursors carry it, and a cursor of another deployment is refused.
     pub cluster_id: parking_lot::RwLock<Option<String>>,
@@ -218,6 +222,7 @@ impl Engine {
             counters: Counters::default(),
             changes: Mutex::new(changes),
             partitions: Mutex::new(partitions),
+            fenced: Mutex::new(BTreeSet::new()),
             cluster_id: Default::default(),
             outbox_written,
             backfills: Mutex::new(HashMap::new()),

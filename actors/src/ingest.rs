@@ -1,5 +1,6 @@
-//! Kafka ingestion: one consumer group member per node, subscribed to the events and the
-//! identities topics. Each poll batch is split by partition and handed to the partition actors;
+//! Kafka ingestion: one consumer per node over the events and the identities topics, either a
+//! consumer group member (its partitions come from the group's rebalances) or assigned by the
+//! engine itself ([`crate::self_assignment`], incrementally: never subscribed). Each poll batch is split by partition and handed to the partition actors;
 //! the next poll waits until every actor has written its part, so a rebalance never finds a
 //! batch in flight.
 //!
@@ -40,6 +41,9 @@ pub struct IngestContext {
     restore: Option<RestoreHook>,
     /// The offsets the consumer was last positioned at, until its first records confirm them.
     positions: Mutex<InputPositions>,
+    /// Held while the consumer's assignment changes outside a rebalance (a restored partition
+    /// added, a handed-over one removed), so that a partition is never added after it left.
+    changing: Mutex<()>,
 }
 
 impl IngestContext {
@@ -55,9 +59,34 @@ impl IngestContext {
             std::time::Instant::now(),
         );
     }
+
+    /// Stops consuming `partitions` (those the consumer is assigned; one still being restored
+    /// is not) and disowns them on `node` ([`Node::disown`]), as one change: a restore
+    /// finishing meanwhile does not add them back (see [`resume_restored`]).
+    pub fn stop_consuming(
+        consumer: &StreamConsumer<IngestContext>,
+        partitions: &[Partition],
+    ) -> anyhow::Result<()> {
+        let context = consumer.context();
+        let _one_change = context.changing.lock();
+        context.node.disown(partitions);
+        let mut leaving = TopicPartitionList::new();
+        for e in consumer.assignment()?.elements() {
+            if partitions.contains(&(e.partition() as Partition)) {
+                leaving.add_partition(e.topic(), e.partition());
+            }
+        }
+        if leaving.count() > 0 {
+            consumer.incremental_unassign(&leaving)?;
+        }
+        let gone: Vec<i32> = partitions.iter().map(|&p| p as i32).collect();
+        context.positions.lock().forget(&gone);
+        Ok(())
+    }
 }
 
 /// How assigned partitions are restored from the changelog before they are consumed.
+#[derive(Clone)]
 pub struct RestoreHook {
     pub restorer: Arc<Restorer>,
     pub runtime: tokio::runtime::Handle,
@@ -67,7 +96,7 @@ pub struct RestoreHook {
 
 impl RestoreHook {
     /// Restores `partition` on a blocking thread, trying again while it stays assigned.
-    fn spawn(&self, node: Arc<Node>, partition: Partition, token: u64) {
+    pub fn spawn(&self, node: Arc<Node>, partition: Partition, token: u64) {
         let (restorer, restored) = (self.restorer.clone(), self.restored.clone());
         self.runtime.spawn_blocking(move || {
             let mut backoff = Duration::from_millis(500);
@@ -174,6 +203,9 @@ pub struct IngestConfig {
     pub client_id: String,
     pub topics: Vec<String>,
     pub max_batch: usize,
+    /// The engine assigns the partitions ([`crate::self_assignment`]): the consumer is never
+    /// subscribed, and restored partitions are added to its assignment incrementally.
+    pub self_assigned: bool,
     /// Extra librdkafka properties.
     pub properties: BTreeMap<String, String>,
 }
@@ -202,10 +234,13 @@ pub fn consumer(
         node,
         restore,
         positions: Mutex::new(InputPositions::default()),
+        changing: Mutex::new(()),
     };
     let consumer: StreamConsumer<IngestContext> = cc.create_with_context(context)?;
-    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics)?;
+    if !config.self_assigned {
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+    }
     Ok(consumer)
 }
 
@@ -316,19 +351,20 @@ fn act_on(
     }
 }
 
-/// What of a gathered batch may be processed, by partition: the messages received under the
-/// current assignment generation. One received before the assignment changed is dropped: its
-/// partition may be revoked (its messages must never reach an actor), and a partition
-/// assigned again is re-positioned at its stored offsets, so its messages come again.
+/// What of a gathered batch may be processed, by partition: the messages received under their
+/// partition's current epoch (`epoch_now`, see [`Node::epoch`]). One received before its
+/// partition left is dropped: the partition may be another node's now (its messages must
+/// never reach an actor here), and one assigned again is re-positioned at its stored offsets,
+/// so its messages come again. Partitions that stayed keep what was gathered of them.
 /// Returns the batch to process and how many messages were dropped.
 fn dispatchable(
-    gathered: Vec<(u64, RawMessage)>,
-    generation_now: u64,
+    gathered: Vec<(Option<u64>, RawMessage)>,
+    epoch_now: impl Fn(Partition) -> Option<u64>,
 ) -> (BTreeMap<i32, Vec<RawMessage>>, usize) {
     let mut by_partition: BTreeMap<i32, Vec<RawMessage>> = BTreeMap::new();
     let mut dropped = 0;
-    for (generation, message) in gathered {
-        if generation == generation_now {
+    for (epoch, message) in gathered {
+        if epoch.is_some() && epoch == epoch_now(message.partition as Partition) {
             by_partition
                 .entry(message.partition)
                 .or_default()
@@ -340,17 +376,21 @@ fn dispatchable(
     (by_partition, dropped)
 }
 
-/// A restored partition is consumed from the offsets its state was produced up to. The
-/// consumer is assigned again every partition this node consumes, each at the offsets its
-/// state holds: between two batches those are exactly where each one stands (what was fetched
-/// ahead is fetched again), and explicit offsets leave nothing to a seek on a paused
-/// partition or to the group's advisory commits.
+/// A restored partition is consumed from the offsets its state was produced up to.
+///
+/// In a consumer group (EAGER), the consumer is assigned again every partition this node
+/// consumes, each at the offsets its state holds: between two batches those are exactly where
+/// each one stands (what was fetched ahead is fetched again), and explicit offsets leave
+/// nothing to a seek on a paused partition or to the group's advisory commits. Assigned by the
+/// engine (`incremental`), only the restored partitions are added, and the others go on.
 fn resume_restored(
     consumer: &StreamConsumer<IngestContext>,
     node: &Node,
     topics: &[String],
     restored: &[(Partition, u64)],
+    incremental: bool,
 ) -> anyhow::Result<()> {
+    let _one_change = consumer.context().changing.lock();
     let mut resumed = Vec::new();
     for &(partition, token) in restored {
         if node.finish_restore(partition, token)? {
@@ -360,19 +400,45 @@ fn resume_restored(
     if resumed.is_empty() {
         return Ok(());
     }
-    let mut assignment = TopicPartitionList::new();
-    for p in node.owned() {
-        for topic in topics {
-            let offset = node
-                .engine
-                .store
-                .next_offset(topic, p)?
-                .map_or(Offset::Beginning, Offset::Offset);
-            assignment.add_partition_offset(topic, p as i32, offset)?;
+    let at_stored_offsets = |partitions: &[Partition]| -> anyhow::Result<TopicPartitionList> {
+        let mut assignment = TopicPartitionList::new();
+        for &p in partitions {
+            for topic in topics {
+                let offset = node
+                    .engine
+                    .store
+                    .next_offset(topic, p)?
+                    .map_or(Offset::Beginning, Offset::Offset);
+                assignment.add_partition_offset(topic, p as i32, offset)?;
+            }
         }
+        Ok(assignment)
+    };
+    if incremental {
+        let assigned = consumer.assignment()?;
+        let new: Vec<Partition> = resumed
+            .iter()
+            .copied()
+            .filter(|&p| {
+                let p = p as i32;
+                !assigned.elements().iter().any(|e| e.partition() == p)
+            })
+            .collect();
+        let adding = at_stored_offsets(&new)?;
+        consumer.incremental_assign(&adding)?;
+        let elements = adding.elements();
+        consumer.context().positions.lock().added(
+            elements.iter().filter_map(|e| match e.offset() {
+                Offset::Offset(offset) => Some((e.topic(), e.partition(), offset)),
+                _ => None,
+            }),
+            std::time::Instant::now(),
+        );
+    } else {
+        let assignment = at_stored_offsets(&node.owned())?;
+        consumer.assign(&assignment)?;
+        consumer.context().positioned(&assignment);
     }
-    consumer.assign(&assignment)?;
-    consumer.context().positioned(&assignment);
     tracing::info!(partitions = ?resumed, "restored partitions resumed");
     Ok(())
 }
@@ -415,19 +481,25 @@ pub async fn run(
                         finished.push(next);
                     }
                 }
-                resume_restored(&consumer, &node, &config.topics, &finished)?;
+                resume_restored(
+                    &consumer,
+                    &node,
+                    &config.topics,
+                    &finished,
+                    config.self_assigned,
+                )?;
                 last_reassignment = Some(std::time::Instant::now());
                 continue;
             }
             m = consumer.recv() => m,
         };
         // The rebalance callbacks run inside `recv`, before it returns a message: each message
-        // is tagged with the generation its `recv` returned under (see `dispatchable`).
-        let mut gathered: Vec<(u64, RawMessage)> = Vec::new();
+        // is tagged with its partition's epoch when its `recv` returned (see `dispatchable`).
+        let mut gathered: Vec<(Option<u64>, RawMessage)> = Vec::new();
         match first {
             Ok(m) => {
                 if let Some(raw) = admit(&consumer, &m) {
-                    gathered.push((node.generation(), raw));
+                    gathered.push((node.epoch(m.partition() as Partition), raw));
                 }
             }
             Err(e) => {
@@ -442,7 +514,7 @@ pub async fn run(
             match consumer.recv().now_or_never() {
                 Some(Ok(m)) => {
                     if let Some(raw) = admit(&consumer, &m) {
-                        gathered.push((node.generation(), raw));
+                        gathered.push((node.epoch(m.partition() as Partition), raw));
                     }
                     count += 1;
                 }
@@ -453,12 +525,12 @@ pub async fn run(
                 None => break,
             }
         }
-        let (by_partition, dropped) = dispatchable(gathered, node.generation());
+        let (by_partition, dropped) = dispatchable(gathered, |p| node.epoch(p));
         if dropped > 0 {
             tracing::info!(
                 dropped,
-                "the assignment changed while a batch was gathered: it is read again from the \
-                 stored offsets"
+                "partitions left while a batch was gathered: what they gave is read again from \
+                 the stored offsets by their owner"
             );
         }
         let mut work = Vec::new();
@@ -510,23 +582,41 @@ mod tests {
     }
 
     #[test]
-    fn messages_received_before_an_assignment_change_are_dropped() {
-        // The first assignment lands inside the first receive: its messages are fresh.
-        let (kept, dropped) = dispatchable(vec![(1, message(0, 1)), (1, message(1, 7))], 1);
+    fn messages_of_a_partition_that_left_are_dropped_and_the_others_kept() {
+        // Partitions 0 and 1 owned since epochs 4 and 5.
+        let now = |p: Partition| match p {
+            0 => Some(4),
+            1 => Some(5),
+            _ => None,
+        };
+        let (kept, dropped) = dispatchable(
+            vec![(Some(4), message(0, 1)), (Some(5), message(1, 7))],
+            now,
+        );
         assert_eq!((kept.len(), dropped), (2, 0));
-        // A rebalance after two messages: those two go (read again from the stored offsets),
-        // what came after it stays, in order.
+        // Partition 0 left and came back (epoch 6) after two of its messages were gathered:
+        // those two go (read again from the stored offsets), what came after stays, in order.
+        // Partition 1 never left: its message gathered before the change stays. Partition 2
+        // was never owned here, or left: dropped.
+        let now = |p: Partition| match p {
+            0 => Some(6),
+            1 => Some(5),
+            _ => None,
+        };
         let gathered = vec![
-            (4, message(0, 1)),
-            (4, message(1, 7)),
-            (6, message(0, 1)),
-            (6, message(0, 2)),
+            (Some(4), message(0, 1)),
+            (Some(5), message(1, 7)),
+            (Some(6), message(0, 1)),
+            (Some(6), message(0, 2)),
+            (Some(3), message(2, 9)),
+            (None, message(2, 10)),
         ];
-        let (kept, dropped) = dispatchable(gathered, 6);
-        assert_eq!(dropped, 2);
-        assert_eq!(kept.keys().copied().collect::<Vec<_>>(), vec![0]);
+        let (kept, dropped) = dispatchable(gathered, now);
+        assert_eq!(dropped, 3);
+        assert_eq!(kept.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
         let offsets: Vec<i64> = kept[&0].iter().map(|m| m.offset).collect();
         assert_eq!(offsets, vec![1, 2]);
+        assert_eq!(kept[&1][0].offset, 7);
     }
 
     #[test]
@@ -541,11 +631,14 @@ mod tests {
             "never assigned: no actor"
         );
         node.assign(&[3]).unwrap();
-        let generation = node.generation();
+        let epoch = node.epoch(3).expect("owned: an epoch");
         assert!(node.owned_partition(3).unwrap().is_some());
         assert_eq!(node.owned(), vec![3]);
         node.release(&[3]);
-        assert!(node.generation() > generation);
+        assert_eq!(node.epoch(3), None);
+        node.assign(&[3]).unwrap();
+        assert!(node.epoch(3) > Some(epoch), "assigned again: a new epoch");
+        node.release(&[3]);
         assert!(
             node.owned_partition(3).unwrap().is_none(),
             "revoked: messages gathered before do not bring it back"

@@ -73,17 +73,33 @@ impl InputPositions {
         positions: impl IntoIterator<Item = (&'a str, i32, i64)>,
         now: Instant,
     ) {
-        self.expected = positions
-            .into_iter()
-            .map(|(topic, partition, offset)| Expected {
+        self.expected.clear();
+        self.added(positions, now);
+    }
+
+    /// The consumer was assigned `positions` besides what it consumes already (an
+    /// incremental assignment): they are checked, the other partitions' expectations stay.
+    pub fn added<'a>(
+        &mut self,
+        positions: impl IntoIterator<Item = (&'a str, i32, i64)>,
+        now: Instant,
+    ) {
+        for (topic, partition, offset) in positions {
+            self.give_up(topic, partition);
+            self.expected.push(Expected {
                 topic: topic.to_string(),
                 partition,
                 offset,
                 rereads: 0,
                 seen_before: false,
                 since: now,
-            })
-            .collect();
+            });
+        }
+    }
+
+    /// `partitions` are no longer consumed: nothing is expected of them.
+    pub fn forget(&mut self, partitions: &[i32]) {
+        self.expected.retain(|e| !partitions.contains(&e.partition));
     }
 
     fn find(&self, topic: &str, partition: i32) -> Option<usize> {
@@ -337,5 +353,26 @@ mod tests {
         }
         assert_eq!(rereads, MAX_REREADS);
         assert!(positions.quiet(at + QUIET).is_empty());
+    }
+
+    #[test]
+    fn an_incremental_assignment_keeps_the_other_partitions_expectations() {
+        let t0 = Instant::now();
+        let mut positions = InputPositions::default();
+        positions.positioned([("events", 0, 40)], t0);
+        // Partition 3 is added (restored elsewhere, handed over): 0 still waits for 40.
+        positions.added([("events", 3, 12)], t0);
+        assert_eq!(
+            positions.check("events", 0, 45, t0),
+            Verdict::Reread { from: 39 }
+        );
+        assert_eq!(
+            positions.check("events", 3, 20, t0),
+            Verdict::Reread { from: 11 }
+        );
+        // Partition 0 is handed over: nothing is expected of it any more.
+        positions.forget(&[0]);
+        assert_eq!(positions.check("events", 0, 45, t0), Verdict::Deliver);
+        assert_eq!(positions.check("events", 3, 12, t0), Verdict::Deliver);
     }
 }

@@ -3,7 +3,8 @@
 //! - [`partition`]: one actix actor per owned partition, hosting the virtual per-MPID state
 //!   machines; it applies poll batches and fires timers, one RocksDB write per unit of work;
 //! - [`node`]: the actix system, its arbiters and the routing of partitions to actors;
-//! - [`ingest`]: the Kafka consumer group member feeding the partition actors;
+//! - [`ingest`]: the Kafka consumer feeding the partition actors (a consumer group member, or
+//!   assigned by [`self_assignment`] over the placement of [`assignment`]);
 //! - [`registry`]: the single writer of audience definitions;
 //! - [`output_registry`]: the single writer of output configurations and connections;
 //! - [`publisher`]: outbox to Kafka (deltas topic, dead-letter topic), at least once;
@@ -22,6 +23,7 @@
 //! Invariant: nothing on the per-event path waits on another actor; the only awaited replies
 //! are per poll batch (ingest waits for the partition actors' writes before polling again).
 
+pub mod assignment;
 pub mod catalog_applier;
 pub mod catalog_topic;
 pub mod changelog_publisher;
@@ -44,5 +46,6 @@ pub mod partition;
 pub mod publisher;
 pub mod registry;
 pub mod sampling;
+pub mod self_assignment;
 pub mod standby;
 pub mod stats;

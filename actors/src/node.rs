@@ -2,9 +2,11 @@
 //! thread per core), and the routing of work to them.
 //!
 //! Invariant: a partition has an actor on this node only while the consumer's assignment
-//! holds it. Only [`Node::assign`] (the assign callback) creates actors; [`Node::release`]
-//! (the revoke callback) stops them; each bumps the assignment generation, by which ingestion
-//! drops what it gathered before a change (see [`crate::ingest`]).
+//! holds it. Only [`Node::assign`] (the assign callback) and [`Node::finish_restore`] create
+//! actors; [`Node::release`] (the revoke callback, or a handoff of the engine's own
+//! assignment) stops them. Each owned partition has an epoch, by which ingestion drops what it
+//! gathered of a partition before it left (see [`crate::ingest`]); the partitions that stay
+//! keep theirs, so a change elsewhere takes nothing from them.
 //!
 //! With the changelog on, an assigned partition is first restored from its changelog topic
 //! ([`crate::changelog_restore`]): [`Node::begin_restore`] holds it without an actor, and
@@ -39,9 +41,16 @@ pub struct Node {
 #[derive(Debug, Default)]
 struct Ownership {
     owned: BTreeSet<Partition>,
+    /// Each owned partition's epoch: the generation it became owned under. A message received
+    /// under an older epoch of its partition was fetched before the partition left (and maybe
+    /// came back): it is not processed.
+    since: BTreeMap<Partition, u64>,
     /// Assigned partitions being restored, with the generation their restore began under.
     restoring: BTreeMap<Partition, u64>,
     generation: u64,
+    /// Partitions placed on this node by the engine's own assignment still wait for their
+    /// holder to hand them over (see [`Node::placed_partitions_waiting`]).
+    waiting: bool,
 }
 
 impl Node {
@@ -78,6 +87,10 @@ impl Node {
             let mut ownership = self.ownership.lock();
             ownership.owned.extend(partitions.iter().copied());
             ownership.generation += 1;
+            let epoch = ownership.generation;
+            for &p in partitions {
+                ownership.since.insert(p, epoch);
+            }
         }
         for &p in partitions {
             self.start_actor(p)?;
@@ -121,6 +134,8 @@ impl Node {
             ownership.restoring.remove(&partition);
             ownership.owned.insert(partition);
             ownership.generation += 1;
+            let epoch = ownership.generation;
+            ownership.since.insert(partition, epoch);
         }
         self.start_actor(partition)?;
         Ok(true)
@@ -148,16 +163,36 @@ impl Node {
     }
 
     /// Ready as a member of a deployment (its readiness probe): the group gave this node its
-    /// partitions (none, too, counts) and none of them is still being restored.
+    /// partitions (none, too, counts), none of them is still being restored, and (assigned by
+    /// the engine) none placed here waits for another node to hand it over.
     pub fn restored(&self) -> bool {
         let ownership = self.ownership.lock();
-        ownership.generation > 0 && ownership.restoring.is_empty()
+        ownership.generation > 0 && ownership.restoring.is_empty() && !ownership.waiting
     }
 
-    /// How many times the assignment changed: work gathered under an older generation may
-    /// belong to a partition this node no longer owns.
+    /// Whether partitions placed on this node by the engine's own assignment wait for their
+    /// holder (see [`Node::restored`]).
+    pub fn placed_partitions_waiting(&self, waiting: bool) {
+        self.ownership.lock().waiting = waiting;
+    }
+
+    /// How many times the assignment changed.
     pub fn generation(&self) -> u64 {
         self.ownership.lock().generation
+    }
+
+    /// The epoch of an owned partition (see `Ownership::since`); `None` when not owned.
+    pub fn epoch(&self, partition: Partition) -> Option<u64> {
+        self.ownership.lock().since.get(&partition).copied()
+    }
+
+    /// The first assignment is known, even when it gives this node nothing (more nodes than
+    /// partitions): the node is ready ([`Node::restored`]).
+    pub fn assignment_known(&self) {
+        let mut ownership = self.ownership.lock();
+        if ownership.generation == 0 {
+            ownership.generation = 1;
+        }
     }
 
     /// The actor of a partition this node owns (restarted if it stopped); `None` for a
@@ -187,18 +222,24 @@ impl Node {
         Ok(addr)
     }
 
+    /// The first step of [`Node::release`], alone: `partitions` are no longer owned nor
+    /// restored here (no message reaches their actors, no restore claims them), their actors
+    /// still run. Waits until a claim being written is.
+    pub fn disown(&self, partitions: &[Partition]) {
+        let _claims_written = self.claiming.lock();
+        let mut ownership = self.ownership.lock();
+        for p in partitions {
+            ownership.owned.remove(p);
+            ownership.restoring.remove(p);
+            ownership.since.remove(p);
+        }
+        ownership.generation += 1;
+    }
+
     /// Stops the actors of partitions this node no longer owns, and waits until they have
     /// stopped: a partition must never have two actors writing its keys.
     pub fn release(&self, partitions: &[Partition]) {
-        {
-            let _claims_written = self.claiming.lock();
-            let mut ownership = self.ownership.lock();
-            for p in partitions {
-                ownership.owned.remove(p);
-                ownership.restoring.remove(p);
-            }
-            ownership.generation += 1;
-        }
+        self.disown(partitions);
         {
             // Its outbox is the new owner's to publish and deliver.
             let mut published = self.engine.partitions.lock();

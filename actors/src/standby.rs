@@ -4,24 +4,25 @@
 //! restore reads only the units written since, not the whole log.
 //!
 //! Which nodes stand by for a partition is a pure function of the partition, its owner and
-//! the live nodes ([`standbys`]), so every node computes the same answer from the members
-//! topic: the node the consumer group would give the partition if its owner left, then the
-//! one it would get if that one left too, and so on. The ingest consumer's assignor is
-//! librdkafka's `range` ([`range_owner`] computes it), so the group's assignment prefers the
-//! warm node by construction, as Kafka Streams' warm-up assignor does by choice.
+//! the live nodes ([`Placement`]), so every node computes the same answer from the members
+//! topic: the node the partition would go to if its owner left, then the one it would get if
+//! that one left too, and so on. In a consumer group the ingest consumer's assignor is
+//! librdkafka's `range` ([`range_owner`] computes it); assigned by the engine, it is
+//! [`crate::assignment::place`]. Either way the assignment prefers the warm node by
+//! construction, as Kafka Streams' warm-up assignor does by choice.
 //!
 //! Invariants: a node never follows a partition it owns or restores (the restore takes the
 //! partition's restore lock, which a follow round holds too); a follow never claims, never
 //! writes the partition's state but the units the log holds, and never wipes.
 //!
-//! Limits: `range` moves partitions of nodes that stay when the group changes (it is not
+//! Limits (a consumer group): `range` moves partitions of nodes that stay when the group changes (it is not
 //! sticky): with `k` = 1 the dead node's partitions land warm, a few others may move cold;
 //! with `k` = nodes - 1 every node is warm. Two node ids where one followed by '-' begins the
 //! other ("node" and "node-2") sort by the broker's random member-id suffix: the standby is
 //! then a guess.
 
 use crate::changelog_restore::Restorer;
-use crate::cluster_view::{is_silent, now_ms, owners, MembersTopic};
+use crate::cluster_view::{now_ms, owners, MembersTopic};
 use crate::node::Node;
 use audience_state::store::Partition;
 use parking_lot::Mutex;
@@ -82,6 +83,32 @@ pub fn standbys(
     chosen
 }
 
+/// Where partitions go when their owner leaves: the standbys of a partition (its owner and the
+/// live nodes given), and how long a node may be silent before it no longer counts as live.
+#[derive(Clone, Copy)]
+pub struct Placement {
+    pub standbys: fn(Partition, u32, &str, &[String], usize) -> Vec<String>,
+    pub silent_after: Duration,
+}
+
+impl Placement {
+    /// A consumer group with librdkafka's `range` assignor.
+    pub fn range_group() -> Placement {
+        Placement {
+            standbys,
+            silent_after: crate::cluster_view::SILENT_AFTER,
+        }
+    }
+
+    /// The engine's own assignment ([`crate::self_assignment`]).
+    pub fn engine(silent_after: Duration) -> Placement {
+        Placement {
+            standbys: crate::assignment::standbys,
+            silent_after,
+        }
+    }
+}
+
 /// What this node stands by for now (announced, and shown by `audiencectl cluster`).
 #[derive(Default)]
 pub struct StandbySet(Mutex<BTreeSet<Partition>>);
@@ -105,7 +132,7 @@ pub async fn stand_by(
     restorer: Arc<Restorer>,
     members: MembersTopic,
     node_id: String,
-    (k, partitions): (usize, u32),
+    (k, partitions, placement): (usize, u32, Placement),
     set: Arc<StandbySet>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -117,9 +144,10 @@ pub async fn stand_by(
         match read {
             Ok(Ok(nodes)) => {
                 let now = now_ms();
+                let silent_after = placement.silent_after.as_millis() as i64;
                 let live: Vec<String> = nodes
                     .values()
-                    .filter(|a| !is_silent(a, now))
+                    .filter(|a| now - a.at_ms <= silent_after)
                     .map(|a| a.node_id.clone())
                     .collect();
                 let mine: BTreeSet<Partition> = node.owned().into_iter().collect();
@@ -130,7 +158,8 @@ pub async fn stand_by(
                         *owner != node_id
                             && !mine.contains(p)
                             && !restoring.contains(p)
-                            && standbys(*p, partitions, owner, &live, k).contains(&node_id)
+                            && (placement.standbys)(*p, partitions, owner, &live, k)
+                                .contains(&node_id)
                     })
                     .map(|(p, _)| p)
                     .collect();

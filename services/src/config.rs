@@ -104,9 +104,43 @@ pub struct ClusterConfig {
     /// Nodes besides its owner that keep a warm copy of each partition by following its
     /// changelog (0: none).
     pub standby_replicas: usize,
+    /// Who assigns the input partitions to the nodes: "group" (the consumer group, librdkafka's
+    /// `range`, EAGER) or "engine" (the nodes place them alike from the members topic and hand
+    /// over only what moves; needs `changelog`).
+    pub assignment: String,
+    /// How often a node announces itself on the members topic.
+    pub heartbeat_ms: u64,
+    /// A node not heard from for this long is gone: with `assignment = "engine"`, its
+    /// partitions move to the other nodes (a kill -9's failover takes this long).
+    pub silent_after_ms: u64,
 }
 
 impl ClusterConfig {
+    /// Whether the engine assigns the partitions itself (`assignment = "engine"`); an unknown
+    /// assignment, one without the changelog, or a silence shorter than two heartbeats is
+    /// refused with what is wrong.
+    pub fn self_assigned(&self) -> anyhow::Result<bool> {
+        match self.assignment.trim() {
+            "group" | "" => Ok(false),
+            "engine" => {
+                anyhow::ensure!(
+                    self.changelog,
+                    "cluster.assignment = \"engine\" needs cluster.changelog = true: a \
+                     partition moves by its changelog"
+                );
+                anyhow::ensure!(
+                    self.heartbeat_ms > 0 && self.silent_after_ms >= 2 * self.heartbeat_ms,
+                    "cluster.silent_after_ms ({}) must be at least two heartbeats \
+                     (cluster.heartbeat_ms = {})",
+                    self.silent_after_ms,
+                    self.heartbeat_ms
+                );
+                Ok(true)
+            }
+            other => anyhow::bail!("cluster.assignment is \"group\" or \"engine\", not {other:?}"),
+        }
+    }
+
     pub fn members_topic(&self, group_id: &str) -> String {
         if self.members_topic.trim().is_empty() {
             format!("{group_id}-members")
@@ -131,6 +165,9 @@ impl Default for ClusterConfig {
             advertised_grpc: String::new(),
             peer_ca_file: String::new(),
             standby_replicas: 0,
+            assignment: "group".into(),
+            heartbeat_ms: 2_000,
+            silent_after_ms: 10_000,
         }
     }
 }
@@ -407,6 +444,9 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AUDIENCE_ADVERTISED_GRPC", "cluster.advertised_grpc"),
     ("AUDIENCE_PEER_CA_FILE", "cluster.peer_ca_file"),
     ("AUDIENCE_STANDBY_REPLICAS", "cluster.standby_replicas"),
+    ("AUDIENCE_ASSIGNMENT", "cluster.assignment"),
+    ("AUDIENCE_HEARTBEAT_MS", "cluster.heartbeat_ms"),
+    ("AUDIENCE_SILENT_AFTER_MS", "cluster.silent_after_ms"),
     ("AUDIENCE_CATALOG_SECRET_KEY", "catalog.secret_key"),
     ("AUDIENCE_GRPC_LISTEN", "grpc.listen"),
     ("AUDIENCE_TLS_CERT", "grpc.tls_cert"),
@@ -499,6 +539,13 @@ impl Config {
             "AUDIENCE_PEER_CA_FILE" => self.cluster.peer_ca_file = value.into(),
             "AUDIENCE_STANDBY_REPLICAS" => {
                 self.cluster.standby_replicas = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_ASSIGNMENT" => self.cluster.assignment = value.into(),
+            "AUDIENCE_HEARTBEAT_MS" => {
+                self.cluster.heartbeat_ms = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_SILENT_AFTER_MS" => {
+                self.cluster.silent_after_ms = value.parse().map_err(|e| bad(&e))?
             }
             "AUDIENCE_CATALOG_SECRET_KEY" => self.catalog.secret_key = value.into(),
             "AUDIENCE_GRPC_LISTEN" => self.grpc.listen = value.into(),

@@ -13,7 +13,7 @@
 //!   naming the node), rather than giving a partial figure; a look-up of one MPID passes over
 //!   it when another node has the profile.
 
-use audience_actors::cluster_view::{is_silent, now_ms, MembersTopic};
+use audience_actors::cluster_view::{now_ms, MembersTopic};
 use audience_state::store::Partition;
 use futures::future::join_all;
 use parking_lot::Mutex;
@@ -92,6 +92,8 @@ pub struct Peers {
     scheme: &'static str,
     /// The CA that signed the other nodes' certificates (the system's roots without).
     ca_file: Option<PathBuf>,
+    /// A node not heard from for this long is not asked (`cluster.silent_after_ms`).
+    silent_after: Duration,
     known: tokio::sync::Mutex<Option<(Instant, Cluster)>>,
     channels: Mutex<HashMap<String, Channel>>,
 }
@@ -102,8 +104,8 @@ impl Peers {
         node_id: String,
         input_topic: String,
         enabled: bool,
-        tls: bool,
-        ca_file: Option<PathBuf>,
+        (tls, ca_file): (bool, Option<PathBuf>),
+        silent_after: Duration,
     ) -> Peers {
         Peers {
             members,
@@ -112,6 +114,7 @@ impl Peers {
             enabled,
             scheme: if tls { "https" } else { "http" },
             ca_file,
+            silent_after,
             known: tokio::sync::Mutex::new(None),
             channels: Mutex::new(HashMap::new()),
         }
@@ -164,7 +167,9 @@ impl Peers {
         let now = now_ms();
         let peers = nodes
             .into_values()
-            .filter(|a| a.node_id != self.node_id && !is_silent(a, now))
+            .filter(|a| {
+                a.node_id != self.node_id && now - a.at_ms <= self.silent_after.as_millis() as i64
+            })
             .map(|a| Peer {
                 node_id: a.node_id,
                 grpc: a.grpc,
@@ -218,7 +223,7 @@ impl Peers {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        join_all(peers.iter().map(|peer| {
+        let answers = join_all(peers.iter().map(|peer| {
             let channel = self.channel(peer);
             let call = &call;
             async move {
@@ -228,7 +233,16 @@ impl Peers {
                     .map_err(|e| unanswered(peer, &e))
             }
         }))
-        .await
+        .await;
+        // A node that did not answer may have died: the next read looks at the members topic
+        // again rather than at the list kept.
+        if answers
+            .iter()
+            .any(|a| matches!(a, Err(e) if e.code() == tonic::Code::Unavailable))
+        {
+            *self.known.lock().await = None;
+        }
+        answers
     }
 
     /// This node's answer, or when it lacks what was asked (`missing`), the first other

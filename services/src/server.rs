@@ -361,6 +361,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let node = Node::start(engine.clone(), config.engine.threads)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let self_assigned = config.cluster.self_assigned()?;
+    // The node's tombstone on the members topic: at shutdown, after what it holds is handed
+    // over when the engine assigns the partitions.
+    let (announce_stop, announce_stop_rx) = watch::channel(false);
 
     // The catalog is read to its end before anything is served or consumed.
     let secret_key = secret_key(&config)?;
@@ -542,7 +546,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     // With standby replicas, this node keeps warm copies of partitions others own.
     let standby = Arc::new(audience_actors::standby::StandbySet::default());
+    let silent_after = Duration::from_millis(config.cluster.silent_after_ms);
     if let (Some(hook), true) = (&restore, config.cluster.standby_replicas > 0) {
+        use audience_actors::standby::Placement;
+        let placement = if self_assigned {
+            Placement::engine(silent_after)
+        } else {
+            Placement::range_group()
+        };
         tokio::spawn(audience_actors::standby::stand_by(
             node.clone(),
             hook.restorer.clone(),
@@ -550,12 +561,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             node_id(&config),
             (
                 config.cluster.standby_replicas,
-                config.kafka.partitions.max(0) as u32,
+                events_partitions.max(0) as u32,
+                placement,
             ),
             standby.clone(),
             shutdown_rx.clone(),
         ));
     }
+    let announce_now = Arc::new(tokio::sync::Notify::new());
     let facts = audience_actors::cluster_view::NodeFacts {
         node_id: node_id(&config),
         grpc: advertised_grpc(&config),
@@ -569,7 +582,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             move || catalog.status().applied_offset.unwrap_or(-1)
         },
         move || standby.partitions(),
-        shutdown_rx.clone(),
+        (
+            Duration::from_millis(config.cluster.heartbeat_ms.max(1)),
+            announce_now.clone(),
+        ),
+        announce_stop_rx,
     ));
 
     let ingest_config = IngestConfig {
@@ -578,9 +595,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         client_id: node_id(&config),
         topics: input_topics.clone(),
         max_batch: config.engine.max_batch,
+        self_assigned,
         properties: config.kafka.properties.clone(),
     };
+    // Assigned by the engine, the restores are started by its assignment loop, not by the
+    // consumer's rebalances (it never joins the group).
+    let (restore, self_restore) = if self_assigned {
+        (None, restore)
+    } else {
+        (restore, None)
+    };
     let consumer = Arc::new(ingest::consumer(&ingest_config, node.clone(), restore)?);
+    if let Some(hook) = self_restore {
+        let assignment = audience_actors::self_assignment::SelfAssignment {
+            node: node.clone(),
+            node_id: node_id(&config),
+            consumer: consumer.clone(),
+            restore: hook,
+            topics: input_topics.clone(),
+            partitions: events_partitions.max(0) as u32,
+            look_every: Duration::from_millis(config.cluster.heartbeat_ms.max(1)),
+            silent_after,
+            announce_now: announce_now.clone(),
+        };
+        let tail = {
+            let members = members.clone();
+            tokio::task::spawn_blocking(move || members.tail())
+                .await?
+                .map_err(anyhow::Error::msg)?
+        };
+        tokio::spawn(assignment.run(tail, shutdown_rx.clone()));
+    }
     let ingest_task = tokio::spawn(ingest::run(
         consumer.clone(),
         node.clone(),
@@ -599,10 +644,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         node_id(&config),
         config.kafka.events_topic.clone(),
         config.cluster.changelog,
-        !config.grpc.tls_cert.trim().is_empty(),
-        Some(config.cluster.peer_ca_file.trim())
-            .filter(|f| !f.is_empty())
-            .map(std::path::PathBuf::from),
+        (
+            !config.grpc.tls_cert.trim().is_empty(),
+            Some(config.cluster.peer_ca_file.trim())
+                .filter(|f| !f.is_empty())
+                .map(std::path::PathBuf::from),
+        ),
+        silent_after,
     ));
     let output_services = crate::grpc_outputs::OutputServices {
         outputs: outputs.clone(),
@@ -702,6 +750,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(r) => r,
         None => ingest_task.await,
     };
+    if self_assigned {
+        // Handed over before the tombstone: the next owners restore what this node wrote.
+        let (consumer, node) = (consumer.clone(), node.clone());
+        tokio::task::block_in_place(move || {
+            audience_actors::self_assignment::SelfAssignment::hand_over_all(&consumer, &node)
+        });
+    }
+    let _ = announce_stop.send(true);
     // What the last batches wrote leaves before the consumer closes: the revoke takes the
     // partitions from the publishers' lists (their outbox is the next owner's).
     let _ = tokio::time::timeout(Duration::from_secs(10), publisher_task).await;

@@ -11,6 +11,11 @@
 //! is its longest gap between two deltas across and after the leave (its last delta before the
 //! leave to its first after, unless the leaving node still sent some); the partitions that did
 //! not move are measured the same way, against their own longest gap before the leave.
+//!
+//! Each case runs twice: partitions assigned by the consumer group (EAGER `range`), and by the
+//! engine itself (`cluster.assignment = "engine"`, heartbeats every
+//! `BENCH_HEARTBEAT_MS` = 150 ms, a node silent after `BENCH_SILENT_AFTER_MS` = 600 ms is gone):
+//! there a kill -9 is noticed by the silence, and only the partitions that move pause.
 
 use audience_e2e::*;
 use audience_proto::v1 as pb;
@@ -26,6 +31,12 @@ const PARTITIONS: usize = 8;
 const FLIPPERS: i64 = 400;
 /// Batches per second of the steady stream (over all partitions).
 const FLIPS_PER_SECOND: u64 = 200;
+
+#[derive(Clone, Copy, Debug)]
+enum Assignment {
+    Group,
+    Engine,
+}
 
 #[derive(Clone, Copy, Debug)]
 enum Leave {
@@ -63,51 +74,75 @@ async fn main() -> Result<()> {
         "failover bench: 2 nodes, {PARTITIONS} partitions, {preload} profiles preloaded, \
          {FLIPS_PER_SECOND} batches/s steady"
     );
-    for leave in [Leave::Terminate, Leave::Kill9] {
-        for standbys in [0, 1] {
-            let Some(run) = failover(preload, standbys, leave).await? else {
-                println!(
-                    "failover ({leave:?}, standby_replicas = {standbys}): the group did not give \
-                     the dead node's partitions to the other within {TAKEOVER_BOUND:?} (tansu \
-                     0.6 may keep a killed member's partitions assigned past its session \
-                     timeout): not measured"
-                );
-                continue;
-            };
-            let mut moved = run.moved.clone();
-            moved.sort();
+    let heartbeat = env_or("BENCH_HEARTBEAT_MS", 150);
+    let silent_after = env_or("BENCH_SILENT_AFTER_MS", 600);
+    println!(
+        "assigned by the engine: heartbeat {heartbeat} ms, a node silent for {silent_after} ms \
+         is gone"
+    );
+    let cases = [Assignment::Engine, Assignment::Group]
+        .into_iter()
+        .flat_map(|a| [Leave::Terminate, Leave::Kill9].map(|l| (a, l)))
+        .flat_map(|(a, l)| [0, 1].map(|s| (a, l, s)));
+    for (assignment, leave, standbys) in cases {
+        let timing = (heartbeat, silent_after);
+        let Some(run) = failover(preload, standbys, leave, assignment, timing).await? else {
             println!(
-                "failover ({leave:?}, standby_replicas = {standbys}): {} partitions moved, pause \
+                "failover ({assignment:?}, {leave:?}, standby_replicas = {standbys}): the \
+                     dead node's partitions did not come to the other within {TAKEOVER_BOUND:?} \
+                     (tansu 0.6 may keep a killed member's partitions assigned past its \
+                     session timeout): not measured"
+            );
+            continue;
+        };
+        let mut moved = run.moved.clone();
+        moved.sort();
+        println!(
+            "failover ({assignment:?}, {leave:?}, standby_replicas = {standbys}): {} \
+                 partitions moved, pause \
                  p50 {} ms, p99 {} ms, max {} ms; all owned again {} ms after the leave; \
                  partitions that stayed: longest gap {} ms (before the leave: {} ms); {} deltas",
-                moved.len(),
-                ms(percentile(&moved, 0.5)),
-                ms(percentile(&moved, 0.99)),
-                ms(moved.last().copied().unwrap_or_default()),
-                ms(run.takeover),
-                ms(run.unmoved_longest),
-                ms(run.unmoved_baseline),
-                run.deltas,
-            );
-        }
+            moved.len(),
+            ms(percentile(&moved, 0.5)),
+            ms(percentile(&moved, 0.99)),
+            ms(moved.last().copied().unwrap_or_default()),
+            ms(run.takeover),
+            ms(run.unmoved_longest),
+            ms(run.unmoved_baseline),
+            run.deltas,
+        );
     }
     Ok(())
 }
 
-/// One failover; `None` when the group did not move the partitions within [`TAKEOVER_BOUND`].
-async fn failover(preload: i64, standbys: usize, leave: Leave) -> Result<Option<Outcome>> {
+/// One failover; `None` when the partitions did not move within [`TAKEOVER_BOUND`].
+async fn failover(
+    preload: i64,
+    standbys: usize,
+    leave: Leave,
+    assignment: Assignment,
+    (heartbeat, silent_after): (u64, u64),
+) -> Result<Option<Outcome>> {
     let broker = Broker::start()?;
-    let name = format!("failover-{standbys}-{leave:?}").to_lowercase();
+    let name = format!("failover-{standbys}-{leave:?}-{assignment:?}").to_lowercase();
     let topics = Topics::unique(&name);
     broker
         .create_deployment_topics(&topics, PARTITIONS as i32)
         .await?;
     let dir = tempfile::tempdir()?;
     let (partitions, replicas) = (PARTITIONS.to_string(), standbys.to_string());
-    let env = [
+    let (heartbeat, silent_after) = (heartbeat.to_string(), silent_after.to_string());
+    let mut env = vec![
         ("AUDIENCE_PARTITIONS", partitions.as_str()),
         ("AUDIENCE_STANDBY_REPLICAS", replicas.as_str()),
     ];
+    if let Assignment::Engine = assignment {
+        env.extend([
+            ("AUDIENCE_ASSIGNMENT", "engine"),
+            ("AUDIENCE_HEARTBEAT_MS", heartbeat.as_str()),
+            ("AUDIENCE_SILENT_AFTER_MS", silent_after.as_str()),
+        ]);
+    }
     let start = |id| Engine::start_node_with(&broker, &topics, dir.path(), &name, id, &env);
     let mut a = start("node-a")?;
     let ch_a = a.ready().await?;
