@@ -16,10 +16,11 @@
 //! `silent_after`, to their standby (the warm copy) by construction.
 //!
 //! Invariants: the consumer is never subscribed; only this loop and a finished restore change
-//! its assignment. Two nodes that briefly disagree on the live nodes may both restore a
-//! partition: the claims' epochs fence the older (its units are refused by every reader and
-//! what it wrote never leaves, `Store::acknowledge_units`), and the fenced node releases the
-//! partition at its next look ([`crate::engine::Engine::fenced`]).
+//! its assignment. Two nodes that briefly disagree on the live nodes (one paused longer than
+//! `silent_after`) may both hold a partition: the claims' epochs fence the older (its units
+//! are refused by every reader and what it wrote never leaves, `Store::acknowledge_units`), and
+//! a node lets go of a partition it sees another live node hold, or that it was fenced from
+//! ([`crate::engine::Engine::fenced`]), and restores it again if it is placed there.
 
 use crate::assignment::place;
 use crate::cluster_view::{now_ms, Announcement, MembersTail};
@@ -68,16 +69,20 @@ pub fn decide(
             .get(p as usize)
             .is_some_and(|o| o.as_deref() == Some(me))
     };
-    let release = held
-        .iter()
-        .copied()
-        .filter(|&p| !mine(p) || fenced.contains(&p))
-        .collect();
     let held_elsewhere = |p: Partition| {
         live_nodes
             .iter()
             .any(|a| a.partitions.contains(&p) || a.restoring.contains(&p))
     };
+    // A partition held here and by another live node: one of the two was taken for gone (a
+    // pause longer than `silent_after`) and the other took it over. This node lets go; if the
+    // partition is placed here, it comes back through a restore, which reads what the other
+    // wrote. (A handoff never makes two holders: the loser lets go before the gainer restores.)
+    let release = held
+        .iter()
+        .copied()
+        .filter(|&p| !mine(p) || fenced.contains(&p) || held_elsewhere(p))
+        .collect();
     let (waiting, acquire) = (0..partitions)
         .filter(|&p| mine(p) && !held.contains(&p))
         .partition(|&p| held_elsewhere(p));
@@ -374,5 +379,27 @@ mod tests {
                 waiting: vec![],
             }
         );
+    }
+
+    #[test]
+    fn a_node_back_from_a_pause_lets_go_of_what_another_took_over() {
+        // A was paused; B took its partitions over. A is heard again and still holds them.
+        let now = 50_000;
+        let on_a = placed_on("a", 4, &["a", "b"]);
+        let nodes = BTreeMap::from([announced("b", &[0, 1, 2, 3], now - 100)]);
+        let moves = decide("a", 4, &nodes, (now, SILENT), &on_a, &BTreeSet::new());
+        assert_eq!(moves.release, on_a.iter().copied().collect::<Vec<_>>());
+        assert!(moves.acquire.is_empty());
+        // Let go: they wait for B to hand them over, then come back through a restore.
+        let moves = decide(
+            "a",
+            4,
+            &nodes,
+            (now, SILENT),
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+        );
+        assert_eq!(moves.waiting, on_a.iter().copied().collect::<Vec<_>>());
+        assert!(moves.release.is_empty() && moves.acquire.is_empty());
     }
 }

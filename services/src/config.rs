@@ -105,8 +105,9 @@ pub struct ClusterConfig {
     /// changelog (0: none).
     pub standby_replicas: usize,
     /// Who assigns the input partitions to the nodes: "group" (the consumer group, librdkafka's
-    /// `range`, EAGER) or "engine" (the nodes place them alike from the members topic and hand
-    /// over only what moves; needs `changelog`).
+    /// `range`, EAGER), "engine" (the nodes place them alike from the members topic and hand
+    /// over only what moves; needs `changelog`), or "auto": "engine" with the changelog on,
+    /// "group" without.
     pub assignment: String,
     /// How often a node announces itself on the members topic.
     pub heartbeat_ms: u64,
@@ -116,13 +117,14 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
-    /// Whether the engine assigns the partitions itself (`assignment = "engine"`); an unknown
-    /// assignment, one without the changelog, or a silence shorter than two heartbeats is
-    /// refused with what is wrong.
+    /// Whether the engine assigns the partitions itself (`assignment = "engine"`, or "auto"
+    /// with the changelog on); an unknown assignment, "engine" without the changelog, or a
+    /// silence shorter than two heartbeats is refused with what is wrong.
     pub fn self_assigned(&self) -> anyhow::Result<bool> {
         match self.assignment.trim() {
-            "group" | "" => Ok(false),
-            "engine" => {
+            "auto" | "" if !self.changelog => Ok(false),
+            "group" => Ok(false),
+            "auto" | "" | "engine" => {
                 anyhow::ensure!(
                     self.changelog,
                     "cluster.assignment = \"engine\" needs cluster.changelog = true: a \
@@ -137,7 +139,9 @@ impl ClusterConfig {
                 );
                 Ok(true)
             }
-            other => anyhow::bail!("cluster.assignment is \"group\" or \"engine\", not {other:?}"),
+            other => anyhow::bail!(
+                "cluster.assignment is \"auto\", \"group\" or \"engine\", not {other:?}"
+            ),
         }
     }
 
@@ -165,7 +169,7 @@ impl Default for ClusterConfig {
             advertised_grpc: String::new(),
             peer_ca_file: String::new(),
             standby_replicas: 0,
-            assignment: "group".into(),
+            assignment: "auto".into(),
             heartbeat_ms: 2_000,
             silent_after_ms: 10_000,
         }
@@ -729,5 +733,28 @@ mod tests {
             logged.contains("ops") && logged.contains("SASL_SSL"),
             "{logged}"
         );
+    }
+
+    #[test]
+    fn the_assignment_is_the_engines_with_the_changelog_unless_told_otherwise() {
+        let mut cluster = ClusterConfig::default();
+        assert!(!cluster.self_assigned().unwrap(), "no changelog: the group");
+        cluster.changelog = true;
+        assert!(
+            cluster.self_assigned().unwrap(),
+            "auto with the changelog: the engine"
+        );
+        cluster.assignment = "group".into();
+        assert!(!cluster.self_assigned().unwrap());
+        cluster.assignment = "engine".into();
+        cluster.silent_after_ms = cluster.heartbeat_ms;
+        let e = cluster.self_assigned().unwrap_err().to_string();
+        assert!(e.contains("at least two heartbeats"), "{e}");
+        cluster.changelog = false;
+        let e = cluster.self_assigned().unwrap_err().to_string();
+        assert!(e.contains("needs cluster.changelog = true"), "{e}");
+        cluster.assignment = "sticky".into();
+        let e = cluster.self_assigned().unwrap_err().to_string();
+        assert!(e.contains("not \"sticky\""), "{e}");
     }
 }

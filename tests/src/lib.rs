@@ -315,6 +315,16 @@ impl Engine {
             env.retain(|(key, _)| key != k);
             env.push((k.to_string(), v.to_string()));
         }
+        // `AUDIENCE_E2E_ASSIGNMENT=engine cargo test` runs the tests of nodes with the
+        // changelog with their partitions assigned by the engine (a test's own setting wins).
+        let changelog = env
+            .iter()
+            .any(|(k, v)| k == "AUDIENCE_CHANGELOG" && v == "true");
+        if let (true, Ok(assignment)) = (changelog, std::env::var("AUDIENCE_E2E_ASSIGNMENT")) {
+            if !env.iter().any(|(k, _)| k == "AUDIENCE_ASSIGNMENT") {
+                env.push(("AUDIENCE_ASSIGNMENT".into(), assignment));
+            }
+        }
         // The token this harness presents: the `e2e` one the engine is given.
         let token = env
             .iter()
@@ -437,6 +447,19 @@ impl Engine {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`, ...) to the engine's process.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| anyhow::anyhow!("the engine is not running"))?
+            .to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {signal} {pid}: {status}");
+        Ok(())
     }
 
     pub fn log_text(&self) -> String {

@@ -254,3 +254,106 @@ async fn a_killed_nodes_partitions_go_to_their_standbys_and_the_others_never_sto
     }
     Ok(())
 }
+
+/// A node paused (SIGSTOP) longer than `silent_after` is taken for gone: the other node takes
+/// its partitions over and applies what comes meanwhile. When it resumes it still holds them in
+/// its own eyes: it lets go of what it sees the other hold (what it wrote meanwhile is refused
+/// by the log and never leaves), and gets back what is placed on it through a restore, which
+/// reads what the other wrote. Every user ends in the audience once, at version 1, on both
+/// nodes, and the deltas topic holds each add once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_gets_its_partitions_back_only_through_a_restore() -> Result<()> {
+    const PAUSE_PARTITIONS: u32 = 4;
+    let broker = Broker::start()?;
+    let topics = Topics::unique("pause");
+    broker
+        .create_deployment_topics(&topics, PAUSE_PARTITIONS as i32)
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let partitions = PAUSE_PARTITIONS.to_string();
+    let env = [
+        ("AUDIENCE_PARTITIONS", partitions.as_str()),
+        ("AUDIENCE_ASSIGNMENT", "engine"),
+        ("AUDIENCE_HEARTBEAT_MS", "300"),
+        ("AUDIENCE_SILENT_AFTER_MS", "1500"),
+    ];
+    let start = |id| Engine::start_node_with(&broker, &topics, dir.path(), "pause", id, &env);
+    let mut a = start("node-a")?;
+    let ch_a = a.ready().await?;
+    let mut b = start("node-b")?;
+    let ch_b = b.ready().await?;
+    let live: Vec<String> = vec!["node-a".into(), "node-b".into()];
+    let on_a: Vec<u32> = place(PAUSE_PARTITIONS, &live)
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.as_deref() == Some("node-a"))
+        .map(|(p, _)| p as u32)
+        .collect();
+    wait_owning(&ch_a, on_a.len()).await?;
+    wait_owning(&ch_b, PAUSE_PARTITIONS as usize - on_a.len()).await?;
+
+    let gold = create_tier_audience(&ch_a, "gold").await?;
+    let producer = broker.producer()?;
+    let now = engine_now(&ch_a).await?;
+    produce_tier(&producer, &topics.events, now, 1..=20, "gold").await?;
+    wait_size(&ch_a, gold.id, 20).await?;
+
+    // A pauses; B takes everything over and applies the next users alone.
+    a.signal("-STOP")?;
+    wait_owning(&ch_b, PAUSE_PARTITIONS as usize).await?;
+    produce_tier(&producer, &topics.events, now, 21..=40, "gold").await?;
+    wait_size(&ch_b, gold.id, 40).await?;
+
+    // A resumes: its partitions come back to it, restored.
+    let log_before = a.log_text();
+    a.signal("-CONT")?;
+    wait_owning(&ch_a, on_a.len()).await?;
+    wait_owning(&ch_b, PAUSE_PARTITIONS as usize - on_a.len()).await?;
+    let restores = |log: &str| {
+        without_colours(log)
+            .lines()
+            .filter(|l| l.contains("partition restored from the changelog"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while restores(&a.log_text()) < restores(&log_before) + on_a.len() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "A did not restore its partitions after the pause"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    produce_tier(&producer, &topics.events, now, 41..=44, "gold").await?;
+    wait_size(&ch_a, gold.id, 44).await?;
+    wait_size(&ch_b, gold.id, 44).await?;
+    for mpid in 1..=44 {
+        let p = profile(&ch_a, mpid).await?;
+        let memberships: Vec<(u64, u64)> = p
+            .audiences
+            .iter()
+            .map(|m| (m.audience_id, m.version))
+            .collect();
+        assert_eq!(memberships, vec![(gold.id, 1)], "user {mpid}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let deltas = read_topic(&broker.bootstrap, &topics.deltas, PAUSE_PARTITIONS as i32)?;
+    let mut ids: Vec<String> = deltas
+        .iter()
+        .map(|d| d["delta_id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let mut expected: Vec<String> = (1..=44)
+        .map(|mpid| format!("{}:{mpid}:1", gold.id))
+        .collect();
+    expected.sort();
+    assert_eq!(ids, expected, "each add once, nothing else");
+    // What A wrote between its resume and letting go was refused (fenced), nothing else failed.
+    let unexpected: Vec<String> = errors(&a.log_text())
+        .into_iter()
+        .filter(|l| !l.contains("changelog units refused: another node claimed the partition"))
+        .collect();
+    assert_eq!(unexpected, Vec::<String>::new(), "node A");
+    assert_eq!(errors(&b.log_text()), Vec::<String>::new(), "node B");
+    Ok(())
+}

@@ -3,8 +3,9 @@
 //! cluster` shows who stands by, and when the owner leaves, the standby's restore applies only
 //! the few units written since it last followed, not the partition's whole log.
 //!
-//! With three nodes, the standby of each partition is the node the consumer group gives it
-//! when its owner leaves: every partition of a node that stops lands on a warm node.
+//! With three nodes in a consumer group (`cluster.assignment = "group"`), the standby of each
+//! partition is the node the group gives it when its owner leaves: every partition of a node
+//! that stops lands on a warm node.
 
 use audience_e2e::*;
 use audience_proto::v1 as pb;
@@ -134,6 +135,9 @@ async fn the_group_gives_a_leaving_nodes_partitions_to_their_warm_standbys() -> 
     let env = [
         ("AUDIENCE_PARTITIONS", partitions.as_str()),
         ("AUDIENCE_STANDBY_REPLICAS", "1"),
+        // The consumer group's `range` placement (the engine's own has its test in
+        // `cluster_assignment.rs`).
+        ("AUDIENCE_ASSIGNMENT", "group"),
     ];
     let start = |id| Engine::start_node_with(&broker, &topics, dir.path(), "standby3", id, &env);
     let mut a = start("node-a")?;
