@@ -448,6 +448,9 @@ fn resume_restored(
 /// `rd_kafka_assignment_partition_stopped`) when one lands while the previous one's partitions
 /// are still stopping, which six restores finishing in the same millisecond did.
 const REASSIGN_GAP: Duration = Duration::from_millis(300);
+/// The same for an incremental assignment (the engine's own), which stops nothing: restores
+/// finishing within it still make one call, and a partition waits at most this long for it.
+const INCREMENTAL_GAP: Duration = Duration::from_millis(20);
 
 /// The ingestion loop; returns after `shutdown` flips, once the batch in flight is committed.
 /// `restored` tells of partitions restored from the changelog (see [`RestoreHook`]).
@@ -472,8 +475,13 @@ pub async fn run(
             Some(first) = async { restored.as_mut()?.recv().await } => {
                 // Restores finishing together make one re-assignment, and re-assignments keep
                 // their distance (see `REASSIGN_GAP`).
+                let gap = if config.self_assigned {
+                    INCREMENTAL_GAP
+                } else {
+                    REASSIGN_GAP
+                };
                 if let Some(at) = last_reassignment {
-                    tokio::time::sleep(REASSIGN_GAP.saturating_sub(at.elapsed())).await;
+                    tokio::time::sleep(gap.saturating_sub(at.elapsed())).await;
                 }
                 let mut finished = vec![first];
                 if let Some(more) = restored.as_mut() {

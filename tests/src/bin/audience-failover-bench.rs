@@ -80,8 +80,11 @@ async fn main() -> Result<()> {
         "assigned by the engine: heartbeat {heartbeat} ms, a node silent for {silent_after} ms \
          is gone"
     );
+    // `BENCH_FAILOVER_ASSIGNMENT=engine` (or `group`) runs only that half.
+    let only = std::env::var("BENCH_FAILOVER_ASSIGNMENT").unwrap_or_default();
     let cases = [Assignment::Engine, Assignment::Group]
         .into_iter()
+        .filter(|a| only.is_empty() || format!("{a:?}").eq_ignore_ascii_case(&only))
         .flat_map(|a| [Leave::Terminate, Leave::Kill9].map(|l| (a, l)))
         .flat_map(|(a, l)| [0, 1].map(|s| (a, l, s)));
     for (assignment, leave, standbys) in cases {
@@ -136,12 +139,13 @@ async fn failover(
         ("AUDIENCE_PARTITIONS", partitions.as_str()),
         ("AUDIENCE_STANDBY_REPLICAS", replicas.as_str()),
     ];
-    if let Assignment::Engine = assignment {
-        env.extend([
+    match assignment {
+        Assignment::Engine => env.extend([
             ("AUDIENCE_ASSIGNMENT", "engine"),
             ("AUDIENCE_HEARTBEAT_MS", heartbeat.as_str()),
             ("AUDIENCE_SILENT_AFTER_MS", silent_after.as_str()),
-        ]);
+        ]),
+        Assignment::Group => env.push(("AUDIENCE_ASSIGNMENT", "group")),
     }
     let start = |id| Engine::start_node_with(&broker, &topics, dir.path(), &name, id, &env);
     let mut a = start("node-a")?;
@@ -233,6 +237,21 @@ async fn failover(
             anyhow::Ok(())
         })
     };
+    // The subscription, from "now", reaches some partitions seconds after others on tansu:
+    // the leave waits until deltas of every partition came (60 s at most), then 6 s more.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let live: std::collections::BTreeSet<u32> =
+            arrivals.lock().unwrap().iter().map(|(p, _)| *p).collect();
+        if live.len() == PARTITIONS {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the subscription gave deltas of partitions {live:?} only"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::time::sleep(Duration::from_secs(6)).await;
     let moving = status(&ch_a)
         .await?
@@ -261,6 +280,26 @@ async fn failover(
     steady.await??;
     tokio::time::sleep(Duration::from_secs(2)).await;
     subscriber.abort();
+    // How the partitions moved, as the nodes' logs tell it: shown when a partition misses
+    // deltas on one side of the leave.
+    let moves_told: Vec<String> = [("A", a.log_text()), ("B", b.log_text())]
+        .iter()
+        .flat_map(|(id, log)| {
+            without_colours(log)
+                .lines()
+                .filter(|l| {
+                    [
+                        "partitions over",
+                        "partition released",
+                        "restored partitions resumed",
+                    ]
+                    .iter()
+                    .any(|m| l.contains(m))
+                })
+                .map(|l| format!("{id}: {l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     drop(b);
 
     let mut by_partition: BTreeMap<u32, Vec<Instant>> = BTreeMap::new();
@@ -288,8 +327,15 @@ async fn failover(
         );
         anyhow::ensure!(
             sides == (true, true),
-            "partition {p}: no deltas on one side of the leave ({} in all)",
-            times.len()
+            "partition {p}: no deltas on one side of the leave ({} in all, before: {}); by \
+             partition: {:?}; the moves:\n{}",
+            times.len(),
+            sides.0,
+            by_partition
+                .iter()
+                .map(|(p, t)| (*p, t.iter().filter(|t| **t < left_at).count(), t.len()))
+                .collect::<Vec<_>>(),
+            moves_told.join("\n")
         );
         if moving.contains(&p) {
             moved.push(gaps(times, true));
