@@ -102,7 +102,10 @@ impl DeltasTopic {
             .set("group.id", "audience-subscription")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "error");
+            .set("auto.offset.reset", "error")
+            // A subscriber waits for deltas, not for fuller fetches: librdkafka's default
+            // (500 ms) put a quarter of a second between a partition's deltas here.
+            .set("fetch.wait.max.ms", "20");
         config
             .create()
             .map_err(|e| format!("deltas topic consumer: {e}"))
