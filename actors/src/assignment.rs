@@ -74,13 +74,27 @@ pub fn standbys(
     live: &[String],
     k: usize,
 ) -> Vec<String> {
+    successors(owner, live, k, |remaining| {
+        place(partitions, remaining)
+            .into_iter()
+            .nth(partition as usize)
+            .flatten()
+    })
+}
+
+/// The nodes a partition owned by `owner` goes to, in turn, as each one before is gone: the
+/// owner among the nodes left (`owner_among`) after taking away the owner, then that node, and
+/// so on, `k` at most. Shared by every placement's standbys.
+pub fn successors(
+    owner: &str,
+    live: &[String],
+    k: usize,
+    owner_among: impl Fn(&[String]) -> Option<String>,
+) -> Vec<String> {
     let mut remaining: Vec<String> = live.iter().filter(|n| *n != owner).cloned().collect();
     let mut chosen = Vec::new();
     while chosen.len() < k {
-        let Some(Some(next)) = place(partitions, &remaining)
-            .into_iter()
-            .nth(partition as usize)
-        else {
+        let Some(next) = owner_among(&remaining) else {
             break;
         };
         remaining.retain(|n| *n != next);

@@ -67,20 +67,9 @@ pub fn standbys(
     live: &[String],
     k: usize,
 ) -> Vec<String> {
-    let mut remaining: Vec<String> = live
-        .iter()
-        .filter(|n| n.as_str() != owner)
-        .cloned()
-        .collect();
-    let mut chosen = Vec::new();
-    while chosen.len() < k {
-        let Some(next) = range_owner(partition, partitions, &remaining) else {
-            break;
-        };
-        remaining.retain(|n| *n != next);
-        chosen.push(next);
-    }
-    chosen
+    crate::assignment::successors(owner, live, k, |remaining| {
+        range_owner(partition, partitions, remaining)
+    })
 }
 
 /// Where partitions go when their owner leaves: the standbys of a partition (its owner and the

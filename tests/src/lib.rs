@@ -655,6 +655,27 @@ pub async fn status(ch: &Channel) -> Result<pb::EngineStatus> {
 
 /// Every record of a topic's partitions, as JSON: read until nothing more comes for a second
 /// (the test broker's reported end may lag its last batch).
+/// The distinct delta ids the deltas topic holds, sorted (what a receiver has after dedupe).
+pub fn distinct_delta_ids(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<String>> {
+    let mut ids: Vec<String> = read_topic(bootstrap, topic, partitions)?
+        .iter()
+        .map(|d| d["delta_id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// A profile's memberships as (audience, version), as the node behind `ch` answers.
+pub async fn memberships(ch: &Channel, mpid: i64) -> Result<Vec<(u64, u64)>> {
+    Ok(profile(ch, mpid)
+        .await?
+        .audiences
+        .iter()
+        .map(|m| (m.audience_id, m.version))
+        .collect())
+}
+
 pub fn read_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<serde_json::Value>> {
     Ok(read_topic_partitions(bootstrap, topic, partitions)?
         .into_iter()

@@ -327,22 +327,14 @@ async fn a_paused_node_gets_its_partitions_back_only_through_a_restore() -> Resu
     wait_size(&ch_a, gold.id, 44).await?;
     wait_size(&ch_b, gold.id, 44).await?;
     for mpid in 1..=44 {
-        let p = profile(&ch_a, mpid).await?;
-        let memberships: Vec<(u64, u64)> = p
-            .audiences
-            .iter()
-            .map(|m| (m.audience_id, m.version))
-            .collect();
-        assert_eq!(memberships, vec![(gold.id, 1)], "user {mpid}");
+        assert_eq!(
+            memberships(&ch_a, mpid).await?,
+            vec![(gold.id, 1)],
+            "user {mpid}"
+        );
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let deltas = read_topic(&broker.bootstrap, &topics.deltas, PAUSE_PARTITIONS as i32)?;
-    let mut ids: Vec<String> = deltas
-        .iter()
-        .map(|d| d["delta_id"].as_str().unwrap_or_default().to_string())
-        .collect();
-    ids.sort();
-    ids.dedup();
+    let ids = distinct_delta_ids(&broker.bootstrap, &topics.deltas, PAUSE_PARTITIONS as i32)?;
     let mut expected: Vec<String> = (1..=44)
         .map(|mpid| format!("{}:{mpid}:1", gold.id))
         .collect();

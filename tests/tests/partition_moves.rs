@@ -356,21 +356,13 @@ async fn a_zombie_owner_cannot_publish_what_it_wrote_after_losing_its_partition(
     // On B's clock no day passed: every user is still a member, at version 1, and none of A's
     // drops reached the deltas topic.
     for mpid in 1..=USERS {
-        let p = profile(&ch_b, mpid).await?;
-        let memberships: Vec<(u64, u64)> = p
-            .audiences
-            .iter()
-            .map(|m| (m.audience_id, m.version))
-            .collect();
-        assert_eq!(memberships, vec![(today.id, 1)], "user {mpid}");
+        assert_eq!(
+            memberships(&ch_b, mpid).await?,
+            vec![(today.id, 1)],
+            "user {mpid}"
+        );
     }
-    let deltas = read_topic(&broker.bootstrap, &topics.deltas, PARTITIONS)?;
-    let mut ids: Vec<String> = deltas
-        .iter()
-        .map(|d| d["delta_id"].as_str().unwrap_or_default().to_string())
-        .collect();
-    ids.sort();
-    ids.dedup();
+    let ids = distinct_delta_ids(&broker.bootstrap, &topics.deltas, PARTITIONS)?;
     let mut expected: Vec<String> = (1..=USERS)
         .chain(101..=105)
         .map(|mpid| format!("{}:{mpid}:1", today.id))
