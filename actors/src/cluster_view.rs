@@ -143,7 +143,12 @@ pub fn partitions(
 
 /// Whether a node's newest announcement is older than [`SILENT_AFTER`].
 pub fn is_silent(announcement: &Announcement, now_ms: i64) -> bool {
-    now_ms - announcement.at_ms > SILENT_AFTER.as_millis() as i64
+    is_silent_after(announcement, now_ms, SILENT_AFTER)
+}
+
+/// Whether a node's newest announcement is older than `silent_after` (`cluster.silent_after_ms`).
+pub fn is_silent_after(announcement: &Announcement, now_ms: i64, silent_after: Duration) -> bool {
+    now_ms - announcement.at_ms > silent_after.as_millis() as i64
 }
 
 /// The cluster's figures as gauges, the same on every node: live and silent nodes, and per
@@ -346,6 +351,7 @@ impl MembersTopic {
             nodes: BTreeMap::new(),
         })
     }
+
     /// The input topics' ends per partition, summed over the topics (blocking).
     pub fn input_ends(&self, topics: &[String]) -> Result<BTreeMap<Partition, i64>, String> {
         let consumer: BaseConsumer = self

@@ -1,8 +1,8 @@
 //! Kafka ingestion: one consumer per node over the events and the identities topics, either a
 //! consumer group member (its partitions come from the group's rebalances) or assigned by the
-//! engine itself ([`crate::self_assignment`], incrementally: never subscribed). Each poll batch is split by partition and handed to the partition actors;
-//! the next poll waits until every actor has written its part, so a rebalance never finds a
-//! batch in flight.
+//! engine itself ([`crate::self_assignment`], incrementally: never subscribed). Each poll batch
+//! is split by partition and handed to the partition actors; the next poll waits until every
+//! actor has written its part, so a rebalance never finds a batch in flight.
 //!
 //! Offsets: the authoritative position is the one stored in RocksDB with the state. On
 //! assignment the consumer is positioned at the stored offsets; Kafka's group commits are only
@@ -533,7 +533,8 @@ pub async fn run(
                 None => break,
             }
         }
-        let (by_partition, dropped) = dispatchable(gathered, |p| node.epoch(p));
+        let epochs = node.epochs();
+        let (by_partition, dropped) = dispatchable(gathered, |p| epochs.get(&p).copied());
         if dropped > 0 {
             tracing::info!(
                 dropped,

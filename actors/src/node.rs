@@ -186,6 +186,11 @@ impl Node {
         self.ownership.lock().since.get(&partition).copied()
     }
 
+    /// Every owned partition's epoch, read at once (a gathered batch checks them all).
+    pub fn epochs(&self) -> BTreeMap<Partition, u64> {
+        self.ownership.lock().since.clone()
+    }
+
     /// The first assignment is known, even when it gives this node nothing (more nodes than
     /// partitions): the node is ready ([`Node::restored`]).
     pub fn assignment_known(&self) {

@@ -23,7 +23,7 @@
 //! ([`crate::engine::Engine::fenced`]), and restores it again if it is placed there.
 
 use crate::assignment::place;
-use crate::cluster_view::{now_ms, Announcement, MembersTail};
+use crate::cluster_view::{is_silent_after, now_ms, Announcement, MembersTail};
 use crate::ingest::{IngestContext, RestoreHook};
 use crate::node::Node;
 use audience_state::store::Partition;
@@ -46,20 +46,20 @@ pub struct Moves {
 
 /// What node `me`, holding `held` (owned or being restored), does about the cluster's
 /// announcements `nodes` at `now_ms`: a node is live while its newest announcement is at most
-/// `silent_after_ms` old (`me` always is). `fenced` are partitions another node claimed
+/// `silent_after` old (`me` always is). `fenced` are partitions another node claimed
 /// under this node: they are released, and acquired again at a later look if still placed
 /// here.
 pub fn decide(
     me: &str,
     partitions: u32,
     nodes: &BTreeMap<String, Announcement>,
-    (now_ms, silent_after_ms): (i64, i64),
+    (now_ms, silent_after): (i64, Duration),
     held: &BTreeSet<Partition>,
     fenced: &BTreeSet<Partition>,
 ) -> Moves {
     let live_nodes: Vec<&Announcement> = nodes
         .values()
-        .filter(|a| a.node_id != me && now_ms - a.at_ms <= silent_after_ms)
+        .filter(|a| a.node_id != me && !is_silent_after(a, now_ms, silent_after))
         .collect();
     let mut live: Vec<String> = live_nodes.iter().map(|a| a.node_id.clone()).collect();
     live.push(me.to_string());
@@ -99,8 +99,7 @@ pub struct SelfAssignment {
     pub node_id: String,
     pub consumer: Arc<StreamConsumer<IngestContext>>,
     pub restore: RestoreHook,
-    /// The input topics (co-partitioned) and their partition count.
-    pub topics: Vec<String>,
+    /// The input topics' partition count (they are co-partitioned).
     pub partitions: u32,
     /// How often the members topic is looked at.
     pub look_every: Duration,
@@ -168,7 +167,7 @@ impl SelfAssignment {
             &self.node_id,
             self.partitions,
             nodes,
-            (now_ms(), self.silent_after.as_millis() as i64),
+            (now_ms(), self.silent_after),
             &held,
             &fenced,
         );
@@ -221,7 +220,7 @@ mod tests {
             .collect()
     }
 
-    const SILENT: i64 = 3_000;
+    const SILENT: Duration = Duration::from_millis(3_000);
 
     fn restoring_partitions(nodes: &BTreeMap<String, Announcement>) -> Vec<Partition> {
         nodes.values().flat_map(|a| a.restoring.clone()).collect()
@@ -325,7 +324,7 @@ mod tests {
         let on_a = placed_on("a", 8, &["a", "b", "c"]);
         let b_parts: Vec<Partition> = on_b.iter().copied().collect();
         let nodes = BTreeMap::from([
-            announced("b", &b_parts, now - SILENT - 1),
+            announced("b", &b_parts, now - SILENT.as_millis() as i64 - 1),
             announced(
                 "c",
                 &placed_on("c", 8, &["a", "b", "c"])

@@ -15,14 +15,14 @@
 //! partition's restore lock, which a follow round holds too); a follow never claims, never
 //! writes the partition's state but the units the log holds, and never wipes.
 //!
-//! Limits (a consumer group): `range` moves partitions of nodes that stay when the group changes (it is not
-//! sticky): with `k` = 1 the dead node's partitions land warm, a few others may move cold;
+//! Limits (a consumer group): `range` moves partitions of nodes that stay when the group
+//! changes (it is not sticky): with `k` = 1 the dead node's partitions land warm, a few others may move cold;
 //! with `k` = nodes - 1 every node is warm. Two node ids where one followed by '-' begins the
 //! other ("node" and "node-2") sort by the broker's random member-id suffix: the standby is
 //! then a guess.
 
 use crate::changelog_restore::Restorer;
-use crate::cluster_view::{now_ms, owners, MembersTopic};
+use crate::cluster_view::{is_silent_after, now_ms, owners, MembersTopic};
 use crate::node::Node;
 use audience_state::store::Partition;
 use parking_lot::Mutex;
@@ -82,10 +82,10 @@ pub struct Placement {
 
 impl Placement {
     /// A consumer group with librdkafka's `range` assignor.
-    pub fn range_group() -> Placement {
+    pub fn range_group(silent_after: Duration) -> Placement {
         Placement {
             standbys,
-            silent_after: crate::cluster_view::SILENT_AFTER,
+            silent_after,
         }
     }
 
@@ -133,10 +133,9 @@ pub async fn stand_by(
         match read {
             Ok(Ok(nodes)) => {
                 let now = now_ms();
-                let silent_after = placement.silent_after.as_millis() as i64;
                 let live: Vec<String> = nodes
                     .values()
-                    .filter(|a| now - a.at_ms <= silent_after)
+                    .filter(|a| !is_silent_after(a, now, placement.silent_after))
                     .map(|a| a.node_id.clone())
                     .collect();
                 let mine: BTreeSet<Partition> = node.owned().into_iter().collect();

@@ -170,8 +170,8 @@ impl Default for ClusterConfig {
             peer_ca_file: String::new(),
             standby_replicas: 0,
             assignment: "auto".into(),
-            heartbeat_ms: 2_000,
-            silent_after_ms: 10_000,
+            heartbeat_ms: audience_actors::cluster_view::ANNOUNCE_EVERY.as_millis() as u64,
+            silent_after_ms: audience_actors::cluster_view::SILENT_AFTER.as_millis() as u64,
         }
     }
 }

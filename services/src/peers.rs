@@ -13,7 +13,7 @@
 //!   naming the node), rather than giving a partial figure; a look-up of one MPID passes over
 //!   it when another node has the profile.
 
-use audience_actors::cluster_view::{now_ms, MembersTopic};
+use audience_actors::cluster_view::{is_silent_after, now_ms, MembersTopic};
 use audience_state::store::Partition;
 use futures::future::join_all;
 use parking_lot::Mutex;
@@ -167,9 +167,7 @@ impl Peers {
         let now = now_ms();
         let peers = nodes
             .into_values()
-            .filter(|a| {
-                a.node_id != self.node_id && now - a.at_ms <= self.silent_after.as_millis() as i64
-            })
+            .filter(|a| a.node_id != self.node_id && !is_silent_after(a, now, self.silent_after))
             .map(|a| Peer {
                 node_id: a.node_id,
                 grpc: a.grpc,

@@ -552,7 +552,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let placement = if self_assigned {
             Placement::engine(silent_after)
         } else {
-            Placement::range_group()
+            Placement::range_group(silent_after)
         };
         tokio::spawn(audience_actors::standby::stand_by(
             node.clone(),
@@ -612,7 +612,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             node_id: node_id(&config),
             consumer: consumer.clone(),
             restore: hook,
-            topics: input_topics.clone(),
             partitions: events_partitions.max(0) as u32,
             look_every: Duration::from_millis(config.cluster.heartbeat_ms.max(1)),
             silent_after,
