@@ -199,13 +199,144 @@ fn main() -> anyhow::Result<()> {
     let profiles = env_or("BENCH_BACKFILL_PROFILES", 1_000_000) as i64;
     let events = env_or("BENCH_BACKFILL_EVENTS", 100) as i64;
     let dir = tempfile::tempdir()?;
-    let store = Arc::new(Store::open(dir.path(), false)?);
     let clock = Arc::new(Clock::new(true));
     let now = clock.now();
     println!(
         "backfill bench: {profiles} profiles x {events} events in the log, {PARTITIONS} partitions"
     );
+    // BENCH_BACKFILL_STORE: a directory that keeps the written store between runs (for
+    // profiling one change after another): a run starts from a copy of it when it holds a
+    // store of the same size, and fills it otherwise. Its events age with the days.
+    let kept = std::env::var_os("BENCH_BACKFILL_STORE").map(std::path::PathBuf::from);
+    let kept_marker = format!("{profiles} profiles x {events} events");
+    let store_dir = dir.path().join("store");
+    let reused = match &kept {
+        Some(kept)
+            if std::fs::read_to_string(kept.join("BENCH")).ok().as_deref()
+                == Some(kept_marker.as_str()) =>
+        {
+            Store::open(&kept.join("store"), false)?.checkpoint(&store_dir)?;
+            println!("  the store written before in {}", kept.display());
+            true
+        }
+        _ => false,
+    };
+    let store = Arc::new(Store::open(&store_dir, false)?);
+    if !reused {
+        write_store(&store, now, profiles, events)?;
+        if let Some(kept) = &kept {
+            let _ = std::fs::remove_dir_all(kept);
+            std::fs::create_dir_all(kept)?;
+            store.checkpoint(&kept.join("store"))?;
+            std::fs::write(kept.join("BENCH"), &kept_marker)?;
+        }
+    }
 
+    // The node, with the partitions recovered from the store and nothing to do yet.
+    let settings = EngineSettings {
+        retention_ms: RETENTION,
+        ..Default::default()
+    };
+    let engine = Engine::new(store.clone(), clock, settings)?;
+    let node = Node::start(engine.clone(), PARTITIONS as usize)?;
+    node.assign(&(0..PARTITIONS).collect::<Vec<_>>())?;
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The new audience: searched for shoes at least twice in the last 7 days.
+    let record = audience(
+        1,
+        serde_json::json!({"event": {"type": "custom_event", "name": "Search", "count": {"at_least": 2},
+            "attributes": [{"name": "query", "op": "contains", "value": "shoe"}],
+            "time": {"within_last_days": 7}}}),
+    );
+    let compiled = record.validate()?;
+    let mut records = vec![record];
+    let members = backfill(
+        &engine,
+        &node,
+        &store,
+        &records,
+        profiles,
+        "one new audience",
+    )?;
+    if let Some(path) = std::env::var_os("BENCH_BACKFILL_ROCKSDB_STATS") {
+        // What RocksDB wrote and compacted for the first backfill, per column family.
+        let report: String = store
+            .column_family_stats()?
+            .into_iter()
+            .map(|(cf, stats)| format!("== {cf}\n{stats}\n"))
+            .collect();
+        std::fs::write(path, report)?;
+    }
+    // A selective one: a purchase of one product (SKU-10: one purchase in 50, so about one
+    // profile in six has one): the profiles it does not change are not written.
+    records.push(audience(
+        2,
+        serde_json::json!({"event": {"type": "commerce_event", "product_action": "purchase",
+            "product": [{"name": "id", "op": "exact_match", "value": "SKU-10"}],
+            "time": {"within_last_days": 30}}}),
+    ));
+    backfill(
+        &engine,
+        &node,
+        &store,
+        &records,
+        profiles,
+        "a selective audience",
+    )?;
+
+    // A rebuild of every profile from its logs: each fold is compared with the stored state,
+    // and a healthy store has no profile to rewrite.
+    let started = Instant::now();
+    let cpu_before = cpu_time::ProcessTime::now();
+    for (p, result) in futures::executor::block_on(
+        node.start_replay(audience_actors::partition::ReplayMode::Rebuild),
+    ) {
+        result.map_err(|e| anyhow::anyhow!("partition {p}: {e}"))?;
+    }
+    let (scanned, changed) = loop {
+        let replays = engine.replays.lock().clone();
+        if replays.len() == PARTITIONS as usize
+            && replays.values().all(|r| r.finished_at_ms.is_some())
+        {
+            break replays
+                .values()
+                .fold((0, 0), |(s, c), r| (s + r.scanned, c + r.changed));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let wall = started.elapsed();
+    println!(
+        "  rebuild from the logs: {:.2} s, {:.0} profiles/s, {:.2} µs CPU/profile, {scanned} folded, {changed} differed",
+        wall.as_secs_f64(),
+        scanned as f64 / wall.as_secs_f64(),
+        cpu_before.elapsed().as_secs_f64() * 1e6 / scanned.max(1) as f64
+    );
+    anyhow::ensure!(changed == 0, "a healthy store's profiles equal their folds");
+
+    // The estimate of the same definition as a draft, from the default sample.
+    let started = Instant::now();
+    let partitions: Vec<u32> = (0..PARTITIONS).collect();
+    let sampled = audience_actors::sampling::estimate_size(
+        &engine,
+        &partitions,
+        &compiled,
+        audience_state::estimate::DEFAULT_SAMPLE_SIZE,
+    )?;
+    println!(
+        "  estimate of the same definition: {:?} from {} sampled profiles ({} match) in {:.3} s; exact size {members}",
+        sampled.estimate,
+        sampled.sampled,
+        sampled.sampled_members,
+        started.elapsed().as_secs_f64()
+    );
+    restore_from_snapshots(&store, dir.path(), profiles as u64)?;
+    Ok(())
+}
+
+/// Writes the store as streaming leaves it: `profiles` profiles with `events` logged events
+/// each, in pages like the actors' batches; prints the log's bytes per profile.
+fn write_store(store: &Store, now: i64, profiles: i64, events: i64) -> anyhow::Result<()> {
     // The store as streaming leaves it, written in pages like the actors' batches.
     let empty = Catalog::build_full(1, vec![], vec![], vec![]);
     let mut dicts: Vec<Dictionary> = (0..PARTITIONS).map(|_| Dictionary::default()).collect();
@@ -270,96 +401,6 @@ fn main() -> anyhow::Result<()> {
         mem >> 20
     );
 
-    // The node, with the partitions recovered from the store and nothing to do yet.
-    let settings = EngineSettings {
-        retention_ms: RETENTION,
-        ..Default::default()
-    };
-    let engine = Engine::new(store.clone(), clock, settings)?;
-    let node = Node::start(engine.clone(), PARTITIONS as usize)?;
-    node.assign(&(0..PARTITIONS).collect::<Vec<_>>())?;
-    std::thread::sleep(Duration::from_millis(500));
-
-    // The new audience: searched for shoes at least twice in the last 7 days.
-    let record = audience(
-        1,
-        serde_json::json!({"event": {"type": "custom_event", "name": "Search", "count": {"at_least": 2},
-            "attributes": [{"name": "query", "op": "contains", "value": "shoe"}],
-            "time": {"within_last_days": 7}}}),
-    );
-    let compiled = record.validate()?;
-    let mut records = vec![record];
-    let members = backfill(
-        &engine,
-        &node,
-        &store,
-        &records,
-        profiles,
-        "one new audience",
-    )?;
-    // A selective one: a purchase of one product (SKU-10: one purchase in 50, so about one
-    // profile in six has one): the profiles it does not change are not written.
-    records.push(audience(
-        2,
-        serde_json::json!({"event": {"type": "commerce_event", "product_action": "purchase",
-            "product": [{"name": "id", "op": "exact_match", "value": "SKU-10"}],
-            "time": {"within_last_days": 30}}}),
-    ));
-    backfill(
-        &engine,
-        &node,
-        &store,
-        &records,
-        profiles,
-        "a selective audience",
-    )?;
-
-    // A rebuild of every profile from its logs: each fold is compared with the stored state,
-    // and a healthy store has no profile to rewrite.
-    let started = Instant::now();
-    let cpu_before = cpu_time::ProcessTime::now();
-    for (p, result) in futures::executor::block_on(
-        node.start_replay(audience_actors::partition::ReplayMode::Rebuild),
-    ) {
-        result.map_err(|e| anyhow::anyhow!("partition {p}: {e}"))?;
-    }
-    let (scanned, changed) = loop {
-        let replays = engine.replays.lock().clone();
-        if replays.len() == PARTITIONS as usize
-            && replays.values().all(|r| r.finished_at_ms.is_some())
-        {
-            break replays
-                .values()
-                .fold((0, 0), |(s, c), r| (s + r.scanned, c + r.changed));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let wall = started.elapsed();
-    println!(
-        "  rebuild from the logs: {:.2} s, {:.0} profiles/s, {:.2} µs CPU/profile, {scanned} folded, {changed} differed",
-        wall.as_secs_f64(),
-        scanned as f64 / wall.as_secs_f64(),
-        cpu_before.elapsed().as_secs_f64() * 1e6 / scanned.max(1) as f64
-    );
-    anyhow::ensure!(changed == 0, "a healthy store's profiles equal their folds");
-
-    // The estimate of the same definition as a draft, from the default sample.
-    let started = Instant::now();
-    let partitions: Vec<u32> = (0..PARTITIONS).collect();
-    let sampled = audience_actors::sampling::estimate_size(
-        &engine,
-        &partitions,
-        &compiled,
-        audience_state::estimate::DEFAULT_SAMPLE_SIZE,
-    )?;
-    println!(
-        "  estimate of the same definition: {:?} from {} sampled profiles ({} match) in {:.3} s; exact size {members}",
-        sampled.estimate,
-        sampled.sampled,
-        sampled.sampled_members,
-        started.elapsed().as_secs_f64()
-    );
-    restore_from_snapshots(&store, dir.path(), profiles as u64)?;
     Ok(())
 }
 
