@@ -106,6 +106,16 @@ impl BackfillPlan {
         self.matchers.is_empty() && self.calculated.is_empty()
     }
 
+    /// Whether everything the plan rebuilds is in a profile's derived row (the series of
+    /// event criteria with conditions, calculated attributes), so that a profile it changed
+    /// needs only that row written: what evaluation changes (memberships, timers) is there
+    /// too.
+    pub fn derives_only(&self) -> bool {
+        self.matchers
+            .iter()
+            .all(|m| crate::profile::is_derived_series(&m.history_key))
+    }
+
     /// What the plan rebuilds of a profile, as the profile holds it now: the same before and
     /// after a rebuild, the rebuild changed nothing (and the profile need not be written).
     pub fn rebuilt_state(&self, profile: &ProfileState) -> RebuiltState {

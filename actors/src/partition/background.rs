@@ -152,6 +152,7 @@ impl PartitionActor {
             ..Pending::default()
         };
         let mut decisions = Decisions::default();
+        let derives_only = step.plan.derives_only();
         // Profiles this page wrote that were not in memory before it: as stored once the
         // page commits, they leave the cache then. A backfill visits every profile, and
         // keeping them would grow the cache by the partition's size until passivation (its
@@ -196,6 +197,9 @@ impl PartitionActor {
                 &mut pending,
                 changed,
             )?;
+            if written && derives_only {
+                pending.core_unchanged.insert(mpid);
+            }
             if !was_cached {
                 if written {
                     brought_in.push(mpid);

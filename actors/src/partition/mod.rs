@@ -204,6 +204,9 @@ pub struct PartitionActor {
 #[derive(Default)]
 struct Pending {
     dirty: BTreeSet<Mpid>,
+    /// Dirty profiles whose core row is stored as it is (a backfill changed only what their
+    /// derived row holds): only that row is written.
+    core_unchanged: BTreeSet<Mpid>,
     deltas: Vec<Delta>,
     dead_letters: Vec<DeadLetter>,
     /// Rows found unreadable, set aside by the unit's write.
@@ -644,7 +647,11 @@ impl PartitionActor {
                     }
                     cached.stored_due = due;
                 }
-                batch.put_profile(p, &cached.state);
+                if pending.core_unchanged.contains(mpid) {
+                    batch.put_profile_derived(p, &cached.state);
+                } else {
+                    batch.put_profile(p, &cached.state);
+                }
             }
         }
         if let Some(cursor) = pending.replay_cursor {

@@ -43,6 +43,7 @@ pub const CF_CODES: &[&str] = &[
     "sample",
     "members",
     "facts",
+    "derived",
 ];
 
 /// The code of a column family.

@@ -476,7 +476,11 @@ pub(super) fn matcher_of(e: &EventCriterion, path: &str) -> Result<Matcher, Defi
         canonical.push_str(&format!("|{promotion_conditions:?}|{impression_list:?}"));
     }
     Ok(Matcher {
-        history_key: format!("m:{:016x}", fnv1a64(canonical.as_bytes())),
+        history_key: format!(
+            "{}{:016x}",
+            crate::profile::MATCHER_SERIES_PREFIX,
+            fnv1a64(canonical.as_bytes())
+        ),
         event_type: e.event_type.clone(),
         name,
         custom_event_type,

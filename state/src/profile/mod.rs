@@ -19,4 +19,7 @@
 mod apply;
 pub mod state;
 
-pub use state::{ChangeSet, MemberRecord, NamedAttr, ProfileState, UPGRADE_EVENT_TYPE};
+pub use state::{
+    is_derived_series, ChangeSet, DerivedParts, MemberRecord, NamedAttr, ProfileState,
+    MATCHER_SERIES_PREFIX, UPGRADE_EVENT_TYPE,
+};

@@ -1,6 +1,8 @@
 //! A profile's data: attributes, identities, consent, device, location, event histories,
-//! calculated aggregates and memberships, and its stored encoding (format byte, postcard; the
-//! previous format still read). Invariant: this module depends on nothing above the model's
+//! calculated aggregates and memberships, and its stored encoding: two rows, each a format byte
+//! then postcard. The core row holds what messages set; the derived row what the catalog's
+//! definitions derive from them, so that a backfill rewrites only the small derived row. The
+//! whole rows of earlier formats are still read. Invariant: this module depends on nothing above the model's
 //! data types, so every reader of a profile (criteria, catalog, outputs) can import it.
 
 use crate::aggregate::CalcState;
@@ -203,17 +205,68 @@ impl ProfileState {
             .map(|(&id, r)| (id, r))
     }
 
-    /// The stored row: the format byte, then the state, serialised into one buffer sized for
-    /// a typical profile (not grown from empty and copied after the format byte).
+    /// The profile as one row of format 3 (every part): what profiles were stored as before
+    /// format 4 split them in two rows; tests and benchmarks write it as older versions did.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(ENCODED_CAPACITY);
-        out.push(PROFILE_FORMAT);
+        out.push(WHOLE_FORMAT);
         postcard::to_extend(self, out).expect("profile state always serialises")
     }
 
+    /// The stored core row (format 4): what messages set (see [`ProfileState::encode_derived`]
+    /// for the rest), serialised into one buffer sized for a typical profile.
+    pub fn encode_core(&self) -> Vec<u8> {
+        let core = CoreRef {
+            mpid: self.mpid,
+            first_seen_ms: self.first_seen_ms,
+            last_seen_ms: self.last_seen_ms,
+            identities: &self.identities,
+            attributes: &self.attributes,
+            device: &self.device,
+            consent: &self.consent,
+            app_version: &self.app_version,
+            opted_out: self.opted_out,
+            history: SeriesOf {
+                history: &self.history,
+                derived: false,
+            },
+            location: &self.location,
+            install_attribution: &self.install_attribution,
+            uninstall_attribution: &self.uninstall_attribution,
+            highest_app_version: &self.highest_app_version,
+        };
+        let mut out = Vec::with_capacity(ENCODED_CAPACITY);
+        out.push(CORE_FORMAT);
+        postcard::to_extend(&core, out).expect("profile state always serialises")
+    }
+
+    /// The stored derived row: what the catalog's definitions derive from the profile's
+    /// inputs (the series of event criteria with conditions, calculated attributes,
+    /// memberships and their timers). A backfill changes only these, and writes only this
+    /// row: the core is most of a profile's bytes.
+    pub fn encode_derived(&self) -> Vec<u8> {
+        let derived = DerivedRef {
+            history: SeriesOf {
+                history: &self.history,
+                derived: true,
+            },
+            memberships: &self.memberships,
+            due: &self.due,
+            calculated: &self.calculated,
+        };
+        let mut out = Vec::with_capacity(DERIVED_CAPACITY);
+        out.push(DERIVED_FORMAT);
+        postcard::to_extend(&derived, out).expect("profile state always serialises")
+    }
+
+    /// A profile from its core row (format 4), or from a whole row of an earlier format; its
+    /// derived parts come from [`ProfileState::set_derived`].
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         match bytes.split_first() {
-            Some((&PROFILE_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+            Some((&CORE_FORMAT, rest)) => postcard::from_bytes::<Core>(rest)
+                .map(ProfileState::from)
+                .map_err(|e| e.to_string()),
+            Some((&WHOLE_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
             Some((2, rest)) => postcard::from_bytes::<ProfileStateV2>(rest)
                 .map(ProfileState::from)
                 .map_err(|e| e.to_string()),
@@ -224,20 +277,157 @@ impl ProfileState {
             None => Err("empty profile record".to_string()),
         }
     }
+
+    /// The parts of a derived row ([`ProfileState::encode_derived`]).
+    pub fn decode_derived(bytes: &[u8]) -> Result<DerivedParts, String> {
+        match bytes.split_first() {
+            Some((&DERIVED_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+            Some((v, _)) => Err(format!("unknown derived profile format {v}")),
+            None => Err("empty derived profile record".to_string()),
+        }
+    }
+
+    /// Takes the derived parts of a stored derived row in place of those the profile holds
+    /// (a whole row of an earlier format holds them too: the derived row was written later).
+    pub fn set_derived(&mut self, parts: DerivedParts) {
+        self.history.retain(|key, _| !is_derived_series(key));
+        self.history.extend(parts.history);
+        self.memberships = parts.memberships;
+        self.due = parts.due;
+        self.calculated = parts.calculated;
+    }
+}
+
+/// Whether the series of `key` is derived (an event criterion with conditions, keyed by its
+/// matcher) rather than an event key's own: it is stored in the derived row.
+pub fn is_derived_series(key: &str) -> bool {
+    key.starts_with(MATCHER_SERIES_PREFIX)
+}
+
+/// How the history keys of matchers (event criteria with conditions) begin; no event key
+/// does (they begin with an event type).
+pub const MATCHER_SERIES_PREFIX: &str = "m:";
+
+/// The series of a history that one row holds: the event keys' (core) or the matchers'
+/// (derived).
+struct SeriesOf<'a> {
+    history: &'a BTreeMap<String, EventSeries>,
+    derived: bool,
+}
+
+impl Serialize for SeriesOf<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let held = |key: &&String| is_derived_series(key) == self.derived;
+        // postcard writes a map's length first: counted, not guessed from the filter.
+        let len = self.history.keys().filter(held).count();
+        let mut map = serializer.serialize_map(Some(len))?;
+        for (key, series) in self.history.iter().filter(|(k, _)| held(k)) {
+            map.serialize_entry(key, series)?;
+        }
+        map.end()
+    }
+}
+
+/// The core row as written (format 4): every field of [`ProfileState`] but the derived ones.
+#[derive(Serialize)]
+struct CoreRef<'a> {
+    mpid: Mpid,
+    first_seen_ms: TimestampMs,
+    last_seen_ms: TimestampMs,
+    identities: &'a BTreeMap<String, Vec<String>>,
+    attributes: &'a BTreeMap<String, NamedAttr>,
+    device: &'a DeviceInfo,
+    consent: &'a ConsentState,
+    app_version: &'a Option<String>,
+    opted_out: bool,
+    history: SeriesOf<'a>,
+    location: &'a GeoLocation,
+    install_attribution: &'a Option<Attribution>,
+    uninstall_attribution: &'a Option<Attribution>,
+    highest_app_version: &'a Option<String>,
+}
+
+/// The core row as read (the same fields as [`CoreRef`], in its order).
+#[derive(Deserialize)]
+struct Core {
+    mpid: Mpid,
+    first_seen_ms: TimestampMs,
+    last_seen_ms: TimestampMs,
+    identities: BTreeMap<String, Vec<String>>,
+    attributes: BTreeMap<String, NamedAttr>,
+    device: DeviceInfo,
+    consent: ConsentState,
+    app_version: Option<String>,
+    opted_out: bool,
+    history: BTreeMap<String, EventSeries>,
+    location: GeoLocation,
+    install_attribution: Option<Attribution>,
+    uninstall_attribution: Option<Attribution>,
+    highest_app_version: Option<String>,
+}
+
+impl From<Core> for ProfileState {
+    fn from(c: Core) -> Self {
+        ProfileState {
+            mpid: c.mpid,
+            first_seen_ms: c.first_seen_ms,
+            last_seen_ms: c.last_seen_ms,
+            identities: c.identities,
+            attributes: c.attributes,
+            device: c.device,
+            consent: c.consent,
+            app_version: c.app_version,
+            opted_out: c.opted_out,
+            history: c.history,
+            location: c.location,
+            install_attribution: c.install_attribution,
+            uninstall_attribution: c.uninstall_attribution,
+            highest_app_version: c.highest_app_version,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct DerivedRef<'a> {
+    history: SeriesOf<'a>,
+    memberships: &'a BTreeMap<AudienceId, MemberRecord>,
+    due: &'a BTreeMap<AudienceId, TimestampMs>,
+    calculated: &'a BTreeMap<String, CalcState>,
+}
+
+/// What a derived row holds (the same fields as [`DerivedRef`], in its order).
+#[derive(Debug, Deserialize)]
+pub struct DerivedParts {
+    history: BTreeMap<String, EventSeries>,
+    memberships: BTreeMap<AudienceId, MemberRecord>,
+    due: BTreeMap<AudienceId, TimestampMs>,
+    calculated: BTreeMap<String, CalcState>,
 }
 
 /// The event type of the upgrade the engine records when the app version goes up.
 pub const UPGRADE_EVENT_TYPE: &str = "upgrade";
 
-/// The buffer [`ProfileState::encode`] starts with: a profile with a few attributes,
+/// The buffer [`ProfileState::encode_core`] starts with: a profile with a few attributes,
 /// identities, consent, device information and the series of a month of events fits.
 const ENCODED_CAPACITY: usize = 2048;
 
-/// Version byte of the stored profile encoding.
+/// The buffer [`ProfileState::encode_derived`] starts with: a few memberships and series.
+const DERIVED_CAPACITY: usize = 256;
+
+/// Version byte of a whole profile row (every part in one row).
 /// 2: location, attribution and calculated attributes.
 /// 3: each event series packed into one byte string (see [`crate::history`]).
-/// Profiles of formats 1 and 2 are still read, and written as format 3 on their next change.
-const PROFILE_FORMAT: u8 = 3;
+/// Rows of formats 1 to 3 are still read (a derived row written since takes the place of
+/// their derived parts), and written as format 4 on their next change.
+const WHOLE_FORMAT: u8 = 3;
+
+/// Version byte of the core row (4: a profile in two rows, core and derived).
+const CORE_FORMAT: u8 = 4;
+
+/// Version byte of the derived row.
+const DERIVED_FORMAT: u8 = 1;
 
 #[cfg(test)]
 mod tests {
@@ -245,7 +435,7 @@ mod tests {
     use crate::model::DAY_MS;
 
     #[test]
-    fn a_format_2_row_reads_as_it_was_and_is_written_as_format_3() {
+    fn a_format_2_row_reads_as_it_was_and_is_written_as_formats_3_and_4() {
         let mut state = ProfileState::new(42);
         state.first_seen_ms = 7;
         let mut series = EventSeries::default();
@@ -283,5 +473,96 @@ mod tests {
         let encoded = state.encode();
         assert_eq!(encoded[0], 3);
         assert_eq!(ProfileState::decode(&encoded).unwrap(), state);
+        // And as format 4 since: a core row and a derived row.
+        let mut read = ProfileState::decode(&state.encode_core()).unwrap();
+        read.set_derived(ProfileState::decode_derived(&state.encode_derived()).unwrap());
+        assert_eq!(read, state);
+    }
+
+    /// A profile with every part: event-key and matcher series, memberships, a timer and a
+    /// calculated attribute.
+    fn full_profile() -> ProfileState {
+        let mut state = ProfileState::new(7);
+        state.first_seen_ms = 11;
+        state.last_seen_ms = 12;
+        state
+            .identities
+            .insert("email".into(), vec!["a@b.c".into()]);
+        state.attributes.insert(
+            "tier".into(),
+            NamedAttr {
+                name: "Tier".into(),
+                value: AttrValue::String("gold".into()),
+            },
+        );
+        let mut series = EventSeries::default();
+        series.record(3 * DAY_MS + 5);
+        state
+            .history
+            .insert("custom_event:search\u{1f}".into(), series.clone());
+        series.record(4 * DAY_MS + 6);
+        state
+            .history
+            .insert(format!("{MATCHER_SERIES_PREFIX}00000000000000ab"), series);
+        state.memberships.insert(
+            3,
+            MemberRecord {
+                member: true,
+                version: 2,
+                changed_at_ms: 9,
+            },
+        );
+        state.due.insert(3, 5 * DAY_MS);
+        state
+            .calculated
+            .insert("spend".into(), CalcState::default());
+        state.highest_app_version = Some("2.1".into());
+        state
+    }
+
+    #[test]
+    fn the_core_and_derived_rows_together_are_the_profile_and_each_holds_only_its_parts() {
+        let state = full_profile();
+        let core = state.encode_core();
+        assert_eq!(core[0], CORE_FORMAT);
+        let mut read = ProfileState::decode(&core).unwrap();
+        assert!(read.memberships.is_empty() && read.due.is_empty() && read.calculated.is_empty());
+        assert_eq!(
+            read.history.len(),
+            1,
+            "the core holds the event keys' series only"
+        );
+        read.set_derived(ProfileState::decode_derived(&state.encode_derived()).unwrap());
+        assert_eq!(read, state);
+        let derived = ProfileState::decode_derived(&state.encode_derived()).unwrap();
+        assert_eq!(
+            derived.history.len(),
+            1,
+            "the derived row holds the matchers' series"
+        );
+        assert!(derived.history.keys().all(|k| is_derived_series(k)));
+        assert!(ProfileState::decode_derived(&core).is_err());
+        assert!(ProfileState::decode_derived(&[]).is_err());
+    }
+
+    #[test]
+    fn a_derived_row_written_after_a_whole_row_takes_the_place_of_its_derived_parts() {
+        let stale = full_profile();
+        let whole = stale.encode();
+        assert_eq!(whole[0], WHOLE_FORMAT);
+        // A backfill since: another matcher's series, the membership gone, no timer.
+        let mut now = stale.clone();
+        now.history
+            .retain(|k, _| !k.starts_with(MATCHER_SERIES_PREFIX));
+        let mut series = EventSeries::default();
+        series.record(DAY_MS);
+        now.history
+            .insert(format!("{MATCHER_SERIES_PREFIX}00000000000000cd"), series);
+        now.memberships.get_mut(&3).unwrap().member = false;
+        now.due.clear();
+        let mut read = ProfileState::decode(&whole).unwrap();
+        assert_eq!(read, stale);
+        read.set_derived(ProfileState::decode_derived(&now.encode_derived()).unwrap());
+        assert_eq!(read, now);
     }
 }

@@ -10,6 +10,10 @@ pub type Partition = u32;
 
 pub(super) const CF_PROFILES: &str = "profiles";
 
+/// The derived row of each profile (see [`crate::profile::state`]), keyed as its core row in
+/// [`CF_PROFILES`].
+pub(super) const CF_DERIVED: &str = "derived";
+
 pub(super) const CF_OUTBOX: &str = "outbox";
 
 pub(super) const CF_TIMERS: &str = "timers";
@@ -53,6 +57,7 @@ pub(super) const REPLICATED: &[&str] = &[
     CF_SAMPLE,
     CF_MEMBERS,
     CF_FACTS,
+    CF_DERIVED,
 ];
 
 /// The column families a partition's changelog carries: a replica holds the owner's keys of
@@ -290,7 +295,7 @@ impl Store {
         let known = REPLICATED.iter().chain(NODE_OWN.iter()).map(|name| {
             let mut cf_opts = Options::default();
             cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            if *name == CF_PROFILES {
+            if *name == CF_PROFILES || *name == CF_DERIVED {
                 // Profile rows are rewritten whole at every change (and all of them by a
                 // backfill), so flushes and the compactions above the bottom level handle
                 // each row several times: compressing there took a seventh of a backfill's

@@ -1,5 +1,5 @@
-//! Profile states, their facts records, the sample index and timers. A profile's first write
-//! also adds it to the sample and the partition's count.
+//! Profile states (a core row and a derived row each), their facts records, the sample index
+//! and timers. A profile's first write also adds it to the sample and the partition's count.
 
 use super::db::*;
 use super::keys::*;
@@ -8,9 +8,18 @@ use crate::profile::ProfileState;
 use rocksdb::{Direction, IteratorMode};
 
 impl WriteBatch<'_> {
+    /// Writes both rows of a profile.
     pub fn put_profile(&mut self, partition: Partition, profile: &ProfileState) {
-        let cf = CF_PROFILES;
-        self.put(cf, profile_key(partition, profile.mpid), profile.encode());
+        let key = profile_key(partition, profile.mpid);
+        self.put(CF_PROFILES, key, profile.encode_core());
+        self.put(CF_DERIVED, key, profile.encode_derived());
+    }
+
+    /// Writes only the derived row of a profile whose core is stored as it is (a backfill's
+    /// change: series of event criteria with conditions, calculated attributes, memberships).
+    pub fn put_profile_derived(&mut self, partition: Partition, profile: &ProfileState) {
+        let key = profile_key(partition, profile.mpid);
+        self.put(CF_DERIVED, key, profile.encode_derived());
     }
 
     pub fn set_timer(&mut self, partition: Partition, due: TimestampMs, mpid: Mpid) {
@@ -41,9 +50,10 @@ impl WriteBatch<'_> {
             profile_key(partition, i64::MIN),
             profile_key(partition, i64::MAX),
         );
-        let profiles = CF_PROFILES;
-        self.delete_range(profiles, from, to);
-        self.delete(profiles, to);
+        for profiles in [CF_PROFILES, CF_DERIVED] {
+            self.delete_range(profiles, from, to);
+            self.delete(profiles, to);
+        }
         let timers = CF_TIMERS;
         let (from, to) = (
             timer_key(partition, i64::MIN, i64::MIN),
@@ -74,19 +84,13 @@ impl Store {
         mpid: Mpid,
     ) -> StoreResult<Option<ProfileState>> {
         let key = profile_key(partition, mpid);
-        match self.db.get_pinned_cf(self.cf(CF_PROFILES), key)? {
-            None => Ok(None),
-            Some(bytes) => ProfileState::decode(&bytes).map(Some).map_err(|reason| {
-                UnreadableRow::new(
-                    partition,
-                    CF_PROFILES,
-                    &key,
-                    format!("{partition}/{mpid}"),
-                    reason,
-                )
-                .into_error()
-            }),
-        }
+        let Some(core) = self.db.get_pinned_cf(self.cf(CF_PROFILES), key)? else {
+            return Ok(None);
+        };
+        let derived = self.db.get_pinned_cf(self.cf(CF_DERIVED), key)?;
+        profile_from_rows(partition, &key, &core, derived.as_deref())
+            .map(Some)
+            .map_err(UnreadableRow::into_error)
     }
 
     /// Finds a profile in whichever partition holds it.
@@ -139,11 +143,16 @@ impl Store {
         let Some(start) = profile_scan_start(partition, after) else {
             return Ok(page);
         };
-        // A raw iterator: each row decodes from RocksDB's own buffer, never copied first.
+        // Raw iterators: each row decodes from RocksDB's own buffer, never copied first. The
+        // derived rows have the core rows' keys: one iterator follows the other.
         let mut rows = self
             .db
             .raw_iterator_cf_opt(self.cf(CF_PROFILES), scan_options());
+        let mut derived_rows = self
+            .db
+            .raw_iterator_cf_opt(self.cf(CF_DERIVED), scan_options());
         rows.seek(start);
+        derived_rows.seek(start);
         let mut seen = 0;
         while seen < limit {
             let (Some(k), Some(v)) = (rows.key(), rows.value()) else {
@@ -155,19 +164,21 @@ impl Store {
             seen += 1;
             let mpid = from_ordered_i64(&k[4..]);
             page.last = Some(mpid);
-            match ProfileState::decode(v) {
+            while derived_rows.key().is_some_and(|d| d < k) {
+                derived_rows.next();
+            }
+            let derived = derived_rows
+                .key()
+                .filter(|d| *d == k)
+                .and(derived_rows.value());
+            match profile_from_rows(partition, k, v, derived) {
                 Ok(profile) => page.items.push(profile),
-                Err(reason) => page.unreadable.push(UnreadableRow::new(
-                    partition,
-                    CF_PROFILES,
-                    k,
-                    format!("{partition}/{mpid}"),
-                    reason,
-                )),
+                Err(row) => page.unreadable.push(row),
             }
             rows.next();
         }
         rows.status()?;
+        derived_rows.status()?;
         Ok(page)
     }
 
@@ -301,4 +312,26 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// A profile from its core row and its derived row (`None`: a whole row of an earlier format,
+/// or a profile with no derived part yet), or the row that does not decode.
+fn profile_from_rows(
+    partition: Partition,
+    key: &[u8],
+    core: &[u8],
+    derived: Option<&[u8]>,
+) -> Result<ProfileState, UnreadableRow> {
+    let display = || {
+        let mpid = from_ordered_i64(&key[4..12]);
+        format!("{partition}/{mpid}")
+    };
+    let mut profile = ProfileState::decode(core)
+        .map_err(|reason| UnreadableRow::new(partition, CF_PROFILES, key, display(), reason))?;
+    if let Some(derived) = derived {
+        let parts = ProfileState::decode_derived(derived)
+            .map_err(|reason| UnreadableRow::new(partition, CF_DERIVED, key, display(), reason))?;
+        profile.set_derived(parts);
+    }
+    Ok(profile)
 }

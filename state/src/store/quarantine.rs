@@ -43,17 +43,17 @@ fn quarantine_key(partition: Partition, cf: &str, key: &[u8]) -> Vec<u8> {
 }
 
 impl UnreadableRow {
-    /// The profile the row belongs to, for rows keyed by profile (`profiles`, `facts`,
-    /// `eventlog`).
+    /// The profile the row belongs to, for rows keyed by profile (`profiles`, `derived`,
+    /// `facts`, `eventlog`).
     pub fn mpid(&self) -> Option<Mpid> {
-        let keyed_by_profile = [CF_PROFILES, CF_FACTS, CF_EVENTLOG].contains(&self.cf);
+        let keyed_by_profile = [CF_PROFILES, CF_DERIVED, CF_FACTS, CF_EVENTLOG].contains(&self.cf);
         (keyed_by_profile && self.key.len() >= 12).then(|| from_ordered_i64(&self.key[4..12]))
     }
 
-    /// Whether the row is a profile's state: a cache of its base and log, so rebuilt from
-    /// them rather than lost.
+    /// Whether the row is (a part of) a profile's state: a cache of its base and log, so
+    /// rebuilt from them rather than lost.
     pub fn is_profile_state(&self) -> bool {
-        self.cf == CF_PROFILES
+        self.cf == CF_PROFILES || self.cf == CF_DERIVED
     }
 }
 

@@ -282,3 +282,66 @@ fn a_wipe_deletes_states_and_timers_and_keeps_what_profiles_are_rebuilt_from() {
     store.commit(b).unwrap();
     assert_eq!(store.replay_cursor(3).unwrap(), None);
 }
+
+#[test]
+fn a_derived_write_keeps_the_core_row_and_loads_and_scans_read_both_rows() {
+    use crate::profile::MemberRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), false).unwrap();
+    let p = 3;
+    let mut stored = ProfileState::new(5);
+    stored.last_seen_ms = 9;
+    stored.memberships.insert(
+        1,
+        MemberRecord {
+            member: true,
+            version: 1,
+            changed_at_ms: 3,
+        },
+    );
+    // One profile as earlier versions stored it (one whole row), one as this version does.
+    store
+        .db
+        .put_cf(store.cf(CF_PROFILES), profile_key(p, 5), stored.encode())
+        .unwrap();
+    let other = ProfileState::new(6);
+    let mut b = store.batch();
+    b.put_profile(p, &other);
+    store.commit(b).unwrap();
+    assert_eq!(store.load_profile(p, 5).unwrap(), Some(stored.clone()));
+
+    // A backfill's change: only the derived row is written; the core stays as stored (a
+    // core change made in memory alongside is not written by it).
+    let mut changed = stored.clone();
+    changed.memberships.get_mut(&1).unwrap().member = false;
+    changed.due.insert(1, 77);
+    changed.last_seen_ms = 10;
+    let mut b = store.batch();
+    b.put_profile_derived(p, &changed);
+    store.commit(b).unwrap();
+    let expected = ProfileState {
+        last_seen_ms: 9,
+        ..changed
+    };
+    assert_eq!(store.load_profile(p, 5).unwrap(), Some(expected.clone()));
+    let scanned = store.scan_profiles(p, None, 10).unwrap().items;
+    assert_eq!(scanned, vec![expected, other.clone()]);
+    assert_eq!(
+        store
+            .db
+            .get_cf(store.cf(CF_PROFILES), profile_key(p, 5))
+            .unwrap(),
+        Some(stored.encode())
+    );
+
+    // A wipe deletes both rows.
+    let mut b = store.batch();
+    b.wipe_profile_states(p);
+    store.commit(b).unwrap();
+    assert_eq!(store.load_profile(p, 5).unwrap(), None);
+    let derived_left = store
+        .db
+        .iterator_cf(store.cf(CF_DERIVED), rocksdb::IteratorMode::Start)
+        .count();
+    assert_eq!(derived_left, 0);
+}

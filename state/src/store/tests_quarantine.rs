@@ -43,6 +43,28 @@ fn delta(version: u64) -> Delta {
 }
 
 #[test]
+fn an_unreadable_derived_row_makes_its_profile_unreadable_not_memberless() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_profiles(dir.path(), &[1, 5, 9]);
+    damage(&store, CF_DERIVED, &profile_key(P, 5), b"\x01\xff\xff");
+
+    let page = store.scan_profiles(P, None, 10).unwrap();
+    let read: Vec<Mpid> = page.items.iter().map(|p| p.mpid).collect();
+    assert_eq!(read, vec![1, 9]);
+    assert_eq!(page.unreadable.len(), 1);
+    let row = &page.unreadable[0];
+    assert_eq!(
+        (row.cf, row.display_key.as_str(), row.mpid()),
+        ("derived", "2/5", Some(5))
+    );
+    // Rebuilt from its base and log, as an unreadable core row is.
+    match store.load_profile(P, 5) {
+        Err(StoreError::Unreadable(row)) => assert!(row.is_profile_state()),
+        other => panic!("an unreadable row is named: {other:?}"),
+    }
+}
+
+#[test]
 fn an_unreadable_profile_row_is_left_out_of_a_scan_named_and_set_aside() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_profiles(dir.path(), &[1, 5, 9]);

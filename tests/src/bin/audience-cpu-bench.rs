@@ -105,7 +105,7 @@ fn run(audiences: usize, batches: &[Vec<u8>], t0: i64) -> Run {
         deltas += profile
             .evaluate(affected, &catalog, &ctx, changes.event_time_ms)
             .len();
-        encoded += profile.encode().len();
+        encoded += profile.encode_core().len() + profile.encode_derived().len();
     }
     let cpu = thread_cpu_time() - cpu_before;
     std::hint::black_box(encoded);
