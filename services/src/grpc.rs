@@ -19,6 +19,14 @@ use tokio_stream::Stream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
+/// The largest sample `EstimateAudience` draws: 100,000 profiles already put a 95% interval
+/// within half a percent of the population. A larger one is refused, not turned into a scan
+/// holding every MPID it draws.
+pub const MAX_ESTIMATE_SAMPLE: u32 = 100_000;
+
+/// The most profiles `PreviewUpdate` lists on each side (leaving, entering).
+pub const MAX_PREVIEW_SAMPLE: u32 = 1_000;
+
 #[derive(Clone)]
 pub struct Services {
     pub node: Arc<Node>,
@@ -368,6 +376,11 @@ impl pb::audience_service_server::AudienceService for Services {
             .map_err(convert::status)?;
         let sample_size = match r.sample_size {
             0 => audience_state::estimate::DEFAULT_SAMPLE_SIZE,
+            n if n > MAX_ESTIMATE_SAMPLE => {
+                return Err(Status::invalid_argument(format!(
+                    "sample_size: {n} is over the limit of {MAX_ESTIMATE_SAMPLE} profiles"
+                )))
+            }
             n => u64::from(n),
         };
         let peers = self.peers.others(&caller).await?;
@@ -459,6 +472,11 @@ impl pb::audience_service_server::AudienceService for Services {
             .map_err(convert::status)?;
         let sample = match r.sample_size {
             0 => 10,
+            n if n > MAX_PREVIEW_SAMPLE => {
+                return Err(Status::invalid_argument(format!(
+                    "sample_size: {n} is over the limit of {MAX_PREVIEW_SAMPLE} profiles listed per side"
+                )))
+            }
             n => n as usize,
         };
         let node = self.node.clone();

@@ -242,6 +242,18 @@ async fn definitions_made_after_the_events_see_them() -> Result<()> {
         .await
         .expect_err("an invalid definition is refused");
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    // A sample past the bound is refused, naming it (not a scan of every profile).
+    let huge = audiences
+        .estimate_audience(pb::EstimateAudienceRequest {
+            criteria: Some(criteria(
+                json!({"event": {"type": "custom_event", "name": "Search"}}),
+            )),
+            sample_size: 100_001,
+        })
+        .await
+        .expect_err("a sample past the bound is refused");
+    assert_eq!(huge.code(), tonic::Code::InvalidArgument);
+    assert!(huge.message().contains("limit of 100000"), "{huge:?}");
 
     // Preview of narrowing the window to 3 days, then the edit itself: the same change.
     let narrower = json!({"event": {"type": "custom_event", "name": "Search",
@@ -273,6 +285,16 @@ async fn definitions_made_after_the_events_see_them() -> Result<()> {
         .await?
         .into_inner();
     assert_eq!(stored.revision, 1, "a preview changes nothing");
+    let huge = audiences
+        .preview_update(pb::PreviewUpdateRequest {
+            audience_id: shoe_searchers.id,
+            criteria: Some(criteria(narrower.clone())),
+            sample_size: 1_001,
+        })
+        .await
+        .expect_err("a preview listing past the bound is refused");
+    assert_eq!(huge.code(), tonic::Code::InvalidArgument);
+    assert!(huge.message().contains("limit of 1000"), "{huge:?}");
     let cursor = all.last().map(|d| d.cursor.clone()).unwrap_or_default();
     // The edit happens a minute later, so that "as of before the edit" is an instant apart.
     let before_edit = engine_now(&ch).await?;
