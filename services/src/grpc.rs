@@ -41,6 +41,8 @@ pub struct Services {
     pub input_topics: Vec<String>,
     /// The other nodes, asked for their partitions' part of a read.
     pub peers: Arc<Peers>,
+    /// Bounds the estimates and previews this node scans at once.
+    pub scans: crate::scan_gate::ScanGate,
 }
 
 impl Services {
@@ -479,9 +481,11 @@ impl pb::audience_service_server::AudienceService for Services {
             }
             n => n as usize,
         };
+        let permit = self.scans.enter("PreviewUpdate")?;
         let node = self.node.clone();
         let audience = r.audience_id;
         let preview = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let engine = &node.engine;
             let partitions = node.owned();
             let preview = audience_actors::sampling::preview_edit(
@@ -889,9 +893,11 @@ impl Services {
         compiled: audience_state::criteria::CompiledAudience,
         n: u64,
     ) -> Result<audience_actors::engine::SampledEstimate, Status> {
+        let permit = self.scans.enter("EstimateAudience")?;
         let node = self.node.clone();
         let partitions = node.owned();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             audience_actors::sampling::estimate_size(&node.engine, &partitions, &compiled, n)
         })
         .await

@@ -12,4 +12,5 @@ pub mod grpc_profiles;
 pub mod offline;
 pub mod peers;
 pub mod replay_report;
+pub mod scan_gate;
 pub mod server;

@@ -667,6 +667,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         group_id: config.kafka.group_id.clone(),
         input_topics: input_topics.clone(),
         peers,
+        scans: crate::scan_gate::ScanGate::new(crate::scan_gate::MAX_CONCURRENT_SCANS),
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
