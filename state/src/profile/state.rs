@@ -206,8 +206,9 @@ impl ProfileState {
     }
 
     /// The profile as one row of format 3 (every part): what profiles were stored as before
-    /// format 4 split them in two rows; tests and benchmarks write it as older versions did.
-    pub fn encode(&self) -> Vec<u8> {
+    /// format 4 split them in two rows; tests write it as older versions did.
+    #[cfg(test)]
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(ENCODED_CAPACITY);
         out.push(WHOLE_FORMAT);
         postcard::to_extend(self, out).expect("profile state always serialises")
