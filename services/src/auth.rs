@@ -1,17 +1,22 @@
-//! Who may call the API: bearer tokens, checked on every gRPC service but health, and the
-//! client side of the same (a channel that sends a token, over TLS when the address is
-//! `https://`), shared by `audiencectl` and the end-to-end tests.
+//! Who may call the API: bearer tokens with scopes, checked on every gRPC call but health in
+//! one tower layer ([`AuthLayer`]), and the client side of the same (a channel that sends a
+//! token, over TLS when the address is `https://`), shared by `audiencectl` and the end-to-end
+//! tests.
 //!
 //! Invariants:
 //! - A presented token is compared in constant time against every accepted token: both are
 //!   reduced to SHA-256 digests first, and every digest is compared, so neither the length of a
 //!   token, the place of its first wrong byte nor which token matched shows in the timing.
+//! - Every call passes one check, [`Authenticator::admit`], before any service sees it: no
+//!   valid token is UNAUTHENTICATED; a method outside the token's scopes (the table of
+//!   `access.rs`) is PERMISSION_DENIED, naming the scope. A service never checks on its own.
 //! - Tokens have names, and several are valid at once, so they rotate without an outage: add
 //!   the new one, move the clients, remove the old one. The tokens file is re-read when it
 //!   changes, without a restart; a file that no longer parses keeps the previous set (and says
 //!   so), so a typo does not lock every client out.
+//! - A token of the configuration listed without scopes is the operator's: it holds `admin`.
 //! - Health answers without a token (orchestrators and load balancers probe it); reflection
-//!   does not, since it maps the whole API.
+//!   needs a valid token of any scope, since it maps the whole API.
 //! - A token never reaches a log: the configuration prints names only.
 
 use sha2::{Digest, Sha256};
@@ -21,10 +26,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
+use tonic::codegen::http;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Request, Status};
+
+use crate::access::{self, Scopes};
 
 /// The shortest token accepted: shorter ones are guessable.
 pub const MIN_TOKEN_CHARS: usize = 16;
@@ -38,10 +46,17 @@ the AUDIENCE_TOKEN environment variable; other clients send the metadata \
 const REFUSED: &str = "the bearer token is not accepted: check AUDIENCE_TOKEN against the \
 engine's auth.tokens or auth.tokens_file (a rotated-out token is refused)";
 
-/// The tokens a node accepts: names with the SHA-256 digest of each token.
+/// The tokens a node accepts: names with the SHA-256 digest of each token and its scopes.
 #[derive(Clone, Default)]
 pub struct TokenSet {
-    digests: Vec<(String, [u8; 32])>,
+    entries: Vec<TokenEntry>,
+}
+
+#[derive(Clone)]
+struct TokenEntry {
+    name: String,
+    digest: [u8; 32],
+    scopes: Scopes,
 }
 
 impl std::fmt::Debug for TokenSet {
@@ -55,13 +70,21 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 impl TokenSet {
-    /// Tokens by name. A name is refused when empty, a token when shorter than
-    /// [`MIN_TOKEN_CHARS`] or not printable ASCII without spaces (it travels in a header).
+    /// Tokens by name, each holding every scope (the operator's). A name is refused when
+    /// empty, a token when shorter than [`MIN_TOKEN_CHARS`] or not printable ASCII without
+    /// spaces (it travels in a header).
     pub fn new<'a>(
         tokens: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<TokenSet, String> {
-        let mut digests: Vec<(String, [u8; 32])> = Vec::new();
-        for (name, token) in tokens {
+        TokenSet::scoped(tokens.into_iter().map(|(n, t)| (n, t, Scopes::all())))
+    }
+
+    /// Tokens by name with their scopes, checked as [`TokenSet::new`] checks them.
+    pub fn scoped<'a>(
+        tokens: impl IntoIterator<Item = (&'a str, &'a str, Scopes)>,
+    ) -> Result<TokenSet, String> {
+        let mut set = TokenSet::default();
+        for (name, token, scopes) in tokens {
             let name = name.trim();
             if name.is_empty() {
                 return Err("a token has an empty name".into());
@@ -77,68 +100,81 @@ impl TokenSet {
                     "token '{name}' has a character other than printable ASCII (no spaces)"
                 ));
             }
-            if digests.iter().any(|(n, _)| n == name) {
-                return Err(format!("two tokens are named '{name}'"));
-            }
-            digests.push((name.to_string(), digest(token)));
+            set.push(name, digest(token), scopes)?;
         }
-        Ok(TokenSet { digests })
+        Ok(set)
     }
 
-    /// The lines of a tokens file: `name token` or `name=token`, one per line; blank lines and
-    /// lines starting with `#` are skipped.
+    fn push(&mut self, name: &str, digest: [u8; 32], scopes: Scopes) -> Result<(), String> {
+        if self.entries.iter().any(|e| e.name == name) {
+            return Err(format!("two tokens are named '{name}'"));
+        }
+        self.entries.push(TokenEntry {
+            name: name.to_string(),
+            digest,
+            scopes,
+        });
+        Ok(())
+    }
+
+    /// The lines of a tokens file: `name token [scopes]` or `name=token [scopes]`, one per
+    /// line, scopes as `read,subscribe` (every scope without); blank lines and lines starting
+    /// with `#` are skipped.
     pub fn parse_file(text: &str) -> Result<TokenSet, String> {
-        let mut pairs = Vec::new();
+        let mut triples = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
+            let at = |e: String| format!("line {}: {e}", n + 1);
             // At the first separator: a token may hold '=' (base64) and never whitespace.
-            let split = line
+            let Some((name, rest)) = line
                 .find(|c: char| c == '=' || c.is_whitespace())
-                .map(|at| (&line[..at], &line[at + 1..]));
-            match split {
-                Some((name, token)) => pairs.push((name.trim(), token.trim())),
-                None => {
-                    return Err(format!(
-                        "line {}: expected `name token` or `name=token`",
-                        n + 1
-                    ))
-                }
-            }
+                .map(|at| (&line[..at], &line[at + 1..]))
+            else {
+                return Err(at(
+                    "expected `name token [scopes]` or `name=token [scopes]`".into(),
+                ));
+            };
+            let mut fields = rest.split_whitespace();
+            let token = fields.next().unwrap_or("");
+            let scopes: Vec<&str> = fields.collect();
+            let scopes = if scopes.is_empty() {
+                Scopes::all()
+            } else {
+                Scopes::parse(&scopes.join(" ")).map_err(|e| at(format!("token '{name}': {e}")))?
+            };
+            triples.push((name.trim(), token, scopes));
         }
-        TokenSet::new(pairs).map_err(|e| format!("{e} (in the tokens file)"))
+        TokenSet::scoped(triples).map_err(|e| format!("{e} (in the tokens file)"))
     }
 
     /// Both sets; a name in both is an error.
     pub fn union(&self, other: &TokenSet) -> Result<TokenSet, String> {
-        let mut all = self.digests.clone();
-        for (name, d) in &other.digests {
-            if all.iter().any(|(n, _)| n == name) {
-                return Err(format!("two tokens are named '{name}'"));
-            }
-            all.push((name.clone(), *d));
+        let mut all = self.clone();
+        for e in &other.entries {
+            all.push(&e.name, e.digest, e.scopes)?;
         }
-        Ok(TokenSet { digests: all })
+        Ok(all)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.digests.is_empty()
+        self.entries.is_empty()
     }
 
     pub fn names(&self) -> Vec<&str> {
-        self.digests.iter().map(|(n, _)| n.as_str()).collect()
+        self.entries.iter().map(|e| e.name.as_str()).collect()
     }
 
-    /// The name of the token presented, when it is one of the set. Every digest is compared
-    /// (no early exit), in constant time.
-    pub fn check(&self, presented: &str) -> Option<&str> {
+    /// The name and scopes of the token presented, when it is one of the set. Every digest is
+    /// compared (no early exit), in constant time.
+    pub fn check(&self, presented: &str) -> Option<(&str, Scopes)> {
         let presented = digest(presented);
         let mut found = None;
-        for (name, d) in &self.digests {
-            if bool::from(d.ct_eq(&presented)) {
-                found = Some(name.as_str());
+        for e in &self.entries {
+            if bool::from(e.digest.ct_eq(&presented)) {
+                found = Some((e.name.as_str(), e.scopes));
             }
         }
         found
@@ -172,16 +208,20 @@ impl TokenSources {
     }
 }
 
-/// The server side: an interceptor over every service but health. `open` accepts every call
-/// (a loopback engine with `auth.allow_unauthenticated`, for development).
+/// The server side: the check of every call ([`AuthLayer`] applies it). `open` accepts every
+/// call (a loopback engine with `auth.allow_unauthenticated`, for development).
 #[derive(Clone)]
 pub struct Authenticator {
     tokens: Option<Arc<parking_lot::RwLock<TokenSet>>>,
 }
 
-/// The name of the token a call came with, in the request's extensions.
+/// The token a call came with, in the request's extensions: its name (who made a change) and
+/// its scopes.
 #[derive(Clone, Debug)]
-pub struct Caller(pub String);
+pub struct Caller {
+    pub name: String,
+    pub scopes: Scopes,
+}
 
 impl Authenticator {
     /// Accepts every call.
@@ -238,27 +278,41 @@ impl Authenticator {
         });
     }
 
-    fn authenticate(&self, request: &Request<()>) -> Result<Option<String>, Status> {
+    /// The one check of a call to the gRPC method at `path` with these headers: the caller
+    /// when it may go on (`None` on an open engine or for health), else the status to answer.
+    pub fn admit(&self, path: &str, headers: &http::HeaderMap) -> Result<Option<Caller>, Status> {
+        if access::is_probe(path) {
+            return Ok(None);
+        }
         let Some(tokens) = &self.tokens else {
             return Ok(None);
         };
-        let refuse = |reason: &'static str, message: &str| {
+        let refuse = |reason: &'static str, status: Status| {
             metrics::counter!("audience_auth_refused_total", "reason" => reason).increment(1);
-            Err(Status::unauthenticated(message))
+            Err(status)
         };
-        let Some(header) = request.metadata().get("authorization") else {
-            return refuse("missing", MISSING);
+        let Some(header) = headers.get(http::header::AUTHORIZATION) else {
+            return refuse("missing", Status::unauthenticated(MISSING));
         };
         let Some(token) = header.to_str().ok().and_then(bearer) else {
             return refuse(
                 "malformed",
-                "the authorization metadata is not `Bearer <token>`",
+                Status::unauthenticated("the authorization metadata is not `Bearer <token>`"),
             );
         };
-        match tokens.read().check(token) {
-            Some(name) => Ok(Some(name.to_string())),
-            None => refuse("refused", REFUSED),
+        let Some((name, scopes)) = tokens.read().check(token).map(|(n, s)| (n.to_string(), s))
+        else {
+            return refuse("refused", Status::unauthenticated(REFUSED));
+        };
+        if let Some(needed) = access::required_scope(path) {
+            if !scopes.allows(needed) {
+                return refuse(
+                    "scope",
+                    Status::permission_denied(access::refusal(&name, path, needed, scopes)),
+                );
+            }
         }
+        Ok(Some(Caller { name, scopes }))
     }
 }
 
@@ -275,12 +329,60 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-impl tonic::service::Interceptor for Authenticator {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(name) = self.authenticate(&request)? {
-            request.extensions_mut().insert(Caller(name));
+/// The layer over every service of the server: [`Authenticator::admit`] on each call, the
+/// caller in the request's extensions, a refusal answered without reaching any service.
+#[derive(Clone)]
+pub struct AuthLayer(pub Authenticator);
+
+impl<S> tower_layer::Layer<S> for AuthLayer {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded {
+            auth: self.0.clone(),
+            inner,
         }
-        Ok(request)
+    }
+}
+
+/// A service behind [`AuthLayer`].
+#[derive(Clone)]
+pub struct Guarded<S> {
+    auth: Authenticator,
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for Guarded<S>
+where
+    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = futures::future::Either<
+        S::Future,
+        futures::future::Ready<Result<http::Response<ResBody>, S::Error>>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        match self.auth.admit(request.uri().path(), request.headers()) {
+            Ok(caller) => {
+                if let Some(caller) = caller {
+                    request.extensions_mut().insert(caller);
+                }
+                futures::future::Either::Left(self.inner.call(request))
+            }
+            Err(status) => {
+                futures::future::Either::Right(futures::future::ready(Ok(status.into_http())))
+            }
+        }
     }
 }
 
@@ -344,19 +446,26 @@ impl tonic::service::Interceptor for BearerToken {
 pub type AuthChannel = InterceptedService<Channel, BearerToken>;
 
 /// How a client reaches an engine: its address (`http://` or `https://`), the token, and for
-/// `https://` the CA file that signed the engine's certificate (the system's roots without).
+/// `https://` the CA file that signed the engine's certificate (the system's roots without) and
+/// the client's own certificate and key where the engine requires one (mutual TLS).
 #[derive(Clone, Debug, Default)]
 pub struct ClientOptions {
     pub token: Option<String>,
     pub ca_file: Option<PathBuf>,
+    /// PEM files of the client's certificate (chain) and private key.
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 impl ClientOptions {
-    /// The token from `AUDIENCE_TOKEN`, the CA file given.
-    pub fn from_env(ca_file: Option<PathBuf>) -> ClientOptions {
+    /// The token from `AUDIENCE_TOKEN`, the CA file and client identity given.
+    pub fn from_env(
+        ca_file: Option<PathBuf>,
+        identity: Option<(PathBuf, PathBuf)>,
+    ) -> ClientOptions {
         ClientOptions {
             token: std::env::var(CLIENT_TOKEN_ENV).ok(),
             ca_file,
+            identity,
         }
     }
 
@@ -366,24 +475,37 @@ impl ClientOptions {
             anyhow::anyhow!("'{server}' is not an engine address (like http://127.0.0.1:50051)")
         })?;
         let https = server.starts_with("https://");
-        match (&self.ca_file, https) {
-            (Some(ca), false) => anyhow::bail!(
-                "a CA file ({}) is given for {server}: use an https:// address",
-                ca.display()
-            ),
-            (None, false) => Ok(endpoint),
-            (ca, true) => {
-                let tls = match ca {
-                    Some(ca) => {
-                        let pem = std::fs::read(ca)
-                            .map_err(|e| anyhow::anyhow!("CA file {}: {e}", ca.display()))?;
-                        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
-                    }
-                    None => ClientTlsConfig::new().with_native_roots(),
-                };
-                Ok(endpoint.tls_config(tls)?)
+        if !https {
+            if let Some(ca) = &self.ca_file {
+                anyhow::bail!(
+                    "a CA file ({}) is given for {server}: use an https:// address",
+                    ca.display()
+                );
             }
+            if let Some((cert, _)) = &self.identity {
+                anyhow::bail!(
+                    "a client certificate ({}) is given for {server}: use an https:// address",
+                    cert.display()
+                );
+            }
+            return Ok(endpoint);
         }
+        let read = |what: &str, path: &Path| {
+            std::fs::read(path).map_err(|e| anyhow::anyhow!("{what} {}: {e}", path.display()))
+        };
+        let mut tls = match &self.ca_file {
+            Some(ca) => {
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("CA file", ca)?))
+            }
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.identity {
+            tls = tls.identity(Identity::from_pem(
+                read("client certificate", cert)?,
+                read("client key", key)?,
+            ));
+        }
+        Ok(endpoint.tls_config(tls)?)
     }
 
     pub fn interceptor(&self) -> anyhow::Result<BearerToken> {
@@ -397,10 +519,28 @@ impl ClientOptions {
     }
 }
 
-/// Tokens of the configuration: `name = token` pairs.
-pub fn inline_tokens(tokens: &BTreeMap<String, String>) -> Result<TokenSet, String> {
-    TokenSet::new(tokens.iter().map(|(n, t)| (n.as_str(), t.as_str())))
-        .map_err(|e| format!("auth.tokens: {e}"))
+/// Tokens of the configuration: `name = token` pairs, and the scopes of some of them by name
+/// (every scope for a token not listed there).
+pub fn inline_tokens(
+    tokens: &BTreeMap<String, String>,
+    scopes: &BTreeMap<String, String>,
+) -> Result<TokenSet, String> {
+    if let Some(name) = scopes.keys().find(|n| !tokens.contains_key(*n)) {
+        return Err(format!(
+            "auth.scopes names '{name}', which is not a token of auth.tokens"
+        ));
+    }
+    let mut triples = Vec::new();
+    for (name, token) in tokens {
+        let held = match scopes.get(name) {
+            Some(text) => {
+                Scopes::parse(text).map_err(|e| format!("auth.scopes of '{name}': {e}"))?
+            }
+            None => Scopes::all(),
+        };
+        triples.push((name.as_str(), token.as_str(), held));
+    }
+    TokenSet::scoped(triples).map_err(|e| format!("auth.tokens: {e}"))
 }
 
 #[cfg(test)]
@@ -421,8 +561,8 @@ mod tests {
     #[test]
     fn a_token_is_accepted_by_name_and_others_are_refused() {
         let set = TokenSet::new([("ops", A), ("ci", B)]).unwrap();
-        assert_eq!(set.check(A), Some("ops"));
-        assert_eq!(set.check(B), Some("ci"));
+        assert_eq!(set.check(A).map(|c| c.0), Some("ops"));
+        assert_eq!(set.check(B).map(|c| c.0), Some("ci"));
         assert_eq!(set.check(&A[1..]), None);
         assert_eq!(set.check(&format!("{A}a")), None);
         assert_eq!(set.check(""), None);
@@ -446,36 +586,114 @@ mod tests {
         // A base64 token keeps its '=' in either form.
         let padded = "QUJDREVGR0hJSktMTU5PUA==";
         let set = TokenSet::parse_file(&format!("ops {padded}\nci={padded}x\n")).unwrap();
-        assert_eq!(set.check(padded), Some("ops"));
-        assert_eq!(set.check(&format!("{padded}x")), Some("ci"));
+        assert_eq!(set.check(padded).map(|c| c.0), Some("ops"));
+        assert_eq!(set.check(&format!("{padded}x")).map(|c| c.0), Some("ci"));
         let e = TokenSet::parse_file("justonefield").unwrap_err();
         assert!(e.contains("line 1"), "{e}");
+        // Scopes after the token; a wrong one names its line.
+        let set = TokenSet::parse_file(&format!("ci {A} read, subscribe\n")).unwrap();
+        assert_eq!(set.check(A).unwrap().1.to_string(), "read,subscribe");
+        let e = TokenSet::parse_file(&format!("ci {A} rread\n")).unwrap_err();
+        assert!(e.contains("line 1") && e.contains("'rread'"), "{e}");
     }
 
+    fn headers(authorization: Option<&str>) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        if let Some(v) = authorization {
+            h.insert(http::header::AUTHORIZATION, v.parse().unwrap());
+        }
+        h
+    }
+
+    const STATUS: &str = "/audience.v1.AdminService/GetEngineStatus";
+
     #[test]
-    fn the_interceptor_refuses_missing_malformed_and_wrong_tokens_and_names_the_caller() {
-        use tonic::service::Interceptor;
-        let mut auth = Authenticator::with_tokens(TokenSet::new([("ops", A)]).unwrap());
-        let missing = auth.call(request(None)).unwrap_err();
+    fn the_check_refuses_missing_malformed_and_wrong_tokens_and_names_the_caller() {
+        let auth = Authenticator::with_tokens(TokenSet::new([("ops", A)]).unwrap());
+        let missing = auth.admit(STATUS, &headers(None)).unwrap_err();
         assert_eq!(missing.code(), tonic::Code::Unauthenticated);
         assert!(missing.message().contains("AUDIENCE_TOKEN"));
         let wrong = auth
-            .call(request(Some(&format!("Bearer {B}"))))
+            .admit(STATUS, &headers(Some(&format!("Bearer {B}"))))
             .unwrap_err();
         assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
         assert!(wrong.message().contains("not accepted"));
         let basic = auth
-            .call(request(Some("Basic b3BzOnNlY3JldA==")))
+            .admit(STATUS, &headers(Some("Basic b3BzOnNlY3JldA==")))
             .unwrap_err();
         assert_eq!(basic.code(), tonic::Code::Unauthenticated);
-        let ok = auth.call(request(Some(&format!("bearer {A}")))).unwrap();
-        assert_eq!(ok.extensions().get::<Caller>().unwrap().0, "ops");
+        let ok = auth
+            .admit(STATUS, &headers(Some(&format!("bearer {A}"))))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok.name, "ops");
+        assert_eq!(ok.scopes, Scopes::all());
+        // Health needs nothing; reflection any valid token.
+        assert!(auth
+            .admit("/grpc.health.v1.Health/Check", &headers(None))
+            .is_ok());
+        let reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+        assert!(auth.admit(reflection, &headers(None)).is_err());
         // A reload replaces the set: the old token stops working at once.
         auth.replace(TokenSet::new([("ci", B)]).unwrap());
-        assert!(auth.call(request(Some(&format!("Bearer {A}")))).is_err());
-        assert!(auth.call(request(Some(&format!("Bearer {B}")))).is_ok());
+        assert!(auth
+            .admit(STATUS, &headers(Some(&format!("Bearer {A}"))))
+            .is_err());
+        assert!(auth
+            .admit(STATUS, &headers(Some(&format!("Bearer {B}"))))
+            .is_ok());
         // An open engine accepts anything.
-        assert!(Authenticator::open().call(request(None)).is_ok());
+        assert!(Authenticator::open().admit(STATUS, &headers(None)).is_ok());
+    }
+
+    #[test]
+    fn a_call_outside_the_tokens_scopes_is_denied_naming_the_scope() {
+        let set =
+            TokenSet::parse_file(&format!("reader {A} read\nwatcher={B} subscribe\n")).unwrap();
+        let auth = Authenticator::with_tokens(set);
+        let reader = headers(Some(&format!("Bearer {A}")));
+        assert!(auth.admit(STATUS, &reader).is_ok());
+        let create = "/audience.v1.AudienceService/CreateAudience";
+        let denied = auth.admit(create, &reader).unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        assert!(
+            denied.message().contains("'write'") && denied.message().contains("'reader'"),
+            "{}",
+            denied.message()
+        );
+        let watcher = headers(Some(&format!("Bearer {B}")));
+        let subscribe = "/audience.v1.MembershipService/Subscribe";
+        assert!(auth.admit(subscribe, &watcher).is_ok());
+        assert!(auth.admit(subscribe, &reader).is_err());
+        assert_eq!(
+            auth.admit(STATUS, &watcher).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        // Reflection lets any valid token in.
+        let reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+        assert!(auth.admit(reflection, &watcher).is_ok());
+    }
+
+    #[test]
+    fn inline_scopes_name_tokens_of_the_configuration() {
+        let tokens: BTreeMap<String, String> = [
+            ("ops".to_string(), A.to_string()),
+            ("ci".to_string(), B.to_string()),
+        ]
+        .into();
+        let scopes: BTreeMap<String, String> = [("ci".to_string(), "read".to_string())].into();
+        let set = inline_tokens(&tokens, &scopes).unwrap();
+        assert_eq!(set.check(A).unwrap().1, Scopes::all());
+        assert_eq!(
+            set.check(B).unwrap().1,
+            Scopes::of(&[crate::access::Scope::Read])
+        );
+        let stray: BTreeMap<String, String> = [("nobody".to_string(), "read".to_string())].into();
+        assert!(inline_tokens(&tokens, &stray)
+            .unwrap_err()
+            .contains("'nobody'"));
+        let bad: BTreeMap<String, String> = [("ci".to_string(), "reed".to_string())].into();
+        assert!(inline_tokens(&tokens, &bad).unwrap_err().contains("'reed'"));
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct Config {
 pub struct AuthConfig {
     /// `name = "token"` pairs (AUDIENCE_TOKENS=name=token,name=token).
     pub tokens: BTreeMap<String, String>,
+    /// The scopes of some of those tokens, `name = "read,subscribe"`; a token not listed here
+    /// holds every scope (AUDIENCE_TOKEN_SCOPES=name=read+subscribe,name=write).
+    pub scopes: BTreeMap<String, String>,
     /// A file of `name token` lines, re-read within a second of a change: rotation without a
     /// restart (AUDIENCE_TOKENS_FILE).
     pub tokens_file: String,
@@ -40,6 +43,7 @@ impl std::fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthConfig")
             .field("tokens", &self.tokens.keys().collect::<Vec<_>>())
+            .field("scopes", &self.scopes)
             .field("tokens_file", &self.tokens_file)
             .field("allow_unauthenticated", &self.allow_unauthenticated)
             .finish()
@@ -50,7 +54,8 @@ impl AuthConfig {
     /// Where the accepted tokens come from, checked.
     pub fn sources(&self) -> anyhow::Result<crate::auth::TokenSources> {
         Ok(crate::auth::TokenSources {
-            inline: crate::auth::inline_tokens(&self.tokens).map_err(anyhow::Error::msg)?,
+            inline: crate::auth::inline_tokens(&self.tokens, &self.scopes)
+                .map_err(anyhow::Error::msg)?,
             file: (!self.tokens_file.trim().is_empty())
                 .then(|| PathBuf::from(self.tokens_file.trim())),
         })
@@ -300,6 +305,11 @@ pub struct GrpcConfig {
     /// over TLS only (AUDIENCE_TLS_CERT, AUDIENCE_TLS_KEY).
     pub tls_cert: String,
     pub tls_key: String,
+    /// Mutual TLS: the PEM file of the CA whose certificates clients must present; a client
+    /// without one is refused in the handshake, before any token is read
+    /// (AUDIENCE_TLS_CLIENT_CA). The nodes of a cluster then present their own `tls_cert` to
+    /// each other, so it must allow client authentication.
+    pub tls_client_ca: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -382,6 +392,7 @@ impl Default for GrpcConfig {
             listen: "127.0.0.1:50051".into(),
             tls_cert: String::new(),
             tls_key: String::new(),
+            tls_client_ca: String::new(),
         }
     }
 }
@@ -455,7 +466,12 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AUDIENCE_GRPC_LISTEN", "grpc.listen"),
     ("AUDIENCE_TLS_CERT", "grpc.tls_cert"),
     ("AUDIENCE_TLS_KEY", "grpc.tls_key"),
+    ("AUDIENCE_TLS_CLIENT_CA", "grpc.tls_client_ca"),
     ("AUDIENCE_TOKENS", "auth.tokens (name=token,name=token)"),
+    (
+        "AUDIENCE_TOKEN_SCOPES",
+        "auth.scopes (name=read+subscribe,name=write)",
+    ),
     ("AUDIENCE_TOKENS_FILE", "auth.tokens_file"),
     (
         "AUDIENCE_ALLOW_UNAUTHENTICATED",
@@ -555,6 +571,7 @@ impl Config {
             "AUDIENCE_GRPC_LISTEN" => self.grpc.listen = value.into(),
             "AUDIENCE_TLS_CERT" => self.grpc.tls_cert = value.into(),
             "AUDIENCE_TLS_KEY" => self.grpc.tls_key = value.into(),
+            "AUDIENCE_TLS_CLIENT_CA" => self.grpc.tls_client_ca = value.into(),
             "AUDIENCE_TOKENS" => {
                 // The variable replaces the file's tokens; its values never reach an error.
                 let mut tokens = BTreeMap::new();
@@ -562,6 +579,11 @@ impl Config {
                     anyhow::anyhow!("AUDIENCE_TOKENS: expected name=token,name=token")
                 })?;
                 self.auth.tokens = tokens;
+            }
+            "AUDIENCE_TOKEN_SCOPES" => {
+                let mut scopes = BTreeMap::new();
+                parse_properties(value, &mut scopes).map_err(|e| bad(&e))?;
+                self.auth.scopes = scopes;
             }
             "AUDIENCE_TOKENS_FILE" => self.auth.tokens_file = value.into(),
             "AUDIENCE_ALLOW_UNAUTHENTICATED" => {

@@ -2,6 +2,7 @@
 //! a node (`server::run`). The binaries `audience-engine` (the daemon) and `audiencectl` (the
 //! operator CLI) are thin on top of it.
 
+pub mod access;
 pub mod auth;
 pub mod config;
 pub mod convert;

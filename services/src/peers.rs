@@ -19,7 +19,6 @@ use futures::future::join_all;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
@@ -90,8 +89,9 @@ pub struct Peers {
     enabled: bool,
     /// `https` when the nodes serve TLS.
     scheme: &'static str,
-    /// The CA that signed the other nodes' certificates (the system's roots without).
-    ca_file: Option<PathBuf>,
+    /// How this node reaches the others: the CA that signed their certificates (the system's
+    /// roots without) and, where they require client certificates, this node's own.
+    client: crate::auth::ClientOptions,
     /// A node not heard from for this long is not asked (`cluster.silent_after_ms`).
     silent_after: Duration,
     known: tokio::sync::Mutex<Option<(Instant, Cluster)>>,
@@ -104,7 +104,7 @@ impl Peers {
         node_id: String,
         input_topic: String,
         enabled: bool,
-        (tls, ca_file): (bool, Option<PathBuf>),
+        (tls, client): (bool, crate::auth::ClientOptions),
         silent_after: Duration,
     ) -> Peers {
         Peers {
@@ -113,7 +113,7 @@ impl Peers {
             input_topic,
             enabled,
             scheme: if tls { "https" } else { "http" },
-            ca_file,
+            client,
             silent_after,
             known: tokio::sync::Mutex::new(None),
             channels: Mutex::new(HashMap::new()),
@@ -189,9 +189,10 @@ impl Peers {
         if let Some(channel) = channels.get(&peer.grpc) {
             return Ok(channel.clone());
         }
+        // The caller's token goes with each call (`request`), not the channel's.
         let options = crate::auth::ClientOptions {
             token: None,
-            ca_file: self.ca_file.clone(),
+            ..self.client.clone()
         };
         let url = format!("{}://{}", self.scheme, peer.grpc);
         let channel = options

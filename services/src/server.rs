@@ -27,7 +27,6 @@ use rdkafka::ClientConfig;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tonic::service::interceptor::InterceptedService;
 
 /// Creates topics on a real cluster, leaving existing ones alone. Returns the topics the
 /// cluster refused, with the reason.
@@ -200,11 +199,43 @@ fn advertised_grpc(config: &Config) -> String {
     }
 }
 
-/// The server's TLS from `grpc.tls_cert` and `grpc.tls_key` (PEM), when both are set.
+/// How this node calls the others: their CA (`cluster.peer_ca_file`), and where the nodes
+/// require client certificates (`grpc.tls_client_ca`), this node's own certificate and key as
+/// its client identity.
+fn peer_client(config: &Config) -> crate::auth::ClientOptions {
+    let file = |f: &str| {
+        Some(f.trim())
+            .filter(|f| !f.is_empty())
+            .map(std::path::PathBuf::from)
+    };
+    let identity = match (
+        file(&config.grpc.tls_client_ca),
+        file(&config.grpc.tls_cert),
+        file(&config.grpc.tls_key),
+    ) {
+        (Some(_), Some(cert), Some(key)) => Some((cert, key)),
+        _ => None,
+    };
+    crate::auth::ClientOptions {
+        token: None,
+        ca_file: file(&config.cluster.peer_ca_file),
+        identity,
+    }
+}
+
+/// The server's TLS from `grpc.tls_cert` and `grpc.tls_key` (PEM), when both are set, and
+/// with `grpc.tls_client_ca`, mutual TLS: a client without a certificate that CA signed is
+/// refused during the handshake.
 fn server_tls(
     grpc: &crate::config::GrpcConfig,
 ) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
     let (cert, key) = (grpc.tls_cert.trim(), grpc.tls_key.trim());
+    if cert.is_empty() && !grpc.tls_client_ca.trim().is_empty() {
+        anyhow::bail!(
+            "grpc.tls_client_ca (mutual TLS) needs the server's own TLS: set grpc.tls_cert and \
+             grpc.tls_key too (AUDIENCE_TLS_CERT, AUDIENCE_TLS_KEY)"
+        );
+    }
     match (cert.is_empty(), key.is_empty()) {
         (true, true) => Ok(None),
         (false, true) | (true, false) => Err(anyhow::anyhow!(
@@ -219,9 +250,15 @@ fn server_tls(
                 read("tls_cert", cert)?,
                 read("tls_key", key)?,
             );
-            Ok(Some(
-                tonic::transport::ServerTlsConfig::new().identity(identity),
-            ))
+            let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+            let client_ca = grpc.tls_client_ca.trim();
+            if !client_ca.is_empty() {
+                tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(
+                    "tls_client_ca",
+                    client_ca,
+                )?));
+            }
+            Ok(Some(tls))
         }
     }
 }
@@ -645,9 +682,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.cluster.changelog,
         (
             !config.grpc.tls_cert.trim().is_empty(),
-            Some(config.cluster.peer_ca_file.trim())
-                .filter(|f| !f.is_empty())
-                .map(std::path::PathBuf::from),
+            peer_client(&config),
         ),
         silent_after,
     ));
@@ -697,35 +732,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .tls_config(tls)
             .map_err(|e| anyhow::anyhow!("grpc.tls_cert, grpc.tls_key: {e}"))?;
     }
-    // Health answers anyone (probes); every other service, reflection included, needs a token.
+    // One check for every call (crate::auth::AuthLayer): health answers anyone (probes),
+    // reflection any valid token, every other method the token's scopes allow.
     let grpc = builder
+        .layer(crate::auth::AuthLayer(auth))
         .add_service(health_service)
-        .add_service(InterceptedService::new(reflection, auth.clone()))
-        .add_service(
-            pb::audience_service_server::AudienceServiceServer::with_interceptor(
-                services.clone(),
-                auth.clone(),
-            ),
-        )
-        .add_service(
-            pb::membership_service_server::MembershipServiceServer::with_interceptor(
-                services.clone(),
-                auth.clone(),
-            ),
-        )
-        .add_service(
-            pb::profile_service_server::ProfileServiceServer::with_interceptor(
-                services.clone(),
-                auth.clone(),
-            ),
-        )
-        .add_service(
-            pb::output_service_server::OutputServiceServer::with_interceptor(
-                output_services,
-                auth.clone(),
-            ),
-        )
-        .add_service(pb::admin_service_server::AdminServiceServer::with_interceptor(services, auth))
+        .add_service(reflection)
+        .add_service(pb::audience_service_server::AudienceServiceServer::new(
+            services.clone(),
+        ))
+        .add_service(pb::membership_service_server::MembershipServiceServer::new(
+            services.clone(),
+        ))
+        .add_service(pb::profile_service_server::ProfileServiceServer::new(
+            services.clone(),
+        ))
+        .add_service(pb::output_service_server::OutputServiceServer::new(
+            output_services,
+        ))
+        .add_service(pb::admin_service_server::AdminServiceServer::new(services))
         .serve_with_shutdown(addr, async move {
             let _ = grpc_shutdown.changed().await;
         });

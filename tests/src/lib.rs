@@ -346,7 +346,7 @@ impl Engine {
             log: data_dir.with_extension("log"),
             client: ClientOptions {
                 token: Some(token),
-                ca_file: None,
+                ..ClientOptions::default()
             },
             env,
         };
@@ -408,12 +408,18 @@ impl Engine {
         let mut c = Command::new(bin_dir().join("audiencectl"));
         c.env("AUDIENCE_SERVER", &self.grpc)
             .env_remove("AUDIENCE_TOKEN")
-            .env_remove("AUDIENCE_CA_FILE");
+            .env_remove("AUDIENCE_CA_FILE")
+            .env_remove("AUDIENCE_CLIENT_CERT")
+            .env_remove("AUDIENCE_CLIENT_KEY");
         if let Some(token) = &self.client.token {
             c.env("AUDIENCE_TOKEN", token);
         }
         if let Some(ca) = &self.client.ca_file {
             c.env("AUDIENCE_CA_FILE", ca);
+        }
+        if let Some((cert, key)) = &self.client.identity {
+            c.env("AUDIENCE_CLIENT_CERT", cert)
+                .env("AUDIENCE_CLIENT_KEY", key);
         }
         c
     }

@@ -18,7 +18,7 @@ const TOKEN_B: &str = "token-b-fedcba9876543210";
 fn options(token: Option<&str>) -> ClientOptions {
     ClientOptions {
         token: token.map(str::to_string),
-        ca_file: None,
+        ..ClientOptions::default()
     }
 }
 
@@ -289,11 +289,13 @@ async fn an_engine_without_a_token_refuses_to_start_where_it_must_not_run_open()
     Ok(())
 }
 
-/// A CA and a server certificate it signed, for 127.0.0.1 and localhost, as PEM files.
+/// A CA, a server certificate it signed for 127.0.0.1 and localhost, and a client certificate
+/// it signed, as PEM files.
 struct TestPki {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    client: (PathBuf, PathBuf),
 }
 
 fn test_pki(dir: &Path, name: &str) -> Result<TestPki> {
@@ -309,14 +311,23 @@ fn test_pki(dir: &Path, name: &str) -> Result<TestPki> {
     let server_key = KeyPair::generate()?;
     let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?
         .signed_by(&server_key, &issuer)?;
+    let client_key = KeyPair::generate()?;
+    let client =
+        CertificateParams::new(vec![format!("{name}-client")])?.signed_by(&client_key, &issuer)?;
     let pki = TestPki {
         ca: dir.join(format!("{name}-ca.pem")),
         cert: dir.join(format!("{name}-server.pem")),
         key: dir.join(format!("{name}-server.key")),
+        client: (
+            dir.join(format!("{name}-client.pem")),
+            dir.join(format!("{name}-client.key")),
+        ),
     };
     std::fs::write(&pki.ca, ca_cert.pem())?;
     std::fs::write(&pki.cert, server.pem())?;
     std::fs::write(&pki.key, server_key.serialize_pem())?;
+    std::fs::write(&pki.client.0, client.pem())?;
+    std::fs::write(&pki.client.1, client_key.serialize_pem())?;
     Ok(pki)
 }
 
@@ -364,6 +375,7 @@ async fn tls_with_a_test_ca_and_a_client_without_it_is_refused() -> Result<()> {
         let client = ClientOptions {
             token: engine.client.token.clone(),
             ca_file: ca.cloned(),
+            identity: None,
         };
         assert!(client.connect(&engine.grpc).await.is_err(), "CA {ca:?}");
     }
@@ -385,8 +397,252 @@ async fn tls_with_a_test_ca_and_a_client_without_it_is_refused() -> Result<()> {
     let mistaken = ClientOptions {
         token: None,
         ca_file: Some(pki.ca.clone()),
+        identity: None,
     };
     let e = mistaken.connect(&plain).await.expect_err("CA for http://");
     assert!(e.to_string().contains("https://"), "{e}");
+    Ok(())
+}
+
+const READER: &str = "reader-0123456789abcdef";
+const WRITER: &str = "writer-0123456789abcdef";
+const WATCHER: &str = "watcher-0123456789abcdef";
+
+/// A call of each family of the API with `token`: its code, or `Ok` for any answer of a call
+/// let in (NOT_FOUND, INVALID_ARGUMENT: the service answered, not the check).
+async fn let_in(engine: &Engine, token: Option<&str>) -> Result<Vec<(&'static str, Code)>> {
+    fn code<T>(answer: std::result::Result<T, tonic::Status>) -> Code {
+        match answer {
+            Ok(_) => Code::Ok,
+            Err(s) if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) => {
+                s.code()
+            }
+            Err(_) => Code::Ok,
+        }
+    }
+    let ch = options(token).connect(&engine.grpc).await?;
+    let mut audiences = pb::audience_service_client::AudienceServiceClient::new(ch.clone());
+    let mut profiles = pb::profile_service_client::ProfileServiceClient::new(ch.clone());
+    let mut membership = pb::membership_service_client::MembershipServiceClient::new(ch.clone());
+    let mut outputs = pb::output_service_client::OutputServiceClient::new(ch.clone());
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(ch);
+    Ok(vec![
+        (
+            "ListAudiences",
+            code(
+                audiences
+                    .list_audiences(pb::ListAudiencesRequest::default())
+                    .await,
+            ),
+        ),
+        (
+            // No name: INVALID_ARGUMENT once let in, so nothing is created.
+            "CreateAudience",
+            code(
+                audiences
+                    .create_audience(pb::CreateAudienceRequest::default())
+                    .await,
+            ),
+        ),
+        (
+            "GetProfile",
+            code(
+                profiles
+                    .get_profile(pb::GetProfileRequest { mpid: 1 })
+                    .await,
+            ),
+        ),
+        (
+            "ListOutputs",
+            code(
+                outputs
+                    .list_outputs(pb::ListOutputsRequest::default())
+                    .await,
+            ),
+        ),
+        (
+            "DeleteOutput",
+            code(
+                outputs
+                    .delete_output(pb::OutputIdRequest { id: 999_999 })
+                    .await,
+            ),
+        ),
+        (
+            "Subscribe",
+            code(membership.subscribe(pb::SubscribeRequest::default()).await),
+        ),
+        (
+            "GetEngineStatus",
+            code(admin.get_engine_status(pb::GetEngineStatusRequest {}).await),
+        ),
+        (
+            "AdvanceClock",
+            code(
+                admin
+                    .advance_clock(pb::AdvanceClockRequest { millis: 0 })
+                    .await,
+            ),
+        ),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_api_family_answers_by_the_tokens_scopes() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("scopes");
+    let dir = tempfile::tempdir()?;
+    let admin_token = CLUSTER_TOKEN;
+    let tokens = format!("e2e={admin_token},reader={READER},writer={WRITER},watcher={WATCHER}");
+    let mut engine = Engine::start_with(
+        &broker,
+        &topics,
+        &dir.path().join("engine"),
+        "scopes",
+        &[
+            ("AUDIENCE_TOKENS", &tokens),
+            (
+                "AUDIENCE_TOKEN_SCOPES",
+                "reader=read,writer=write,watcher=subscribe",
+            ),
+        ],
+    )?;
+    engine.ready().await?;
+
+    use Code::{Ok as In, PermissionDenied as Denied, Unauthenticated as Unknown};
+    let expected: [(Option<&str>, [Code; 8]); 6] = [
+        // ListAudiences, CreateAudience, GetProfile, ListOutputs, DeleteOutput, Subscribe,
+        // GetEngineStatus, AdvanceClock
+        (None, [Unknown; 8]),
+        (Some(TOKEN_B), [Unknown; 8]),
+        (
+            Some(READER),
+            [In, Denied, In, In, Denied, Denied, In, Denied],
+        ),
+        (Some(WRITER), [In, In, In, In, In, Denied, In, Denied]),
+        (
+            Some(WATCHER),
+            [Denied, Denied, Denied, Denied, Denied, In, Denied, Denied],
+        ),
+        (Some(admin_token), [In; 8]),
+    ];
+    for (token, codes) in expected {
+        let got = let_in(&engine, token).await?;
+        let names: Vec<&str> = got.iter().map(|(n, _)| *n).collect();
+        let got: Vec<Code> = got.into_iter().map(|(_, c)| c).collect();
+        assert_eq!(got, codes, "token {token:?}, calls {names:?}");
+    }
+
+    // The refusal names the scope and the method; audiencectl prints it in one line.
+    let ch = options(Some(READER)).connect(&engine.grpc).await?;
+    let denied = pb::audience_service_client::AudienceServiceClient::new(ch)
+        .create_audience(pb::CreateAudienceRequest::default())
+        .await
+        .expect_err("a reader creating");
+    assert!(
+        denied.message().contains("'write'")
+            && denied.message().contains("CreateAudience")
+            && denied.message().contains("'reader'"),
+        "{}",
+        denied.message()
+    );
+    let out = engine
+        .ctl()
+        .env("AUDIENCE_TOKEN", READER)
+        .args(["clock", "advance", "--millis", "1000"])
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("'admin'"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_a_client_without_a_certificate_of_its_ca() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("mtls");
+    let dir = tempfile::tempdir()?;
+    let pki = test_pki(dir.path(), "engine")?;
+    let other = test_pki(dir.path(), "other")?;
+    let mut engine = Engine::start_with(
+        &broker,
+        &topics,
+        &dir.path().join("engine"),
+        "mtls",
+        &[
+            ("AUDIENCE_TLS_CERT", &pki.cert.display().to_string()),
+            ("AUDIENCE_TLS_KEY", &pki.key.display().to_string()),
+            ("AUDIENCE_TLS_CLIENT_CA", &pki.ca.display().to_string()),
+        ],
+    )?;
+    engine.client.ca_file = Some(pki.ca.clone());
+    engine.client.identity = Some(pki.client.clone());
+    let ch = engine.ready().await?;
+    status(&ch).await?;
+    let out = engine.ctl().arg("status").output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // No client certificate, or one another CA signed: the handshake fails, whatever the
+    // token (the right one here).
+    for identity in [None, Some(other.client.clone())] {
+        let client = ClientOptions {
+            identity: identity.clone(),
+            ..engine.client.clone()
+        };
+        let answer = async {
+            let ch = client.connect(&engine.grpc).await?;
+            status(&ch).await
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(10), answer)
+                .await
+                .map_or(true, |r| r.is_err()),
+            "answered a client with certificate {identity:?}"
+        );
+        let mut ctl = engine.ctl();
+        ctl.env_remove("AUDIENCE_CLIENT_CERT")
+            .env_remove("AUDIENCE_CLIENT_KEY");
+        if let Some((cert, key)) = &identity {
+            ctl.env("AUDIENCE_CLIENT_CERT", cert)
+                .env("AUDIENCE_CLIENT_KEY", key);
+        }
+        let out = ctl.arg("status").output()?;
+        assert!(!out.status.success(), "audiencectl with {identity:?}");
+    }
+
+    // A plain-text client gets nothing either.
+    let plain = engine.grpc.replace("https://", "http://");
+    let answer = async {
+        let ch = options(engine.client.token.as_deref())
+            .connect(&plain)
+            .await?;
+        status(&ch).await
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .map_or(true, |r| r.is_err()),
+        "a plain-text call was answered"
+    );
+
+    // The client CA without the server's own TLS is a mistake named at start.
+    let mut half = Engine::start_with(
+        &broker,
+        &topics,
+        &dir.path().join("half"),
+        "mtls-half",
+        &[("AUDIENCE_TLS_CLIENT_CA", &pki.ca.display().to_string())],
+    )?;
+    assert_ne!(half.wait_exit(Duration::from_secs(30))?, Some(0));
+    assert!(
+        half.log_text().contains("grpc.tls_client_ca"),
+        "{}",
+        half.log_text()
+    );
     Ok(())
 }

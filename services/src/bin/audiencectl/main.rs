@@ -42,6 +42,23 @@ struct Cli {
     /// (the process list would show it).
     #[arg(long, global = true, env = "AUDIENCE_CA_FILE")]
     ca_file: Option<PathBuf>,
+    /// For an engine that requires client certificates (mutual TLS): the PEM file of this
+    /// client's certificate, with --client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "AUDIENCE_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// The PEM file of the private key of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "AUDIENCE_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
     /// How to print: text for people, or JSON for scripts (one object, or one per line for
     /// lists).
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Text)]
@@ -287,7 +304,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Ctx {
         server: cli.server,
         format: cli.output,
-        client: audience_services::auth::ClientOptions::from_env(cli.ca_file),
+        client: audience_services::auth::ClientOptions::from_env(
+            cli.ca_file,
+            cli.client_cert.zip(cli.client_key),
+        ),
     };
     let ctx = &ctx;
     match cli.command {
