@@ -18,11 +18,12 @@
 
 use crate::catalog_topic::{
     client_config, ensure_catalog_topic, CatalogProposer, CatalogReader, CatalogTopicError, Read,
-    Step,
+    ReadRecord, Step,
 };
 use crate::delivery::Deliveries;
 use crate::node::Node;
 use crate::output_kinds::AudienceInfo;
+use audience_state::audit::{self, AuditEntry};
 use audience_state::catalog::{AudienceRecord, Catalog};
 use audience_state::catalog_log::{
     Applied, CatalogRecord, CatalogState, Change, ImportedCatalog, Refusal, Touched,
@@ -97,6 +98,9 @@ pub struct CatalogApplier {
     proposer: CatalogProposer,
     /// Calls waiting for their record, by proposal sequence.
     pending: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    /// The audit entries of the records applied and not yet stored: written with the next
+    /// save of the catalog, in its batch (kept for the save after a failed one).
+    unsaved_audit: Mutex<Vec<AuditEntry>>,
     status: Mutex<CatalogStatus>,
     settings: CatalogSettings,
 }
@@ -133,6 +137,7 @@ impl CatalogApplier {
             deliveries,
             proposer,
             pending: Mutex::new(HashMap::new()),
+            unsaved_audit: Mutex::new(Vec::new()),
             status: Mutex::new(CatalogStatus {
                 node_id: settings.node_id.clone(),
                 ..Default::default()
@@ -174,8 +179,10 @@ impl CatalogApplier {
                     "importing this node's catalog into the empty catalog topic, ids kept"
                 );
                 let imported = applier.import_of(&own);
+                // Made by the engine itself: no caller.
                 let record = applier.proposer.record(
                     applier.node.engine.clock.now(),
+                    "",
                     Change::Import { catalog: imported },
                 );
                 applier.proposer.produce(&record).await?;
@@ -208,7 +215,8 @@ impl CatalogApplier {
             // What the node had and the topic has not is deleted.
             touched.extend(Touched::everything_in(&own));
         }
-        store.save_catalog(&state, &touched)?;
+        let audit = std::mem::take(&mut *applier.unsaved_audit.lock());
+        store.save_catalog(&state, &touched, &audit)?;
         applier.swap_catalog(&state);
         // Before the follower runs: it is the only one to start or stop them from then on.
         applier.deliveries.start_all(&applier.node.engine)?;
@@ -259,15 +267,24 @@ impl CatalogApplier {
         state: &mut CatalogState,
     ) -> Result<u64, CatalogTopicError> {
         let read = reader
-            .catch_up(state, self.settings.apply_timeout, |_, _| {})
+            .catch_up(state, self.settings.apply_timeout, |offset, read| {
+                if let ReadRecord::Record(record, outcome) = read {
+                    self.unsaved_audit
+                        .lock()
+                        .push(audit::entry(offset, record, outcome));
+                }
+            })
             .await?;
         self.status.lock().undecodable += read.undecodable;
         Ok(read.accepted + read.refused + read.undecodable)
     }
 
-    /// Proposes a change and waits until this node applied it: its outcome.
-    pub async fn submit(&self, change: Change) -> Result<Applied, SubmitError> {
-        let record = self.proposer.record(self.node.engine.clock.now(), change);
+    /// Proposes a change `by` a caller (its token's name, "" for none) and waits until this
+    /// node applied it: its outcome.
+    pub async fn submit(&self, by: &str, change: Change) -> Result<Applied, SubmitError> {
+        let record = self
+            .proposer
+            .record(self.node.engine.clock.now(), by, change);
         let seq = record.proposal.seq;
         let (tx, rx) = oneshot::channel();
         self.pending.lock().insert(seq, tx);
@@ -332,12 +349,19 @@ impl CatalogApplier {
             }
         }
         let touched = state.take_touched();
-        if let Err(e) = engine.store.save_catalog(state, &touched) {
+        if let Read::Record(record, outcome) = &step.read {
+            self.unsaved_audit
+                .lock()
+                .push(audit::entry(step.offset, record, outcome));
+        }
+        let audit = std::mem::take(&mut *self.unsaved_audit.lock());
+        if let Err(e) = engine.store.save_catalog(state, &touched, &audit) {
             // The node goes on with the catalog in memory, and the next store writes these
             // changes too, with the offset they come with (never an offset without its
             // changes); restarted before, it applies again from the offset it stored last.
             tracing::error!(offset = step.offset, error = %e, "catalog change not stored");
             state.touch_again(touched.clone());
+            self.unsaved_audit.lock().splice(0..0, audit);
         }
         if !touched.audiences.is_empty()
             || !touched.tiers.is_empty()

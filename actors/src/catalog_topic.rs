@@ -195,15 +195,16 @@ impl CatalogProposer {
         })
     }
 
-    /// The record of a change, with a proposal id of its own (to wait for its outcome before
-    /// producing it).
-    pub fn record(&self, at_ms: TimestampMs, change: Change) -> CatalogRecord {
+    /// The record of a change `by` a caller (its token's name, "" for none), with a proposal
+    /// id of its own (to wait for its outcome before producing it).
+    pub fn record(&self, at_ms: TimestampMs, by: &str, change: Change) -> CatalogRecord {
         CatalogRecord {
             proposal: ProposalId {
                 node: self.node.clone(),
                 seq: self.seq.fetch_add(1, Ordering::Relaxed),
             },
             at_ms,
+            by: by.to_string(),
             change,
         }
     }
@@ -217,9 +218,10 @@ impl CatalogProposer {
     pub async fn propose(
         &self,
         at_ms: TimestampMs,
+        by: &str,
         change: Change,
     ) -> Result<(CatalogRecord, i64), CatalogTopicError> {
-        let record = self.record(at_ms, change);
+        let record = self.record(at_ms, by, change);
         let offset = self.produce(&record).await?;
         Ok((record, offset))
     }

@@ -69,15 +69,19 @@ impl OutputRegistry {
         Ok(self.store().load_faults()?)
     }
 
-    async fn output_change(&self, change: Change) -> Result<OutputConfig, RegistryError> {
-        match self.catalog.submit(change).await? {
+    async fn output_change(&self, by: &str, change: Change) -> Result<OutputConfig, RegistryError> {
+        match self.catalog.submit(by, change).await? {
             Applied::Output(output) => Ok(output),
             other => Err(unexpected(other)),
         }
     }
 
-    async fn connection_change(&self, change: Change) -> Result<Connection, RegistryError> {
-        match self.catalog.submit(change).await? {
+    async fn connection_change(
+        &self,
+        by: &str,
+        change: Change,
+    ) -> Result<Connection, RegistryError> {
+        match self.catalog.submit(by, change).await? {
             Applied::Connection(connection) => Ok(connection),
             other => Err(unexpected(other)),
         }
@@ -97,12 +101,18 @@ impl OutputRegistry {
         Ok(())
     }
 
-    pub async fn create_output(&self, config: OutputConfig) -> Result<OutputConfig, RegistryError> {
+    /// Configures an output on behalf of `by` (the caller's token name, "" without one), as
+    /// every change below: the audit log names it.
+    pub async fn create_output(
+        &self,
+        by: &str,
+        config: OutputConfig,
+    ) -> Result<OutputConfig, RegistryError> {
         self.check_output(&config).await?;
         let mut config = self.catalog.seal(&config);
         config.id = 0;
         let config = self
-            .output_change(Change::CreateOutput { output: config })
+            .output_change(by, Change::CreateOutput { output: config })
             .await?;
         tracing::info!(output = config.id, name = %config.name, kind = %config.kind, "output configured");
         Ok(config)
@@ -110,6 +120,7 @@ impl OutputRegistry {
 
     pub async fn update_output(
         &self,
+        by: &str,
         mut config: OutputConfig,
     ) -> Result<OutputConfig, RegistryError> {
         let stored = self.output(config.id)?;
@@ -123,11 +134,11 @@ impl OutputRegistry {
             .map_err(|e| invalid("secrets", e))?;
         self.check_output(&opened).await?;
         config = self.catalog.seal(&config);
-        self.output_change(Change::PutOutput { output: config })
+        self.output_change(by, Change::PutOutput { output: config })
             .await
     }
 
-    pub async fn delete_output(&self, id: OutputId) -> Result<(), RegistryError> {
+    pub async fn delete_output(&self, by: &str, id: OutputId) -> Result<(), RegistryError> {
         self.output(id)?;
         let users: Vec<String> = self
             .connections()?
@@ -141,12 +152,16 @@ impl OutputRegistry {
                 users.join(", ")
             )));
         }
-        self.catalog.submit(Change::DeleteOutput { id }).await?;
+        self.catalog.submit(by, Change::DeleteOutput { id }).await?;
         Ok(())
     }
 
     /// Connects an audience to an output; it starts by sending the current members.
-    pub async fn connect(&self, mut connection: Connection) -> Result<Connection, RegistryError> {
+    pub async fn connect(
+        &self,
+        by: &str,
+        mut connection: Connection,
+    ) -> Result<Connection, RegistryError> {
         let catalog = self.node.engine.catalog.load();
         if catalog.record(connection.audience_id).is_none() {
             return Err(invalid(
@@ -162,7 +177,7 @@ impl OutputRegistry {
         })?;
         connection.id = 0;
         let connection = self
-            .connection_change(Change::Connect { connection })
+            .connection_change(by, Change::Connect { connection })
             .await?;
         tracing::info!(
             connection = connection.id,
@@ -173,18 +188,22 @@ impl OutputRegistry {
         Ok(connection)
     }
 
-    pub async fn update_connection(&self, update: Connection) -> Result<Connection, RegistryError> {
+    pub async fn update_connection(
+        &self,
+        by: &str,
+        update: Connection,
+    ) -> Result<Connection, RegistryError> {
         let mut connection = self.connection(update.id)?;
         connection.status = update.status;
         connection.settings = update.settings;
         connection.shared_attributes = update.shared_attributes;
-        self.connection_change(Change::PutConnection { connection })
+        self.connection_change(by, Change::PutConnection { connection })
             .await
     }
 
-    pub async fn disconnect(&self, id: ConnectionId) -> Result<(), RegistryError> {
+    pub async fn disconnect(&self, by: &str, id: ConnectionId) -> Result<(), RegistryError> {
         self.connection(id)?;
-        self.catalog.submit(Change::Disconnect { id }).await?;
+        self.catalog.submit(by, Change::Disconnect { id }).await?;
         Ok(())
     }
 
@@ -192,6 +211,7 @@ impl OutputRegistry {
     /// result, and a bad one does not stop the others.
     pub async fn bulk_connect(
         &self,
+        by: &str,
         output_id: OutputId,
         audience_ids: &[AudienceId],
         status: ConnectionStatus,
@@ -201,16 +221,19 @@ impl OutputRegistry {
         let mut results = Vec::with_capacity(audience_ids.len());
         for &audience_id in audience_ids {
             let result = self
-                .connect(Connection {
-                    id: 0,
-                    audience_id,
-                    output_id,
-                    status,
-                    settings: settings.clone(),
-                    shared_attributes: shared_attributes.clone(),
-                    created_at_ms: 0,
-                    updated_at_ms: 0,
-                })
+                .connect(
+                    by,
+                    Connection {
+                        id: 0,
+                        audience_id,
+                        output_id,
+                        status,
+                        settings: settings.clone(),
+                        shared_attributes: shared_attributes.clone(),
+                        created_at_ms: 0,
+                        updated_at_ms: 0,
+                    },
+                )
                 .await;
             results.push((audience_id, result));
         }
@@ -219,8 +242,8 @@ impl OutputRegistry {
 
     /// Resumes a connection on every node (through the catalog topic: each node delivering
     /// its partitions met its own fault, or none).
-    pub async fn resume(&self, id: ConnectionId) -> Result<Connection, RegistryError> {
-        match self.catalog.submit(Change::Resume { id }).await? {
+    pub async fn resume(&self, by: &str, id: ConnectionId) -> Result<Connection, RegistryError> {
+        match self.catalog.submit(by, Change::Resume { id }).await? {
             Applied::Resumed(connection) => Ok(connection),
             other => Err(unexpected(other)),
         }

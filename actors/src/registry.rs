@@ -95,15 +95,22 @@ impl Registry {
         Ok(self.node.engine.catalog.load().check_audience(&record)?)
     }
 
-    async fn audience_change(&self, change: Change) -> Result<AudienceRecord, RegistryError> {
-        match self.catalog.submit(change).await? {
+    async fn audience_change(
+        &self,
+        by: &str,
+        change: Change,
+    ) -> Result<AudienceRecord, RegistryError> {
+        match self.catalog.submit(by, change).await? {
             Applied::Audience(record) => Ok(record),
             other => Err(unexpected(other)),
         }
     }
 
+    /// Creates an audience on behalf of `by` (the caller's token name, "" without one), as
+    /// every change below: the audit log and the record's Created By name it.
     pub async fn create(
         &self,
+        by: &str,
         spec: AudienceSpec,
         draft: bool,
     ) -> Result<AudienceRecord, RegistryError> {
@@ -117,7 +124,7 @@ impl Registry {
         self.node.engine.catalog.load().check_audience(&record)?;
         record.id = 0;
         let record = self
-            .audience_change(Change::CreateAudience { audience: record })
+            .audience_change(by, Change::CreateAudience { audience: record })
             .await?;
         tracing::info!(audience = record.id, name = %record.name, "audience created");
         Ok(record)
@@ -125,6 +132,7 @@ impl Registry {
 
     pub async fn update(
         &self,
+        by: &str,
         id: AudienceId,
         spec: AudienceSpec,
     ) -> Result<AudienceRecord, RegistryError> {
@@ -135,15 +143,19 @@ impl Registry {
         record.criteria = spec.criteria;
         record.tags = spec.tags;
         self.node.engine.catalog.load().check_audience(&record)?;
-        self.audience_change(Change::PutAudience {
-            audience: record,
-            expected_revision,
-        })
+        self.audience_change(
+            by,
+            Change::PutAudience {
+                audience: record,
+                expected_revision,
+            },
+        )
         .await
     }
 
     pub async fn set_status(
         &self,
+        by: &str,
         id: AudienceId,
         status: AudienceStatus,
     ) -> Result<AudienceRecord, RegistryError> {
@@ -154,20 +166,25 @@ impl Registry {
         let expected_revision = record.revision;
         // A re-activated audience is evaluated afresh over every profile (its revision moves).
         record.status = status;
-        self.audience_change(Change::PutAudience {
-            audience: record,
-            expected_revision,
-        })
+        self.audience_change(
+            by,
+            Change::PutAudience {
+                audience: record,
+                expected_revision,
+            },
+        )
         .await
     }
 
     /// Deletes an audience, and with it its connections (their outputs are told).
-    pub async fn delete(&self, id: AudienceId) -> Result<(), RegistryError> {
+    pub async fn delete(&self, by: &str, id: AudienceId) -> Result<(), RegistryError> {
         self.get(id)?;
         if let Some(conflict) = self.node.engine.catalog.load().deletion_conflict(id) {
             return Err(RegistryError::Conflict(conflict));
         }
-        self.catalog.submit(Change::DeleteAudience { id }).await?;
+        self.catalog
+            .submit(by, Change::DeleteAudience { id })
+            .await?;
         tracing::info!(audience = id, "audience deleted");
         Ok(())
     }
@@ -176,17 +193,21 @@ impl Registry {
     /// the Personalize tier are no longer evaluated, and new definitions using them are refused.
     pub async fn set_event_tier(
         &self,
+        by: &str,
         event_type: &str,
         name: &str,
         tier: &str,
     ) -> Result<(), RegistryError> {
         let (event_type, name, tier) = event_tier(event_type, name, tier)?;
         self.catalog
-            .submit(Change::SetEventTier {
-                event_type,
-                name,
-                tier,
-            })
+            .submit(
+                by,
+                Change::SetEventTier {
+                    event_type,
+                    name,
+                    tier,
+                },
+            )
             .await?;
         Ok(())
     }
@@ -195,12 +216,13 @@ impl Registry {
     /// anew in every profile, and audiences reading it are evaluated again.
     pub async fn put_calculated(
         &self,
+        by: &str,
         record: CalculatedAttributeRecord,
     ) -> Result<CalculatedAttributeRecord, RegistryError> {
         record.compile()?;
         let record = match self
             .catalog
-            .submit(Change::PutCalculated { attribute: record })
+            .submit(by, Change::PutCalculated { attribute: record })
             .await?
         {
             Applied::Calculated(record) => record,
@@ -211,7 +233,7 @@ impl Registry {
     }
 
     /// Deletes a calculated attribute; refused while an audience reads it, naming them.
-    pub async fn delete_calculated(&self, name: &str) -> Result<(), RegistryError> {
+    pub async fn delete_calculated(&self, by: &str, name: &str) -> Result<(), RegistryError> {
         let key = name.trim().to_lowercase();
         let catalog = self.node.engine.catalog.load();
         if !catalog
@@ -225,9 +247,12 @@ impl Registry {
             return Err(RegistryError::Conflict(conflict));
         }
         self.catalog
-            .submit(Change::DeleteCalculated {
-                name: name.to_string(),
-            })
+            .submit(
+                by,
+                Change::DeleteCalculated {
+                    name: name.to_string(),
+                },
+            )
             .await?;
         Ok(())
     }

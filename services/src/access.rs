@@ -22,7 +22,7 @@ pub enum Scope {
     Write,
     /// Membership deltas and output deliveries as streams.
     Subscribe,
-    /// The clock, replays, tokens, the audit log; and every other scope.
+    /// The clock, replays, the audit log; and every other scope.
     Admin,
 }
 
@@ -161,7 +161,7 @@ pub fn required_scope(path: &str) -> Option<Scope> {
             "audience.v1.AdminService",
             "GetClock" | "GetEngineStatus" | "GetClusterStatus" | "GetReplay",
         ) => Read,
-        ("audience.v1.AdminService", "AdvanceClock" | "ReplayFromLog") => Admin,
+        ("audience.v1.AdminService", "AdvanceClock" | "ReplayFromLog" | "ListAuditLog") => Admin,
         (
             "audience.v1.OutputService",
             "GetOutput" | "ListOutputs" | "GetConnection" | "ListConnections" | "ListFaults",
@@ -226,7 +226,7 @@ mod tests {
                     methods += 1;
                     // Classified on purpose: admin only where the table says so.
                     let scope = required_scope(&path).unwrap();
-                    let admin_by_design = ["AdvanceClock", "ReplayFromLog"];
+                    let admin_by_design = ["AdvanceClock", "ReplayFromLog", "ListAuditLog"];
                     assert!(
                         scope != Scope::Admin || admin_by_design.contains(&method.name()),
                         "{path} is not in the table of required_scope"

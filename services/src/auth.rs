@@ -316,6 +316,15 @@ impl Authenticator {
     }
 }
 
+/// The name of the token a call came with, as changes record it: "" on an open engine.
+pub fn caller_name<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map(|c| c.name.clone())
+        .unwrap_or_default()
+}
+
 /// The token of an `authorization` value `Bearer <token>` (the scheme in any case).
 fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;

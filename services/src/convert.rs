@@ -95,6 +95,21 @@ pub fn audience(r: &AudienceRecord, figures: Option<&Figures>) -> pb::Audience {
         connected_outputs: 0,
         faulted_connections: 0,
         calculation: None,
+        created_by: r.created_by.clone(),
+        updated_by: r.updated_by.clone(),
+    }
+}
+
+pub fn audit_entry(e: &audience_state::audit::AuditEntry) -> pb::AuditEntry {
+    pb::AuditEntry {
+        offset: e.offset,
+        at_ms: e.at_ms,
+        by: e.by.clone(),
+        node: e.node.clone(),
+        op: e.op.clone(),
+        subject: e.subject.clone(),
+        accepted: e.accepted(),
+        refusal: e.refusal.clone(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! and administration. Requests are validated here, once; domain errors map to statuses in
 //! [`crate::convert::status`].
 
+use crate::auth::caller_name;
 use crate::convert;
 use crate::peers::{scoped_partition, Peer, Peers, PARTITION_HEADER};
 use audience_actors::connector::{Connectors, CursorError};
@@ -173,11 +174,12 @@ impl pb::audience_service_server::AudienceService for Services {
         req: Request<pb::CreateAudienceRequest>,
     ) -> Result<Response<pb::Audience>, Status> {
         let caller = req.metadata().clone();
+        let by = caller_name(&req);
         let r = req.into_inner();
         let spec = spec(r.name, r.external_name, r.criteria, r.tags)?;
         let record = self
             .registry
-            .create(spec, r.draft)
+            .create(&by, spec, r.draft)
             .await
             .map_err(convert::status)?;
         self.one(&caller, record).await
@@ -239,11 +241,12 @@ impl pb::audience_service_server::AudienceService for Services {
         req: Request<pb::UpdateAudienceRequest>,
     ) -> Result<Response<pb::Audience>, Status> {
         let caller = req.metadata().clone();
+        let by = caller_name(&req);
         let r = req.into_inner();
         let spec = spec(r.name, r.external_name, r.criteria, r.tags)?;
         let record = self
             .registry
-            .update(r.id, spec)
+            .update(&by, r.id, spec)
             .await
             .map_err(convert::status)?;
         self.one(&caller, record).await
@@ -253,9 +256,13 @@ impl pb::audience_service_server::AudienceService for Services {
         &self,
         req: Request<pb::DeleteAudienceRequest>,
     ) -> Result<Response<pb::DeleteAudienceResponse>, Status> {
+        let by = caller_name(&req);
         let id = req.into_inner().id;
         // Its connections go with it, and their outputs are told.
-        self.registry.delete(id).await.map_err(convert::status)?;
+        self.registry
+            .delete(&by, id)
+            .await
+            .map_err(convert::status)?;
         Ok(Response::new(pb::DeleteAudienceResponse {}))
     }
 
@@ -264,9 +271,10 @@ impl pb::audience_service_server::AudienceService for Services {
         req: Request<pb::AudienceIdRequest>,
     ) -> Result<Response<pb::Audience>, Status> {
         let caller = req.metadata().clone();
+        let by = caller_name(&req);
         let record = self
             .registry
-            .set_status(req.into_inner().id, AudienceStatus::Active)
+            .set_status(&by, req.into_inner().id, AudienceStatus::Active)
             .await
             .map_err(convert::status)?;
         self.one(&caller, record).await
@@ -276,9 +284,10 @@ impl pb::audience_service_server::AudienceService for Services {
         &self,
         req: Request<pb::EventTier>,
     ) -> Result<Response<pb::EventTier>, Status> {
+        let by = caller_name(&req);
         let r = req.into_inner();
         self.registry
-            .set_event_tier(&r.event_type, &r.name, &r.tier)
+            .set_event_tier(&by, &r.event_type, &r.name, &r.tier)
             .await
             .map_err(convert::status)?;
         Ok(Response::new(pb::EventTier {
@@ -312,6 +321,7 @@ impl pb::audience_service_server::AudienceService for Services {
         &self,
         req: Request<pb::CalculatedAttribute>,
     ) -> Result<Response<pb::CalculatedAttribute>, Status> {
+        let by = caller_name(&req);
         let json = req
             .into_inner()
             .definition
@@ -329,7 +339,7 @@ impl pb::audience_service_server::AudienceService for Services {
             })?;
         let record = self
             .registry
-            .put_calculated(record)
+            .put_calculated(&by, record)
             .await
             .map_err(convert::status)?;
         Ok(Response::new(convert::calculated_attribute(&record)))
@@ -354,8 +364,9 @@ impl pb::audience_service_server::AudienceService for Services {
         &self,
         req: Request<pb::DeleteCalculatedAttributeRequest>,
     ) -> Result<Response<pb::DeleteCalculatedAttributeResponse>, Status> {
+        let by = caller_name(&req);
         self.registry
-            .delete_calculated(&req.into_inner().name)
+            .delete_calculated(&by, &req.into_inner().name)
             .await
             .map_err(convert::status)?;
         Ok(Response::new(pb::DeleteCalculatedAttributeResponse {}))
@@ -559,9 +570,10 @@ impl pb::audience_service_server::AudienceService for Services {
         req: Request<pb::AudienceIdRequest>,
     ) -> Result<Response<pb::Audience>, Status> {
         let caller = req.metadata().clone();
+        let by = caller_name(&req);
         let record = self
             .registry
-            .set_status(req.into_inner().id, AudienceStatus::Draft)
+            .set_status(&by, req.into_inner().id, AudienceStatus::Draft)
             .await
             .map_err(convert::status)?;
         self.one(&caller, record).await

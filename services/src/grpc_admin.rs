@@ -9,6 +9,10 @@ use std::sync::atomic::Ordering;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
+/// Entries of a ListAuditLog page without a size, and the most one page holds.
+const DEFAULT_AUDIT_PAGE: usize = 100;
+const MAX_AUDIT_PAGE: usize = 1_000;
+
 impl Services {
     /// The replays of this node's partitions, running or finished.
     fn replay_status(&self) -> pb::ReplayStatus {
@@ -141,6 +145,51 @@ impl pb::admin_service_server::AdminService for Services {
         let here = self.replay_status();
         let status = self.with_peers_replays(req.metadata(), here).await?;
         Ok(Response::new(status))
+    }
+
+    async fn list_audit_log(
+        &self,
+        req: Request<pb::ListAuditLogRequest>,
+    ) -> Result<Response<pb::ListAuditLogResponse>, Status> {
+        let r = req.into_inner();
+        let limit = match r.page_size {
+            0 => DEFAULT_AUDIT_PAGE,
+            n if n as usize > MAX_AUDIT_PAGE => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size {n} is above the limit of {MAX_AUDIT_PAGE} entries per page"
+                )))
+            }
+            n => n as usize,
+        };
+        let after = match r.page_token.trim() {
+            "" => None,
+            token => Some(token.parse::<i64>().map_err(|_| {
+                Status::invalid_argument("page_token: not a token of ListAuditLog")
+            })?),
+        };
+        let by = Some(r.by.trim())
+            .filter(|b| !b.is_empty())
+            .map(str::to_string);
+        let store = self.node.engine.store.clone();
+        // One more than the page: whether another page follows.
+        let mut entries =
+            tokio::task::spawn_blocking(move || store.audit_log(after, limit + 1, by.as_deref()))
+                .await
+                .map_err(convert::internal)?
+                .map_err(convert::internal)?;
+        let next_page_token = if entries.len() > limit {
+            entries.truncate(limit);
+            entries
+                .last()
+                .map(|e| e.offset.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListAuditLogResponse {
+            entries: entries.iter().map(convert::audit_entry).collect(),
+            next_page_token,
+        }))
     }
 
     async fn get_cluster_status(

@@ -3,6 +3,7 @@
 //! meets its own faults: a connection's figures and faults, and the fault list, are those of
 //! every live node (asked through [`crate::peers`]), whichever node is asked.
 
+use crate::auth::caller_name;
 use crate::convert::{self, json_to_struct, struct_to_json};
 use crate::peers::Peers;
 use audience_actors::output_kinds::{GrpcHub, StreamBatch};
@@ -361,7 +362,7 @@ impl pb::output_service_server::OutputService for OutputServices {
         let caller = req.metadata().clone();
         let created = self
             .outputs
-            .create_output(Self::config_of(req.into_inner()))
+            .create_output(&caller_name(&req), Self::config_of(req.into_inner()))
             .await
             .map_err(convert::status)?;
         self.one_output(&caller, &created).await
@@ -402,7 +403,7 @@ impl pb::output_service_server::OutputService for OutputServices {
         let caller = req.metadata().clone();
         let updated = self
             .outputs
-            .update_output(Self::config_of(req.into_inner()))
+            .update_output(&caller_name(&req), Self::config_of(req.into_inner()))
             .await
             .map_err(convert::status)?;
         self.one_output(&caller, &updated).await
@@ -413,7 +414,7 @@ impl pb::output_service_server::OutputService for OutputServices {
         req: Request<pb::OutputIdRequest>,
     ) -> Result<Response<pb::DeleteOutputResponse>, Status> {
         self.outputs
-            .delete_output(req.into_inner().id)
+            .delete_output(&caller_name(&req), req.into_inner().id)
             .await
             .map_err(convert::status)?;
         Ok(Response::new(pb::DeleteOutputResponse {}))
@@ -425,7 +426,7 @@ impl pb::output_service_server::OutputService for OutputServices {
     ) -> Result<Response<pb::Connection>, Status> {
         let created = self
             .outputs
-            .connect(Self::connection_of(req.into_inner())?)
+            .connect(&caller_name(&req), Self::connection_of(req.into_inner())?)
             .await
             .map_err(convert::status)?;
         Ok(Response::new(self.connection_message(&created)?))
@@ -474,7 +475,7 @@ impl pb::output_service_server::OutputService for OutputServices {
     ) -> Result<Response<pb::Connection>, Status> {
         let updated = self
             .outputs
-            .update_connection(Self::connection_of(req.into_inner())?)
+            .update_connection(&caller_name(&req), Self::connection_of(req.into_inner())?)
             .await
             .map_err(convert::status)?;
         Ok(Response::new(self.connection_message(&updated)?))
@@ -485,7 +486,7 @@ impl pb::output_service_server::OutputService for OutputServices {
         req: Request<pb::ConnectionIdRequest>,
     ) -> Result<Response<pb::DeleteConnectionResponse>, Status> {
         self.outputs
-            .disconnect(req.into_inner().id)
+            .disconnect(&caller_name(&req), req.into_inner().id)
             .await
             .map_err(convert::status)?;
         Ok(Response::new(pb::DeleteConnectionResponse {}))
@@ -495,12 +496,14 @@ impl pb::output_service_server::OutputService for OutputServices {
         &self,
         req: Request<pb::BulkConnectRequest>,
     ) -> Result<Response<pb::BulkConnectResponse>, Status> {
+        let by = caller_name(&req);
         let r = req.into_inner();
         let status = status_of(r.status)?;
         self.outputs.output(r.output_id).map_err(convert::status)?;
         let results = self
             .outputs
             .bulk_connect(
+                &by,
                 r.output_id,
                 &r.audience_ids,
                 status,
@@ -541,7 +544,7 @@ impl pb::output_service_server::OutputService for OutputServices {
     ) -> Result<Response<pb::Connection>, Status> {
         let c = self
             .outputs
-            .resume(req.into_inner().id)
+            .resume(&caller_name(&req), req.into_inner().id)
             .await
             .map_err(convert::status)?;
         Ok(Response::new(self.connection_message(&c)?))

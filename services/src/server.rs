@@ -78,7 +78,7 @@ async fn load_audiences(registry: &Registry, dir: &std::path::Path) -> anyhow::R
             tags: f.tags,
         };
         let record = registry
-            .create(spec, false)
+            .create("", spec, false)
             .await
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         tracing::info!(audience = record.id, name = %record.name, file = %file.display(), "audience loaded");

@@ -36,6 +36,12 @@ pub struct AudienceRecord {
     pub tags: Vec<String>,
     pub created_at_ms: TimestampMs,
     pub updated_at_ms: TimestampMs,
+    /// The names of the tokens that created it and edited it last ("" without tokens): set
+    /// from the catalog record when it is applied, never from what a caller sends.
+    #[serde(default)]
+    pub created_by: String,
+    #[serde(default)]
+    pub updated_by: String,
     pub revision: u64,
 }
 
@@ -54,6 +60,8 @@ impl AudienceRecord {
             tags: vec![],
             created_at_ms: 0,
             updated_at_ms: 0,
+            created_by: String::new(),
+            updated_by: String::new(),
             revision: 1,
         }
     }

@@ -139,6 +139,10 @@ pub struct CatalogRecord {
     pub proposal: ProposalId,
     /// The proposer's clock when it proposed: creation and update times of what it sets.
     pub at_ms: TimestampMs,
+    /// The name of the token of the call that proposed it (the audit log's "who"); "" on an
+    /// engine without tokens and for changes the engine makes itself.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub by: String,
     pub change: Change,
 }
 
@@ -373,6 +377,8 @@ impl CatalogState {
                 audience.revision = 1;
                 audience.created_at_ms = at;
                 audience.updated_at_ms = at;
+                audience.created_by = record.by.clone();
+                audience.updated_by = record.by.clone();
                 self.check_audience(&audience)?;
                 self.touched.audiences.insert(audience.id);
                 self.audiences.insert(audience.id, audience.clone());
@@ -394,6 +400,8 @@ impl CatalogState {
                 audience.revision = current.revision + 1;
                 audience.created_at_ms = current.created_at_ms;
                 audience.updated_at_ms = at;
+                audience.created_by = current.created_by.clone();
+                audience.updated_by = record.by.clone();
                 // Drafts are checked too, as the registry checks every save.
                 self.check_audience(&audience)?;
                 self.touched.audiences.insert(audience.id);

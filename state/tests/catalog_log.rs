@@ -25,6 +25,7 @@ fn record(node: &str, seq: u64, change: Change) -> CatalogRecord {
             seq,
         },
         at_ms: 1_000 + seq as i64,
+        by: format!("token of {node}"),
         change,
     }
 }
@@ -180,6 +181,30 @@ fn an_edit_from_a_stale_revision_is_refused() {
     let again = state.apply(1, &record("a", 1, edit("replayed")));
     assert!(again.is_err());
     assert_eq!(state.audiences[&1].name, "by a");
+    // Who created it and who edited it last come from the records applied, whatever the edit
+    // carried.
+    let forged = Change::PutAudience {
+        audience: AudienceRecord {
+            created_by: "forged".into(),
+            updated_by: "forged".into(),
+            ..state.audiences[&1].clone()
+        },
+        expected_revision: 2,
+    };
+    let outcome = apply_all(&mut state, 4, &[record("b", 5, forged)]);
+    assert!(outcome[0].is_ok(), "{outcome:?}");
+    assert_eq!(state.audiences[&1].created_by, "token of a");
+    assert_eq!(state.audiences[&1].updated_by, "token of b");
+    // Each record's audit entry names its caller and its outcome.
+    let audit = audience_state::audit::entry(
+        4,
+        &record("b", 5, Change::DeleteAudience { id: 1 }),
+        &Err(Refusal::NotFound("gone".into())),
+    );
+    assert_eq!(
+        (audit.by.as_str(), audit.op.as_str(), audit.accepted()),
+        ("token of b", "delete_audience", false)
+    );
 }
 
 #[test]
@@ -467,11 +492,13 @@ fn the_materialised_copy_is_what_applying_gives_and_deletions_leave_nothing() {
         ),
         record("a", 4, Change::DeleteAudience { id: id_at(1) }),
     ];
-    // Saved after each record, as a node does while following the topic.
+    // Saved after each record with its audit entry, as a node does while following the topic.
     for (offset, r) in records.iter().enumerate() {
-        state.apply(offset as i64, r).unwrap();
+        let outcome = state.apply(offset as i64, r);
+        let audit = audience_state::audit::entry(offset as i64, r, &outcome);
+        outcome.unwrap();
         let touched = state.take_touched();
-        store.save_catalog(&state, &touched).unwrap();
+        store.save_catalog(&state, &touched, &[audit]).unwrap();
     }
     assert!(state.take_touched().is_empty(), "taking forgets");
     let loaded = store.load_catalog_state().unwrap();
@@ -483,6 +510,36 @@ fn the_materialised_copy_is_what_applying_gives_and_deletions_leave_nothing() {
         "the connection went with its audience"
     );
     assert!(store.load_connections().unwrap().is_empty());
+
+    // The audit log was written with the changes: every record, in offset order, by caller.
+    let log = store.audit_log(None, 100, None).unwrap();
+    let ops: Vec<(i64, &str)> = log.iter().map(|e| (e.offset, e.op.as_str())).collect();
+    assert_eq!(
+        ops,
+        [
+            (0, "create_audience"),
+            (1, "create_audience"),
+            (2, "create_output"),
+            (3, "connect"),
+            (4, "delete_audience")
+        ]
+    );
+    assert_eq!(log[0].subject, "audience 1 'kept' (revision 1)");
+    assert_eq!(log[0].by, "token of a");
+    // Paged from an offset, and filtered by caller.
+    let page = store.audit_log(Some(1), 2, None).unwrap();
+    assert_eq!(page.iter().map(|e| e.offset).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(
+        store
+            .audit_log(None, 100, Some("token of a"))
+            .unwrap()
+            .len(),
+        5
+    );
+    assert!(store
+        .audit_log(None, 100, Some("someone"))
+        .unwrap()
+        .is_empty());
 
     // A store that never applied the topic says so.
     let fresh_dir = tempfile::tempdir().unwrap();

@@ -34,8 +34,10 @@ async fn two_proposers_one_order_every_reader_the_same_catalog() -> Result<()> {
     let b = CatalogProposer::new(&kafka, &topic, "node-b", 1)?;
 
     // 200 audiences proposed at once through both nodes.
-    let from_a = futures::future::join_all((0..100).map(|i| a.propose(i, create(format!("a{i}")))));
-    let from_b = futures::future::join_all((0..100).map(|i| b.propose(i, create(format!("b{i}")))));
+    let from_a =
+        futures::future::join_all((0..100).map(|i| a.propose(i, "e2e", create(format!("a{i}")))));
+    let from_b =
+        futures::future::join_all((0..100).map(|i| b.propose(i, "e2e", create(format!("b{i}")))));
     let (from_a, from_b) = tokio::join!(from_a, from_b);
     let offsets: BTreeSet<i64> = from_a
         .into_iter()
@@ -70,8 +72,8 @@ async fn two_proposers_one_order_every_reader_the_same_catalog() -> Result<()> {
         audience: AudienceRecord::active(0, "referrer", json!({"audience": {"id": target}})),
     };
     let (deleted, referred) = tokio::join!(
-        a.propose(300, Change::DeleteAudience { id: target }),
-        b.propose(300, reference)
+        a.propose(300, "e2e", Change::DeleteAudience { id: target }),
+        b.propose(300, "e2e", reference)
     );
     deleted?;
     referred?;
@@ -79,7 +81,9 @@ async fn two_proposers_one_order_every_reader_the_same_catalog() -> Result<()> {
     // A record no node can read, written straight to the topic.
     let producer = broker.producer()?;
     produce(&producer, &topic, "garbage", b"\x00not a catalog record").await?;
-    let (_, last) = a.propose(400, create("after the garbage".into())).await?;
+    let (_, last) = a
+        .propose(400, "e2e", create("after the garbage".into()))
+        .await?;
 
     let mut refusals = Vec::new();
     let tail_a = reader_a
@@ -110,7 +114,7 @@ async fn two_proposers_one_order_every_reader_the_same_catalog() -> Result<()> {
         .any(|r| r.name == "after the garbage" && r.id == last as u64 + 1));
 
     // A reader restarted from its stored state reads only the tail.
-    let (_, newest) = b.propose(500, create("newest".into())).await?;
+    let (_, newest) = b.propose(500, "e2e", create("newest".into())).await?;
     let mut restarted = on_a.clone();
     let mut reader = CatalogReader::new(&kafka, &topic, &restarted)?;
     let tail = reader

@@ -62,6 +62,7 @@ fn partition_state(store: &Store) -> Result<BTreeMap<String, Entries>> {
         "connsync/",
         "fault/",
         "seq/",
+        "audit/",
     ];
     let mut out = BTreeMap::new();
     for cf in replicated_column_families()

@@ -1,9 +1,12 @@
 //! The node's materialised copy of the catalog topic: the definitions in their tables (as
 //! [`super::definitions`] lays them out) and, in meta, the offset applied last and the id
-//! base, written in one batch so that a crash never leaves definitions and offset apart.
+//! base, written in one batch so that a crash never leaves definitions and offset apart; and
+//! the audit log (`audit/<offset>` in meta), written in the same batch as the changes it
+//! records.
 
 use super::db::*;
 use super::keys::*;
+use crate::audit::AuditEntry;
 use crate::catalog_log::{CatalogState, ImportedCatalog, Touched};
 
 /// Meta key of the catalog offset applied last, stored plus one (absent: none applied, the
@@ -55,9 +58,15 @@ impl Store {
     }
 
     /// Writes what applying changed (`touched`: each entity's value in `state`, or its
-    /// deletion) with the offset applied, in one synced batch. A deleted connection takes its
-    /// delivery position and fault with it.
-    pub fn save_catalog(&self, state: &CatalogState, touched: &Touched) -> StoreResult<()> {
+    /// deletion) with the offset applied and the audit entries of the records applied since
+    /// the last save (see [`crate::audit`]), in one synced batch. A deleted connection takes
+    /// its delivery position and fault with it.
+    pub fn save_catalog(
+        &self,
+        state: &CatalogState,
+        touched: &Touched,
+        audit: &[AuditEntry],
+    ) -> StoreResult<()> {
         let mut b = self.batch();
         let meta = CF_META;
         for id in &touched.audiences {
@@ -102,6 +111,9 @@ impl Store {
                 }
             }
         }
+        for entry in audit {
+            b.put(meta, audit_key(entry.offset).as_bytes(), json(entry));
+        }
         if let Some(offset) = state.applied_offset {
             b.put_meta_u64(CATALOG_APPLIED_KEY, offset as u64 + 1);
         }
@@ -112,6 +124,47 @@ impl Store {
         // Rare, and answered to a caller once written: synced.
         self.commit_synced(b)
     }
+}
+
+impl Store {
+    /// The audit log from the entry after offset `after` (from the first without), at most
+    /// `limit` entries, only those of `by` when it is given; in offset order.
+    pub fn audit_log(
+        &self,
+        after: Option<i64>,
+        limit: usize,
+        by: Option<&str>,
+    ) -> StoreResult<Vec<AuditEntry>> {
+        let from = audit_key(after.map_or(0, |a| a + 1));
+        let mut entries = Vec::new();
+        for row in self.db.iterator_cf(
+            self.cf(CF_META),
+            rocksdb::IteratorMode::From(from.as_bytes(), rocksdb::Direction::Forward),
+        ) {
+            let (key, value) = row?;
+            if entries.len() >= limit || !key.starts_with(AUDIT_PREFIX.as_bytes()) {
+                break;
+            }
+            let entry: AuditEntry =
+                serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                    cf: CF_META,
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    reason: e.to_string(),
+                })?;
+            if by.is_none_or(|by| entry.by == by) {
+                entries.push(entry);
+            }
+        }
+        Ok(entries)
+    }
+}
+
+/// Meta keys of the audit log: the catalog offset, zero-padded so that key order is offset
+/// order.
+const AUDIT_PREFIX: &str = "audit/";
+
+fn audit_key(offset: i64) -> String {
+    format!("{AUDIT_PREFIX}{:020}", offset.max(0))
 }
 
 fn json<T: serde::Serialize>(record: &T) -> Vec<u8> {

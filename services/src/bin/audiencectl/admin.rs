@@ -20,6 +20,60 @@ pub enum ClockCmd {
     },
 }
 
+/// The audit log, oldest first, in pages until `limit` entries or its end.
+pub async fn audit(ctx: &Ctx, by: Option<String>, limit: usize) -> anyhow::Result<()> {
+    let mut admin = AdminServiceClient::new(ctx.channel().await?);
+    let mut page_token = String::new();
+    let mut shown = 0;
+    while shown < limit {
+        let page = admin
+            .list_audit_log(pb::ListAuditLogRequest {
+                page_size: (limit - shown).min(1_000) as u32,
+                page_token,
+                by: by.clone().unwrap_or_default(),
+            })
+            .await?
+            .into_inner();
+        for e in &page.entries {
+            shown += 1;
+            if ctx.json() {
+                say_json(&serde_json::json!({
+                    "offset": e.offset,
+                    "at": when_json(e.at_ms),
+                    "by": e.by,
+                    "node": e.node,
+                    "op": e.op,
+                    "subject": e.subject,
+                    "accepted": e.accepted,
+                    "refusal": e.refusal,
+                }));
+                continue;
+            }
+            let outcome = match e.accepted {
+                true => String::new(),
+                false => format!("  REFUSED: {}", e.refusal),
+            };
+            let by = if e.by.is_empty() { "-" } else { e.by.as_str() };
+            say!(
+                "{:>6}  {}  {:<16} {:<18} {}{outcome}",
+                e.offset,
+                when(e.at_ms),
+                by,
+                e.op,
+                e.subject
+            );
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    if shown == 0 && !ctx.json() {
+        say!("no change recorded");
+    }
+    Ok(())
+}
+
 pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
     let mut admin = AdminServiceClient::new(ctx.channel().await?);
     let s = admin

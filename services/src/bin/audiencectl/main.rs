@@ -136,6 +136,15 @@ enum Command {
     /// The engine clock (manual clocks can be advanced).
     #[command(subcommand)]
     Clock(ClockCmd),
+    /// Who changed which definition and when (needs the admin scope), oldest first.
+    Audit {
+        /// Only the changes made with this token name.
+        #[arg(long)]
+        by: Option<String>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// Rebuild every profile of the node from its logs (base, event log, membership
     /// history): profiles whose stored state differs from the fold are rewritten and send the
     /// deltas their memberships need; the others are left alone. Waits, showing progress.
@@ -335,6 +344,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Connectors => membership::connectors(ctx).await,
         Command::Status => admin::status(ctx).await,
         Command::Cluster => admin::cluster(ctx).await,
+        Command::Audit { by, limit } => admin::audit(ctx, by, limit).await,
         Command::Replay { start, wipe, wait } => {
             let ask = match start {
                 true => admin::ReplayAsk::Start {

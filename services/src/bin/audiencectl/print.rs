@@ -165,6 +165,8 @@ pub fn audience_json(a: &pb::Audience) -> Value {
         "revision": a.revision,
         "created_at": when_json(a.created_at_ms),
         "updated_at": when_json(a.updated_at_ms),
+        "created_by": a.created_by,
+        "updated_by": a.updated_by,
         "tags": a.tags,
         "size": s.size,
         "adds_24h": s.adds_24h,
@@ -182,8 +184,12 @@ pub fn audience(ctx: &Ctx, a: &pb::Audience) {
         return say_json(&audience_json(a));
     }
     let s = a.stats.unwrap_or_default();
+    let by = match a.created_by.as_str() {
+        "" => String::new(),
+        name => format!("  by {name}"),
+    };
     say!(
-        "{:>5}  {:<32} {:<7} size {:>7}  adds24h {:>6}  drops24h {:>6}  volatility {:.3}  tags [{}]",
+        "{:>5}  {:<32} {:<7} size {:>7}  adds24h {:>6}  drops24h {:>6}  volatility {:.3}  tags [{}]{by}",
         a.id,
         a.name,
         status_words(a),
