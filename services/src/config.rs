@@ -310,6 +310,12 @@ pub struct GrpcConfig {
     /// (AUDIENCE_TLS_CLIENT_CA). The nodes of a cluster then present their own `tls_cert` to
     /// each other, so it must allow client authentication.
     pub tls_client_ca: String,
+    /// The largest request message, in bytes: a larger one is refused with RESOURCE_EXHAUSTED
+    /// naming this limit (AUDIENCE_GRPC_MAX_MESSAGE_BYTES).
+    pub max_message_bytes: usize,
+    /// Delta streams (`Subscribe`) one token may hold open at once
+    /// (AUDIENCE_MAX_SUBSCRIBERS_PER_TOKEN).
+    pub max_subscribers_per_token: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -393,6 +399,8 @@ impl Default for GrpcConfig {
             tls_cert: String::new(),
             tls_key: String::new(),
             tls_client_ca: String::new(),
+            max_message_bytes: 4 * 1024 * 1024,
+            max_subscribers_per_token: 32,
         }
     }
 }
@@ -467,6 +475,11 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AUDIENCE_TLS_CERT", "grpc.tls_cert"),
     ("AUDIENCE_TLS_KEY", "grpc.tls_key"),
     ("AUDIENCE_TLS_CLIENT_CA", "grpc.tls_client_ca"),
+    ("AUDIENCE_GRPC_MAX_MESSAGE_BYTES", "grpc.max_message_bytes"),
+    (
+        "AUDIENCE_MAX_SUBSCRIBERS_PER_TOKEN",
+        "grpc.max_subscribers_per_token",
+    ),
     ("AUDIENCE_TOKENS", "auth.tokens (name=token,name=token)"),
     (
         "AUDIENCE_TOKEN_SCOPES",
@@ -572,6 +585,12 @@ impl Config {
             "AUDIENCE_TLS_CERT" => self.grpc.tls_cert = value.into(),
             "AUDIENCE_TLS_KEY" => self.grpc.tls_key = value.into(),
             "AUDIENCE_TLS_CLIENT_CA" => self.grpc.tls_client_ca = value.into(),
+            "AUDIENCE_GRPC_MAX_MESSAGE_BYTES" => {
+                self.grpc.max_message_bytes = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_MAX_SUBSCRIBERS_PER_TOKEN" => {
+                self.grpc.max_subscribers_per_token = value.parse().map_err(|e| bad(&e))?
+            }
             "AUDIENCE_TOKENS" => {
                 // The variable replaces the file's tokens; its values never reach an error.
                 let mut tokens = BTreeMap::new();

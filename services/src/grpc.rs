@@ -30,6 +30,8 @@ pub const MAX_PREVIEW_SAMPLE: u32 = 1_000;
 
 #[derive(Clone)]
 pub struct Services {
+    /// The delta streams each token holds open (`grpc.max_subscribers_per_token`).
+    pub subscriber_slots: std::sync::Arc<crate::subscriber_slots::SubscriberSlots>,
     pub node: Arc<Node>,
     pub registry: Arc<Registry>,
     pub outputs: Arc<audience_actors::output_registry::OutputRegistry>,
@@ -167,6 +169,10 @@ fn spec(
     })
 }
 
+/// Audiences of a ListAudiences page without a size, and the most one page holds.
+const DEFAULT_AUDIENCES_PAGE: usize = 500;
+const MAX_AUDIENCES_PAGE: usize = 1_000;
+
 #[tonic::async_trait]
 impl pb::audience_service_server::AudienceService for Services {
     async fn create_audience(
@@ -230,9 +236,25 @@ impl pb::audience_service_server::AudienceService for Services {
         req: Request<pb::ListAudiencesRequest>,
     ) -> Result<Response<pb::ListAudiencesResponse>, Status> {
         let caller = req.metadata().clone();
-        let records = self.registry.list(&req.into_inner().tags);
+        let r = req.into_inner();
+        let page = crate::paging::page::<u64>(
+            "ListAudiences",
+            r.page_size,
+            &r.page_token,
+            DEFAULT_AUDIENCES_PAGE,
+            MAX_AUDIENCES_PAGE,
+        )?;
+        let mut records: Vec<_> = self
+            .registry
+            .list(&r.tags)
+            .into_iter()
+            .filter(|a| page.after.is_none_or(|after| a.id > after))
+            .collect();
+        records.sort_by_key(|a| a.id);
+        let next_page_token = crate::paging::cut(&mut records, page.size, |a| a.id);
         Ok(Response::new(pb::ListAudiencesResponse {
             audiences: self.with_figures(&caller, records).await?,
+            next_page_token,
         }))
     }
 
@@ -590,6 +612,7 @@ impl pb::membership_service_server::MembershipService for Services {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let by = caller_name(&req);
         let r = req.into_inner();
         let engine = self.node.engine.clone();
         let start = self
@@ -607,6 +630,13 @@ impl pb::membership_service_server::MembershipService for Services {
                 )));
             }
         }
+        // At most grpc.max_subscribers_per_token streams per token; the slot goes with the
+        // stream. The channel is bounded: a subscriber that reads slowly holds the pump back
+        // (it reads the durable log where it stands), never a growing buffer.
+        let slot = self
+            .subscriber_slots
+            .take(&by)
+            .map_err(Status::resource_exhausted)?;
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         let name = if r.subscriber_name.is_empty() {
             "anonymous".to_string()
@@ -622,7 +652,15 @@ impl pb::membership_service_server::MembershipService for Services {
             tx,
         );
         let stream = async_stream(move |out| async move {
-            while let Some(item) = rx.recv().await {
+            let _slot = slot;
+            loop {
+                let item = tokio::select! {
+                    item = rx.recv() => item,
+                    // The client went away: end now, not at the next delta, so that its slot
+                    // and its pump (which stops once `rx` is gone) are freed while it is idle.
+                    _ = out.closed() => break,
+                };
+                let Some(item) = item else { break };
                 let msg = item
                     .map(|o| pb::MembershipDelta {
                         audience_id: o.delta.audience_id,

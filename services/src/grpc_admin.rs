@@ -152,21 +152,14 @@ impl pb::admin_service_server::AdminService for Services {
         req: Request<pb::ListAuditLogRequest>,
     ) -> Result<Response<pb::ListAuditLogResponse>, Status> {
         let r = req.into_inner();
-        let limit = match r.page_size {
-            0 => DEFAULT_AUDIT_PAGE,
-            n if n as usize > MAX_AUDIT_PAGE => {
-                return Err(Status::invalid_argument(format!(
-                    "page_size {n} is above the limit of {MAX_AUDIT_PAGE} entries per page"
-                )))
-            }
-            n => n as usize,
-        };
-        let after = match r.page_token.trim() {
-            "" => None,
-            token => Some(token.parse::<i64>().map_err(|_| {
-                Status::invalid_argument("page_token: not a token of ListAuditLog")
-            })?),
-        };
+        let page = crate::paging::page::<i64>(
+            "ListAuditLog",
+            r.page_size,
+            &r.page_token,
+            DEFAULT_AUDIT_PAGE,
+            MAX_AUDIT_PAGE,
+        )?;
+        let (after, limit) = (page.after, page.size);
         let by = Some(r.by.trim())
             .filter(|b| !b.is_empty())
             .map(str::to_string);
@@ -177,15 +170,7 @@ impl pb::admin_service_server::AdminService for Services {
                 .await
                 .map_err(convert::internal)?
                 .map_err(convert::internal)?;
-        let next_page_token = if entries.len() > limit {
-            entries.truncate(limit);
-            entries
-                .last()
-                .map(|e| e.offset.to_string())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = crate::paging::cut(&mut entries, limit, |e| e.offset);
         Ok(Response::new(pb::ListAuditLogResponse {
             entries: entries.iter().map(convert::audit_entry).collect(),
             next_page_token,

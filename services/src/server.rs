@@ -703,6 +703,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         input_topics: input_topics.clone(),
         peers,
         scans: crate::scan_gate::ScanGate::new(crate::scan_gate::MAX_CONCURRENT_SCANS),
+        subscriber_slots: crate::subscriber_slots::SubscriberSlots::new(
+            config.grpc.max_subscribers_per_token,
+        ),
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -726,6 +729,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     authenticator.watch_file(token_sources, shutdown_rx.clone());
     let auth = authenticator;
     let mut grpc_shutdown = shutdown_rx.clone();
+    let max_message = config.grpc.max_message_bytes;
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder
@@ -736,21 +740,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // reflection any valid token, every other method the token's scopes allow.
     let grpc = builder
         .layer(crate::auth::AuthLayer(auth))
+        .layer(crate::message_limit::MessageLimitLayer)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(pb::audience_service_server::AudienceServiceServer::new(
-            services.clone(),
-        ))
-        .add_service(pb::membership_service_server::MembershipServiceServer::new(
-            services.clone(),
-        ))
-        .add_service(pb::profile_service_server::ProfileServiceServer::new(
-            services.clone(),
-        ))
-        .add_service(pb::output_service_server::OutputServiceServer::new(
-            output_services,
-        ))
-        .add_service(pb::admin_service_server::AdminServiceServer::new(services))
+        .add_service(
+            pb::audience_service_server::AudienceServiceServer::new(services.clone())
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            pb::membership_service_server::MembershipServiceServer::new(services.clone())
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            pb::profile_service_server::ProfileServiceServer::new(services.clone())
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            pb::output_service_server::OutputServiceServer::new(output_services)
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            pb::admin_service_server::AdminServiceServer::new(services)
+                .max_decoding_message_size(max_message),
+        )
         .serve_with_shutdown(addr, async move {
             let _ = grpc_shutdown.changed().await;
         });

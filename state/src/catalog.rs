@@ -46,6 +46,64 @@ pub struct AudienceRecord {
 }
 
 pub const MAX_TAG_CHARS: usize = 18;
+/// The longest name and external name of an audience, in characters.
+pub const MAX_NAME_CHARS: usize = 256;
+/// The largest criteria tree, as compact JSON: far above what people write, and a bound on
+/// what every node compiles and keeps per audience.
+pub const MAX_CRITERIA_BYTES: usize = 64 * 1024;
+/// The deepest criteria tree, in levels of JSON nesting (an object in an object is 2): the
+/// compiler and the evaluator recurse on it.
+pub const MAX_CRITERIA_DEPTH: usize = 24;
+
+/// Levels of nesting of a JSON value (a scalar is 1), counted without recursion.
+fn json_depth(value: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 1)];
+    while let Some((value, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        match value {
+            serde_json::Value::Array(items) => stack.extend(items.iter().map(|v| (v, depth + 1))),
+            serde_json::Value::Object(fields) => {
+                stack.extend(fields.values().map(|v| (v, depth + 1)))
+            }
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// The bounds of a definition's size: names, and the criteria tree's depth and bytes.
+fn check_bounds(record: &AudienceRecord) -> Result<(), DefinitionError> {
+    for (field, name) in [
+        ("name", &record.name),
+        ("external_name", &record.external_name),
+    ] {
+        let chars = name.chars().count();
+        if chars > MAX_NAME_CHARS {
+            return Err(DefinitionError {
+                field: field.into(),
+                reason: format!("{chars} characters, above the limit of {MAX_NAME_CHARS}"),
+            });
+        }
+    }
+    let depth = json_depth(&record.criteria);
+    if depth > MAX_CRITERIA_DEPTH {
+        return Err(DefinitionError {
+            field: "criteria".into(),
+            reason: format!(
+                "nested {depth} levels deep, above the limit of {MAX_CRITERIA_DEPTH} levels"
+            ),
+        });
+    }
+    let bytes = serde_json::to_vec(&record.criteria).map_or(usize::MAX, |b| b.len());
+    if bytes > MAX_CRITERIA_BYTES {
+        return Err(DefinitionError {
+            field: "criteria".into(),
+            reason: format!("{bytes} bytes as JSON, above the limit of {MAX_CRITERIA_BYTES} bytes"),
+        });
+    }
+    Ok(())
+}
 
 impl AudienceRecord {
     /// An active audience at revision 1, with no tags, external name or times: what tests,
@@ -67,7 +125,7 @@ impl AudienceRecord {
     }
 
     /// Checks everything but the id and the calculated attributes it reads: name, tags and
-    /// criteria.
+    /// criteria, and their bounds (names, the criteria's depth and size).
     pub fn validate(&self) -> Result<CompiledAudience, DefinitionError> {
         self.validate_with(&|_| None)
     }
@@ -80,6 +138,7 @@ impl AudienceRecord {
                 reason: "must not be empty".into(),
             });
         }
+        check_bounds(self)?;
         for (i, tag) in self.tags.iter().enumerate() {
             let chars = tag.chars().count();
             if chars == 0 || chars > MAX_TAG_CHARS {
@@ -590,5 +649,57 @@ impl Catalog {
             out.extend(self.by_first_seen.iter().copied());
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn gold() -> serde_json::Value {
+        json!({"user_attribute": {"name": "tier", "op": "exact_match", "value": "gold"}})
+    }
+
+    /// `gold()` inside `levels` nested `and`s of one child.
+    fn nested(levels: usize) -> serde_json::Value {
+        (0..levels).fold(gold(), |inner, _| json!({ "and": [inner] }))
+    }
+
+    #[test]
+    fn a_definition_too_deep_too_large_or_too_long_is_refused_naming_the_limit() {
+        // A tree within the depth limit compiles: the bound is the only thing refused.
+        assert!(AudienceRecord::active(1, "ok", nested(9))
+            .validate()
+            .is_ok());
+        let deep = AudienceRecord::active(1, "deep", nested(12))
+            .validate()
+            .unwrap_err();
+        assert_eq!(deep.field, "criteria");
+        assert!(
+            deep.reason.contains("levels deep") && deep.reason.contains("limit of 24"),
+            "{}",
+            deep.reason
+        );
+        let values: Vec<String> = (0..8_000).map(|i| format!("value-{i}")).collect();
+        let large = json!({"user_attribute": {"name": "tier", "op": "in", "values": values}});
+        let large = AudienceRecord::active(1, "large", large)
+            .validate()
+            .unwrap_err();
+        assert!(
+            large.reason.contains("bytes as JSON") && large.reason.contains("65536"),
+            "{}",
+            large.reason
+        );
+        let long = AudienceRecord::active(1, "n".repeat(MAX_NAME_CHARS + 1), gold())
+            .validate()
+            .unwrap_err();
+        assert_eq!(long.field, "name");
+        assert!(long.reason.contains("limit of 256"), "{}", long.reason);
+        assert!(
+            AudienceRecord::active(1, "n".repeat(MAX_NAME_CHARS), gold())
+                .validate()
+                .is_ok()
+        );
     }
 }

@@ -121,7 +121,7 @@ async fn health_reflection_metrics_and_lifecycle() -> Result<()> {
         (11, pb::DeltaKind::Added as i32, 3)
     );
     let listed = audiences
-        .list_audiences(pb::ListAudiencesRequest { tags: vec![] })
+        .list_audiences(pb::ListAudiencesRequest::default())
         .await?
         .into_inner()
         .audiences;

@@ -88,12 +88,7 @@ pub async fn command(ctx: &Ctx, cmd: AudienceCmd) -> anyhow::Result<()> {
             load_audiences(ctx, &mut client, &dir).await?;
         }
         AudienceCmd::List { tags } => {
-            for a in client
-                .list_audiences(pb::ListAudiencesRequest { tags })
-                .await?
-                .into_inner()
-                .audiences
-            {
+            for a in all_audiences(&mut client, tags).await? {
                 audience(ctx, &a);
             }
         }
@@ -295,17 +290,37 @@ pub async fn wait_calculated(
     }
 }
 
+/// Every audience carrying all of `tags`, read page after page.
+pub async fn all_audiences(
+    client: &mut AudienceServiceClient<AuthChannel>,
+    tags: Vec<String>,
+) -> anyhow::Result<Vec<pb::Audience>> {
+    let mut audiences = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_audiences(pb::ListAudiencesRequest {
+                tags: tags.clone(),
+                page_size: 1_000,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        audiences.extend(page.audiences);
+        if page.next_page_token.is_empty() {
+            return Ok(audiences);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 /// Creates the audiences of a folder that do not exist by name; returns id by name.
 pub async fn load_audiences(
     ctx: &Ctx,
     client: &mut AudienceServiceClient<AuthChannel>,
     dir: &Path,
 ) -> anyhow::Result<HashMap<u64, String>> {
-    let existing = client
-        .list_audiences(pb::ListAudiencesRequest { tags: vec![] })
-        .await?
-        .into_inner()
-        .audiences;
+    let existing = all_audiences(client, vec![]).await?;
     let mut names: HashMap<u64, String> = existing.iter().map(|a| (a.id, a.name.clone())).collect();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
