@@ -159,18 +159,18 @@ impl pb::admin_service_server::AdminService for Services {
             DEFAULT_AUDIT_PAGE,
             MAX_AUDIT_PAGE,
         )?;
-        let (after, limit) = (page.after, page.size);
         let by = Some(r.by.trim())
             .filter(|b| !b.is_empty())
             .map(str::to_string);
         let store = self.node.engine.store.clone();
         // One more than the page: whether another page follows.
-        let mut entries =
-            tokio::task::spawn_blocking(move || store.audit_log(after, limit + 1, by.as_deref()))
-                .await
-                .map_err(convert::internal)?
-                .map_err(convert::internal)?;
-        let next_page_token = crate::paging::cut(&mut entries, limit, |e| e.offset);
+        let mut entries = tokio::task::spawn_blocking(move || {
+            store.audit_log(page.after, page.size + 1, by.as_deref())
+        })
+        .await
+        .map_err(convert::internal)?
+        .map_err(convert::internal)?;
+        let next_page_token = crate::paging::cut(&mut entries, page.size, |e| e.offset);
         Ok(Response::new(pb::ListAuditLogResponse {
             entries: entries.iter().map(convert::audit_entry).collect(),
             next_page_token,

@@ -5,7 +5,7 @@ use tonic::Status;
 
 /// One page asked for: at most `size` items, after the item keyed `after` (from the first
 /// without).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Page<K> {
     pub size: usize,
     pub after: Option<K>,

@@ -189,13 +189,10 @@ impl Peers {
         if let Some(channel) = channels.get(&peer.grpc) {
             return Ok(channel.clone());
         }
-        // The caller's token goes with each call (`request`), not the channel's.
-        let options = crate::auth::ClientOptions {
-            token: None,
-            ..self.client.clone()
-        };
+        // The channel carries no token: the caller's goes with each call (`request`).
         let url = format!("{}://{}", self.scheme, peer.grpc);
-        let channel = options
+        let channel = self
+            .client
             .endpoint(&url)
             .map_err(|e| Status::internal(format!("node {}: {e}", peer.node_id)))?
             .connect_timeout(Duration::from_secs(2))

@@ -53,7 +53,8 @@ impl SubscriberSlots {
     }
 
     /// The subscriptions `token` holds open.
-    pub fn held(&self, token: &str) -> usize {
+    #[cfg(test)]
+    fn held(&self, token: &str) -> usize {
         self.held.lock().get(token).copied().unwrap_or(0)
     }
 }
