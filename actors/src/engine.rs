@@ -42,6 +42,10 @@ pub struct EngineSettings {
     /// Unpublished dead letters kept per partition: past it (the topic unreachable for long),
     /// the oldest are dropped and counted.
     pub dead_letter_max_kept: u64,
+    /// The inputs messages are stamped with (see [`audience_state::inputs`]).
+    pub inputs: Arc<audience_state::inputs::InputMap>,
+    /// The JSON field path of a message's source value (`["context", "source"]`).
+    pub source_field: Vec<String>,
 }
 
 impl Default for EngineSettings {
@@ -63,6 +67,8 @@ impl Default for EngineSettings {
             log_limits: Default::default(),
             dead_letter_limits: Default::default(),
             dead_letter_max_kept: 10_000,
+            inputs: Arc::default(),
+            source_field: Vec::new(),
         }
     }
 }

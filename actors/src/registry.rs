@@ -67,6 +67,10 @@ pub struct AudienceSpec {
     pub external_name: String,
     pub criteria: serde_json::Value,
     pub tags: Vec<String>,
+    /// The workspaces and inputs it reads, as the caller named them (both empty: every
+    /// message); completed against this node's inputs when proposed.
+    pub workspaces: Vec<String>,
+    pub inputs: Vec<String>,
 }
 
 pub struct Registry {
@@ -85,14 +89,36 @@ impl Registry {
         &self,
         criteria: serde_json::Value,
         id: Option<AudienceId>,
+        workspaces: &[String],
+        inputs: &[String],
     ) -> Result<audience_state::criteria::CompiledAudience, RegistryError> {
         // A new definition takes an id no audience has, so no reference reads as its own.
-        let record = AudienceRecord::active(
+        let mut record = AudienceRecord::active(
             id.unwrap_or(AudienceId::MAX),
             "unsaved definition",
             criteria,
         );
+        self.set_scope(&mut record, workspaces, inputs)?;
         Ok(self.node.engine.catalog.load().check_audience(&record)?)
+    }
+
+    /// Sets a record's scope from the names a caller gave, completed (see
+    /// [`audience_state::inputs::InputMap::complete_scope`]).
+    fn set_scope(
+        &self,
+        record: &mut AudienceRecord,
+        workspaces: &[String],
+        inputs: &[String],
+    ) -> Result<(), RegistryError> {
+        let (workspaces, inputs) = self
+            .node
+            .engine
+            .settings
+            .inputs
+            .complete_scope(workspaces, inputs)?;
+        record.workspaces = workspaces;
+        record.inputs = inputs;
+        Ok(())
     }
 
     async fn audience_change(
@@ -117,6 +143,7 @@ impl Registry {
         let mut record = AudienceRecord::active(AudienceId::MAX, spec.name, spec.criteria);
         record.external_name = spec.external_name;
         record.tags = spec.tags;
+        self.set_scope(&mut record, &spec.workspaces, &spec.inputs)?;
         if draft {
             record.status = AudienceStatus::Draft;
         }
@@ -142,6 +169,7 @@ impl Registry {
         record.external_name = spec.external_name;
         record.criteria = spec.criteria;
         record.tags = spec.tags;
+        self.set_scope(&mut record, &spec.workspaces, &spec.inputs)?;
         self.node.engine.catalog.load().check_audience(&record)?;
         self.audience_change(
             by,

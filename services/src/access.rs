@@ -138,7 +138,8 @@ pub fn required_scope(path: &str) -> Option<Scope> {
             | "ListEventTiers"
             | "ListCalculatedAttributes"
             | "EstimateAudience"
-            | "PreviewUpdate",
+            | "PreviewUpdate"
+            | "ListInputs",
         ) => Read,
         (
             "audience.v1.AudienceService",

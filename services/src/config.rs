@@ -18,6 +18,69 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub outputs: OutputsConfig,
     pub auth: AuthConfig,
+    pub inputs: InputsConfig,
+}
+
+/// Inputs and workspaces (README: "Workspaces and inputs"): which messages belong to which
+/// input, and the workspace of each. Every node of a deployment has the same.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputsConfig {
+    /// The dotted path of the JSON field holding a message's source value
+    /// (`context.source`); the protobuf envelope has its own `source` field.
+    pub source_field: String,
+    /// `[[inputs.input]]`: name, workspace, and topic, source or both.
+    pub input: Vec<audience_state::inputs::InputDef>,
+}
+
+impl InputsConfig {
+    /// The inputs, checked.
+    pub fn map(&self) -> anyhow::Result<audience_state::inputs::InputMap> {
+        audience_state::inputs::InputMap::new(self.input.clone())
+            .map_err(|e| anyhow::anyhow!("inputs: {e}"))
+    }
+
+    /// The source field as a path of object fields (empty: none).
+    pub fn source_path(&self) -> Vec<String> {
+        self.source_field
+            .split('.')
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .map(String::from)
+            .collect()
+    }
+}
+
+/// Reads `AUDIENCE_INPUTS`: inputs separated by `;`, each `name@workspace` then `:topic=T`,
+/// `:source=S` or both (`ios@app-a:source=ios;feed@app-b:topic=partner-events`).
+fn parse_inputs(value: &str) -> Result<Vec<audience_state::inputs::InputDef>, String> {
+    let mut out = Vec::new();
+    for entry in value.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let mut parts = entry.split(':');
+        let head = parts.next().unwrap_or_default();
+        let (name, workspace) = head
+            .split_once('@')
+            .ok_or_else(|| format!("\"{entry}\": expected name@workspace:source=S"))?;
+        let mut def = audience_state::inputs::InputDef {
+            name: name.trim().into(),
+            workspace: workspace.trim().into(),
+            topic: None,
+            source: None,
+        };
+        for rule in parts {
+            match rule.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
+                Some(("topic", t)) => def.topic = Some(t.into()),
+                Some(("source", s)) => def.source = Some(s.into()),
+                _ => {
+                    return Err(format!(
+                        "\"{entry}\": \"{rule}\" is not topic=T or source=S"
+                    ))
+                }
+            }
+        }
+        out.push(def);
+    }
+    Ok(out)
 }
 
 /// Who may call the API (README: "Security"): bearer tokens by name, inline or in a file that
@@ -491,6 +554,11 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "auth.allow_unauthenticated",
     ),
     ("AUDIENCE_OUTPUTS_ALLOW_PRIVATE", "outputs.allow_private"),
+    (
+        "AUDIENCE_INPUTS",
+        "inputs.input (name@workspace:source=S;name@workspace:topic=T)",
+    ),
+    ("AUDIENCE_SOURCE_FIELD", "inputs.source_field"),
     ("AUDIENCE_METRICS_LISTEN", "metrics.listen"),
     ("AUDIENCE_RETENTION_DAYS", "engine.retention_days"),
     ("AUDIENCE_MANUAL_CLOCK", "clock.manual"),
@@ -608,6 +676,8 @@ impl Config {
             "AUDIENCE_ALLOW_UNAUTHENTICATED" => {
                 self.auth.allow_unauthenticated = value.parse().map_err(|e| bad(&e))?
             }
+            "AUDIENCE_INPUTS" => self.inputs.input = parse_inputs(value).map_err(|e| bad(&e))?,
+            "AUDIENCE_SOURCE_FIELD" => self.inputs.source_field = value.into(),
             "AUDIENCE_OUTPUTS_ALLOW_PRIVATE" => {
                 self.outputs.allow_private = value.parse().map_err(|e| bad(&e))?
             }
@@ -682,6 +752,8 @@ impl Config {
             },
             dead_letter_max_kept: self.engine.dead_letter_max_kept,
             geoip,
+            inputs: std::sync::Arc::new(self.inputs.map()?),
+            source_field: self.inputs.source_path(),
             ..Default::default()
         })
     }
@@ -709,6 +781,11 @@ pub struct AudienceFile {
     #[serde(default)]
     pub tags: Vec<String>,
     pub criteria: serde_json::Value,
+    /// Its scope (see `CreateAudienceRequest`).
+    #[serde(default)]
+    pub workspaces: Vec<String>,
+    #[serde(default)]
+    pub inputs: Vec<String>,
 }
 
 impl AudienceFile {

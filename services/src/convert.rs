@@ -97,6 +97,8 @@ pub fn audience(r: &AudienceRecord, figures: Option<&Figures>) -> pb::Audience {
         calculation: None,
         created_by: r.created_by.clone(),
         updated_by: r.updated_by.clone(),
+        workspaces: r.workspaces.clone(),
+        inputs: r.inputs.clone(),
     }
 }
 
@@ -285,6 +287,7 @@ pub fn profile(
         install_attribution: p.install_attribution.as_ref().map(attribution),
         uninstall_attribution: p.uninstall_attribution.as_ref().map(attribution),
         event_log: None,
+        workspaces: p.workspaces.iter().cloned().collect(),
     }
 }
 

@@ -9,11 +9,9 @@ use audience_actors::connector::{Connectors, CursorError};
 use audience_actors::deltas_tail::StreamError;
 use audience_actors::node::Node;
 use audience_actors::registry::{AudienceSpec, Registry};
-use audience_actors::stats::Figures;
 use audience_proto::v1 as pb;
 use audience_state::calculated::CalculatedAttributeRecord;
 use audience_state::catalog::AudienceStatus;
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;
@@ -48,125 +46,43 @@ pub struct Services {
     pub scans: crate::scan_gate::ScanGate,
 }
 
-impl Services {
-    /// Size, adds and drops of the last 24 hours of audiences, over the whole cluster: this
-    /// node's partitions, and every other live node's (asked for theirs).
-    async fn cluster_figures(
-        &self,
-        caller: &MetadataMap,
-        ids: &[u64],
-    ) -> Result<HashMap<u64, Figures>, Status> {
-        let mut sums: HashMap<u64, (u64, u64, u64)> = HashMap::new();
-        for (id, f) in self.node.engine.figures(ids).map_err(convert::internal)? {
-            sums.insert(id, (f.size, f.adds_24h, f.drops_24h));
-        }
-        let peers = self.peers.others(caller).await?;
-        let asked = pb::GetAudienceStatsRequest {
-            audience_ids: ids.to_vec(),
-        };
-        let answers = self
-            .peers
-            .ask_every(&peers, |channel| {
-                let request = self.peers.request(caller, asked.clone());
-                async move {
-                    pb::membership_service_client::MembershipServiceClient::new(channel)
-                        .get_audience_stats(request)
-                        .await
-                }
-            })
-            .await?;
-        for answer in answers {
-            for a in answer.audiences {
-                let (Some(stats), Some(sum)) = (a.stats, sums.get_mut(&a.audience_id)) else {
-                    continue;
-                };
-                sum.0 += stats.size;
-                sum.1 += stats.adds_24h;
-                sum.2 += stats.drops_24h;
-            }
-        }
-        Ok(sums
-            .into_iter()
-            .map(|(id, (size, adds, drops))| (id, Figures::new(size, adds, drops)))
-            .collect())
-    }
-
-    async fn with_figures(
-        &self,
-        caller: &MetadataMap,
-        records: Vec<audience_state::catalog::AudienceRecord>,
-    ) -> Result<Vec<pb::Audience>, Status> {
-        let ids: Vec<u64> = records.iter().map(|r| r.id).collect();
-        let figures = self.cluster_figures(caller, &ids).await?;
-        let active: Vec<(u64, u64)> = records
-            .iter()
-            .filter(|r| r.status == AudienceStatus::Active)
-            .map(|r| (r.id, r.revision))
-            .collect();
-        let calculations = self
-            .node
-            .engine
-            .calculations(&self.node.owned(), &active)
-            .map_err(convert::internal)?;
-        let estimates = {
-            let mut cached = self.node.engine.estimates.lock();
-            // Estimates of finished calculations are not shown again.
-            cached.retain(|(id, _), _| calculations.contains_key(id));
-            cached.clone()
-        };
-        let connections = self.outputs.connections().map_err(convert::status)?;
-        let faults =
-            crate::grpc_outputs::cluster_faults(&self.outputs, &self.peers, caller).await?;
-        Ok(records
-            .iter()
-            .map(|r| {
-                let mut a = convert::audience(r, figures.get(&r.id));
-                if let Some(c) = calculations.get(&r.id) {
-                    a.status = pb::AudienceStatus::Calculating as i32;
-                    let mut calculation = convert::calculation(c);
-                    calculation.estimate =
-                        estimates.get(&(r.id, r.revision)).map(convert::estimate);
-                    a.calculation = Some(calculation);
-                }
-                let mine: Vec<_> = connections
-                    .iter()
-                    .filter(|c| c.audience_id == r.id)
-                    .collect();
-                a.connected_outputs = mine.len() as u32;
-                a.faulted_connections = mine
-                    .iter()
-                    .filter(|c| faults.iter().any(|f| f.connection_id == c.id))
-                    .count() as u32;
-                a
-            })
-            .collect())
-    }
-
-    async fn one(
-        &self,
-        caller: &MetadataMap,
-        record: audience_state::catalog::AudienceRecord,
-    ) -> Result<Response<pb::Audience>, Status> {
-        let mut shown = self.with_figures(caller, vec![record]).await?;
-        Ok(Response::new(shown.remove(0)))
-    }
-}
-
-fn spec(
+/// The fields of a create or update request, as the registry takes them.
+struct SpecFields {
     name: String,
     external_name: String,
     criteria: Option<prost_types::Struct>,
     tags: Vec<String>,
-) -> Result<AudienceSpec, Status> {
-    let criteria = criteria
+    workspaces: Vec<String>,
+    inputs: Vec<String>,
+}
+
+fn spec(f: SpecFields) -> Result<AudienceSpec, Status> {
+    let criteria = f
+        .criteria
         .map(|c| convert::struct_to_json(&c))
         .ok_or_else(|| Status::invalid_argument("criteria: missing"))?;
     Ok(AudienceSpec {
-        name,
-        external_name,
+        name: f.name,
+        external_name: f.external_name,
         criteria,
-        tags,
+        tags: f.tags,
+        workspaces: f.workspaces,
+        inputs: f.inputs,
     })
+}
+
+/// Whether an audience passes a ListAudiences request's workspace filters.
+fn in_workspace_filter(
+    a: &audience_state::catalog::AudienceRecord,
+    workspace: &str,
+    kind: pb::WorkspaceKind,
+) -> bool {
+    let kind_holds = match kind {
+        pb::WorkspaceKind::Unspecified => true,
+        pb::WorkspaceKind::SingleWorkspace => a.workspaces.len() == 1,
+        pb::WorkspaceKind::MultiWorkspace => a.workspaces.len() > 1,
+    };
+    kind_holds && (workspace.is_empty() || a.workspaces.iter().any(|w| w == workspace))
 }
 
 /// Audiences of a ListAudiences page without a size, and the most one page holds.
@@ -182,7 +98,14 @@ impl pb::audience_service_server::AudienceService for Services {
         let caller = req.metadata().clone();
         let by = caller_name(&req);
         let r = req.into_inner();
-        let spec = spec(r.name, r.external_name, r.criteria, r.tags)?;
+        let spec = spec(SpecFields {
+            name: r.name,
+            external_name: r.external_name,
+            criteria: r.criteria,
+            tags: r.tags,
+            workspaces: r.workspaces,
+            inputs: r.inputs,
+        })?;
         let record = self
             .registry
             .create(&by, spec, r.draft)
@@ -244,11 +167,13 @@ impl pb::audience_service_server::AudienceService for Services {
             DEFAULT_AUDIENCES_PAGE,
             MAX_AUDIENCES_PAGE,
         )?;
+        let kind = r.workspace_kind();
         let mut records: Vec<_> = self
             .registry
             .list(&r.tags)
             .into_iter()
             .filter(|a| page.after.is_none_or(|after| a.id > after))
+            .filter(|a| in_workspace_filter(a, &r.workspace, kind))
             .collect();
         records.sort_by_key(|a| a.id);
         let next_page_token = crate::paging::cut(&mut records, page.size, |a| a.id);
@@ -265,7 +190,14 @@ impl pb::audience_service_server::AudienceService for Services {
         let caller = req.metadata().clone();
         let by = caller_name(&req);
         let r = req.into_inner();
-        let spec = spec(r.name, r.external_name, r.criteria, r.tags)?;
+        let spec = spec(SpecFields {
+            name: r.name,
+            external_name: r.external_name,
+            criteria: r.criteria,
+            tags: r.tags,
+            workspaces: r.workspaces,
+            inputs: r.inputs,
+        })?;
         let record = self
             .registry
             .update(&by, r.id, spec)
@@ -407,7 +339,7 @@ impl pb::audience_service_server::AudienceService for Services {
             .ok_or_else(|| Status::invalid_argument("criteria: missing"))?;
         let compiled = self
             .registry
-            .compile_unsaved(criteria, None)
+            .compile_unsaved(criteria, None, &r.workspaces, &r.inputs)
             .map_err(convert::status)?;
         let sample_size = match r.sample_size {
             0 => audience_state::estimate::DEFAULT_SAMPLE_SIZE,
@@ -429,6 +361,8 @@ impl pb::audience_service_server::AudienceService for Services {
         let counted = pb::EstimateAudienceRequest {
             criteria: criteria_struct.clone(),
             sample_size: 1,
+            workspaces: r.workspaces.clone(),
+            inputs: r.inputs.clone(),
         };
         let populations: Vec<u64> = self
             .peers
@@ -460,6 +394,8 @@ impl pb::audience_service_server::AudienceService for Services {
                 let asked = pb::EstimateAudienceRequest {
                     criteria: criteria_struct.clone(),
                     sample_size: share(n).min(u64::from(u32::MAX)) as u32,
+                    workspaces: r.workspaces.clone(),
+                    inputs: r.inputs.clone(),
                 };
                 let caller = &caller;
                 self.peers
@@ -489,6 +425,28 @@ impl pb::audience_service_server::AudienceService for Services {
         Ok(Response::new(convert::estimate(&pooled)))
     }
 
+    async fn list_inputs(
+        &self,
+        _: Request<pb::ListInputsRequest>,
+    ) -> Result<Response<pb::ListInputsResponse>, Status> {
+        let settings = &self.node.engine.settings;
+        let inputs = settings
+            .inputs
+            .inputs()
+            .iter()
+            .map(|i| pb::Input {
+                name: i.name.clone(),
+                workspace: i.workspace.clone(),
+                topic: i.topic.clone().unwrap_or_default(),
+                source: i.source.clone().unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListInputsResponse {
+            inputs,
+            source_field: settings.source_field.join("."),
+        }))
+    }
+
     async fn preview_update(
         &self,
         req: Request<pb::PreviewUpdateRequest>,
@@ -496,14 +454,20 @@ impl pb::audience_service_server::AudienceService for Services {
         let caller = req.metadata().clone();
         let r = req.into_inner();
         let asked = r.clone();
-        self.registry.get(r.audience_id).map_err(convert::status)?;
+        // The edit keeps the audience's scope.
+        let current = self.registry.get(r.audience_id).map_err(convert::status)?;
         let criteria = r
             .criteria
             .map(|c| convert::struct_to_json(&c))
             .ok_or_else(|| Status::invalid_argument("criteria: missing"))?;
         let compiled = self
             .registry
-            .compile_unsaved(criteria, Some(r.audience_id))
+            .compile_unsaved(
+                criteria,
+                Some(r.audience_id),
+                &current.workspaces,
+                &current.inputs,
+            )
             .map_err(convert::status)?;
         let sample = match r.sample_size {
             0 => 10,

@@ -8,6 +8,7 @@ pub mod config;
 pub mod convert;
 pub mod grpc;
 pub mod grpc_admin;
+pub mod grpc_figures;
 pub mod grpc_outputs;
 pub mod grpc_profiles;
 pub mod message_limit;

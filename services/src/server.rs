@@ -76,6 +76,8 @@ async fn load_audiences(registry: &Registry, dir: &std::path::Path) -> anyhow::R
             external_name: f.external_name,
             criteria: f.criteria,
             tags: f.tags,
+            workspaces: f.workspaces,
+            inputs: f.inputs,
         };
         let record = registry
             .create("", spec, false)

@@ -17,12 +17,16 @@ use crate::aggregate::CalcState;
 use crate::calculated::CalculatedDef;
 use crate::catalog::Catalog;
 use crate::criteria::Matcher;
-use crate::eventlog::{chunk_body, ChunkReader, Dictionary, EventLog, NameRef};
+use crate::eventlog::{chunk_body, for_each_stamped_event, Dictionary, EventLog, NameRef};
 use crate::history::EventSeries;
-use crate::model::{AudienceId, Event, TimestampMs};
+use crate::model::{AudienceId, Event, InputTag, TimestampMs};
 use crate::profile::ProfileState;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
+
+/// A logged event as a backfill reads it: when it counts from, the event, and the input its
+/// message was stamped with (shared by the events of one message).
+pub type StampedEvent = (TimestampMs, Event, Option<Arc<InputTag>>);
 
 /// The pieces of a profile's state a plan rebuilds (see [`BackfillPlan::rebuilt_state`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -155,7 +159,7 @@ impl BackfillPlan {
         let matchers: Vec<&Matcher> = self.matchers.iter().map(Arc::as_ref).collect();
         let calculated: Vec<&CalculatedDef> = self.calculated.iter().map(Arc::as_ref).collect();
         profile.rebuild_from_log(
-            events.iter().map(|(t, e)| (*t, e)),
+            events.iter().map(|(t, e, input)| (*t, e, input.as_deref())),
             log.oldest_ms(),
             &matchers,
             &calculated,
@@ -165,14 +169,15 @@ impl BackfillPlan {
         Ok(())
     }
 
-    /// The logged events the plan reads, decoded, in arrival order.
+    /// The logged events the plan reads, decoded, in arrival order, each with the input its
+    /// message was stamped with.
     pub fn selected_events(
         &self,
         log: &EventLog,
         chunks: &[&[u8]],
         dict: &Dictionary,
         decisions: &mut Decisions,
-    ) -> Result<Vec<(TimestampMs, Event)>, String> {
+    ) -> Result<Vec<StampedEvent>, String> {
         // Decisions per (kind, name code), in a table indexed by both. Inline (uncoded) names
         // are decided each time.
         let decided = &mut decisions.0;
@@ -182,7 +187,7 @@ impl BackfillPlan {
             .map(|c| chunk_body(c))
             .chain(std::iter::once(Ok(log.tail.as_slice())));
         for body in bodies {
-            ChunkReader::for_each_event(body?, |logged| {
+            for_each_stamped_event(body?, dict, |logged, input| {
                 let slot = match logged.selector_key() {
                     (tag, _) if tag >= 16 => None,
                     (tag, None) => Some(tag as usize),
@@ -204,7 +209,7 @@ impl BackfillPlan {
                     }
                 };
                 if wanted {
-                    out.push((logged.at, logged.decode(dict)?));
+                    out.push((logged.at, logged.decode(dict)?, input.cloned()));
                 }
                 Ok(())
             })?;

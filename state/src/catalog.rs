@@ -7,8 +7,8 @@
 
 use crate::calculated::{CalcSpec, CalculatedAttributeRecord, CalculatedDef};
 use crate::criteria::{
-    compile_with, parse_definition, CalcLookup, CompiledAudience, Criterion, DefinitionError,
-    Matcher, ReadKey,
+    compile_scoped, parse_definition, CalcLookup, CompiledAudience, Criterion, DefinitionError,
+    Matcher, ReadKey, Scope,
 };
 use crate::model::{AudienceId, TimestampMs};
 use crate::profile::{ChangeSet, ProfileState};
@@ -43,6 +43,13 @@ pub struct AudienceRecord {
     #[serde(default)]
     pub updated_by: String,
     pub revision: u64,
+    /// The workspaces its user based criteria read, and the inputs its event criteria read
+    /// (sorted; both empty: every message). Saved complete: every input's workspace is among
+    /// the workspaces (see [`crate::inputs::InputMap::complete_scope`]).
+    #[serde(default)]
+    pub workspaces: Vec<String>,
+    #[serde(default)]
+    pub inputs: Vec<String>,
 }
 
 pub const MAX_TAG_CHARS: usize = 18;
@@ -54,6 +61,9 @@ pub const MAX_CRITERIA_BYTES: usize = 64 * 1024;
 /// The deepest criteria tree, in levels of JSON nesting (an object in an object is 2): the
 /// compiler and the evaluator recurse on it.
 pub const MAX_CRITERIA_DEPTH: usize = 24;
+
+/// The most workspaces, and the most inputs, one audience reads.
+pub const MAX_SCOPE_NAMES: usize = 64;
 
 /// Levels of nesting of a JSON value (a scalar is 1), counted without recursion.
 fn json_depth(value: &serde_json::Value) -> usize {
@@ -84,6 +94,27 @@ fn check_bounds(record: &AudienceRecord) -> Result<(), DefinitionError> {
                 field: field.into(),
                 reason: format!("{chars} characters, above the limit of {MAX_NAME_CHARS}"),
             });
+        }
+    }
+    for (field, names) in [
+        ("workspaces", &record.workspaces),
+        ("inputs", &record.inputs),
+    ] {
+        if names.len() > MAX_SCOPE_NAMES {
+            return Err(DefinitionError {
+                field: field.into(),
+                reason: format!(
+                    "{} names, above the limit of {MAX_SCOPE_NAMES}",
+                    names.len()
+                ),
+            });
+        }
+        let what = &field[..field.len() - 1];
+        for (i, name) in names.iter().enumerate() {
+            crate::inputs::check_scope_name(what, name).map_err(|reason| DefinitionError {
+                field: format!("{field}[{i}]"),
+                reason,
+            })?;
         }
     }
     let depth = json_depth(&record.criteria);
@@ -121,6 +152,16 @@ impl AudienceRecord {
             created_by: String::new(),
             updated_by: String::new(),
             revision: 1,
+            workspaces: vec![],
+            inputs: vec![],
+        }
+    }
+
+    /// The data sources it reads.
+    pub fn scope(&self) -> Scope {
+        Scope {
+            workspaces: self.workspaces.clone(),
+            inputs: self.inputs.clone(),
         }
     }
 
@@ -150,7 +191,7 @@ impl AudienceRecord {
                 });
             }
         }
-        compile_with(&parse_definition(&self.criteria)?, calc)
+        compile_scoped(&parse_definition(&self.criteria)?, calc, &self.scope())
     }
 }
 
@@ -228,6 +269,8 @@ pub struct Catalog {
     by_calculated: HashMap<String, Vec<AudienceId>>,
     by_location: Vec<AudienceId>,
     by_attribution: Vec<AudienceId>,
+    /// Scoped audiences: a profile seen in a new workspace may enter them.
+    by_workspaces: Vec<AudienceId>,
 }
 
 /// The one data tier whose events real-time audiences may use.
@@ -355,6 +398,7 @@ impl Catalog {
                                 }
                                 ReadKey::Location => &mut catalog.by_location,
                                 ReadKey::Attribution => &mut catalog.by_attribution,
+                                ReadKey::Workspaces => &mut catalog.by_workspaces,
                             };
                             slot.push(id);
                         }
@@ -642,6 +686,9 @@ impl Catalog {
         }
         if changes.attribution {
             out.extend(self.by_attribution.iter().copied());
+        }
+        if changes.workspaces {
+            out.extend(self.by_workspaces.iter().copied());
         }
 
         if changes.created {

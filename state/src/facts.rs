@@ -24,10 +24,12 @@
 use crate::model::{Attribution, ConsentState, DeviceInfo, GeoLocation, Mpid, TimestampMs};
 use crate::profile::{NamedAttr, ProfileState};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// Version byte of the facts record.
-pub const FACTS_FORMAT: u8 = 1;
+/// Version byte of the facts record (2: format 1's fields, then the workspaces the profile
+/// was seen in).
+pub const FACTS_FORMAT: u8 = 2;
+const FACTS_FORMAT_1: u8 = 1;
 
 /// The facts of one profile, as stored.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -44,6 +46,9 @@ pub struct ProfileFacts {
     pub location: GeoLocation,
     pub install_attribution: Option<Attribution>,
     pub uninstall_attribution: Option<Attribution>,
+    /// Format 2, written after the fields above (see [`ProfileFacts::encode`]).
+    #[serde(skip)]
+    pub workspaces: BTreeSet<String>,
 }
 
 /// The same fields, borrowed from a profile: encoding a profile's facts copies nothing.
@@ -79,14 +84,14 @@ pub fn encode_facts(p: &ProfileState) -> Vec<u8> {
         install_attribution: &p.install_attribution,
         uninstall_attribution: &p.uninstall_attribution,
     };
-    framed(&facts)
+    framed(&facts, &p.workspaces)
 }
 
-/// A facts record: the format byte, then the fields.
-fn framed(facts: &impl Serialize) -> Vec<u8> {
-    let mut out = vec![FACTS_FORMAT];
-    out.extend(postcard::to_stdvec(facts).expect("profile facts always serialise"));
-    out
+/// A facts record: the format byte, the format 1 fields, then the workspaces.
+fn framed(facts: &impl Serialize, workspaces: &BTreeSet<String>) -> Vec<u8> {
+    let out =
+        postcard::to_extend(facts, vec![FACTS_FORMAT]).expect("profile facts always serialise");
+    postcard::to_extend(workspaces, out).expect("profile facts always serialise")
 }
 
 impl ProfileFacts {
@@ -105,16 +110,23 @@ impl ProfileFacts {
             location: p.location.clone(),
             install_attribution: p.install_attribution.clone(),
             uninstall_attribution: p.uninstall_attribution.clone(),
+            workspaces: p.workspaces.clone(),
         }
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        framed(self)
+        framed(self, &self.workspaces)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         match bytes.split_first() {
-            Some((&FACTS_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+            Some((&FACTS_FORMAT, rest)) => {
+                let (mut facts, rest) =
+                    postcard::take_from_bytes::<ProfileFacts>(rest).map_err(|e| e.to_string())?;
+                facts.workspaces = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+                Ok(facts)
+            }
+            Some((&FACTS_FORMAT_1, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
             Some((v, _)) => Err(format!("unknown profile facts format {v}")),
             None => Err("empty profile facts record".to_string()),
         }
@@ -136,6 +148,7 @@ impl ProfileFacts {
             install_attribution: self.install_attribution,
             uninstall_attribution: self.uninstall_attribution,
             highest_app_version: self.highest_app_version,
+            workspaces: self.workspaces,
             ..Default::default()
         }
     }
@@ -163,12 +176,21 @@ mod tests {
         p.app_version = Some("2.1".into());
         p.location.city = Some("Paris".into());
         p.due.insert(3, 100);
+        p.workspaces.insert("app-a".into());
         let bytes = encode_facts(&p);
         let facts = ProfileFacts::decode(&bytes).unwrap();
-        let rebuilt = facts.into_profile(7);
+        let rebuilt = facts.clone().into_profile(7);
         assert_eq!(encode_facts(&rebuilt), bytes);
         assert!(rebuilt.due.is_empty(), "timers are derived, not facts");
         assert_eq!(rebuilt.attribute("tier"), p.attribute("tier"));
+        assert_eq!(rebuilt.workspaces, p.workspaces);
+        // Format 1: the same fields without the workspaces (an empty set is one byte).
+        let mut unseen = facts.clone();
+        unseen.workspaces.clear();
+        let mut v1 = unseen.encode();
+        v1.pop();
+        v1[0] = FACTS_FORMAT_1;
+        assert_eq!(ProfileFacts::decode(&v1).unwrap(), unseen);
         assert!(ProfileFacts::decode(&[9, 1]).is_err());
         assert!(ProfileFacts::decode(&[]).is_err());
     }

@@ -33,6 +33,7 @@ pub mod eventlog;
 pub mod facts;
 pub mod geo;
 pub mod history;
+pub mod inputs;
 pub mod membership;
 pub mod model;
 pub mod network;

@@ -354,6 +354,8 @@ pub struct Batch {
     /// Where the batch places the user: a device position (`context.location` or an event's
     /// `location`) and, once the engine has resolved `ip`, the GeoIP answer.
     pub location: Option<GeoLocation>,
+    /// The input the batch came through (see [`crate::inputs`]); `None`: no input claims it.
+    pub input: Option<InputTag>,
 }
 
 /// A message of the identities topic.
@@ -362,6 +364,15 @@ pub struct IdentityUpdate {
     pub mpid: Mpid,
     pub timestamp_ms: Option<TimestampMs>,
     pub changes: Vec<IdentityChange>,
+    /// The input the message came through; `None`: no input claims it.
+    pub input: Option<InputTag>,
+}
+
+/// The input a message came through, and the workspace that owns the input.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InputTag {
+    pub input: String,
+    pub workspace: String,
 }
 
 /// Anything the engine consumes, decoded. Short-lived (one per message), so the size
@@ -378,6 +389,21 @@ impl Inbound {
         match self {
             Inbound::Batch(b) => b.mpid,
             Inbound::Identity(i) => i.mpid,
+        }
+    }
+
+    pub fn input(&self) -> Option<&InputTag> {
+        match self {
+            Inbound::Batch(b) => b.input.as_ref(),
+            Inbound::Identity(i) => i.input.as_ref(),
+        }
+    }
+
+    /// Stamps the message with the input it came through.
+    pub fn set_input(&mut self, input: Option<InputTag>) {
+        match self {
+            Inbound::Batch(b) => b.input = input,
+            Inbound::Identity(i) => i.input = input,
         }
     }
 }

@@ -73,7 +73,8 @@ pub fn fold(
                 if catalog.excluded_by_tier(&selector.0, &selector.1) {
                     continue;
                 }
-                profile.record_event(at, &event, selector, catalog, &mut scratch);
+                // Logged before inputs were: unstamped.
+                profile.record_event(at, &event, selector, None, catalog, &mut scratch);
             }
         }
     }

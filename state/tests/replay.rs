@@ -50,11 +50,38 @@ fn catalog(days: i64, k: u32) -> Catalog {
                 "time": {"within_last_days": 2}}}}]}),
         json!({"audience": {"id": 4, "member": true}}),
     ];
-    let records: Vec<AudienceRecord> = definitions
+    let mut records: Vec<AudienceRecord> = definitions
         .into_iter()
         .enumerate()
         .map(|(i, c)| record(i as u64 + 1, c))
         .collect();
+    // Scoped: searches through one input, the tier of profiles seen in a workspace, and a
+    // workspace's profiles that did not purchase there.
+    let mut scoped =
+        |id: u64, criteria: serde_json::Value, workspaces: &[&str], inputs: &[&str]| {
+            let mut r = record(id, criteria);
+            r.workspaces = workspaces.iter().map(|w| w.to_string()).collect();
+            r.inputs = inputs.iter().map(|i| i.to_string()).collect();
+            records.push(r);
+        };
+    scoped(
+        13,
+        json!({"event": {"type": "custom_event", "name": "Search", "time": {"within_last_days": days}}}),
+        &["app-a"],
+        &["ios"],
+    );
+    scoped(
+        14,
+        json!({"user_attribute": {"name": "Tier", "op": "exact_match", "value": "gold"}}),
+        &["app-b"],
+        &[],
+    );
+    scoped(
+        15,
+        json!({"exclude": {"event": {"type": "commerce_event", "product_action": "purchase"}}}),
+        &["app-a", "app-b"],
+        &["feed"],
+    );
     let mut spend: CalculatedAttributeRecord = serde_json::from_value(json!({
         "name": "spend", "calculation": "sum", "field": "total_amount", "window_days": days,
         "event": {"type": "commerce_event", "product_action": "purchase"}}))
@@ -120,10 +147,25 @@ fn commerce(action: &str, at: i64, amount: Option<f64>) -> Event {
     }
 }
 
+/// The input of a message at `at`: none, or an input of one of two workspaces, varying with
+/// the clock so that a stream mixes them.
+fn input_at(at: i64) -> Option<InputTag> {
+    let tag = |input: &str, workspace: &str| InputTag {
+        input: input.into(),
+        workspace: workspace.into(),
+    };
+    match (at / 1000).rem_euclid(3) {
+        0 => None,
+        1 => Some(tag("ios", "app-a")),
+        _ => Some(tag("feed", "app-b")),
+    }
+}
+
 fn message(step: &Step, at: i64) -> Inbound {
     let mut batch = Batch {
         mpid: 1,
         timestamp_ms: Some(at),
+        input: input_at(at),
         ..Default::default()
     };
     match step {
@@ -153,6 +195,7 @@ fn message(step: &Step, at: i64) -> Inbound {
                         new_value: None,
                     },
                 ],
+                input: input_at(at),
             })
         }
         Step::Consent(yes) => {
@@ -430,17 +473,21 @@ fn a_store_of_log_format_1_is_read_and_rebuilt() {
         for step in steps {
             now += DAY_MS / 4;
             let log = &mut stored.log;
-            let changes =
-                streamed.apply_logged(&message(step, now), now, RETENTION, &catalog, &mut |m| {
-                    if format_1 {
-                        // What format 1 logged: the events real-time audiences read, one by one.
-                        for e in m.events.iter().filter(|e| !e.outside_tier) {
-                            log.append(&mut dict, e.at, &e.event);
-                        }
-                    } else {
-                        log.append_message(&mut dict, m);
+            let mut inbound = message(step, now);
+            if format_1 {
+                // Format 1 predates inputs: its messages were stamped with none.
+                inbound.set_input(None);
+            }
+            let changes = streamed.apply_logged(&inbound, now, RETENTION, &catalog, &mut |m| {
+                if format_1 {
+                    // What format 1 logged: the events real-time audiences read, one by one.
+                    for e in m.events.iter().filter(|e| !e.outside_tier) {
+                        log.append(&mut dict, e.at, &e.event);
                     }
-                });
+                } else {
+                    log.append_message(&mut dict, m);
+                }
+            });
             let deltas = streamed.evaluate(catalog.affected_by(&changes), &catalog, &ctx(now), now);
             stored.commit(&deltas, now, &dict);
             if format_1 {

@@ -151,6 +151,7 @@ async fn any_node_answers_for_the_whole_cluster() -> Result<()> {
         .estimate_audience(pb::EstimateAudienceRequest {
             criteria: Some(criteria(gold_criteria)),
             sample_size: 0,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -167,6 +168,7 @@ async fn any_node_answers_for_the_whole_cluster() -> Result<()> {
         .estimate_audience(pb::EstimateAudienceRequest {
             criteria: Some(criteria(silver.clone())),
             sample_size: 12,
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -204,6 +204,7 @@ async fn definitions_made_after_the_events_see_them() -> Result<()> {
         .estimate_audience(pb::EstimateAudienceRequest {
             criteria: Some(criteria(shoe_definition.clone())),
             sample_size: 0,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -216,6 +217,7 @@ async fn definitions_made_after_the_events_see_them() -> Result<()> {
         .estimate_audience(pb::EstimateAudienceRequest {
             criteria: Some(criteria(shoe_definition)),
             sample_size: 100,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -230,6 +232,7 @@ async fn definitions_made_after_the_events_see_them() -> Result<()> {
         .estimate_audience(pb::EstimateAudienceRequest {
             criteria: Some(criteria(json!({"identity": {"type": "email", "op": "exact_match", "value": "u5001@example.com"}}))),
             sample_size: 100,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -238,6 +241,7 @@ async fn definitions_made_after_the_events_see_them() -> Result<()> {
         .estimate_audience(pb::EstimateAudienceRequest {
             criteria: Some(criteria(json!({"event": {"name": ""}}))),
             sample_size: 0,
+            ..Default::default()
         })
         .await
         .expect_err("an invalid definition is refused");
@@ -249,6 +253,7 @@ async fn definitions_made_after_the_events_see_them() -> Result<()> {
                 json!({"event": {"type": "custom_event", "name": "Search"}}),
             )),
             sample_size: 100_001,
+            ..Default::default()
         })
         .await
         .expect_err("a sample past the bound is refused");

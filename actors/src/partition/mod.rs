@@ -27,7 +27,7 @@ mod background;
 use crate::engine::Engine;
 use actix::prelude::*;
 use audience_state::backfill::BackfillPlan;
-use audience_state::batch::decode;
+use audience_state::batch::decode_sourced;
 use audience_state::catalog::Catalog;
 use audience_state::criteria::EvalContext;
 use audience_state::eventlog::{Dictionary, EventLog};
@@ -537,9 +537,18 @@ impl PartitionActor {
             self.next_offsets
                 .insert(message.topic.clone(), message.offset + 1);
             let payload = message.payload.as_deref().unwrap_or(&[]);
-            let decoded = decode(payload, message.content_type.as_deref(), max_bytes);
+            let settings = &self.engine.settings;
+            let decoded = decode_sourced(
+                payload,
+                message.content_type.as_deref(),
+                max_bytes,
+                &settings.source_field,
+            );
             let inbound = match decoded {
-                Ok(inbound) => inbound,
+                Ok((mut inbound, source)) => {
+                    inbound.set_input(settings.inputs.resolve(&message.topic, source.as_deref()));
+                    inbound
+                }
                 Err(error) => {
                     let letter = self.dead_letter(&message, error.reason_code(), error.to_string());
                     pending.dead_letters.push(letter);

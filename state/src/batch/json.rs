@@ -212,7 +212,11 @@ impl<'a> Obj<'a> {
 // ---------------------------------------------------------------------------------------------
 // JSON
 
-pub(super) fn decode_json(payload: &[u8]) -> Result<Inbound> {
+/// A JSON message, and the scalar at `source_field` (see [`super::decode_sourced`]).
+pub(super) fn decode_json(
+    payload: &[u8],
+    source_field: &[String],
+) -> Result<(Inbound, Option<String>)> {
     let body = payload.strip_prefix(UTF8_BOM).unwrap_or(payload);
     let value: Value = serde_json::from_slice(body).map_err(json_error)?;
     let Value::Object(map) = &value else {
@@ -221,10 +225,26 @@ pub(super) fn decode_json(payload: &[u8]) -> Result<Inbound> {
         });
     };
     let top = Obj { map, path: None };
-    if top.get("identity_changes").is_some() {
+    let inbound = if top.get("identity_changes").is_some() {
         identity_from_json(top).map(Inbound::Identity)
     } else {
         batch_from_json(top).map(Inbound::Batch)
+    }?;
+    Ok((inbound, source_of(&value, source_field)))
+}
+
+/// The scalar at `path` (object fields from the top), as text; `None` when a field is missing,
+/// the value null, empty or not a scalar, or the path empty.
+fn source_of(top: &Value, path: &[String]) -> Option<String> {
+    if path.is_empty() {
+        return None;
+    }
+    let found = path
+        .iter()
+        .try_fold(top, |value, field| value.as_object()?.get(field))?;
+    match found {
+        Value::Array(_) | Value::Object(_) => None,
+        scalar => scalar_text(scalar).filter(|s| !s.is_empty()),
     }
 }
 
@@ -404,6 +424,7 @@ fn batch_from_json(top: Obj<'_>) -> Result<Batch> {
         attribution,
         ip: top.text("ip")?,
         location,
+        input: None,
     })
 }
 
@@ -690,5 +711,6 @@ fn identity_from_json(top: Obj<'_>) -> Result<IdentityUpdate> {
         mpid,
         timestamp_ms,
         changes,
+        input: None,
     })
 }

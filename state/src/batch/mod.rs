@@ -52,6 +52,19 @@ mod tests;
 
 /// Decodes one Kafka message. `content_type` is the `content-type` header, if any.
 pub fn decode(payload: &[u8], content_type: Option<&str>, max_bytes: usize) -> Result<Inbound> {
+    decode_sourced(payload, content_type, max_bytes, &[]).map(|(inbound, _)| inbound)
+}
+
+/// [`decode`], with the message's source value, which inputs claim messages by (see
+/// [`crate::inputs`]): in JSON, the scalar at `source_field` (a path of object fields, such as
+/// `["context", "source"]`; empty: none); in the protobuf envelope, its `source` field.
+/// Absent, null or empty: `None`.
+pub fn decode_sourced(
+    payload: &[u8],
+    content_type: Option<&str>,
+    max_bytes: usize,
+    source_field: &[String],
+) -> Result<(Inbound, Option<String>)> {
     if payload.len() > max_bytes {
         return Err(DecodeError::Oversized {
             size: payload.len(),
@@ -59,7 +72,7 @@ pub fn decode(payload: &[u8], content_type: Option<&str>, max_bytes: usize) -> R
         });
     }
     match Format::detect(payload, content_type) {
-        Format::Json => decode_json(payload),
+        Format::Json => decode_json(payload, source_field),
         Format::Protobuf => decode_protobuf(payload),
         Format::ProtobufOrOther => {
             decode_protobuf(payload).map_err(|protobuf_error| match protobuf_error {
@@ -70,7 +83,7 @@ pub fn decode(payload: &[u8], content_type: Option<&str>, max_bytes: usize) -> R
                 other => other,
             })
         }
-        Format::JsonOrProtobuf => match decode_json(payload) {
+        Format::JsonOrProtobuf => match decode_json(payload, source_field) {
             Err(json_error @ DecodeError::InvalidJson { .. }) => {
                 match pb::Envelope::decode(payload) {
                     Ok(envelope) => from_envelope(envelope),

@@ -10,7 +10,7 @@ use audience_proto::v1 as pb;
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
 
-pub(super) fn decode_protobuf(payload: &[u8]) -> Result<Inbound> {
+pub(super) fn decode_protobuf(payload: &[u8]) -> Result<(Inbound, Option<String>)> {
     let envelope = pb::Envelope::decode(payload).map_err(|e| {
         let message = e.to_string();
         let message = message
@@ -21,11 +21,16 @@ pub(super) fn decode_protobuf(payload: &[u8]) -> Result<Inbound> {
     from_envelope(envelope)
 }
 
-pub(super) fn from_envelope(envelope: pb::Envelope) -> Result<Inbound> {
+/// The message of an envelope, and its `source` (see [`super::decode_sourced`]).
+pub(super) fn from_envelope(envelope: pb::Envelope) -> Result<(Inbound, Option<String>)> {
     match envelope.payload {
-        Some(pb::envelope::Payload::Batch(batch)) => batch_from_proto(batch).map(Inbound::Batch),
-        Some(pb::envelope::Payload::Identity(identity)) => {
-            identity_from_proto(identity).map(Inbound::Identity)
+        Some(pb::envelope::Payload::Batch(mut batch)) => {
+            let source = non_empty(std::mem::take(&mut batch.source));
+            Ok((Inbound::Batch(batch_from_proto(batch)?), source))
+        }
+        Some(pb::envelope::Payload::Identity(mut identity)) => {
+            let source = non_empty(std::mem::take(&mut identity.source));
+            Ok((Inbound::Identity(identity_from_proto(identity)?), source))
         }
         None => Err(DecodeError::EmptyEnvelope),
     }
@@ -155,6 +160,7 @@ fn batch_from_proto(batch: pb::EventBatch) -> Result<Batch> {
         attribution,
         ip: non_empty(batch.ip),
         location,
+        input: None,
     })
 }
 
@@ -363,5 +369,6 @@ fn identity_from_proto(message: pb::IdentityMessage) -> Result<IdentityUpdate> {
         mpid: message.mpid,
         timestamp_ms: non_zero_i64(message.timestamp_unixtime_ms),
         changes,
+        input: None,
     })
 }

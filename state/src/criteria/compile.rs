@@ -3,6 +3,7 @@
 
 use super::compiled::*;
 use super::definition::*;
+use super::scope::*;
 use super::values::*;
 use crate::model::{DAY_MS, PRODUCT_ACTIONS};
 use chrono::NaiveDate;
@@ -40,11 +41,22 @@ pub fn compile_with(
     criterion: &Criterion,
     calc: CalcLookup<'_>,
 ) -> Result<CompiledAudience, DefinitionError> {
-    let root = compile_node(criterion, "criteria", calc)?;
+    compile_scoped(criterion, calc, &Scope::default())
+}
+
+/// Validates and compiles a definition of an audience reading from `scope` (see
+/// [`Scope`]): its event criteria count the events of the scope's sources only, and the tree
+/// is gated on the profile having been seen in one of its workspaces.
+pub fn compile_scoped(
+    criterion: &Criterion,
+    calc: CalcLookup<'_>,
+    scope: &Scope,
+) -> Result<CompiledAudience, DefinitionError> {
+    let root = scope.gate(compile_node(criterion, "criteria", calc, scope)?);
     let mut reads = Vec::new();
     let mut matchers = Vec::new();
     root.collect_reads(&mut reads);
-    collect_matchers(criterion, &mut matchers);
+    collect_matchers(criterion, scope, &mut matchers);
     reads.sort();
     reads.dedup();
     let time_dependent = root.is_time_dependent();
@@ -64,13 +76,15 @@ pub fn compile_with(
     })
 }
 
-pub(super) fn collect_matchers(criterion: &Criterion, out: &mut Vec<Matcher>) {
+pub(super) fn collect_matchers(criterion: &Criterion, scope: &Scope, out: &mut Vec<Matcher>) {
     match criterion {
-        Criterion::And(c) | Criterion::Or(c) => c.iter().for_each(|n| collect_matchers(n, out)),
-        Criterion::Exclude(c) => collect_matchers(c, out),
-        Criterion::Event(e) if e.has_conditions() => {
+        Criterion::And(c) | Criterion::Or(c) => {
+            c.iter().for_each(|n| collect_matchers(n, scope, out))
+        }
+        Criterion::Exclude(c) => collect_matchers(c, scope, out),
+        Criterion::Event(e) if e.needs_series(scope) => {
             // Validated already: compiling again cannot fail.
-            if let Ok(m) = matcher_of(e, "") {
+            if let Ok(m) = series_matcher(e, "", scope) {
                 if !out.iter().any(|x| x.history_key == m.history_key) {
                     out.push(m);
                 }
@@ -84,6 +98,7 @@ pub(super) fn compile_node(
     criterion: &Criterion,
     path: &str,
     calc: CalcLookup<'_>,
+    scope: &Scope,
 ) -> Result<Node, DefinitionError> {
     Ok(match criterion {
         Criterion::And(children) | Criterion::Or(children) => {
@@ -101,7 +116,7 @@ pub(super) fn compile_node(
             let nodes = children
                 .iter()
                 .enumerate()
-                .map(|(i, c)| compile_node(c, &format!("{path}.{op}[{i}]"), calc))
+                .map(|(i, c)| compile_node(c, &format!("{path}.{op}[{i}]"), calc, scope))
                 .collect::<Result<Vec<_>, _>>()?;
             if op == "and" {
                 Node::And(nodes)
@@ -113,6 +128,7 @@ pub(super) fn compile_node(
             child,
             &format!("{path}.exclude"),
             calc,
+            scope,
         )?)),
         Criterion::UserAttribute(cond) => {
             Node::Attribute(compile_condition(cond, &format!("{path}.user_attribute"))?)
@@ -146,7 +162,7 @@ pub(super) fn compile_node(
                 test: compiled.test,
             }
         }
-        Criterion::Event(e) => Node::Event(compile_event(e, &format!("{path}.event"))?),
+        Criterion::Event(e) => Node::Event(compile_event(e, &format!("{path}.event"), scope)?),
         Criterion::Consent(c) => Node::Consent(compile_consent(c, &format!("{path}.consent"))?),
         Criterion::Device(d) => {
             let path = format!("{path}.device");
@@ -489,6 +505,7 @@ pub(super) fn matcher_of(e: &EventCriterion, path: &str) -> Result<Matcher, Defi
         transaction_conditions,
         promotion_conditions,
         impression_list,
+        source: None,
     })
 }
 
@@ -501,6 +518,25 @@ impl EventCriterion {
             || !self.promotion.is_empty()
             || self.impression_list.is_some()
     }
+
+    /// Whether the criterion, in an audience of `scope`, needs its own series rather than
+    /// the event key's: it has conditions, or reads only some sources.
+    pub(super) fn needs_series(&self, scope: &Scope) -> bool {
+        self.has_conditions() || scope.event_source(&self.event_type).is_some()
+    }
+}
+
+/// The matcher keeping an event criterion's own series in an audience of `scope`.
+pub(super) fn series_matcher(
+    e: &EventCriterion,
+    path: &str,
+    scope: &Scope,
+) -> Result<Matcher, DefinitionError> {
+    let matcher = matcher_of(e, path)?;
+    Ok(match scope.event_source(&e.event_type) {
+        Some(source) => scoped(matcher, source),
+        None => matcher,
+    })
 }
 
 /// The events an event criterion selects, as a matcher (its count and time are not read):
@@ -510,13 +546,6 @@ pub fn event_selector(e: &EventCriterion, path: &str) -> Result<Matcher, Definit
     normalize_event(&mut e, path)?;
     validate_selector(&e, path)?;
     matcher_of(&e, path)
-}
-
-/// 64-bit FNV-1a: small, stable, good enough to key matcher series.
-pub(super) fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 pub(super) fn parse_date(s: &str, field: &str) -> Result<i64, DefinitionError> {
@@ -532,14 +561,18 @@ pub(super) fn parse_date(s: &str, field: &str) -> Result<i64, DefinitionError> {
         .unwrap_or_default())
 }
 
-pub(super) fn compile_event(e: &EventCriterion, path: &str) -> Result<EventNode, DefinitionError> {
+pub(super) fn compile_event(
+    e: &EventCriterion,
+    path: &str,
+    scope: &Scope,
+) -> Result<EventNode, DefinitionError> {
     validate_selector(e, path)?;
     let count = e.count.unwrap_or(Count::AtLeast(1));
     let window = compile_window(e.time.as_ref(), &format!("{path}.time"))?;
     let name = selector_name(e);
     let custom_event_type = e.custom_event_type.as_ref().map(|t| t.to_lowercase());
-    let history_key = if e.has_conditions() {
-        HistoryKey::Exact(matcher_of(e, path)?.history_key)
+    let history_key = if e.needs_series(scope) {
+        HistoryKey::Exact(series_matcher(e, path, scope)?.history_key)
     } else if e.event_type == "custom_event" {
         match &custom_event_type {
             Some(t) => HistoryKey::Exact(format!("custom_event:{name}{KEY_SEP}{t}")),
@@ -563,6 +596,7 @@ pub(super) fn compile_event(e: &EventCriterion, path: &str) -> Result<EventNode,
         history_key,
         count,
         window,
+        source: scope.event_source(&e.event_type),
     })
 }
 

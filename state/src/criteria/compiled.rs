@@ -30,6 +30,8 @@ pub enum ReadKey {
     Attribution,
     /// The profile's location (GeoIP or device position).
     Location,
+    /// The workspaces the profile was seen in.
+    Workspaces,
 }
 
 /// An event criterion with attribute conditions keeps its own series in the profile, recorded
@@ -46,6 +48,46 @@ pub struct Matcher {
     pub promotion_conditions: Vec<CompiledCondition>,
     /// Impressions: the list's name, lowercased.
     pub impression_list: Option<String>,
+    /// A scoped audience's criterion: the inputs or workspaces whose events it counts
+    /// (see [`super::Scope`]); `None`: every message's.
+    pub source: Option<EventSource>,
+}
+
+/// The messages whose events a scoped event criterion counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventSource {
+    /// Messages stamped with one of these inputs.
+    Inputs(Vec<String>),
+    /// Messages stamped with an input of one of these workspaces.
+    Workspaces(Vec<String>),
+}
+
+impl EventSource {
+    /// Whether an event of a message stamped `input` counts; an unstamped message's never does.
+    pub fn admits(&self, input: Option<&crate::model::InputTag>) -> bool {
+        match (self, input) {
+            (_, None) => false,
+            (EventSource::Inputs(names), Some(tag)) => names.contains(&tag.input),
+            (EventSource::Workspaces(names), Some(tag)) => names.contains(&tag.workspace),
+        }
+    }
+
+    /// The words explanations use: `input "a" or "b"`, `workspace "w1"`.
+    pub fn describe(&self) -> String {
+        let (what, names) = match self {
+            EventSource::Inputs(n) => ("input", n),
+            EventSource::Workspaces(n) => ("workspace", n),
+        };
+        let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+        format!("{what} {}", quoted.join(" or "))
+    }
+}
+
+/// 64-bit FNV-1a: small, stable, good enough to key matcher series.
+pub(super) fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The fields of a promotion that promotion conditions read.
@@ -74,7 +116,15 @@ pub(crate) fn product_field(p: &crate::model::Product, field: &str) -> Option<At
 }
 
 impl Matcher {
-    pub fn accepts(&self, event: &crate::model::Event) -> bool {
+    /// Whether `event`, of a message stamped `input`, counts for this criterion.
+    pub fn accepts(
+        &self,
+        event: &crate::model::Event,
+        input: Option<&crate::model::InputTag>,
+    ) -> bool {
+        if self.source.as_ref().is_some_and(|s| !s.admits(input)) {
+            return false;
+        }
         if event.kind.event_type() != self.event_type || event.kind.selector_name() != self.name {
             return false;
         }
@@ -183,6 +233,8 @@ pub struct EventNode {
     pub history_key: HistoryKey,
     pub count: Count,
     pub window: Window,
+    /// In a scoped audience: the sources whose events count (see [`super::Scope`]).
+    pub source: Option<EventSource>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,6 +284,8 @@ pub enum Node {
         field: String,
         test: Test,
     },
+    /// A scoped audience's gate: the profile was seen in one of these workspaces.
+    SeenIn(Vec<String>),
     LocationWithin {
         latitude: f64,
         longitude: f64,

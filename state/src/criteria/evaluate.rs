@@ -171,6 +171,10 @@ impl Node {
                     .is_some_and(|d| d <= *radius_km),
                 next_change: None,
             },
+            Node::SeenIn(workspaces) => Outcome {
+                matched: workspaces.iter().any(|w| profile.workspaces.contains(w)),
+                next_change: None,
+            },
             Node::FirstSeen(window) => {
                 if profile.first_seen_ms == 0 {
                     return Outcome {
@@ -217,6 +221,7 @@ impl Node {
                 reads.push(ReadKey::Attribute(format!("${field}")));
             }
             Node::LocationWithin { .. } => reads.push(ReadKey::Location),
+            Node::SeenIn(_) => reads.push(ReadKey::Workspaces),
         }
     }
 
@@ -233,7 +238,8 @@ impl Node {
             | Node::Identity { .. }
             | Node::Consent(_)
             | Node::Device { .. }
-            | Node::Audience { .. } => false,
+            | Node::Audience { .. }
+            | Node::SeenIn(_) => false,
         }
     }
 }

@@ -73,6 +73,9 @@ impl Node {
                 if let Some(t) = &e.custom_event_type {
                     what.push_str(&format!(" of type {}", quoted(t)));
                 }
+                if let Some(source) = &e.source {
+                    what.push_str(&format!(" from {}", source.describe()));
+                }
                 (
                     format!(
                         "{what} {} {}",
@@ -219,6 +222,17 @@ impl Node {
                     _ => "no known position".to_string(),
                 },
             ),
+            Node::SeenIn(workspaces) => (
+                format!("seen in workspace {}", quoted_list(workspaces, " or ")),
+                if profile.workspaces.is_empty() {
+                    "seen in no workspace".to_string()
+                } else {
+                    format!(
+                        "seen in workspace {}",
+                        quoted_list(&profile.workspaces, " and ")
+                    )
+                },
+            ),
             Node::Audience { id, member } => (
                 format!("{} audience {id}", if *member { "in" } else { "not in" }),
                 if profile.memberships.get(id).is_some_and(|r| r.member) {
@@ -256,6 +270,15 @@ impl Node {
 const NEXT_CHANGE_HORIZON_MS: i64 = 100 * 366 * DAY_MS;
 
 /// A string as the definition's JSON writes it: quoted, escaped.
+/// Names quoted and joined: `"a" or "b"`.
+fn quoted_list<'a>(names: impl IntoIterator<Item = &'a String>, joint: &str) -> String {
+    names
+        .into_iter()
+        .map(|n| quoted(n))
+        .collect::<Vec<_>>()
+        .join(joint)
+}
+
 fn quoted(text: &str) -> String {
     serde_json::to_string(text).expect("strings always serialise")
 }

@@ -25,6 +25,7 @@ mod compiled;
 mod definition;
 mod evaluate;
 mod explain;
+mod scope;
 mod values;
 
 pub use compile::*;
@@ -32,4 +33,5 @@ pub use compiled::*;
 pub use definition::*;
 pub use evaluate::*;
 pub use explain::*;
+pub use scope::*;
 pub use values::*;

@@ -9,6 +9,10 @@
 //! it, and the SDKs' habit of repeating every attribute and identity in every batch costs the
 //! log nothing.
 //!
+//! A message stamped with an input (see [`crate::inputs`]) has the input and its workspace
+//! in its header, right after the part mask, so that a scan reads them without decoding
+//! the parts: the events that follow count for the criteria of that input.
+//!
 //! Event entries carry flags in the high bits of their kind tag: an event the engine derived
 //! (an upgrade) is re-derived when the message is folded again, and an event outside the
 //! real-time tier is kept for what it does to the profile (an attribute change event sets the
@@ -19,7 +23,7 @@ use super::dictionary::*;
 use super::encode::*;
 use crate::model::{
     AttrValue, Attribution, Batch, ConsentState, DeviceInfo, Event, GeoLocation, IdentityChange,
-    IdentityUpdate, Inbound, Mpid, TimestampMs,
+    IdentityUpdate, Inbound, InputTag, Mpid, TimestampMs,
 };
 use std::borrow::Cow;
 
@@ -70,6 +74,8 @@ pub struct LoggedMessage<'a> {
     pub now: TimestampMs,
     /// The message's time as the profile took it (its own, or the processing time).
     pub message_time: TimestampMs,
+    /// The input the message came through.
+    pub input: Option<InputTag>,
     pub parts: MessageParts,
     pub events: Vec<MessageEvent<'a>>,
 }
@@ -84,6 +90,7 @@ impl LoggedMessage<'_> {
                 mpid,
                 timestamp_ms: Some(self.message_time),
                 changes: p.identity_changes,
+                input: self.input,
             });
         }
         Inbound::Batch(Batch {
@@ -105,6 +112,7 @@ impl LoggedMessage<'_> {
             attribution: p.attribution,
             ip: None,
             location: p.location,
+            input: self.input,
         })
     }
 }
@@ -120,6 +128,7 @@ const PART_USER_ATTRIBUTES: u64 = 1 << 7;
 const PART_DELETED_ATTRIBUTES: u64 = 1 << 8;
 const PART_IDENTITY_CHANGES: u64 = 1 << 9;
 const PART_IDENTITY_MESSAGE: u64 = 1 << 10;
+const PART_INPUT: u64 = 1 << 11;
 
 fn put_serde<T: serde::Serialize>(out: &mut Vec<u8>, value: &T) {
     put_bytes(
@@ -157,12 +166,17 @@ pub(super) fn encode_header(out: &mut Vec<u8>, dict: &mut Dictionary, m: &Logged
         ),
         (PART_IDENTITY_CHANGES, !p.identity_changes.is_empty()),
         (PART_IDENTITY_MESSAGE, p.identity_message),
+        (PART_INPUT, m.input.is_some()),
     ];
     let mask = present
         .iter()
         .filter(|(_, on)| *on)
         .fold(0, |mask, (bit, _)| mask | bit);
     put_varint(out, mask);
+    if let Some(tag) = &m.input {
+        put_name(out, dict, &tag.input);
+        put_name(out, dict, &tag.workspace);
+    }
     if mask & PART_USER_IDENTITIES != 0 {
         put_pairs(out, dict, &p.user_identities);
     }
@@ -208,6 +222,7 @@ pub(super) fn encode_header(out: &mut Vec<u8>, dict: &mut Dictionary, m: &Logged
 pub(super) struct MessageHeader {
     pub now: TimestampMs,
     pub message_time: TimestampMs,
+    pub input: Option<InputTag>,
     pub parts: MessageParts,
 }
 
@@ -241,6 +256,7 @@ pub(super) fn decode_header(
     let message_time = now.wrapping_sub(unzigzag(c.varint()?));
     c.varint()?; // the number of event entries that follow
     let mask = c.varint()?;
+    let input = header_tag(&mut c, mask, dict)?;
     let mut p = MessageParts {
         identity_message: mask & PART_IDENTITY_MESSAGE != 0,
         ..Default::default()
@@ -285,8 +301,60 @@ pub(super) fn decode_header(
     Ok(MessageHeader {
         now,
         message_time,
+        input,
         parts: p,
     })
+}
+
+/// The input stamp of a header whose part mask (just read) is `mask`.
+fn header_tag(c: &mut Cursor<'_>, mask: u64, dict: &Dictionary) -> Decoded<Option<InputTag>> {
+    if mask & PART_INPUT == 0 {
+        return Ok(None);
+    }
+    Ok(Some(InputTag {
+        input: c.name(dict)?,
+        workspace: c.name(dict)?,
+    }))
+}
+
+/// The input a header's message was stamped with, read without decoding its parts.
+fn header_input(body: &[u8], dict: &Dictionary) -> Decoded<Option<InputTag>> {
+    let mut c = Cursor::new(body);
+    c.varint()?;
+    c.varint()?;
+    let mask = c.varint()?;
+    header_tag(&mut c, mask, dict)
+}
+
+/// Visits, in order, the events event criteria read (as [`ChunkReader::for_each_event`]),
+/// each with the input its message was stamped with (`None`: unstamped, or an event logged
+/// before messages were). A header's input is decoded once, for the events it counts.
+pub fn for_each_stamped_event<'a>(
+    body: &'a [u8],
+    dict: &Dictionary,
+    mut visit: impl FnMut(&LoggedEvent<'a>, Option<&std::sync::Arc<InputTag>>) -> Decoded<()>,
+) -> Decoded<()> {
+    let mut reader = ChunkReader::new(body);
+    let mut input: Option<std::sync::Arc<InputTag>> = None;
+    let mut owed = 0u32;
+    while let Some(entry) = reader.next_entry() {
+        let entry = entry?;
+        if entry.tag() == KIND_MESSAGE {
+            owed = header_event_count(entry.body())?;
+            input = header_input(entry.body(), dict)?.map(std::sync::Arc::new);
+            continue;
+        }
+        if owed == 0 {
+            // A format 1 event, outside any message.
+            input = None;
+        } else {
+            owed -= 1;
+        }
+        if entry.tag() & FLAG_OUTSIDE_TIER == 0 {
+            visit(&entry, input.as_ref())?;
+        }
+    }
+    Ok(())
 }
 
 /// One unit of a log, in arrival order.
@@ -356,6 +424,7 @@ pub fn read_units<'b>(
             out.push(LogUnit::Message(Box::new(LoggedMessage {
                 now: h.now,
                 message_time: h.message_time,
+                input: h.input,
                 parts: h.parts,
                 events,
             })));

@@ -47,7 +47,9 @@ pub use decode::*;
 pub use dictionary::*;
 use encode::*;
 use message::encode_header;
-pub use message::{read_units, LogUnit, LoggedMessage, MessageEvent, MessageParts};
+pub use message::{
+    for_each_stamped_event, read_units, LogUnit, LoggedMessage, MessageEvent, MessageParts,
+};
 
 use crate::model::{Event, TimestampMs, DAY_MS};
 use serde::{Deserialize, Serialize};

@@ -337,6 +337,7 @@ proptest! {
             prop_assert_eq!(back.now, m.now);
             prop_assert_eq!(back.message_time, m.message_time);
             prop_assert_eq!(&back.parts, &m.parts);
+            prop_assert_eq!(&back.input, &m.input);
             prop_assert_eq!(back.events.len(), m.events.len());
             for (a, b) in back.events.iter().zip(&m.events) {
                 prop_assert_eq!((a.at, a.derived, a.outside_tier), (b.at, b.derived, b.outside_tier));
@@ -346,6 +347,20 @@ proptest! {
         // Event criteria read the events of the tier, derived ones included, and nothing else.
         let readable = logged.iter().flat_map(|m| &m.events).filter(|e| !e.outside_tier).count();
         prop_assert_eq!(read_all(&log, &chunks, &stored).len(), readable);
+        // A scan sees each event with its message's input.
+        let mut stamps = Vec::new();
+        let bodies = chunks.iter().map(|c| chunk_body(c).unwrap()).chain(Some(log.tail.as_slice()));
+        for body in bodies {
+            for_each_stamped_event(body, &stored, |_, input| {
+                stamps.push(input.map(|t| t.input.clone()));
+                Ok(())
+            }).unwrap();
+        }
+        let expected: Vec<Option<String>> = logged
+            .iter()
+            .flat_map(|m| m.events.iter().filter(|e| !e.outside_tier).map(|_| m.input.as_ref().map(|t| t.input.clone())))
+            .collect();
+        prop_assert_eq!(stamps, expected);
         prop_assert_eq!(log.events(), logged.iter().map(|m| m.events.len() as u64).sum::<u64>());
     }
 }
@@ -420,6 +435,11 @@ fn message(now: TimestampMs, variant: usize, events: &[Event]) -> LoggedMessage<
     LoggedMessage {
         now,
         message_time: now - 5_000,
+        // Every other variant came through an input.
+        input: variant.is_multiple_of(2).then(|| InputTag {
+            input: format!("input-{variant}"),
+            workspace: "app-a".into(),
+        }),
         parts,
         events: logged,
     }

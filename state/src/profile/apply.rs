@@ -10,7 +10,7 @@ use crate::eventlog::{LoggedMessage, MessageEvent, MessageParts};
 use crate::history::EventSeries;
 use crate::model::{
     AttrValue, Attribution, AudienceId, Batch, ConsentState, Delta, DeltaKind, IdentityChange,
-    Inbound, TimestampMs,
+    Inbound, InputTag, TimestampMs,
 };
 use crate::model::{Event, EventKind, DEVICE_IDENTITY_TYPES};
 use std::borrow::Cow;
@@ -62,9 +62,16 @@ impl ProfileState {
         let mut logged = LoggedMessage {
             now,
             message_time,
+            input: message.input().cloned(),
             parts: MessageParts::default(),
             events: Vec::new(),
         };
+        if let Some(tag) = message.input() {
+            if !self.workspaces.contains(&tag.workspace) {
+                self.workspaces.insert(tag.workspace.clone());
+                changes.workspaces = true;
+            }
+        }
         match message {
             Inbound::Batch(batch) => {
                 self.apply_batch(batch, now, catalog, &mut changes, &mut logged)
@@ -79,7 +86,11 @@ impl ProfileState {
             }
         }
         let seen_changed = seen_before != (self.first_seen_ms, self.last_seen_ms);
-        if seen_changed || !logged.events.is_empty() || !logged.parts.is_empty() {
+        if seen_changed
+            || changes.workspaces
+            || !logged.events.is_empty()
+            || !logged.parts.is_empty()
+        {
             log(&logged);
         }
         self.prune(now, retention_ms, catalog);
@@ -179,6 +190,7 @@ impl ProfileState {
             self.record_synthetic(
                 UPGRADE_EVENT_TYPE,
                 changes.event_time_ms,
+                batch.input.as_ref(),
                 catalog,
                 changes,
                 logged,
@@ -232,7 +244,7 @@ impl ProfileState {
             }
         }
         for event in &batch.events {
-            self.apply_event(event, now, catalog, changes, logged);
+            self.apply_event(event, now, batch.input.as_ref(), catalog, changes, logged);
         }
         let parts = &mut logged.parts;
         for (name, value) in &batch.user_attributes {
@@ -253,6 +265,7 @@ impl ProfileState {
         &mut self,
         event_type: &str,
         at: TimestampMs,
+        input: Option<&InputTag>,
         catalog: &Catalog,
         changes: &mut ChangeSet,
         logged: &mut LoggedMessage<'_>,
@@ -268,7 +281,7 @@ impl ProfileState {
             attributes: BTreeMap::new(),
         };
         let selector = (event_type.to_string(), String::new());
-        self.record_event(at, &event, selector, catalog, changes);
+        self.record_event(at, &event, selector, input, catalog, changes);
         logged.events.push(MessageEvent {
             at,
             event: Cow::Owned(event),
@@ -281,6 +294,7 @@ impl ProfileState {
         &mut self,
         event: &'b Event,
         now: TimestampMs,
+        input: Option<&InputTag>,
         catalog: &Catalog,
         changes: &mut ChangeSet,
         logged: &mut LoggedMessage<'b>,
@@ -344,19 +358,21 @@ impl ProfileState {
             // Not in the Personalize tier: real-time audiences do not evaluate it.
             return;
         }
-        self.record_event(at, event, selector, catalog, changes);
+        self.record_event(at, event, selector, input, catalog, changes);
     }
 
     /// Folds one event, at the time it counts from, into what the catalog derives from
     /// events: the event's series, the series of the criteria that select it, and the
     /// calculated attributes that read it. Streaming and replay share it, so a profile rebuilt
     /// from its log holds what streaming held.
-    /// `selector` is the event's (event type, selector name).
+    /// `selector` is the event's (event type, selector name); `input` what its message was
+    /// stamped with, which scoped criteria select by.
     pub fn record_event(
         &mut self,
         at: TimestampMs,
         event: &Event,
         selector: (String, String),
+        input: Option<&InputTag>,
         catalog: &Catalog,
         changes: &mut ChangeSet,
     ) {
@@ -365,7 +381,7 @@ impl ProfileState {
             .or_default()
             .record(at);
         for matcher in catalog.matchers_for(&selector.0, &selector.1) {
-            if matcher.accepts(event) {
+            if matcher.accepts(event, input) {
                 self.history
                     .entry(matcher.history_key.clone())
                     .or_default()
@@ -373,7 +389,7 @@ impl ProfileState {
             }
         }
         for def in catalog.calculated_for(&selector.0, &selector.1) {
-            if !def.matcher.accepts(event) {
+            if !def.matcher.accepts(event, input) {
                 continue;
             }
             let values = def.values_of(event);
@@ -479,7 +495,7 @@ impl ProfileState {
     /// `events` may leave out events no matcher or calculation selects.
     pub fn rebuild_from_log<'e>(
         &mut self,
-        events: impl IntoIterator<Item = (TimestampMs, &'e Event)> + Clone,
+        events: impl IntoIterator<Item = (TimestampMs, &'e Event, Option<&'e InputTag>)> + Clone,
         log_oldest: Option<TimestampMs>,
         matchers: &[&crate::criteria::Matcher],
         calculated: &[&crate::calculated::CalculatedDef],
@@ -495,8 +511,8 @@ impl ProfileState {
                     }
                 }
             }
-            for (at, event) in events.clone() {
-                if m.accepts(event) {
+            for (at, event, input) in events.clone() {
+                if m.accepts(event, input) {
                     series.record(at);
                 }
             }
@@ -514,8 +530,8 @@ impl ProfileState {
                 ..Default::default()
             };
             let mut folded = false;
-            for (at, event) in events.clone() {
-                if !def.matcher.accepts(event) {
+            for (at, event, input) in events.clone() {
+                if !def.matcher.accepts(event, input) {
                     continue;
                 }
                 for value in def.values_of(event) {

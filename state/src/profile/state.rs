@@ -55,6 +55,11 @@ pub struct ProfileState {
     pub calculated: BTreeMap<String, CalcState>,
     /// The highest app version seen, for upgrades.
     pub highest_app_version: Option<String>,
+    // Format 5 of the core row: not in the whole rows of formats 1 to 3, which hold none.
+    /// The workspaces the profile was seen in: those owning an input a message of it came
+    /// through (see [`crate::inputs`]).
+    #[serde(skip)]
+    pub workspaces: BTreeSet<String>,
 }
 
 /// The stored form of format 2 (event series as lists of days), read so that existing stores
@@ -101,6 +106,7 @@ impl From<ProfileStateV2> for ProfileState {
             uninstall_attribution: v.uninstall_attribution,
             calculated: v.calculated,
             highest_app_version: v.highest_app_version,
+            workspaces: BTreeSet::new(),
         }
     }
 }
@@ -163,6 +169,8 @@ pub struct ChangeSet {
     pub attribution: bool,
     /// Calculated attributes that took in an event.
     pub calculated: BTreeSet<String>,
+    /// The profile was seen in a workspace for the first time.
+    pub workspaces: bool,
     /// The latest event time of the message, for the deltas it causes.
     pub event_time_ms: TimestampMs,
 }
@@ -214,7 +222,7 @@ impl ProfileState {
         postcard::to_extend(self, out).expect("profile state always serialises")
     }
 
-    /// The stored core row (format 4): what messages set (see [`ProfileState::encode_derived`]
+    /// The stored core row (format 5): what messages set (see [`ProfileState::encode_derived`]
     /// for the rest), serialised into one buffer sized for a typical profile.
     pub fn encode_core(&self) -> Vec<u8> {
         let core = CoreRef {
@@ -238,7 +246,9 @@ impl ProfileState {
         };
         let mut out = Vec::with_capacity(ENCODED_CAPACITY);
         out.push(CORE_FORMAT);
-        postcard::to_extend(&core, out).expect("profile state always serialises")
+        let out = postcard::to_extend(&core, out).expect("profile state always serialises");
+        // Format 5 is format 4's fields, then the workspaces.
+        postcard::to_extend(&self.workspaces, out).expect("profile state always serialises")
     }
 
     /// The stored derived row: what the catalog's definitions derive from the profile's
@@ -260,11 +270,18 @@ impl ProfileState {
         postcard::to_extend(&derived, out).expect("profile state always serialises")
     }
 
-    /// A profile from its core row (format 4), or from a whole row of an earlier format; its
+    /// A profile from its core row (formats 4 and 5), or from a whole row of an earlier format; its
     /// derived parts come from [`ProfileState::set_derived`].
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         match bytes.split_first() {
-            Some((&CORE_FORMAT, rest)) => postcard::from_bytes::<Core>(rest)
+            Some((&CORE_FORMAT, rest)) => {
+                let (core, rest) =
+                    postcard::take_from_bytes::<Core>(rest).map_err(|e| e.to_string())?;
+                let mut profile = ProfileState::from(core);
+                profile.workspaces = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+                Ok(profile)
+            }
+            Some((&CORE_FORMAT_4, rest)) => postcard::from_bytes::<Core>(rest)
                 .map(ProfileState::from)
                 .map_err(|e| e.to_string()),
             Some((&WHOLE_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
@@ -330,7 +347,8 @@ impl Serialize for SeriesOf<'_> {
     }
 }
 
-/// The core row as written (format 4): every field of [`ProfileState`] but the derived ones.
+/// The core row as written (format 4, which format 5 extends): every field of
+/// [`ProfileState`] but the derived ones.
 #[derive(Serialize)]
 struct CoreRef<'a> {
     mpid: Mpid,
@@ -421,11 +439,13 @@ const DERIVED_CAPACITY: usize = 256;
 /// 2: location, attribution and calculated attributes.
 /// 3: each event series packed into one byte string (see [`crate::history`]).
 /// Rows of formats 1 to 3 are still read (a derived row written since takes the place of
-/// their derived parts), and written as format 4 on their next change.
+/// their derived parts), and written as the core format on their next change.
 const WHOLE_FORMAT: u8 = 3;
 
-/// Version byte of the core row (4: a profile in two rows, core and derived).
-const CORE_FORMAT: u8 = 4;
+/// Version byte of the core row (4: a profile in two rows, core and derived; 5: the
+/// workspaces it was seen in, after format 4's fields).
+const CORE_FORMAT: u8 = 5;
+const CORE_FORMAT_4: u8 = 4;
 
 /// Version byte of the derived row.
 const DERIVED_FORMAT: u8 = 1;
@@ -565,5 +585,28 @@ mod tests {
         assert_eq!(read, stale);
         read.set_derived(ProfileState::decode_derived(&now.encode_derived()).unwrap());
         assert_eq!(read, now);
+    }
+
+    #[test]
+    fn the_core_row_keeps_the_workspaces_and_a_format_4_row_reads_as_seen_in_none() {
+        let mut state = full_profile();
+        state.workspaces.insert("app-a".into());
+        state.workspaces.insert("app-b".into());
+        let core = state.encode_core();
+        assert_eq!(core[0], CORE_FORMAT);
+        assert_eq!(
+            ProfileState::decode(&core).unwrap().workspaces,
+            state.workspaces
+        );
+        // A format 4 row is a format 5 row without the trailing set (an empty set is one byte).
+        let mut unseen = state.clone();
+        unseen.workspaces.clear();
+        let mut v4 = unseen.encode_core();
+        v4.pop();
+        v4[0] = CORE_FORMAT_4;
+        let read = ProfileState::decode(&v4).unwrap();
+        assert!(read.workspaces.is_empty());
+        assert_eq!(read.attributes, state.attributes);
+        assert_eq!(read.identities, state.identities);
     }
 }

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
 pub enum AudienceCmd {
-    /// Create an audience from a JSON file: {"name", "external_name", "tags", "criteria"}.
+    /// Create an audience from a JSON file: {"name", "external_name", "tags", "criteria",
+    /// "workspaces", "inputs"}.
     Create {
         file: PathBuf,
         #[arg(long)]
@@ -30,6 +31,12 @@ pub enum AudienceCmd {
     List {
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Only audiences reading this workspace.
+        #[arg(long)]
+        workspace: Option<String>,
+        /// Only single workspace or only multi workspace audiences.
+        #[arg(long, value_parser = ["single", "multi"])]
+        kind: Option<String>,
     },
     Get {
         id: u64,
@@ -87,8 +94,21 @@ pub async fn command(ctx: &Ctx, cmd: AudienceCmd) -> anyhow::Result<()> {
         AudienceCmd::Load { dir } => {
             load_audiences(ctx, &mut client, &dir).await?;
         }
-        AudienceCmd::List { tags } => {
-            for a in all_audiences(&mut client, tags).await? {
+        AudienceCmd::List {
+            tags,
+            workspace,
+            kind,
+        } => {
+            let filter = ListFilter {
+                tags,
+                workspace: workspace.unwrap_or_default(),
+                kind: match kind.as_deref() {
+                    Some("single") => pb::WorkspaceKind::SingleWorkspace,
+                    Some("multi") => pb::WorkspaceKind::MultiWorkspace,
+                    _ => pb::WorkspaceKind::Unspecified,
+                },
+            };
+            for a in all_audiences(&mut client, filter).await? {
                 audience(ctx, &a);
             }
         }
@@ -109,6 +129,8 @@ pub async fn command(ctx: &Ctx, cmd: AudienceCmd) -> anyhow::Result<()> {
                 .estimate_audience(pb::EstimateAudienceRequest {
                     criteria: Some(json_to_struct(&f.criteria)),
                     sample_size: sample,
+                    workspaces: f.workspaces,
+                    inputs: f.inputs,
                 })
                 .await?
                 .into_inner();
@@ -203,6 +225,8 @@ pub async fn command(ctx: &Ctx, cmd: AudienceCmd) -> anyhow::Result<()> {
                     external_name: f.external_name,
                     criteria: Some(json_to_struct(&f.criteria)),
                     tags: f.tags,
+                    workspaces: f.workspaces,
+                    inputs: f.inputs,
                 })
                 .await?
                 .into_inner();
@@ -249,6 +273,8 @@ fn create_request(f: AudienceFile, draft: bool) -> pb::CreateAudienceRequest {
         criteria: Some(json_to_struct(&f.criteria)),
         tags: f.tags,
         draft,
+        workspaces: f.workspaces,
+        inputs: f.inputs,
     }
 }
 
@@ -291,18 +317,28 @@ pub async fn wait_calculated(
 }
 
 /// Every audience carrying all of `tags`, read page after page.
+/// What `audience list` selects by.
+#[derive(Default)]
+pub struct ListFilter {
+    pub tags: Vec<String>,
+    pub workspace: String,
+    pub kind: pb::WorkspaceKind,
+}
+
 pub async fn all_audiences(
     client: &mut AudienceServiceClient<AuthChannel>,
-    tags: Vec<String>,
+    filter: ListFilter,
 ) -> anyhow::Result<Vec<pb::Audience>> {
     let mut audiences = Vec::new();
     let mut page_token = String::new();
     loop {
         let page = client
             .list_audiences(pb::ListAudiencesRequest {
-                tags: tags.clone(),
+                tags: filter.tags.clone(),
                 page_size: 1_000,
                 page_token,
+                workspace: filter.workspace.clone(),
+                workspace_kind: filter.kind as i32,
             })
             .await?
             .into_inner();
@@ -320,7 +356,7 @@ pub async fn load_audiences(
     client: &mut AudienceServiceClient<AuthChannel>,
     dir: &Path,
 ) -> anyhow::Result<HashMap<u64, String>> {
-    let existing = all_audiences(client, vec![]).await?;
+    let existing = all_audiences(client, ListFilter::default()).await?;
     let mut names: HashMap<u64, String> = existing.iter().map(|a| (a.id, a.name.clone())).collect();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?

@@ -168,6 +168,8 @@ pub fn audience_json(a: &pb::Audience) -> Value {
         "created_by": a.created_by,
         "updated_by": a.updated_by,
         "tags": a.tags,
+        "workspaces": a.workspaces,
+        "inputs": a.inputs,
         "size": s.size,
         "adds_24h": s.adds_24h,
         "drops_24h": s.drops_24h,
@@ -188,8 +190,17 @@ pub fn audience(ctx: &Ctx, a: &pb::Audience) {
         "" => String::new(),
         name => format!("  by {name}"),
     };
+    let scope = match (a.workspaces.as_slice(), a.inputs.as_slice()) {
+        ([], _) => String::new(),
+        (workspaces, []) => format!("  workspaces [{}]", workspaces.join(", ")),
+        (workspaces, inputs) => format!(
+            "  workspaces [{}] inputs [{}]",
+            workspaces.join(", "),
+            inputs.join(", ")
+        ),
+    };
     say!(
-        "{:>5}  {:<32} {:<7} size {:>7}  adds24h {:>6}  drops24h {:>6}  volatility {:.3}  tags [{}]{by}",
+        "{:>5}  {:<32} {:<7} size {:>7}  adds24h {:>6}  drops24h {:>6}  volatility {:.3}  tags [{}]{scope}{by}",
         a.id,
         a.name,
         status_words(a),

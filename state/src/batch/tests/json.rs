@@ -223,6 +223,40 @@ fn python_sdk_batch_decodes() {
 }
 
 #[test]
+fn the_source_is_the_scalar_at_the_configured_path() {
+    let field: Vec<String> = vec!["context".into(), "source".into()];
+    let source = |value: serde_json::Value, field: &[String]| {
+        decode_sourced(
+            value.to_string().as_bytes(),
+            None,
+            DEFAULT_MAX_MESSAGE_BYTES,
+            field,
+        )
+        .unwrap()
+        .1
+    };
+    let batch = json!({"mpid": 1, "context": {"source": "ios"}, "events": []});
+    assert_eq!(source(batch.clone(), &field), Some("ios".to_string()));
+    assert_eq!(source(batch, &[]), None, "no field configured");
+    let number = json!({"mpid": 1, "context": {"source": 7}});
+    assert_eq!(source(number, &field), Some("7".to_string()));
+    for absent in [
+        json!({"mpid": 1}),
+        json!({"mpid": 1, "context": null}),
+        json!({"mpid": 1, "context": {"source": null}}),
+        json!({"mpid": 1, "context": {"source": ""}}),
+        json!({"mpid": 1, "context": {"source": {"name": "ios"}}}),
+        json!({"mpid": 1, "context": {"source": ["ios"]}}),
+    ] {
+        assert_eq!(source(absent.clone(), &field), None, "{absent}");
+    }
+    // An identity message has its source where a batch has it.
+    let identity = json!({"mpid": 1, "context": {"source": "web"},
+        "identity_changes": [{"identity_type": "email", "new_value": "a@b.c"}]});
+    assert_eq!(source(identity, &field), Some("web".to_string()));
+}
+
+#[test]
 fn json_identity_message_decodes() {
     let message = json!({
         "mpid": "123",
@@ -251,6 +285,7 @@ fn json_identity_message_decodes() {
                     new_value: None,
                 },
             ],
+            input: None,
         }))
     );
 }

@@ -299,6 +299,7 @@ fn pb_batch() -> pb::EventBatch {
         .custom_attributes
         .insert("genre".into(), "jazz".into());
     pb::EventBatch {
+        source: String::new(),
         mpid: -77,
         timestamp_unixtime_ms: 1_700_000_000_000,
         events: vec![

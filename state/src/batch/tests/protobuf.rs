@@ -168,19 +168,46 @@ fn protobuf_identity_roundtrip() {
             old_value: None,
             new_value: Some("a@b.c".into()),
         }],
+        source: "ios".into(),
     }));
+    let expected = Inbound::Identity(IdentityUpdate {
+        mpid: 5,
+        timestamp_ms: None,
+        changes: vec![IdentityChange {
+            identity_type: "email".into(),
+            old_value: None,
+            new_value: Some("a@b.c".into()),
+        }],
+        input: None,
+    });
     assert_eq!(
         decode(&bytes, None, DEFAULT_MAX_MESSAGE_BYTES),
-        Ok(Inbound::Identity(IdentityUpdate {
-            mpid: 5,
-            timestamp_ms: None,
-            changes: vec![IdentityChange {
-                identity_type: "email".into(),
-                old_value: None,
-                new_value: Some("a@b.c".into()),
-            }],
-        }))
+        Ok(expected.clone())
     );
+    // The envelope's source is what inputs claim it by, whatever JSON field is configured.
+    let field = ["context".to_string(), "source".to_string()];
+    assert_eq!(
+        decode_sourced(&bytes, None, DEFAULT_MAX_MESSAGE_BYTES, &field),
+        Ok((expected, Some("ios".to_string())))
+    );
+}
+
+#[test]
+fn a_protobuf_batch_carries_its_source_and_an_empty_one_is_none() {
+    let batch = |source: &str| {
+        envelope_bytes(pb::envelope::Payload::Batch(pb::EventBatch {
+            mpid: 9,
+            source: source.into(),
+            ..Default::default()
+        }))
+    };
+    let source = |bytes: &[u8]| {
+        decode_sourced(bytes, None, DEFAULT_MAX_MESSAGE_BYTES, &[])
+            .unwrap()
+            .1
+    };
+    assert_eq!(source(&batch("web")), Some("web".to_string()));
+    assert_eq!(source(&batch("")), None);
 }
 
 #[test]
@@ -251,6 +278,7 @@ fn protobuf_errors() {
             old_value: None,
             new_value: None,
         }],
+        source: String::new(),
     };
     let error = decode(
         &envelope_bytes(pb::envelope::Payload::Identity(identity)),

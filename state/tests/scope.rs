@@ -1,0 +1,181 @@
+//! Scoped audiences on one profile: event based criteria count the events of their inputs,
+//! user based ones read every input of their workspaces, and the audience holds only
+//! profiles seen in one of its workspaces, whatever its criteria (an exclusion too).
+//! Explanations name the sources.
+
+use audience_state::catalog::{AudienceRecord, Catalog};
+use audience_state::criteria::EvalContext;
+use audience_state::model::*;
+use audience_state::profile::ProfileState;
+use serde_json::json;
+use std::collections::BTreeMap;
+
+const T0: i64 = 1_700_000_000_000;
+const RETENTION: i64 = 30 * DAY_MS;
+
+fn scoped(
+    id: u64,
+    criteria: serde_json::Value,
+    workspaces: &[&str],
+    inputs: &[&str],
+) -> AudienceRecord {
+    let mut r = AudienceRecord::active(id, format!("a{id}"), criteria);
+    r.workspaces = workspaces.iter().map(|w| w.to_string()).collect();
+    r.inputs = inputs.iter().map(|i| i.to_string()).collect();
+    r
+}
+
+fn tag(input: &str, workspace: &str) -> Option<InputTag> {
+    Some(InputTag {
+        input: input.into(),
+        workspace: workspace.into(),
+    })
+}
+
+fn batch(
+    input: Option<InputTag>,
+    at: i64,
+    events: Vec<Event>,
+    identities: &[(&str, &str)],
+) -> Inbound {
+    Inbound::Batch(Batch {
+        mpid: 1,
+        timestamp_ms: Some(at),
+        events,
+        user_identities: identities
+            .iter()
+            .map(|(t, v)| (t.to_string(), v.to_string()))
+            .collect(),
+        input,
+        ..Default::default()
+    })
+}
+
+fn play(at: i64) -> Event {
+    Event {
+        timestamp_ms: at,
+        kind: EventKind::Custom {
+            name: "Play".into(),
+            custom_type: None,
+        },
+        attributes: BTreeMap::new(),
+    }
+}
+
+fn crash(at: i64) -> Event {
+    Event {
+        timestamp_ms: at,
+        kind: EventKind::CrashReport,
+        attributes: BTreeMap::new(),
+    }
+}
+
+#[test]
+fn scoped_audiences_read_their_sources_and_hold_only_profiles_seen_in_their_workspaces() {
+    let twice =
+        json!({"event": {"type": "custom_event", "name": "Play", "count": {"at_least": 2}}});
+    let catalog = Catalog::build(
+        1,
+        vec![
+            // Plays on ios twice, with an email (given on the web, same workspace).
+            scoped(
+                1,
+                json!({"and": [twice.clone(), {"identity": {"type": "email", "op": "exists"}}]}),
+                &["app-a"],
+                &["ios"],
+            ),
+            // Plays twice anywhere in app-a.
+            scoped(2, twice.clone(), &["app-a"], &[]),
+            // A crash in app-a, whatever input the audience selects for its events.
+            scoped(
+                3,
+                json!({"event": {"type": "crash_report"}}),
+                &["app-a"],
+                &["web"],
+            ),
+            // Never purchased, among app-b's profiles.
+            scoped(
+                4,
+                json!({"exclude": {"event": {"type": "commerce_event", "product_action": "purchase"}}}),
+                &["app-b"],
+                &[],
+            ),
+            // Unscoped.
+            AudienceRecord::active(5, "anywhere", twice),
+        ],
+    );
+    let mut p = ProfileState::new(1);
+    let mut now = T0;
+    let mut step = |p: &mut ProfileState, message: Inbound| {
+        now += 1_000;
+        let changes = p.apply(&message, now, RETENTION, &catalog);
+        let ctx = EvalContext {
+            now,
+            retention_ms: RETENTION,
+        };
+        p.evaluate(catalog.affected_by(&changes), &catalog, &ctx, now);
+        p.member_of().map(|(id, _)| id).collect::<Vec<_>>()
+    };
+    // Unstamped plays count only for the unscoped audience.
+    assert_eq!(
+        step(&mut p, batch(None, T0, vec![play(T0), play(T0)], &[])),
+        vec![5]
+    );
+    // One play on ios, one through app-b's feed: not twice on ios, nor twice in app-a; the
+    // profile is now seen in app-b, where it never purchased.
+    assert_eq!(
+        step(&mut p, batch(tag("ios", "app-a"), T0, vec![play(T0)], &[])),
+        vec![5]
+    );
+    assert_eq!(
+        step(&mut p, batch(tag("feed", "app-b"), T0, vec![play(T0)], &[])),
+        vec![4, 5]
+    );
+    // A second ios play, and a crash on the web with an email: audience 1 needs the email of
+    // the workspace, audience 3 reads crashes of every input of app-a.
+    assert_eq!(
+        step(&mut p, batch(tag("ios", "app-a"), T0, vec![play(T0)], &[])),
+        vec![2, 4, 5]
+    );
+    assert_eq!(
+        step(
+            &mut p,
+            batch(
+                tag("web", "app-a"),
+                T0,
+                vec![crash(T0)],
+                &[("email", "a@b.c")]
+            )
+        ),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert_eq!(
+        p.workspaces.iter().map(String::as_str).collect::<Vec<_>>(),
+        vec!["app-a", "app-b"]
+    );
+    let ctx = EvalContext {
+        now: T0 + 10_000,
+        retention_ms: RETENTION,
+    };
+    let why = catalog.active(1).unwrap().compiled.root.explain(&p, &ctx);
+    assert_eq!(why.children[0].criterion, "seen in workspace \"app-a\"");
+    assert_eq!(
+        why.children[0].detail,
+        "seen in workspace \"app-a\" and \"app-b\""
+    );
+    let event = &why.children[1].children[0];
+    assert!(
+        event.criterion.contains("from input \"ios\"") && event.detail.starts_with("counted 2"),
+        "{event:?}"
+    );
+    // A profile seen in no workspace is outside every scoped audience, an exclusion included.
+    let other = ProfileState::new(2);
+    let why = catalog
+        .active(4)
+        .unwrap()
+        .compiled
+        .root
+        .explain(&other, &ctx);
+    assert!(!why.matched);
+    assert_eq!(why.children[0].detail, "seen in no workspace");
+}
