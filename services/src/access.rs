@@ -9,7 +9,10 @@
 //!   needs the revision it edits from); `subscribe` (deltas and deliveries, members' identities
 //!   leaving the engine) is held only by itself and `admin`;
 //! - reflection and health are outside the table: health answers anyone, reflection any valid
-//!   token.
+//!   token;
+//! - a token limited to workspaces (`workspace:NAME` among its scopes) calls only the methods
+//!   of [`workspace_aware`], each of which shows and changes only what belongs to its
+//!   workspaces ([`crate::workspace_view`]); it never holds `admin`.
 
 use std::fmt;
 
@@ -114,6 +117,73 @@ impl fmt::Debug for Scopes {
     }
 }
 
+/// The word that limits a token to a workspace: `workspace:app-a`.
+pub const WORKSPACE_PREFIX: &str = "workspace:";
+
+/// A token's scopes and the workspaces it is limited to, from a list such as
+/// `read,subscribe,workspace:app-b` (empty workspaces: every one). A limited token cannot
+/// hold `admin`, which is every workspace's.
+pub fn parse_grant(text: &str) -> Result<(Scopes, Vec<String>), String> {
+    let mut scope_words = Vec::new();
+    let mut workspaces = Vec::new();
+    for word in text
+        .split(|c: char| c == ',' || c == '+' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+    {
+        match word.strip_prefix(WORKSPACE_PREFIX) {
+            Some(name) => {
+                audience_state::inputs::check_scope_name("workspace", name)?;
+                if !workspaces.iter().any(|w| w == name) {
+                    workspaces.push(name.to_string());
+                }
+            }
+            None => scope_words.push(word),
+        }
+    }
+    let scopes = Scopes::parse(&scope_words.join(","))?;
+    if !workspaces.is_empty() && scopes.has(Scope::Admin) {
+        return Err(
+            "admin holds every workspace: a token limited to workspaces cannot hold it".into(),
+        );
+    }
+    workspaces.sort();
+    Ok((scopes, workspaces))
+}
+
+/// Whether a token limited to workspaces may call the method at `path`: the methods that
+/// check what they show or change against the token's workspaces. Every other one reads or
+/// changes what all workspaces share (outputs, tiers, calculated attributes, the engine).
+pub fn workspace_aware(path: &str) -> bool {
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""));
+    matches!(
+        (service, method),
+        (
+            "audience.v1.AudienceService",
+            "CreateAudience"
+                | "GetAudience"
+                | "ListAudiences"
+                | "UpdateAudience"
+                | "DeleteAudience"
+                | "ActivateAudience"
+                | "SaveAsDraft"
+                | "ListInputs"
+        ) | ("audience.v1.ProfileService", "GetProfile" | "Explain")
+            | ("audience.v1.MembershipService", "Subscribe")
+    ) || service.starts_with("grpc.reflection.")
+}
+
+/// The refusal of a method a token limited to workspaces may not call.
+pub fn workspace_refusal(token: &str, path: &str, workspaces: &[String]) -> String {
+    format!(
+        "token '{token}' is limited to workspace {}: {} reads or changes what every workspace shares",
+        workspaces.join(", "),
+        path.trim_start_matches('/')
+    )
+}
+
 /// Whether `path` is a health probe's: answered without any token.
 pub fn is_probe(path: &str) -> bool {
     path.trim_start_matches('/').starts_with("grpc.health.")
@@ -191,6 +261,27 @@ pub fn refusal(token: &str, path: &str, needed: Scope, held: Scopes) -> String {
 mod tests {
     use super::*;
     use prost::Message;
+
+    #[test]
+    fn a_grant_lists_scopes_and_workspaces_and_a_limited_one_holds_no_admin() {
+        let (scopes, workspaces) =
+            parse_grant("read,subscribe,workspace:app-b,workspace:app-a").unwrap();
+        assert_eq!(scopes.to_string(), "read,subscribe");
+        assert_eq!(workspaces, vec!["app-a".to_string(), "app-b".to_string()]);
+        assert!(parse_grant("read").unwrap().1.is_empty());
+        assert!(parse_grant("admin,workspace:app-a")
+            .unwrap_err()
+            .contains("admin holds every workspace"));
+        assert!(parse_grant("read,workspace:a b").is_err());
+        assert!(parse_grant("workspace:app-a")
+            .unwrap_err()
+            .contains("no scope"));
+        assert!(workspace_aware("/audience.v1.ProfileService/GetProfile"));
+        assert!(!workspace_aware("/audience.v1.OutputService/ListOutputs"));
+        assert!(!workspace_aware(
+            "/audience.v1.MembershipService/ListMembers"
+        ));
+    }
 
     #[test]
     fn scopes_parse_in_any_separator_and_refuse_unknown_words() {

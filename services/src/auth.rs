@@ -57,6 +57,8 @@ struct TokenEntry {
     name: String,
     digest: [u8; 32],
     scopes: Scopes,
+    /// The workspaces the token is limited to (empty: every one).
+    workspaces: Vec<String>,
 }
 
 impl std::fmt::Debug for TokenSet {
@@ -83,8 +85,16 @@ impl TokenSet {
     pub fn scoped<'a>(
         tokens: impl IntoIterator<Item = (&'a str, &'a str, Scopes)>,
     ) -> Result<TokenSet, String> {
+        TokenSet::granted(tokens.into_iter().map(|(n, t, s)| (n, t, s, Vec::new())))
+    }
+
+    /// Tokens by name with their scopes and the workspaces each is limited to (empty: every
+    /// one), checked as [`TokenSet::new`] checks them.
+    pub fn granted<'a>(
+        tokens: impl IntoIterator<Item = (&'a str, &'a str, Scopes, Vec<String>)>,
+    ) -> Result<TokenSet, String> {
         let mut set = TokenSet::default();
-        for (name, token, scopes) in tokens {
+        for (name, token, scopes, workspaces) in tokens {
             let name = name.trim();
             if name.is_empty() {
                 return Err("a token has an empty name".into());
@@ -100,26 +110,27 @@ impl TokenSet {
                     "token '{name}' has a character other than printable ASCII (no spaces)"
                 ));
             }
-            set.push(name, digest(token), scopes)?;
+            set.push(TokenEntry {
+                name: name.to_string(),
+                digest: digest(token),
+                scopes,
+                workspaces,
+            })?;
         }
         Ok(set)
     }
 
-    fn push(&mut self, name: &str, digest: [u8; 32], scopes: Scopes) -> Result<(), String> {
-        if self.entries.iter().any(|e| e.name == name) {
-            return Err(format!("two tokens are named '{name}'"));
+    fn push(&mut self, entry: TokenEntry) -> Result<(), String> {
+        if self.entries.iter().any(|e| e.name == entry.name) {
+            return Err(format!("two tokens are named '{}'", entry.name));
         }
-        self.entries.push(TokenEntry {
-            name: name.to_string(),
-            digest,
-            scopes,
-        });
+        self.entries.push(entry);
         Ok(())
     }
 
     /// The lines of a tokens file: `name token [scopes]` or `name=token [scopes]`, one per
-    /// line, scopes as `read,subscribe` (every scope without); blank lines and lines starting
-    /// with `#` are skipped.
+    /// line, scopes as `read,subscribe` (every scope without), with `workspace:NAME` for each
+    /// workspace the token is limited to; blank lines and lines starting with `#` are skipped.
     pub fn parse_file(text: &str) -> Result<TokenSet, String> {
         let mut triples = Vec::new();
         for (n, line) in text.lines().enumerate() {
@@ -140,21 +151,22 @@ impl TokenSet {
             let mut fields = rest.split_whitespace();
             let token = fields.next().unwrap_or("");
             let scopes: Vec<&str> = fields.collect();
-            let scopes = if scopes.is_empty() {
-                Scopes::all()
+            let (scopes, workspaces) = if scopes.is_empty() {
+                (Scopes::all(), Vec::new())
             } else {
-                Scopes::parse(&scopes.join(" ")).map_err(|e| at(format!("token '{name}': {e}")))?
+                access::parse_grant(&scopes.join(" "))
+                    .map_err(|e| at(format!("token '{name}': {e}")))?
             };
-            triples.push((name.trim(), token, scopes));
+            triples.push((name.trim(), token, scopes, workspaces));
         }
-        TokenSet::scoped(triples).map_err(|e| format!("{e} (in the tokens file)"))
+        TokenSet::granted(triples).map_err(|e| format!("{e} (in the tokens file)"))
     }
 
     /// Both sets; a name in both is an error.
     pub fn union(&self, other: &TokenSet) -> Result<TokenSet, String> {
         let mut all = self.clone();
         for e in &other.entries {
-            all.push(&e.name, e.digest, e.scopes)?;
+            all.push(e.clone())?;
         }
         Ok(all)
     }
@@ -167,14 +179,14 @@ impl TokenSet {
         self.entries.iter().map(|e| e.name.as_str()).collect()
     }
 
-    /// The name and scopes of the token presented, when it is one of the set. Every digest is
-    /// compared (no early exit), in constant time.
-    pub fn check(&self, presented: &str) -> Option<(&str, Scopes)> {
+    /// The name, scopes and workspaces of the token presented, when it is one of the set.
+    /// Every digest is compared (no early exit), in constant time.
+    pub fn check(&self, presented: &str) -> Option<(&str, Scopes, &[String])> {
         let presented = digest(presented);
         let mut found = None;
         for e in &self.entries {
             if bool::from(e.digest.ct_eq(&presented)) {
-                found = Some((e.name.as_str(), e.scopes));
+                found = Some((e.name.as_str(), e.scopes, e.workspaces.as_slice()));
             }
         }
         found
@@ -221,6 +233,8 @@ pub struct Authenticator {
 pub struct Caller {
     pub name: String,
     pub scopes: Scopes,
+    /// The workspaces the token is limited to (empty: every one).
+    pub workspaces: Vec<String>,
 }
 
 impl Authenticator {
@@ -300,7 +314,10 @@ impl Authenticator {
                 Status::unauthenticated("the authorization metadata is not `Bearer <token>`"),
             );
         };
-        let Some((name, scopes)) = tokens.read().check(token).map(|(n, s)| (n.to_string(), s))
+        let Some((name, scopes, workspaces)) = tokens
+            .read()
+            .check(token)
+            .map(|(n, s, w)| (n.to_string(), s, w.to_vec()))
         else {
             return refuse("refused", Status::unauthenticated(REFUSED));
         };
@@ -312,7 +329,17 @@ impl Authenticator {
                 );
             }
         }
-        Ok(Some(Caller { name, scopes }))
+        if !workspaces.is_empty() && !access::workspace_aware(path) {
+            return refuse(
+                "workspace",
+                Status::permission_denied(access::workspace_refusal(&name, path, &workspaces)),
+            );
+        }
+        Ok(Some(Caller {
+            name,
+            scopes,
+            workspaces,
+        }))
     }
 }
 
@@ -539,17 +566,17 @@ pub fn inline_tokens(
             "auth.scopes names '{name}', which is not a token of auth.tokens"
         ));
     }
-    let mut triples = Vec::new();
+    let mut granted = Vec::new();
     for (name, token) in tokens {
-        let held = match scopes.get(name) {
+        let (held, workspaces) = match scopes.get(name) {
             Some(text) => {
-                Scopes::parse(text).map_err(|e| format!("auth.scopes of '{name}': {e}"))?
+                access::parse_grant(text).map_err(|e| format!("auth.scopes of '{name}': {e}"))?
             }
-            None => Scopes::all(),
+            None => (Scopes::all(), Vec::new()),
         };
-        triples.push((name.as_str(), token.as_str(), held));
+        granted.push((name.as_str(), token.as_str(), held, workspaces));
     }
-    TokenSet::scoped(triples).map_err(|e| format!("auth.tokens: {e}"))
+    TokenSet::granted(granted).map_err(|e| format!("auth.tokens: {e}"))
 }
 
 #[cfg(test)]

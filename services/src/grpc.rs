@@ -5,6 +5,7 @@
 use crate::auth::caller_name;
 use crate::convert;
 use crate::peers::{scoped_partition, Peer, Peers, PARTITION_HEADER};
+use crate::workspace_view::WorkspaceView;
 use audience_actors::connector::{Connectors, CursorError};
 use audience_actors::deltas_tail::StreamError;
 use audience_actors::node::Node;
@@ -71,6 +72,21 @@ fn spec(f: SpecFields) -> Result<AudienceSpec, Status> {
     })
 }
 
+/// The registry's spec of a create or update request (both carry the same fields), moved out
+/// of the request `$r`.
+macro_rules! spec_of {
+    ($r:ident) => {
+        spec(SpecFields {
+            name: $r.name,
+            external_name: $r.external_name,
+            criteria: $r.criteria,
+            tags: $r.tags,
+            workspaces: $r.workspaces,
+            inputs: $r.inputs,
+        })
+    };
+}
+
 /// Whether an audience passes a ListAudiences request's workspace filters.
 fn in_workspace_filter(
     a: &audience_state::catalog::AudienceRecord,
@@ -97,15 +113,10 @@ impl pb::audience_service_server::AudienceService for Services {
     ) -> Result<Response<pb::Audience>, Status> {
         let caller = req.metadata().clone();
         let by = caller_name(&req);
+        let view = WorkspaceView::of(&req);
         let r = req.into_inner();
-        let spec = spec(SpecFields {
-            name: r.name,
-            external_name: r.external_name,
-            criteria: r.criteria,
-            tags: r.tags,
-            workspaces: r.workspaces,
-            inputs: r.inputs,
-        })?;
+        self.check_saved_scope(&view, &r.workspaces, &r.inputs)?;
+        let spec = spec_of!(r)?;
         let record = self
             .registry
             .create(&by, spec, r.draft)
@@ -119,10 +130,8 @@ impl pb::audience_service_server::AudienceService for Services {
         req: Request<pb::GetAudienceRequest>,
     ) -> Result<Response<pb::Audience>, Status> {
         let caller = req.metadata().clone();
-        let record = self
-            .registry
-            .get(req.into_inner().id)
-            .map_err(convert::status)?;
+        let view = WorkspaceView::of(&req);
+        let record = self.seen_audience(&view, req.into_inner().id)?;
         let mut audience = self.one(&caller, record.clone()).await?.into_inner();
         if let Some(calculation) = audience
             .calculation
@@ -159,6 +168,7 @@ impl pb::audience_service_server::AudienceService for Services {
         req: Request<pb::ListAudiencesRequest>,
     ) -> Result<Response<pb::ListAudiencesResponse>, Status> {
         let caller = req.metadata().clone();
+        let view = WorkspaceView::of(&req);
         let r = req.into_inner();
         let page = crate::paging::page::<u64>(
             "ListAudiences",
@@ -174,6 +184,7 @@ impl pb::audience_service_server::AudienceService for Services {
             .into_iter()
             .filter(|a| page.after.is_none_or(|after| a.id > after))
             .filter(|a| in_workspace_filter(a, &r.workspace, kind))
+            .filter(|a| view.sees_audience(a))
             .collect();
         records.sort_by_key(|a| a.id);
         let next_page_token = crate::paging::cut(&mut records, page.size, |a| a.id);
@@ -189,15 +200,11 @@ impl pb::audience_service_server::AudienceService for Services {
     ) -> Result<Response<pb::Audience>, Status> {
         let caller = req.metadata().clone();
         let by = caller_name(&req);
+        let view = WorkspaceView::of(&req);
         let r = req.into_inner();
-        let spec = spec(SpecFields {
-            name: r.name,
-            external_name: r.external_name,
-            criteria: r.criteria,
-            tags: r.tags,
-            workspaces: r.workspaces,
-            inputs: r.inputs,
-        })?;
+        self.seen_audience(&view, r.id)?;
+        self.check_saved_scope(&view, &r.workspaces, &r.inputs)?;
+        let spec = spec_of!(r)?;
         let record = self
             .registry
             .update(&by, r.id, spec)
@@ -211,7 +218,9 @@ impl pb::audience_service_server::AudienceService for Services {
         req: Request<pb::DeleteAudienceRequest>,
     ) -> Result<Response<pb::DeleteAudienceResponse>, Status> {
         let by = caller_name(&req);
+        let view = WorkspaceView::of(&req);
         let id = req.into_inner().id;
+        self.seen_audience(&view, id)?;
         // Its connections go with it, and their outputs are told.
         self.registry
             .delete(&by, id)
@@ -226,9 +235,12 @@ impl pb::audience_service_server::AudienceService for Services {
     ) -> Result<Response<pb::Audience>, Status> {
         let caller = req.metadata().clone();
         let by = caller_name(&req);
+        let view = WorkspaceView::of(&req);
+        let id = req.into_inner().id;
+        self.seen_audience(&view, id)?;
         let record = self
             .registry
-            .set_status(&by, req.into_inner().id, AudienceStatus::Active)
+            .set_status(&by, id, AudienceStatus::Active)
             .await
             .map_err(convert::status)?;
         self.one(&caller, record).await
@@ -427,13 +439,15 @@ impl pb::audience_service_server::AudienceService for Services {
 
     async fn list_inputs(
         &self,
-        _: Request<pb::ListInputsRequest>,
+        req: Request<pb::ListInputsRequest>,
     ) -> Result<Response<pb::ListInputsResponse>, Status> {
+        let view = WorkspaceView::of(&req);
         let settings = &self.node.engine.settings;
         let inputs = settings
             .inputs
             .inputs()
             .iter()
+            .filter(|i| view.sees_workspace(&i.workspace))
             .map(|i| pb::Input {
                 name: i.name.clone(),
                 workspace: i.workspace.clone(),
@@ -557,9 +571,12 @@ impl pb::audience_service_server::AudienceService for Services {
     ) -> Result<Response<pb::Audience>, Status> {
         let caller = req.metadata().clone();
         let by = caller_name(&req);
+        let view = WorkspaceView::of(&req);
+        let id = req.into_inner().id;
+        self.seen_audience(&view, id)?;
         let record = self
             .registry
-            .set_status(&by, req.into_inner().id, AudienceStatus::Draft)
+            .set_status(&by, id, AudienceStatus::Draft)
             .await
             .map_err(convert::status)?;
         self.one(&caller, record).await
@@ -577,7 +594,9 @@ impl pb::membership_service_server::MembershipService for Services {
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let by = caller_name(&req);
+        let view = WorkspaceView::of(&req);
         let r = req.into_inner();
+        view.check_subscription_list(&r.audience_ids)?;
         let engine = self.node.engine.clone();
         let start = self
             .connectors
@@ -588,11 +607,12 @@ impl pb::membership_service_server::MembershipService for Services {
             })?;
         let catalog = engine.catalog.load();
         for (i, id) in r.audience_ids.iter().enumerate() {
-            if catalog.record(*id).is_none() {
+            let Some(audience) = catalog.record(*id) else {
                 return Err(Status::not_found(format!(
                     "audience_ids[{i}]: audience {id} not found"
                 )));
-            }
+            };
+            view.check_subscription(i, audience)?;
         }
         // At most grpc.max_subscribers_per_token streams per token; the slot goes with the
         // stream. The channel is bounded: a subscriber that reads slowly holds the pump back

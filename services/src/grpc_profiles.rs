@@ -5,6 +5,7 @@
 
 use crate::convert;
 use crate::grpc::{explain_node, Services};
+use crate::workspace_view::WorkspaceView;
 use audience_proto::v1 as pb;
 use audience_state::calculated::CalcSpec;
 use audience_state::profile::ProfileState;
@@ -12,8 +13,14 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 impl Services {
-    /// A profile from whichever of this node's partitions holds it, with that partition.
-    fn load_profile(&self, caller: &MetadataMap, mpid: i64) -> Result<(u32, ProfileState), Status> {
+    /// A profile from whichever of this node's partitions holds it, with that partition; one
+    /// the caller's token does not see answers as missing.
+    fn load_profile(
+        &self,
+        caller: &MetadataMap,
+        view: &WorkspaceView,
+        mpid: i64,
+    ) -> Result<(u32, ProfileState), Status> {
         let partitions = self.partitions(caller)?;
         let found = self
             .node
@@ -21,20 +28,33 @@ impl Services {
             .store
             .find_profile(mpid, partitions)
             .map_err(convert::internal)?;
-        found.ok_or_else(|| Status::not_found(format!("mpid {mpid}: no profile")))
+        found
+            .filter(|(_, profile)| view.sees_profile(profile))
+            .ok_or_else(|| Status::not_found(format!("mpid {mpid}: no profile")))
     }
 
     /// The profile as this node has it.
-    fn profile_here(&self, caller: &MetadataMap, mpid: i64) -> Result<pb::Profile, Status> {
+    fn profile_here(
+        &self,
+        caller: &MetadataMap,
+        view: &WorkspaceView,
+        mpid: i64,
+    ) -> Result<pb::Profile, Status> {
         let engine = &self.node.engine;
-        let (partition, profile) = self.load_profile(caller, mpid)?;
+        let (partition, profile) = self.load_profile(caller, view, mpid)?;
         let log = engine
             .store
             .load_log_head(partition, mpid)
             .map_err(convert::internal)?
             .unwrap_or_default();
         let catalog = engine.catalog.load();
-        let name = |id: u64| catalog.active(id).map(|a| a.record.name.clone());
+        // Memberships in the audiences the token sees.
+        let name = |id: u64| {
+            catalog
+                .active(id)
+                .filter(|a| view.sees_audience(&a.record))
+                .map(|a| a.record.name.clone())
+        };
         let now = engine.clock.now();
         let from = now - engine.settings.retention_ms;
         let calculated: Vec<(String, CalcSpec)> = catalog
@@ -55,26 +75,28 @@ impl Services {
     fn explain_here(
         &self,
         caller: &MetadataMap,
+        view: &WorkspaceView,
         r: &pb::ExplainRequest,
     ) -> Result<pb::Explanation, Status> {
         let engine = &self.node.engine;
         let catalog = engine.catalog.load();
-        let audience = match (catalog.active(r.audience_id), catalog.record(r.audience_id)) {
-            (Some(a), _) => a.clone(),
-            (None, Some(_)) => {
-                return Err(Status::failed_precondition(format!(
-                    "audience_id: audience {} is a draft: activate it to evaluate it",
-                    r.audience_id
-                )))
-            }
-            (None, None) => {
+        let seen = |id: u64| catalog.record(id).filter(|a| view.sees_audience(a));
+        let audience = match (seen(r.audience_id), catalog.active(r.audience_id)) {
+            (None, _) => {
                 return Err(Status::not_found(format!(
                     "audience_id: audience {} not found",
                     r.audience_id
                 )))
             }
+            (Some(_), Some(a)) => a.clone(),
+            (Some(_), None) => {
+                return Err(Status::failed_precondition(format!(
+                    "audience_id: audience {} is a draft: activate it to evaluate it",
+                    r.audience_id
+                )))
+            }
         };
-        let (_, profile) = self.load_profile(caller, r.mpid)?;
+        let (_, profile) = self.load_profile(caller, view, r.mpid)?;
         let ctx = audience_state::criteria::EvalContext {
             now: engine.clock.now(),
             retention_ms: engine.settings.retention_ms,
@@ -106,8 +128,9 @@ impl pb::profile_service_server::ProfileService for Services {
         req: Request<pb::GetProfileRequest>,
     ) -> Result<Response<pb::Profile>, Status> {
         let caller = req.metadata().clone();
+        let view = WorkspaceView::of(&req);
         let asked = req.into_inner();
-        let here = self.profile_here(&caller, asked.mpid);
+        let here = self.profile_here(&caller, &view, asked.mpid);
         let ask = |channel| {
             let request = self.peers.request(&caller, asked);
             async move {
@@ -127,8 +150,9 @@ impl pb::profile_service_server::ProfileService for Services {
         req: Request<pb::ExplainRequest>,
     ) -> Result<Response<pb::Explanation>, Status> {
         let caller = req.metadata().clone();
+        let view = WorkspaceView::of(&req);
         let asked = req.into_inner();
-        let here = self.explain_here(&caller, &asked);
+        let here = self.explain_here(&caller, &view, &asked);
         let ask = |channel| {
             let request = self.peers.request(&caller, asked);
             async move {

@@ -311,3 +311,169 @@ async fn audiences_read_their_workspaces_and_inputs() -> Result<()> {
     );
     Ok(())
 }
+
+/// A token limited to workspace app-b: it sees app-b's audiences and the profiles seen in
+/// app-b, and nothing of app-a's; it saves and subscribes within app-b only, and calls none of
+/// what every workspace shares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_token_sees_only_its_workspace() -> Result<()> {
+    const TOKEN_B: &str = "app-b-token-0123456789";
+    let broker = Broker::start()?;
+    let topics = Topics::unique("workspace-tokens");
+    let dir = tempfile::tempdir()?;
+    let tokens = format!("e2e={CLUSTER_TOKEN},b={TOKEN_B}");
+    let mut engine = Engine::start_with(
+        &broker,
+        &topics,
+        &dir.path().join("engine"),
+        "workspace-tokens",
+        &[
+            ("AUDIENCE_INPUTS", INPUTS),
+            ("AUDIENCE_SOURCE_FIELD", "context.source"),
+            ("AUDIENCE_TOKENS", &tokens),
+            (
+                "AUDIENCE_TOKEN_SCOPES",
+                "b=read+write+subscribe+workspace:app-b",
+            ),
+        ],
+    )?;
+    let admin = engine.ready().await?;
+    let b = audience_services::auth::ClientOptions {
+        token: Some(TOKEN_B.into()),
+        ..Default::default()
+    }
+    .connect(&engine.grpc)
+    .await?;
+
+    let play = json!({"event": {"type": "custom_event", "name": "Play"}});
+    let ios = create_scoped(&admin, "ios players", play.clone(), &[], &["ios"]).await?;
+    let partner = create_scoped(&admin, "partner players", play.clone(), &["app-b"], &[]).await?;
+    let everywhere = create_audience(&admin, "players", play.clone()).await?;
+    let producer = broker.producer()?;
+    let now = engine_now(&admin).await?;
+    let messages = [
+        batch(201, now, Some("ios"), 1, json!({})),
+        batch(202, now, Some("ios"), 1, json!({})),
+        batch(202, now, Some("partner"), 1, json!({})),
+    ];
+    for m in &messages {
+        produce_json(&producer, &topics.events, m).await?;
+    }
+    wait_processed(&admin, messages.len() as u64, Duration::from_secs(60)).await?;
+    assert_eq!(
+        members_of(&admin, partner.id, &[201, 202]).await?,
+        BTreeSet::from([202])
+    );
+
+    // Profiles: one seen only in app-a is as absent; one seen in app-b shows the memberships
+    // of app-b's audiences only.
+    let hidden = profile(&b, 201).await.unwrap_err();
+    let hidden = hidden.downcast_ref::<tonic::Status>().expect("a status");
+    assert_eq!(hidden.code(), tonic::Code::NotFound, "{hidden:?}");
+    let seen = profile(&b, 202).await?;
+    let shown: Vec<u64> = seen.audiences.iter().map(|m| m.audience_id).collect();
+    assert_eq!(shown, vec![partner.id]);
+    assert_eq!(
+        memberships(&admin, 202).await?.len(),
+        3,
+        "the admin token sees all"
+    );
+    let explain = pb::profile_service_client::ProfileServiceClient::new(b.clone())
+        .explain(pb::ExplainRequest {
+            mpid: 202,
+            audience_id: ios.id,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(explain.code(), tonic::Code::NotFound);
+
+    // Audiences: app-b's only; an unscoped one reads every workspace.
+    let mut audiences = pb::audience_service_client::AudienceServiceClient::new(b.clone());
+    assert_eq!(
+        listed(&b, "", pb::WorkspaceKind::Unspecified).await?,
+        vec!["partner players"]
+    );
+    for id in [ios.id, everywhere.id] {
+        let absent = audiences
+            .get_audience(pb::GetAudienceRequest { id })
+            .await
+            .unwrap_err();
+        assert_eq!(absent.code(), tonic::Code::NotFound);
+        assert_eq!(absent.message(), format!("audience {id} not found"));
+        let untouched = audiences
+            .delete_audience(pb::DeleteAudienceRequest { id })
+            .await
+            .unwrap_err();
+        assert_eq!(untouched.code(), tonic::Code::NotFound);
+    }
+    for (workspaces, inputs) in [
+        (vec!["app-a"], vec![]),
+        (vec![], vec!["ios"]),
+        (vec![], vec![]),
+    ] {
+        let refused = create_scoped(&b, "outside", play.clone(), &workspaces, &inputs)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(
+            refused.message().contains("limited to workspace app-b"),
+            "{refused:?}"
+        );
+    }
+    let own = create_scoped(&b, "partner twice", play.clone(), &[], &["partner"]).await?;
+    assert_eq!(own.created_by, "b");
+    let inputs = audiences
+        .list_inputs(pb::ListInputsRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(
+        inputs
+            .inputs
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["partner"]
+    );
+
+    // Deltas: of app-b's audiences, named.
+    let mut membership = pb::membership_service_client::MembershipServiceClient::new(b.clone());
+    let subscribe = |ids: Vec<u64>| pb::SubscribeRequest {
+        audience_ids: ids,
+        cursor: String::new(),
+        subscriber_name: "b".into(),
+    };
+    let refused = membership
+        .subscribe(subscribe(vec![ios.id]))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(refused.message().contains("audience_ids[0]"), "{refused:?}");
+    let refused = membership.subscribe(subscribe(vec![])).await.err().unwrap();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let deltas = collect_deltas(&b, vec![partner.id], "", Duration::from_secs(30), |d| {
+        !d.is_empty()
+    })
+    .await?;
+    assert_eq!(
+        deltas
+            .iter()
+            .map(|d| (d.audience_id, d.mpid))
+            .collect::<Vec<_>>(),
+        vec![(partner.id, 202)]
+    );
+
+    // What every workspace shares is out of its reach.
+    let outputs = pb::output_service_client::OutputServiceClient::new(b.clone())
+        .list_outputs(pb::ListOutputsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(outputs.code(), tonic::Code::PermissionDenied);
+    assert!(
+        outputs
+            .message()
+            .contains("token 'b' is limited to workspace app-b"),
+        "{outputs:?}"
+    );
+    Ok(())
+}
