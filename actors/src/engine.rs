@@ -46,6 +46,44 @@ pub struct EngineSettings {
     pub inputs: Arc<audience_state::inputs::InputMap>,
     /// The JSON field path of a message's source value (`["context", "source"]`).
     pub source_field: Vec<String>,
+    /// The most definitions of each kind the catalog holds.
+    pub quotas: Quotas,
+}
+
+/// The most audiences, calculated attributes, outputs and connections the catalog holds:
+/// checked when one is created, on the node that proposes it (a bound on what every node
+/// compiles, keeps in memory and runs a connector for, not an exact count: two nodes
+/// creating the last one at once may both pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    pub audiences: usize,
+    pub calculated_attributes: usize,
+    pub outputs: usize,
+    pub connections: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            audiences: 10_000,
+            calculated_attributes: 1_000,
+            outputs: 1_000,
+            connections: 10_000,
+        }
+    }
+}
+
+impl Quotas {
+    /// Refuses one more of `what` when `held` already reach `max`, naming the setting.
+    pub fn check(what: &str, setting: &str, held: usize, max: usize) -> Result<(), String> {
+        if held >= max {
+            Err(format!(
+                "the catalog holds {held} {what}, the limit of {setting} ({max}): delete one first"
+            ))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 impl Default for EngineSettings {
@@ -69,6 +107,7 @@ impl Default for EngineSettings {
             dead_letter_max_kept: 10_000,
             inputs: Arc::default(),
             source_field: Vec::new(),
+            quotas: Quotas::default(),
         }
     }
 }

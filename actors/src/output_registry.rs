@@ -5,6 +5,7 @@
 
 use crate::catalog_applier::CatalogApplier;
 use crate::delivery::Deliveries;
+use crate::engine::Quotas;
 use crate::node::Node;
 use crate::output_kinds::build_output;
 use crate::registry::{unexpected, RegistryError};
@@ -109,6 +110,9 @@ impl OutputRegistry {
         config: OutputConfig,
     ) -> Result<OutputConfig, RegistryError> {
         self.check_output(&config).await?;
+        let max = self.node.engine.settings.quotas.outputs;
+        Quotas::check("outputs", "engine.max_outputs", self.outputs()?.len(), max)
+            .map_err(RegistryError::Quota)?;
         let mut config = self.catalog.seal(&config);
         config.id = 0;
         let config = self
@@ -175,6 +179,10 @@ impl OutputRegistry {
                 format!("output {} does not exist", connection.output_id),
             )
         })?;
+        let max = self.node.engine.settings.quotas.connections;
+        let held = self.connections()?.len();
+        Quotas::check("connections", "engine.max_connections", held, max)
+            .map_err(RegistryError::Quota)?;
         connection.id = 0;
         let connection = self
             .connection_change(by, Change::Connect { connection })

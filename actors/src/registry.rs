@@ -6,6 +6,7 @@
 //! stored profiles.
 
 use crate::catalog_applier::{CatalogApplier, SubmitError};
+use crate::engine::Quotas;
 use crate::node::Node;
 use audience_state::calculated::CalculatedAttributeRecord;
 use audience_state::catalog::{event_tier, AudienceRecord, AudienceStatus};
@@ -37,6 +38,9 @@ pub enum RegistryError {
     Gone(String),
     #[error("{0}")]
     Unavailable(String),
+    /// One more would pass a quota of the engine (see [`crate::engine::Quotas`]).
+    #[error("{0}")]
+    Quota(String),
     #[error("store: {0}")]
     Store(#[from] audience_state::store::StoreError),
 }
@@ -148,7 +152,16 @@ impl Registry {
             record.status = AudienceStatus::Draft;
         }
         // Checked with an id no audience has; the id is the record's offset.
-        self.node.engine.catalog.load().check_audience(&record)?;
+        let catalog = self.node.engine.catalog.load();
+        catalog.check_audience(&record)?;
+        let max = self.node.engine.settings.quotas.audiences;
+        Quotas::check(
+            "audiences",
+            "engine.max_audiences",
+            catalog.records().count(),
+            max,
+        )
+        .map_err(RegistryError::Quota)?;
         record.id = 0;
         let record = self
             .audience_change(by, Change::CreateAudience { audience: record })
@@ -248,6 +261,19 @@ impl Registry {
         record: CalculatedAttributeRecord,
     ) -> Result<CalculatedAttributeRecord, RegistryError> {
         record.compile()?;
+        let catalog = self.node.engine.catalog.load();
+        let key = record.name.trim().to_lowercase();
+        let defined = catalog.calculated_records();
+        if !defined.iter().any(|r| r.name.trim().to_lowercase() == key) {
+            let max = self.node.engine.settings.quotas.calculated_attributes;
+            Quotas::check(
+                "calculated attributes",
+                "engine.max_calculated_attributes",
+                defined.len(),
+                max,
+            )
+            .map_err(RegistryError::Quota)?;
+        }
         let record = match self
             .catalog
             .submit(by, Change::PutCalculated { attribute: record })

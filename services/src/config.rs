@@ -418,6 +418,12 @@ pub struct EngineConfig {
     /// Unpublished dead letters kept per partition while the topic cannot take them; past
     /// it the oldest are dropped and counted (`audience_dead_letters_dropped_total`).
     pub dead_letter_max_kept: u64,
+    /// The most audiences, calculated attributes, outputs and connections the catalog
+    /// holds; one more is RESOURCE_EXHAUSTED, naming the setting.
+    pub max_audiences: usize,
+    pub max_calculated_attributes: usize,
+    pub max_outputs: usize,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -494,6 +500,10 @@ impl Default for EngineConfig {
             backfill_pause_ms: 0,
             dead_letter_prefix_bytes: d.dead_letter_limits.prefix_bytes,
             dead_letter_max_kept: d.dead_letter_max_kept,
+            max_audiences: d.quotas.audiences,
+            max_calculated_attributes: d.quotas.calculated_attributes,
+            max_outputs: d.quotas.outputs,
+            max_connections: d.quotas.connections,
         }
     }
 }
@@ -559,6 +569,13 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "inputs.input (name@workspace:source=S;name@workspace:topic=T)",
     ),
     ("AUDIENCE_SOURCE_FIELD", "inputs.source_field"),
+    ("AUDIENCE_MAX_AUDIENCES", "engine.max_audiences"),
+    (
+        "AUDIENCE_MAX_CALCULATED_ATTRIBUTES",
+        "engine.max_calculated_attributes",
+    ),
+    ("AUDIENCE_MAX_OUTPUTS", "engine.max_outputs"),
+    ("AUDIENCE_MAX_CONNECTIONS", "engine.max_connections"),
     ("AUDIENCE_METRICS_LISTEN", "metrics.listen"),
     ("AUDIENCE_RETENTION_DAYS", "engine.retention_days"),
     ("AUDIENCE_MANUAL_CLOCK", "clock.manual"),
@@ -678,6 +695,18 @@ impl Config {
             }
             "AUDIENCE_INPUTS" => self.inputs.input = parse_inputs(value).map_err(|e| bad(&e))?,
             "AUDIENCE_SOURCE_FIELD" => self.inputs.source_field = value.into(),
+            "AUDIENCE_MAX_AUDIENCES" => {
+                self.engine.max_audiences = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_MAX_CALCULATED_ATTRIBUTES" => {
+                self.engine.max_calculated_attributes = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_MAX_OUTPUTS" => {
+                self.engine.max_outputs = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_MAX_CONNECTIONS" => {
+                self.engine.max_connections = value.parse().map_err(|e| bad(&e))?
+            }
             "AUDIENCE_OUTPUTS_ALLOW_PRIVATE" => {
                 self.outputs.allow_private = value.parse().map_err(|e| bad(&e))?
             }
@@ -753,6 +782,12 @@ impl Config {
             dead_letter_max_kept: self.engine.dead_letter_max_kept,
             geoip,
             inputs: std::sync::Arc::new(self.inputs.map()?),
+            quotas: audience_actors::engine::Quotas {
+                audiences: self.engine.max_audiences,
+                calculated_attributes: self.engine.max_calculated_attributes,
+                outputs: self.engine.max_outputs,
+                connections: self.engine.max_connections,
+            },
             source_field: self.inputs.source_path(),
             ..Default::default()
         })

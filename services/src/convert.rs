@@ -329,6 +329,7 @@ pub fn status(e: RegistryError) -> Status {
         }
         RegistryError::Gone(_) => Status::not_found(e.to_string()),
         RegistryError::Unavailable(_) => Status::unavailable(e.to_string()),
+        RegistryError::Quota(_) => Status::resource_exhausted(e.to_string()),
         RegistryError::Store(_) => Status::internal(e.to_string()),
     }
 }

@@ -3,8 +3,10 @@
 //! (RESOURCE_EXHAUSTED naming `grpc.max_message_bytes`), a definition's depth, size and name
 //! (INVALID_ARGUMENT naming the limit), the delta streams one token holds open
 //! (RESOURCE_EXHAUSTED naming `grpc.max_subscribers_per_token`, the slot back once a stream
-//! closes), and ListAudiences in pages (a page above the limit refused). The sample sizes of
-//! estimates and previews are tried in `history.rs`.
+//! closes), and ListAudiences in pages (a page above the limit refused); the catalog's quotas
+//! of audiences, calculated attributes, outputs and connections (RESOURCE_EXHAUSTED naming
+//! the setting, the slot back once one is deleted). The sample sizes of estimates and previews
+//! are tried in `history.rs`.
 
 use audience_e2e::*;
 use audience_proto::v1 as pb;
@@ -166,5 +168,103 @@ async fn every_request_is_bounded_and_the_error_names_the_limit() -> Result<()> 
             Err(e) => anyhow::bail!("the closed stream's slot never came back: {e}"),
         }
     }
+    Ok(())
+}
+
+fn spend(name: &str) -> pb::CalculatedAttribute {
+    pb::CalculatedAttribute {
+        definition: Some(criteria(
+            serde_json::json!({"name": name, "calculation": "sum",
+            "field": "total_amount", "window_days": 7,
+            "event": {"type": "commerce_event", "product_action": "purchase"}}),
+        )),
+        ..Default::default()
+    }
+}
+
+/// Refused as past a quota, naming its setting and its value.
+fn past_quota<T: std::fmt::Debug>(answer: std::result::Result<T, tonic::Status>, setting: &str) {
+    let refused = answer.expect_err("one past the quota");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains(setting), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_holds_at_most_its_quotas() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("quotas");
+    let dir = tempfile::tempdir()?;
+    let mut engine = Engine::start_with(
+        &broker,
+        &topics,
+        &dir.path().join("engine"),
+        "quotas",
+        &[
+            ("AUDIENCE_MAX_AUDIENCES", "2"),
+            ("AUDIENCE_MAX_CALCULATED_ATTRIBUTES", "1"),
+            ("AUDIENCE_MAX_OUTPUTS", "1"),
+            ("AUDIENCE_MAX_CONNECTIONS", "1"),
+        ],
+    )?;
+    let ch = engine.ready().await?;
+    let mut audiences = pb::audience_service_client::AudienceServiceClient::new(ch.clone());
+    let first = create_audience(&ch, "first", gold()).await?;
+    let second = create_audience(&ch, "second", gold()).await?;
+    past_quota(
+        create_audience(&ch, "third", gold())
+            .await
+            .map_err(|e| e.downcast::<tonic::Status>().expect("a status")),
+        "engine.max_audiences (2)",
+    );
+    audiences
+        .delete_audience(pb::DeleteAudienceRequest { id: second.id })
+        .await?;
+    create_audience(&ch, "third", gold()).await?;
+
+    audiences.put_calculated_attribute(spend("spend")).await?;
+    // Redefining one is no new one.
+    audiences.put_calculated_attribute(spend("Spend")).await?;
+    past_quota(
+        audiences.put_calculated_attribute(spend("other")).await,
+        "engine.max_calculated_attributes (1)",
+    );
+
+    let mut outputs = pb::output_service_client::OutputServiceClient::new(ch.clone());
+    let (_hook, url) = audience_e2e::webhook::start_hook().await?;
+    let output = audience_e2e::webhook::webhook(
+        &mut outputs,
+        "one",
+        &url,
+        &["email"],
+        serde_json::json!({}),
+    )
+    .await?;
+    past_quota(
+        audience_e2e::webhook::webhook(
+            &mut outputs,
+            "two",
+            &url,
+            &["email"],
+            serde_json::json!({}),
+        )
+        .await
+        .map_err(|e| e.downcast::<tonic::Status>().expect("a status")),
+        "engine.max_outputs (1)",
+    );
+    connect(&ch, first.id, output.id).await?;
+    let third = audiences
+        .list_audiences(pb::ListAudiencesRequest::default())
+        .await?
+        .into_inner()
+        .audiences
+        .into_iter()
+        .find(|a| a.name == "third")
+        .expect("the third audience");
+    past_quota(
+        connect(&ch, third.id, output.id)
+            .await
+            .map_err(|e| e.downcast::<tonic::Status>().expect("a status")),
+        "engine.max_connections (1)",
+    );
     Ok(())
 }
