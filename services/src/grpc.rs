@@ -2,14 +2,16 @@
 //! and administration. Requests are validated here, once; domain errors map to statuses in
 //! [`crate::convert::status`].
 
+use crate::audience_request::{in_workspace_filter, spec, SpecFields};
 use crate::auth::caller_name;
 use crate::convert;
+use crate::paging::{self, TierKey, DEFAULT_PAGE, MAX_PAGE};
 use crate::peers::{scoped_partition, Peer, Peers, PARTITION_HEADER};
 use crate::workspace_view::WorkspaceView;
 use audience_actors::connector::{Connectors, CursorError};
 use audience_actors::deltas_tail::StreamError;
 use audience_actors::node::Node;
-use audience_actors::registry::{AudienceSpec, Registry};
+use audience_actors::registry::Registry;
 use audience_proto::v1 as pb;
 use audience_state::calculated::CalculatedAttributeRecord;
 use audience_state::catalog::AudienceStatus;
@@ -47,31 +49,6 @@ pub struct Services {
     pub scans: crate::scan_gate::ScanGate,
 }
 
-/// The fields of a create or update request, as the registry takes them.
-struct SpecFields {
-    name: String,
-    external_name: String,
-    criteria: Option<prost_types::Struct>,
-    tags: Vec<String>,
-    workspaces: Vec<String>,
-    inputs: Vec<String>,
-}
-
-fn spec(f: SpecFields) -> Result<AudienceSpec, Status> {
-    let criteria = f
-        .criteria
-        .map(|c| convert::struct_to_json(&c))
-        .ok_or_else(|| Status::invalid_argument("criteria: missing"))?;
-    Ok(AudienceSpec {
-        name: f.name,
-        external_name: f.external_name,
-        criteria,
-        tags: f.tags,
-        workspaces: f.workspaces,
-        inputs: f.inputs,
-    })
-}
-
 /// The registry's spec of a create or update request (both carry the same fields), moved out
 /// of the request `$r`.
 macro_rules! spec_of {
@@ -85,20 +62,6 @@ macro_rules! spec_of {
             inputs: $r.inputs,
         })
     };
-}
-
-/// Whether an audience passes a ListAudiences request's workspace filters.
-fn in_workspace_filter(
-    a: &audience_state::catalog::AudienceRecord,
-    workspace: &str,
-    kind: pb::WorkspaceKind,
-) -> bool {
-    let kind_holds = match kind {
-        pb::WorkspaceKind::Unspecified => true,
-        pb::WorkspaceKind::SingleWorkspace => a.workspaces.len() == 1,
-        pb::WorkspaceKind::MultiWorkspace => a.workspaces.len() > 1,
-    };
-    kind_holds && (workspace.is_empty() || a.workspaces.iter().any(|w| w == workspace))
 }
 
 /// Audiences of a ListAudiences page without a size, and the most one page holds.
@@ -265,14 +228,26 @@ impl pb::audience_service_server::AudienceService for Services {
 
     async fn list_event_tiers(
         &self,
-        _: Request<pb::ListEventTiersRequest>,
+        req: Request<pb::ListEventTiersRequest>,
     ) -> Result<Response<pb::ListEventTiersResponse>, Status> {
-        let tiers = self
+        let r = req.into_inner();
+        let page = paging::page::<TierKey>(
+            "ListEventTiers",
+            r.page_size,
+            &r.page_token,
+            DEFAULT_PAGE,
+            MAX_PAGE,
+        )?;
+        let mut all = self
             .node
             .engine
             .store
             .event_tiers()
-            .map_err(convert::internal)?
+            .map_err(convert::internal)?;
+        all.sort();
+        let (tiers, next_page_token) =
+            paging::take(all, &page, |(t, n, _)| TierKey(t.clone(), n.clone()));
+        let tiers = tiers
             .into_iter()
             .map(|(event_type, name, tier)| pb::EventTier {
                 event_type,
@@ -280,7 +255,10 @@ impl pb::audience_service_server::AudienceService for Services {
                 tier,
             })
             .collect();
-        Ok(Response::new(pb::ListEventTiersResponse { tiers }))
+        Ok(Response::new(pb::ListEventTiersResponse {
+            tiers,
+            next_page_token,
+        }))
     }
 
     async fn put_calculated_attribute(
@@ -313,16 +291,26 @@ impl pb::audience_service_server::AudienceService for Services {
 
     async fn list_calculated_attributes(
         &self,
-        _: Request<pb::ListCalculatedAttributesRequest>,
+        req: Request<pb::ListCalculatedAttributesRequest>,
     ) -> Result<Response<pb::ListCalculatedAttributesResponse>, Status> {
-        let attributes = self
-            .registry
-            .list_calculated()
-            .iter()
-            .map(convert::calculated_attribute)
-            .collect();
+        let r = req.into_inner();
+        let page = paging::page::<String>(
+            "ListCalculatedAttributes",
+            r.page_size,
+            &r.page_token,
+            DEFAULT_PAGE,
+            MAX_PAGE,
+        )?;
+        let key = |a: &CalculatedAttributeRecord| a.name.trim().to_lowercase();
+        let mut all = self.registry.list_calculated();
+        all.sort_by_key(key);
+        let (attributes, next_page_token) = paging::take(all, &page, key);
         Ok(Response::new(pb::ListCalculatedAttributesResponse {
-            attributes,
+            attributes: attributes
+                .iter()
+                .map(convert::calculated_attribute)
+                .collect(),
+            next_page_token,
         }))
     }
 

@@ -384,16 +384,28 @@ impl pb::output_service_server::OutputService for OutputServices {
         &self,
         req: Request<pb::ListOutputsRequest>,
     ) -> Result<Response<pb::ListOutputsResponse>, Status> {
+        let caller = req.metadata().clone();
+        let r = req.into_inner();
+        let page = crate::paging::page::<u64>(
+            "ListOutputs",
+            r.page_size,
+            &r.page_token,
+            crate::paging::DEFAULT_PAGE,
+            crate::paging::MAX_PAGE,
+        )?;
+        let mut all = self.outputs.outputs().map_err(convert::status)?;
+        all.sort_by_key(|o| o.id);
+        let (shown, next_page_token) = crate::paging::take(all, &page, |o| o.id);
         let connections = self.outputs.connections().map_err(convert::status)?;
-        let faults = cluster_faults(&self.outputs, &self.peers, req.metadata()).await?;
-        let outputs = self
-            .outputs
-            .outputs()
-            .map_err(convert::status)?
+        let faults = cluster_faults(&self.outputs, &self.peers, &caller).await?;
+        let outputs = shown
             .iter()
             .map(|o| self.output_message(o, &connections, &faults))
             .collect::<Result<_, _>>()?;
-        Ok(Response::new(pb::ListOutputsResponse { outputs }))
+        Ok(Response::new(pb::ListOutputsResponse {
+            outputs,
+            next_page_token,
+        }))
     }
 
     async fn update_output(

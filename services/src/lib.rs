@@ -3,6 +3,7 @@
 //! operator CLI) are thin on top of it.
 
 pub mod access;
+pub mod audience_request;
 pub mod auth;
 pub mod config;
 pub mod convert;

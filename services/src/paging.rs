@@ -39,6 +39,43 @@ pub fn page<K: std::str::FromStr>(
     Ok(Page { size, after })
 }
 
+/// The key of an event tier in its list's order: (event type, name), as a page token
+/// `type/name` (event types hold no `/`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TierKey(pub String, pub String);
+
+impl std::fmt::Display for TierKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.0, self.1)
+    }
+}
+
+impl std::str::FromStr for TierKey {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (event_type, name) = s.split_once('/').ok_or(())?;
+        Ok(TierKey(event_type.into(), name.into()))
+    }
+}
+
+/// The lists' page sizes: without a size, and the most one page holds.
+pub const DEFAULT_PAGE: usize = 500;
+pub const MAX_PAGE: usize = 1_000;
+
+/// The page of `items` (in `key` order) that `page` asks for, and the token of the next.
+pub fn take<T, K: PartialOrd + ToString>(
+    items: Vec<T>,
+    page: &Page<K>,
+    key: impl Fn(&T) -> K,
+) -> (Vec<T>, String) {
+    let mut items: Vec<T> = items
+        .into_iter()
+        .filter(|item| page.after.as_ref().is_none_or(|after| key(item) > *after))
+        .collect();
+    let next = cut(&mut items, page.size, key);
+    (items, next)
+}
+
 /// Cuts `items` (in key order, read one past the page to know whether another follows) to
 /// `size`; the token of the next page, empty after the last.
 pub fn cut<T, K: ToString>(items: &mut Vec<T>, size: usize, key: impl Fn(&T) -> K) -> String {
@@ -55,6 +92,22 @@ pub fn cut<T, K: ToString>(items: &mut Vec<T>, size: usize, key: impl Fn(&T) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_reads_back_whole_page_by_page() {
+        let items: Vec<u64> = (1..=7).collect();
+        let mut after = None;
+        let mut seen = Vec::new();
+        loop {
+            let (page, next) = take(items.clone(), &Page { size: 3, after }, |i| *i);
+            seen.extend(page);
+            if next.is_empty() {
+                break;
+            }
+            after = Some(next.parse().unwrap());
+        }
+        assert_eq!(seen, items);
+    }
 
     #[test]
     fn sizes_default_and_are_bounded_and_tokens_are_checked() {

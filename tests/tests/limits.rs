@@ -266,5 +266,43 @@ async fn the_catalog_holds_at_most_its_quotas() -> Result<()> {
             .map_err(|e| e.downcast::<tonic::Status>().expect("a status")),
         "engine.max_connections (1)",
     );
+
+    // The definitions' lists come in pages.
+    let too_big = outputs
+        .list_outputs(pb::ListOutputsRequest {
+            page_size: 1_001,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a page above the limit");
+    assert_eq!(too_big.code(), Code::InvalidArgument);
+    assert!(too_big.message().contains("1000"), "{too_big:?}");
+    for name in ["a/b", "checkout", "search"] {
+        audiences
+            .set_event_tier(pb::EventTier {
+                event_type: "custom_event".into(),
+                name: name.into(),
+                tier: "personalize".into(),
+            })
+            .await?;
+    }
+    let mut names = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = audiences
+            .list_event_tiers(pb::ListEventTiersRequest {
+                page_size: 2,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        assert!(page.tiers.len() <= 2);
+        names.extend(page.tiers.into_iter().map(|t| t.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(names, vec!["a/b", "checkout", "search"]);
     Ok(())
 }

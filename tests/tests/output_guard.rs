@@ -280,7 +280,7 @@ async fn a_query_key_is_shown_redacted_and_still_sent() -> Result<()> {
         "{redacted}"
     );
     for o in outputs
-        .list_outputs(pb::ListOutputsRequest {})
+        .list_outputs(pb::ListOutputsRequest::default())
         .await?
         .into_inner()
         .outputs

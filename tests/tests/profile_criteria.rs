@@ -297,7 +297,7 @@ async fn events_outside_the_personalize_tier_cannot_be_used() -> Result<()> {
         })
         .await?;
     let listed = audiences
-        .list_event_tiers(pb::ListEventTiersRequest {})
+        .list_event_tiers(pb::ListEventTiersRequest::default())
         .await?
         .into_inner()
         .tiers;

@@ -465,7 +465,7 @@ async fn a_workspace_token_sees_only_its_workspace() -> Result<()> {
 
     // What every workspace shares is out of its reach.
     let outputs = pb::output_service_client::OutputServiceClient::new(b.clone())
-        .list_outputs(pb::ListOutputsRequest {})
+        .list_outputs(pb::ListOutputsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(outputs.code(), tonic::Code::PermissionDenied);

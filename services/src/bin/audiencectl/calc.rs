@@ -48,11 +48,23 @@ pub async fn calc(ctx: &Ctx, cmd: CalcCmd) -> anyhow::Result<()> {
             }
         }
         CalcCmd::List => {
-            let list = client
-                .list_calculated_attributes(pb::ListCalculatedAttributesRequest {})
-                .await?
-                .into_inner();
-            for a in list.attributes {
+            let mut attributes = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_calculated_attributes(pb::ListCalculatedAttributesRequest {
+                        page_size: 1_000,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                attributes.extend(page.attributes);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            for a in attributes {
                 let json = a
                     .definition
                     .as_ref()
@@ -97,12 +109,23 @@ pub async fn tier(
             })
             .await?;
     }
-    for t in client
-        .list_event_tiers(pb::ListEventTiersRequest {})
-        .await?
-        .into_inner()
-        .tiers
-    {
+    let mut tiers = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_event_tiers(pb::ListEventTiersRequest {
+                page_size: 1_000,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        tiers.extend(page.tiers);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    for t in tiers {
         if ctx.json() {
             say_json(&serde_json::json!({
                 "event_type": t.event_type, "name": t.name, "tier": t.tier,

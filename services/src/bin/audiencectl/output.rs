@@ -125,13 +125,20 @@ pub async fn output(ctx: &Ctx, cmd: OutputCmd) -> anyhow::Result<()> {
             show(&client.update_output(config).await?.into_inner())
         }
         OutputCmd::List => {
-            for o in client
-                .list_outputs(pb::ListOutputsRequest {})
-                .await?
-                .into_inner()
-                .outputs
-            {
-                show(&o);
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_outputs(pb::ListOutputsRequest {
+                        page_size: 1_000,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                page.outputs.iter().for_each(&show);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
             }
         }
         OutputCmd::Delete { id } => {
