@@ -34,8 +34,19 @@ pub struct InputsConfig {
 }
 
 impl InputsConfig {
-    /// The inputs, checked.
-    pub fn map(&self) -> anyhow::Result<audience_state::inputs::InputMap> {
+    /// The inputs, checked; `read_topics` are the topics the engine consumes, the only ones
+    /// an input can claim messages of.
+    pub fn map(&self, read_topics: &[&str]) -> anyhow::Result<audience_state::inputs::InputMap> {
+        for input in &self.input {
+            if let Some(topic) = input.topic.as_deref().filter(|t| !read_topics.contains(t)) {
+                anyhow::bail!(
+                    "inputs: input \"{}\" claims the messages of topic \"{topic}\", which this \
+                     engine does not read (it reads {})",
+                    input.name,
+                    read_topics.join(" and ")
+                );
+            }
+        }
         audience_state::inputs::InputMap::new(self.input.clone())
             .map_err(|e| anyhow::anyhow!("inputs: {e}"))
     }
@@ -781,7 +792,10 @@ impl Config {
             },
             dead_letter_max_kept: self.engine.dead_letter_max_kept,
             geoip,
-            inputs: std::sync::Arc::new(self.inputs.map()?),
+            inputs: std::sync::Arc::new(
+                self.inputs
+                    .map(&[&self.kafka.events_topic, &self.kafka.identities_topic])?,
+            ),
             quotas: audience_actors::engine::Quotas {
                 audiences: self.engine.max_audiences,
                 calculated_attributes: self.engine.max_calculated_attributes,
@@ -862,6 +876,41 @@ mod tests {
         assert!(defaults.grpc.listen.starts_with("127.0.0.1:"));
         assert!(defaults.metrics.listen.starts_with("127.0.0.1:"));
         assert!(!defaults.outputs.allow_private);
+    }
+
+    /// Inputs from the environment, and an input of a topic the engine does not read refused
+    /// at start, naming both.
+    #[test]
+    fn inputs_parse_and_claim_only_topics_the_engine_reads() {
+        let mut config = Config::default();
+        config
+            .set(
+                "AUDIENCE_INPUTS",
+                "ios@app-a:source=ios; feed@app-b:topic=audience-events:source=partner",
+            )
+            .unwrap();
+        config
+            .set("AUDIENCE_SOURCE_FIELD", "context.source")
+            .unwrap();
+        let settings = config.settings().unwrap();
+        assert_eq!(settings.source_field, vec!["context", "source"]);
+        let names: Vec<&str> = settings
+            .inputs
+            .inputs()
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["feed", "ios"], "the most specific first");
+        assert!(config.set("AUDIENCE_INPUTS", "ios:source=ios").is_err());
+        assert!(config.set("AUDIENCE_INPUTS", "ios@a:src=ios").is_err());
+        config
+            .set("AUDIENCE_INPUTS", "tv@app-c:topic=tv-events")
+            .unwrap();
+        let refused = config.settings().unwrap_err().to_string();
+        assert!(
+            refused.contains("input \"tv\"") && refused.contains("\"tv-events\""),
+            "{refused}"
+        );
     }
 
     /// What the start-up log line prints holds no token and no Kafka credential.
