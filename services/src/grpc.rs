@@ -2,7 +2,7 @@
 //! and administration. Requests are validated here, once; domain errors map to statuses in
 //! [`crate::convert::status`].
 
-use crate::audience_request::{in_workspace_filter, spec, SpecFields};
+use crate::audience_request::{in_workspace_filter, required_criteria};
 use crate::auth::caller_name;
 use crate::convert;
 use crate::paging::{self, TierKey, DEFAULT_PAGE, MAX_PAGE};
@@ -11,7 +11,7 @@ use crate::workspace_view::WorkspaceView;
 use audience_actors::connector::{Connectors, CursorError};
 use audience_actors::deltas_tail::StreamError;
 use audience_actors::node::Node;
-use audience_actors::registry::Registry;
+use audience_actors::registry::{AudienceSpec, Registry};
 use audience_proto::v1 as pb;
 use audience_state::calculated::CalculatedAttributeRecord;
 use audience_state::catalog::AudienceStatus;
@@ -53,20 +53,16 @@ pub struct Services {
 /// of the request `$r`.
 macro_rules! spec_of {
     ($r:ident) => {
-        spec(SpecFields {
+        AudienceSpec {
             name: $r.name,
             external_name: $r.external_name,
-            criteria: $r.criteria,
+            criteria: required_criteria($r.criteria)?,
             tags: $r.tags,
             workspaces: $r.workspaces,
             inputs: $r.inputs,
-        })
+        }
     };
 }
-
-/// Audiences of a ListAudiences page without a size, and the most one page holds.
-const DEFAULT_AUDIENCES_PAGE: usize = 500;
-const MAX_AUDIENCES_PAGE: usize = 1_000;
 
 #[tonic::async_trait]
 impl pb::audience_service_server::AudienceService for Services {
@@ -79,7 +75,7 @@ impl pb::audience_service_server::AudienceService for Services {
         let view = WorkspaceView::of(&req);
         let r = req.into_inner();
         self.check_saved_scope(&view, &r.workspaces, &r.inputs)?;
-        let spec = spec_of!(r)?;
+        let spec = spec_of!(r);
         let record = self
             .registry
             .create(&by, spec, r.draft)
@@ -133,24 +129,23 @@ impl pb::audience_service_server::AudienceService for Services {
         let caller = req.metadata().clone();
         let view = WorkspaceView::of(&req);
         let r = req.into_inner();
-        let page = crate::paging::page::<u64>(
+        let page = paging::page::<u64>(
             "ListAudiences",
             r.page_size,
             &r.page_token,
-            DEFAULT_AUDIENCES_PAGE,
-            MAX_AUDIENCES_PAGE,
+            DEFAULT_PAGE,
+            MAX_PAGE,
         )?;
         let kind = r.workspace_kind();
         let mut records: Vec<_> = self
             .registry
             .list(&r.tags)
             .into_iter()
-            .filter(|a| page.after.is_none_or(|after| a.id > after))
             .filter(|a| in_workspace_filter(a, &r.workspace, kind))
             .filter(|a| view.sees_audience(a))
             .collect();
         records.sort_by_key(|a| a.id);
-        let next_page_token = crate::paging::cut(&mut records, page.size, |a| a.id);
+        let (records, next_page_token) = paging::take(records, &page, |a| a.id);
         Ok(Response::new(pb::ListAudiencesResponse {
             audiences: self.with_figures(&caller, records).await?,
             next_page_token,
@@ -167,7 +162,7 @@ impl pb::audience_service_server::AudienceService for Services {
         let r = req.into_inner();
         self.seen_audience(&view, r.id)?;
         self.check_saved_scope(&view, &r.workspaces, &r.inputs)?;
-        let spec = spec_of!(r)?;
+        let spec = spec_of!(r);
         let record = self
             .registry
             .update(&by, r.id, spec)
@@ -333,10 +328,7 @@ impl pb::audience_service_server::AudienceService for Services {
         let caller = req.metadata().clone();
         let r = req.into_inner();
         let criteria_struct = r.criteria.clone();
-        let criteria = r
-            .criteria
-            .map(|c| convert::struct_to_json(&c))
-            .ok_or_else(|| Status::invalid_argument("criteria: missing"))?;
+        let criteria = required_criteria(r.criteria)?;
         let compiled = self
             .registry
             .compile_unsaved(criteria, None, &r.workspaces, &r.inputs)
@@ -458,10 +450,7 @@ impl pb::audience_service_server::AudienceService for Services {
         let asked = r.clone();
         // The edit keeps the audience's scope.
         let current = self.registry.get(r.audience_id).map_err(convert::status)?;
-        let criteria = r
-            .criteria
-            .map(|c| convert::struct_to_json(&c))
-            .ok_or_else(|| Status::invalid_argument("criteria: missing"))?;
+        let criteria = required_criteria(r.criteria)?;
         let compiled = self
             .registry
             .compile_unsaved(

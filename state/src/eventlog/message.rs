@@ -74,8 +74,8 @@ pub struct LoggedMessage<'a> {
     pub now: TimestampMs,
     /// The message's time as the profile took it (its own, or the processing time).
     pub message_time: TimestampMs,
-    /// The input the message came through.
-    pub input: Option<InputTag>,
+    /// The input the message came through (borrowed from the message while streaming).
+    pub input: Option<Cow<'a, InputTag>>,
     pub parts: MessageParts,
     pub events: Vec<MessageEvent<'a>>,
 }
@@ -90,7 +90,7 @@ impl LoggedMessage<'_> {
                 mpid,
                 timestamp_ms: Some(self.message_time),
                 changes: p.identity_changes,
-                input: self.input,
+                input: self.input.map(Cow::into_owned),
             });
         }
         Inbound::Batch(Batch {
@@ -112,7 +112,7 @@ impl LoggedMessage<'_> {
             attribution: p.attribution,
             ip: None,
             location: p.location,
-            input: self.input,
+            input: self.input.map(Cow::into_owned),
         })
     }
 }
@@ -424,7 +424,7 @@ pub fn read_units<'b>(
             out.push(LogUnit::Message(Box::new(LoggedMessage {
                 now: h.now,
                 message_time: h.message_time,
-                input: h.input,
+                input: h.input.map(Cow::Owned),
                 parts: h.parts,
                 events,
             })));

@@ -436,9 +436,11 @@ fn message(now: TimestampMs, variant: usize, events: &[Event]) -> LoggedMessage<
         now,
         message_time: now - 5_000,
         // Every other variant came through an input.
-        input: variant.is_multiple_of(2).then(|| InputTag {
-            input: format!("input-{variant}"),
-            workspace: "app-a".into(),
+        input: variant.is_multiple_of(2).then(|| {
+            std::borrow::Cow::Owned(InputTag {
+                input: format!("input-{variant}"),
+                workspace: "app-a".into(),
+            })
         }),
         parts,
         events: logged,

@@ -62,7 +62,7 @@ impl ProfileState {
         let mut logged = LoggedMessage {
             now,
             message_time,
-            input: message.input().cloned(),
+            input: message.input().map(Cow::Borrowed),
             parts: MessageParts::default(),
             events: Vec::new(),
         };

@@ -1,6 +1,7 @@
 //! `audiencectl audience ...`: create, load, list, get, update, wait, estimate, diff, delete,
 //! activate and draft audiences.
 
+use crate::client::{all_pages, PAGE_SIZE};
 use crate::print::*;
 use anyhow::Context;
 use audience_proto::v1 as pb;
@@ -329,25 +330,21 @@ pub async fn all_audiences(
     client: &mut AudienceServiceClient<AuthChannel>,
     filter: ListFilter,
 ) -> anyhow::Result<Vec<pb::Audience>> {
-    let mut audiences = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_audiences(pb::ListAudiencesRequest {
-                tags: filter.tags.clone(),
-                page_size: 1_000,
-                page_token,
-                workspace: filter.workspace.clone(),
-                workspace_kind: filter.kind as i32,
-            })
-            .await?
-            .into_inner();
-        audiences.extend(page.audiences);
-        if page.next_page_token.is_empty() {
-            return Ok(audiences);
+    all_pages(|page_token| {
+        let mut client = client.clone();
+        let request = pb::ListAudiencesRequest {
+            tags: filter.tags.clone(),
+            page_size: PAGE_SIZE,
+            page_token,
+            workspace: filter.workspace.clone(),
+            workspace_kind: filter.kind as i32,
+        };
+        async move {
+            let page = client.list_audiences(request).await?.into_inner();
+            Ok((page.audiences, page.next_page_token))
         }
-        page_token = page.next_page_token;
-    }
+    })
+    .await
 }
 
 /// Creates the audiences of a folder that do not exist by name; returns id by name.

@@ -1,5 +1,6 @@
 //! `audiencectl calc ...` (calculated attributes) and `audiencectl tier` (event tiers).
 
+use crate::client::{all_pages, PAGE_SIZE};
 use crate::print::*;
 use anyhow::Context;
 use audience_proto::v1 as pb;
@@ -48,22 +49,20 @@ pub async fn calc(ctx: &Ctx, cmd: CalcCmd) -> anyhow::Result<()> {
             }
         }
         CalcCmd::List => {
-            let mut attributes = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .list_calculated_attributes(pb::ListCalculatedAttributesRequest {
-                        page_size: 1_000,
-                        page_token,
-                    })
-                    .await?
-                    .into_inner();
-                attributes.extend(page.attributes);
-                if page.next_page_token.is_empty() {
-                    break;
+            let attributes = all_pages(|page_token| {
+                let mut client = client.clone();
+                async move {
+                    let page = client
+                        .list_calculated_attributes(pb::ListCalculatedAttributesRequest {
+                            page_size: PAGE_SIZE,
+                            page_token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.attributes, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             for a in attributes {
                 let json = a
                     .definition
@@ -109,22 +108,20 @@ pub async fn tier(
             })
             .await?;
     }
-    let mut tiers = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_event_tiers(pb::ListEventTiersRequest {
-                page_size: 1_000,
-                page_token,
-            })
-            .await?
-            .into_inner();
-        tiers.extend(page.tiers);
-        if page.next_page_token.is_empty() {
-            break;
+    let tiers = all_pages(|page_token| {
+        let mut client = client.clone();
+        async move {
+            let page = client
+                .list_event_tiers(pb::ListEventTiersRequest {
+                    page_size: PAGE_SIZE,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            Ok((page.tiers, page.next_page_token))
         }
-        page_token = page.next_page_token;
-    }
+    })
+    .await?;
     for t in tiers {
         if ctx.json() {
             say_json(&serde_json::json!({

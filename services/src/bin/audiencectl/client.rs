@@ -1,4 +1,5 @@
-//! What every command uses: the connection to the engine and a Kafka producer.
+//! What every command uses: the connection to the engine, the pages of its lists, and a
+//! Kafka producer.
 
 use audience_proto::v1 as pb;
 use audience_services::auth::AuthChannel;
@@ -8,6 +9,28 @@ use rdkafka::ClientConfig;
 use std::time::Duration;
 
 use crate::print::Ctx;
+
+/// The size of the pages the CLI asks for: the most the engine serves.
+pub const PAGE_SIZE: u32 = 1_000;
+
+/// Every item of a paged list: `page(token)` asks for the page after `token` (empty: the
+/// first) and answers its items and the next token (empty after the last).
+pub async fn all_pages<T, F, Fut>(mut page: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let mut items = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (more, next) = page(token).await?;
+        items.extend(more);
+        if next.is_empty() {
+            return Ok(items);
+        }
+        token = next;
+    }
+}
 
 impl Ctx {
     /// A connection to the engine, sending the token of `AUDIENCE_TOKEN`. When there is none,

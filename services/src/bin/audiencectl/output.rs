@@ -1,6 +1,7 @@
 //! `audiencectl output ...` and `audiencectl connection ...`: output configurations and the
 //! connections of audiences to them.
 
+use crate::client::{all_pages, PAGE_SIZE};
 use crate::print::*;
 use anyhow::Context;
 use audience_proto::v1 as pb;
@@ -125,21 +126,21 @@ pub async fn output(ctx: &Ctx, cmd: OutputCmd) -> anyhow::Result<()> {
             show(&client.update_output(config).await?.into_inner())
         }
         OutputCmd::List => {
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .list_outputs(pb::ListOutputsRequest {
-                        page_size: 1_000,
-                        page_token,
-                    })
-                    .await?
-                    .into_inner();
-                page.outputs.iter().for_each(&show);
-                if page.next_page_token.is_empty() {
-                    break;
+            let outputs = all_pages(|page_token| {
+                let mut client = client.clone();
+                async move {
+                    let page = client
+                        .list_outputs(pb::ListOutputsRequest {
+                            page_size: PAGE_SIZE,
+                            page_token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.outputs, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
+            outputs.iter().for_each(&show);
         }
         OutputCmd::Delete { id } => {
             client.delete_output(pb::OutputIdRequest { id }).await?;
