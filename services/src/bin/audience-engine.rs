@@ -112,7 +112,7 @@ fn main() -> anyhow::Result<()> {
         if let Some(dir) = report.data_dir {
             config.storage.path = dir;
         }
-        std::process::exit(offline(&config, mode, report.json));
+        leave(offline(&config, mode, report.json));
     }
     tracing::info!(?config, "configuration");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -123,12 +123,26 @@ fn main() -> anyhow::Result<()> {
     // Everything is committed and the WAL flushed: leave without running destructors, whose
     // order across the actor threads, librdkafka and RocksDB is not ours to choose.
     match result {
-        Ok(()) => std::process::exit(0),
+        Ok(()) => leave(0),
         Err(e) => {
             tracing::error!(error = %e, "engine failed");
-            std::process::exit(1)
+            leave(1)
         }
     }
+}
+
+/// Ends the process at once, with `code`, after flushing standard output and error.
+///
+/// Not `std::process::exit`: that runs the C exit handlers, which destroy RocksDB's and
+/// librdkafka's static objects while their background threads (compactions, flushes, broker
+/// threads) and the runtime's workers still run and use them: a crash at exit, now and then,
+/// after a clean stop (rust-rocksdb#767, facebook/rocksdb#14850). What must outlive the
+/// process is on disk by now: the store's WAL is synced, the topics acknowledged.
+fn leave(code: i32) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // libc's `_exit`: no exit handlers, no static destructors.
+    signal_hook::low_level::exit(code)
 }
 
 /// Runs an offline replay with a progress line on standard error, prints its report on
