@@ -9,7 +9,7 @@ use crate::catalog_applier::{CatalogApplier, SubmitError};
 use crate::engine::Quotas;
 use crate::node::Node;
 use audience_state::calculated::CalculatedAttributeRecord;
-use audience_state::catalog::{event_tier, AudienceRecord, AudienceStatus};
+use audience_state::catalog::{event_tier, AudienceAccess, AudienceRecord, AudienceStatus};
 use audience_state::catalog_log::{Applied, Change, Refusal};
 use audience_state::criteria::DefinitionError;
 use audience_state::model::AudienceId;
@@ -75,6 +75,8 @@ pub struct AudienceSpec {
     /// message); completed against this node's inputs when proposed.
     pub workspaces: Vec<String>,
     pub inputs: Vec<String>,
+    /// Who else sees and uses it; `None`: private when created, unchanged when updated.
+    pub access: Option<AudienceAccess>,
 }
 
 pub struct Registry {
@@ -148,6 +150,7 @@ impl Registry {
         record.external_name = spec.external_name;
         record.tags = spec.tags;
         self.set_scope(&mut record, &spec.workspaces, &spec.inputs)?;
+        record.access = spec.access.unwrap_or_default();
         if draft {
             record.status = AudienceStatus::Draft;
         }
@@ -183,6 +186,9 @@ impl Registry {
         record.criteria = spec.criteria;
         record.tags = spec.tags;
         self.set_scope(&mut record, &spec.workspaces, &spec.inputs)?;
+        if let Some(access) = spec.access {
+            record.access = access;
+        }
         self.node.engine.catalog.load().check_audience(&record)?;
         self.audience_change(
             by,

@@ -1,7 +1,9 @@
-//! The audience requests' criteria as JSON, and the workspace filters of ListAudiences.
+//! The audience requests' criteria as JSON, and the workspace filters of ListAudiences
+//! (single, multi, shared with me).
 //! Pure: no I/O.
 
 use crate::convert;
+use crate::workspace_view::WorkspaceView;
 use audience_proto::v1 as pb;
 use tonic::Status;
 
@@ -14,16 +16,19 @@ pub fn required_criteria(
         .ok_or_else(|| Status::invalid_argument("criteria: missing"))
 }
 
-/// Whether an audience passes a ListAudiences request's workspace filters.
+/// Whether an audience passes a ListAudiences request's workspace filters, for the caller's
+/// `view` (which "me" is, for the audiences shared with me).
 pub fn in_workspace_filter(
     a: &audience_state::catalog::AudienceRecord,
     workspace: &str,
     kind: pb::WorkspaceKind,
+    view: &WorkspaceView,
 ) -> bool {
-    let kind_holds = match kind {
-        pb::WorkspaceKind::Unspecified => true,
-        pb::WorkspaceKind::SingleWorkspace => a.workspaces.len() == 1,
-        pb::WorkspaceKind::MultiWorkspace => a.workspaces.len() > 1,
-    };
-    kind_holds && (workspace.is_empty() || a.workspaces.iter().any(|w| w == workspace))
+    let reads_workspace = workspace.is_empty() || a.workspaces.iter().any(|w| w == workspace);
+    match kind {
+        pb::WorkspaceKind::Unspecified => reads_workspace,
+        pb::WorkspaceKind::SingleWorkspace => reads_workspace && a.workspaces.len() == 1,
+        pb::WorkspaceKind::MultiWorkspace => reads_workspace && a.workspaces.len() > 1,
+        pb::WorkspaceKind::SharedWithMe => view.shared_with(a, workspace),
+    }
 }

@@ -835,6 +835,9 @@ pub struct AudienceFile {
     pub workspaces: Vec<String>,
     #[serde(default)]
     pub inputs: Vec<String>,
+    /// "private" (the default), "view_only" or "usable": who else sees and uses it.
+    #[serde(default)]
+    pub access: Option<audience_state::catalog::AudienceAccess>,
 }
 
 impl AudienceFile {

@@ -5,7 +5,7 @@ use audience_actors::registry::RegistryError;
 use audience_actors::stats::Figures;
 use audience_proto::v1 as pb;
 use audience_state::calculated::{value_of, CalcSpec, CalculatedAttributeRecord};
-use audience_state::catalog::{AudienceRecord, AudienceStatus};
+use audience_state::catalog::{AudienceAccess, AudienceRecord, AudienceStatus};
 use audience_state::criteria::location_field;
 use audience_state::model::{AttrValue, Attribution, DeltaKind};
 use audience_state::profile::ProfileState;
@@ -99,6 +99,28 @@ pub fn audience(r: &AudienceRecord, figures: Option<&Figures>) -> pb::Audience {
         updated_by: r.updated_by.clone(),
         workspaces: r.workspaces.clone(),
         inputs: r.inputs.clone(),
+        access: access_to_pb(r.access) as i32,
+    }
+}
+
+pub fn access_to_pb(access: AudienceAccess) -> pb::AudienceAccess {
+    match access {
+        AudienceAccess::Private => pb::AudienceAccess::Private,
+        AudienceAccess::ViewOnly => pb::AudienceAccess::ViewOnly,
+        AudienceAccess::Usable => pb::AudienceAccess::Usable,
+    }
+}
+
+/// A request's access (`None`: unspecified; an unknown number is INVALID_ARGUMENT).
+pub fn access_of(field: &str, value: i32) -> Result<Option<AudienceAccess>, Status> {
+    match pb::AudienceAccess::try_from(value) {
+        Ok(pb::AudienceAccess::Unspecified) => Ok(None),
+        Ok(pb::AudienceAccess::Private) => Ok(Some(AudienceAccess::Private)),
+        Ok(pb::AudienceAccess::ViewOnly) => Ok(Some(AudienceAccess::ViewOnly)),
+        Ok(pb::AudienceAccess::Usable) => Ok(Some(AudienceAccess::Usable)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "{field}: {value} is no access (1 private, 2 view only, 3 usable)"
+        ))),
     }
 }
 

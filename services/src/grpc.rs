@@ -60,6 +60,7 @@ macro_rules! spec_of {
             tags: $r.tags,
             workspaces: $r.workspaces,
             inputs: $r.inputs,
+            access: convert::access_of("access", $r.access)?,
         }
     };
 }
@@ -74,11 +75,12 @@ impl pb::audience_service_server::AudienceService for Services {
         let by = caller_name(&req);
         let view = WorkspaceView::of(&req);
         let r = req.into_inner();
-        self.check_saved_scope(&view, &r.workspaces, &r.inputs)?;
+        let draft = r.draft;
         let spec = spec_of!(r);
+        self.check_saved(&view, &spec)?;
         let record = self
             .registry
-            .create(&by, spec, r.draft)
+            .create(&by, spec, draft)
             .await
             .map_err(convert::status)?;
         self.one(&caller, record).await
@@ -141,7 +143,7 @@ impl pb::audience_service_server::AudienceService for Services {
             .registry
             .list(&r.tags)
             .into_iter()
-            .filter(|a| in_workspace_filter(a, &r.workspace, kind))
+            .filter(|a| in_workspace_filter(a, &r.workspace, kind, &view))
             .filter(|a| view.sees_audience(a))
             .collect();
         records.sort_by_key(|a| a.id);
@@ -160,12 +162,13 @@ impl pb::audience_service_server::AudienceService for Services {
         let by = caller_name(&req);
         let view = WorkspaceView::of(&req);
         let r = req.into_inner();
-        self.seen_audience(&view, r.id)?;
-        self.check_saved_scope(&view, &r.workspaces, &r.inputs)?;
+        let id = r.id;
+        self.owned_audience(&view, id)?;
         let spec = spec_of!(r);
+        self.check_saved(&view, &spec)?;
         let record = self
             .registry
-            .update(&by, r.id, spec)
+            .update(&by, id, spec)
             .await
             .map_err(convert::status)?;
         self.one(&caller, record).await
@@ -178,7 +181,7 @@ impl pb::audience_service_server::AudienceService for Services {
         let by = caller_name(&req);
         let view = WorkspaceView::of(&req);
         let id = req.into_inner().id;
-        self.seen_audience(&view, id)?;
+        self.owned_audience(&view, id)?;
         // Its connections go with it, and their outputs are told.
         self.registry
             .delete(&by, id)
@@ -195,7 +198,7 @@ impl pb::audience_service_server::AudienceService for Services {
         let by = caller_name(&req);
         let view = WorkspaceView::of(&req);
         let id = req.into_inner().id;
-        self.seen_audience(&view, id)?;
+        self.owned_audience(&view, id)?;
         let record = self
             .registry
             .set_status(&by, id, AudienceStatus::Active)
@@ -550,7 +553,7 @@ impl pb::audience_service_server::AudienceService for Services {
         let by = caller_name(&req);
         let view = WorkspaceView::of(&req);
         let id = req.into_inner().id;
-        self.seen_audience(&view, id)?;
+        self.owned_audience(&view, id)?;
         let record = self
             .registry
             .set_status(&by, id, AudienceStatus::Draft)

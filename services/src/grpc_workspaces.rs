@@ -5,6 +5,8 @@
 use crate::convert;
 use crate::grpc::Services;
 use crate::workspace_view::WorkspaceView;
+use audience_actors::registry::AudienceSpec;
+use audience_state::catalog::referenced_audiences;
 use tonic::Status;
 
 impl Services {
@@ -18,13 +20,23 @@ impl Services {
         view.audience(self.registry.get(id).map_err(convert::status)?)
     }
 
-    /// Whether a token limited to workspaces may save an audience of this scope (completed
-    /// as the registry completes it).
-    pub(crate) fn check_saved_scope(
+    /// The audience `id`, when the caller's token owns it and so may change it (NOT_FOUND
+    /// when it does not see it, PERMISSION_DENIED when it is only shared with it).
+    pub(crate) fn owned_audience(
         &self,
         view: &WorkspaceView,
-        workspaces: &[String],
-        inputs: &[String],
+        id: u64,
+    ) -> Result<audience_state::catalog::AudienceRecord, Status> {
+        view.owned(self.registry.get(id).map_err(convert::status)?)
+    }
+
+    /// Whether a token limited to workspaces may save this audience: its scope (completed as
+    /// the registry completes it) within the token's workspaces, and every audience its
+    /// criteria reference owned or usable.
+    pub(crate) fn check_saved(
+        &self,
+        view: &WorkspaceView,
+        spec: &AudienceSpec,
     ) -> Result<(), Status> {
         if !view.is_limited() {
             return Ok(());
@@ -34,8 +46,13 @@ impl Services {
             .engine
             .settings
             .inputs
-            .complete_scope(workspaces, inputs)
+            .complete_scope(&spec.workspaces, &spec.inputs)
             .map_err(|e| convert::status(e.into()))?;
-        view.check_scope(&workspaces)
+        view.check_scope(&workspaces)?;
+        let catalog = self.node.engine.catalog.load();
+        for id in referenced_audiences(&spec.criteria) {
+            view.check_reference(id, catalog.record(id))?;
+        }
+        Ok(())
     }
 }

@@ -78,6 +78,7 @@ async fn load_audiences(registry: &Registry, dir: &std::path::Path) -> anyhow::R
             tags: f.tags,
             workspaces: f.workspaces,
             inputs: f.inputs,
+            access: f.access,
         };
         let record = registry
             .create("", spec, false)

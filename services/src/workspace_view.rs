@@ -1,18 +1,24 @@
 //! What a token limited to workspaces (`workspace:NAME` among its scopes) sees: the audiences
-//! every workspace of which it holds, and the profiles seen in one of its workspaces. A token
-//! without that limit, and every call on an engine without tokens, sees everything.
+//! it owns (it holds every workspace they read) and those shared with it (their access is view
+//! only or usable), and the profiles seen in one of its workspaces. A token without that limit,
+//! and every call on an engine without tokens, owns everything.
 //!
 //! Invariants:
 //! - what a limited token does not see answers as absent (NOT_FOUND, worded as for what does
-//!   not exist), so that it cannot tell another workspace's audience or profile from nothing;
-//! - what it asks to save or subscribe to outside its workspaces is PERMISSION_DENIED, naming
-//!   the workspace;
-//! - an audience without a scope reads every workspace: no limited token sees it;
+//!   not exist), so that it cannot tell another workspace's private audience or profile from
+//!   nothing;
+//! - only owners change an audience (update, delete, activate, draft, its access); a shared
+//!   one answers PERMISSION_DENIED, naming its access;
+//! - a limited token subscribes to, and references in its criteria, only audiences it owns or
+//!   that are usable; the rest is PERMISSION_DENIED, naming the audience and why;
+//! - what it asks to save outside its workspaces is PERMISSION_DENIED, naming the workspace;
+//! - an audience without a scope reads every workspace: no limited token owns it, and one sees
+//!   it only when it is shared;
 //! - the methods a limited token may call at all are `access::workspace_aware`'s; each one
 //!   applies this view, the rest are refused before any service sees the call.
 
 use crate::auth::Caller;
-use audience_state::catalog::AudienceRecord;
+use audience_state::catalog::{AudienceAccess, AudienceRecord};
 use audience_state::profile::ProfileState;
 use tonic::{Request, Status};
 
@@ -45,10 +51,35 @@ impl WorkspaceView {
         !self.is_limited() || self.workspaces.iter().any(|w| w == workspace)
     }
 
-    pub fn sees_audience(&self, audience: &AudienceRecord) -> bool {
+    /// Whether the token holds every workspace the audience reads.
+    pub fn owns_audience(&self, audience: &AudienceRecord) -> bool {
         !self.is_limited()
             || (!audience.workspaces.is_empty()
                 && audience.workspaces.iter().all(|w| self.sees_workspace(w)))
+    }
+
+    /// Whether it sees the audience: owns it, or it is shared.
+    pub fn sees_audience(&self, audience: &AudienceRecord) -> bool {
+        self.owns_audience(audience) || audience.access != AudienceAccess::Private
+    }
+
+    /// Whether it may subscribe to the audience and reference it: owns it, or it is usable.
+    pub fn uses_audience(&self, audience: &AudienceRecord) -> bool {
+        self.owns_audience(audience) || audience.access == AudienceAccess::Usable
+    }
+
+    /// Whether the audience is in the "shared with me" list of `workspace` (empty: the
+    /// token's workspaces): shared, and reading none of those workspaces. A token without
+    /// workspaces naming none lists every shared audience.
+    pub fn shared_with(&self, audience: &AudienceRecord, workspace: &str) -> bool {
+        if audience.access == AudienceAccess::Private {
+            return false;
+        }
+        let reads_mine = |w: &String| match workspace {
+            "" => self.workspaces.contains(w),
+            named => w == named,
+        };
+        !audience.workspaces.iter().any(reads_mine)
     }
 
     pub fn sees_profile(&self, profile: &ProfileState) -> bool {
@@ -89,10 +120,36 @@ impl WorkspaceView {
         }
     }
 
+    /// The audience, when the token owns it and so may change it: NOT_FOUND when it does not
+    /// see it, PERMISSION_DENIED when it is only shared with it.
+    pub fn owned(&self, audience: AudienceRecord) -> Result<AudienceRecord, Status> {
+        let audience = self.audience(audience)?;
+        if self.owns_audience(&audience) {
+            return Ok(audience);
+        }
+        Err(Status::permission_denied(format!(
+            "access: audience {} is shared {} with token '{}'; only a token holding {} changes it",
+            audience.id,
+            audience.access.name(),
+            self.token,
+            match audience.workspaces.as_slice() {
+                [] => "every workspace".to_string(),
+                w => format!("workspace {}", w.join(", ")),
+            }
+        )))
+    }
+
     /// Whether the token may subscribe to `audience` (the `i`th asked for).
     pub fn check_subscription(&self, i: usize, audience: &AudienceRecord) -> Result<(), Status> {
-        if self.sees_audience(audience) {
+        if self.uses_audience(audience) {
             return Ok(());
+        }
+        if self.sees_audience(audience) {
+            return Err(Status::permission_denied(format!(
+                "audience_ids[{i}]: audience {} is shared view only with token '{}': its deltas \
+                 are for its owners and the tokens it is usable by",
+                audience.id, self.token
+            )));
         }
         Err(Status::permission_denied(format!(
             "audience_ids[{i}]: token '{}' is limited to workspace {}, and audience {} reads {}",
@@ -104,6 +161,29 @@ impl WorkspaceView {
                 w => format!("workspace {}", w.join(", ")),
             }
         )))
+    }
+
+    /// Whether the token may reference audience `id` (`None`: none has that id) in the
+    /// criteria of an audience it saves: one it does not see reads as one that does not exist,
+    /// one shared view only is PERMISSION_DENIED.
+    pub fn check_reference(
+        &self,
+        id: u64,
+        audience: Option<&AudienceRecord>,
+    ) -> Result<(), Status> {
+        match audience {
+            Some(a) if self.uses_audience(a) => Ok(()),
+            Some(a) if self.sees_audience(a) => Err(Status::permission_denied(format!(
+                "criteria.audience.id: audience {id} is shared view only with token '{}'; an \
+                 audience it saves references only audiences it owns or that are usable",
+                self.token
+            ))),
+            // The catalog's own check words what does not exist.
+            None if !self.is_limited() => Ok(()),
+            _ => Err(Status::invalid_argument(format!(
+                "criteria.audience.id: audience {id} does not exist"
+            ))),
+        }
     }
 
     /// A limited token's subscription names its audiences: all of them would be every
@@ -164,5 +244,61 @@ mod tests {
         let all = WorkspaceView::default();
         assert!(all.sees_audience(&audience(&[])) && all.sees_profile(&ProfileState::new(2)));
         assert!(all.check_scope(&[]).is_ok() && all.check_subscription_list(&[]).is_ok());
+    }
+
+    #[test]
+    fn a_shared_audience_is_seen_and_used_as_its_access_says() {
+        let b = view(&["app-b"]);
+        let with = |workspaces: &[&str], access| {
+            let mut a = audience(workspaces);
+            a.access = access;
+            a
+        };
+        let private = with(&["app-a"], AudienceAccess::Private);
+        let view_only = with(&["app-a"], AudienceAccess::ViewOnly);
+        let usable = with(&["app-a"], AudienceAccess::Usable);
+        assert!(!b.sees_audience(&private));
+        assert!(b.sees_audience(&view_only) && !b.uses_audience(&view_only));
+        assert!(b.sees_audience(&usable) && b.uses_audience(&usable));
+        assert!(!b.owns_audience(&usable), "shared is not owned");
+
+        // Changing: absent when hidden, refused naming the access when shared, else allowed.
+        assert_eq!(b.owned(private).unwrap_err().code(), tonic::Code::NotFound);
+        let refused = b.owned(usable.clone()).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(
+            refused.message().contains("shared usable") && refused.message().contains("app-a"),
+            "{refused:?}"
+        );
+        assert!(b.owned(with(&["app-b"], AudienceAccess::ViewOnly)).is_ok());
+
+        // Using: subscriptions and references.
+        assert!(b.check_subscription(0, &usable).is_ok());
+        let refused = b.check_subscription(1, &view_only).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(
+            refused.message().starts_with("audience_ids[1]: "),
+            "{refused:?}"
+        );
+        assert!(b.check_reference(3, Some(&usable)).is_ok());
+        let refused = b.check_reference(3, Some(&view_only)).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        let hidden = with(&["app-a"], AudienceAccess::Private);
+        let absent = b.check_reference(3, Some(&hidden)).unwrap_err();
+        assert_eq!(absent.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            absent.message(),
+            "criteria.audience.id: audience 3 does not exist",
+            "a hidden audience reads as one that does not exist"
+        );
+
+        // Shared with me: shared, reading none of my workspaces.
+        assert!(b.shared_with(&view_only, ""));
+        assert!(!b.shared_with(&with(&["app-a"], AudienceAccess::Private), ""));
+        assert!(!b.shared_with(&with(&["app-a", "app-b"], AudienceAccess::Usable), ""));
+        assert!(!b.shared_with(&view_only, "app-a"), "app-a's own");
+        assert!(b.shared_with(&with(&[], AudienceAccess::Usable), "app-c"));
+        let all = WorkspaceView::default();
+        assert!(all.shared_with(&view_only, "") && all.owned(view_only).is_ok());
     }
 }

@@ -23,6 +23,31 @@ pub enum AudienceStatus {
     Active,
 }
 
+/// Who, beyond its own workspaces, sees and uses an audience (the seed's Access column). Its
+/// owners are the tokens that hold every workspace it reads (a token without workspaces owns
+/// them all): only they change it. To any other token an audience is:
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AudienceAccess {
+    /// invisible, as if it did not exist;
+    #[default]
+    Private,
+    /// visible (definition, figures, memberships of the profiles it sees), not usable;
+    ViewOnly,
+    /// visible, and usable: it subscribes to its deltas and references it in its criteria.
+    Usable,
+}
+
+impl AudienceAccess {
+    pub fn name(self) -> &'static str {
+        match self {
+            AudienceAccess::Private => "private",
+            AudienceAccess::ViewOnly => "view only",
+            AudienceAccess::Usable => "usable",
+        }
+    }
+}
+
 /// An audience as stored: its metadata and its definition in the JSON language.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AudienceRecord {
@@ -50,6 +75,9 @@ pub struct AudienceRecord {
     pub workspaces: Vec<String>,
     #[serde(default)]
     pub inputs: Vec<String>,
+    /// Who else sees and uses it (records written before access existed are private).
+    #[serde(default)]
+    pub access: AudienceAccess,
 }
 
 pub const MAX_TAG_CHARS: usize = 18;
@@ -154,6 +182,7 @@ impl AudienceRecord {
             revision: 1,
             workspaces: vec![],
             inputs: vec![],
+            access: AudienceAccess::Private,
         }
     }
 
@@ -197,6 +226,11 @@ impl AudienceRecord {
 
 /// The audiences a stored definition references (none if it does not parse).
 fn references_of(record: &AudienceRecord) -> Vec<AudienceId> {
+    referenced_audiences(&record.criteria)
+}
+
+/// The audiences a definition references (none if it does not parse).
+pub fn referenced_audiences(criteria: &serde_json::Value) -> Vec<AudienceId> {
     fn walk(c: &Criterion, out: &mut Vec<AudienceId>) {
         match c {
             Criterion::And(children) | Criterion::Or(children) => {
@@ -208,7 +242,7 @@ fn references_of(record: &AudienceRecord) -> Vec<AudienceId> {
         }
     }
     let mut out = Vec::new();
-    if let Ok(c) = parse_definition(&record.criteria) {
+    if let Ok(c) = parse_definition(criteria) {
         walk(&c, &mut out);
     }
     out

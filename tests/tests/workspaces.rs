@@ -477,3 +477,214 @@ async fn a_workspace_token_sees_only_its_workspace() -> Result<()> {
     );
     Ok(())
 }
+
+/// The seed's Access column: an audience of app-a, private, view only or usable, as a token of
+/// app-b finds it. Shared ones are listed ("shared with me") and read; only a usable one is
+/// subscribed to and referenced; none is changed but by its owners; a private one is absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_audiences_are_seen_and_used_as_their_access_says() -> Result<()> {
+    const TOKEN_A: &str = "app-a-token-0123456789";
+    const TOKEN_B: &str = "app-b-token-0123456789";
+    let broker = Broker::start()?;
+    let topics = Topics::unique("workspace-access");
+    let dir = tempfile::tempdir()?;
+    let tokens = format!("e2e={CLUSTER_TOKEN},a={TOKEN_A},b={TOKEN_B}");
+    let mut engine = Engine::start_with(
+        &broker,
+        &topics,
+        &dir.path().join("engine"),
+        "workspace-access",
+        &[
+            ("AUDIENCE_INPUTS", INPUTS),
+            ("AUDIENCE_SOURCE_FIELD", "context.source"),
+            ("AUDIENCE_TOKENS", &tokens),
+            (
+                "AUDIENCE_TOKEN_SCOPES",
+                "a=read+write+subscribe+workspace:app-a,b=read+write+subscribe+workspace:app-b",
+            ),
+        ],
+    )?;
+    let admin = engine.ready().await?;
+    let connect = |token: &str| audience_services::auth::ClientOptions {
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    let a = connect(TOKEN_A).connect(&engine.grpc).await?;
+    let b = connect(TOKEN_B).connect(&engine.grpc).await?;
+    let mut as_a = pb::audience_service_client::AudienceServiceClient::new(a.clone());
+    let mut as_b = pb::audience_service_client::AudienceServiceClient::new(b.clone());
+
+    let play = json!({"event": {"type": "custom_event", "name": "Play"}});
+    let (owner_a, owner_b) = (as_a.clone(), as_b.clone());
+    let create = |name: &str, workspace: &str, criteria: Value, access: pb::AudienceAccess| {
+        let mut client = if workspace == "app-a" {
+            owner_a.clone()
+        } else {
+            owner_b.clone()
+        };
+        let request = pb::CreateAudienceRequest {
+            name: name.into(),
+            criteria: Some(audience_e2e::criteria(criteria)),
+            workspaces: vec![workspace.into()],
+            access: access as i32,
+            ..Default::default()
+        };
+        async move {
+            client
+                .create_audience(request)
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let private = create(
+        "a private",
+        "app-a",
+        play.clone(),
+        pb::AudienceAccess::Unspecified,
+    )
+    .await?;
+    let view = create(
+        "a view",
+        "app-a",
+        play.clone(),
+        pb::AudienceAccess::ViewOnly,
+    )
+    .await?;
+    let usable = create(
+        "a usable",
+        "app-a",
+        play.clone(),
+        pb::AudienceAccess::Usable,
+    )
+    .await?;
+    assert_eq!(
+        private.access(),
+        pb::AudienceAccess::Private,
+        "private by default"
+    );
+    assert_eq!(view.access(), pb::AudienceAccess::ViewOnly);
+
+    // Listed and read by app-b; the private one is absent.
+    assert_eq!(
+        listed(&b, "", pb::WorkspaceKind::SharedWithMe).await?,
+        vec!["a view", "a usable"]
+    );
+    assert_eq!(
+        listed(&b, "", pb::WorkspaceKind::Unspecified).await?,
+        vec!["a view", "a usable"]
+    );
+    assert!(listed(&a, "", pb::WorkspaceKind::SharedWithMe)
+        .await?
+        .is_empty());
+    assert_eq!(
+        listed(&admin, "app-b", pb::WorkspaceKind::SharedWithMe).await?,
+        vec!["a view", "a usable"],
+        "an admin token lists what is shared with a workspace"
+    );
+    let absent = as_b
+        .get_audience(pb::GetAudienceRequest { id: private.id })
+        .await
+        .unwrap_err();
+    assert_eq!(absent.code(), tonic::Code::NotFound, "{absent:?}");
+    let seen = as_b
+        .get_audience(pb::GetAudienceRequest { id: view.id })
+        .await?
+        .into_inner();
+    assert_eq!(
+        (seen.name.as_str(), seen.created_by.as_str()),
+        ("a view", "a")
+    );
+
+    // Changed by its owners only.
+    let refused = as_b
+        .update_audience(pb::UpdateAudienceRequest {
+            id: usable.id,
+            name: "taken".into(),
+            criteria: Some(audience_e2e::criteria(play.clone())),
+            workspaces: vec!["app-a".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("shared usable"), "{refused:?}");
+    let refused = as_b
+        .delete_audience(pb::DeleteAudienceRequest { id: view.id })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // Referenced and subscribed to when usable.
+    let refers = |id: u64| json!({"audience": {"id": id}});
+    let own = create(
+        "b follows",
+        "app-b",
+        refers(usable.id),
+        pb::AudienceAccess::Unspecified,
+    )
+    .await?;
+    let refused = create(
+        "b peeks",
+        "app-b",
+        refers(view.id),
+        pb::AudienceAccess::Unspecified,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("view only"), "{refused:?}");
+    let refused = create(
+        "b guesses",
+        "app-b",
+        refers(private.id),
+        pb::AudienceAccess::Unspecified,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("does not exist"), "{refused:?}");
+    let mut membership = pb::membership_service_client::MembershipServiceClient::new(b.clone());
+    let refused = membership
+        .subscribe(pb::SubscribeRequest {
+            audience_ids: vec![view.id],
+            subscriber_name: "b".into(),
+            ..Default::default()
+        })
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let producer = broker.producer()?;
+    let now = engine_now(&admin).await?;
+    let message = batch(301, now, Some("ios"), 1, json!({}));
+    produce_json(&producer, &topics.events, &message).await?;
+    let deltas = collect_deltas(&b, vec![usable.id], "", Duration::from_secs(30), |d| {
+        !d.is_empty()
+    })
+    .await?;
+    assert_eq!(
+        deltas
+            .iter()
+            .map(|d| (d.audience_id, d.mpid))
+            .collect::<Vec<_>>(),
+        vec![(usable.id, 301)]
+    );
+    assert_eq!(own.created_by, "b");
+
+    // Made private again by its owner: gone from app-b's sight.
+    as_a.update_audience(pb::UpdateAudienceRequest {
+        id: view.id,
+        name: "a view".into(),
+        criteria: Some(audience_e2e::criteria(play.clone())),
+        workspaces: vec!["app-a".into()],
+        access: pb::AudienceAccess::Private as i32,
+        ..Default::default()
+    })
+    .await?;
+    assert_eq!(
+        listed(&b, "", pb::WorkspaceKind::SharedWithMe).await?,
+        vec!["a usable"]
+    );
+    assert_eq!(engine.terminate()?, Some(0), "a clean stop");
+    Ok(())
+}

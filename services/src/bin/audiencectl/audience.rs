@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 #[derive(Subcommand)]
 pub enum AudienceCmd {
     /// Create an audience from a JSON file: {"name", "external_name", "tags", "criteria",
-    /// "workspaces", "inputs"}.
+    /// "workspaces", "inputs", "access": "private" | "view_only" | "usable"}.
     Create {
         file: PathBuf,
         #[arg(long)]
@@ -35,8 +35,9 @@ pub enum AudienceCmd {
         /// Only audiences reading this workspace.
         #[arg(long)]
         workspace: Option<String>,
-        /// Only single workspace or only multi workspace audiences.
-        #[arg(long, value_parser = ["single", "multi"])]
+        /// Only single workspace, only multi workspace audiences, or the audiences shared with
+        /// me (with --workspace: shared with that workspace; else with the token's).
+        #[arg(long, value_parser = ["single", "multi", "shared"])]
         kind: Option<String>,
     },
     Get {
@@ -106,6 +107,7 @@ pub async fn command(ctx: &Ctx, cmd: AudienceCmd) -> anyhow::Result<()> {
                 kind: match kind.as_deref() {
                     Some("single") => pb::WorkspaceKind::SingleWorkspace,
                     Some("multi") => pb::WorkspaceKind::MultiWorkspace,
+                    Some("shared") => pb::WorkspaceKind::SharedWithMe,
                     _ => pb::WorkspaceKind::Unspecified,
                 },
             };
@@ -228,6 +230,7 @@ pub async fn command(ctx: &Ctx, cmd: AudienceCmd) -> anyhow::Result<()> {
                     tags: f.tags,
                     workspaces: f.workspaces,
                     inputs: f.inputs,
+                    access: access_number(f.access),
                 })
                 .await?
                 .into_inner();
@@ -276,7 +279,13 @@ fn create_request(f: AudienceFile, draft: bool) -> pb::CreateAudienceRequest {
         draft,
         workspaces: f.workspaces,
         inputs: f.inputs,
+        access: access_number(f.access),
     }
+}
+
+/// A file's access as the request's enum number (unspecified when the file names none).
+fn access_number(access: Option<audience_state::catalog::AudienceAccess>) -> i32 {
+    access.map_or(0, |a| audience_services::convert::access_to_pb(a) as i32)
 }
 
 /// Redraws one progress line (scanned, total, percentage, time left) until the audience is no

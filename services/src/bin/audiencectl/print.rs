@@ -170,6 +170,7 @@ pub fn audience_json(a: &pb::Audience) -> Value {
         "tags": a.tags,
         "workspaces": a.workspaces,
         "inputs": a.inputs,
+        "access": access_name(a).replace(' ', "_"),
         "size": s.size,
         "adds_24h": s.adds_24h,
         "drops_24h": s.drops_24h,
@@ -199,8 +200,12 @@ pub fn audience(ctx: &Ctx, a: &pb::Audience) {
             inputs.join(", ")
         ),
     };
+    let shared = match access_name(a) {
+        "private" => String::new(),
+        access => format!("  shared {access}"),
+    };
     say!(
-        "{:>5}  {:<32} {:<7} size {:>7}  adds24h {:>6}  drops24h {:>6}  volatility {:.3}  tags [{}]{scope}{by}",
+        "{:>5}  {:<32} {:<7} size {:>7}  adds24h {:>6}  drops24h {:>6}  volatility {:.3}  tags [{}]{scope}{shared}{by}",
         a.id,
         a.name,
         status_words(a),
@@ -210,6 +215,15 @@ pub fn audience(ctx: &Ctx, a: &pb::Audience) {
         s.volatility_24h,
         a.tags.join(", ")
     );
+}
+
+/// The audience's access in words: "private", "view only" or "usable".
+fn access_name(a: &pb::Audience) -> &'static str {
+    match a.access() {
+        pb::AudienceAccess::ViewOnly => "view only",
+        pb::AudienceAccess::Usable => "usable",
+        pb::AudienceAccess::Private | pb::AudienceAccess::Unspecified => "private",
+    }
 }
 
 pub fn stats_json(audience_id: u64, s: &pb::AudienceStats) -> Value {
