@@ -218,6 +218,7 @@ impl CatalogApplier {
         let audit = std::mem::take(&mut *applier.unsaved_audit.lock());
         store.save_catalog(&state, &touched, &audit)?;
         applier.swap_catalog(&state);
+        applier.swap_tokens(&state);
         // Before the follower runs: it is the only one to start or stop them from then on.
         applier.deliveries.start_all(&applier.node.engine)?;
         {
@@ -370,6 +371,9 @@ impl CatalogApplier {
         {
             self.swap_catalog(state);
         }
+        if !touched.tokens.is_empty() {
+            self.swap_tokens(state);
+        }
         {
             let mut status = self.status.lock();
             status.applied_offset = state.applied_offset;
@@ -423,6 +427,12 @@ impl CatalogApplier {
         let catalog: Catalog = state.catalog(version_of(state));
         self.node.engine.catalog.store(Arc::new(catalog));
         self.node.catalog_changed();
+    }
+
+    /// The API tokens the authenticator accepts: the catalog's, from now on.
+    fn swap_tokens(&self, state: &CatalogState) {
+        let tokens = state.tokens.values().cloned().collect();
+        self.node.engine.api_tokens.store(Arc::new(tokens));
     }
 
     /// Deliveries of a new or edited connection or output (re)start with it.

@@ -220,6 +220,9 @@ pub struct Engine {
     pub estimates: Mutex<HashMap<(AudienceId, u64), SampledEstimate>>,
     /// Replays by partition, kept by the partition actors.
     pub replays: Mutex<HashMap<Partition, ReplayProgress>>,
+    /// The catalog's API tokens (digests), as applied last: the API's authenticator reads
+    /// them on every call.
+    pub api_tokens: ArcSwap<Vec<audience_state::api_tokens::ApiTokenRecord>>,
     /// WAL syncs started, and (under the lock) the number of the last one finished: see
     /// [`Engine::make_durable`].
     wal_syncs_started: AtomicU64,
@@ -259,6 +262,7 @@ impl Engine {
             partitions.insert(p);
         }
         let (outbox_written, _) = watch::channel(0);
+        let api_tokens = ArcSwap::from_pointee(store.load_api_tokens()?);
         Ok(Arc::new(Engine {
             store,
             catalog: ArcSwap::from_pointee(catalog),
@@ -276,6 +280,7 @@ impl Engine {
             replays: Mutex::new(HashMap::new()),
             wal_syncs_started: AtomicU64::new(0),
             wal_sync: tokio::sync::Mutex::new(0),
+            api_tokens,
         }))
     }
 

@@ -79,6 +79,8 @@ pub struct AudienceSpec {
     pub access: Option<AudienceAccess>,
 }
 
+mod tokens;
+
 pub struct Registry {
     node: Arc<Node>,
     catalog: Arc<CatalogApplier>,

@@ -232,7 +232,11 @@ pub fn required_scope(path: &str) -> Option<Scope> {
             "audience.v1.AdminService",
             "GetClock" | "GetEngineStatus" | "GetClusterStatus" | "GetReplay",
         ) => Read,
-        ("audience.v1.AdminService", "AdvanceClock" | "ReplayFromLog" | "ListAuditLog") => Admin,
+        (
+            "audience.v1.AdminService",
+            "AdvanceClock" | "ReplayFromLog" | "ListAuditLog" | "CreateToken" | "ListTokens"
+            | "RevokeToken",
+        ) => Admin,
         (
             "audience.v1.OutputService",
             "GetOutput" | "ListOutputs" | "GetConnection" | "ListConnections" | "ListFaults",
@@ -318,7 +322,14 @@ mod tests {
                     methods += 1;
                     // Classified on purpose: admin only where the table says so.
                     let scope = required_scope(&path).unwrap();
-                    let admin_by_design = ["AdvanceClock", "ReplayFromLog", "ListAuditLog"];
+                    let admin_by_design = [
+                        "AdvanceClock",
+                        "ReplayFromLog",
+                        "ListAuditLog",
+                        "CreateToken",
+                        "ListTokens",
+                        "RevokeToken",
+                    ];
                     assert!(
                         scope != Scope::Admin || admin_by_design.contains(&method.name()),
                         "{path} is not in the table of required_scope"

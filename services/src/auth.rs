@@ -18,6 +18,8 @@
 //! - Health answers without a token (orchestrators and load balancers probe it); reflection
 //!   needs a valid token of any scope, since it maps the whole API.
 //! - A token never reaches a log: the configuration prints names only.
+//! - Tokens created through the API (`AdminService.CreateToken`) are the catalog's, kept as
+//!   digests ([`crate::api_tokens`]) and accepted beside the configuration's on every node.
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -67,7 +69,7 @@ impl std::fmt::Debug for TokenSet {
     }
 }
 
-fn digest(token: &str) -> [u8; 32] {
+pub(crate) fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
@@ -162,6 +164,31 @@ impl TokenSet {
         TokenSet::granted(triples).map_err(|e| format!("{e} (in the tokens file)"))
     }
 
+    /// Tokens given by their digests (the catalog's API tokens: [`crate::api_tokens`]); a
+    /// name twice is an error.
+    pub fn of_digests(
+        entries: impl IntoIterator<Item = (String, [u8; 32], Scopes, Vec<String>)>,
+    ) -> Result<TokenSet, String> {
+        let mut set = TokenSet::default();
+        for (name, digest, scopes, workspaces) in entries {
+            set.push(TokenEntry {
+                name,
+                digest,
+                scopes,
+                workspaces,
+            })?;
+        }
+        Ok(set)
+    }
+
+    /// Each token's name, scopes and workspaces.
+    pub fn grants(&self) -> Vec<(&str, Scopes, &[String])> {
+        self.entries
+            .iter()
+            .map(|e| (e.name.as_str(), e.scopes, e.workspaces.as_slice()))
+            .collect()
+    }
+
     /// Both sets; a name in both is an error.
     pub fn union(&self, other: &TokenSet) -> Result<TokenSet, String> {
         let mut all = self.clone();
@@ -225,7 +252,13 @@ impl TokenSources {
 #[derive(Clone)]
 pub struct Authenticator {
     tokens: Option<Arc<parking_lot::RwLock<TokenSet>>>,
+    /// The catalog's API tokens, accepted beside the configuration's (with tokens only).
+    catalog: Option<Arc<TokenCheck>>,
 }
+
+/// A check of a presented token against another set than the configuration's: its name,
+/// scopes and workspaces when it holds it.
+pub type TokenCheck = dyn Fn(&str) -> Option<(String, Scopes, Vec<String>)> + Send + Sync;
 
 /// The token a call came with, in the request's extensions: its name (who made a change) and
 /// its scopes.
@@ -240,13 +273,46 @@ pub struct Caller {
 impl Authenticator {
     /// Accepts every call.
     pub fn open() -> Authenticator {
-        Authenticator { tokens: None }
+        Authenticator {
+            tokens: None,
+            catalog: None,
+        }
     }
 
     pub fn with_tokens(tokens: TokenSet) -> Authenticator {
         Authenticator {
             tokens: Some(Arc::new(parking_lot::RwLock::new(tokens))),
+            catalog: None,
         }
+    }
+
+    /// Accepts the catalog's API tokens too (an engine with tokens; an open one accepts
+    /// every call anyway).
+    pub fn with_catalog(
+        mut self,
+        check: impl Fn(&str) -> Option<(String, Scopes, Vec<String>)> + Send + Sync + 'static,
+    ) -> Authenticator {
+        self.catalog = Some(Arc::new(check));
+        self
+    }
+
+    /// Whether it accepts every call (no token configured).
+    pub fn is_open(&self) -> bool {
+        self.tokens.is_none()
+    }
+
+    /// The configuration's tokens: name, scopes and workspaces of each.
+    pub fn configured(&self) -> Vec<(String, Scopes, Vec<String>)> {
+        self.tokens
+            .as_ref()
+            .map(|t| {
+                t.read()
+                    .grants()
+                    .into_iter()
+                    .map(|(n, s, w)| (n.to_string(), s, w.to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Replaces the accepted set (a reload of the tokens file).
@@ -314,11 +380,13 @@ impl Authenticator {
                 Status::unauthenticated("the authorization metadata is not `Bearer <token>`"),
             );
         };
-        let Some((name, scopes, workspaces)) = tokens
+        // Both sets are always compared: which one holds the token does not show in the time.
+        let configured = tokens
             .read()
             .check(token)
-            .map(|(n, s, w)| (n.to_string(), s, w.to_vec()))
-        else {
+            .map(|(n, s, w)| (n.to_string(), s, w.to_vec()));
+        let from_catalog = self.catalog.as_ref().and_then(|check| check(token));
+        let Some((name, scopes, workspaces)) = configured.or(from_catalog) else {
             return refuse("refused", Status::unauthenticated(REFUSED));
         };
         if let Some(needed) = access::required_scope(path) {

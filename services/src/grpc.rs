@@ -31,6 +31,8 @@ pub const MAX_PREVIEW_SAMPLE: u32 = 1_000;
 
 #[derive(Clone)]
 pub struct Services {
+    /// Who may call: its configured tokens, and whether it asks for any.
+    pub auth: crate::auth::Authenticator,
     /// The delta streams each token holds open (`grpc.max_subscribers_per_token`).
     pub subscriber_slots: std::sync::Arc<crate::subscriber_slots::SubscriberSlots>,
     pub node: Arc<Node>,

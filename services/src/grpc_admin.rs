@@ -1,5 +1,6 @@
 //! The admin service: the manual clock of tests, replays from the event log, the cluster as
-//! the members topic shows it (`audiencectl cluster`), and this node's engine status.
+//! the members topic shows it (`audiencectl cluster`), this node's engine status, the audit
+//! log and API tokens (`crate::grpc_tokens`).
 
 use crate::convert;
 use crate::grpc::Services;
@@ -145,6 +146,27 @@ impl pb::admin_service_server::AdminService for Services {
         let here = self.replay_status();
         let status = self.with_peers_replays(req.metadata(), here).await?;
         Ok(Response::new(status))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreatedToken>, Status> {
+        self.create_token_call(req).await
+    }
+
+    async fn list_tokens(
+        &self,
+        _: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        self.list_tokens_call()
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        self.revoke_token_call(req).await
     }
 
     async fn list_audit_log(

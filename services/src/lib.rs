@@ -3,6 +3,7 @@
 //! operator CLI) are thin on top of it.
 
 pub mod access;
+pub mod api_tokens;
 pub mod audience_request;
 pub mod auth;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod grpc_admin;
 pub mod grpc_figures;
 pub mod grpc_outputs;
 pub mod grpc_profiles;
+pub mod grpc_tokens;
 pub mod grpc_workspaces;
 pub mod message_limit;
 pub mod offline;

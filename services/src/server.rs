@@ -694,7 +694,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         node: node.clone(),
         peers: peers.clone(),
     };
+    // The catalog's API tokens are accepted beside the configuration's.
+    let authenticator = if authenticator.is_open() {
+        authenticator
+    } else {
+        let engine = node.engine.clone();
+        let tokens = crate::api_tokens::CatalogTokens::new(move || engine.api_tokens.load_full());
+        authenticator.with_catalog(move |presented| tokens.check(presented))
+    };
     let services = Services {
+        auth: authenticator.clone(),
         node: node.clone(),
         registry,
         outputs,

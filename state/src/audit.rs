@@ -152,6 +152,8 @@ fn describe(change: &Change, applied: Option<&Applied>) -> (&'static str, String
         ),
         (Change::Disconnect { id }, _) => ("disconnect", format!("connection {id}")),
         (Change::Resume { id }, _) => ("resume", format!("connection {id}")),
+        (Change::CreateToken { token }, _) => ("create_token", format!("token '{}'", token.name)),
+        (Change::RevokeToken { name }, _) => ("revoke_token", format!("token '{name}'")),
         (Change::Import { catalog }, _) => (
             "import",
             format!(

@@ -1,5 +1,5 @@
 //! The catalog as a log: every definition change (audiences, event tiers, calculated
-//! attributes, outputs, connections) is a [`CatalogRecord`], and the catalog is what applying
+//! attributes, outputs, connections, API tokens) is a [`CatalogRecord`], and the catalog is what applying
 //! the records in log order gives ([`CatalogState::apply`]). It is the pure half of cluster
 //! step 1: on a single-partition catalog topic, every node applies the same records in the
 //! same order and so holds the same catalog, whichever node proposed a change.
@@ -19,6 +19,7 @@
 //!   by entity instead would let compaction keep a refused edit in place of the accepted one
 //!   before it, and a node reading the compacted topic would end elsewhere.
 
+use crate::api_tokens::ApiTokenRecord;
 use crate::calculated::CalculatedAttributeRecord;
 use crate::catalog::{event_tier, AudienceRecord, Catalog};
 use crate::criteria::DefinitionError;
@@ -94,6 +95,14 @@ pub enum Change {
     /// partitions), so that each sends what it owes since. Changes no definition.
     Resume {
         id: ConnectionId,
+    },
+    /// A new API token (its digest only; see [`crate::api_tokens`]); refused when the name
+    /// is taken.
+    CreateToken {
+        token: ApiTokenRecord,
+    },
+    RevokeToken {
+        name: String,
     },
     /// A catalog that existed before the topic (a node of an earlier version, with its own
     /// ids), brought in whole with its ids kept: applied only to an empty catalog, and every
@@ -192,6 +201,8 @@ pub enum Applied {
     Disconnected(ConnectionId),
     Resumed(Connection),
     Imported,
+    Token(ApiTokenRecord),
+    TokenRevoked(String),
 }
 
 /// Why a record was refused at apply time (the proposing call answers FAILED_PRECONDITION
@@ -233,6 +244,8 @@ pub struct CatalogState {
     pub calculated: BTreeMap<String, CalculatedAttributeRecord>,
     pub outputs: BTreeMap<OutputId, OutputConfig>,
     pub connections: BTreeMap<ConnectionId, Connection>,
+    /// API tokens by name.
+    pub tokens: BTreeMap<String, ApiTokenRecord>,
     /// The deployment's identity: derived from the first record of the topic, so every node
     /// of one deployment has the same, and another deployment (another topic, or this one
     /// recreated) another. Subscription cursors carry it.
@@ -251,6 +264,7 @@ impl PartialEq for CatalogState {
             && self.calculated == other.calculated
             && self.outputs == other.outputs
             && self.connections == other.connections
+            && self.tokens == other.tokens
             && self.cluster_id == other.cluster_id
     }
 }
@@ -275,6 +289,7 @@ pub struct Touched {
     pub calculated: BTreeSet<String>,
     pub outputs: BTreeSet<OutputId>,
     pub connections: BTreeSet<ConnectionId>,
+    pub tokens: BTreeSet<String>,
 }
 
 impl Touched {
@@ -284,6 +299,7 @@ impl Touched {
             && self.calculated.is_empty()
             && self.outputs.is_empty()
             && self.connections.is_empty()
+            && self.tokens.is_empty()
     }
 
     /// Every entity of `state`: to store a whole state, or to delete one.
@@ -294,6 +310,7 @@ impl Touched {
             calculated: state.calculated.keys().cloned().collect(),
             outputs: state.outputs.keys().copied().collect(),
             connections: state.connections.keys().copied().collect(),
+            tokens: state.tokens.keys().cloned().collect(),
         }
     }
 
@@ -303,6 +320,7 @@ impl Touched {
         self.calculated.extend(other.calculated);
         self.outputs.extend(other.outputs);
         self.connections.extend(other.connections);
+        self.tokens.extend(other.tokens);
     }
 }
 
@@ -324,6 +342,7 @@ impl CatalogState {
             && self.calculated.is_empty()
             && self.outputs.is_empty()
             && self.connections.is_empty()
+            && self.tokens.is_empty()
     }
 
     /// What applying changed since the last call (and forgets it).
@@ -486,6 +505,28 @@ impl CatalogState {
                 self.calculated.remove(&key);
                 self.touched.calculated.insert(key.clone());
                 Ok(Applied::CalculatedDeleted(key))
+            }
+            Change::CreateToken { token } => {
+                token.validate()?;
+                if self.tokens.contains_key(&token.name) {
+                    return Err(Refusal::Conflict(format!(
+                        "a token named '{}' exists: revoke it first, or choose another name",
+                        token.name
+                    )));
+                }
+                let mut token = token.clone();
+                token.created_at_ms = at;
+                token.created_by = record.by.clone();
+                self.touched.tokens.insert(token.name.clone());
+                self.tokens.insert(token.name.clone(), token.clone());
+                Ok(Applied::Token(token))
+            }
+            Change::RevokeToken { name } => {
+                if self.tokens.remove(name).is_none() {
+                    return Err(Refusal::NotFound(format!("token '{name}' not found")));
+                }
+                self.touched.tokens.insert(name.clone());
+                Ok(Applied::TokenRevoked(name.clone()))
             }
             Change::CreateOutput { output } => {
                 output.validate()?;

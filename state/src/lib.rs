@@ -20,6 +20,7 @@
 //! Invariant: every module but `store` is pure (no I/O, no clock): the caller passes `now`.
 
 pub mod aggregate;
+pub mod api_tokens;
 pub mod audit;
 pub mod backfill;
 pub mod batch;

@@ -612,3 +612,79 @@ fn the_cluster_id_is_the_first_records_on_every_replica_and_another_deployments_
     assert!(outcome[0].is_err());
     assert!(refused.cluster_id.is_some());
 }
+
+#[test]
+fn api_tokens_are_created_once_by_name_revoked_and_kept_as_digests() {
+    use audience_state::api_tokens::ApiTokenRecord;
+    let token = |name: &str, digest: char| ApiTokenRecord {
+        name: name.into(),
+        digest: digest.to_string().repeat(64),
+        scopes: vec!["read".into()],
+        workspaces: vec!["app-b".into()],
+        created_at_ms: 0,
+        created_by: String::new(),
+    };
+    let create = |seq, t: ApiTokenRecord| record("a", seq, Change::CreateToken { token: t });
+    let revoke = |seq, name: &str| {
+        record(
+            "b",
+            seq,
+            Change::RevokeToken {
+                name: name.to_string(),
+            },
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = audience_state::store::Store::open(dir.path(), false).unwrap();
+    let mut state = CatalogState::default();
+    let records = [
+        create(0, token("ci", 'a')),
+        create(1, token("ci", 'b')),
+        create(2, token("bad name", 'c')),
+        create(3, token("reader", 'd')),
+        revoke(0, "ci"),
+        revoke(1, "ci"),
+    ];
+    let mut outcomes = Vec::new();
+    for (offset, r) in records.iter().enumerate() {
+        let outcome = state.apply(offset as i64, r);
+        let audit = audience_state::audit::entry(offset as i64, r, &outcome);
+        outcomes.push(outcome);
+        let touched = state.take_touched();
+        store.save_catalog(&state, &touched, &[audit]).unwrap();
+    }
+    match &outcomes[0] {
+        Ok(Applied::Token(t)) => {
+            assert_eq!(
+                (t.created_at_ms, t.created_by.as_str()),
+                (1_000, "token of a")
+            )
+        }
+        other => panic!("created: {other:?}"),
+    }
+    assert!(
+        matches!(&outcomes[1], Err(Refusal::Conflict(why)) if why.contains("'ci' exists")),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(matches!(&outcomes[2], Err(Refusal::Invalid(e)) if e.field == "name"));
+    assert_eq!(outcomes[4], Ok(Applied::TokenRevoked("ci".into())));
+    assert!(matches!(&outcomes[5], Err(Refusal::NotFound(_))));
+    assert_eq!(state.tokens.keys().collect::<Vec<_>>(), ["reader"]);
+
+    // The materialised copy holds what applying gave, and the audit log names each token.
+    let loaded = store.load_catalog_state().unwrap();
+    assert_eq!(loaded, state);
+    assert_eq!(
+        store.load_api_tokens().unwrap(),
+        vec![state.tokens["reader"].clone()]
+    );
+    let ops: Vec<(String, String)> = store
+        .audit_log(None, 100, None)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.op, e.subject))
+        .collect();
+    assert_eq!(ops[0], ("create_token".into(), "token 'ci'".into()));
+    assert_eq!(ops[4], ("revoke_token".into(), "token 'ci'".into()));
+}

@@ -284,8 +284,17 @@ async fn an_engine_without_a_token_refuses_to_start_where_it_must_not_run_open()
         ],
     )?;
     dev.client.token = None;
-    dev.ready().await?;
+    let open = dev.ready().await?;
     assert_ne!(read_profile(&dev, None).await?, Code::Unauthenticated);
+    // No token would be asked for: none is created.
+    let refused = pb::admin_service_client::AdminServiceClient::new(open)
+        .create_token(pb::CreateTokenRequest {
+            name: "ci".into(),
+            scopes: vec!["read".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     Ok(())
 }
 

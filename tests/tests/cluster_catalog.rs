@@ -574,3 +574,175 @@ async fn a_store_from_before_the_catalog_topic_is_imported_with_its_ids() -> Res
     }
     Ok(())
 }
+
+/// The code of a ListAudiences call on `grpc` with `token`.
+async fn listing_with(grpc: &str, token: &str) -> Result<tonic::Code> {
+    let ch = audience_services::auth::ClientOptions {
+        token: Some(token.into()),
+        ..Default::default()
+    }
+    .connect(grpc)
+    .await?;
+    let answer = pb::audience_service_client::AudienceServiceClient::new(ch)
+        .list_audiences(pb::ListAudiencesRequest::default())
+        .await;
+    Ok(answer.err().map_or(tonic::Code::Ok, |s| s.code()))
+}
+
+/// Waits until a ListAudiences with `token` on `grpc` answers `want`.
+async fn wait_answer(grpc: &str, token: &str, want: tonic::Code) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let got = listing_with(grpc, token).await?;
+        if got == want {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(started.elapsed() < WAIT, "{grpc}: {got:?}, not {want:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// API tokens: created on one node (the secret answered once, only its digest on the catalog
+/// topic), accepted on both within their scopes, and refused on both once revoked on either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_tokens_created_on_one_node_are_accepted_on_both_until_revoked() -> Result<()> {
+    let c = cluster("api-tokens").await?;
+    let mut admin_a = pb::admin_service_client::AdminServiceClient::new(c.ca.clone());
+    let mut admin_b = pb::admin_service_client::AdminServiceClient::new(c.cb.clone());
+    let create = |name: &str, scopes: &[&str]| pb::CreateTokenRequest {
+        name: name.into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+    };
+    let created = admin_a
+        .create_token(create("ci-reader", &["read"]))
+        .await?
+        .into_inner();
+    let secret = created.secret.clone();
+    let token = created.token.unwrap();
+    assert_eq!(
+        (
+            token.name.as_str(),
+            token.source.as_str(),
+            token.created_by.as_str()
+        ),
+        ("ci-reader", "api", "e2e")
+    );
+    assert_eq!(token.scopes, ["read"]);
+    let (grpc_a, grpc_b) = (c._a.grpc.clone(), c.b.grpc.clone());
+    wait_answer(&grpc_a, &secret, tonic::Code::Ok).await?;
+    let applied_in = wait_answer(&grpc_b, &secret, tonic::Code::Ok).await?;
+
+    // Within its scopes only, on the node that did not create it.
+    let reader = audience_services::auth::ClientOptions {
+        token: Some(secret.clone()),
+        ..Default::default()
+    }
+    .connect(&grpc_b)
+    .await?;
+    let refused = pb::audience_service_client::AudienceServiceClient::new(reader)
+        .create_audience(pb::CreateAudienceRequest {
+            name: "not mine to make".into(),
+            criteria: Some(criteria(gold())),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("'write'"), "{refused:?}");
+
+    // Names are unique, the configuration's included; grants are checked.
+    for (name, scopes, code) in [
+        ("ci-reader", vec!["read"], tonic::Code::AlreadyExists),
+        ("e2e", vec!["read"], tonic::Code::AlreadyExists),
+        ("has space", vec!["read"], tonic::Code::InvalidArgument),
+        (
+            "limited",
+            vec!["admin", "workspace:app-b"],
+            tonic::Code::InvalidArgument,
+        ),
+        ("nothing", vec![], tonic::Code::InvalidArgument),
+    ] {
+        let refused = admin_b
+            .create_token(create(name, &scopes))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), code, "{name}: {refused:?}");
+    }
+    let listed = admin_b
+        .list_tokens(pb::ListTokensRequest {})
+        .await?
+        .into_inner()
+        .tokens;
+    let listed: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|t| (t.name.as_str(), t.source.as_str()))
+        .collect();
+    assert_eq!(listed, [("e2e", "config"), ("ci-reader", "api")]);
+
+    // Hashed at rest: the catalog topic carries the digest, never the token.
+    let records = read_topic(&c.broker, &c.topics.catalog, 1).await?;
+    let text: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .collect();
+    let digest = audience_services::api_tokens::digest_hex(&secret);
+    assert!(
+        text.iter().any(|r| r.contains(&digest)),
+        "the digest is on the topic"
+    );
+    assert!(
+        !text.iter().any(|r| r.contains(&secret[4..])),
+        "the secret is not on the topic"
+    );
+
+    // The same through audiencectl: the secret printed once, on its own line.
+    let ctl = |args: &[&str]| -> Result<String> {
+        let out = c.b.ctl().args(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "audiencectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let printed = ctl(&["token", "create", "cli-sub", "--scope", "subscribe"])?;
+    let cli_secret = printed.lines().nth(1).unwrap_or_default().to_string();
+    assert!(cli_secret.starts_with("aud_"), "{printed}");
+    wait_answer(&grpc_a, &cli_secret, tonic::Code::PermissionDenied).await?;
+    let list = ctl(&["token", "list"])?;
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("cli-sub") && l.contains("api") && l.contains("[subscribe]")),
+        "{list}"
+    );
+    assert!(!list.contains(&cli_secret), "{list}");
+    assert!(ctl(&["token", "revoke", "cli-sub"])?.contains("revoked"));
+    wait_answer(&grpc_a, &cli_secret, tonic::Code::Unauthenticated).await?;
+
+    // Revoked on B, refused on A too; the configuration's tokens are not the API's to revoke.
+    admin_b
+        .revoke_token(pb::RevokeTokenRequest {
+            name: "ci-reader".into(),
+        })
+        .await?;
+    wait_answer(&grpc_a, &secret, tonic::Code::Unauthenticated).await?;
+    wait_answer(&grpc_b, &secret, tonic::Code::Unauthenticated).await?;
+    let refused = admin_a
+        .revoke_token(pb::RevokeTokenRequest { name: "e2e".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let gone = admin_a
+        .revoke_token(pb::RevokeTokenRequest {
+            name: "ci-reader".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
+    eprintln!("a token created on A was accepted on B after {applied_in:?}");
+    Ok(())
+}

@@ -1,5 +1,5 @@
 //! The node's materialised copy of the catalog topic: the definitions in their tables (as
-//! [`super::definitions`] lays them out) and, in meta, the offset applied last and the id
+//! [`super::definitions`] lays them out, API tokens as `token/<name>` in meta) and, in meta, the offset applied last and the id
 //! base, written in one batch so that a crash never leaves definitions and offset apart; and
 //! the audit log (`audit/<offset>` in meta), written in the same batch as the changes it
 //! records.
@@ -43,6 +43,8 @@ impl Store {
             .collect();
         state.outputs = own.outputs.into_iter().map(|o| (o.id, o)).collect();
         state.connections = own.connections.into_iter().map(|c| (c.id, c)).collect();
+        let tokens = self.load_api_tokens()?;
+        state.tokens = tokens.into_iter().map(|t| (t.name.clone(), t)).collect();
         Ok(state)
     }
 
@@ -109,6 +111,13 @@ impl Store {
                     }
                     self.delete_delivery_positions(&mut b, *id)?;
                 }
+            }
+        }
+        for name in &touched.tokens {
+            let key = format!("{TOKEN_PREFIX}{name}");
+            match state.tokens.get(name) {
+                Some(t) => b.put(meta, key.as_bytes(), json(t)),
+                None => b.delete(meta, key.as_bytes()),
             }
         }
         for entry in audit {

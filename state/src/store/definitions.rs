@@ -100,6 +100,12 @@ impl Store {
         self.scan_json("connection/")
     }
 
+    /// The API tokens of the catalog, by name order (digests only: see
+    /// [`crate::api_tokens`]).
+    pub fn load_api_tokens(&self) -> StoreResult<Vec<crate::api_tokens::ApiTokenRecord>> {
+        self.scan_json(TOKEN_PREFIX)
+    }
+
     pub fn put_fault(&self, fault: &Fault) -> StoreResult<()> {
         self.put_json(&format!("fault/{:020}", fault.connection_id), fault)
     }

@@ -161,3 +161,5 @@ pub(super) fn meta_key_partition(key: &[u8]) -> Option<Partition> {
 }
 
 pub(super) const CALC_PREFIX: &str = "calc/";
+/// Meta keys of the API tokens: `token/<name>`.
+pub(super) const TOKEN_PREFIX: &str = "token/";

@@ -19,12 +19,14 @@ mod membership;
 mod output;
 mod print;
 mod profile;
+mod token;
 
 use admin::ClockCmd;
 use audience::AudienceCmd;
 use calc::CalcCmd;
 use output::{ConnectionCmd, OutputCmd};
 use print::{Ctx, Format};
+use token::TokenCmd;
 
 #[derive(Parser)]
 #[command(version, about = "Operate an audience engine")]
@@ -136,6 +138,9 @@ enum Command {
     /// The engine clock (manual clocks can be advanced).
     #[command(subcommand)]
     Clock(ClockCmd),
+    /// API tokens: create (shown once), list, revoke (needs the admin scope).
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Who changed which definition and when (needs the admin scope), oldest first.
     Audit {
         /// Only the changes made with this token name.
@@ -345,6 +350,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status => admin::status(ctx).await,
         Command::Cluster => admin::cluster(ctx).await,
         Command::Audit { by, limit } => admin::audit(ctx, by, limit).await,
+        Command::Token(cmd) => token::token(ctx, cmd).await,
         Command::Replay { start, wipe, wait } => {
             let ask = match start {
                 true => admin::ReplayAsk::Start {
