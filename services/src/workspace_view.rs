@@ -132,10 +132,7 @@ impl WorkspaceView {
             audience.id,
             audience.access.name(),
             self.token,
-            match audience.workspaces.as_slice() {
-                [] => "every workspace".to_string(),
-                w => format!("workspace {}", w.join(", ")),
-            }
+            workspaces_read(&audience)
         )))
     }
 
@@ -156,10 +153,7 @@ impl WorkspaceView {
             self.token,
             self.workspaces.join(", "),
             audience.id,
-            match audience.workspaces.as_slice() {
-                [] => "every workspace".to_string(),
-                w => format!("workspace {}", w.join(", ")),
-            }
+            workspaces_read(audience)
         )))
     }
 
@@ -197,6 +191,14 @@ impl WorkspaceView {
             )));
         }
         Ok(())
+    }
+}
+
+/// The workspaces an audience reads, in words: "workspace a, b" or "every workspace".
+fn workspaces_read(audience: &AudienceRecord) -> String {
+    match audience.workspaces.as_slice() {
+        [] => "every workspace".to_string(),
+        w => format!("workspace {}", w.join(", ")),
     }
 }
 
