@@ -351,10 +351,14 @@ impl Engine {
             let mut calculating = false;
             let mut c = Calculation::default();
             let mut earliest: Option<&BackfillProgress> = None;
+            // Profiles of partitions that finished: scanned, while others still calculate
+            // (progress never goes back when one partition ends before another).
+            let mut finished = 0;
             for &p in partitions {
                 let running = backfills.get(&p).filter(|b| b.audiences.contains(&id));
                 let stale = evaluated[&p].get(&id) != Some(&revision);
                 if !stale && running.is_none() {
+                    finished += counts.get(&p).copied().unwrap_or(0);
                     continue;
                 }
                 calculating = true;
@@ -372,6 +376,8 @@ impl Engine {
             if !calculating {
                 continue;
             }
+            c.scanned += finished;
+            c.total += finished;
             c.percent = if c.total == 0 {
                 0.0
             } else {

@@ -30,6 +30,9 @@ pub enum RegistryError {
     /// The operation would break another audience (e.g. deleting one that others reference).
     #[error("{0}")]
     Conflict(String),
+    /// A name that must be unique is taken.
+    #[error("{0}")]
+    Exists(String),
     /// Refused when applied: the catalog had changed between the check here and the
     /// record's turn (another node's change came first), or the thing is gone.
     #[error("{0}")]
@@ -191,7 +194,11 @@ impl Registry {
         if let Some(access) = spec.access {
             record.access = access;
         }
-        self.node.engine.catalog.load().check_audience(&record)?;
+        let catalog = self.node.engine.catalog.load();
+        catalog.check_audience(&record)?;
+        if let Some(conflict) = catalog.access_conflict(&record) {
+            return Err(RegistryError::Conflict(conflict));
+        }
         self.audience_change(
             by,
             Change::PutAudience {

@@ -170,8 +170,13 @@ pub fn workspace_aware(path: &str) -> bool {
                 | "ActivateAudience"
                 | "SaveAsDraft"
                 | "ListInputs"
+                | "EstimateAudience"
+                | "PreviewUpdate"
         ) | ("audience.v1.ProfileService", "GetProfile" | "Explain")
-            | ("audience.v1.MembershipService", "Subscribe")
+            | (
+                "audience.v1.MembershipService",
+                "Subscribe" | "ListMembers" | "GetMembershipHistory" | "GetAudienceStats"
+            )
     ) || service.starts_with("grpc.reflection.")
 }
 
@@ -282,8 +287,11 @@ mod tests {
             .contains("no scope"));
         assert!(workspace_aware("/audience.v1.ProfileService/GetProfile"));
         assert!(!workspace_aware("/audience.v1.OutputService/ListOutputs"));
-        assert!(!workspace_aware(
+        assert!(workspace_aware(
             "/audience.v1.MembershipService/ListMembers"
+        ));
+        assert!(!workspace_aware(
+            "/audience.v1.MembershipService/ListConnectors"
         ));
     }
 

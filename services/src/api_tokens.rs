@@ -12,8 +12,9 @@
 //!   once per catalog change.
 
 use crate::access::{self, Scopes, WORKSPACE_PREFIX};
-use crate::auth::TokenSet;
+use crate::auth::{CatalogVerdict, TokenSet};
 use audience_state::api_tokens::ApiTokenRecord;
+use audience_state::model::TimestampMs;
 use std::io::Read;
 use std::sync::Arc;
 
@@ -88,35 +89,51 @@ pub fn token_set(records: &[ApiTokenRecord]) -> TokenSet {
 }
 
 type Source = Box<dyn Fn() -> Arc<Vec<ApiTokenRecord>> + Send + Sync>;
+type Clock = Box<dyn Fn() -> TimestampMs + Send + Sync>;
 
 /// The catalog's tokens as the authenticator checks them, rebuilt when the catalog's list
 /// changes (the list is swapped whole, so a pointer comparison tells).
 pub struct CatalogTokens {
     source: Source,
+    now: Clock,
     cache: parking_lot::Mutex<(Option<Arc<Vec<ApiTokenRecord>>>, TokenSet)>,
 }
 
 impl CatalogTokens {
-    /// Tokens read from `source`: the engine's list as its catalog applier keeps it.
-    pub fn new(source: impl Fn() -> Arc<Vec<ApiTokenRecord>> + Send + Sync + 'static) -> Self {
+    /// Tokens read from `source` (the engine's list as its catalog applier keeps it), expired
+    /// by the instants of `now` (the engine's clock).
+    pub fn new(
+        source: impl Fn() -> Arc<Vec<ApiTokenRecord>> + Send + Sync + 'static,
+        now: impl Fn() -> TimestampMs + Send + Sync + 'static,
+    ) -> Self {
         CatalogTokens {
             source: Box::new(source),
+            now: Box::new(now),
             cache: parking_lot::Mutex::new((None, TokenSet::default())),
         }
     }
 
-    /// The name, scopes and workspaces of the presented token, when the catalog holds it.
-    pub fn check(&self, presented: &str) -> Option<(String, Scopes, Vec<String>)> {
+    /// What the catalog says of the presented token: `None` when it holds no such token.
+    pub fn check(&self, presented: &str) -> Option<CatalogVerdict> {
         let current = (self.source)();
         let mut cache = self.cache.lock();
         if !cache.0.as_ref().is_some_and(|c| Arc::ptr_eq(c, &current)) {
             cache.1 = token_set(&current);
-            cache.0 = Some(current);
+            cache.0 = Some(current.clone());
         }
-        cache
-            .1
-            .check(presented)
-            .map(|(n, s, w)| (n.to_string(), s, w.to_vec()))
+        let (name, scopes, workspaces) = cache.1.check(presented)?;
+        let record = current.iter().find(|r| r.name == name)?;
+        if record.expired((self.now)()) {
+            return Some(CatalogVerdict::Expired {
+                name: name.to_string(),
+                at_ms: record.expires_at_ms().unwrap_or_default(),
+            });
+        }
+        Some(CatalogVerdict::Accepted(
+            name.to_string(),
+            scopes,
+            workspaces.to_vec(),
+        ))
     }
 }
 
@@ -133,6 +150,7 @@ mod tests {
             workspaces: workspaces.iter().map(|w| w.to_string()).collect(),
             created_at_ms: 0,
             created_by: String::new(),
+            valid_for_ms: 0,
         }
     }
 
@@ -161,8 +179,17 @@ mod tests {
             record("future", "secret-of-future-0123", &["telepathy"], &[]),
         ])));
         let source = list.clone();
-        let tokens = CatalogTokens::new(move || source.lock().clone());
-        let (name, scopes, workspaces) = tokens.check("secret-of-b-0123456789").unwrap();
+        let clock = Arc::new(std::sync::atomic::AtomicI64::new(1_000));
+        let now = clock.clone();
+        let tokens = CatalogTokens::new(
+            move || source.lock().clone(),
+            move || now.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let Some(CatalogVerdict::Accepted(name, scopes, workspaces)) =
+            tokens.check("secret-of-b-0123456789")
+        else {
+            panic!("b is accepted")
+        };
         assert_eq!(name, "b");
         assert!(scopes.allows(Scope::Write) && !scopes.allows(Scope::Admin));
         assert_eq!(workspaces, vec!["app-b".to_string()]);
@@ -179,6 +206,20 @@ mod tests {
             &["app-b"],
         )]);
         assert!(tokens.check("secret-of-ci-0123456789").is_none());
+        // Expired by the clock: named as expired, with the instant.
+        let mut brief = record("brief", "secret-of-brief-0123456", &["read"], &[]);
+        brief.created_at_ms = 1_000;
+        brief.valid_for_ms = 60_000;
+        *list.lock() = Arc::new(vec![brief]);
+        assert!(matches!(
+            tokens.check("secret-of-brief-0123456"),
+            Some(CatalogVerdict::Accepted(..))
+        ));
+        clock.store(61_000, std::sync::atomic::Ordering::Relaxed);
+        assert!(matches!(
+            tokens.check("secret-of-brief-0123456"),
+            Some(CatalogVerdict::Expired { at_ms: 61_000, .. })
+        ));
         assert_eq!(
             grant_words(&scope_names(Scopes::of(&[Scope::Read])), &["app-b".into()]),
             ["read", "workspace:app-b"]

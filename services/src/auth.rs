@@ -258,7 +258,7 @@ pub struct Authenticator {
 
 /// A check of a presented token against another set than the configuration's: its name,
 /// scopes and workspaces when it holds it.
-pub type TokenCheck = dyn Fn(&str) -> Option<(String, Scopes, Vec<String>)> + Send + Sync;
+pub type TokenCheck = dyn Fn(&str) -> Option<CatalogVerdict> + Send + Sync;
 
 /// The token a call came with, in the request's extensions: its name (who made a change) and
 /// its scopes.
@@ -268,6 +268,22 @@ pub struct Caller {
     pub scopes: Scopes,
     /// The workspaces the token is limited to (empty: every one).
     pub workspaces: Vec<String>,
+}
+
+/// What the catalog says of a token presented to it (see `crate::api_tokens`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CatalogVerdict {
+    /// Its name, scopes and workspaces.
+    Accepted(String, Scopes, Vec<String>),
+    /// Its validity ended at `at_ms`.
+    Expired { name: String, at_ms: i64 },
+}
+
+/// An instant as RFC 3339 (UTC, seconds), for refusals.
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| format!("{ms} ms"))
 }
 
 impl Authenticator {
@@ -290,7 +306,7 @@ impl Authenticator {
     /// every call anyway).
     pub fn with_catalog(
         mut self,
-        check: impl Fn(&str) -> Option<(String, Scopes, Vec<String>)> + Send + Sync + 'static,
+        check: impl Fn(&str) -> Option<CatalogVerdict> + Send + Sync + 'static,
     ) -> Authenticator {
         self.catalog = Some(Arc::new(check));
         self
@@ -381,14 +397,35 @@ impl Authenticator {
             );
         };
         // Both sets are always compared: which one holds the token does not show in the time.
-        let configured = tokens
-            .read()
+        let configured_set = tokens.read();
+        let configured = configured_set
             .check(token)
             .map(|(n, s, w)| (n.to_string(), s, w.to_vec()));
         let from_catalog = self.catalog.as_ref().and_then(|check| check(token));
-        let Some((name, scopes, workspaces)) = configured.or(from_catalog) else {
-            return refuse("refused", Status::unauthenticated(REFUSED));
+        let (name, scopes, workspaces) = match (configured, from_catalog) {
+            (Some(grant), _) => grant,
+            // A name the configuration took since the catalog's token was created is the
+            // configuration's: the catalog's secret no longer opens it.
+            (None, Some(CatalogVerdict::Accepted(name, ..)))
+                if configured_set.names().contains(&name.as_str()) =>
+            {
+                return refuse("refused", Status::unauthenticated(REFUSED));
+            }
+            (None, Some(CatalogVerdict::Accepted(name, scopes, workspaces))) => {
+                (name, scopes, workspaces)
+            }
+            (None, Some(CatalogVerdict::Expired { name, at_ms })) => {
+                return refuse(
+                    "expired",
+                    Status::unauthenticated(format!(
+                        "token '{name}' expired at {} (its ttl): create another",
+                        rfc3339(at_ms)
+                    )),
+                );
+            }
+            (None, None) => return refuse("refused", Status::unauthenticated(REFUSED)),
         };
+        drop(configured_set);
         if let Some(needed) = access::required_scope(path) {
             if !scopes.allows(needed) {
                 return refuse(
@@ -748,6 +785,50 @@ mod tests {
             .is_ok());
         // An open engine accepts anything.
         assert!(Authenticator::open().admit(STATUS, &headers(None)).is_ok());
+    }
+
+    #[test]
+    fn the_catalogs_tokens_are_accepted_unless_expired_or_named_by_the_configuration() {
+        use crate::access::Scope;
+        const EXPIRED: &str = "secret-of-an-expired-token";
+        let auth = Authenticator::with_tokens(TokenSet::new([("ops", A)]).unwrap()).with_catalog(
+            |presented| match presented {
+                B => Some(CatalogVerdict::Accepted(
+                    "ci".into(),
+                    Scopes::of(&[Scope::Read]),
+                    vec![],
+                )),
+                "secret-of-a-shadowed-token" => Some(CatalogVerdict::Accepted(
+                    "ops".into(),
+                    Scopes::all(),
+                    vec![],
+                )),
+                EXPIRED => Some(CatalogVerdict::Expired {
+                    name: "brief".into(),
+                    at_ms: 0,
+                }),
+                _ => None,
+            },
+        );
+        let ci = auth
+            .admit(STATUS, &headers(Some(&format!("Bearer {B}"))))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ci.name, "ci");
+        let expired = auth
+            .admit(STATUS, &headers(Some(&format!("Bearer {EXPIRED}"))))
+            .unwrap_err();
+        assert_eq!(expired.code(), tonic::Code::Unauthenticated);
+        assert!(
+            expired
+                .message()
+                .contains("token 'brief' expired at 1970-01-01T00:00:00Z"),
+            "{expired:?}"
+        );
+        let shadowed = auth
+            .admit(STATUS, &headers(Some("Bearer secret-of-a-shadowed-token")))
+            .unwrap_err();
+        assert_eq!(shadowed.code(), tonic::Code::Unauthenticated);
     }
 
     #[test]

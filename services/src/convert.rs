@@ -350,6 +350,7 @@ pub fn status(e: RegistryError) -> Status {
             Status::failed_precondition(e.to_string())
         }
         RegistryError::Gone(_) => Status::not_found(e.to_string()),
+        RegistryError::Exists(_) => Status::already_exists(e.to_string()),
         RegistryError::Unavailable(_) => Status::unavailable(e.to_string()),
         RegistryError::Quota(_) => Status::resource_exhausted(e.to_string()),
         RegistryError::Store(_) => Status::internal(e.to_string()),

@@ -6,7 +6,7 @@ use crate::audience_request::{in_workspace_filter, required_criteria};
 use crate::auth::caller_name;
 use crate::convert;
 use crate::paging::{self, TierKey, DEFAULT_PAGE, MAX_PAGE};
-use crate::peers::{scoped_partition, Peer, Peers, PARTITION_HEADER};
+use crate::peers::{scoped_partition, Peers};
 use crate::workspace_view::WorkspaceView;
 use audience_actors::connector::{Connectors, CursorError};
 use audience_actors::deltas_tail::StreamError;
@@ -331,9 +331,12 @@ impl pb::audience_service_server::AudienceService for Services {
         req: Request<pb::EstimateAudienceRequest>,
     ) -> Result<Response<pb::AudienceEstimate>, Status> {
         let caller = req.metadata().clone();
-        let r = req.into_inner();
+        let view = WorkspaceView::of(&req);
+        let mut r = req.into_inner();
         let criteria_struct = r.criteria.clone();
         let criteria = required_criteria(r.criteria)?;
+        // The nodes asked below estimate the same scope for the same token.
+        r.workspaces = self.estimated_scope(&view, &criteria, r.workspaces, &r.inputs)?;
         let compiled = self
             .registry
             .compile_unsaved(criteria, None, &r.workspaces, &r.inputs)
@@ -451,11 +454,13 @@ impl pb::audience_service_server::AudienceService for Services {
         req: Request<pb::PreviewUpdateRequest>,
     ) -> Result<Response<pb::UpdatePreview>, Status> {
         let caller = req.metadata().clone();
+        let view = WorkspaceView::of(&req);
         let r = req.into_inner();
         let asked = r.clone();
-        // The edit keeps the audience's scope.
-        let current = self.registry.get(r.audience_id).map_err(convert::status)?;
+        // The edit keeps the audience's scope; only its owners edit it.
+        let current = self.owned_audience(&view, r.audience_id)?;
         let criteria = required_criteria(r.criteria)?;
+        self.check_definition(&view, &criteria, &current.workspaces, &current.inputs)?;
         let compiled = self
             .registry
             .compile_unsaved(
@@ -686,159 +691,21 @@ impl pb::membership_service_server::MembershipService for Services {
         &self,
         req: Request<pb::GetMembershipHistoryRequest>,
     ) -> Result<Response<pb::MembershipHistory>, Status> {
-        let caller = req.metadata().clone();
-        let mpid = req.into_inner().mpid;
-        let engine = &self.node.engine;
-        let catalog = engine.catalog.load();
-        let from = engine.clock.now() - engine.settings.retention_ms;
-        let mut intervals = Vec::new();
-        for p in self.partitions(&caller)? {
-            let changes = engine
-                .store
-                .membership_changes_of(p, mpid)
-                .map_err(convert::internal)?;
-            for (audience, changes) in changes {
-                for i in audience_state::membership::intervals(audience, &changes) {
-                    if i.left_ms.is_some_and(|left| left < from) {
-                        continue;
-                    }
-                    intervals.push(pb::MembershipInterval {
-                        audience_id: audience,
-                        audience_name: catalog
-                            .record(audience)
-                            .map(|r| r.name.clone())
-                            .unwrap_or_default(),
-                        entered_ms: i.entered_ms,
-                        left_ms: i.left_ms.unwrap_or_default(),
-                        entered_version: i.entered_version,
-                        left_version: i.left_version.unwrap_or_default(),
-                    });
-                }
-            }
-        }
-        // The other nodes' partitions: a profile is on one, unless its producers' keys moved.
-        let peers = self.peers.others(&caller).await?;
-        let asked = pb::GetMembershipHistoryRequest { mpid };
-        let answers = self
-            .peers
-            .ask_every(&peers, |channel| {
-                let request = self.peers.request(&caller, asked);
-                async move {
-                    pb::membership_service_client::MembershipServiceClient::new(channel)
-                        .get_membership_history(request)
-                        .await
-                }
-            })
-            .await?;
-        intervals.extend(answers.into_iter().flat_map(|h| h.intervals));
-        intervals.sort_by_key(|i| (i.entered_ms, i.audience_id));
-        Ok(Response::new(pb::MembershipHistory { mpid, intervals }))
+        self.membership_history_of(req).await
     }
 
     async fn list_members(
         &self,
         req: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
-        let caller = req.metadata().clone();
-        let r = req.into_inner();
-        let engine = &self.node.engine;
-        self.registry.get(r.audience_id).map_err(convert::status)?;
-        let now = engine.clock.now();
-        let as_of = if r.as_of_ms == 0 { now } else { r.as_of_ms };
-        if as_of > now || as_of < now - engine.settings.retention_ms {
-            return Err(Status::out_of_range(format!(
-                "as_of_ms: {as_of} is outside the retention window {}..{now}",
-                now - engine.settings.retention_ms
-            )));
-        }
-        let page_size = match r.page_size {
-            0 => 1_000,
-            n => n.min(100_000) as usize,
-        };
-        // The token is "partition:last mpid".
-        let (mut partition, mut after) = match r.page_token.split_once(':') {
-            None if r.page_token.is_empty() => (None, None),
-            Some((p, m)) => match (p.parse::<u32>(), m.parse::<i64>()) {
-                (Ok(p), Ok(m)) => (Some(p), Some(m)),
-                _ => {
-                    return Err(Status::invalid_argument(
-                        "page_token: not a token of ListMembers",
-                    ))
-                }
-            },
-            None => {
-                return Err(Status::invalid_argument(
-                    "page_token: not a token of ListMembers",
-                ))
-            }
-        };
-        // Partition after partition, each read from its owner: this node, or another.
-        let owned: std::collections::BTreeSet<u32> =
-            self.partitions(&caller)?.into_iter().collect();
-        let mut every = owned.clone();
-        let peers = self.peers.others(&caller).await?;
-        if !self.peers.answers_alone(&caller) {
-            every.extend(0..self.peers.cluster().await?.partitions);
-        }
-        let mut mpids = Vec::new();
-        let mut next_page_token = String::new();
-        for p in every {
-            if partition.is_some_and(|from| p < from) {
-                continue;
-            }
-            if partition.is_some_and(|from| p > from) {
-                after = None;
-            }
-            partition = Some(p);
-            let want = page_size - mpids.len();
-            let page = if owned.contains(&p) {
-                engine
-                    .store
-                    .members_at(p, r.audience_id, as_of, after, want)
-                    .map_err(convert::internal)?
-            } else {
-                let asked = pb::ListMembersRequest {
-                    audience_id: r.audience_id,
-                    as_of_ms: as_of,
-                    page_size: want as u32,
-                    page_token: after.map(|m| format!("{p}:{m}")).unwrap_or_default(),
-                };
-                self.members_elsewhere(&caller, &peers, p, asked).await?
-            };
-            let full = page.len() == want;
-            if let Some(last) = page.last() {
-                if full {
-                    next_page_token = format!("{p}:{last}");
-                }
-            }
-            mpids.extend(page);
-            if full {
-                break;
-            }
-        }
-        Ok(Response::new(pb::ListMembersResponse {
-            mpids,
-            next_page_token,
-            as_of_ms: as_of,
-        }))
+        self.list_members_of(req).await
     }
 
     async fn get_audience_stats(
         &self,
         req: Request<pb::GetAudienceStatsRequest>,
     ) -> Result<Response<pb::GetAudienceStatsResponse>, Status> {
-        let caller = req.metadata().clone();
-        let ids = req.into_inner().audience_ids;
-        let figures = self.cluster_figures(&caller, &ids).await?;
-        let mut audiences: Vec<pb::ConnectorAudienceStats> = figures
-            .iter()
-            .map(|(id, f)| pb::ConnectorAudienceStats {
-                audience_id: *id,
-                stats: Some(convert::stats(f)),
-            })
-            .collect();
-        audiences.sort_by_key(|a| a.audience_id);
-        Ok(Response::new(pb::GetAudienceStatsResponse { audiences }))
+        self.audience_stats_of(req).await
     }
 }
 
@@ -864,44 +731,6 @@ pub(crate) fn explain_node(e: &audience_state::criteria::Explanation) -> pb::Exp
 }
 
 impl Services {
-    /// A page of a partition this node does not own, from the node that does: the one that
-    /// announces it first, then the others (announcements are up to 2 s old, and a node that
-    /// does not own it refuses the call).
-    async fn members_elsewhere(
-        &self,
-        caller: &MetadataMap,
-        peers: &[Peer],
-        p: u32,
-        asked: pb::ListMembersRequest,
-    ) -> Result<Vec<i64>, Status> {
-        let mut candidates: Vec<&Peer> =
-            peers.iter().filter(|n| n.partitions.contains(&p)).collect();
-        candidates.extend(peers.iter().filter(|n| !n.partitions.contains(&p)));
-        for peer in candidates {
-            let mut answers = self
-                .peers
-                .ask(std::slice::from_ref(peer), |channel| {
-                    let mut request = self.peers.request(caller, asked.clone());
-                    let partition = p.to_string().parse().expect("digits are ASCII");
-                    request.metadata_mut().insert(PARTITION_HEADER, partition);
-                    async move {
-                        pb::membership_service_client::MembershipServiceClient::new(channel)
-                            .list_members(request)
-                            .await
-                    }
-                })
-                .await;
-            match answers.remove(0) {
-                Ok(page) => return Ok(page.mpids),
-                Err(e) if e.code() == tonic::Code::Unavailable => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(Status::unavailable(format!(
-            "partition {p}: no node answers for it now (it is moving, or its node died): retry"
-        )))
-    }
-
     /// A uniform sample of `n` profiles of this node's partitions, `compiled` evaluated on
     /// each.
     async fn sample_here(

@@ -63,15 +63,50 @@ fn fault(f: &Fault, c: Option<&Connection>, node_id: &str) -> pb::Fault {
     }
 }
 
-/// Every fault of the cluster: this node's and every other live node's, by connection then
-/// time.
-pub(crate) async fn cluster_faults(
+/// A fault's place in the list: its connection, then the node that met it (each node keeps one
+/// fault per connection); as a page token `connection/node`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct FaultKey(u64, String);
+
+impl FaultKey {
+    fn of(f: &pb::Fault) -> FaultKey {
+        FaultKey(f.connection_id, f.node_id.clone())
+    }
+}
+
+impl std::fmt::Display for FaultKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.0, self.1)
+    }
+}
+
+impl std::str::FromStr for FaultKey {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (connection, node) = s.split_once('/').ok_or(())?;
+        Ok(FaultKey(connection.parse().map_err(|_| ())?, node.into()))
+    }
+}
+
+/// The page of the cluster's faults `asked` names (this node's and every other live node's,
+/// each asked for the same page of its own), and the next page's token. The first `size` of
+/// the cluster's are among the first `size` of each node's; and when a node has more than it
+/// answered, so has the cluster.
+pub(crate) async fn faults_page(
     outputs: &OutputRegistry,
     peers: &Peers,
     caller: &MetadataMap,
-) -> Result<Vec<pb::Fault>, Status> {
+    asked: pb::ListFaultsRequest,
+) -> Result<(Vec<pb::Fault>, String), Status> {
+    let page = crate::paging::page::<FaultKey>(
+        "ListFaults",
+        asked.page_size,
+        &asked.page_token,
+        crate::paging::DEFAULT_PAGE,
+        crate::paging::MAX_PAGE,
+    )?;
     let connections = outputs.connections().map_err(convert::status)?;
-    let mut faults: Vec<pb::Fault> = outputs
+    let faults: Vec<pb::Fault> = outputs
         .faults()
         .map_err(convert::status)?
         .iter()
@@ -83,7 +118,7 @@ pub(crate) async fn cluster_faults(
     let others = peers.others(caller).await?;
     let answers = peers
         .ask_every(&others, |channel| {
-            let request = peers.request(caller, pb::ListFaultsRequest {});
+            let request = peers.request(caller, asked.clone());
             async move {
                 pb::output_service_client::OutputServiceClient::new(channel)
                     .list_faults(request)
@@ -91,9 +126,50 @@ pub(crate) async fn cluster_faults(
             }
         })
         .await?;
+    Ok(merge_fault_pages(faults, answers, &page))
+}
+
+/// The page of the cluster's faults out of this node's (`mine`, all of them) and the other
+/// nodes' answers for the same page, with the next page's token.
+fn merge_fault_pages(
+    mut faults: Vec<pb::Fault>,
+    answers: Vec<pb::ListFaultsResponse>,
+    page: &crate::paging::Page<FaultKey>,
+) -> (Vec<pb::Fault>, String) {
+    let more_elsewhere = answers.iter().any(|a| !a.next_page_token.is_empty());
     faults.extend(answers.into_iter().flat_map(|a| a.faults));
-    faults.sort_by_key(|f| (f.connection_id, f.at_ms));
-    Ok(faults)
+    faults.sort_by_key(FaultKey::of);
+    let (shown, mut next) = crate::paging::take(faults, page, FaultKey::of);
+    if next.is_empty() && more_elsewhere {
+        next = shown
+            .last()
+            .map(|f| FaultKey::of(f).to_string())
+            .unwrap_or_default();
+    }
+    (shown, next)
+}
+
+/// Every fault of the cluster, page after page: what a connection's or an output's figures
+/// count.
+pub(crate) async fn cluster_faults(
+    outputs: &OutputRegistry,
+    peers: &Peers,
+    caller: &MetadataMap,
+) -> Result<Vec<pb::Fault>, Status> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let asked = pb::ListFaultsRequest {
+            page_size: crate::paging::MAX_PAGE as u32,
+            page_token,
+        };
+        let (faults, next) = faults_page(outputs, peers, caller, asked).await?;
+        all.extend(faults);
+        if next.is_empty() {
+            return Ok(all);
+        }
+        page_token = next;
+    }
 }
 
 /// A connection as every node delivering it shows it: faulted when one node is (its latest
@@ -178,7 +254,7 @@ impl OutputServices {
         let answers = self
             .peers
             .ask_every(&others, |channel| {
-                let request = self.peers.request(caller, asked);
+                let request = self.peers.request(caller, asked.clone());
                 async move {
                     pb::output_service_client::OutputServiceClient::new(channel)
                         .list_connections(request)
@@ -456,6 +532,7 @@ impl pb::output_service_server::OutputService for OutputServices {
         let asked = pb::ListConnectionsRequest {
             audience_id: c.audience_id,
             output_id: c.output_id,
+            ..Default::default()
         };
         let shown = vec![self.connection_message(&c)?];
         let mut shown = self.cluster_connections(&caller, shown, asked).await?;
@@ -468,17 +545,33 @@ impl pb::output_service_server::OutputService for OutputServices {
     ) -> Result<Response<pb::ListConnectionsResponse>, Status> {
         let caller = req.metadata().clone();
         let r = req.into_inner();
-        let connections = self
+        let page = crate::paging::page::<u64>(
+            "ListConnections",
+            r.page_size,
+            &r.page_token,
+            crate::paging::DEFAULT_PAGE,
+            crate::paging::MAX_PAGE,
+        )?;
+        let mut matching: Vec<Connection> = self
             .outputs
             .connections()
             .map_err(convert::status)?
-            .iter()
+            .into_iter()
             .filter(|c| r.audience_id == 0 || c.audience_id == r.audience_id)
             .filter(|c| r.output_id == 0 || c.output_id == r.output_id)
+            .collect();
+        matching.sort_by_key(|c| c.id);
+        let (shown, next_page_token) = crate::paging::take(matching, &page, |c| c.id);
+        let shown = shown
+            .iter()
             .map(|c| self.connection_message(c))
             .collect::<Result<_, _>>()?;
-        let connections = self.cluster_connections(&caller, connections, r).await?;
-        Ok(Response::new(pb::ListConnectionsResponse { connections }))
+        // The other nodes answer the same page: the connections are the catalog's.
+        let connections = self.cluster_connections(&caller, shown, r).await?;
+        Ok(Response::new(pb::ListConnectionsResponse {
+            connections,
+            next_page_token,
+        }))
     }
 
     async fn update_connection(
@@ -546,8 +639,13 @@ impl pb::output_service_server::OutputService for OutputServices {
         &self,
         req: Request<pb::ListFaultsRequest>,
     ) -> Result<Response<pb::ListFaultsResponse>, Status> {
-        let faults = cluster_faults(&self.outputs, &self.peers, req.metadata()).await?;
-        Ok(Response::new(pb::ListFaultsResponse { faults }))
+        let caller = req.metadata().clone();
+        let (faults, next_page_token) =
+            faults_page(&self.outputs, &self.peers, &caller, req.into_inner()).await?;
+        Ok(Response::new(pb::ListFaultsResponse {
+            faults,
+            next_page_token,
+        }))
     }
 
     async fn resume(
@@ -560,5 +658,61 @@ impl pb::output_service_server::OutputService for OutputServices {
             .await
             .map_err(convert::status)?;
         Ok(Response::new(self.connection_message(&c)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paging::Page;
+
+    fn fault(connection_id: u64, node: &str) -> pb::Fault {
+        pb::Fault {
+            connection_id,
+            node_id: node.into(),
+            ..Default::default()
+        }
+    }
+
+    /// What node `node` answers for `page`: its page of `connections`, and a token when it
+    /// holds more.
+    fn answer(node: &str, connections: &[u64], page: &Page<FaultKey>) -> pb::ListFaultsResponse {
+        let all = connections.iter().map(|&c| fault(c, node)).collect();
+        let (faults, next_page_token) = crate::paging::take(all, page, FaultKey::of);
+        pb::ListFaultsResponse {
+            faults,
+            next_page_token,
+        }
+    }
+
+    #[test]
+    fn the_clusters_faults_read_back_whole_page_by_page_in_connection_then_node_order() {
+        let mine = [1, 4, 5, 6, 7];
+        let theirs = [2, 3, 4, 8, 9, 10, 11];
+        let mut after = None;
+        let mut seen = Vec::new();
+        loop {
+            let page = Page { size: 3, after };
+            let local = mine.iter().map(|&c| fault(c, "a")).collect();
+            let (faults, next) = merge_fault_pages(local, vec![answer("b", &theirs, &page)], &page);
+            assert!(faults.len() <= 3);
+            seen.extend(faults.iter().map(|f| (f.connection_id, f.node_id.clone())));
+            if next.is_empty() {
+                break;
+            }
+            after = Some(next.parse().unwrap());
+        }
+        let mut expected: Vec<(u64, String)> = mine
+            .iter()
+            .map(|&c| (c, "a".to_string()))
+            .chain(theirs.iter().map(|&c| (c, "b".to_string())))
+            .collect();
+        expected.sort();
+        assert_eq!(seen, expected);
+        assert_eq!(
+            "4/node-b".parse::<FaultKey>(),
+            Ok(FaultKey(4, "node-b".into()))
+        );
+        assert!("x/node-b".parse::<FaultKey>().is_err());
     }
 }

@@ -41,7 +41,8 @@ impl Services {
         mpid: i64,
     ) -> Result<pb::Profile, Status> {
         let engine = &self.node.engine;
-        let (partition, profile) = self.load_profile(caller, view, mpid)?;
+        let (partition, mut profile) = self.load_profile(caller, view, mpid)?;
+        view.narrow(&mut profile);
         let log = engine
             .store
             .load_log_head(partition, mpid)

@@ -17,8 +17,12 @@ fn shown(t: &ApiTokenRecord, source: &str) -> pb::ApiToken {
         created_at_ms: t.created_at_ms,
         created_by: t.created_by.clone(),
         source: source.into(),
+        expires_at_ms: t.expires_at_ms().unwrap_or_default(),
     }
 }
+
+/// The longest validity a token is created with: ten years.
+pub const MAX_TOKEN_TTL_SECONDS: u64 = 3_650 * 86_400;
 
 impl Services {
     fn check_tokens_apply(&self) -> Result<(), Status> {
@@ -44,15 +48,21 @@ impl Services {
         let r = req.into_inner();
         let name = r.name.trim().to_string();
         check_token_name(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let taken = self.is_configured_token(&name)
-            || self.registry.api_tokens().iter().any(|t| t.name == name);
-        if taken {
+        // The registry checks the catalog's names; the configuration's are this node's.
+        if self.is_configured_token(&name) {
             return Err(Status::already_exists(format!(
-                "name: a token named '{name}' exists: revoke it first, or choose another name"
+                "name: a token named '{name}' exists in the engine's configuration: choose \
+                 another name"
             )));
         }
         let (scopes, workspaces) = access::parse_grant(&r.scopes.join(","))
             .map_err(|e| Status::invalid_argument(format!("scopes: {e}")))?;
+        if r.ttl_seconds > MAX_TOKEN_TTL_SECONDS {
+            return Err(Status::invalid_argument(format!(
+                "ttl_seconds: {} is above the limit of {MAX_TOKEN_TTL_SECONDS} (3,650 days)",
+                r.ttl_seconds
+            )));
+        }
         let secret =
             new_secret().map_err(|e| Status::internal(format!("no random source: {e}")))?;
         let record = ApiTokenRecord {
@@ -62,6 +72,7 @@ impl Services {
             workspaces,
             created_at_ms: 0,
             created_by: String::new(),
+            valid_for_ms: r.ttl_seconds as i64 * 1_000,
         };
         let token = self
             .registry

@@ -38,6 +38,17 @@ impl Services {
         view: &WorkspaceView,
         spec: &AudienceSpec,
     ) -> Result<(), Status> {
+        self.check_definition(view, &spec.criteria, &spec.workspaces, &spec.inputs)
+    }
+
+    /// [`Services::check_saved`] of a definition's parts: its criteria and its scope as named.
+    pub(crate) fn check_definition(
+        &self,
+        view: &WorkspaceView,
+        criteria: &serde_json::Value,
+        workspaces: &[String],
+        inputs: &[String],
+    ) -> Result<(), Status> {
         if !view.is_limited() {
             return Ok(());
         }
@@ -46,13 +57,31 @@ impl Services {
             .engine
             .settings
             .inputs
-            .complete_scope(&spec.workspaces, &spec.inputs)
+            .complete_scope(workspaces, inputs)
             .map_err(|e| convert::status(e.into()))?;
         view.check_scope(&workspaces)?;
         let catalog = self.node.engine.catalog.load();
-        for id in referenced_audiences(&spec.criteria) {
+        for id in referenced_audiences(criteria) {
             view.check_reference(id, catalog.record(id))?;
         }
         Ok(())
+    }
+
+    /// The scope an estimate of a definition reads: the one named; for a token limited to
+    /// workspaces naming none, its workspaces (its own profiles, not every workspace's).
+    pub(crate) fn estimated_scope(
+        &self,
+        view: &WorkspaceView,
+        criteria: &serde_json::Value,
+        workspaces: Vec<String>,
+        inputs: &[String],
+    ) -> Result<Vec<String>, Status> {
+        let workspaces = if workspaces.is_empty() && inputs.is_empty() {
+            view.own_workspaces().to_vec()
+        } else {
+            workspaces
+        };
+        self.check_definition(view, criteria, &workspaces, inputs)?;
+        Ok(workspaces)
     }
 }

@@ -11,6 +11,7 @@ pub mod convert;
 pub mod grpc;
 pub mod grpc_admin;
 pub mod grpc_figures;
+pub mod grpc_members;
 pub mod grpc_outputs;
 pub mod grpc_profiles;
 pub mod grpc_tokens;

@@ -699,7 +699,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         authenticator
     } else {
         let engine = node.engine.clone();
-        let tokens = crate::api_tokens::CatalogTokens::new(move || engine.api_tokens.load_full());
+        let clock = engine.clock.clone();
+        let tokens = crate::api_tokens::CatalogTokens::new(
+            move || engine.api_tokens.load_full(),
+            move || clock.now(),
+        );
         authenticator.with_catalog(move |presented| tokens.check(presented))
     };
     let services = Services {

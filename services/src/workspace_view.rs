@@ -47,6 +47,11 @@ impl WorkspaceView {
         !self.workspaces.is_empty()
     }
 
+    /// The workspaces it is limited to (empty: none, it sees every one).
+    pub fn own_workspaces(&self) -> &[String] {
+        &self.workspaces
+    }
+
     pub fn sees_workspace(&self, workspace: &str) -> bool {
         !self.is_limited() || self.workspaces.iter().any(|w| w == workspace)
     }
@@ -84,6 +89,25 @@ impl WorkspaceView {
 
     pub fn sees_profile(&self, profile: &ProfileState) -> bool {
         !self.is_limited() || profile.workspaces.iter().any(|w| self.sees_workspace(w))
+    }
+
+    /// The profile as the token may read it: the attributes its workspaces' inputs set,
+    /// in place of the latest of every source (where two of its workspaces hold one, the
+    /// last named wins). Identities, events and the rest stay whole (see Known limits).
+    pub fn narrow(&self, profile: &mut ProfileState) {
+        if !self.is_limited() {
+            return;
+        }
+        let mut attributes = std::collections::BTreeMap::new();
+        for workspace in &self.workspaces {
+            if let Some(kept) = profile.workspace_attributes.get(workspace) {
+                attributes.extend(kept.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        profile.attributes = attributes;
+        profile
+            .workspace_attributes
+            .retain(|w, _| self.workspaces.contains(w));
     }
 
     /// The audience, when the token sees it; NOT_FOUND as for an audience that does not exist.
@@ -246,6 +270,40 @@ mod tests {
         let all = WorkspaceView::default();
         assert!(all.sees_audience(&audience(&[])) && all.sees_profile(&ProfileState::new(2)));
         assert!(all.check_scope(&[]).is_ok() && all.check_subscription_list(&[]).is_ok());
+    }
+
+    #[test]
+    fn a_limited_token_reads_the_attributes_its_workspaces_set() {
+        use audience_state::model::AttrValue;
+        use audience_state::profile::NamedAttr;
+        let attr = |v: &str| NamedAttr {
+            name: "Tier".into(),
+            value: AttrValue::String(v.into()),
+        };
+        let mut p = ProfileState::new(1);
+        p.attributes.insert("tier".into(), attr("gold"));
+        p.attributes.insert("email_hint".into(), attr("x"));
+        for (workspace, tier) in [("app-a", "gold"), ("app-b", "silver")] {
+            p.workspace_attributes
+                .entry(workspace.into())
+                .or_default()
+                .insert("tier".into(), attr(tier));
+        }
+        let mut seen = p.clone();
+        view(&["app-b"]).narrow(&mut seen);
+        assert_eq!(
+            seen.attributes.keys().collect::<Vec<_>>(),
+            vec!["tier"],
+            "an unstamped message's attribute is no workspace's"
+        );
+        assert_eq!(
+            seen.attribute("tier"),
+            Some(&AttrValue::String("silver".into()))
+        );
+        assert!(!seen.workspace_attributes.contains_key("app-a"));
+        let mut whole = p.clone();
+        WorkspaceView::default().narrow(&mut whole);
+        assert_eq!(whole, p);
     }
 
     #[test]

@@ -35,12 +35,32 @@ pub struct ApiTokenRecord {
     pub created_at_ms: TimestampMs,
     #[serde(default)]
     pub created_by: String,
+    /// How long it is accepted after its creation, in milliseconds (0: until revoked).
+    #[serde(default)]
+    pub valid_for_ms: i64,
 }
 
 impl ApiTokenRecord {
-    /// Checks what the catalog can check alone: the name, the digest's form, some scope.
+    /// The instant it stops being accepted (`None`: until revoked).
+    pub fn expires_at_ms(&self) -> Option<TimestampMs> {
+        (self.valid_for_ms > 0).then(|| self.created_at_ms.saturating_add(self.valid_for_ms))
+    }
+
+    /// Whether it has expired at `now`.
+    pub fn expired(&self, now: TimestampMs) -> bool {
+        self.expires_at_ms().is_some_and(|at| now >= at)
+    }
+
+    /// Checks what the catalog can check alone: the name, the digest's form, some scope, a
+    /// validity that is not negative.
     pub fn validate(&self) -> Result<(), DefinitionError> {
         check_token_name(&self.name)?;
+        if self.valid_for_ms < 0 {
+            return Err(DefinitionError {
+                field: "ttl_seconds".into(),
+                reason: "a token's validity is a duration: 0 (until revoked) or more".into(),
+            });
+        }
         if self.digest.len() != 64
             || !self
                 .digest
@@ -90,6 +110,7 @@ mod tests {
             workspaces: vec![],
             created_at_ms: 0,
             created_by: String::new(),
+            valid_for_ms: 0,
         }
     }
 
@@ -108,5 +129,19 @@ mod tests {
         let mut none = token("t", &digest);
         none.scopes.clear();
         assert_eq!(none.validate().unwrap_err().field, "scopes");
+        let mut backwards = token("t", &digest);
+        backwards.valid_for_ms = -1;
+        assert_eq!(backwards.validate().unwrap_err().field, "ttl_seconds");
+    }
+
+    #[test]
+    fn a_token_expires_its_validity_after_its_creation_or_never() {
+        let mut t = token("t", &"ab".repeat(32));
+        t.created_at_ms = 1_000;
+        assert_eq!(t.expires_at_ms(), None);
+        assert!(!t.expired(i64::MAX));
+        t.valid_for_ms = 500;
+        assert_eq!(t.expires_at_ms(), Some(1_500));
+        assert!(!t.expired(1_499) && t.expired(1_500));
     }
 }

@@ -186,6 +186,16 @@ impl AudienceRecord {
         }
     }
 
+    /// Whether every owner of this audience owns `other` too: a token limited to workspaces
+    /// owns an audience all of whose workspaces it holds, so this one's (holding all of its
+    /// workspaces) own `other` when `other` reads some workspaces, all among these. An
+    /// unscoped audience's owners are the unlimited tokens, which own everything.
+    pub fn owners_own(&self, other: &AudienceRecord) -> bool {
+        self.workspaces.is_empty()
+            || (!other.workspaces.is_empty()
+                && other.workspaces.iter().all(|w| self.workspaces.contains(w)))
+    }
+
     /// The data sources it reads.
     pub fn scope(&self) -> Scope {
         Scope {
@@ -551,6 +561,29 @@ impl Catalog {
             format!(
                 "audience {id} is used by audience(s) {}: remove it from their criteria first",
                 named(&referrers)
+            )
+        })
+    }
+
+    /// Why `audience` cannot be saved with its access and workspaces, or `None`: an audience
+    /// of another workspace references it, which its owners may do only while it is usable
+    /// (see [`AudienceRecord::owners_own`]); making it private or view only would leave them
+    /// a criterion they could not save again.
+    pub fn access_conflict(&self, audience: &AudienceRecord) -> Option<String> {
+        if audience.access == AudienceAccess::Usable {
+            return None;
+        }
+        let outside: Vec<&AudienceRecord> = self
+            .referrers(audience.id)
+            .into_iter()
+            .filter(|r| !r.owners_own(audience))
+            .collect();
+        (!outside.is_empty()).then(|| {
+            format!(
+                "audience {} is used by audience(s) {} of other workspaces, as usable: remove                  it from their criteria before making it {}",
+                audience.id,
+                named(&outside),
+                audience.access.name()
             )
         })
     }

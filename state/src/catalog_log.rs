@@ -423,6 +423,9 @@ impl CatalogState {
                 audience.updated_by = record.by.clone();
                 // Drafts are checked too, as the registry checks every save.
                 self.check_audience(&audience)?;
+                if let Some(conflict) = self.catalog(0).access_conflict(&audience) {
+                    return Err(Refusal::Conflict(conflict));
+                }
                 self.touched.audiences.insert(audience.id);
                 self.audiences.insert(audience.id, audience.clone());
                 Ok(Applied::Audience(audience))

@@ -27,8 +27,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Version byte of the facts record (2: format 1's fields, then the workspaces the profile
-/// was seen in).
-pub const FACTS_FORMAT: u8 = 2;
+/// was seen in; 3: then the attributes each workspace's inputs set).
+pub const FACTS_FORMAT: u8 = 3;
+const FACTS_FORMAT_2: u8 = 2;
 const FACTS_FORMAT_1: u8 = 1;
 
 /// The facts of one profile, as stored.
@@ -49,7 +50,12 @@ pub struct ProfileFacts {
     /// Format 2, written after the fields above (see [`ProfileFacts::encode`]).
     #[serde(skip)]
     pub workspaces: BTreeSet<String>,
+    /// Format 3, after the workspaces.
+    #[serde(skip)]
+    pub workspace_attributes: WorkspaceAttributes,
 }
+
+type WorkspaceAttributes = BTreeMap<String, BTreeMap<String, NamedAttr>>;
 
 /// The same fields, borrowed from a profile: encoding a profile's facts copies nothing.
 #[derive(Serialize)]
@@ -84,14 +90,20 @@ pub fn encode_facts(p: &ProfileState) -> Vec<u8> {
         install_attribution: &p.install_attribution,
         uninstall_attribution: &p.uninstall_attribution,
     };
-    framed(&facts, &p.workspaces)
+    framed(&facts, &p.workspaces, &p.workspace_attributes)
 }
 
-/// A facts record: the format byte, the format 1 fields, then the workspaces.
-fn framed(facts: &impl Serialize, workspaces: &BTreeSet<String>) -> Vec<u8> {
+/// A facts record: the format byte, the format 1 fields, the workspaces, then their
+/// attributes.
+fn framed(
+    facts: &impl Serialize,
+    workspaces: &BTreeSet<String>,
+    workspace_attributes: &WorkspaceAttributes,
+) -> Vec<u8> {
     let out =
         postcard::to_extend(facts, vec![FACTS_FORMAT]).expect("profile facts always serialise");
-    postcard::to_extend(workspaces, out).expect("profile facts always serialise")
+    let out = postcard::to_extend(workspaces, out).expect("profile facts always serialise");
+    postcard::to_extend(workspace_attributes, out).expect("profile facts always serialise")
 }
 
 impl ProfileFacts {
@@ -111,16 +123,27 @@ impl ProfileFacts {
             install_attribution: p.install_attribution.clone(),
             uninstall_attribution: p.uninstall_attribution.clone(),
             workspaces: p.workspaces.clone(),
+            workspace_attributes: p.workspace_attributes.clone(),
         }
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        framed(self, &self.workspaces)
+        framed(self, &self.workspaces, &self.workspace_attributes)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         match bytes.split_first() {
             Some((&FACTS_FORMAT, rest)) => {
+                let (mut facts, rest) =
+                    postcard::take_from_bytes::<ProfileFacts>(rest).map_err(|e| e.to_string())?;
+                let (workspaces, rest) =
+                    postcard::take_from_bytes(rest).map_err(|e| e.to_string())?;
+                facts.workspaces = workspaces;
+                facts.workspace_attributes =
+                    postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+                Ok(facts)
+            }
+            Some((&FACTS_FORMAT_2, rest)) => {
                 let (mut facts, rest) =
                     postcard::take_from_bytes::<ProfileFacts>(rest).map_err(|e| e.to_string())?;
                 facts.workspaces = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
@@ -149,6 +172,7 @@ impl ProfileFacts {
             uninstall_attribution: self.uninstall_attribution,
             highest_app_version: self.highest_app_version,
             workspaces: self.workspaces,
+            workspace_attributes: self.workspace_attributes,
             ..Default::default()
         }
     }
@@ -177,6 +201,10 @@ mod tests {
         p.location.city = Some("Paris".into());
         p.due.insert(3, 100);
         p.workspaces.insert("app-a".into());
+        p.workspace_attributes
+            .entry("app-a".into())
+            .or_default()
+            .insert("tier".into(), p.attributes["tier"].clone());
         let bytes = encode_facts(&p);
         let facts = ProfileFacts::decode(&bytes).unwrap();
         let rebuilt = facts.clone().into_profile(7);
@@ -184,11 +212,19 @@ mod tests {
         assert!(rebuilt.due.is_empty(), "timers are derived, not facts");
         assert_eq!(rebuilt.attribute("tier"), p.attribute("tier"));
         assert_eq!(rebuilt.workspaces, p.workspaces);
-        // Format 1: the same fields without the workspaces (an empty set is one byte).
-        let mut unseen = facts.clone();
+        assert_eq!(rebuilt.workspace_attributes, p.workspace_attributes);
+        // Format 2: the same fields without the workspaces' attributes (an empty map is one
+        // byte); format 1: without the workspaces either.
+        let mut plain = facts.clone();
+        plain.workspace_attributes.clear();
+        let mut v2 = plain.encode();
+        v2.pop();
+        v2[0] = FACTS_FORMAT_2;
+        assert_eq!(ProfileFacts::decode(&v2).unwrap(), plain);
+        let mut unseen = plain.clone();
         unseen.workspaces.clear();
         let mut v1 = unseen.encode();
-        v1.pop();
+        v1.truncate(v1.len() - 2);
         v1[0] = FACTS_FORMAT_1;
         assert_eq!(ProfileFacts::decode(&v1).unwrap(), unseen);
         assert!(ProfileFacts::decode(&[9, 1]).is_err());

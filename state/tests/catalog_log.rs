@@ -3,7 +3,7 @@
 //! everywhere.
 
 use audience_state::calculated::CalculatedAttributeRecord;
-use audience_state::catalog::{AudienceRecord, AudienceStatus};
+use audience_state::catalog::{AudienceAccess, AudienceRecord, AudienceStatus};
 use audience_state::catalog_log::*;
 use audience_state::outputs::{Connection, ConnectionStatus, OutputConfig};
 use proptest::prelude::*;
@@ -130,6 +130,99 @@ fn a_delete_and_a_reference_made_at_once_end_the_same_everywhere() {
         "{refusal}"
     );
     assert_eq!(second.audiences.len(), 2);
+}
+
+/// An audience of app-b references app-a's usable one: app-a's owners may not make it private
+/// or view only (nor move it out of reach) while it does; an audience whose owners own it
+/// anyway (one reading app-a too, or an unscoped one) does not hold it back.
+#[test]
+fn a_usable_audience_referenced_from_another_workspace_stays_usable_until_freed() {
+    let scoped = |name: &str, criteria: serde_json::Value, workspaces: &[&str]| {
+        let mut a = audience(name, criteria);
+        a.workspaces = workspaces.iter().map(|w| w.to_string()).collect();
+        a
+    };
+    let mut shared = scoped("a gold", gold(), &["app-a"]);
+    shared.access = AudienceAccess::Usable;
+    let mut state = CatalogState::default();
+    let made = apply_all(
+        &mut state,
+        0,
+        &[record("a", 0, Change::CreateAudience { audience: shared })],
+    );
+    let Ok(Applied::Audience(shared)) = &made[0] else {
+        panic!("{made:?}")
+    };
+    let refers = json!({"audience": {"id": shared.id}});
+    let made = apply_all(
+        &mut state,
+        1,
+        &[
+            record(
+                "b",
+                0,
+                Change::CreateAudience {
+                    audience: scoped("both read it", refers.clone(), &["app-a", "app-b"]),
+                },
+            ),
+            record(
+                "b",
+                1,
+                Change::CreateAudience {
+                    audience: audience("everywhere reads it", refers.clone()),
+                },
+            ),
+        ],
+    );
+    assert!(made.iter().all(Result::is_ok), "{made:?}");
+    let put = |audience: AudienceRecord| Change::PutAudience {
+        expected_revision: audience.revision,
+        audience,
+    };
+    // Owned by every owner of its referrers: made view only.
+    let mut view_only = shared.clone();
+    view_only.access = AudienceAccess::ViewOnly;
+    let outcome = apply_all(&mut state, 3, &[record("a", 1, put(view_only.clone()))]);
+    let Ok(Applied::Audience(view_only)) = &outcome[0] else {
+        panic!("{outcome:?}")
+    };
+    // Usable again, then referenced from app-b alone: held usable, and within reach.
+    let mut usable = view_only.clone();
+    usable.access = AudienceAccess::Usable;
+    let outcome = apply_all(
+        &mut state,
+        4,
+        &[
+            record("a", 2, put(usable)),
+            record(
+                "b",
+                2,
+                Change::CreateAudience {
+                    audience: scoped("b reads it", refers, &["app-b"]),
+                },
+            ),
+        ],
+    );
+    let Ok(Applied::Audience(usable)) = &outcome[0] else {
+        panic!("{outcome:?}")
+    };
+    assert!(outcome[1].is_ok(), "{outcome:?}");
+    for access in [AudienceAccess::Private, AudienceAccess::ViewOnly] {
+        let mut closed = usable.clone();
+        closed.access = access;
+        let outcome = apply_all(&mut state.clone(), 6, &[record("a", 3, put(closed))]);
+        let refusal = outcome[0].as_ref().unwrap_err().to_string();
+        assert!(
+            refusal.contains("is used by audience(s) 6 (\"b reads it\") of other workspaces")
+                && refusal.contains(access.name()),
+            "{refusal}"
+        );
+    }
+    assert_eq!(
+        state.audiences[&shared.id].access,
+        AudienceAccess::Usable,
+        "refused changes change nothing"
+    );
 }
 
 #[test]
@@ -623,6 +716,7 @@ fn api_tokens_are_created_once_by_name_revoked_and_kept_as_digests() {
         workspaces: vec!["app-b".into()],
         created_at_ms: 0,
         created_by: String::new(),
+        valid_for_ms: 0,
     };
     let create = |seq, t: ApiTokenRecord| record("a", seq, Change::CreateToken { token: t });
     let revoke = |seq, name: &str| {

@@ -6,6 +6,7 @@
 
 pub mod mmdb;
 pub mod webhook;
+pub mod workspaces;
 
 use audience_proto::v1 as pb;
 use rdkafka::producer::{FutureProducer, FutureRecord};

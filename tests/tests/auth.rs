@@ -291,6 +291,7 @@ async fn an_engine_without_a_token_refuses_to_start_where_it_must_not_run_open()
         .create_token(pb::CreateTokenRequest {
             name: "ci".into(),
             scopes: vec!["read".into()],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -819,5 +820,59 @@ async fn the_audit_log_names_who_changed_which_definition_and_when() -> Result<(
             .all(|l| l.contains("writer") && l.contains("create_audience")),
         "{text}"
     );
+    Ok(())
+}
+
+/// A token created with a ttl is accepted until the engine's clock passes its expiry, then
+/// refused as expired, naming it and the instant; ListTokens shows the expiry. A ttl past the
+/// limit is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_token_with_a_ttl_is_refused_once_expired() -> Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::unique("token-ttl");
+    let dir = tempfile::tempdir()?;
+    let mut engine = Engine::start(&broker, &topics, &dir.path().join("engine"), "token-ttl")?;
+    let admin = engine.ready().await?;
+    let mut tokens = pb::admin_service_client::AdminServiceClient::new(admin.clone());
+    let create = |ttl_seconds: u64| pb::CreateTokenRequest {
+        name: "brief".into(),
+        scopes: vec!["read".into()],
+        ttl_seconds,
+    };
+    let refused = tokens
+        .create_token(create(3_651 * 86_400))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("ttl_seconds"), "{refused:?}");
+    let created = tokens.create_token(create(60)).await?.into_inner();
+    let token = created.token.unwrap();
+    assert_eq!(token.expires_at_ms, token.created_at_ms + 60_000);
+    let listed = tokens
+        .list_tokens(pb::ListTokensRequest {})
+        .await?
+        .into_inner()
+        .tokens;
+    let brief = listed.iter().find(|t| t.name == "brief").unwrap();
+    assert_eq!(brief.expires_at_ms, token.expires_at_ms);
+    // Accepted (NOT_FOUND: the call was let in) until the clock passes its expiry.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read_profile(&engine, Some(&created.secret)).await? != Code::NotFound {
+        anyhow::ensure!(Instant::now() < deadline, "the new token is never accepted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    advance_clock(&admin, 59_000).await?;
+    assert_eq!(
+        read_profile(&engine, Some(&created.secret)).await?,
+        Code::NotFound
+    );
+    advance_clock(&admin, 1_000).await?;
+    let expired = refusal(&engine, Some(&created.secret)).await?;
+    assert_eq!(expired.code(), Code::Unauthenticated, "{expired:?}");
+    assert!(
+        expired.message().contains("token 'brief' expired at"),
+        "{expired:?}"
+    );
+    assert_eq!(engine.terminate()?, Some(0), "a clean stop");
     Ok(())
 }

@@ -612,6 +612,7 @@ async fn api_tokens_created_on_one_node_are_accepted_on_both_until_revoked() -> 
     let create = |name: &str, scopes: &[&str]| pb::CreateTokenRequest {
         name: name.into(),
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
     };
     let created = admin_a
         .create_token(create("ci-reader", &["read"]))

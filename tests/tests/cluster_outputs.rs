@@ -165,7 +165,7 @@ async fn wait_metrics(port: u16, lines: &[&str]) -> Result<()> {
 async fn list_faults(ch: &Channel) -> Result<Vec<pb::Fault>> {
     Ok(
         pb::output_service_client::OutputServiceClient::new(ch.clone())
-            .list_faults(pb::ListFaultsRequest {})
+            .list_faults(pb::ListFaultsRequest::default())
             .await?
             .into_inner()
             .faults,

@@ -142,7 +142,7 @@ async fn scripted(answers: Vec<(u16, String, String)>) -> Result<(String, Arc<At
 async fn fault_of(outputs: &mut Outputs, connection_id: u64) -> Result<pb::Fault> {
     for _ in 0..150 {
         let faults = outputs
-            .list_faults(pb::ListFaultsRequest {})
+            .list_faults(pb::ListFaultsRequest::default())
             .await?
             .into_inner()
             .faults;

@@ -150,7 +150,7 @@ async fn outputs_get_their_identities_and_survive_faults() -> Result<()> {
     let mut faults = Vec::new();
     for _ in 0..100 {
         faults = outputs
-            .list_faults(pb::ListFaultsRequest {})
+            .list_faults(pb::ListFaultsRequest::default())
             .await?
             .into_inner()
             .faults;
@@ -229,7 +229,7 @@ async fn outputs_get_their_identities_and_survive_faults() -> Result<()> {
     )
     .await?;
     assert!(outputs
-        .list_faults(pb::ListFaultsRequest {})
+        .list_faults(pb::ListFaultsRequest::default())
         .await?
         .into_inner()
         .faults
@@ -256,6 +256,51 @@ async fn outputs_get_their_identities_and_survive_faults() -> Result<()> {
         !bulk[1].ok && bulk[1].error.contains("audience 999"),
         "{bulk:?}"
     );
+    // The output's connections, a page of one at a time, in id order.
+    let mut paged = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = outputs
+            .list_connections(pb::ListConnectionsRequest {
+                output_id: crm_output.id,
+                page_size: 1,
+                page_token,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        assert!(page.connections.len() <= 1, "{page:?}");
+        paged.extend(page.connections.iter().map(|c| c.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let whole: Vec<u64> = outputs
+        .list_connections(pb::ListConnectionsRequest {
+            output_id: crm_output.id,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .connections
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert!(
+        whole.len() >= 2 && whole.contains(&bulk[0].connection_id),
+        "{whole:?}"
+    );
+    assert_eq!(paged, whole);
+    let refused = outputs
+        .list_connections(pb::ListConnectionsRequest {
+            page_size: 1_001,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("1000"), "{refused:?}");
 
     // Deleting an audience tells the webhook and removes its connections.
     audiences
@@ -272,7 +317,7 @@ async fn outputs_get_their_identities_and_survive_faults() -> Result<()> {
     let left = outputs
         .list_connections(pb::ListConnectionsRequest {
             audience_id: second.id,
-            output_id: 0,
+            ..Default::default()
         })
         .await?
         .into_inner()

@@ -7,89 +7,12 @@
 //! keeps each message's input. Lists filter by workspace and by single or multi workspace.
 
 use audience_e2e::webhook::*;
+use audience_e2e::workspaces::*;
 use audience_e2e::*;
 use audience_proto::v1 as pb;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::Duration;
-
-const INPUTS: &str = "ios@app-a:source=ios;web@app-a:source=web;partner@app-b:source=partner";
-
-/// A batch through `source` (`None`: unstamped), with `plays` Play events.
-fn batch(mpid: i64, now: i64, source: Option<&str>, plays: usize, extra: Value) -> Value {
-    let mut b = json!({
-        "mpid": mpid,
-        "timestamp_unixtime_ms": now,
-        "events": (0..plays)
-            .map(|i| custom_event("Play", "navigation", now - i as i64, json!({})))
-            .collect::<Vec<_>>(),
-    });
-    if let Some(source) = source {
-        b["context"] = json!({"source": source});
-    }
-    for (k, v) in extra.as_object().unwrap() {
-        b[k] = v.clone();
-    }
-    b
-}
-
-async fn create_scoped(
-    ch: &Channel,
-    name: &str,
-    criteria_json: Value,
-    workspaces: &[&str],
-    inputs: &[&str],
-) -> std::result::Result<pb::Audience, tonic::Status> {
-    pb::audience_service_client::AudienceServiceClient::new(ch.clone())
-        .create_audience(pb::CreateAudienceRequest {
-            name: name.into(),
-            criteria: Some(criteria(criteria_json)),
-            workspaces: workspaces.iter().map(|w| w.to_string()).collect(),
-            inputs: inputs.iter().map(|i| i.to_string()).collect(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-/// Waits until the audience is calculated (ACTIVE), then its members among `mpids`.
-async fn members_of(ch: &Channel, id: u64, mpids: &[i64]) -> Result<BTreeSet<i64>> {
-    let mut client = pb::audience_service_client::AudienceServiceClient::new(ch.clone());
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let a = client
-            .get_audience(pb::GetAudienceRequest { id })
-            .await?
-            .into_inner();
-        if a.status == pb::AudienceStatus::Active as i32 {
-            break;
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "audience {id} still calculating"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut out = BTreeSet::new();
-    for &mpid in mpids {
-        if memberships(ch, mpid).await?.iter().any(|(a, _)| *a == id) {
-            out.insert(mpid);
-        }
-    }
-    Ok(out)
-}
-
-async fn listed(ch: &Channel, workspace: &str, kind: pb::WorkspaceKind) -> Result<Vec<String>> {
-    let page = pb::audience_service_client::AudienceServiceClient::new(ch.clone())
-        .list_audiences(pb::ListAudiencesRequest {
-            workspace: workspace.into(),
-            workspace_kind: kind as i32,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    Ok(page.audiences.into_iter().map(|a| a.name).collect())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audiences_read_their_workspaces_and_inputs() -> Result<()> {
@@ -684,6 +607,26 @@ async fn shared_audiences_are_seen_and_used_as_their_access_says() -> Result<()>
     assert_eq!(
         listed(&b, "", pb::WorkspaceKind::SharedWithMe).await?,
         vec!["a usable"]
+    );
+    // The usable one stays usable while app-b's audience references it.
+    let held = as_a
+        .update_audience(pb::UpdateAudienceRequest {
+            id: usable.id,
+            name: "a usable".into(),
+            criteria: Some(audience_e2e::criteria(play.clone())),
+            workspaces: vec!["app-a".into()],
+            access: pb::AudienceAccess::Private as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(held.code(), tonic::Code::FailedPrecondition, "{held:?}");
+    assert!(
+        held.message().contains(&format!(
+            "is used by audience(s) {} (\"b follows\")",
+            own.id
+        )),
+        "{held:?}"
     );
     assert_eq!(engine.terminate()?, Some(0), "a clean stop");
     Ok(())

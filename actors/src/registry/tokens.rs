@@ -20,8 +20,8 @@ impl Registry {
     ) -> Result<ApiTokenRecord, RegistryError> {
         token.validate()?;
         if self.api_tokens().iter().any(|t| t.name == token.name) {
-            return Err(RegistryError::Conflict(format!(
-                "a token named '{}' exists: revoke it first, or choose another name",
+            return Err(RegistryError::Exists(format!(
+                "name: a token named '{}' exists: revoke it first, or choose another name",
                 token.name
             )));
         }

@@ -2,11 +2,11 @@
 //! its JSON path) and turned into a [`CompiledAudience`].
 
 use super::compiled::*;
+use super::condition::*;
 use super::definition::*;
 use super::scope::*;
 use super::values::*;
 use crate::model::{DAY_MS, PRODUCT_ACTIONS};
-use chrono::NaiveDate;
 
 pub(super) const EVENT_TYPES: &[&str] = &[
     "custom_event",
@@ -131,7 +131,19 @@ pub(super) fn compile_node(
             scope,
         )?)),
         Criterion::UserAttribute(cond) => {
-            Node::Attribute(compile_condition(cond, &format!("{path}.user_attribute"))?)
+            let path = format!("{path}.user_attribute");
+            let unpicked = Condition {
+                workspace: None,
+                ..cond.clone()
+            };
+            let compiled = compile_condition(&unpicked, &path)?;
+            match scope.check_pick(cond.workspace.as_deref(), &path)? {
+                Some(workspace) => Node::WorkspaceAttribute {
+                    workspace,
+                    cond: compiled,
+                },
+                None => Node::Attribute(compiled),
+            }
         }
         Criterion::Identity(id) => {
             let path = format!("{path}.identity");
@@ -146,6 +158,7 @@ pub(super) fn compile_node(
                 name: identity_type.clone(),
                 op: id.op.unwrap_or(Operator::Exists),
                 value: id.value.clone(),
+                workspace: None,
             };
             let compiled = compile_condition(&cond, &path)?;
             if matches!(
@@ -162,7 +175,11 @@ pub(super) fn compile_node(
                 test: compiled.test,
             }
         }
-        Criterion::Event(e) => Node::Event(compile_event(e, &format!("{path}.event"), scope)?),
+        Criterion::Event(e) => {
+            let path = format!("{path}.event");
+            scope.check_pick(e.workspace.as_deref(), &path)?;
+            Node::Event(compile_event(e, &path, scope)?)
+        }
         Criterion::Consent(c) => Node::Consent(compile_consent(c, &format!("{path}.consent"))?),
         Criterion::Device(d) => {
             let path = format!("{path}.device");
@@ -181,6 +198,7 @@ pub(super) fn compile_node(
                 name: field.clone(),
                 op: d.op,
                 value: d.value.clone(),
+                workspace: None,
             };
             Node::Device {
                 field,
@@ -276,6 +294,7 @@ pub(super) fn compile_node(
                 name: field.clone().unwrap_or_else(|| a.kind.clone()),
                 op,
                 value: a.value.clone(),
+                workspace: None,
             };
             Node::Attribution {
                 uninstall,
@@ -285,33 +304,6 @@ pub(super) fn compile_node(
         }
         Criterion::Location(l) => compile_location(l, &format!("{path}.location"))?,
     })
-}
-
-/// A condition whose operator must be a string operator, exists or not_exists.
-pub(super) fn string_test(cond: &Condition, path: &str) -> Result<Test, DefinitionError> {
-    let compiled = compile_condition(cond, path)?;
-    let numeric = |t: &Test| {
-        matches!(
-            t,
-            Test::NumberCmp(..)
-                | Test::NumberBetween(..)
-                | Test::IsBool(_)
-                | Test::VersionCmp(..)
-                | Test::DateIn(..)
-        )
-    };
-    match &compiled.test {
-        Test::Not(inner) if numeric(inner) => {}
-        t if !numeric(t) => return Ok(compiled.test),
-        _ => {}
-    }
-    Err(DefinitionError::new(
-        format!("{path}.op"),
-        format!(
-            "operator {} does not apply here: use a string operator, exists or not_exists",
-            op_name(cond.op)
-        ),
-    ))
 }
 
 pub(super) fn compile_location(l: &LocationCriterion, path: &str) -> Result<Node, DefinitionError> {
@@ -331,6 +323,7 @@ pub(super) fn compile_location(l: &LocationCriterion, path: &str) -> Result<Node
                 name: field.clone(),
                 op: l.op.unwrap_or(Operator::ExactMatch),
                 value: l.value.clone(),
+                workspace: None,
             };
             Ok(Node::LocationField {
                 test: string_test(&cond, path)?,
@@ -519,10 +512,15 @@ impl EventCriterion {
             || self.impression_list.is_some()
     }
 
+    /// Where it reads from in an audience of `scope` (`None`: every message).
+    fn source(&self, scope: &Scope) -> Option<EventSource> {
+        scope.event_source_in(&self.event_type, self.workspace.as_deref())
+    }
+
     /// Whether the criterion, in an audience of `scope`, needs its own series rather than
     /// the event key's: it has conditions, or reads only some sources.
     pub(super) fn needs_series(&self, scope: &Scope) -> bool {
-        self.has_conditions() || scope.event_source(&self.event_type).is_some()
+        self.has_conditions() || self.source(scope).is_some()
     }
 }
 
@@ -533,7 +531,7 @@ pub(super) fn series_matcher(
     scope: &Scope,
 ) -> Result<Matcher, DefinitionError> {
     let matcher = matcher_of(e, path)?;
-    Ok(match scope.event_source(&e.event_type) {
+    Ok(match e.source(scope) {
         Some(source) => scoped(matcher, source),
         None => matcher,
     })
@@ -546,19 +544,6 @@ pub fn event_selector(e: &EventCriterion, path: &str) -> Result<Matcher, Definit
     normalize_event(&mut e, path)?;
     validate_selector(&e, path)?;
     matcher_of(&e, path)
-}
-
-pub(super) fn parse_date(s: &str, field: &str) -> Result<i64, DefinitionError> {
-    let date = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").map_err(|_| {
-        DefinitionError::new(
-            field,
-            format!("\"{s}\" is not a date in the form YYYY-MM-DD"),
-        )
-    })?;
-    Ok(date
-        .and_hms_opt(0, 0, 0)
-        .map(|d| d.and_utc().timestamp_millis())
-        .unwrap_or_default())
 }
 
 pub(super) fn compile_event(
@@ -596,7 +581,7 @@ pub(super) fn compile_event(
         history_key,
         count,
         window,
-        source: scope.event_source(&e.event_type),
+        source: e.source(scope),
     })
 }
 
@@ -813,167 +798,4 @@ pub(super) fn compile_consent(
             format!("\"{other}\" is not a regulation (gdpr, ccpa)"),
         )),
     }
-}
-
-pub(super) fn compile_condition(
-    cond: &Condition,
-    path: &str,
-) -> Result<CompiledCondition, DefinitionError> {
-    let name = cond.name.trim().to_lowercase();
-    if name.is_empty() {
-        return Err(DefinitionError::new(
-            format!("{path}.name"),
-            "must not be empty",
-        ));
-    }
-    let value_field = format!("{path}.value");
-    let string_value = || -> Result<String, DefinitionError> {
-        match &cond.value {
-            Some(serde_json::Value::String(s)) => Ok(s.to_lowercase()),
-            Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
-            Some(serde_json::Value::Bool(b)) => Ok(b.to_string()),
-            Some(other) => Err(DefinitionError::new(
-                &value_field,
-                format!("operator {:?} needs a string, got {other}", cond.op),
-            )),
-            None => Err(DefinitionError::new(
-                &value_field,
-                format!("operator {} needs a value", op_name(cond.op)),
-            )),
-        }
-    };
-    let number_value = |v: Option<&serde_json::Value>| -> Result<f64, DefinitionError> {
-        match v {
-            Some(serde_json::Value::Number(n)) => n.as_f64().ok_or_else(|| {
-                DefinitionError::new(&value_field, format!("{n} is not a finite number"))
-            }),
-            Some(serde_json::Value::String(s)) => s
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|n| n.is_finite())
-                .ok_or_else(|| {
-                    DefinitionError::new(&value_field, format!("\"{s}\" is not a number"))
-                }),
-            Some(other) => Err(DefinitionError::new(
-                &value_field,
-                format!("operator {} needs a number, got {other}", op_name(cond.op)),
-            )),
-            None => Err(DefinitionError::new(
-                &value_field,
-                format!("operator {} needs a number", op_name(cond.op)),
-            )),
-        }
-    };
-    use std::cmp::Ordering::*;
-    let test = match cond.op {
-        Operator::Exists => Test::Exists,
-        Operator::NotExists => Test::Not(Box::new(Test::Exists)),
-        Operator::Contains => Test::Contains(string_value()?),
-        Operator::DoesNotContain => Test::Not(Box::new(Test::Contains(string_value()?))),
-        Operator::ExactMatch => Test::ExactMatch(string_value()?),
-        Operator::DoesNotMatch => Test::Not(Box::new(Test::ExactMatch(string_value()?))),
-        Operator::Pattern => Test::Pattern(string_value()?),
-        Operator::Includes => Test::Includes(string_value()?),
-        Operator::DoesNotInclude => Test::Not(Box::new(Test::Includes(string_value()?))),
-        Operator::PartialMatch => Test::PartialMatch(string_value()?),
-        Operator::Equals => match &cond.value {
-            Some(serde_json::Value::Bool(b)) => Test::IsBool(*b),
-            v => Test::NumberCmp(Equal, true, number_value(v.as_ref())?),
-        },
-        Operator::NotEquals => match &cond.value {
-            Some(serde_json::Value::Bool(b)) => Test::Not(Box::new(Test::IsBool(*b))),
-            v => Test::Not(Box::new(Test::NumberCmp(
-                Equal,
-                true,
-                number_value(v.as_ref())?,
-            ))),
-        },
-        Operator::GreaterThan => {
-            Test::NumberCmp(Greater, false, number_value(cond.value.as_ref())?)
-        }
-        Operator::GreaterThanOrEqual => {
-            Test::NumberCmp(Greater, true, number_value(cond.value.as_ref())?)
-        }
-        Operator::LessThan => Test::NumberCmp(Less, false, number_value(cond.value.as_ref())?),
-        Operator::LessThanOrEqual => {
-            Test::NumberCmp(Less, true, number_value(cond.value.as_ref())?)
-        }
-        Operator::Between => match &cond.value {
-            Some(serde_json::Value::Array(bounds)) if bounds.len() == 2 => {
-                let lo = number_value(bounds.first())?;
-                let hi = number_value(bounds.get(1))?;
-                if lo > hi {
-                    return Err(DefinitionError::new(
-                        &value_field,
-                        format!("lower bound {lo} is above upper bound {hi}"),
-                    ));
-                }
-                Test::NumberBetween(lo, hi)
-            }
-            _ => {
-                return Err(DefinitionError::new(
-                    &value_field,
-                    "operator between needs [low, high]",
-                ))
-            }
-        },
-        Operator::DateBefore => Test::DateIn(i64::MIN, parse_date(&string_value()?, &value_field)?),
-        Operator::DateAfter => Test::DateIn(parse_date(&string_value()?, &value_field)?, i64::MAX),
-        Operator::DateOn => {
-            let day = parse_date(&string_value()?, &value_field)?;
-            Test::DateIn(day, day + DAY_MS)
-        }
-        Operator::DateBetween => match &cond.value {
-            Some(serde_json::Value::Array(bounds)) if bounds.len() == 2 => {
-                let text = |i: usize| bounds[i].as_str().unwrap_or_default().to_string();
-                let from = parse_date(&text(0), &format!("{value_field}[0]"))?;
-                let last = parse_date(&text(1), &format!("{value_field}[1]"))?;
-                if last < from {
-                    return Err(DefinitionError::new(
-                        &value_field,
-                        format!("{} is before {}", text(1), text(0)),
-                    ));
-                }
-                Test::DateIn(from, last + DAY_MS)
-            }
-            _ => {
-                return Err(DefinitionError::new(
-                    &value_field,
-                    "operator date_between needs [\"YYYY-MM-DD\", \"YYYY-MM-DD\"]",
-                ))
-            }
-        },
-        Operator::IsTrue => Test::IsBool(true),
-        Operator::IsFalse => Test::IsBool(false),
-        Operator::VersionEquals
-        | Operator::VersionGreaterThan
-        | Operator::VersionGreaterThanOrEqual
-        | Operator::VersionLessThan
-        | Operator::VersionLessThanOrEqual => {
-            let text = string_value()?;
-            let version = parse_version(&text).ok_or_else(|| {
-                DefinitionError::new(
-                    &value_field,
-                    format!("\"{text}\" is not a version like 16.4.1"),
-                )
-            })?;
-            let (ord, or_equal) = match cond.op {
-                Operator::VersionEquals => (Equal, true),
-                Operator::VersionGreaterThan => (Greater, false),
-                Operator::VersionGreaterThanOrEqual => (Greater, true),
-                Operator::VersionLessThan => (Less, false),
-                _ => (Less, true),
-            };
-            Test::VersionCmp(ord, or_equal, version)
-        }
-    };
-    Ok(CompiledCondition { name, test })
-}
-
-pub(super) fn op_name(op: Operator) -> String {
-    serde_json::to_value(op)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }

@@ -60,6 +60,12 @@ pub enum EventSource {
     Inputs(Vec<String>),
     /// Messages stamped with an input of one of these workspaces.
     Workspaces(Vec<String>),
+    /// Messages stamped with one of these inputs, of this workspace (a criterion of a multi
+    /// workspace audience that picked it).
+    InputsOf {
+        workspace: String,
+        inputs: Vec<String>,
+    },
 }
 
 impl EventSource {
@@ -69,17 +75,25 @@ impl EventSource {
             (_, None) => false,
             (EventSource::Inputs(names), Some(tag)) => names.contains(&tag.input),
             (EventSource::Workspaces(names), Some(tag)) => names.contains(&tag.workspace),
+            (EventSource::InputsOf { workspace, inputs }, Some(tag)) => {
+                tag.workspace == *workspace && inputs.contains(&tag.input)
+            }
         }
     }
 
     /// The words explanations use: `input "a" or "b"`, `workspace "w1"`.
     pub fn describe(&self) -> String {
-        let (what, names) = match self {
-            EventSource::Inputs(n) => ("input", n),
-            EventSource::Workspaces(n) => ("workspace", n),
+        let quoted = |names: &[String]| -> String {
+            let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+            quoted.join(" or ")
         };
-        let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
-        format!("{what} {}", quoted.join(" or "))
+        match self {
+            EventSource::Inputs(n) => format!("input {}", quoted(n)),
+            EventSource::Workspaces(n) => format!("workspace {}", quoted(n)),
+            EventSource::InputsOf { workspace, inputs } => {
+                format!("input {} of workspace \"{workspace}\"", quoted(inputs))
+            }
+        }
     }
 }
 
@@ -250,6 +264,11 @@ pub enum Node {
     Not(Box<Node>),
     Event(EventNode),
     Attribute(CompiledCondition),
+    /// A user attribute as one workspace's messages set it.
+    WorkspaceAttribute {
+        workspace: String,
+        cond: CompiledCondition,
+    },
     Identity {
         identity_type: String,
         test: Test,

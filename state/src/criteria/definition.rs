@@ -212,6 +212,11 @@ pub struct EventCriterion {
     /// When; the whole retention window by default.
     #[serde(default)]
     pub time: Option<TimeWindow>,
+    /// In a multi workspace audience: the workspace whose events it counts (the audience's
+    /// inputs of that workspace; every input of it when the audience selects none, or for
+    /// the user based event types); absent: every source of the audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
 }
 
 pub(super) fn default_event_type() -> String {
@@ -261,6 +266,11 @@ pub struct Condition {
     pub op: Operator,
     #[serde(default)]
     pub value: Option<serde_json::Value>,
+    /// A user attribute criterion of a multi workspace audience: the workspace whose data it
+    /// reads (the seed: "all user profile data is scoped and maintained within a single
+    /// workspace"); absent: the profile's latest value from any source. Refused elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

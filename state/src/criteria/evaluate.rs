@@ -97,6 +97,10 @@ impl Node {
                 matched: cond.test.holds(profile.attribute(&cond.name)),
                 next_change: None,
             },
+            Node::WorkspaceAttribute { workspace, cond } => Outcome {
+                matched: cond.test.holds(profile.attribute_in(workspace, &cond.name)),
+                next_change: None,
+            },
             Node::Identity {
                 identity_type,
                 test,
@@ -197,7 +201,9 @@ impl Node {
         match self {
             Node::And(c) | Node::Or(c) => c.iter().for_each(|n| n.collect_reads(reads)),
             Node::Not(c) => c.collect_reads(reads),
-            Node::Attribute(cond) => reads.push(ReadKey::Attribute(cond.name.clone())),
+            Node::Attribute(cond) | Node::WorkspaceAttribute { cond, .. } => {
+                reads.push(ReadKey::Attribute(cond.name.clone()))
+            }
             Node::Identity { identity_type, .. } => {
                 reads.push(ReadKey::Identity(identity_type.clone()))
             }
@@ -235,6 +241,7 @@ impl Node {
                 false
             }
             Node::Attribute(_)
+            | Node::WorkspaceAttribute { .. }
             | Node::Identity { .. }
             | Node::Consent(_)
             | Node::Device { .. }

@@ -89,6 +89,14 @@ impl Node {
                 format!("{} {}", c.name, test_words(&c.test)),
                 value_words(profile.attribute(&c.name)),
             ),
+            Node::WorkspaceAttribute { workspace, cond } => (
+                format!(
+                    "{} {} in workspace \"{workspace}\"",
+                    cond.name,
+                    test_words(&cond.test)
+                ),
+                value_words(profile.attribute_in(workspace, &cond.name)),
+            ),
             Node::Identity {
                 identity_type,
                 test,

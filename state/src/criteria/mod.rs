@@ -14,7 +14,7 @@
 //! - events older than the retention window are not evaluated at all.
 //!
 //! Layout, by the path a definition travels: `definition` (the JSON types and parsing),
-//! `compile` (validation and compilation), `values` (string, number, version, date and glob
+//! `compile` (validation and compilation), `condition` (attribute conditions), `values` (string, number, version, date and glob
 //! tests), `compiled` (the node tree and matchers), `evaluate` and `explain`. Imports run
 //! one way: `values` and `compiled` read `definition`; `evaluate` reads `compiled` and
 //! `values`; `explain` reads `evaluate`; `compile` reads all three below it and nothing reads
@@ -22,6 +22,7 @@
 
 mod compile;
 mod compiled;
+mod condition;
 mod definition;
 mod evaluate;
 mod explain;

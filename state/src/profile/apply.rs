@@ -247,13 +247,14 @@ impl ProfileState {
             self.apply_event(event, now, batch.input.as_ref(), catalog, changes, logged);
         }
         let parts = &mut logged.parts;
+        let workspace = batch.input.as_ref().map(|tag| tag.workspace.as_str());
         for (name, value) in &batch.user_attributes {
-            if self.set_attribute(name, Some(value.clone()), changes) {
+            if self.set_attribute(name, Some(value.clone()), workspace, changes) {
                 parts.user_attributes.push((name.clone(), value.clone()));
             }
         }
         for name in &batch.deleted_user_attributes {
-            if self.set_attribute(name, None, changes) {
+            if self.set_attribute(name, None, workspace, changes) {
                 parts.deleted_user_attributes.push(name.clone());
             }
         }
@@ -317,7 +318,8 @@ impl ProfileState {
                 } else {
                     Some(new_value.clone().unwrap_or(AttrValue::Null))
                 };
-                self.set_attribute(name, value, changes);
+                let workspace = input.map(|tag| tag.workspace.as_str());
+                self.set_attribute(name, value, workspace, changes);
             }
             EventKind::UserIdentityChange(change) => {
                 self.apply_identity_change(change, changes);
@@ -412,37 +414,33 @@ impl ProfileState {
         changes.events.insert(selector);
     }
 
-    /// Sets (or, with `None`, removes) an attribute; whether the profile changed.
+    /// Sets (or, with `None`, removes) an attribute, in the profile and in the attributes of
+    /// `workspace` (that of the input the message came through, if any); whether the profile
+    /// changed.
     fn set_attribute(
         &mut self,
         name: &str,
         value: Option<AttrValue>,
+        workspace: Option<&str>,
         changes: &mut ChangeSet,
     ) -> bool {
         let key = name.to_lowercase();
-        match value {
-            Some(value) => {
-                let changed = self.attributes.get(&key).is_none_or(|a| a.value != value);
-                if changed {
-                    self.attributes.insert(
-                        key.clone(),
-                        NamedAttr {
-                            name: name.to_string(),
-                            value,
-                        },
-                    );
-                    changes.attributes.insert(key);
-                }
-                changed
-            }
-            None => {
-                let removed = self.attributes.remove(&key).is_some();
-                if removed {
-                    changes.attributes.insert(key);
-                }
-                removed
+        let mut changed = set_in(&mut self.attributes, &key, name, value.clone());
+        if let Some(workspace) = workspace {
+            let kept = match self.workspace_attributes.get_mut(workspace) {
+                Some(kept) => kept,
+                None if value.is_none() => return finish(changed, key, changes),
+                None => self
+                    .workspace_attributes
+                    .entry(workspace.to_string())
+                    .or_default(),
+            };
+            changed |= set_in(kept, &key, name, value);
+            if kept.is_empty() {
+                self.workspace_attributes.remove(workspace);
             }
         }
+        finish(changed, key, changes)
     }
 
     /// Sets an identity a batch carries; whether the profile changed.
@@ -680,4 +678,38 @@ fn merge_attribution(slot: &mut Option<Attribution>, newer: &Attribution) -> boo
         }
     }
     *slot != before
+}
+
+/// Sets (or, with `None`, removes) the attribute `key` (lowercased `name`) of `attributes`;
+/// whether they changed.
+fn set_in(
+    attributes: &mut BTreeMap<String, NamedAttr>,
+    key: &str,
+    name: &str,
+    value: Option<AttrValue>,
+) -> bool {
+    match value {
+        Some(value) => {
+            let changed = attributes.get(key).is_none_or(|a| a.value != value);
+            if changed {
+                attributes.insert(
+                    key.to_string(),
+                    NamedAttr {
+                        name: name.to_string(),
+                        value,
+                    },
+                );
+            }
+            changed
+        }
+        None => attributes.remove(key).is_some(),
+    }
+}
+
+/// Notes a changed attribute among the changes; whether it changed.
+fn finish(changed: bool, key: String, changes: &mut ChangeSet) -> bool {
+    if changed {
+        changes.attributes.insert(key);
+    }
+    changed
 }

@@ -60,6 +60,12 @@ pub struct ProfileState {
     /// through (see [`crate::inputs`]).
     #[serde(skip)]
     pub workspaces: BTreeSet<String>,
+    // Format 6 of the core row.
+    /// Workspace to the attributes messages of its inputs set (lowercased name to the
+    /// attribute): profile data as each workspace keeps it, which a criterion of a multi
+    /// workspace audience picks (`attributes` holds the latest of every source).
+    #[serde(skip)]
+    pub workspace_attributes: BTreeMap<String, BTreeMap<String, NamedAttr>>,
 }
 
 /// The stored form of format 2 (event series as lists of days), read so that existing stores
@@ -107,6 +113,7 @@ impl From<ProfileStateV2> for ProfileState {
             calculated: v.calculated,
             highest_app_version: v.highest_app_version,
             workspaces: BTreeSet::new(),
+            workspace_attributes: BTreeMap::new(),
         }
     }
 }
@@ -191,6 +198,14 @@ impl ProfileState {
         self.attributes.get(lowercase_name).map(|a| &a.value)
     }
 
+    /// The attribute as the messages of `workspace`'s inputs set it.
+    pub fn attribute_in(&self, workspace: &str, lowercase_name: &str) -> Option<&AttrValue> {
+        self.workspace_attributes
+            .get(workspace)?
+            .get(lowercase_name)
+            .map(|a| &a.value)
+    }
+
     /// Wake-up time of the profile's timer: the earliest due audience.
     pub fn next_due(&self) -> Option<TimestampMs> {
         self.due.values().copied().min()
@@ -222,7 +237,7 @@ impl ProfileState {
         postcard::to_extend(self, out).expect("profile state always serialises")
     }
 
-    /// The stored core row (format 5): what messages set (see [`ProfileState::encode_derived`]
+    /// The stored core row (format 6): what messages set (see [`ProfileState::encode_derived`]
     /// for the rest), serialised into one buffer sized for a typical profile.
     pub fn encode_core(&self) -> Vec<u8> {
         let core = CoreRef {
@@ -247,8 +262,12 @@ impl ProfileState {
         let mut out = Vec::with_capacity(ENCODED_CAPACITY);
         out.push(CORE_FORMAT);
         let out = postcard::to_extend(&core, out).expect("profile state always serialises");
-        // Format 5 is format 4's fields, then the workspaces.
-        postcard::to_extend(&self.workspaces, out).expect("profile state always serialises")
+        // Format 5 is format 4's fields, then the workspaces; format 6 adds the workspaces'
+        // attributes.
+        let out =
+            postcard::to_extend(&self.workspaces, out).expect("profile state always serialises");
+        postcard::to_extend(&self.workspace_attributes, out)
+            .expect("profile state always serialises")
     }
 
     /// The stored derived row: what the catalog's definitions derive from the profile's
@@ -270,11 +289,22 @@ impl ProfileState {
         postcard::to_extend(&derived, out).expect("profile state always serialises")
     }
 
-    /// A profile from its core row (formats 4 and 5), or from a whole row of an earlier format; its
-    /// derived parts come from [`ProfileState::set_derived`].
+    /// A profile from its core row (formats 4 to 6), or from a whole row of an earlier
+    /// format; its derived parts come from [`ProfileState::set_derived`].
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         match bytes.split_first() {
             Some((&CORE_FORMAT, rest)) => {
+                let (core, rest) =
+                    postcard::take_from_bytes::<Core>(rest).map_err(|e| e.to_string())?;
+                let mut profile = ProfileState::from(core);
+                let (workspaces, rest) =
+                    postcard::take_from_bytes(rest).map_err(|e| e.to_string())?;
+                profile.workspaces = workspaces;
+                profile.workspace_attributes =
+                    postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+                Ok(profile)
+            }
+            Some((&CORE_FORMAT_5, rest)) => {
                 let (core, rest) =
                     postcard::take_from_bytes::<Core>(rest).map_err(|e| e.to_string())?;
                 let mut profile = ProfileState::from(core);
@@ -443,8 +473,9 @@ const DERIVED_CAPACITY: usize = 256;
 const WHOLE_FORMAT: u8 = 3;
 
 /// Version byte of the core row (4: a profile in two rows, core and derived; 5: the
-/// workspaces it was seen in, after format 4's fields).
-const CORE_FORMAT: u8 = 5;
+/// workspaces it was seen in, after format 4's fields; 6: then each workspace's attributes).
+const CORE_FORMAT: u8 = 6;
+const CORE_FORMAT_5: u8 = 5;
 const CORE_FORMAT_4: u8 = 4;
 
 /// Version byte of the derived row.
@@ -598,15 +629,48 @@ mod tests {
             ProfileState::decode(&core).unwrap().workspaces,
             state.workspaces
         );
-        // A format 4 row is a format 5 row without the trailing set (an empty set is one byte).
+        // A format 4 row is a format 6 row without the two trailing parts (an empty set and
+        // an empty map are one byte each).
         let mut unseen = state.clone();
         unseen.workspaces.clear();
         let mut v4 = unseen.encode_core();
-        v4.pop();
+        v4.truncate(v4.len() - 2);
         v4[0] = CORE_FORMAT_4;
         let read = ProfileState::decode(&v4).unwrap();
         assert!(read.workspaces.is_empty());
         assert_eq!(read.attributes, state.attributes);
         assert_eq!(read.identities, state.identities);
+    }
+
+    #[test]
+    fn the_core_row_keeps_each_workspaces_attributes_and_a_format_5_row_reads_as_none() {
+        let mut state = full_profile();
+        state.workspaces.insert("app-a".into());
+        let tier = NamedAttr {
+            name: "Tier".into(),
+            value: AttrValue::String("gold".into()),
+        };
+        state
+            .workspace_attributes
+            .entry("app-a".into())
+            .or_default()
+            .insert("tier".into(), tier);
+        let core = state.encode_core();
+        let read = ProfileState::decode(&core).unwrap();
+        assert_eq!(read.workspace_attributes, state.workspace_attributes);
+        assert_eq!(
+            read.attribute_in("app-a", "tier"),
+            Some(&AttrValue::String("gold".into()))
+        );
+        assert_eq!(read.attribute_in("app-b", "tier"), None);
+        // A format 5 row is a format 6 row without the trailing map.
+        let mut plain = state.clone();
+        plain.workspace_attributes.clear();
+        let mut v5 = plain.encode_core();
+        v5.pop();
+        v5[0] = CORE_FORMAT_5;
+        let read = ProfileState::decode(&v5).unwrap();
+        assert!(read.workspace_attributes.is_empty());
+        assert_eq!(read.workspaces, state.workspaces);
     }
 }

@@ -223,17 +223,23 @@ pub async fn connection(ctx: &Ctx, cmd: ConnectionCmd) -> anyhow::Result<()> {
             }
         }
         ConnectionCmd::List { audience } => {
-            for c in client
-                .list_connections(pb::ListConnectionsRequest {
-                    audience_id: audience,
-                    output_id: 0,
-                })
-                .await?
-                .into_inner()
-                .connections
-            {
-                show(&c);
-            }
+            let connections = all_pages(|page_token| {
+                let mut client = client.clone();
+                async move {
+                    let page = client
+                        .list_connections(pb::ListConnectionsRequest {
+                            audience_id: audience,
+                            output_id: 0,
+                            page_size: PAGE_SIZE,
+                            page_token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.connections, page.next_page_token))
+                }
+            })
+            .await?;
+            connections.iter().for_each(&show);
         }
         ConnectionCmd::Status { id, status } => {
             let mut c = client
@@ -258,12 +264,21 @@ pub async fn connection(ctx: &Ctx, cmd: ConnectionCmd) -> anyhow::Result<()> {
             }
         }
         ConnectionCmd::Faults => {
-            for f in client
-                .list_faults(pb::ListFaultsRequest {})
-                .await?
-                .into_inner()
-                .faults
-            {
+            let faults = all_pages(|page_token| {
+                let mut client = client.clone();
+                async move {
+                    let page = client
+                        .list_faults(pb::ListFaultsRequest {
+                            page_size: PAGE_SIZE,
+                            page_token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.faults, page.next_page_token))
+                }
+            })
+            .await?;
+            for f in faults {
                 if ctx.json() {
                     say_json(&serde_json::json!({
                         "connection_id": f.connection_id,

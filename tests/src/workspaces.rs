@@ -1,0 +1,87 @@
+//! What the workspace tests share: three inputs of two workspaces, told apart by the JSON
+//! batches' `context.source`, batches through them, scoped audiences and their members.
+
+use crate::{criteria, custom_event, memberships, Channel, Result};
+use audience_proto::v1 as pb;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// ios and web are app-a's, partner is app-b's.
+pub const INPUTS: &str = "ios@app-a:source=ios;web@app-a:source=web;partner@app-b:source=partner";
+
+/// A batch through `source` (`None`: unstamped), with `plays` Play events.
+pub fn batch(mpid: i64, now: i64, source: Option<&str>, plays: usize, extra: Value) -> Value {
+    let mut b = json!({
+        "mpid": mpid,
+        "timestamp_unixtime_ms": now,
+        "events": (0..plays)
+            .map(|i| custom_event("Play", "navigation", now - i as i64, json!({})))
+            .collect::<Vec<_>>(),
+    });
+    if let Some(source) = source {
+        b["context"] = json!({"source": source});
+    }
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b
+}
+
+pub async fn create_scoped(
+    ch: &Channel,
+    name: &str,
+    criteria_json: Value,
+    workspaces: &[&str],
+    inputs: &[&str],
+) -> std::result::Result<pb::Audience, tonic::Status> {
+    pb::audience_service_client::AudienceServiceClient::new(ch.clone())
+        .create_audience(pb::CreateAudienceRequest {
+            name: name.into(),
+            criteria: Some(criteria(criteria_json)),
+            workspaces: workspaces.iter().map(|w| w.to_string()).collect(),
+            inputs: inputs.iter().map(|i| i.to_string()).collect(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Waits until the audience is calculated (ACTIVE), then its members among `mpids`.
+pub async fn members_of(ch: &Channel, id: u64, mpids: &[i64]) -> Result<BTreeSet<i64>> {
+    let mut client = pb::audience_service_client::AudienceServiceClient::new(ch.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = client
+            .get_audience(pb::GetAudienceRequest { id })
+            .await?
+            .into_inner();
+        if a.status == pb::AudienceStatus::Active as i32 {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "audience {id} still calculating"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut out = BTreeSet::new();
+    for &mpid in mpids {
+        if memberships(ch, mpid).await?.iter().any(|(a, _)| *a == id) {
+            out.insert(mpid);
+        }
+    }
+    Ok(out)
+}
+
+pub async fn listed(ch: &Channel, workspace: &str, kind: pb::WorkspaceKind) -> Result<Vec<String>> {
+    let page = pb::audience_service_client::AudienceServiceClient::new(ch.clone())
+        .list_audiences(pb::ListAudiencesRequest {
+            workspace: workspace.into(),
+            workspace_kind: kind as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(page.audiences.into_iter().map(|a| a.name).collect())
+}

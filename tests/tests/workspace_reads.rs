@@ -1,0 +1,311 @@
+//! Workspaces through the real broker, beyond what workspaces.rs covers: a multi workspace
+//! audience whose criteria pick their workspace, and what a token limited to one workspace
+//! reads of members, histories, figures, estimates and previews.
+
+use audience_e2e::workspaces::*;
+use audience_e2e::*;
+use audience_proto::v1 as pb;
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// The membership reads, estimates and previews for a token limited to app-b: members and
+/// histories name only the profiles it sees (those of an audience shared by app-a included),
+/// figures only the audiences it sees, estimates read its own workspace unless told another it
+/// holds, and previews are its own audiences'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_token_reads_members_figures_and_estimates_of_what_it_sees() -> Result<()> {
+    const TOKEN_B: &str = "app-b-token-0123456789";
+    let broker = Broker::start()?;
+    let topics = Topics::unique("workspace-reads");
+    let dir = tempfile::tempdir()?;
+    let tokens = format!("e2e={CLUSTER_TOKEN},b={TOKEN_B}");
+    let mut engine = Engine::start_with(
+        &broker,
+        &topics,
+        &dir.path().join("engine"),
+        "workspace-reads",
+        &[
+            ("AUDIENCE_INPUTS", INPUTS),
+            ("AUDIENCE_SOURCE_FIELD", "context.source"),
+            ("AUDIENCE_TOKENS", &tokens),
+            ("AUDIENCE_TOKEN_SCOPES", "b=read+write+workspace:app-b"),
+        ],
+    )?;
+    let admin = engine.ready().await?;
+    let b = audience_services::auth::ClientOptions {
+        token: Some(TOKEN_B.into()),
+        ..Default::default()
+    }
+    .connect(&engine.grpc)
+    .await?;
+
+    let play = json!({"event": {"type": "custom_event", "name": "Play"}});
+    let partner = create_scoped(&admin, "partner players", play.clone(), &["app-b"], &[]).await?;
+    let ios = create_scoped(&admin, "ios players", play.clone(), &[], &["ios"]).await?;
+    let shared = pb::audience_service_client::AudienceServiceClient::new(admin.clone())
+        .create_audience(pb::CreateAudienceRequest {
+            name: "app-a players".into(),
+            criteria: Some(criteria(play.clone())),
+            workspaces: vec!["app-a".into()],
+            access: pb::AudienceAccess::ViewOnly as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let producer = broker.producer()?;
+    let now = engine_now(&admin).await?;
+    // 201 is app-a's only, 203 app-b's only, 202 both's.
+    let messages = [
+        batch(201, now, Some("ios"), 1, json!({})),
+        batch(202, now, Some("ios"), 1, json!({})),
+        batch(202, now, Some("partner"), 1, json!({})),
+        batch(203, now, Some("partner"), 1, json!({})),
+    ];
+    for m in &messages {
+        produce_json(&producer, &topics.events, m).await?;
+    }
+    wait_processed(&admin, messages.len() as u64, Duration::from_secs(60)).await?;
+    let everyone = [201, 202, 203];
+    assert_eq!(
+        members_of(&admin, partner.id, &everyone).await?,
+        BTreeSet::from([202, 203])
+    );
+    assert_eq!(
+        members_of(&admin, shared.id, &everyone).await?,
+        BTreeSet::from([201, 202])
+    );
+    members_of(&admin, ios.id, &everyone).await?;
+
+    // Members, a page of one at a time: all of its own audience's; of app-a's shared one,
+    // only 202, the one also seen in app-b.
+    let mut membership = pb::membership_service_client::MembershipServiceClient::new(b.clone());
+    let listed = |id: u64| {
+        let mut client = membership.clone();
+        async move {
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_members(pb::ListMembersRequest {
+                        audience_id: id,
+                        page_size: 1,
+                        page_token,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                all.extend(page.mpids);
+                if page.next_page_token.is_empty() {
+                    return Ok::<_, tonic::Status>(all);
+                }
+                page_token = page.next_page_token;
+            }
+        }
+    };
+    assert_eq!(listed(partner.id).await?, vec![202, 203]);
+    assert_eq!(listed(shared.id).await?, vec![202]);
+    let hidden = listed(ios.id).await.unwrap_err();
+    assert_eq!(hidden.code(), tonic::Code::NotFound, "{hidden:?}");
+    let as_admin = pb::membership_service_client::MembershipServiceClient::new(admin.clone())
+        .list_members(pb::ListMembersRequest {
+            audience_id: shared.id,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(as_admin.mpids, vec![201, 202]);
+
+    // Histories: of a profile it sees, in the audiences it sees; none of one it does not.
+    let history = |mpid: i64| {
+        let mut client = membership.clone();
+        async move {
+            let intervals = client
+                .get_membership_history(pb::GetMembershipHistoryRequest { mpid })
+                .await?
+                .into_inner()
+                .intervals;
+            let ids: BTreeSet<u64> = intervals.iter().map(|i| i.audience_id).collect();
+            Ok::<_, tonic::Status>(ids)
+        }
+    };
+    assert_eq!(history(202).await?, BTreeSet::from([partner.id, shared.id]));
+    assert!(history(201).await?.is_empty());
+    let all_of_202 = pb::membership_service_client::MembershipServiceClient::new(admin.clone())
+        .get_membership_history(pb::GetMembershipHistoryRequest { mpid: 202 })
+        .await?
+        .into_inner()
+        .intervals;
+    assert_eq!(
+        all_of_202.len(),
+        3,
+        "the admin token sees all: {all_of_202:?}"
+    );
+
+    // Figures: of the audiences it sees.
+    let figures = membership
+        .get_audience_stats(pb::GetAudienceStatsRequest {
+            audience_ids: vec![],
+        })
+        .await?
+        .into_inner()
+        .audiences;
+    let sizes: Vec<(u64, u64)> = figures
+        .iter()
+        .map(|a| (a.audience_id, a.stats.as_ref().map_or(0, |s| s.size)))
+        .collect();
+    assert_eq!(sizes, vec![(partner.id, 2), (shared.id, 2)]);
+    let hidden = membership
+        .get_audience_stats(pb::GetAudienceStatsRequest {
+            audience_ids: vec![ios.id],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), tonic::Code::NotFound, "{hidden:?}");
+
+    // Estimates: of its own workspace's profiles unless it names another it holds.
+    let estimate = |ch: &Channel, workspaces: Vec<String>| {
+        let mut client = pb::audience_service_client::AudienceServiceClient::new(ch.clone());
+        let criteria = criteria(play.clone());
+        async move {
+            client
+                .estimate_audience(pb::EstimateAudienceRequest {
+                    criteria: Some(criteria),
+                    workspaces,
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().sampled_members)
+        }
+    };
+    assert_eq!(estimate(&b, vec![]).await?, 2);
+    assert_eq!(estimate(&b, vec!["app-b".into()]).await?, 2);
+    assert_eq!(estimate(&admin, vec![]).await?, 3);
+    let refused = estimate(&b, vec!["app-a".into()]).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("\"app-a\""), "{refused:?}");
+
+    // Previews: of its own audiences; a shared one is its owners' to edit.
+    let mut audiences = pb::audience_service_client::AudienceServiceClient::new(b.clone());
+    let preview = |id: u64| pb::PreviewUpdateRequest {
+        audience_id: id,
+        criteria: Some(criteria(
+            json!({"event": {"type": "custom_event", "name": "Stop"}}),
+        )),
+        sample_size: 0,
+    };
+    let own = audiences
+        .preview_update(preview(partner.id))
+        .await?
+        .into_inner();
+    assert_eq!((own.members_now, own.would_leave), (2, 2));
+    let refused = audiences
+        .preview_update(preview(shared.id))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let hidden = audiences.preview_update(preview(ios.id)).await.unwrap_err();
+    assert_eq!(hidden.code(), tonic::Code::NotFound, "{hidden:?}");
+    assert_eq!(engine.terminate()?, Some(0), "a clean stop");
+    Ok(())
+}
+
+/// The seed: "all user profile data is scoped and maintained within a single workspace; in
+/// multiworkspace audiences, you can select which workspace to use". A criterion of an
+/// audience of app-a and app-b picks app-b: it reads the tier app-b's input set, not the
+/// latest of every source; a token of app-b reads app-b's tier on the profile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_workspace_audience_reads_the_workspace_each_criterion_picks() -> Result<()> {
+    const TOKEN_B: &str = "app-b-token-0123456789";
+    let broker = Broker::start()?;
+    let topics = Topics::unique("workspace-picks");
+    let dir = tempfile::tempdir()?;
+    let tokens = format!("e2e={CLUSTER_TOKEN},b={TOKEN_B}");
+    let mut engine = Engine::start_with(
+        &broker,
+        &topics,
+        &dir.path().join("engine"),
+        "workspace-picks",
+        &[
+            ("AUDIENCE_INPUTS", INPUTS),
+            ("AUDIENCE_SOURCE_FIELD", "context.source"),
+            ("AUDIENCE_TOKENS", &tokens),
+            ("AUDIENCE_TOKEN_SCOPES", "b=read+workspace:app-b"),
+        ],
+    )?;
+    let admin = engine.ready().await?;
+    let both = ["app-a", "app-b"];
+    let gold = |workspace: Option<&str>| {
+        let mut c = json!({"name": "tier", "op": "exact_match", "value": "gold"});
+        if let Some(w) = workspace {
+            c["workspace"] = json!(w);
+        }
+        json!({"user_attribute": c})
+    };
+    let picked = create_scoped(&admin, "gold in app-b", gold(Some("app-b")), &both, &[]).await?;
+    let latest = create_scoped(&admin, "gold anywhere", gold(None), &both, &[]).await?;
+    let refused = create_scoped(&admin, "gold in c", gold(Some("app-c")), &both, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("criteria.user_attribute.workspace: \"app-c\" is not one of"),
+        "{refused:?}"
+    );
+
+    let producer = broker.producer()?;
+    let now = engine_now(&admin).await?;
+    let tier = |t: &str| json!({"user_attributes": {"tier": t}});
+    // 401: gold in app-a only. 402: gold in app-b. 403: silver in app-b, then gold in app-a.
+    let messages = [
+        batch(401, now, Some("ios"), 0, tier("gold")),
+        batch(402, now, Some("partner"), 0, tier("gold")),
+        batch(403, now, Some("partner"), 0, tier("silver")),
+        batch(403, now + 1, Some("web"), 0, tier("gold")),
+    ];
+    for m in &messages {
+        produce_json(&producer, &topics.events, m).await?;
+    }
+    wait_processed(&admin, messages.len() as u64, Duration::from_secs(60)).await?;
+    let everyone = [401, 402, 403];
+    assert_eq!(
+        members_of(&admin, picked.id, &everyone).await?,
+        BTreeSet::from([402])
+    );
+    assert_eq!(
+        members_of(&admin, latest.id, &everyone).await?,
+        BTreeSet::from([401, 402, 403])
+    );
+    // Computed again over the event log, which keeps each message's input: the same.
+    let later = create_scoped(
+        &admin,
+        "gold in app-b, later",
+        gold(Some("app-b")),
+        &both,
+        &[],
+    )
+    .await?;
+    assert_eq!(
+        members_of(&admin, later.id, &everyone).await?,
+        BTreeSet::from([402])
+    );
+
+    // The profile as each token reads it.
+    let tier_of =
+        |p: &pb::Profile| match p.user_attributes.get("tier").and_then(|v| v.value.clone()) {
+            Some(pb::attribute_value::Value::StringValue(s)) => s,
+            other => format!("{other:?}"),
+        };
+    let b = audience_services::auth::ClientOptions {
+        token: Some(TOKEN_B.into()),
+        ..Default::default()
+    }
+    .connect(&engine.grpc)
+    .await?;
+    assert_eq!(tier_of(&profile(&admin, 403).await?), "gold");
+    assert_eq!(tier_of(&profile(&b, 403).await?), "silver");
+    assert_eq!(engine.terminate()?, Some(0), "a clean stop");
+    Ok(())
+}
