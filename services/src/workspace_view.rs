@@ -91,22 +91,38 @@ impl WorkspaceView {
         !self.is_limited() || profile.workspaces.iter().any(|w| self.sees_workspace(w))
     }
 
-    /// The profile as the token may read it: the attributes its workspaces' inputs set,
-    /// in place of the latest of every source (where two of its workspaces hold one, the
-    /// last named wins). Identities, events and the rest stay whole (see Known limits).
+    /// The profile as the token may read it: the attributes and identities its workspaces'
+    /// inputs brought, in place of those of every source (where two of its workspaces hold an
+    /// attribute, the last named wins; identities' values are joined). Events and the rest
+    /// stay whole (see Known limits).
     pub fn narrow(&self, profile: &mut ProfileState) {
         if !self.is_limited() {
             return;
         }
         let mut attributes = std::collections::BTreeMap::new();
+        let mut identities: std::collections::BTreeMap<String, Vec<String>> =
+            std::collections::BTreeMap::new();
         for workspace in &self.workspaces {
             if let Some(kept) = profile.workspace_attributes.get(workspace) {
                 attributes.extend(kept.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
+            let kept = profile.workspace_identities.get(workspace);
+            for (kind, values) in kept.into_iter().flatten() {
+                let joined = identities.entry(kind.clone()).or_default();
+                for v in values {
+                    if !joined.contains(v) {
+                        joined.push(v.clone());
+                    }
+                }
+            }
         }
         profile.attributes = attributes;
+        profile.identities = identities;
         profile
             .workspace_attributes
+            .retain(|w, _| self.workspaces.contains(w));
+        profile
+            .workspace_identities
             .retain(|w, _| self.workspaces.contains(w));
     }
 
@@ -273,7 +289,7 @@ mod tests {
     }
 
     #[test]
-    fn a_limited_token_reads_the_attributes_its_workspaces_set() {
+    fn a_limited_token_reads_the_attributes_and_identities_its_workspaces_set() {
         use audience_state::model::AttrValue;
         use audience_state::profile::NamedAttr;
         let attr = |v: &str| NamedAttr {
@@ -289,6 +305,18 @@ mod tests {
                 .or_default()
                 .insert("tier".into(), attr(tier));
         }
+        p.identities
+            .insert("email".into(), vec!["a@example.com".into()]);
+        p.identities.insert("customer_id".into(), vec!["c1".into()]);
+        for (workspace, kind, value) in [
+            ("app-a", "email", "a@example.com"),
+            ("app-b", "customer_id", "c1"),
+        ] {
+            p.workspace_identities
+                .entry(workspace.into())
+                .or_default()
+                .insert(kind.into(), vec![value.into()]);
+        }
         let mut seen = p.clone();
         view(&["app-b"]).narrow(&mut seen);
         assert_eq!(
@@ -301,6 +329,11 @@ mod tests {
             Some(&AttrValue::String("silver".into()))
         );
         assert!(!seen.workspace_attributes.contains_key("app-a"));
+        assert_eq!(
+            seen.identities.keys().collect::<Vec<_>>(),
+            vec!["customer_id"],
+            "the email was collected in app-a"
+        );
         let mut whole = p.clone();
         WorkspaceView::default().narrow(&mut whole);
         assert_eq!(whole, p);

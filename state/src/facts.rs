@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Version byte of the facts record (2: format 1's fields, then the workspaces the profile
-/// was seen in; 3: then the attributes each workspace's inputs set).
+/// was seen in; 3: then the attributes and identities each workspace's inputs brought).
 pub const FACTS_FORMAT: u8 = 3;
 const FACTS_FORMAT_2: u8 = 2;
 const FACTS_FORMAT_1: u8 = 1;
@@ -53,9 +53,25 @@ pub struct ProfileFacts {
     /// Format 3, after the workspaces.
     #[serde(skip)]
     pub workspace_attributes: WorkspaceAttributes,
+    #[serde(skip)]
+    pub workspace_identities: WorkspaceIdentities,
 }
 
 type WorkspaceAttributes = BTreeMap<String, BTreeMap<String, NamedAttr>>;
+type WorkspaceIdentities = BTreeMap<String, BTreeMap<String, Vec<String>>>;
+
+/// What format 3 appends: each workspace's attributes and identities.
+#[derive(Serialize)]
+struct PerWorkspace<'a> {
+    attributes: &'a WorkspaceAttributes,
+    identities: &'a WorkspaceIdentities,
+}
+
+#[derive(Deserialize)]
+struct PerWorkspaceOwned {
+    attributes: WorkspaceAttributes,
+    identities: WorkspaceIdentities,
+}
 
 /// The same fields, borrowed from a profile: encoding a profile's facts copies nothing.
 #[derive(Serialize)]
@@ -90,20 +106,24 @@ pub fn encode_facts(p: &ProfileState) -> Vec<u8> {
         install_attribution: &p.install_attribution,
         uninstall_attribution: &p.uninstall_attribution,
     };
-    framed(&facts, &p.workspaces, &p.workspace_attributes)
+    let per_workspace = PerWorkspace {
+        attributes: &p.workspace_attributes,
+        identities: &p.workspace_identities,
+    };
+    framed(&facts, &p.workspaces, &per_workspace)
 }
 
-/// A facts record: the format byte, the format 1 fields, the workspaces, then their
-/// attributes.
+/// A facts record: the format byte, the format 1 fields, the workspaces, then what each
+/// holds.
 fn framed(
     facts: &impl Serialize,
     workspaces: &BTreeSet<String>,
-    workspace_attributes: &WorkspaceAttributes,
+    per_workspace: &PerWorkspace<'_>,
 ) -> Vec<u8> {
     let out =
         postcard::to_extend(facts, vec![FACTS_FORMAT]).expect("profile facts always serialise");
     let out = postcard::to_extend(workspaces, out).expect("profile facts always serialise");
-    postcard::to_extend(workspace_attributes, out).expect("profile facts always serialise")
+    postcard::to_extend(per_workspace, out).expect("profile facts always serialise")
 }
 
 impl ProfileFacts {
@@ -124,11 +144,16 @@ impl ProfileFacts {
             uninstall_attribution: p.uninstall_attribution.clone(),
             workspaces: p.workspaces.clone(),
             workspace_attributes: p.workspace_attributes.clone(),
+            workspace_identities: p.workspace_identities.clone(),
         }
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        framed(self, &self.workspaces, &self.workspace_attributes)
+        let per_workspace = PerWorkspace {
+            attributes: &self.workspace_attributes,
+            identities: &self.workspace_identities,
+        };
+        framed(self, &self.workspaces, &per_workspace)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
@@ -139,8 +164,10 @@ impl ProfileFacts {
                 let (workspaces, rest) =
                     postcard::take_from_bytes(rest).map_err(|e| e.to_string())?;
                 facts.workspaces = workspaces;
-                facts.workspace_attributes =
+                let per_workspace: PerWorkspaceOwned =
                     postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+                facts.workspace_attributes = per_workspace.attributes;
+                facts.workspace_identities = per_workspace.identities;
                 Ok(facts)
             }
             Some((&FACTS_FORMAT_2, rest)) => {
@@ -173,6 +200,7 @@ impl ProfileFacts {
             highest_app_version: self.highest_app_version,
             workspaces: self.workspaces,
             workspace_attributes: self.workspace_attributes,
+            workspace_identities: self.workspace_identities,
             ..Default::default()
         }
     }
@@ -205,6 +233,10 @@ mod tests {
             .entry("app-a".into())
             .or_default()
             .insert("tier".into(), p.attributes["tier"].clone());
+        p.workspace_identities
+            .entry("app-a".into())
+            .or_default()
+            .insert("email".into(), vec!["a@b.c".into()]);
         let bytes = encode_facts(&p);
         let facts = ProfileFacts::decode(&bytes).unwrap();
         let rebuilt = facts.clone().into_profile(7);
@@ -213,18 +245,20 @@ mod tests {
         assert_eq!(rebuilt.attribute("tier"), p.attribute("tier"));
         assert_eq!(rebuilt.workspaces, p.workspaces);
         assert_eq!(rebuilt.workspace_attributes, p.workspace_attributes);
-        // Format 2: the same fields without the workspaces' attributes (an empty map is one
-        // byte); format 1: without the workspaces either.
+        assert_eq!(rebuilt.workspace_identities, p.workspace_identities);
+        // Format 2: the same fields without the workspaces' attributes and identities (an
+        // empty map is one byte); format 1: without the workspaces either.
         let mut plain = facts.clone();
         plain.workspace_attributes.clear();
+        plain.workspace_identities.clear();
         let mut v2 = plain.encode();
-        v2.pop();
+        v2.truncate(v2.len() - 2);
         v2[0] = FACTS_FORMAT_2;
         assert_eq!(ProfileFacts::decode(&v2).unwrap(), plain);
         let mut unseen = plain.clone();
         unseen.workspaces.clear();
         let mut v1 = unseen.encode();
-        v1.truncate(v1.len() - 2);
+        v1.truncate(v1.len() - 3);
         v1[0] = FACTS_FORMAT_1;
         assert_eq!(ProfileFacts::decode(&v1).unwrap(), unseen);
         assert!(ProfileFacts::decode(&[9, 1]).is_err());

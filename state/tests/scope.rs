@@ -306,6 +306,50 @@ fn a_multi_workspace_audience_picks_the_workspace_of_each_criterion() {
         "{:?}",
         criteria[1]
     );
+    // Identities are workspace-scoped too: an email collected through ios is app-a's.
+    let email_in_b = Catalog::build(
+        1,
+        vec![scoped(
+            7,
+            json!({"identity": {"type": "email", "op": "exists", "workspace": "app-b"}}),
+            &both,
+            &[],
+        )],
+    );
+    let mut q = ProfileState::new(2);
+    let member = |q: &mut ProfileState, message: Inbound| {
+        let changes = q.apply(&message, T0, RETENTION, &email_in_b);
+        let ctx = EvalContext {
+            now: T0,
+            retention_ms: RETENTION,
+        };
+        q.evaluate(email_in_b.affected_by(&changes), &email_in_b, &ctx, T0);
+        q.member_of().count() == 1
+    };
+    let email = [("email", "q@example.com")];
+    assert!(!member(
+        &mut q,
+        batch(tag("ios", "app-a"), T0, vec![], &email)
+    ));
+    assert!(member(
+        &mut q,
+        batch(tag("feed", "app-b"), T0, vec![], &email)
+    ));
+    assert_eq!(
+        q.identities_in("app-a", "email"),
+        Some(&vec!["q@example.com".to_string()])
+    );
+    let why = email_in_b
+        .active(7)
+        .unwrap()
+        .compiled
+        .root
+        .explain(&q, &ctx);
+    assert_eq!(
+        why.children[1].criterion,
+        "identity email exists in workspace \"app-b\""
+    );
+
     let why = catalog.active(3).unwrap().compiled.root.explain(&p, &ctx);
     assert!(
         why.children[1]
@@ -342,7 +386,8 @@ fn a_picked_workspace_must_be_one_of_the_audiences_and_only_some_criteria_pick()
     );
     assert!(e.field.ends_with(".workspace"), "{e}");
     assert!(
-        e.reason.contains("only user attribute and event criteria"),
+        e.reason
+            .contains("only user attribute, identity and event criteria"),
         "{e}"
     );
     // Picked right, it compiles; the definition reads back as written.

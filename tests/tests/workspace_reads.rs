@@ -212,8 +212,8 @@ async fn a_workspace_token_reads_members_figures_and_estimates_of_what_it_sees()
 
 /// The seed: "all user profile data is scoped and maintained within a single workspace; in
 /// multiworkspace audiences, you can select which workspace to use". A criterion of an
-/// audience of app-a and app-b picks app-b: it reads the tier app-b's input set, not the
-/// latest of every source; a token of app-b reads app-b's tier on the profile.
+/// audience of app-a and app-b picks app-b: it reads the tier (or the email) app-b's input
+/// brought, not the latest of every source; a token of app-b reads app-b's on the profile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multi_workspace_audience_reads_the_workspace_each_criterion_picks() -> Result<()> {
     const TOKEN_B: &str = "app-b-token-0123456789";
@@ -244,6 +244,8 @@ async fn a_multi_workspace_audience_reads_the_workspace_each_criterion_picks() -
     };
     let picked = create_scoped(&admin, "gold in app-b", gold(Some("app-b")), &both, &[]).await?;
     let latest = create_scoped(&admin, "gold anywhere", gold(None), &both, &[]).await?;
+    let email_in_b = json!({"identity": {"type": "email", "op": "exists", "workspace": "app-b"}});
+    let emailed = create_scoped(&admin, "email in app-b", email_in_b, &both, &[]).await?;
     let refused = create_scoped(&admin, "gold in c", gold(Some("app-c")), &both, &[])
         .await
         .unwrap_err();
@@ -258,10 +260,16 @@ async fn a_multi_workspace_audience_reads_the_workspace_each_criterion_picks() -
     let producer = broker.producer()?;
     let now = engine_now(&admin).await?;
     let tier = |t: &str| json!({"user_attributes": {"tier": t}});
+    let with_email = |t: &str, mpid: i64| {
+        let mut b = tier(t);
+        b["user_identities"] = json!({"email": format!("u{mpid}@example.com")});
+        b
+    };
     // 401: gold in app-a only. 402: gold in app-b. 403: silver in app-b, then gold in app-a.
+    // 401 and 402 give their email there.
     let messages = [
-        batch(401, now, Some("ios"), 0, tier("gold")),
-        batch(402, now, Some("partner"), 0, tier("gold")),
+        batch(401, now, Some("ios"), 0, with_email("gold", 401)),
+        batch(402, now, Some("partner"), 0, with_email("gold", 402)),
         batch(403, now, Some("partner"), 0, tier("silver")),
         batch(403, now + 1, Some("web"), 0, tier("gold")),
     ];
@@ -277,6 +285,10 @@ async fn a_multi_workspace_audience_reads_the_workspace_each_criterion_picks() -
     assert_eq!(
         members_of(&admin, latest.id, &everyone).await?,
         BTreeSet::from([401, 402, 403])
+    );
+    assert_eq!(
+        members_of(&admin, emailed.id, &everyone).await?,
+        BTreeSet::from([402])
     );
     // Computed again over the event log, which keeps each message's input: the same.
     let later = create_scoped(
@@ -306,6 +318,18 @@ async fn a_multi_workspace_audience_reads_the_workspace_each_criterion_picks() -
     .await?;
     assert_eq!(tier_of(&profile(&admin, 403).await?), "gold");
     assert_eq!(tier_of(&profile(&b, 403).await?), "silver");
+    let emails = |p: &pb::Profile| -> Vec<String> {
+        p.identities
+            .iter()
+            .filter(|i| i.identity_type == "email")
+            .map(|i| i.value.clone())
+            .collect()
+    };
+    assert_eq!(emails(&profile(&b, 402).await?), vec!["u402@example.com"]);
+    assert_eq!(
+        emails(&profile(&admin, 401).await?),
+        vec!["u401@example.com"]
+    );
     assert_eq!(engine.terminate()?, Some(0), "a clean stop");
     Ok(())
 }

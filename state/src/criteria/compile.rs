@@ -173,6 +173,7 @@ pub(super) fn compile_node(
             Node::Identity {
                 identity_type,
                 test: compiled.test,
+                workspace: scope.check_pick(id.workspace.as_deref(), &path)?,
             }
         }
         Criterion::Event(e) => {

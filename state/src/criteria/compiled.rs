@@ -272,6 +272,9 @@ pub enum Node {
     Identity {
         identity_type: String,
         test: Test,
+        /// The workspace whose identities it reads (a multi workspace audience's pick);
+        /// `None`: the profile's, from every source.
+        workspace: Option<String>,
     },
     Consent(ConsentTest),
     Device {

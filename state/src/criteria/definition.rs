@@ -284,6 +284,10 @@ pub struct IdentityCriterion {
     pub op: Option<Operator>,
     #[serde(default)]
     pub value: Option<serde_json::Value>,
+    /// In a multi workspace audience: the workspace whose identities it reads (identities
+    /// are workspace-scoped); absent: the profile's, from every source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

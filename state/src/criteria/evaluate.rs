@@ -104,8 +104,12 @@ impl Node {
             Node::Identity {
                 identity_type,
                 test,
+                workspace,
             } => {
-                let values = profile.identities.get(identity_type);
+                let values = match workspace {
+                    Some(w) => profile.identities_in(w, identity_type),
+                    None => profile.identities.get(identity_type),
+                };
                 let matched = match (test, values) {
                     (Test::Not(inner), _) => !any_identity(inner, values),
                     (t, v) => any_identity(t, v),

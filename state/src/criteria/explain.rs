@@ -100,9 +100,19 @@ impl Node {
             Node::Identity {
                 identity_type,
                 test,
+                workspace,
             } => (
-                format!("identity {identity_type} {}", test_words(test)),
-                match profile.identities.get(identity_type) {
+                match workspace {
+                    Some(w) => format!(
+                        "identity {identity_type} {} in workspace \"{w}\"",
+                        test_words(test)
+                    ),
+                    None => format!("identity {identity_type} {}", test_words(test)),
+                },
+                match workspace.as_ref().map_or_else(
+                    || profile.identities.get(identity_type),
+                    |w| profile.identities_in(w, identity_type),
+                ) {
                     Some(values) if !values.is_empty() => format!(
                         "the value is {}",
                         values

@@ -78,8 +78,9 @@ impl ProfileState {
             }
             Inbound::Identity(update) => {
                 logged.parts.identity_message = true;
+                let workspace = update.input.as_ref().map(|tag| tag.workspace.as_str());
                 for change in &update.changes {
-                    if self.apply_identity_change(change, &mut changes) {
+                    if self.apply_identity_change(change, workspace, &mut changes) {
                         logged.parts.identity_changes.push(change.clone());
                     }
                 }
@@ -130,15 +131,16 @@ impl ProfileState {
         logged: &mut LoggedMessage<'b>,
     ) {
         let parts = &mut logged.parts;
+        let workspace = batch.input.as_ref().map(|tag| tag.workspace.as_str());
         for (identity_type, value) in &batch.user_identities {
-            if self.set_identity(identity_type, value, changes) {
+            if self.set_identity(identity_type, value, workspace, changes) {
                 parts
                     .user_identities
                     .push((identity_type.clone(), value.clone()));
             }
         }
         for (identity_type, value) in &batch.device_identities {
-            if self.set_identity(identity_type, value, changes) {
+            if self.set_identity(identity_type, value, workspace, changes) {
                 parts
                     .device_identities
                     .push((identity_type.clone(), value.clone()));
@@ -322,7 +324,8 @@ impl ProfileState {
                 self.set_attribute(name, value, workspace, changes);
             }
             EventKind::UserIdentityChange(change) => {
-                self.apply_identity_change(change, changes);
+                let workspace = input.map(|tag| tag.workspace.as_str());
+                self.apply_identity_change(change, workspace, changes);
             }
             EventKind::OptOut { opted_out } => self.opted_out = *opted_out,
             // An attribution event without the batch's attribution_info carries its publisher
@@ -444,43 +447,55 @@ impl ProfileState {
     }
 
     /// Sets an identity a batch carries; whether the profile changed.
-    fn set_identity(&mut self, identity_type: &str, value: &str, changes: &mut ChangeSet) -> bool {
+    /// Sets an identity a batch carries, in the profile and in the identities of `workspace`
+    /// (that of the message's input, if any); whether the profile changed.
+    fn set_identity(
+        &mut self,
+        identity_type: &str,
+        value: &str,
+        workspace: Option<&str>,
+        changes: &mut ChangeSet,
+    ) -> bool {
         let identity_type = identity_type.to_lowercase();
         if value.is_empty() {
             return false;
         }
-        let values = self.identities.entry(identity_type.clone()).or_default();
-        if values.iter().any(|v| v == value) {
-            return false;
+        let mut changed = set_identity_in(&mut self.identities, &identity_type, value);
+        if let Some(workspace) = workspace {
+            let kept = self
+                .workspace_identities
+                .entry(workspace.to_string())
+                .or_default();
+            changed |= set_identity_in(kept, &identity_type, value);
         }
-        if DEVICE_IDENTITY_TYPES.contains(&identity_type.as_str()) {
-            values.push(value.to_string());
-        } else {
-            *values = vec![value.to_string()];
+        if changed {
+            changes.identities.insert(identity_type);
         }
-        changes.identities.insert(identity_type);
-        true
+        changed
     }
 
-    /// Applies an identity change; whether the profile changed.
-    fn apply_identity_change(&mut self, change: &IdentityChange, changes: &mut ChangeSet) -> bool {
+    /// Applies an identity change, in the profile and in the identities of `workspace`;
+    /// whether the profile changed.
+    fn apply_identity_change(
+        &mut self,
+        change: &IdentityChange,
+        workspace: Option<&str>,
+        changes: &mut ChangeSet,
+    ) -> bool {
         let identity_type = change.identity_type.to_lowercase();
-        let values = self.identities.entry(identity_type.clone()).or_default();
-        let before = values.clone();
-        if let Some(old) = &change.old_value {
-            values.retain(|v| v != old);
-        }
-        if let Some(new) = &change.new_value {
-            if !values.contains(new) {
-                values.push(new.clone());
+        let mut changed = change_identity_in(&mut self.identities, &identity_type, change);
+        if let Some(workspace) = workspace {
+            let kept = self
+                .workspace_identities
+                .entry(workspace.to_string())
+                .or_default();
+            changed |= change_identity_in(kept, &identity_type, change);
+            if kept.is_empty() {
+                self.workspace_identities.remove(workspace);
             }
         }
-        let changed = *values != before;
         if changed {
-            changes.identities.insert(identity_type.clone());
-        }
-        if values.is_empty() {
-            self.identities.remove(&identity_type);
+            changes.identities.insert(identity_type);
         }
         changed
     }
@@ -704,6 +719,49 @@ fn set_in(
         }
         None => attributes.remove(key).is_some(),
     }
+}
+
+/// Sets `value` as an identity of `identity_type` (lowercased) among `identities`: added to a
+/// device identity's values, in place of any other's; whether they changed.
+fn set_identity_in(
+    identities: &mut BTreeMap<String, Vec<String>>,
+    identity_type: &str,
+    value: &str,
+) -> bool {
+    let values = identities.entry(identity_type.to_string()).or_default();
+    if values.iter().any(|v| v == value) {
+        return false;
+    }
+    if DEVICE_IDENTITY_TYPES.contains(&identity_type) {
+        values.push(value.to_string());
+    } else {
+        *values = vec![value.to_string()];
+    }
+    true
+}
+
+/// Applies an identity change (the old value removed, the new one added) to `identities`;
+/// whether they changed.
+fn change_identity_in(
+    identities: &mut BTreeMap<String, Vec<String>>,
+    identity_type: &str,
+    change: &IdentityChange,
+) -> bool {
+    let values = identities.entry(identity_type.to_string()).or_default();
+    let before = values.clone();
+    if let Some(old) = &change.old_value {
+        values.retain(|v| v != old);
+    }
+    if let Some(new) = &change.new_value {
+        if !values.contains(new) {
+            values.push(new.clone());
+        }
+    }
+    let changed = *values != before;
+    if values.is_empty() {
+        identities.remove(identity_type);
+    }
+    changed
 }
 
 /// Notes a changed attribute among the changes; whether it changed.

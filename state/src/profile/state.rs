@@ -66,6 +66,10 @@ pub struct ProfileState {
     /// workspace audience picks (`attributes` holds the latest of every source).
     #[serde(skip)]
     pub workspace_attributes: BTreeMap<String, BTreeMap<String, NamedAttr>>,
+    /// Workspace to the identities messages of its inputs brought (type to values, as
+    /// `identities`): a criterion of a multi workspace audience picks them too.
+    #[serde(skip)]
+    pub workspace_identities: BTreeMap<String, BTreeMap<String, Vec<String>>>,
 }
 
 /// The stored form of format 2 (event series as lists of days), read so that existing stores
@@ -114,6 +118,7 @@ impl From<ProfileStateV2> for ProfileState {
             highest_app_version: v.highest_app_version,
             workspaces: BTreeSet::new(),
             workspace_attributes: BTreeMap::new(),
+            workspace_identities: BTreeMap::new(),
         }
     }
 }
@@ -198,6 +203,11 @@ impl ProfileState {
         self.attributes.get(lowercase_name).map(|a| &a.value)
     }
 
+    /// The values of an identity type as the messages of `workspace`'s inputs brought them.
+    pub fn identities_in(&self, workspace: &str, identity_type: &str) -> Option<&Vec<String>> {
+        self.workspace_identities.get(workspace)?.get(identity_type)
+    }
+
     /// The attribute as the messages of `workspace`'s inputs set it.
     pub fn attribute_in(&self, workspace: &str, lowercase_name: &str) -> Option<&AttrValue> {
         self.workspace_attributes
@@ -263,10 +273,12 @@ impl ProfileState {
         out.push(CORE_FORMAT);
         let out = postcard::to_extend(&core, out).expect("profile state always serialises");
         // Format 5 is format 4's fields, then the workspaces; format 6 adds the workspaces'
-        // attributes.
+        // attributes and identities.
         let out =
             postcard::to_extend(&self.workspaces, out).expect("profile state always serialises");
-        postcard::to_extend(&self.workspace_attributes, out)
+        let out = postcard::to_extend(&self.workspace_attributes, out)
+            .expect("profile state always serialises");
+        postcard::to_extend(&self.workspace_identities, out)
             .expect("profile state always serialises")
     }
 
@@ -300,7 +312,10 @@ impl ProfileState {
                 let (workspaces, rest) =
                     postcard::take_from_bytes(rest).map_err(|e| e.to_string())?;
                 profile.workspaces = workspaces;
-                profile.workspace_attributes =
+                let (attributes, rest) =
+                    postcard::take_from_bytes(rest).map_err(|e| e.to_string())?;
+                profile.workspace_attributes = attributes;
+                profile.workspace_identities =
                     postcard::from_bytes(rest).map_err(|e| e.to_string())?;
                 Ok(profile)
             }
@@ -473,7 +488,8 @@ const DERIVED_CAPACITY: usize = 256;
 const WHOLE_FORMAT: u8 = 3;
 
 /// Version byte of the core row (4: a profile in two rows, core and derived; 5: the
-/// workspaces it was seen in, after format 4's fields; 6: then each workspace's attributes).
+/// workspaces it was seen in, after format 4's fields; 6: then each workspace's attributes and
+/// identities).
 const CORE_FORMAT: u8 = 6;
 const CORE_FORMAT_5: u8 = 5;
 const CORE_FORMAT_4: u8 = 4;
@@ -629,12 +645,12 @@ mod tests {
             ProfileState::decode(&core).unwrap().workspaces,
             state.workspaces
         );
-        // A format 4 row is a format 6 row without the two trailing parts (an empty set and
-        // an empty map are one byte each).
+        // A format 4 row is a format 6 row without the three trailing parts (an empty set and
+        // empty maps are one byte each).
         let mut unseen = state.clone();
         unseen.workspaces.clear();
         let mut v4 = unseen.encode_core();
-        v4.truncate(v4.len() - 2);
+        v4.truncate(v4.len() - 3);
         v4[0] = CORE_FORMAT_4;
         let read = ProfileState::decode(&v4).unwrap();
         assert!(read.workspaces.is_empty());
@@ -643,7 +659,7 @@ mod tests {
     }
 
     #[test]
-    fn the_core_row_keeps_each_workspaces_attributes_and_a_format_5_row_reads_as_none() {
+    fn the_core_row_keeps_each_workspaces_attributes_and_identities_and_a_format_5_row_none() {
         let mut state = full_profile();
         state.workspaces.insert("app-a".into());
         let tier = NamedAttr {
@@ -655,22 +671,33 @@ mod tests {
             .entry("app-a".into())
             .or_default()
             .insert("tier".into(), tier);
+        state
+            .workspace_identities
+            .entry("app-a".into())
+            .or_default()
+            .insert("email".into(), vec!["a@example.com".into()]);
         let core = state.encode_core();
         let read = ProfileState::decode(&core).unwrap();
         assert_eq!(read.workspace_attributes, state.workspace_attributes);
+        assert_eq!(read.workspace_identities, state.workspace_identities);
+        assert_eq!(
+            read.identities_in("app-a", "email"),
+            Some(&vec!["a@example.com".to_string()])
+        );
         assert_eq!(
             read.attribute_in("app-a", "tier"),
             Some(&AttrValue::String("gold".into()))
         );
         assert_eq!(read.attribute_in("app-b", "tier"), None);
-        // A format 5 row is a format 6 row without the trailing map.
+        // A format 5 row is a format 6 row without the two trailing maps.
         let mut plain = state.clone();
         plain.workspace_attributes.clear();
+        plain.workspace_identities.clear();
         let mut v5 = plain.encode_core();
-        v5.pop();
+        v5.truncate(v5.len() - 2);
         v5[0] = CORE_FORMAT_5;
         let read = ProfileState::decode(&v5).unwrap();
-        assert!(read.workspace_attributes.is_empty());
+        assert!(read.workspace_attributes.is_empty() && read.workspace_identities.is_empty());
         assert_eq!(read.workspaces, state.workspaces);
     }
 }
