@@ -70,6 +70,18 @@ fn crash(at: i64) -> Event {
     }
 }
 
+/// Applies `message` at `now` and evaluates the audiences it touched: those the profile is
+/// then a member of.
+fn apply_at(p: &mut ProfileState, catalog: &Catalog, message: Inbound, now: i64) -> Vec<u64> {
+    let changes = p.apply(&message, now, RETENTION, catalog);
+    let ctx = EvalContext {
+        now,
+        retention_ms: RETENTION,
+    };
+    p.evaluate(catalog.affected_by(&changes), catalog, &ctx, now);
+    p.member_of().map(|(id, _)| id).collect()
+}
+
 #[test]
 fn scoped_audiences_read_their_sources_and_hold_only_profiles_seen_in_their_workspaces() {
     let twice =
@@ -108,13 +120,7 @@ fn scoped_audiences_read_their_sources_and_hold_only_profiles_seen_in_their_work
     let mut now = T0;
     let mut step = |p: &mut ProfileState, message: Inbound| {
         now += 1_000;
-        let changes = p.apply(&message, now, RETENTION, &catalog);
-        let ctx = EvalContext {
-            now,
-            retention_ms: RETENTION,
-        };
-        p.evaluate(catalog.affected_by(&changes), &catalog, &ctx, now);
-        p.member_of().map(|(id, _)| id).collect::<Vec<_>>()
+        apply_at(p, &catalog, message, now)
     };
     // Unstamped plays count only for the unscoped audience.
     assert_eq!(
@@ -235,13 +241,7 @@ fn a_multi_workspace_audience_picks_the_workspace_of_each_criterion() {
     let mut now = T0;
     let mut step = |p: &mut ProfileState, message: Inbound| {
         now += 1_000;
-        let changes = p.apply(&message, now, RETENTION, &catalog);
-        let ctx = EvalContext {
-            now,
-            retention_ms: RETENTION,
-        };
-        p.evaluate(catalog.affected_by(&changes), &catalog, &ctx, now);
-        p.member_of().map(|(id, _)| id).collect::<Vec<_>>()
+        apply_at(p, &catalog, message, now)
     };
     let (ios, feed) = (tag("ios", "app-a"), tag("feed", "app-b"));
     assert_eq!(
@@ -317,15 +317,8 @@ fn a_multi_workspace_audience_picks_the_workspace_of_each_criterion() {
         )],
     );
     let mut q = ProfileState::new(2);
-    let member = |q: &mut ProfileState, message: Inbound| {
-        let changes = q.apply(&message, T0, RETENTION, &email_in_b);
-        let ctx = EvalContext {
-            now: T0,
-            retention_ms: RETENTION,
-        };
-        q.evaluate(email_in_b.affected_by(&changes), &email_in_b, &ctx, T0);
-        q.member_of().count() == 1
-    };
+    let member =
+        |q: &mut ProfileState, message: Inbound| apply_at(q, &email_in_b, message, T0) == [7];
     let email = [("email", "q@example.com")];
     assert!(!member(
         &mut q,

@@ -1,11 +1,55 @@
 //! What the workspace tests share: three inputs of two workspaces, told apart by the JSON
 //! batches' `context.source`, batches through them, scoped audiences and their members.
 
-use crate::{criteria, custom_event, memberships, Channel, Result};
+use crate::CLUSTER_TOKEN;
+use crate::{criteria, custom_event, memberships, Broker, Channel, Engine, Result, Topics};
 use audience_proto::v1 as pb;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Duration;
+
+/// Secrets of the tokens limited to app-a and app-b.
+pub const TOKEN_A: &str = "app-a-token-0123456789";
+pub const TOKEN_B: &str = "app-b-token-0123456789";
+
+/// An engine (data in `dir`/engine) with the three inputs, told apart by `context.source`,
+/// accepting the tests' own token and `tokens`, each (name, secret, scopes such as
+/// `read+write+workspace:app-b`).
+pub fn start_engine(
+    broker: &Broker,
+    topics: &Topics,
+    dir: &Path,
+    group: &str,
+    tokens: &[(&str, &str, &str)],
+) -> Result<Engine> {
+    let mut secrets = format!("e2e={CLUSTER_TOKEN}");
+    let mut scopes = Vec::new();
+    for (name, secret, grant) in tokens {
+        secrets.push_str(&format!(",{name}={secret}"));
+        scopes.push(format!("{name}={grant}"));
+    }
+    let scopes = scopes.join(",");
+    let mut settings = vec![
+        ("AUDIENCE_INPUTS", INPUTS),
+        ("AUDIENCE_SOURCE_FIELD", "context.source"),
+    ];
+    if !tokens.is_empty() {
+        settings.push(("AUDIENCE_TOKENS", &secrets));
+        settings.push(("AUDIENCE_TOKEN_SCOPES", &scopes));
+    }
+    Engine::start_with(broker, topics, &dir.join("engine"), group, &settings)
+}
+
+/// A channel to the engine sending `secret`.
+pub async fn connect_as(engine: &Engine, secret: &str) -> Result<Channel> {
+    audience_services::auth::ClientOptions {
+        token: Some(secret.into()),
+        ..Default::default()
+    }
+    .connect(&engine.grpc)
+    .await
+}
 
 /// ios and web are app-a's, partner is app-b's.
 pub const INPUTS: &str = "ios@app-a:source=ios;web@app-a:source=web;partner@app-b:source=partner";

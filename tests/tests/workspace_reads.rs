@@ -15,30 +15,18 @@ use std::time::Duration;
 /// holds, and previews are its own audiences'.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workspace_token_reads_members_figures_and_estimates_of_what_it_sees() -> Result<()> {
-    const TOKEN_B: &str = "app-b-token-0123456789";
     let broker = Broker::start()?;
     let topics = Topics::unique("workspace-reads");
     let dir = tempfile::tempdir()?;
-    let tokens = format!("e2e={CLUSTER_TOKEN},b={TOKEN_B}");
-    let mut engine = Engine::start_with(
+    let mut engine = start_engine(
         &broker,
         &topics,
-        &dir.path().join("engine"),
+        dir.path(),
         "workspace-reads",
-        &[
-            ("AUDIENCE_INPUTS", INPUTS),
-            ("AUDIENCE_SOURCE_FIELD", "context.source"),
-            ("AUDIENCE_TOKENS", &tokens),
-            ("AUDIENCE_TOKEN_SCOPES", "b=read+write+workspace:app-b"),
-        ],
+        &[("b", TOKEN_B, "read+write+workspace:app-b")],
     )?;
     let admin = engine.ready().await?;
-    let b = audience_services::auth::ClientOptions {
-        token: Some(TOKEN_B.into()),
-        ..Default::default()
-    }
-    .connect(&engine.grpc)
-    .await?;
+    let b = connect_as(&engine, TOKEN_B).await?;
 
     let play = json!({"event": {"type": "custom_event", "name": "Play"}});
     let partner = create_scoped(&admin, "partner players", play.clone(), &["app-b"], &[]).await?;
@@ -216,22 +204,15 @@ async fn a_workspace_token_reads_members_figures_and_estimates_of_what_it_sees()
 /// brought, not the latest of every source; a token of app-b reads app-b's on the profile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multi_workspace_audience_reads_the_workspace_each_criterion_picks() -> Result<()> {
-    const TOKEN_B: &str = "app-b-token-0123456789";
     let broker = Broker::start()?;
     let topics = Topics::unique("workspace-picks");
     let dir = tempfile::tempdir()?;
-    let tokens = format!("e2e={CLUSTER_TOKEN},b={TOKEN_B}");
-    let mut engine = Engine::start_with(
+    let mut engine = start_engine(
         &broker,
         &topics,
-        &dir.path().join("engine"),
+        dir.path(),
         "workspace-picks",
-        &[
-            ("AUDIENCE_INPUTS", INPUTS),
-            ("AUDIENCE_SOURCE_FIELD", "context.source"),
-            ("AUDIENCE_TOKENS", &tokens),
-            ("AUDIENCE_TOKEN_SCOPES", "b=read+workspace:app-b"),
-        ],
+        &[("b", TOKEN_B, "read+workspace:app-b")],
     )?;
     let admin = engine.ready().await?;
     let both = ["app-a", "app-b"];
@@ -310,12 +291,7 @@ async fn a_multi_workspace_audience_reads_the_workspace_each_criterion_picks() -
             Some(pb::attribute_value::Value::StringValue(s)) => s,
             other => format!("{other:?}"),
         };
-    let b = audience_services::auth::ClientOptions {
-        token: Some(TOKEN_B.into()),
-        ..Default::default()
-    }
-    .connect(&engine.grpc)
-    .await?;
+    let b = connect_as(&engine, TOKEN_B).await?;
     assert_eq!(tier_of(&profile(&admin, 403).await?), "gold");
     assert_eq!(tier_of(&profile(&b, 403).await?), "silver");
     let emails = |p: &pb::Profile| -> Vec<String> {

@@ -19,16 +19,7 @@ async fn audiences_read_their_workspaces_and_inputs() -> Result<()> {
     let broker = Broker::start()?;
     let topics = Topics::unique("workspaces");
     let dir = tempfile::tempdir()?;
-    let mut engine = Engine::start_with(
-        &broker,
-        &topics,
-        &dir.path().join("engine"),
-        "workspaces",
-        &[
-            ("AUDIENCE_INPUTS", INPUTS),
-            ("AUDIENCE_SOURCE_FIELD", "context.source"),
-        ],
-    )?;
+    let mut engine = start_engine(&broker, &topics, dir.path(), "workspaces", &[])?;
     let ch = engine.ready().await?;
 
     let inputs = pb::audience_service_client::AudienceServiceClient::new(ch.clone())
@@ -240,33 +231,18 @@ async fn audiences_read_their_workspaces_and_inputs() -> Result<()> {
 /// what every workspace shares.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workspace_token_sees_only_its_workspace() -> Result<()> {
-    const TOKEN_B: &str = "app-b-token-0123456789";
     let broker = Broker::start()?;
     let topics = Topics::unique("workspace-tokens");
     let dir = tempfile::tempdir()?;
-    let tokens = format!("e2e={CLUSTER_TOKEN},b={TOKEN_B}");
-    let mut engine = Engine::start_with(
+    let mut engine = start_engine(
         &broker,
         &topics,
-        &dir.path().join("engine"),
+        dir.path(),
         "workspace-tokens",
-        &[
-            ("AUDIENCE_INPUTS", INPUTS),
-            ("AUDIENCE_SOURCE_FIELD", "context.source"),
-            ("AUDIENCE_TOKENS", &tokens),
-            (
-                "AUDIENCE_TOKEN_SCOPES",
-                "b=read+write+subscribe+workspace:app-b",
-            ),
-        ],
+        &[("b", TOKEN_B, "read+write+subscribe+workspace:app-b")],
     )?;
     let admin = engine.ready().await?;
-    let b = audience_services::auth::ClientOptions {
-        token: Some(TOKEN_B.into()),
-        ..Default::default()
-    }
-    .connect(&engine.grpc)
-    .await?;
+    let b = connect_as(&engine, TOKEN_B).await?;
 
     let play = json!({"event": {"type": "custom_event", "name": "Play"}});
     let ios = create_scoped(&admin, "ios players", play.clone(), &[], &["ios"]).await?;
@@ -406,34 +382,22 @@ async fn a_workspace_token_sees_only_its_workspace() -> Result<()> {
 /// subscribed to and referenced; none is changed but by its owners; a private one is absent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_audiences_are_seen_and_used_as_their_access_says() -> Result<()> {
-    const TOKEN_A: &str = "app-a-token-0123456789";
-    const TOKEN_B: &str = "app-b-token-0123456789";
     let broker = Broker::start()?;
     let topics = Topics::unique("workspace-access");
     let dir = tempfile::tempdir()?;
-    let tokens = format!("e2e={CLUSTER_TOKEN},a={TOKEN_A},b={TOKEN_B}");
-    let mut engine = Engine::start_with(
+    let mut engine = start_engine(
         &broker,
         &topics,
-        &dir.path().join("engine"),
+        dir.path(),
         "workspace-access",
         &[
-            ("AUDIENCE_INPUTS", INPUTS),
-            ("AUDIENCE_SOURCE_FIELD", "context.source"),
-            ("AUDIENCE_TOKENS", &tokens),
-            (
-                "AUDIENCE_TOKEN_SCOPES",
-                "a=read+write+subscribe+workspace:app-a,b=read+write+subscribe+workspace:app-b",
-            ),
+            ("a", TOKEN_A, "read+write+subscribe+workspace:app-a"),
+            ("b", TOKEN_B, "read+write+subscribe+workspace:app-b"),
         ],
     )?;
     let admin = engine.ready().await?;
-    let connect = |token: &str| audience_services::auth::ClientOptions {
-        token: Some(token.into()),
-        ..Default::default()
-    };
-    let a = connect(TOKEN_A).connect(&engine.grpc).await?;
-    let b = connect(TOKEN_B).connect(&engine.grpc).await?;
+    let a = connect_as(&engine, TOKEN_A).await?;
+    let b = connect_as(&engine, TOKEN_B).await?;
     let mut as_a = pb::audience_service_client::AudienceServiceClient::new(a.clone());
     let mut as_b = pb::audience_service_client::AudienceServiceClient::new(b.clone());
 
