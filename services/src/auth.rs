@@ -256,8 +256,8 @@ pub struct Authenticator {
     catalog: Option<Arc<TokenCheck>>,
 }
 
-/// A check of a presented token against another set than the configuration's: its name,
-/// scopes and workspaces when it holds it.
+/// A check of a presented token against another set than the configuration's (the catalog's):
+/// what that set says of it, `None` when it does not hold it.
 pub type TokenCheck = dyn Fn(&str) -> Option<CatalogVerdict> + Send + Sync;
 
 /// The token a call came with, in the request's extensions: its name (who made a change) and

@@ -3,7 +3,8 @@
 //! node's partitions, and every other live node's, asked for theirs).
 //!
 //! Invariants, for a token limited to workspaces ([`crate::workspace_view`]):
-//! - an audience it does not see answers as absent (NOT_FOUND);
+//! - an audience it does not see answers as absent (NOT_FOUND); one this node's catalog does
+//!   not hold yet is another node's fresh creation, whose figures it asks for, and is answered;
 //! - members, histories and figures name only what it sees: the members of an audience it
 //!   does not own are filtered to the profiles seen in its workspaces (those of an audience it
 //!   owns all are: the audience's gate admits only profiles seen in its workspaces), and a
@@ -225,16 +226,17 @@ impl Services {
         let caller = req.metadata().clone();
         let view = WorkspaceView::of(&req);
         let ids = req.into_inner().audience_ids;
-        for &id in &ids {
-            self.seen_audience(&view, id)?;
-        }
+        // An audience this node's catalog does not hold yet (another node created it a moment
+        // ago and asks for this node's figures) is answered as before, not as absent.
         let catalog = self.node.engine.catalog.load();
+        let seen = |id: u64| catalog.record(id).is_none_or(|a| view.sees_audience(a));
+        if let Some(hidden) = ids.iter().find(|id| !seen(**id)) {
+            return Err(Status::not_found(format!("audience {hidden} not found")));
+        }
         let figures = self.cluster_figures(&caller, &ids).await?;
         let mut audiences: Vec<pb::ConnectorAudienceStats> = figures
             .iter()
-            .filter(|(id, _)| {
-                !view.is_limited() || catalog.record(**id).is_some_and(|a| view.sees_audience(a))
-            })
+            .filter(|(id, _)| seen(**id))
             .map(|(id, f)| pb::ConnectorAudienceStats {
                 audience_id: *id,
                 stats: Some(convert::stats(f)),

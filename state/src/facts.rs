@@ -106,11 +106,12 @@ pub fn encode_facts(p: &ProfileState) -> Vec<u8> {
         install_attribution: &p.install_attribution,
         uninstall_attribution: &p.uninstall_attribution,
     };
-    let per_workspace = PerWorkspace {
-        attributes: &p.workspace_attributes,
-        identities: &p.workspace_identities,
-    };
-    framed(&facts, &p.workspaces, &per_workspace)
+    framed(
+        &facts,
+        &p.workspaces,
+        &p.workspace_attributes,
+        &p.workspace_identities,
+    )
 }
 
 /// A facts record: the format byte, the format 1 fields, the workspaces, then what each
@@ -118,12 +119,17 @@ pub fn encode_facts(p: &ProfileState) -> Vec<u8> {
 fn framed(
     facts: &impl Serialize,
     workspaces: &BTreeSet<String>,
-    per_workspace: &PerWorkspace<'_>,
+    attributes: &WorkspaceAttributes,
+    identities: &WorkspaceIdentities,
 ) -> Vec<u8> {
     let out =
         postcard::to_extend(facts, vec![FACTS_FORMAT]).expect("profile facts always serialise");
     let out = postcard::to_extend(workspaces, out).expect("profile facts always serialise");
-    postcard::to_extend(per_workspace, out).expect("profile facts always serialise")
+    let per_workspace = PerWorkspace {
+        attributes,
+        identities,
+    };
+    postcard::to_extend(&per_workspace, out).expect("profile facts always serialise")
 }
 
 impl ProfileFacts {
@@ -149,31 +155,28 @@ impl ProfileFacts {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let per_workspace = PerWorkspace {
-            attributes: &self.workspace_attributes,
-            identities: &self.workspace_identities,
-        };
-        framed(self, &self.workspaces, &per_workspace)
+        framed(
+            self,
+            &self.workspaces,
+            &self.workspace_attributes,
+            &self.workspace_identities,
+        )
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         match bytes.split_first() {
-            Some((&FACTS_FORMAT, rest)) => {
+            Some((&format @ (FACTS_FORMAT | FACTS_FORMAT_2), rest)) => {
                 let (mut facts, rest) =
                     postcard::take_from_bytes::<ProfileFacts>(rest).map_err(|e| e.to_string())?;
                 let (workspaces, rest) =
                     postcard::take_from_bytes(rest).map_err(|e| e.to_string())?;
                 facts.workspaces = workspaces;
-                let per_workspace: PerWorkspaceOwned =
-                    postcard::from_bytes(rest).map_err(|e| e.to_string())?;
-                facts.workspace_attributes = per_workspace.attributes;
-                facts.workspace_identities = per_workspace.identities;
-                Ok(facts)
-            }
-            Some((&FACTS_FORMAT_2, rest)) => {
-                let (mut facts, rest) =
-                    postcard::take_from_bytes::<ProfileFacts>(rest).map_err(|e| e.to_string())?;
-                facts.workspaces = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+                if format == FACTS_FORMAT {
+                    let per_workspace: PerWorkspaceOwned =
+                        postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+                    facts.workspace_attributes = per_workspace.attributes;
+                    facts.workspace_identities = per_workspace.identities;
+                }
                 Ok(facts)
             }
             Some((&FACTS_FORMAT_1, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),

@@ -106,10 +106,7 @@ impl Node {
                 test,
                 workspace,
             } => {
-                let values = match workspace {
-                    Some(w) => profile.identities_in(w, identity_type),
-                    None => profile.identities.get(identity_type),
-                };
+                let values = profile.identities_from(workspace.as_deref(), identity_type);
                 let matched = match (test, values) {
                     (Test::Not(inner), _) => !any_identity(inner, values),
                     (t, v) => any_identity(t, v),

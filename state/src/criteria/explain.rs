@@ -109,10 +109,7 @@ impl Node {
                     ),
                     None => format!("identity {identity_type} {}", test_words(test)),
                 },
-                match workspace.as_ref().map_or_else(
-                    || profile.identities.get(identity_type),
-                    |w| profile.identities_in(w, identity_type),
-                ) {
+                match profile.identities_from(workspace.as_deref(), identity_type) {
                     Some(values) if !values.is_empty() => format!(
                         "the value is {}",
                         values

@@ -130,8 +130,9 @@ impl ProfileState {
         changes: &mut ChangeSet,
         logged: &mut LoggedMessage<'b>,
     ) {
-        let parts = &mut logged.parts;
+        // The workspace whose copy of the profile's data the batch's parts also change.
         let workspace = batch.input.as_ref().map(|tag| tag.workspace.as_str());
+        let parts = &mut logged.parts;
         for (identity_type, value) in &batch.user_identities {
             if self.set_identity(identity_type, value, workspace, changes) {
                 parts
@@ -249,7 +250,6 @@ impl ProfileState {
             self.apply_event(event, now, batch.input.as_ref(), catalog, changes, logged);
         }
         let parts = &mut logged.parts;
-        let workspace = batch.input.as_ref().map(|tag| tag.workspace.as_str());
         for (name, value) in &batch.user_attributes {
             if self.set_attribute(name, Some(value.clone()), workspace, changes) {
                 parts.user_attributes.push((name.clone(), value.clone()));
@@ -428,25 +428,27 @@ impl ProfileState {
         changes: &mut ChangeSet,
     ) -> bool {
         let key = name.to_lowercase();
-        let mut changed = set_in(&mut self.attributes, &key, name, value.clone());
-        if let Some(workspace) = workspace {
-            let kept = match self.workspace_attributes.get_mut(workspace) {
-                Some(kept) => kept,
-                None if value.is_none() => return finish(changed, key, changes),
-                None => self
-                    .workspace_attributes
-                    .entry(workspace.to_string())
-                    .or_default(),
-            };
-            changed |= set_in(kept, &key, name, value);
-            if kept.is_empty() {
-                self.workspace_attributes.remove(workspace);
+        let changed = match workspace {
+            // Unstamped: the value moves into the profile, uncopied.
+            None => set_in(&mut self.attributes, &key, name, value),
+            Some(workspace) => {
+                let mut changed = set_in(&mut self.attributes, &key, name, value.clone());
+                if value.is_some() || self.workspace_attributes.contains_key(workspace) {
+                    let kept = of_workspace(&mut self.workspace_attributes, workspace);
+                    changed |= set_in(kept, &key, name, value);
+                    if kept.is_empty() {
+                        self.workspace_attributes.remove(workspace);
+                    }
+                }
+                changed
             }
+        };
+        if changed {
+            changes.attributes.insert(key);
         }
-        finish(changed, key, changes)
+        changed
     }
 
-    /// Sets an identity a batch carries; whether the profile changed.
     /// Sets an identity a batch carries, in the profile and in the identities of `workspace`
     /// (that of the message's input, if any); whether the profile changed.
     fn set_identity(
@@ -462,10 +464,7 @@ impl ProfileState {
         }
         let mut changed = set_identity_in(&mut self.identities, &identity_type, value);
         if let Some(workspace) = workspace {
-            let kept = self
-                .workspace_identities
-                .entry(workspace.to_string())
-                .or_default();
+            let kept = of_workspace(&mut self.workspace_identities, workspace);
             changed |= set_identity_in(kept, &identity_type, value);
         }
         if changed {
@@ -485,10 +484,7 @@ impl ProfileState {
         let identity_type = change.identity_type.to_lowercase();
         let mut changed = change_identity_in(&mut self.identities, &identity_type, change);
         if let Some(workspace) = workspace {
-            let kept = self
-                .workspace_identities
-                .entry(workspace.to_string())
-                .or_default();
+            let kept = of_workspace(&mut self.workspace_identities, workspace);
             changed |= change_identity_in(kept, &identity_type, change);
             if kept.is_empty() {
                 self.workspace_identities.remove(workspace);
@@ -728,10 +724,12 @@ fn set_identity_in(
     identity_type: &str,
     value: &str,
 ) -> bool {
-    let values = identities.entry(identity_type.to_string()).or_default();
-    if values.iter().any(|v| v == value) {
+    // The common case, an SDK repeating what it sent before, allocates nothing.
+    let known = identities.get(identity_type);
+    if known.is_some_and(|values| values.iter().any(|v| v == value)) {
         return false;
     }
+    let values = identities.entry(identity_type.to_string()).or_default();
     if DEVICE_IDENTITY_TYPES.contains(&identity_type) {
         values.push(value.to_string());
     } else {
@@ -764,10 +762,10 @@ fn change_identity_in(
     changed
 }
 
-/// Notes a changed attribute among the changes; whether it changed.
-fn finish(changed: bool, key: String, changes: &mut ChangeSet) -> bool {
-    if changed {
-        changes.attributes.insert(key);
+/// The copy a workspace keeps, made empty the first time (its name is allocated only then).
+fn of_workspace<'m, V: Default>(kept: &'m mut BTreeMap<String, V>, workspace: &str) -> &'m mut V {
+    if !kept.contains_key(workspace) {
+        kept.insert(workspace.to_string(), V::default());
     }
-    changed
+    kept.get_mut(workspace).expect("inserted above")
 }

@@ -208,6 +208,18 @@ impl ProfileState {
         self.workspace_identities.get(workspace)?.get(identity_type)
     }
 
+    /// The values of an identity type as `workspace` keeps them, or the profile's (`None`).
+    pub fn identities_from(
+        &self,
+        workspace: Option<&str>,
+        identity_type: &str,
+    ) -> Option<&Vec<String>> {
+        match workspace {
+            Some(w) => self.identities_in(w, identity_type),
+            None => self.identities.get(identity_type),
+        }
+    }
+
     /// The attribute as the messages of `workspace`'s inputs set it.
     pub fn attribute_in(&self, workspace: &str, lowercase_name: &str) -> Option<&AttrValue> {
         self.workspace_attributes
@@ -305,25 +317,20 @@ impl ProfileState {
     /// format; its derived parts come from [`ProfileState::set_derived`].
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         match bytes.split_first() {
-            Some((&CORE_FORMAT, rest)) => {
+            Some((&format @ (CORE_FORMAT | CORE_FORMAT_5), rest)) => {
                 let (core, rest) =
                     postcard::take_from_bytes::<Core>(rest).map_err(|e| e.to_string())?;
                 let mut profile = ProfileState::from(core);
                 let (workspaces, rest) =
                     postcard::take_from_bytes(rest).map_err(|e| e.to_string())?;
                 profile.workspaces = workspaces;
-                let (attributes, rest) =
-                    postcard::take_from_bytes(rest).map_err(|e| e.to_string())?;
-                profile.workspace_attributes = attributes;
-                profile.workspace_identities =
-                    postcard::from_bytes(rest).map_err(|e| e.to_string())?;
-                Ok(profile)
-            }
-            Some((&CORE_FORMAT_5, rest)) => {
-                let (core, rest) =
-                    postcard::take_from_bytes::<Core>(rest).map_err(|e| e.to_string())?;
-                let mut profile = ProfileState::from(core);
-                profile.workspaces = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+                if format == CORE_FORMAT {
+                    let (attributes, rest) =
+                        postcard::take_from_bytes(rest).map_err(|e| e.to_string())?;
+                    profile.workspace_attributes = attributes;
+                    profile.workspace_identities =
+                        postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+                }
                 Ok(profile)
             }
             Some((&CORE_FORMAT_4, rest)) => postcard::from_bytes::<Core>(rest)
