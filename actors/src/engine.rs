@@ -2,6 +2,7 @@
 //! configuration, the live figures, and the wake-ups of the outbox readers.
 
 use crate::clock::Clock;
+use crate::latency::{Caused, DeltaLatency, LatencyWindow};
 use crate::stats::{ChangeWindow, Figures};
 use arc_swap::ArcSwap;
 use audience_state::catalog::Catalog;
@@ -16,8 +17,9 @@ use tokio::sync::watch;
 /// Engine settings the actors read.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
-    pub events_topic: String,
-    pub identities_topic: String,
+    /// The topics the engine consumes, co-partitioned by MPID: the events and the identities
+    /// topics, then the topics inputs claim. A partition keeps its next offset in each.
+    pub input_topics: Vec<String>,
     pub deltas_topic: String,
     pub dead_letter_topic: String,
     pub retention_ms: i64,
@@ -89,8 +91,7 @@ impl Quotas {
 impl Default for EngineSettings {
     fn default() -> Self {
         EngineSettings {
-            events_topic: "audience-events".into(),
-            identities_topic: "audience-identities".into(),
+            input_topics: vec!["audience-events".into(), "audience-identities".into()],
             deltas_topic: "audience-deltas".into(),
             dead_letter_topic: "audience-dead-letters".into(),
             retention_ms: 30 * audience_state::model::DAY_MS,
@@ -201,6 +202,8 @@ pub struct Engine {
     pub counters: Counters,
     /// Adds and drops of the last 24 hours, fed by partition actors after each commit.
     pub changes: Mutex<ChangeWindow>,
+    /// Each audience's delta latencies of the last minutes, fed likewise.
+    pub latencies: Mutex<LatencyWindow>,
     /// Partitions with an outbox on this node.
     pub partitions: Mutex<BTreeSet<Partition>>,
     /// Partitions another node claimed while this one wrote them (its changelog units were
@@ -270,6 +273,7 @@ impl Engine {
             settings,
             counters: Counters::default(),
             changes: Mutex::new(changes),
+            latencies: Mutex::new(LatencyWindow::new(std::time::Instant::now())),
             partitions: Mutex::new(partitions),
             fenced: Mutex::new(BTreeSet::new()),
             cluster_id: Default::default(),
@@ -329,6 +333,39 @@ impl Engine {
             .fetch_add(deltas.len() as u64, Ordering::Relaxed);
         metrics::counter!("audience_deltas_emitted_total").increment(deltas.len() as u64);
         self.wake_outbox_readers();
+    }
+
+    /// Times the deltas of a committed unit of work that messages `caused`, into the window
+    /// and Prometheus (`audience_delta_latency_seconds{audience, from="event"|"produce"}`).
+    pub fn note_latencies(&self, deltas: &[Delta], caused: &Caused) {
+        if caused.is_empty() {
+            return;
+        }
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let now = (self.clock.now(), wall_ms);
+        let mut window = self.latencies.lock();
+        for timed in window.note(deltas, caused, now, std::time::Instant::now()) {
+            let audience = window.label(timed.audience);
+            for (from, ms) in [
+                ("event", timed.from_event_ms),
+                ("produce", timed.from_produce_ms),
+            ] {
+                if let Some(ms) = ms {
+                    metrics::histogram!("audience_delta_latency_seconds",
+                        "audience" => audience.clone(), "from" => from)
+                    .record(ms as f64 / 1000.0);
+                }
+            }
+        }
+    }
+
+    /// The delta latencies of audiences over this node's window (see [`crate::latency`]).
+    pub fn latencies(&self, ids: &[AudienceId]) -> HashMap<AudienceId, DeltaLatency> {
+        let now = std::time::Instant::now();
+        let mut window = self.latencies.lock();
+        ids.iter().map(|&id| (id, window.of(id, now))).collect()
     }
 
     /// The audiences of `active` (id, revision) being calculated in the `partitions` this

@@ -202,7 +202,10 @@ pub struct IngestConfig {
     /// The node's id: its client id in the group, which names it in the group's description.
     pub client_id: String,
     pub topics: Vec<String>,
+    /// A poll batch ends at this many messages or at `max_batch_bytes` of keys and payloads
+    /// ([`BatchBudget`]).
     pub max_batch: usize,
+    pub max_batch_bytes: usize,
     /// The engine assigns the partitions ([`crate::self_assignment`]): the consumer is never
     /// subscribed, and restored partitions are added to its assignment incrementally.
     pub self_assigned: bool,
@@ -258,7 +261,45 @@ fn to_raw(m: &rdkafka::message::BorrowedMessage<'_>) -> RawMessage {
         key: m.key().map(<[u8]>::to_vec),
         payload: m.payload().map(<[u8]>::to_vec),
         content_type,
+        timestamp_ms: m.timestamp().to_millis(),
     }
+}
+
+/// When a poll batch is full: at `max_messages` records, or once their keys and payloads reach
+/// `max_bytes`, whichever comes first. Messages are copied as they are gathered, so the byte
+/// budget bounds the memory of a batch of large records (each at most what the broker serves);
+/// the record that crosses it is in the batch (it was received), and a batch always holds one.
+#[derive(Debug, Clone, Copy)]
+struct BatchBudget {
+    messages: usize,
+    bytes: usize,
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+impl BatchBudget {
+    fn new(max_messages: usize, max_bytes: usize) -> BatchBudget {
+        BatchBudget {
+            messages: 0,
+            bytes: 0,
+            max_messages: max_messages.max(1),
+            max_bytes: max_bytes.max(1),
+        }
+    }
+
+    fn add(&mut self, bytes: usize) {
+        self.messages += 1;
+        self.bytes = self.bytes.saturating_add(bytes);
+    }
+
+    fn full(&self) -> bool {
+        self.messages >= self.max_messages || self.bytes >= self.max_bytes
+    }
+}
+
+/// What a record costs a batch: its key and payload, as [`to_raw`] copies them.
+fn record_bytes(m: &rdkafka::message::BorrowedMessage<'_>) -> usize {
+    m.key_len() + m.payload_len()
 }
 
 /// A record received, unless the broker skipped records before it since the consumer was
@@ -461,7 +502,6 @@ pub async fn run(
     mut restored: Option<mpsc::UnboundedReceiver<(Partition, u64)>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let max_batch = config.max_batch;
     let mut last_reassignment: Option<std::time::Instant> = None;
     let mut quiet = tokio::time::interval(crate::input_positions::QUIET);
     quiet.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -504,8 +544,10 @@ pub async fn run(
         // The rebalance callbacks run inside `recv`, before it returns a message: each message
         // is tagged with its partition's epoch when its `recv` returned (see `dispatchable`).
         let mut gathered: Vec<(Option<u64>, RawMessage)> = Vec::new();
+        let mut budget = BatchBudget::new(config.max_batch, config.max_batch_bytes);
         match first {
             Ok(m) => {
+                budget.add(record_bytes(&m));
                 if let Some(raw) = admit(&consumer, &m) {
                     gathered.push((node.epoch(m.partition() as Partition), raw));
                 }
@@ -517,14 +559,13 @@ pub async fn run(
                 continue;
             }
         }
-        let mut count = 1;
-        while count < max_batch {
+        while !budget.full() {
             match consumer.recv().now_or_never() {
                 Some(Ok(m)) => {
+                    budget.add(record_bytes(&m));
                     if let Some(raw) = admit(&consumer, &m) {
                         gathered.push((node.epoch(m.partition() as Partition), raw));
                     }
-                    count += 1;
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "consumer error");
@@ -587,7 +628,38 @@ mod tests {
             key: None,
             payload: Some(b"{}".to_vec()),
             content_type: None,
+            timestamp_ms: None,
         }
+    }
+
+    /// A batch ends at its message count or its byte budget, whichever comes first; the
+    /// record that crosses the budget is in it, and one record larger than the budget is a
+    /// batch of its own.
+    #[test]
+    fn a_batch_ends_at_its_count_or_its_bytes() {
+        let mut by_count = BatchBudget::new(3, 1 << 20);
+        for _ in 0..2 {
+            by_count.add(100);
+            assert!(!by_count.full());
+        }
+        by_count.add(100);
+        assert!(by_count.full(), "three records of 100 bytes");
+
+        let mut by_bytes = BatchBudget::new(2000, 1000);
+        let mut gathered = 0;
+        while !by_bytes.full() {
+            by_bytes.add(300);
+            gathered += 1;
+        }
+        assert_eq!(gathered, 4, "1,200 bytes: the fourth record crossed 1,000");
+
+        let mut huge = BatchBudget::new(2000, 1000);
+        huge.add(5000);
+        assert!(huge.full(), "one record over the budget is a batch alone");
+        assert!(
+            BatchBudget::new(0, 0).max_messages == 1,
+            "a batch holds at least one"
+        );
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //!   order (cluster step 1; not wired into the registries yet);
 //! - [`cluster_view`]: every node's announcements on the members topic, as `audiencectl
 //!   cluster` shows them;
-//! - [`engine`], [`clock`], [`stats`]: shared state, the injectable clock, 24-hour figures.
+//! - [`engine`], [`clock`], [`stats`]: shared state, the injectable clock, 24-hour figures;
+//!   [`latency`]: each audience's event-to-delta and produce-to-delta latencies.
 //!
 //! Invariant: nothing on the per-event path waits on another actor; the only awaited replies
 //! are per poll batch (ingest waits for the partition actors' writes before polling again).
@@ -38,6 +39,7 @@ pub mod engine;
 pub mod geoip;
 pub mod ingest;
 pub mod input_positions;
+pub mod latency;
 pub mod network_guard;
 pub mod node;
 pub mod output_kinds;

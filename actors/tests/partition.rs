@@ -17,6 +17,13 @@ fn message(offset: i64, body: serde_json::Value) -> RawMessage {
         key: None,
         payload: Some(body.to_string().into_bytes()),
         content_type: None,
+        // Produced just now, by the wall clock.
+        timestamp_ms: Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64,
+        ),
     }
 }
 
@@ -31,8 +38,7 @@ fn setup(dir: &std::path::Path) -> (Arc<Engine>, Arc<Clock>) {
         .unwrap();
     let clock = Arc::new(Clock::new(true));
     let settings = EngineSettings {
-        events_topic: "events".into(),
-        identities_topic: "identities".into(),
+        input_topics: vec!["events".into(), "identities".into()],
         ..Default::default()
     };
     (Engine::new(store, clock.clone(), settings).unwrap(), clock)
@@ -99,6 +105,14 @@ async fn replayed_offsets_change_nothing_and_timers_drop_members() {
     actor.send(Tick).await.unwrap();
     let deltas = engine.store.read_outbox(0, 2, 10).unwrap();
     assert_eq!(deltas.len(), 2, "{deltas:?}");
+    // The two joins were caused by messages and timed, from their events and their records;
+    // the two drops of time passing are not.
+    let timed = engine.latencies(&[1]).remove(&1).unwrap();
+    assert_eq!(
+        (timed.from_event.count(), timed.from_produce.count()),
+        (2, 2)
+    );
+    assert!(timed.from_produce.quantile_ms(1.0).unwrap() < 60_000.0);
     assert!(deltas
         .iter()
         .all(|(_, d)| d.kind == DeltaKind::Dropped && d.version == 2));

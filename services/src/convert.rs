@@ -1,6 +1,7 @@
 //! Conversions between the domain and the wire: protobuf `Struct` to JSON, records and
 //! profiles to their messages, and the one mapping of errors to gRPC statuses.
 
+use audience_actors::latency::{DeltaLatency, Histogram};
 use audience_actors::registry::RegistryError;
 use audience_actors::stats::Figures;
 use audience_proto::v1 as pb;
@@ -68,16 +69,45 @@ fn json_to_value(v: &serde_json::Value) -> prost_types::Value {
     prost_types::Value { kind: Some(kind) }
 }
 
-pub fn stats(f: &Figures) -> pb::AudienceStats {
+/// An audience's figures, with its delta latencies when they are known (a subscriber's own
+/// figures have none).
+pub fn stats(f: &Figures, latency: Option<&DeltaLatency>) -> pb::AudienceStats {
     pb::AudienceStats {
         size: f.size,
         adds_24h: f.adds_24h,
         drops_24h: f.drops_24h,
         volatility_24h: f.volatility_24h,
+        event_to_delta: latency.map(|l| delta_latency(&l.from_event)),
+        produce_to_delta: latency.map(|l| delta_latency(&l.from_produce)),
     }
 }
 
-pub fn audience(r: &AudienceRecord, figures: Option<&Figures>) -> pb::Audience {
+pub fn delta_latency(h: &Histogram) -> pb::DeltaLatency {
+    let q = |q: f64| h.quantile_ms(q).unwrap_or(0.0);
+    pb::DeltaLatency {
+        count: h.count(),
+        p50_ms: q(0.5),
+        p99_ms: q(0.99),
+        p999_ms: q(0.999),
+        buckets: h.buckets().iter().map(|(i, n)| (*i, *n)).collect(),
+    }
+}
+
+/// What a peer's answer says of an audience's latencies.
+pub fn latency_of(stats: &pb::AudienceStats) -> DeltaLatency {
+    let histogram = |l: &Option<pb::DeltaLatency>| {
+        Histogram::from_buckets(
+            l.iter()
+                .flat_map(|l| l.buckets.iter().map(|(i, n)| (*i, *n))),
+        )
+    };
+    DeltaLatency {
+        from_event: histogram(&stats.event_to_delta),
+        from_produce: histogram(&stats.produce_to_delta),
+    }
+}
+
+pub fn audience(r: &AudienceRecord, figures: Option<&(Figures, DeltaLatency)>) -> pb::Audience {
     pb::Audience {
         id: r.id,
         name: r.name.clone(),
@@ -91,7 +121,7 @@ pub fn audience(r: &AudienceRecord, figures: Option<&Figures>) -> pb::Audience {
         created_at_ms: r.created_at_ms,
         updated_at_ms: r.updated_at_ms,
         revision: r.revision,
-        stats: figures.map(stats),
+        stats: figures.map(|(f, latency)| stats(f, Some(latency))),
         connected_outputs: 0,
         faulted_connections: 0,
         calculation: None,

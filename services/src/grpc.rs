@@ -679,7 +679,7 @@ impl pb::membership_service_server::MembershipService for Services {
                     .iter()
                     .map(|(id, f)| pb::ConnectorAudienceStats {
                         audience_id: *id,
-                        stats: Some(convert::stats(f)),
+                        stats: Some(convert::stats(f, None)),
                     })
                     .collect(),
             })

@@ -3,6 +3,7 @@
 
 use crate::convert;
 use crate::grpc::Services;
+use audience_actors::latency::DeltaLatency;
 use audience_actors::stats::Figures;
 use audience_proto::v1 as pb;
 use audience_state::catalog::AudienceStatus;
@@ -11,16 +12,22 @@ use tonic::metadata::MetadataMap;
 use tonic::{Response, Status};
 
 impl Services {
-    /// Size, adds and drops of the last 24 hours of audiences, over the whole cluster: this
-    /// node's partitions, and every other live node's (asked for theirs).
+    /// Size, adds and drops of the last 24 hours of audiences, and their delta latencies of
+    /// the last minutes, over the whole cluster: this node's partitions, and every other live
+    /// node's (asked for theirs).
     pub(crate) async fn cluster_figures(
         &self,
         caller: &MetadataMap,
         ids: &[u64],
-    ) -> Result<HashMap<u64, Figures>, Status> {
-        let mut sums: HashMap<u64, (u64, u64, u64)> = HashMap::new();
-        for (id, f) in self.node.engine.figures(ids).map_err(convert::internal)? {
-            sums.insert(id, (f.size, f.adds_24h, f.drops_24h));
+    ) -> Result<HashMap<u64, (Figures, DeltaLatency)>, Status> {
+        let engine = &self.node.engine;
+        let mut sums: HashMap<u64, ((u64, u64, u64), DeltaLatency)> = HashMap::new();
+        let figures = engine.figures(ids).map_err(convert::internal)?;
+        let ids_here: Vec<u64> = figures.iter().map(|(id, _)| *id).collect();
+        let mut latencies = engine.latencies(&ids_here);
+        for (id, f) in figures {
+            let latency = latencies.remove(&id).unwrap_or_default();
+            sums.insert(id, ((f.size, f.adds_24h, f.drops_24h), latency));
         }
         let peers = self.peers.others(caller).await?;
         let asked = pb::GetAudienceStatsRequest {
@@ -39,17 +46,21 @@ impl Services {
             .await?;
         for answer in answers {
             for a in answer.audiences {
-                let (Some(stats), Some(sum)) = (a.stats, sums.get_mut(&a.audience_id)) else {
+                let (Some(stats), Some((sum, latency))) = (a.stats, sums.get_mut(&a.audience_id))
+                else {
                     continue;
                 };
                 sum.0 += stats.size;
                 sum.1 += stats.adds_24h;
                 sum.2 += stats.drops_24h;
+                latency.merge(&convert::latency_of(&stats));
             }
         }
         Ok(sums
             .into_iter()
-            .map(|(id, (size, adds, drops))| (id, Figures::new(size, adds, drops)))
+            .map(|(id, ((size, adds, drops), latency))| {
+                (id, (Figures::new(size, adds, drops), latency))
+            })
             .collect())
     }
 

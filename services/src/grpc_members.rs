@@ -237,9 +237,9 @@ impl Services {
         let mut audiences: Vec<pb::ConnectorAudienceStats> = figures
             .iter()
             .filter(|(id, _)| seen(**id))
-            .map(|(id, f)| pb::ConnectorAudienceStats {
+            .map(|(id, (f, latency))| pb::ConnectorAudienceStats {
                 audience_id: *id,
-                stats: Some(convert::stats(f)),
+                stats: Some(convert::stats(f, Some(latency))),
             })
             .collect();
         audiences.sort_by_key(|a| a.audience_id);

@@ -56,6 +56,33 @@ pub async fn ensure_topics(
     Ok(refused)
 }
 
+/// The input topics share the events topic's partition count (they are co-partitioned by
+/// MPID: partition p of each is partition p's state), or the engine does not start: a profile's
+/// messages in two partitions would make two profiles. A topic that shows no partition yet
+/// (not created) is read once it has them.
+fn check_co_partitioned(topics: &[String], partitions: &[i32]) -> anyhow::Result<()> {
+    let events = (&topics[0], partitions[0]);
+    for (topic, &n) in topics.iter().zip(partitions).skip(1) {
+        if n == 0 {
+            tracing::warn!(
+                topic,
+                "an input topic shows no partition: its messages are read once it has"
+            );
+        } else if events.1 > 0 && n != events.1 {
+            anyhow::bail!(
+                "input topic {topic} has {n} partitions and the events topic {} has {}: the \
+                 input topics are co-partitioned by MPID (partition p of each holds the \
+                 messages of partition p's profiles), so they need one count (recreate {topic} \
+                 with {} partitions)",
+                events.0,
+                events.1,
+                events.1
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Creates the audiences of a folder (in file name order) whose names do not exist yet.
 async fn load_audiences(registry: &Registry, dir: &std::path::Path) -> anyhow::Result<()> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -345,16 +372,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(%addr, "prometheus metrics at /metrics");
     }
 
+    // The topics consumed (events, identities, and those inputs claim), in the order every
+    // reader of offsets takes them.
+    let input_topics = config.input_topics();
     // The embedded broker lives as long as the node: demos only, never for real data.
     let mut _embedded = None;
     let bootstrap = if config.kafka.bootstrap_servers == "embedded" {
         let cluster = rdkafka::mocking::MockCluster::new(1)?;
-        for t in [
-            &config.kafka.events_topic,
-            &config.kafka.identities_topic,
-            &config.kafka.deltas_topic,
-            &config.kafka.dead_letter_topic,
-        ] {
+        for t in input_topics
+            .iter()
+            .chain([&config.kafka.deltas_topic, &config.kafka.dead_letter_topic])
+        {
             cluster.create_topic(t, config.kafka.partitions, 1)?;
         }
         cluster.create_topic(&config.catalog.topic, 1, 1)?;
@@ -368,14 +396,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         if config.kafka.create_topics {
             // A cluster may refuse (replication policy, ACLs) topics an operator creates
             // otherwise: say so and go on; a topic really missing shows as consumer errors.
+            let topics: Vec<&str> = input_topics
+                .iter()
+                .chain([&config.kafka.deltas_topic, &config.kafka.dead_letter_topic])
+                .map(String::as_str)
+                .collect();
             let refused = ensure_topics(
                 &config.kafka.bootstrap_servers,
-                &[
-                    &config.kafka.events_topic,
-                    &config.kafka.identities_topic,
-                    &config.kafka.deltas_topic,
-                    &config.kafka.dead_letter_topic,
-                ],
+                &topics,
                 config.kafka.partitions,
             )
             .await?;
@@ -431,38 +459,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let registry = Arc::new(Registry::new(node.clone(), catalog.clone()));
     // Partition p's deltas go to the deltas topic's partition p when it has one for each
     // input partition: what a cluster's subscriptions read (from any node, every partition).
-    // The topics consumed, in the order every reader of offsets takes them.
-    let input_topics = vec![
-        config.kafka.events_topic.clone(),
-        config.kafka.identities_topic.clone(),
-    ];
     let deltas_topic = audience_actors::deltas_tail::DeltasTopic {
         kafka: audience_actors::catalog_topic::client_config(&bootstrap, &config.kafka.properties),
         topic: config.kafka.deltas_topic.clone(),
     };
-    let deltas_by_partition = {
+    let (input_partitions, deltas_partitions) = {
         let topic = deltas_topic.clone();
-        let events = config.kafka.events_topic.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(i32, i32)> {
+        let inputs = input_topics.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<i32>, i32)> {
             use audience_actors::catalog_topic::partition_count;
             use rdkafka::consumer::Consumer;
             let consumer = topic.consumer().map_err(anyhow::Error::msg)?;
+            let mut counts = (Vec::new(), 0);
             // A topic just created may take a moment to show its partitions.
             for _ in 0..50 {
-                let counts = (
-                    partition_count(consumer.client(), &events)?,
-                    partition_count(consumer.client(), &topic.topic)?,
-                );
-                if counts.0 > 0 && counts.1 > 0 {
-                    return Ok(counts);
+                counts.0 = inputs
+                    .iter()
+                    .map(|t| partition_count(consumer.client(), t))
+                    .collect::<Result<_, _>>()?;
+                counts.1 = partition_count(consumer.client(), &topic.topic)?;
+                if counts.0.iter().all(|&n| n > 0) && counts.1 > 0 {
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            Ok((0, 0))
+            Ok(counts)
         })
         .await??
     };
-    let (events_partitions, deltas_partitions) = deltas_by_partition;
+    let events_partitions = input_partitions[0];
+    check_co_partitioned(&input_topics, &input_partitions)?;
     let deltas_by_partition = events_partitions > 0 && deltas_partitions >= events_partitions;
     if !deltas_by_partition {
         let why = format!(
@@ -635,6 +661,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         client_id: node_id(&config),
         topics: input_topics.clone(),
         max_batch: config.engine.max_batch,
+        max_batch_bytes: config.engine.max_batch_bytes,
         self_assigned,
         properties: config.kafka.properties.clone(),
     };

@@ -764,6 +764,24 @@ pub async fn wait_owned_between(channels: &[&Channel], n: usize) -> Result<()> {
     }
 }
 
+/// Waits until the audience is calculated (ACTIVE): messages read from then on are
+/// evaluated as they stream, not by its calculation.
+pub async fn wait_active(ch: &Channel, id: u64) -> Result<()> {
+    let mut client = pb::audience_service_client::AudienceServiceClient::new(ch.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = client
+            .get_audience(pb::GetAudienceRequest { id })
+            .await?
+            .into_inner();
+        if a.status == pb::AudienceStatus::Active as i32 {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "audience {id} still calculating");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until the engine has processed (or dead-lettered) `total` messages since it started.
 pub async fn wait_processed(ch: &Channel, total: u64, timeout: Duration) -> Result<()> {
     wait_processed_between(&[ch], total, timeout).await

@@ -2,12 +2,13 @@
 //! batches' `context.source`, batches through them, scoped audiences and their members.
 
 use crate::CLUSTER_TOKEN;
-use crate::{criteria, custom_event, memberships, Broker, Channel, Engine, Result, Topics};
+use crate::{
+    criteria, custom_event, memberships, wait_active, Broker, Channel, Engine, Result, Topics,
+};
 use audience_proto::v1 as pb;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
 
 /// Secrets of the tokens limited to app-a and app-b.
 pub const TOKEN_A: &str = "app-a-token-0123456789";
@@ -93,22 +94,7 @@ pub async fn create_scoped(
 
 /// Waits until the audience is calculated (ACTIVE), then its members among `mpids`.
 pub async fn members_of(ch: &Channel, id: u64, mpids: &[i64]) -> Result<BTreeSet<i64>> {
-    let mut client = pb::audience_service_client::AudienceServiceClient::new(ch.clone());
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let a = client
-            .get_audience(pb::GetAudienceRequest { id })
-            .await?
-            .into_inner();
-        if a.status == pb::AudienceStatus::Active as i32 {
-            break;
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "audience {id} still calculating"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_active(ch, id).await?;
     let mut out = BTreeSet::new();
     for &mpid in mpids {
         if memberships(ch, mpid).await?.iter().any(|(a, _)| *a == id) {

@@ -27,7 +27,7 @@ async fn stats(ch: &Channel, audience: u64, node_only: bool) -> Result<pb::Audie
         .get_audience_stats(request)
         .await?
         .into_inner();
-    Ok(answer.audiences[0].stats.unwrap_or_default())
+    Ok(answer.audiences[0].stats.clone().unwrap_or_default())
 }
 
 /// Every member, read in pages of `page_size` from one node.
@@ -60,7 +60,7 @@ async fn wait_size(ch: &Channel, audience: u64, size: u64) -> Result<pb::Audienc
         let shown = stats(ch, audience, false).await;
         if let Ok(s) = &shown {
             if s.size == size {
-                return Ok(*s);
+                return Ok(s.clone());
             }
         }
         anyhow::ensure!(
@@ -104,7 +104,7 @@ async fn any_node_answers_for_the_whole_cluster() -> Result<()> {
         .get_audience(pb::GetAudienceRequest { id: gold.id })
         .await?
         .into_inner();
-    assert_eq!(got.stats.map(|s| s.size), Some(USERS as u64));
+    assert_eq!(got.stats.as_ref().map(|s| s.size), Some(USERS as u64));
 
     // Members: every page from one node, both nodes' partitions, each MPID once.
     for ch in [&ch_a, &ch_b] {

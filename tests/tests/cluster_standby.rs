@@ -108,7 +108,7 @@ async fn audience_size(ch: &Channel, audience: u64) -> Result<Option<u64>> {
     Ok(stats
         .audiences
         .first()
-        .and_then(|a| a.stats)
+        .and_then(|a| a.stats.clone())
         .map(|s| s.size))
 }
 

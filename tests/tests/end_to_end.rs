@@ -186,7 +186,7 @@ async fn batches_become_deltas_and_profiles() -> Result<()> {
         })
         .await?
         .into_inner();
-    let s = stats.audiences[0].stats.unwrap();
+    let s = stats.audiences[0].stats.clone().unwrap();
     assert_eq!((s.size, s.adds_24h, s.drops_24h), (0, 2, 2));
 
     // The deltas topic carries the same deltas, with their stable ids.
@@ -263,7 +263,7 @@ async fn batches_become_deltas_and_profiles() -> Result<()> {
         .audiences
         .iter()
         .find(|a| a.audience_id == gold.id)
-        .and_then(|a| a.stats)
+        .and_then(|a| a.stats.clone())
         .expect("gold figures");
     assert_eq!(
         (figures.size, figures.adds_24h, figures.drops_24h),

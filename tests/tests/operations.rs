@@ -71,6 +71,7 @@ async fn health_reflection_metrics_and_lifecycle() -> Result<()> {
 
     // Lifecycle: a member, then save as draft (dropped), then activate (back).
     let gold = create_audience(&ch, "gold", serde_json::json!({"user_attribute": {"name": "tier", "op": "exact_match", "value": "gold"}})).await?;
+    wait_active(&ch, gold.id).await?;
     let producer = broker.producer()?;
     let now = engine_now(&ch).await?;
     produce_json(&producer, &topics.events, &sdk_batch(11, now, vec![])).await?;
@@ -79,6 +80,29 @@ async fn health_reflection_metrics_and_lifecycle() -> Result<()> {
     })
     .await?;
     assert_eq!((added[0].mpid, added[0].version), (11, 1));
+    // The join a message caused is timed, from its event and from its record.
+    let stats = pb::membership_service_client::MembershipServiceClient::new(ch.clone())
+        .get_audience_stats(pb::GetAudienceStatsRequest {
+            audience_ids: vec![gold.id],
+        })
+        .await?
+        .into_inner()
+        .audiences
+        .remove(0)
+        .stats
+        .unwrap_or_default();
+    for (from, latency) in [
+        ("event", stats.event_to_delta.unwrap_or_default()),
+        ("produce", stats.produce_to_delta.unwrap_or_default()),
+    ] {
+        assert_eq!(latency.count, 1, "from {from}: {latency:?}");
+        assert!(
+            latency.p50_ms <= latency.p99_ms
+                && latency.p99_ms < 60_000.0
+                && latency.buckets.len() == 1,
+            "from {from}: {latency:?}"
+        );
+    }
     let mut audiences = pb::audience_service_client::AudienceServiceClient::new(ch.clone());
     let draft = audiences
         .save_as_draft(pb::AudienceIdRequest { id: gold.id })
@@ -125,7 +149,7 @@ async fn health_reflection_metrics_and_lifecycle() -> Result<()> {
         .await?
         .into_inner()
         .audiences;
-    assert_eq!(listed[0].stats.map(|s| s.size), Some(1));
+    assert_eq!(listed[0].stats.as_ref().map(|s| s.size), Some(1));
 
     // Deleting an unknown audience names it; deleting a real one removes it.
     let err = audiences
@@ -152,6 +176,8 @@ async fn health_reflection_metrics_and_lifecycle() -> Result<()> {
         "audience_messages_processed_total",
         "audience_deltas_emitted_total",
         "audience_consumer_lag",
+        "audience_delta_latency_seconds{",
+        "from=\"produce\"",
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }

@@ -1,5 +1,5 @@
-//! The partition actor: owns one partition number (the same partition of the events and the
-//! identities topics, which are co-partitioned by MPID) and hosts the virtual per-MPID state
+//! The partition actor: owns one partition number (the same partition of every input topic:
+//! events, identities and the topics inputs claim, co-partitioned by MPID) and hosts the virtual per-MPID state
 //! machines of the profiles that hash to it.
 //!
 //! Invariants:
@@ -52,6 +52,9 @@ pub struct RawMessage {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub content_type: Option<String>,
+    /// The record's Kafka timestamp (producer's or broker's), in ms: what produce-to-delta
+    /// latency is measured from.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// Apply one poll batch of this partition.
@@ -214,6 +217,8 @@ struct Pending {
     /// Profiles whose log starts again (its head was unreadable): the base it starts over.
     reset_logs: HashMap<Mpid, Vec<u8>>,
     sizes_changed: BTreeSet<AudienceId>,
+    /// The deltas messages caused, timed once committed ([`crate::latency`]).
+    caused: crate::latency::Caused,
     /// A replay's position after this unit of work (`Some(None)`: the replay is done).
     replay_cursor: Option<Option<ReplayCursor>>,
 }
@@ -252,10 +257,7 @@ impl PartitionActor {
         let store = self.engine.store.clone();
         let p = self.partition;
         self.next_offsets.clear();
-        for topic in [
-            &self.engine.settings.events_topic,
-            &self.engine.settings.identities_topic,
-        ] {
+        for topic in &self.engine.settings.input_topics {
             if let Some(o) = store.next_offset(topic, p)? {
                 self.next_offsets.insert(topic.clone(), o);
             }
@@ -581,7 +583,12 @@ impl PartitionActor {
                     affected.retain(|id| !backfilling.contains(id));
                 }
             }
+            let first_delta = pending.deltas.len();
             self.evaluate_profile(mpid, affected, changes.event_time_ms, &ctx, &mut pending)?;
+            if pending.deltas.len() > first_delta {
+                let caused = first_delta..pending.deltas.len();
+                pending.caused.push((caused, message.timestamp_ms));
+            }
             outcome.applied += 1;
             metrics::counter!("audience_messages_processed_total", "topic" => message.topic.clone())
                 .increment(1);
@@ -712,6 +719,7 @@ impl PartitionActor {
                 .increment(dropped_by_bounds);
         }
         self.engine.note_deltas(p, &pending.deltas);
+        self.engine.note_latencies(&pending.deltas, &pending.caused);
         if !pending.dead_letters.is_empty() {
             self.engine.wake_outbox_readers();
         }

@@ -157,7 +157,12 @@ pub async fn demo(
                 })
                 .await
                 .ok()
-                .and_then(|r| r.into_inner().audiences.first().and_then(|a| a.stats))
+                .and_then(|r| {
+                    r.into_inner()
+                        .audiences
+                        .first()
+                        .and_then(|a| a.stats.clone())
+                })
                 .map(|s| s.size)
                 .unwrap_or_default();
             let name = names.get(&d.audience_id).cloned().unwrap_or_default();

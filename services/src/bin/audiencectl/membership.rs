@@ -166,12 +166,15 @@ pub async fn stats(ctx: &Ctx, ids: Vec<u64>) -> anyhow::Result<()> {
             continue;
         }
         say!(
-            "audience {:>5}  size {:>7}  adds24h {:>6}  drops24h {:>6}  volatility {:.3}",
+            "audience {:>5}  size {:>7}  adds24h {:>6}  drops24h {:>6}  volatility {:.3}  \
+             event-to-delta {}  produce-to-delta {}",
             a.audience_id,
             s.size,
             s.adds_24h,
             s.drops_24h,
-            s.volatility_24h
+            s.volatility_24h,
+            latency_text(s.event_to_delta.as_ref()),
+            latency_text(s.produce_to_delta.as_ref())
         );
     }
     Ok(())
@@ -193,7 +196,7 @@ pub async fn connectors(ctx: &Ctx) -> anyhow::Result<()> {
                 "delivered": c.delivered,
                 "cursor": c.cursor,
                 "audiences": c.audiences.iter()
-                    .map(|a| stats_json(a.audience_id, &a.stats.unwrap_or_default()))
+                    .map(|a| stats_json(a.audience_id, &a.stats.clone().unwrap_or_default()))
                     .collect::<Vec<_>>(),
             }));
             continue;

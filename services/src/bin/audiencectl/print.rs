@@ -151,7 +151,7 @@ fn status_words(a: &pb::Audience) -> String {
 }
 
 pub fn audience_json(a: &pb::Audience) -> Value {
-    let s = a.stats.unwrap_or_default();
+    let s = a.stats.clone().unwrap_or_default();
     json!({
         "id": a.id,
         "name": a.name,
@@ -186,7 +186,7 @@ pub fn audience(ctx: &Ctx, a: &pb::Audience) {
     if ctx.json() {
         return say_json(&audience_json(a));
     }
-    let s = a.stats.unwrap_or_default();
+    let s = a.stats.clone().unwrap_or_default();
     let by = match a.created_by.as_str() {
         "" => String::new(),
         name => format!("  by {name}"),
@@ -233,7 +233,21 @@ pub fn stats_json(audience_id: u64, s: &pb::AudienceStats) -> Value {
         "adds_24h": s.adds_24h,
         "drops_24h": s.drops_24h,
         "volatility_24h": s.volatility_24h,
+        "event_to_delta": s.event_to_delta.as_ref().map(latency_json),
+        "produce_to_delta": s.produce_to_delta.as_ref().map(latency_json),
     })
+}
+
+fn latency_json(l: &pb::DeltaLatency) -> Value {
+    json!({"count": l.count, "p50_ms": l.p50_ms, "p99_ms": l.p99_ms, "p999_ms": l.p999_ms})
+}
+
+/// "p50 12ms p99 30ms", or "-" when nothing was timed.
+pub fn latency_text(l: Option<&pb::DeltaLatency>) -> String {
+    match l.filter(|l| l.count > 0) {
+        Some(l) => format!("p50 {}ms p99 {}ms", l.p50_ms.round(), l.p99_ms.round()),
+        None => "-".into(),
+    }
 }
 
 #[cfg(test)]

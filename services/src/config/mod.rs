@@ -5,6 +5,10 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+mod inputs;
+use inputs::parse_inputs;
+pub use inputs::InputsConfig;
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -19,79 +23,6 @@ pub struct Config {
     pub outputs: OutputsConfig,
     pub auth: AuthConfig,
     pub inputs: InputsConfig,
-}
-
-/// Inputs and workspaces (README: "Workspaces and inputs"): which messages belong to which
-/// input, and the workspace of each. Every node of a deployment has the same.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct InputsConfig {
-    /// The dotted path of the JSON field holding a message's source value
-    /// (`context.source`); the protobuf envelope has its own `source` field.
-    pub source_field: String,
-    /// `[[inputs.input]]`: name, workspace, and topic, source or both.
-    pub input: Vec<audience_state::inputs::InputDef>,
-}
-
-impl InputsConfig {
-    /// The inputs, checked; `read_topics` are the topics the engine consumes, the only ones
-    /// an input can claim messages of.
-    pub fn map(&self, read_topics: &[&str]) -> anyhow::Result<audience_state::inputs::InputMap> {
-        for input in &self.input {
-            if let Some(topic) = input.topic.as_deref().filter(|t| !read_topics.contains(t)) {
-                anyhow::bail!(
-                    "inputs: input \"{}\" claims the messages of topic \"{topic}\", which this \
-                     engine does not read (it reads {})",
-                    input.name,
-                    read_topics.join(" and ")
-                );
-            }
-        }
-        audience_state::inputs::InputMap::new(self.input.clone())
-            .map_err(|e| anyhow::anyhow!("inputs: {e}"))
-    }
-
-    /// The source field as a path of object fields (empty: none).
-    pub fn source_path(&self) -> Vec<String> {
-        self.source_field
-            .split('.')
-            .map(str::trim)
-            .filter(|f| !f.is_empty())
-            .map(String::from)
-            .collect()
-    }
-}
-
-/// Reads `AUDIENCE_INPUTS`: inputs separated by `;`, each `name@workspace` then `:topic=T`,
-/// `:source=S` or both (`ios@app-a:source=ios;feed@app-b:topic=partner-events`).
-fn parse_inputs(value: &str) -> Result<Vec<audience_state::inputs::InputDef>, String> {
-    let mut out = Vec::new();
-    for entry in value.split(';').map(str::trim).filter(|e| !e.is_empty()) {
-        let mut parts = entry.split(':');
-        let head = parts.next().unwrap_or_default();
-        let (name, workspace) = head
-            .split_once('@')
-            .ok_or_else(|| format!("\"{entry}\": expected name@workspace:source=S"))?;
-        let mut def = audience_state::inputs::InputDef {
-            name: name.trim().into(),
-            workspace: workspace.trim().into(),
-            topic: None,
-            source: None,
-        };
-        for rule in parts {
-            match rule.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
-                Some(("topic", t)) => def.topic = Some(t.into()),
-                Some(("source", s)) => def.source = Some(s.into()),
-                _ => {
-                    return Err(format!(
-                        "\"{entry}\": \"{rule}\" is not topic=T or source=S"
-                    ))
-                }
-            }
-        }
-        out.push(def);
-    }
-    Ok(out)
 }
 
 /// Who may call the API (README: "Security"): bearer tokens by name, inline or in a file that
@@ -404,7 +335,10 @@ pub struct MetricsConfig {
 pub struct EngineConfig {
     pub retention_days: u32,
     pub max_message_bytes: usize,
+    /// A poll batch ends at this many messages...
     pub max_batch: usize,
+    /// ...or once its keys and payloads reach this many bytes, whichever comes first.
+    pub max_batch_bytes: usize,
     /// Arbiter threads hosting partition actors.
     pub threads: usize,
     pub max_cached_profiles: usize,
@@ -450,8 +384,8 @@ impl Default for KafkaConfig {
         KafkaConfig {
             bootstrap_servers: "embedded".into(),
             group_id: "audience-engine".into(),
-            events_topic: d.events_topic,
-            identities_topic: d.identities_topic,
+            events_topic: "audience-events".into(),
+            identities_topic: "audience-identities".into(),
             deltas_topic: d.deltas_topic,
             dead_letter_topic: d.dead_letter_topic,
             create_topics: true,
@@ -500,6 +434,7 @@ impl Default for EngineConfig {
             retention_days: 30,
             max_message_bytes: audience_state::batch::DEFAULT_MAX_MESSAGE_BYTES,
             max_batch: 2000,
+            max_batch_bytes: 16 * 1024 * 1024,
             threads: 2,
             max_cached_profiles: 10_000,
             timer_tick_ms: 200,
@@ -591,6 +526,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AUDIENCE_RETENTION_DAYS", "engine.retention_days"),
     ("AUDIENCE_MANUAL_CLOCK", "clock.manual"),
     ("AUDIENCE_MAX_MESSAGE_BYTES", "engine.max_message_bytes"),
+    ("AUDIENCE_MAX_BATCH_BYTES", "engine.max_batch_bytes"),
     ("AUDIENCE_AUDIENCES_DIR", "engine.audiences_dir"),
     ("AUDIENCE_GEOIP_DATABASE", "engine.geoip_database"),
     ("AUDIENCE_LOG_MAX_EVENTS", "engine.log_max_events"),
@@ -729,6 +665,9 @@ impl Config {
             "AUDIENCE_MAX_MESSAGE_BYTES" => {
                 self.engine.max_message_bytes = value.parse().map_err(|e| bad(&e))?
             }
+            "AUDIENCE_MAX_BATCH_BYTES" => {
+                self.engine.max_batch_bytes = value.parse().map_err(|e| bad(&e))?
+            }
             "AUDIENCE_AUDIENCES_DIR" => self.engine.audiences_dir = Some(value.into()),
             "AUDIENCE_GEOIP_DATABASE" => self.engine.geoip_database = Some(value.into()),
             "AUDIENCE_LOG_MAX_EVENTS" => {
@@ -763,6 +702,24 @@ impl Config {
         Ok(())
     }
 
+    /// The topics the engine consumes, co-partitioned by MPID: the events and the identities
+    /// topics, then each topic an input claims (README: "Workspaces and inputs").
+    pub fn input_topics(&self) -> Vec<String> {
+        self.inputs
+            .read_topics(&self.kafka.events_topic, &self.kafka.identities_topic)
+    }
+
+    /// The topics the engine writes, which no input may claim.
+    fn engine_writes(&self) -> Vec<String> {
+        vec![
+            self.kafka.deltas_topic.clone(),
+            self.kafka.dead_letter_topic.clone(),
+            self.catalog.topic.clone(),
+            self.cluster.changelog_topic.clone(),
+            self.cluster.members_topic(&self.kafka.group_id),
+        ]
+    }
+
     /// The actors' settings; opens the GeoIP database when one is configured.
     pub fn settings(&self) -> anyhow::Result<audience_actors::engine::EngineSettings> {
         let geoip = match &self.engine.geoip_database {
@@ -772,8 +729,7 @@ impl Config {
             None => None,
         };
         Ok(audience_actors::engine::EngineSettings {
-            events_topic: self.kafka.events_topic.clone(),
-            identities_topic: self.kafka.identities_topic.clone(),
+            input_topics: self.input_topics(),
             deltas_topic: self.kafka.deltas_topic.clone(),
             dead_letter_topic: self.kafka.dead_letter_topic.clone(),
             retention_ms: self.engine.retention_days as i64 * audience_state::model::DAY_MS,
@@ -792,10 +748,7 @@ impl Config {
             },
             dead_letter_max_kept: self.engine.dead_letter_max_kept,
             geoip,
-            inputs: std::sync::Arc::new(
-                self.inputs
-                    .map(&[&self.kafka.events_topic, &self.kafka.identities_topic])?,
-            ),
+            inputs: std::sync::Arc::new(self.inputs.map(&self.engine_writes())?),
             quotas: audience_actors::engine::Quotas {
                 audiences: self.engine.max_audiences,
                 calculated_attributes: self.engine.max_calculated_attributes,
@@ -871,7 +824,7 @@ mod tests {
         }
         // The shipped production file asks for tokens; only the demo's runs without.
         let shipped: Config =
-            toml::from_str(include_str!("../../deploy/engine.toml")).expect("engine.toml");
+            toml::from_str(include_str!("../../../deploy/engine.toml")).expect("engine.toml");
         assert!(!shipped.auth.allow_unauthenticated);
         assert!(shipped.auth.sources().unwrap().is_configured());
         let defaults = Config::default();
@@ -881,10 +834,10 @@ mod tests {
         assert!(!defaults.outputs.allow_private);
     }
 
-    /// Inputs from the environment, and an input of a topic the engine does not read refused
-    /// at start, naming both.
+    /// Inputs from the environment; a topic an input claims is read beside the events and
+    /// identities topics, and one the engine writes is refused at start, naming both.
     #[test]
-    fn inputs_parse_and_claim_only_topics_the_engine_reads() {
+    fn inputs_parse_and_their_topics_are_read() {
         let mut config = Config::default();
         config
             .set(
@@ -904,14 +857,25 @@ mod tests {
             .map(|i| i.name.as_str())
             .collect();
         assert_eq!(names, vec!["feed", "ios"], "the most specific first");
+        assert_eq!(
+            settings.input_topics,
+            vec!["audience-events", "audience-identities"]
+        );
         assert!(config.set("AUDIENCE_INPUTS", "ios:source=ios").is_err());
         assert!(config.set("AUDIENCE_INPUTS", "ios@a:src=ios").is_err());
         config
             .set("AUDIENCE_INPUTS", "tv@app-c:topic=tv-events")
             .unwrap();
+        assert_eq!(
+            config.settings().unwrap().input_topics,
+            vec!["audience-events", "audience-identities", "tv-events"]
+        );
+        config
+            .set("AUDIENCE_INPUTS", "tv@app-c:topic=audience-deltas")
+            .unwrap();
         let refused = config.settings().unwrap_err().to_string();
         assert!(
-            refused.contains("input \"tv\"") && refused.contains("\"tv-events\""),
+            refused.contains("input \"tv\"") && refused.contains("\"audience-deltas\""),
             "{refused}"
         );
     }
