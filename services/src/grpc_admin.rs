@@ -2,6 +2,7 @@
 //! the members topic shows it (`audiencectl cluster`), this node's engine status, the audit
 //! log and API tokens (`crate::grpc_tokens`).
 
+use crate::blocking::off_runtime;
 use crate::convert;
 use crate::grpc::Services;
 use audience_actors::partition::ReplayMode;
@@ -271,28 +272,28 @@ impl pb::admin_service_server::AdminService for Services {
             })
             .collect();
         let owned: Vec<u32> = engine.partitions.lock().iter().copied().collect();
-        let mut dead_letters_kept = 0;
-        for p in owned {
-            dead_letters_kept += engine
-                .store
-                .count_dead_letters(p)
-                .map_err(convert::internal)?;
-        }
+        let store = engine.store.clone();
+        // Counted and read from the store.
+        let (dead_letters_kept, changelog_units_pending) = off_runtime(move || {
+            let mut kept = 0;
+            for p in owned {
+                kept += store.count_dead_letters(p).map_err(convert::internal)?;
+            }
+            let mut pending = 0;
+            for p in store
+                .partitions_with_pending_units()
+                .map_err(convert::internal)?
+            {
+                let (written, acknowledged) =
+                    store.changelog_position(p).map_err(convert::internal)?;
+                pending += written.saturating_sub(acknowledged);
+            }
+            Ok((kept, pending))
+        })
+        .await?;
         let c = &engine.counters;
         let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
         let catalog = self.catalog.status();
-        let mut changelog_units_pending = 0;
-        for p in engine
-            .store
-            .partitions_with_pending_units()
-            .map_err(convert::internal)?
-        {
-            let (written, acknowledged) = engine
-                .store
-                .changelog_position(p)
-                .map_err(convert::internal)?;
-            changelog_units_pending += written.saturating_sub(acknowledged);
-        }
         Ok(Response::new(pb::EngineStatus {
             messages_processed: engine.counters.messages_processed.load(Ordering::Relaxed),
             messages_dead_lettered: engine

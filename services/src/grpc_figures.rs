@@ -1,6 +1,7 @@
 //! What the audience calls show beside each definition: its size, adds and drops over the
 //! whole cluster, its calculation while it is calculating, and its connections and faults.
 
+use crate::blocking::off_runtime;
 use crate::convert;
 use crate::grpc::Services;
 use audience_actors::latency::DeltaLatency;
@@ -20,11 +21,15 @@ impl Services {
         caller: &MetadataMap,
         ids: &[u64],
     ) -> Result<HashMap<u64, (Figures, DeltaLatency)>, Status> {
-        let engine = &self.node.engine;
+        let (engine, asked_ids) = (self.node.engine.clone(), ids.to_vec());
+        // Sizes are read from the store.
+        let here = off_runtime(move || {
+            let figures = engine.figures(&asked_ids).map_err(convert::internal)?;
+            let ids_here: Vec<u64> = figures.iter().map(|(id, _)| *id).collect();
+            Ok((figures, engine.latencies(&ids_here)))
+        });
+        let (figures, mut latencies) = here.await?;
         let mut sums: HashMap<u64, ((u64, u64, u64), DeltaLatency)> = HashMap::new();
-        let figures = engine.figures(ids).map_err(convert::internal)?;
-        let ids_here: Vec<u64> = figures.iter().map(|(id, _)| *id).collect();
-        let mut latencies = engine.latencies(&ids_here);
         for (id, f) in figures {
             let latency = latencies.remove(&id).unwrap_or_default();
             sums.insert(id, ((f.size, f.adds_24h, f.drops_24h), latency));

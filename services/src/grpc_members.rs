@@ -13,6 +13,7 @@
 //!   page token's "partition:last MPID" resumes after the last one listed, wherever the
 //!   filter skipped.
 
+use crate::blocking::off_runtime;
 use crate::convert;
 use crate::grpc::Services;
 use crate::peers::{Peer, PARTITION_HEADER};
@@ -70,24 +71,28 @@ impl Services {
             partition = Some(p);
             let want = page_size - mpids.len();
             let page = if owned.contains(&p) {
-                let visible = |mpid| -> Result<bool, Status> {
-                    let profile = engine
-                        .store
-                        .load_profile(p, mpid)
-                        .map_err(convert::internal)?;
-                    Ok(profile.is_some_and(|profile| view.sees_profile(&profile)))
-                };
-                let read = |after, limit| {
-                    engine
-                        .store
-                        .members_at(p, r.audience_id, as_of, after, limit)
-                        .map_err(convert::internal)
-                };
-                if filtered {
-                    visible_members(after, want, read, visible)?
-                } else {
-                    read(after, want)?
-                }
+                let (engine, view, audience) = (engine.clone(), view.clone(), r.audience_id);
+                off_runtime(move || {
+                    let visible = |mpid| -> Result<bool, Status> {
+                        let profile = engine
+                            .store
+                            .load_profile(p, mpid)
+                            .map_err(convert::internal)?;
+                        Ok(profile.is_some_and(|profile| view.sees_profile(&profile)))
+                    };
+                    let read = |after, limit| {
+                        engine
+                            .store
+                            .members_at(p, audience, as_of, after, limit)
+                            .map_err(convert::internal)
+                    };
+                    if filtered {
+                        visible_members(after, want, read, visible)
+                    } else {
+                        read(after, want)
+                    }
+                })
+                .await?
             } else {
                 // The node that owns it filters for the same token.
                 let asked = pb::ListMembersRequest {
@@ -161,45 +166,10 @@ impl Services {
         let caller = req.metadata().clone();
         let view = WorkspaceView::of(&req);
         let mpid = req.into_inner().mpid;
-        let engine = &self.node.engine;
-        let catalog = engine.catalog.load();
-        let from = engine.clock.now() - engine.settings.retention_ms;
-        let mut intervals = Vec::new();
-        for p in self.partitions(&caller)? {
-            if view.is_limited() {
-                let profile = engine
-                    .store
-                    .load_profile(p, mpid)
-                    .map_err(convert::internal)?;
-                if !profile.is_some_and(|profile| view.sees_profile(&profile)) {
-                    continue;
-                }
-            }
-            let changes = engine
-                .store
-                .membership_changes_of(p, mpid)
-                .map_err(convert::internal)?;
-            for (audience, changes) in changes {
-                let record = catalog.record(audience);
-                // A deleted audience's intervals are every workspace's: an unlimited token's.
-                if view.is_limited() && !record.is_some_and(|a| view.sees_audience(a)) {
-                    continue;
-                }
-                for i in audience_state::membership::intervals(audience, &changes) {
-                    if i.left_ms.is_some_and(|left| left < from) {
-                        continue;
-                    }
-                    intervals.push(pb::MembershipInterval {
-                        audience_id: audience,
-                        audience_name: record.map(|r| r.name.clone()).unwrap_or_default(),
-                        entered_ms: i.entered_ms,
-                        left_ms: i.left_ms.unwrap_or_default(),
-                        entered_version: i.entered_version,
-                        left_version: i.left_version.unwrap_or_default(),
-                    });
-                }
-            }
-        }
+        let partitions = self.partitions(&caller)?;
+        let (engine, local_view) = (self.node.engine.clone(), view.clone());
+        let mut intervals =
+            off_runtime(move || history_here(&engine, &local_view, mpid, partitions)).await?;
         // The other nodes' partitions: a profile is on one, unless its producers' keys moved.
         let peers = self.peers.others(&caller).await?;
         let asked = pb::GetMembershipHistoryRequest { mpid };
@@ -245,6 +215,55 @@ impl Services {
         audiences.sort_by_key(|a| a.audience_id);
         Ok(Response::new(pb::GetAudienceStatsResponse { audiences }))
     }
+}
+
+/// The membership intervals of `mpid` in this node's `partitions`, in the audiences `view`
+/// sees (store reads: run off the runtime).
+fn history_here(
+    engine: &audience_actors::engine::Engine,
+    view: &WorkspaceView,
+    mpid: i64,
+    partitions: Vec<u32>,
+) -> Result<Vec<pb::MembershipInterval>, Status> {
+    let catalog = engine.catalog.load();
+    let from = engine.clock.now() - engine.settings.retention_ms;
+    let mut intervals = Vec::new();
+    for p in partitions {
+        if view.is_limited() {
+            let profile = engine
+                .store
+                .load_profile(p, mpid)
+                .map_err(convert::internal)?;
+            if !profile.is_some_and(|profile| view.sees_profile(&profile)) {
+                continue;
+            }
+        }
+        let changes = engine
+            .store
+            .membership_changes_of(p, mpid)
+            .map_err(convert::internal)?;
+        for (audience, changes) in changes {
+            let record = catalog.record(audience);
+            // A deleted audience's intervals are every workspace's: an unlimited token's.
+            if view.is_limited() && !record.is_some_and(|a| view.sees_audience(a)) {
+                continue;
+            }
+            for i in audience_state::membership::intervals(audience, &changes) {
+                if i.left_ms.is_some_and(|left| left < from) {
+                    continue;
+                }
+                intervals.push(pb::MembershipInterval {
+                    audience_id: audience,
+                    audience_name: record.map(|r| r.name.clone()).unwrap_or_default(),
+                    entered_ms: i.entered_ms,
+                    left_ms: i.left_ms.unwrap_or_default(),
+                    entered_version: i.entered_version,
+                    left_version: i.left_version.unwrap_or_default(),
+                });
+            }
+        }
+    }
+    Ok(intervals)
 }
 
 /// A ListMembers page token: "partition:last MPID listed"; empty for the first page.

@@ -3,6 +3,7 @@
 //! the node asked looks in its own partitions, then asks the other live nodes
 //! ([`crate::peers`]), so any node answers for any MPID.
 
+use crate::blocking::off_runtime;
 use crate::convert;
 use crate::grpc::{explain_node, Services};
 use crate::workspace_view::WorkspaceView;
@@ -131,7 +132,10 @@ impl pb::profile_service_server::ProfileService for Services {
         let caller = req.metadata().clone();
         let view = WorkspaceView::of(&req);
         let asked = req.into_inner();
-        let here = self.profile_here(&caller, &view, asked.mpid);
+        let here = {
+            let (this, caller, mpid) = (self.clone(), caller.clone(), asked.mpid);
+            off_runtime(move || this.profile_here(&caller, &view, mpid)).await
+        };
         let ask = |channel| {
             let request = self.peers.request(&caller, asked);
             async move {
@@ -153,7 +157,10 @@ impl pb::profile_service_server::ProfileService for Services {
         let caller = req.metadata().clone();
         let view = WorkspaceView::of(&req);
         let asked = req.into_inner();
-        let here = self.explain_here(&caller, &view, &asked);
+        let here = {
+            let (this, caller, asked) = (self.clone(), caller.clone(), asked);
+            off_runtime(move || this.explain_here(&caller, &view, &asked)).await
+        };
         let ask = |channel| {
             let request = self.peers.request(&caller, asked);
             async move {

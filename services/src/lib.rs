@@ -6,6 +6,7 @@ pub mod access;
 pub mod api_tokens;
 pub mod audience_request;
 pub mod auth;
+pub mod blocking;
 pub mod config;
 pub mod convert;
 pub mod grpc;

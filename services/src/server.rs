@@ -773,7 +773,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let auth = authenticator;
     let mut grpc_shutdown = shutdown_rx.clone();
     let max_message = config.grpc.max_message_bytes;
-    let mut builder = tonic::transport::Server::builder();
+    // A client cannot hold more than its share of the server (review R4): its calls in flight
+    // are bounded per connection, and every call by time.
+    let mut builder = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(config.grpc.max_calls_per_connection.max(1))
+        .timeout(Duration::from_millis(config.grpc.request_timeout_ms.max(1)));
     if let Some(tls) = tls {
         builder = builder
             .tls_config(tls)

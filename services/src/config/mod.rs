@@ -321,6 +321,12 @@ pub struct GrpcConfig {
     /// Delta streams (`Subscribe`) one token may hold open at once
     /// (AUDIENCE_MAX_SUBSCRIBERS_PER_TOKEN).
     pub max_subscribers_per_token: usize,
+    /// Calls one client connection may have in flight; the next waits for one to end
+    /// (AUDIENCE_GRPC_MAX_CALLS_PER_CONNECTION).
+    pub max_calls_per_connection: usize,
+    /// How long a call may take to answer (a stream, to open) before it is CANCELLED
+    /// (AUDIENCE_GRPC_REQUEST_TIMEOUT_MS); a client's own `grpc-timeout` may be shorter.
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -415,6 +421,8 @@ impl Default for GrpcConfig {
             tls_client_ca: String::new(),
             max_message_bytes: 4 * 1024 * 1024,
             max_subscribers_per_token: 32,
+            max_calls_per_connection: 64,
+            request_timeout_ms: 60_000,
         }
     }
 }
@@ -498,6 +506,14 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     (
         "AUDIENCE_MAX_SUBSCRIBERS_PER_TOKEN",
         "grpc.max_subscribers_per_token",
+    ),
+    (
+        "AUDIENCE_GRPC_MAX_CALLS_PER_CONNECTION",
+        "grpc.max_calls_per_connection",
+    ),
+    (
+        "AUDIENCE_GRPC_REQUEST_TIMEOUT_MS",
+        "grpc.request_timeout_ms",
     ),
     ("AUDIENCE_TOKENS", "auth.tokens (name=token,name=token)"),
     (
@@ -622,6 +638,12 @@ impl Config {
             }
             "AUDIENCE_MAX_SUBSCRIBERS_PER_TOKEN" => {
                 self.grpc.max_subscribers_per_token = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_GRPC_MAX_CALLS_PER_CONNECTION" => {
+                self.grpc.max_calls_per_connection = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_GRPC_REQUEST_TIMEOUT_MS" => {
+                self.grpc.request_timeout_ms = value.parse().map_err(|e| bad(&e))?
             }
             "AUDIENCE_TOKENS" => {
                 // The variable replaces the file's tokens; its values never reach an error.
@@ -876,6 +898,32 @@ mod tests {
         let refused = config.settings().unwrap_err().to_string();
         assert!(
             refused.contains("input \"tv\"") && refused.contains("\"audience-deltas\""),
+            "{refused}"
+        );
+    }
+
+    /// The bounds of a client's calls (review R4), from the file's defaults or the environment.
+    #[test]
+    fn grpc_call_bounds_come_from_the_environment() {
+        let mut config = Config::default();
+        let bounds = |c: &Config| (c.grpc.max_calls_per_connection, c.grpc.request_timeout_ms);
+        assert_eq!(bounds(&config), (64, 60_000));
+        let shipped: Config =
+            toml::from_str(include_str!("../../../deploy/engine.toml")).expect("engine.toml");
+        assert_eq!(bounds(&shipped), (64, 60_000));
+        config
+            .set("AUDIENCE_GRPC_MAX_CALLS_PER_CONNECTION", "8")
+            .unwrap();
+        config
+            .set("AUDIENCE_GRPC_REQUEST_TIMEOUT_MS", "1500")
+            .unwrap();
+        assert_eq!(bounds(&config), (8, 1_500));
+        let refused = config
+            .set("AUDIENCE_GRPC_REQUEST_TIMEOUT_MS", "soon")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("AUDIENCE_GRPC_REQUEST_TIMEOUT_MS"),
             "{refused}"
         );
     }

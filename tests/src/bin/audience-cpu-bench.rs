@@ -6,6 +6,8 @@
 //! store) in this thread, with the same events against both catalogs, and reads this thread's
 //! CPU clock, so other processes on the machine do not count. The ratio says whether the cost
 //! of an event grows with what it touches (it should stay near 1) or with what is defined.
+//! Each run also prints its split: decode, apply, evaluate (index look-up and predicates) and
+//! encode, each timed by the same clock. The store's write is the end-to-end bench's.
 
 /// mimalloc: the engine allocates and frees many short-lived buffers per batch and per
 /// backfill page; glibc's allocator returns and re-faults that memory page by page.
@@ -72,8 +74,18 @@ fn workload(messages: usize, profiles: i64, names: usize, t0: i64) -> Vec<Vec<u8
         .collect()
 }
 
+/// CPU time of each step of the per-message path, summed over a run.
+#[derive(Default, Clone, Copy)]
+struct Split {
+    decode: Duration,
+    apply: Duration,
+    evaluate: Duration,
+    encode: Duration,
+}
+
 struct Run {
     cpu_per_event: Duration,
+    split: Split,
     evaluated_per_event: f64,
     deltas: usize,
     build: Duration,
@@ -86,16 +98,26 @@ fn run(audiences: usize, batches: &[Vec<u8>], t0: i64) -> Run {
     let retention = 30 * DAY_MS;
     let mut profiles: HashMap<i64, ProfileState> = HashMap::new();
     let (mut evaluated, mut deltas, mut encoded) = (0usize, 0usize, 0usize);
+    let mut split = Split::default();
     let cpu_before = thread_cpu_time();
+    // Each step is timed by this thread's CPU clock (four reads per event, part of the total).
+    let mut mark = cpu_before;
+    let mut lap = |into: &mut Duration| {
+        let now = thread_cpu_time();
+        *into += now - mark;
+        mark = now;
+    };
     for (i, payload) in batches.iter().enumerate() {
         let now = t0 + i as i64 * 5_000;
         let inbound =
             decode(payload, None, DEFAULT_MAX_MESSAGE_BYTES).expect("bench batches decode");
+        lap(&mut split.decode);
         let mpid = inbound.mpid();
         let profile = profiles
             .entry(mpid)
             .or_insert_with(|| ProfileState::new(mpid));
         let changes = profile.apply(&inbound, now, retention, &catalog);
+        lap(&mut split.apply);
         let affected = catalog.affected_by(&changes);
         evaluated += affected.len();
         let ctx = EvalContext {
@@ -105,16 +127,24 @@ fn run(audiences: usize, batches: &[Vec<u8>], t0: i64) -> Run {
         deltas += profile
             .evaluate(affected, &catalog, &ctx, changes.event_time_ms)
             .len();
+        lap(&mut split.evaluate);
         encoded += profile.encode_core().len() + profile.encode_derived().len();
+        lap(&mut split.encode);
     }
     let cpu = thread_cpu_time() - cpu_before;
     std::hint::black_box(encoded);
     Run {
         cpu_per_event: cpu / batches.len() as u32,
+        split,
         evaluated_per_event: evaluated as f64 / batches.len() as f64,
         deltas,
         build,
     }
+}
+
+/// Microseconds per event.
+fn per_event(d: Duration, events: usize) -> f64 {
+    d.as_nanos() as f64 / 1_000.0 / events as f64
 }
 
 fn main() {
@@ -139,6 +169,14 @@ fn main() {
             r.cpu_per_event.as_nanos() as f64 / 1_000.0,
             r.evaluated_per_event,
             r.deltas
+        );
+        let s = r.split;
+        println!(
+            "           µs/event: decode {:.2}, apply {:.2}, evaluate (index and predicates) {:.2}, encode {:.2}",
+            per_event(s.decode, messages),
+            per_event(s.apply, messages),
+            per_event(s.evaluate, messages),
+            per_event(s.encode, messages)
         );
     }
     println!(
