@@ -381,16 +381,23 @@ pub(super) fn occurrence(
 }
 
 impl EventNode {
-    pub(super) fn series<'a>(&self, profile: &'a ProfileState) -> Vec<&'a EventSeries> {
-        match &self.history_key {
-            HistoryKey::Exact(k) => profile.history.get(k).into_iter().collect(),
-            HistoryKey::Prefix(p) => profile
-                .history
-                .range(p.clone()..)
-                .take_while(|(k, _)| k.starts_with(p.as_str()))
-                .map(|(_, s)| s)
-                .collect(),
-        }
+    /// The profile's series this node counts. On the hot path of every evaluation: it
+    /// allocates nothing (no list, no copy of the prefix).
+    pub(super) fn series<'a>(
+        &'a self,
+        profile: &'a ProfileState,
+    ) -> impl Iterator<Item = &'a EventSeries> + 'a {
+        use std::ops::Bound;
+        let (exact, prefix) = match &self.history_key {
+            HistoryKey::Exact(k) => (profile.history.get(k), None),
+            HistoryKey::Prefix(p) => {
+                let from = (Bound::Included(p.as_str()), Bound::Unbounded);
+                let range = profile.history.range::<str, _>(from);
+                let within = range.take_while(move |(k, _)| k.starts_with(p.as_str()));
+                (None, Some(within.map(|(_, s)| s)))
+            }
+        };
+        exact.into_iter().chain(prefix.into_iter().flatten())
     }
 
     pub fn count(&self, profile: &ProfileState, ctx: &EvalContext) -> (u64, Option<i64>) {
