@@ -170,7 +170,7 @@ impl BackfillPlan {
     }
 
     /// The logged events the plan reads, decoded, in arrival order, each with the input its
-    /// message was stamped with.
+    /// message was stamped with (`None` for all when no criterion of the plan is scoped).
     pub fn selected_events(
         &self,
         log: &EventLog,
@@ -181,13 +181,17 @@ impl BackfillPlan {
         // Decisions per (kind, name code), in a table indexed by both. Inline (uncoded) names
         // are decided each time.
         let decided = &mut decisions.0;
+        // Stamps matter only to scoped criteria.
+        let with_inputs = (self.matchers.iter().map(|m| m.as_ref()))
+            .chain(self.calculated.iter().map(|c| &c.matcher))
+            .any(|m| m.source.is_some());
         let mut out = Vec::new();
         let bodies = chunks
             .iter()
             .map(|c| chunk_body(c))
             .chain(std::iter::once(Ok(log.tail.as_slice())));
         for body in bodies {
-            for_each_stamped_event(body?, dict, |logged, input| {
+            for_each_stamped_event(body?, dict, with_inputs, |logged, input| {
                 let slot = match logged.selector_key() {
                     (tag, _) if tag >= 16 => None,
                     (tag, None) => Some(tag as usize),

@@ -328,10 +328,13 @@ fn header_input(body: &[u8], dict: &Dictionary) -> Decoded<Option<InputTag>> {
 
 /// Visits, in order, the events event criteria read (as [`ChunkReader::for_each_event`]),
 /// each with the input its message was stamped with (`None`: unstamped, or an event logged
-/// before messages were). A header's input is decoded once, for the events it counts.
+/// before messages were). A header's input is decoded once, for the events it counts, and
+/// only `with_inputs`: a reader no scoped criterion is in passes `false`, and every event
+/// comes with `None`, saving two name look-ups and an allocation per message.
 pub fn for_each_stamped_event<'a>(
     body: &'a [u8],
     dict: &Dictionary,
+    with_inputs: bool,
     mut visit: impl FnMut(&LoggedEvent<'a>, Option<&std::sync::Arc<InputTag>>) -> Decoded<()>,
 ) -> Decoded<()> {
     let mut reader = ChunkReader::new(body);
@@ -341,7 +344,11 @@ pub fn for_each_stamped_event<'a>(
         let entry = entry?;
         if entry.tag() == KIND_MESSAGE {
             owed = header_event_count(entry.body())?;
-            input = header_input(entry.body(), dict)?.map(std::sync::Arc::new);
+            input = if with_inputs {
+                header_input(entry.body(), dict)?.map(std::sync::Arc::new)
+            } else {
+                None
+            };
             continue;
         }
         if owed == 0 {

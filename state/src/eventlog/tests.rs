@@ -348,11 +348,16 @@ proptest! {
         let readable = logged.iter().flat_map(|m| &m.events).filter(|e| !e.outside_tier).count();
         prop_assert_eq!(read_all(&log, &chunks, &stored).len(), readable);
         // A scan sees each event with its message's input.
-        let mut stamps = Vec::new();
+        // Without stamps (a plan no scoped criterion is in), the same events, none stamped.
+        let (mut stamps, mut unread) = (Vec::new(), Vec::new());
         let bodies = chunks.iter().map(|c| chunk_body(c).unwrap()).chain(Some(log.tail.as_slice()));
         for body in bodies {
-            for_each_stamped_event(body, &stored, |_, input| {
+            for_each_stamped_event(body, &stored, true, |_, input| {
                 stamps.push(input.map(|t| t.input.clone()));
+                Ok(())
+            }).unwrap();
+            for_each_stamped_event(body, &stored, false, |_, input| {
+                unread.push(input.map(|t| t.input.clone()));
                 Ok(())
             }).unwrap();
         }
@@ -360,6 +365,7 @@ proptest! {
             .iter()
             .flat_map(|m| m.events.iter().filter(|e| !e.outside_tier).map(|_| m.input.as_ref().map(|t| t.input.clone())))
             .collect();
+        prop_assert_eq!(unread, vec![None; expected.len()]);
         prop_assert_eq!(stamps, expected);
         prop_assert_eq!(log.events(), logged.iter().map(|m| m.events.len() as u64).sum::<u64>());
     }

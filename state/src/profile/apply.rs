@@ -387,10 +387,14 @@ impl ProfileState {
             .record(at);
         for matcher in catalog.matchers_for(&selector.0, &selector.1) {
             if matcher.accepts(event, input) {
-                self.history
-                    .entry(matcher.history_key.clone())
-                    .or_default()
-                    .record(at);
+                // The key is copied only the first time: on the path of every event.
+                if !self.history.contains_key(&matcher.history_key) {
+                    self.history
+                        .insert(matcher.history_key.clone(), Default::default());
+                }
+                if let Some(series) = self.history.get_mut(&matcher.history_key) {
+                    series.record(at);
+                }
             }
         }
         for def in catalog.calculated_for(&selector.0, &selector.1) {
