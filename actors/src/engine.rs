@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 
+/// The events and identities topics unless configured otherwise.
+pub const DEFAULT_EVENTS_TOPIC: &str = "audience-events";
+pub const DEFAULT_IDENTITIES_TOPIC: &str = "audience-identities";
+
 /// Engine settings the actors read.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
@@ -91,7 +95,7 @@ impl Quotas {
 impl Default for EngineSettings {
     fn default() -> Self {
         EngineSettings {
-            input_topics: vec!["audience-events".into(), "audience-identities".into()],
+            input_topics: vec![DEFAULT_EVENTS_TOPIC.into(), DEFAULT_IDENTITIES_TOPIC.into()],
             deltas_topic: "audience-deltas".into(),
             dead_letter_topic: "audience-dead-letters".into(),
             retention_ms: 30 * audience_state::model::DAY_MS,

@@ -390,8 +390,8 @@ impl Default for KafkaConfig {
         KafkaConfig {
             bootstrap_servers: "embedded".into(),
             group_id: "audience-engine".into(),
-            events_topic: "audience-events".into(),
-            identities_topic: "audience-identities".into(),
+            events_topic: audience_actors::engine::DEFAULT_EVENTS_TOPIC.into(),
+            identities_topic: audience_actors::engine::DEFAULT_IDENTITIES_TOPIC.into(),
             deltas_topic: d.deltas_topic,
             dead_letter_topic: d.dead_letter_topic,
             create_topics: true,
