@@ -178,6 +178,8 @@ pub struct SampledEstimate {
     pub estimate: audience_state::estimate::Estimate,
     pub sampled: u64,
     pub sampled_members: u64,
+    /// Sampled profiles seen in the definition's workspaces (every one without workspaces).
+    pub sampled_in_scope: u64,
     pub population: u64,
 }
 

@@ -273,8 +273,15 @@ impl Registry {
     pub async fn put_calculated(
         &self,
         by: &str,
-        record: CalculatedAttributeRecord,
+        mut record: CalculatedAttributeRecord,
     ) -> Result<CalculatedAttributeRecord, RegistryError> {
+        let (workspaces, _) = self
+            .node
+            .engine
+            .settings
+            .inputs
+            .complete_scope(&record.workspaces, &[])?;
+        record.workspaces = workspaces;
         record.compile()?;
         let catalog = self.node.engine.catalog.load();
         let key = record.name.trim().to_lowercase();

@@ -94,7 +94,7 @@ pub fn estimate_size(
     }
     let population: u64 = counts.iter().map(|(_, n)| n).sum();
     let mut reader = Reader::new(engine);
-    let (mut sampled, mut members) = (0u64, 0u64);
+    let (mut sampled, mut members, mut in_scope) = (0u64, 0u64, 0u64);
     for (p, n) in counts {
         if n == 0 {
             continue;
@@ -105,6 +105,7 @@ pub fn estimate_size(
                 continue;
             };
             sampled += 1;
+            in_scope += u64::from(compiled.scope_admits(&profile));
             if compiled.evaluate(&profile, &ctx).matched {
                 members += 1;
             }
@@ -114,6 +115,7 @@ pub fn estimate_size(
         estimate: estimate(members, sampled, population.max(sampled)),
         sampled,
         sampled_members: members,
+        sampled_in_scope: in_scope,
         population,
     })
 }

@@ -178,11 +178,25 @@ pub fn calculation(c: &audience_actors::engine::Calculation) -> pb::Calculation 
     }
 }
 
+/// The profiles seen in an estimate's workspaces, from the share of the sample seen there
+/// (exact when the sample was every profile).
+pub fn population_in_scope(s: &audience_actors::engine::SampledEstimate) -> u64 {
+    if s.sampled == 0 {
+        return 0;
+    }
+    if s.sampled >= s.population {
+        return s.sampled_in_scope;
+    }
+    let scaled = u128::from(s.population) * u128::from(s.sampled_in_scope);
+    ((scaled + u128::from(s.sampled) / 2) / u128::from(s.sampled)) as u64
+}
+
 pub fn estimate(s: &audience_actors::engine::SampledEstimate) -> pb::AudienceEstimate {
     use audience_state::estimate::Estimate;
     let mut out = pb::AudienceEstimate {
         sample_size: s.sampled,
         sampled_members: s.sampled_members,
+        sampled_in_scope: s.sampled_in_scope,
         profiles_total: s.population,
         ..Default::default()
     };
@@ -328,11 +342,11 @@ pub fn profile(
             })
             .collect(),
         location: Some(pb::Location {
-            city: location_field(p, "city").unwrap_or_default(),
-            state: location_field(p, "state").unwrap_or_default(),
-            zip: location_field(p, "zip").unwrap_or_default(),
-            dma: location_field(p, "dma").unwrap_or_default(),
-            country: location_field(p, "country").unwrap_or_default(),
+            city: location_field(p, None, "city").unwrap_or_default(),
+            state: location_field(p, None, "state").unwrap_or_default(),
+            zip: location_field(p, None, "zip").unwrap_or_default(),
+            dma: location_field(p, None, "dma").unwrap_or_default(),
+            country: location_field(p, None, "country").unwrap_or_default(),
             latitude: p.location.latitude,
             longitude: p.location.longitude,
         }),

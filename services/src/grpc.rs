@@ -350,10 +350,20 @@ impl pb::audience_service_server::AudienceService for Services {
             }
             n => u64::from(n),
         };
+        // A limited token counts only the profiles of its workspaces; a node pooling a
+        // sample reads every population.
+        let scoped_total = view.is_limited() && !crate::peers::node_scoped(&caller);
+        let answer = |sampled: &audience_actors::engine::SampledEstimate| {
+            let mut out = convert::estimate(sampled);
+            if scoped_total {
+                out.profiles_total = convert::population_in_scope(sampled);
+            }
+            Response::new(out)
+        };
         let peers = self.peers.others(&caller).await?;
         if peers.is_empty() {
             let sampled = self.sample_here(compiled, sample_size).await?;
-            return Ok(Response::new(convert::estimate(&sampled)));
+            return Ok(answer(&sampled));
         }
         // One sample over the cluster, as one node draws it over its partitions: each node
         // draws a share proportional to its profiles, and the draws are pooled.
@@ -415,6 +425,7 @@ impl pb::audience_service_server::AudienceService for Services {
         for d in drawn {
             pooled.sampled += d.sample_size;
             pooled.sampled_members += d.sampled_members;
+            pooled.sampled_in_scope += d.sampled_in_scope;
         }
         pooled.population = population;
         pooled.estimate = audience_state::estimate::estimate(
@@ -422,7 +433,7 @@ impl pb::audience_service_server::AudienceService for Services {
             pooled.sampled,
             population.max(pooled.sampled),
         );
-        Ok(Response::new(convert::estimate(&pooled)))
+        Ok(answer(&pooled))
     }
 
     async fn list_inputs(

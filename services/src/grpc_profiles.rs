@@ -10,6 +10,7 @@ use crate::workspace_view::WorkspaceView;
 use audience_proto::v1 as pb;
 use audience_state::calculated::CalcSpec;
 use audience_state::profile::ProfileState;
+use audience_state::replay::{fold_in_workspaces, log_units};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
@@ -34,6 +35,48 @@ impl Services {
             .ok_or_else(|| Status::not_found(format!("mpid {mpid}: no profile")))
     }
 
+    /// The profile as `view` may read it ([`WorkspaceView::narrow`]): for a token limited to
+    /// workspaces, its activity is folded from the logged messages of their inputs.
+    fn narrowed(
+        &self,
+        view: &WorkspaceView,
+        partition: u32,
+        mut profile: ProfileState,
+    ) -> Result<ProfileState, Status> {
+        if !view.is_limited() {
+            return Ok(profile);
+        }
+        let engine = &self.node.engine;
+        let store = &engine.store;
+        let mpid = profile.mpid;
+        let log = store
+            .load_log_head(partition, mpid)
+            .map_err(convert::internal)?
+            .unwrap_or_default();
+        let chunks = store
+            .load_log_chunks(partition, mpid)
+            .map_err(convert::internal)?;
+        let dict = store
+            .load_dictionary(partition)
+            .map_err(convert::internal)?;
+        let chunks: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+        let units = log_units(&log, &chunks, &dict).map_err(|reason| {
+            Status::internal(format!(
+                "mpid {mpid}: its event log is unreadable: {reason}"
+            ))
+        })?;
+        let activity = fold_in_workspaces(
+            mpid,
+            units,
+            view.own_workspaces(),
+            &engine.catalog.load(),
+            engine.clock.now(),
+            engine.settings.retention_ms,
+        );
+        view.narrow(&mut profile, activity);
+        Ok(profile)
+    }
+
     /// The profile as this node has it.
     fn profile_here(
         &self,
@@ -42,8 +85,8 @@ impl Services {
         mpid: i64,
     ) -> Result<pb::Profile, Status> {
         let engine = &self.node.engine;
-        let (partition, mut profile) = self.load_profile(caller, view, mpid)?;
-        view.narrow(&mut profile);
+        let (partition, profile) = self.load_profile(caller, view, mpid)?;
+        let profile = self.narrowed(view, partition, profile)?;
         let log = engine
             .store
             .load_log_head(partition, mpid)
@@ -98,12 +141,19 @@ impl Services {
                 )))
             }
         };
-        let (_, profile) = self.load_profile(caller, view, r.mpid)?;
+        let (partition, profile) = self.load_profile(caller, view, r.mpid)?;
         let ctx = audience_state::criteria::EvalContext {
             now: engine.clock.now(),
             retention_ms: engine.settings.retention_ms,
         };
-        let explanation = audience.compiled.root.explain(&profile, &ctx);
+        let root = &audience.compiled.root;
+        let mut explanation = root.explain(&profile, &ctx);
+        // A limited token reads the values its workspaces hold: where the profile's differ
+        // (another workspace set them), the detail is withheld; the answers stay.
+        if profile.workspaces.iter().any(|w| !view.sees_workspace(w)) {
+            let seen = self.narrowed(view, partition, profile.clone())?;
+            explanation.withhold_unseen(&root.explain(&seen, &ctx));
+        }
         Ok(pb::Explanation {
             mpid: r.mpid,
             audience_id: r.audience_id,

@@ -19,7 +19,7 @@
 
 use crate::auth::Caller;
 use audience_state::catalog::{AudienceAccess, AudienceRecord};
-use audience_state::profile::ProfileState;
+use audience_state::profile::{ProfileState, WorkspaceData};
 use tonic::{Request, Status};
 
 #[derive(Clone, Debug, Default)]
@@ -91,17 +91,22 @@ impl WorkspaceView {
         !self.is_limited() || profile.workspaces.iter().any(|w| self.sees_workspace(w))
     }
 
-    /// The profile as the token may read it: the attributes and identities its workspaces'
-    /// inputs brought, in place of those of every source (where two of its workspaces hold an
-    /// attribute, the last named wins; identities' values are joined). Events and the rest
-    /// stay whole (see Known limits).
-    pub fn narrow(&self, profile: &mut ProfileState) {
+    /// The profile as the token may read it: what its workspaces hold in place of the
+    /// profile's latest from every source. Attributes, identities, device, app version,
+    /// consent, location and attributions are the copies its workspaces' inputs set (where
+    /// two of its workspaces hold a value, the last named wins; identities' values are
+    /// joined); `activity` (the fold of the messages its workspaces' inputs brought, see
+    /// [`audience_state::replay::fold_in_workspaces`]) gives the event series and calculated
+    /// attributes; and the workspaces listed are its own. First and last seen stay the
+    /// profile's (see Known limits).
+    pub fn narrow(&self, profile: &mut ProfileState, activity: ProfileState) {
         if !self.is_limited() {
             return;
         }
         let mut attributes = std::collections::BTreeMap::new();
         let mut identities: std::collections::BTreeMap<String, Vec<String>> =
             std::collections::BTreeMap::new();
+        let mut data = WorkspaceData::default();
         for workspace in &self.workspaces {
             if let Some(kept) = profile.workspace_attributes.get(workspace) {
                 attributes.extend(kept.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -115,15 +120,26 @@ impl WorkspaceView {
                     }
                 }
             }
+            if let Some(kept) = profile.workspace_data.get(workspace) {
+                data.merge_from(kept);
+            }
         }
         profile.attributes = attributes;
         profile.identities = identities;
-        profile
-            .workspace_attributes
-            .retain(|w, _| self.workspaces.contains(w));
-        profile
-            .workspace_identities
-            .retain(|w, _| self.workspaces.contains(w));
+        profile.device = data.device;
+        profile.app_version = data.app_version;
+        profile.highest_app_version = None;
+        profile.consent = data.consent;
+        profile.location = data.location;
+        profile.install_attribution = data.install_attribution;
+        profile.uninstall_attribution = data.uninstall_attribution;
+        profile.history = activity.history;
+        profile.calculated = activity.calculated;
+        let own = |w: &String| self.workspaces.contains(w);
+        profile.workspaces.retain(own);
+        profile.workspace_attributes.retain(|w, _| own(w));
+        profile.workspace_identities.retain(|w, _| own(w));
+        profile.workspace_data.retain(|w, _| own(w));
     }
 
     /// The audience, when the token sees it; NOT_FOUND as for an audience that does not exist.
@@ -220,6 +236,27 @@ impl WorkspaceView {
         }
     }
 
+    /// Whether the criteria of an audience the token saves may read the calculated attribute
+    /// `name`, calculated over `workspaces` (empty: every workspace): only one calculated over
+    /// its own workspaces, whose value folds no other workspace's events.
+    pub fn check_calculated(&self, name: &str, workspaces: &[String]) -> Result<(), Status> {
+        if !self.is_limited()
+            || (!workspaces.is_empty() && workspaces.iter().all(|w| self.sees_workspace(w)))
+        {
+            return Ok(());
+        }
+        let over = match workspaces {
+            [] => "every workspace".to_string(),
+            w => format!("workspace {}", w.join(", ")),
+        };
+        Err(Status::permission_denied(format!(
+            "criteria: calculated attribute \"{name}\" is calculated over {over}; token '{}' \
+             is limited to workspace {}",
+            self.token,
+            self.workspaces.join(", ")
+        )))
+    }
+
     /// A limited token's subscription names its audiences: all of them would be every
     /// workspace's.
     pub fn check_subscription_list(&self, audience_ids: &[u64]) -> Result<(), Status> {
@@ -289,7 +326,7 @@ mod tests {
     }
 
     #[test]
-    fn a_limited_token_reads_the_attributes_and_identities_its_workspaces_set() {
+    fn a_limited_token_reads_the_data_and_activity_its_workspaces_brought() {
         use audience_state::model::AttrValue;
         use audience_state::profile::NamedAttr;
         let attr = |v: &str| NamedAttr {
@@ -317,8 +354,33 @@ mod tests {
                 .or_default()
                 .insert(kind.into(), vec![value.into()]);
         }
+        p.workspaces.insert("app-a".into());
+        p.workspaces.insert("app-b".into());
+        p.device.platform = Some("iOS".into());
+        p.location.city = Some("Paris".into());
+        p.consent.ccpa_data_sale_opt_out = Some(true);
+        let mut kept = WorkspaceData::default();
+        kept.device.platform = Some("Android".into());
+        p.workspace_data.insert("app-b".into(), kept);
+        let mut a_data = WorkspaceData::default();
+        a_data.location.city = Some("Paris".into());
+        a_data.consent.ccpa_data_sale_opt_out = Some(true);
+        p.workspace_data.insert("app-a".into(), a_data);
+        p.history
+            .insert("custom_event:play".into(), Default::default());
+        // What app-b's inputs did: one other event.
+        let mut activity = ProfileState::new(1);
+        activity
+            .history
+            .insert("custom_event:search".into(), Default::default());
         let mut seen = p.clone();
-        view(&["app-b"]).narrow(&mut seen);
+        view(&["app-b"]).narrow(&mut seen, activity.clone());
+        assert_eq!(seen.device.platform.as_deref(), Some("Android"));
+        assert_eq!(seen.location.city, None, "Paris is app-a's");
+        assert_eq!(seen.consent.ccpa_data_sale_opt_out, None);
+        assert_eq!(seen.history, activity.history);
+        assert_eq!(seen.workspaces.iter().collect::<Vec<_>>(), vec!["app-b"]);
+        assert!(!seen.workspace_data.contains_key("app-a"));
         assert_eq!(
             seen.attributes.keys().collect::<Vec<_>>(),
             vec!["tier"],
@@ -335,8 +397,32 @@ mod tests {
             "the email was collected in app-a"
         );
         let mut whole = p.clone();
-        WorkspaceView::default().narrow(&mut whole);
+        WorkspaceView::default().narrow(&mut whole, activity);
         assert_eq!(whole, p);
+    }
+
+    #[test]
+    fn a_limited_token_reads_only_calculated_attributes_of_its_workspaces() {
+        let b = view(&["app-b"]);
+        assert!(b.check_calculated("spend", &["app-b".into()]).is_ok());
+        let refused = b.check_calculated("spend", &[]).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(
+            refused
+                .message()
+                .contains("\"spend\" is calculated over every workspace"),
+            "{refused:?}"
+        );
+        let refused = b
+            .check_calculated("spend", &["app-a".into(), "app-b".into()])
+            .unwrap_err();
+        assert!(
+            refused.message().contains("workspace app-a, app-b"),
+            "{refused:?}"
+        );
+        assert!(WorkspaceView::default()
+            .check_calculated("spend", &[])
+            .is_ok());
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub use crate::aggregate::{
     value_of, Aggregate, CalcSpec, CalcState, Calculation, TRACKED_VALUES_MAX, UNIQUE_LIST_MAX,
     VALUE_CHARS_MAX, WINDOW_ENTRIES_MAX,
 };
-use crate::criteria::{event_selector, DefinitionError, EventCriterion, Matcher};
+use crate::criteria::{event_selector, DefinitionError, EventCriterion, EventSource, Matcher};
 use crate::model::{format_number, Event, EventKind, TimestampMs, DAY_MS};
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +43,11 @@ pub struct CalculatedAttributeRecord {
     /// Within the last N days (sliding, 24-hour days); the whole lifetime when absent.
     #[serde(default)]
     pub window_days: Option<u32>,
+    /// The workspaces whose inputs' events it is calculated over (a calculated attribute is
+    /// user data, which the seed keeps per workspace); empty: every message's, stamped or
+    /// not. Saved sorted, each a known workspace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workspaces: Vec<String>,
     #[serde(default)]
     pub created_at_ms: TimestampMs,
     #[serde(default)]
@@ -89,6 +94,7 @@ impl CalculatedAttributeRecord {
             && self.event == other.event
             && self.field == other.field
             && self.window_days == other.window_days
+            && self.workspaces == other.workspaces
     }
 
     /// Validates the definition, naming the field of the first problem.
@@ -121,7 +127,10 @@ impl CalculatedAttributeRecord {
                 "upgrades are derived from app versions: count them with an event criterion",
             ));
         }
-        let matcher = event_selector(&self.event, "event")?;
+        let mut matcher = event_selector(&self.event, "event")?;
+        if !self.workspaces.is_empty() {
+            matcher.source = Some(EventSource::Workspaces(self.workspaces.clone()));
+        }
         let field = self
             .field
             .as_deref()

@@ -22,13 +22,15 @@
 //! - the encoding is positional (postcard): fields are only ever appended, after a format byte.
 
 use crate::model::{Attribution, ConsentState, DeviceInfo, GeoLocation, Mpid, TimestampMs};
-use crate::profile::{NamedAttr, ProfileState};
+use crate::profile::{NamedAttr, ProfileState, WorkspaceData};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Version byte of the facts record (2: format 1's fields, then the workspaces the profile
-/// was seen in; 3: then the attributes and identities each workspace's inputs brought).
-pub const FACTS_FORMAT: u8 = 3;
+/// was seen in; 3: then the attributes and identities each workspace's inputs brought; 4: then
+/// each workspace's device, consent, location and attributions).
+pub const FACTS_FORMAT: u8 = 4;
+const FACTS_FORMAT_3: u8 = 3;
 const FACTS_FORMAT_2: u8 = 2;
 const FACTS_FORMAT_1: u8 = 1;
 
@@ -55,6 +57,9 @@ pub struct ProfileFacts {
     pub workspace_attributes: WorkspaceAttributes,
     #[serde(skip)]
     pub workspace_identities: WorkspaceIdentities,
+    /// Format 4, after the attributes and identities.
+    #[serde(skip)]
+    pub workspace_data: BTreeMap<String, WorkspaceData>,
 }
 
 type WorkspaceAttributes = BTreeMap<String, BTreeMap<String, NamedAttr>>;
@@ -109,8 +114,11 @@ pub fn encode_facts(p: &ProfileState) -> Vec<u8> {
     framed(
         &facts,
         &p.workspaces,
-        &p.workspace_attributes,
-        &p.workspace_identities,
+        PerWorkspace {
+            attributes: &p.workspace_attributes,
+            identities: &p.workspace_identities,
+        },
+        &p.workspace_data,
     )
 }
 
@@ -119,17 +127,14 @@ pub fn encode_facts(p: &ProfileState) -> Vec<u8> {
 fn framed(
     facts: &impl Serialize,
     workspaces: &BTreeSet<String>,
-    attributes: &WorkspaceAttributes,
-    identities: &WorkspaceIdentities,
+    per_workspace: PerWorkspace<'_>,
+    data: &BTreeMap<String, WorkspaceData>,
 ) -> Vec<u8> {
     let out =
         postcard::to_extend(facts, vec![FACTS_FORMAT]).expect("profile facts always serialise");
     let out = postcard::to_extend(workspaces, out).expect("profile facts always serialise");
-    let per_workspace = PerWorkspace {
-        attributes,
-        identities,
-    };
-    postcard::to_extend(&per_workspace, out).expect("profile facts always serialise")
+    let out = postcard::to_extend(&per_workspace, out).expect("profile facts always serialise");
+    postcard::to_extend(data, out).expect("profile facts always serialise")
 }
 
 impl ProfileFacts {
@@ -151,6 +156,7 @@ impl ProfileFacts {
             workspaces: p.workspaces.clone(),
             workspace_attributes: p.workspace_attributes.clone(),
             workspace_identities: p.workspace_identities.clone(),
+            workspace_data: p.workspace_data.clone(),
         }
     }
 
@@ -158,24 +164,31 @@ impl ProfileFacts {
         framed(
             self,
             &self.workspaces,
-            &self.workspace_attributes,
-            &self.workspace_identities,
+            PerWorkspace {
+                attributes: &self.workspace_attributes,
+                identities: &self.workspace_identities,
+            },
+            &self.workspace_data,
         )
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         match bytes.split_first() {
-            Some((&format @ (FACTS_FORMAT | FACTS_FORMAT_2), rest)) => {
+            Some((&format @ (FACTS_FORMAT | FACTS_FORMAT_3 | FACTS_FORMAT_2), rest)) => {
                 let (mut facts, rest) =
                     postcard::take_from_bytes::<ProfileFacts>(rest).map_err(|e| e.to_string())?;
                 let (workspaces, rest) =
                     postcard::take_from_bytes(rest).map_err(|e| e.to_string())?;
                 facts.workspaces = workspaces;
-                if format == FACTS_FORMAT {
-                    let per_workspace: PerWorkspaceOwned =
-                        postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+                if format >= FACTS_FORMAT_3 {
+                    let (per_workspace, rest): (PerWorkspaceOwned, _) =
+                        postcard::take_from_bytes(rest).map_err(|e| e.to_string())?;
                     facts.workspace_attributes = per_workspace.attributes;
                     facts.workspace_identities = per_workspace.identities;
+                    if format == FACTS_FORMAT {
+                        facts.workspace_data =
+                            postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+                    }
                 }
                 Ok(facts)
             }
@@ -204,6 +217,7 @@ impl ProfileFacts {
             workspaces: self.workspaces,
             workspace_attributes: self.workspace_attributes,
             workspace_identities: self.workspace_identities,
+            workspace_data: self.workspace_data,
             ..Default::default()
         }
     }
@@ -240,6 +254,10 @@ mod tests {
             .entry("app-a".into())
             .or_default()
             .insert("email".into(), vec!["a@b.c".into()]);
+        let mut kept = WorkspaceData::default();
+        kept.consent.ccpa_data_sale_opt_out = Some(false);
+        kept.location.country = Some("FR".into());
+        p.workspace_data.insert("app-a".into(), kept);
         let bytes = encode_facts(&p);
         let facts = ProfileFacts::decode(&bytes).unwrap();
         let rebuilt = facts.clone().into_profile(7);
@@ -249,19 +267,26 @@ mod tests {
         assert_eq!(rebuilt.workspaces, p.workspaces);
         assert_eq!(rebuilt.workspace_attributes, p.workspace_attributes);
         assert_eq!(rebuilt.workspace_identities, p.workspace_identities);
-        // Format 2: the same fields without the workspaces' attributes and identities (an
-        // empty map is one byte); format 1: without the workspaces either.
+        assert_eq!(rebuilt.workspace_data, p.workspace_data);
+        // Format 3: the same fields without the workspaces' other data (an empty map is one
+        // byte); format 2: without their attributes and identities either; format 1: without
+        // the workspaces either.
         let mut plain = facts.clone();
+        plain.workspace_data.clear();
+        let mut v3 = plain.encode();
+        v3.truncate(v3.len() - 1);
+        v3[0] = FACTS_FORMAT_3;
+        assert_eq!(ProfileFacts::decode(&v3).unwrap(), plain);
         plain.workspace_attributes.clear();
         plain.workspace_identities.clear();
         let mut v2 = plain.encode();
-        v2.truncate(v2.len() - 2);
+        v2.truncate(v2.len() - 3);
         v2[0] = FACTS_FORMAT_2;
         assert_eq!(ProfileFacts::decode(&v2).unwrap(), plain);
         let mut unseen = plain.clone();
         unseen.workspaces.clear();
         let mut v1 = unseen.encode();
-        v1.truncate(v1.len() - 3);
+        v1.truncate(v1.len() - 4);
         v1[0] = FACTS_FORMAT_1;
         assert_eq!(ProfileFacts::decode(&v1).unwrap(), unseen);
         assert!(ProfileFacts::decode(&[9, 1]).is_err());

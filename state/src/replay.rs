@@ -82,6 +82,36 @@ pub fn fold(
     profile
 }
 
+/// What a profile did through the inputs of `workspaces`: [`fold`] over its logged messages
+/// stamped with one of them and nothing else (no base, no unstamped message), so that its
+/// event series and calculated attributes count only those workspaces' events. What a token
+/// limited to workspaces reads of a profile's activity. Messages that left the log (retention,
+/// bounds) are not counted.
+pub fn fold_in_workspaces(
+    mpid: Mpid,
+    units: impl IntoIterator<Item = LogUnit>,
+    workspaces: &[String],
+    catalog: &Catalog,
+    now: TimestampMs,
+    retention_ms: i64,
+) -> ProfileState {
+    let theirs = units.into_iter().filter(|unit| match unit {
+        LogUnit::Message(m) => m
+            .input
+            .as_ref()
+            .is_some_and(|tag| workspaces.contains(&tag.workspace)),
+        LogUnit::BareEvent(..) => false,
+    });
+    fold(
+        mpid,
+        ProfileFacts::default(),
+        theirs,
+        catalog,
+        now,
+        retention_ms,
+    )
+}
+
 /// The base after the units that leave a log: the facts they leave behind. Facts do not
 /// depend on the catalog (event criteria and calculated attributes are not facts).
 pub fn fold_into_base(

@@ -18,7 +18,9 @@ use audience_state::facts::{encode_facts, ProfileFacts};
 use audience_state::membership::Change;
 use audience_state::model::*;
 use audience_state::profile::ProfileState;
-use audience_state::replay::{audiences_to_evaluate, base_after, log_units, rebuild_profile};
+use audience_state::replay::{
+    audiences_to_evaluate, base_after, fold_in_workspaces, log_units, rebuild_profile,
+};
 use proptest::prelude::*;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -520,4 +522,45 @@ fn a_store_of_log_format_1_is_read_and_rebuilt() {
         (rebuilt.encode_core(), rebuilt.encode_derived()),
         (streamed.encode_core(), streamed.encode_derived())
     );
+}
+
+/// What a token limited to a workspace reads of a profile's activity: the fold of the logged
+/// messages stamped with that workspace, and nothing of the others' or of unstamped ones.
+#[test]
+fn a_fold_over_one_workspace_counts_only_the_events_of_its_inputs() {
+    let catalog = catalog(7, 1);
+    let mut streamed = ProfileState::new(1);
+    let mut log = EventLog::default();
+    let mut dict = Dictionary::default();
+    // input_at: T0 + 0 s is unstamped, + 1 s app-a, + 2 s app-b; a 3 s cycle.
+    for i in 0..9 {
+        let now = T0 + i * 1000;
+        let search = message(&Step::Search("shoes"), now);
+        streamed.apply_logged(&search, now, RETENTION, &catalog, &mut |m| {
+            log.append_message(&mut dict, m)
+        });
+    }
+    let now = T0 + 10_000;
+    let units = || log_units(&log, &[], &dict).unwrap();
+    let key = |p: &ProfileState| {
+        p.history
+            .iter()
+            .filter(|(k, _)| !k.starts_with("m:"))
+            .map(|(_, s)| s.count_between(0, i64::MAX))
+            .sum::<u64>()
+    };
+    assert_eq!(key(&streamed), 9);
+    let b = fold_in_workspaces(1, units(), &["app-b".into()], &catalog, now, RETENTION);
+    assert_eq!(key(&b), 3, "{:?}", b.history);
+    let both = fold_in_workspaces(
+        1,
+        units(),
+        &["app-a".into(), "app-b".into()],
+        &catalog,
+        now,
+        RETENTION,
+    );
+    assert_eq!(key(&both), 6);
+    let none = fold_in_workspaces(1, units(), &["app-c".into()], &catalog, now, RETENTION);
+    assert!(none.history.is_empty() && none.calculated.is_empty());
 }

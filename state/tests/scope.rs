@@ -166,8 +166,8 @@ fn scoped_audiences_read_their_sources_and_hold_only_profiles_seen_in_their_work
     let why = catalog.active(1).unwrap().compiled.root.explain(&p, &ctx);
     assert_eq!(why.children[0].criterion, "seen in workspace \"app-a\"");
     assert_eq!(
-        why.children[0].detail,
-        "seen in workspace \"app-a\" and \"app-b\""
+        why.children[0].detail, "seen in workspace \"app-a\"",
+        "the gate's workspaces only"
     );
     let event = &why.children[1].children[0];
     assert!(
@@ -183,7 +183,7 @@ fn scoped_audiences_read_their_sources_and_hold_only_profiles_seen_in_their_work
         .root
         .explain(&other, &ctx);
     assert!(!why.matched);
-    assert_eq!(why.children[0].detail, "seen in no workspace");
+    assert_eq!(why.children[0].detail, "seen in none of them");
 }
 
 fn attributes(
@@ -380,7 +380,7 @@ fn a_picked_workspace_must_be_one_of_the_audiences_and_only_some_criteria_pick()
     assert!(e.field.ends_with(".workspace"), "{e}");
     assert!(
         e.reason
-            .contains("only user attribute, identity and event criteria"),
+            .contains("only user attribute, identity, event, consent, device, location"),
         "{e}"
     );
     // Picked right, it compiles; the definition reads back as written.
@@ -391,4 +391,321 @@ fn a_picked_workspace_must_be_one_of_the_audiences_and_only_some_criteria_pick()
         &[],
     );
     assert!(fine.validate().is_ok());
+}
+
+/// A batch of `input` carrying device, consent, location and, with a first run, an install
+/// attribution.
+fn user_data(
+    input: Option<InputTag>,
+    at: i64,
+    platform: &str,
+    city: Option<&str>,
+    ccpa_opted_out: Option<bool>,
+    publisher: Option<&str>,
+) -> Inbound {
+    let events = match publisher {
+        Some(_) => vec![Event {
+            timestamp_ms: at,
+            kind: EventKind::FirstRun,
+            attributes: BTreeMap::new(),
+        }],
+        None => vec![],
+    };
+    Inbound::Batch(Batch {
+        mpid: 1,
+        timestamp_ms: Some(at),
+        events,
+        device_info: Some(DeviceInfo {
+            platform: Some(platform.into()),
+            ..Default::default()
+        }),
+        location: city.map(|c| GeoLocation {
+            city: Some(c.into()),
+            ..Default::default()
+        }),
+        consent: ccpa_opted_out.map(|opted_out| ConsentState {
+            gdpr: BTreeMap::new(),
+            ccpa_data_sale_opt_out: Some(opted_out),
+        }),
+        attribution: publisher.map(|p| Attribution {
+            publisher: Some(p.into()),
+            ..Default::default()
+        }),
+        input,
+        ..Default::default()
+    })
+}
+
+/// Device, consent, location and attribution are user profile data as well: each workspace
+/// keeps what its inputs set, a multi workspace audience's criterion picks one, and a profile
+/// folded again from its logged messages holds the same copies.
+#[test]
+fn consent_device_location_and_attribution_criteria_pick_a_workspace_too() {
+    let both = ["app-a", "app-b"];
+    let catalog = Catalog::build(
+        1,
+        vec![
+            scoped(
+                11,
+                json!({"device": {"field": "platform", "op": "exact_match", "value": "Android", "workspace": "app-b"}}),
+                &both,
+                &[],
+            ),
+            scoped(
+                12,
+                json!({"consent": {"regulation": "ccpa", "state": "opted_out", "workspace": "app-a"}}),
+                &both,
+                &[],
+            ),
+            scoped(
+                13,
+                json!({"location": {"field": "city", "op": "exact_match", "value": "Lyon", "workspace": "app-b"}}),
+                &both,
+                &[],
+            ),
+            scoped(
+                14,
+                json!({"attribution": {"kind": "install", "workspace": "app-a"}}),
+                &both,
+                &[],
+            ),
+            // No pick: the latest platform from any source.
+            scoped(
+                15,
+                json!({"device": {"field": "platform", "op": "exact_match", "value": "Android"}}),
+                &both,
+                &[],
+            ),
+            scoped(
+                16,
+                json!({"location": {"within": {"distance": 50, "unit": "km", "city": "Lyon, FR"}, "workspace": "app-a"}}),
+                &both,
+                &[],
+            ),
+        ],
+    );
+    let (ios, feed) = (tag("ios", "app-a"), tag("feed", "app-b"));
+    let mut p = ProfileState::new(1);
+    let mut logged = Vec::new();
+    let mut now = T0;
+    let mut step = |p: &mut ProfileState, message: Inbound| {
+        now += 1_000;
+        let changes = p.apply_logged(&message, now, RETENTION, &catalog, &mut |m| {
+            logged.push((now, m.clone().into_inbound(1)))
+        });
+        let ctx = EvalContext {
+            now,
+            retention_ms: RETENTION,
+        };
+        p.evaluate(catalog.affected_by(&changes), &catalog, &ctx, now);
+        p.member_of().map(|(id, _)| id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        step(
+            &mut p,
+            user_data(
+                ios.clone(),
+                T0,
+                "iOS",
+                Some("Paris"),
+                Some(true),
+                Some("ads")
+            )
+        ),
+        vec![12, 14],
+        "app-a opted out and was attributed; app-b set nothing"
+    );
+    assert_eq!(
+        step(
+            &mut p,
+            user_data(feed.clone(), T0, "Android", Some("Lyon"), None, None)
+        ),
+        vec![11, 12, 13, 14, 15]
+    );
+    assert_eq!(
+        step(
+            &mut p,
+            user_data(ios.clone(), T0, "iOS", None, Some(false), None)
+        ),
+        vec![11, 13, 14],
+        "the latest platform is iOS again, app-a opted back in; app-b still keeps Android"
+    );
+    assert_eq!(p.device.platform.as_deref(), Some("iOS"));
+    assert_eq!(
+        p.user_data(Some("app-b")).device.platform.as_deref(),
+        Some("Android")
+    );
+    assert!(p.user_data(Some("app-b")).install_attribution.is_none());
+    // Paris is not within 50 km of Lyon: app-a's position is Paris's, without coordinates.
+    assert!(!p.member_of().any(|(id, _)| id == 16));
+
+    // The stored row and the log keep the copies.
+    let read = ProfileState::decode(&p.encode_core()).unwrap();
+    assert_eq!(read.workspace_data, p.workspace_data);
+    let mut folded = ProfileState::new(1);
+    for (at, message) in &logged {
+        folded.apply(message, *at, RETENTION, &catalog);
+    }
+    assert_eq!(folded.workspace_data, p.workspace_data);
+    assert_eq!(folded.device, p.device);
+
+    // Explain names the workspace and shows its value.
+    let ctx = EvalContext {
+        now: T0 + 10_000,
+        retention_ms: RETENTION,
+    };
+    let why = catalog.active(11).unwrap().compiled.root.explain(&p, &ctx);
+    assert_eq!(
+        why.children[1].criterion,
+        "device platform exact match \"android\" in workspace \"app-b\""
+    );
+    assert_eq!(why.children[1].detail, "the value is \"Android\"");
+    let why = catalog.active(12).unwrap().compiled.root.explain(&p, &ctx);
+    assert_eq!(
+        why.children[1].criterion,
+        "CCPA data sale opt-out is opted out in workspace \"app-a\""
+    );
+    assert_eq!(why.children[1].detail, "not opted out");
+
+    // A pick outside the audience's workspaces is refused, naming the field.
+    let e = scoped(
+        17,
+        json!({"consent": {"regulation": "ccpa", "state": "opted_out", "workspace": "app-c"}}),
+        &both,
+        &[],
+    )
+    .validate()
+    .unwrap_err();
+    assert_eq!(e.field, "criteria.consent.workspace");
+}
+
+fn commerce(action: &str, at: i64) -> Event {
+    Event {
+        timestamp_ms: at,
+        kind: EventKind::Commerce {
+            product_action: Some(action.into()),
+            products: vec![],
+            total_amount: None,
+            transaction_id: None,
+        },
+        attributes: BTreeMap::new(),
+    }
+}
+
+/// Cart abandonment is event based: in a scoped audience it reads the adds to cart and the
+/// purchases of the audience's inputs only, as the event criteria of those actions would.
+#[test]
+fn a_scoped_cart_abandonment_reads_the_commerce_events_of_its_inputs() {
+    let abandoned = json!({"cart_abandonment": {"wait_minutes": 10}});
+    let catalog = Catalog::build(
+        1,
+        vec![
+            scoped(21, abandoned.clone(), &["app-a"], &["ios"]),
+            AudienceRecord::active(22, "anywhere", abandoned.clone()),
+            // A multi workspace audience picking app-b's commerce events.
+            scoped(
+                23,
+                json!({"cart_abandonment": {"wait_minutes": 10, "workspace": "app-b"}}),
+                &["app-a", "app-b"],
+                &[],
+            ),
+        ],
+    );
+    let (ios, feed) = (tag("ios", "app-a"), tag("feed", "app-b"));
+    let mut p = ProfileState::new(1);
+    let mut now = T0;
+    // A message at `now`, then the timers that fell due within the next 11 minutes.
+    let mut step = |p: &mut ProfileState, input: &Option<InputTag>, action: &str| {
+        now += 1_000;
+        let message = batch(input.clone(), now, vec![commerce(action, now)], &[]);
+        apply_at(p, &catalog, message, now);
+        now += 11 * 60_000;
+        let ctx = EvalContext {
+            now,
+            retention_ms: RETENTION,
+        };
+        p.evaluate(p.due_audiences(now), &catalog, &ctx, now);
+        p.member_of().map(|(id, _)| id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        step(&mut p, &feed, "add_to_cart"),
+        vec![22, 23],
+        "added through app-b's feed: not through ios"
+    );
+    assert_eq!(step(&mut p, &ios, "add_to_cart"), vec![21, 22, 23]);
+    assert_eq!(
+        step(&mut p, &feed, "purchase"),
+        vec![21],
+        "a purchase through the feed ends the abandonment of every message and of app-b's"
+    );
+    assert_eq!(step(&mut p, &ios, "purchase"), Vec::<u64>::new());
+
+    let ctx = EvalContext {
+        now,
+        retention_ms: RETENTION,
+    };
+    let why = catalog.active(21).unwrap().compiled.root.explain(&p, &ctx);
+    assert!(
+        why.children[1]
+            .criterion
+            .ends_with("for 10 minutes from input \"ios\""),
+        "{why:?}"
+    );
+    // The audience's matchers keep the series: an audience created later backfills them.
+    let matchers = &catalog.active(21).unwrap().compiled.matchers;
+    assert_eq!(matchers.len(), 2, "adds and purchases of ios: {matchers:?}");
+    let e = scoped(
+        24,
+        json!({"cart_abandonment": {"wait_minutes": 10, "workspace": "app-c"}}),
+        &["app-a"],
+        &[],
+    )
+    .validate()
+    .unwrap_err();
+    assert_eq!(e.field, "criteria.cart_abandonment.workspace");
+}
+
+/// A calculated attribute is user data: one defined over app-b folds the events of app-b's
+/// inputs only.
+#[test]
+fn a_calculated_attribute_of_a_workspace_folds_only_its_inputs_events() {
+    let plays: audience_state::calculated::CalculatedAttributeRecord = serde_json::from_value(
+        json!({"name": "plays", "calculation": "count", "event": {"type": "custom_event", "name": "Play"}, "workspaces": ["app-b"]}),
+    )
+    .unwrap();
+    let catalog = Catalog::build_full(
+        1,
+        vec![scoped(
+            31,
+            json!({"calculated_attribute": {"name": "plays", "op": "greater_than", "value": 1}}),
+            &["app-a", "app-b"],
+            &[],
+        )],
+        vec![],
+        vec![plays],
+    );
+    let (ios, feed) = (tag("ios", "app-a"), tag("feed", "app-b"));
+    let mut p = ProfileState::new(1);
+    let mut now = T0;
+    let mut step = |p: &mut ProfileState, input: &Option<InputTag>| {
+        now += 1_000;
+        apply_at(
+            p,
+            &catalog,
+            batch(input.clone(), now, vec![play(now)], &[]),
+            now,
+        )
+    };
+    assert!(step(&mut p, &ios).is_empty());
+    assert!(
+        step(&mut p, &ios).is_empty(),
+        "app-a's plays are not app-b's"
+    );
+    assert!(step(&mut p, &feed).is_empty());
+    assert_eq!(step(&mut p, &feed), vec![31]);
+    let value = |p: &ProfileState| {
+        let spec = catalog.calculated_spec("plays").unwrap();
+        audience_state::calculated::value_of(p.calculated.get("plays"), &spec, T0 + 10_000).0
+    };
+    assert_eq!(value(&p), Some(AttrValue::Number(2.0)));
 }

@@ -85,12 +85,64 @@ pub(super) fn collect_matchers(criterion: &Criterion, scope: &Scope, out: &mut V
         Criterion::Event(e) if e.needs_series(scope) => {
             // Validated already: compiling again cannot fail.
             if let Ok(m) = series_matcher(e, "", scope) {
-                if !out.iter().any(|x| x.history_key == m.history_key) {
-                    out.push(m);
+                add_matcher(out, m);
+            }
+        }
+        Criterion::CartAbandonment(c) => {
+            let any_action = c.ended_by_any_action().unwrap_or_default();
+            if let Some(source) = scope.event_source_in("commerce_event", c.workspace.as_deref()) {
+                let (added, ended_by) = cart_matchers(any_action, &source);
+                for m in std::iter::once(added).chain(ended_by) {
+                    add_matcher(out, m);
                 }
             }
         }
         _ => {}
+    }
+}
+
+/// The matchers of a cart abandonment reading `source`: its adds to cart, then the product
+/// actions that end it (a purchase, or with `any_action` every product action but an add).
+/// Keyed as the event criteria of the same actions and source, whose series they share.
+fn cart_matchers(any_action: bool, source: &EventSource) -> (Matcher, Vec<Matcher>) {
+    let action = |product_action: &str| {
+        let selector = EventCriterion {
+            event_type: "commerce_event".into(),
+            name: None,
+            custom_event_type: None,
+            product_action: Some(product_action.into()),
+            attributes: vec![],
+            product: vec![],
+            transaction: vec![],
+            promotion_action: None,
+            promotion: vec![],
+            impression: false,
+            impression_list: None,
+            count: None,
+            time: None,
+            workspace: None,
+        };
+        let matcher = event_selector(&selector, "").expect("a product action is a selector");
+        scoped(matcher, source.clone())
+    };
+    let ended_by = PRODUCT_ACTIONS
+        .iter()
+        .filter(|&&a| {
+            if any_action {
+                a != "add_to_cart"
+            } else {
+                a == "purchase"
+            }
+        })
+        .map(|a| action(a))
+        .collect();
+    (action("add_to_cart"), ended_by)
+}
+
+/// Adds a matcher, once per series.
+fn add_matcher(out: &mut Vec<Matcher>, m: Matcher) {
+    if !out.iter().any(|x| x.history_key == m.history_key) {
+        out.push(m);
     }
 }
 
@@ -181,7 +233,13 @@ pub(super) fn compile_node(
             scope.check_pick(e.workspace.as_deref(), &path)?;
             Node::Event(compile_event(e, &path, scope)?)
         }
-        Criterion::Consent(c) => Node::Consent(compile_consent(c, &format!("{path}.consent"))?),
+        Criterion::Consent(c) => {
+            let path = format!("{path}.consent");
+            Node::Consent {
+                test: compile_consent(c, &path)?,
+                workspace: scope.check_pick(c.workspace.as_deref(), &path)?,
+            }
+        }
         Criterion::Device(d) => {
             let path = format!("{path}.device");
             let field = d.field.trim().to_lowercase();
@@ -204,6 +262,7 @@ pub(super) fn compile_node(
             Node::Device {
                 field,
                 test: compile_condition(&cond, &path)?.test,
+                workspace: scope.check_pick(d.workspace.as_deref(), &path)?,
             }
         }
         Criterion::Audience(r) => {
@@ -226,19 +285,24 @@ pub(super) fn compile_node(
                     "must be at least 1",
                 ));
             }
-            let any_action = match c.without.as_deref().map(str::to_lowercase).as_deref() {
-                None | Some("purchase") => false,
-                Some("product_action") => true,
-                Some(other) => {
-                    return Err(DefinitionError::new(
-                        format!("{path}.without"),
-                        format!("\"{other}\" is not purchase or product_action"),
-                    ))
-                }
-            };
+            let any_action = c
+                .ended_by_any_action()
+                .map_err(|reason| DefinitionError::new(format!("{path}.without"), reason))?;
+            let picked = scope.check_pick(c.workspace.as_deref(), &path)?;
+            let series = scope
+                .event_source_in("commerce_event", picked.as_deref())
+                .map(|source| {
+                    let (added, ended_by) = cart_matchers(any_action, &source);
+                    CartSeries {
+                        added: added.history_key,
+                        ended_by: ended_by.into_iter().map(|m| m.history_key).collect(),
+                        source,
+                    }
+                });
             Node::CartAbandonment {
                 wait_ms: c.wait_minutes as i64 * 60_000,
                 any_action,
+                series,
             }
         }
         Criterion::FirstSeen(window) => {
@@ -301,13 +365,23 @@ pub(super) fn compile_node(
                 uninstall,
                 field,
                 test: string_test(&cond, &path)?,
+                workspace: scope.check_pick(a.workspace.as_deref(), &path)?,
             }
         }
-        Criterion::Location(l) => compile_location(l, &format!("{path}.location"))?,
+        Criterion::Location(l) => {
+            let path = format!("{path}.location");
+            let workspace = scope.check_pick(l.workspace.as_deref(), &path)?;
+            compile_location(l, &path, workspace)?
+        }
     })
 }
 
-pub(super) fn compile_location(l: &LocationCriterion, path: &str) -> Result<Node, DefinitionError> {
+/// A location criterion reading the data of `workspace` (`None`: the profile's latest).
+pub(super) fn compile_location(
+    l: &LocationCriterion,
+    path: &str,
+    workspace: Option<String>,
+) -> Result<Node, DefinitionError> {
     match (&l.field, &l.within) {
         (Some(field), None) => {
             let field = field.trim().to_lowercase();
@@ -329,6 +403,7 @@ pub(super) fn compile_location(l: &LocationCriterion, path: &str) -> Result<Node
             Ok(Node::LocationField {
                 test: string_test(&cond, path)?,
                 field,
+                workspace,
             })
         }
         (None, Some(w)) => {
@@ -397,6 +472,7 @@ pub(super) fn compile_location(l: &LocationCriterion, path: &str) -> Result<Node
                 longitude,
                 radius_km: w.distance * per_unit,
                 label,
+                workspace,
             })
         }
         _ => Err(DefinitionError::new(

@@ -276,10 +276,18 @@ pub enum Node {
         /// `None`: the profile's, from every source.
         workspace: Option<String>,
     },
-    Consent(ConsentTest),
+    Consent {
+        test: ConsentTest,
+        /// The workspace whose data it reads (a multi workspace audience's pick); `None`: the
+        /// profile's latest from any source.
+        workspace: Option<String>,
+    },
     Device {
         field: String,
         test: Test,
+        /// The workspace whose data it reads (a multi workspace audience's pick); `None`: the
+        /// profile's latest from any source.
+        workspace: Option<String>,
     },
     FirstSeen(Window),
     Audience {
@@ -289,6 +297,9 @@ pub enum Node {
     CartAbandonment {
         wait_ms: i64,
         any_action: bool,
+        /// A scoped audience's: the series its source's commerce events keep; `None`: the
+        /// event keys' (every message's).
+        series: Option<CartSeries>,
     },
     /// A calculated attribute's value at evaluation time.
     Calculated {
@@ -301,10 +312,16 @@ pub enum Node {
         uninstall: bool,
         field: Option<String>,
         test: Test,
+        /// The workspace whose data it reads (a multi workspace audience's pick); `None`: the
+        /// profile's latest from any source.
+        workspace: Option<String>,
     },
     LocationField {
         field: String,
         test: Test,
+        /// The workspace whose data it reads (a multi workspace audience's pick); `None`: the
+        /// profile's latest from any source.
+        workspace: Option<String>,
     },
     /// A scoped audience's gate: the profile was seen in one of these workspaces.
     SeenIn(Vec<String>),
@@ -314,7 +331,21 @@ pub enum Node {
         radius_km: f64,
         /// What the definition named ("Paris, FR" or the coordinates), for explanations.
         label: String,
+        /// The workspace whose data it reads (a multi workspace audience's pick); `None`: the
+        /// profile's latest from any source.
+        workspace: Option<String>,
     },
+}
+
+/// The series a scoped cart abandonment reads, kept by matchers of its source (made by
+/// `compile`'s `cart_matchers`, keyed as the event criteria of the same actions).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CartSeries {
+    /// Adds to cart.
+    pub added: String,
+    /// The product actions that end an abandonment (a purchase, or any but an add).
+    pub ended_by: Vec<String>,
+    pub source: EventSource,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -379,6 +410,22 @@ pub struct CompiledAudience {
 impl CompiledAudience {
     pub fn evaluate(&self, profile: &ProfileState, ctx: &EvalContext) -> Outcome {
         self.root.evaluate(profile, ctx)
+    }
+
+    /// Whether the profile is in the audience's scope: seen in one of its workspaces, or any
+    /// profile for an audience without workspaces.
+    pub fn scope_admits(&self, profile: &ProfileState) -> bool {
+        // A scoped audience's tree is `and(seen in its workspaces, criteria)` (the gate
+        // `Scope::gate` puts at the root).
+        match &self.root {
+            Node::And(children) => match children.first() {
+                Some(Node::SeenIn(workspaces)) => {
+                    workspaces.iter().any(|w| profile.workspaces.contains(w))
+                }
+                _ => true,
+            },
+            _ => true,
+        }
     }
 
     /// The audiences this one reads the membership of.

@@ -55,7 +55,7 @@ pub(super) fn compile_condition(
     if cond.workspace.is_some() {
         return Err(DefinitionError::new(
             format!("{path}.workspace"),
-            "only user attribute, identity and event criteria pick a workspace",
+            "only user attribute, identity, event, consent, device, location and attribution criteria pick a workspace",
         ));
     }
     let name = cond.name.trim().to_lowercase();

@@ -72,6 +72,10 @@ pub struct AttributionCriterion {
     pub op: Option<Operator>,
     #[serde(default)]
     pub value: Option<serde_json::Value>,
+    /// In a multi workspace audience: the workspace whose data it reads (as a user attribute
+    /// criterion's); absent: the profile's latest from any source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +91,10 @@ pub struct LocationCriterion {
     /// Within a distance of a point or of a named world city.
     #[serde(default)]
     pub within: Option<Within>,
+    /// In a multi workspace audience: the workspace whose data it reads (as a user attribute
+    /// criterion's); absent: the profile's latest from any source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +124,23 @@ pub struct CartAbandonment {
     /// `purchase` (default): no purchase since; `product_action`: no product action at all.
     #[serde(default)]
     pub without: Option<String>,
+    /// In a multi workspace audience: the workspace whose commerce events it reads (the
+    /// audience's inputs of it, every input of it when the audience selects none); absent:
+    /// every source of the audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+}
+
+impl CartAbandonment {
+    /// Whether any product action ends the abandonment (`without: product_action`), or only a
+    /// purchase; the error names the value.
+    pub(super) fn ended_by_any_action(&self) -> Result<bool, String> {
+        match self.without.as_deref().map(str::to_lowercase).as_deref() {
+            None | Some("purchase") => Ok(false),
+            Some("product_action") => Ok(true),
+            Some(other) => Err(format!("\"{other}\" is not purchase or product_action")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +165,10 @@ pub struct ConsentCriterion {
     /// GDPR: `consented`, `not_consented`, `no_state`; CCPA: `opted_out`, `not_opted_out`,
     /// `no_state`.
     pub state: String,
+    /// In a multi workspace audience: the workspace whose data it reads (as a user attribute
+    /// criterion's); absent: the profile's latest from any source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,6 +180,10 @@ pub struct DeviceCriterion {
     pub op: Operator,
     #[serde(default)]
     pub value: Option<serde_json::Value>,
+    /// In a multi workspace audience: the workspace whose data it reads (as a user attribute
+    /// criterion's); absent: the profile's latest from any source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
 }
 
 /// The profile fields a device criterion can read.

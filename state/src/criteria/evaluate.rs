@@ -5,17 +5,22 @@ use super::compiled::*;
 use super::values::*;
 use crate::history::EventSeries;
 use crate::model::{AttrValue, PRODUCT_ACTIONS};
-use crate::profile::ProfileState;
+use crate::profile::{ProfileState, UserData};
 
-/// A location field of a profile: the reserved user attributes (`$City`, `$State`, `$Zip`,
-/// `$Country`, `$DMA`) win over what GeoIP or the device reported.
-pub fn location_field(profile: &ProfileState, field: &str) -> Option<String> {
+/// A location field of a profile, as `workspace` keeps it (`None`: the profile's latest from
+/// any source): the reserved user attributes (`$City`, `$State`, `$Zip`, `$Country`, `$DMA`)
+/// win over what GeoIP or the device reported.
+pub fn location_field(
+    profile: &ProfileState,
+    workspace: Option<&str>,
+    field: &str,
+) -> Option<String> {
     let reserved = profile
-        .attribute(&format!("${field}"))
+        .attribute_from(workspace, &format!("${field}"))
         .and_then(AttrValue::as_text)
         .filter(|v| !v.is_empty());
     reserved.or_else(|| {
-        let l = &profile.location;
+        let l = profile.user_data(workspace).location;
         match field {
             "city" => l.city.clone(),
             "state" => l.state.clone(),
@@ -28,14 +33,14 @@ pub fn location_field(profile: &ProfileState, field: &str) -> Option<String> {
 }
 
 pub(super) fn attribution_value(
-    profile: &ProfileState,
+    data: UserData<'_>,
     uninstall: bool,
     field: Option<&str>,
 ) -> Option<AttrValue> {
     let a = if uninstall {
-        profile.uninstall_attribution.as_ref()
+        data.uninstall_attribution.as_ref()
     } else {
-        profile.install_attribution.as_ref()
+        data.install_attribution.as_ref()
     }?;
     match field {
         None => Some(AttrValue::Bool(true)),
@@ -44,8 +49,8 @@ pub(super) fn attribution_value(
     }
 }
 
-pub(super) fn distance_to(profile: &ProfileState, latitude: f64, longitude: f64) -> Option<f64> {
-    let (lat, lon) = (profile.location.latitude?, profile.location.longitude?);
+pub(super) fn distance_to(data: UserData<'_>, latitude: f64, longitude: f64) -> Option<f64> {
+    let (lat, lon) = (data.location.latitude?, data.location.longitude?);
     Some(crate::geo::distance_km(lat, lon, latitude, longitude))
 }
 
@@ -117,17 +122,25 @@ impl Node {
                 }
             }
             Node::Event(node) => node.evaluate(profile, ctx),
-            Node::Consent(test) => Outcome {
-                matched: match test {
-                    ConsentTest::Gdpr { purpose, state } => {
-                        profile.consent.gdpr.get(purpose).map(|c| c.consented) == *state
-                    }
-                    ConsentTest::Ccpa { state } => profile.consent.ccpa_data_sale_opt_out == *state,
-                },
-                next_change: None,
-            },
-            Node::Device { field, test } => {
-                let value = device_field(profile, field).map(AttrValue::String);
+            Node::Consent { test, workspace } => {
+                let consent = profile.user_data(workspace.as_deref()).consent;
+                Outcome {
+                    matched: match test {
+                        ConsentTest::Gdpr { purpose, state } => {
+                            consent.gdpr.get(purpose).map(|c| c.consented) == *state
+                        }
+                        ConsentTest::Ccpa { state } => consent.ccpa_data_sale_opt_out == *state,
+                    },
+                    next_change: None,
+                }
+            }
+            Node::Device {
+                field,
+                test,
+                workspace,
+            } => {
+                let data = profile.user_data(workspace.as_deref());
+                let value = device_field(data, field).map(AttrValue::String);
                 Outcome {
                     matched: test.holds(value.as_ref()),
                     next_change: None,
@@ -140,7 +153,8 @@ impl Node {
             Node::CartAbandonment {
                 wait_ms,
                 any_action,
-            } => cart_abandonment(profile, ctx, *wait_ms, *any_action),
+                series,
+            } => cart_abandonment(profile, ctx, *wait_ms, *any_action, series.as_ref()),
             Node::Calculated { key, spec, test } => {
                 let (value, next_change) =
                     crate::aggregate::value_of(profile.calculated.get(key), spec, ctx.now);
@@ -153,14 +167,22 @@ impl Node {
                 uninstall,
                 field,
                 test,
+                workspace,
+            } => {
+                let data = profile.user_data(workspace.as_deref());
+                Outcome {
+                    matched: test
+                        .holds(attribution_value(data, *uninstall, field.as_deref()).as_ref()),
+                    next_change: None,
+                }
+            }
+            Node::LocationField {
+                field,
+                test,
+                workspace,
             } => Outcome {
-                matched: test
-                    .holds(attribution_value(profile, *uninstall, field.as_deref()).as_ref()),
-                next_change: None,
-            },
-            Node::LocationField { field, test } => Outcome {
                 matched: test.holds(
-                    location_field(profile, field)
+                    location_field(profile, workspace.as_deref(), field)
                         .map(AttrValue::String)
                         .as_ref(),
                 ),
@@ -170,10 +192,15 @@ impl Node {
                 latitude,
                 longitude,
                 radius_km,
+                workspace,
                 ..
             } => Outcome {
-                matched: distance_to(profile, *latitude, *longitude)
-                    .is_some_and(|d| d <= *radius_km),
+                matched: distance_to(
+                    profile.user_data(workspace.as_deref()),
+                    *latitude,
+                    *longitude,
+                )
+                .is_some_and(|d| d <= *radius_km),
                 next_change: None,
             },
             Node::SeenIn(workspaces) => Outcome {
@@ -212,7 +239,7 @@ impl Node {
                 event_type: e.event_type.clone(),
                 name: e.name.clone(),
             }),
-            Node::Consent(_) => reads.push(ReadKey::Consent),
+            Node::Consent { .. } => reads.push(ReadKey::Consent),
             Node::Device { .. } => reads.push(ReadKey::Device),
             Node::FirstSeen(_) => reads.push(ReadKey::FirstSeen),
             Node::Audience { id, .. } => reads.push(ReadKey::Audience(*id)),
@@ -244,12 +271,23 @@ impl Node {
             Node::Attribute(_)
             | Node::WorkspaceAttribute { .. }
             | Node::Identity { .. }
-            | Node::Consent(_)
+            | Node::Consent { .. }
             | Node::Device { .. }
             | Node::Audience { .. }
             | Node::SeenIn(_) => false,
         }
     }
+}
+
+/// The latest add to cart within retention a cart abandonment reads: of its source's series
+/// in a scoped audience, else of every message.
+pub(super) fn last_add_to_cart(
+    profile: &ProfileState,
+    series: Option<&CartSeries>,
+    ctx: &EvalContext,
+) -> Option<i64> {
+    let key = series.map_or("commerce_event:add_to_cart", |s| s.added.as_str());
+    last_in_retention(profile, key, ctx)
 }
 
 /// The latest occurrence of a history key within retention, at `now`.
@@ -274,29 +312,40 @@ pub(super) fn cart_abandonment(
     ctx: &EvalContext,
     wait_ms: i64,
     any_action: bool,
+    series: Option<&CartSeries>,
 ) -> Outcome {
     let not_matched = Outcome {
         matched: false,
         next_change: None,
     };
-    let Some(added) = last_in_retention(profile, "commerce_event:add_to_cart", ctx) else {
+    let Some(added) = last_add_to_cart(profile, series, ctx) else {
         return not_matched;
     };
-    let prefix = if any_action {
-        "commerce_event:"
-    } else {
-        "commerce_event:purchase"
+    let since_added = |s: &EventSeries| s.occurrences().any(|(t, _)| t > added && t <= ctx.now);
+    let followed = match series {
+        Some(scoped) => scoped
+            .ended_by
+            .iter()
+            .filter_map(|key| profile.history.get(key))
+            .any(since_added),
+        None => {
+            let prefix = if any_action {
+                "commerce_event:"
+            } else {
+                "commerce_event:purchase"
+            };
+            profile
+                .history
+                .range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .filter(|(k, _)| {
+                    // Only product actions: promotions and impressions are not.
+                    let action = &k["commerce_event:".len()..];
+                    action != "add_to_cart" && PRODUCT_ACTIONS.contains(&action)
+                })
+                .any(|(_, s)| since_added(s))
+        }
     };
-    let followed = profile
-        .history
-        .range(prefix.to_string()..)
-        .take_while(|(k, _)| k.starts_with(prefix))
-        .filter(|(k, _)| {
-            // Only product actions: promotions and impressions are not.
-            let action = &k["commerce_event:".len()..];
-            action != "add_to_cart" && PRODUCT_ACTIONS.contains(&action)
-        })
-        .any(|(_, series)| series.occurrences().any(|(t, _)| t > added && t <= ctx.now));
     if followed {
         return not_matched;
     }
@@ -318,8 +367,8 @@ pub(super) fn cart_abandonment(
 }
 
 /// The value of a device criterion's field on a profile.
-pub(super) fn device_field(profile: &ProfileState, field: &str) -> Option<String> {
-    let d = &profile.device;
+pub(super) fn device_field(data: UserData<'_>, field: &str) -> Option<String> {
+    let d = data.device;
     match field {
         "platform" => d.platform.clone(),
         "os_version" => d.os_version.clone(),
@@ -329,7 +378,7 @@ pub(super) fn device_field(profile: &ProfileState, field: &str) -> Option<String
         "brand" => d.brand.clone(),
         "locale_country" => d.locale_country.clone(),
         "locale_language" => d.locale_language.clone(),
-        "app_version" => profile.app_version.clone(),
+        "app_version" => data.app_version.clone(),
         _ => None,
     }
 }

@@ -8,7 +8,7 @@ use super::compiled::*;
 use super::definition::Count;
 use super::evaluate::*;
 use super::values::Test;
-use crate::model::{format_number, AttrValue, TimestampMs, DAY_MS};
+use crate::model::{format_number, AttrValue, ConsentState, TimestampMs, DAY_MS};
 use crate::profile::ProfileState;
 use crate::time::{format_date, format_duration, format_instant};
 
@@ -23,6 +23,27 @@ pub struct Explanation {
     /// When time alone may change this node's answer.
     pub next_change: Option<TimestampMs>,
     pub children: Vec<Explanation>,
+}
+
+/// A detail a token limited to workspaces may not read ([`Explanation::withhold_unseen`]).
+pub const WITHHELD: &str = "withheld: it reads data of a workspace this token does not hold";
+
+impl Explanation {
+    /// The explanation as a token limited to some workspaces may read it. `seen` is the same
+    /// tree explained over the profile as those workspaces hold it: a criterion whose detail
+    /// differs there read data of another workspace, and its detail (and the instant of its
+    /// next change, which would date another workspace's event) is withheld. The answers
+    /// stay: they are the membership's. The details of all, any and exclude only count their
+    /// children's answers.
+    pub fn withhold_unseen(&mut self, seen: &Explanation) {
+        if self.children.is_empty() && self.detail != seen.detail {
+            self.detail = WITHHELD.to_string();
+            self.next_change = None;
+        }
+        for (mine, theirs) in self.children.iter_mut().zip(&seen.children) {
+            mine.withhold_unseen(theirs);
+        }
+    }
 }
 
 impl Node {
@@ -121,34 +142,18 @@ impl Node {
                     _ => "no value".to_string(),
                 },
             ),
-            Node::Consent(t) => match t {
-                ConsentTest::Gdpr { purpose, state } => (
-                    format!(
-                        "GDPR consent {} {}",
-                        quoted(purpose),
-                        consent_words(*state, "consented", "not consented")
-                    ),
-                    match profile.consent.gdpr.get(purpose) {
-                        Some(c) if c.consented => "consented".to_string(),
-                        Some(_) => "not consented".to_string(),
-                        None => "no consent state".to_string(),
-                    },
-                ),
-                ConsentTest::Ccpa { state } => (
-                    format!(
-                        "CCPA data sale opt-out {}",
-                        consent_words(*state, "opted out", "not opted out")
-                    ),
-                    match profile.consent.ccpa_data_sale_opt_out {
-                        Some(true) => "opted out".to_string(),
-                        Some(false) => "not opted out".to_string(),
-                        None => "no consent state".to_string(),
-                    },
-                ),
-            },
-            Node::Device { field, test } => (
-                format!("device {field} {}", test_words(test)),
-                text_value_words(device_field(profile, field)),
+            Node::Consent { test, workspace } => {
+                let consent = profile.user_data(workspace.as_deref()).consent;
+                let (criterion, detail) = consent_explained(test, consent);
+                (in_workspace(criterion, workspace), detail)
+            }
+            Node::Device {
+                field,
+                test,
+                workspace,
+            } => (
+                in_workspace(format!("device {field} {}", test_words(test)), workspace),
+                text_value_words(device_field(profile.user_data(workspace.as_deref()), field)),
             ),
             Node::FirstSeen(w) => {
                 next_because = match w {
@@ -169,11 +174,16 @@ impl Node {
             Node::CartAbandonment {
                 wait_ms,
                 any_action,
+                series,
             } => {
                 next_because = "when the wait ends";
+                let source = series
+                    .as_ref()
+                    .map(|s| format!(" from {}", s.source.describe()))
+                    .unwrap_or_default();
                 (
                     format!(
-                        "added to cart, then no {} for {}",
+                        "added to cart, then no {} for {}{source}",
                         if *any_action {
                             "product action"
                         } else {
@@ -181,7 +191,7 @@ impl Node {
                         },
                         format_duration(*wait_ms)
                     ),
-                    match last_in_retention(profile, "commerce_event:add_to_cart", ctx) {
+                    match last_add_to_cart(profile, series.as_ref(), ctx) {
                         Some(t) => format!("the last add to cart was at {}", format_instant(t)),
                         None => "no add to cart in retention".to_string(),
                     },
@@ -205,47 +215,67 @@ impl Node {
                 uninstall,
                 field,
                 test,
+                workspace,
             } => (
-                format!(
-                    "{} attribution{} {}",
-                    if *uninstall { "uninstall" } else { "install" },
-                    field
-                        .as_deref()
-                        .map(|f| format!(" {f}"))
-                        .unwrap_or_default(),
-                    test_words(test)
+                in_workspace(
+                    format!(
+                        "{} attribution{} {}",
+                        if *uninstall { "uninstall" } else { "install" },
+                        field
+                            .as_deref()
+                            .map(|f| format!(" {f}"))
+                            .unwrap_or_default(),
+                        test_words(test)
+                    ),
+                    workspace,
                 ),
                 match (
                     field,
-                    attribution_value(profile, *uninstall, field.as_deref()),
+                    attribution_value(
+                        profile.user_data(workspace.as_deref()),
+                        *uninstall,
+                        field.as_deref(),
+                    ),
                 ) {
                     (None, Some(_)) => "an attribution is recorded".to_string(),
                     (None, None) => "no attribution recorded".to_string(),
                     (Some(_), v) => value_words(v.as_ref()),
                 },
             ),
-            Node::LocationField { field, test } => (
-                format!("location {field} {}", test_words(test)),
-                text_value_words(location_field(profile, field)),
+            Node::LocationField {
+                field,
+                test,
+                workspace,
+            } => (
+                in_workspace(format!("location {field} {}", test_words(test)), workspace),
+                text_value_words(location_field(profile, workspace.as_deref(), field)),
             ),
             Node::LocationWithin {
-                radius_km, label, ..
+                radius_km,
+                label,
+                workspace,
+                ..
             } => (
-                format!("within {} km of {label}", format_number(*radius_km)),
-                match (profile.location.latitude, profile.location.longitude) {
-                    (Some(lat), Some(lon)) => format!("the position is ({lat}, {lon})"),
-                    _ => "no known position".to_string(),
-                },
+                in_workspace(
+                    format!("within {} km of {label}", format_number(*radius_km)),
+                    workspace,
+                ),
+                position_words(profile.user_data(workspace.as_deref()).location),
             ),
+            // The detail names only the gate's workspaces: the others decide nothing here
+            // (and are not every reader's to know).
             Node::SeenIn(workspaces) => (
                 format!("seen in workspace {}", quoted_list(workspaces, " or ")),
-                if profile.workspaces.is_empty() {
-                    "seen in no workspace".to_string()
-                } else {
-                    format!(
-                        "seen in workspace {}",
-                        quoted_list(&profile.workspaces, " and ")
-                    )
+                {
+                    let seen: Vec<&String> = workspaces
+                        .iter()
+                        .filter(|w| profile.workspaces.contains(*w))
+                        .collect();
+                    if seen.is_empty() {
+                        "seen in none of them".to_string()
+                    } else {
+                        format!("seen in workspace {}", quoted_list(seen, " and "))
+                    }
                 },
             ),
             Node::Audience { id, member } => (
@@ -386,6 +416,51 @@ pub fn test_words(test: &Test) -> String {
             Test::IsBool(b) => format!("is not {b}"),
             other => format!("not ({})", test_words(other)),
         },
+    }
+}
+
+/// Where a location places the user, in words.
+fn position_words(location: &crate::model::GeoLocation) -> String {
+    match (location.latitude, location.longitude) {
+        (Some(lat), Some(lon)) => format!("the position is ({lat}, {lon})"),
+        _ => "no known position".to_string(),
+    }
+}
+
+/// A criterion's words, naming the workspace it picked, if any.
+fn in_workspace(criterion: String, workspace: &Option<String>) -> String {
+    match workspace {
+        Some(w) => format!("{criterion} in workspace {}", quoted(w)),
+        None => criterion,
+    }
+}
+
+/// A consent test and the state that decided it.
+fn consent_explained(test: &ConsentTest, consent: &ConsentState) -> (String, String) {
+    match test {
+        ConsentTest::Gdpr { purpose, state } => (
+            format!(
+                "GDPR consent {} {}",
+                quoted(purpose),
+                consent_words(*state, "consented", "not consented")
+            ),
+            match consent.gdpr.get(purpose) {
+                Some(c) if c.consented => "consented".to_string(),
+                Some(_) => "not consented".to_string(),
+                None => "no consent state".to_string(),
+            },
+        ),
+        ConsentTest::Ccpa { state } => (
+            format!(
+                "CCPA data sale opt-out {}",
+                consent_words(*state, "opted out", "not opted out")
+            ),
+            match consent.ccpa_data_sale_opt_out {
+                Some(true) => "opted out".to_string(),
+                Some(false) => "not opted out".to_string(),
+                None => "no consent state".to_string(),
+            },
+        ),
     }
 }
 

@@ -147,14 +147,6 @@ impl ProfileState {
                     .push((identity_type.clone(), value.clone()));
             }
         }
-        let (device_before, app_before) = (self.device.clone(), self.app_version.clone());
-        let highest_before = self.highest_app_version.clone();
-        if let Some(device) = &batch.device_info {
-            self.device.merge_from(device);
-            if self.device != device_before {
-                parts.device_info = Some(device.clone());
-            }
-        }
         // An upgrade: the app version went up, or the app said so on launch.
         let mut upgraded = batch.events.iter().any(|e| {
             matches!(
@@ -167,11 +159,12 @@ impl ProfileState {
         });
         // Above the highest version seen, not merely above the last one: a user with two
         // devices on different versions, or batches arriving out of order, is no upgrade.
+        let highest_before = self.highest_app_version.clone();
         if let Some(after) = batch.app_version.as_deref().and_then(parse_version) {
             let highest = self
                 .highest_app_version
                 .as_deref()
-                .or(app_before.as_deref())
+                .or(self.app_version.as_deref())
                 .and_then(parse_version);
             match highest {
                 Some(h) if compare_versions(&after, &h).is_gt() => {
@@ -182,13 +175,28 @@ impl ProfileState {
                 None => self.highest_app_version.clone_from(&batch.app_version),
             }
         }
-        if batch.app_version.is_some() {
-            self.app_version.clone_from(&batch.app_version);
+        // The profile's latest values, then the copy of the workspace the batch came through:
+        // a part is logged when it changed either (replaying it changes both again).
+        let mut merged = merge_user_data(self.user_data_mut(), batch);
+        let carries_user_data = batch.device_info.is_some()
+            || batch.app_version.is_some()
+            || batch.location.is_some()
+            || batch.attribution.is_some()
+            || batch.consent.is_some();
+        if let Some(workspace) = workspace.filter(|_| carries_user_data) {
+            let kept = of_workspace(&mut self.workspace_data, workspace);
+            merged.add(merge_user_data(UserDataMut::from(&mut *kept), batch));
+            if kept.is_empty() {
+                self.workspace_data.remove(workspace);
+            }
         }
-        if self.app_version != app_before || self.highest_app_version != highest_before {
+        if merged.app_version || self.highest_app_version != highest_before {
             parts.app_version.clone_from(&batch.app_version);
         }
-        changes.device |= self.device != device_before || self.app_version != app_before;
+        if merged.device {
+            parts.device_info.clone_from(&batch.device_info);
+        }
+        changes.device |= merged.device || merged.app_version;
         if upgraded {
             self.record_synthetic(
                 UPGRADE_EVENT_TYPE,
@@ -200,51 +208,17 @@ impl ProfileState {
             );
         }
         let parts = &mut logged.parts;
-        if let Some(location) = &batch.location {
-            let before = self.location.clone();
-            self.location.merge_from(location);
-            if self.location != before {
-                changes.location = true;
-                parts.location = Some(location.clone());
-            }
+        if merged.location {
+            changes.location = true;
+            parts.location.clone_from(&batch.location);
         }
-        if let Some(attribution) = &batch.attribution {
-            let mut merged = false;
-            for event in &batch.events {
-                let slot = match &event.kind {
-                    EventKind::Uninstall => &mut self.uninstall_attribution,
-                    EventKind::FirstRun => &mut self.install_attribution,
-                    kind if is_install_attribution(kind) => &mut self.install_attribution,
-                    _ => continue,
-                };
-                merged |= merge_attribution(slot, attribution);
-            }
-            if merged {
-                changes.attribution = true;
-                parts.attribution = Some(attribution.clone());
-            }
+        if merged.attribution {
+            changes.attribution = true;
+            parts.attribution.clone_from(&batch.attribution);
         }
-        if let Some(consent) = &batch.consent {
-            let before = self.consent.clone();
-            for (purpose, c) in &consent.gdpr {
-                self.consent.gdpr.insert(purpose.to_lowercase(), c.clone());
-            }
-            if consent.ccpa_data_sale_opt_out.is_some() {
-                self.consent.ccpa_data_sale_opt_out = consent.ccpa_data_sale_opt_out;
-            }
-            // A consent refreshed with a new timestamp but the same answer changes nothing.
-            let answers = |c: &ConsentState| {
-                let gdpr: Vec<(String, bool)> = c
-                    .gdpr
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.consented))
-                    .collect();
-                (gdpr, c.ccpa_data_sale_opt_out)
-            };
-            changes.consent |= answers(&self.consent) != answers(&before);
-            if self.consent != before {
-                parts.consent = Some(consent.clone());
-            }
+        changes.consent |= merged.consent_answers;
+        if merged.consent {
+            parts.consent.clone_from(&batch.consent);
         }
         for event in &batch.events {
             self.apply_event(event, now, batch.input.as_ref(), catalog, changes, logged);
@@ -344,6 +318,13 @@ impl ProfileState {
                     service_provider: read("service_provider"),
                 };
                 changes.attribution |= merge_attribution(&mut self.install_attribution, &found);
+                if let Some(tag) = input.filter(|_| found != Attribution::default()) {
+                    let kept = of_workspace(&mut self.workspace_data, &tag.workspace);
+                    changes.attribution |= merge_attribution(&mut kept.install_attribution, &found);
+                    if kept.is_empty() {
+                        self.workspace_data.remove(&tag.workspace);
+                    }
+                }
             }
             _ => {}
         }
@@ -677,6 +658,82 @@ fn is_install_attribution(kind: &EventKind) -> bool {
 
 /// Overlays the fields an attribution carries (a partial one keeps the others); whether the
 /// stored attribution changed.
+/// What merging a batch into one copy of the profile's user data changed.
+#[derive(Debug, Default, Clone, Copy)]
+struct UserDataChanged {
+    device: bool,
+    app_version: bool,
+    location: bool,
+    attribution: bool,
+    /// Any of the consent state, its timestamps and documents included.
+    consent: bool,
+    /// A consent answer: what consent criteria read.
+    consent_answers: bool,
+}
+
+impl UserDataChanged {
+    fn add(&mut self, other: UserDataChanged) {
+        self.device |= other.device;
+        self.app_version |= other.app_version;
+        self.location |= other.location;
+        self.attribution |= other.attribution;
+        self.consent |= other.consent;
+        self.consent_answers |= other.consent_answers;
+    }
+}
+
+/// Merges what a batch carries of device, app version, location, attributions and consent
+/// into one copy of them (the profile's, or a workspace's).
+fn merge_user_data(data: UserDataMut<'_>, batch: &Batch) -> UserDataChanged {
+    let mut changed = UserDataChanged::default();
+    if let Some(device) = &batch.device_info {
+        let before = data.device.clone();
+        data.device.merge_from(device);
+        changed.device = *data.device != before;
+    }
+    if batch.app_version.is_some() && *data.app_version != batch.app_version {
+        data.app_version.clone_from(&batch.app_version);
+        changed.app_version = true;
+    }
+    if let Some(location) = &batch.location {
+        let before = data.location.clone();
+        data.location.merge_from(location);
+        changed.location = *data.location != before;
+    }
+    if let Some(attribution) = &batch.attribution {
+        for event in &batch.events {
+            let slot = match &event.kind {
+                EventKind::Uninstall => &mut *data.uninstall_attribution,
+                EventKind::FirstRun => &mut *data.install_attribution,
+                kind if is_install_attribution(kind) => &mut *data.install_attribution,
+                _ => continue,
+            };
+            changed.attribution |= merge_attribution(slot, attribution);
+        }
+    }
+    if let Some(consent) = &batch.consent {
+        let before = data.consent.clone();
+        for (purpose, c) in &consent.gdpr {
+            data.consent.gdpr.insert(purpose.to_lowercase(), c.clone());
+        }
+        if consent.ccpa_data_sale_opt_out.is_some() {
+            data.consent.ccpa_data_sale_opt_out = consent.ccpa_data_sale_opt_out;
+        }
+        // A consent refreshed with a new timestamp but the same answer changes nothing.
+        let answers = |c: &ConsentState| {
+            let gdpr: Vec<(String, bool)> = c
+                .gdpr
+                .iter()
+                .map(|(k, v)| (k.clone(), v.consented))
+                .collect();
+            (gdpr, c.ccpa_data_sale_opt_out)
+        };
+        changed.consent_answers = answers(data.consent) != answers(&before);
+        changed.consent = *data.consent != before;
+    }
+    changed
+}
+
 fn merge_attribution(slot: &mut Option<Attribution>, newer: &Attribution) -> bool {
     if *newer == Attribution::default() {
         return false;

@@ -20,6 +20,6 @@ mod apply;
 pub mod state;
 
 pub use state::{
-    is_derived_series, ChangeSet, DerivedParts, MemberRecord, NamedAttr, ProfileState,
-    MATCHER_SERIES_PREFIX, UPGRADE_EVENT_TYPE,
+    is_derived_series, ChangeSet, DerivedParts, MemberRecord, NamedAttr, ProfileState, UserData,
+    UserDataMut, WorkspaceData, MATCHER_SERIES_PREFIX, UPGRADE_EVENT_TYPE,
 };

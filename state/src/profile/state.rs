@@ -70,6 +70,132 @@ pub struct ProfileState {
     /// `identities`): a criterion of a multi workspace audience picks them too.
     #[serde(skip)]
     pub workspace_identities: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    // Format 7 of the core row.
+    /// Workspace to the device, app version, consent, location and attributions messages of
+    /// its inputs set: what a criterion of a multi workspace audience picks, and what a token
+    /// limited to the workspace reads (the fields above hold the latest of every source).
+    #[serde(skip)]
+    pub workspace_data: BTreeMap<String, WorkspaceData>,
+}
+
+/// One workspace's copy of the profile data a batch sets besides attributes and identities
+/// (the seed: "all user profile data is scoped and maintained within a single workspace").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkspaceData {
+    pub device: DeviceInfo,
+    pub app_version: Option<String>,
+    pub consent: ConsentState,
+    pub location: GeoLocation,
+    pub install_attribution: Option<Attribution>,
+    pub uninstall_attribution: Option<Attribution>,
+}
+
+impl WorkspaceData {
+    pub fn is_empty(&self) -> bool {
+        *self == EMPTY_WORKSPACE_DATA
+    }
+
+    /// Overlays what `newer` holds (a view over several workspaces: the last named wins).
+    pub fn merge_from(&mut self, newer: &WorkspaceData) {
+        self.device.merge_from(&newer.device);
+        if newer.app_version.is_some() {
+            self.app_version.clone_from(&newer.app_version);
+        }
+        for (purpose, consent) in &newer.consent.gdpr {
+            self.consent.gdpr.insert(purpose.clone(), consent.clone());
+        }
+        if newer.consent.ccpa_data_sale_opt_out.is_some() {
+            self.consent.ccpa_data_sale_opt_out = newer.consent.ccpa_data_sale_opt_out;
+        }
+        self.location.merge_from(&newer.location);
+        if newer.install_attribution.is_some() {
+            self.install_attribution
+                .clone_from(&newer.install_attribution);
+        }
+        if newer.uninstall_attribution.is_some() {
+            self.uninstall_attribution
+                .clone_from(&newer.uninstall_attribution);
+        }
+    }
+}
+
+/// What a workspace that set nothing holds.
+static EMPTY_WORKSPACE_DATA: WorkspaceData = WorkspaceData {
+    device: DeviceInfo {
+        platform: None,
+        os_version: None,
+        device_model: None,
+        device_manufacturer: None,
+        network_carrier: None,
+        brand: None,
+        locale_country: None,
+        locale_language: None,
+    },
+    app_version: None,
+    consent: ConsentState {
+        gdpr: BTreeMap::new(),
+        ccpa_data_sale_opt_out: None,
+    },
+    location: GeoLocation {
+        city: None,
+        state: None,
+        zip: None,
+        dma: None,
+        country: None,
+        latitude: None,
+        longitude: None,
+    },
+    install_attribution: None,
+    uninstall_attribution: None,
+};
+
+/// The device, app version, consent, location and attributions one source of a profile holds:
+/// the profile's latest from every source, or one workspace's copy
+/// ([`ProfileState::user_data`]). Criteria read them through it, whichever they picked.
+#[derive(Debug, Clone, Copy)]
+pub struct UserData<'a> {
+    pub device: &'a DeviceInfo,
+    pub app_version: &'a Option<String>,
+    pub consent: &'a ConsentState,
+    pub location: &'a GeoLocation,
+    pub install_attribution: &'a Option<Attribution>,
+    pub uninstall_attribution: &'a Option<Attribution>,
+}
+
+impl<'a> From<&'a WorkspaceData> for UserData<'a> {
+    fn from(d: &'a WorkspaceData) -> Self {
+        UserData {
+            device: &d.device,
+            app_version: &d.app_version,
+            consent: &d.consent,
+            location: &d.location,
+            install_attribution: &d.install_attribution,
+            uninstall_attribution: &d.uninstall_attribution,
+        }
+    }
+}
+
+/// [`UserData`], writable: what a batch merges into (the profile's, then its workspace's).
+pub struct UserDataMut<'a> {
+    pub device: &'a mut DeviceInfo,
+    pub app_version: &'a mut Option<String>,
+    pub consent: &'a mut ConsentState,
+    pub location: &'a mut GeoLocation,
+    pub install_attribution: &'a mut Option<Attribution>,
+    pub uninstall_attribution: &'a mut Option<Attribution>,
+}
+
+impl<'a> From<&'a mut WorkspaceData> for UserDataMut<'a> {
+    fn from(d: &'a mut WorkspaceData) -> Self {
+        UserDataMut {
+            device: &mut d.device,
+            app_version: &mut d.app_version,
+            consent: &mut d.consent,
+            location: &mut d.location,
+            install_attribution: &mut d.install_attribution,
+            uninstall_attribution: &mut d.uninstall_attribution,
+        }
+    }
 }
 
 /// The stored form of format 2 (event series as lists of days), read so that existing stores
@@ -119,6 +245,7 @@ impl From<ProfileStateV2> for ProfileState {
             workspaces: BTreeSet::new(),
             workspace_attributes: BTreeMap::new(),
             workspace_identities: BTreeMap::new(),
+            workspace_data: BTreeMap::new(),
         }
     }
 }
@@ -228,6 +355,51 @@ impl ProfileState {
             .map(|a| &a.value)
     }
 
+    /// The attribute as `workspace` keeps it, or the profile's (`None`).
+    pub fn attribute_from(
+        &self,
+        workspace: Option<&str>,
+        lowercase_name: &str,
+    ) -> Option<&AttrValue> {
+        match workspace {
+            Some(w) => self.attribute_in(w, lowercase_name),
+            None => self.attribute(lowercase_name),
+        }
+    }
+
+    /// The device, app version, consent, location and attributions as `workspace` keeps them
+    /// (nothing, for a workspace that set none), or the profile's latest from every source
+    /// (`None`).
+    pub fn user_data(&self, workspace: Option<&str>) -> UserData<'_> {
+        match workspace {
+            Some(w) => self
+                .workspace_data
+                .get(w)
+                .unwrap_or(&EMPTY_WORKSPACE_DATA)
+                .into(),
+            None => UserData {
+                device: &self.device,
+                app_version: &self.app_version,
+                consent: &self.consent,
+                location: &self.location,
+                install_attribution: &self.install_attribution,
+                uninstall_attribution: &self.uninstall_attribution,
+            },
+        }
+    }
+
+    /// The profile's own user data, writable.
+    pub fn user_data_mut(&mut self) -> UserDataMut<'_> {
+        UserDataMut {
+            device: &mut self.device,
+            app_version: &mut self.app_version,
+            consent: &mut self.consent,
+            location: &mut self.location,
+            install_attribution: &mut self.install_attribution,
+            uninstall_attribution: &mut self.uninstall_attribution,
+        }
+    }
+
     /// Wake-up time of the profile's timer: the earliest due audience.
     pub fn next_due(&self) -> Option<TimestampMs> {
         self.due.values().copied().min()
@@ -259,7 +431,7 @@ impl ProfileState {
         postcard::to_extend(self, out).expect("profile state always serialises")
     }
 
-    /// The stored core row (format 6): what messages set (see [`ProfileState::encode_derived`]
+    /// The stored core row (format 7): what messages set (see [`ProfileState::encode_derived`]
     /// for the rest), serialised into one buffer sized for a typical profile.
     pub fn encode_core(&self) -> Vec<u8> {
         let core = CoreRef {
@@ -285,13 +457,14 @@ impl ProfileState {
         out.push(CORE_FORMAT);
         let out = postcard::to_extend(&core, out).expect("profile state always serialises");
         // Format 5 is format 4's fields, then the workspaces; format 6 adds the workspaces'
-        // attributes and identities.
+        // attributes and identities; format 7 their other data.
         let out =
             postcard::to_extend(&self.workspaces, out).expect("profile state always serialises");
         let out = postcard::to_extend(&self.workspace_attributes, out)
             .expect("profile state always serialises");
-        postcard::to_extend(&self.workspace_identities, out)
-            .expect("profile state always serialises")
+        let out = postcard::to_extend(&self.workspace_identities, out)
+            .expect("profile state always serialises");
+        postcard::to_extend(&self.workspace_data, out).expect("profile state always serialises")
     }
 
     /// The stored derived row: what the catalog's definitions derive from the profile's
@@ -313,23 +486,28 @@ impl ProfileState {
         postcard::to_extend(&derived, out).expect("profile state always serialises")
     }
 
-    /// A profile from its core row (formats 4 to 6), or from a whole row of an earlier
+    /// A profile from its core row (formats 4 to 7), or from a whole row of an earlier
     /// format; its derived parts come from [`ProfileState::set_derived`].
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         match bytes.split_first() {
-            Some((&format @ (CORE_FORMAT | CORE_FORMAT_5), rest)) => {
+            Some((&format @ (CORE_FORMAT | CORE_FORMAT_6 | CORE_FORMAT_5), rest)) => {
                 let (core, rest) =
                     postcard::take_from_bytes::<Core>(rest).map_err(|e| e.to_string())?;
                 let mut profile = ProfileState::from(core);
                 let (workspaces, rest) =
                     postcard::take_from_bytes(rest).map_err(|e| e.to_string())?;
                 profile.workspaces = workspaces;
-                if format == CORE_FORMAT {
+                if format >= CORE_FORMAT_6 {
                     let (attributes, rest) =
                         postcard::take_from_bytes(rest).map_err(|e| e.to_string())?;
                     profile.workspace_attributes = attributes;
-                    profile.workspace_identities =
-                        postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+                    let (identities, rest) =
+                        postcard::take_from_bytes(rest).map_err(|e| e.to_string())?;
+                    profile.workspace_identities = identities;
+                    if format == CORE_FORMAT {
+                        profile.workspace_data =
+                            postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+                    }
                 }
                 Ok(profile)
             }
@@ -496,8 +674,9 @@ const WHOLE_FORMAT: u8 = 3;
 
 /// Version byte of the core row (4: a profile in two rows, core and derived; 5: the
 /// workspaces it was seen in, after format 4's fields; 6: then each workspace's attributes and
-/// identities).
-const CORE_FORMAT: u8 = 6;
+/// identities; 7: then each workspace's device, consent, location and attributions).
+const CORE_FORMAT: u8 = 7;
+const CORE_FORMAT_6: u8 = 6;
 const CORE_FORMAT_5: u8 = 5;
 const CORE_FORMAT_4: u8 = 4;
 
@@ -652,12 +831,12 @@ mod tests {
             ProfileState::decode(&core).unwrap().workspaces,
             state.workspaces
         );
-        // A format 4 row is a format 6 row without the three trailing parts (an empty set and
+        // A format 4 row is a format 7 row without the four trailing parts (an empty set and
         // empty maps are one byte each).
         let mut unseen = state.clone();
         unseen.workspaces.clear();
         let mut v4 = unseen.encode_core();
-        v4.truncate(v4.len() - 3);
+        v4.truncate(v4.len() - 4);
         v4[0] = CORE_FORMAT_4;
         let read = ProfileState::decode(&v4).unwrap();
         assert!(read.workspaces.is_empty());
@@ -696,15 +875,52 @@ mod tests {
             Some(&AttrValue::String("gold".into()))
         );
         assert_eq!(read.attribute_in("app-b", "tier"), None);
-        // A format 5 row is a format 6 row without the two trailing maps.
+        // A format 5 row is a format 7 row without the three trailing maps.
         let mut plain = state.clone();
         plain.workspace_attributes.clear();
         plain.workspace_identities.clear();
         let mut v5 = plain.encode_core();
-        v5.truncate(v5.len() - 2);
+        v5.truncate(v5.len() - 3);
         v5[0] = CORE_FORMAT_5;
         let read = ProfileState::decode(&v5).unwrap();
         assert!(read.workspace_attributes.is_empty() && read.workspace_identities.is_empty());
+        assert_eq!(read.workspaces, state.workspaces);
+    }
+
+    #[test]
+    fn the_core_row_keeps_each_workspaces_device_consent_location_and_attributions() {
+        let mut state = full_profile();
+        state.workspaces.insert("app-a".into());
+        state.device.platform = Some("iOS".into());
+        let mut kept = WorkspaceData::default();
+        kept.device.platform = Some("Android".into());
+        kept.app_version = Some("3.1".into());
+        kept.consent.ccpa_data_sale_opt_out = Some(true);
+        kept.location.city = Some("Lyon".into());
+        kept.install_attribution = Some(Attribution {
+            publisher: Some("ads".into()),
+            ..Default::default()
+        });
+        state.workspace_data.insert("app-a".into(), kept.clone());
+        let read = ProfileState::decode(&state.encode_core()).unwrap();
+        assert_eq!(read.workspace_data, state.workspace_data);
+        let picked = read.user_data(Some("app-a"));
+        assert_eq!(picked.device.platform.as_deref(), Some("Android"));
+        assert_eq!(picked.location.city.as_deref(), Some("Lyon"));
+        assert_eq!(read.user_data(None).device.platform.as_deref(), Some("iOS"));
+        // A workspace that set nothing holds nothing, not the profile's latest values.
+        let none = read.user_data(Some("app-b"));
+        assert_eq!(none.device.platform, None);
+        assert!(none.install_attribution.is_none());
+        assert!(!kept.is_empty() && WorkspaceData::default().is_empty());
+        // A format 6 row is a format 7 row without the trailing map of workspace data.
+        let mut plain = state.clone();
+        plain.workspace_data.clear();
+        let mut v6 = plain.encode_core();
+        v6.truncate(v6.len() - 1);
+        v6[0] = CORE_FORMAT_6;
+        let read = ProfileState::decode(&v6).unwrap();
+        assert!(read.workspace_data.is_empty());
         assert_eq!(read.workspaces, state.workspaces);
     }
 }
