@@ -16,6 +16,11 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 echo "engine up (log: .data/engine.log); gRPC on 127.0.0.1:50051, metrics on http://127.0.0.1:9898/metrics"
+# Said here, not only in the log: the demo runs without tokens.
+if grep -q "auth.allow_unauthenticated" .data/engine.log; then
+  echo "authentication is off (auth.allow_unauthenticated in deploy/engine.dev.toml): every process"
+  echo "of this machine may call the API, which the engine binds to loopback only"
+fi
 "$BIN/audiencectl" demo --audiences deploy/audiences --seconds "${DEMO_SECONDS:-0}"
 echo
 "$BIN/audiencectl" audience list

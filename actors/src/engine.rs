@@ -66,6 +66,8 @@ pub struct Quotas {
     pub calculated_attributes: usize,
     pub outputs: usize,
     pub connections: usize,
+    /// API tokens the catalog holds (those of the configuration aside).
+    pub api_tokens: usize,
 }
 
 impl Default for Quotas {
@@ -75,6 +77,7 @@ impl Default for Quotas {
             calculated_attributes: 1_000,
             outputs: 1_000,
             connections: 10_000,
+            api_tokens: 1_000,
         }
     }
 }

@@ -110,7 +110,9 @@ impl Registry {
             criteria,
         );
         self.set_scope(&mut record, workspaces, inputs)?;
-        Ok(self.node.engine.catalog.load().check_audience(&record)?)
+        let catalog = self.node.engine.catalog.load();
+        catalog.check_calculated_scope(&record)?;
+        Ok(catalog.check_audience(&record)?)
     }
 
     /// Sets a record's scope from the names a caller gave, completed (see
@@ -162,6 +164,7 @@ impl Registry {
         // Checked with an id no audience has; the id is the record's offset.
         let catalog = self.node.engine.catalog.load();
         catalog.check_audience(&record)?;
+        catalog.check_calculated_scope(&record)?;
         let max = self.node.engine.settings.quotas.audiences;
         Quotas::check(
             "audiences",
@@ -196,6 +199,7 @@ impl Registry {
         }
         let catalog = self.node.engine.catalog.load();
         catalog.check_audience(&record)?;
+        catalog.check_calculated_scope(&record)?;
         if let Some(conflict) = catalog.access_conflict(&record) {
             return Err(RegistryError::Conflict(conflict));
         }
@@ -284,6 +288,9 @@ impl Registry {
         record.workspaces = workspaces;
         record.compile()?;
         let catalog = self.node.engine.catalog.load();
+        if let Some(conflict) = catalog.calculated_scope_conflict(&record) {
+            return Err(RegistryError::Conflict(conflict));
+        }
         let key = record.name.trim().to_lowercase();
         let defined = catalog.calculated_records();
         if !defined.iter().any(|r| r.name.trim().to_lowercase() == key) {

@@ -1,12 +1,13 @@
 //! The checks of the audience calls for a token limited to workspaces (see
 //! [`crate::workspace_view`]): the audience it names must be one it sees, and the scope it
-//! saves, and the calculated attributes its criteria read, within its workspaces.
+//! saves within its workspaces (the catalog holds its calculated attributes to them too:
+//! `Catalog::check_calculated_scope`).
 
 use crate::convert;
 use crate::grpc::Services;
 use crate::workspace_view::WorkspaceView;
 use audience_actors::registry::AudienceSpec;
-use audience_state::catalog::{calculated_of, referenced_audiences};
+use audience_state::catalog::referenced_audiences;
 use tonic::Status;
 
 impl Services {
@@ -63,16 +64,6 @@ impl Services {
         let catalog = self.node.engine.catalog.load();
         for id in referenced_audiences(criteria) {
             view.check_reference(id, catalog.record(id))?;
-        }
-        for key in calculated_of(criteria) {
-            let record = catalog
-                .calculated_records()
-                .iter()
-                .find(|r| r.name.trim().to_lowercase() == key);
-            // One not defined is the catalog's to word.
-            if let Some(record) = record {
-                view.check_calculated(&record.name, &record.workspaces)?;
-            }
         }
         Ok(())
     }

@@ -748,6 +748,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         scans: crate::scan_gate::ScanGate::new(crate::scan_gate::MAX_CONCURRENT_SCANS),
         subscriber_slots: crate::subscriber_slots::SubscriberSlots::new(
             config.grpc.max_subscribers_per_token,
+            config.grpc.max_subscribers,
         ),
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -1,8 +1,8 @@
-//! How many delta streams one token holds open at once. Each subscription is a connector
-//! actor and a pump (a blocking thread when the deltas topic feeds it), so a caller opening
-//! streams without end would take the node's threads: past the limit, `Subscribe` answers
-//! RESOURCE_EXHAUSTED naming it, and a slot comes back when its stream ends (the client
-//! cancels, disconnects, or the stream fails).
+//! How many delta streams one token, and the node in all, hold open at once. Each
+//! subscription is a connector actor and a pump (a blocking thread when the deltas topic feeds
+//! it, of tokio's pool of 512), so callers opening streams without end would take the node's
+//! threads: past either limit, `Subscribe` answers RESOURCE_EXHAUSTED naming it, and a slot
+//! comes back when its stream ends (the client cancels, disconnects, or the stream fails).
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -11,7 +11,10 @@ use std::sync::Arc;
 /// The open subscriptions of each token name.
 #[derive(Debug)]
 pub struct SubscriberSlots {
+    /// Per token.
     limit: usize,
+    /// For the node, every token together.
+    node_limit: usize,
     held: Mutex<HashMap<String, usize>>,
 }
 
@@ -23,9 +26,10 @@ pub struct SubscriberSlot {
 }
 
 impl SubscriberSlots {
-    pub fn new(limit: usize) -> Arc<SubscriberSlots> {
+    pub fn new(limit: usize, node_limit: usize) -> Arc<SubscriberSlots> {
         Arc::new(SubscriberSlots {
             limit,
+            node_limit,
             held: Mutex::new(HashMap::new()),
         })
     }
@@ -33,6 +37,14 @@ impl SubscriberSlots {
     /// A slot for `token` (the caller's token name, "" on an open engine), or why not.
     pub fn take(self: &Arc<Self>, token: &str) -> Result<SubscriberSlot, String> {
         let mut held = self.held.lock();
+        let open: usize = held.values().sum();
+        if open >= self.node_limit {
+            return Err(format!(
+                "this node has {open} subscriptions open, the limit (grpc.max_subscribers = {}): \
+                 retry later or on another node",
+                self.node_limit
+            ));
+        }
         let count = held.entry(token.to_string()).or_insert(0);
         if *count >= self.limit {
             let who = match token {
@@ -77,7 +89,7 @@ mod tests {
 
     #[test]
     fn a_token_holds_at_most_the_limit_and_a_closed_stream_gives_its_slot_back() {
-        let slots = SubscriberSlots::new(2);
+        let slots = SubscriberSlots::new(2, 100);
         let a = slots.take("ci").unwrap();
         let _b = slots.take("ci").unwrap();
         let refused = slots.take("ci").unwrap_err();
@@ -90,5 +102,20 @@ mod tests {
         drop(a);
         assert_eq!(slots.held("ci"), 1);
         assert!(slots.take("ci").is_ok());
+    }
+
+    #[test]
+    fn the_node_holds_at_most_its_limit_whatever_the_tokens() {
+        let slots = SubscriberSlots::new(2, 3);
+        let a = slots.take("a").unwrap();
+        let _b = slots.take("b").unwrap();
+        let _c = slots.take("c").unwrap();
+        let refused = slots.take("d").unwrap_err();
+        assert!(
+            refused.contains("grpc.max_subscribers = 3") && refused.contains("3 subscriptions"),
+            "{refused}"
+        );
+        drop(a);
+        assert!(slots.take("d").is_ok());
     }
 }

@@ -97,8 +97,8 @@ impl WorkspaceView {
     /// two of its workspaces hold a value, the last named wins; identities' values are
     /// joined); `activity` (the fold of the messages its workspaces' inputs brought, see
     /// [`audience_state::replay::fold_in_workspaces`]) gives the event series and calculated
-    /// attributes; and the workspaces listed are its own. First and last seen stay the
-    /// profile's (see Known limits).
+    /// attributes; first and last seen are those of its workspaces' messages; and the
+    /// workspaces listed are its own.
     pub fn narrow(&self, profile: &mut ProfileState, activity: ProfileState) {
         if !self.is_limited() {
             return;
@@ -126,6 +126,8 @@ impl WorkspaceView {
         }
         profile.attributes = attributes;
         profile.identities = identities;
+        profile.first_seen_ms = data.first_seen_ms;
+        profile.last_seen_ms = data.last_seen_ms;
         profile.device = data.device;
         profile.app_version = data.app_version;
         profile.highest_app_version = None;
@@ -236,27 +238,6 @@ impl WorkspaceView {
         }
     }
 
-    /// Whether the criteria of an audience the token saves may read the calculated attribute
-    /// `name`, calculated over `workspaces` (empty: every workspace): only one calculated over
-    /// its own workspaces, whose value folds no other workspace's events.
-    pub fn check_calculated(&self, name: &str, workspaces: &[String]) -> Result<(), Status> {
-        if !self.is_limited()
-            || (!workspaces.is_empty() && workspaces.iter().all(|w| self.sees_workspace(w)))
-        {
-            return Ok(());
-        }
-        let over = match workspaces {
-            [] => "every workspace".to_string(),
-            w => format!("workspace {}", w.join(", ")),
-        };
-        Err(Status::permission_denied(format!(
-            "criteria: calculated attribute \"{name}\" is calculated over {over}; token '{}' \
-             is limited to workspace {}",
-            self.token,
-            self.workspaces.join(", ")
-        )))
-    }
-
     /// A limited token's subscription names its audiences: all of them would be every
     /// workspace's.
     pub fn check_subscription_list(&self, audience_ids: &[u64]) -> Result<(), Status> {
@@ -359,8 +340,11 @@ mod tests {
         p.device.platform = Some("iOS".into());
         p.location.city = Some("Paris".into());
         p.consent.ccpa_data_sale_opt_out = Some(true);
+        p.first_seen_ms = 100;
+        p.last_seen_ms = 900;
         let mut kept = WorkspaceData::default();
         kept.device.platform = Some("Android".into());
+        assert!(kept.seen_at(500) && kept.seen_at(400) && !kept.seen_at(450));
         p.workspace_data.insert("app-b".into(), kept);
         let mut a_data = WorkspaceData::default();
         a_data.location.city = Some("Paris".into());
@@ -376,6 +360,7 @@ mod tests {
         let mut seen = p.clone();
         view(&["app-b"]).narrow(&mut seen, activity.clone());
         assert_eq!(seen.device.platform.as_deref(), Some("Android"));
+        assert_eq!((seen.first_seen_ms, seen.last_seen_ms), (400, 500));
         assert_eq!(seen.location.city, None, "Paris is app-a's");
         assert_eq!(seen.consent.ccpa_data_sale_opt_out, None);
         assert_eq!(seen.history, activity.history);
@@ -399,30 +384,6 @@ mod tests {
         let mut whole = p.clone();
         WorkspaceView::default().narrow(&mut whole, activity);
         assert_eq!(whole, p);
-    }
-
-    #[test]
-    fn a_limited_token_reads_only_calculated_attributes_of_its_workspaces() {
-        let b = view(&["app-b"]);
-        assert!(b.check_calculated("spend", &["app-b".into()]).is_ok());
-        let refused = b.check_calculated("spend", &[]).unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
-        assert!(
-            refused
-                .message()
-                .contains("\"spend\" is calculated over every workspace"),
-            "{refused:?}"
-        );
-        let refused = b
-            .check_calculated("spend", &["app-a".into(), "app-b".into()])
-            .unwrap_err();
-        assert!(
-            refused.message().contains("workspace app-a, app-b"),
-            "{refused:?}"
-        );
-        assert!(WorkspaceView::default()
-            .check_calculated("spend", &[])
-            .is_ok());
     }
 
     #[test]

@@ -696,6 +696,68 @@ impl Catalog {
         |name| self.calculated_spec(name)
     }
 
+    /// Whether the audience `record` may read the calculated attributes its criteria read: an
+    /// audience that selects workspaces reads only those calculated over some of them (the
+    /// seed's user based criteria read the audience's workspaces; an attribute's value is its
+    /// workspaces' data). Checked where a definition is proposed (see [`Catalog::
+    /// calculated_scope_conflict`] for the attribute's side), not when the catalog log is
+    /// applied, so that definitions saved before the rule stay readable.
+    pub fn check_calculated_scope(&self, record: &AudienceRecord) -> Result<(), DefinitionError> {
+        if record.workspaces.is_empty() {
+            return Ok(());
+        }
+        for key in calculated_of(&record.criteria) {
+            let Some(attribute) = self.calculated_record(&key) else {
+                continue; // Undefined: the criteria's own check words it.
+            };
+            if !reads_within(&attribute.workspaces, &record.workspaces) {
+                return Err(DefinitionError {
+                    field: "criteria.calculated_attribute.name".into(),
+                    reason: format!(
+                        "calculated attribute \"{}\" is calculated over {}: an audience of \
+                         workspace {} reads only calculated attributes of its workspaces",
+                        attribute.name,
+                        workspaces_words(&attribute.workspaces),
+                        record.workspaces.join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Why `attribute` cannot be saved with its workspaces, or `None`: an audience reading it
+    /// selects workspaces that do not hold all of them (see
+    /// [`Catalog::check_calculated_scope`]).
+    pub fn calculated_scope_conflict(
+        &self,
+        attribute: &CalculatedAttributeRecord,
+    ) -> Option<String> {
+        let key = attribute.name.trim().to_lowercase();
+        let readers: Vec<&AudienceRecord> = self
+            .calculated_readers(&key)
+            .into_iter()
+            .filter(|r| !r.workspaces.is_empty())
+            .filter(|r| !reads_within(&attribute.workspaces, &r.workspaces))
+            .collect();
+        (!readers.is_empty()).then(|| {
+            format!(
+                "calculated attribute \"{}\" would be calculated over {}, outside the \
+                 workspaces of audience(s) {} that read it",
+                attribute.name,
+                workspaces_words(&attribute.workspaces),
+                named(&readers)
+            )
+        })
+    }
+
+    /// A calculated attribute as stored, by lowercased name.
+    fn calculated_record(&self, key: &str) -> Option<&CalculatedAttributeRecord> {
+        self.calculated_records
+            .iter()
+            .find(|r| r.name.trim().to_lowercase() == key)
+    }
+
     /// Every audience (active or draft) that reads the calculated attribute `key`.
     pub fn calculated_readers(&self, key: &str) -> Vec<&AudienceRecord> {
         let mut out: Vec<&AudienceRecord> = self
@@ -763,6 +825,20 @@ impl Catalog {
             out.extend(self.by_first_seen.iter().copied());
         }
         out
+    }
+}
+
+/// Whether a calculated attribute over `attribute` (empty: every workspace) reads only
+/// `audience`'s workspaces.
+fn reads_within(attribute: &[String], audience: &[String]) -> bool {
+    !attribute.is_empty() && attribute.iter().all(|w| audience.contains(w))
+}
+
+/// "every workspace" or "workspace a, b".
+fn workspaces_words(workspaces: &[String]) -> String {
+    match workspaces {
+        [] => "every workspace".to_string(),
+        w => format!("workspace {}", w.join(", ")),
     }
 }
 

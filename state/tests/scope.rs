@@ -708,4 +708,60 @@ fn a_calculated_attribute_of_a_workspace_folds_only_its_inputs_events() {
         audience_state::calculated::value_of(p.calculated.get("plays"), &spec, T0 + 10_000).0
     };
     assert_eq!(value(&p), Some(AttrValue::Number(2.0)));
+
+    // An audience of workspaces reads only calculated attributes of its workspaces; the
+    // attribute's side: it cannot move outside the workspaces of an audience reading it.
+    let record =
+        |json: serde_json::Value| -> audience_state::calculated::CalculatedAttributeRecord {
+            serde_json::from_value(json).unwrap()
+        };
+    let everywhere = record(
+        json!({"name": "all plays", "calculation": "count", "event": {"type": "custom_event", "name": "Play"}}),
+    );
+    let with_everywhere = Catalog::build_full(
+        2,
+        catalog.records().cloned().collect::<Vec<_>>(),
+        vec![],
+        catalog
+            .calculated_records()
+            .iter()
+            .cloned()
+            .chain([everywhere])
+            .collect(),
+    );
+    let reading = |name: &str, workspaces: &[&str]| {
+        scoped(
+            40,
+            json!({"calculated_attribute": {"name": name, "op": "greater_than", "value": 0}}),
+            workspaces,
+            &[],
+        )
+    };
+    let check = |r: &AudienceRecord| with_everywhere.check_calculated_scope(r);
+    assert!(check(&reading("plays", &["app-b"])).is_ok());
+    assert!(check(&reading("Plays", &["app-a", "app-b"])).is_ok());
+    let e = check(&reading("plays", &["app-a"])).unwrap_err();
+    assert_eq!(e.field, "criteria.calculated_attribute.name");
+    assert!(
+        e.reason
+            .contains("\"plays\" is calculated over workspace app-b"),
+        "{e}"
+    );
+    let e = check(&reading("all plays", &["app-b"])).unwrap_err();
+    assert!(e.reason.contains("over every workspace"), "{e}");
+    let unscoped = AudienceRecord::active(
+        41,
+        "a41",
+        json!({"calculated_attribute": {"name": "all plays", "op": "greater_than", "value": 0}}),
+    );
+    assert!(check(&unscoped).is_ok(), "an unscoped audience reads any");
+    let moved = record(
+        json!({"name": "plays", "calculation": "count", "event": {"type": "custom_event", "name": "Play"}, "workspaces": ["app-c"]}),
+    );
+    let conflict = with_everywhere.calculated_scope_conflict(&moved).unwrap();
+    assert!(conflict.contains("audience(s) 31"), "{conflict}");
+    let within = record(
+        json!({"name": "plays", "calculation": "count", "event": {"type": "custom_event", "name": "Play"}, "workspaces": ["app-a"]}),
+    );
+    assert_eq!(with_everywhere.calculated_scope_conflict(&within), None);
 }

@@ -711,6 +711,15 @@ async fn the_audit_log_names_who_changed_which_definition_and_when() -> Result<(
         (edited.created_by.as_str(), edited.updated_by.as_str()),
         ("writer", "e2e")
     );
+    // Last Updated moves with the edit; Created stays.
+    assert!(created.created_at_ms > 0 && created.updated_at_ms >= created.created_at_ms);
+    assert_eq!(edited.created_at_ms, created.created_at_ms);
+    assert!(
+        edited.updated_at_ms >= created.updated_at_ms,
+        "{} then {}",
+        created.updated_at_ms,
+        edited.updated_at_ms
+    );
     // A refused change is logged too: an audience read by another cannot be deleted.
     let nested = serde_json::json!({"audience": {"id": created.id}});
     audiences(WRITER)

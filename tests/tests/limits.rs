@@ -4,9 +4,10 @@
 //! (INVALID_ARGUMENT naming the limit), the delta streams one token holds open
 //! (RESOURCE_EXHAUSTED naming `grpc.max_subscribers_per_token`, the slot back once a stream
 //! closes), and ListAudiences in pages (a page above the limit refused); the catalog's quotas
-//! of audiences, calculated attributes, outputs and connections (RESOURCE_EXHAUSTED naming
-//! the setting, the slot back once one is deleted). The sample sizes of estimates and previews
-//! are tried in `history.rs`.
+//! of audiences, calculated attributes, outputs, connections and API tokens
+//! (RESOURCE_EXHAUSTED naming the setting, the slot back once one is deleted). The sample
+//! sizes of estimates and previews are tried in `history.rs`; a stream its client does not
+//! read, in `slow_subscriber.rs`.
 
 use audience_e2e::*;
 use audience_proto::v1 as pb;
@@ -204,10 +205,23 @@ async fn the_catalog_holds_at_most_its_quotas() -> Result<()> {
             ("AUDIENCE_MAX_CALCULATED_ATTRIBUTES", "1"),
             ("AUDIENCE_MAX_OUTPUTS", "1"),
             ("AUDIENCE_MAX_CONNECTIONS", "1"),
+            ("AUDIENCE_MAX_API_TOKENS", "1"),
         ],
     )?;
     let ch = engine.ready().await?;
     let mut audiences = pb::audience_service_client::AudienceServiceClient::new(ch.clone());
+    // API tokens (the configuration's aside).
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(ch.clone());
+    let token = |name: &str| pb::CreateTokenRequest {
+        name: name.into(),
+        scopes: vec!["read".into()],
+        ..Default::default()
+    };
+    admin.create_token(token("ci")).await?;
+    past_quota(
+        admin.create_token(token("ops")).await,
+        "engine.max_api_tokens (1)",
+    );
     let first = create_audience(&ch, "first", gold()).await?;
     let second = create_audience(&ch, "second", gold()).await?;
     past_quota(

@@ -409,8 +409,9 @@ async fn a_multi_workspace_audience_reads_the_workspace_each_criterion_picks() -
 }
 
 /// A calculated attribute is user data, kept per workspace: one defined over app-b folds the
-/// events of app-b's inputs only; an unknown workspace is refused by name; a token limited to
-/// app-b saves audiences reading its own workspace's attributes, not one of every workspace.
+/// events of app-b's inputs only; an unknown workspace is refused by name; an audience of
+/// app-b reads its own workspace's attributes, not one of every workspace, and the attribute
+/// cannot move away from the audiences reading it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_calculated_attribute_of_a_workspace_folds_its_inputs_events() -> Result<()> {
     let broker = Broker::start()?;
@@ -453,6 +454,34 @@ async fn a_calculated_attribute_of_a_workspace_folds_its_inputs_events() -> Resu
     audiences
         .put_calculated_attribute(plays("plays", json!([])))
         .await?;
+    // Listed in pages, in name order.
+    let mut pages = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = audiences
+            .list_calculated_attributes(pb::ListCalculatedAttributesRequest {
+                page_size: 1,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        let names: Vec<String> = page
+            .attributes
+            .iter()
+            .filter_map(|a| a.definition.as_ref()?.fields.get("name")?.kind.clone())
+            .map(|k| format!("{k:?}"))
+            .collect();
+        pages.push(names);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(pages.len(), 2, "{pages:?}");
+    assert!(
+        pages[0][0].contains("\"plays\"") && pages[1][0].contains("plays in b"),
+        "{pages:?}"
+    );
 
     let producer = broker.producer()?;
     let now = engine_now(&admin).await?;
@@ -487,13 +516,20 @@ async fn a_calculated_attribute_of_a_workspace_folds_its_inputs_events() -> Resu
     let refused = create_scoped(&b, "all players", at_least("plays"), &["app-b"], &[])
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(
-        refused
-            .message()
-            .contains("calculated attribute \"plays\" is calculated over every workspace"),
+        refused.message().contains(
+            "criteria.calculated_attribute.name: calculated attribute \"plays\" is calculated over every workspace"
+        ),
         "{refused:?}"
     );
+    // The attribute cannot move outside the workspaces of the audience reading it.
+    let moved = audiences
+        .put_calculated_attribute(plays("plays in b", json!(["app-a"])))
+        .await
+        .unwrap_err();
+    assert_eq!(moved.code(), tonic::Code::FailedPrecondition, "{moved:?}");
+    assert!(moved.message().contains("b players"), "{moved:?}");
     assert_eq!(engine.terminate()?, Some(0), "a clean stop");
     Ok(())
 }

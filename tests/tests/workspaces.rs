@@ -202,6 +202,46 @@ async fn audiences_read_their_workspaces_and_inputs() -> Result<()> {
         listed(&ch, "app-b", pb::WorkspaceKind::Unspecified).await?,
         vec!["app-b non buyers", "players of both apps"]
     );
+    // audiencectl filters the same way: one line per audience, naming it.
+    let cli = |args: &[&str]| -> Result<Vec<String>> {
+        let out = engine
+            .ctl()
+            .args(["audience", "list"])
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect())
+    };
+    let named = |lines: &[String], names: &[&str]| {
+        lines.len() == names.len() && names.iter().all(|n| lines.iter().any(|l| l.contains(n)))
+    };
+    let multi = cli(&["--kind", "multi"])?;
+    assert!(named(&multi, &["players of both apps"]), "{multi:?}");
+    let single = cli(&["--kind", "single"])?;
+    assert!(
+        named(
+            &single,
+            &[
+                "ios players with an email",
+                "app-b non buyers",
+                "ios twice",
+                "web twice"
+            ]
+        ),
+        "{single:?}"
+    );
+    let of_b = cli(&["--workspace", "app-b"])?;
+    assert!(
+        named(&of_b, &["app-b non buyers", "players of both apps"]),
+        "{of_b:?}"
+    );
 
     // Forwarding sends every accepted identity of a member, those collected in app-b too.
     let (hook, url) = start_hook().await?;
@@ -455,6 +495,22 @@ async fn shared_audiences_are_seen_and_used_as_their_access_says() -> Result<()>
     assert_eq!(
         listed(&b, "", pb::WorkspaceKind::SharedWithMe).await?,
         vec!["a view", "a usable"]
+    );
+    let out = engine
+        .ctl()
+        .env("AUDIENCE_TOKEN", TOKEN_B)
+        .args(["audience", "list", "--kind", "shared"])
+        .output()?;
+    let lines = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+    assert!(
+        lines.contains("a view") && lines.contains("a usable"),
+        "{lines}"
     );
     assert_eq!(
         listed(&b, "", pb::WorkspaceKind::Unspecified).await?,

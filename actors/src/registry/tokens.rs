@@ -2,6 +2,7 @@
 //! digest only, revoked by name, listed from what this node applied.
 
 use super::{unexpected, Registry, RegistryError};
+use crate::engine::Quotas;
 use audience_state::api_tokens::ApiTokenRecord;
 use audience_state::catalog_log::{Applied, Change};
 
@@ -19,12 +20,16 @@ impl Registry {
         token: ApiTokenRecord,
     ) -> Result<ApiTokenRecord, RegistryError> {
         token.validate()?;
-        if self.api_tokens().iter().any(|t| t.name == token.name) {
+        let held = self.api_tokens();
+        if held.iter().any(|t| t.name == token.name) {
             return Err(RegistryError::Exists(format!(
                 "name: a token named '{}' exists: revoke it first, or choose another name",
                 token.name
             )));
         }
+        let max = self.node.engine.settings.quotas.api_tokens;
+        Quotas::check("API tokens", "engine.max_api_tokens", held.len(), max)
+            .map_err(RegistryError::Quota)?;
         match self
             .catalog
             .submit(by, Change::CreateToken { token })

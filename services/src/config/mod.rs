@@ -321,6 +321,9 @@ pub struct GrpcConfig {
     /// Delta streams (`Subscribe`) one token may hold open at once
     /// (AUDIENCE_MAX_SUBSCRIBERS_PER_TOKEN).
     pub max_subscribers_per_token: usize,
+    /// Delta streams the node holds open at once, every token together: each may hold a
+    /// thread of tokio's blocking pool (512) (AUDIENCE_MAX_SUBSCRIBERS).
+    pub max_subscribers: usize,
     /// Calls one client connection may have in flight; the next waits for one to end
     /// (AUDIENCE_GRPC_MAX_CALLS_PER_CONNECTION).
     pub max_calls_per_connection: usize,
@@ -369,12 +372,13 @@ pub struct EngineConfig {
     /// Unpublished dead letters kept per partition while the topic cannot take them; past
     /// it the oldest are dropped and counted (`audience_dead_letters_dropped_total`).
     pub dead_letter_max_kept: u64,
-    /// The most audiences, calculated attributes, outputs and connections the catalog
-    /// holds; one more is RESOURCE_EXHAUSTED, naming the setting.
+    /// The most audiences, calculated attributes, outputs, connections and API tokens the
+    /// catalog holds; one more is RESOURCE_EXHAUSTED, naming the setting.
     pub max_audiences: usize,
     pub max_calculated_attributes: usize,
     pub max_outputs: usize,
     pub max_connections: usize,
+    pub max_api_tokens: usize,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -421,6 +425,7 @@ impl Default for GrpcConfig {
             tls_client_ca: String::new(),
             max_message_bytes: 4 * 1024 * 1024,
             max_subscribers_per_token: 32,
+            max_subscribers: 256,
             max_calls_per_connection: 64,
             request_timeout_ms: 60_000,
         }
@@ -458,6 +463,7 @@ impl Default for EngineConfig {
             max_calculated_attributes: d.quotas.calculated_attributes,
             max_outputs: d.quotas.outputs,
             max_connections: d.quotas.connections,
+            max_api_tokens: d.quotas.api_tokens,
         }
     }
 }
@@ -507,6 +513,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "AUDIENCE_MAX_SUBSCRIBERS_PER_TOKEN",
         "grpc.max_subscribers_per_token",
     ),
+    ("AUDIENCE_MAX_SUBSCRIBERS", "grpc.max_subscribers"),
     (
         "AUDIENCE_GRPC_MAX_CALLS_PER_CONNECTION",
         "grpc.max_calls_per_connection",
@@ -538,6 +545,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ),
     ("AUDIENCE_MAX_OUTPUTS", "engine.max_outputs"),
     ("AUDIENCE_MAX_CONNECTIONS", "engine.max_connections"),
+    ("AUDIENCE_MAX_API_TOKENS", "engine.max_api_tokens"),
     ("AUDIENCE_METRICS_LISTEN", "metrics.listen"),
     ("AUDIENCE_RETENTION_DAYS", "engine.retention_days"),
     ("AUDIENCE_MANUAL_CLOCK", "clock.manual"),
@@ -639,6 +647,9 @@ impl Config {
             "AUDIENCE_MAX_SUBSCRIBERS_PER_TOKEN" => {
                 self.grpc.max_subscribers_per_token = value.parse().map_err(|e| bad(&e))?
             }
+            "AUDIENCE_MAX_SUBSCRIBERS" => {
+                self.grpc.max_subscribers = value.parse().map_err(|e| bad(&e))?
+            }
             "AUDIENCE_GRPC_MAX_CALLS_PER_CONNECTION" => {
                 self.grpc.max_calls_per_connection = value.parse().map_err(|e| bad(&e))?
             }
@@ -675,6 +686,9 @@ impl Config {
             }
             "AUDIENCE_MAX_CONNECTIONS" => {
                 self.engine.max_connections = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_MAX_API_TOKENS" => {
+                self.engine.max_api_tokens = value.parse().map_err(|e| bad(&e))?
             }
             "AUDIENCE_OUTPUTS_ALLOW_PRIVATE" => {
                 self.outputs.allow_private = value.parse().map_err(|e| bad(&e))?
@@ -776,6 +790,7 @@ impl Config {
                 calculated_attributes: self.engine.max_calculated_attributes,
                 outputs: self.engine.max_outputs,
                 connections: self.engine.max_connections,
+                api_tokens: self.engine.max_api_tokens,
             },
             source_field: self.inputs.source_path(),
             ..Default::default()

@@ -66,11 +66,14 @@ impl ProfileState {
             parts: MessageParts::default(),
             events: Vec::new(),
         };
+        let mut workspace_seen_changed = false;
         if let Some(tag) = message.input() {
             if !self.workspaces.contains(&tag.workspace) {
                 self.workspaces.insert(tag.workspace.clone());
                 changes.workspaces = true;
             }
+            workspace_seen_changed =
+                of_workspace(&mut self.workspace_data, &tag.workspace).seen_at(message_time);
         }
         match message {
             Inbound::Batch(batch) => {
@@ -88,6 +91,7 @@ impl ProfileState {
         }
         let seen_changed = seen_before != (self.first_seen_ms, self.last_seen_ms);
         if seen_changed
+            || workspace_seen_changed
             || changes.workspaces
             || !logged.events.is_empty()
             || !logged.parts.is_empty()
@@ -178,17 +182,10 @@ impl ProfileState {
         // The profile's latest values, then the copy of the workspace the batch came through:
         // a part is logged when it changed either (replaying it changes both again).
         let mut merged = merge_user_data(self.user_data_mut(), batch);
-        let carries_user_data = batch.device_info.is_some()
-            || batch.app_version.is_some()
-            || batch.location.is_some()
-            || batch.attribution.is_some()
-            || batch.consent.is_some();
-        if let Some(workspace) = workspace.filter(|_| carries_user_data) {
+        if let Some(workspace) = workspace {
+            // Made when the message's workspace was noted as seen.
             let kept = of_workspace(&mut self.workspace_data, workspace);
-            merged.add(merge_user_data(UserDataMut::from(&mut *kept), batch));
-            if kept.is_empty() {
-                self.workspace_data.remove(workspace);
-            }
+            merged.add(merge_user_data(kept.into(), batch));
         }
         if merged.app_version || self.highest_app_version != highest_before {
             parts.app_version.clone_from(&batch.app_version);
@@ -318,12 +315,9 @@ impl ProfileState {
                     service_provider: read("service_provider"),
                 };
                 changes.attribution |= merge_attribution(&mut self.install_attribution, &found);
-                if let Some(tag) = input.filter(|_| found != Attribution::default()) {
+                if let Some(tag) = input {
                     let kept = of_workspace(&mut self.workspace_data, &tag.workspace);
                     changes.attribution |= merge_attribution(&mut kept.install_attribution, &found);
-                    if kept.is_empty() {
-                        self.workspace_data.remove(&tag.workspace);
-                    }
                 }
             }
             _ => {}

@@ -82,6 +82,9 @@ pub struct ProfileState {
 /// (the seed: "all user profile data is scoped and maintained within a single workspace").
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkspaceData {
+    /// When a message of the workspace's inputs was first and last seen (0: none yet).
+    pub first_seen_ms: TimestampMs,
+    pub last_seen_ms: TimestampMs,
     pub device: DeviceInfo,
     pub app_version: Option<String>,
     pub consent: ConsentState,
@@ -91,12 +94,27 @@ pub struct WorkspaceData {
 }
 
 impl WorkspaceData {
-    pub fn is_empty(&self) -> bool {
-        *self == EMPTY_WORKSPACE_DATA
+    /// Notes a message of the workspace at `at`; whether its first or last seen moved.
+    pub fn seen_at(&mut self, at: TimestampMs) -> bool {
+        let before = (self.first_seen_ms, self.last_seen_ms);
+        if before == (0, 0) {
+            self.first_seen_ms = at;
+        }
+        self.first_seen_ms = self.first_seen_ms.min(at);
+        self.last_seen_ms = self.last_seen_ms.max(at);
+        before != (self.first_seen_ms, self.last_seen_ms)
     }
 
-    /// Overlays what `newer` holds (a view over several workspaces: the last named wins).
+    /// Overlays what `newer` holds (a view over several workspaces: the last named wins;
+    /// first seen is the earliest, last seen the latest).
     pub fn merge_from(&mut self, newer: &WorkspaceData) {
+        if newer.first_seen_ms != 0 || newer.last_seen_ms != 0 {
+            if self.first_seen_ms == 0 && self.last_seen_ms == 0 {
+                self.first_seen_ms = newer.first_seen_ms;
+            }
+            self.first_seen_ms = self.first_seen_ms.min(newer.first_seen_ms);
+            self.last_seen_ms = self.last_seen_ms.max(newer.last_seen_ms);
+        }
         self.device.merge_from(&newer.device);
         if newer.app_version.is_some() {
             self.app_version.clone_from(&newer.app_version);
@@ -121,6 +139,8 @@ impl WorkspaceData {
 
 /// What a workspace that set nothing holds.
 static EMPTY_WORKSPACE_DATA: WorkspaceData = WorkspaceData {
+    first_seen_ms: 0,
+    last_seen_ms: 0,
     device: DeviceInfo {
         platform: None,
         os_version: None,
@@ -912,7 +932,6 @@ mod tests {
         let none = read.user_data(Some("app-b"));
         assert_eq!(none.device.platform, None);
         assert!(none.install_attribution.is_none());
-        assert!(!kept.is_empty() && WorkspaceData::default().is_empty());
         // A format 6 row is a format 7 row without the trailing map of workspace data.
         let mut plain = state.clone();
         plain.workspace_data.clear();
