@@ -81,18 +81,26 @@ impl Services {
             .filter(|r| r.status == AudienceStatus::Active)
             .map(|r| (r.id, r.revision))
             .collect();
-        let calculations = self
-            .node
-            .engine
-            .calculations(&self.node.owned(), &active)
-            .map_err(convert::internal)?;
+        // Store reads (the partitions' evaluated revisions, the connections): on the
+        // blocking pool, as every store read of the API (review R4).
+        let (calculations, connections) = {
+            let (engine, owned) = (self.node.engine.clone(), self.node.owned());
+            let outputs = self.outputs.clone();
+            off_runtime(move || {
+                let calculations = engine
+                    .calculations(&owned, &active)
+                    .map_err(convert::internal)?;
+                let connections = outputs.connections().map_err(convert::status)?;
+                Ok((calculations, connections))
+            })
+            .await?
+        };
         let estimates = {
             let mut cached = self.node.engine.estimates.lock();
             // Estimates of finished calculations are not shown again.
             cached.retain(|(id, _), _| calculations.contains_key(id));
             cached.clone()
         };
-        let connections = self.outputs.connections().map_err(convert::status)?;
         let faults =
             crate::grpc_outputs::cluster_faults(&self.outputs, &self.peers, caller).await?;
         Ok(records
