@@ -9,6 +9,7 @@ use crate::grpc::{explain_node, Services};
 use crate::workspace_view::WorkspaceView;
 use audience_proto::v1 as pb;
 use audience_state::calculated::CalcSpec;
+use audience_state::eventlog::EventLog;
 use audience_state::profile::ProfileState;
 use audience_state::replay::{fold_in_workspaces, log_units};
 use tonic::metadata::MetadataMap;
@@ -35,13 +36,26 @@ impl Services {
             .ok_or_else(|| Status::not_found(format!("mpid {mpid}: no profile")))
     }
 
+    /// The head of a profile's event log (empty when it has none).
+    fn log_head(&self, partition: u32, mpid: i64) -> Result<EventLog, Status> {
+        Ok(self
+            .node
+            .engine
+            .store
+            .load_log_head(partition, mpid)
+            .map_err(convert::internal)?
+            .unwrap_or_default())
+    }
+
     /// The profile as `view` may read it ([`WorkspaceView::narrow`]): for a token limited to
-    /// workspaces, its activity is folded from the logged messages of their inputs.
+    /// workspaces, its activity is folded from the logged messages of their inputs (`log`,
+    /// the profile's log head, and its sealed chunks).
     fn narrowed(
         &self,
         view: &WorkspaceView,
         partition: u32,
         mut profile: ProfileState,
+        log: &EventLog,
     ) -> Result<ProfileState, Status> {
         if !view.is_limited() {
             return Ok(profile);
@@ -49,10 +63,6 @@ impl Services {
         let engine = &self.node.engine;
         let store = &engine.store;
         let mpid = profile.mpid;
-        let log = store
-            .load_log_head(partition, mpid)
-            .map_err(convert::internal)?
-            .unwrap_or_default();
         let chunks = store
             .load_log_chunks(partition, mpid)
             .map_err(convert::internal)?;
@@ -60,7 +70,7 @@ impl Services {
             .load_dictionary(partition)
             .map_err(convert::internal)?;
         let chunks: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
-        let units = log_units(&log, &chunks, &dict).map_err(|reason| {
+        let units = log_units(log, &chunks, &dict).map_err(|reason| {
             Status::internal(format!(
                 "mpid {mpid}: its event log is unreadable: {reason}"
             ))
@@ -86,12 +96,8 @@ impl Services {
     ) -> Result<pb::Profile, Status> {
         let engine = &self.node.engine;
         let (partition, profile) = self.load_profile(caller, view, mpid)?;
-        let profile = self.narrowed(view, partition, profile)?;
-        let log = engine
-            .store
-            .load_log_head(partition, mpid)
-            .map_err(convert::internal)?
-            .unwrap_or_default();
+        let log = self.log_head(partition, mpid)?;
+        let profile = self.narrowed(view, partition, profile, &log)?;
         let catalog = engine.catalog.load();
         // Memberships in the audiences the token sees.
         let name = |id: u64| {
@@ -151,7 +157,8 @@ impl Services {
         // A limited token reads the values its workspaces hold: where the profile's differ
         // (another workspace set them), the detail is withheld; the answers stay.
         if profile.workspaces.iter().any(|w| !view.sees_workspace(w)) {
-            let seen = self.narrowed(view, partition, profile.clone())?;
+            let log = self.log_head(partition, r.mpid)?;
+            let seen = self.narrowed(view, partition, profile.clone(), &log)?;
             explanation.withhold_unseen(&root.explain(&seen, &ctx));
         }
         Ok(pb::Explanation {

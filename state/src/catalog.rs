@@ -681,9 +681,7 @@ impl Catalog {
 
     /// Whether a calculated attribute of that (lowercased) name is stored, compiling or not.
     pub fn has_calculated_record(&self, key: &str) -> bool {
-        self.calculated_records
-            .iter()
-            .any(|r| r.name.trim().to_lowercase() == key)
+        self.calculated_record(key).is_some()
     }
 
     /// The calculated attributes as stored, in creation order.

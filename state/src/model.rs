@@ -113,21 +113,25 @@ pub struct DeviceInfo {
 }
 
 impl DeviceInfo {
-    /// Overlays the fields `newer` carries.
-    pub fn merge_from(&mut self, newer: &DeviceInfo) {
-        fn take(slot: &mut Option<String>, v: &Option<String>) {
-            if v.is_some() {
+    /// Overlays the fields `newer` carries; whether any changed (found without a copy: this
+    /// runs for the profile and its workspace's copy on every batch).
+    pub fn merge_from(&mut self, newer: &DeviceInfo) -> bool {
+        fn take(slot: &mut Option<String>, v: &Option<String>) -> bool {
+            let changed = v.is_some() && slot != v;
+            if changed {
                 slot.clone_from(v);
             }
+            changed
         }
-        take(&mut self.platform, &newer.platform);
-        take(&mut self.os_version, &newer.os_version);
-        take(&mut self.device_model, &newer.device_model);
-        take(&mut self.device_manufacturer, &newer.device_manufacturer);
-        take(&mut self.network_carrier, &newer.network_carrier);
-        take(&mut self.brand, &newer.brand);
-        take(&mut self.locale_country, &newer.locale_country);
-        take(&mut self.locale_language, &newer.locale_language);
+        // Every field is taken: `|`, not `||`.
+        take(&mut self.platform, &newer.platform)
+            | take(&mut self.os_version, &newer.os_version)
+            | take(&mut self.device_model, &newer.device_model)
+            | take(&mut self.device_manufacturer, &newer.device_manufacturer)
+            | take(&mut self.network_carrier, &newer.network_carrier)
+            | take(&mut self.brand, &newer.brand)
+            | take(&mut self.locale_country, &newer.locale_country)
+            | take(&mut self.locale_language, &newer.locale_language)
     }
 }
 
@@ -201,24 +205,34 @@ impl GeoLocation {
 
     /// Takes in a newer location. The place (city, state, zip, DMA, country) is one unit: a
     /// newer place replaces the whole of the older one, so that fields of two places never
-    /// mix; coordinates are replaced when the newer location has them.
-    pub fn merge_from(&mut self, newer: &GeoLocation) {
+    /// mix; coordinates are replaced when the newer location has them. Whether it changed.
+    pub fn merge_from(&mut self, newer: &GeoLocation) -> bool {
         let has_place = newer.city.is_some()
             || newer.state.is_some()
             || newer.zip.is_some()
             || newer.dma.is_some()
             || newer.country.is_some();
-        if has_place {
+        let new_place = has_place
+            && (self.city != newer.city
+                || self.state != newer.state
+                || self.zip != newer.zip
+                || self.dma != newer.dma
+                || self.country != newer.country);
+        if new_place {
             self.city.clone_from(&newer.city);
             self.state.clone_from(&newer.state);
             self.zip.clone_from(&newer.zip);
             self.dma.clone_from(&newer.dma);
             self.country.clone_from(&newer.country);
         }
-        if newer.latitude.is_some() && newer.longitude.is_some() {
+        let new_position = newer.latitude.is_some()
+            && newer.longitude.is_some()
+            && (self.latitude != newer.latitude || self.longitude != newer.longitude);
+        if new_position {
             self.latitude = newer.latitude;
             self.longitude = newer.longitude;
         }
+        new_place || new_position
     }
 }
 

@@ -111,10 +111,9 @@ impl Node {
                 value_words(profile.attribute(&c.name)),
             ),
             Node::WorkspaceAttribute { workspace, cond } => (
-                format!(
-                    "{} {} in workspace \"{workspace}\"",
-                    cond.name,
-                    test_words(&cond.test)
+                in_workspace(
+                    format!("{} {}", cond.name, test_words(&cond.test)),
+                    Some(workspace),
                 ),
                 value_words(profile.attribute_in(workspace, &cond.name)),
             ),
@@ -123,13 +122,10 @@ impl Node {
                 test,
                 workspace,
             } => (
-                match workspace {
-                    Some(w) => format!(
-                        "identity {identity_type} {} in workspace \"{w}\"",
-                        test_words(test)
-                    ),
-                    None => format!("identity {identity_type} {}", test_words(test)),
-                },
+                in_workspace(
+                    format!("identity {identity_type} {}", test_words(test)),
+                    workspace.as_deref(),
+                ),
                 match profile.identities_from(workspace.as_deref(), identity_type) {
                     Some(values) if !values.is_empty() => format!(
                         "the value is {}",
@@ -145,14 +141,17 @@ impl Node {
             Node::Consent { test, workspace } => {
                 let consent = profile.user_data(workspace.as_deref()).consent;
                 let (criterion, detail) = consent_explained(test, consent);
-                (in_workspace(criterion, workspace), detail)
+                (in_workspace(criterion, workspace.as_deref()), detail)
             }
             Node::Device {
                 field,
                 test,
                 workspace,
             } => (
-                in_workspace(format!("device {field} {}", test_words(test)), workspace),
+                in_workspace(
+                    format!("device {field} {}", test_words(test)),
+                    workspace.as_deref(),
+                ),
                 text_value_words(device_field(profile.user_data(workspace.as_deref()), field)),
             ),
             Node::FirstSeen(w) => {
@@ -227,7 +226,7 @@ impl Node {
                             .unwrap_or_default(),
                         test_words(test)
                     ),
-                    workspace,
+                    workspace.as_deref(),
                 ),
                 match (
                     field,
@@ -247,7 +246,10 @@ impl Node {
                 test,
                 workspace,
             } => (
-                in_workspace(format!("location {field} {}", test_words(test)), workspace),
+                in_workspace(
+                    format!("location {field} {}", test_words(test)),
+                    workspace.as_deref(),
+                ),
                 text_value_words(location_field(profile, workspace.as_deref(), field)),
             ),
             Node::LocationWithin {
@@ -258,7 +260,7 @@ impl Node {
             } => (
                 in_workspace(
                     format!("within {} km of {label}", format_number(*radius_km)),
-                    workspace,
+                    workspace.as_deref(),
                 ),
                 position_words(profile.user_data(workspace.as_deref()).location),
             ),
@@ -428,7 +430,7 @@ fn position_words(location: &crate::model::GeoLocation) -> String {
 }
 
 /// A criterion's words, naming the workspace it picked, if any.
-fn in_workspace(criterion: String, workspace: &Option<String>) -> String {
+fn in_workspace(criterion: String, workspace: Option<&str>) -> String {
     match workspace {
         Some(w) => format!("{criterion} in workspace {}", quoted(w)),
         None => criterion,

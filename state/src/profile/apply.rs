@@ -681,18 +681,14 @@ impl UserDataChanged {
 fn merge_user_data(data: UserDataMut<'_>, batch: &Batch) -> UserDataChanged {
     let mut changed = UserDataChanged::default();
     if let Some(device) = &batch.device_info {
-        let before = data.device.clone();
-        data.device.merge_from(device);
-        changed.device = *data.device != before;
+        changed.device = data.device.merge_from(device);
     }
     if batch.app_version.is_some() && *data.app_version != batch.app_version {
         data.app_version.clone_from(&batch.app_version);
         changed.app_version = true;
     }
     if let Some(location) = &batch.location {
-        let before = data.location.clone();
-        data.location.merge_from(location);
-        changed.location = *data.location != before;
+        changed.location = data.location.merge_from(location);
     }
     if let Some(attribution) = &batch.attribution {
         for event in &batch.events {
