@@ -191,7 +191,15 @@ impl EventSeries {
     /// overflow, and the offsets (the first, then each one's distance from the one before).
     fn pack(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(1 + 4 * self.days.len() + 3 * self.offsets.len());
-        put_varint(&mut out, self.days.len() as u64);
+        self.pack_into(&mut out);
+        out
+    }
+
+    /// [`EventSeries::pack`] appended to `out` (the profile row writer's form: no buffer of
+    /// its own).
+    pub(crate) fn pack_into(&self, out: &mut Vec<u8>) {
+        out.reserve(1 + 4 * self.days.len() + 3 * self.offsets.len());
+        put_varint(out, self.days.len() as u64);
         let mut previous_day = None;
         for (d, offsets) in self.days() {
             let day = match previous_day {
@@ -199,16 +207,15 @@ impl EventSeries {
                 Some(p) => (d.day as i64 - p as i64) as u64,
             };
             previous_day = Some(d.day);
-            put_varint(&mut out, day);
-            put_varint(&mut out, offsets.len() as u64);
-            put_varint(&mut out, d.overflow as u64);
+            put_varint(out, day);
+            put_varint(out, offsets.len() as u64);
+            put_varint(out, d.overflow as u64);
             let mut previous = 0;
             for &o in offsets {
-                put_varint(&mut out, (o - previous) as u64);
+                put_varint(out, (o - previous) as u64);
                 previous = o;
             }
         }
-        out
     }
 
     /// Reads [`EventSeries::pack`]'s form, checking every invariant: days increase, offsets

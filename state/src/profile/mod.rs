@@ -14,9 +14,12 @@
 //!   the model, event histories and calculated aggregates, so the criteria evaluator and the
 //!   catalog read a profile without importing the code that changes it;
 //! - `apply`: applying messages and logs to a profile, and evaluating the catalog's audiences
-//!   for it (the layer above the criteria and the catalog).
+//!   for it (the layer above the criteria and the catalog);
+//! - `encode`: the two stored rows written field by field, in the bytes postcard reads back
+//!   in `state`.
 
 mod apply;
+mod encode;
 pub mod state;
 
 pub use state::{

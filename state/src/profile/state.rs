@@ -1,8 +1,8 @@
 //! A profile's data: attributes, identities, consent, device, location, event histories,
 //! calculated aggregates and memberships, and its stored encoding: two rows, each a format byte
-//! then postcard. The core row holds what messages set; the derived row what the catalog's
-//! definitions derive from them, so that a backfill rewrites only the small derived row. The
-//! whole rows of earlier formats are still read. Invariant: this module depends on nothing above the model's
+//! then postcard (written by `super::encode`, read here). The core row holds what messages
+//! set; the derived row what the catalog's definitions derive from them, so that a backfill
+//! rewrites only the small derived row. The whole rows of earlier formats are still read. Invariant: this module depends on nothing above the model's
 //! data types, so every reader of a profile (criteria, catalog, outputs) can import it.
 
 use crate::aggregate::CalcState;
@@ -446,14 +446,14 @@ impl ProfileState {
     /// format 4 split them in two rows; tests write it as older versions did.
     #[cfg(test)]
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(ENCODED_CAPACITY);
-        out.push(WHOLE_FORMAT);
+        let out = vec![WHOLE_FORMAT];
         postcard::to_extend(self, out).expect("profile state always serialises")
     }
 
-    /// The stored core row (format 7): what messages set (see [`ProfileState::encode_derived`]
-    /// for the rest), serialised into one buffer sized for a typical profile.
-    pub fn encode_core(&self) -> Vec<u8> {
+    /// The core row as postcard writes it from [`CoreRef`]: what
+    /// [`ProfileState::encode_core`] must write, byte for byte.
+    #[cfg(test)]
+    pub(super) fn encode_core_by_postcard(&self) -> Vec<u8> {
         let core = CoreRef {
             mpid: self.mpid,
             first_seen_ms: self.first_seen_ms,
@@ -473,25 +473,19 @@ impl ProfileState {
             uninstall_attribution: &self.uninstall_attribution,
             highest_app_version: &self.highest_app_version,
         };
-        let mut out = Vec::with_capacity(ENCODED_CAPACITY);
-        out.push(CORE_FORMAT);
-        let out = postcard::to_extend(&core, out).expect("profile state always serialises");
-        // Format 5 is format 4's fields, then the workspaces; format 6 adds the workspaces'
-        // attributes and identities; format 7 their other data.
-        let out =
-            postcard::to_extend(&self.workspaces, out).expect("profile state always serialises");
-        let out = postcard::to_extend(&self.workspace_attributes, out)
-            .expect("profile state always serialises");
-        let out = postcard::to_extend(&self.workspace_identities, out)
-            .expect("profile state always serialises");
-        postcard::to_extend(&self.workspace_data, out).expect("profile state always serialises")
+        let mut out = vec![CORE_FORMAT];
+        out.extend(postcard::to_allocvec(&core).unwrap());
+        out.extend(postcard::to_allocvec(&self.workspaces).unwrap());
+        out.extend(postcard::to_allocvec(&self.workspace_attributes).unwrap());
+        out.extend(postcard::to_allocvec(&self.workspace_identities).unwrap());
+        out.extend(postcard::to_allocvec(&self.workspace_data).unwrap());
+        out
     }
 
-    /// The stored derived row: what the catalog's definitions derive from the profile's
-    /// inputs (the series of event criteria with conditions, calculated attributes,
-    /// memberships and their timers). A backfill changes only these, and writes only this
-    /// row: the core is most of a profile's bytes.
-    pub fn encode_derived(&self) -> Vec<u8> {
+    /// The derived row as postcard writes it from [`DerivedRef`] (see
+    /// [`ProfileState::encode_core_by_postcard`]).
+    #[cfg(test)]
+    pub(super) fn encode_derived_by_postcard(&self) -> Vec<u8> {
         let derived = DerivedRef {
             history: SeriesOf {
                 history: &self.history,
@@ -501,9 +495,9 @@ impl ProfileState {
             due: &self.due,
             calculated: &self.calculated,
         };
-        let mut out = Vec::with_capacity(DERIVED_CAPACITY);
-        out.push(DERIVED_FORMAT);
-        postcard::to_extend(&derived, out).expect("profile state always serialises")
+        let mut out = vec![DERIVED_FORMAT];
+        out.extend(postcard::to_allocvec(&derived).unwrap());
+        out
     }
 
     /// A profile from its core row (formats 4 to 7), or from a whole row of an earlier
@@ -578,11 +572,13 @@ pub const MATCHER_SERIES_PREFIX: &str = "m:";
 
 /// The series of a history that one row holds: the event keys' (core) or the matchers'
 /// (derived).
+#[cfg(test)]
 struct SeriesOf<'a> {
     history: &'a BTreeMap<String, EventSeries>,
     derived: bool,
 }
 
+#[cfg(test)]
 impl Serialize for SeriesOf<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
@@ -599,6 +595,7 @@ impl Serialize for SeriesOf<'_> {
 
 /// The core row as written (format 4, which format 5 extends): every field of
 /// [`ProfileState`] but the derived ones.
+#[cfg(test)]
 #[derive(Serialize)]
 struct CoreRef<'a> {
     mpid: Mpid,
@@ -617,7 +614,7 @@ struct CoreRef<'a> {
     highest_app_version: &'a Option<String>,
 }
 
-/// The core row as read (the same fields as [`CoreRef`], in its order).
+/// The core row as read (the same fields as `CoreRef`, in its order).
 #[derive(Deserialize)]
 struct Core {
     mpid: Mpid,
@@ -658,6 +655,7 @@ impl From<Core> for ProfileState {
     }
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 struct DerivedRef<'a> {
     history: SeriesOf<'a>,
@@ -666,7 +664,7 @@ struct DerivedRef<'a> {
     calculated: &'a BTreeMap<String, CalcState>,
 }
 
-/// What a derived row holds (the same fields as [`DerivedRef`], in its order).
+/// What a derived row holds (the same fields as `DerivedRef`, in its order).
 #[derive(Debug, Deserialize)]
 pub struct DerivedParts {
     history: BTreeMap<String, EventSeries>,
@@ -678,13 +676,6 @@ pub struct DerivedParts {
 /// The event type of the upgrade the engine records when the app version goes up.
 pub const UPGRADE_EVENT_TYPE: &str = "upgrade";
 
-/// The buffer [`ProfileState::encode_core`] starts with: a profile with a few attributes,
-/// identities, consent, device information and the series of a month of events fits.
-const ENCODED_CAPACITY: usize = 2048;
-
-/// The buffer [`ProfileState::encode_derived`] starts with: a few memberships and series.
-const DERIVED_CAPACITY: usize = 256;
-
 /// Version byte of a whole profile row (every part in one row).
 /// 2: location, attribution and calculated attributes.
 /// 3: each event series packed into one byte string (see [`crate::history`]).
@@ -695,13 +686,13 @@ const WHOLE_FORMAT: u8 = 3;
 /// Version byte of the core row (4: a profile in two rows, core and derived; 5: the
 /// workspaces it was seen in, after format 4's fields; 6: then each workspace's attributes and
 /// identities; 7: then each workspace's device, consent, location and attributions).
-const CORE_FORMAT: u8 = 7;
+pub(super) const CORE_FORMAT: u8 = 7;
 const CORE_FORMAT_6: u8 = 6;
 const CORE_FORMAT_5: u8 = 5;
 const CORE_FORMAT_4: u8 = 4;
 
 /// Version byte of the derived row.
-const DERIVED_FORMAT: u8 = 1;
+pub(super) const DERIVED_FORMAT: u8 = 1;
 
 #[cfg(test)]
 mod tests {
