@@ -535,12 +535,6 @@ impl Catalog {
         self.by_audience.get(&id).map(Vec::as_slice).unwrap_or(&[])
     }
 
-    /// Whether an active audience reads other audiences' memberships.
-    pub fn has_references(&self, id: AudienceId) -> bool {
-        self.active(id)
-            .is_some_and(|a| !a.compiled.referenced_audiences().is_empty())
-    }
-
     /// The checks of a saved definition against this catalog: it compiles (with the
     /// calculated attributes defined here), the audiences it reads exist and read none
     /// themselves, and its events are in a tier that feeds audiences.

@@ -4,7 +4,7 @@
 
 use super::state::*;
 use crate::aggregate::CalcState;
-use crate::catalog::Catalog;
+use crate::catalog::{ActiveAudience, Catalog};
 use crate::criteria::{compare_versions, event_history_key, parse_version, EvalContext};
 use crate::eventlog::{LoggedMessage, MessageEvent, MessageParts};
 use crate::history::EventSeries;
@@ -15,6 +15,7 @@ use crate::model::{
 use crate::model::{Event, EventKind, DEVICE_IDENTITY_TYPES};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 impl ProfileState {
     /// Applies a message at processing time `now`. Event times of 0 (unknown) become `now`.
@@ -548,30 +549,40 @@ impl ProfileState {
         ctx: &EvalContext,
         event_time_ms: TimestampMs,
     ) -> Vec<Delta> {
-        let (referrers, plain): (Vec<AudienceId>, Vec<AudienceId>) = audiences
-            .into_iter()
-            .partition(|id| catalog.has_references(*id));
+        // One look-up per audience: the plain ones keep what it found for their evaluation.
+        let mut plain = Vec::new();
+        let mut second = BTreeSet::new();
+        for id in audiences {
+            match catalog.active(id) {
+                Some(a) if !a.compiled.referenced_audiences().is_empty() => {
+                    second.insert(id);
+                }
+                found => plain.push((id, found)),
+            }
+        }
         let mut deltas = self.evaluate_each(plain, catalog, ctx, event_time_ms);
-        let mut second: BTreeSet<AudienceId> = referrers.into_iter().collect();
         for d in &deltas {
             second.extend(catalog.dependents(d.audience_id).iter().copied());
         }
         if !second.is_empty() {
-            deltas.extend(self.evaluate_each(second, catalog, ctx, event_time_ms));
+            let looked_up = second.into_iter().map(|id| (id, catalog.active(id)));
+            deltas.extend(self.evaluate_each(looked_up, catalog, ctx, event_time_ms));
         }
         deltas
     }
 
-    fn evaluate_each(
+    /// Evaluates each audience with what the catalog holds of it as active (`None`: a draft or
+    /// deleted one).
+    fn evaluate_each<'c>(
         &mut self,
-        audiences: impl IntoIterator<Item = AudienceId>,
+        audiences: impl IntoIterator<Item = (AudienceId, Option<&'c Arc<ActiveAudience>>)>,
         catalog: &Catalog,
         ctx: &EvalContext,
         event_time_ms: TimestampMs,
     ) -> Vec<Delta> {
         let mut deltas = Vec::new();
-        for id in audiences {
-            let Some(audience) = catalog.active(id) else {
+        for (id, active) in audiences {
+            let Some(audience) = active else {
                 // Saved as draft: members leave (versions go on, for re-activation). Deleted:
                 // the records go silently (audience ids are never reused).
                 self.due.remove(&id);
