@@ -91,13 +91,21 @@ impl Cursor {
     }
 
     /// The cursor as subscribers get it, with the cluster it belongs to when known.
+    /// Written into one string: every delta a subscriber receives carries its cursor.
     pub fn format(&self, cluster: Option<&str>) -> String {
-        cluster
-            .map(|c| format!("c={c}"))
-            .into_iter()
-            .chain(self.0.iter().map(|(p, s)| format!("p{p}={s}")))
-            .collect::<Vec<_>>()
-            .join(",")
+        use std::fmt::Write;
+        let mut out = String::with_capacity(24 * (self.0.len() + 1));
+        if let Some(c) = cluster {
+            out.push_str("c=");
+            out.push_str(c);
+        }
+        for (p, s) in &self.0 {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            write!(out, "p{p}={s}").expect("writing to a String never fails");
+        }
+        out
     }
 }
 
@@ -389,5 +397,19 @@ async fn pump(
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_prints_its_cluster_then_each_partitions_position() {
+        let cursor = Cursor([(0, 17), (3, 4)].into());
+        assert_eq!(cursor.format(Some("k1")), "c=k1,p0=17,p3=4");
+        assert_eq!(cursor.format(None), "p0=17,p3=4");
+        assert_eq!(Cursor::default().format(Some("k1")), "c=k1");
+        assert_eq!(Cursor::default().format(None), "");
     }
 }
