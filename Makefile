@@ -48,6 +48,7 @@ bench: build ## Throughput and latency through the real broker (prints figures)
 	$(BIN)/audience-cpu-bench
 	$(BIN)/audience-backfill-bench
 	$(BIN)/audience-bench
+	$(BIN)/audience-steady-bench
 	$(BIN)/audience-failover-bench
 
 clean:

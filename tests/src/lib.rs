@@ -4,6 +4,7 @@
 //! Each test gets its own broker on a free port and its own data directories, so tests run in
 //! parallel and a `kill -9` of an engine is real.
 
+pub mod bench;
 pub mod mmdb;
 pub mod webhook;
 pub mod workspaces;

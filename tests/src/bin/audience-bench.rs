@@ -5,11 +5,12 @@
 //! subscription, the engine's peak RSS, and, in the same run on the same topic, the raw consume
 //! rate of a bare rdkafka consumer as the ratio's denominator.
 
+use audience_e2e::bench::{
+    bare_consumer_rate, bench_producer, now_ms, peak_rss_kib, percentile, produce_all,
+    write_audience_files,
+};
 use audience_e2e::*;
 use audience_proto::v1 as pb;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::FutureRecord;
-use rdkafka::ClientConfig;
 use std::time::{Duration, Instant};
 
 /// 100 audience definitions over the sample workload: event frequencies and recency, attribute
@@ -54,24 +55,6 @@ fn bench_batch(mpid: i64, round: u64, now: i64) -> String {
     .to_string()
 }
 
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let profiles = env_or("BENCH_PROFILES", 100_000) as i64;
@@ -82,24 +65,9 @@ async fn main() -> Result<()> {
 
     let broker = Broker::start()?;
     let topics = Topics::unique("bench");
-    broker
-        .create_topics(
-            &[
-                &topics.events,
-                &topics.identities,
-                &topics.deltas,
-                &topics.dead_letters,
-            ],
-            partitions,
-        )
-        .await?;
+    broker.create_deployment_topics(&topics, partitions).await?;
     let dir = tempfile::tempdir()?;
-    let defs = dir.path().join("audiences");
-    std::fs::create_dir_all(&defs)?;
-    for (i, d) in audience_defs(audiences).iter().enumerate() {
-        std::fs::write(defs.join(format!("{i:03}.json")), d.to_string())?;
-    }
-    let defs_dir = defs.display().to_string();
+    let defs_dir = write_audience_files(dir.path(), &audience_defs(audiences))?;
     let mut engine = Engine::start_with(
         &broker,
         &topics,
@@ -128,48 +96,19 @@ async fn main() -> Result<()> {
             .into_inner();
         let mut latencies = Vec::new();
         while let Ok(Some(d)) = stream.message().await {
-            let now = chrono_now();
+            let now = now_ms();
             latencies.push(now - d.event_time_ms);
         }
         anyhow::Ok(latencies)
     });
 
-    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("message.timeout.ms", "120000")
-        .create()?;
+    let producer = bench_producer(&broker.bootstrap)?;
     let total = profiles as u64 * rounds;
     let start = Instant::now();
-    let mut pending = futures::stream::FuturesUnordered::new();
-    use futures::StreamExt;
-    for round in 0..rounds {
-        for mpid in 1..=profiles {
-            let payload = bench_batch(mpid, round, chrono_now());
-            let key = mpid.to_string();
-            let topic = topics.events.clone();
-            let p = producer.clone();
-            pending.push(async move {
-                p.send(
-                    FutureRecord::to(&topic).key(&key).payload(&payload),
-                    Duration::from_secs(120),
-                )
-                .await
-            });
-            while pending.len() >= 5000 {
-                if let Some(Err((e, _))) = pending.next().await {
-                    anyhow::bail!("produce failed: {e}");
-                }
-            }
-        }
-    }
-    while let Some(r) = pending.next().await {
-        if let Err((e, _)) = r {
-            anyhow::bail!("produce failed: {e}");
-        }
-    }
+    let records = (0..rounds).flat_map(|round| {
+        (1..=profiles).map(move |mpid| (mpid.to_string(), bench_batch(mpid, round, now_ms())))
+    });
+    produce_all(&producer, &topics.events, records).await?;
     let produced_in = start.elapsed();
     wait_processed(&ch, total, Duration::from_secs(1800)).await?;
     let processed_in = start.elapsed();
@@ -181,24 +120,7 @@ async fn main() -> Result<()> {
     latencies.sort();
 
     // The denominator: a bare rdkafka consumer on the same topic, same machine, same run.
-    let raw: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .set("group.id", "bench-raw")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()?;
-    raw.subscribe(&[&topics.events])?;
-    let raw_start = Instant::now();
-    let mut raw_count = 0u64;
-    while raw_count < total {
-        match tokio::time::timeout(Duration::from_secs(30), raw.recv()).await {
-            Ok(Ok(_)) => raw_count += 1,
-            Ok(Err(e)) => anyhow::bail!("raw consumer: {e}"),
-            Err(_) => anyhow::bail!("raw consumer stalled at {raw_count}"),
-        }
-    }
-    let raw_rate = raw_count as f64 / raw_start.elapsed().as_secs_f64();
+    let raw_rate = bare_consumer_rate(&broker.bootstrap, &topics.events, total).await?;
     let e2e_rate = total as f64 / processed_in.as_secs_f64();
     let events_rate = 3.0 * e2e_rate;
 
@@ -434,11 +356,4 @@ async fn catch_up(
     }
     engine.terminate()?;
     Ok((rate, drained))
-}
-
-fn chrono_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

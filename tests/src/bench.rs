@@ -1,0 +1,113 @@
+//! What the end-to-end benches share: the engine's peak memory, the wall clock, percentiles.
+
+/// The peak resident memory of process `pid` (VmHWM), in KiB; 0 when unreadable.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the epoch by the wall clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// The value at fraction `p` of a sorted list (0 for an empty one).
+pub fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Produces every `(key, payload)` record to `topic`, up to 5,000 in flight, and waits until
+/// the broker acknowledged all of them.
+pub async fn produce_all(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    records: impl Iterator<Item = (String, String)>,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for (key, payload) in records {
+        let p = producer.clone();
+        let topic = topic.to_string();
+        pending.push(async move {
+            p.send(
+                rdkafka::producer::FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload(&payload),
+                std::time::Duration::from_secs(120),
+            )
+            .await
+        });
+        while pending.len() >= 5000 {
+            if let Some(Err((e, _))) = pending.next().await {
+                anyhow::bail!("produce failed: {e}");
+            }
+        }
+    }
+    while let Some(r) = pending.next().await {
+        if let Err((e, _)) = r {
+            anyhow::bail!("produce failed: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// A producer for the benches' loads: batched, with room for a whole phase in its queue.
+pub fn bench_producer(bootstrap: &str) -> anyhow::Result<rdkafka::producer::FutureProducer> {
+    Ok(rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.timeout.ms", "120000")
+        .create()?)
+}
+
+/// How many messages/s a bare rdkafka consumer (a group of its own, from the earliest
+/// offset) reads from `topic` until it has `total`: the denominator of the engine's rate.
+pub async fn bare_consumer_rate(bootstrap: &str, topic: &str, total: u64) -> anyhow::Result<f64> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let raw: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("bench-raw-{topic}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    raw.subscribe(&[topic])?;
+    let started = std::time::Instant::now();
+    let mut count = 0u64;
+    while count < total {
+        match tokio::time::timeout(std::time::Duration::from_secs(30), raw.recv()).await {
+            Ok(Ok(_)) => count += 1,
+            Ok(Err(e)) => anyhow::bail!("raw consumer: {e}"),
+            Err(_) => anyhow::bail!("raw consumer stalled at {count}"),
+        }
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Writes each definition to its own file in `<dir>/audiences` (the engine's
+/// `engine.audiences_dir`, loaded at start) and returns that directory.
+pub fn write_audience_files(
+    dir: &std::path::Path,
+    definitions: &[serde_json::Value],
+) -> anyhow::Result<String> {
+    let defs = dir.join("audiences");
+    std::fs::create_dir_all(&defs)?;
+    for (i, d) in definitions.iter().enumerate() {
+        std::fs::write(defs.join(format!("{i:05}.json")), d.to_string())?;
+    }
+    Ok(defs.display().to_string())
+}

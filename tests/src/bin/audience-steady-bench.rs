@@ -1,0 +1,226 @@
+//! `make bench`, the steady-state figure (issue 32, target 1): the real engine binary, through a
+//! real tansu broker, at work on profiles that already exist.
+//!
+//! 1,000,000 profiles are loaded first, one batch each (the "new profiles" rate, printed too):
+//! three occurrences of each of three event names of the profile's own. Then 500,000 batches
+//! of 1 to 5 mParticle JSON events go to profiles picked with Zipf-like activity (a few hot,
+//! most cold), over 1,000 active audiences of which about 10 read each event. An event names
+//! one of the profile's three known names, or one time in 64 a fourth: the known ones rarely
+//! change a membership, the fourth does while its counts cross thresholds, so that about 2%
+//! of events change one (the issue's workload; the figure printed is measured). Printed: events/s and batches/s end to end, the share of events that changed a
+//! membership, the engine's peak RSS, and a bare rdkafka consumer's rate on the same topic in the
+//! same run with the engine's ratio to it. Sizes: `BENCH_STEADY_PROFILES`,
+//! `BENCH_STEADY_AUDIENCES`, `BENCH_STEADY_BATCHES`.
+
+use audience_e2e::bench::{
+    bare_consumer_rate, bench_producer, now_ms, peak_rss_kib, produce_all, write_audience_files,
+};
+use audience_e2e::*;
+use std::time::{Duration, Instant};
+
+/// Audiences reading each event name: an event touches this many.
+const AUDIENCES_PER_NAME: usize = 10;
+
+/// Definitions in the shapes users write, ten per event name: frequencies with recency,
+/// attribute conditions, combinations with a user attribute, exclusions, alternatives.
+fn audience_defs(n: usize) -> Vec<serde_json::Value> {
+    let tiers = ["bronze", "silver", "gold", "platinum"];
+    (0..n)
+        .map(|i| {
+            let name = format!("event {}", i / AUDIENCES_PER_NAME);
+            let criteria = match i % AUDIENCES_PER_NAME {
+                k @ 0..=2 => serde_json::json!({"event": {"name": name, "count": {"at_least": 1 + k}, "time": {"within_last_days": 7}}}),
+                3 => serde_json::json!({"event": {"name": name, "count": {"at_least": 3}, "time": {"within_last_days": 1}}}),
+                4 => serde_json::json!({"event": {"name": name, "count": {"at_least": 50}, "time": {"within_last_days": 30}}}),
+                5 => serde_json::json!({"event": {"name": name, "attributes": [{"name": "category", "op": "contains", "value": "sho"}]}}),
+                6 => serde_json::json!({"and": [{"event": {"name": name}}, {"user_attribute": {"name": "tier", "op": "exact_match", "value": tiers[(i / AUDIENCES_PER_NAME) % 4]}}]}),
+                7 => serde_json::json!({"and": [{"event": {"name": name, "time": {"between_days_ago": [1, 8]}}}, {"exclude": {"identity": {"type": "email"}}}]}),
+                8 => serde_json::json!({"or": [{"event": {"name": name, "count": {"at_least": 2}}}, {"event": {"type": "screen_view", "name": format!("screen {}", i / AUDIENCES_PER_NAME)}}]}),
+                _ => serde_json::json!({"event": {"name": name, "time": {"within_last_days": 1}}}),
+            };
+            serde_json::json!({"name": format!("steady audience {i:04}"), "criteria": criteria})
+        })
+        .collect()
+}
+
+/// splitmix64: the same pseudo-random sequence in every run.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A rank in 1..=n with density about 1/rank (Zipf, s = 1): rank 1 is the hottest.
+    fn zipf_rank(&mut self, n: u64) -> u64 {
+        ((n as f64).powf(self.unit()) as u64).clamp(1, n)
+    }
+}
+
+/// The profile of a rank: ranks spread over the MPIDs (so hot profiles fall in every
+/// partition) by a multiplication that permutes 1..=n.
+fn mpid_of(rank: u64, n: u64) -> i64 {
+    const STRIDE: u64 = 999_983; // prime
+    let stride = if n.is_multiple_of(STRIDE) { 1 } else { STRIDE };
+    (1 + ((rank - 1) * stride) % n) as i64
+}
+
+/// The event names a profile uses: three it is loaded with, and a fourth that steady batches
+/// name one time in 64.
+fn names_of(mpid: i64, names: usize) -> [usize; 4] {
+    let base = (mpid as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 24;
+    [0u64, 37, 74, 11].map(|step| ((base + step) % names as u64) as usize)
+}
+
+fn custom_event(name: usize, category: &str, now: i64) -> serde_json::Value {
+    serde_json::json!({"event_type": "custom_event", "data": {
+        "event_name": format!("event {name}"), "custom_event_type": "other",
+        "timestamp_unixtime_ms": now, "custom_attributes": {"category": category}}})
+}
+
+/// A new profile's first batch: its attributes, identities, and three occurrences of each of
+/// its three known names.
+fn first_batch(mpid: i64, names: usize, now: i64) -> String {
+    let tiers = ["bronze", "silver", "gold", "platinum"];
+    let h = (mpid as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let known = names_of(mpid, names);
+    let events: Vec<serde_json::Value> = known[..3]
+        .iter()
+        .flat_map(|&name| {
+            [
+                custom_event(name, "shoes", now),
+                custom_event(name, "hats", now),
+                custom_event(name, "hats", now),
+            ]
+        })
+        .collect();
+    serde_json::json!({
+        "mpid": mpid,
+        "environment": "production",
+        "timestamp_unixtime_ms": now,
+        "user_identities": {"customer_id": format!("c{mpid}"), "email": if h.is_multiple_of(3) { serde_json::Value::Null } else { format!("u{mpid}@example.com").into() }},
+        "user_attributes": {"tier": tiers[((h >> 16) % 4) as usize]},
+        "events": events
+    })
+    .to_string()
+}
+
+/// A batch of `events` custom events of the profile's names: no attribute changes, so each
+/// event touches the audiences of its name.
+fn steady_batch(mpid: i64, events: usize, names: usize, rng: &mut Random, now: i64) -> String {
+    let known = names_of(mpid, names);
+    let events: Vec<serde_json::Value> = (0..events)
+        .map(|_| {
+            let r = rng.next();
+            let name = if r.is_multiple_of(64) {
+                known[3]
+            } else {
+                known[((r >> 8) % 3) as usize]
+            };
+            custom_event(name, if (r >> 32) & 1 == 0 { "shoes" } else { "hats" }, now)
+        })
+        .collect();
+    serde_json::json!({"mpid": mpid, "environment": "production", "timestamp_unixtime_ms": now, "events": events})
+        .to_string()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let profiles = env_or("BENCH_STEADY_PROFILES", 1_000_000);
+    let audiences = env_or("BENCH_STEADY_AUDIENCES", 1_000) as usize;
+    let batches = env_or("BENCH_STEADY_BATCHES", 500_000);
+    let names = (audiences / AUDIENCES_PER_NAME).max(1);
+    println!(
+        "steady bench: {profiles} profiles, {audiences} audiences ({AUDIENCES_PER_NAME} per event \
+         name), {batches} batches of 1 to 5 events to Zipf-picked profiles, 4 partitions"
+    );
+
+    let broker = Broker::start()?;
+    let topics = Topics::unique("steady");
+    broker.create_deployment_topics(&topics, 4).await?;
+    let dir = tempfile::tempdir()?;
+    let defs_dir = write_audience_files(dir.path(), &audience_defs(audiences))?;
+    let loading = Instant::now();
+    let mut engine = Engine::start_with(
+        &broker,
+        &topics,
+        &dir.path().join("engine"),
+        "steady",
+        &[
+            ("AUDIENCE_AUDIENCES_DIR", &defs_dir),
+            ("AUDIENCE_MANUAL_CLOCK", "false"),
+            ("AUDIENCE_PARTITIONS", "4"),
+        ],
+    )?;
+    let ch = engine.ready().await?;
+    println!(
+        "engine answering with {audiences} audience files loaded in {:.1} s",
+        loading.elapsed().as_secs_f64()
+    );
+    let pid = engine.pid().expect("engine running");
+    let producer = bench_producer(&broker.bootstrap)?;
+
+    let now = now_ms();
+    let started = Instant::now();
+    let first = (1..=profiles as i64).map(|mpid| (mpid.to_string(), first_batch(mpid, names, now)));
+    produce_all(&producer, &topics.events, first).await?;
+    wait_processed(&ch, profiles, Duration::from_secs(3600)).await?;
+    let preload = started.elapsed().as_secs_f64();
+    let deltas_before = status(&ch).await?.deltas_emitted;
+    println!(
+        "new profiles (one batch of 9 events each): {:.0} batches/s, {:.0} events/s end to end \
+         ({profiles} in {preload:.1} s)",
+        profiles as f64 / preload,
+        9.0 * profiles as f64 / preload
+    );
+
+    let mut rng = Random(0x5EED);
+    let mut events = 0u64;
+    let mut records = Vec::with_capacity(batches as usize);
+    let now = now_ms();
+    for _ in 0..batches {
+        let mpid = mpid_of(rng.zipf_rank(profiles), profiles);
+        let n = 1 + (rng.next() % 5) as usize;
+        events += n as u64;
+        records.push((
+            mpid.to_string(),
+            steady_batch(mpid, n, names, &mut rng, now),
+        ));
+    }
+    let started = Instant::now();
+    produce_all(&producer, &topics.events, records.into_iter()).await?;
+    wait_processed(&ch, profiles + batches, Duration::from_secs(3600)).await?;
+    let steady = started.elapsed().as_secs_f64();
+    let deltas = status(&ch).await?.deltas_emitted - deltas_before;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = peak_rss_kib(pid);
+    anyhow::ensure!(engine.terminate()? == Some(0), "the engine exits cleanly");
+
+    let bare = bare_consumer_rate(&broker.bootstrap, &topics.events, profiles + batches).await?;
+    println!(
+        "steady state: {events} events in {batches} batches in {steady:.1} s: {:.0} events/s, \
+         {:.0} batches/s end to end",
+        events as f64 / steady,
+        batches as f64 / steady
+    );
+    println!(
+        "memberships changed: {deltas} deltas, {:.2} per 100 events",
+        100.0 * deltas as f64 / events as f64
+    );
+    println!("engine peak RSS: {:.1} MiB", rss as f64 / 1024.0);
+    println!(
+        "bare rdkafka consumer on the same topic: {bare:.0} messages/s; ratio engine / bare \
+         consumer (batches): {:.3}",
+        batches as f64 / steady / bare
+    );
+    Ok(())
+}
