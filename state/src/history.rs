@@ -165,6 +165,53 @@ impl EventSeries {
         total
     }
 
+    /// The number of positions of the series: its occurrences in time order (an overflowed
+    /// day's extra events share its last position; see [`EventSeries::events_in`]).
+    pub fn positions(&self) -> usize {
+        self.offsets.len()
+    }
+
+    /// The time of the occurrence at `position` (less than [`EventSeries::positions`]).
+    pub fn time_at(&self, position: usize) -> TimestampMs {
+        let day = self.days.partition_point(|d| d.end as usize <= position);
+        self.days[day].start_ms() + self.offsets[position] as i64
+    }
+
+    /// The first position in `within` whose time fails `before`, given that `before` holds
+    /// for the earlier times and fails for the later ones (a binary search, so a window is
+    /// counted in O(log² n), not by a walk over a hot profile's thousands of events).
+    pub fn partition_point(
+        &self,
+        within: Range<usize>,
+        before: impl Fn(TimestampMs) -> bool,
+    ) -> usize {
+        let (mut low, mut high) = (within.start, within.end);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if before(self.time_at(middle)) {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        low
+    }
+
+    /// The events at the positions of `range`: one each, plus the overflow of each day whose
+    /// last position is in the range (the overflow is dated at it).
+    pub fn events_in(&self, range: Range<usize>) -> u64 {
+        if range.is_empty() {
+            return 0;
+        }
+        let first = self.days.partition_point(|d| d.end as usize <= range.start);
+        let after = self.days.partition_point(|d| d.end as usize <= range.end);
+        let overflow: u64 = (first..after)
+            .filter(|&i| !self.range(i).is_empty())
+            .map(|i| self.days[i].overflow as u64)
+            .sum();
+        range.len() as u64 + overflow
+    }
+
     pub fn total(&self) -> u64 {
         self.offsets.len() as u64 + self.days.iter().map(|d| d.overflow as u64).sum::<u64>()
     }

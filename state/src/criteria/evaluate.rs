@@ -429,6 +429,45 @@ pub(super) fn occurrence(
     }
 }
 
+/// [`occurrence`] summed over a series: the events counted at `now` and the earliest instant
+/// one of them enters or leaves the window. A binary search, not a walk: a hot profile keeps
+/// thousands of occurrences per key, read by every audience of the key on every event.
+///
+/// In time order, an occurrence is first expired (no change ahead), then counted (until its
+/// exit), then pending (counted from its entry), because entry and exit both grow with the
+/// occurrence's time; a fixed window looks at the times inside its bounds only. So the
+/// counted ones are one run of positions, and the next change is the exit of the run's first
+/// or the entry of the first pending one.
+pub(super) fn count_in_window(
+    series: &EventSeries,
+    window: Window,
+    now: i64,
+    retention_ms: i64,
+) -> (u64, Option<i64>) {
+    let all = 0..series.positions();
+    let candidates = match window {
+        Window::Fixed { from, until } => {
+            let start = series.partition_point(all.clone(), |t| t < from);
+            start..series.partition_point(start..all.end, |t| t < until)
+        }
+        Window::Retention | Window::Sliding { .. } => all,
+    };
+    let phase = |t| occurrence(window, t, now, retention_ms);
+    let counted_from = series.partition_point(candidates.clone(), |t| phase(t) == (false, None));
+    let pending_from = series.partition_point(counted_from..candidates.end, |t| phase(t).0);
+    let change_at = |position: usize| phase(series.time_at(position)).1;
+    let next_exit = (counted_from < pending_from)
+        .then(|| change_at(counted_from))
+        .flatten();
+    let next_entry = (pending_from < candidates.end)
+        .then(|| change_at(pending_from))
+        .flatten();
+    (
+        series.events_in(counted_from..pending_from),
+        earliest(next_exit, next_entry),
+    )
+}
+
 impl EventNode {
     /// The profile's series this node counts. On the hot path of every evaluation: it
     /// allocates nothing (no list, no copy of the prefix).
@@ -453,13 +492,9 @@ impl EventNode {
         let mut count = 0u64;
         let mut next = None;
         for series in self.series(profile) {
-            for (t, n) in series.occurrences() {
-                let (counted, change) = occurrence(self.window, t, ctx.now, ctx.retention_ms);
-                if counted {
-                    count += n as u64;
-                }
-                next = earliest(next, change);
-            }
+            let (counted, change) = count_in_window(series, self.window, ctx.now, ctx.retention_ms);
+            count += counted;
+            next = earliest(next, change);
         }
         (count, next)
     }
@@ -470,5 +505,130 @@ impl EventNode {
             matched: self.count.holds(count),
             next_change,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::MAX_OFFSETS_PER_DAY;
+    use crate::model::DAY_MS;
+    use proptest::prelude::*;
+
+    /// The walk `count_in_window` replaced: every occurrence classified on its own.
+    fn count_by_walk(
+        series: &EventSeries,
+        window: Window,
+        now: i64,
+        retention_ms: i64,
+    ) -> (u64, Option<i64>) {
+        let mut count = 0u64;
+        let mut next = None;
+        for (t, n) in series.occurrences() {
+            let (counted, change) = occurrence(window, t, now, retention_ms);
+            if counted {
+                count += n as u64;
+            }
+            next = earliest(next, change);
+        }
+        (count, next)
+    }
+
+    fn windows() -> impl Strategy<Value = Window> {
+        let span = -3 * DAY_MS..30 * DAY_MS;
+        prop_oneof![
+            Just(Window::Retention),
+            (span.clone(), span.clone()).prop_map(|(enter_after, exit_after)| Window::Sliding {
+                enter_after,
+                exit_after
+            }),
+            Just(Window::Sliding {
+                enter_after: 0,
+                exit_after: i64::MAX
+            }),
+            (span.clone(), span).prop_map(|(from, until)| Window::Fixed { from, until }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn the_search_counts_what_the_walk_counts(
+            times in proptest::collection::vec(-5 * DAY_MS..35 * DAY_MS, 0..80),
+            window in windows(),
+            now in -6 * DAY_MS..40 * DAY_MS,
+            retention_days in 0i64..40,
+        ) {
+            let mut series = EventSeries::default();
+            times.iter().for_each(|&t| series.record(t));
+            let retention_ms = retention_days * DAY_MS;
+            prop_assert_eq!(
+                count_in_window(&series, window, now, retention_ms),
+                count_by_walk(&series, window, now, retention_ms)
+            );
+        }
+
+        /// Stored series read back, including a shape `record` never makes (a day of
+        /// overflow and no offsets).
+        #[test]
+        fn the_search_counts_what_the_walk_counts_on_any_stored_series(
+            first_day in -5i64..5,
+            days in proptest::collection::vec(
+                (1u64..4, proptest::collection::vec(0u64..DAY_MS as u64 / 4, 0..5), 0u64..4),
+                0..8,
+            ),
+            window in windows(),
+            now in -6 * DAY_MS..40 * DAY_MS,
+        ) {
+            use crate::varint::{put_varint, zigzag};
+            let mut packed = Vec::new();
+            put_varint(&mut packed, days.len() as u64);
+            for (i, (gap, offsets, overflow)) in days.iter().enumerate() {
+                put_varint(&mut packed, if i == 0 { zigzag(first_day) } else { *gap });
+                put_varint(&mut packed, offsets.len() as u64);
+                put_varint(&mut packed, *overflow);
+                offsets.iter().for_each(|&o| put_varint(&mut packed, o));
+            }
+            let mut framed = Vec::new();
+            put_varint(&mut framed, packed.len() as u64);
+            framed.extend_from_slice(&packed);
+            let series: EventSeries = postcard::from_bytes(&framed).unwrap();
+            prop_assert_eq!(
+                count_in_window(&series, window, now, 90 * DAY_MS),
+                count_by_walk(&series, window, now, 90 * DAY_MS)
+            );
+        }
+    }
+
+    #[test]
+    fn an_overflowed_day_counts_its_overflow_with_its_last_offset() {
+        let mut series = EventSeries::default();
+        let day = 10 * DAY_MS;
+        for i in 0..MAX_OFFSETS_PER_DAY as i64 + 300 {
+            series.record(day + 1000 + i % 5000);
+        }
+        series.record(day - 3 * DAY_MS);
+        series.record(day + 2 * DAY_MS);
+        for now in [day, day + 1000, day + 4000, day + DAY_MS, day + 3 * DAY_MS] {
+            for window in [
+                Window::Retention,
+                Window::Sliding {
+                    enter_after: 0,
+                    exit_after: DAY_MS,
+                },
+                Window::Fixed {
+                    from: day + 2000,
+                    until: day + 3 * DAY_MS,
+                },
+            ] {
+                let walked = count_by_walk(&series, window, now, 30 * DAY_MS);
+                assert_eq!(
+                    count_in_window(&series, window, now, 30 * DAY_MS),
+                    walked,
+                    "{window:?} at {now}"
+                );
+            }
+        }
+        let all = count_in_window(&series, Window::Retention, day + 3 * DAY_MS, 30 * DAY_MS);
+        assert_eq!(all.0, MAX_OFFSETS_PER_DAY as u64 + 302);
     }
 }
