@@ -6,6 +6,7 @@ use crate::blocking::off_runtime;
 use crate::convert;
 use crate::grpc::Services;
 use audience_actors::partition::ReplayMode;
+use audience_actors::publisher::DELTAS_SINK;
 use audience_proto::v1 as pb;
 use std::sync::atomic::Ordering;
 use tonic::metadata::MetadataMap;
@@ -259,25 +260,26 @@ impl pb::admin_service_server::AdminService for Services {
         _: Request<pb::GetEngineStatusRequest>,
     ) -> Result<Response<pb::EngineStatus>, Status> {
         let engine = &self.node.engine;
-        let partitions = self
-            .node
-            .snapshots()
-            .await
-            .into_iter()
-            .map(|s| pb::PartitionStatus {
-                partition: s.partition,
-                next_offsets: s.next_offsets.into_iter().collect(),
-                outbox_head: s.outbox_head,
-                profiles_active: s.profiles_active,
-            })
-            .collect();
+        let snapshots = self.node.snapshots().await;
         let owned: Vec<u32> = engine.partitions.lock().iter().copied().collect();
         let store = engine.store.clone();
         // Counted and read from the store.
-        let (dead_letters_kept, changelog_units_pending) = off_runtime(move || {
+        let (dead_letters_kept, changelog_units_pending, partitions) = off_runtime(move || {
             let mut kept = 0;
             for p in owned {
                 kept += store.count_dead_letters(p).map_err(convert::internal)?;
+            }
+            let mut partitions = Vec::with_capacity(snapshots.len());
+            for s in snapshots {
+                partitions.push(pb::PartitionStatus {
+                    partition: s.partition,
+                    next_offsets: s.next_offsets.into_iter().collect(),
+                    outbox_head: s.outbox_head,
+                    profiles_active: s.profiles_active,
+                    deltas_published: store
+                        .published(DELTAS_SINK, s.partition)
+                        .map_err(convert::internal)?,
+                });
             }
             let mut pending = 0;
             for p in store
@@ -288,7 +290,7 @@ impl pb::admin_service_server::AdminService for Services {
                     store.changelog_position(p).map_err(convert::internal)?;
                 pending += written.saturating_sub(acknowledged);
             }
-            Ok((kept, pending))
+            Ok((kept, pending, partitions))
         })
         .await?;
         let c = &engine.counters;

@@ -7,13 +7,20 @@
 //! most cold), over 1,000 active audiences of which about 10 read each event. An event names
 //! one of the profile's three known names, or one time in 64 a fourth: the known ones rarely
 //! change a membership, the fourth does while its counts cross thresholds, so that about 2%
-//! of events change one (the issue's workload; the figure printed is measured). Printed: events/s and batches/s end to end, the share of events that changed a
-//! membership, the engine's peak RSS, and a bare rdkafka consumer's rate on the same topic in the
-//! same run with the engine's ratio to it. Sizes: `BENCH_STEADY_PROFILES`,
-//! `BENCH_STEADY_AUDIENCES`, `BENCH_STEADY_BATCHES`.
+//! of events change one (the issue's workload; the figure printed is measured).
+//!
+//! The steady batches are measured twice: produced while the engine consumes (the producer on
+//! the same two cores), then a second set produced while the engine is stopped and consumed
+//! after a restart, as the bare rdkafka consumer reads the topic: the ratio to the bare
+//! consumer compares those two. Each steady phase starts with no delta left to publish and
+//! ends when its own deltas are on the deltas topic. Printed: events/s and batches/s, the share
+//! of events that changed a membership, the engine's peak RSS, the bare consumer's rate in the
+//! same run and the ratio. Sizes: `BENCH_STEADY_PROFILES`, `BENCH_STEADY_AUDIENCES`,
+//! `BENCH_STEADY_BATCHES`.
 
 use audience_e2e::bench::{
-    bare_consumer_rate, bench_producer, now_ms, peak_rss_kib, produce_all, write_audience_files,
+    bare_consumer_rate, bench_producer, now_ms, peak_rss_kib, produce_all, wait_published,
+    write_audience_files,
 };
 use audience_e2e::*;
 use std::time::{Duration, Instant};
@@ -178,49 +185,102 @@ async fn main() -> Result<()> {
     let deltas_before = status(&ch).await?.deltas_emitted;
     println!(
         "new profiles (one batch of 9 events each): {:.0} batches/s, {:.0} events/s end to end \
-         ({profiles} in {preload:.1} s)",
+         ({profiles} in {preload:.1} s; {deltas_before} deltas)",
         profiles as f64 / preload,
         9.0 * profiles as f64 / preload
     );
+    // The steady state starts with no backlog: the new profiles' deltas are on the topic.
+    let draining = Instant::now();
+    let backlog = wait_published(&ch, Duration::from_secs(3600)).await?;
+    println!(
+        "their deltas on the deltas topic {:.1} s later ({backlog} published meanwhile)",
+        draining.elapsed().as_secs_f64()
+    );
 
     let mut rng = Random(0x5EED);
-    let mut events = 0u64;
-    let mut records = Vec::with_capacity(batches as usize);
-    let now = now_ms();
-    for _ in 0..batches {
-        let mpid = mpid_of(rng.zipf_rank(profiles), profiles);
-        let n = 1 + (rng.next() % 5) as usize;
-        events += n as u64;
-        records.push((
-            mpid.to_string(),
-            steady_batch(mpid, n, names, &mut rng, now),
-        ));
-    }
+    let (records, events) = steady_records(&mut rng, batches, profiles, names);
     let started = Instant::now();
     produce_all(&producer, &topics.events, records.into_iter()).await?;
+    let produced = started.elapsed().as_secs_f64();
     wait_processed(&ch, profiles + batches, Duration::from_secs(3600)).await?;
-    let steady = started.elapsed().as_secs_f64();
+    wait_published(&ch, Duration::from_secs(3600)).await?;
+    let live = started.elapsed().as_secs_f64();
     let deltas = status(&ch).await?.deltas_emitted - deltas_before;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss = peak_rss_kib(pid);
-    anyhow::ensure!(engine.terminate()? == Some(0), "the engine exits cleanly");
-
-    let bare = bare_consumer_rate(&broker.bootstrap, &topics.events, profiles + batches).await?;
     println!(
-        "steady state: {events} events in {batches} batches in {steady:.1} s: {:.0} events/s, \
-         {:.0} batches/s end to end",
-        events as f64 / steady,
-        batches as f64 / steady
+        "steady state, produced meanwhile on the same cores: {events} events in {batches} \
+         batches in {live:.1} s (all produced after {produced:.1} s): {:.0} events/s, {:.0} \
+         batches/s end to end",
+        events as f64 / live,
+        batches as f64 / live
     );
     println!(
         "memberships changed: {deltas} deltas, {:.2} per 100 events",
         100.0 * deltas as f64 / events as f64
     );
+    let rss_live = peak_rss_kib(pid);
+    anyhow::ensure!(engine.terminate()? == Some(0), "the engine exits cleanly");
+
+    // The same again from a topic filled while the engine was stopped, as the bare consumer
+    // reads it: the producer's work is not on the cores while the engine runs.
+    let (records, events) = steady_records(&mut rng, batches, profiles, names);
+    produce_all(&producer, &topics.events, records.into_iter()).await?;
+    engine.restart()?;
+    let ch = engine.ready().await?;
+    let pid = engine.pid().expect("engine running");
+    let started = Instant::now();
+    wait_processed(&ch, batches, Duration::from_secs(3600)).await?;
+    wait_published(&ch, Duration::from_secs(3600)).await?;
+    let filled = started.elapsed().as_secs_f64();
+    let mut per_partition: Vec<(u32, i64)> = status(&ch)
+        .await?
+        .partitions
+        .iter()
+        .map(|p| {
+            (
+                p.partition,
+                p.next_offsets.get(&topics.events).copied().unwrap_or(0),
+            )
+        })
+        .collect();
+    per_partition.sort();
+    println!("events topic, next offset of each partition: {per_partition:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = peak_rss_kib(pid).max(rss_live);
+    anyhow::ensure!(engine.terminate()? == Some(0), "the engine exits cleanly");
+
+    let total = profiles + 2 * batches;
+    let bare = bare_consumer_rate(&broker.bootstrap, &topics.events, total).await?;
+    println!(
+        "steady state, from a filled topic: {events} events in {batches} batches in {filled:.1} \
+         s: {:.0} events/s, {:.0} batches/s end to end",
+        events as f64 / filled,
+        batches as f64 / filled
+    );
     println!("engine peak RSS: {:.1} MiB", rss as f64 / 1024.0);
     println!(
-        "bare rdkafka consumer on the same topic: {bare:.0} messages/s; ratio engine / bare \
-         consumer (batches): {:.3}",
-        batches as f64 / steady / bare
+        "bare rdkafka consumer on the same topic: {bare:.0} messages/s; ratio engine (filled \
+         topic) / bare consumer, in batches: {:.3}",
+        batches as f64 / filled / bare
     );
     Ok(())
+}
+
+/// `batches` steady batches (key, JSON) and the events they hold.
+fn steady_records(
+    rng: &mut Random,
+    batches: u64,
+    profiles: u64,
+    names: usize,
+) -> (Vec<(String, String)>, u64) {
+    let now = now_ms();
+    let mut events = 0u64;
+    let records = (0..batches)
+        .map(|_| {
+            let mpid = mpid_of(rng.zipf_rank(profiles), profiles);
+            let n = 1 + (rng.next() % 5) as usize;
+            events += n as u64;
+            (mpid.to_string(), steady_batch(mpid, n, names, rng, now))
+        })
+        .collect();
+    (records, events)
 }

@@ -105,6 +105,7 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
             "partitions": s.partitions.iter().map(|p| serde_json::json!({
                 "partition": p.partition,
                 "outbox_head": p.outbox_head,
+                "deltas_published": p.deltas_published,
                 "profiles_active": p.profiles_active,
                 "next_offsets": p.next_offsets,
             })).collect::<Vec<_>>(),
@@ -141,9 +142,10 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
     );
     for p in s.partitions {
         say!(
-            "  partition {:>3}  outbox head {:>8}  profiles in memory {:>6}  next offsets {:?}",
+            "  partition {:>3}  outbox head {:>8}  published {:>8}  profiles in memory {:>6}  next offsets {:?}",
             p.partition,
             p.outbox_head,
+            p.deltas_published,
             p.profiles_active,
             p.next_offsets
         );
