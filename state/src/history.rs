@@ -131,38 +131,10 @@ impl EventSeries {
 
     /// Occurrences in the closed interval `[from, to]`.
     pub fn count_between(&self, from: TimestampMs, to: TimestampMs) -> u64 {
-        if from > to {
-            return 0;
-        }
-        let day_of =
-            |t: TimestampMs| t.div_euclid(DAY_MS).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
-        let first_day = day_of(from);
-        let last_day = day_of(to);
-        let start = self.days.partition_point(|d| d.day < first_day);
-        let mut total = 0u64;
-        for (b, offsets) in self.days().skip(start) {
-            if b.day > last_day {
-                break;
-            }
-            let day_start = b.start_ms();
-            if day_start >= from && day_start.saturating_add(DAY_MS - 1) <= to {
-                total += offsets.len() as u64 + b.overflow as u64;
-                continue;
-            }
-            let lo = from.saturating_sub(day_start).max(0) as u32;
-            let hi = to.saturating_sub(day_start).min(DAY_MS - 1);
-            if hi < 0 {
-                continue;
-            }
-            let hi = hi as u32;
-            let a = offsets.partition_point(|&o| o < lo);
-            let z = offsets.partition_point(|&o| o <= hi);
-            total += (z - a) as u64;
-            if b.overflow > 0 && z == offsets.len() && z > a {
-                total += b.overflow as u64;
-            }
-        }
-        total
+        let all = 0..self.positions();
+        let first = self.partition_point(all.clone(), |t| t < from);
+        let after = self.partition_point(first..all.end, |t| t <= to);
+        self.events_in(first..after)
     }
 
     /// The number of positions of the series: its occurrences in time order (an overflowed

@@ -111,28 +111,3 @@ pub fn write_audience_files(
     }
     Ok(defs.display().to_string())
 }
-
-/// Waits until every delta written so far is on the deltas topic (each partition's published
-/// position has reached its outbox head), so that a phase is measured without the backlog
-/// of the one before it. Returns the deltas published while it waited.
-pub async fn wait_published(
-    ch: &crate::Channel,
-    timeout: std::time::Duration,
-) -> anyhow::Result<u64> {
-    let deadline = std::time::Instant::now() + timeout;
-    let mut first = None;
-    loop {
-        let s = crate::status(ch).await?;
-        let head: u64 = s.partitions.iter().map(|p| p.outbox_head).sum();
-        let published: u64 = s.partitions.iter().map(|p| p.deltas_published).sum();
-        let first = *first.get_or_insert(published);
-        if published >= head {
-            return Ok(published - first);
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "deltas published: {published} of {head} after {timeout:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-}

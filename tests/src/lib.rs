@@ -788,6 +788,28 @@ pub async fn wait_processed(ch: &Channel, total: u64, timeout: Duration) -> Resu
     wait_processed_between(&[ch], total, timeout).await
 }
 
+/// Waits until every delta written so far is on the deltas topic (each partition's published
+/// position has reached its outbox head: a benchmark's phase starts without the backlog of
+/// the one before it). Returns the deltas published while it waited.
+pub async fn wait_published(ch: &Channel, timeout: Duration) -> Result<u64> {
+    let deadline = Instant::now() + timeout;
+    let mut first = None;
+    loop {
+        let s = status(ch).await?;
+        let head: u64 = s.partitions.iter().map(|p| p.outbox_head).sum();
+        let published: u64 = s.partitions.iter().map(|p| p.deltas_published).sum();
+        let first = *first.get_or_insert(published);
+        if published >= head {
+            return Ok(published - first);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "deltas published: {published} of {head} after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until the nodes behind `channels` have processed (or dead-lettered) `total` messages
 /// between them since they started.
 pub async fn wait_processed_between(

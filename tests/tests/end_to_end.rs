@@ -198,24 +198,16 @@ async fn batches_become_deltas_and_profiles() -> Result<()> {
     assert_eq!(topic_ids, expected_ids);
     // The status shows each partition's deltas acknowledged by the topic (the publisher
     // stores its position just after the acknowledgement).
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = status(&ch).await?;
-        let head: u64 = s.partitions.iter().map(|p| p.outbox_head).sum();
-        let published: u64 = s.partitions.iter().map(|p| p.deltas_published).sum();
-        assert!(s
-            .partitions
-            .iter()
-            .all(|p| p.deltas_published <= p.outbox_head));
-        if (head, published) == (5, 5) {
-            break;
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "deltas published {published} of {head}, expected 5 of 5"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_published(&ch, Duration::from_secs(20)).await?;
+    let s = status(&ch).await?;
+    assert!(s
+        .partitions
+        .iter()
+        .all(|p| p.deltas_published == p.outbox_head));
+    assert_eq!(
+        s.partitions.iter().map(|p| p.deltas_published).sum::<u64>(),
+        5
+    );
 
     // A protobuf envelope from another producer is applied like JSON.
     use prost::Message;

@@ -19,8 +19,7 @@
 //! `BENCH_STEADY_BATCHES`.
 
 use audience_e2e::bench::{
-    bare_consumer_rate, bench_producer, now_ms, peak_rss_kib, produce_all, wait_published,
-    write_audience_files,
+    bare_consumer_rate, bench_producer, now_ms, peak_rss_kib, produce_all, write_audience_files,
 };
 use audience_e2e::*;
 use std::time::{Duration, Instant};
