@@ -1,8 +1,15 @@
 //! Kafka ingestion: one consumer per node over the events and the identities topics, either a
 //! consumer group member (its partitions come from the group's rebalances) or assigned by the
-//! engine itself ([`crate::self_assignment`], incrementally: never subscribed). Each poll batch
-//! is split by partition and handed to the partition actors; the next poll waits until every
-//! actor has written its part, so a rebalance never finds a batch in flight.
+//! engine itself ([`crate::self_assignment`], incrementally: never subscribed). Each partition
+//! has a lane ([`crate::ingest_lanes`]): its messages wait there while its actor applies the
+//! batch before them, so every partition's actor works at once while the consumer polls on. A
+//! full lane pauses its partition in the consumer.
+//!
+//! A rebalance runs inside `recv`, between two messages: a revoked partition's actor is sent
+//! `Stop` behind the batch it was handed ([`Node::release`] waits for it to stop), and what
+//! its lane holds is dropped by epoch. Before the consumer is positioned again at the stored
+//! offsets of every partition (a group member's restored partitions), the batches in flight
+//! are awaited and the lanes emptied.
 //!
 //! Offsets: the authoritative position is the one stored in RocksDB with the state. On
 //! assignment the consumer is positioned at the stored offsets; Kafka's group commits are only
@@ -17,10 +24,12 @@
 //! ([`crate::input_positions`]).
 
 use crate::changelog_restore::Restorer;
+use crate::ingest_lanes::{Lanes, Received, Resume};
 use crate::input_positions::{InputPositions, Verdict};
 use crate::node::Node;
-use crate::partition::{ProcessBatch, RawMessage};
+use crate::partition::{BatchOutcome, ProcessBatch, RawMessage};
 use audience_state::store::{Partition, Store};
+use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
@@ -202,8 +211,10 @@ pub struct IngestConfig {
     /// The node's id: its client id in the group, which names it in the group's description.
     pub client_id: String,
     pub topics: Vec<String>,
-    /// A poll batch ends at this many messages or at `max_batch_bytes` of keys and payloads
-    /// ([`BatchBudget`]).
+    /// A partition's batch ends at this many messages or at `max_batch_bytes` of keys and
+    /// payloads, the record that crosses it included; a partition holds one batch in flight and
+    /// at most [`crate::ingest_lanes::LANE_BATCHES`] batches' messages (and `max_batch_bytes`)
+    /// waiting.
     pub max_batch: usize,
     pub max_batch_bytes: usize,
     /// The engine assigns the partitions ([`crate::self_assignment`]): the consumer is never
@@ -263,43 +274,6 @@ fn to_raw(m: &rdkafka::message::BorrowedMessage<'_>) -> RawMessage {
         content_type,
         timestamp_ms: m.timestamp().to_millis(),
     }
-}
-
-/// When a poll batch is full: at `max_messages` records, or once their keys and payloads reach
-/// `max_bytes`, whichever comes first. Messages are copied as they are gathered, so the byte
-/// budget bounds the memory of a batch of large records (each at most what the broker serves);
-/// the record that crosses it is in the batch (it was received), and a batch always holds one.
-#[derive(Debug, Clone, Copy)]
-struct BatchBudget {
-    messages: usize,
-    bytes: usize,
-    max_messages: usize,
-    max_bytes: usize,
-}
-
-impl BatchBudget {
-    fn new(max_messages: usize, max_bytes: usize) -> BatchBudget {
-        BatchBudget {
-            messages: 0,
-            bytes: 0,
-            max_messages: max_messages.max(1),
-            max_bytes: max_bytes.max(1),
-        }
-    }
-
-    fn add(&mut self, bytes: usize) {
-        self.messages += 1;
-        self.bytes = self.bytes.saturating_add(bytes);
-    }
-
-    fn full(&self) -> bool {
-        self.messages >= self.max_messages || self.bytes >= self.max_bytes
-    }
-}
-
-/// What a record costs a batch: its key and payload, as [`to_raw`] copies them.
-fn record_bytes(m: &rdkafka::message::BorrowedMessage<'_>) -> usize {
-    m.key_len() + m.payload_len()
 }
 
 /// A record received, unless the broker skipped records before it since the consumer was
@@ -392,31 +366,6 @@ fn act_on(
     }
 }
 
-/// What of a gathered batch may be processed, by partition: the messages received under their
-/// partition's current epoch (`epoch_now`, see [`Node::epoch`]). One received before its
-/// partition left is dropped: the partition may be another node's now (its messages must
-/// never reach an actor here), and one assigned again is re-positioned at its stored offsets,
-/// so its messages come again. Partitions that stayed keep what was gathered of them.
-/// Returns the batch to process and how many messages were dropped.
-fn dispatchable(
-    gathered: Vec<(Option<u64>, RawMessage)>,
-    epoch_now: impl Fn(Partition) -> Option<u64>,
-) -> (BTreeMap<i32, Vec<RawMessage>>, usize) {
-    let mut by_partition: BTreeMap<i32, Vec<RawMessage>> = BTreeMap::new();
-    let mut dropped = 0;
-    for (epoch, message) in gathered {
-        if epoch.is_some() && epoch == epoch_now(message.partition as Partition) {
-            by_partition
-                .entry(message.partition)
-                .or_default()
-                .push(message);
-        } else {
-            dropped += 1;
-        }
-    }
-    (by_partition, dropped)
-}
-
 /// A restored partition is consumed from the offsets its state was produced up to.
 ///
 /// In a consumer group (EAGER), the consumer is assigned again every partition this node
@@ -493,8 +442,19 @@ const REASSIGN_GAP: Duration = Duration::from_millis(300);
 /// finishing within it still make one call, and a partition waits at most this long for it.
 const INCREMENTAL_GAP: Duration = Duration::from_millis(20);
 
-/// The ingestion loop; returns after `shutdown` flips, once the batch in flight is committed.
+/// Ingestion stops polling while what its lanes hold (waiting and in flight) reaches this many
+/// batch byte budgets (`max_batch_bytes`); a batch applied frees its part. Each lane is bounded
+/// too (pausing its partition), so this binds only several partitions of large records.
+const HELD_BATCHES: usize = 2;
+
+/// The ingestion loop; returns after `shutdown` flips, once the batches in flight are applied.
 /// `restored` tells of partitions restored from the changelog (see [`RestoreHook`]).
+///
+/// Each partition has a lane ([`Lanes`]): while a batch of it is applied by its actor the
+/// consumer goes on polling, and the next batch waits in the lane (its partition paused in the
+/// consumer once the lane is full). Every partition with messages has its batch in flight at
+/// once; results come back in any order, and each one's offsets are committed (advisory) as it
+/// comes.
 pub async fn run(
     consumer: Arc<StreamConsumer<IngestContext>>,
     node: Arc<Node>,
@@ -505,9 +465,50 @@ pub async fn run(
     let mut last_reassignment: Option<std::time::Instant> = None;
     let mut quiet = tokio::time::interval(crate::input_positions::QUIET);
     quiet.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut lanes = Lanes::new(config.max_batch, config.max_batch_bytes);
+    let held_limit = config.max_batch_bytes.saturating_mul(HELD_BATCHES);
+    let mut in_flight = FuturesUnordered::new();
+    let mut generation = node.generation();
     loop {
+        // The assignment changed (a rebalance runs inside `recv`; the engine's own handover on
+        // another task): what the lanes of partitions that left hold is dropped, read again
+        // from the stored offsets by whoever owns them now.
+        if node.generation() != generation {
+            generation = node.generation();
+            let epochs = node.epochs();
+            let dropped = lanes.retain_epochs(|p| epochs.get(&p).copied());
+            if dropped > 0 {
+                tracing::info!(
+                    dropped,
+                    "partitions left while their messages waited: read again from the stored \
+                     offsets by their owner"
+                );
+            }
+        }
+        let (ready, resume) = lanes.take_ready();
+        resume_lanes(&consumer, &config.topics, &resume);
+        for batch in ready {
+            let owned_now = node.epoch(batch.partition) == Some(batch.epoch);
+            match node.owned_partition(batch.partition)? {
+                Some(addr) if owned_now => {
+                    // Queued now, not when first polled: a `Stop` sent by a release after this
+                    // comes after the batch (see `Node::release`).
+                    let request = addr.send(ProcessBatch(batch.messages));
+                    let (partition, epoch) = (batch.partition, batch.epoch);
+                    in_flight.push(async move { (partition, epoch, request.await) });
+                }
+                // Not owned any more: its messages are its new owner's.
+                _ => lanes.finished(batch.partition, batch.epoch),
+            }
+        }
+        let can_poll = lanes.held_bytes() < held_limit;
         let first = tokio::select! {
             _ = shutdown.changed() => break,
+            Some((partition, epoch, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                lanes.finished(partition, epoch);
+                applied(&consumer, &node, partition, epoch, result)?;
+                continue;
+            }
             _ = quiet.tick() => {
                 reread_quiet_partitions(&consumer);
                 continue;
@@ -529,6 +530,17 @@ pub async fn run(
                         finished.push(next);
                     }
                 }
+                if !config.self_assigned {
+                    // Every owned partition is positioned again at its stored offsets: the
+                    // batches in flight are applied first (their offsets stored), and what
+                    // waits is dropped (fetched again from there).
+                    while let Some((partition, epoch, result)) = in_flight.next().await {
+                        lanes.finished(partition, epoch);
+                        applied(&consumer, &node, partition, epoch, result)?;
+                    }
+                    let paused = lanes.clear();
+                    set_paused(&consumer, &config.topics, &paused, false);
+                }
                 resume_restored(
                     &consumer,
                     &node,
@@ -539,166 +551,150 @@ pub async fn run(
                 last_reassignment = Some(std::time::Instant::now());
                 continue;
             }
-            m = consumer.recv() => m,
+            m = consumer.recv(), if can_poll => m,
         };
         // The rebalance callbacks run inside `recv`, before it returns a message: each message
-        // is tagged with its partition's epoch when its `recv` returned (see `dispatchable`).
-        let mut gathered: Vec<(Option<u64>, RawMessage)> = Vec::new();
-        let mut budget = BatchBudget::new(config.max_batch, config.max_batch_bytes);
-        match first {
-            Ok(m) => {
-                budget.add(record_bytes(&m));
-                if let Some(raw) = admit(&consumer, &m) {
-                    gathered.push((node.epoch(m.partition() as Partition), raw));
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "consumer error");
-                metrics::counter!("audience_consumer_errors_total").increment(1);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        }
-        while !budget.full() {
-            match consumer.recv().now_or_never() {
-                Some(Ok(m)) => {
-                    budget.add(record_bytes(&m));
-                    if let Some(raw) = admit(&consumer, &m) {
-                        gathered.push((node.epoch(m.partition() as Partition), raw));
-                    }
-                }
-                Some(Err(e)) => {
+        // is tagged with its partition's epoch when its `recv` returned.
+        let mut next = Some(first);
+        let (mut received, mut dropped) = (0, 0);
+        while let Some(polled) = next.take() {
+            let m = match polled {
+                Ok(m) => m,
+                Err(e) => {
                     tracing::warn!(error = %e, "consumer error");
+                    metrics::counter!("audience_consumer_errors_total").increment(1);
+                    if received == 0 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                     break;
                 }
-                None => break,
+            };
+            received += 1;
+            if let Some(raw) = admit(&consumer, &m) {
+                let partition = m.partition() as Partition;
+                match lanes.receive(partition, node.epoch(partition), raw) {
+                    Received::Kept => {}
+                    Received::Pause(p) => {
+                        metrics::counter!("audience_ingest_pauses_total").increment(1);
+                        set_paused(&consumer, &config.topics, &[p], true);
+                    }
+                    Received::Dropped => dropped += 1,
+                    Received::Again => {}
+                }
+            }
+            if received < config.max_batch && lanes.held_bytes() < held_limit {
+                next = consumer.recv().now_or_never();
             }
         }
-        let epochs = node.epochs();
-        let (by_partition, dropped) = dispatchable(gathered, |p| epochs.get(&p).copied());
         if dropped > 0 {
             tracing::info!(
                 dropped,
-                "partitions left while a batch was gathered: what they gave is read again from \
-                 the stored offsets by their owner"
+                "messages of partitions not owned when received: read again from the stored \
+                 offsets by their owner"
             );
         }
-        let mut work = Vec::new();
-        for (partition, messages) in by_partition {
-            // A partition no longer owned has no actor: its messages are its new owner's.
-            let Some(addr) = node.owned_partition(partition as Partition)? else {
-                continue;
-            };
-            work.push(async move { (partition, addr.send(ProcessBatch(messages)).await) });
-        }
-        let mut commit = TopicPartitionList::new();
-        for (partition, result) in futures::future::join_all(work).await {
-            match result {
-                Ok(Ok(outcome)) => {
-                    for (topic, offset) in outcome.next_offsets {
-                        let _ =
-                            commit.add_partition_offset(&topic, partition, Offset::Offset(offset));
-                    }
-                }
-                // The store refused a write: continuing would apply later messages without
-                // these. Stop; the supervisor restarts the node from the stored offsets.
-                Ok(Err(e)) => anyhow::bail!("partition {partition}: {e}"),
-                Err(e) => anyhow::bail!("partition {partition} actor unavailable: {e}"),
-            }
-        }
-        if commit.count() > 0 {
-            if let Err(e) = consumer.commit(&commit, CommitMode::Async) {
-                tracing::debug!(error = %e, "advisory offset commit failed");
-            }
-        }
+    }
+    // The batches handed over are applied before the loop returns (and their offsets
+    // committed); what waits in the lanes is read again from the stored offsets.
+    while let Some((partition, epoch, result)) = in_flight.next().await {
+        lanes.finished(partition, epoch);
+        applied(&consumer, &node, partition, epoch, result)?;
     }
     tracing::info!("ingestion stopped after its last batch");
     Ok(())
 }
 
+/// Resumes the partitions of lanes that have room again. The consumer reads on from the record
+/// after the last one received of each topic (librdkafka's application position), and that
+/// positioning is checked: a broker may serve it from the next record batch on (see
+/// [`InputPositions::resumed`]); what is read again is passed over by the lane.
+fn resume_lanes(consumer: &StreamConsumer<IngestContext>, topics: &[String], resume: &[Resume]) {
+    if resume.is_empty() {
+        return;
+    }
+    consumer.context().positions.lock().resumed(
+        resume.iter().flat_map(|r| {
+            r.from
+                .iter()
+                .map(move |(topic, offset)| (topic.as_str(), r.partition as i32, *offset))
+        }),
+        std::time::Instant::now(),
+    );
+    let partitions: Vec<Partition> = resume.iter().map(|r| r.partition).collect();
+    set_paused(consumer, topics, &partitions, false);
+}
+
+/// Pauses (or resumes) every topic's `partitions` in the consumer. A pause drops what the
+/// consumer fetched ahead of them; a resume fetches again from the record after the last one
+/// received.
+fn set_paused(
+    consumer: &StreamConsumer<IngestContext>,
+    topics: &[String],
+    partitions: &[Partition],
+    pause: bool,
+) {
+    if partitions.is_empty() {
+        return;
+    }
+    let mut list = TopicPartitionList::new();
+    for &p in partitions {
+        for topic in topics {
+            list.add_partition(topic, p as i32);
+        }
+    }
+    let done = if pause {
+        consumer.pause(&list)
+    } else {
+        consumer.resume(&list)
+    };
+    if let Err(e) = done {
+        // A partition not assigned any more has nothing to pause or resume.
+        tracing::debug!(?partitions, pause, error = %e, "pause or resume refused");
+    }
+}
+
+/// A batch of `partition` handed over under `epoch` came back: its offsets are committed
+/// (advisory) while the partition is still owned under that epoch.
+fn applied(
+    consumer: &StreamConsumer<IngestContext>,
+    node: &Node,
+    partition: Partition,
+    epoch: u64,
+    result: Result<Result<BatchOutcome, String>, actix::MailboxError>,
+) -> anyhow::Result<()> {
+    let still_owned = node.epoch(partition) == Some(epoch);
+    match result {
+        Ok(Ok(outcome)) => {
+            if !still_owned {
+                return Ok(());
+            }
+            let mut commit = TopicPartitionList::new();
+            for (topic, offset) in outcome.next_offsets {
+                let _ =
+                    commit.add_partition_offset(&topic, partition as i32, Offset::Offset(offset));
+            }
+            if commit.count() > 0 {
+                if let Err(e) = consumer.commit(&commit, CommitMode::Async) {
+                    tracing::debug!(error = %e, "advisory offset commit failed");
+                }
+            }
+            Ok(())
+        }
+        // The store refused a write: continuing would apply later messages without these.
+        // Stop; the supervisor restarts the node from the stored offsets.
+        Ok(Err(e)) => anyhow::bail!("partition {partition}: {e}"),
+        // Released while the batch was queued: its next owner reads it from the stored offsets.
+        Err(e) if !still_owned => {
+            tracing::debug!(partition, error = %e, "batch of a released partition not applied");
+            Ok(())
+        }
+        Err(e) => anyhow::bail!("partition {partition} actor unavailable: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn message(partition: i32, offset: i64) -> RawMessage {
-        RawMessage {
-            topic: "events".into(),
-            partition,
-            offset,
-            key: None,
-            payload: Some(b"{}".to_vec()),
-            content_type: None,
-            timestamp_ms: None,
-        }
-    }
-
-    /// A batch ends at its message count or its byte budget, whichever comes first; the
-    /// record that crosses the budget is in it, and one record larger than the budget is a
-    /// batch of its own.
-    #[test]
-    fn a_batch_ends_at_its_count_or_its_bytes() {
-        let mut by_count = BatchBudget::new(3, 1 << 20);
-        for _ in 0..2 {
-            by_count.add(100);
-            assert!(!by_count.full());
-        }
-        by_count.add(100);
-        assert!(by_count.full(), "three records of 100 bytes");
-
-        let mut by_bytes = BatchBudget::new(2000, 1000);
-        let mut gathered = 0;
-        while !by_bytes.full() {
-            by_bytes.add(300);
-            gathered += 1;
-        }
-        assert_eq!(gathered, 4, "1,200 bytes: the fourth record crossed 1,000");
-
-        let mut huge = BatchBudget::new(2000, 1000);
-        huge.add(5000);
-        assert!(huge.full(), "one record over the budget is a batch alone");
-        assert!(
-            BatchBudget::new(0, 0).max_messages == 1,
-            "a batch holds at least one"
-        );
-    }
-
-    #[test]
-    fn messages_of_a_partition_that_left_are_dropped_and_the_others_kept() {
-        // Partitions 0 and 1 owned since epochs 4 and 5.
-        let now = |p: Partition| match p {
-            0 => Some(4),
-            1 => Some(5),
-            _ => None,
-        };
-        let (kept, dropped) = dispatchable(
-            vec![(Some(4), message(0, 1)), (Some(5), message(1, 7))],
-            now,
-        );
-        assert_eq!((kept.len(), dropped), (2, 0));
-        // Partition 0 left and came back (epoch 6) after two of its messages were gathered:
-        // those two go (read again from the stored offsets), what came after stays, in order.
-        // Partition 1 never left: its message gathered before the change stays. Partition 2
-        // was never owned here, or left: dropped.
-        let now = |p: Partition| match p {
-            0 => Some(6),
-            1 => Some(5),
-            _ => None,
-        };
-        let gathered = vec![
-            (Some(4), message(0, 1)),
-            (Some(5), message(1, 7)),
-            (Some(6), message(0, 1)),
-            (Some(6), message(0, 2)),
-            (Some(3), message(2, 9)),
-            (None, message(2, 10)),
-        ];
-        let (kept, dropped) = dispatchable(gathered, now);
-        assert_eq!(dropped, 3);
-        assert_eq!(kept.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
-        let offsets: Vec<i64> = kept[&0].iter().map(|m| m.offset).collect();
-        assert_eq!(offsets, vec![1, 2]);
-        assert_eq!(kept[&1][0].offset, 7);
-    }
 
     #[test]
     fn only_the_assignment_creates_actors() {

@@ -26,6 +26,13 @@ use std::time::{Duration, Instant};
 /// than a producer's batch holds by default (10,000 records).
 pub const MAX_REREADS: u32 = 17;
 
+/// A resumed partition's first re-read starts this many records back
+/// ([`InputPositions::resumed`]).
+pub const RESUMED_REREAD_BACK: i64 = 1 << RESUMED_REREADS;
+/// The tries a resumed position counts as already made, so that its first re-read is
+/// [`RESUMED_REREAD_BACK`] back (see [`crate::catalog_topic::reread_from`]).
+const RESUMED_REREADS: u32 = 10;
+
 /// How long a positioned partition may go without a record before it is read again from
 /// further back.
 pub const QUIET: Duration = Duration::from_millis(250);
@@ -94,6 +101,26 @@ impl InputPositions {
                 seen_before: false,
                 since: now,
             });
+        }
+    }
+
+    /// Paused partitions were resumed at `positions`: the record after the last one received
+    /// of each, where the consumer reads on. Checked like a positioning, except that a skip
+    /// is read again from [`RESUMED_REREAD_BACK`] records back at once, not 1, 2, 4...: the
+    /// consumer paused anywhere in a producer's record batch, often hundreds of records long,
+    /// and each step back is a fetch.
+    pub fn resumed<'a>(
+        &mut self,
+        positions: impl IntoIterator<Item = (&'a str, i32, i64)>,
+        now: Instant,
+    ) {
+        let first_new = self.expected.len();
+        self.added(positions, now);
+        // `added` removes older entries of the same partitions before pushing: the new ones
+        // are at the end.
+        let first_new = first_new.min(self.expected.len());
+        for e in &mut self.expected[first_new..] {
+            e.rereads = RESUMED_REREADS;
         }
     }
 
@@ -217,6 +244,51 @@ mod tests {
         assert_eq!(applied, (250..1_000).collect::<Vec<_>>());
         // 249, 248, 246, 242, 234, 218, 186 (at last before the batch's start at 200).
         assert_eq!(seeks, 7);
+    }
+
+    /// A resumed position inside a batch is read again from far back at once: one seek for a
+    /// batch of up to [`RESUMED_REREAD_BACK`] records, nothing skipped; a broker that serves
+    /// the containing batch costs nothing.
+    #[test]
+    fn a_resumed_position_inside_a_batch_is_read_again_from_far_back_at_once() {
+        let starts: Vec<i64> = (0..10).map(|b| b * 700).collect();
+        let mut positions = InputPositions::default();
+        positions.resumed([("events", 0, 1_650)], Instant::now());
+        let from = match positions.check("events", 0, 2_100, Instant::now()) {
+            Verdict::Reread { from } => from,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(from, 1_650 - RESUMED_REREAD_BACK);
+        let delivered: Vec<i64> = tansu_fetch(&starts, 7_000, from)
+            .into_iter()
+            .filter(|&o| positions.check("events", 0, o, Instant::now()) == Verdict::Deliver)
+            .collect();
+        assert!(
+            delivered[0] <= 1_650,
+            "from before the position: {:?}",
+            &delivered[..3]
+        );
+        assert!(delivered.windows(2).all(|w| w[1] == w[0] + 1), "contiguous");
+        assert_eq!(delivered.last(), Some(&6_999));
+
+        let mut at_once = InputPositions::default();
+        at_once.positioned([("events", 1, 5)], Instant::now());
+        at_once.resumed([("events", 0, 1_650)], Instant::now());
+        assert_eq!(
+            at_once.check("events", 0, 1_650, Instant::now()),
+            Verdict::Deliver
+        );
+        assert_eq!(
+            at_once.check("events", 0, 1_651, Instant::now()),
+            Verdict::Deliver
+        );
+        assert!(
+            matches!(
+                at_once.check("events", 1, 9, Instant::now()),
+                Verdict::Reread { from: 4 }
+            ),
+            "the other partition's positioning is still checked from one back"
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!   machines; it applies poll batches and fires timers, one RocksDB write per unit of work;
 //! - [`node`]: the actix system, its arbiters and the routing of partitions to actors;
 //! - [`ingest`]: the Kafka consumer feeding the partition actors (a consumer group member, or
-//!   assigned by [`self_assignment`] over the placement of [`assignment`]);
+//!   assigned by [`self_assignment`] over the placement of [`assignment`]), through one lane
+//!   per partition ([`ingest_lanes`]);
 //! - [`registry`]: the single writer of audience definitions;
 //! - [`output_registry`]: the single writer of output configurations and connections;
 //! - [`publisher`]: outbox to Kafka (deltas topic, dead-letter topic), at least once;
@@ -22,7 +23,7 @@
 //!   [`latency`]: each audience's event-to-delta and produce-to-delta latencies.
 //!
 //! Invariant: nothing on the per-event path waits on another actor; the only awaited replies
-//! are per poll batch (ingest waits for the partition actors' writes before polling again).
+//! are per batch (a partition's next batch waits for its actor's write of the one before).
 
 pub mod assignment;
 pub mod catalog_applier;
@@ -38,6 +39,7 @@ pub mod deltas_tail;
 pub mod engine;
 pub mod geoip;
 pub mod ingest;
+pub mod ingest_lanes;
 pub mod input_positions;
 pub mod latency;
 pub mod network_guard;

@@ -186,7 +186,7 @@ impl Node {
         self.ownership.lock().since.get(&partition).copied()
     }
 
-    /// Every owned partition's epoch, read at once (a gathered batch checks them all).
+    /// Every owned partition's epoch, read at once (ingestion's lanes check them all).
     pub fn epochs(&self) -> BTreeMap<Partition, u64> {
         self.ownership.lock().since.clone()
     }

@@ -1,5 +1,5 @@
 //! Wiring of one engine node: store, actors, Kafka, gRPC, metrics, and graceful shutdown.
-//! SIGTERM (or Ctrl-C) stops polling, lets the batch in flight commit, drains the publishers
+//! SIGTERM (or Ctrl-C) stops polling, lets the batches in flight commit, drains the publishers
 //! and exits cleanly.
 
 use crate::config::{AudienceFile, Config};

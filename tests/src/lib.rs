@@ -362,8 +362,8 @@ impl Engine {
             .append(true)
             .open(&self.log)?;
         let child = Command::new(engine_binary())
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;

@@ -344,7 +344,7 @@ pub struct MetricsConfig {
 pub struct EngineConfig {
     pub retention_days: u32,
     pub max_message_bytes: usize,
-    /// A poll batch ends at this many messages...
+    /// A partition's batch ends at this many messages...
     pub max_batch: usize,
     /// ...or once its keys and payloads reach this many bytes, whichever comes first.
     pub max_batch_bytes: usize,
