@@ -333,7 +333,7 @@ mod tests {
             processing_time_ms: 1_700_000_000_005,
             version: 3,
         };
-        let record = crate::publisher::delta_json(1, 99, &delta).to_string();
+        let record = crate::publisher::delta_json(1, 99, &delta);
         assert_eq!(parse_record(record.as_bytes()).unwrap(), (1, 99, delta));
         let e = parse_record(br#"{"kind": "moved"}"#).unwrap_err();
         assert!(e.contains("moved"), "{e}");
