@@ -22,6 +22,8 @@
 //!   may serve that position from the next record batch on (tansu does, see
 //!   [`crate::input_positions`]): each resume is a positioning to check, and the lane tells at
 //!   which offsets ([`Resume::from`]).
+//! - Within an epoch a lane takes each record once: one below the furthest received of its
+//!   topic (read again after the consumer moved back) is passed over ([`Received::Again`]).
 //! - A lane belongs to one epoch of its partition ([`crate::node::Node::epoch`]): a message of
 //!   another epoch, or an epoch that ended, empties it (what it held is read again from the
 //!   stored offsets by whoever owns the partition now); a completion of an older epoch's

@@ -92,16 +92,22 @@ impl InputPositions {
         now: Instant,
     ) {
         for (topic, partition, offset) in positions {
-            self.give_up(topic, partition);
-            self.expected.push(Expected {
-                topic: topic.to_string(),
-                partition,
-                offset,
-                rereads: 0,
-                seen_before: false,
-                since: now,
-            });
+            self.expect(topic, partition, offset, 0, now);
         }
+    }
+
+    /// Replaces what is expected of `topic`/`partition` with `offset`, as if `rereads` tries
+    /// had been made.
+    fn expect(&mut self, topic: &str, partition: i32, offset: i64, rereads: u32, now: Instant) {
+        self.give_up(topic, partition);
+        self.expected.push(Expected {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            rereads,
+            seen_before: false,
+            since: now,
+        });
     }
 
     /// Paused partitions were resumed at `positions`: the record after the last one received
@@ -114,13 +120,8 @@ impl InputPositions {
         positions: impl IntoIterator<Item = (&'a str, i32, i64)>,
         now: Instant,
     ) {
-        let first_new = self.expected.len();
-        self.added(positions, now);
-        // `added` removes older entries of the same partitions before pushing: the new ones
-        // are at the end.
-        let first_new = first_new.min(self.expected.len());
-        for e in &mut self.expected[first_new..] {
-            e.rereads = RESUMED_REREADS;
+        for (topic, partition, offset) in positions {
+            self.expect(topic, partition, offset, RESUMED_REREADS, now);
         }
     }
 
@@ -270,6 +271,23 @@ mod tests {
         );
         assert!(delivered.windows(2).all(|w| w[1] == w[0] + 1), "contiguous");
         assert_eq!(delivered.last(), Some(&6_999));
+
+        // An older expectation of the same partition is replaced, and every resumed topic
+        // starts far back (whatever the order the entries end up in).
+        let mut both = InputPositions::default();
+        both.positioned([("events", 0, 7)], Instant::now());
+        both.resumed(
+            [("events", 0, 1_650), ("identities", 0, 3_000)],
+            Instant::now(),
+        );
+        for (topic, at, past) in [("identities", 3_000, 3_100), ("events", 1_650, 2_100)] {
+            assert_eq!(
+                both.check(topic, 0, past, Instant::now()),
+                Verdict::Reread {
+                    from: at - RESUMED_REREAD_BACK
+                }
+            );
+        }
 
         let mut at_once = InputPositions::default();
         at_once.positioned([("events", 1, 5)], Instant::now());
