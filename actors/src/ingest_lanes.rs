@@ -84,7 +84,7 @@ pub enum Received {
 }
 
 /// What a message costs a lane: its key and payload.
-pub fn message_bytes(message: &RawMessage) -> usize {
+fn message_bytes(message: &RawMessage) -> usize {
     message.key.as_ref().map_or(0, Vec::len) + message.payload.as_ref().map_or(0, Vec::len)
 }
 
@@ -258,7 +258,8 @@ impl Lanes {
     }
 
     /// How many batches are in flight.
-    pub fn in_flight(&self) -> usize {
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
         self.lanes
             .values()
             .filter(|lane| lane.in_flight.is_some())
