@@ -49,6 +49,7 @@ bench: build ## Throughput and latency through the real broker (prints figures)
 	$(BIN)/audience-backfill-bench
 	$(BIN)/audience-bench
 	$(BIN)/audience-steady-bench
+	$(BIN)/audience-latency-bench
 	$(BIN)/audience-failover-bench
 
 clean:
