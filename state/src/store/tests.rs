@@ -345,3 +345,47 @@ fn a_derived_write_keeps_the_core_row_and_loads_and_scans_read_both_rows() {
         .count();
     assert_eq!(derived_left, 0);
 }
+
+/// The files of the column families a profile's activation reads by key carry a Bloom filter
+/// (a new profile's rows are in no file: the filter says so without reading the file's
+/// blocks); the others, read in ranges, do not.
+#[test]
+fn files_read_by_key_carry_bloom_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), false).unwrap();
+    let mut b = store.batch();
+    for mpid in 1..=200 {
+        b.put_profile(3, &ProfileState::new(mpid));
+        b.put_facts(3, mpid, b"facts");
+        b.put_delta(
+            3,
+            mpid as u64,
+            &Delta {
+                audience_id: 1,
+                mpid,
+                kind: DeltaKind::Added,
+                event_time_ms: 1,
+                processing_time_ms: 1,
+                version: 1,
+            },
+        );
+    }
+    store.commit(b).unwrap();
+    let filter_bytes = |cf: &'static str| -> u64 {
+        store.db.flush_cf(store.cf(cf)).unwrap();
+        let properties = store
+            .db
+            .property_value_cf(store.cf(cf), "rocksdb.aggregated-table-properties")
+            .unwrap()
+            .expect("a flushed column family has table properties");
+        properties
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("filter block size="))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{cf}: no filter block size in {properties}"))
+    };
+    for cf in [CF_PROFILES, CF_DERIVED, CF_FACTS] {
+        assert!(filter_bytes(cf) > 0, "{cf} files carry a Bloom filter");
+    }
+    assert_eq!(filter_bytes(CF_OUTBOX), 0, "the outbox is read in ranges");
+}
