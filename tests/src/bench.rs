@@ -111,3 +111,50 @@ pub fn write_audience_files(
     }
     Ok(defs.display().to_string())
 }
+
+/// What an end-to-end bench runs against: a broker of its own with the deployment's topics
+/// (4 partitions), and the engine started on the wall clock with `definitions` as audience
+/// files (loaded at start; wait for [`crate::Engine::ready`]).
+pub struct BenchDeployment {
+    pub broker: crate::Broker,
+    pub topics: crate::Topics,
+    pub engine: crate::Engine,
+    /// The engine's data and audience files; removed when dropped.
+    pub dir: tempfile::TempDir,
+}
+
+/// Partitions of a bench's topics and engine.
+pub const BENCH_PARTITIONS: i32 = 4;
+
+/// Starts a broker and an engine of group `name` over `definitions` (see
+/// [`BenchDeployment`]).
+pub async fn deploy(
+    name: &str,
+    definitions: &[serde_json::Value],
+) -> anyhow::Result<BenchDeployment> {
+    let broker = crate::Broker::start()?;
+    let topics = crate::Topics::unique(name);
+    broker
+        .create_deployment_topics(&topics, BENCH_PARTITIONS)
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let defs_dir = write_audience_files(dir.path(), definitions)?;
+    let partitions = BENCH_PARTITIONS.to_string();
+    let engine = crate::Engine::start_with(
+        &broker,
+        &topics,
+        &dir.path().join("engine"),
+        name,
+        &[
+            ("AUDIENCE_AUDIENCES_DIR", &defs_dir),
+            ("AUDIENCE_MANUAL_CLOCK", "false"),
+            ("AUDIENCE_PARTITIONS", &partitions),
+        ],
+    )?;
+    Ok(BenchDeployment {
+        broker,
+        topics,
+        engine,
+        dir,
+    })
+}

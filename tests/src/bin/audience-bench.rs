@@ -6,8 +6,8 @@
 //! rate of a bare rdkafka consumer as the ratio's denominator.
 
 use audience_e2e::bench::{
-    bare_consumer_rate, bench_producer, now_ms, peak_rss_kib, percentile, produce_all,
-    write_audience_files,
+    bare_consumer_rate, bench_producer, deploy, now_ms, peak_rss_kib, percentile, produce_all,
+    BenchDeployment, BENCH_PARTITIONS,
 };
 use audience_e2e::*;
 use audience_proto::v1 as pb;
@@ -60,25 +60,14 @@ async fn main() -> Result<()> {
     let profiles = env_or("BENCH_PROFILES", 100_000) as i64;
     let rounds = env_or("BENCH_ROUNDS", 2);
     let audiences = env_or("BENCH_AUDIENCES", 100) as usize;
-    let partitions = 4;
-    println!("bench: {profiles} profiles x {rounds} batches (3 events each), {audiences} audiences, {partitions} partitions");
+    println!("bench: {profiles} profiles x {rounds} batches (3 events each), {audiences} audiences, {BENCH_PARTITIONS} partitions");
 
-    let broker = Broker::start()?;
-    let topics = Topics::unique("bench");
-    broker.create_deployment_topics(&topics, partitions).await?;
-    let dir = tempfile::tempdir()?;
-    let defs_dir = write_audience_files(dir.path(), &audience_defs(audiences))?;
-    let mut engine = Engine::start_with(
-        &broker,
-        &topics,
-        &dir.path().join("engine"),
-        "bench",
-        &[
-            ("AUDIENCE_AUDIENCES_DIR", &defs_dir),
-            ("AUDIENCE_MANUAL_CLOCK", "false"),
-            ("AUDIENCE_PARTITIONS", "4"),
-        ],
-    )?;
+    let BenchDeployment {
+        broker,
+        topics,
+        mut engine,
+        dir,
+    } = deploy("bench", &audience_defs(audiences)).await?;
     let ch = engine.ready().await?;
     let pid = engine.pid().expect("engine running");
 

@@ -20,7 +20,9 @@
 //! `BENCH_LATENCY_SECONDS` (20 per rate), `BENCH_LATENCY_PERCENT` ("50,90": fractions of the
 //! maximum) or `BENCH_LATENCY_RATES` (batches/s, instead of fractions) change it.
 
-use audience_e2e::bench::{bench_producer, now_ms, percentile, produce_all, write_audience_files};
+use audience_e2e::bench::{
+    bench_producer, deploy, now_ms, percentile, produce_all, BenchDeployment, BENCH_PARTITIONS,
+};
 use audience_e2e::*;
 use audience_proto::v1 as pb;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -234,28 +236,17 @@ async fn main() -> Result<()> {
     let audiences = env_or("BENCH_LATENCY_AUDIENCES", 100) as usize;
     let max_batches = env_or("BENCH_LATENCY_MAX_BATCHES", 100_000);
     let seconds = env_or("BENCH_LATENCY_SECONDS", 20) as f64;
-    let partitions = 4;
     println!(
         "latency bench: one-event batches of new users, each entering one of {audiences} \
-         audiences, {partitions} partitions"
+         audiences, {BENCH_PARTITIONS} partitions"
     );
 
-    let broker = Broker::start()?;
-    let topics = Topics::unique("latency");
-    broker.create_deployment_topics(&topics, partitions).await?;
-    let dir = tempfile::tempdir()?;
-    let defs_dir = write_audience_files(dir.path(), &audience_defs(audiences))?;
-    let mut engine = Engine::start_with(
-        &broker,
-        &topics,
-        &dir.path().join("engine"),
-        "latency",
-        &[
-            ("AUDIENCE_AUDIENCES_DIR", &defs_dir),
-            ("AUDIENCE_MANUAL_CLOCK", "false"),
-            ("AUDIENCE_PARTITIONS", "4"),
-        ],
-    )?;
+    let BenchDeployment {
+        broker,
+        topics,
+        mut engine,
+        dir: _dir,
+    } = deploy("latency", &audience_defs(audiences)).await?;
     let ch = engine.ready().await?;
 
     let deltas: Arrivals = Arc::default();
@@ -264,7 +255,7 @@ async fn main() -> Result<()> {
     let floor = plain_consumer(
         &broker.bootstrap,
         &topics.events,
-        partitions,
+        BENCH_PARTITIONS,
         records.clone(),
     )?;
     // The open loop's producer: a record waits at most 5 ms for others to share its request

@@ -19,7 +19,7 @@
 //! `BENCH_STEADY_BATCHES`.
 
 use audience_e2e::bench::{
-    bare_consumer_rate, bench_producer, now_ms, peak_rss_kib, produce_all, write_audience_files,
+    bare_consumer_rate, bench_producer, deploy, now_ms, peak_rss_kib, produce_all, BenchDeployment,
 };
 use audience_e2e::*;
 use std::time::{Duration, Instant};
@@ -150,23 +150,13 @@ async fn main() -> Result<()> {
          name), {batches} batches of 1 to 5 events to Zipf-picked profiles, 4 partitions"
     );
 
-    let broker = Broker::start()?;
-    let topics = Topics::unique("steady");
-    broker.create_deployment_topics(&topics, 4).await?;
-    let dir = tempfile::tempdir()?;
-    let defs_dir = write_audience_files(dir.path(), &audience_defs(audiences))?;
+    let BenchDeployment {
+        broker,
+        topics,
+        mut engine,
+        dir: _dir,
+    } = deploy("steady", &audience_defs(audiences)).await?;
     let loading = Instant::now();
-    let mut engine = Engine::start_with(
-        &broker,
-        &topics,
-        &dir.path().join("engine"),
-        "steady",
-        &[
-            ("AUDIENCE_AUDIENCES_DIR", &defs_dir),
-            ("AUDIENCE_MANUAL_CLOCK", "false"),
-            ("AUDIENCE_PARTITIONS", "4"),
-        ],
-    )?;
     let ch = engine.ready().await?;
     println!(
         "engine answering with {audiences} audience files loaded in {:.1} s",
