@@ -91,11 +91,15 @@ async fn load_audiences(registry: &Registry, dir: &std::path::Path) -> anyhow::R
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     files.sort();
+    // Listed once: listing the catalog for each file made a restart with 1,000 files clone
+    // a million audience records (a second of CPU).
+    let mut known: std::collections::HashSet<String> =
+        registry.list(&[]).into_iter().map(|a| a.name).collect();
     for file in files {
         let text = std::fs::read_to_string(&file)?;
         let f: AudienceFile =
             serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        if registry.list(&[]).iter().any(|a| a.name == f.name) {
+        if !known.insert(f.name.clone()) {
             continue;
         }
         let spec = audience_actors::registry::AudienceSpec {

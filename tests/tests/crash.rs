@@ -159,7 +159,33 @@ async fn kill_9_mid_stream_loses_and_duplicates_nothing() -> Result<()> {
     assert_eq!(crash_members, ref_members, "final memberships");
     assert_eq!(crash_deltas, ref_deltas, "deduplicated delta streams");
     assert!(!ref_deltas.is_empty());
+
+    // A restart finds the files' audiences in its catalog: none is created again.
+    let loaded = audience_names(&rch).await?;
+    assert_eq!(loaded.len(), audiences().len(), "one audience per file");
+    reference.restart()?;
+    let rch = reference.ready().await?;
+    assert_eq!(
+        audience_names(&rch).await?,
+        loaded,
+        "the files of a restart are the audiences already there"
+    );
     Ok(())
+}
+
+/// The (id, name) of every audience, by id.
+async fn audience_names(ch: &Channel) -> Result<Vec<(u64, String)>> {
+    let mut client = pb::audience_service_client::AudienceServiceClient::new(ch.clone());
+    let mut names: Vec<(u64, String)> = client
+        .list_audiences(pb::ListAudiencesRequest::default())
+        .await?
+        .into_inner()
+        .audiences
+        .into_iter()
+        .map(|a| (a.id, a.name))
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 /// Waits until the engine's stored offsets reach the end of the events topic.
