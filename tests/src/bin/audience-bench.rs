@@ -222,7 +222,7 @@ async fn restore_all(
     group: &str,
     snapshots: Option<&str>,
 ) -> Result<Restored> {
-    const PARTITIONS: usize = 4;
+    const PARTITIONS: usize = BENCH_PARTITIONS as usize;
     let data = dir.join(group);
     let mut env = vec![
         ("AUDIENCE_MANUAL_CLOCK", "false"),
