@@ -239,7 +239,16 @@ pub fn consumer(
         .set("partition.assignment.strategy", "range")
         .set("fetch.wait.max.ms", "10")
         .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000");
+        .set("heartbeat.interval.ms", "1000")
+        // librdkafka prefetches into its queue up to 64 MiB by default, plus its per-message
+        // overhead (several times the payload of a small batch): the lanes hold two batch
+        // budgets already, so one more in the queue keeps the partitions fed.
+        .set(
+            "queued.max.messages.kbytes",
+            (config.max_batch_bytes / 1024)
+                .clamp(1024, 65536)
+                .to_string(),
+        );
     for (k, v) in &config.properties {
         cc.set(k, v);
     }

@@ -43,7 +43,7 @@ pub fn replay(
     if !path.join("CURRENT").exists() {
         anyhow::bail!("no engine data directory at {}", path.display());
     }
-    let store = Store::open(path, config.storage.sync_writes).map_err(|e| {
+    let store = Store::open_with(path, &config.storage.store_options()).map_err(|e| {
         let hint = if e.to_string().contains("lock") {
             " (is an engine running on it?)"
         } else {

@@ -145,6 +145,15 @@ async fn export_figures(
                 metrics::gauge!("audience_volatility_24h", "audience" => id).set(f.volatility_24h);
             }
         }
+        let memory = node.engine.store.memory();
+        for (part, bytes) in [
+            ("block_cache", memory.block_cache),
+            ("block_cache_pinned", memory.block_cache_pinned),
+            ("memtables", memory.memtables),
+            ("table_readers", memory.table_readers),
+        ] {
+            metrics::gauge!("audience_store_memory_bytes", "part" => part).set(bytes as f64);
+        }
         let owned = node.owned();
         let store = node.engine.store.clone();
         let Some(consumer) = consumer.upgrade() else {
@@ -419,9 +428,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     std::fs::create_dir_all(&config.storage.path)?;
-    let store = Arc::new(Store::open(
+    let store = Arc::new(Store::open_with(
         &config.storage.path,
-        config.storage.sync_writes,
+        &config.storage.store_options(),
     )?);
     let clock = Arc::new(Clock::new(config.clock.manual));
     let engine = Engine::new(store.clone(), clock, config.settings()?)?;

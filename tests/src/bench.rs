@@ -12,6 +12,68 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The largest anonymous and file-backed parts of a process's resident memory, sampled every
+/// 100 ms while it runs (VmHWM gives only their largest sum): anonymous memory is what the
+/// engine's settings bound, file-backed pages are its binary's and memory-mapped files'.
+pub struct RssSampler {
+    peaks: std::sync::Arc<std::sync::Mutex<(u64, u64)>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RssSampler {
+    pub fn start(pid: u32) -> RssSampler {
+        let peaks = std::sync::Arc::new(std::sync::Mutex::new((0, 0)));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sampled, stopped) = (peaks.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let Some((anon, file)) = rss_parts_kib(pid) else {
+                    return;
+                };
+                let mut peaks = sampled.lock().unwrap();
+                *peaks = (peaks.0.max(anon), peaks.1.max(file));
+                drop(peaks);
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        RssSampler { peaks, stop }
+    }
+
+    /// The peaks so far, in KiB: (anonymous, file-backed).
+    pub fn peaks_kib(&self) -> (u64, u64) {
+        *self.peaks.lock().unwrap()
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// RssAnon and RssFile of process `pid`, in KiB (`None`: it is gone).
+fn rss_parts_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    };
+    Some((field("RssAnon:")?, field("RssFile:")?))
+}
+
+/// The line the benches print: the peak, then its parts' peaks.
+pub fn rss_line(peak_kib: u64, (anon, file): (u64, u64)) -> String {
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    format!(
+        "engine peak RSS: {:.1} MiB (anonymous at most {:.1} MiB, file-backed at most {:.1} MiB)",
+        mib(peak_kib),
+        mib(anon),
+        mib(file)
+    )
+}
+
 /// Milliseconds since the epoch by the wall clock.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -300,6 +300,25 @@ pub struct StorageConfig {
     pub path: PathBuf,
     /// fsync every batch write (survives power loss, not only process crashes).
     pub sync_writes: bool,
+    /// RocksDB's block cache, shared by every column family, index and filter blocks
+    /// included (AUDIENCE_STORE_CACHE_BYTES).
+    pub cache_bytes: usize,
+    /// RocksDB's memtables, every column family together (AUDIENCE_STORE_WRITE_BUFFER_BYTES).
+    pub write_buffer_bytes: usize,
+    /// Read SST files through memory maps: cheaper backfills, but a resident set that grows
+    /// with the store (AUDIENCE_STORE_MMAP_READS).
+    pub mmap_reads: bool,
+}
+
+impl StorageConfig {
+    pub fn store_options(&self) -> audience_state::store::StoreOptions {
+        audience_state::store::StoreOptions {
+            sync_writes: self.sync_writes,
+            cache_bytes: self.cache_bytes,
+            write_buffer_bytes: self.write_buffer_bytes,
+            mmap_reads: self.mmap_reads,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -409,9 +428,13 @@ impl Default for KafkaConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
+        let store = audience_state::store::StoreOptions::default();
         StorageConfig {
             path: PathBuf::from(".data/engine"),
-            sync_writes: false,
+            sync_writes: store.sync_writes,
+            cache_bytes: store.cache_bytes,
+            write_buffer_bytes: store.write_buffer_bytes,
+            mmap_reads: store.mmap_reads,
         }
     }
 }
@@ -478,6 +501,12 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AUDIENCE_DEAD_LETTER_TOPIC", "kafka.dead_letter_topic"),
     ("AUDIENCE_PARTITIONS", "kafka.partitions"),
     ("AUDIENCE_DATA_DIR", "storage.path"),
+    ("AUDIENCE_STORE_CACHE_BYTES", "storage.cache_bytes"),
+    (
+        "AUDIENCE_STORE_WRITE_BUFFER_BYTES",
+        "storage.write_buffer_bytes",
+    ),
+    ("AUDIENCE_STORE_MMAP_READS", "storage.mmap_reads"),
     ("AUDIENCE_CATALOG_TOPIC", "catalog.topic"),
     ("AUDIENCE_NODE_ID", "catalog.node_id"),
     ("AUDIENCE_CHANGELOG", "cluster.changelog"),
@@ -606,6 +635,15 @@ impl Config {
             "AUDIENCE_DEAD_LETTER_TOPIC" => self.kafka.dead_letter_topic = value.into(),
             "AUDIENCE_PARTITIONS" => self.kafka.partitions = value.parse().map_err(|e| bad(&e))?,
             "AUDIENCE_DATA_DIR" => self.storage.path = value.into(),
+            "AUDIENCE_STORE_CACHE_BYTES" => {
+                self.storage.cache_bytes = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_STORE_WRITE_BUFFER_BYTES" => {
+                self.storage.write_buffer_bytes = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_STORE_MMAP_READS" => {
+                self.storage.mmap_reads = value.parse().map_err(|e| bad(&e))?
+            }
             "AUDIENCE_CATALOG_TOPIC" => self.catalog.topic = value.into(),
             "AUDIENCE_NODE_ID" => self.catalog.node_id = value.into(),
             "AUDIENCE_CHANGELOG" => self.cluster.changelog = value.parse().map_err(|e| bad(&e))?,
@@ -839,154 +877,4 @@ impl AudienceFile {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The shipped configuration files parse (every key known) and listen on loopback only.
-    #[test]
-    fn the_shipped_configurations_parse_and_bind_loopback() {
-        for file in ["engine.toml", "engine.dev.toml"] {
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../deploy")
-                .join(file);
-            let text = std::fs::read_to_string(&path).unwrap();
-            let config: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
-            for listen in [&config.grpc.listen, &config.metrics.listen] {
-                let host = listen.rsplit_once(':').map_or(listen.as_str(), |(h, _)| h);
-                assert!(
-                    listen.is_empty() || host == "127.0.0.1" || host == "[::1]",
-                    "{file} listens on {listen}"
-                );
-            }
-        }
-        // The shipped production file asks for tokens; only the demo's runs without.
-        let shipped: Config =
-            toml::from_str(include_str!("../../../deploy/engine.toml")).expect("engine.toml");
-        assert!(!shipped.auth.allow_unauthenticated);
-        assert!(shipped.auth.sources().unwrap().is_configured());
-        let defaults = Config::default();
-        assert!(!defaults.auth.allow_unauthenticated);
-        assert!(defaults.grpc.listen.starts_with("127.0.0.1:"));
-        assert!(defaults.metrics.listen.starts_with("127.0.0.1:"));
-        assert!(!defaults.outputs.allow_private);
-    }
-
-    /// Inputs from the environment; a topic an input claims is read beside the events and
-    /// identities topics, and one the engine writes is refused at start, naming both.
-    #[test]
-    fn inputs_parse_and_their_topics_are_read() {
-        let mut config = Config::default();
-        config
-            .set(
-                "AUDIENCE_INPUTS",
-                "ios@app-a:source=ios; feed@app-b:topic=audience-events:source=partner",
-            )
-            .unwrap();
-        config
-            .set("AUDIENCE_SOURCE_FIELD", "context.source")
-            .unwrap();
-        let settings = config.settings().unwrap();
-        assert_eq!(settings.source_field, vec!["context", "source"]);
-        let names: Vec<&str> = settings
-            .inputs
-            .inputs()
-            .iter()
-            .map(|i| i.name.as_str())
-            .collect();
-        assert_eq!(names, vec!["feed", "ios"], "the most specific first");
-        assert_eq!(
-            settings.input_topics,
-            vec!["audience-events", "audience-identities"]
-        );
-        assert!(config.set("AUDIENCE_INPUTS", "ios:source=ios").is_err());
-        assert!(config.set("AUDIENCE_INPUTS", "ios@a:src=ios").is_err());
-        config
-            .set("AUDIENCE_INPUTS", "tv@app-c:topic=tv-events")
-            .unwrap();
-        assert_eq!(
-            config.settings().unwrap().input_topics,
-            vec!["audience-events", "audience-identities", "tv-events"]
-        );
-        config
-            .set("AUDIENCE_INPUTS", "tv@app-c:topic=audience-deltas")
-            .unwrap();
-        let refused = config.settings().unwrap_err().to_string();
-        assert!(
-            refused.contains("input \"tv\"") && refused.contains("\"audience-deltas\""),
-            "{refused}"
-        );
-    }
-
-    /// The bounds of a client's calls (review R4), from the file's defaults or the environment.
-    #[test]
-    fn grpc_call_bounds_come_from_the_environment() {
-        let mut config = Config::default();
-        let bounds = |c: &Config| (c.grpc.max_calls_per_connection, c.grpc.request_timeout_ms);
-        assert_eq!(bounds(&config), (64, 60_000));
-        let shipped: Config =
-            toml::from_str(include_str!("../../../deploy/engine.toml")).expect("engine.toml");
-        assert_eq!(bounds(&shipped), (64, 60_000));
-        config
-            .set("AUDIENCE_GRPC_MAX_CALLS_PER_CONNECTION", "8")
-            .unwrap();
-        config
-            .set("AUDIENCE_GRPC_REQUEST_TIMEOUT_MS", "1500")
-            .unwrap();
-        assert_eq!(bounds(&config), (8, 1_500));
-        let refused = config
-            .set("AUDIENCE_GRPC_REQUEST_TIMEOUT_MS", "soon")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            refused.contains("AUDIENCE_GRPC_REQUEST_TIMEOUT_MS"),
-            "{refused}"
-        );
-    }
-
-    /// What the start-up log line prints holds no token and no Kafka credential.
-    #[test]
-    fn the_logged_configuration_hides_tokens_and_credentials() {
-        let mut config = Config::default();
-        config
-            .set("AUDIENCE_TOKENS", "ops=tok3n-0123456789abcdef")
-            .unwrap();
-        config
-            .set(
-                "AUDIENCE_KAFKA_PROPERTIES",
-                "sasl.username=engine,sasl.password=hunter2,security.protocol=SASL_SSL",
-            )
-            .unwrap();
-        let logged = format!("{config:?}");
-        assert!(
-            !logged.contains("tok3n") && !logged.contains("hunter2"),
-            "{logged}"
-        );
-        assert!(
-            logged.contains("ops") && logged.contains("SASL_SSL"),
-            "{logged}"
-        );
-    }
-
-    #[test]
-    fn the_assignment_is_the_engines_with_the_changelog_unless_told_otherwise() {
-        let mut cluster = ClusterConfig::default();
-        assert!(!cluster.self_assigned().unwrap(), "no changelog: the group");
-        cluster.changelog = true;
-        assert!(
-            cluster.self_assigned().unwrap(),
-            "auto with the changelog: the engine"
-        );
-        cluster.assignment = "group".into();
-        assert!(!cluster.self_assigned().unwrap());
-        cluster.assignment = "engine".into();
-        cluster.silent_after_ms = cluster.heartbeat_ms;
-        let e = cluster.self_assigned().unwrap_err().to_string();
-        assert!(e.contains("at least two heartbeats"), "{e}");
-        cluster.changelog = false;
-        let e = cluster.self_assigned().unwrap_err().to_string();
-        assert!(e.contains("needs cluster.changelog = true"), "{e}");
-        cluster.assignment = "sticky".into();
-        let e = cluster.self_assigned().unwrap_err().to_string();
-        assert!(e.contains("not \"sticky\""), "{e}");
-    }
-}
+mod tests;

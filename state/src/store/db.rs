@@ -180,8 +180,51 @@ pub(super) fn be_u64(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
+/// How the store uses memory and writes. The defaults hold RocksDB's own memory (the block
+/// cache and the memtables) at 224 MiB, whatever the number of profiles stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreOptions {
+    /// fsync every commit (survives power loss, not only process crashes).
+    pub sync_writes: bool,
+    /// One LRU block cache shared by every column family: data blocks, and the index and
+    /// filter blocks of every file, which outside a cache grow with the data stored.
+    pub cache_bytes: usize,
+    /// The memtables of every column family together: a flush starts when they reach it.
+    pub write_buffer_bytes: usize,
+    /// Read SST files through memory maps: scans (backfills, rebuilds) copy no block out of
+    /// the page cache, but every page read stays in the process's resident memory, which then
+    /// grows with the store instead of being bounded by `cache_bytes`.
+    pub mmap_reads: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            sync_writes: false,
+            cache_bytes: 128 << 20,
+            write_buffer_bytes: 96 << 20,
+            mmap_reads: false,
+        }
+    }
+}
+
+/// What RocksDB holds in memory, in bytes (see [`Store::memory`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StoreMemory {
+    /// In the block cache: data blocks, and index and filter blocks.
+    pub block_cache: u64,
+    /// Of which pinned (index and filter blocks of level-0 files, blocks being read).
+    pub block_cache_pinned: u64,
+    /// Memtables, mutable and being flushed.
+    pub memtables: u64,
+    /// Table readers outside the cache (their own estimate).
+    pub table_readers: u64,
+}
+
 pub struct Store {
     pub(super) db: DB,
+    /// Shared by every column family's tables (see [`StoreOptions::cache_bytes`]).
+    pub(super) cache: rocksdb::Cache,
     pub(super) sync_writes: bool,
     /// Serialises the commits of changelog units: a unit's sequence is its commit order.
     pub(super) unit_lock: std::sync::Mutex<()>,
@@ -266,20 +309,34 @@ impl WriteBatch<'_> {
 }
 
 impl Store {
-    /// Opens (or creates) the database at `path`.
+    /// Opens (or creates) the database at `path`, with the default memory budgets.
     pub fn open(path: &Path, sync_writes: bool) -> StoreResult<Store> {
+        Store::open_with(
+            path,
+            &StoreOptions {
+                sync_writes,
+                ..StoreOptions::default()
+            },
+        )
+    }
+
+    /// Opens (or creates) the database at `path`.
+    pub fn open_with(path: &Path, settings: &StoreOptions) -> StoreResult<Store> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         options.increase_parallelism(2);
-        // SST files are read through memory maps: a scan (backfill, rebuild, verify) reads
-        // every block once, and pread copied each from the page cache first (a tenth of a
-        // backfill's CPU in the kernel's copy).
-        options.set_allow_mmap_reads(true);
-        // One memory budget for the memtables of every column family, so that six column
+        // With memory maps a scan (backfill, rebuild, verify) copies no block out of the page
+        // cache (with pread that copy was a tenth of a backfill's CPU), at the price of a
+        // resident set that grows with the store: off unless asked.
+        options.set_allow_mmap_reads(settings.mmap_reads);
+        // One memory budget for the memtables of every column family, so that the column
         // families do not each grow their own 64 MiB buffers.
-        options.set_db_write_buffer_size(96 << 20);
+        options.set_db_write_buffer_size(settings.write_buffer_bytes);
+        // Without a cache of its own each column family's table factory makes a 32 MiB one,
+        // and index and filter blocks live outside any: one cache bounds them all.
+        let cache = rocksdb::Cache::new_lru_cache(settings.cache_bytes);
         // Every column family on disk is opened, known or not: a store a newer version wrote
         // (a downgrade) may hold families this one does not know. They are kept, unread.
         // An error here is no database yet.
@@ -308,6 +365,13 @@ impl Store {
                 cf_opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Lz4);
             }
             let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            // Index and filter blocks are charged to the cache (kept at high priority, and
+            // pinned for level-0 files, which every read consults), so the memory of a store
+            // of a billion keys is the cache's, not a share of the data.
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_cache_index_and_filter_blocks_with_high_priority(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
             if POINT_READ.contains(name) {
                 // A profile's activation reads its rows by key, and a new profile's (most of a
                 // workload of new users) are in no file: a Bloom filter per file (10 bits per
@@ -333,7 +397,8 @@ impl Store {
         let db = DB::open_cf_descriptors(&options, path, descriptors)?;
         let store = Store {
             db,
-            sync_writes,
+            cache,
+            sync_writes: settings.sync_writes,
             unit_lock: std::sync::Mutex::new(()),
             position_lock: std::sync::Mutex::new(()),
             changelog: Default::default(),
@@ -341,6 +406,25 @@ impl Store {
         store.migrate_connection_cursors()?;
         store.migrate_row_formats()?;
         Ok(store)
+    }
+
+    /// What RocksDB holds in memory now: the figures an operator compares with the budgets of
+    /// [`StoreOptions`].
+    pub fn memory(&self) -> StoreMemory {
+        let total = |property: &str| -> u64 {
+            REPLICATED
+                .iter()
+                .chain(NODE_OWN)
+                .filter_map(|name| self.db.cf_handle(name))
+                .filter_map(|cf| self.db.property_int_value_cf(cf, property).ok().flatten())
+                .sum()
+        };
+        StoreMemory {
+            block_cache: self.cache.get_usage() as u64,
+            block_cache_pinned: self.cache.get_pinned_usage() as u64,
+            memtables: total("rocksdb.cur-size-all-mem-tables"),
+            table_readers: total("rocksdb.estimate-table-readers-mem"),
+        }
     }
 
     pub(super) fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {

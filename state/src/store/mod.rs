@@ -59,8 +59,8 @@ mod tests;
 mod tests_quarantine;
 
 pub use db::{
-    replicated_column_families, Partition, ScanPage, Store, StoreError, StoreResult, UnreadableRow,
-    WriteBatch, NODE_ROWS,
+    replicated_column_families, Partition, ScanPage, Store, StoreError, StoreMemory, StoreOptions,
+    StoreResult, UnreadableRow, WriteBatch, NODE_ROWS,
 };
 pub use deadletter::{DeadLetter, DeadLetterLimits};
 pub use deliveries::DeliveryPosition;

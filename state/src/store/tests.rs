@@ -389,3 +389,49 @@ fn files_read_by_key_carry_bloom_filters() {
     }
     assert_eq!(filter_bytes(CF_OUTBOX), 0, "the outbox is read in ranges");
 }
+
+#[test]
+fn the_block_cache_bounds_what_reads_keep_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_bytes = 256 << 10;
+    let store = Store::open_with(
+        dir.path(),
+        &StoreOptions {
+            cache_bytes,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let profiles = 20_000;
+    let mut b = store.batch();
+    for mpid in 1..=profiles {
+        let mut profile = ProfileState::new(mpid);
+        profile.attributes.insert(
+            "padding".to_string(),
+            crate::profile::NamedAttr {
+                name: "padding".to_string(),
+                value: crate::model::AttrValue::String(format!("{mpid:0>200}")),
+            },
+        );
+        b.put_profile(3, &profile);
+    }
+    store.commit(b).unwrap();
+    assert!(
+        store.memory().memtables > 0,
+        "unflushed rows are in memtables"
+    );
+    for cf in [CF_PROFILES, CF_DERIVED] {
+        store.db.flush_cf(store.cf(cf)).unwrap();
+    }
+    for mpid in 1..=profiles {
+        assert!(store.load_profile(3, mpid).unwrap().is_some());
+    }
+    let memory = store.memory();
+    // Several MiB of rows were read, through the one shared cache (a column family with a
+    // cache of its own would leave this one empty), which kept at most its capacity.
+    assert!(memory.block_cache > 0, "{memory:?}");
+    assert!(
+        memory.block_cache <= cache_bytes as u64,
+        "{memory:?} over {cache_bytes}"
+    );
+}

@@ -7,7 +7,7 @@
 
 use audience_e2e::bench::{
     bare_consumer_rate, bench_producer, deploy, now_ms, peak_rss_kib, percentile, produce_all,
-    BenchDeployment, BENCH_PARTITIONS,
+    rss_line, BenchDeployment, RssSampler, BENCH_PARTITIONS,
 };
 use audience_e2e::*;
 use audience_proto::v1 as pb;
@@ -70,6 +70,7 @@ async fn main() -> Result<()> {
     } = deploy("bench", &audience_defs(audiences)).await?;
     let ch = engine.ready().await?;
     let pid = engine.pid().expect("engine running");
+    let sampler = RssSampler::start(pid);
 
     // The subscriber: latency from the batch's produce time (its timestamp) to the delta.
     let sub_ch = ch.clone();
@@ -104,6 +105,7 @@ async fn main() -> Result<()> {
     let status = status(&ch).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss = peak_rss_kib(pid);
+    let rss_parts = sampler.peaks_kib();
     assert_eq!(engine.terminate()?, Some(0), "engine exits cleanly");
     let mut latencies = subscriber.await??;
     latencies.sort();
@@ -135,7 +137,7 @@ async fn main() -> Result<()> {
         percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or(0)
     );
-    println!("engine peak RSS: {:.1} MiB", rss as f64 / 1024.0);
+    println!("{}", rss_line(rss, rss_parts));
     println!("bare rdkafka consumer on the same topic: {raw_rate:.0} messages/s");
     println!("ratio engine / bare consumer: {:.3}", e2e_rate / raw_rate);
 

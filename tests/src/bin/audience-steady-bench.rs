@@ -19,7 +19,8 @@
 //! `BENCH_STEADY_BATCHES`.
 
 use audience_e2e::bench::{
-    bare_consumer_rate, bench_producer, deploy, now_ms, peak_rss_kib, produce_all, BenchDeployment,
+    bare_consumer_rate, bench_producer, deploy, now_ms, peak_rss_kib, produce_all, rss_line,
+    BenchDeployment, RssSampler,
 };
 use audience_e2e::*;
 use std::time::{Duration, Instant};
@@ -163,6 +164,7 @@ async fn main() -> Result<()> {
         loading.elapsed().as_secs_f64()
     );
     let pid = engine.pid().expect("engine running");
+    let live_sampler = RssSampler::start(pid);
     let producer = bench_producer(&broker.bootstrap)?;
 
     let now = now_ms();
@@ -207,6 +209,7 @@ async fn main() -> Result<()> {
         100.0 * deltas as f64 / events as f64
     );
     let rss_live = peak_rss_kib(pid);
+    let parts_live = live_sampler.peaks_kib();
     anyhow::ensure!(engine.terminate()? == Some(0), "the engine exits cleanly");
 
     // The same again from a topic filled while the engine was stopped, as the bare consumer
@@ -216,6 +219,7 @@ async fn main() -> Result<()> {
     engine.restart()?;
     let ch = engine.ready().await?;
     let pid = engine.pid().expect("engine running");
+    let filled_sampler = RssSampler::start(pid);
     let started = Instant::now();
     wait_processed(&ch, batches, Duration::from_secs(3600)).await?;
     wait_published(&ch, Duration::from_secs(3600)).await?;
@@ -235,6 +239,8 @@ async fn main() -> Result<()> {
     println!("events topic, next offset of each partition: {per_partition:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss = peak_rss_kib(pid).max(rss_live);
+    let parts = filled_sampler.peaks_kib();
+    let parts = (parts.0.max(parts_live.0), parts.1.max(parts_live.1));
     anyhow::ensure!(engine.terminate()? == Some(0), "the engine exits cleanly");
 
     let total = profiles + 2 * batches;
@@ -245,7 +251,7 @@ async fn main() -> Result<()> {
         events as f64 / filled,
         batches as f64 / filled
     );
-    println!("engine peak RSS: {:.1} MiB", rss as f64 / 1024.0);
+    println!("{}", rss_line(rss, parts));
     println!(
         "bare rdkafka consumer on the same topic: {bare:.0} messages/s; ratio engine (filled \
          topic) / bare consumer, in batches: {:.3}",
