@@ -2,14 +2,24 @@
 
 /// The peak resident memory of process `pid` (VmHWM), in KiB; 0 when unreadable.
 pub fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
+    status_kib(pid, &["VmHWM:"]).map_or(0, |v| v[0])
+}
+
+/// The fields of `/proc/<pid>/status` named (with their colon), in KiB (`None`: the process is
+/// gone, or one is missing).
+fn status_kib<const N: usize>(pid: u32, names: &[&str; N]) -> Option<[u64; N]> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    };
+    let mut values = [0; N];
+    for (value, name) in values.iter_mut().zip(names) {
+        *value = field(name)?;
+    }
+    Some(values)
 }
 
 /// The largest anonymous and file-backed parts of a process's resident memory, sampled every
@@ -27,7 +37,7 @@ impl RssSampler {
         let (sampled, stopped) = (peaks.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                let Some((anon, file)) = rss_parts_kib(pid) else {
+                let Some([anon, file]) = status_kib(pid, &["RssAnon:", "RssFile:"]) else {
                     return;
                 };
                 let mut peaks = sampled.lock().unwrap();
@@ -49,18 +59,6 @@ impl Drop for RssSampler {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
-}
-
-/// RssAnon and RssFile of process `pid`, in KiB (`None`: it is gone).
-fn rss_parts_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-    };
-    Some((field("RssAnon:")?, field("RssFile:")?))
 }
 
 /// The line the benches print: the peak, then its parts' peaks.
