@@ -369,6 +369,9 @@ pub struct EngineConfig {
     pub max_batch_bytes: usize,
     /// Arbiter threads hosting partition actors.
     pub threads: usize,
+    /// Profiles each partition keeps decoded in memory, least recently used first out: a
+    /// profile out of it is read back from the store at its next message
+    /// (AUDIENCE_MAX_CACHED_PROFILES).
     pub max_cached_profiles: usize,
     pub timer_tick_ms: u64,
     /// Audience files (`*.json`: name, external_name, tags, criteria) created at start, before
@@ -568,6 +571,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ),
     ("AUDIENCE_SOURCE_FIELD", "inputs.source_field"),
     ("AUDIENCE_MAX_AUDIENCES", "engine.max_audiences"),
+    ("AUDIENCE_MAX_CACHED_PROFILES", "engine.max_cached_profiles"),
     (
         "AUDIENCE_MAX_CALCULATED_ATTRIBUTES",
         "engine.max_calculated_attributes",
@@ -715,6 +719,9 @@ impl Config {
             "AUDIENCE_SOURCE_FIELD" => self.inputs.source_field = value.into(),
             "AUDIENCE_MAX_AUDIENCES" => {
                 self.engine.max_audiences = value.parse().map_err(|e| bad(&e))?
+            }
+            "AUDIENCE_MAX_CACHED_PROFILES" => {
+                self.engine.max_cached_profiles = value.parse().map_err(|e| bad(&e))?
             }
             "AUDIENCE_MAX_CALCULATED_ATTRIBUTES" => {
                 self.engine.max_calculated_attributes = value.parse().map_err(|e| bad(&e))?

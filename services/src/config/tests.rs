@@ -179,3 +179,27 @@ fn storage_budgets_come_from_the_file_and_the_environment() {
         .to_string();
     assert!(refused.contains("AUDIENCE_STORE_CACHE_BYTES"), "{refused}");
 }
+
+/// The profile cache is the largest memory budget outside RocksDB's: it is set from the file,
+/// and from the environment without editing one.
+#[test]
+fn the_profile_cache_bound_comes_from_the_file_and_the_environment() {
+    let shipped: Config =
+        toml::from_str(include_str!("../../../deploy/engine.toml")).expect("engine.toml");
+    assert_eq!(
+        shipped.engine.max_cached_profiles,
+        Config::default().engine.max_cached_profiles
+    );
+    let mut config = Config::default();
+    config.set("AUDIENCE_MAX_CACHED_PROFILES", "2500").unwrap();
+    assert_eq!(config.engine.max_cached_profiles, 2500);
+    assert_eq!(config.settings().unwrap().max_cached_profiles, 2500);
+    let refused = config
+        .set("AUDIENCE_MAX_CACHED_PROFILES", "-1")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("AUDIENCE_MAX_CACHED_PROFILES"),
+        "{refused}"
+    );
+}

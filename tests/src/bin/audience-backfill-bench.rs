@@ -33,7 +33,7 @@ use audience_state::model::{
     DAY_MS,
 };
 use audience_state::profile::ProfileState;
-use audience_state::store::Store;
+use audience_state::store::{Store, StoreOptions};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -221,7 +221,14 @@ fn main() -> anyhow::Result<()> {
         }
         _ => false,
     };
-    let store = Arc::new(Store::open(&store_dir, false)?);
+    // BENCH_BACKFILL_MMAP=1: the store reads its files through memory maps
+    // (`storage.mmap_reads`), for comparing scans with and without them in one session.
+    let options = StoreOptions {
+        mmap_reads: env_or("BENCH_BACKFILL_MMAP", 0) != 0,
+        ..StoreOptions::default()
+    };
+    println!("  memory-mapped reads: {}", options.mmap_reads);
+    let store = Arc::new(Store::open_with(&store_dir, &options)?);
     if !reused {
         write_store(&store, now, profiles, events)?;
         if let Some(kept) = &kept {
