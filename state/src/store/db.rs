@@ -159,11 +159,11 @@ impl UnreadableRow {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Read options of the long forward scans of backfills: read ahead, so a page of profiles is
-/// a few large reads rather than one per block.
 /// A stored row: its key and its value.
 pub(super) type Row = (Box<[u8]>, Box<[u8]>);
 
+/// Read options of the long forward scans of backfills: read ahead, so a page of profiles is
+/// a few large reads rather than one per block.
 pub(super) fn scan_options() -> rocksdb::ReadOptions {
     let mut opts = rocksdb::ReadOptions::default();
     opts.set_readahead_size(1 << 20);
