@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// The production configuration file as shipped (`deploy/engine.toml`).
+fn shipped() -> Config {
+    toml::from_str(include_str!("../../../deploy/engine.toml")).expect("engine.toml")
+}
+
 /// The shipped configuration files parse (every key known) and listen on loopback only.
 #[test]
 fn the_shipped_configurations_parse_and_bind_loopback() {
@@ -20,8 +25,7 @@ fn the_shipped_configurations_parse_and_bind_loopback() {
         }
     }
     // The shipped production file asks for tokens; only the demo's runs without.
-    let shipped: Config =
-        toml::from_str(include_str!("../../../deploy/engine.toml")).expect("engine.toml");
+    let shipped = shipped();
     assert!(!shipped.auth.allow_unauthenticated);
     assert!(shipped.auth.sources().unwrap().is_configured());
     let defaults = Config::default();
@@ -83,8 +87,7 @@ fn grpc_call_bounds_come_from_the_environment() {
     let mut config = Config::default();
     let bounds = |c: &Config| (c.grpc.max_calls_per_connection, c.grpc.request_timeout_ms);
     assert_eq!(bounds(&config), (64, 60_000));
-    let shipped: Config =
-        toml::from_str(include_str!("../../../deploy/engine.toml")).expect("engine.toml");
+    let shipped = shipped();
     assert_eq!(bounds(&shipped), (64, 60_000));
     config
         .set("AUDIENCE_GRPC_MAX_CALLS_PER_CONNECTION", "8")
@@ -155,8 +158,7 @@ fn the_assignment_is_the_engines_with_the_changelog_unless_told_otherwise() {
 fn storage_budgets_come_from_the_file_and_the_environment() {
     let defaults = audience_state::store::StoreOptions::default();
     assert_eq!(Config::default().storage.store_options(), defaults);
-    let shipped: Config =
-        toml::from_str(include_str!("../../../deploy/engine.toml")).expect("engine.toml");
+    let shipped = shipped();
     assert_eq!(shipped.storage.store_options(), defaults);
     let mut config = Config::default();
     config.set("AUDIENCE_STORE_CACHE_BYTES", "1048576").unwrap();
@@ -184,8 +186,7 @@ fn storage_budgets_come_from_the_file_and_the_environment() {
 /// and from the environment without editing one.
 #[test]
 fn the_profile_cache_bound_comes_from_the_file_and_the_environment() {
-    let shipped: Config =
-        toml::from_str(include_str!("../../../deploy/engine.toml")).expect("engine.toml");
+    let shipped = shipped();
     assert_eq!(
         shipped.engine.max_cached_profiles,
         Config::default().engine.max_cached_profiles
