@@ -317,6 +317,7 @@ impl pb::admin_service_server::AdminService for Services {
             catalog_lag: catalog.lag,
             node_id: catalog.node_id,
             changelog_units_pending,
+            state_bytes_written: engine.store.partition_bytes_committed(),
         }))
     }
 }

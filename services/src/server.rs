@@ -154,6 +154,8 @@ async fn export_figures(
         ] {
             metrics::gauge!("audience_store_memory_bytes", "part" => part).set(bytes as f64);
         }
+        metrics::counter!("audience_state_bytes_written_total")
+            .absolute(node.engine.store.partition_bytes_committed());
         let owned = node.owned();
         let store = node.engine.store.clone();
         let Some(consumer) = consumer.upgrade() else {

@@ -285,6 +285,15 @@ async fn every_command_family_speaks_text_and_json() -> Result<()> {
     assert_eq!(stats[0]["size"], 10, "{stats:?}");
     let status = ctl.json(&["status"]);
     assert_eq!(status["messages_processed"], 11, "{status}");
+    assert!(
+        status["state_bytes_written"].as_u64().unwrap() > 11 * 100,
+        "eleven messages wrote their profiles: {status}"
+    );
+    let text = ctl.text(&["status"]);
+    assert!(
+        text.contains("state written ") && text.contains("KiB"),
+        "{text}"
+    );
     assert!(!status["partitions"].as_array().unwrap().is_empty());
     let clock = ctl.json(&["clock", "get"]);
     assert!(

@@ -57,6 +57,53 @@ fn appends_seal_and_read_back_in_order() {
     assert!(per_event < 20.0, "{per_event} bytes per event");
 }
 
+/// The tail is sealed small while the log is short (every append rewrites the head, tail
+/// included) and larger as the log grows (the head holds a summary per chunk), within the
+/// bounds; the head a long log rewrites stays a few KiB.
+#[test]
+fn the_seal_size_grows_with_the_log_within_its_bounds() {
+    let mut dict = Dictionary::default();
+    let mut log = EventLog::default();
+    assert_eq!(log.seal_at(), MIN_SEAL_BYTES, "an empty log seals early");
+    let mut sealed_sizes = Vec::new();
+    let mut largest_head = 0;
+    for i in 0..60_000 {
+        let e = custom(
+            "Search",
+            1_700_000_000_000 + i * 1000,
+            &[("query", &format!("shoe {i}"))],
+        );
+        log.append(&mut dict, e.timestamp_ms, &e);
+        largest_head = largest_head.max(log.encode().len());
+        sealed_sizes.extend(
+            log.take_writes()
+                .put_chunks
+                .iter()
+                .map(|(_, r)| r.len() - 1),
+        );
+    }
+    let first = sealed_sizes[0];
+    let last = *sealed_sizes.last().unwrap();
+    assert!(
+        (MIN_SEAL_BYTES..MIN_SEAL_BYTES + 64).contains(&first),
+        "{first}"
+    );
+    assert!(
+        last > 4 * first,
+        "a long log seals larger chunks: {first} then {last}"
+    );
+    assert!(sealed_sizes.iter().all(|&s| s < MAX_SEAL_BYTES + 64));
+    assert!(
+        sealed_sizes.windows(2).all(|w| w[1] + 64 >= w[0]),
+        "never much smaller"
+    );
+    // About 800 KiB of log in about 360 chunks (a log that grew from nothing: its first chunks
+    // are small): the head is the tail plus their summaries, about 13 KiB at most.
+    assert!(sealed_sizes.len() < 400, "{} chunks", sealed_sizes.len());
+    assert!(largest_head < 16 * 1024, "head of {largest_head} bytes");
+    assert_eq!(log.events(), 60_000);
+}
+
 #[test]
 fn bounds_drop_the_oldest_and_count_them() {
     let mut dict = Dictionary::default();
@@ -463,8 +510,12 @@ fn bounds_drop_whole_messages_and_hand_them_back() {
         .map(|i| custom("Search", 1_000 + i, &[("query", "shoes")]))
         .collect();
     for i in 0..6 {
-        log.append_message(&mut dict, &message(2_000 + i, 0, &events));
+        log.append_message(&mut dict, &message(2_000 + i, 1, &events));
     }
+    assert!(
+        log.sealed.is_empty(),
+        "the six messages are in the open tail"
+    );
     let limits = LogLimits {
         max_events: 7,
         max_bytes: 1 << 20,

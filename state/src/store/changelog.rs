@@ -151,11 +151,23 @@ impl Store {
     /// Commits a batch of a partition's state: as its next changelog unit when the batch is
     /// logged, as a plain write otherwise.
     pub fn commit_partition(&self, batch: WriteBatch<'_>, partition: Partition) -> StoreResult<()> {
+        let bytes = batch.size_in_bytes() as u64;
         if batch.ops().is_some() {
-            self.commit_owned_unit(batch, partition)
+            self.commit_owned_unit(batch, partition)?;
         } else {
-            self.commit(batch)
+            self.commit(batch)?;
         }
+        self.partition_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Bytes of the batches [`Store::commit_partition`] committed since the store was opened:
+    /// what the partitions' state costs the write-ahead log and the memtables, before flushes
+    /// and compactions rewrite it. Over the messages processed, the store's cost of one.
+    pub fn partition_bytes_committed(&self) -> u64 {
+        self.partition_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Commits a logged batch as the next unit of a partition this node claimed, under its

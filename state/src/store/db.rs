@@ -232,6 +232,9 @@ pub struct Store {
     /// read-modify-write): a position never goes back.
     pub(super) position_lock: std::sync::Mutex<()>,
     pub(super) changelog: ChangelogMode,
+    /// Bytes of the partitions' batches committed since the store was opened (see
+    /// [`Store::partition_bytes_committed`]).
+    pub(super) partition_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// Whether this node commits its partitions' writes as changelog units, and the epoch of its
@@ -305,6 +308,13 @@ impl WriteBatch<'_> {
 
     pub fn is_empty(&self) -> bool {
         self.batch.is_empty()
+    }
+
+    /// The bytes the batch hands RocksDB (keys, values and their framing): what its commit
+    /// writes to the write-ahead log and the memtables, before flushes and compactions
+    /// rewrite it.
+    pub fn size_in_bytes(&self) -> usize {
+        self.batch.size_in_bytes()
     }
 }
 
@@ -402,6 +412,7 @@ impl Store {
             unit_lock: std::sync::Mutex::new(()),
             position_lock: std::sync::Mutex::new(()),
             changelog: Default::default(),
+            partition_bytes: Default::default(),
         };
         store.migrate_connection_cursors()?;
         store.migrate_row_formats()?;

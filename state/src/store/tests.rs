@@ -58,6 +58,42 @@ fn one_batch_holds_state_deltas_timers_and_offsets() {
     assert!(store.read_outbox(7, 0, 10).unwrap().is_empty());
 }
 
+/// The partitions' commits are counted in bytes (keys, values, framing), from the store's
+/// opening: what a unit of work costs the store, for status and benchmarks.
+#[test]
+fn partition_commits_are_counted_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), false).unwrap();
+    assert_eq!(store.partition_bytes_committed(), 0);
+    let mut profile = ProfileState::new(9);
+    profile
+        .identities
+        .insert("email".into(), vec!["x".repeat(3_000)]);
+    let mut b = store.partition_batch();
+    b.put_profile(2, &profile);
+    let size = b.size_in_bytes() as u64;
+    assert!(size > 3_000, "{size}");
+    store.commit_partition(b, 2).unwrap();
+    assert_eq!(store.partition_bytes_committed(), size);
+    let mut b = store.partition_batch();
+    b.set_next_offset("events", 2, 5);
+    let more = b.size_in_bytes() as u64;
+    store.commit_partition(b, 2).unwrap();
+    assert_eq!(store.partition_bytes_committed(), size + more);
+    // Other writes (catalog, outputs) are not the partitions' state.
+    let mut b = store.batch();
+    b.set_audience_size(3, 2, 1);
+    store.commit(b).unwrap();
+    assert_eq!(store.partition_bytes_committed(), size + more);
+    drop(store);
+    let store = Store::open(dir.path(), false).unwrap();
+    assert_eq!(
+        store.partition_bytes_committed(),
+        0,
+        "counted since the store opened"
+    );
+}
+
 fn letter(offset: i64, payload: &[u8], limits: DeadLetterLimits) -> DeadLetter {
     DeadLetter::new(
         "events".into(),

@@ -173,7 +173,8 @@ async fn main() -> Result<()> {
     produce_all(&producer, &topics.events, first).await?;
     wait_processed(&ch, profiles, Duration::from_secs(3600)).await?;
     let preload = started.elapsed().as_secs_f64();
-    let deltas_before = status(&ch).await?.deltas_emitted;
+    let before = status(&ch).await?;
+    let deltas_before = before.deltas_emitted;
     println!(
         "new profiles (one batch of 9 events each): {:.0} batches/s, {:.0} events/s end to end \
          ({profiles} in {preload:.1} s; {deltas_before} deltas)",
@@ -196,7 +197,9 @@ async fn main() -> Result<()> {
     wait_processed(&ch, profiles + batches, Duration::from_secs(3600)).await?;
     wait_published(&ch, Duration::from_secs(3600)).await?;
     let live = started.elapsed().as_secs_f64();
-    let deltas = status(&ch).await?.deltas_emitted - deltas_before;
+    let after = status(&ch).await?;
+    let deltas = after.deltas_emitted - deltas_before;
+    let written_live = after.state_bytes_written - before.state_bytes_written;
     println!(
         "steady state, produced meanwhile on the same cores: {events} events in {batches} \
          batches in {live:.1} s (all produced after {produced:.1} s): {:.0} events/s, {:.0} \
@@ -224,8 +227,10 @@ async fn main() -> Result<()> {
     wait_processed(&ch, batches, Duration::from_secs(3600)).await?;
     wait_published(&ch, Duration::from_secs(3600)).await?;
     let filled = started.elapsed().as_secs_f64();
-    let mut per_partition: Vec<(u32, i64)> = status(&ch)
-        .await?
+    let filled_status = status(&ch).await?;
+    // The engine restarted: its count of bytes written is this phase's.
+    let written_filled = filled_status.state_bytes_written;
+    let mut per_partition: Vec<(u32, i64)> = filled_status
         .partitions
         .iter()
         .map(|p| {
@@ -250,6 +255,12 @@ async fn main() -> Result<()> {
          s: {:.0} events/s, {:.0} batches/s end to end",
         events as f64 / filled,
         batches as f64 / filled
+    );
+    println!(
+        "state written to the store (write batches, before compactions): {:.0} bytes per batch \
+         live, {:.0} from the filled topic",
+        written_live as f64 / batches as f64,
+        written_filled as f64 / batches as f64
     );
     println!("{}", rss_line(rss, parts));
     println!(

@@ -102,6 +102,7 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
                 "kept": s.dead_letters_kept,
             },
             "deltas_unpublishable": s.deltas_unpublishable,
+            "state_bytes_written": s.state_bytes_written,
             "partitions": s.partitions.iter().map(|p| serde_json::json!({
                 "partition": p.partition,
                 "outbox_head": p.outbox_head,
@@ -113,11 +114,12 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
         return Ok(());
     }
     say!(
-        "bootstrap {}  processed {}  dead-lettered {}  deltas {}",
+        "bootstrap {}  processed {}  dead-lettered {}  deltas {}  state written {}",
         s.bootstrap_servers,
         s.messages_processed,
         s.messages_dead_lettered,
-        s.deltas_emitted
+        s.deltas_emitted,
+        bytes_text(s.state_bytes_written)
     );
     let applied = match s.catalog_applied_offset {
         -1 => "none".to_string(),

@@ -74,6 +74,21 @@ pub fn when(ms: i64) -> String {
     }
 }
 
+/// A count of bytes for people, in the binary unit that keeps it short: `512 B`, `3.4 MiB`.
+pub fn bytes_text(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// An instant for scripts: RFC 3339 in UTC, or null for 0 (unset).
 pub fn when_json(ms: i64) -> Value {
     if ms == 0 {
@@ -271,5 +286,15 @@ mod tests {
         assert_eq!(value_json(&pb::AttributeValue { value: None }), Value::Null);
         assert_eq!(when(0), "never");
         assert_eq!(when_json(0), Value::Null);
+    }
+
+    #[test]
+    fn byte_counts_print_in_the_unit_that_keeps_them_short() {
+        assert_eq!(bytes_text(0), "0 B");
+        assert_eq!(bytes_text(1023), "1023 B");
+        assert_eq!(bytes_text(1024), "1.0 KiB");
+        assert_eq!(bytes_text(3 * 1024 * 1024 + 400 * 1024), "3.4 MiB");
+        assert_eq!(bytes_text(5 << 40), "5.0 TiB");
+        assert_eq!(bytes_text(u64::MAX), "16384.0 PiB");
     }
 }
