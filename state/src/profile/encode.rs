@@ -78,18 +78,8 @@ impl ProfileState {
     pub fn encode_derived(&self) -> Vec<u8> {
         let mut w = RowWriter::with_format(DERIVED_FORMAT, DERIVED_CAPACITY);
         w.series_of(&self.history, true);
-        w.len(self.memberships.len());
-        for (&audience, record) in &self.memberships {
-            w.unsigned(audience);
-            w.bool(record.member);
-            w.unsigned(record.version);
-            w.signed(record.changed_at_ms);
-        }
-        w.len(self.due.len());
-        for (&audience, &at) in &self.due {
-            w.unsigned(audience);
-            w.signed(at);
-        }
+        w.bytes_with(|out| super::derived::pack_memberships(out, &self.memberships));
+        w.bytes_with(|out| super::derived::pack_due(out, &self.due));
         w.out = postcard::to_extend(&self.calculated, w.out)
             .expect("calculated attributes always serialise");
         w.out
@@ -505,6 +495,44 @@ mod tests {
                 workspace_data: w.3,
             }
         })
+    }
+
+    /// Rows written before (derived format 1: every id and instant whole) still read.
+    #[test]
+    fn a_derived_row_of_format_1_still_reads() {
+        use crate::aggregate::CalcState;
+        let record = |member, version, changed_at_ms| super::super::derived::MemberRecord {
+            member,
+            version,
+            changed_at_ms,
+        };
+        // Ten memberships a message changed together, and their timers a week later.
+        let at = 1_796_374_800_000;
+        let ids = (0..10u64).map(|i| 3 + 7 * i);
+        let memberships: BTreeMap<_, _> = ids
+            .clone()
+            .map(|id| (id, record(id % 2 == 1, id, at)))
+            .collect();
+        let due: BTreeMap<_, _> = ids.map(|id| (id, at + 7 * DAY_MS)).collect();
+        let history: BTreeMap<String, EventSeries> = BTreeMap::new();
+        let calculated: BTreeMap<String, CalcState> = BTreeMap::new();
+        let mut row = vec![1u8];
+        row.extend(postcard::to_allocvec(&(&history, &memberships, &due, &calculated)).unwrap());
+        let mut profile = ProfileState::new(1);
+        profile.set_derived(ProfileState::decode_derived(&row).unwrap());
+        assert_eq!(profile.memberships, memberships);
+        assert_eq!(profile.due, due);
+        let written = profile.encode_derived();
+        assert_eq!(written[0], 2, "written in the packed format");
+        assert!(
+            written.len() < row.len(),
+            "{} bytes against {}",
+            written.len(),
+            row.len()
+        );
+        let mut back = ProfileState::new(1);
+        back.set_derived(ProfileState::decode_derived(&written).unwrap());
+        assert_eq!((back.memberships, back.due), (memberships, due));
     }
 
     proptest! {

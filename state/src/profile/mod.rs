@@ -16,9 +16,12 @@
 //! - `apply`: applying messages and logs to a profile, and evaluating the catalog's audiences
 //!   for it (the layer above the criteria and the catalog);
 //! - `encode`: the two stored rows written field by field, in the bytes postcard reads back
-//!   in `state`.
+//!   in `state`;
+//! - `derived`: the derived row's memberships and timers, packed (ids and instants as
+//!   distances from the one before).
 
 mod apply;
+mod derived;
 mod encode;
 pub mod state;
 

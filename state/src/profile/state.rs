@@ -20,12 +20,7 @@ pub struct NamedAttr {
     pub value: AttrValue,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberRecord {
-    pub member: bool,
-    pub version: u64,
-    pub changed_at_ms: TimestampMs,
-}
+pub use super::derived::MemberRecord;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProfileState {
@@ -491,8 +486,8 @@ impl ProfileState {
                 history: &self.history,
                 derived: true,
             },
-            memberships: &self.memberships,
-            due: &self.due,
+            memberships: super::derived::PackedMemberships(&self.memberships),
+            due: super::derived::PackedDue(&self.due),
             calculated: &self.calculated,
         };
         let mut out = vec![DERIVED_FORMAT];
@@ -543,7 +538,17 @@ impl ProfileState {
     /// The parts of a derived row ([`ProfileState::encode_derived`]).
     pub fn decode_derived(bytes: &[u8]) -> Result<DerivedParts, String> {
         match bytes.split_first() {
-            Some((&DERIVED_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+            Some((&DERIVED_FORMAT, rest)) => postcard::from_bytes::<PackedDerivedParts>(rest)
+                .map(|p| DerivedParts {
+                    history: p.history,
+                    memberships: p.memberships,
+                    due: p.due,
+                    calculated: p.calculated,
+                })
+                .map_err(|e| e.to_string()),
+            Some((&DERIVED_FORMAT_1, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| e.to_string())
+            }
             Some((v, _)) => Err(format!("unknown derived profile format {v}")),
             None => Err("empty derived profile record".to_string()),
         }
@@ -659,12 +664,23 @@ impl From<Core> for ProfileState {
 #[derive(Serialize)]
 struct DerivedRef<'a> {
     history: SeriesOf<'a>,
-    memberships: &'a BTreeMap<AudienceId, MemberRecord>,
-    due: &'a BTreeMap<AudienceId, TimestampMs>,
+    memberships: super::derived::PackedMemberships<'a>,
+    due: super::derived::PackedDue<'a>,
     calculated: &'a BTreeMap<String, CalcState>,
 }
 
-/// What a derived row holds (the same fields as `DerivedRef`, in its order).
+/// A derived row of the current format: `DerivedRef`'s fields, memberships and timers packed.
+#[derive(Deserialize)]
+struct PackedDerivedParts {
+    history: BTreeMap<String, EventSeries>,
+    #[serde(deserialize_with = "super::derived::memberships_from_bytes")]
+    memberships: BTreeMap<AudienceId, MemberRecord>,
+    #[serde(deserialize_with = "super::derived::due_from_bytes")]
+    due: BTreeMap<AudienceId, TimestampMs>,
+    calculated: BTreeMap<String, CalcState>,
+}
+
+/// What a derived row holds; as format 1 wrote it, every field in postcard's own form.
 #[derive(Debug, Deserialize)]
 pub struct DerivedParts {
     history: BTreeMap<String, EventSeries>,
@@ -691,8 +707,10 @@ const CORE_FORMAT_6: u8 = 6;
 const CORE_FORMAT_5: u8 = 5;
 const CORE_FORMAT_4: u8 = 4;
 
-/// Version byte of the derived row.
-pub(super) const DERIVED_FORMAT: u8 = 1;
+/// Version byte of the derived row (2: memberships and timers packed, see `super::derived`;
+/// rows of format 1 are still read).
+pub(super) const DERIVED_FORMAT: u8 = 2;
+const DERIVED_FORMAT_1: u8 = 1;
 
 #[cfg(test)]
 mod tests {
