@@ -174,6 +174,9 @@ fn event_of(step: &Step, at: i64) -> Event {
 struct StoredLog {
     log: EventLog,
     chunks: BTreeMap<u32, Vec<u8>>,
+    /// Something left the log (retention, bounds): the partition folds it into the profile's
+    /// base, which definitions created later do not read.
+    dropped: bool,
 }
 
 impl StoredLog {
@@ -195,6 +198,7 @@ impl StoredLog {
     fn commit(&mut self, now: i64, limits: LogLimits) {
         self.log.enforce(now - RETENTION, limits);
         let writes = self.log.take_writes();
+        self.dropped |= writes.dropped_any();
         for (seq, bytes) in writes.put_chunks {
             self.chunks.insert(seq, bytes);
         }
@@ -273,10 +277,24 @@ proptest! {
         let plan = BackfillPlan::new(&full, &audiences, &keys, |_| false);
         stored.backfill(&plan, &mut after, &dict, now);
 
+        // Audiences 8 and 10 read calculated attributes over all time (spend, last query): once
+        // events left the log (its oldest chunks past retention), a definition created after
+        // them counts from the first retained event (README: "Backfill"). Event criteria and
+        // windowed attributes look no further back than retention, and must agree.
+        let lifetime = |ids: Vec<u64>| -> Vec<u64> {
+            ids.into_iter()
+                .filter(|id| !(stored.dropped && [8, 10].contains(id)))
+                .collect()
+        };
         let mut t = now;
         for step in clock_moves {
             t += step;
-            prop_assert_eq!(members(&after, &full, t), members(&before, &full, t), "at {}", t);
+            prop_assert_eq!(
+                lifetime(members(&after, &full, t)),
+                lifetime(members(&before, &full, t)),
+                "at {}",
+                t
+            );
         }
     }
 }

@@ -166,29 +166,16 @@ pub(super) fn unpack_due(bytes: &[u8]) -> Result<BTreeMap<AudienceId, TimestampM
     Ok(due)
 }
 
-/// Postcard's view of the packed memberships: a byte string (for the row written by serde in
-/// tests, byte for byte the hand-written one).
+/// Postcard's view of a packed part: the byte string `pack` writes (for the row written by
+/// serde in tests, byte for byte the hand-written one).
 #[cfg(test)]
-pub(super) struct PackedMemberships<'a>(pub &'a BTreeMap<AudienceId, MemberRecord>);
+pub(super) struct Packed<'a, T>(pub &'a T, pub fn(&mut Vec<u8>, &T));
 
 #[cfg(test)]
-impl Serialize for PackedMemberships<'_> {
+impl<T> Serialize for Packed<'_, T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut out = Vec::new();
-        pack_memberships(&mut out, self.0);
-        serializer.serialize_bytes(&out)
-    }
-}
-
-/// Postcard's view of the packed timers.
-#[cfg(test)]
-pub(super) struct PackedDue<'a>(pub &'a BTreeMap<AudienceId, TimestampMs>);
-
-#[cfg(test)]
-impl Serialize for PackedDue<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut out = Vec::new();
-        pack_due(&mut out, self.0);
+        (self.1)(&mut out, self.0);
         serializer.serialize_bytes(&out)
     }
 }

@@ -486,8 +486,11 @@ impl ProfileState {
                 history: &self.history,
                 derived: true,
             },
-            memberships: super::derived::PackedMemberships(&self.memberships),
-            due: super::derived::PackedDue(&self.due),
+            memberships: super::derived::Packed(
+                &self.memberships,
+                super::derived::pack_memberships,
+            ),
+            due: super::derived::Packed(&self.due, super::derived::pack_due),
             calculated: &self.calculated,
         };
         let mut out = vec![DERIVED_FORMAT];
@@ -664,8 +667,8 @@ impl From<Core> for ProfileState {
 #[derive(Serialize)]
 struct DerivedRef<'a> {
     history: SeriesOf<'a>,
-    memberships: super::derived::PackedMemberships<'a>,
-    due: super::derived::PackedDue<'a>,
+    memberships: super::derived::Packed<'a, BTreeMap<AudienceId, MemberRecord>>,
+    due: super::derived::Packed<'a, BTreeMap<AudienceId, TimestampMs>>,
     calculated: &'a BTreeMap<String, CalcState>,
 }
 
