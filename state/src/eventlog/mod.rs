@@ -209,7 +209,13 @@ impl EventLog {
                 encode_event(out, dict, delta, &e.event, flags)
             });
         }
-        if self.tail.len() >= self.seal_at() {
+        self.seal_if_full();
+    }
+
+    /// Seals the tail once it reaches [`EventLog::seal_at`]; below the least size, without
+    /// summing the sealed chunks (every append asks).
+    fn seal_if_full(&mut self) {
+        if self.tail.len() >= MIN_SEAL_BYTES && self.tail.len() >= self.seal_at() {
             self.seal();
         }
     }
@@ -236,9 +242,7 @@ impl EventLog {
         self.push_entry(at, true, |out, delta| {
             encode_event(out, dict, delta, event, 0)
         });
-        if self.tail.len() >= self.seal_at() {
-            self.seal();
-        }
+        self.seal_if_full();
     }
 
     fn push_entry(
