@@ -22,6 +22,7 @@
 //! Ingest, timers and commits are here; the background scans of stored profiles (backfill of
 //! changed definitions, replay from the logs) are in `background`.
 
+mod activation;
 mod background;
 
 use crate::engine::Engine;
@@ -163,6 +164,18 @@ impl Cached {
             rebuilt: false,
             is_new: true,
             stored_due: None,
+            last_used: Instant::now(),
+        }
+    }
+
+    /// A profile as stored, with its log head.
+    fn stored(state: ProfileState, log: EventLog) -> Cached {
+        Cached {
+            stored_due: state.next_due(),
+            state,
+            log,
+            rebuilt: false,
+            is_new: false,
             last_used: Instant::now(),
         }
     }
@@ -330,40 +343,6 @@ impl PartitionActor {
         }
     }
 
-    /// Activates a profile: from the cache, else from RocksDB, else new.
-    fn activate(&mut self, mpid: Mpid) -> Result<&mut Cached, StoreError> {
-        if !self.cache.contains_key(&mpid) {
-            let store = self.engine.store.clone();
-            let stored = store.load_profile(self.partition, mpid)?;
-            let wiped = self
-                .replay
-                .is_some_and(|r| r.wiped && r.after.is_none_or(|after| mpid > after));
-            let cached = match stored {
-                Some(state) => Cached {
-                    log: store
-                        .load_log_head(self.partition, mpid)?
-                        .unwrap_or_default(),
-                    rebuilt: false,
-                    is_new: false,
-                    stored_due: state.next_due(),
-                    state,
-                    last_used: Instant::now(),
-                },
-                // Its state was wiped and the replay has not reached it: from its logs.
-                None if wiped => match store.load_profile_logs(self.partition, mpid)? {
-                    Some(logs) => self.rebuild_from_logs(logs).0,
-                    None => Cached::new(mpid),
-                },
-                // A log is only ever written with its profile: a new profile has none to read.
-                None => Cached::new(mpid),
-            };
-            self.cache.insert(mpid, cached);
-        }
-        let cached = self.cache.get_mut(&mpid).expect("inserted above");
-        cached.last_used = Instant::now();
-        Ok(cached)
-    }
-
     fn account(&mut self, deltas: &[Delta], pending: &mut Pending) {
         for d in deltas {
             let size = self.sizes.entry(d.audience_id).or_default();
@@ -418,76 +397,20 @@ impl PartitionActor {
         Ok(changed)
     }
 
-    /// [`Self::activate`] for a profile whose stored rows may not decode; the unreadable row
-    /// is set aside, and the profile goes on from what can be read:
-    /// - its state row: rebuilt from its base and log, its memberships from their history
-    ///   (the row is a cache of those), as if nothing happened (`Ok(true)`: rebuilt);
-    /// - its log head: the state row is whole, so the profile keeps it and its log starts
-    ///   again, empty, over a base of its current facts (the history its log held is lost to
-    ///   backfills of new definitions, never to the audiences it is in);
-    /// - both: nothing to go on from, and `Err` says why the message that needed it is
-    ///   dead-lettered.
-    fn activate_or_repair(
-        &mut self,
-        mpid: Mpid,
-        pending: &mut Pending,
-    ) -> Result<Result<bool, String>, StoreError> {
-        let row = match self.activate(mpid) {
-            Ok(_) => return Ok(Ok(false)),
-            Err(StoreError::Unreadable(row)) => *row,
-            Err(e) => return Err(e),
-        };
-        let why = format!("the stored state of MPID {mpid} is unreadable ({row}); set aside");
-        let state_unreadable = row.is_profile_state();
-        pending.quarantine.push(row);
-        let store = self.engine.store.clone();
-        if !state_unreadable {
-            if let Some(state) = store.load_profile(self.partition, mpid)? {
-                pending
-                    .reset_logs
-                    .insert(mpid, ProfileFacts::of(&state).encode());
-                pending.dirty.insert(mpid);
-                let cached = Cached {
-                    stored_due: state.next_due(),
-                    is_new: false,
-                    ..Cached::new(mpid)
-                };
-                self.cache.insert(mpid, Cached { state, ..cached });
-                tracing::warn!(
-                    partition = self.partition,
-                    mpid,
-                    "unreadable event log head: the log starts again over the current facts"
-                );
-                metrics::counter!("audience_eventlogs_restarted_total").increment(1);
-                return Ok(Ok(false));
-            }
-            return Ok(Err(why));
+    /// A message's payload decoded, with its input and (by GeoIP) its location; or the dead
+    /// letter that says why it cannot be.
+    fn decode(&self, message: &RawMessage, max_bytes: usize) -> Result<Inbound, Box<DeadLetter>> {
+        let payload = message.payload.as_deref().unwrap_or(&[]);
+        let settings = &self.engine.settings;
+        let content_type = message.content_type.as_deref();
+        let (mut inbound, source) =
+            decode_sourced(payload, content_type, max_bytes, &settings.source_field)
+                .map_err(|e| Box::new(self.dead_letter(message, e.reason_code(), e.to_string())))?;
+        inbound.set_input(settings.inputs.resolve(&message.topic, source.as_deref()));
+        if let (Inbound::Batch(batch), Some(geoip)) = (&mut inbound, &settings.geoip) {
+            locate(batch, geoip);
         }
-        match store.load_profile_logs(self.partition, mpid) {
-            Ok(Some(logs)) => {
-                let (cached, _) = self.rebuild_from_logs(logs);
-                self.cache.insert(mpid, cached);
-                tracing::warn!(
-                    partition = self.partition,
-                    mpid,
-                    "unreadable profile row rebuilt from its base and log"
-                );
-                metrics::counter!("audience_profiles_repaired_total").increment(1);
-                Ok(Ok(true))
-            }
-            // Stored before facts records: nothing to rebuild from.
-            Ok(None) => Ok(Err(why)),
-            Err(StoreError::Unreadable(other)) => {
-                pending.quarantine.push(*other);
-                Ok(Err(why))
-            }
-            // A membership record that does not decode either: nothing to rebuild from.
-            Err(StoreError::Corrupt { cf, key, reason }) => {
-                tracing::error!(cf, %key, %reason, "unreadable record; the profile cannot be rebuilt");
-                Ok(Err(why))
-            }
-            Err(e) => Err(e),
-        }
+        Ok(inbound)
     }
 
     /// The dead letter of a message that could not be applied, counted by `reason_code`.
@@ -518,6 +441,9 @@ impl PartitionActor {
         let mut pending = Pending::default();
         let max_bytes = self.engine.settings.max_message_bytes;
         let mut processed_by_topic: Vec<(String, u64)> = Vec::new();
+        // Decoded first, so that the profiles the batch needs are read from the store together;
+        // each message keeps its place, and its dead letter its place among the letters.
+        let mut decoded = Vec::with_capacity(messages.len());
         for message in messages {
             let known = self.next_offsets.get(&message.topic).copied();
             let next = known.unwrap_or(0);
@@ -544,31 +470,21 @@ impl PartitionActor {
                         .insert(message.topic.clone(), message.offset + 1);
                 }
             }
-            let payload = message.payload.as_deref().unwrap_or(&[]);
-            let settings = &self.engine.settings;
-            let decoded = decode_sourced(
-                payload,
-                message.content_type.as_deref(),
-                max_bytes,
-                &settings.source_field,
-            );
-            let inbound = match decoded {
-                Ok((mut inbound, source)) => {
-                    inbound.set_input(settings.inputs.resolve(&message.topic, source.as_deref()));
-                    inbound
-                }
-                Err(error) => {
-                    let letter = self.dead_letter(&message, error.reason_code(), error.to_string());
-                    pending.dead_letters.push(letter);
+            let inbound = self.decode(&message, max_bytes);
+            decoded.push((message, inbound));
+        }
+        let mpids = decoded
+            .iter()
+            .filter_map(|(_, inbound)| inbound.as_ref().ok());
+        self.prefetch(mpids.map(Inbound::mpid).collect::<Vec<_>>())?;
+        for (message, inbound) in decoded {
+            let inbound = match inbound {
+                Ok(inbound) => inbound,
+                Err(letter) => {
+                    pending.dead_letters.push(*letter);
                     continue;
                 }
             };
-            let mut inbound = inbound;
-            if let (Inbound::Batch(batch), Some(geoip)) =
-                (&mut inbound, &self.engine.settings.geoip)
-            {
-                locate(batch, geoip);
-            }
             let mpid = inbound.mpid();
             let catalog = self.catalog.clone();
             let retention = self.engine.settings.retention_ms;
@@ -749,6 +665,7 @@ impl PartitionActor {
         if due.is_empty() {
             return Ok(());
         }
+        self.prefetch(due.iter().map(|(_, mpid)| *mpid))?;
         let mut pending = Pending::default();
         for (at, mpid) in due {
             let repaired = match self.activate_or_repair(mpid, &mut pending)? {

@@ -66,5 +66,6 @@ pub use deadletter::{DeadLetter, DeadLetterLimits};
 pub use deliveries::DeliveryPosition;
 pub use keys::{log_key, member_by_profile_key, profile_key};
 pub use logs::{ProfileLogs, ProfileWithLog, ReplayCursor};
+pub use profiles::LoadedProfile;
 pub use quarantine::Quarantined;
 pub use snapshot::SnapshotContents;

@@ -271,3 +271,56 @@ fn an_unreadable_definition_is_skipped_and_set_aside() {
         ("audiences", "3")
     );
 }
+
+#[test]
+fn a_batched_read_gives_each_profile_as_one_read_would_and_names_the_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_profiles(dir.path(), &[1, 5, 9, 12]);
+    let mut seen = ProfileState::new(12);
+    seen.last_seen_ms = 1_700_000_000_000;
+    seen.first_seen_ms = 1_600_000_000_000;
+    seen.identities
+        .insert("email".to_string(), vec!["a@example.com".to_string()]);
+    let mut b = store.batch();
+    b.put_profile(P, &seen);
+    b.delete(CF_EVENTLOG, log_key(P, 1, LOG_HEAD_SEQ));
+    store.commit(b).unwrap();
+    damage(&store, CF_DERIVED, &profile_key(P, 5), b"\x01\xff\xff");
+    damage(
+        &store,
+        CF_EVENTLOG,
+        &log_key(P, 9, LOG_HEAD_SEQ),
+        b"\xffnot a head",
+    );
+
+    // Unsorted and repeated, as a poll batch's MPIDs are; 3 was never stored.
+    let loaded = store
+        .load_profiles_with_heads(P, &[12, 3, 9, 1, 5, 12])
+        .unwrap();
+    let order: Vec<Mpid> = loaded.iter().map(|(m, _)| *m).collect();
+    assert_eq!(order, vec![1, 3, 5, 9, 12], "one entry per MPID, in order");
+    for (mpid, loaded) in loaded {
+        match (mpid, loaded) {
+            (3, None) => {}
+            (1 | 12, Some(Ok((state, log)))) => {
+                assert_eq!(Some(state), store.load_profile(P, mpid).unwrap());
+                let head = store.load_log_head(P, mpid).unwrap();
+                assert_eq!(
+                    log,
+                    head.unwrap_or_default(),
+                    "no head reads as an empty log"
+                );
+            }
+            (5, Some(Err(row))) => {
+                assert!(row.is_profile_state());
+                assert_eq!((row.cf, row.display_key.as_str()), ("derived", "2/5"));
+            }
+            (9, Some(Err(row))) => {
+                assert!(!row.is_profile_state());
+                assert_eq!((row.cf, row.display_key.as_str()), ("eventlog", "2/9/head"));
+            }
+            (mpid, other) => panic!("MPID {mpid}: {other:?}"),
+        }
+    }
+    assert!(store.load_profiles_with_heads(P, &[]).unwrap().is_empty());
+}
