@@ -82,6 +82,30 @@ pub struct AudienceSpec {
     pub access: Option<AudienceAccess>,
 }
 
+impl AudienceSpec {
+    /// What a clone of `source` saves: its criteria, external name, tags ("If you clone an
+    /// audience, its tags will be cloned, also"), scope and access, under `name` (empty:
+    /// "Copy of " and the source's name, cut to the longest name allowed).
+    pub fn clone_of(source: &AudienceRecord, name: String) -> AudienceSpec {
+        let name = match name.is_empty() {
+            true => format!("Copy of {}", source.name)
+                .chars()
+                .take(audience_state::catalog::MAX_NAME_CHARS)
+                .collect(),
+            false => name,
+        };
+        AudienceSpec {
+            name,
+            external_name: source.external_name.clone(),
+            criteria: source.criteria.clone(),
+            tags: source.tags.clone(),
+            workspaces: source.workspaces.clone(),
+            inputs: source.inputs.clone(),
+            access: Some(source.access),
+        }
+    }
+}
+
 mod tokens;
 
 pub struct Registry {

@@ -169,6 +169,7 @@ pub fn workspace_aware(path: &str) -> bool {
                 | "DeleteAudience"
                 | "ActivateAudience"
                 | "SaveAsDraft"
+                | "CloneAudience"
                 | "ListInputs"
                 | "EstimateAudience"
                 | "PreviewUpdate"
@@ -223,6 +224,7 @@ pub fn required_scope(path: &str) -> Option<Scope> {
             | "DeleteAudience"
             | "ActivateAudience"
             | "SaveAsDraft"
+            | "CloneAudience"
             | "SetEventTier"
             | "PutCalculatedAttribute"
             | "DeleteCalculatedAttribute",

@@ -579,6 +579,25 @@ impl pb::audience_service_server::AudienceService for Services {
             .map_err(convert::status)?;
         self.one(&caller, record).await
     }
+
+    async fn clone_audience(
+        &self,
+        req: Request<pb::CloneAudienceRequest>,
+    ) -> Result<Response<pb::Audience>, Status> {
+        let caller = req.metadata().clone();
+        let by = caller_name(&req);
+        let view = WorkspaceView::of(&req);
+        let r = req.into_inner();
+        let source = self.seen_audience(&view, r.id)?;
+        let spec = AudienceSpec::clone_of(&source, r.name);
+        self.check_saved(&view, &spec)?;
+        let record = self
+            .registry
+            .create(&by, spec, true)
+            .await
+            .map_err(convert::status)?;
+        self.one(&caller, record).await
+    }
 }
 
 type DeltaStream = Pin<Box<dyn Stream<Item = Result<pb::MembershipDelta, Status>> + Send>>;

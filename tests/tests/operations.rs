@@ -1,5 +1,6 @@
 //! What operators and tools rely on: health checking, reflection (grpcurl), Prometheus metrics,
-//! and the audience lifecycle (save as draft drops the members, activate brings them back).
+//! and the audience lifecycle (save as draft drops the members, activate brings them back, a
+//! clone is a draft calculated when activated).
 
 use audience_e2e::*;
 use audience_proto::v1 as pb;
@@ -150,6 +151,47 @@ async fn health_reflection_metrics_and_lifecycle() -> Result<()> {
         .into_inner()
         .audiences;
     assert_eq!(listed[0].stats.as_ref().map(|s| s.size), Some(1));
+
+    // A clone is a draft with no members until it is activated; then it is calculated from
+    // the stored profiles, as a new audience is.
+    let copy = audiences
+        .clone_audience(pb::CloneAudienceRequest {
+            id: gold.id,
+            name: String::new(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        (
+            copy.name.as_str(),
+            copy.status,
+            copy.criteria == gold.criteria
+        ),
+        ("Copy of gold", pb::AudienceStatus::Draft as i32, true),
+        "{copy:?}"
+    );
+    let memberships = profile(&ch, 11).await?.audiences;
+    assert!(!memberships.iter().any(|m| m.audience_id == copy.id));
+    audiences
+        .activate_audience(pb::AudienceIdRequest { id: copy.id })
+        .await?;
+    let joined = collect_deltas(&ch, vec![copy.id], "", Duration::from_secs(30), |d| {
+        !d.is_empty()
+    })
+    .await?;
+    assert_eq!((joined[0].mpid, joined[0].version), (11, 1));
+    let err = audiences
+        .clone_audience(pb::CloneAudienceRequest {
+            id: 998,
+            name: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().contains("998"), "{err:?}");
+    audiences
+        .delete_audience(pb::DeleteAudienceRequest { id: copy.id })
+        .await?;
 
     // Deleting an unknown audience names it; deleting a real one removes it.
     let err = audiences

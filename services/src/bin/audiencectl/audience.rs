@@ -1,5 +1,5 @@
 //! `audiencectl audience ...`: create, load, list, get, update, wait, estimate, diff, delete,
-//! activate and draft audiences.
+//! activate, draft and clone audiences.
 
 use crate::client::{all_pages, PAGE_SIZE};
 use crate::print::*;
@@ -73,6 +73,14 @@ pub enum AudienceCmd {
     },
     Draft {
         id: u64,
+    },
+    /// Copy an audience as a draft: its criteria, external name, tags, scope and access (not
+    /// its members or connections).
+    Clone {
+        id: u64,
+        /// The copy's name (default: "Copy of" and the original's name).
+        #[arg(long, default_value = "")]
+        name: String,
     },
 }
 
@@ -262,6 +270,13 @@ pub async fn command(ctx: &Ctx, cmd: AudienceCmd) -> anyhow::Result<()> {
             ctx,
             &client
                 .save_as_draft(pb::AudienceIdRequest { id })
+                .await?
+                .into_inner(),
+        ),
+        AudienceCmd::Clone { id, name } => audience(
+            ctx,
+            &client
+                .clone_audience(pb::CloneAudienceRequest { id, name })
                 .await?
                 .into_inner(),
         ),
