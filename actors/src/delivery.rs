@@ -299,6 +299,7 @@ impl DeliveryLoop {
 
     async fn run(self) {
         let id = self.connection.id;
+        self.start_window().await;
         loop {
             if let Ok(Some(_)) = self.engine.store.fault(id) {
                 self.figures.lock().faulted = true;
@@ -336,6 +337,36 @@ impl DeliveryLoop {
         }
     }
 
+    /// Starts the connection's 24-hour adds and drops from what it delivered before: its
+    /// audience's deltas in the outbox through its stored position in each partition this
+    /// node owns (what it sends from here on is recorded as it goes). Without this, a restart
+    /// would show zero until a day of deltas had been sent again.
+    async fn start_window(&self) {
+        let engine = self.engine.clone();
+        let (id, audience) = (self.connection.id, self.connection.audience_id);
+        let seeded = tokio::task::spawn_blocking(move || {
+            let mut window = ChangeWindow::default();
+            let now = engine.clock.now();
+            let partitions: Vec<Partition> = engine.partitions.lock().iter().copied().collect();
+            for p in partitions {
+                if let Some(DeliveryPosition::Delivered(through)) =
+                    engine.store.delivery_position(p, id)?
+                {
+                    let ours = |d: &Delta| d.audience_id == audience;
+                    window.record_outbox(&engine.store, p, through, now, ours)?;
+                }
+            }
+            Ok::<_, StoreError>(window)
+        })
+        .await;
+        match seeded {
+            Ok(Ok(window)) => *self.window.lock() = window,
+            Ok(Err(e)) => tracing::warn!(connection = id, error = %e,
+                "the connection's 24-hour figures start from zero: its positions or outbox are unreadable"),
+            Err(e) => tracing::warn!(connection = id, error = %e, "24-hour figures not read"),
+        }
+    }
+
     /// One pass over the partitions this node owns: for each, the audience's current members
     /// if the connection's first sync of it is not done, else what its outbox holds after the
     /// connection's position. Whether anything was read.
@@ -366,14 +397,26 @@ impl DeliveryLoop {
             .all(|(_, position)| matches!(position, Some(DeliveryPosition::Delivered(_))));
         let mut progressed = false;
         for (p, position) in positions {
+            let lost = match &position {
+                Some(position) => self.lost_after(p, position.needs_after())?,
+                None => false,
+            };
             let outcome = match position {
+                // Inactive while pruning passed it: what it missed is gone, so it syncs again
+                // from the members as they are, with the drops of those who left.
+                _ if lost => self.initial_sync(p, None, true).await.map(|()| true),
                 Some(DeliveryPosition::Delivered(after)) => {
                     self.deliver(p, after.max(self.read_to(p))).await
                 }
-                started => self
-                    .initial_sync(p, started.map(|s| s.needs_after()))
-                    .await
-                    .map(|()| true),
+                // A sync started before: the receiver may hold what it sent, and drops of
+                // members who left since it started are sent with it.
+                started => {
+                    let started = started.map(|s| s.needs_after());
+                    let with_drops = started.is_some();
+                    self.initial_sync(p, started, with_drops)
+                        .await
+                        .map(|()| true)
+                }
             };
             match outcome {
                 Ok(read) => progressed |= read,
@@ -383,6 +426,18 @@ impl DeliveryLoop {
             }
         }
         Ok(progressed)
+    }
+
+    /// Whether deltas after `after` in a partition's outbox were pruned before this connection
+    /// read them: pruning passes the positions of inactive connections.
+    fn lost_after(&self, p: Partition, after: u64) -> Result<bool, Halt> {
+        let store = &self.engine.store;
+        let head = store.outbox_head(p).map_err(|_| Halt::Faulted)?;
+        if head <= after {
+            return Ok(false);
+        }
+        let next = store.read_outbox(p, after, 1).map_err(|_| Halt::Faulted)?;
+        Ok(next.first().is_none_or(|(seq, _)| *seq > after + 1))
     }
 
     /// How far this loop read a partition's outbox without storing it (no delta of its
@@ -537,8 +592,15 @@ impl DeliveryLoop {
     /// before the scan as the position: deltas after it follow; those before are already in
     /// the members' versions (a receiver keeps the highest version, so an overlap is harmless).
     /// A sync interrupted and started again (`started`) keeps the head it started from, so the
-    /// deltas between it and now (drops of members already sent) follow.
-    async fn initial_sync(&self, p: Partition, started: Option<u64>) -> Result<(), Halt> {
+    /// deltas between it and now (drops of members already sent) follow. With `drops`, the
+    /// profiles that were members and left are sent as drops at their versions, for a
+    /// receiver that may hold them from before (a receiver of nothing ignores them).
+    async fn initial_sync(
+        &self,
+        p: Partition,
+        started: Option<u64>,
+        drops: bool,
+    ) -> Result<(), Halt> {
         let store = &self.engine.store;
         let audience = self.connection.audience_id;
         let mut head = started;
@@ -569,13 +631,19 @@ impl DeliveryLoop {
             }
             let mut items = Vec::new();
             for profile in &profiles {
-                let Some(record) = profile.memberships.get(&audience).filter(|r| r.member) else {
+                let Some(record) = profile.memberships.get(&audience) else {
                     continue;
                 };
+                if !record.member && !drops {
+                    continue;
+                }
                 let member = Delta {
                     audience_id: audience,
                     mpid: profile.mpid,
-                    kind: DeltaKind::Added,
+                    kind: match record.member {
+                        true => DeltaKind::Added,
+                        false => DeltaKind::Dropped,
+                    },
                     event_time_ms: record.changed_at_ms,
                     processing_time_ms: record.changed_at_ms,
                     version: record.version,

@@ -253,25 +253,12 @@ impl Engine {
             store.event_tiers()?,
             store.load_calculated()?,
         );
-        let mut partitions: BTreeSet<Partition> = store.known_partitions()?.into_iter().collect();
+        let partitions: BTreeSet<Partition> = store.known_partitions()?.into_iter().collect();
         let mut changes = ChangeWindow::default();
         let now = clock.now();
         // Rebuild the 24-hour figures from the outbox.
-        for &p in partitions.clone().iter() {
-            let mut after = 0;
-            loop {
-                let chunk = store.read_outbox(p, after, 10_000)?;
-                let Some(&(last, _)) = chunk.last() else {
-                    break;
-                };
-                for (_, delta) in &chunk {
-                    if delta.processing_time_ms > now - 24 * 3_600_000 {
-                        changes.record(delta);
-                    }
-                }
-                after = last;
-            }
-            partitions.insert(p);
+        for &p in &partitions {
+            changes.record_outbox(&store, p, u64::MAX, now, |_| true)?;
         }
         let (outbox_written, _) = watch::channel(0);
         let api_tokens = ArcSwap::from_pointee(store.load_api_tokens()?);

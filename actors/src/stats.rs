@@ -1,7 +1,11 @@
 //! Adds and drops per audience over a sliding 24 hours, in one-minute buckets, so size, adds,
-//! drops and volatility = (adds + drops) / size can be read at any moment.
+//! drops and volatility = (adds + drops) / size can be read at any moment. Windows are kept
+//! in memory, and started from the durable outbox (which keeps at least
+//! `outbox_retention_ms` of deltas, 7 days by default) when an engine or a delivery loop starts,
+//! so the figures survive a restart.
 
 use audience_state::model::{AudienceId, Delta, DeltaKind, TimestampMs};
+use audience_state::store::{Partition, Store, StoreError};
 use std::collections::{HashMap, VecDeque};
 
 const BUCKET_MS: i64 = 60_000;
@@ -62,6 +66,32 @@ impl ChangeWindow {
             DeltaKind::Added => slot.1 += 1,
             DeltaKind::Dropped => slot.2 += 1,
         }
+    }
+
+    /// Records the deltas of a partition's outbox, through sequence `through`, that were
+    /// processed in the 24 hours before `now` and that `keep` selects.
+    pub fn record_outbox(
+        &mut self,
+        store: &Store,
+        partition: Partition,
+        through: u64,
+        now: TimestampMs,
+        keep: impl Fn(&Delta) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut after = 0;
+        while after < through {
+            let page = store.read_outbox(partition, after, 10_000)?;
+            let Some(&(last, _)) = page.last() else {
+                break;
+            };
+            for (_, delta) in page.iter().take_while(|(seq, _)| *seq <= through) {
+                if delta.processing_time_ms > now - WINDOW_MS && keep(delta) {
+                    self.record(delta);
+                }
+            }
+            after = last;
+        }
+        Ok(())
     }
 
     /// (adds, drops) of an audience in the 24 hours before `now`.

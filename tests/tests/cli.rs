@@ -305,6 +305,46 @@ async fn every_command_family_speaks_text_and_json() -> Result<()> {
     assert_eq!(replay["running"], false, "{replay}");
     ctl.json_lines(&["connectors"]);
 
+    // Clone: a draft copy with the original's tags and criteria, under a new name.
+    let copy = ctl.json(&["audience", "clone", &id_text, "--name", "Gold again"]);
+    assert_eq!(
+        (&copy["name"], &copy["status"], &copy["tags"]),
+        (&json!("Gold again"), &json!("draft"), &json!(["cli"])),
+        "{copy}"
+    );
+    assert_ne!(copy["id"], id, "{copy}");
+    let copied = ctl.json(&["audience", "get", &copy["id"].to_string()]);
+    assert_eq!(copied["criteria"], got["criteria"]);
+    let text = ctl.text(&["audience", "clone", &id_text]);
+    assert!(text.contains("Copy of Gold viewers"), "{text}");
+
+    // Tags: several select the audiences carrying all of them; a tag has at most 18
+    // characters.
+    let tagged = |tags: &[&str]| {
+        let mut args = vec!["audience", "list"];
+        tags.iter().for_each(|t| args.extend(["--tag", *t]));
+        let listed = ctl.json_lines(&args);
+        listed
+            .iter()
+            .map(|a| a["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let vip = json!({"name": "VIP", "tags": ["cli", "vip", "eighteen-chars-xyz"],
+                     "criteria": definition["criteria"]});
+    let vip = write(dir.path(), "vip.json", &vip.to_string());
+    ctl.json(&["audience", "create", &vip, "--draft"]);
+    assert_eq!(tagged(&["cli"]).len(), 4, "{:?}", tagged(&["cli"]));
+    assert_eq!(tagged(&["CLI", "vip"]), vec!["VIP"]);
+    assert!(tagged(&["cli", "vip", "gold"]).is_empty());
+    let long = json!({"name": "long", "tags": ["cli", "nineteen-characters"],
+                      "criteria": definition["criteria"]});
+    let long = write(dir.path(), "long.json", &long.to_string());
+    let refused = ctl.error(&["audience", "create", &long]);
+    assert!(
+        refused.contains("tags[1]") && refused.contains("has 19 characters"),
+        "{refused}"
+    );
+
     // Calculated attributes, tiers, outputs and connections.
     let calc = write(
         dir.path(),
@@ -405,5 +445,147 @@ async fn every_command_family_speaks_text_and_json() -> Result<()> {
         .text(&["completions", "fish"])
         .contains("complete -c audiencectl"));
     let _ = std::io::stdout().flush();
+    Ok(())
+}
+
+/// A user's batch: an email, a tier and an age.
+fn tiered(mpid: i64, now: i64, tier: &str) -> Value {
+    let mut b = sdk_batch(mpid, now, vec![]);
+    b["user_identities"] = json!({"email": format!("u{mpid}@example.com")});
+    b["user_attributes"] = json!({"tier": tier, "age": 30 + mpid, "secret": "kept"});
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inactive_connection_chooses_its_attributes_sends_and_syncs_again_after_pruning(
+) -> Result<()> {
+    use audience_e2e::webhook::{members, receiver_view, start_hook, wait_for, webhook};
+    use audience_proto::v1 as pb;
+    let broker = Broker::start()?;
+    let topics = Topics::unique("clisync");
+    let dir = tempfile::tempdir()?;
+    let mut engine = Engine::start(&broker, &topics, &dir.path().join("engine"), "clisync")?;
+    let ch = engine.ready().await?;
+    let ctl = Ctl {
+        server: engine.grpc.clone(),
+        token: engine.client.token.clone(),
+    };
+    let gold = create_audience(
+        &ch,
+        "gold",
+        json!({"user_attribute": {"name": "tier", "op": "exact_match", "value": "gold"}}),
+    )
+    .await?;
+    let (hook, url) = start_hook().await?;
+    let mut outputs = pb::output_service_client::OutputServiceClient::new(ch.clone());
+    let output = webhook(
+        &mut outputs,
+        "crm",
+        &url,
+        &["email"],
+        json!({"linger_ms": 1}),
+    )
+    .await?;
+
+    // Created INACTIVE, sharing nothing; then its attributes are chosen.
+    let (gold_id, output_id) = (gold.id.to_string(), output.id.to_string());
+    let created = ctl.json(&[
+        "connection",
+        "create",
+        "--output-id",
+        &output_id,
+        &gold_id,
+        "--inactive",
+    ]);
+    let id = created["connection_id"]
+        .as_u64()
+        .expect("a connection")
+        .to_string();
+    let listed = ctl.json_lines(&["connection", "list", "--audience", &gold_id]);
+    assert_eq!(
+        (&listed[0]["status"], &listed[0]["shared_attributes"]),
+        (&json!("inactive"), &json!([])),
+        "{listed:?}"
+    );
+    let updated = ctl.json(&[
+        "connection",
+        "update",
+        &id,
+        "--share",
+        "tier",
+        "--share",
+        "age",
+    ]);
+    assert_eq!(
+        (&updated["status"], &updated["shared_attributes"]),
+        (&json!("inactive"), &json!(["tier", "age"])),
+        "{updated}"
+    );
+    let text = ctl.text(&["connection", "list"]);
+    assert!(
+        text.contains("inactive") && text.contains("shares tier, age"),
+        "{text}"
+    );
+
+    // Ten gold users: an inactive connection sends nothing.
+    let producer = broker.producer()?;
+    let now = engine_now(&ch).await?;
+    for mpid in 1..=10 {
+        produce_json(&producer, &topics.events, &tiered(mpid, now, "gold")).await?;
+    }
+    wait_processed(&ch, 10, Duration::from_secs(60)).await?;
+    assert!(hook.accepted.lock().unwrap().is_empty());
+
+    // Sending: the current members, with the chosen attributes only.
+    ctl.json(&["connection", "status", &id, "sending"]);
+    let all: Vec<i64> = (1..=10).collect();
+    wait_for("the ten members", Duration::from_secs(30), || {
+        members(&receiver_view(&hook)) == all
+    })
+    .await?;
+    let item = &receiver_view(&hook)[&3].2;
+    assert_eq!(
+        item["attributes"],
+        json!({"tier": "gold", "age": 33.0}),
+        "{item}"
+    );
+
+    // Inactive again while half leave, and long enough for the outbox to be pruned past it:
+    // it no longer holds pruning back.
+    ctl.json(&["connection", "status", &id, "inactive"]);
+    for mpid in 1..=5 {
+        produce_json(&producer, &topics.events, &tiered(mpid, now, "silver")).await?;
+    }
+    wait_processed(&ch, 15, Duration::from_secs(60)).await?;
+    advance_clock(&ch, 8 * 24 * 3_600_000).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let retained = collect_deltas(&ch, vec![gold.id], "", Duration::from_millis(500), |d| {
+            !d.is_empty()
+        })
+        .await?;
+        if retained.is_empty() {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the outbox was not pruned: {} deltas retained",
+            retained.len()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    // Sending again: the drops it missed are gone from the outbox, so it syncs again from the
+    // members as they are, with the drops of those who left, and the receiver agrees.
+    ctl.json(&["connection", "status", &id, "sending"]);
+    let staying: Vec<i64> = (6..=10).collect();
+    wait_for(
+        "the receiver to drop the five who left",
+        Duration::from_secs(30),
+        || members(&receiver_view(&hook)) == staying,
+    )
+    .await?;
+    let view = receiver_view(&hook);
+    assert!((1..=5).all(|m| view[&m].1 == "drop"), "{view:?}");
     Ok(())
 }

@@ -351,13 +351,14 @@ async fn a_receiver_equals_the_membership_after_a_kill_during_delivery() -> Resu
         json!({"batch_size": 5, "linger_ms": 1}),
     )
     .await?;
-    outputs
+    let connection = outputs
         .create_connection(pb::Connection {
             audience_id: gold.id,
             output_id: output.id,
             ..Default::default()
         })
-        .await?;
+        .await?
+        .into_inner();
 
     // 200 users join; then half of them leave (tier changes) while delivery is under way.
     let producer = broker.producer()?;
@@ -420,6 +421,28 @@ async fn a_receiver_equals_the_membership_after_a_kill_during_delivery() -> Resu
     )
     .await?;
     assert!(hook.accepted.lock().unwrap().len() > before_restart);
+
+    // The connection's 24-hour figures count what it delivered before the kill too (read from
+    // the outbox through its stored positions), not only what it sent after the restart.
+    let mut outputs = pb::output_service_client::OutputServiceClient::new(ch.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let figures = outputs
+            .get_connection(pb::ConnectionIdRequest { id: connection.id })
+            .await?
+            .into_inner()
+            .figures
+            .unwrap_or_default();
+        let counted = (figures.size, figures.adds_24h, figures.drops_24h);
+        if counted == (100, 200, 100) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "figures after the restart: {figures:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     Ok(())
 }
 

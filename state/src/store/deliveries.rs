@@ -8,7 +8,7 @@
 //! sent yet (its first sync); a sync started again keeps the outbox head it started from.
 
 use super::db::*;
-use crate::outputs::ConnectionId;
+use crate::outputs::{ConnectionId, ConnectionStatus};
 use std::collections::BTreeMap;
 
 /// A connection's position in one partition's outbox.
@@ -109,13 +109,19 @@ impl Store {
         Ok(out)
     }
 
-    /// The lowest position any existing connection still needs in a partition's outbox:
-    /// pruning stops there, so that a faulted, inactive or slow connection loses nothing. A
+    /// The lowest position any sending connection still needs in a partition's outbox:
+    /// pruning stops there, so that a faulted or slow connection loses nothing. An inactive
+    /// one does not hold pruning back for ever: when it sends again after pruning passed it,
+    /// it syncs again from the current members (and the drops of those who left). A
     /// connection without a position there starts with a sync of the current members and
     /// needs nothing older.
     pub fn lowest_connection_cursor(&self, partition: Partition) -> StoreResult<Option<u64>> {
         let mut lowest: Option<u64> = None;
-        for c in self.load_connections()? {
+        let connections = self.load_connections()?;
+        let sending = connections
+            .iter()
+            .filter(|c| c.status == ConnectionStatus::Sending);
+        for c in sending {
             if let Some(position) = self.delivery_position(partition, c.id)? {
                 let needs = position.needs_after();
                 lowest = Some(lowest.map_or(needs, |l| l.min(needs)));
@@ -280,6 +286,15 @@ mod tests {
         store.commit(b).unwrap();
         assert_eq!(store.delivery_position(0, 2).unwrap(), None);
         assert_eq!(store.lowest_connection_cursor(0).unwrap(), Some(30));
+        // An inactive connection holds nothing back: it syncs again when it sends.
+        let inactive = Connection {
+            status: ConnectionStatus::Inactive,
+            ..connection(1)
+        };
+        store
+            .put_json(&format!("connection/{:020}", 1), &inactive)
+            .unwrap();
+        assert_eq!(store.lowest_connection_cursor(0).unwrap(), None);
     }
 
     #[test]

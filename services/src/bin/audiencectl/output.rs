@@ -49,6 +49,20 @@ pub enum ConnectionCmd {
         #[arg(long, default_value_t = 0)]
         audience: u64,
     },
+    /// Change a connection's shared user attributes or settings; what is not given is kept.
+    /// Its delivery starts again with them (an inactive connection keeps waiting).
+    Update {
+        id: u64,
+        /// The user attributes shared from now on (repeat the flag; replaces the list).
+        #[arg(long = "share")]
+        shared_attributes: Vec<String>,
+        /// Share no user attributes from now on.
+        #[arg(long, conflicts_with = "shared_attributes")]
+        share_none: bool,
+        /// The connection's settings, a JSON object (replaces them).
+        #[arg(long)]
+        settings: Option<String>,
+    },
     /// Set a connection sending or inactive.
     Status {
         id: u64,
@@ -164,6 +178,8 @@ pub async fn connection(ctx: &Ctx, cmd: ConnectionCmd) -> anyhow::Result<()> {
                 "audience_id": c.audience_id,
                 "output_id": c.output_id,
                 "status": if c.status == pb::ConnectionStatus::Inactive as i32 { "inactive" } else { "sending" },
+                "shared_attributes": c.shared_attributes,
+                "settings": c.settings.as_ref().map(struct_to_json),
                 "faulted": c.faulted,
                 "size": f.size,
                 "adds_24h": f.adds_24h,
@@ -175,8 +191,12 @@ pub async fn connection(ctx: &Ctx, cmd: ConnectionCmd) -> anyhow::Result<()> {
                 "unsendable": f.unsendable,
             }));
         }
+        let shares = match c.shared_attributes.is_empty() {
+            true => String::new(),
+            false => format!("  shares {}", c.shared_attributes.join(", ")),
+        };
         say!(
-            "{:>4} audience {:>4} -> output {:>3}  {:<8} size {} adds {} drops {} volatility {:.3}  sent {} failed {} retried {} unsendable {}{}",
+            "{:>4} audience {:>4} -> output {:>3}  {:<8} size {} adds {} drops {} volatility {:.3}  sent {} failed {} retried {} unsendable {}{shares}{}",
             c.id,
             c.audience_id,
             c.output_id,
@@ -240,6 +260,32 @@ pub async fn connection(ctx: &Ctx, cmd: ConnectionCmd) -> anyhow::Result<()> {
             })
             .await?;
             connections.iter().for_each(&show);
+        }
+        ConnectionCmd::Update {
+            id,
+            shared_attributes,
+            share_none,
+            settings,
+        } => {
+            let mut c = client
+                .get_connection(pb::ConnectionIdRequest { id })
+                .await?
+                .into_inner();
+            if share_none {
+                c.shared_attributes.clear();
+            } else if !shared_attributes.is_empty() {
+                c.shared_attributes = shared_attributes;
+            }
+            if let Some(text) = settings {
+                let json: serde_json::Value =
+                    serde_json::from_str(&text).context("--settings is not JSON")?;
+                anyhow::ensure!(
+                    json.is_object(),
+                    "--settings must be a JSON object, not {json}"
+                );
+                c.settings = Some(json_to_struct(&json));
+            }
+            show(&client.update_connection(c).await?.into_inner());
         }
         ConnectionCmd::Status { id, status } => {
             let mut c = client
