@@ -28,7 +28,7 @@ use audience_state::catalog::{AudienceRecord, Catalog};
 use audience_state::catalog_log::{
     Applied, CatalogRecord, CatalogState, Change, ImportedCatalog, Refusal, Touched,
 };
-use audience_state::outputs::Connection;
+use audience_state::outputs::{Connection, OnAudienceDelete};
 use audience_state::secrets::{seal_output, SecretKey};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -484,6 +484,14 @@ impl CatalogApplier {
             let Some(output) = state.outputs.get(&c.output_id) else {
                 continue;
             };
+            if output.on_audience_delete() == OnAudienceDelete::Leave {
+                tracing::info!(
+                    connection = c.id,
+                    output = output.id,
+                    "audience deleted; the output is left as it is (on_audience_delete = leave)"
+                );
+                continue;
+            }
             match self.deliveries.build(output) {
                 Ok(sink) => notices.push((c.clone(), sink)),
                 Err(e) => {

@@ -48,6 +48,21 @@ pub struct OutputConfig {
     pub updated_at_ms: TimestampMs,
 }
 
+/// What deleting an audience does downstream, per output (`settings.on_audience_delete`).
+/// None of the kinds here keeps an audience object of its own downstream to delete: the
+/// receiver is told, or left as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnAudienceDelete {
+    /// `notify` (the default): a message of type `audience_deleted` naming the audience
+    /// (webhook: a POST; kafka: a record; grpc: a batch to an attached receiver).
+    Notify,
+    /// `leave`: nothing is sent; the downstream copy stays as it is.
+    Leave,
+}
+
+/// The values of `settings.on_audience_delete`.
+pub const ON_AUDIENCE_DELETE: &[&str] = &["notify", "leave"];
+
 /// What the API shows in place of a secret's value.
 pub const REDACTED: &str = "********";
 
@@ -125,6 +140,14 @@ impl OutputConfig {
                 }
             }
         }
+        if let Some(v) = self.settings.get("on_audience_delete") {
+            if !v.as_str().is_some_and(|v| ON_AUDIENCE_DELETE.contains(&v)) {
+                return Err(DefinitionError::new(
+                    "settings.on_audience_delete",
+                    format!("{v} is not one of: {}", ON_AUDIENCE_DELETE.join(", ")),
+                ));
+            }
+        }
         for (key, max) in [
             ("batch_size", 10_000),
             ("linger_ms", 600_000),
@@ -141,6 +164,14 @@ impl OutputConfig {
             }
         }
         Ok(())
+    }
+
+    /// What deleting a connected audience does downstream ([`OnAudienceDelete`]).
+    pub fn on_audience_delete(&self) -> OnAudienceDelete {
+        match self.setting_str("on_audience_delete") {
+            Some("leave") => OnAudienceDelete::Leave,
+            _ => OnAudienceDelete::Notify,
+        }
     }
 
     pub fn setting_u64(&self, key: &str, default: u64) -> u64 {
@@ -534,6 +565,19 @@ mod tests {
         config.settings.insert("batch_size".into(), 0.into());
         assert_eq!(config.validate().unwrap_err().field, "settings.batch_size");
         config.settings.remove("batch_size");
+        assert_eq!(config.on_audience_delete(), OnAudienceDelete::Notify);
+        config
+            .settings
+            .insert("on_audience_delete".into(), "forget".into());
+        let refused = config.validate().unwrap_err();
+        assert_eq!(refused.field, "settings.on_audience_delete");
+        assert!(refused.reason.contains("notify, leave"), "{refused:?}");
+        config
+            .settings
+            .insert("on_audience_delete".into(), "leave".into());
+        config.validate().unwrap();
+        assert_eq!(config.on_audience_delete(), OnAudienceDelete::Leave);
+        config.settings.remove("on_audience_delete");
         config.kind = "kafka".into();
         assert_eq!(
             config.validate().unwrap_err().field,

@@ -302,7 +302,35 @@ async fn outputs_get_their_identities_and_survive_faults() -> Result<()> {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("1000"), "{refused:?}");
 
-    // Deleting an audience tells the webhook and removes its connections.
+    // An output set to leave its receiver as it is when an audience is deleted; a value it
+    // does not know is refused, naming the setting.
+    let (quiet, quiet_url) = start_hook().await?;
+    let refused = webhook(
+        &mut outputs,
+        "forgetful",
+        &quiet_url,
+        &["email"],
+        json!({"on_audience_delete": "forget"}),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        refused.contains("settings.on_audience_delete") && refused.contains("notify, leave"),
+        "{refused}"
+    );
+    let quiet_output = webhook(
+        &mut outputs,
+        "quiet",
+        &quiet_url,
+        &["email"],
+        json!({"on_audience_delete": "leave"}),
+    )
+    .await?;
+    connect(&ch, second.id, quiet_output.id).await?;
+
+    // Deleting an audience tells the webhook (on_audience_delete: notify, the default), leaves
+    // the quiet one alone, and removes its connections.
     audiences
         .delete_audience(pb::DeleteAudienceRequest { id: second.id })
         .await?;
@@ -314,6 +342,16 @@ async fn outputs_get_their_identities_and_survive_faults() -> Result<()> {
             .any(|b| b["type"] == "audience_deleted" && b["audience"]["id"] == second.id)
     })
     .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !quiet
+            .accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| b["type"] == "audience_deleted"),
+        "an output set to leave is told nothing"
+    );
     let left = outputs
         .list_connections(pb::ListConnectionsRequest {
             audience_id: second.id,
