@@ -381,11 +381,15 @@ impl DeliveryLoop {
                 tracing::warn!(connection = id, partition = p, error = %e, "position unreadable");
                 Halt::Faulted
             })?;
+            let head = store.outbox_head(p).map_err(|_| Halt::Faulted)?;
             if let Some(DeliveryPosition::Delivered(after)) = position {
-                let after = after.max(self.read_to(p));
-                queued += store.outbox_head(p).unwrap_or(0).saturating_sub(after);
+                queued += head.saturating_sub(after.max(self.read_to(p)));
             }
-            positions.push((p, position));
+            let lost = match &position {
+                Some(position) => self.lost_after(p, position.needs_after(), head)?,
+                None => false,
+            };
+            positions.push((p, position, lost));
         }
         // Outbox entries (of every audience) this connection has not read yet.
         metrics::gauge!("audience_connection_queued", "connection" => self.label())
@@ -394,13 +398,9 @@ impl DeliveryLoop {
         // cluster the figure is the AND of every node's).
         self.figures.lock().initial_sync_done = positions
             .iter()
-            .all(|(_, position)| matches!(position, Some(DeliveryPosition::Delivered(_))));
+            .all(|(_, position, _)| matches!(position, Some(DeliveryPosition::Delivered(_))));
         let mut progressed = false;
-        for (p, position) in positions {
-            let lost = match &position {
-                Some(position) => self.lost_after(p, position.needs_after())?,
-                None => false,
-            };
+        for (p, position, lost) in positions {
             let outcome = match position {
                 // Inactive while pruning passed it: what it missed is gone, so it syncs again
                 // from the members as they are, with the drops of those who left.
@@ -428,15 +428,17 @@ impl DeliveryLoop {
         Ok(progressed)
     }
 
-    /// Whether deltas after `after` in a partition's outbox were pruned before this connection
-    /// read them: pruning passes the positions of inactive connections.
-    fn lost_after(&self, p: Partition, after: u64) -> Result<bool, Halt> {
-        let store = &self.engine.store;
-        let head = store.outbox_head(p).map_err(|_| Halt::Faulted)?;
+    /// Whether deltas after `after` in a partition's outbox (whose head is `head`) were pruned
+    /// before this connection read them: pruning passes the positions of inactive connections.
+    fn lost_after(&self, p: Partition, after: u64, head: u64) -> Result<bool, Halt> {
         if head <= after {
             return Ok(false);
         }
-        let next = store.read_outbox(p, after, 1).map_err(|_| Halt::Faulted)?;
+        let next = self
+            .engine
+            .store
+            .read_outbox(p, after, 1)
+            .map_err(|_| Halt::Faulted)?;
         Ok(next.first().is_none_or(|(seq, _)| *seq > after + 1))
     }
 

@@ -473,10 +473,10 @@ impl PartitionActor {
             let inbound = self.decode(&message, max_bytes);
             decoded.push((message, inbound));
         }
-        let mpids = decoded
+        let decodable = decoded
             .iter()
             .filter_map(|(_, inbound)| inbound.as_ref().ok());
-        self.prefetch(mpids.map(Inbound::mpid).collect::<Vec<_>>())?;
+        self.prefetch(decodable.map(Inbound::mpid))?;
         for (message, inbound) in decoded {
             let inbound = match inbound {
                 Ok(inbound) => inbound,

@@ -252,10 +252,9 @@ impl Store {
         let key = log_key(partition, mpid, LOG_HEAD_SEQ);
         match self.db.get_pinned_cf(self.cf(CF_EVENTLOG), key)? {
             None => Ok(None),
-            Some(bytes) => EventLog::decode(&bytes).map(Some).map_err(|reason| {
-                let display = format!("{partition}/{mpid}/head");
-                UnreadableRow::new(partition, CF_EVENTLOG, &key, display, reason).into_error()
-            }),
+            Some(bytes) => decode_log_head(partition, mpid, &key, &bytes)
+                .map(Some)
+                .map_err(UnreadableRow::into_error),
         }
     }
 
@@ -367,17 +366,11 @@ impl Store {
             let mpid = from_ordered_i64(&k[4..12]);
             let entry = logs.found.entry(mpid).or_default();
             if k[12..] == LOG_HEAD_SEQ.to_be_bytes() {
-                match EventLog::decode(v) {
+                match decode_log_head(partition, mpid, k, v) {
                     Ok(head) => entry.0 = Some(head),
-                    Err(reason) => {
+                    Err(row) => {
                         logs.unreadable_heads.insert(mpid);
-                        unreadable.push(UnreadableRow::new(
-                            partition,
-                            CF_EVENTLOG,
-                            k,
-                            format!("{partition}/{mpid}/head"),
-                            reason,
-                        ));
+                        unreadable.push(row);
                     }
                 }
             } else {
@@ -431,4 +424,17 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// A stored log head decoded, or the row named as unreadable (`partition/mpid/head`).
+pub(super) fn decode_log_head(
+    partition: Partition,
+    mpid: Mpid,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<EventLog, UnreadableRow> {
+    EventLog::decode(bytes).map_err(|reason| {
+        let display = format!("{partition}/{mpid}/head");
+        UnreadableRow::new(partition, CF_EVENTLOG, key, display, reason)
+    })
 }

@@ -3,6 +3,7 @@
 
 use super::db::*;
 use super::keys::*;
+use super::logs::decode_log_head;
 use crate::eventlog::EventLog;
 use crate::model::{Mpid, TimestampMs};
 use crate::profile::ProfileState;
@@ -146,10 +147,7 @@ impl Store {
                 profile_from_rows(partition, key, &core, derived.as_deref()).and_then(|state| {
                     let log = match head {
                         None => EventLog::default(),
-                        Some(bytes) => EventLog::decode(&bytes).map_err(|reason| {
-                            let display = format!("{partition}/{}/head", state.mpid);
-                            UnreadableRow::new(partition, CF_EVENTLOG, head_key, display, reason)
-                        })?,
+                        Some(bytes) => decode_log_head(partition, state.mpid, head_key, &bytes)?,
                     };
                     Ok((state, log))
                 });
