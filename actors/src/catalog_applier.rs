@@ -23,6 +23,7 @@ use crate::catalog_topic::{
 use crate::delivery::Deliveries;
 use crate::node::Node;
 use crate::output_kinds::AudienceInfo;
+use audience_state::ab_test::downstream_name;
 use audience_state::audit::{self, AuditEntry};
 use audience_state::catalog::{AudienceRecord, Catalog};
 use audience_state::catalog_log::{
@@ -390,12 +391,23 @@ impl CatalogApplier {
             Ok(applied) => {
                 self.start_deliveries(state, applied);
                 let proposed_here = record.proposal.node == self.proposer.node();
-                if let (true, Applied::AudienceDeleted { id, connections }) =
-                    (proposed_here, applied)
-                {
-                    if let Some(audience) = previous.record(*id) {
-                        self.tell_outputs_of_deletion(audience, connections, state);
+                match (proposed_here, applied) {
+                    (true, Applied::AudienceDeleted { id, connections }) => {
+                        if let Some(audience) = previous.record(*id) {
+                            self.tell_outputs_of_deletion(audience, connections, state);
+                        }
                     }
+                    // A variation downstream is an audience of its own: its test's end
+                    // deletes it there as the audience's deletion would.
+                    (
+                        true,
+                        Applied::AbTestDeleted {
+                            audience,
+                            connections,
+                            ..
+                        },
+                    ) => self.tell_outputs_of_deletion(audience, connections, state),
+                    _ => {}
                 }
             }
             Err(refusal) => tracing::info!(
@@ -474,11 +486,7 @@ impl CatalogApplier {
         connections: &[Connection],
         state: &CatalogState,
     ) {
-        let name = if audience.external_name.trim().is_empty() {
-            audience.name.clone()
-        } else {
-            audience.external_name.clone()
-        };
+        let name = audience.downstream_name();
         let mut notices = Vec::new();
         for c in connections {
             let Some(output) = state.outputs.get(&c.output_id) else {
@@ -504,7 +512,8 @@ impl CatalogApplier {
             for (c, sink) in notices {
                 let info = AudienceInfo {
                     id: audience_id,
-                    name: name.clone(),
+                    name: downstream_name(&name, &c.variation),
+                    variation: c.variation.clone(),
                     connection_id: c.id,
                     connection_settings: c.settings.clone(),
                 };
@@ -520,7 +529,8 @@ impl CatalogApplier {
 fn gone_connections(applied: &Applied) -> Vec<u64> {
     match applied {
         Applied::Disconnected(id) => vec![*id],
-        Applied::AudienceDeleted { connections, .. } => connections.iter().map(|c| c.id).collect(),
+        Applied::AudienceDeleted { connections, .. }
+        | Applied::AbTestDeleted { connections, .. } => connections.iter().map(|c| c.id).collect(),
         _ => Vec::new(),
     }
 }

@@ -28,7 +28,8 @@ use crate::engine::Engine;
 use crate::network_guard::NetworkGuard;
 use crate::output_kinds::{build_output, AudienceInfo, Output, SendFailure};
 use crate::stats::{ChangeWindow, Figures};
-use audience_state::model::{AudienceId, Delta, DeltaKind};
+use audience_state::ab_test::{downstream_name, AbTest};
+use audience_state::model::{AudienceId, Delta, DeltaKind, Mpid};
 use audience_state::outputs::{
     backoff_ms, delivery_item, Connection, ConnectionId, ConnectionStatus, DeliveryItem, Fault,
     OutputConfig,
@@ -63,6 +64,8 @@ struct Running {
     figures: Arc<Mutex<ConnectionFigures>>,
     window: Arc<Mutex<ChangeWindow>>,
     audience_id: AudienceId,
+    /// The A/B test variation it sends; empty: the whole audience.
+    variation: String,
 }
 
 /// The delivery loops of a node, by connection.
@@ -170,6 +173,7 @@ impl Deliveries {
         let figures = Arc::new(Mutex::new(ConnectionFigures::default()));
         let window = Arc::new(Mutex::new(ChangeWindow::default()));
         let audience_id = connection.audience_id;
+        let variation = connection.variation.clone();
         let id = connection.id;
         let delivery = DeliveryLoop {
             engine: engine.clone(),
@@ -193,6 +197,7 @@ impl Deliveries {
                 figures,
                 window,
                 audience_id,
+                variation,
             },
         );
         // Two starts at once (the catalog follower and a restart): one loop per connection.
@@ -234,20 +239,73 @@ impl Deliveries {
     }
 
     /// Size, adds and drops in the last 24 hours and volatility, as this connection sent them.
+    /// The size of a variation's connection is counted from the members (the audience's size
+    /// is a stored counter).
     pub fn change_figures(&self, engine: &Engine, id: ConnectionId) -> Option<Figures> {
-        let running = self.running.lock();
-        let r = running.get(&id)?;
-        let size = engine
-            .figures(&[r.audience_id])
-            .ok()?
-            .first()
-            .map(|(_, f)| f.size)
-            .unwrap_or(0);
-        let (adds, drops) = r
-            .window
-            .lock()
-            .adds_drops(r.audience_id, engine.clock.now());
+        let (audience, variation, window) = {
+            let running = self.running.lock();
+            let r = running.get(&id)?;
+            (r.audience_id, r.variation.clone(), r.window.clone())
+        };
+        let size = match variation.as_str() {
+            "" => engine
+                .figures(&[audience])
+                .ok()?
+                .first()
+                .map(|(_, f)| f.size)
+                .unwrap_or(0),
+            variation => variation_size(engine, audience, variation).ok()?,
+        };
+        let (adds, drops) = window.lock().adds_drops(audience, engine.clock.now());
         Some(Figures::new(size, adds, drops))
+    }
+}
+
+/// The members of an audience's variation in the partitions this node owns.
+fn variation_size(
+    engine: &Engine,
+    audience: AudienceId,
+    variation: &str,
+) -> Result<u64, StoreError> {
+    let catalog = engine.catalog.load();
+    let Some(test) = catalog.record(audience).and_then(|r| r.ab_test.as_ref()) else {
+        return Ok(0);
+    };
+    let partitions: Vec<Partition> = engine.partitions.lock().iter().copied().collect();
+    let mut size = 0;
+    for p in partitions {
+        let mut after = None;
+        loop {
+            let page = engine
+                .store
+                .members_at(p, audience, i64::MAX, after, 10_000)?;
+            let Some(&last) = page.last() else {
+                break;
+            };
+            size += page
+                .iter()
+                .filter(|&&mpid| test.variation_of(audience, mpid) == variation)
+                .count() as u64;
+            after = Some(last);
+        }
+    }
+    Ok(size)
+}
+
+/// Which of an audience's members a connection sends: all, or one variation's (none once the
+/// test is gone: its connections go with it).
+struct MemberFilter {
+    audience: AudienceId,
+    variation: Option<(Option<AbTest>, String)>,
+}
+
+impl MemberFilter {
+    fn sends(&self, mpid: Mpid) -> bool {
+        match &self.variation {
+            None => true,
+            Some((None, _)) => false,
+            Some((Some(test), variation)) => test.variation_of(self.audience, mpid) == variation,
+        }
     }
 }
 
@@ -287,14 +345,25 @@ impl DeliveryLoop {
         let record = catalog.record(self.connection.audience_id)?;
         Some(AudienceInfo {
             id: record.id,
-            name: if record.external_name.trim().is_empty() {
-                record.name.clone()
-            } else {
-                record.external_name.clone()
-            },
+            name: downstream_name(&record.downstream_name(), &self.connection.variation),
+            variation: self.connection.variation.clone(),
             connection_id: self.connection.id,
             connection_settings: self.connection.settings.clone(),
         })
+    }
+
+    /// The members this connection sends, as the catalog has the audience's test now.
+    fn member_filter(&self) -> MemberFilter {
+        let audience = self.connection.audience_id;
+        let variation = (!self.connection.variation.is_empty()).then(|| {
+            let catalog = self.engine.catalog.load();
+            let test = catalog.record(audience).and_then(|r| r.ab_test.clone());
+            (test, self.connection.variation.clone())
+        });
+        MemberFilter {
+            audience,
+            variation,
+        }
     }
 
     async fn run(self) {
@@ -344,6 +413,7 @@ impl DeliveryLoop {
     async fn start_window(&self) {
         let engine = self.engine.clone();
         let (id, audience) = (self.connection.id, self.connection.audience_id);
+        let members = self.member_filter();
         let seeded = tokio::task::spawn_blocking(move || {
             let mut window = ChangeWindow::default();
             let now = engine.clock.now();
@@ -352,7 +422,7 @@ impl DeliveryLoop {
                 if let Some(DeliveryPosition::Delivered(through)) =
                     engine.store.delivery_position(p, id)?
                 {
-                    let ours = |d: &Delta| d.audience_id == audience;
+                    let ours = |d: &Delta| d.audience_id == audience && members.sends(d.mpid);
                     window.record_outbox(&engine.store, p, through, now, ours)?;
                 }
             }
@@ -460,9 +530,10 @@ impl DeliveryLoop {
         let Some(&(last, _)) = chunk.last() else {
             return Ok(false);
         };
+        let members = self.member_filter();
         let deltas: Vec<(u64, Delta)> = chunk
             .into_iter()
-            .filter(|(_, d)| d.audience_id == self.connection.audience_id)
+            .filter(|(_, d)| d.audience_id == self.connection.audience_id && members.sends(d.mpid))
             .collect();
         if deltas.is_empty() {
             // Nothing of this audience: the position is stored now and then only, not as a
@@ -574,7 +645,10 @@ impl DeliveryLoop {
         if item.is_none() {
             self.count_unsendable(1);
         }
-        item
+        item.map(|item| DeliveryItem {
+            variation: self.connection.variation.clone(),
+            ..item
+        })
     }
 
     async fn send_all(&self, items: &[DeliveryItem]) -> Result<(), Halt> {
@@ -607,6 +681,7 @@ impl DeliveryLoop {
         let audience = self.connection.audience_id;
         let mut head = started;
         let mut after = None;
+        let members = self.member_filter();
         loop {
             let head_before_scan = store.outbox_head(p).map_err(|_| Halt::Faulted)?;
             let page = store
@@ -632,7 +707,7 @@ impl DeliveryLoop {
                 head = Some(head_before_scan);
             }
             let mut items = Vec::new();
-            for profile in &profiles {
+            for profile in profiles.iter().filter(|p| members.sends(p.mpid)) {
                 let Some(record) = profile.memberships.get(&audience) else {
                     continue;
                 };

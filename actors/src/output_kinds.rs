@@ -56,10 +56,25 @@ impl SendFailure {
 #[derive(Debug, Clone)]
 pub struct AudienceInfo {
     pub id: AudienceId,
-    /// The external name when set, else the name.
+    /// The external name when set, else the name; for a connection of an A/B test variation,
+    /// followed by " - " and the variation's name.
     pub name: String,
+    /// The variation a connection sends; empty: the whole audience.
+    pub variation: String,
     pub connection_id: ConnectionId,
     pub connection_settings: BTreeMap<String, serde_json::Value>,
+}
+
+impl AudienceInfo {
+    /// The audience as webhook and Kafka messages name it (the variation only for a
+    /// connection of one).
+    pub fn json(&self) -> serde_json::Value {
+        let mut audience = serde_json::json!({"id": self.id, "name": self.name});
+        if !self.variation.is_empty() {
+            audience["variation"] = self.variation.clone().into();
+        }
+        audience
+    }
 }
 
 /// An output kind: where batches of items go, and what deleting an audience does there.
@@ -227,7 +242,7 @@ impl Output for Webhook {
     ) -> Result<(), SendFailure> {
         self.post(serde_json::json!({
             "type": "membership",
-            "audience": {"id": audience.id, "name": audience.name},
+            "audience": audience.json(),
             "connection_id": audience.connection_id,
             "settings": audience.connection_settings,
             "items": items,
@@ -238,7 +253,7 @@ impl Output for Webhook {
     async fn audience_deleted(&self, audience: &AudienceInfo) -> Result<(), SendFailure> {
         self.post(serde_json::json!({
             "type": "audience_deleted",
-            "audience": {"id": audience.id, "name": audience.name},
+            "audience": audience.json(),
             "connection_id": audience.connection_id,
         }))
         .await
@@ -391,7 +406,7 @@ impl Output for KafkaOutput {
         for item in items {
             let value = serde_json::json!({
                 "type": "membership",
-                "audience": {"id": audience.id, "name": audience.name},
+                "audience": audience.json(),
                 "connection_id": audience.connection_id,
                 "item": item,
             });
@@ -408,7 +423,7 @@ impl Output for KafkaOutput {
     async fn audience_deleted(&self, audience: &AudienceInfo) -> Result<(), SendFailure> {
         let value = serde_json::json!({
             "type": "audience_deleted",
-            "audience": {"id": audience.id, "name": audience.name},
+            "audience": audience.json(),
             "connection_id": audience.connection_id,
         });
         let id = format!("deleted:{}:{}", audience.id, audience.connection_id);

@@ -9,7 +9,7 @@ use crate::engine::Quotas;
 use crate::node::Node;
 use crate::output_kinds::build_output;
 use crate::registry::{unexpected, RegistryError};
-use audience_state::catalog_log::{Applied, Change};
+use audience_state::catalog_log::{check_variation, Applied, Change};
 use audience_state::criteria::DefinitionError;
 use audience_state::model::AudienceId;
 use audience_state::outputs::{
@@ -167,12 +167,21 @@ impl OutputRegistry {
         mut connection: Connection,
     ) -> Result<Connection, RegistryError> {
         let catalog = self.node.engine.catalog.load();
-        if catalog.record(connection.audience_id).is_none() {
+        let Some(audience) = catalog.record(connection.audience_id) else {
             return Err(invalid(
                 "audience_id",
                 format!("audience {} does not exist", connection.audience_id),
             ));
+        };
+        // A variation is named in any case; the connection keeps the test's spelling.
+        if let Some(name) = audience
+            .ab_test
+            .as_ref()
+            .and_then(|test| test.find(&connection.variation))
+        {
+            connection.variation = name.to_string();
         }
+        check_variation(audience, &connection.variation)?;
         self.output(connection.output_id).map_err(|_| {
             invalid(
                 "output_id",
@@ -240,6 +249,7 @@ impl OutputRegistry {
                         shared_attributes: shared_attributes.clone(),
                         created_at_ms: 0,
                         updated_at_ms: 0,
+                        variation: String::new(),
                     },
                 )
                 .await;

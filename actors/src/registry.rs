@@ -8,6 +8,7 @@
 use crate::catalog_applier::{CatalogApplier, SubmitError};
 use crate::engine::Quotas;
 use crate::node::Node;
+use audience_state::ab_test::{AbTest, Variation};
 use audience_state::calculated::CalculatedAttributeRecord;
 use audience_state::catalog::{event_tier, AudienceAccess, AudienceRecord, AudienceStatus};
 use audience_state::catalog_log::{Applied, Change, Refusal};
@@ -80,6 +81,9 @@ pub struct AudienceSpec {
     pub inputs: Vec<String>,
     /// Who else sees and uses it; `None`: private when created, unchanged when updated.
     pub access: Option<AudienceAccess>,
+    /// The A/B test it starts with (a clone's); ignored by an update: a test is created and
+    /// deleted by calls of its own.
+    pub ab_test: Option<AbTest>,
 }
 
 impl AudienceSpec {
@@ -102,6 +106,11 @@ impl AudienceSpec {
             workspaces: source.workspaces.clone(),
             inputs: source.inputs.clone(),
             access: Some(source.access),
+            // The same variations; the copy's members split afresh (its id is in the hash).
+            ab_test: source.ab_test.clone().map(|test| AbTest {
+                id: rand::random(),
+                ..test
+            }),
         }
     }
 }
@@ -182,6 +191,7 @@ impl Registry {
         record.tags = spec.tags;
         self.set_scope(&mut record, &spec.workspaces, &spec.inputs)?;
         record.access = spec.access.unwrap_or_default();
+        record.ab_test = spec.ab_test;
         if draft {
             record.status = AudienceStatus::Draft;
         }
@@ -258,6 +268,60 @@ impl Registry {
             },
         )
         .await
+    }
+
+    /// Starts an A/B test of `variations` on an audience that has none: its members split
+    /// into them from now on, Control holding the rest. Its definition and revision stay.
+    pub async fn create_ab_test(
+        &self,
+        by: &str,
+        id: AudienceId,
+        variations: Vec<Variation>,
+    ) -> Result<AudienceRecord, RegistryError> {
+        if self.get(id)?.ab_test.is_some() {
+            return Err(RegistryError::Conflict(format!(
+                "audience {id} has an A/B test already: delete it first"
+            )));
+        }
+        let test = AbTest::new(rand::random(), variations)?;
+        let record = self
+            .audience_change(by, Change::CreateAbTest { audience: id, test })
+            .await?;
+        tracing::info!(audience = id, "A/B test created");
+        Ok(record)
+    }
+
+    /// Ends an audience's A/B test, deleting its variations' connections (their outputs are
+    /// told as of a deleted audience).
+    pub async fn delete_ab_test(
+        &self,
+        by: &str,
+        id: AudienceId,
+    ) -> Result<AudienceRecord, RegistryError> {
+        if self.get(id)?.ab_test.is_none() {
+            return Err(RegistryError::Conflict(format!(
+                "audience {id} has no A/B test"
+            )));
+        }
+        match self
+            .catalog
+            .submit(by, Change::DeleteAbTest { audience: id })
+            .await?
+        {
+            Applied::AbTestDeleted {
+                audience,
+                connections,
+                ..
+            } => {
+                tracing::info!(
+                    audience = id,
+                    connections = connections.len(),
+                    "A/B test deleted with its variations' connections"
+                );
+                Ok(audience)
+            }
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Deletes an audience, and with it its connections (their outputs are told).

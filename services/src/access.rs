@@ -170,10 +170,13 @@ pub fn workspace_aware(path: &str) -> bool {
                 | "ActivateAudience"
                 | "SaveAsDraft"
                 | "CloneAudience"
+                | "CreateAbTest"
+                | "DeleteAbTest"
                 | "ListInputs"
                 | "EstimateAudience"
                 | "PreviewUpdate"
         ) | ("audience.v1.ProfileService", "GetProfile" | "Explain")
+            | ("audience.v1.DownloadService", _)
             | (
                 "audience.v1.MembershipService",
                 "Subscribe" | "ListMembers" | "GetMembershipHistory" | "GetAudienceStats"
@@ -225,6 +228,8 @@ pub fn required_scope(path: &str) -> Option<Scope> {
             | "ActivateAudience"
             | "SaveAsDraft"
             | "CloneAudience"
+            | "CreateAbTest"
+            | "DeleteAbTest"
             | "SetEventTier"
             | "PutCalculatedAttribute"
             | "DeleteCalculatedAttribute",
@@ -254,6 +259,11 @@ pub fn required_scope(path: &str) -> Option<Scope> {
             | "UpdateConnection" | "DeleteConnection" | "BulkConnect" | "Resume",
         ) => Write,
         ("audience.v1.OutputService", "Receive") => Subscribe,
+        // A download holds identities, as GetProfile shows them.
+        (
+            "audience.v1.DownloadService",
+            "StartDownload" | "GetDownload" | "ListDownloads" | "FetchDownload",
+        ) => Read,
         _ => Admin,
     };
     Some(scope)

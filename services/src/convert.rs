@@ -5,6 +5,7 @@ use audience_actors::latency::{DeltaLatency, Histogram};
 use audience_actors::registry::RegistryError;
 use audience_actors::stats::Figures;
 use audience_proto::v1 as pb;
+use audience_state::ab_test::AbTest;
 use audience_state::calculated::{value_of, CalcSpec, CalculatedAttributeRecord};
 use audience_state::catalog::{AudienceAccess, AudienceRecord, AudienceStatus};
 use audience_state::criteria::location_field;
@@ -130,6 +131,22 @@ pub fn audience(r: &AudienceRecord, figures: Option<&(Figures, DeltaLatency)>) -
         workspaces: r.workspaces.clone(),
         inputs: r.inputs.clone(),
         access: access_to_pb(r.access) as i32,
+        ab_test: r.ab_test.as_ref().map(ab_test),
+    }
+}
+
+/// A test as the API shows it: the variations created, then Control with the rest.
+pub fn ab_test(test: &AbTest) -> pb::AbTest {
+    pb::AbTest {
+        id: test.id,
+        variations: test
+            .split()
+            .map(|(name, percent)| pb::AbVariation {
+                name: name.to_string(),
+                percent,
+            })
+            .collect(),
+        created_at_ms: test.created_at_ms,
     }
 }
 

@@ -13,6 +13,7 @@ use audience_actors::deltas_tail::StreamError;
 use audience_actors::node::Node;
 use audience_actors::registry::{AudienceSpec, Registry};
 use audience_proto::v1 as pb;
+use audience_state::ab_test::Variation;
 use audience_state::calculated::CalculatedAttributeRecord;
 use audience_state::catalog::AudienceStatus;
 use std::pin::Pin;
@@ -63,6 +64,7 @@ macro_rules! spec_of {
             workspaces: $r.workspaces,
             inputs: $r.inputs,
             access: convert::access_of("access", $r.access)?,
+            ab_test: None,
         }
     };
 }
@@ -598,6 +600,48 @@ impl pb::audience_service_server::AudienceService for Services {
             .map_err(convert::status)?;
         self.one(&caller, record).await
     }
+
+    async fn create_ab_test(
+        &self,
+        req: Request<pb::CreateAbTestRequest>,
+    ) -> Result<Response<pb::Audience>, Status> {
+        let caller = req.metadata().clone();
+        let by = caller_name(&req);
+        let view = WorkspaceView::of(&req);
+        let r = req.into_inner();
+        self.owned_audience(&view, r.audience_id)?;
+        let variations = r
+            .variations
+            .into_iter()
+            .map(|v| Variation {
+                name: v.name,
+                percent: v.percent,
+            })
+            .collect();
+        let record = self
+            .registry
+            .create_ab_test(&by, r.audience_id, variations)
+            .await
+            .map_err(convert::status)?;
+        self.one(&caller, record).await
+    }
+
+    async fn delete_ab_test(
+        &self,
+        req: Request<pb::AudienceIdRequest>,
+    ) -> Result<Response<pb::Audience>, Status> {
+        let caller = req.metadata().clone();
+        let by = caller_name(&req);
+        let view = WorkspaceView::of(&req);
+        let id = req.into_inner().id;
+        self.owned_audience(&view, id)?;
+        let record = self
+            .registry
+            .delete_ab_test(&by, id)
+            .await
+            .map_err(convert::status)?;
+        self.one(&caller, record).await
+    }
 }
 
 type DeltaStream = Pin<Box<dyn Stream<Item = Result<pb::MembershipDelta, Status>> + Send>>;
@@ -652,6 +696,8 @@ impl pb::membership_service_server::MembershipService for Services {
             &self.node.arbiter(),
             tx,
         );
+        // Deltas carry their member's variation as the audience's test is when they are read.
+        let variations = self.node.engine.clone();
         let stream = async_stream(move |out| async move {
             let _slot = slot;
             loop {
@@ -664,6 +710,13 @@ impl pb::membership_service_server::MembershipService for Services {
                 let Some(item) = item else { break };
                 let msg = item
                     .map(|o| pb::MembershipDelta {
+                        variation: variations
+                            .catalog
+                            .load()
+                            .record(o.delta.audience_id)
+                            .and_then(|r| r.variation_of(o.delta.mpid))
+                            .unwrap_or_default()
+                            .to_string(),
                         audience_id: o.delta.audience_id,
                         mpid: o.delta.mpid,
                         kind: convert::delta_kind(o.delta.kind) as i32,

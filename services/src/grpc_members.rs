@@ -59,7 +59,13 @@ impl Services {
         if !self.peers.answers_alone(&caller) {
             every.extend(0..self.peers.cluster().await?.partitions);
         }
+        let types = match r.identity_types.is_empty() {
+            true => Vec::new(),
+            false => audience_state::download::identity_types(&r.identity_types)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?,
+        };
         let mut mpids = Vec::new();
+        let mut identities = Vec::new();
         let mut next_page_token = String::new();
         for p in every {
             if partition.is_some_and(|from| p < from) {
@@ -70,8 +76,9 @@ impl Services {
             }
             partition = Some(p);
             let want = page_size - mpids.len();
-            let page = if owned.contains(&p) {
+            let (page, page_identities) = if owned.contains(&p) {
                 let (engine, view, audience) = (engine.clone(), view.clone(), r.audience_id);
+                let types = types.clone();
                 off_runtime(move || {
                     let visible = |mpid| -> Result<bool, Status> {
                         let profile = engine
@@ -86,11 +93,16 @@ impl Services {
                             .members_at(p, audience, as_of, after, limit)
                             .map_err(convert::internal)
                     };
-                    if filtered {
-                        visible_members(after, want, read, visible)
+                    let page = if filtered {
+                        visible_members(after, want, read, visible)?
                     } else {
-                        read(after, want)
-                    }
+                        read(after, want)?
+                    };
+                    let identities = match types.is_empty() {
+                        true => Vec::new(),
+                        false => identities_here(&engine, p, &page, &types)?,
+                    };
+                    Ok((page, identities))
                 })
                 .await?
             } else {
@@ -100,8 +112,10 @@ impl Services {
                     as_of_ms: as_of,
                     page_size: want as u32,
                     page_token: after.map(|m| format!("{p}:{m}")).unwrap_or_default(),
+                    identity_types: types.clone(),
                 };
-                self.members_elsewhere(&caller, &peers, p, asked).await?
+                let answer = self.members_elsewhere(&caller, &peers, p, asked).await?;
+                (answer.mpids, answer.identities)
             };
             let full = page.len() == want;
             if let Some(last) = page.last() {
@@ -110,6 +124,7 @@ impl Services {
                 }
             }
             mpids.extend(page);
+            identities.extend(page_identities);
             if full {
                 break;
             }
@@ -118,6 +133,7 @@ impl Services {
             mpids,
             next_page_token,
             as_of_ms: as_of,
+            identities,
         }))
     }
 
@@ -130,7 +146,7 @@ impl Services {
         peers: &[Peer],
         p: u32,
         asked: pb::ListMembersRequest,
-    ) -> Result<Vec<i64>, Status> {
+    ) -> Result<pb::ListMembersResponse, Status> {
         let mut candidates: Vec<&Peer> =
             peers.iter().filter(|n| n.partitions.contains(&p)).collect();
         candidates.extend(peers.iter().filter(|n| !n.partitions.contains(&p)));
@@ -149,7 +165,7 @@ impl Services {
                 })
                 .await;
             match answers.remove(0) {
-                Ok(page) => return Ok(page.mpids),
+                Ok(page) => return Ok(page),
                 Err(e) if e.code() == tonic::Code::Unavailable => continue,
                 Err(e) => return Err(e),
             }
@@ -301,6 +317,43 @@ fn visible_members<E>(
         if exhausted {
             break;
         }
+    }
+    Ok(out)
+}
+
+/// The identities of `types` of members of a partition this node owns, in their order (a
+/// profile gone since is listed without any).
+fn identities_here(
+    engine: &audience_actors::engine::Engine,
+    p: u32,
+    mpids: &[i64],
+    types: &[String],
+) -> Result<Vec<pb::MemberIdentities>, Status> {
+    let mut out = Vec::with_capacity(mpids.len());
+    for &mpid in mpids {
+        let profile = engine
+            .store
+            .load_profile(p, mpid)
+            .map_err(convert::internal)?;
+        let identities = profile
+            .map(|profile| {
+                types
+                    .iter()
+                    .filter_map(|t| {
+                        let values = profile.identities.get(t)?;
+                        (!values.is_empty()).then(|| {
+                            (
+                                t.clone(),
+                                pb::StringList {
+                                    values: values.clone(),
+                                },
+                            )
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(pb::MemberIdentities { mpid, identities });
     }
     Ok(out)
 }

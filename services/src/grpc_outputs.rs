@@ -289,6 +289,7 @@ impl OutputServices {
             settings: Some(settings_struct(&c.settings)),
             shared_attributes: c.shared_attributes.clone(),
             created_at_ms: c.created_at_ms,
+            variation: c.variation.clone(),
             faulted: stored_fault.is_some(),
             fault: stored_fault
                 .as_ref()
@@ -317,6 +318,7 @@ impl OutputServices {
             shared_attributes: c.shared_attributes,
             created_at_ms: 0,
             updated_at_ms: 0,
+            variation: c.variation.trim().to_string(),
         })
     }
 
@@ -363,8 +365,10 @@ fn batch_message(b: StreamBatch) -> pb::DeliveryBatch {
                 idempotency_key: i.idempotency_key,
                 version: i.version,
                 event_time_ms: i.event_time_ms,
+                variation: i.variation,
             })
             .collect(),
+        variation: b.audience.variation,
     }
 }
 

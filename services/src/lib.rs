@@ -9,6 +9,7 @@ pub mod auth;
 pub mod blocking;
 pub mod config;
 pub mod convert;
+pub mod downloads;
 pub mod grpc;
 pub mod grpc_admin;
 pub mod grpc_figures;

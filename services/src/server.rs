@@ -110,6 +110,7 @@ async fn load_audiences(registry: &Registry, dir: &std::path::Path) -> anyhow::R
             workspaces: f.workspaces,
             inputs: f.inputs,
             access: f.access,
+            ab_test: None,
         };
         let record = registry
             .create("", spec, false)
@@ -766,6 +767,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.grpc.max_subscribers,
         ),
     };
+    let download_services = crate::downloads::DownloadServices {
+        services: services.clone(),
+        downloads: Arc::new(crate::downloads::Downloads::new(
+            config.storage.downloads(),
+        )?),
+    };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::audience_service_server::AudienceServiceServer<Services>>()
@@ -820,6 +827,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .add_service(
             pb::output_service_server::OutputServiceServer::new(output_services)
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            pb::download_service_server::DownloadServiceServer::new(download_services)
                 .max_decoding_message_size(max_message),
         )
         .add_service(

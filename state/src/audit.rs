@@ -111,6 +111,26 @@ fn describe(change: &Change, applied: Option<&Applied>) -> (&'static str, String
             ),
         ),
         (Change::DeleteAudience { id }, _) => ("delete_audience", format!("audience {id}")),
+        (Change::CreateAbTest { audience, test }, _) => (
+            "create_ab_test",
+            format!(
+                "audience {audience}: {}",
+                test.split()
+                    .map(|(name, percent)| format!("{name} {percent}%"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        (Change::DeleteAbTest { audience }, done) => {
+            let gone = match done {
+                Some(Applied::AbTestDeleted { connections, .. }) => connections.len(),
+                _ => 0,
+            };
+            (
+                "delete_ab_test",
+                format!("audience {audience}, with {gone} connections of its variations"),
+            )
+        }
         (
             Change::SetEventTier {
                 event_type,

@@ -5,6 +5,7 @@
 //! A catalog is immutable once built; the registry builds a new one on every definition change
 //! and partition actors swap it in between batches.
 
+use crate::ab_test::AbTest;
 use crate::calculated::{CalcSpec, CalculatedAttributeRecord, CalculatedDef};
 use crate::criteria::{
     compile_scoped, parse_definition, CalcLookup, CompiledAudience, Criterion, DefinitionError,
@@ -78,6 +79,10 @@ pub struct AudienceRecord {
     /// Who else sees and uses it (records written before access existed are private).
     #[serde(default)]
     pub access: AudienceAccess,
+    /// Its A/B test, if one runs: set and deleted by changes of its own, never by an edit of
+    /// the definition (see [`crate::ab_test`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ab_test: Option<AbTest>,
 }
 
 pub const MAX_TAG_CHARS: usize = 18;
@@ -183,6 +188,20 @@ impl AudienceRecord {
             workspaces: vec![],
             inputs: vec![],
             access: AudienceAccess::Private,
+            ab_test: None,
+        }
+    }
+
+    /// A member's A/B test variation, when a test runs.
+    pub fn variation_of(&self, mpid: crate::model::Mpid) -> Option<&str> {
+        self.ab_test.as_ref().map(|t| t.variation_of(self.id, mpid))
+    }
+
+    /// Its name downstream: the external name when set, else the name.
+    pub fn downstream_name(&self) -> String {
+        match self.external_name.trim() {
+            "" => self.name.clone(),
+            _ => self.external_name.clone(),
         }
     }
 

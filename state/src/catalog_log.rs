@@ -19,6 +19,7 @@
 //!   by entity instead would let compaction keep a refused edit in place of the accepted one
 //!   before it, and a node reading the compacted topic would end elsewhere.
 
+use crate::ab_test::AbTest;
 use crate::api_tokens::ApiTokenRecord;
 use crate::calculated::CalculatedAttributeRecord;
 use crate::catalog::{event_tier, AudienceRecord, Catalog};
@@ -57,6 +58,15 @@ pub enum Change {
     },
     DeleteAudience {
         id: AudienceId,
+    },
+    /// Starts an A/B test on an audience that has none (its definition and revision stay).
+    CreateAbTest {
+        audience: AudienceId,
+        test: AbTest,
+    },
+    /// Ends an audience's test: its variations go, and every connection of one.
+    DeleteAbTest {
+        audience: AudienceId,
     },
     /// The data tier of an event (type and selector name, lowercased at apply time).
     SetEventTier {
@@ -186,6 +196,13 @@ impl CatalogRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
     Audience(AudienceRecord),
+    /// The audience's test ended, and with it these connections of its variations (their
+    /// deliveries stop, and their outputs are told as of a deleted audience).
+    AbTestDeleted {
+        audience: AudienceRecord,
+        test: AbTest,
+        connections: Vec<Connection>,
+    },
     /// The audience is gone, and with it these connections (their deliveries stop, and
     /// their outputs are told).
     AudienceDeleted {
@@ -399,6 +416,11 @@ impl CatalogState {
                 audience.created_by = record.by.clone();
                 audience.updated_by = record.by.clone();
                 self.check_audience(&audience)?;
+                // A clone carries its original's test.
+                if let Some(test) = &mut audience.ab_test {
+                    test.validate()?;
+                    test.created_at_ms = at;
+                }
                 self.touched.audiences.insert(audience.id);
                 self.audiences.insert(audience.id, audience.clone());
                 Ok(Applied::Audience(audience))
@@ -421,6 +443,9 @@ impl CatalogState {
                 audience.updated_at_ms = at;
                 audience.created_by = current.created_by.clone();
                 audience.updated_by = record.by.clone();
+                // The test is changed by its own records only: an edit read before a test
+                // was created or deleted does not undo that.
+                audience.ab_test = current.ab_test.clone();
                 // Drafts are checked too, as the registry checks every save.
                 self.check_audience(&audience)?;
                 if let Some(conflict) = self.catalog(0).access_conflict(&audience) {
@@ -450,6 +475,56 @@ impl CatalogState {
                 self.touched.connections.extend(gone);
                 Ok(Applied::AudienceDeleted {
                     id: *id,
+                    connections,
+                })
+            }
+            Change::CreateAbTest { audience, test } => {
+                let current = self.audience(*audience)?;
+                if current.ab_test.is_some() {
+                    return Err(Refusal::Conflict(format!(
+                        "audience {audience} has an A/B test already: delete it first"
+                    )));
+                }
+                test.validate()?;
+                let mut changed = current.clone();
+                changed.ab_test = Some(AbTest {
+                    created_at_ms: at,
+                    ..test.clone()
+                });
+                changed.updated_at_ms = at;
+                changed.updated_by = record.by.clone();
+                self.touched.audiences.insert(changed.id);
+                self.audiences.insert(changed.id, changed.clone());
+                Ok(Applied::Audience(changed))
+            }
+            Change::DeleteAbTest { audience } => {
+                let current = self.audience(*audience)?;
+                let Some(test) = current.ab_test.clone() else {
+                    return Err(Refusal::NotFound(format!(
+                        "audience {audience} has no A/B test"
+                    )));
+                };
+                let mut changed = current.clone();
+                changed.ab_test = None;
+                changed.updated_at_ms = at;
+                changed.updated_by = record.by.clone();
+                let of_variations =
+                    |c: &Connection| c.audience_id == *audience && !c.variation.is_empty();
+                let connections: Vec<Connection> = self
+                    .connections
+                    .values()
+                    .filter(|c| of_variations(c))
+                    .cloned()
+                    .collect();
+                self.connections.retain(|_, c| !of_variations(c));
+                self.touched
+                    .connections
+                    .extend(connections.iter().map(|c| c.id));
+                self.touched.audiences.insert(changed.id);
+                self.audiences.insert(changed.id, changed.clone());
+                Ok(Applied::AbTestDeleted {
+                    audience: changed,
+                    test,
                     connections,
                 })
             }
@@ -592,6 +667,7 @@ impl CatalogState {
                 // A connection stays between the audience and the output it was made for.
                 connection.audience_id = current.audience_id;
                 connection.output_id = current.output_id;
+                connection.variation = current.variation.clone();
                 connection.created_at_ms = current.created_at_ms;
                 connection.updated_at_ms = at;
                 self.touched.connections.insert(connection.id);
@@ -672,13 +748,14 @@ impl CatalogState {
     }
 
     fn check_connection(&self, connection: &Connection) -> Result<(), Refusal> {
-        if !self.audiences.contains_key(&connection.audience_id) {
+        let Some(audience) = self.audiences.get(&connection.audience_id) else {
             return Err(DefinitionError::new(
                 "audience_id",
                 format!("audience {} does not exist", connection.audience_id),
             )
             .into());
-        }
+        };
+        check_variation(audience, &connection.variation)?;
         if !self.outputs.contains_key(&connection.output_id) {
             return Err(DefinitionError::new(
                 "output_id",
@@ -687,5 +764,36 @@ impl CatalogState {
             .into());
         }
         Ok(())
+    }
+}
+
+/// That a connection's variation (empty: the whole audience) is one of the audience's test,
+/// spelt as the test spells it.
+pub fn check_variation(audience: &AudienceRecord, variation: &str) -> Result<(), DefinitionError> {
+    if variation.is_empty() {
+        return Ok(());
+    }
+    let Some(test) = &audience.ab_test else {
+        return Err(DefinitionError::new(
+            "variation",
+            format!(
+                "audience {} has no A/B test: connect the whole audience (no variation)",
+                audience.id
+            ),
+        ));
+    };
+    match test.find(variation) {
+        Some(name) if name == variation => Ok(()),
+        _ => Err(DefinitionError::new(
+            "variation",
+            format!(
+                "audience {} has no variation \"{variation}\" (its variations: {})",
+                audience.id,
+                test.split()
+                    .map(|(name, _)| name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
     }
 }

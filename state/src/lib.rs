@@ -9,7 +9,9 @@
 //! - [`geo`]: the world-city gazetteer and distances, for location criteria.
 //! - [`backfill`]: rebuilding new or changed definitions from the event logs.
 //! - [`membership`]: membership history intervals and as-of answers.
+//! - [`download`]: audience downloads: the CSV rows, file names and manifest of the ZIP.
 //! - [`estimate`]: audience sizes from a stable, hash-based uniform sample of profiles.
+//! - [`ab_test`]: A/B tests, the stable split of an audience's members into variations.
 //! - [`catalog`]: the set of audiences and the index from changes to the audiences they affect.
 //! - [`outputs`]: output configurations, connections, what a delta becomes for an output.
 //! - [`profile`]: the per-MPID state machine: apply a message, evaluate, emit deltas.
@@ -19,6 +21,7 @@
 //!
 //! Invariant: every module but `store` is pure (no I/O, no clock): the caller passes `now`.
 
+pub mod ab_test;
 pub mod aggregate;
 pub mod api_tokens;
 pub mod audit;
@@ -29,6 +32,7 @@ pub mod catalog;
 pub mod catalog_log;
 pub mod changelog;
 pub mod criteria;
+pub mod download;
 pub mod estimate;
 pub mod eventlog;
 pub mod facts;

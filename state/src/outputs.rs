@@ -290,6 +290,10 @@ pub struct Connection {
     pub created_at_ms: TimestampMs,
     #[serde(default)]
     pub updated_at_ms: TimestampMs,
+    /// The A/B test variation it sends (its members only, named after it downstream); empty:
+    /// the whole audience. Kept for the connection's life; the test's deletion deletes it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub variation: String,
 }
 
 /// Why a connection stopped sending: the last failure after its retries ran out.
@@ -340,6 +344,9 @@ pub struct DeliveryItem {
     /// Per (audience, MPID); a receiver keeps the highest.
     pub version: u64,
     pub event_time_ms: TimestampMs,
+    /// The A/B test variation of the member, for a connection of a variation.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub variation: String,
 }
 
 /// What one membership change of `profile` becomes for an output accepting `accepted`
@@ -391,6 +398,7 @@ pub fn delivery_item(
         idempotency_key: format!("{audience_id}:{mpid}:{version}"),
         version,
         event_time_ms,
+        variation: String::new(),
     })
 }
 

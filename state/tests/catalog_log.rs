@@ -348,6 +348,7 @@ fn calculated_attributes_outputs_and_connections_follow_the_same_rules() {
                         shared_attributes: vec![],
                         created_at_ms: 0,
                         updated_at_ms: 0,
+                        variation: String::new(),
                     },
                 },
             ),
@@ -663,6 +664,7 @@ fn connection(audience_id: u64, output_id: u64) -> Connection {
         shared_attributes: vec![],
         created_at_ms: 0,
         updated_at_ms: 0,
+        variation: String::new(),
     }
 }
 
@@ -781,4 +783,140 @@ fn api_tokens_are_created_once_by_name_revoked_and_kept_as_digests() {
         .collect();
     assert_eq!(ops[0], ("create_token".into(), "token 'ci'".into()));
     assert_eq!(ops[4], ("revoke_token".into(), "token 'ci'".into()));
+}
+
+#[test]
+fn an_ab_test_splits_without_a_new_revision_and_its_end_takes_its_connections() {
+    use audience_state::ab_test::{AbTest, Variation};
+    let mut state = CatalogState::default();
+    let test = AbTest::new(
+        77,
+        vec![
+            Variation {
+                name: "Email".into(),
+                percent: 40,
+            },
+            Variation {
+                name: "Push".into(),
+                percent: 40,
+            },
+        ],
+    )
+    .unwrap();
+    let with_variation = |variation: &str| {
+        let mut c = connection(1, 2);
+        c.variation = variation.into();
+        Change::Connect { connection: c }
+    };
+    let outcome = apply_all(
+        &mut state,
+        0,
+        &[
+            record(
+                "a",
+                0,
+                Change::CreateAudience {
+                    audience: audience("lapsed", gold()),
+                },
+            ),
+            record(
+                "a",
+                1,
+                Change::CreateOutput {
+                    output: webhook("crm"),
+                },
+            ),
+            // No test yet: a variation is refused, naming the field.
+            record("a", 2, with_variation("Email")),
+            record(
+                "a",
+                3,
+                Change::CreateAbTest {
+                    audience: 1,
+                    test: test.clone(),
+                },
+            ),
+            record(
+                "a",
+                4,
+                Change::CreateAbTest {
+                    audience: 1,
+                    test: test.clone(),
+                },
+            ),
+            record("a", 5, with_variation("Email")),
+            record("a", 6, with_variation("Control")),
+            record("a", 7, with_variation("")),
+            record("a", 8, with_variation("SMS")),
+        ],
+    );
+    let refusal = outcome[2].as_ref().unwrap_err().to_string();
+    assert!(
+        refusal.contains("variation") && refusal.contains("no A/B test"),
+        "{refusal}"
+    );
+    assert!(
+        matches!(&outcome[3], Ok(Applied::Audience(a)) if a.revision == 1 && a.ab_test.is_some())
+    );
+    let again = outcome[4].as_ref().unwrap_err().to_string();
+    assert!(again.contains("has an A/B test already"), "{again}");
+    assert!(outcome[5..8].iter().all(|o| o.is_ok()), "{outcome:?}");
+    let unknown = outcome[8].as_ref().unwrap_err().to_string();
+    assert!(unknown.contains("Email, Push, Control"), "{unknown}");
+    assert_eq!(state.connections.len(), 3);
+
+    // An edit read before the test does not undo it, and keeps the split.
+    let mut stale = state.audiences[&1].clone();
+    stale.ab_test = None;
+    stale.criteria =
+        json!({"user_attribute": {"name": "tier", "op": "exact_match", "value": "silver"}});
+    let outcome = apply_all(
+        &mut state,
+        9,
+        &[record(
+            "b",
+            0,
+            Change::PutAudience {
+                audience: stale,
+                expected_revision: 1,
+            },
+        )],
+    );
+    assert!(matches!(&outcome[0], Ok(Applied::Audience(a)) if a.revision == 2));
+    assert_eq!(state.audiences[&1].ab_test.as_ref().map(|t| t.id), Some(77));
+
+    // The end of the test takes its variations' connections, not the whole audience's.
+    let outcome = apply_all(
+        &mut state,
+        10,
+        &[
+            record("b", 1, Change::DeleteAbTest { audience: 1 }),
+            record("b", 2, Change::DeleteAbTest { audience: 1 }),
+        ],
+    );
+    match &outcome[0] {
+        Ok(Applied::AbTestDeleted {
+            audience,
+            test,
+            connections,
+        }) => {
+            assert!(audience.ab_test.is_none());
+            assert_eq!(test.id, 77);
+            let gone: BTreeSet<&str> = connections.iter().map(|c| c.variation.as_str()).collect();
+            assert_eq!(gone, BTreeSet::from(["Email", "Control"]));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(outcome[1]
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("has no A/B test"));
+    let left: Vec<&Connection> = state.connections.values().collect();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].variation, "");
+    assert_eq!(
+        state.audiences[&1].revision, 2,
+        "no new revision: nobody is evaluated again"
+    );
 }

@@ -41,6 +41,7 @@ async fn list_members(ch: &Channel, audience: u64, page_size: u32) -> Result<Vec
                 as_of_ms: 0,
                 page_size,
                 page_token: token,
+                identity_types: Vec::new(),
             })
             .await?
             .into_inner();

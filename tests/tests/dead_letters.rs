@@ -133,6 +133,7 @@ async fn members(ch: &Channel, audience: u64) -> Result<BTreeSet<i64>> {
                 as_of_ms: 0,
                 page_size: 1000,
                 page_token: token,
+                identity_types: Vec::new(),
             })
             .await?
             .into_inner();

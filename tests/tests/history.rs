@@ -370,6 +370,7 @@ async fn definitions_made_after_the_events_see_them() -> Result<()> {
                     as_of_ms,
                     page_size: 7,
                     page_token,
+                    identity_types: Vec::new(),
                 })
                 .await?
                 .into_inner();

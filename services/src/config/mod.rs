@@ -308,9 +308,20 @@ pub struct StorageConfig {
     /// Read SST files through memory maps: cheaper backfills, but a resident set that grows
     /// with the store (AUDIENCE_STORE_MMAP_READS).
     pub mmap_reads: bool,
+    /// Where audience downloads are prepared and kept; empty: `downloads` in `path`
+    /// (AUDIENCE_DOWNLOADS_DIR).
+    pub downloads_dir: PathBuf,
 }
 
 impl StorageConfig {
+    /// The directory of audience downloads.
+    pub fn downloads(&self) -> PathBuf {
+        match self.downloads_dir.as_os_str().is_empty() {
+            true => self.path.join("downloads"),
+            false => self.downloads_dir.clone(),
+        }
+    }
+
     pub fn store_options(&self) -> audience_state::store::StoreOptions {
         audience_state::store::StoreOptions {
             sync_writes: self.sync_writes,
@@ -438,6 +449,7 @@ impl Default for StorageConfig {
             cache_bytes: store.cache_bytes,
             write_buffer_bytes: store.write_buffer_bytes,
             mmap_reads: store.mmap_reads,
+            downloads_dir: PathBuf::new(),
         }
     }
 }
@@ -510,6 +522,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "storage.write_buffer_bytes",
     ),
     ("AUDIENCE_STORE_MMAP_READS", "storage.mmap_reads"),
+    ("AUDIENCE_DOWNLOADS_DIR", "storage.downloads_dir"),
     ("AUDIENCE_CATALOG_TOPIC", "catalog.topic"),
     ("AUDIENCE_NODE_ID", "catalog.node_id"),
     ("AUDIENCE_CHANGELOG", "cluster.changelog"),
@@ -648,6 +661,7 @@ impl Config {
             "AUDIENCE_STORE_MMAP_READS" => {
                 self.storage.mmap_reads = value.parse().map_err(|e| bad(&e))?
             }
+            "AUDIENCE_DOWNLOADS_DIR" => self.storage.downloads_dir = value.into(),
             "AUDIENCE_CATALOG_TOPIC" => self.catalog.topic = value.into(),
             "AUDIENCE_NODE_ID" => self.catalog.node_id = value.into(),
             "AUDIENCE_CHANGELOG" => self.cluster.changelog = value.parse().map_err(|e| bad(&e))?,

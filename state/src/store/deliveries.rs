@@ -203,6 +203,7 @@ mod tests {
             shared_attributes: Vec::new(),
             created_at_ms: 0,
             updated_at_ms: 0,
+            variation: String::new(),
         }
     }
 

@@ -1,5 +1,5 @@
 //! `audiencectl audience ...`: create, load, list, get, update, wait, estimate, diff, delete,
-//! activate, draft and clone audiences.
+//! activate, draft and clone audiences, and their A/B tests.
 
 use crate::client::{all_pages, PAGE_SIZE};
 use crate::print::*;
@@ -82,6 +82,27 @@ pub enum AudienceCmd {
         #[arg(long, default_value = "")]
         name: String,
     },
+    /// An audience's A/B test: its members split into variations, each connected to outputs
+    /// on its own (`connection create --variation`).
+    Test {
+        #[command(subcommand)]
+        cmd: TestCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TestCmd {
+    /// Start a test: up to 5 variations, "NAME=PERCENT" or "PERCENT" (named "Variation N");
+    /// Control holds the rest.
+    Create {
+        id: u64,
+        #[arg(long = "variation", required = true)]
+        variations: Vec<String>,
+    },
+    /// The test's variations and their shares, Control last.
+    Show { id: u64 },
+    /// End the test: its variations and their connections are deleted.
+    Delete { id: u64 },
 }
 
 pub async fn command(ctx: &Ctx, cmd: AudienceCmd) -> anyhow::Result<()> {
@@ -280,8 +301,71 @@ pub async fn command(ctx: &Ctx, cmd: AudienceCmd) -> anyhow::Result<()> {
                 .await?
                 .into_inner(),
         ),
+        AudienceCmd::Test { cmd } => test_command(ctx, &mut client, cmd).await?,
     }
     Ok(())
+}
+
+async fn test_command(
+    ctx: &Ctx,
+    client: &mut AudienceServiceClient<AuthChannel>,
+    cmd: TestCmd,
+) -> anyhow::Result<()> {
+    let a = match cmd {
+        TestCmd::Create { id, variations } => {
+            let variations = variations
+                .iter()
+                .map(|v| variation_arg(v))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            client
+                .create_ab_test(pb::CreateAbTestRequest {
+                    audience_id: id,
+                    variations,
+                })
+                .await?
+                .into_inner()
+        }
+        TestCmd::Show { id } => client
+            .get_audience(pb::GetAudienceRequest { id })
+            .await?
+            .into_inner(),
+        TestCmd::Delete { id } => client
+            .delete_ab_test(pb::AudienceIdRequest { id })
+            .await?
+            .into_inner(),
+    };
+    if ctx.json() {
+        say_json(&serde_json::json!({
+            "audience_id": a.id,
+            "ab_test": a.ab_test.as_ref().map(ab_test_json),
+        }));
+        return Ok(());
+    }
+    match &a.ab_test {
+        None => say!("audience {} '{}': no A/B test", a.id, a.name),
+        Some(test) => {
+            say!("audience {} '{}': A/B test {}", a.id, a.name, test.id);
+            for v in &test.variations {
+                say!("  {:>3}%  {}", v.percent, v.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A `--variation` argument: "NAME=PERCENT", or "PERCENT" alone (the engine names it).
+fn variation_arg(arg: &str) -> anyhow::Result<pb::AbVariation> {
+    let (name, percent) = match arg.rsplit_once('=') {
+        Some((name, percent)) => (name.trim(), percent.trim()),
+        None => ("", arg.trim()),
+    };
+    let percent = percent.trim_end_matches('%').parse::<u32>().map_err(|_| {
+        anyhow::anyhow!("--variation {arg:?}: expected NAME=PERCENT or PERCENT, a whole number")
+    })?;
+    Ok(pb::AbVariation {
+        name: name.to_string(),
+        percent,
+    })
 }
 
 /// The request that creates the audience of a file.

@@ -14,6 +14,7 @@ mod admin;
 mod audience;
 mod calc;
 mod client;
+mod download;
 mod kafka;
 mod membership;
 mod output;
@@ -127,6 +128,9 @@ enum Command {
     /// Connect audiences to outputs, list connections and faults, resume.
     #[command(subcommand)]
     Connection(ConnectionCmd),
+    /// Download audiences' members as a ZIP of CSV files with a manifest.
+    #[command(subcommand)]
+    Download(download::DownloadCmd),
     /// Size, adds, drops and volatility of audiences.
     Stats { ids: Vec<u64> },
     /// The live subscriptions and their figures.
@@ -345,6 +349,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tier,
         } => calc::tier(ctx, event_type, name, tier).await,
         Command::Explain { mpid, audience } => profile::explain(ctx, mpid, audience).await,
+        Command::Download(cmd) => download::command(ctx, cmd).await,
         Command::Stats { ids } => membership::stats(ctx, ids).await,
         Command::Connectors => membership::connectors(ctx).await,
         Command::Status => admin::status(ctx).await,

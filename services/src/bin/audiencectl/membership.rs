@@ -126,6 +126,7 @@ pub async fn members(ctx: &Ctx, audience: u64, as_of: Option<String>) -> anyhow:
                 as_of_ms,
                 page_size: 10_000,
                 page_token,
+                identity_types: Vec::new(),
             })
             .await?
             .into_inner();

@@ -44,6 +44,10 @@ pub enum ConnectionCmd {
         /// Create it inactive.
         #[arg(long)]
         inactive: bool,
+        /// Connect one variation of the audience's A/B test (Control included) instead of
+        /// the whole audience: one audience only.
+        #[arg(long)]
+        variation: Option<String>,
     },
     List {
         #[arg(long, default_value_t = 0)]
@@ -179,6 +183,7 @@ pub async fn connection(ctx: &Ctx, cmd: ConnectionCmd) -> anyhow::Result<()> {
                 "output_id": c.output_id,
                 "status": if c.status == pb::ConnectionStatus::Inactive as i32 { "inactive" } else { "sending" },
                 "shared_attributes": c.shared_attributes,
+                "variation": c.variation,
                 "settings": c.settings.as_ref().map(struct_to_json),
                 "faulted": c.faulted,
                 "size": f.size,
@@ -195,8 +200,12 @@ pub async fn connection(ctx: &Ctx, cmd: ConnectionCmd) -> anyhow::Result<()> {
             true => String::new(),
             false => format!("  shares {}", c.shared_attributes.join(", ")),
         };
+        let variation = match c.variation.as_str() {
+            "" => String::new(),
+            v => format!(" ({v})"),
+        };
         say!(
-            "{:>4} audience {:>4} -> output {:>3}  {:<8} size {} adds {} drops {} volatility {:.3}  sent {} failed {} retried {} unsendable {}{shares}{}",
+            "{:>4} audience {:>4}{variation} -> output {:>3}  {:<8} size {} adds {} drops {} volatility {:.3}  sent {} failed {} retried {} unsendable {}{shares}{}",
             c.id,
             c.audience_id,
             c.output_id,
@@ -211,12 +220,33 @@ pub async fn connection(ctx: &Ctx, cmd: ConnectionCmd) -> anyhow::Result<()> {
             audiences,
             shared_attributes,
             inactive,
+            variation,
         } => {
             let status = if inactive {
                 pb::ConnectionStatus::Inactive
             } else {
                 pb::ConnectionStatus::Sending
             } as i32;
+            if let Some(variation) = variation {
+                let [audience_id] = audiences[..] else {
+                    anyhow::bail!(
+                        "--variation connects the variation of one audience: give one audience id"
+                    );
+                };
+                let c = client
+                    .create_connection(pb::Connection {
+                        audience_id,
+                        output_id,
+                        status,
+                        shared_attributes,
+                        variation,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                show(&c);
+                return Ok(());
+            }
             let results = client
                 .bulk_connect(pb::BulkConnectRequest {
                     output_id,

@@ -192,7 +192,19 @@ pub fn audience_json(a: &pb::Audience) -> Value {
         "volatility_24h": s.volatility_24h,
         "connected_outputs": a.connected_outputs,
         "faulted_connections": a.faulted_connections,
+        "ab_test": a.ab_test.as_ref().map(ab_test_json),
         "criteria": a.criteria.as_ref().map(audience_services::convert::struct_to_json),
+    })
+}
+
+/// An A/B test: its id and variations, Control last.
+pub fn ab_test_json(test: &pb::AbTest) -> Value {
+    json!({
+        "id": test.id,
+        "variations": test.variations.iter().map(|v| json!({
+            "name": v.name,
+            "percent": v.percent,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -219,10 +231,15 @@ pub fn audience(ctx: &Ctx, a: &pb::Audience) {
         "private" => String::new(),
         access => format!("  shared {access}"),
     };
+    // The seed's mark of an audience with an A/B test.
+    let name = match a.ab_test {
+        Some(_) => format!("{} %", a.name),
+        None => a.name.clone(),
+    };
     say!(
         "{:>5}  {:<32} {:<7} size {:>7}  adds24h {:>6}  drops24h {:>6}  volatility {:.3}  tags [{}]{scope}{shared}{by}",
         a.id,
-        a.name,
+        name,
         status_words(a),
         s.size,
         s.adds_24h,
