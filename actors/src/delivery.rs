@@ -44,6 +44,9 @@ use tokio::sync::Notify;
 
 // ------------------------------------------------------------------ the loops
 
+/// A connection's 24-hour adds and drops, per partition this node delivers.
+type Windows = HashMap<Partition, ChangeWindow>;
+
 /// What a connection's loop reports, for the API and metrics.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionFigures {
@@ -62,7 +65,7 @@ struct Running {
     stop: Arc<Notify>,
     resume: Arc<Notify>,
     figures: Arc<Mutex<ConnectionFigures>>,
-    window: Arc<Mutex<ChangeWindow>>,
+    window: Arc<Mutex<Windows>>,
     audience_id: AudienceId,
     /// The A/B test variation it sends; empty: the whole audience.
     variation: String,
@@ -171,7 +174,7 @@ impl Deliveries {
         let stop = Arc::new(Notify::new());
         let resume = Arc::new(Notify::new());
         let figures = Arc::new(Mutex::new(ConnectionFigures::default()));
-        let window = Arc::new(Mutex::new(ChangeWindow::default()));
+        let window = Arc::new(Mutex::new(Windows::new()));
         let audience_id = connection.audience_id;
         let variation = connection.variation.clone();
         let id = connection.id;
@@ -256,7 +259,14 @@ impl Deliveries {
                 .unwrap_or(0),
             variation => variation_size(engine, audience, variation).ok()?,
         };
-        let (adds, drops) = window.lock().adds_drops(audience, engine.clock.now());
+        let now = engine.clock.now();
+        let owned = engine.partitions.lock().clone();
+        let (adds, drops) = window
+            .lock()
+            .iter_mut()
+            .filter(|(p, _)| owned.contains(p))
+            .map(|(_, w)| w.adds_drops(audience, now))
+            .fold((0, 0), |(a, d), (adds, drops)| (a + adds, d + drops));
         Some(Figures::new(size, adds, drops))
     }
 }
@@ -318,7 +328,7 @@ struct DeliveryLoop {
     stop: Arc<Notify>,
     resume: Arc<Notify>,
     figures: Arc<Mutex<ConnectionFigures>>,
-    window: Arc<Mutex<ChangeWindow>>,
+    window: Arc<Mutex<Windows>>,
     /// Per partition: how far this loop read, and when it last stored its position there.
     unsaved: Mutex<HashMap<Partition, (u64, Instant)>>,
 }
@@ -368,7 +378,6 @@ impl DeliveryLoop {
 
     async fn run(self) {
         let id = self.connection.id;
-        self.start_window().await;
         loop {
             if let Ok(Some(_)) = self.engine.store.fault(id) {
                 self.figures.lock().faulted = true;
@@ -406,41 +415,76 @@ impl DeliveryLoop {
         }
     }
 
-    /// Starts the connection's 24-hour adds and drops from what it delivered before: its
-    /// audience's deltas in the outbox through its stored position in each partition this
-    /// node owns (what it sends from here on is recorded as it goes). Without this, a restart
-    /// would show zero until a day of deltas had been sent again.
-    async fn start_window(&self) {
+    /// Keeps the connection's 24-hour adds and drops per partition this node owns: a partition
+    /// new here (at start, or moved here) starts from its outbox through the connection's
+    /// stored position there (what was delivered, by this node or its last owner), and one
+    /// that left is forgotten (its new owner counts it). Without this, a restart or a move
+    /// would show zero until a day of deltas had been sent again, and a partition that moved
+    /// would count on two nodes.
+    async fn follow_partitions(&self) {
+        let owned = self.engine.partitions.lock().clone();
+        let new: Vec<Partition> = {
+            let mut windows = self.window.lock();
+            windows.retain(|p, _| owned.contains(p));
+            owned
+                .iter()
+                .copied()
+                .filter(|p| !windows.contains_key(p))
+                .collect()
+        };
+        if new.is_empty() {
+            return;
+        }
         let engine = self.engine.clone();
         let (id, audience) = (self.connection.id, self.connection.audience_id);
+        // Changes since the connection was made: what its first sync sent is no change.
+        let since = self.connection.created_at_ms;
         let members = self.member_filter();
+        let partitions = new.clone();
         let seeded = tokio::task::spawn_blocking(move || {
-            let mut window = ChangeWindow::default();
             let now = engine.clock.now();
-            let partitions: Vec<Partition> = engine.partitions.lock().iter().copied().collect();
+            let mut seeded = Vec::with_capacity(partitions.len());
             for p in partitions {
+                let mut window = ChangeWindow::default();
                 if let Some(DeliveryPosition::Delivered(through)) =
                     engine.store.delivery_position(p, id)?
                 {
-                    let ours = |d: &Delta| d.audience_id == audience && members.sends(d.mpid);
+                    let ours = |d: &Delta| {
+                        d.audience_id == audience
+                            && d.processing_time_ms >= since
+                            && members.sends(d.mpid)
+                    };
                     window.record_outbox(&engine.store, p, through, now, ours)?;
                 }
+                seeded.push((p, window));
             }
-            Ok::<_, StoreError>(window)
+            Ok::<_, StoreError>(seeded)
         })
         .await;
-        match seeded {
-            Ok(Ok(window)) => *self.window.lock() = window,
-            Ok(Err(e)) => tracing::warn!(connection = id, error = %e,
-                "the connection's 24-hour figures start from zero: its positions or outbox are unreadable"),
-            Err(e) => tracing::warn!(connection = id, error = %e, "24-hour figures not read"),
-        }
+        let seeded = match seeded {
+            Ok(Ok(seeded)) => seeded,
+            Ok(Err(e)) => {
+                tracing::warn!(connection = id, error = %e,
+                    "the connection's 24-hour figures start from zero: its positions or outbox are unreadable");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(connection = id, error = %e, "24-hour figures not read");
+                Vec::new()
+            }
+        };
+        let mut windows = self.window.lock();
+        // A partition not read starts from zero, counting what is sent (not read again at
+        // every step).
+        windows.extend(new.into_iter().map(|p| (p, ChangeWindow::default())));
+        windows.extend(seeded);
     }
 
     /// One pass over the partitions this node owns: for each, the audience's current members
     /// if the connection's first sync of it is not done, else what its outbox holds after the
     /// connection's position. Whether anything was read.
     async fn step(&self) -> Result<bool, Halt> {
+        self.follow_partitions().await;
         let store = &self.engine.store;
         let id = self.connection.id;
         let partitions: Vec<Partition> = self.engine.partitions.lock().iter().copied().collect();
@@ -592,7 +636,8 @@ impl DeliveryLoop {
         self.ensure_owner(p)?;
         self.send_all(&items).await?;
         {
-            let mut window = self.window.lock();
+            let mut windows = self.window.lock();
+            let window = windows.entry(p).or_default();
             for (_, d) in &deltas {
                 window.record(d);
             }

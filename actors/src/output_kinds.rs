@@ -9,7 +9,7 @@
 use crate::network_guard::NetworkGuard;
 use audience_state::model::AudienceId;
 use audience_state::outputs::{
-    fault_excerpt, ConnectionId, DeliveryItem, OutputConfig, MAX_ERROR_BODY_BYTES,
+    fault_excerpt, ConnectionId, DeliveryItem, OnAudienceDelete, OutputConfig, MAX_ERROR_BODY_BYTES,
 };
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -117,6 +117,8 @@ pub struct Webhook {
     literal_host: Option<String>,
     guard: NetworkGuard,
     headers: reqwest::header::HeaderMap,
+    /// What the audience's deletion sends: a POST of the notice, or a DELETE of the audience.
+    on_delete: OnAudienceDelete,
 }
 
 impl Webhook {
@@ -149,10 +151,20 @@ impl Webhook {
             literal_host,
             guard,
             headers,
+            on_delete: config.on_audience_delete(),
         })
     }
 
     async fn post(&self, body: serde_json::Value) -> Result<(), SendFailure> {
+        self.request(reqwest::Method::POST, &self.url, body).await
+    }
+
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: serde_json::Value,
+    ) -> Result<(), SendFailure> {
         if let Some(Some(Err(why))) = self
             .literal_host
             .as_deref()
@@ -162,7 +174,7 @@ impl Webhook {
         }
         let response = self
             .client
-            .post(&self.url)
+            .request(method, url)
             .headers(self.headers.clone())
             .json(&body)
             .send()
@@ -251,12 +263,23 @@ impl Output for Webhook {
     }
 
     async fn audience_deleted(&self, audience: &AudienceInfo) -> Result<(), SendFailure> {
-        self.post(serde_json::json!({
+        let notice = serde_json::json!({
             "type": "audience_deleted",
             "audience": audience.json(),
             "connection_id": audience.connection_id,
-        }))
-        .await
+        });
+        if self.on_delete != OnAudienceDelete::Delete {
+            return self.post(notice).await;
+        }
+        // The audience as a resource of the receiver: its id in the query, beside the url's
+        // own parameters.
+        let mut url = reqwest::Url::parse(&self.url)
+            .map_err(|_| SendFailure::refused("the url does not parse".to_string()))?;
+        url.query_pairs_mut()
+            .append_pair("audience_id", &audience.id.to_string())
+            .append_pair("connection_id", &audience.connection_id.to_string());
+        self.request(reqwest::Method::DELETE, url.as_str(), notice)
+            .await
     }
 }
 

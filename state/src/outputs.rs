@@ -49,19 +49,21 @@ pub struct OutputConfig {
 }
 
 /// What deleting an audience does downstream, per output (`settings.on_audience_delete`).
-/// None of the kinds here keeps an audience object of its own downstream to delete: the
-/// receiver is told, or left as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnAudienceDelete {
     /// `notify` (the default): a message of type `audience_deleted` naming the audience
     /// (webhook: a POST; kafka: a record; grpc: a batch to an attached receiver).
     Notify,
+    /// `delete` (webhook only: the receiver keeps the audience as a resource): an HTTP DELETE
+    /// of it, to the url with `audience_id` and `connection_id` in the query and the notice
+    /// as the body. A Kafka topic or a gRPC receiver holds no audience object to delete.
+    Delete,
     /// `leave`: nothing is sent; the downstream copy stays as it is.
     Leave,
 }
 
 /// The values of `settings.on_audience_delete`.
-pub const ON_AUDIENCE_DELETE: &[&str] = &["notify", "leave"];
+pub const ON_AUDIENCE_DELETE: &[&str] = &["notify", "delete", "leave"];
 
 /// What the API shows in place of a secret's value.
 pub const REDACTED: &str = "********";
@@ -147,6 +149,16 @@ impl OutputConfig {
                     format!("{v} is not one of: {}", ON_AUDIENCE_DELETE.join(", ")),
                 ));
             }
+            if v == "delete" && self.kind != "webhook" {
+                return Err(DefinitionError::new(
+                    "settings.on_audience_delete",
+                    format!(
+                        "a {} output keeps no audience downstream to delete (a webhook does: \
+                         it is sent an HTTP DELETE): choose notify or leave",
+                        self.kind
+                    ),
+                ));
+            }
         }
         for (key, max) in [
             ("batch_size", 10_000),
@@ -170,6 +182,7 @@ impl OutputConfig {
     pub fn on_audience_delete(&self) -> OnAudienceDelete {
         match self.setting_str("on_audience_delete") {
             Some("leave") => OnAudienceDelete::Leave,
+            Some("delete") => OnAudienceDelete::Delete,
             _ => OnAudienceDelete::Notify,
         }
     }
@@ -579,14 +592,36 @@ mod tests {
             .insert("on_audience_delete".into(), "forget".into());
         let refused = config.validate().unwrap_err();
         assert_eq!(refused.field, "settings.on_audience_delete");
-        assert!(refused.reason.contains("notify, leave"), "{refused:?}");
+        assert!(
+            refused.reason.contains("notify, delete, leave"),
+            "{refused:?}"
+        );
         config
             .settings
             .insert("on_audience_delete".into(), "leave".into());
         config.validate().unwrap();
         assert_eq!(config.on_audience_delete(), OnAudienceDelete::Leave);
-        config.settings.remove("on_audience_delete");
+        config
+            .settings
+            .insert("on_audience_delete".into(), "delete".into());
+        config.validate().unwrap();
+        assert_eq!(config.on_audience_delete(), OnAudienceDelete::Delete);
         config.kind = "kafka".into();
+        config
+            .settings
+            .insert("bootstrap_servers".into(), "127.0.0.1:9092".into());
+        config.settings.insert("topic".into(), "members".into());
+        let refused = config.validate().unwrap_err();
+        assert_eq!(refused.field, "settings.on_audience_delete");
+        assert!(
+            refused.reason.contains("a kafka output keeps no audience"),
+            "{refused:?}"
+        );
+        config.settings.remove("on_audience_delete");
+        config.validate().unwrap();
+        config.settings.remove("topic");
+        assert_eq!(config.validate().unwrap_err().field, "settings.topic");
+        config.settings.remove("bootstrap_servers");
         assert_eq!(
             config.validate().unwrap_err().field,
             "settings.bootstrap_servers"

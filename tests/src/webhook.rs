@@ -25,6 +25,8 @@ pub struct Hook {
     pub script: Mutex<VecDeque<Answer>>,
     /// Every request body accepted (2xx), in order.
     pub accepted: Mutex<Vec<Value>>,
+    /// Every DELETE request: its query string and body.
+    pub deleted: Mutex<Vec<(String, Value)>>,
     /// When each request arrived, accepted or not.
     pub arrivals: Mutex<Vec<Instant>>,
     pub authorization: Mutex<Vec<String>>,
@@ -70,11 +72,23 @@ async fn receive(
     }
 }
 
+async fn delete(
+    State(hook): State<Arc<Hook>>,
+    query: axum::extract::RawQuery,
+    axum::Json(body): axum::Json<Value>,
+) -> StatusCode {
+    hook.deleted
+        .lock()
+        .unwrap()
+        .push((query.0.unwrap_or_default(), body));
+    StatusCode::NO_CONTENT
+}
+
 /// Starts a receiver; its URL is `http://127.0.0.1:<port>/hook`.
 pub async fn start_hook() -> Result<(Arc<Hook>, String)> {
     let hook = Arc::new(Hook::default());
     let app = axum::Router::new()
-        .route("/hook", axum::routing::post(receive))
+        .route("/hook", axum::routing::post(receive).delete(delete))
         .with_state(hook.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/hook", listener.local_addr()?);

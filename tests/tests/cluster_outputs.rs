@@ -121,6 +121,31 @@ async fn a_webhook_keeps_delivering_across_a_failover_without_repeating() -> Res
         cluster.b.log_text()
     );
     assert_eq!(sent.len(), 24 + 12 + 6, "members, drops, new members");
+    // The connection's 24-hour figures over the cluster count each partition once, where it
+    // is now: the dead node's drops were counted again by the node that took its partition
+    // over, from the outbox through the position it restored (the first sync is no change).
+    let connection = outputs
+        .list_connections(pb::ListConnectionsRequest::default())
+        .await?
+        .into_inner()
+        .connections[0]
+        .id;
+    let mut figures = pb::ConnectionFigures::default();
+    for _ in 0..100 {
+        figures = get_connection(&ch_b, connection)
+            .await?
+            .figures
+            .unwrap_or_default();
+        if (figures.size, figures.adds_24h, figures.drops_24h) == (18, 6, 12) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        (figures.size, figures.adds_24h, figures.drops_24h),
+        (18, 6, 12),
+        "{figures:?}"
+    );
     let first_item = hook.accepted.lock().unwrap()[0]["items"][0].clone();
     let cust = format!("cust-{}", first_item["mpid"]);
     assert_eq!(first_item["identities"], json!({"customer_id": [cust]}));

@@ -316,7 +316,8 @@ async fn outputs_get_their_identities_and_survive_faults() -> Result<()> {
     .unwrap_err()
     .to_string();
     assert!(
-        refused.contains("settings.on_audience_delete") && refused.contains("notify, leave"),
+        refused.contains("settings.on_audience_delete")
+            && refused.contains("notify, delete, leave"),
         "{refused}"
     );
     let quiet_output = webhook(
@@ -328,6 +329,17 @@ async fn outputs_get_their_identities_and_survive_faults() -> Result<()> {
     )
     .await?;
     connect(&ch, second.id, quiet_output.id).await?;
+    // One that keeps audiences as resources: their deletion is an HTTP DELETE.
+    let (deleting, deleting_url) = start_hook().await?;
+    let deleting_output = webhook(
+        &mut outputs,
+        "deleting",
+        &format!("{deleting_url}?list=crm"),
+        &["email"],
+        json!({"on_audience_delete": "delete"}),
+    )
+    .await?;
+    let deleting_connection = connect(&ch, second.id, deleting_output.id).await?;
 
     // Deleting an audience tells the webhook (on_audience_delete: notify, the default), leaves
     // the quiet one alone, and removes its connections.
@@ -351,6 +363,31 @@ async fn outputs_get_their_identities_and_survive_faults() -> Result<()> {
             .iter()
             .any(|b| b["type"] == "audience_deleted"),
         "an output set to leave is told nothing"
+    );
+    wait_for(
+        "the DELETE of the audience",
+        Duration::from_secs(10),
+        || !deleting.deleted.lock().unwrap().is_empty(),
+    )
+    .await?;
+    let (query, body) = deleting.deleted.lock().unwrap()[0].clone();
+    assert_eq!(
+        query,
+        format!(
+            "list=crm&audience_id={}&connection_id={}",
+            second.id, deleting_connection.id
+        )
+    );
+    assert_eq!(body["type"], "audience_deleted");
+    assert_eq!(body["audience"]["id"], second.id);
+    assert!(
+        !deleting
+            .accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| b["type"] == "audience_deleted"),
+        "no POST notice beside the DELETE"
     );
     let left = outputs
         .list_connections(pb::ListConnectionsRequest {
@@ -674,5 +711,20 @@ async fn a_grpc_receiver_gets_batches_until_it_acknowledges_them() -> Result<()>
     }
     received.sort();
     assert_eq!(received, vec![71, 72]);
+
+    // Deleting the audience tells the attached receiver (on_audience_delete: notify).
+    pb::audience_service_client::AudienceServiceClient::new(ch.clone())
+        .delete_audience(pb::DeleteAudienceRequest { id: players.id })
+        .await?;
+    let deleted = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await??
+        .expect("the deletion");
+    assert_eq!(deleted.r#type, "audience_deleted");
+    assert_eq!(deleted.audience_id, players.id);
+    assert!(deleted.items.is_empty());
+    tx.send(pb::ReceiveRequest {
+        kind: Some(pb::receive_request::Kind::AckBatchId(deleted.batch_id)),
+    })
+    .await?;
     Ok(())
 }
