@@ -65,7 +65,7 @@ struct Running {
     stop: Arc<Notify>,
     resume: Arc<Notify>,
     figures: Arc<Mutex<ConnectionFigures>>,
-    window: Arc<Mutex<Windows>>,
+    windows: Arc<Mutex<Windows>>,
     audience_id: AudienceId,
     /// The A/B test variation it sends; empty: the whole audience.
     variation: String,
@@ -174,7 +174,7 @@ impl Deliveries {
         let stop = Arc::new(Notify::new());
         let resume = Arc::new(Notify::new());
         let figures = Arc::new(Mutex::new(ConnectionFigures::default()));
-        let window = Arc::new(Mutex::new(Windows::new()));
+        let windows = Arc::new(Mutex::new(Windows::new()));
         let audience_id = connection.audience_id;
         let variation = connection.variation.clone();
         let id = connection.id;
@@ -187,7 +187,7 @@ impl Deliveries {
             stop: stop.clone(),
             resume: resume.clone(),
             figures: figures.clone(),
-            window: window.clone(),
+            windows: windows.clone(),
             unsaved: Mutex::new(HashMap::new()),
         };
         let task = tokio::spawn(async move { delivery.run().await });
@@ -198,7 +198,7 @@ impl Deliveries {
                 stop,
                 resume,
                 figures,
-                window,
+                windows,
                 audience_id,
                 variation,
             },
@@ -245,10 +245,10 @@ impl Deliveries {
     /// The size of a variation's connection is counted from the members (the audience's size
     /// is a stored counter).
     pub fn change_figures(&self, engine: &Engine, id: ConnectionId) -> Option<Figures> {
-        let (audience, variation, window) = {
+        let (audience, variation, windows) = {
             let running = self.running.lock();
             let r = running.get(&id)?;
-            (r.audience_id, r.variation.clone(), r.window.clone())
+            (r.audience_id, r.variation.clone(), r.windows.clone())
         };
         let size = match variation.as_str() {
             "" => engine
@@ -261,7 +261,7 @@ impl Deliveries {
         };
         let now = engine.clock.now();
         let owned = engine.partitions.lock().clone();
-        let (adds, drops) = window
+        let (adds, drops) = windows
             .lock()
             .iter_mut()
             .filter(|(p, _)| owned.contains(p))
@@ -277,10 +277,7 @@ fn variation_size(
     audience: AudienceId,
     variation: &str,
 ) -> Result<u64, StoreError> {
-    let catalog = engine.catalog.load();
-    let Some(test) = catalog.record(audience).and_then(|r| r.ab_test.as_ref()) else {
-        return Ok(0);
-    };
+    let members = MemberFilter::of(engine, audience, variation);
     let partitions: Vec<Partition> = engine.partitions.lock().iter().copied().collect();
     let mut size = 0;
     for p in partitions {
@@ -292,29 +289,54 @@ fn variation_size(
             let Some(&last) = page.last() else {
                 break;
             };
-            size += page
-                .iter()
-                .filter(|&&mpid| test.variation_of(audience, mpid) == variation)
-                .count() as u64;
+            size += page.iter().filter(|&&mpid| members.sends(mpid)).count() as u64;
             after = Some(last);
         }
     }
     Ok(size)
 }
 
-/// Which of an audience's members a connection sends: all, or one variation's (none once the
-/// test is gone: its connections go with it).
-struct MemberFilter {
-    audience: AudienceId,
-    variation: Option<(Option<AbTest>, String)>,
+/// Which of an audience's members a connection sends.
+enum MemberFilter {
+    /// The whole audience's.
+    All,
+    /// One variation's of its A/B test.
+    Variation {
+        audience: AudienceId,
+        test: AbTest,
+        name: String,
+    },
+    /// None: the variation's test is gone (its connections go with it).
+    Nobody,
 }
 
 impl MemberFilter {
+    /// The members of `variation` (empty: the whole audience), as the catalog has the
+    /// audience's test now.
+    fn of(engine: &Engine, audience: AudienceId, variation: &str) -> MemberFilter {
+        if variation.is_empty() {
+            return MemberFilter::All;
+        }
+        let catalog = engine.catalog.load();
+        match catalog.record(audience).and_then(|r| r.ab_test.clone()) {
+            Some(test) => MemberFilter::Variation {
+                audience,
+                test,
+                name: variation.to_string(),
+            },
+            None => MemberFilter::Nobody,
+        }
+    }
+
     fn sends(&self, mpid: Mpid) -> bool {
-        match &self.variation {
-            None => true,
-            Some((None, _)) => false,
-            Some((Some(test), variation)) => test.variation_of(self.audience, mpid) == variation,
+        match self {
+            MemberFilter::All => true,
+            MemberFilter::Variation {
+                audience,
+                test,
+                name,
+            } => test.variation_of(*audience, mpid) == name,
+            MemberFilter::Nobody => false,
         }
     }
 }
@@ -328,7 +350,7 @@ struct DeliveryLoop {
     stop: Arc<Notify>,
     resume: Arc<Notify>,
     figures: Arc<Mutex<ConnectionFigures>>,
-    window: Arc<Mutex<Windows>>,
+    windows: Arc<Mutex<Windows>>,
     /// Per partition: how far this loop read, and when it last stored its position there.
     unsaved: Mutex<HashMap<Partition, (u64, Instant)>>,
 }
@@ -364,16 +386,11 @@ impl DeliveryLoop {
 
     /// The members this connection sends, as the catalog has the audience's test now.
     fn member_filter(&self) -> MemberFilter {
-        let audience = self.connection.audience_id;
-        let variation = (!self.connection.variation.is_empty()).then(|| {
-            let catalog = self.engine.catalog.load();
-            let test = catalog.record(audience).and_then(|r| r.ab_test.clone());
-            (test, self.connection.variation.clone())
-        });
-        MemberFilter {
-            audience,
-            variation,
-        }
+        MemberFilter::of(
+            &self.engine,
+            self.connection.audience_id,
+            &self.connection.variation,
+        )
     }
 
     async fn run(self) {
@@ -421,10 +438,9 @@ impl DeliveryLoop {
     /// that left is forgotten (its new owner counts it). Without this, a restart or a move
     /// would show zero until a day of deltas had been sent again, and a partition that moved
     /// would count on two nodes.
-    async fn follow_partitions(&self) {
-        let owned = self.engine.partitions.lock().clone();
+    async fn follow_partitions(&self, owned: &[Partition]) {
         let new: Vec<Partition> = {
-            let mut windows = self.window.lock();
+            let mut windows = self.windows.lock();
             windows.retain(|p, _| owned.contains(p));
             owned
                 .iter()
@@ -473,7 +489,7 @@ impl DeliveryLoop {
                 Vec::new()
             }
         };
-        let mut windows = self.window.lock();
+        let mut windows = self.windows.lock();
         // A partition not read starts from zero, counting what is sent (not read again at
         // every step).
         windows.extend(new.into_iter().map(|p| (p, ChangeWindow::default())));
@@ -484,10 +500,10 @@ impl DeliveryLoop {
     /// if the connection's first sync of it is not done, else what its outbox holds after the
     /// connection's position. Whether anything was read.
     async fn step(&self) -> Result<bool, Halt> {
-        self.follow_partitions().await;
         let store = &self.engine.store;
         let id = self.connection.id;
         let partitions: Vec<Partition> = self.engine.partitions.lock().iter().copied().collect();
+        self.follow_partitions(&partitions).await;
         let mut positions = Vec::with_capacity(partitions.len());
         let mut queued = 0u64;
         for &p in &partitions {
@@ -636,7 +652,7 @@ impl DeliveryLoop {
         self.ensure_owner(p)?;
         self.send_all(&items).await?;
         {
-            let mut windows = self.window.lock();
+            let mut windows = self.windows.lock();
             let window = windows.entry(p).or_default();
             for (_, d) in &deltas {
                 window.record(d);
