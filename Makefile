@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/audience-engine/target
 BIN := $(CARGO_TARGET_DIR)/release
 CARGO := cargo
 
-.PHONY: setup build run test lint fmt bench clean prune deploy-check
+.PHONY: setup build run test lint fmt bench chaos fuzz clean prune deploy-check
 
 setup: ## Install the system packages and the test broker (idempotent)
 	./scripts/setup.sh
@@ -51,6 +51,29 @@ bench: build ## Throughput and latency through the real broker (prints figures)
 	$(BIN)/audience-steady-bench
 	$(BIN)/audience-latency-bench
 	$(BIN)/audience-failover-bench
+
+# The chaos matrix against real processes (a broker, the engine binary), one row per scenario
+# and a JSON report; CHAOS_SOAK=1 for the long soak, CHAOS_ONLY=poison,... to pick. Then each
+# fuzz target for FUZZ_SECONDS.
+chaos: build
+	CHAOS_REPORT=$${CHAOS_REPORT:-$(CARGO_TARGET_DIR)/chaos-report.json} $(BIN)/audience-chaos; \
+	  matrix=$$?; $(MAKE) --no-print-directory fuzz || exit 1; exit $$matrix
+
+# Coverage-guided fuzzing of the decoders (fuzz/): cargo-fuzz and libFuzzer on the stable
+# toolchain (RUSTC_BOOTSTRAP lets it pass the coverage flags), with debug assertions so that
+# an overflow is a crash. Each target starts from its checked-in corpus (fuzz/corpus/T, read
+# only) and keeps what it finds beside the target directory; a crash lands in fuzz/artifacts.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := batch_decode definition cursor
+FUZZ_TARGET_DIR := $(dir $(CARGO_TARGET_DIR))fuzz-target
+fuzz: setup
+	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --version 0.13.2 --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_TARGET_DIR)/corpus/$$t && \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none --debug-assertions \
+	    --target-dir $(FUZZ_TARGET_DIR) $$t $(FUZZ_TARGET_DIR)/corpus/$$t corpus/$$t \
+	    -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 || exit 1; \
+	done
 
 clean:
 	rm -rf .data

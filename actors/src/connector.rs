@@ -7,6 +7,7 @@ use crate::deltas_tail::{DeltasTopic, StreamError};
 use crate::engine::Engine;
 use crate::stats::{ChangeWindow, Figures};
 use actix::prelude::*;
+use audience_state::cursor::CursorText;
 use audience_state::model::{AudienceId, Delta};
 use audience_state::store::Partition;
 use parking_lot::Mutex;
@@ -41,53 +42,27 @@ impl Cursor {
     /// current heads. A cursor naming another cluster than this engine's is refused; one
     /// without a cluster (made before cursors carried it) is taken as this cluster's.
     pub fn parse(text: &str, engine: &Engine) -> Result<Cursor, CursorError> {
-        let text = text.trim();
-        if text.is_empty() {
-            return Ok(Cursor::default());
-        }
-        let invalid = |why: String| CursorError::Invalid(why);
-        if text == "now" {
+        let read = CursorText::parse(text).map_err(CursorError::Invalid)?;
+        if read.now {
             let mut c = Cursor::default();
             for p in engine.partitions.lock().iter() {
                 let head = engine
                     .store
                     .outbox_head(*p)
-                    .map_err(|e| invalid(e.to_string()))?;
+                    .map_err(|e| CursorError::Invalid(e.to_string()))?;
                 c.0.insert(*p, head);
             }
             return Ok(c);
         }
-        let mut c = Cursor::default();
-        for part in text.split(',') {
-            if let Some(cluster) = part.trim().strip_prefix("c=") {
-                if let Some(ours) = engine.cluster_id.read().as_deref() {
-                    if cluster != ours {
-                        return Err(CursorError::Foreign(format!(
-                            "the cursor is of cluster {cluster} and this engine is of cluster \
-                             {ours}: a cursor resumes only in the deployment that gave it"
-                        )));
-                    }
-                }
-                continue;
+        if let Some(ours) = engine.cluster_id.read().as_deref() {
+            if let Some(cluster) = read.clusters.iter().find(|c| c.as_str() != ours) {
+                return Err(CursorError::Foreign(format!(
+                    "the cursor is of cluster {cluster} and this engine is of cluster \
+                     {ours}: a cursor resumes only in the deployment that gave it"
+                )));
             }
-            let (p, seq) = part
-                .trim()
-                .strip_prefix('p')
-                .and_then(|rest| rest.split_once('='))
-                .ok_or_else(|| {
-                    invalid(format!(
-                        "cursor: \"{part}\" is not of the form p<partition>=<sequence>"
-                    ))
-                })?;
-            let p: Partition = p
-                .parse()
-                .map_err(|_| invalid(format!("cursor: bad partition \"{p}\"")))?;
-            let seq: u64 = seq
-                .parse()
-                .map_err(|_| invalid(format!("cursor: bad sequence \"{seq}\"")))?;
-            c.0.insert(p, seq);
         }
-        Ok(c)
+        Ok(Cursor(read.positions))
     }
 
     /// The cursor as subscribers get it, with the cluster it belongs to when known.

@@ -32,6 +32,7 @@ pub mod catalog;
 pub mod catalog_log;
 pub mod changelog;
 pub mod criteria;
+pub mod cursor;
 pub mod download;
 pub mod estimate;
 pub mod eventlog;

@@ -5,6 +5,7 @@
 //! parallel and a `kill -9` of an engine is real.
 
 pub mod bench;
+pub mod chaos;
 pub mod mmdb;
 pub mod webhook;
 pub mod workspaces;
@@ -85,16 +86,51 @@ pub fn engine_binary() -> PathBuf {
 pub struct Broker {
     child: Child,
     pub bootstrap: String,
+    port: u16,
+    /// Where a durable broker keeps its data (its working directory); `None`: in memory.
+    dir: Option<PathBuf>,
 }
 
 impl Broker {
+    /// A broker that keeps its topics in memory: gone when it stops.
     pub fn start() -> Result<Broker> {
-        let port = free_port();
+        Broker::launch(free_port(), None)
+    }
+
+    /// A broker that keeps its topics in a SQLite file under `dir`, so that it can be killed
+    /// and started again with its data ([`Broker::restart`]).
+    pub fn start_durable(dir: &Path) -> Result<Broker> {
+        std::fs::create_dir_all(dir)?;
+        Broker::launch(free_port(), Some(dir.to_path_buf()))
+    }
+
+    /// `kill -9` of the broker process.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on its port, with its data when it is durable.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        // The old value's drop reaps a process that is already gone.
+        *self = Broker::launch(self.port, self.dir.clone())?;
+        Ok(())
+    }
+
+    fn launch(port: u16, dir: Option<PathBuf>) -> Result<Broker> {
         let url = format!("tcp://127.0.0.1:{port}");
         let tansu = which("tansu").ok_or_else(|| {
             anyhow::anyhow!("tansu is not installed: run `make setup` (cargo install tansu)")
         })?;
-        let child = Command::new(tansu)
+        // tansu reads a sqlite:// path from its working directory.
+        let storage = if dir.is_some() {
+            "sqlite://tansu.db"
+        } else {
+            "memory://tansu/"
+        };
+        let mut command = Command::new(tansu);
+        command
             .args([
                 "broker",
                 "--listener-url",
@@ -102,15 +138,20 @@ impl Broker {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                "memory://tansu/",
+                storage,
             ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
+            .stderr(Stdio::null());
+        if let Some(dir) = &dir {
+            command.current_dir(dir);
+        }
+        let child = command.spawn()?;
         let broker = Broker {
             child,
             bootstrap: format!("127.0.0.1:{port}"),
+            port,
+            dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -32,6 +32,10 @@ pub struct Hook {
     pub authorization: Mutex<Vec<String>>,
     /// Added to every answer: a slow receiver.
     pub delay: Mutex<Duration>,
+    /// When each accepted body arrived (beside `accepted`).
+    pub accepted_at: Mutex<Vec<Instant>>,
+    /// Until then every POST is answered 503: an output that is down.
+    pub down_until: Mutex<Option<Instant>>,
 }
 
 async fn receive(
@@ -50,6 +54,14 @@ async fn receive(
             .unwrap()
             .push(a.to_str().unwrap_or_default().to_string());
     }
+    let down = hook
+        .down_until
+        .lock()
+        .unwrap()
+        .is_some_and(|until| Instant::now() < until);
+    if down {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down for maintenance").into_response();
+    }
     let answer = hook.script.lock().unwrap().pop_front();
     match answer {
         Some(Answer::Status(code)) => {
@@ -66,7 +78,10 @@ async fn receive(
             StatusCode::OK.into_response()
         }
         None => {
-            hook.accepted.lock().unwrap().push(body);
+            // Both under the first lock, so that the two lists stay side by side.
+            let mut accepted = hook.accepted.lock().unwrap();
+            accepted.push(body);
+            hook.accepted_at.lock().unwrap().push(Instant::now());
             StatusCode::OK.into_response()
         }
     }

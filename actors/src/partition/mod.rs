@@ -406,6 +406,18 @@ impl PartitionActor {
         let (mut inbound, source) =
             decode_sourced(payload, content_type, max_bytes, &settings.source_field)
                 .map_err(|e| Box::new(self.dead_letter(message, e.reason_code(), e.to_string())))?;
+        if let Some(key_mpid) = key_mpid(message.key.as_deref()) {
+            if key_mpid != inbound.mpid() {
+                // The profile lives on the partition of its key: applying a message of
+                // another MPID here would give that user a second, partial profile.
+                let reason = format!(
+                    "the message key names MPID {key_mpid} but the message is of MPID {}: \
+                     a profile's messages are keyed by its MPID",
+                    inbound.mpid()
+                );
+                return Err(Box::new(self.dead_letter(message, "key_mismatch", reason)));
+            }
+        }
         inbound.set_input(settings.inputs.resolve(&message.topic, source.as_deref()));
         if let (Inbound::Batch(batch), Some(geoip)) = (&mut inbound, &settings.geoip) {
             locate(batch, geoip);
@@ -795,6 +807,12 @@ impl Handler<Snapshot> for PartitionActor {
             profiles_active: self.cache.len() as u64,
         })
     }
+}
+
+/// The MPID a message's key names: a decimal integer, as producers key by MPID. A message
+/// without a key, or with a key that is no integer, is taken by its payload alone.
+fn key_mpid(key: Option<&[u8]>) -> Option<i64> {
+    std::str::from_utf8(key?).ok()?.trim().parse().ok()
 }
 
 /// Adds where GeoIP places the batch's client IP. A device position the batch carries is

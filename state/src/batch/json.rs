@@ -181,6 +181,13 @@ impl<'a> Obj<'a> {
         self.read(key, as_i64)
     }
 
+    /// An instant in Unix milliseconds, refused outside 1970 to 2199 ([`check_timestamp`]).
+    fn timestamp(&self, key: &str) -> Result<Option<i64>> {
+        self.read(key, |value, path| {
+            check_timestamp(as_i64(value, path)?, path)
+        })
+    }
+
     fn f64(&self, key: &str) -> Result<Option<f64>> {
         self.read(key, as_f64)
     }
@@ -300,7 +307,7 @@ fn mpid_from_json(top: &Obj<'_>) -> Result<Mpid> {
 
 fn batch_from_json(top: Obj<'_>) -> Result<Batch> {
     let mpid = mpid_from_json(&top)?;
-    let timestamp_ms = top.i64("timestamp_unixtime_ms")?;
+    let timestamp_ms = top.timestamp("timestamp_unixtime_ms")?;
 
     let mut events = Vec::new();
     let mut location = match top.object("context")? {
@@ -508,7 +515,7 @@ fn events_from_json(
     }
     check_split(kinds.len(), attributes.len(), copies, &event.here())?;
     let timestamp_ms = data
-        .i64("timestamp_unixtime_ms")?
+        .timestamp("timestamp_unixtime_ms")?
         .or(batch_timestamp)
         .unwrap_or(0);
     let last = kinds.len().saturating_sub(1);
@@ -680,7 +687,7 @@ fn identity_event_from_json(data: &Obj<'_>) -> Result<IdentityChange> {
 
 fn identity_from_json(top: Obj<'_>) -> Result<IdentityUpdate> {
     let mpid = mpid_from_json(&top)?;
-    let timestamp_ms = top.i64("timestamp_unixtime_ms")?;
+    let timestamp_ms = top.timestamp("timestamp_unixtime_ms")?;
     let mut changes = Vec::new();
     if let Some(items) = top.array("identity_changes")? {
         let path = top.path("identity_changes");

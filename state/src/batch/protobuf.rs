@@ -68,7 +68,9 @@ fn batch_from_proto(batch: pb::EventBatch) -> Result<Batch> {
     if batch.mpid == 0 {
         return Err(DecodeError::MissingMpid);
     }
-    let timestamp_ms = non_zero_i64(batch.timestamp_unixtime_ms);
+    let timestamp_ms = non_zero_i64(batch.timestamp_unixtime_ms)
+        .map(|ms| check_timestamp(ms, &Path::top("timestamp_unixtime_ms")))
+        .transpose()?;
     let events_path = Path::top("events");
     let mut location = batch.location.and_then(position_from_proto);
     let mut events = Vec::with_capacity(batch.events.len());
@@ -327,6 +329,8 @@ fn events_from_proto(
         Some(K::Uninstall(_)) => EventKind::Uninstall,
     };
     let timestamp_ms = non_zero_i64(event.timestamp_unixtime_ms)
+        .map(|ms| check_timestamp(ms, &path.key("timestamp_unixtime_ms")))
+        .transpose()?
         .or(batch_timestamp)
         .unwrap_or(0);
     let attributes: BTreeMap<String, String> = event.custom_attributes.into_iter().collect();
@@ -365,9 +369,12 @@ fn identity_from_proto(message: pb::IdentityMessage) -> Result<IdentityUpdate> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    let timestamp_ms = non_zero_i64(message.timestamp_unixtime_ms)
+        .map(|ms| check_timestamp(ms, &Path::top("timestamp_unixtime_ms")))
+        .transpose()?;
     Ok(IdentityUpdate {
         mpid: message.mpid,
-        timestamp_ms: non_zero_i64(message.timestamp_unixtime_ms),
+        timestamp_ms,
         changes,
         input: None,
     })

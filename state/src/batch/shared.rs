@@ -159,6 +159,25 @@ impl fmt::Display for Path<'_> {
     }
 }
 
+/// The first instant a batch, an event or an identity message may not carry (consent
+/// timestamps are only shown, not checked): 2200-01-01T00:00:00Z. A timestamp before 1970
+/// or after this is a producer's bug (year 1, year 9999, seconds read as microseconds): kept,
+/// it would hold an event inside "the last N days" for centuries, or before every window and
+/// every day of the history, so the message is refused like any other bad field.
+pub(super) const TIMESTAMP_LIMIT_MS: i64 = 7_258_118_400_000;
+
+/// `ms` when it is an instant from 1970-01-01 up to [`TIMESTAMP_LIMIT_MS`].
+pub(super) fn check_timestamp(ms: i64, path: &Path<'_>) -> Result<i64> {
+    if (0..TIMESTAMP_LIMIT_MS).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(invalid(
+            path,
+            format!("{ms} is not a time from 1970-01-01 to 2199-12-31 in Unix milliseconds"),
+        ))
+    }
+}
+
 pub(super) fn invalid(path: &Path<'_>, reason: impl Into<String>) -> DecodeError {
     DecodeError::InvalidField {
         path: path.to_string(),

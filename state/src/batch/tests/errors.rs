@@ -299,3 +299,64 @@ fn messages_of_neither_format_say_what_they_are() {
         "expected a json object, found an array"
     );
 }
+
+#[test]
+fn timestamps_outside_1970_to_2199_are_refused_naming_the_field() {
+    let year_one = -62_135_596_800_000_i64;
+    let year_9999 = 253_402_300_799_000_i64;
+    for (value, path) in [
+        (
+            json!({"mpid": 1, "timestamp_unixtime_ms": year_one}),
+            "timestamp_unixtime_ms",
+        ),
+        (
+            json!({"mpid": 1, "events": [{"event_type": "session_start",
+                   "data": {"timestamp_unixtime_ms": year_9999}}]}),
+            "events[0].data.timestamp_unixtime_ms",
+        ),
+        (
+            json!({"mpid": 1, "timestamp_unixtime_ms": super::super::shared::TIMESTAMP_LIMIT_MS,
+                   "identity_changes": []}),
+            "timestamp_unixtime_ms",
+        ),
+    ] {
+        let error = error_of(&value);
+        assert_eq!(error.reason_code(), "invalid_field", "{error}");
+        assert!(
+            error.to_string().starts_with(&format!("{path}: ")),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("from 1970-01-01 to 2199-12-31"),
+            "{error}"
+        );
+    }
+    // The edges: the epoch itself and the last millisecond of 2199 are times.
+    for ms in [0, super::super::shared::TIMESTAMP_LIMIT_MS - 1] {
+        let ok = json!({"mpid": 1, "timestamp_unixtime_ms": ms, "events": [custom("a")]});
+        assert!(decode_value(&ok).is_ok(), "{ms}");
+    }
+
+    // The protobuf envelope by the same rule, its batch and its events.
+    let mut batch = pb_batch();
+    batch.events = vec![pb_event(
+        year_9999,
+        pb_batch().events[0].kind.clone().unwrap(),
+    )];
+    let bytes = envelope_bytes(pb::envelope::Payload::Batch(batch));
+    let error = decode(&bytes, PROTOBUF, 1 << 20).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("events[0].timestamp_unixtime_ms: 253402300799000 is not a time"),
+        "{error}"
+    );
+    let mut batch = pb_batch();
+    batch.timestamp_unixtime_ms = year_one;
+    let bytes = envelope_bytes(pb::envelope::Payload::Batch(batch));
+    let error = decode(&bytes, PROTOBUF, 1 << 20).unwrap_err();
+    assert!(
+        error.to_string().starts_with("timestamp_unixtime_ms: "),
+        "{error}"
+    );
+}
