@@ -83,7 +83,10 @@ pub struct Figures {
     pub p99_latency_ms: f64,
     pub max_lag: i64,
     pub reopens: u64,
-    /// Figures of one scenario only (max unsent deltas, membership hashes...).
+    /// The engine's memberships at the end, and a hash of every (audience, MPID, version).
+    pub memberships: u64,
+    pub state_hash: u64,
+    /// Figures of one scenario only (max unsent deltas, resumes...).
     pub extra: BTreeMap<String, f64>,
 }
 
@@ -219,6 +222,8 @@ impl Row {
             "p99_latency_ms": f.p99_latency_ms,
             "max_lag": f.max_lag,
             "reopens": f.reopens,
+            "memberships": f.memberships,
+            "state_hash": format!("{:016x}", f.state_hash),
             "extra": f.extra,
         })
     }
