@@ -27,7 +27,7 @@ use crate::changelog_restore::Restorer;
 use crate::ingest_lanes::{Lanes, Received, Resume};
 use crate::input_positions::{InputPositions, Verdict};
 use crate::node::Node;
-use crate::partition::{BatchOutcome, ProcessBatch, RawMessage};
+use crate::partition::{BatchOutcome, BatchRefused, PartitionActor, ProcessBatch, RawMessage};
 use audience_state::store::{Partition, Store};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
@@ -477,6 +477,10 @@ pub async fn run(
     let mut lanes = Lanes::new(config.max_batch, config.max_batch_bytes);
     let held_limit = config.max_batch_bytes.saturating_mul(HELD_BATCHES);
     let mut in_flight = FuturesUnordered::new();
+    // Batches the store refused, each waiting to be handed over again, and how many times in a
+    // row each partition's was refused.
+    let mut retries = FuturesUnordered::new();
+    let mut stalls: BTreeMap<Partition, u32> = BTreeMap::new();
     let mut generation = node.generation();
     loop {
         // The assignment changed (a rebalance runs inside `recv`; the engine's own handover on
@@ -503,8 +507,7 @@ pub async fn run(
                     // Queued now, not when first polled: a `Stop` sent by a release after this
                     // comes after the batch (see `Node::release`).
                     let request = addr.send(ProcessBatch(batch.messages));
-                    let (partition, epoch) = (batch.partition, batch.epoch);
-                    in_flight.push(async move { (partition, epoch, request.await) });
+                    in_flight.push(awaiting(batch.partition, batch.epoch, request));
                 }
                 // Not owned any more: its messages are its new owner's.
                 _ => lanes.finished(batch.partition, batch.epoch),
@@ -514,8 +517,46 @@ pub async fn run(
         let first = tokio::select! {
             _ = shutdown.changed() => break,
             Some((partition, epoch, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                lanes.finished(partition, epoch);
-                applied(&consumer, &node, partition, epoch, result)?;
+                match result {
+                    // The store refused it: nothing after it is applied (its lane holds the
+                    // rest, and pauses the partition once full) until it is stored.
+                    Ok(Err(refused)) if node.epoch(partition) == Some(epoch) => {
+                        let attempt = stalls.entry(partition).or_insert(0);
+                        *attempt += 1;
+                        let delay = retry_delay(*attempt);
+                        tracing::warn!(
+                            partition, attempt = *attempt, error = %refused.error, retry_in = ?delay,
+                            "the store refused a batch: the partition waits, and the batch is \
+                             tried again"
+                        );
+                        metrics::counter!("audience_store_refusals_total").increment(1);
+                        node.set_stalled(partition, true);
+                        retries.push(later(partition, epoch, refused.messages, delay));
+                    }
+                    result => {
+                        if stalls.remove(&partition).is_some() {
+                            node.set_stalled(partition, false);
+                            tracing::info!(partition, "the store took the batch: the partition goes on");
+                        }
+                        lanes.finished(partition, epoch);
+                        applied(&consumer, &node, partition, epoch, result)?;
+                    }
+                }
+                continue;
+            }
+            Some((partition, epoch, messages)) = retries.next(), if !retries.is_empty() => {
+                match node.owned_partition(partition)? {
+                    Some(addr) if node.epoch(partition) == Some(epoch) => {
+                        let request = addr.send(ProcessBatch(messages));
+                        in_flight.push(awaiting(partition, epoch, request));
+                    }
+                    // It left while it waited: its new owner reads it from the stored offsets.
+                    _ => {
+                        stalls.remove(&partition);
+                        node.set_stalled(partition, false);
+                        lanes.finished(partition, epoch);
+                    }
+                }
                 continue;
             }
             _ = quiet.tick() => {
@@ -542,10 +583,14 @@ pub async fn run(
                 if !config.self_assigned {
                     // Every owned partition is positioned again at its stored offsets: the
                     // batches in flight are applied first (their offsets stored), and what
-                    // waits is dropped (fetched again from there).
+                    // waits is dropped (fetched again from there), refused batches too.
                     while let Some((partition, epoch, result)) = in_flight.next().await {
                         lanes.finished(partition, epoch);
                         applied(&consumer, &node, partition, epoch, result)?;
+                    }
+                    retries.clear();
+                    for (partition, _) in std::mem::take(&mut stalls) {
+                        node.set_stalled(partition, false);
                     }
                     let paused = lanes.clear();
                     set_paused(&consumer, &config.topics, &paused, false);
@@ -662,6 +707,37 @@ fn set_paused(
     }
 }
 
+/// What a partition actor answers to a batch handed over.
+type BatchResult = Result<Result<BatchOutcome, BatchRefused>, actix::MailboxError>;
+
+/// The answer to a batch of `partition` handed over under `epoch`, with its partition and epoch.
+async fn awaiting(
+    partition: Partition,
+    epoch: u64,
+    request: actix::dev::Request<PartitionActor, ProcessBatch>,
+) -> (Partition, u64, BatchResult) {
+    (partition, epoch, request.await)
+}
+
+/// A refused batch of `partition`, given back after `delay` to be handed over again.
+async fn later(
+    partition: Partition,
+    epoch: u64,
+    messages: Vec<RawMessage>,
+    delay: Duration,
+) -> (Partition, u64, Vec<RawMessage>) {
+    tokio::time::sleep(delay).await;
+    (partition, epoch, messages)
+}
+
+/// How long a partition waits before its refused batch is tried again: from 100 ms, doubling
+/// to 5 s. RocksDB takes writes again on its own once space returns (its file manager checks
+/// every few seconds), so waiting longer would only add to the pause.
+fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempt.saturating_sub(1).min(6)))
+        .min(Duration::from_secs(5))
+}
+
 /// A batch of `partition` handed over under `epoch` came back: its offsets are committed
 /// (advisory) while the partition is still owned under that epoch.
 fn applied(
@@ -669,7 +745,7 @@ fn applied(
     node: &Node,
     partition: Partition,
     epoch: u64,
-    result: Result<Result<BatchOutcome, String>, actix::MailboxError>,
+    result: BatchResult,
 ) -> anyhow::Result<()> {
     let still_owned = node.epoch(partition) == Some(epoch);
     match result {
@@ -689,9 +765,16 @@ fn applied(
             }
             Ok(())
         }
-        // The store refused a write: continuing would apply later messages without these.
-        // Stop; the supervisor restarts the node from the stored offsets.
-        Ok(Err(e)) => anyhow::bail!("partition {partition}: {e}"),
+        // Refused by the store after the partition left, or while ingestion stops: nothing of
+        // it was stored, so whoever reads the partition next reads it again from the stored
+        // offsets. (While the partition stays, the loop tries the batch again instead.)
+        Ok(Err(refused)) => {
+            tracing::info!(
+                partition, error = %refused.error,
+                "a batch the store refused is left to be read again from the stored offsets"
+            );
+            Ok(())
+        }
         // Released while the batch was queued: its next owner reads it from the stored offsets.
         Err(e) if !still_owned => {
             tracing::debug!(partition, error = %e, "batch of a released partition not applied");

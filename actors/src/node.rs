@@ -51,6 +51,9 @@ struct Ownership {
     /// Partitions placed on this node by the engine's own assignment still wait for their
     /// holder to hand them over (see [`Node::placed_partitions_waiting`]).
     waiting: bool,
+    /// Owned partitions whose last batch the store refused (a full disk): ingestion tries the
+    /// batch again and reads nothing after it meanwhile (see [`Node::set_stalled`]).
+    stalled: BTreeSet<Partition>,
 }
 
 impl Node {
@@ -170,6 +173,31 @@ impl Node {
         ownership.generation > 0 && ownership.restoring.is_empty() && !ownership.waiting
     }
 
+    /// Ready to serve (the health service's `ready`): [`Node::restored`], and no partition
+    /// stalled on a store that refuses writes. A node that cannot store what it reads is taken
+    /// out of service until the store takes writes again, rather than exiting: a restart on a
+    /// full disk would only fail again, and its reads still answer.
+    pub fn ready(&self) -> bool {
+        self.restored() && self.ownership.lock().stalled.is_empty()
+    }
+
+    /// Marks `partition` as stalled (its batch refused by the store, waiting to be tried
+    /// again) or as going on again; a partition no longer owned is never stalled.
+    pub fn set_stalled(&self, partition: Partition, stalled: bool) {
+        let mut ownership = self.ownership.lock();
+        if stalled && ownership.owned.contains(&partition) {
+            ownership.stalled.insert(partition);
+        } else {
+            ownership.stalled.remove(&partition);
+        }
+        metrics::gauge!("audience_partitions_stalled").set(ownership.stalled.len() as f64);
+    }
+
+    /// The owned partitions stalled on the store (see [`Node::set_stalled`]).
+    pub fn stalled(&self) -> Vec<Partition> {
+        self.ownership.lock().stalled.iter().copied().collect()
+    }
+
     /// Whether partitions placed on this node by the engine's own assignment wait for their
     /// holder (see [`Node::restored`]).
     pub fn placed_partitions_waiting(&self, waiting: bool) {
@@ -237,6 +265,7 @@ impl Node {
             ownership.owned.remove(p);
             ownership.restoring.remove(p);
             ownership.since.remove(p);
+            ownership.stalled.remove(p);
         }
         ownership.generation += 1;
     }

@@ -261,6 +261,7 @@ impl pb::admin_service_server::AdminService for Services {
     ) -> Result<Response<pb::EngineStatus>, Status> {
         let engine = &self.node.engine;
         let snapshots = self.node.snapshots().await;
+        let stalled = self.node.stalled();
         let owned: Vec<u32> = engine.partitions.lock().iter().copied().collect();
         let store = engine.store.clone();
         // Counted and read from the store.
@@ -276,6 +277,7 @@ impl pb::admin_service_server::AdminService for Services {
                     next_offsets: s.next_offsets.into_iter().collect(),
                     outbox_head: s.outbox_head,
                     profiles_active: s.profiles_active,
+                    stalled: stalled.contains(&s.partition),
                     deltas_published: store
                         .published(DELTAS_SINK, s.partition)
                         .map_err(convert::internal)?,

@@ -310,7 +310,8 @@ fn server_tls(
 }
 
 /// The health service's "ready": SERVING once the node holds its partitions restored, NOT
-/// SERVING while it waits for its assignment or restores, and again once it drains.
+/// SERVING while it waits for its assignment or restores, while a partition is stalled on a
+/// store that refuses writes (a full disk; see `Node::ready`), and again once it drains.
 async fn report_readiness(
     node: Arc<Node>,
     health: tonic_health::server::HealthReporter,
@@ -318,7 +319,7 @@ async fn report_readiness(
 ) {
     let mut ready = None;
     loop {
-        let now = node.restored() && !*shutdown.borrow();
+        let now = node.ready() && !*shutdown.borrow();
         if ready != Some(now) {
             let status = if now {
                 tonic_health::ServingStatus::Serving

@@ -498,6 +498,14 @@ impl Engine {
         self.child.as_ref().map(Child::id)
     }
 
+    /// How the process ended, if it has (without waiting); `None` while it runs.
+    pub fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
     /// Sends `signal` (`-STOP`, `-CONT`, ...) to the engine's process.
     pub fn signal(&self, signal: &str) -> Result<()> {
         let pid = self

@@ -40,3 +40,8 @@ async fn a_wiped_node_restores_the_same_memberships() -> Result<()> {
 async fn a_broker_restart_mid_stream_loses_nothing() -> Result<()> {
     check("broker_restart").await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_pauses_the_node_not_serving_and_loses_nothing() -> Result<()> {
+    check("disk_full").await
+}

@@ -60,8 +60,16 @@ pub struct RawMessage {
 
 /// Apply one poll batch of this partition.
 #[derive(Message)]
-#[rtype(result = "Result<BatchOutcome, String>")]
+#[rtype(result = "Result<BatchOutcome, BatchRefused>")]
 pub struct ProcessBatch(pub Vec<RawMessage>);
+
+/// A batch the store refused to write (a full disk, an I/O error): nothing of it was applied,
+/// the actor is back at what the store holds, and the messages come back to be tried again.
+#[derive(Debug)]
+pub struct BatchRefused {
+    pub error: String,
+    pub messages: Vec<RawMessage>,
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct BatchOutcome {
@@ -288,6 +296,11 @@ impl PartitionActor {
             None => store.index_sample(p)?,
         };
         self.calc_evaluated = store.calculated_evaluated(p)?.into_iter().collect();
+        // Read before anything below writes: after a refused write (a full disk) `recover`
+        // must still find the heads the store holds, even when these writes fail too.
+        self.replay = store.replay_cursor(p)?;
+        self.outbox_head = store.outbox_head(p)?;
+        self.deadletter_head = store.deadletter_head(p)?;
         if self.calc_evaluated.is_empty() && self.dict.is_empty() {
             // No profile of this partition has logged an event (new partition, or a store
             // from before the log): there is nothing to recalculate from, and the streaming
@@ -308,9 +321,6 @@ impl PartitionActor {
                 "facts records written for a store from before them"
             );
         }
-        self.replay = store.replay_cursor(p)?;
-        self.outbox_head = store.outbox_head(p)?;
-        self.deadletter_head = store.deadletter_head(p)?;
         Ok(())
     }
 
@@ -446,7 +456,7 @@ impl PartitionActor {
         )
     }
 
-    fn process(&mut self, messages: Vec<RawMessage>) -> Result<BatchOutcome, StoreError> {
+    fn process(&mut self, messages: &[RawMessage]) -> Result<BatchOutcome, StoreError> {
         self.adopt_catalog();
         let ctx = self.ctx();
         let mut outcome = BatchOutcome::default();
@@ -482,7 +492,7 @@ impl PartitionActor {
                         .insert(message.topic.clone(), message.offset + 1);
                 }
             }
-            let inbound = self.decode(&message, max_bytes);
+            let inbound = self.decode(message, max_bytes);
             decoded.push((message, inbound));
         }
         let decodable = decoded
@@ -501,7 +511,7 @@ impl PartitionActor {
             let catalog = self.catalog.clone();
             let retention = self.engine.settings.retention_ms;
             if let Err(why) = self.activate_or_repair(mpid, &mut pending)? {
-                let letter = self.dead_letter(&message, "state_unreadable", why);
+                let letter = self.dead_letter(message, "state_unreadable", why);
                 pending.dead_letters.push(letter);
                 continue;
             }
@@ -526,7 +536,7 @@ impl PartitionActor {
             outcome.applied += 1;
             match processed_by_topic.last_mut() {
                 Some((topic, n)) if *topic == message.topic => *n += 1,
-                _ => processed_by_topic.push((message.topic, 1)),
+                _ => processed_by_topic.push((message.topic.clone(), 1)),
             }
         }
         // Counted once per run of a topic, not per message: a labelled counter is looked up
@@ -760,16 +770,19 @@ impl Actor for PartitionActor {
 }
 
 impl Handler<ProcessBatch> for PartitionActor {
-    type Result = Result<BatchOutcome, String>;
+    type Result = Result<BatchOutcome, BatchRefused>;
 
     fn handle(&mut self, msg: ProcessBatch, _: &mut Context<Self>) -> Self::Result {
         let span =
             tracing::debug_span!("batch", partition = self.partition, messages = msg.0.len());
         let _guard = span.enter();
-        self.process(msg.0).map_err(|e| {
+        self.process(&msg.0).map_err(|e| {
             tracing::error!(partition = self.partition, error = %e, "batch failed");
             self.recover();
-            e.to_string()
+            BatchRefused {
+                error: e.to_string(),
+                messages: msg.0,
+            }
         })
     }
 }

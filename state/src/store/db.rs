@@ -221,6 +221,9 @@ pub struct StoreMemory {
     pub table_readers: u64,
 }
 
+/// The key [`Store::flush`] writes, synced, to make every write before it durable.
+const DURABILITY_MARK: &[u8] = b"durability-mark";
+
 pub struct Store {
     pub(super) db: DB,
     /// Shared by every column family's tables (see [`StoreOptions::cache_bytes`]).
@@ -572,8 +575,18 @@ impl Store {
     }
 
     /// Syncs the WAL: every write committed so far survives a power cut.
+    ///
+    /// By a synced write of one small key (in the default column family, which holds nothing
+    /// else), not by `FlushWAL`: a synced write syncs every log before it just the same, but
+    /// goes through RocksDB's write path, which refuses it while the store is in error. A
+    /// `FlushWAL` after a write failed for lack of space (ENOSPC) meets the log writer's
+    /// "previous error", which RocksDB takes for a fatal error: the store would then refuse
+    /// writes until it is opened again, instead of taking them again by itself once space
+    /// returns.
     pub fn flush(&self) -> StoreResult<()> {
-        self.db.flush_wal(true)?;
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.put_opt(DURABILITY_MARK, b"", &opts)?;
         Ok(())
     }
 

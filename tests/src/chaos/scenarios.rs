@@ -6,6 +6,7 @@ use super::check::{
     differing, engine_view, membership_hash, model_of, quantile, read_whole_topic, receiver_view,
     wait_consumed,
 };
+use super::disk::Tmpfs;
 use super::workload::{audiences, workload, Message, Rng, MAX_MESSAGE_BYTES, POISON_HEADER};
 use super::{Figures, Row, Scale};
 use crate::webhook::{start_hook, webhook, Hook};
@@ -34,10 +35,24 @@ pub struct Fed {
     pub sent_at: HashMap<i64, Instant>,
 }
 
+/// How a [`Stage`]'s node is set up beyond the defaults.
+#[derive(Debug, Default)]
+pub struct Setup {
+    /// Poison messages per 10,000 of the workload.
+    pub poison_per_10000: u64,
+    pub changelog: bool,
+    /// The data directory on a tmpfs of its own of this size (see [`super::disk`]).
+    pub tmpfs_bytes: Option<u64>,
+    /// More of the engine's environment.
+    pub env: Vec<(&'static str, String)>,
+}
+
 /// A run's broker, engine, audiences and receiver.
-/// Fields drop in order: the engine stops before the broker, both before the data goes.
+/// Fields drop in order: the engine stops before its disk is unmounted and the broker stops,
+/// all before the data goes.
 pub struct Stage {
     pub engine: Engine,
+    pub disk: Option<Tmpfs>,
     pub ch: Channel,
     pub broker: Broker,
     pub topics: Topics,
@@ -53,15 +68,9 @@ pub struct Stage {
 }
 
 impl Stage {
-    /// A broker (given, so that a scenario can choose a durable one), an engine with
-    /// `changelog` on or off, the chaos audiences, each connected to one webhook receiver.
-    pub async fn start(
-        name: &str,
-        broker: Broker,
-        scale: Scale,
-        poison_per_10000: u64,
-        changelog: bool,
-    ) -> Result<Stage> {
+    /// A broker (given, so that a scenario can choose a durable one), an engine set up as
+    /// `setup` says, the chaos audiences, each connected to one webhook receiver.
+    pub async fn start(name: &str, broker: Broker, scale: Scale, setup: Setup) -> Result<Stage> {
         let topics = Topics::unique(&format!("chaos-{name}"));
         broker.create_deployment_topics(&topics, PARTITIONS).await?;
         let dir = tempfile::tempdir()?;
@@ -72,7 +81,7 @@ impl Stage {
             ("AUDIENCE_MAX_MESSAGE_BYTES", max_bytes.as_str()),
         ];
         let changelog_topic = format!("{}-changelog", topics.events);
-        if changelog {
+        if setup.changelog {
             env.extend([
                 ("AUDIENCE_CHANGELOG", "true"),
                 ("AUDIENCE_CHANGELOG_TOPIC", changelog_topic.as_str()),
@@ -80,8 +89,13 @@ impl Stage {
                 ("AUDIENCE_CATALOG_SECRET_KEY", CLUSTER_KEY),
             ]);
         }
-        let mut engine =
-            Engine::start_with(&broker, &topics, &dir.path().join("node"), name, &env)?;
+        env.extend(setup.env.iter().map(|(k, v)| (*k, v.as_str())));
+        let data_dir = dir.path().join("node");
+        let disk = match setup.tmpfs_bytes {
+            Some(bytes) => Some(Tmpfs::mount(&data_dir, bytes)?),
+            None => None,
+        };
+        let mut engine = Engine::start_with(&broker, &topics, &data_dir, name, &env)?;
         let ch = engine.ready().await?;
         let (hook, url) = start_hook().await?;
         let mut outputs = pb::output_service_client::OutputServiceClient::new(ch.clone());
@@ -100,10 +114,16 @@ impl Stage {
             crate::connect(&ch, a.id, output.id).await?;
             audience_ids.push(a.id);
         }
-        let messages = workload(scale.seed, scale.users, scale.messages, poison_per_10000);
+        let messages = workload(
+            scale.seed,
+            scale.users,
+            scale.messages,
+            setup.poison_per_10000,
+        );
         let base_ms = engine_now(&ch).await? - scale.messages as i64 - 60_000;
         Ok(Stage {
             engine,
+            disk,
             ch,
             broker,
             topics,
@@ -337,14 +357,14 @@ fn settle(result: Option<Settled>, fed: &mut Fed, acked_so_far: &AtomicU64) {
 }
 
 /// How long the producer takes to send the workload at the scale's rate.
-fn stream_ms(scale: Scale) -> u64 {
+pub(super) fn stream_ms(scale: Scale) -> u64 {
     match scale.rate {
         0 => 10_000,
         rate => scale.messages * 1000 / rate,
     }
 }
 
-fn round(x: f64) -> f64 {
+pub(super) fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
@@ -352,7 +372,16 @@ fn round(x: f64) -> f64 {
 /// is dead-lettered with its reason, nothing else is lost, and the lag returns to 0.
 pub async fn poison(scale: Scale) -> Result<Row> {
     let started = Instant::now();
-    let stage = Stage::start("poison", Broker::start()?, scale, 100, false).await?;
+    let stage = Stage::start(
+        "poison",
+        Broker::start()?,
+        scale,
+        Setup {
+            poison_per_10000: 100,
+            ..Setup::default()
+        },
+    )
+    .await?;
     let fed = stage.feed()?.await?;
     let mut row = stage.finish("poison", fed, Figures::default()).await?;
     let injected = row.figures.poison_injected;
@@ -389,7 +418,7 @@ pub async fn poison(scale: Scale) -> Result<Row> {
 /// streams, and started again each time.
 pub async fn kill_loop(scale: Scale) -> Result<Row> {
     let started = Instant::now();
-    let mut stage = Stage::start("kill-loop", Broker::start()?, scale, 0, false).await?;
+    let mut stage = Stage::start("kill-loop", Broker::start()?, scale, Setup::default()).await?;
     let feeding = stage.feed()?;
     let mut rng = Rng::new(scale.seed ^ 0x4b11);
     let stream_ms = stream_ms(scale);
@@ -423,7 +452,7 @@ pub async fn broker_restart(scale: Scale) -> Result<Row> {
     let started = Instant::now();
     let broker_dir = tempfile::tempdir()?;
     let broker = Broker::start_durable(broker_dir.path())?;
-    let mut stage = Stage::start("broker", broker, scale, 0, false).await?;
+    let mut stage = Stage::start("broker", broker, scale, Setup::default()).await?;
     let feeding = stage.feed()?;
     tokio::time::sleep(Duration::from_millis(stream_ms(scale) / 3)).await;
     let events = stage.topics.events.clone();
@@ -469,7 +498,7 @@ pub async fn broker_restart(scale: Scale) -> Result<Row> {
 /// would once it answers; no delta may reach the receiver out of order.
 pub async fn output_outage(scale: Scale) -> Result<Row> {
     let started = Instant::now();
-    let stage = Stage::start("outage", Broker::start()?, scale, 0, false).await?;
+    let stage = Stage::start("outage", Broker::start()?, scale, Setup::default()).await?;
     let outage = Duration::from_secs(scale.outage_s);
     let slow = if scale.outage_s >= 30 { 5 } else { 1 };
     *stage.hook.down_until.lock().unwrap() = Some(Instant::now() + outage);
@@ -540,7 +569,16 @@ pub async fn output_outage(scale: Scale) -> Result<Row> {
 /// with the same memberships, versions included.
 pub async fn wipe_replay(scale: Scale) -> Result<Row> {
     let started = Instant::now();
-    let mut stage = Stage::start("wipe", Broker::start()?, scale, 0, true).await?;
+    let mut stage = Stage::start(
+        "wipe",
+        Broker::start()?,
+        scale,
+        Setup {
+            changelog: true,
+            ..Setup::default()
+        },
+    )
+    .await?;
     let fed = stage.feed()?.await?;
     let before = stage
         .finish("wipe_replay", Fed::default(), Figures::default())
@@ -574,12 +612,13 @@ pub async fn wipe_replay(scale: Scale) -> Result<Row> {
 }
 
 /// Every scenario, in the order `make chaos` runs them.
-pub const NAMES: [&str; 5] = [
+pub const NAMES: [&str; 6] = [
     "poison",
     "kill_loop",
     "broker_restart",
     "output_outage",
     "wipe_replay",
+    "disk_full",
 ];
 
 /// Runs the scenario called `name` (one of [`NAMES`]).
@@ -590,6 +629,7 @@ pub async fn run(name: &str, scale: Scale) -> Result<Row> {
         "broker_restart" => broker_restart(scale).await,
         "output_outage" => output_outage(scale).await,
         "wipe_replay" => wipe_replay(scale).await,
+        "disk_full" => super::disk::disk_full(scale).await,
         other => anyhow::bail!("no chaos scenario {other:?} (there are {NAMES:?})"),
     }
 }

@@ -108,6 +108,7 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
                 "outbox_head": p.outbox_head,
                 "deltas_published": p.deltas_published,
                 "profiles_active": p.profiles_active,
+                "stalled": p.stalled,
                 "next_offsets": p.next_offsets,
             })).collect::<Vec<_>>(),
         }));
@@ -144,12 +145,17 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
     );
     for p in s.partitions {
         say!(
-            "  partition {:>3}  outbox head {:>8}  published {:>8}  profiles in memory {:>6}  next offsets {:?}",
+            "  partition {:>3}  outbox head {:>8}  published {:>8}  profiles in memory {:>6}  next offsets {:?}{}",
             p.partition,
             p.outbox_head,
             p.deltas_published,
             p.profiles_active,
-            p.next_offsets
+            p.next_offsets,
+            if p.stalled {
+                "  STALLED: the store refuses writes (disk full?)"
+            } else {
+                ""
+            }
         );
     }
     Ok(())
