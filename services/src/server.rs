@@ -24,20 +24,23 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
 /// Creates topics on a real cluster, leaving existing ones alone. Returns the topics the
-/// cluster refused, with the reason.
+/// cluster refused, with the reason. `properties` are the operator's librdkafka settings
+/// (`kafka.properties`: security, SASL, timeouts), as every other client of the node has them:
+/// without them a cluster that asks for credentials never answers the admin client.
 pub async fn ensure_topics(
     bootstrap: &str,
+    properties: &BTreeMap<String, String>,
     topics: &[&str],
     partitions: i32,
 ) -> anyhow::Result<Vec<(String, String)>> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        audience_actors::catalog_topic::client_config(bootstrap, properties).create()?;
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
@@ -420,6 +423,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .collect();
             let refused = ensure_topics(
                 &config.kafka.bootstrap_servers,
+                &config.kafka.properties,
                 &topics,
                 config.kafka.partitions,
             )

@@ -1003,3 +1003,45 @@ pub fn custom_event(
         "event_type": "custom_event"
     })
 }
+
+/// A CA, a server certificate it signed for 127.0.0.1 and localhost, and a client certificate
+/// it signed, as PEM files.
+pub struct TestPki {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client: (PathBuf, PathBuf),
+}
+
+pub fn test_pki(dir: &Path, name: &str) -> Result<TestPki> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{name} test CA"));
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate()?;
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?
+        .signed_by(&server_key, &issuer)?;
+    let client_key = KeyPair::generate()?;
+    let client =
+        CertificateParams::new(vec![format!("{name}-client")])?.signed_by(&client_key, &issuer)?;
+    let pki = TestPki {
+        ca: dir.join(format!("{name}-ca.pem")),
+        cert: dir.join(format!("{name}-server.pem")),
+        key: dir.join(format!("{name}-server.key")),
+        client: (
+            dir.join(format!("{name}-client.pem")),
+            dir.join(format!("{name}-client.key")),
+        ),
+    };
+    std::fs::write(&pki.ca, ca_cert.pem())?;
+    std::fs::write(&pki.cert, server.pem())?;
+    std::fs::write(&pki.key, server_key.serialize_pem())?;
+    std::fs::write(&pki.client.0, client.pem())?;
+    std::fs::write(&pki.client.1, client_key.serialize_pem())?;
+    Ok(pki)
+}

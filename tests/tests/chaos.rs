@@ -45,3 +45,8 @@ async fn a_broker_restart_mid_stream_loses_nothing() -> Result<()> {
 async fn a_full_disk_pauses_the_node_not_serving_and_loses_nothing() -> Result<()> {
     check("disk_full").await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refused_call_gets_its_code_under_load_and_nothing_is_lost() -> Result<()> {
+    check("security").await
+}

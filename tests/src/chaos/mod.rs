@@ -7,12 +7,13 @@
 //! receiver's deduplicated view equals the engine's and the model's, and enough was applied
 //! that the run cannot pass by doing nothing. Layout: `workload` (the generator and the
 //! model), `check` (reading the topics, the receiver and the engine back), `scenarios` (the
-//! runs), `disk` (the disk-full run and its tmpfs); this file holds the figures and the
-//! verdict they all share.
+//! runs), `disk` (the disk-full run and its tmpfs), `security` (the calls that must be
+//! refused); this file holds the figures and the verdict they all share.
 
 pub mod check;
 pub mod disk;
 pub mod scenarios;
+pub mod security;
 pub mod workload;
 
 use serde_json::{json, Value};

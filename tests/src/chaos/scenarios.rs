@@ -43,6 +43,8 @@ pub struct Setup {
     pub changelog: bool,
     /// The data directory on a tmpfs of its own of this size (see [`super::disk`]).
     pub tmpfs_bytes: Option<u64>,
+    /// gRPC over TLS, with a certificate of a CA made for the run (the harness trusts it).
+    pub tls: bool,
     /// More of the engine's environment.
     pub env: Vec<(&'static str, String)>,
 }
@@ -89,13 +91,24 @@ impl Stage {
                 ("AUDIENCE_CATALOG_SECRET_KEY", CLUSTER_KEY),
             ]);
         }
-        env.extend(setup.env.iter().map(|(k, v)| (*k, v.as_str())));
+        let mut owned = setup.env.clone();
+        let ca = match setup.tls {
+            true => {
+                let pki = crate::test_pki(dir.path(), "chaos")?;
+                owned.push(("AUDIENCE_TLS_CERT", pki.cert.display().to_string()));
+                owned.push(("AUDIENCE_TLS_KEY", pki.key.display().to_string()));
+                Some(pki.ca)
+            }
+            false => None,
+        };
+        env.extend(owned.iter().map(|(k, v)| (*k, v.as_str())));
         let data_dir = dir.path().join("node");
         let disk = match setup.tmpfs_bytes {
             Some(bytes) => Some(Tmpfs::mount(&data_dir, bytes)?),
             None => None,
         };
         let mut engine = Engine::start_with(&broker, &topics, &data_dir, name, &env)?;
+        engine.client.ca_file = ca;
         let ch = engine.ready().await?;
         let (hook, url) = start_hook().await?;
         let mut outputs = pb::output_service_client::OutputServiceClient::new(ch.clone());
@@ -612,13 +625,14 @@ pub async fn wipe_replay(scale: Scale) -> Result<Row> {
 }
 
 /// Every scenario, in the order `make chaos` runs them.
-pub const NAMES: [&str; 6] = [
+pub const NAMES: [&str; 7] = [
     "poison",
     "kill_loop",
     "broker_restart",
     "output_outage",
     "wipe_replay",
     "disk_full",
+    "security",
 ];
 
 /// Runs the scenario called `name` (one of [`NAMES`]).
@@ -630,6 +644,7 @@ pub async fn run(name: &str, scale: Scale) -> Result<Row> {
         "output_outage" => output_outage(scale).await,
         "wipe_replay" => wipe_replay(scale).await,
         "disk_full" => super::disk::disk_full(scale).await,
+        "security" => super::security::security(scale).await,
         other => anyhow::bail!("no chaos scenario {other:?} (there are {NAMES:?})"),
     }
 }

@@ -76,7 +76,13 @@ pub async fn create_topics(
     topics: Vec<String>,
 ) -> anyhow::Result<()> {
     let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let refused = audience_services::server::ensure_topics(&bootstrap, &refs, partitions).await?;
+    let refused = audience_services::server::ensure_topics(
+        &bootstrap,
+        &Default::default(),
+        &refs,
+        partitions,
+    )
+    .await?;
     for (topic, reason) in &refused {
         eprintln!("topic {topic}: {reason}");
     }
