@@ -20,7 +20,8 @@ pub struct TopicRecord {
     pub headers: BTreeMap<String, String>,
 }
 
-/// Every record of `topic` up to its current end, each partition in offset order.
+/// Every record of `topic` up to its end, each partition in offset order: up to the end it
+/// reports and on until a second passes with no record, and with no record skipped.
 pub fn read_whole_topic(bootstrap: &str, topic: &str) -> Result<Vec<TopicRecord>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -35,11 +36,13 @@ pub fn read_whole_topic(bootstrap: &str, topic: &str) -> Result<Vec<TopicRecord>
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     let mut ends = BTreeMap::new();
+    let mut starts = BTreeMap::new();
     let mut assignment = rdkafka::TopicPartitionList::new();
     for p in &partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
-        if high > 0 {
+        let (low, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
+        if high > low {
             ends.insert(*p, high);
+            starts.insert(*p, low);
             assignment.add_partition_offset(topic, *p, rdkafka::Offset::Beginning)?;
         }
     }
@@ -48,11 +51,18 @@ pub fn read_whole_topic(bootstrap: &str, topic: &str) -> Result<Vec<TopicRecord>
         return Ok(out);
     }
     consumer.assign(&assignment)?;
-    let mut read: BTreeMap<i32, i64> = BTreeMap::new();
+    // Per partition, the offset of the next record to read.
+    let mut read: BTreeMap<i32, i64> = starts;
+    // Tries in a row at reading a partition's next record where the broker skipped it.
+    let mut skipped_tries: BTreeMap<i32, u32> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(120);
+    // tansu may report an end short of the last batch it acknowledged: once at the ends, read
+    // on until a second passes with no record.
+    let mut last_record = Instant::now();
     while ends
         .iter()
         .any(|(p, end)| read.get(p).copied().unwrap_or(0) < *end)
+        || last_record.elapsed() < Duration::from_secs(1)
     {
         anyhow::ensure!(
             Instant::now() < deadline,
@@ -62,6 +72,31 @@ pub fn read_whole_topic(bootstrap: &str, topic: &str) -> Result<Vec<TopicRecord>
             continue;
         };
         let message = message?;
+        let (p, offset) = (message.partition(), message.offset());
+        let expected = read.get(&p).copied().unwrap_or(0);
+        if offset < expected {
+            // Read again after moving back (below): already read.
+            continue;
+        }
+        if offset > expected {
+            // tansu serves a record batch only to a fetch from its first offset: a fetch that
+            // starts inside one gets the next batch, skipping records. Move back, further each
+            // try (the engine does the same, `input_positions`), until the records between
+            // come; a gap that stays after 12 tries (1,024 back) is taken as the topic's own.
+            let tries = skipped_tries.entry(p).or_insert(0);
+            if *tries < 12 {
+                *tries += 1;
+                let back = if *tries == 1 { 0 } else { 1i64 << (*tries - 2) };
+                consumer.seek(
+                    topic,
+                    p,
+                    rdkafka::Offset::Offset((expected - back).max(0)),
+                    Duration::from_secs(10),
+                )?;
+                continue;
+            }
+        }
+        skipped_tries.remove(&p);
         let mut headers = BTreeMap::new();
         if let Some(h) = message.headers() {
             for header in h.iter() {
@@ -71,10 +106,11 @@ pub fn read_whole_topic(bootstrap: &str, topic: &str) -> Result<Vec<TopicRecord>
                 );
             }
         }
-        read.insert(message.partition(), message.offset() + 1);
+        read.insert(p, offset + 1);
+        last_record = Instant::now();
         out.push(TopicRecord {
-            partition: message.partition(),
-            offset: message.offset(),
+            partition: p,
+            offset,
             payload: message.payload().unwrap_or_default().to_vec(),
             headers,
         });

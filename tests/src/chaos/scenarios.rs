@@ -281,10 +281,18 @@ impl Stage {
         figures.on_topic = records.len() as u64;
         figures.applied = engine.steps.values().sum();
         figures.lost = fed.steps_acknowledged.saturating_sub(steps_on_topic);
+        // The first users whose counts differ, named in the row so that a failure says where.
+        let mut differing_users = Vec::new();
         for (mpid, user) in &model.users {
             let applied = engine.steps.get(mpid).copied().unwrap_or(0);
             figures.lost += user.steps.saturating_sub(applied);
             figures.duplicated_applied += applied.saturating_sub(user.steps);
+            if applied != user.steps && differing_users.len() < 5 {
+                differing_users.push(format!(
+                    "user {mpid}: {} steps on the topic, {applied} applied",
+                    user.steps
+                ));
+            }
         }
         figures.duplicate_deltas = receiver.items - receiver.distinct;
         figures.order_violations = receiver.order_violations;
@@ -312,7 +320,9 @@ impl Stage {
             .insert("catch_up_s".into(), round(caught_up.as_secs_f64()));
         // A run that applied less than 90% of what it sent proves nothing.
         let min_applied = (steps_on_topic * 9 / 10).max(1);
-        Ok(Row::judge(scenario, figures, min_applied))
+        let mut row = Row::judge(scenario, figures, min_applied);
+        row.failures.extend(differing_users);
+        Ok(row)
     }
 
     /// The dead letters on their topic once `expected` are there (or 60 s passed): by
