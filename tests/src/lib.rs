@@ -710,8 +710,6 @@ pub async fn status(ch: &Channel) -> Result<pb::EngineStatus> {
         .into_inner())
 }
 
-/// Every record of a topic's partitions, as JSON: read until nothing more comes for a second
-/// (the test broker's reported end may lag its last batch).
 /// The distinct delta ids the deltas topic holds, sorted (what a receiver has after dedupe).
 pub fn distinct_delta_ids(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<String>> {
     let mut ids: Vec<String> = read_topic(bootstrap, topic, partitions)?
@@ -733,6 +731,7 @@ pub async fn memberships(ch: &Channel, mpid: i64) -> Result<Vec<(u64, u64)>> {
         .collect())
 }
 
+/// Every record of the topic's first `partitions` partitions, as JSON ([`read_whole_topic`]).
 pub fn read_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<serde_json::Value>> {
     Ok(read_topic_partitions(bootstrap, topic, partitions)?
         .into_iter()
@@ -746,29 +745,114 @@ pub fn read_topic_partitions(
     topic: &str,
     partitions: i32,
 ) -> Result<Vec<(i32, serde_json::Value)>> {
+    read_whole_topic(bootstrap, topic)?
+        .into_iter()
+        .filter(|r| r.partition < partitions)
+        .map(|r| Ok((r.partition, serde_json::from_slice(&r.payload)?)))
+        .collect()
+}
+
+/// One record of a topic, as read back.
+#[derive(Debug, Clone)]
+pub struct TopicRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Vec<u8>,
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// Every record of `topic` up to its end, each partition in offset order: up to the end it
+/// reports and on until a second passes with no record, and with no record skipped.
+pub fn read_whole_topic(bootstrap: &str, topic: &str) -> Result<Vec<TopicRecord>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Message;
+    use rdkafka::message::{Headers, Message};
+    use std::collections::BTreeMap;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", "topic-reader")
+        .set("group.id", format!("topic-reader-{topic}"))
         .set("enable.auto.commit", "false")
+        .set("fetch.message.max.bytes", "4000000")
         .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut ends = BTreeMap::new();
+    let mut starts = BTreeMap::new();
     let mut assignment = rdkafka::TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)?;
+    for p in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
+        ends.insert(*p, high);
+        starts.insert(*p, low);
+        assignment.add_partition_offset(topic, *p, rdkafka::Offset::Beginning)?;
     }
-    consumer.assign(&assignment)?;
     let mut out = Vec::new();
-    let mut last = Instant::now();
-    while last.elapsed() < Duration::from_secs(1) {
-        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            let message = message?;
-            out.push((
-                message.partition(),
-                serde_json::from_slice(message.payload().unwrap_or_default())?,
-            ));
-            last = Instant::now();
+    consumer.assign(&assignment)?;
+    // Per partition, the offset of the next record to read.
+    let mut read: BTreeMap<i32, i64> = starts;
+    // Tries in a row at reading a partition's next record where the broker skipped it.
+    let mut skipped_tries: BTreeMap<i32, u32> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // tansu may report an end short of the last batch it acknowledged: once at the ends, read
+    // on until a second passes with no record.
+    let mut last_record = Instant::now();
+    while ends
+        .iter()
+        .any(|(p, end)| read.get(p).copied().unwrap_or(0) < *end)
+        || last_record.elapsed() < Duration::from_secs(1)
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{topic}: read {read:?} of {ends:?} within 120 s"
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message?;
+        let (p, offset) = (message.partition(), message.offset());
+        let expected = read.get(&p).copied().unwrap_or(0);
+        if offset < expected {
+            // Read again after moving back (below): already read.
+            continue;
         }
+        if offset > expected {
+            // tansu serves a record batch only to a fetch from its first offset: a fetch that
+            // starts inside one gets the next batch, skipping records. Move back, further each
+            // try (the engine does the same, `input_positions`), until the records between
+            // come; a gap that stays after 12 tries (1,024 back) is taken as the topic's own.
+            let tries = skipped_tries.entry(p).or_insert(0);
+            if *tries < 12 {
+                *tries += 1;
+                let back = if *tries == 1 { 0 } else { 1i64 << (*tries - 2) };
+                consumer.seek(
+                    topic,
+                    p,
+                    rdkafka::Offset::Offset((expected - back).max(0)),
+                    Duration::from_secs(10),
+                )?;
+                continue;
+            }
+        }
+        skipped_tries.remove(&p);
+        let mut headers = BTreeMap::new();
+        if let Some(h) = message.headers() {
+            for header in h.iter() {
+                headers.insert(
+                    header.key.to_string(),
+                    String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        read.insert(p, offset + 1);
+        last_record = Instant::now();
+        out.push(TopicRecord {
+            partition: p,
+            offset,
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers,
+        });
     }
     Ok(out)
 }

@@ -44,6 +44,13 @@ fn non_zero_i64(n: i64) -> Option<i64> {
     (n != 0).then_some(n)
 }
 
+/// A time field: unset at 0 (proto3's default), else checked as [`check_timestamp`] does.
+fn timestamp(ms: i64, path: &Path<'_>) -> Result<Option<i64>> {
+    non_zero_i64(ms)
+        .map(|ms| check_timestamp(ms, path))
+        .transpose()
+}
+
 fn non_zero_f64(n: f64) -> Option<f64> {
     (n != 0.0 && n.is_finite()).then_some(n)
 }
@@ -68,9 +75,10 @@ fn batch_from_proto(batch: pb::EventBatch) -> Result<Batch> {
     if batch.mpid == 0 {
         return Err(DecodeError::MissingMpid);
     }
-    let timestamp_ms = non_zero_i64(batch.timestamp_unixtime_ms)
-        .map(|ms| check_timestamp(ms, &Path::top("timestamp_unixtime_ms")))
-        .transpose()?;
+    let timestamp_ms = timestamp(
+        batch.timestamp_unixtime_ms,
+        &Path::top("timestamp_unixtime_ms"),
+    )?;
     let events_path = Path::top("events");
     let mut location = batch.location.and_then(position_from_proto);
     let mut events = Vec::with_capacity(batch.events.len());
@@ -328,11 +336,12 @@ fn events_from_proto(
         },
         Some(K::Uninstall(_)) => EventKind::Uninstall,
     };
-    let timestamp_ms = non_zero_i64(event.timestamp_unixtime_ms)
-        .map(|ms| check_timestamp(ms, &path.key("timestamp_unixtime_ms")))
-        .transpose()?
-        .or(batch_timestamp)
-        .unwrap_or(0);
+    let timestamp_ms = timestamp(
+        event.timestamp_unixtime_ms,
+        &path.key("timestamp_unixtime_ms"),
+    )?
+    .or(batch_timestamp)
+    .unwrap_or(0);
     let attributes: BTreeMap<String, String> = event.custom_attributes.into_iter().collect();
     check_split(1 + kinds.len(), attributes.len(), copies, path)?;
     for kind in std::iter::once(kind).chain(kinds) {
@@ -369,9 +378,10 @@ fn identity_from_proto(message: pb::IdentityMessage) -> Result<IdentityUpdate> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let timestamp_ms = non_zero_i64(message.timestamp_unixtime_ms)
-        .map(|ms| check_timestamp(ms, &Path::top("timestamp_unixtime_ms")))
-        .transpose()?;
+    let timestamp_ms = timestamp(
+        message.timestamp_unixtime_ms,
+        &Path::top("timestamp_unixtime_ms"),
+    )?;
     Ok(IdentityUpdate {
         mpid: message.mpid,
         timestamp_ms,

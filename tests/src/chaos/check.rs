@@ -1,122 +1,12 @@
-//! How a chaos run checks itself: the events and dead-letter topics read back whole, the
-//! receiver's record of every delta (duplicates, order, latency), the engine's own view of
-//! every user, and the lag while the run goes.
+//! How a chaos run checks itself: the events and dead-letter topics read back whole
+//! ([`crate::read_whole_topic`]), the receiver's record of every delta (duplicates, order,
+//! latency), the engine's own view of every user, and the lag while the run goes.
 
 use super::workload::{audiences, Model, POISON_HEADER, STEP_EVENT};
 use crate::webhook::Hook;
-use crate::{profile, status, Channel, Result};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::ClientConfig;
+use crate::{profile, status, Channel, Result, TopicRecord};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
-
-/// One record of a topic, as read back.
-#[derive(Debug, Clone)]
-pub struct TopicRecord {
-    pub partition: i32,
-    pub offset: i64,
-    pub payload: Vec<u8>,
-    pub headers: BTreeMap<String, String>,
-}
-
-/// Every record of `topic` up to its end, each partition in offset order: up to the end it
-/// reports and on until a second passes with no record, and with no record skipped.
-pub fn read_whole_topic(bootstrap: &str, topic: &str) -> Result<Vec<TopicRecord>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("chaos-reader-{topic}"))
-        .set("enable.auto.commit", "false")
-        .set("fetch.message.max.bytes", "4000000")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    let mut ends = BTreeMap::new();
-    let mut starts = BTreeMap::new();
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    for p in &partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
-        if high > low {
-            ends.insert(*p, high);
-            starts.insert(*p, low);
-            assignment.add_partition_offset(topic, *p, rdkafka::Offset::Beginning)?;
-        }
-    }
-    let mut out = Vec::new();
-    if ends.is_empty() {
-        return Ok(out);
-    }
-    consumer.assign(&assignment)?;
-    // Per partition, the offset of the next record to read.
-    let mut read: BTreeMap<i32, i64> = starts;
-    // Tries in a row at reading a partition's next record where the broker skipped it.
-    let mut skipped_tries: BTreeMap<i32, u32> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    // tansu may report an end short of the last batch it acknowledged: once at the ends, read
-    // on until a second passes with no record.
-    let mut last_record = Instant::now();
-    while ends
-        .iter()
-        .any(|(p, end)| read.get(p).copied().unwrap_or(0) < *end)
-        || last_record.elapsed() < Duration::from_secs(1)
-    {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{topic}: read {read:?} of {ends:?} within 120 s"
-        );
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = message?;
-        let (p, offset) = (message.partition(), message.offset());
-        let expected = read.get(&p).copied().unwrap_or(0);
-        if offset < expected {
-            // Read again after moving back (below): already read.
-            continue;
-        }
-        if offset > expected {
-            // tansu serves a record batch only to a fetch from its first offset: a fetch that
-            // starts inside one gets the next batch, skipping records. Move back, further each
-            // try (the engine does the same, `input_positions`), until the records between
-            // come; a gap that stays after 12 tries (1,024 back) is taken as the topic's own.
-            let tries = skipped_tries.entry(p).or_insert(0);
-            if *tries < 12 {
-                *tries += 1;
-                let back = if *tries == 1 { 0 } else { 1i64 << (*tries - 2) };
-                consumer.seek(
-                    topic,
-                    p,
-                    rdkafka::Offset::Offset((expected - back).max(0)),
-                    Duration::from_secs(10),
-                )?;
-                continue;
-            }
-        }
-        skipped_tries.remove(&p);
-        let mut headers = BTreeMap::new();
-        if let Some(h) = message.headers() {
-            for header in h.iter() {
-                headers.insert(
-                    header.key.to_string(),
-                    String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
-                );
-            }
-        }
-        read.insert(p, offset + 1);
-        last_record = Instant::now();
-        out.push(TopicRecord {
-            partition: p,
-            offset,
-            payload: message.payload().unwrap_or_default().to_vec(),
-            headers,
-        });
-    }
-    Ok(out)
-}
 
 /// The model of what the events topic holds.
 pub fn model_of(records: &[TopicRecord]) -> Model {

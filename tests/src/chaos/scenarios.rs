@@ -3,14 +3,16 @@
 //! something, then reads everything back and judges it ([`Stage::finish`]).
 
 use super::check::{
-    differing, engine_view, membership_hash, model_of, quantile, read_whole_topic, receiver_view,
-    wait_consumed,
+    differing, engine_view, membership_hash, model_of, quantile, receiver_view, wait_consumed,
 };
 use super::disk::Tmpfs;
 use super::workload::{audiences, workload, Message, Rng, MAX_MESSAGE_BYTES, POISON_HEADER};
 use super::{Figures, Row, Scale};
 use crate::webhook::{start_hook, webhook, Hook};
-use crate::{create_audience, engine_now, status, wait_active, Broker, Channel, Engine, Result};
+use crate::{
+    create_audience, engine_now, read_whole_topic, status, wait_active, Broker, Channel, Engine,
+    Result,
+};
 use crate::{Topics, CLUSTER_KEY};
 use audience_proto::v1 as pb;
 use futures::stream::{FuturesUnordered, StreamExt};
